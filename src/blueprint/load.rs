@@ -1,0 +1,462 @@
+//! Validation of blueprint JSON into [`Blueprint`], reporting every error with its path.
+
+use globset::{Glob, GlobSetBuilder};
+use serde_json::Value;
+use statrs::distribution::{ContinuousCDF, Normal};
+
+use super::schema::*;
+use super::walk::{join, kind, PathError, Walker};
+use crate::detect::tool_hash;
+use crate::response::Severity;
+
+const TOP_KEYS: &[&str] = &[
+    "id",
+    "name",
+    "mode",
+    "anomaly",
+    "auto_kill_threshold",
+    "escalation_webhook",
+    "timezone",
+    "working_days",
+    "allowed_lateness",
+    "sequence_within",
+    "sequence_memory",
+    "data_volume",
+    "learned",
+    "kill",
+    "severities",
+    "dedup",
+];
+const ANOMALY_KEYS: &[&str] =
+    &["frequency_threshold", "volume_threshold", "volume_window_ms", "suspicious_sequences", "allowed_hours"];
+const DAY: i64 = 86_400_000;
+
+/// Parses a duration: a number of milliseconds, or a string such as `30s`, `10m`, `6h`, `14d`.
+pub fn parse_duration_ms(v: &Value) -> Result<i64, String> {
+    match v {
+        Value::Number(n) => match n.as_u64() {
+            Some(ms) if ms <= i64::MAX as u64 / 4 => Ok(ms as i64),
+            _ => Err(format!("{n} is not a whole number of milliseconds")),
+        },
+        Value::String(s) => humantime::parse_duration(s)
+            .map_err(|e| format!("{s:?} is not a duration like \"30s\", \"10m\", \"6h\" or \"14d\": {e}"))
+            .and_then(|d| i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))),
+        other => Err(format!("expected a duration (\"30s\" or milliseconds), found {}", kind(other))),
+    }
+}
+
+impl Walker {
+    fn duration(&mut self, m: &serde_json::Map<String, Value>, key: &str, path: &str, min: i64, max: i64) -> Option<i64> {
+        let v = Walker::field(m, key)?;
+        let p = join(path, key);
+        match parse_duration_ms(v) {
+            Ok(ms) if ms >= min && ms <= max => Some(ms),
+            Ok(ms) => {
+                self.err(&p, format!("{ms} ms is out of range {min}..={max} ms"));
+                None
+            }
+            Err(e) => {
+                self.err(&p, e);
+                None
+            }
+        }
+    }
+
+    fn severity(&mut self, m: &serde_json::Map<String, Value>, key: &str, path: &str) -> Option<Severity> {
+        let s = self.string(m, key, path)?;
+        match Severity::parse(s) {
+            Some(sev) => Some(sev),
+            None => {
+                self.err(&join(path, key), format!("{s:?} is not one of low, medium, high, critical"));
+                None
+            }
+        }
+    }
+}
+
+/// Validates one blueprint document; `key` names it in assignment rules and incidents.
+pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError>> {
+    let mut w = Walker::default();
+    let Some(top) = w.object(doc, "", TOP_KEYS) else {
+        return Err(w.errors);
+    };
+    let name = match w.string(top, "name", "") {
+        Some(n) => n.to_string(),
+        None => {
+            if !top.contains_key("name") {
+                w.err("/name", "missing field (the blueprint's display name)");
+            }
+            String::new()
+        }
+    };
+    let id = w.string(top, "id", "").map(str::to_string);
+    if let Some(url) = w.string(top, "escalation_webhook", "") {
+        let _ = url; // accepted for compatibility with the peer; alerts go through the configured sinks
+    }
+    let mode = match w.string(top, "mode", "") {
+        None => {
+            if !top.contains_key("mode") {
+                w.err("/mode", "missing field (monitor, block or correct)");
+            }
+            Mode::Monitor
+        }
+        Some("monitor") => Mode::Monitor,
+        Some("block") => Mode::Block,
+        Some("correct") => Mode::Correct,
+        Some(other) => {
+            w.err("/mode", format!("{other:?} is not one of monitor, block, correct"));
+            Mode::Monitor
+        }
+    };
+
+    let timezone = match w.string(top, "timezone", "") {
+        None => chrono_tz::UTC,
+        Some(s) => s.parse().unwrap_or_else(|_| {
+            w.err("/timezone", format!("{s:?} is not an IANA time zone such as \"Europe/London\""));
+            chrono_tz::UTC
+        }),
+    };
+    let working_days = match w.strings(top, "working_days", "") {
+        None => Weekdays::ALL,
+        Some(days) => {
+            let mut bits = 0u8;
+            for (i, d) in days.iter().enumerate() {
+                let lower = d.to_ascii_lowercase();
+                match Weekdays::NAMES.iter().position(|n| lower.starts_with(n)) {
+                    Some(b) => bits |= 1 << b,
+                    None => w.err(&format!("/working_days/{i}"), format!("{d:?} is not a day (mon … sun)")),
+                }
+            }
+            Weekdays(bits)
+        }
+    };
+    let allowed_lateness_ms = w.duration(top, "allowed_lateness", "", 0, 600_000).unwrap_or(30_000);
+    let sequence_within_ms = w.duration(top, "sequence_within", "", 1, 7 * DAY).unwrap_or(600_000);
+    let sequence_memory = w.integer(top, "sequence_memory", "", 2, 1024).unwrap_or(64) as usize;
+
+    // The peer's anomaly section.
+    let mut frequency_threshold = None;
+    let mut count_volume_threshold = None;
+    let mut window_ms = 60_000;
+    let mut allowed_hours = None;
+    let mut sequences = Vec::new();
+    let anomaly = match Walker::field(top, "anomaly") {
+        Some(a) => w.object(a, "/anomaly", ANOMALY_KEYS),
+        None => {
+            w.err("/anomaly", "missing field (the detection thresholds)");
+            None
+        }
+    };
+    let severities = read_severities(&mut w, top);
+    if let Some(a) = anomaly {
+        frequency_threshold = w.integer(a, "frequency_threshold", "/anomaly", 0, u32::MAX as u64).filter(|v| *v > 0);
+        count_volume_threshold = w.integer(a, "volume_threshold", "/anomaly", 0, u32::MAX as u64).filter(|v| *v > 0);
+        window_ms = w.integer(a, "volume_window_ms", "/anomaly", 1000, 86_400_000).unwrap_or(60_000) as i64;
+        if let Some(h) = Walker::field(a, "allowed_hours") {
+            if let Some(hm) = w.object(h, "/anomaly/allowed_hours", &["start", "end"]) {
+                let start = w.integer(hm, "start", "/anomaly/allowed_hours", 0, 23);
+                let end = w.integer(hm, "end", "/anomaly/allowed_hours", 0, 24);
+                for k in ["start", "end"] {
+                    if !hm.contains_key(k) {
+                        w.err(&format!("/anomaly/allowed_hours/{k}"), "missing field (an hour 0-24)");
+                    }
+                }
+                if let (Some(s), Some(e)) = (start, end) {
+                    allowed_hours = Some(AllowedHours { start: s as u8, end: e as u8 });
+                }
+            }
+        }
+        if let Some(seqs) = Walker::field(a, "suspicious_sequences") {
+            sequences = read_sequences(&mut w, seqs, sequence_within_ms);
+        }
+    }
+    let frequency_threshold = frequency_threshold.map(|v| v as u32);
+    let count_volume_threshold = count_volume_threshold.map(|v| v as u32);
+
+    let data_volume = match Walker::field(top, "data_volume") {
+        None => DataVolumeRules { max_bytes: None, window_ms: 60_000 },
+        Some(v) => match w.object(v, "/data_volume", &["max_bytes", "window"]) {
+            None => DataVolumeRules { max_bytes: None, window_ms: 60_000 },
+            Some(m) => DataVolumeRules {
+                max_bytes: w.number(m, "max_bytes", "/data_volume", 1.0, 1e18),
+                window_ms: w.duration(m, "window", "/data_volume", 1000, DAY).unwrap_or(60_000),
+            },
+        },
+    };
+
+    let learned = read_learned(&mut w, top);
+    let auto_kill = w.number(top, "auto_kill_threshold", "", 0.0, 1e9).unwrap_or(0.0);
+    let kill = read_kill(&mut w, top, auto_kill);
+    let dedup = match Walker::field(top, "dedup").and_then(|v| w.object(v, "/dedup", &["cooldown", "episode_gap"])) {
+        None => DedupRules { cooldown_ms: 300_000, episode_gap_ms: 3_600_000 },
+        Some(m) => DedupRules {
+            cooldown_ms: w.duration(m, "cooldown", "/dedup", 0, 7 * DAY).unwrap_or(300_000),
+            episode_gap_ms: w.duration(m, "episode_gap", "/dedup", 1000, 7 * DAY).unwrap_or(3_600_000),
+        },
+    };
+
+    if !w.errors.is_empty() {
+        return Err(w.errors);
+    }
+    Ok(Blueprint {
+        key: key.to_string(),
+        name,
+        id,
+        mode,
+        timezone,
+        working_days,
+        allowed_hours,
+        frequency_threshold,
+        count_volume_threshold,
+        window_ms,
+        data_volume,
+        sequences,
+        sequence_within_ms,
+        sequence_memory,
+        allowed_lateness_ms,
+        learned,
+        kill,
+        severities,
+        dedup,
+    })
+}
+
+fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<SequenceRule> {
+    let base = "/anomaly/suspicious_sequences";
+    let Some(items) = seqs.as_array() else {
+        w.err(base, format!("expected an array of sequences, found {}", kind(seqs)));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let p = format!("{base}/{i}");
+        let (pattern_value, within, contiguous, severity, ppath) = match item {
+            // The peer's form: a bare list of tool names, matched on consecutive calls.
+            Value::Array(_) => (item, default_within, true, Severity::High, p.clone()),
+            Value::Object(_) => {
+                let Some(m) = w.object(item, &p, &["pattern", "within", "contiguous", "severity"]) else {
+                    continue;
+                };
+                let within = w.duration(m, "within", &p, 1, 7 * DAY).unwrap_or(default_within);
+                let contiguous = w.boolean(m, "contiguous", &p).unwrap_or(false);
+                let severity = w.severity(m, "severity", &p).unwrap_or(Severity::High);
+                match m.get("pattern") {
+                    Some(v) => (v, within, contiguous, severity, format!("{p}/pattern")),
+                    None => {
+                        w.err(&format!("{p}/pattern"), "missing field (a list of tool names)");
+                        continue;
+                    }
+                }
+            }
+            other => {
+                w.err(&p, format!("expected a list of tool names or an object, found {}", kind(other)));
+                continue;
+            }
+        };
+        let Some(names) = pattern_value.as_array() else {
+            w.err(&ppath, format!("expected a list of tool names, found {}", kind(pattern_value)));
+            continue;
+        };
+        let mut pattern = Vec::new();
+        for (j, n) in names.iter().enumerate() {
+            match n.as_str() {
+                Some(s) if !s.is_empty() => pattern.push(s.to_string()),
+                _ => w.err(&format!("{ppath}/{j}"), "expected a non-empty tool name or \"*\""),
+            }
+        }
+        if names.len() < 2 {
+            w.err(&ppath, "a sequence needs at least two steps");
+            continue;
+        }
+        if pattern.first().map(String::as_str) == Some("*") || pattern.last().map(String::as_str) == Some("*") {
+            w.err(&ppath, "a sequence cannot start or end with \"*\"");
+            continue;
+        }
+        if pattern.len() > 16 {
+            w.err(&ppath, "a sequence has at most 16 steps");
+            continue;
+        }
+        let pattern_hashes = pattern.iter().map(|s| if s == "*" { 0 } else { tool_hash(s) }).collect();
+        out.push(SequenceRule { pattern, pattern_hashes, within_ms: within, contiguous, severity });
+    }
+    out
+}
+
+fn read_severities(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Severities {
+    let mut s = Severities {
+        frequency_spike: Severity::High,
+        volume_spike: Severity::High,
+        off_hours: Severity::Medium,
+        auto_kill: Severity::Critical,
+        activity_after_kill: Severity::Critical,
+    };
+    let keys = ["frequency_spike", "volume_spike", "off_hours", "auto_kill", "activity_after_kill"];
+    if let Some(m) = Walker::field(top, "severities").and_then(|v| w.object(v, "/severities", &keys)) {
+        let slots: [&mut Severity; 5] =
+            [&mut s.frequency_spike, &mut s.volume_spike, &mut s.off_hours, &mut s.auto_kill, &mut s.activity_after_kill];
+        for (k, slot) in keys.iter().zip(slots) {
+            if let Some(v) = w.severity(m, k, "/severities") {
+                *slot = v;
+            }
+        }
+    }
+    s
+}
+
+fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> LearnedRules {
+    let mut l = LearnedRules {
+        enabled: true,
+        sensitivity: 1e-6,
+        warmup_ms: 14 * DAY,
+        min_slot_observations: 2,
+        min_hourly_count: 20,
+        volume_warmup_calls: 50,
+        volume_min_bytes: 1e6,
+        rare_hour_share: 0.0,
+        z_threshold: 0.0,
+    };
+    let keys = [
+        "enabled",
+        "sensitivity",
+        "warmup",
+        "min_slot_observations",
+        "min_hourly_count",
+        "volume_warmup_calls",
+        "volume_min_bytes",
+        "rare_hour_share",
+    ];
+    let p = "/learned";
+    if let Some(m) = Walker::field(top, "learned").and_then(|v| w.object(v, p, &keys)) {
+        l.enabled = w.boolean(m, "enabled", p).unwrap_or(l.enabled);
+        l.sensitivity = w.number(m, "sensitivity", p, 1e-15, 0.5).unwrap_or(l.sensitivity);
+        l.warmup_ms = w.duration(m, "warmup", p, 0, 365 * DAY).unwrap_or(l.warmup_ms);
+        l.min_slot_observations = w.integer(m, "min_slot_observations", p, 1, 1000).unwrap_or(2) as u32;
+        l.min_hourly_count = w.integer(m, "min_hourly_count", p, 1, u32::MAX as u64).unwrap_or(20) as u32;
+        l.volume_warmup_calls = w.integer(m, "volume_warmup_calls", p, 2, u32::MAX as u64).unwrap_or(50) as u32;
+        l.volume_min_bytes = w.number(m, "volume_min_bytes", p, 0.0, 1e18).unwrap_or(l.volume_min_bytes);
+        l.rare_hour_share = w.number(m, "rare_hour_share", p, 0.0, 0.5).unwrap_or(l.rare_hour_share);
+    }
+    l.z_threshold = Normal::new(0.0, 1.0).map_or(4.75, |n| n.inverse_cdf(1.0 - l.sensitivity));
+    l
+}
+
+fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f64) -> KillRules {
+    let mut k = KillRules {
+        threshold,
+        half_life_ms: 6 * 3_600_000,
+        cooldown_ms: 3_600_000,
+        allowlist: Vec::new(),
+        allowlist_set: globset::GlobSet::empty(),
+        dry_run: false,
+        weights: [0.5, 1.0, 1.0, 2.0],
+    };
+    let p = "/kill";
+    if let Some(m) =
+        Walker::field(top, "kill").and_then(|v| w.object(v, p, &["half_life", "cooldown", "allowlist", "dry_run", "weights"]))
+    {
+        k.half_life_ms = w.duration(m, "half_life", p, 1000, 365 * DAY).unwrap_or(k.half_life_ms);
+        k.cooldown_ms = w.duration(m, "cooldown", p, 0, 30 * DAY).unwrap_or(k.cooldown_ms);
+        k.dry_run = w.boolean(m, "dry_run", p).unwrap_or(false);
+        if let Some(list) = w.strings(m, "allowlist", p) {
+            let mut b = GlobSetBuilder::new();
+            for (i, g) in list.iter().enumerate() {
+                match Glob::new(g) {
+                    Ok(glob) => {
+                        b.add(glob);
+                    }
+                    Err(e) => w.err(&format!("/kill/allowlist/{i}"), format!("bad glob: {e}")),
+                }
+            }
+            match b.build() {
+                Ok(set) => k.allowlist_set = set,
+                Err(e) => w.err("/kill/allowlist", format!("bad glob set: {e}")),
+            }
+            k.allowlist = list;
+        }
+        let names = ["low", "medium", "high", "critical"];
+        if let Some(wm) = Walker::field(m, "weights").and_then(|v| w.object(v, "/kill/weights", &names)) {
+            for (i, n) in names.iter().enumerate() {
+                if let Some(x) = w.number(wm, n, "/kill/weights", 0.0, 1e6) {
+                    k.weights[i] = x;
+                }
+            }
+        }
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn peer_config_loads_with_peer_defaults() {
+        let bp = load_blueprint(
+            "x",
+            &json!({"name": "N", "mode": "block", "anomaly": {"frequency_threshold": 30, "volume_threshold": 100,
+                    "suspicious_sequences": [["a", "b"]], "allowed_hours": {"start": 8, "end": 18}},
+                    "auto_kill_threshold": 3}),
+        )
+        .unwrap();
+        assert_eq!(bp.frequency_threshold, Some(30));
+        assert_eq!(bp.count_volume_threshold, Some(100));
+        assert_eq!(bp.window_ms, 60_000);
+        assert_eq!(bp.working_days, Weekdays::ALL);
+        assert_eq!(bp.timezone, chrono_tz::UTC);
+        assert!(bp.sequences[0].contiguous);
+        assert_eq!(bp.kill.threshold, 3.0);
+        assert_eq!(bp.allowed_hours, Some(AllowedHours { start: 8, end: 18 }));
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let errs = load_blueprint(
+            "x",
+            &json!({"mode": "loud", "anomaly": {"frequency_threshold": -1, "allowed_hours": {"start": 25},
+                    "suspicious_sequences": [["only"], {"pattern": ["a", "b"], "within": "soon"}], "typo": 1},
+                    "timezone": "Mars/Olympus", "working_days": ["mon", "funday"],
+                    "kill": {"weights": {"high": "x"}}, "learned": {"sensitivity": 2}}),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "/name",
+            "/mode",
+            "/anomaly/frequency_threshold",
+            "/anomaly/allowed_hours/start",
+            "/anomaly/allowed_hours/end",
+            "/anomaly/suspicious_sequences/0",
+            "/anomaly/suspicious_sequences/1/within",
+            "/anomaly/typo",
+            "/timezone",
+            "/working_days/1",
+            "/kill/weights/high",
+            "/learned/sensitivity",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
+
+    #[test]
+    fn show_output_loads_back_to_the_same_blueprint() {
+        let bp = load_blueprint(
+            "x",
+            &json!({"name": "N", "mode": "monitor", "timezone": "Europe/London", "working_days": ["mon", "fri"],
+                    "anomaly": {"suspicious_sequences": [{"pattern": ["a", "*", "b"], "within": "2m", "severity": "critical"}]},
+                    "kill": {"allowlist": ["svc-*"], "half_life": "2h"}, "data_volume": {"max_bytes": 5e6}}),
+        )
+        .unwrap();
+        let again = load_blueprint("x", &bp.to_json()).unwrap();
+        assert_eq!(bp, again);
+    }
+
+    #[test]
+    fn durations_accept_strings_and_milliseconds() {
+        assert_eq!(parse_duration_ms(&json!("30s")), Ok(30_000));
+        assert_eq!(parse_duration_ms(&json!("14d")), Ok(14 * DAY));
+        assert_eq!(parse_duration_ms(&json!(1500)), Ok(1500));
+        assert!(parse_duration_ms(&json!(-5)).is_err());
+        assert!(parse_duration_ms(&json!(true)).is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! Blueprints: detection thresholds and response policy per class of agent, and the rules that
+//! assign each agent to one.
+
+mod assign;
+mod load;
+mod schema;
+mod set;
+mod walk;
+
+pub use assign::{Assignment, AssignmentRule};
+pub use load::{load_blueprint, parse_duration_ms};
+pub use schema::{
+    AllowedHours, Blueprint, DataVolumeRules, DedupRules, KillRules, LearnedRules, Mode, SequenceRule, Severities,
+    Weekdays,
+};
+pub use set::{read_json_file, BlueprintSet, LoadError, BUILTIN};
+pub use walk::PathError;

@@ -1,0 +1,292 @@
+//! The effective blueprint: every field filled, in the units the engine uses (milliseconds).
+
+use chrono_tz::Tz;
+use globset::GlobSet;
+use serde_json::{json, Value};
+
+use crate::response::Severity;
+
+/// What the guardian does about anomalies (the peer's `mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Record incidents only; kills become "would kill".
+    Monitor,
+    /// Record incidents and kill agents over the threshold.
+    Block,
+    /// As `block` (the peer's corrective mode; the guardian itself only alerts and kills).
+    Correct,
+}
+
+impl Mode {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Monitor => "monitor",
+            Mode::Block => "block",
+            Mode::Correct => "correct",
+        }
+    }
+}
+
+/// Allowed local hours `[start, end)`; `start > end` spans midnight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AllowedHours {
+    /// First allowed hour, 0–23.
+    pub start: u8,
+    /// First hour no longer allowed, 0–24.
+    pub end: u8,
+}
+
+impl AllowedHours {
+    /// Whether a local hour is allowed.
+    pub fn contains(&self, hour: u8) -> bool {
+        if self.start <= self.end {
+            hour >= self.start && hour < self.end
+        } else {
+            hour >= self.start || hour < self.end
+        }
+    }
+}
+
+/// Working days as a bit set, bit 0 = Monday … bit 6 = Sunday.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weekdays(pub u8);
+
+impl Weekdays {
+    /// Every day of the week.
+    pub const ALL: Weekdays = Weekdays(0x7f);
+    /// Day names in bit order.
+    pub const NAMES: [&'static str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+
+    /// Whether the day (0 = Monday) is a working day.
+    pub fn contains(&self, day_from_monday: u8) -> bool {
+        self.0 & (1 << day_from_monday) != 0
+    }
+
+    /// The day names in the set.
+    pub fn names(&self) -> Vec<&'static str> {
+        (0..7).filter(|d| self.contains(*d)).map(|d| Self::NAMES[d as usize]).collect()
+    }
+}
+
+/// One suspicious tool sequence.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceRule {
+    /// Tool names in order; `*` matches any one call.
+    pub pattern: Vec<String>,
+    /// Precomputed hashes of the pattern (0 for `*`).
+    pub pattern_hashes: Vec<u64>,
+    /// The whole match must fit in this span of event time (ms).
+    pub within_ms: i64,
+    /// `true`: consecutive calls only (the peer's meaning); `false`: other calls may come between.
+    pub contiguous: bool,
+    /// Severity of a match.
+    pub severity: Severity,
+}
+
+/// Static data-volume thresholds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataVolumeRules {
+    /// Bytes allowed within the window; `None` disables the static check.
+    pub max_bytes: Option<f64>,
+    /// Sliding window (ms), default 60 000.
+    pub window_ms: i64,
+}
+
+/// Learned-baseline settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnedRules {
+    /// Whether learned detection runs (default true).
+    pub enabled: bool,
+    /// Tail probability under the agent's own baseline below which a figure is anomalous (default 1e-6).
+    pub sensitivity: f64,
+    /// History an agent needs before learned alerts (default 14 days).
+    pub warmup_ms: i64,
+    /// Observations an hour-of-week slot needs before it is judged (default 2).
+    pub min_slot_observations: u32,
+    /// Calls in an hour below which no learned frequency alert fires (default 20).
+    pub min_hourly_count: u32,
+    /// Calls of one tool before its volume is judged (default 50).
+    pub volume_warmup_calls: u32,
+    /// Bytes of one call below which no learned volume alert fires (default 1 MB).
+    pub volume_min_bytes: f64,
+    /// Share of observed weeks in which an hour of week was active, at or below which activity there is unusual (default 0.0).
+    pub rare_hour_share: f64,
+    /// Derived from `sensitivity`: the standard-normal quantile of 1 − sensitivity (not in JSON).
+    pub z_threshold: f64,
+}
+
+/// Kill policy.
+#[derive(Debug, Clone)]
+pub struct KillRules {
+    /// Violation score at which the agent is killed; 0 disables (the peer's `auto_kill_threshold`).
+    pub threshold: f64,
+    /// Half-life of the violation score (ms), default 6 h.
+    pub half_life_ms: i64,
+    /// Minimum event time between two kill decisions for one agent (ms), default 1 h.
+    pub cooldown_ms: i64,
+    /// Agent id globs never killed.
+    pub allowlist: Vec<String>,
+    /// Compiled allowlist.
+    pub allowlist_set: GlobSet,
+    /// Decide but do not kill ("would kill").
+    pub dry_run: bool,
+    /// Score added per incident by severity: low, medium, high, critical.
+    pub weights: [f64; 4],
+}
+
+impl PartialEq for KillRules {
+    fn eq(&self, o: &Self) -> bool {
+        self.threshold == o.threshold
+            && self.half_life_ms == o.half_life_ms
+            && self.cooldown_ms == o.cooldown_ms
+            && self.allowlist == o.allowlist
+            && self.dry_run == o.dry_run
+            && self.weights == o.weights
+    }
+}
+
+/// Severity per incident type.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Severities {
+    /// frequency_spike (default high).
+    pub frequency_spike: Severity,
+    /// volume_spike (default high).
+    pub volume_spike: Severity,
+    /// off_hours (default medium).
+    pub off_hours: Severity,
+    /// auto_kill (default critical).
+    pub auto_kill: Severity,
+    /// activity_after_kill (default critical).
+    pub activity_after_kill: Severity,
+}
+
+/// Deduplication of bursts into one incident.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DedupRules {
+    /// Minimum event time between two incidents of one type for one agent (ms), default 5 min.
+    pub cooldown_ms: i64,
+    /// A pause longer than this ends an episode of one anomaly (ms), default 1 h.
+    pub episode_gap_ms: i64,
+}
+
+/// A validated blueprint with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Blueprint {
+    /// Key used in assignment rules and incidents (the file stem, e.g. `finance`).
+    pub key: String,
+    /// Display name (the peer's `name`).
+    pub name: String,
+    /// The peer's optional guardian `id`.
+    pub id: Option<String>,
+    /// The peer's `mode`.
+    pub mode: Mode,
+    /// IANA time zone for hours and days (default UTC).
+    pub timezone: Tz,
+    /// Working days (default every day, as the peer).
+    pub working_days: Weekdays,
+    /// Allowed local hours (the peer's `allowed_hours`); `None`: any hour.
+    pub allowed_hours: Option<AllowedHours>,
+    /// Calls within the window above which a frequency spike is raised (the peer's `frequency_threshold`).
+    pub frequency_threshold: Option<u32>,
+    /// The peer's count-based `volume_threshold` (calls within the window).
+    pub count_volume_threshold: Option<u32>,
+    /// Sliding window of the frequency check (the peer's `volume_window_ms`, default 60 000).
+    pub window_ms: i64,
+    /// Data-volume thresholds.
+    pub data_volume: DataVolumeRules,
+    /// Suspicious sequences.
+    pub sequences: Vec<SequenceRule>,
+    /// Default `within` of a sequence (ms), default 10 min.
+    pub sequence_within_ms: i64,
+    /// Recent calls kept per agent for sequence matching (default 64).
+    pub sequence_memory: usize,
+    /// Out-of-order tolerance (ms), default 30 000.
+    pub allowed_lateness_ms: i64,
+    /// Learned baselines.
+    pub learned: LearnedRules,
+    /// Kill policy.
+    pub kill: KillRules,
+    /// Severities.
+    pub severities: Severities,
+    /// Deduplication.
+    pub dedup: DedupRules,
+}
+
+fn dur(ms: i64) -> String {
+    humantime::format_duration(std::time::Duration::from_millis(ms.max(0) as u64)).to_string()
+}
+
+impl Blueprint {
+    /// Whether kills are only reported ("would kill"): monitor mode or `kill.dry_run`.
+    pub fn dry_run(&self) -> bool {
+        self.kill.dry_run || self.mode == Mode::Monitor
+    }
+
+    /// The effective blueprint as JSON, loadable again.
+    pub fn to_json(&self) -> Value {
+        let seqs: Vec<Value> = self
+            .sequences
+            .iter()
+            .map(|s| {
+                json!({"pattern": s.pattern, "within": dur(s.within_ms), "contiguous": s.contiguous,
+                       "severity": s.severity.as_str()})
+            })
+            .collect();
+        let mut anomaly = json!({
+            "volume_window_ms": self.window_ms,
+            "suspicious_sequences": seqs,
+        });
+        if let Some(f) = self.frequency_threshold {
+            anomaly["frequency_threshold"] = json!(f);
+        }
+        if let Some(v) = self.count_volume_threshold {
+            anomaly["volume_threshold"] = json!(v);
+        }
+        if let Some(h) = self.allowed_hours {
+            anomaly["allowed_hours"] = json!({"start": h.start, "end": h.end});
+        }
+        let mut out = json!({
+            "name": self.name,
+            "mode": self.mode.as_str(),
+            "anomaly": anomaly,
+            "auto_kill_threshold": self.kill.threshold,
+            "timezone": self.timezone.name(),
+            "working_days": self.working_days.names(),
+            "allowed_lateness": dur(self.allowed_lateness_ms),
+            "sequence_within": dur(self.sequence_within_ms),
+            "sequence_memory": self.sequence_memory,
+            "data_volume": {"max_bytes": self.data_volume.max_bytes, "window": dur(self.data_volume.window_ms)},
+            "learned": {
+                "enabled": self.learned.enabled,
+                "sensitivity": self.learned.sensitivity,
+                "warmup": dur(self.learned.warmup_ms),
+                "min_slot_observations": self.learned.min_slot_observations,
+                "min_hourly_count": self.learned.min_hourly_count,
+                "volume_warmup_calls": self.learned.volume_warmup_calls,
+                "volume_min_bytes": self.learned.volume_min_bytes,
+                "rare_hour_share": self.learned.rare_hour_share,
+            },
+            "kill": {
+                "half_life": dur(self.kill.half_life_ms),
+                "cooldown": dur(self.kill.cooldown_ms),
+                "allowlist": self.kill.allowlist,
+                "dry_run": self.kill.dry_run,
+                "weights": {"low": self.kill.weights[0], "medium": self.kill.weights[1],
+                            "high": self.kill.weights[2], "critical": self.kill.weights[3]},
+            },
+            "severities": {
+                "frequency_spike": self.severities.frequency_spike.as_str(),
+                "volume_spike": self.severities.volume_spike.as_str(),
+                "off_hours": self.severities.off_hours.as_str(),
+                "auto_kill": self.severities.auto_kill.as_str(),
+                "activity_after_kill": self.severities.activity_after_kill.as_str(),
+            },
+            "dedup": {"cooldown": dur(self.dedup.cooldown_ms), "episode_gap": dur(self.dedup.episode_gap_ms)},
+        });
+        if let Some(id) = &self.id {
+            out["id"] = json!(id);
+        }
+        out
+    }
+}

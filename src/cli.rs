@@ -1,0 +1,355 @@
+//! Command line: `guardian replay | simulate | demo | blueprint`.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::blueprint::{Assignment, BlueprintSet, LoadError};
+use crate::engine::Engine;
+use crate::event::{Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER};
+use crate::replay::{self, JsonLines};
+use crate::simulate::{evaluate, SimConfig, Simulation};
+
+/// agent-guardian: watches fleets of AI agents through their audit events and stops rogue ones.
+#[derive(Debug, Parser)]
+#[command(name = "guardian", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay audit events (JSON lines) through the detectors; incidents to stdout, summary to stderr.
+    Replay(ReplayArgs),
+    /// Generate a realistic fleet's audit events (Agent-SPM JSON lines) with injected anomalies.
+    Simulate(SimulateArgs),
+    /// The embedded demo: simulate a fleet with a rogue agent, replay it, print incidents and precision/recall.
+    Demo(DemoArgs),
+    /// Validate or show blueprints.
+    #[command(subcommand)]
+    Blueprint(BlueprintCommand),
+}
+
+#[derive(Debug, Args)]
+struct RulesArgs {
+    /// Directory of blueprint JSON files (default: the shipped finance, soc and engineering).
+    #[arg(long, value_name = "DIR")]
+    blueprints: Option<PathBuf>,
+    /// Assignment of agents to blueprints (JSON; default: every agent → engineering).
+    #[arg(long, value_name = "FILE")]
+    assign: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    rules: RulesArgs,
+    /// JSON pointer of a call's data volume in bytes.
+    #[arg(long, default_value = DEFAULT_VOLUME_POINTER)]
+    volume_pointer: String,
+    /// Largest accepted event in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_EVENT_BYTES)]
+    max_event_bytes: usize,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+    /// Events file (JSON lines), or `-` for stdin.
+    events: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct SimulateArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Number of days.
+    #[arg(long, default_value_t = 28)]
+    days: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// First day (UTC date).
+    #[arg(long, default_value = "2026-03-02")]
+    start: chrono::NaiveDate,
+    /// Write the labels of injected anomalies and negative controls here (JSON lines).
+    #[arg(long, value_name = "FILE")]
+    labels: Option<PathBuf>,
+    /// Generate normal activity only.
+    #[arg(long)]
+    no_inject: bool,
+    /// Output file (default stdout).
+    #[arg(long, short, value_name = "FILE")]
+    output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Number of agents.
+    #[arg(long, default_value_t = 200)]
+    agents: usize,
+    /// Number of days.
+    #[arg(long, default_value_t = 28)]
+    days: u32,
+    /// Random seed.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+#[derive(Debug, Subcommand)]
+enum BlueprintCommand {
+    /// Validate blueprint (or assignment) files; reports every error with its JSON path.
+    Validate {
+        /// Files to check.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print a blueprint with every default filled in.
+    Show {
+        /// Blueprint key (file stem, e.g. `finance`), display name, or path to a file.
+        name: String,
+        /// Directory of blueprint JSON files (default: the shipped ones).
+        #[arg(long, value_name = "DIR")]
+        blueprints: Option<PathBuf>,
+    },
+    /// List the blueprints in force.
+    List {
+        /// Directory of blueprint JSON files (default: the shipped ones).
+        #[arg(long, value_name = "DIR")]
+        blueprints: Option<PathBuf>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+    ).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Replay(a) => replay_cmd(a),
+        Command::Simulate(a) => simulate_cmd(a),
+        Command::Demo(a) => demo_cmd(a),
+        Command::Blueprint(BlueprintCommand::Validate { files }) => Ok(validate_cmd(&files)),
+        Command::Blueprint(BlueprintCommand::Show { name, blueprints }) => show_cmd(&name, blueprints.as_deref()),
+        Command::Blueprint(BlueprintCommand::List { blueprints }) => {
+            let set = load_blueprints(blueprints.as_deref())?;
+            for b in set.blueprints() {
+                println!("{}\t{}\t{}\t{}", b.key, b.name, b.mode.as_str(), b.timezone.name());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load_blueprints(dir: Option<&Path>) -> Result<BlueprintSet, LoadError> {
+    match dir {
+        Some(d) => BlueprintSet::from_dir(d),
+        None => Ok(BlueprintSet::builtin()),
+    }
+}
+
+/// Loads the rules in force for a replay.
+fn load_rules(r: &RulesArgs) -> anyhow::Result<BlueprintSet> {
+    let set = load_blueprints(r.blueprints.as_deref())?;
+    Ok(match &r.assign {
+        Some(a) => set.with_assignment_file(a)?,
+        None => set,
+    })
+}
+
+fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let set = Arc::new(load_rules(&a.rules)?);
+    let decoder = Decoder::new(&DecoderOptions {
+        volume_pointer: a.volume_pointer.clone(),
+        group_pointer: set.assignment().group_field.clone(),
+        max_event_bytes: a.max_event_bytes,
+    })?;
+    let (input, len): (Box<dyn BufRead>, Option<u64>) = if a.events.as_os_str() == "-" {
+        (Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())), None)
+    } else {
+        let f = File::open(&a.events).with_context(|| format!("cannot open {}", a.events.display()))?;
+        let len = f.metadata().ok().map(|m| m.len());
+        (Box::new(BufReader::with_capacity(1 << 20, f)), len)
+    };
+    let progress = (!a.quiet && io::stderr().is_terminal()).then(|| {
+        let p = ProgressBar::new(len.unwrap_or(0));
+        let style = if len.is_some() {
+            "{bar:40} {bytes}/{total_bytes} {msg} ({eta})"
+        } else {
+            "{spinner} {bytes} {msg}"
+        };
+        p.set_style(ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        p
+    });
+    let mut engine = Engine::new(set);
+    let stdout = io::stdout().lock();
+    let mut sink = JsonLines(BufWriter::with_capacity(1 << 16, stdout));
+    let mut shown = 0u64;
+    let summary = replay::run(
+        &mut engine,
+        &decoder,
+        input,
+        &mut sink,
+        |line, e| {
+            shown += 1;
+            if shown <= 100 {
+                eprintln!("line {line}: {e}");
+            }
+        },
+        progress.as_ref(),
+    )?;
+    sink.0.flush()?;
+    if summary.malformed > 100 {
+        eprintln!("… and {} more malformed line(s)", summary.malformed - 100);
+    }
+    eprintln!("{}", summary.render());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sim_config(agents: usize, days: u32, seed: u64, start: chrono::NaiveDate, inject: bool) -> SimConfig {
+    let start_ms = start.and_hms_opt(0, 0, 0).map_or(0, |d| d.and_utc().timestamp_millis());
+    SimConfig { agents, days, seed, start_ms, inject }
+}
+
+fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    if a.agents == 0 || a.days == 0 {
+        bail!("--agents and --days must be at least 1");
+    }
+    let sim = Simulation::new(sim_config(a.agents, a.days, a.seed, a.start, !a.no_inject));
+    let n = match &a.output {
+        Some(p) => {
+            let f = File::create(p).with_context(|| format!("cannot create {}", p.display()))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let n = sim.write_all(&mut w)?;
+            w.flush()?;
+            n
+        }
+        None => {
+            let mut w = BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            let n = sim.write_all(&mut w)?;
+            w.flush()?;
+            n
+        }
+    };
+    if let Some(p) = &a.labels {
+        let mut w = BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?);
+        for l in &sim.labels {
+            serde_json::to_writer(&mut w, l)?;
+            w.write_all(b"\n")?;
+        }
+        w.flush()?;
+    }
+    eprintln!("wrote {n} events of {} agents over {} days; {} labels", sim.fleet.len(), a.days, sim.labels.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
+    let start = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap_or_default();
+    let sim = Simulation::new(sim_config(a.agents, a.days, a.seed, start, true));
+    eprintln!("Simulating {} agents over {} days (finance, SOC and engineering; one rogue agent) …", sim.fleet.len(), a.days);
+    let events = sim.to_jsonl();
+    let assignment: serde_json::Value = serde_json::from_str(include_str!("../deploy/assignment.json"))?;
+    let assignment = Assignment::from_json(&assignment).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let set = Arc::new(BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), assignment)?);
+    let decoder = Decoder::new(&DecoderOptions { group_pointer: set.assignment().group_field.clone(), ..Default::default() })?;
+    let mut engine = Engine::new(set);
+    let mut incidents = Vec::new();
+    let summary = replay::run(&mut engine, &decoder, &events[..], &mut incidents, |_, _| {}, None)?;
+    let mut out = io::stdout().lock();
+    for i in &incidents {
+        writeln!(
+            out,
+            "{}  {:<8} {:<20} {:<7} {:<16} {:<12} {}",
+            crate::event::format_rfc3339_ms(i.at),
+            i.severity.as_str(),
+            i.kind.as_str(),
+            match i.basis {
+                crate::response::Basis::Static => "static",
+                crate::response::Basis::Learned => "learned",
+            },
+            i.agent_id,
+            serde_json::to_value(i.action_taken)?.as_str().unwrap_or(""),
+            i.description
+        )?;
+    }
+    let ev = evaluate(&sim.labels, &incidents);
+    eprintln!("{}", summary.render());
+    eprintln!(
+        "against the injected labels: recall {:.3} ({}/{} anomalies found), precision {:.3} ({}/{} incidents explained), {} negative control(s) fired",
+        ev.recall(),
+        ev.found,
+        ev.positives,
+        ev.precision(),
+        ev.true_incidents,
+        ev.incidents,
+        ev.negatives_fired.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn validate_cmd(files: &[PathBuf]) -> ExitCode {
+    let mut bad = 0;
+    for f in files {
+        let result = crate::blueprint::read_json_file(f).and_then(|v| {
+            let looks_like_assignment = v.get("rules").is_some() || (v.get("default").is_some() && v.get("anomaly").is_none());
+            if looks_like_assignment {
+                Assignment::from_json(&v).map(|_| "assignment").map_err(|errors| LoadError::Invalid { path: f.clone(), errors })
+            } else {
+                BlueprintSet::load_file(f).map(|_| "blueprint")
+            }
+        });
+        match result {
+            Ok(kind) => println!("{}: OK ({kind})", f.display()),
+            Err(LoadError::Invalid { errors, .. }) => {
+                bad += 1;
+                for e in errors {
+                    println!("{}: {e}", f.display());
+                }
+            }
+            Err(e) => {
+                bad += 1;
+                println!("{e}");
+            }
+        }
+    }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+fn show_cmd(name: &str, dir: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let path = Path::new(name);
+    let bp = if path.is_file() {
+        BlueprintSet::load_file(path)?
+    } else {
+        let set = load_blueprints(dir)?;
+        match set.index_of(name) {
+            Some(i) => set.get(i).clone(),
+            None => {
+                let keys: Vec<&str> = set.blueprints().iter().map(|b| b.key.as_str()).collect();
+                bail!("no blueprint {name:?} (have: {})", keys.join(", "))
+            }
+        }
+    };
+    println!("{}", serde_json::to_string_pretty(&bp.to_json())?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,117 @@
+//! Sliding windows on event time: a ring of fixed-width buckets that tolerates late events.
+
+use serde::{Deserialize, Serialize};
+
+/// Buckets per window: the window slides in steps of `window / BUCKETS`.
+pub const BUCKETS: i64 = 60;
+
+/// A sliding-window sum with bucket resolution `window / 60`, keeping enough buckets for late
+/// events within the allowed lateness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ring<T> {
+    width: i64,
+    head: i64,
+    buckets: Vec<T>,
+}
+
+impl<T: Copy + Default + std::ops::AddAssign + PartialOrd> Ring<T> {
+    /// A ring for a window and lateness (both ms).
+    pub fn new(window_ms: i64, lateness_ms: i64) -> Ring<T> {
+        let width = (window_ms / BUCKETS).max(1);
+        let extra = (lateness_ms + width - 1) / width + 1;
+        Ring { width, head: i64::MIN, buckets: vec![T::default(); (BUCKETS + extra) as usize] }
+    }
+
+    /// Whether the ring was built for these parameters.
+    pub fn fits(&self, window_ms: i64, lateness_ms: i64) -> bool {
+        let width = (window_ms / BUCKETS).max(1);
+        self.width == width && self.buckets.len() as i64 == BUCKETS + (lateness_ms + width - 1) / width + 1
+    }
+
+    fn len(&self) -> i64 {
+        self.buckets.len() as i64
+    }
+
+    fn slot(&self, idx: i64) -> usize {
+        idx.rem_euclid(self.len()) as usize
+    }
+
+    /// Adds a value at an event time; returns `false` (and adds nothing) if it is older than the ring holds.
+    pub fn add(&mut self, ts: i64, v: T) -> bool {
+        let idx = ts.div_euclid(self.width);
+        if self.head == i64::MIN || idx > self.head {
+            let from = if self.head == i64::MIN { idx - self.len() + 1 } else { (self.head + 1).max(idx - self.len() + 1) };
+            for i in from..=idx {
+                let s = self.slot(i);
+                self.buckets[s] = T::default();
+            }
+            self.head = idx;
+        } else if self.head - idx >= self.len() {
+            return false;
+        }
+        let s = self.slot(idx);
+        self.buckets[s] += v;
+        true
+    }
+
+    fn sum_ending(&self, end: i64) -> T {
+        let mut sum = T::default();
+        let lowest = self.head - self.len() + 1;
+        for i in (end - BUCKETS + 1).max(lowest)..=end {
+            sum += self.buckets[self.slot(i)];
+        }
+        sum
+    }
+
+    /// The largest window sum over the windows that contain `ts` and end no later than the newest bucket.
+    pub fn max_window_containing(&self, ts: i64) -> T {
+        if self.head == i64::MIN {
+            return T::default();
+        }
+        let idx = ts.div_euclid(self.width);
+        let mut best = self.sum_ending(idx.min(self.head));
+        for end in (idx + 1)..=(idx + BUCKETS - 1).min(self.head) {
+            let s = self.sum_ending(end);
+            if s > best {
+                best = s;
+            }
+        }
+        best
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_within_the_window_only() {
+        let mut r: Ring<u32> = Ring::new(60_000, 30_000);
+        for s in 0..120 {
+            r.add(s * 1000, 1);
+        }
+        assert_eq!(r.max_window_containing(119_000), 60);
+        r.add(300_000, 1);
+        assert_eq!(r.max_window_containing(300_000), 1);
+    }
+
+    #[test]
+    fn late_events_within_lateness_land_in_their_window() {
+        let mut r: Ring<u32> = Ring::new(60_000, 30_000);
+        r.add(100_000, 1);
+        assert!(r.add(75_000, 1));
+        assert_eq!(r.max_window_containing(75_000), 2);
+        assert!(!r.add(100_000 - 200_000, 1), "far too late");
+    }
+
+    #[test]
+    fn a_late_event_counts_in_later_windows_that_contain_it() {
+        let mut r: Ring<u32> = Ring::new(60_000, 30_000);
+        for s in 0..40 {
+            r.add(60_000 + s * 1000, 1);
+        }
+        // A late event at 50 s shares the window (50 s, 110 s] with the 40 later events.
+        r.add(50_000, 1);
+        assert_eq!(r.max_window_containing(50_000), 41);
+    }
+}

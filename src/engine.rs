@@ -1,0 +1,222 @@
+//! The engine: (agent state, audit event) → (new state, incidents). Deterministic and pure: no
+//! I/O, no clock. Sources feed it decoded events; sinks consume the incidents it writes.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::blueprint::{Blueprint, BlueprintSet};
+use crate::detect::{Finding, Input};
+use crate::event::AuditEvent;
+use crate::response::{incident_id, Action, Basis, Incident, IncidentType};
+use crate::state::{AgentState, Snapshot, SNAPSHOT_VERSION};
+
+/// Counters kept by the engine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStats {
+    /// Events processed.
+    pub events: u64,
+    /// Events later than the allowed lateness (fed to stateless checks only).
+    pub late_events: u64,
+    /// Incidents by type, in [`IncidentType::ALL`] order.
+    pub incidents: [u64; 6],
+}
+
+struct Agent {
+    bp: usize,
+    state: AgentState,
+}
+
+/// The detection engine for a fleet.
+pub struct Engine {
+    set: Arc<BlueprintSet>,
+    agents: FxHashMap<Box<str>, Agent>,
+    findings: Vec<Finding>,
+    stats: EngineStats,
+}
+
+fn type_index(t: IncidentType) -> usize {
+    IncidentType::ALL.iter().position(|x| *x == t).unwrap_or(0)
+}
+
+impl Engine {
+    /// An engine with no agents.
+    pub fn new(set: Arc<BlueprintSet>) -> Engine {
+        Engine { set, agents: FxHashMap::default(), findings: Vec::with_capacity(8), stats: EngineStats::default() }
+    }
+
+    /// The blueprints in force.
+    pub fn blueprints(&self) -> &BlueprintSet {
+        &self.set
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &EngineStats {
+        &self.stats
+    }
+
+    /// Number of agents seen.
+    pub fn agent_count(&self) -> usize {
+        self.agents.len()
+    }
+
+    /// One agent's state.
+    pub fn agent(&self, agent_id: &str) -> Option<&AgentState> {
+        self.agents.get(agent_id).map(|a| &a.state)
+    }
+
+    /// Processes one event, appending the incidents it raises to `out`.
+    pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
+        let set = &*self.set;
+        if !self.agents.contains_key(ev.agent_id.as_ref()) {
+            let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
+            let state = AgentState::new(&ev.agent_id, set.get(bp), ev.ts_ms, ev.environment.as_deref());
+            self.agents.insert(ev.agent_id.as_ref().into(), Agent { bp, state });
+        }
+        let Some(agent) = self.agents.get_mut(ev.agent_id.as_ref()) else {
+            return;
+        };
+        let bp = set.get(agent.bp);
+        let st = &mut agent.state;
+        st.events += 1;
+        st.first_seen = st.first_seen.min(ev.ts_ms);
+        st.last_seen = st.last_seen.max(ev.ts_ms);
+        if st.environment.is_none() {
+            if let Some(env) = &ev.environment {
+                st.environment = Some(env.to_string());
+            }
+        }
+        self.stats.events += 1;
+
+        let input = Input {
+            agent_id: &ev.agent_id,
+            event_id: &ev.event_id,
+            tool_name: &ev.tool_name,
+            ts: ev.ts_ms,
+            bytes: ev.bytes,
+        };
+        self.findings.clear();
+        let obs = st.detectors.observe(bp, &input, &mut self.findings);
+        if !obs.in_order {
+            st.late_events += 1;
+            self.stats.late_events += 1;
+        }
+        if st.kill.killed {
+            if st.after_kill.violate(ev.ts_ms, &bp.dedup) {
+                self.findings.push(Finding {
+                    kind: IncidentType::ActivityAfterKill,
+                    basis: Basis::Static,
+                    severity: bp.severities.activity_after_kill,
+                    observed: 1.0,
+                    expected: 0.0,
+                    unit: "events",
+                    window_start: st.kill.last_decision.unwrap_or(ev.ts_ms),
+                    window_end: ev.ts_ms,
+                    description: format!(
+                        "Agent {:?} is still active after it was killed (call {:?}); the kill has not taken effect.",
+                        &*ev.agent_id, &*ev.tool_name
+                    ),
+                    pattern: None,
+                    disc: 0,
+                });
+            }
+        } else {
+            st.after_kill.calm();
+        }
+        if self.findings.is_empty() {
+            return;
+        }
+        let mut last = IncidentType::FrequencySpike;
+        for f in self.findings.drain(..) {
+            st.kill.record(&bp.kill, ev.ts_ms, f.severity);
+            last = f.kind;
+            self.stats.incidents[type_index(f.kind)] += 1;
+            out.push(make_incident(bp, st, ev, f, Action::Logged));
+        }
+        if let Some(d) = st.kill.decide(&bp.kill, &ev.agent_id, ev.ts_ms, bp.dry_run()) {
+            let what = match d.action {
+                Action::Killed => "killed",
+                Action::WouldKill => "would be killed (monitor mode or dry run)",
+                _ => "is on the kill allowlist and was not killed",
+            };
+            let f = Finding {
+                kind: IncidentType::AutoKill,
+                basis: Basis::Static,
+                severity: bp.severities.auto_kill,
+                observed: d.score,
+                expected: bp.kill.threshold,
+                unit: "score",
+                window_start: ev.ts_ms.saturating_sub(bp.kill.half_life_ms),
+                window_end: ev.ts_ms,
+                description: format!(
+                    "Agent {:?} {what}: violation score {:.2} reached the threshold {} (latest: {}).",
+                    &*ev.agent_id,
+                    d.score,
+                    bp.kill.threshold,
+                    last.as_str()
+                ),
+                pattern: None,
+                disc: 0,
+            };
+            self.stats.incidents[type_index(IncidentType::AutoKill)] += 1;
+            out.push(make_incident(bp, st, ev, f, d.action));
+        }
+    }
+
+    /// Revives a killed agent (a `revive` command) at event time `ts`.
+    pub fn revive(&mut self, agent_id: &str, ts: i64) -> bool {
+        match self.agents.get_mut(agent_id) {
+            Some(a) => {
+                a.state.kill.revive(ts);
+                a.state.after_kill.calm();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The whole state as a value: agents sorted by id, and the counters.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut agents: Vec<AgentState> = self.agents.values().map(|a| a.state.clone()).collect();
+        agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
+        Snapshot { version: SNAPSHOT_VERSION, stats: self.stats.clone(), agents }
+    }
+
+    /// An engine continuing from a snapshot. Agents keep their blueprint if it is still loaded,
+    /// otherwise they are assigned again.
+    pub fn restore(set: Arc<BlueprintSet>, snap: Snapshot) -> Engine {
+        let mut e = Engine::new(set);
+        e.stats = snap.stats;
+        for state in snap.agents {
+            let bp = e
+                .set
+                .index_of(&state.blueprint)
+                .unwrap_or_else(|| e.set.assign(&state.agent_id, state.environment.as_deref(), None));
+            e.agents.insert(state.agent_id.as_str().into(), Agent { bp, state });
+        }
+        e
+    }
+}
+
+fn make_incident(bp: &Blueprint, st: &AgentState, ev: &AuditEvent<'_>, f: Finding, action: Action) -> Incident {
+    Incident {
+        incident_id: incident_id(&st.agent_id, f.kind, f.basis, st.events, &ev.event_id, ev.ts_ms, f.disc),
+        agent_id: st.agent_id.clone(),
+        kind: f.kind,
+        severity: f.severity,
+        at: ev.ts_ms,
+        window_start: f.window_start,
+        window_end: f.window_end,
+        blueprint: bp.key.clone(),
+        basis: f.basis,
+        observed: f.observed,
+        expected: f.expected,
+        unit: f.unit.to_string(),
+        description: f.description,
+        action_taken: action,
+        event_id: ev.event_id.to_string(),
+        tool_name: ev.tool_name.to_string(),
+        pattern: f.pattern,
+    }
+}

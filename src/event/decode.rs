@@ -1,0 +1,566 @@
+//! One-pass, borrowing decoder for the SDK formats.
+//!
+//! The decoder compiles the JSON pointers it needs (the fixed fields of both formats plus the
+//! configured volume and group pointers) into a small key tree and walks the payload once with
+//! serde, keeping only those values. Strings without escapes are borrowed from the payload, so
+//! the steady path allocates nothing.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserializer as _;
+
+use super::error::DecodeError;
+use super::model::{AuditEvent, Format, Outcome};
+use super::timestamp::{parse_rfc3339_ms, MAX_TIMESTAMP_MS};
+
+/// Default JSON pointer of the data volume of a call.
+pub const DEFAULT_VOLUME_POINTER: &str = "/safe_payload/bytes";
+/// Default maximum size of one event payload (1 MiB).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+/// Longest accepted agent id, in bytes.
+const MAX_AGENT_ID_BYTES: usize = 512;
+
+/// What the decoder extracts besides the fixed fields.
+#[derive(Debug, Clone)]
+pub struct DecoderOptions {
+    /// JSON pointer of the call's data volume in bytes (default `/safe_payload/bytes`).
+    pub volume_pointer: String,
+    /// JSON pointer of the group field used by blueprint assignment rules, if any.
+    pub group_pointer: Option<String>,
+    /// Largest accepted payload in bytes (default 1 MiB).
+    pub max_event_bytes: usize,
+}
+
+impl Default for DecoderOptions {
+    fn default() -> Self {
+        DecoderOptions {
+            volume_pointer: DEFAULT_VOLUME_POINTER.to_string(),
+            group_pointer: None,
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+/// Named places the decoder fills.
+#[derive(Debug, Clone, Copy)]
+#[repr(u8)]
+enum Slot {
+    EventId,
+    EventIdCamel,
+    Timestamp,
+    AgentId,
+    AgentIdCamel,
+    UserId,
+    SessionId,
+    ToolName,
+    ToolNameCamel,
+    Outcome,
+    Environment,
+    Volume,
+    Group,
+}
+const SLOT_COUNT: usize = 13;
+
+/// A JSON value reduced to what the decoder needs to know about it.
+#[derive(Debug, Clone, Default)]
+enum Scalar<'a> {
+    #[default]
+    Absent,
+    Null,
+    Str(Cow<'a, str>),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool,
+    Object,
+    Array,
+}
+
+/// One key of an object in the tree: the slots its value fills and the keys below it.
+#[derive(Debug, Clone)]
+struct Entry {
+    key: String,
+    slots: Vec<Slot>,
+    child: Option<Node>,
+}
+
+/// The keys of one object that matter.
+#[derive(Debug, Clone, Default)]
+struct Node {
+    entries: Vec<Entry>,
+}
+
+impl Node {
+    fn insert(&mut self, path: &[String], slot: Slot) {
+        let Some((first, rest)) = path.split_first() else {
+            return;
+        };
+        let idx = match self.entries.iter().position(|e| &e.key == first) {
+            Some(i) => i,
+            None => {
+                self.entries.push(Entry { key: first.clone(), slots: Vec::new(), child: None });
+                self.entries.len() - 1
+            }
+        };
+        let entry = &mut self.entries[idx];
+        if rest.is_empty() {
+            entry.slots.push(slot);
+        } else {
+            entry.child.get_or_insert_with(Node::default).insert(rest, slot);
+        }
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        self.entries.iter().position(|e| e.key == key)
+    }
+}
+
+/// Splits an RFC 6901 JSON pointer into its unescaped keys; `None` if it is not a pointer to a key.
+pub(crate) fn parse_pointer(pointer: &str) -> Option<Vec<String>> {
+    let rest = pointer.strip_prefix('/')?;
+    Some(rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect())
+}
+
+/// Decodes audit events of every supported format.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    root: Node,
+    volume_pointer: String,
+    group_pointer: String,
+    max_event_bytes: usize,
+}
+
+impl Default for Decoder {
+    fn default() -> Self {
+        Decoder::new(&DecoderOptions::default()).expect("the default pointers are valid")
+    }
+}
+
+impl Decoder {
+    /// Builds a decoder; fails with the offending option when a pointer is not of the form `/a/b`.
+    pub fn new(opts: &DecoderOptions) -> Result<Decoder, DecodeError> {
+        let mut root = Node::default();
+        let fixed: [(&str, Slot); 11] = [
+            ("/event_id", Slot::EventId),
+            ("/eventId", Slot::EventIdCamel),
+            ("/timestamp", Slot::Timestamp),
+            ("/agent_id", Slot::AgentId),
+            ("/agentId", Slot::AgentIdCamel),
+            ("/userId", Slot::UserId),
+            ("/sessionId", Slot::SessionId),
+            ("/tool_name", Slot::ToolName),
+            ("/toolName", Slot::ToolNameCamel),
+            ("/outcome", Slot::Outcome),
+            ("/safe_payload/environment", Slot::Environment),
+        ];
+        for (p, slot) in fixed {
+            let path = parse_pointer(p).expect("fixed pointers are valid");
+            root.insert(&path, slot);
+        }
+        let bad = |field: &str, value: &str| DecodeError::InvalidValue {
+            field: field.to_string(),
+            reason: format!("{value:?} is not a JSON pointer to an object key (expected /a/b)"),
+        };
+        let vol = parse_pointer(&opts.volume_pointer).ok_or_else(|| bad("volume_pointer", &opts.volume_pointer))?;
+        root.insert(&vol, Slot::Volume);
+        let mut group_pointer = String::new();
+        if let Some(g) = &opts.group_pointer {
+            let path = parse_pointer(g).ok_or_else(|| bad("group_pointer", g))?;
+            root.insert(&path, Slot::Group);
+            group_pointer = g.clone();
+        }
+        Ok(Decoder {
+            root,
+            volume_pointer: opts.volume_pointer.clone(),
+            group_pointer,
+            max_event_bytes: opts.max_event_bytes,
+        })
+    }
+
+    /// Decodes one payload (one JSON object; surrounding whitespace allowed).
+    pub fn decode<'a>(&self, payload: &'a [u8]) -> Result<AuditEvent<'a>, DecodeError> {
+        if payload.len() > self.max_event_bytes {
+            return Err(DecodeError::Oversized { size: payload.len(), max: self.max_event_bytes });
+        }
+        let mut slots: [Scalar<'a>; SLOT_COUNT] = Default::default();
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let walked = de
+            .deserialize_map(ObjectVisitor { node: &self.root, slots: &mut slots })
+            .and_then(|()| de.end());
+        if let Err(e) = walked {
+            return Err(DecodeError::NotJson { reason: e.to_string() });
+        }
+        self.finish(slots)
+    }
+
+    fn finish<'a>(&self, mut slots: [Scalar<'a>; SLOT_COUNT]) -> Result<AuditEvent<'a>, DecodeError> {
+        let mut take = |s: Slot| std::mem::take(&mut slots[s as usize]);
+        let spm_agent = take(Slot::AgentId);
+        let spm_event = take(Slot::EventId);
+        let is_spm = present(&spm_agent) || present(&spm_event);
+        let timestamp = take(Slot::Timestamp);
+        let (format, agent_id, event_id, tool_name, ts_ms) = if is_spm {
+            let agent = required_str(spm_agent, "/agent_id")?;
+            let ts = match timestamp {
+                Scalar::Str(s) => parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidValue {
+                    field: "/timestamp".into(),
+                    reason: format!("{s:?} is not an RFC 3339 time between 1970 and 9999"),
+                })?,
+                Scalar::Absent | Scalar::Null => return Err(DecodeError::MissingField { field: "/timestamp" }),
+                _ => return Err(wrong("/timestamp", "an RFC 3339 string")),
+            };
+            let event = optional_str(spm_event, "/event_id")?.unwrap_or(Cow::Borrowed(""));
+            let tool = optional_str(take(Slot::ToolName), "/tool_name")?.unwrap_or(Cow::Borrowed(""));
+            (Format::AgentSpm, agent, event, tool, ts)
+        } else {
+            let agent = first_str([
+                (take(Slot::AgentIdCamel), "/agentId"),
+                (take(Slot::UserId), "/userId"),
+                (take(Slot::SessionId), "/sessionId"),
+            ])?
+            .ok_or(DecodeError::MissingField { field: "/agent_id" })?;
+            let ts = match timestamp {
+                Scalar::Int(v) => v,
+                Scalar::UInt(v) => i64::try_from(v).unwrap_or(i64::MAX),
+                Scalar::Float(v) if v.is_finite() => v as i64,
+                Scalar::Absent | Scalar::Null => return Err(DecodeError::MissingField { field: "/timestamp" }),
+                _ => return Err(wrong("/timestamp", "epoch milliseconds (a number)")),
+            };
+            if !(0..=MAX_TIMESTAMP_MS).contains(&ts) {
+                return Err(DecodeError::InvalidValue {
+                    field: "/timestamp".into(),
+                    reason: format!("{ts} ms is outside 1970..9999"),
+                });
+            }
+            let event = optional_str(take(Slot::EventIdCamel), "/eventId")?.unwrap_or(Cow::Borrowed(""));
+            let tool = optional_str(take(Slot::ToolNameCamel), "/toolName")?.unwrap_or(Cow::Borrowed(""));
+            (Format::AgentShield, agent, event, tool, ts)
+        };
+        if agent_id.len() > MAX_AGENT_ID_BYTES {
+            return Err(DecodeError::InvalidValue {
+                field: if is_spm { "/agent_id".into() } else { "/agentId".into() },
+                reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", agent_id.len()),
+            });
+        }
+        let outcome = if is_spm {
+            optional_str(take(Slot::Outcome), "/outcome")?.map(|s| Outcome::parse(&s))
+        } else {
+            None
+        };
+        let environment = optional_str(take(Slot::Environment), "/safe_payload/environment")?;
+        let group = if self.group_pointer.is_empty() {
+            None
+        } else {
+            optional_str(take(Slot::Group), &self.group_pointer)?
+        };
+        let bytes = match take(Slot::Volume) {
+            Scalar::Absent | Scalar::Null => None,
+            Scalar::Int(v) => Some(v as f64),
+            Scalar::UInt(v) => Some(v as f64),
+            Scalar::Float(v) => Some(v),
+            _ => return Err(wrong(&self.volume_pointer, "a number of bytes")),
+        };
+        if let Some(b) = bytes {
+            if !(b.is_finite() && b >= 0.0) {
+                return Err(DecodeError::InvalidValue {
+                    field: self.volume_pointer.clone(),
+                    reason: format!("{b} is not a non-negative number of bytes"),
+                });
+            }
+        }
+        Ok(AuditEvent { format, event_id, ts_ms, agent_id, tool_name, outcome, environment, group, bytes })
+    }
+}
+
+fn present(s: &Scalar<'_>) -> bool {
+    !matches!(s, Scalar::Absent | Scalar::Null)
+}
+
+fn wrong(field: &str, expected: &'static str) -> DecodeError {
+    DecodeError::WrongType { field: field.to_string(), expected }
+}
+
+fn optional_str<'a>(s: Scalar<'a>, field: &str) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    match s {
+        Scalar::Absent | Scalar::Null => Ok(None),
+        Scalar::Str(v) => Ok(Some(v)),
+        _ => Err(wrong(field, "a string")),
+    }
+}
+
+fn required_str<'a>(s: Scalar<'a>, field: &'static str) -> Result<Cow<'a, str>, DecodeError> {
+    match optional_str(s, field)? {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(DecodeError::MissingField { field }),
+    }
+}
+
+/// The first present, non-empty string of a list of candidate fields.
+fn first_str<'a, const N: usize>(cands: [(Scalar<'a>, &str); N]) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    for (s, field) in cands {
+        if let Some(v) = optional_str(s, field)? {
+            if !v.is_empty() {
+                return Ok(Some(v));
+            }
+        }
+    }
+    Ok(None)
+}
+
+struct ObjectVisitor<'n, 's, 'a> {
+    node: &'n Node,
+    slots: &'s mut [Scalar<'a>; SLOT_COUNT],
+}
+
+impl<'de, 'n, 's> Visitor<'de> for ObjectVisitor<'n, 's, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(found) = map.next_key_seed(KeySeed { node: self.node })? {
+            match found {
+                Some(i) => {
+                    let entry = &self.node.entries[i];
+                    map.next_value_seed(ValueSeed { entry, slots: &mut *self.slots })?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+struct KeySeed<'n> {
+    node: &'n Node,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.node.find(v))
+    }
+}
+
+struct ValueSeed<'n, 's, 'a> {
+    entry: &'n Entry,
+    slots: &'s mut [Scalar<'a>; SLOT_COUNT],
+}
+
+impl<'n, 's, 'a> ValueSeed<'n, 's, 'a> {
+    fn set(self, value: Scalar<'a>) {
+        if let Some((last, rest)) = self.entry.slots.split_last() {
+            for s in rest {
+                self.slots[*s as usize] = value.clone();
+            }
+            self.slots[*last as usize] = value;
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed<'_, '_, 'de> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
+        self.set(Scalar::Str(Cow::Borrowed(v)));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
+        self.set(Scalar::Str(Cow::Owned(v.to_owned())));
+        Ok(())
+    }
+    fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
+        self.set(Scalar::Str(Cow::Owned(v)));
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
+        self.set(Scalar::Int(v));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
+        self.set(Scalar::UInt(v));
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
+        self.set(Scalar::Float(v));
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _v: bool) -> Result<(), E> {
+        self.set(Scalar::Bool);
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        self.set(Scalar::Null);
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        self.set(Scalar::Null);
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.set(Scalar::Array);
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match &self.entry.child {
+            Some(node) => {
+                let slots = &mut *self.slots;
+                ObjectVisitor { node, slots }.visit_map(map)?;
+                // The object itself also fills the entry's own slots (a pointer to an object).
+                if !self.entry.slots.is_empty() {
+                    self.set(Scalar::Object);
+                }
+            }
+            None => {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                self.set(Scalar::Object);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPM: &str = r#"{"event_id":"e1","timestamp":"2026-03-02T14:00:00.250Z","request_id":"r1",
+        "agent_id":"fin-pay-1","tool_name":"trigger_payment","outcome":"ALLOW",
+        "reasons":[{"code":"OK","message":"allowed"}],
+        "safe_payload":{"agent_id":"fin-pay-1","tool_name":"trigger_payment","environment":"prod","outcome":"ALLOW","bytes":2048,"team":"treasury"},
+        "plugin_source":"x","extra":{"deep":[1,2,{"a":null}]}}"#;
+
+    fn dec() -> Decoder {
+        Decoder::new(&DecoderOptions { group_pointer: Some("/safe_payload/team".into()), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn decodes_agent_spm_event_and_borrows_strings() {
+        let d = dec();
+        let e = d.decode(SPM.as_bytes()).unwrap();
+        assert_eq!(e.format, Format::AgentSpm);
+        assert_eq!(e.agent_id, "fin-pay-1");
+        assert!(matches!(e.agent_id, Cow::Borrowed(_)));
+        assert_eq!(e.event_id, "e1");
+        assert_eq!(e.tool_name, "trigger_payment");
+        assert_eq!(e.outcome, Some(Outcome::Allow));
+        assert_eq!(e.environment.as_deref(), Some("prod"));
+        assert_eq!(e.group.as_deref(), Some("treasury"));
+        assert_eq!(e.bytes, Some(2048.0));
+        assert_eq!(e.ts_ms, 1_772_460_000_250);
+    }
+
+    #[test]
+    fn decodes_agentshield_entry_with_agent_fallbacks() {
+        let d = dec();
+        let e = d
+            .decode(br#"{"type":"tool_call","timestamp":1772460000250,"eventId":"x","sessionId":"s-9","toolName":"read_file"}"#)
+            .unwrap();
+        assert_eq!(e.format, Format::AgentShield);
+        assert_eq!(e.agent_id, "s-9");
+        assert_eq!(e.ts_ms, 1_772_460_000_250);
+        let e = d
+            .decode(br#"{"type":"t","timestamp":1,"eventId":"x","sessionId":"s","userId":"u","agentId":"a"}"#)
+            .unwrap();
+        assert_eq!(e.agent_id, "a");
+        let e = d.decode(br#"{"type":"t","timestamp":1,"eventId":"x","sessionId":"s","userId":"u"}"#).unwrap();
+        assert_eq!(e.agent_id, "u");
+        assert_eq!(e.outcome, None);
+        assert_eq!(e.bytes, None);
+    }
+
+    #[test]
+    fn escaped_strings_are_decoded() {
+        let e = dec()
+            .decode(br#"{"agent_id":"a\"b\\c\u00e9","timestamp":"2026-03-02T14:00:00Z","tool_name":"t|x="}"#)
+            .unwrap();
+        assert_eq!(e.agent_id, "a\"b\\c\u{e9}");
+        assert_eq!(e.tool_name, "t|x=");
+    }
+
+    #[test]
+    fn bad_input_gives_typed_errors_naming_the_field() {
+        let d = dec();
+        let cases: &[(&[u8], DecodeError)] = &[
+            (b"not json", DecodeError::NotJson { reason: String::new() }),
+            (b"[1,2]", DecodeError::NotJson { reason: String::new() }),
+            (br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z"} x"#, DecodeError::NotJson { reason: String::new() }),
+            (br#"{"timestamp":"2026-03-02T14:00:00Z","event_id":"e"}"#, DecodeError::MissingField { field: "/agent_id" }),
+            (br#"{"agent_id":"a"}"#, DecodeError::MissingField { field: "/timestamp" }),
+            (br#"{"agent_id":"","timestamp":"2026-03-02T14:00:00Z"}"#, DecodeError::MissingField { field: "/agent_id" }),
+            (br#"{"agent_id":7,"timestamp":"2026-03-02T14:00:00Z"}"#, wrong("/agent_id", "a string")),
+            (br#"{"agent_id":"a","timestamp":1}"#, wrong("/timestamp", "an RFC 3339 string")),
+            (
+                br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","safe_payload":{"bytes":"big"}}"#,
+                wrong("/safe_payload/bytes", "a number of bytes"),
+            ),
+            (
+                br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","tool_name":["x"]}"#,
+                wrong("/tool_name", "a string"),
+            ),
+            (br#"{"eventId":"e","timestamp":"2026-03-02T14:00:00Z","agentId":"a"}"#, wrong("/timestamp", "epoch milliseconds (a number)")),
+            (br#"{"eventId":"e","timestamp":1}"#, DecodeError::MissingField { field: "/agent_id" }),
+        ];
+        for (input, want) in cases {
+            let got = d.decode(input).unwrap_err();
+            match (want, &got) {
+                (DecodeError::NotJson { .. }, DecodeError::NotJson { .. }) => {}
+                _ => assert_eq!(&got, want, "input {}", String::from_utf8_lossy(input)),
+            }
+        }
+        let got = d.decode(br#"{"agent_id":"a","timestamp":"2026-13-02T14:00:00Z"}"#).unwrap_err();
+        assert!(matches!(got, DecodeError::InvalidValue { ref field, .. } if field == "/timestamp"));
+        let got = d
+            .decode(br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","safe_payload":{"bytes":-1}}"#)
+            .unwrap_err();
+        assert!(matches!(got, DecodeError::InvalidValue { ref field, .. } if field == "/safe_payload/bytes"));
+    }
+
+    #[test]
+    fn oversized_payload_is_rejected_before_parsing() {
+        let d = Decoder::new(&DecoderOptions { max_event_bytes: 16, ..Default::default() }).unwrap();
+        assert_eq!(d.decode(&[b' '; 17]).unwrap_err(), DecodeError::Oversized { size: 17, max: 16 });
+    }
+
+    #[test]
+    fn custom_volume_pointer_and_invalid_pointer() {
+        let d = Decoder::new(&DecoderOptions { volume_pointer: "/meta/size~1kb".into(), ..Default::default() }).unwrap();
+        let e = d.decode(br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","meta":{"size/kb":1.5}}"#).unwrap();
+        assert_eq!(e.bytes, Some(1.5));
+        assert!(Decoder::new(&DecoderOptions { volume_pointer: "bytes".into(), ..Default::default() }).is_err());
+    }
+
+    #[test]
+    fn unknown_outcome_is_kept_as_other() {
+        let e = dec()
+            .decode(br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","outcome":"NEW_THING"}"#)
+            .unwrap();
+        assert_eq!(e.outcome, Some(Outcome::Other));
+    }
+}

@@ -1,0 +1,57 @@
+//! Typed decoding errors: each names the field at fault as a JSON pointer.
+
+use thiserror::Error;
+
+/// Why an audit event could not be decoded.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum DecodeError {
+    /// The payload is larger than the configured maximum.
+    #[error("event is {size} bytes, more than the maximum of {max}")]
+    Oversized {
+        /// Size of the payload in bytes.
+        size: usize,
+        /// Configured maximum in bytes.
+        max: usize,
+    },
+    /// The payload is not a JSON object (syntax error, truncated, or another JSON type).
+    #[error("not a JSON object: {reason}")]
+    NotJson {
+        /// serde_json's description, with line and column.
+        reason: String,
+    },
+    /// A required field is absent or null.
+    #[error("missing field {field}")]
+    MissingField {
+        /// JSON pointer of the field.
+        field: &'static str,
+    },
+    /// A field has the wrong JSON type.
+    #[error("field {field} should be {expected}")]
+    WrongType {
+        /// JSON pointer of the field.
+        field: String,
+        /// What was expected, e.g. "a string".
+        expected: &'static str,
+    },
+    /// A field has the right type but an unusable value.
+    #[error("field {field} is invalid: {reason}")]
+    InvalidValue {
+        /// JSON pointer of the field.
+        field: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl DecodeError {
+    /// A short stable label for metrics and dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::Oversized { .. } => "oversized",
+            DecodeError::NotJson { .. } => "not_json",
+            DecodeError::MissingField { .. } => "missing_field",
+            DecodeError::WrongType { .. } => "wrong_type",
+            DecodeError::InvalidValue { .. } => "invalid_value",
+        }
+    }
+}

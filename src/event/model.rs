@@ -1,0 +1,106 @@
+//! The audit event as the engine sees it, borrowed from the payload it was decoded from.
+
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+
+/// Which SDK wrote the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    /// Agent-SPM `Event` (snake_case fields, RFC 3339 timestamp).
+    AgentSpm,
+    /// AgentShield MCP security-runtime audit entry (camelCase fields, epoch-ms timestamp).
+    AgentShield,
+}
+
+/// Decision recorded by Agent-SPM for a tool call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Outcome {
+    /// The call was allowed.
+    Allow,
+    /// The call was denied by policy.
+    Deny,
+    /// The call waits for an approval.
+    RequireApproval,
+    /// The call needs step-up authentication.
+    StepUp,
+    /// The call needs a ticket reference.
+    RequireTicket,
+    /// The call needs a human.
+    RequireHuman,
+    /// An approval was granted.
+    Approved,
+    /// An approval was refused.
+    Rejected,
+    /// The SDK's kill switch stopped the call.
+    KillSwitch,
+    /// The call was rate limited.
+    RateLimited,
+    /// The call timed out.
+    Timeout,
+    /// A value this version does not know (kept, not rejected, so a newer SDK is still watched).
+    Other,
+}
+
+impl Outcome {
+    /// Parses the SDK's upper-case spelling; unknown values become [`Outcome::Other`].
+    pub fn parse(s: &str) -> Outcome {
+        match s {
+            "ALLOW" => Outcome::Allow,
+            "DENY" => Outcome::Deny,
+            "REQUIRE_APPROVAL" => Outcome::RequireApproval,
+            "STEP_UP" => Outcome::StepUp,
+            "REQUIRE_TICKET" => Outcome::RequireTicket,
+            "REQUIRE_HUMAN" => Outcome::RequireHuman,
+            "APPROVED" => Outcome::Approved,
+            "REJECTED" => Outcome::Rejected,
+            "KILL_SWITCH" => Outcome::KillSwitch,
+            "RATE_LIMITED" => Outcome::RateLimited,
+            "TIMEOUT" => Outcome::Timeout,
+            _ => Outcome::Other,
+        }
+    }
+
+    /// The SDK's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allow => "ALLOW",
+            Outcome::Deny => "DENY",
+            Outcome::RequireApproval => "REQUIRE_APPROVAL",
+            Outcome::StepUp => "STEP_UP",
+            Outcome::RequireTicket => "REQUIRE_TICKET",
+            Outcome::RequireHuman => "REQUIRE_HUMAN",
+            Outcome::Approved => "APPROVED",
+            Outcome::Rejected => "REJECTED",
+            Outcome::KillSwitch => "KILL_SWITCH",
+            Outcome::RateLimited => "RATE_LIMITED",
+            Outcome::Timeout => "TIMEOUT",
+            Outcome::Other => "OTHER",
+        }
+    }
+}
+
+/// One audit event: one tool call (or one runtime audit entry) of one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent<'a> {
+    /// SDK format it was decoded from.
+    pub format: Format,
+    /// The SDK's event id (empty when the SDK gave none).
+    pub event_id: Cow<'a, str>,
+    /// Event time in milliseconds since the Unix epoch (UTC).
+    pub ts_ms: i64,
+    /// The agent that acted.
+    pub agent_id: Cow<'a, str>,
+    /// Tool called (empty for entries that are not tool calls).
+    pub tool_name: Cow<'a, str>,
+    /// Agent-SPM outcome; `None` for formats without one.
+    pub outcome: Option<Outcome>,
+    /// Deployment environment, when the SDK reports one.
+    pub environment: Option<Cow<'a, str>>,
+    /// Value of the configured group field, used to assign blueprints.
+    pub group: Option<Cow<'a, str>>,
+    /// Data volume of the call in bytes, from the configured field; `None` when not reported.
+    pub bytes: Option<f64>,
+}

@@ -1,0 +1,36 @@
+//! agent-guardian: an independent guard for fleets of AI agents.
+//!
+//! It reads the audit events that agent runtime-security SDKs (Agent-SPM, AgentShield) write for
+//! every tool call, learns what is normal for each agent, detects frequency and volume spikes,
+//! suspicious tool sequences and off-hours activity on event time, and decides kills.
+//!
+//! # Layout
+//! - [`event`]: the audit event model and the decoders of the SDK formats.
+//! - [`blueprint`]: blueprint schema, validation, and assignment of agents to blueprints.
+//! - [`detect`]: the detectors, pure functions of (agent state, event, blueprint), and the
+//!   learned baselines they use.
+//! - [`response`]: incidents with deterministic ids, and the kill policy.
+//! - [`state`]: the per-agent state value and the snapshot codec.
+//! - [`engine`]: ties them together: one event in, incidents out.
+//! - [`replay`]: the `guardian replay` job (file or stdin source, JSON-lines sink).
+//! - [`simulate`]: the realistic fleet generator behind `guardian simulate`, tests and benches.
+//! - [`cli`]: command-line interface.
+//!
+//! # Data flow
+//! ```text
+//! source (file / stdin) ─► event::Decoder ─► engine::Engine ─► Vec<Incident> ─► sink (stdout)
+//!                                              │  per agent: state::AgentState
+//!                                              │    detect::DetectorState::observe → Finding
+//!                                              │    response::KillState::record/decide
+//!                                              └─ state::Snapshot (snapshot / restore)
+//! ```
+
+pub mod blueprint;
+pub mod cli;
+pub mod detect;
+pub mod engine;
+pub mod event;
+pub mod replay;
+pub mod response;
+pub mod simulate;
+pub mod state;

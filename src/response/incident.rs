@@ -1,0 +1,222 @@
+//! Incident records: the guardian's output for every anomaly and every kill decision.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Incident severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    /// Informational.
+    Low,
+    /// Worth a look.
+    Medium,
+    /// Act soon.
+    High,
+    /// Act now.
+    Critical,
+}
+
+impl Severity {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "low",
+            Severity::Medium => "medium",
+            Severity::High => "high",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// Parses a lower-case name.
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "low" => Some(Severity::Low),
+            "medium" => Some(Severity::Medium),
+            "high" => Some(Severity::High),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+
+    /// Index 0–3, low to critical.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Kind of incident.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentType {
+    /// Too many calls.
+    FrequencySpike,
+    /// Too much data (or, for imported peer configs, too many actions).
+    VolumeSpike,
+    /// A blueprint tool sequence.
+    SuspiciousSequence,
+    /// Activity outside allowed or usual hours.
+    OffHours,
+    /// The kill policy decided to kill the agent.
+    AutoKill,
+    /// A killed agent is still acting.
+    ActivityAfterKill,
+}
+
+impl IncidentType {
+    /// All types, in a fixed order.
+    pub const ALL: [IncidentType; 6] = [
+        IncidentType::FrequencySpike,
+        IncidentType::VolumeSpike,
+        IncidentType::SuspiciousSequence,
+        IncidentType::OffHours,
+        IncidentType::AutoKill,
+        IncidentType::ActivityAfterKill,
+    ];
+
+    /// snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IncidentType::FrequencySpike => "frequency_spike",
+            IncidentType::VolumeSpike => "volume_spike",
+            IncidentType::SuspiciousSequence => "suspicious_sequence",
+            IncidentType::OffHours => "off_hours",
+            IncidentType::AutoKill => "auto_kill",
+            IncidentType::ActivityAfterKill => "activity_after_kill",
+        }
+    }
+}
+
+/// What the figure was compared against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Basis {
+    /// A fixed blueprint threshold.
+    Static,
+    /// The agent's own learned baseline.
+    Learned,
+}
+
+/// What the guardian did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Recorded and forwarded to the sinks.
+    Logged,
+    /// A kill command is issued.
+    Killed,
+    /// Monitor mode or dry run: the agent would have been killed.
+    WouldKill,
+    /// Over the threshold but on the kill allowlist.
+    KillSuppressedAllowlist,
+}
+
+/// One incident. Times are RFC 3339 UTC strings in JSON and epoch milliseconds in memory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    /// Deterministic id derived from the input (see [`incident_id`]).
+    pub incident_id: String,
+    /// The agent.
+    pub agent_id: String,
+    /// Kind of incident.
+    #[serde(rename = "type")]
+    pub kind: IncidentType,
+    /// Severity.
+    pub severity: Severity,
+    /// Event time of the triggering event.
+    #[serde(with = "crate::event::rfc3339_serde")]
+    pub at: i64,
+    /// Start of the span of event time the figure covers.
+    #[serde(with = "crate::event::rfc3339_serde")]
+    pub window_start: i64,
+    /// End of that span.
+    #[serde(with = "crate::event::rfc3339_serde")]
+    pub window_end: i64,
+    /// Blueprint key in force for the agent.
+    pub blueprint: String,
+    /// Static threshold or learned baseline.
+    pub basis: Basis,
+    /// The observed figure.
+    pub observed: f64,
+    /// The threshold or baseline figure it was compared with.
+    pub expected: f64,
+    /// Unit of `observed` and `expected`: calls, bytes, seconds, score, events.
+    pub unit: String,
+    /// One sentence for people.
+    pub description: String,
+    /// What the guardian did.
+    pub action_taken: Action,
+    /// Id of the triggering event.
+    pub event_id: String,
+    /// Tool of the triggering event.
+    pub tool_name: String,
+    /// The matched pattern, for suspicious sequences.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<Vec<String>>,
+}
+
+/// Derives an incident id from what identifies it in the input: the agent, the kind, the agent's
+/// event sequence number, the triggering event's id and time, and a discriminator (e.g. the
+/// pattern index). Replaying the same input gives the same id.
+pub fn incident_id(agent_id: &str, kind: IncidentType, basis: Basis, seq: u64, event_id: &str, ts: i64, disc: u32) -> String {
+    let mut h = Sha256::new();
+    for part in [agent_id.as_bytes(), kind.as_str().as_bytes(), event_id.as_bytes()] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update([basis as u8]);
+    h.update(seq.to_le_bytes());
+    h.update(ts.to_le_bytes());
+    h.update(disc.to_le_bytes());
+    let d = h.finalize();
+    let mut s = String::with_capacity(36);
+    for (i, b) in d[..16].iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_deterministic_and_distinct() {
+        let a = incident_id("a", IncidentType::OffHours, Basis::Static, 1, "e", 5, 0);
+        assert_eq!(a, incident_id("a", IncidentType::OffHours, Basis::Static, 1, "e", 5, 0));
+        assert_eq!(a.len(), 36);
+        assert_ne!(a, incident_id("a", IncidentType::OffHours, Basis::Learned, 1, "e", 5, 0));
+        assert_ne!(a, incident_id("a", IncidentType::OffHours, Basis::Static, 2, "e", 5, 0));
+        assert_ne!(incident_id("ab", IncidentType::OffHours, Basis::Static, 1, "", 5, 0), incident_id("a", IncidentType::OffHours, Basis::Static, 1, "b", 5, 0));
+    }
+
+    #[test]
+    fn incident_json_round_trips_with_rfc3339_times() {
+        let i = Incident {
+            incident_id: "x".into(),
+            agent_id: "a".into(),
+            kind: IncidentType::AutoKill,
+            severity: Severity::Critical,
+            at: 1_772_460_000_250,
+            window_start: 1_772_460_000_000,
+            window_end: 1_772_460_000_250,
+            blueprint: "finance".into(),
+            basis: Basis::Static,
+            observed: 3.0,
+            expected: 3.0,
+            unit: "score".into(),
+            description: "d".into(),
+            action_taken: Action::Killed,
+            event_id: "e".into(),
+            tool_name: "t".into(),
+            pattern: None,
+        };
+        let s = serde_json::to_string(&i).unwrap();
+        assert!(s.contains(r#""at":"2026-03-02T14:00:00.250Z""#), "{s}");
+        assert!(s.contains(r#""type":"auto_kill""#));
+        assert_eq!(serde_json::from_str::<Incident>(&s).unwrap(), i);
+    }
+}

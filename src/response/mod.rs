@@ -1,0 +1,7 @@
+//! What the guardian does with findings: incidents with deterministic ids, and the kill policy.
+
+mod incident;
+mod kill;
+
+pub use incident::{incident_id, Action, Basis, Incident, IncidentType, Severity};
+pub use kill::{KillDecision, KillState};

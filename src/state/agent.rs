@@ -1,0 +1,50 @@
+//! Everything the guardian knows about one agent, as one serialisable value.
+
+use serde::{Deserialize, Serialize};
+
+use crate::blueprint::Blueprint;
+use crate::detect::{DetectorState, Episode};
+use crate::response::KillState;
+
+/// The state of one agent: inventory facts, detector state and kill-policy state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentState {
+    /// The agent's id.
+    pub agent_id: String,
+    /// Key of the blueprint assigned at first sight.
+    pub blueprint: String,
+    /// Event time of the first event.
+    pub first_seen: i64,
+    /// Latest event time.
+    pub last_seen: i64,
+    /// Events processed (also the sequence number of the latest one).
+    pub events: u64,
+    /// Events later than the allowed lateness.
+    pub late_events: u64,
+    /// Environment of the first event that had one.
+    pub environment: Option<String>,
+    /// Detector state.
+    pub detectors: DetectorState,
+    /// Kill policy state.
+    pub kill: KillState,
+    /// Episode of activity after a kill.
+    pub after_kill: Episode,
+}
+
+impl AgentState {
+    /// A new agent first seen at `ts` under blueprint `bp`.
+    pub fn new(agent_id: &str, bp: &Blueprint, ts: i64, environment: Option<&str>) -> AgentState {
+        AgentState {
+            agent_id: agent_id.to_string(),
+            blueprint: bp.key.clone(),
+            first_seen: ts,
+            last_seen: ts,
+            events: 0,
+            late_events: 0,
+            environment: environment.map(str::to_string),
+            detectors: DetectorState::new(bp),
+            kill: KillState::default(),
+            after_kill: Episode::default(),
+        }
+    }
+}
