@@ -30,7 +30,9 @@ fn run(sim: &Simulation) -> Vec<Incident> {
 
 #[test]
 fn generated_fleet_every_injected_anomaly_found_and_no_negative_control_fires() {
-    let sim = Simulation::new(SimConfig { agents: 300, days: 28, seed: 20261124, ..SimConfig::default() });
+    let seed = std::env::var("SCENARIO_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(20261124);
+    let agents = std::env::var("SCENARIO_AGENTS").ok().and_then(|s| s.parse().ok()).unwrap_or(300);
+    let sim = Simulation::new(SimConfig { agents, days: 28, seed, ..SimConfig::default() });
     let incidents = run(&sim);
     let ev = evaluate(&sim.labels, &incidents);
     eprintln!(

@@ -14,6 +14,9 @@ pub struct FrequencyState {
     calls: Ring<u32>,
     episode: Episode,
     count_volume: Episode,
+    /// Hour (UTC index) of the last frequency incident: its calls are already reported, so the
+    /// learned hourly check stays quiet for the rest of that hour.
+    reported_hour: i64,
 }
 
 impl FrequencyState {
@@ -23,6 +26,7 @@ impl FrequencyState {
             calls: Ring::new(bp.window_ms, bp.allowed_lateness_ms),
             episode: Episode::default(),
             count_volume: Episode::default(),
+            reported_hour: i64::MIN,
         }
     }
 }
@@ -38,8 +42,11 @@ pub fn observe(bp: &Blueprint, st: &mut FrequencyState, hour: &HourView, obs: &O
     st.calls.add(obs.ts, 1);
     let count = st.calls.max_window_containing(obs.ts);
     let over_static = bp.frequency_threshold.filter(|t| count > *t);
-    if over_static.is_some() || hour.over {
+    let this_hour = obs.ts.div_euclid(super::HOUR_MS);
+    let over_learned = hour.over && this_hour != st.reported_hour;
+    if over_static.is_some() || over_learned {
         if st.episode.violate(obs.ts, &bp.dedup) {
+            st.reported_hour = this_hour;
             out.push(match over_static {
                 Some(t) => Finding {
                     kind: IncidentType::FrequencySpike,
@@ -187,6 +194,28 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].basis, Basis::Learned);
         assert!(f[0].window_end > start + 21 * 86_400_000);
+    }
+
+    #[test]
+    fn a_reported_burst_does_not_raise_a_learned_alert_later_in_the_same_hour() {
+        let mut k = Kit::new(finance());
+        let start = at("2026-03-02T14:00:00Z");
+        let mut evs = Vec::new();
+        for day in [0, 7, 14, 21] {
+            for h in 0..8 {
+                for c in 0..6 {
+                    evs.push(ev(start + day * 86_400_000 + h * 3_600_000 + c * 600_000, "q", None));
+                }
+            }
+        }
+        // Week 4, Monday 11:00: a 100-call burst in 50 s, then normal calls for the rest of the hour.
+        let burst = start + 21 * 86_400_000 + 2 * 3_600_000 + 60_000;
+        evs.extend((0..100).map(|i| ev(burst + i * 500, "q", None)));
+        evs.sort_by_key(|e| e.ts);
+        let found = k.feed(evs);
+        let f: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::FrequencySpike).collect();
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!(f[0].basis, Basis::Static);
     }
 
     #[test]

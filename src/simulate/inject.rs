@@ -121,7 +121,8 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
                 let n = threshold(a.role).0 * 2;
                 let calls = (0..n).map(|k| (t + (k as i64) * 40_000 / n as i64, a.tools[0].name, 2_000)).collect();
                 plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::FrequencySpike), Some(Basis::Static), t, t + 60_000, "burst over the static threshold"));
+                // Either basis: a burst may first cross the learned hourly threshold; one burst, one incident.
+                labels.push(label(a, Some(IncidentType::FrequencySpike), None, t, t + 60_000, "burst over the static threshold"));
             }
         }
         // Static data volume: three exports of half the per-minute limit within 20 s.
