@@ -199,17 +199,25 @@ fn predictive(s: SlotStats) -> (f64, f64) {
 pub fn count_threshold(mean: f64, var: f64, alpha: f64) -> u64 {
     let mean = if mean.is_finite() { mean.max(0.05) } else { 0.05 };
     let var = if var.is_finite() { var } else { mean };
-    let sf: Box<dyn Fn(u64) -> f64> = if var > mean * 1.05 {
+    enum Dist {
+        NegBin(NegativeBinomial),
+        Poisson(Poisson),
+    }
+    let dist = if var > mean * 1.05 {
         let r = mean * mean / (var - mean);
         match NegativeBinomial::new(r, r / (r + mean)) {
-            Ok(d) => Box::new(move |x| d.sf(x)),
+            Ok(d) => Dist::NegBin(d),
             Err(_) => return u64::MAX,
         }
     } else {
         match Poisson::new(mean) {
-            Ok(d) => Box::new(move |x| d.sf(x)),
+            Ok(d) => Dist::Poisson(d),
             Err(_) => return u64::MAX,
         }
+    };
+    let sf = |x: u64| match &dist {
+        Dist::NegBin(d) => d.sf(x),
+        Dist::Poisson(d) => d.sf(x),
     };
     // Exponential then binary search for the smallest x with P(X > x) < alpha.
     let mut hi = (mean.ceil() as u64).max(1);

@@ -1,0 +1,227 @@
+//! Property tests: replay determinism across snapshot/restore, and totality (no panic, no NaN)
+//! of the engine, the event decoder and the blueprint loader on arbitrary input.
+
+use std::sync::Arc;
+
+use agent_guardian::blueprint::{load_blueprint, Assignment, BlueprintSet};
+use agent_guardian::engine::Engine;
+use agent_guardian::event::{AuditEvent, Decoder, Format};
+use agent_guardian::response::Incident;
+use agent_guardian::state::Snapshot;
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+/// A blueprint with small thresholds and a one-hour warm-up, so every path (static, learned,
+/// sequences, kills, activity after kill) is reached by short random streams.
+fn touchy() -> Arc<BlueprintSet> {
+    let bp = load_blueprint(
+        "touchy",
+        &json!({
+            "name": "Touchy", "mode": "block",
+            "anomaly": {"frequency_threshold": 5, "volume_window_ms": 10000,
+                        "suspicious_sequences": [["a", "b"], {"pattern": ["b", "*", "c"], "within": "30s"}],
+                        "allowed_hours": {"start": 8, "end": 18}},
+            "auto_kill_threshold": 3,
+            "timezone": "Europe/London", "working_days": ["mon", "tue", "wed", "thu", "fri"],
+            "data_volume": {"max_bytes": 5000, "window": "10s"},
+            "learned": {"warmup": "1h", "min_slot_observations": 1, "min_hourly_count": 3, "volume_warmup_calls": 3, "volume_min_bytes": 10},
+            "kill": {"half_life": "10m", "cooldown": "1m"},
+            "dedup": {"cooldown": "20s", "episode_gap": "1m"}
+        }),
+    )
+    .expect("valid");
+    Arc::new(BlueprintSet::from_blueprints(vec![bp], Assignment { default: "touchy".into(), ..Assignment::default() }).expect("valid"))
+}
+
+#[derive(Debug, Clone)]
+struct Ev {
+    agent: u8,
+    dt: i64,
+    tool: u8,
+    bytes: Option<u32>,
+}
+
+fn events() -> impl Strategy<Value = Vec<Ev>> {
+    let ev = (
+        0u8..3,
+        prop_oneof![
+            6 => 0i64..3_000,
+            2 => -40_000i64..0,
+            1 => 0i64..7_200_000,
+            1 => -200_000i64..-40_000,
+            1 => Just(604_800_000i64 - 3_600_000),
+        ],
+        0u8..5,
+        proptest::option::of(prop_oneof![8 => 100u32..200, 1 => 0u32..2_000_000]),
+    )
+        .prop_map(|(agent, dt, tool, bytes)| Ev { agent, dt, tool, bytes });
+    proptest::collection::vec(ev, 1..400)
+}
+
+const TOOLS: [&str; 5] = ["a", "b", "c", "d", ""];
+const AGENTS: [&str; 3] = ["x", "y", "z"];
+
+fn materialise(evs: &[Ev]) -> Vec<(String, i64, &'static str, Option<f64>)> {
+    let mut t = 1_772_442_000_000i64; // Monday 2026-03-02 09:00 UTC
+    evs.iter()
+        .enumerate()
+        .map(|(i, e)| {
+            t = (t + e.dt).max(0);
+            (format!("e{i}"), t, TOOLS[e.tool as usize], e.bytes.map(f64::from))
+        })
+        .collect()
+}
+
+fn feed(engine: &mut Engine, evs: &[Ev], items: &[(String, i64, &'static str, Option<f64>)], out: &mut Vec<Incident>) {
+    for (e, (id, ts, tool, bytes)) in evs.iter().zip(items) {
+        let ev = AuditEvent {
+            format: Format::AgentSpm,
+            event_id: id.as_str().into(),
+            ts_ms: *ts,
+            agent_id: AGENTS[e.agent as usize].into(),
+            tool_name: (*tool).into(),
+            outcome: None,
+            environment: None,
+            group: None,
+            bytes: *bytes,
+        };
+        engine.process(&ev, out);
+    }
+}
+
+proptest! {
+    // PROPTEST_CASES=N runs longer (a fuzzing session); the default keeps CI short.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(256),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn snapshot_restore_in_arbitrary_chunks_equals_one_pass(evs in events(), cuts in proptest::collection::vec(0usize..400, 0..6)) {
+        let set = touchy();
+        let items = materialise(&evs);
+        let mut one = Engine::new(set.clone());
+        let mut want = Vec::new();
+        feed(&mut one, &evs, &items, &mut want);
+
+        let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % (evs.len() + 1)).collect();
+        cuts.push(evs.len());
+        cuts.sort_unstable();
+        let mut got = Vec::new();
+        let mut engine = Engine::new(set.clone());
+        let mut from = 0;
+        for c in cuts {
+            feed(&mut engine, &evs[from..c], &items[from..c], &mut got);
+            from = c;
+            let bytes = engine.snapshot().to_bytes().expect("encodes");
+            engine = Engine::restore(set.clone(), Snapshot::from_bytes(&bytes).expect("decodes"));
+        }
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(engine.snapshot(), one.snapshot());
+        for i in &want {
+            prop_assert!(i.observed.is_finite() && i.expected.is_finite(), "NaN in {:?}", i);
+        }
+    }
+
+    #[test]
+    fn decoder_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let _ = Decoder::default().decode(&bytes);
+    }
+
+    #[test]
+    fn decoder_never_panics_on_json_like_input(v in json_value(), agent in json_value(), ts in json_value(), bytes in json_value()) {
+        let doc = json!({"agent_id": agent, "timestamp": ts, "tool_name": v, "safe_payload": {"bytes": bytes}, "extra": v});
+        let text = serde_json::to_vec(&doc).expect("serialises");
+        if let Ok(e) = Decoder::default().decode(&text) {
+            prop_assert!(!e.agent_id.is_empty());
+            prop_assert!(e.bytes.is_none_or(|b| b.is_finite() && b >= 0.0));
+        }
+        let doc = json!({"eventId": agent, "timestamp": ts, "agentId": v, "sessionId": bytes});
+        let _ = Decoder::default().decode(&serde_json::to_vec(&doc).expect("serialises"));
+    }
+
+    #[test]
+    fn blueprint_loader_never_panics_on_arbitrary_json(v in json_value()) {
+        let _ = load_blueprint("x", &v);
+        let _ = Assignment::from_json(&v);
+    }
+
+    #[test]
+    fn blueprint_loader_reports_paths_for_mutated_shipped_blueprints(which in 0usize..3, path_pick in any::<prop::sample::Index>(), v in json_value()) {
+        let text = agent_guardian::blueprint::BUILTIN[which].1;
+        let mut doc: Value = serde_json::from_str(text).expect("json");
+        let paths = leaf_paths(&doc, String::new());
+        let target = path_pick.get(&paths).clone();
+        if let Some(slot) = doc.pointer_mut(&target) {
+            *slot = v;
+        }
+        match load_blueprint("x", &doc) {
+            Ok(bp) => prop_assert_eq!(load_blueprint("x", &bp.to_json()).expect("show output reloads"), bp),
+            Err(errs) => {
+                prop_assert!(!errs.is_empty());
+                for e in errs {
+                    prop_assert!(e.path.is_empty() || e.path.starts_with('/'));
+                }
+            }
+        }
+    }
+}
+
+fn leaf_paths(v: &Value, at: String) -> Vec<String> {
+    let mut out = vec![at.clone()];
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                out.extend(leaf_paths(x, format!("{at}/{k}")));
+            }
+        }
+        Value::Array(a) => {
+            for (i, x) in a.iter().enumerate() {
+                out.extend(leaf_paths(x, format!("{at}/{i}")));
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        "[a-z*]{0,6}".prop_map(Value::String),
+        Just(json!("2026-03-02T09:00:00Z")),
+        Just(json!("30s")),
+        Just(json!("Europe/London")),
+        ".{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// The random streams above reach every incident type, so their determinism check is not vacuous.
+#[test]
+fn random_streams_reach_every_incident_type() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        let evs = events().new_tree(&mut runner).expect("strategy").current();
+        let items = materialise(&evs);
+        let mut e = Engine::new(touchy());
+        let mut out = Vec::new();
+        feed(&mut e, &evs, &items, &mut out);
+        seen.extend(out.iter().map(|i| (i.kind, i.basis)));
+    }
+    for t in agent_guardian::response::IncidentType::ALL {
+        assert!(seen.iter().any(|(k, _)| *k == t), "{t:?} never raised; seen {seen:?}");
+    }
+    assert!(seen.iter().any(|(_, b)| *b == agent_guardian::response::Basis::Learned), "no learned incident; seen {seen:?}");
+}
