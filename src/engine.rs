@@ -220,3 +220,110 @@ fn make_incident(bp: &Blueprint, st: &AgentState, ev: &AuditEvent<'_>, f: Findin
         pattern: f.pattern,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::{load_blueprint, Assignment};
+    use crate::event::Format;
+    use serde_json::json;
+
+    /// A blueprint where three calls of `x` in a row are a sequence (one high violation each match).
+    fn set(mode: &str, kill: serde_json::Value) -> Arc<BlueprintSet> {
+        let bp = load_blueprint(
+            "t",
+            &json!({"name": "T", "mode": mode, "auto_kill_threshold": 2,
+                    "anomaly": {"suspicious_sequences": [["x", "x"]]}, "kill": kill}),
+        )
+        .unwrap();
+        Arc::new(BlueprintSet::from_blueprints(vec![bp], Assignment { default: "t".into(), ..Assignment::default() }).unwrap())
+    }
+
+    fn ev<'a>(agent: &'a str, ts: i64, tool: &'a str) -> AuditEvent<'a> {
+        AuditEvent {
+            format: Format::AgentSpm,
+            event_id: "".into(),
+            ts_ms: ts,
+            agent_id: agent.into(),
+            tool_name: tool.into(),
+            outcome: None,
+            environment: None,
+            group: None,
+            bytes: None,
+        }
+    }
+
+    fn run(e: &mut Engine, agent: &str, calls: &[(i64, &str)]) -> Vec<Incident> {
+        let mut out = Vec::new();
+        for (ts, tool) in calls {
+            e.process(&ev(agent, *ts, tool), &mut out);
+        }
+        out
+    }
+
+    fn kinds(v: &[Incident]) -> Vec<(IncidentType, Action)> {
+        v.iter().map(|i| (i.kind, i.action_taken)).collect()
+    }
+
+    #[test]
+    fn killed_agent_stays_watched_and_further_activity_is_critical() {
+        let mut e = Engine::new(set("block", json!({})));
+        let out = run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")]);
+        assert_eq!(
+            kinds(&out),
+            vec![
+                (IncidentType::SuspiciousSequence, Action::Logged),
+                (IncidentType::SuspiciousSequence, Action::Logged),
+                (IncidentType::AutoKill, Action::Killed),
+            ]
+        );
+        let later = run(&mut e, "a", &[(60_000, "y"), (61_000, "y"), (10_000_000, "y")]);
+        let after: Vec<_> = later.iter().filter(|i| i.kind == IncidentType::ActivityAfterKill).collect();
+        assert_eq!(after.len(), 2, "one per episode: {later:?}");
+        assert!(after.iter().all(|i| i.severity == crate::response::Severity::Critical));
+        assert!(e.agent("a").unwrap().kill.killed);
+    }
+
+    #[test]
+    fn revive_ends_activity_after_kill() {
+        let mut e = Engine::new(set("block", json!({})));
+        run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")]);
+        assert!(e.revive("a", 4000));
+        let out = run(&mut e, "a", &[(5000, "y")]);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn monitor_mode_would_kill_and_does_not_mark_the_agent_killed() {
+        let mut e = Engine::new(set("monitor", json!({})));
+        let out = run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x"), (4000, "y")]);
+        assert!(kinds(&out).contains(&(IncidentType::AutoKill, Action::WouldKill)));
+        assert!(!out.iter().any(|i| i.kind == IncidentType::ActivityAfterKill));
+        assert!(!e.agent("a").unwrap().kill.killed);
+    }
+
+    #[test]
+    fn dry_run_in_block_mode_would_kill() {
+        let mut e = Engine::new(set("block", json!({"dry_run": true})));
+        let out = run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")]);
+        assert!(kinds(&out).contains(&(IncidentType::AutoKill, Action::WouldKill)));
+    }
+
+    #[test]
+    fn allowlisted_agent_is_reported_but_not_killed() {
+        let mut e = Engine::new(set("block", json!({"allowlist": ["svc-*"]})));
+        let out = run(&mut e, "svc-1", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x"), (4000, "y")]);
+        assert!(kinds(&out).contains(&(IncidentType::AutoKill, Action::KillSuppressedAllowlist)));
+        assert!(!out.iter().any(|i| i.kind == IncidentType::ActivityAfterKill));
+    }
+
+    #[test]
+    fn same_input_gives_same_incident_ids() {
+        let calls = [(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")];
+        let a = run(&mut Engine::new(set("block", json!({}))), "a", &calls);
+        let b = run(&mut Engine::new(set("block", json!({}))), "a", &calls);
+        assert_eq!(a, b);
+        let ids: std::collections::HashSet<_> = a.iter().map(|i| &i.incident_id).collect();
+        assert_eq!(ids.len(), a.len());
+    }
+}

@@ -1,0 +1,105 @@
+//! The `guardian` binary: blueprint validation and display, replay of good and bad input.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn guardian(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_guardian"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guardian runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("guardian exits");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+}
+
+#[test]
+fn peer_blueprints_load_and_validate_unchanged() {
+    let (code, out, _) = guardian(
+        &[
+            "blueprint",
+            "validate",
+            "tests/fixtures/peer/BLUEPRINT_FINANCE.json",
+            "tests/fixtures/peer/BLUEPRINT_SOC.json",
+            "tests/fixtures/peer/BLUEPRINT_ENGINEERING.json",
+            "blueprints/finance.json",
+            "blueprints/soc.json",
+            "blueprints/engineering.json",
+            "deploy/assignment.json",
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches(": OK").count(), 7, "{out}");
+}
+
+#[test]
+fn validate_reports_every_error_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("bad.json");
+    std::fs::write(
+        &f,
+        r#"{"name": "B", "mode": "panic", "anomaly": {"frequency_threshold": "lots", "allowed_hours": {"start": 30, "end": 5}},
+            "timezone": "Atlantis/Capital", "kill": {"cooldown": "soon"}}"#,
+    )
+    .unwrap();
+    let (code, out, _) = guardian(&["blueprint", "validate", f.to_str().unwrap()], "");
+    assert_eq!(code, 1);
+    for p in ["/mode", "/anomaly/frequency_threshold", "/anomaly/allowed_hours/start", "/timezone", "/kill/cooldown"] {
+        assert!(out.contains(&format!("{p}: ")), "missing {p} in {out}");
+    }
+}
+
+#[test]
+fn show_prints_the_effective_blueprint_with_defaults() {
+    let (code, out, _) = guardian(&["blueprint", "show", "finance"], "");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["timezone"], "America/New_York");
+    assert_eq!(v["anomaly"]["frequency_threshold"], 30);
+    assert_eq!(v["learned"]["min_slot_observations"], 2);
+    assert_eq!(v["kill"]["weights"]["critical"], 2.0);
+    let (code, out, _) = guardian(&["blueprint", "show", "tests/fixtures/peer/BLUEPRINT_SOC.json"], "");
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["anomaly"]["volume_threshold"], 500);
+    assert_eq!(v["timezone"], "UTC");
+}
+
+#[test]
+fn replay_counts_malformed_lines_with_line_numbers_and_goes_on() {
+    let mut input = String::new();
+    input.push_str("not json\n");
+    for i in 0..40 {
+        input.push_str(&format!(
+            r#"{{"event_id":"e{i}","timestamp":"2026-03-03T15:00:{:02}Z","agent_id":"fin-1","tool_name":"q","outcome":"ALLOW","reasons":[],"safe_payload":{{"agent_id":"fin-1","tool_name":"q","environment":"prod","outcome":"ALLOW"}}}}"#,
+            i
+        ));
+        input.push('\n');
+    }
+    input.push_str("{\"agent_id\": 5, \"timestamp\": \"2026-03-03T15:01:00Z\"}\n\n");
+    let (code, out, err) = guardian(&["replay", "--blueprints", "blueprints", "--quiet", "-"], &input);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("line 1: not a JSON object"), "{err}");
+    assert!(err.contains("line 42: field /agent_id should be a string"), "{err}");
+    assert!(err.contains("replayed 40 events from 1 agents"), "{err}");
+    assert!(err.contains("2 malformed line(s)"), "{err}");
+    // engineering (the default) allows 60 calls a minute: 40 in 40 s is quiet.
+    assert_eq!(out.lines().count(), 0, "{out}");
+    // With the finance blueprint (30 a minute) the same input is one frequency spike.
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("assign.json");
+    std::fs::write(&a, r#"{"default": "finance"}"#).unwrap();
+    let (_, out, _) = guardian(&["replay", "--assign", a.to_str().unwrap(), "-q", "-"], &input);
+    let incidents: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(incidents.len(), 1, "{out}");
+    assert_eq!(incidents[0]["type"], "frequency_spike");
+    assert_eq!(incidents[0]["at"], "2026-03-03T15:00:30.000Z");
+    for k in ["incident_id", "agent_id", "severity", "window_start", "window_end", "blueprint", "basis", "observed", "expected", "description", "action_taken"] {
+        assert!(incidents[0].get(k).is_some(), "missing {k}");
+    }
+}
