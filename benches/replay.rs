@@ -1,1 +1,97 @@
-fn main(){}
+//! Replay throughput (decode + detect) on a 10,000-agent fleet from the simulator, on one core.
+//!
+//! The engine is first warmed with a simulated day so every agent exists and has state; the timed
+//! part then processes the next busy hour of the fleet's events, serialized as the Agent-SPM JSON
+//! lines the daemon would read. Engine restore (the setup of each iteration) is not timed.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_guardian::blueprint::{Assignment, BlueprintSet};
+use agent_guardian::engine::Engine;
+use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::simulate::{SimConfig, Simulation};
+use agent_guardian::state::Snapshot;
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+const AGENTS: usize = 10_000;
+
+struct Fixture {
+    set: Arc<BlueprintSet>,
+    decoder: Decoder,
+    warm: Snapshot,
+    lines: Vec<u8>,
+    offsets: Vec<(usize, usize)>,
+}
+
+fn fixture() -> Fixture {
+    let v: serde_json::Value = serde_json::from_str(include_str!("../deploy/assignment.json")).expect("json");
+    let a = Assignment::from_json(&v).expect("assignment");
+    let set = Arc::new(BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).expect("set"));
+    let decoder = Decoder::new(&DecoderOptions { group_pointer: set.assignment().group_field.clone(), ..Default::default() })
+        .expect("decoder");
+    let sim = Simulation::new(SimConfig { agents: AGENTS, days: 2, seed: 42, inject: false, ..SimConfig::default() });
+    let mut engine = Engine::new(set.clone());
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut n = 0;
+    // Warm: all of day 0 and day 1 up to 15:00 UTC.
+    let day1 = sim.day(1);
+    let cut = 1_772_409_600_000 + 86_400_000 + 15 * 3_600_000;
+    for e in sim.day(0).iter().chain(day1.iter().filter(|e| e.ts < cut)) {
+        buf.clear();
+        n += 1;
+        sim.write_event(&mut buf, e, n).expect("write");
+        engine.process(&decoder.decode(&buf).expect("decodes"), &mut out);
+    }
+    let warm = engine.snapshot();
+    // Timed: the next hour (15:00-16:00 UTC, working hours in New York and London).
+    let mut lines = Vec::new();
+    let mut offsets = Vec::new();
+    for e in day1.iter().filter(|e| e.ts >= cut && e.ts < cut + 3_600_000) {
+        n += 1;
+        let start = lines.len();
+        sim.write_event(&mut lines, e, n).expect("write");
+        offsets.push((start, lines.len()));
+    }
+    Fixture { set, decoder, warm, lines, offsets }
+}
+
+fn replay(c: &mut Criterion) {
+    let f = fixture();
+    let mut group = c.benchmark_group("replay");
+    group.throughput(Throughput::Elements(f.offsets.len() as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function(format!("decode+detect {AGENTS} agents, {} events", f.offsets.len()), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut out = Vec::with_capacity(64);
+            for _ in 0..iters {
+                let mut engine = Engine::restore(f.set.clone(), f.warm.clone());
+                let t = Instant::now();
+                for &(s, e) in &f.offsets {
+                    if let Ok(ev) = f.decoder.decode(&f.lines[s..e]) {
+                        engine.process(&ev, &mut out);
+                    }
+                    out.clear();
+                }
+                total += t.elapsed();
+            }
+            total
+        });
+    });
+    group.bench_function("decode only", |b| {
+        b.iter(|| {
+            let mut ok = 0u64;
+            for &(s, e) in &f.offsets {
+                ok += u64::from(f.decoder.decode(&f.lines[s..e]).is_ok());
+            }
+            ok
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, replay);
+criterion_main!(benches);

@@ -329,7 +329,7 @@ impl<'de, 'n, 's> Visitor<'de> for ObjectVisitor<'n, 's, 'de> {
                     map.next_value_seed(ValueSeed { entry, slots: &mut *self.slots })?;
                 }
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value_seed(Skip)?;
                 }
             }
         }
@@ -423,7 +423,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
         Ok(())
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element_seed(Skip)?.is_some() {}
         self.set(Scalar::Array);
         Ok(())
     }
@@ -438,9 +438,58 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
                 }
             }
             None => {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Skip.visit_map(map)?;
                 self.set(Scalar::Object);
             }
+        }
+        Ok(())
+    }
+}
+
+/// Skips a value without allocating for nesting (serde's `IgnoredAny` on serde_json keeps a
+/// nesting stack in a buffer that a fresh deserializer must allocate).
+struct Skip;
+
+impl<'de> DeserializeSeed<'de> for Skip {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Skip)?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key::<IgnoredAny>()?.is_some() {
+            map.next_value_seed(Skip)?;
         }
         Ok(())
     }

@@ -1,0 +1,80 @@
+//! The steady no-incident path (decode + detect of an event of a known agent) allocates nothing.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use agent_guardian::blueprint::{Assignment, BlueprintSet};
+use agent_guardian::engine::Engine;
+use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::simulate::{SimConfig, Simulation};
+
+struct Counting;
+
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn steady_path_allocates_nothing_per_event() {
+    let v: serde_json::Value = serde_json::from_str(include_str!("../deploy/assignment.json")).unwrap();
+    let a = Assignment::from_json(&v).unwrap();
+    let set = Arc::new(BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).unwrap());
+    let decoder = Decoder::new(&DecoderOptions { group_pointer: set.assignment().group_field.clone(), ..Default::default() }).unwrap();
+    let sim = Simulation::new(SimConfig { agents: 60, days: 3, seed: 3, inject: false, ..SimConfig::default() });
+    let mut engine = Engine::new(set);
+    let mut out = Vec::with_capacity(64);
+    let mut n = 0;
+    let mut buf = Vec::new();
+    for d in 0..2 {
+        for e in sim.day(d) {
+            buf.clear();
+            n += 1;
+            sim.write_event(&mut buf, &e, n).unwrap();
+            engine.process(&decoder.decode(&buf).unwrap(), &mut out);
+            out.clear();
+        }
+    }
+    // Day 3, serialized up front; count allocations around each event.
+    let day = sim.day(2);
+    let mut lines = Vec::new();
+    for e in &day {
+        let mut b = Vec::new();
+        n += 1;
+        sim.write_event(&mut b, e, n).unwrap();
+        lines.push(b);
+    }
+    let (mut quiet, mut allocating) = (0u64, Vec::new());
+    for (i, l) in lines.iter().enumerate() {
+        let before = ALLOCS.load(Ordering::Relaxed);
+        let ev = decoder.decode(l).unwrap();
+        engine.process(&ev, &mut out);
+        drop(ev);
+        let after = ALLOCS.load(Ordering::Relaxed);
+        if out.is_empty() {
+            quiet += 1;
+            if after != before {
+                allocating.push((i, after - before));
+            }
+        }
+        out.clear();
+    }
+    assert!(quiet > 10_000, "enough steady events measured: {quiet}");
+    assert!(allocating.is_empty(), "{} of {quiet} no-incident events allocated, e.g. {:?}", allocating.len(), &allocating[..allocating.len().min(5)]);
+}
+
