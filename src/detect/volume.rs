@@ -31,7 +31,7 @@ pub struct ToolStats {
 /// Per-agent data-volume state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeState {
-    bytes: Ring<f64>,
+    bytes: Ring<u64>,
     episode: Episode,
     tools: Vec<ToolStats>,
 }
@@ -73,8 +73,9 @@ pub fn observe(bp: &Blueprint, st: &mut VolumeState, obs: &Observation<'_>, out:
         if !st.bytes.fits(bp.data_volume.window_ms, bp.allowed_lateness_ms) {
             st.bytes = Ring::new(bp.data_volume.window_ms, bp.allowed_lateness_ms);
         }
-        st.bytes.add(obs.ts, bytes);
-        sum = st.bytes.max_window_containing(obs.ts);
+        // Whole bytes (saturating) keep the running window sum exact.
+        st.bytes.add(obs.ts, bytes.round() as u64);
+        sum = st.bytes.max_window_containing(obs.ts) as f64;
     }
     let over_static = bp.data_volume.max_bytes.filter(|m| sum > *m);
 

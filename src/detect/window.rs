@@ -11,15 +11,17 @@ pub const BUCKETS: i64 = 60;
 pub struct Ring<T> {
     width: i64,
     head: i64,
+    /// Sum of the window ending at `head` (kept incrementally, so an in-order event costs O(1)).
+    sum: T,
     buckets: Vec<T>,
 }
 
-impl<T: Copy + Default + std::ops::AddAssign + PartialOrd> Ring<T> {
+impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd> Ring<T> {
     /// A ring for a window and lateness (both ms).
     pub fn new(window_ms: i64, lateness_ms: i64) -> Ring<T> {
         let width = (window_ms / BUCKETS).max(1);
         let extra = (lateness_ms + width - 1) / width + 1;
-        Ring { width, head: i64::MIN, buckets: vec![T::default(); (BUCKETS + extra) as usize] }
+        Ring { width, head: i64::MIN, sum: T::default(), buckets: vec![T::default(); (BUCKETS + extra) as usize] }
     }
 
     /// Whether the ring was built for these parameters.
@@ -39,9 +41,16 @@ impl<T: Copy + Default + std::ops::AddAssign + PartialOrd> Ring<T> {
     /// Adds a value at an event time; returns `false` (and adds nothing) if it is older than the ring holds.
     pub fn add(&mut self, ts: i64, v: T) -> bool {
         let idx = ts.div_euclid(self.width);
-        if self.head == i64::MIN || idx > self.head {
-            let from = if self.head == i64::MIN { idx - self.len() + 1 } else { (self.head + 1).max(idx - self.len() + 1) };
-            for i in from..=idx {
+        if self.head == i64::MIN || idx - self.head >= BUCKETS {
+            // Nothing of the old window survives.
+            self.buckets.iter_mut().for_each(|b| *b = T::default());
+            self.sum = T::default();
+            self.head = idx;
+        } else if idx > self.head {
+            for i in (self.head + 1)..=idx {
+                // Bucket i - BUCKETS leaves the window; it is still intact (the ring is longer than the window).
+                let leaving = self.buckets[self.slot(i - BUCKETS)];
+                self.sum -= leaving;
                 let s = self.slot(i);
                 self.buckets[s] = T::default();
             }
@@ -51,6 +60,9 @@ impl<T: Copy + Default + std::ops::AddAssign + PartialOrd> Ring<T> {
         }
         let s = self.slot(idx);
         self.buckets[s] += v;
+        if idx > self.head - BUCKETS {
+            self.sum += v;
+        }
         true
     }
 
@@ -69,7 +81,10 @@ impl<T: Copy + Default + std::ops::AddAssign + PartialOrd> Ring<T> {
             return T::default();
         }
         let idx = ts.div_euclid(self.width);
-        let mut best = self.sum_ending(idx.min(self.head));
+        if idx >= self.head {
+            return self.sum;
+        }
+        let mut best = self.sum_ending(idx);
         for end in (idx + 1)..=(idx + BUCKETS - 1).min(self.head) {
             let s = self.sum_ending(end);
             if s > best {
@@ -102,6 +117,18 @@ mod tests {
         assert!(r.add(75_000, 1));
         assert_eq!(r.max_window_containing(75_000), 2);
         assert!(!r.add(100_000 - 200_000, 1), "far too late");
+    }
+
+    #[test]
+    fn running_sum_equals_recomputed_sum() {
+        let mut r: Ring<u64> = Ring::new(60_000, 30_000);
+        let mut t = 0;
+        for i in 0..5000u64 {
+            t += [0, 300, 1000, 2500, 61_000, 200_000][(i * 7 % 6) as usize];
+            let late = if i % 5 == 0 { (i % 25) as i64 * 1000 } else { 0 };
+            r.add(t - late, i % 13);
+            assert_eq!(r.sum, r.sum_ending(r.head), "step {i}");
+        }
     }
 
     #[test]
