@@ -25,12 +25,25 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let v: serde_json::Value = serde_json::from_str(include_str!("../deploy/assignment.json")).expect("json");
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/assignment.json")).expect("json");
     let a = Assignment::from_json(&v).expect("assignment");
-    let set = Arc::new(BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).expect("set"));
-    let decoder = Decoder::new(&DecoderOptions { group_pointer: set.assignment().group_field.clone(), ..Default::default() })
-        .expect("decoder");
-    let sim = Simulation::new(SimConfig { agents: AGENTS, days: 2, seed: 42, inject: false, ..SimConfig::default() });
+    let set = Arc::new(
+        BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a)
+            .expect("set"),
+    );
+    let decoder = Decoder::new(&DecoderOptions {
+        group_pointer: set.assignment().group_field.clone(),
+        ..Default::default()
+    })
+    .expect("decoder");
+    let sim = Simulation::new(SimConfig {
+        agents: AGENTS,
+        days: 2,
+        seed: 42,
+        inject: false,
+        ..SimConfig::default()
+    });
     let mut engine = Engine::new(set.clone());
     let mut out = Vec::new();
     let mut buf = Vec::new();
@@ -48,13 +61,22 @@ fn fixture() -> Fixture {
     // Timed: the next hour (15:00-16:00 UTC, working hours in New York and London).
     let mut lines = Vec::new();
     let mut offsets = Vec::new();
-    for e in day1.iter().filter(|e| e.ts >= cut && e.ts < cut + 3_600_000) {
+    for e in day1
+        .iter()
+        .filter(|e| e.ts >= cut && e.ts < cut + 3_600_000)
+    {
         n += 1;
         let start = lines.len();
         sim.write_event(&mut lines, e, n).expect("write");
         offsets.push((start, lines.len()));
     }
-    Fixture { set, decoder, warm, lines, offsets }
+    Fixture {
+        set,
+        decoder,
+        warm,
+        lines,
+        offsets,
+    }
 }
 
 fn replay(c: &mut Criterion) {
@@ -63,24 +85,27 @@ fn replay(c: &mut Criterion) {
     group.throughput(Throughput::Elements(f.offsets.len() as u64));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
-    group.bench_function(format!("decode+detect {AGENTS} agents, {} events", f.offsets.len()), |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            let mut out = Vec::with_capacity(64);
-            for _ in 0..iters {
-                let mut engine = Engine::restore(f.set.clone(), f.warm.clone());
-                let t = Instant::now();
-                for &(s, e) in &f.offsets {
-                    if let Ok(ev) = f.decoder.decode(&f.lines[s..e]) {
-                        engine.process(&ev, &mut out);
+    group.bench_function(
+        format!("decode+detect {AGENTS} agents, {} events", f.offsets.len()),
+        |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                let mut out = Vec::with_capacity(64);
+                for _ in 0..iters {
+                    let mut engine = Engine::restore(f.set.clone(), f.warm.clone());
+                    let t = Instant::now();
+                    for &(s, e) in &f.offsets {
+                        if let Ok(ev) = f.decoder.decode(&f.lines[s..e]) {
+                            engine.process(&ev, &mut out);
+                        }
+                        out.clear();
                     }
-                    out.clear();
+                    total += t.elapsed();
                 }
-                total += t.elapsed();
-            }
-            total
-        });
-    });
+                total
+            });
+        },
+    );
     group.bench_function("decode only", |b| {
         b.iter(|| {
             let mut ok = 0u64;

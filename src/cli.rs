@@ -129,9 +129,12 @@ enum BlueprintCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt().with_writer(io::stderr).with_env_filter(
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-    ).init();
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -147,11 +150,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(a) => simulate_cmd(a),
         Command::Demo(a) => demo_cmd(a),
         Command::Blueprint(BlueprintCommand::Validate { files }) => Ok(validate_cmd(&files)),
-        Command::Blueprint(BlueprintCommand::Show { name, blueprints }) => show_cmd(&name, blueprints.as_deref()),
+        Command::Blueprint(BlueprintCommand::Show { name, blueprints }) => {
+            show_cmd(&name, blueprints.as_deref())
+        }
         Command::Blueprint(BlueprintCommand::List { blueprints }) => {
             let set = load_blueprints(blueprints.as_deref())?;
             for b in set.blueprints() {
-                println!("{}\t{}\t{}\t{}", b.key, b.name, b.mode.as_str(), b.timezone.name());
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    b.key,
+                    b.name,
+                    b.mode.as_str(),
+                    b.timezone.name()
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -182,9 +193,13 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         max_event_bytes: a.max_event_bytes,
     })?;
     let (input, len): (Box<dyn BufRead>, Option<u64>) = if a.events.as_os_str() == "-" {
-        (Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())), None)
+        (
+            Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())),
+            None,
+        )
     } else {
-        let f = File::open(&a.events).with_context(|| format!("cannot open {}", a.events.display()))?;
+        let f =
+            File::open(&a.events).with_context(|| format!("cannot open {}", a.events.display()))?;
         let len = f.metadata().ok().map(|m| m.len());
         (Box::new(BufReader::with_capacity(1 << 20, f)), len)
     };
@@ -195,7 +210,9 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         } else {
             "{spinner} {bytes} {msg}"
         };
-        p.set_style(ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()));
+        p.set_style(
+            ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
         p
     });
     let mut engine = Engine::new(set);
@@ -223,9 +240,23 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn sim_config(agents: usize, days: u32, seed: u64, start: chrono::NaiveDate, inject: bool) -> SimConfig {
-    let start_ms = start.and_hms_opt(0, 0, 0).map_or(0, |d| d.and_utc().timestamp_millis());
-    SimConfig { agents, days, seed, start_ms, inject }
+fn sim_config(
+    agents: usize,
+    days: u32,
+    seed: u64,
+    start: chrono::NaiveDate,
+    inject: bool,
+) -> SimConfig {
+    let start_ms = start
+        .and_hms_opt(0, 0, 0)
+        .map_or(0, |d| d.and_utc().timestamp_millis());
+    SimConfig {
+        agents,
+        days,
+        seed,
+        start_ms,
+        inject,
+    }
 }
 
 fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<ExitCode> {
@@ -249,29 +280,54 @@ fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if let Some(p) = &a.labels {
-        let mut w = BufWriter::new(File::create(p).with_context(|| format!("cannot create {}", p.display()))?);
+        let mut w = BufWriter::new(
+            File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        );
         for l in &sim.labels {
             serde_json::to_writer(&mut w, l)?;
             w.write_all(b"\n")?;
         }
         w.flush()?;
     }
-    eprintln!("wrote {n} events of {} agents over {} days; {} labels", sim.fleet.len(), a.days, sim.labels.len());
+    eprintln!(
+        "wrote {n} events of {} agents over {} days; {} labels",
+        sim.fleet.len(),
+        a.days,
+        sim.labels.len()
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let start = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap_or_default();
     let sim = Simulation::new(sim_config(a.agents, a.days, a.seed, start, true));
-    eprintln!("Simulating {} agents over {} days (finance, SOC and engineering; one rogue agent) …", sim.fleet.len(), a.days);
+    eprintln!(
+        "Simulating {} agents over {} days (finance, SOC and engineering; one rogue agent) …",
+        sim.fleet.len(),
+        a.days
+    );
     let events = sim.to_jsonl();
-    let assignment: serde_json::Value = serde_json::from_str(include_str!("../deploy/assignment.json"))?;
+    let assignment: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/assignment.json"))?;
     let assignment = Assignment::from_json(&assignment).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let set = Arc::new(BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), assignment)?);
-    let decoder = Decoder::new(&DecoderOptions { group_pointer: set.assignment().group_field.clone(), ..Default::default() })?;
+    let set = Arc::new(BlueprintSet::from_blueprints(
+        BlueprintSet::builtin().blueprints().to_vec(),
+        assignment,
+    )?);
+    let decoder = Decoder::new(&DecoderOptions {
+        group_pointer: set.assignment().group_field.clone(),
+        ..Default::default()
+    })?;
     let mut engine = Engine::new(set);
     let mut incidents = Vec::new();
-    let summary = replay::run(&mut engine, &decoder, &events[..], &mut incidents, |_, _| {}, None)?;
+    let summary = replay::run(
+        &mut engine,
+        &decoder,
+        &events[..],
+        &mut incidents,
+        |_, _| {},
+        None,
+    )?;
     let mut out = io::stdout().lock();
     for i in &incidents {
         writeln!(
@@ -308,9 +364,15 @@ fn validate_cmd(files: &[PathBuf]) -> ExitCode {
     let mut bad = 0;
     for f in files {
         let result = crate::blueprint::read_json_file(f).and_then(|v| {
-            let looks_like_assignment = v.get("rules").is_some() || (v.get("default").is_some() && v.get("anomaly").is_none());
+            let looks_like_assignment = v.get("rules").is_some()
+                || (v.get("default").is_some() && v.get("anomaly").is_none());
             if looks_like_assignment {
-                Assignment::from_json(&v).map(|_| "assignment").map_err(|errors| LoadError::Invalid { path: f.clone(), errors })
+                Assignment::from_json(&v)
+                    .map(|_| "assignment")
+                    .map_err(|errors| LoadError::Invalid {
+                        path: f.clone(),
+                        errors,
+                    })
             } else {
                 BlueprintSet::load_file(f).map(|_| "blueprint")
             }

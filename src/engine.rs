@@ -43,7 +43,12 @@ fn type_index(t: IncidentType) -> usize {
 impl Engine {
     /// An engine with no agents.
     pub fn new(set: Arc<BlueprintSet>) -> Engine {
-        Engine { set, agents: FxHashMap::default(), findings: Vec::with_capacity(8), stats: EngineStats::default() }
+        Engine {
+            set,
+            agents: FxHashMap::default(),
+            findings: Vec::with_capacity(8),
+            stats: EngineStats::default(),
+        }
     }
 
     /// The blueprints in force.
@@ -71,8 +76,14 @@ impl Engine {
         let set = &*self.set;
         if !self.agents.contains_key(ev.agent_id.as_ref()) {
             let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
-            let state = AgentState::new(&ev.agent_id, set.get(bp), ev.ts_ms, ev.environment.as_deref());
-            self.agents.insert(ev.agent_id.as_ref().into(), Agent { bp, state });
+            let state = AgentState::new(
+                &ev.agent_id,
+                set.get(bp),
+                ev.ts_ms,
+                ev.environment.as_deref(),
+            );
+            self.agents
+                .insert(ev.agent_id.as_ref().into(), Agent { bp, state });
         }
         let Some(agent) = self.agents.get_mut(ev.agent_id.as_ref()) else {
             return;
@@ -134,7 +145,10 @@ impl Engine {
             self.stats.incidents[type_index(f.kind)] += 1;
             out.push(make_incident(bp, st, ev, f, Action::Logged));
         }
-        if let Some(d) = st.kill.decide(&bp.kill, &ev.agent_id, ev.ts_ms, bp.dry_run()) {
+        if let Some(d) = st
+            .kill
+            .decide(&bp.kill, &ev.agent_id, ev.ts_ms, bp.dry_run())
+        {
             let what = match d.action {
                 Action::Killed => "killed",
                 Action::WouldKill => "would be killed (monitor mode or dry run)",
@@ -180,7 +194,11 @@ impl Engine {
     pub fn snapshot(&self) -> Snapshot {
         let mut agents: Vec<AgentState> = self.agents.values().map(|a| a.state.clone()).collect();
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
-        Snapshot { version: SNAPSHOT_VERSION, stats: self.stats.clone(), agents }
+        Snapshot {
+            version: SNAPSHOT_VERSION,
+            stats: self.stats.clone(),
+            agents,
+        }
     }
 
     /// An engine continuing from a snapshot. Agents keep their blueprint if it is still loaded,
@@ -189,19 +207,34 @@ impl Engine {
         let mut e = Engine::new(set);
         e.stats = snap.stats;
         for state in snap.agents {
-            let bp = e
-                .set
-                .index_of(&state.blueprint)
-                .unwrap_or_else(|| e.set.assign(&state.agent_id, state.environment.as_deref(), None));
-            e.agents.insert(state.agent_id.as_str().into(), Agent { bp, state });
+            let bp = e.set.index_of(&state.blueprint).unwrap_or_else(|| {
+                e.set
+                    .assign(&state.agent_id, state.environment.as_deref(), None)
+            });
+            e.agents
+                .insert(state.agent_id.as_str().into(), Agent { bp, state });
         }
         e
     }
 }
 
-fn make_incident(bp: &Blueprint, st: &AgentState, ev: &AuditEvent<'_>, f: Finding, action: Action) -> Incident {
+fn make_incident(
+    bp: &Blueprint,
+    st: &AgentState,
+    ev: &AuditEvent<'_>,
+    f: Finding,
+    action: Action,
+) -> Incident {
     Incident {
-        incident_id: incident_id(&st.agent_id, f.kind, f.basis, st.events, &ev.event_id, ev.ts_ms, f.disc),
+        incident_id: incident_id(
+            &st.agent_id,
+            f.kind,
+            f.basis,
+            st.events,
+            &ev.event_id,
+            ev.ts_ms,
+            f.disc,
+        ),
         agent_id: st.agent_id.clone(),
         kind: f.kind,
         severity: f.severity,
@@ -236,7 +269,16 @@ mod tests {
                     "anomaly": {"suspicious_sequences": [["x", "x"]]}, "kill": kill}),
         )
         .unwrap();
-        Arc::new(BlueprintSet::from_blueprints(vec![bp], Assignment { default: "t".into(), ..Assignment::default() }).unwrap())
+        Arc::new(
+            BlueprintSet::from_blueprints(
+                vec![bp],
+                Assignment {
+                    default: "t".into(),
+                    ..Assignment::default()
+                },
+            )
+            .unwrap(),
+        )
     }
 
     fn ev<'a>(agent: &'a str, ts: i64, tool: &'a str) -> AuditEvent<'a> {
@@ -268,7 +310,11 @@ mod tests {
     #[test]
     fn killed_agent_stays_watched_and_further_activity_is_critical() {
         let mut e = Engine::new(set("block", json!({})));
-        let out = run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")]);
+        let out = run(
+            &mut e,
+            "a",
+            &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")],
+        );
         assert_eq!(
             kinds(&out),
             vec![
@@ -277,17 +323,30 @@ mod tests {
                 (IncidentType::AutoKill, Action::Killed),
             ]
         );
-        let later = run(&mut e, "a", &[(60_000, "y"), (61_000, "y"), (10_000_000, "y")]);
-        let after: Vec<_> = later.iter().filter(|i| i.kind == IncidentType::ActivityAfterKill).collect();
+        let later = run(
+            &mut e,
+            "a",
+            &[(60_000, "y"), (61_000, "y"), (10_000_000, "y")],
+        );
+        let after: Vec<_> = later
+            .iter()
+            .filter(|i| i.kind == IncidentType::ActivityAfterKill)
+            .collect();
         assert_eq!(after.len(), 2, "one per episode: {later:?}");
-        assert!(after.iter().all(|i| i.severity == crate::response::Severity::Critical));
+        assert!(after
+            .iter()
+            .all(|i| i.severity == crate::response::Severity::Critical));
         assert!(e.agent("a").unwrap().kill.killed);
     }
 
     #[test]
     fn revive_ends_activity_after_kill() {
         let mut e = Engine::new(set("block", json!({})));
-        run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")]);
+        run(
+            &mut e,
+            "a",
+            &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")],
+        );
         assert!(e.revive("a", 4000));
         let out = run(&mut e, "a", &[(5000, "y")]);
         assert!(out.is_empty(), "{out:?}");
@@ -296,25 +355,41 @@ mod tests {
     #[test]
     fn monitor_mode_would_kill_and_does_not_mark_the_agent_killed() {
         let mut e = Engine::new(set("monitor", json!({})));
-        let out = run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x"), (4000, "y")]);
+        let out = run(
+            &mut e,
+            "a",
+            &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x"), (4000, "y")],
+        );
         assert!(kinds(&out).contains(&(IncidentType::AutoKill, Action::WouldKill)));
-        assert!(!out.iter().any(|i| i.kind == IncidentType::ActivityAfterKill));
+        assert!(!out
+            .iter()
+            .any(|i| i.kind == IncidentType::ActivityAfterKill));
         assert!(!e.agent("a").unwrap().kill.killed);
     }
 
     #[test]
     fn dry_run_in_block_mode_would_kill() {
         let mut e = Engine::new(set("block", json!({"dry_run": true})));
-        let out = run(&mut e, "a", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")]);
+        let out = run(
+            &mut e,
+            "a",
+            &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")],
+        );
         assert!(kinds(&out).contains(&(IncidentType::AutoKill, Action::WouldKill)));
     }
 
     #[test]
     fn allowlisted_agent_is_reported_but_not_killed() {
         let mut e = Engine::new(set("block", json!({"allowlist": ["svc-*"]})));
-        let out = run(&mut e, "svc-1", &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x"), (4000, "y")]);
+        let out = run(
+            &mut e,
+            "svc-1",
+            &[(0, "x"), (1000, "x"), (2000, "x"), (3000, "x"), (4000, "y")],
+        );
         assert!(kinds(&out).contains(&(IncidentType::AutoKill, Action::KillSuppressedAllowlist)));
-        assert!(!out.iter().any(|i| i.kind == IncidentType::ActivityAfterKill));
+        assert!(!out
+            .iter()
+            .any(|i| i.kind == IncidentType::ActivityAfterKill));
     }
 
     #[test]

@@ -37,8 +37,11 @@ impl ReplaySummary {
 
     /// Human-readable summary, several lines.
     pub fn render(&self) -> String {
-        let by_type: Vec<String> =
-            IncidentType::ALL.iter().zip(self.incidents).map(|(t, n)| format!("{} {n}", t.as_str())).collect();
+        let by_type: Vec<String> = IncidentType::ALL
+            .iter()
+            .zip(self.incidents)
+            .map(|(t, n)| format!("{} {n}", t.as_str()))
+            .collect();
         format!(
             "replayed {} events from {} agents in {:.2} s ({:.0} events/s); {} malformed line(s); {} late event(s)\n\
              incidents: {} in all: {}",

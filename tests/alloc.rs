@@ -32,11 +32,24 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_path_allocates_nothing_per_event() {
-    let v: serde_json::Value = serde_json::from_str(include_str!("../deploy/assignment.json")).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/assignment.json")).unwrap();
     let a = Assignment::from_json(&v).unwrap();
-    let set = Arc::new(BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).unwrap());
-    let decoder = Decoder::new(&DecoderOptions { group_pointer: set.assignment().group_field.clone(), ..Default::default() }).unwrap();
-    let sim = Simulation::new(SimConfig { agents: 60, days: 3, seed: 3, inject: false, ..SimConfig::default() });
+    let set = Arc::new(
+        BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).unwrap(),
+    );
+    let decoder = Decoder::new(&DecoderOptions {
+        group_pointer: set.assignment().group_field.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let sim = Simulation::new(SimConfig {
+        agents: 60,
+        days: 3,
+        seed: 3,
+        inject: false,
+        ..SimConfig::default()
+    });
     let mut engine = Engine::new(set);
     let mut out = Vec::with_capacity(64);
     let mut n = 0;
@@ -75,6 +88,10 @@ fn steady_path_allocates_nothing_per_event() {
         out.clear();
     }
     assert!(quiet > 10_000, "enough steady events measured: {quiet}");
-    assert!(allocating.is_empty(), "{} of {quiet} no-incident events allocated, e.g. {:?}", allocating.len(), &allocating[..allocating.len().min(5)]);
+    assert!(
+        allocating.is_empty(),
+        "{} of {quiet} no-incident events allocated, e.g. {:?}",
+        allocating.len(),
+        &allocating[..allocating.len().min(5)]
+    );
 }
-

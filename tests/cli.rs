@@ -12,9 +12,18 @@ fn guardian(args: &[&str], stdin: &str) -> (i32, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("guardian runs");
-    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
     let out = child.wait_with_output().expect("guardian exits");
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[test]
@@ -49,7 +58,13 @@ fn validate_reports_every_error_with_its_path() {
     .unwrap();
     let (code, out, _) = guardian(&["blueprint", "validate", f.to_str().unwrap()], "");
     assert_eq!(code, 1);
-    for p in ["/mode", "/anomaly/frequency_threshold", "/anomaly/allowed_hours/start", "/timezone", "/kill/cooldown"] {
+    for p in [
+        "/mode",
+        "/anomaly/frequency_threshold",
+        "/anomaly/allowed_hours/start",
+        "/timezone",
+        "/kill/cooldown",
+    ] {
         assert!(out.contains(&format!("{p}: ")), "missing {p} in {out}");
     }
 }
@@ -63,7 +78,14 @@ fn show_prints_the_effective_blueprint_with_defaults() {
     assert_eq!(v["anomaly"]["frequency_threshold"], 30);
     assert_eq!(v["learned"]["min_slot_observations"], 2);
     assert_eq!(v["kill"]["weights"]["critical"], 2.0);
-    let (code, out, _) = guardian(&["blueprint", "show", "tests/fixtures/peer/BLUEPRINT_SOC.json"], "");
+    let (code, out, _) = guardian(
+        &[
+            "blueprint",
+            "show",
+            "tests/fixtures/peer/BLUEPRINT_SOC.json",
+        ],
+        "",
+    );
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["anomaly"]["volume_threshold"], 500);
@@ -82,10 +104,16 @@ fn replay_counts_malformed_lines_with_line_numbers_and_goes_on() {
         input.push('\n');
     }
     input.push_str("{\"agent_id\": 5, \"timestamp\": \"2026-03-03T15:01:00Z\"}\n\n");
-    let (code, out, err) = guardian(&["replay", "--blueprints", "blueprints", "--quiet", "-"], &input);
+    let (code, out, err) = guardian(
+        &["replay", "--blueprints", "blueprints", "--quiet", "-"],
+        &input,
+    );
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("line 1: not a JSON object"), "{err}");
-    assert!(err.contains("line 42: field /agent_id should be a string"), "{err}");
+    assert!(
+        err.contains("line 42: field /agent_id should be a string"),
+        "{err}"
+    );
     assert!(err.contains("replayed 40 events from 1 agents"), "{err}");
     assert!(err.contains("2 malformed line(s)"), "{err}");
     // engineering (the default) allows 60 calls a minute: 40 in 40 s is quiet.
@@ -94,12 +122,30 @@ fn replay_counts_malformed_lines_with_line_numbers_and_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("assign.json");
     std::fs::write(&a, r#"{"default": "finance"}"#).unwrap();
-    let (_, out, _) = guardian(&["replay", "--assign", a.to_str().unwrap(), "-q", "-"], &input);
-    let incidents: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (_, out, _) = guardian(
+        &["replay", "--assign", a.to_str().unwrap(), "-q", "-"],
+        &input,
+    );
+    let incidents: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(incidents.len(), 1, "{out}");
     assert_eq!(incidents[0]["type"], "frequency_spike");
     assert_eq!(incidents[0]["at"], "2026-03-03T15:00:30.000Z");
-    for k in ["incident_id", "agent_id", "severity", "window_start", "window_end", "blueprint", "basis", "observed", "expected", "description", "action_taken"] {
+    for k in [
+        "incident_id",
+        "agent_id",
+        "severity",
+        "window_start",
+        "window_end",
+        "blueprint",
+        "basis",
+        "observed",
+        "expected",
+        "description",
+        "action_taken",
+    ] {
         assert!(incidents[0].get(k).is_some(), "missing {k}");
     }
 }

@@ -30,7 +30,16 @@ fn touchy() -> Arc<BlueprintSet> {
         }),
     )
     .expect("valid");
-    Arc::new(BlueprintSet::from_blueprints(vec![bp], Assignment { default: "touchy".into(), ..Assignment::default() }).expect("valid"))
+    Arc::new(
+        BlueprintSet::from_blueprints(
+            vec![bp],
+            Assignment {
+                default: "touchy".into(),
+                ..Assignment::default()
+            },
+        )
+        .expect("valid"),
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +63,12 @@ fn events() -> impl Strategy<Value = Vec<Ev>> {
         0u8..5,
         proptest::option::of(prop_oneof![8 => 100u32..200, 1 => 0u32..2_000_000]),
     )
-        .prop_map(|(agent, dt, tool, bytes)| Ev { agent, dt, tool, bytes });
+        .prop_map(|(agent, dt, tool, bytes)| Ev {
+            agent,
+            dt,
+            tool,
+            bytes,
+        });
     proptest::collection::vec(ev, 1..400)
 }
 
@@ -67,12 +81,22 @@ fn materialise(evs: &[Ev]) -> Vec<(String, i64, &'static str, Option<f64>)> {
         .enumerate()
         .map(|(i, e)| {
             t = (t + e.dt).max(0);
-            (format!("e{i}"), t, TOOLS[e.tool as usize], e.bytes.map(f64::from))
+            (
+                format!("e{i}"),
+                t,
+                TOOLS[e.tool as usize],
+                e.bytes.map(f64::from),
+            )
         })
         .collect()
 }
 
-fn feed(engine: &mut Engine, evs: &[Ev], items: &[(String, i64, &'static str, Option<f64>)], out: &mut Vec<Incident>) {
+fn feed(
+    engine: &mut Engine,
+    evs: &[Ev],
+    items: &[(String, i64, &'static str, Option<f64>)],
+    out: &mut Vec<Incident>,
+) {
     for (e, (id, ts, tool, bytes)) in evs.iter().zip(items) {
         let ev = AuditEvent {
             format: Format::AgentSpm,
@@ -190,7 +214,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         "[a-z*]{0,6}".prop_map(Value::String),
         Just(json!("2026-03-02T09:00:00Z")),
         Just(json!("30s")),
@@ -200,7 +226,8 @@ fn json_value() -> impl Strategy<Value = Value> {
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..5).prop_map(|m| Value::Object(m.into_iter().collect())),
+            proptest::collection::btree_map("[a-z_]{1,12}", inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
         ]
     })
 }
@@ -221,7 +248,14 @@ fn random_streams_reach_every_incident_type() {
         seen.extend(out.iter().map(|i| (i.kind, i.basis)));
     }
     for t in agent_guardian::response::IncidentType::ALL {
-        assert!(seen.iter().any(|(k, _)| *k == t), "{t:?} never raised; seen {seen:?}");
+        assert!(
+            seen.iter().any(|(k, _)| *k == t),
+            "{t:?} never raised; seen {seen:?}"
+        );
     }
-    assert!(seen.iter().any(|(_, b)| *b == agent_guardian::response::Basis::Learned), "no learned incident; seen {seen:?}");
+    assert!(
+        seen.iter()
+            .any(|(_, b)| *b == agent_guardian::response::Basis::Learned),
+        "no learned incident; seen {seen:?}"
+    );
 }

@@ -31,7 +31,11 @@ pub struct Assignment {
 
 impl Default for Assignment {
     fn default() -> Self {
-        Assignment { default: "engineering".into(), group_field: None, rules: Vec::new() }
+        Assignment {
+            default: "engineering".into(),
+            group_field: None,
+            rules: Vec::new(),
+        }
     }
 }
 
@@ -47,7 +51,11 @@ impl Assignment {
     pub fn pick(&self, agent_id: &str, environment: Option<&str>, group: Option<&str>) -> &str {
         self.rules
             .iter()
-            .find(|r| matches(&r.agent, Some(agent_id)) && matches(&r.environment, environment) && matches(&r.group, group))
+            .find(|r| {
+                matches(&r.agent, Some(agent_id))
+                    && matches(&r.environment, environment)
+                    && matches(&r.group, group)
+            })
             .map_or(self.default.as_str(), |r| r.blueprint.as_str())
     }
 
@@ -57,11 +65,17 @@ impl Assignment {
         let Some(top) = w.object(doc, "", &["default", "group_field", "rules"]) else {
             return Err(w.errors);
         };
-        let default = w.string(top, "default", "").unwrap_or("engineering").to_string();
+        let default = w
+            .string(top, "default", "")
+            .unwrap_or("engineering")
+            .to_string();
         let group_field = w.string(top, "group_field", "").map(str::to_string);
         if let Some(g) = &group_field {
             if crate::event::parse_pointer(g).is_none() {
-                w.err("/group_field", format!("{g:?} is not a JSON pointer such as /safe_payload/team"));
+                w.err(
+                    "/group_field",
+                    format!("{g:?} is not a JSON pointer such as /safe_payload/team"),
+                );
             }
         }
         let mut rules = Vec::new();
@@ -71,7 +85,9 @@ impl Assignment {
                 Some(items) => {
                     for (i, item) in items.iter().enumerate() {
                         let p = format!("/rules/{i}");
-                        let Some(m) = w.object(item, &p, &["agent", "environment", "group", "blueprint"]) else {
+                        let Some(m) =
+                            w.object(item, &p, &["agent", "environment", "group", "blueprint"])
+                        else {
                             continue;
                         };
                         let glob = |w: &mut Walker, key: &str| -> Option<GlobMatcher> {
@@ -88,15 +104,27 @@ impl Assignment {
                         let environment = glob(&mut w, "environment");
                         let group = glob(&mut w, "group");
                         match w.string(m, "blueprint", &p) {
-                            Some(b) => rules.push(AssignmentRule { agent, environment, group, blueprint: b.to_string() }),
-                            None => w.err(&format!("{p}/blueprint"), "missing field (a blueprint name)"),
+                            Some(b) => rules.push(AssignmentRule {
+                                agent,
+                                environment,
+                                group,
+                                blueprint: b.to_string(),
+                            }),
+                            None => w.err(
+                                &format!("{p}/blueprint"),
+                                "missing field (a blueprint name)",
+                            ),
                         }
                     }
                 }
             }
         }
         if w.errors.is_empty() {
-            Ok(Assignment { default, group_field, rules })
+            Ok(Assignment {
+                default,
+                group_field,
+                rules,
+            })
         } else {
             Err(w.errors)
         }
@@ -131,11 +159,13 @@ mod tests {
 
     #[test]
     fn first_matching_rule_wins_and_default_catches_the_rest() {
-        let a = Assignment::from_json(&json!({"default": "engineering", "group_field": "/safe_payload/team", "rules": [
-            {"agent": "fin-*", "environment": "prod", "blueprint": "finance"},
-            {"group": "soc*", "blueprint": "soc"},
-            {"agent": "fin-*", "blueprint": "engineering"}
-        ]}))
+        let a = Assignment::from_json(
+            &json!({"default": "engineering", "group_field": "/safe_payload/team", "rules": [
+                {"agent": "fin-*", "environment": "prod", "blueprint": "finance"},
+                {"group": "soc*", "blueprint": "soc"},
+                {"agent": "fin-*", "blueprint": "engineering"}
+            ]}),
+        )
         .unwrap();
         assert_eq!(a.pick("fin-1", Some("prod"), None), "finance");
         assert_eq!(a.pick("fin-1", Some("dev"), None), "engineering");
@@ -145,8 +175,10 @@ mod tests {
 
     #[test]
     fn errors_carry_paths() {
-        let errs = Assignment::from_json(&json!({"rules": [{"agent": "[", "blueprint": "x"}, {"agent": "a"}], "x": 1}))
-            .unwrap_err();
+        let errs = Assignment::from_json(
+            &json!({"rules": [{"agent": "[", "blueprint": "x"}, {"agent": "a"}], "x": 1}),
+        )
+        .unwrap_err();
         let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, vec!["/x", "/rules/0/agent", "/rules/1/blueprint"]);
     }

@@ -27,8 +27,13 @@ const TOP_KEYS: &[&str] = &[
     "severities",
     "dedup",
 ];
-const ANOMALY_KEYS: &[&str] =
-    &["frequency_threshold", "volume_threshold", "volume_window_ms", "suspicious_sequences", "allowed_hours"];
+const ANOMALY_KEYS: &[&str] = &[
+    "frequency_threshold",
+    "volume_threshold",
+    "volume_window_ms",
+    "suspicious_sequences",
+    "allowed_hours",
+];
 const DAY: i64 = 86_400_000;
 
 /// Parses a duration: a number of milliseconds, or a string such as `30s`, `10m`, `6h`, `14d`.
@@ -39,14 +44,26 @@ pub fn parse_duration_ms(v: &Value) -> Result<i64, String> {
             _ => Err(format!("{n} is not a whole number of milliseconds")),
         },
         Value::String(s) => humantime::parse_duration(s)
-            .map_err(|e| format!("{s:?} is not a duration like \"30s\", \"10m\", \"6h\" or \"14d\": {e}"))
+            .map_err(|e| {
+                format!("{s:?} is not a duration like \"30s\", \"10m\", \"6h\" or \"14d\": {e}")
+            })
             .and_then(|d| i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))),
-        other => Err(format!("expected a duration (\"30s\" or milliseconds), found {}", kind(other))),
+        other => Err(format!(
+            "expected a duration (\"30s\" or milliseconds), found {}",
+            kind(other)
+        )),
     }
 }
 
 impl Walker {
-    fn duration(&mut self, m: &serde_json::Map<String, Value>, key: &str, path: &str, min: i64, max: i64) -> Option<i64> {
+    fn duration(
+        &mut self,
+        m: &serde_json::Map<String, Value>,
+        key: &str,
+        path: &str,
+        min: i64,
+        max: i64,
+    ) -> Option<i64> {
         let v = Walker::field(m, key)?;
         let p = join(path, key);
         match parse_duration_ms(v) {
@@ -62,12 +79,20 @@ impl Walker {
         }
     }
 
-    fn severity(&mut self, m: &serde_json::Map<String, Value>, key: &str, path: &str) -> Option<Severity> {
+    fn severity(
+        &mut self,
+        m: &serde_json::Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Option<Severity> {
         let s = self.string(m, key, path)?;
         match Severity::parse(s) {
             Some(sev) => Some(sev),
             None => {
-                self.err(&join(path, key), format!("{s:?} is not one of low, medium, high, critical"));
+                self.err(
+                    &join(path, key),
+                    format!("{s:?} is not one of low, medium, high, critical"),
+                );
                 None
             }
         }
@@ -104,7 +129,10 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
         Some("block") => Mode::Block,
         Some("correct") => Mode::Correct,
         Some(other) => {
-            w.err("/mode", format!("{other:?} is not one of monitor, block, correct"));
+            w.err(
+                "/mode",
+                format!("{other:?} is not one of monitor, block, correct"),
+            );
             Mode::Monitor
         }
     };
@@ -112,7 +140,10 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
     let timezone = match w.string(top, "timezone", "") {
         None => chrono_tz::UTC,
         Some(s) => s.parse().unwrap_or_else(|_| {
-            w.err("/timezone", format!("{s:?} is not an IANA time zone such as \"Europe/London\""));
+            w.err(
+                "/timezone",
+                format!("{s:?} is not an IANA time zone such as \"Europe/London\""),
+            );
             chrono_tz::UTC
         }),
     };
@@ -124,14 +155,21 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
                 let lower = d.to_ascii_lowercase();
                 match Weekdays::NAMES.iter().position(|n| lower.starts_with(n)) {
                     Some(b) => bits |= 1 << b,
-                    None => w.err(&format!("/working_days/{i}"), format!("{d:?} is not a day (mon … sun)")),
+                    None => w.err(
+                        &format!("/working_days/{i}"),
+                        format!("{d:?} is not a day (mon … sun)"),
+                    ),
                 }
             }
             Weekdays(bits)
         }
     };
-    let allowed_lateness_ms = w.duration(top, "allowed_lateness", "", 0, 600_000).unwrap_or(30_000);
-    let sequence_within_ms = w.duration(top, "sequence_within", "", 1, 7 * DAY).unwrap_or(600_000);
+    let allowed_lateness_ms = w
+        .duration(top, "allowed_lateness", "", 0, 600_000)
+        .unwrap_or(30_000);
+    let sequence_within_ms = w
+        .duration(top, "sequence_within", "", 1, 7 * DAY)
+        .unwrap_or(600_000);
     let sequence_memory = w.integer(top, "sequence_memory", "", 2, 1024).unwrap_or(64) as usize;
 
     // The peer's anomaly section.
@@ -149,20 +187,32 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
     };
     let severities = read_severities(&mut w, top);
     if let Some(a) = anomaly {
-        frequency_threshold = w.integer(a, "frequency_threshold", "/anomaly", 0, u32::MAX as u64).filter(|v| *v > 0);
-        count_volume_threshold = w.integer(a, "volume_threshold", "/anomaly", 0, u32::MAX as u64).filter(|v| *v > 0);
-        window_ms = w.integer(a, "volume_window_ms", "/anomaly", 1000, 86_400_000).unwrap_or(60_000) as i64;
+        frequency_threshold = w
+            .integer(a, "frequency_threshold", "/anomaly", 0, u32::MAX as u64)
+            .filter(|v| *v > 0);
+        count_volume_threshold = w
+            .integer(a, "volume_threshold", "/anomaly", 0, u32::MAX as u64)
+            .filter(|v| *v > 0);
+        window_ms = w
+            .integer(a, "volume_window_ms", "/anomaly", 1000, 86_400_000)
+            .unwrap_or(60_000) as i64;
         if let Some(h) = Walker::field(a, "allowed_hours") {
             if let Some(hm) = w.object(h, "/anomaly/allowed_hours", &["start", "end"]) {
                 let start = w.integer(hm, "start", "/anomaly/allowed_hours", 0, 23);
                 let end = w.integer(hm, "end", "/anomaly/allowed_hours", 0, 24);
                 for k in ["start", "end"] {
                     if !hm.contains_key(k) {
-                        w.err(&format!("/anomaly/allowed_hours/{k}"), "missing field (an hour 0-24)");
+                        w.err(
+                            &format!("/anomaly/allowed_hours/{k}"),
+                            "missing field (an hour 0-24)",
+                        );
                     }
                 }
                 if let (Some(s), Some(e)) = (start, end) {
-                    allowed_hours = Some(AllowedHours { start: s as u8, end: e as u8 });
+                    allowed_hours = Some(AllowedHours {
+                        start: s as u8,
+                        end: e as u8,
+                    });
                 }
             }
         }
@@ -174,24 +224,43 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
     let count_volume_threshold = count_volume_threshold.map(|v| v as u32);
 
     let data_volume = match Walker::field(top, "data_volume") {
-        None => DataVolumeRules { max_bytes: None, window_ms: 60_000 },
+        None => DataVolumeRules {
+            max_bytes: None,
+            window_ms: 60_000,
+        },
         Some(v) => match w.object(v, "/data_volume", &["max_bytes", "window"]) {
-            None => DataVolumeRules { max_bytes: None, window_ms: 60_000 },
+            None => DataVolumeRules {
+                max_bytes: None,
+                window_ms: 60_000,
+            },
             Some(m) => DataVolumeRules {
                 max_bytes: w.number(m, "max_bytes", "/data_volume", 1.0, 1e18),
-                window_ms: w.duration(m, "window", "/data_volume", 1000, DAY).unwrap_or(60_000),
+                window_ms: w
+                    .duration(m, "window", "/data_volume", 1000, DAY)
+                    .unwrap_or(60_000),
             },
         },
     };
 
     let learned = read_learned(&mut w, top);
-    let auto_kill = w.number(top, "auto_kill_threshold", "", 0.0, 1e9).unwrap_or(0.0);
+    let auto_kill = w
+        .number(top, "auto_kill_threshold", "", 0.0, 1e9)
+        .unwrap_or(0.0);
     let kill = read_kill(&mut w, top, auto_kill);
-    let dedup = match Walker::field(top, "dedup").and_then(|v| w.object(v, "/dedup", &["cooldown", "episode_gap"])) {
-        None => DedupRules { cooldown_ms: 300_000, episode_gap_ms: 3_600_000 },
+    let dedup = match Walker::field(top, "dedup")
+        .and_then(|v| w.object(v, "/dedup", &["cooldown", "episode_gap"]))
+    {
+        None => DedupRules {
+            cooldown_ms: 300_000,
+            episode_gap_ms: 3_600_000,
+        },
         Some(m) => DedupRules {
-            cooldown_ms: w.duration(m, "cooldown", "/dedup", 0, 7 * DAY).unwrap_or(300_000),
-            episode_gap_ms: w.duration(m, "episode_gap", "/dedup", 1000, 7 * DAY).unwrap_or(3_600_000),
+            cooldown_ms: w
+                .duration(m, "cooldown", "/dedup", 0, 7 * DAY)
+                .unwrap_or(300_000),
+            episode_gap_ms: w
+                .duration(m, "episode_gap", "/dedup", 1000, 7 * DAY)
+                .unwrap_or(3_600_000),
         },
     };
 
@@ -224,7 +293,10 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
 fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<SequenceRule> {
     let base = "/anomaly/suspicious_sequences";
     let Some(items) = seqs.as_array() else {
-        w.err(base, format!("expected an array of sequences, found {}", kind(seqs)));
+        w.err(
+            base,
+            format!("expected an array of sequences, found {}", kind(seqs)),
+        );
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -234,41 +306,64 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
             // The peer's form: a bare list of tool names, matched on consecutive calls.
             Value::Array(_) => (item, default_within, true, Severity::High, p.clone()),
             Value::Object(_) => {
-                let Some(m) = w.object(item, &p, &["pattern", "within", "contiguous", "severity"]) else {
+                let Some(m) = w.object(item, &p, &["pattern", "within", "contiguous", "severity"])
+                else {
                     continue;
                 };
-                let within = w.duration(m, "within", &p, 1, 7 * DAY).unwrap_or(default_within);
+                let within = w
+                    .duration(m, "within", &p, 1, 7 * DAY)
+                    .unwrap_or(default_within);
                 let contiguous = w.boolean(m, "contiguous", &p).unwrap_or(false);
                 let severity = w.severity(m, "severity", &p).unwrap_or(Severity::High);
                 match m.get("pattern") {
                     Some(v) => (v, within, contiguous, severity, format!("{p}/pattern")),
                     None => {
-                        w.err(&format!("{p}/pattern"), "missing field (a list of tool names)");
+                        w.err(
+                            &format!("{p}/pattern"),
+                            "missing field (a list of tool names)",
+                        );
                         continue;
                     }
                 }
             }
             other => {
-                w.err(&p, format!("expected a list of tool names or an object, found {}", kind(other)));
+                w.err(
+                    &p,
+                    format!(
+                        "expected a list of tool names or an object, found {}",
+                        kind(other)
+                    ),
+                );
                 continue;
             }
         };
         let Some(names) = pattern_value.as_array() else {
-            w.err(&ppath, format!("expected a list of tool names, found {}", kind(pattern_value)));
+            w.err(
+                &ppath,
+                format!(
+                    "expected a list of tool names, found {}",
+                    kind(pattern_value)
+                ),
+            );
             continue;
         };
         let mut pattern = Vec::new();
         for (j, n) in names.iter().enumerate() {
             match n.as_str() {
                 Some(s) if !s.is_empty() => pattern.push(s.to_string()),
-                _ => w.err(&format!("{ppath}/{j}"), "expected a non-empty tool name or \"*\""),
+                _ => w.err(
+                    &format!("{ppath}/{j}"),
+                    "expected a non-empty tool name or \"*\"",
+                ),
             }
         }
         if names.len() < 2 {
             w.err(&ppath, "a sequence needs at least two steps");
             continue;
         }
-        if pattern.first().map(String::as_str) == Some("*") || pattern.last().map(String::as_str) == Some("*") {
+        if pattern.first().map(String::as_str) == Some("*")
+            || pattern.last().map(String::as_str) == Some("*")
+        {
             w.err(&ppath, "a sequence cannot start or end with \"*\"");
             continue;
         }
@@ -276,8 +371,17 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
             w.err(&ppath, "a sequence has at most 16 steps");
             continue;
         }
-        let pattern_hashes = pattern.iter().map(|s| if s == "*" { 0 } else { tool_hash(s) }).collect();
-        out.push(SequenceRule { pattern, pattern_hashes, within_ms: within, contiguous, severity });
+        let pattern_hashes = pattern
+            .iter()
+            .map(|s| if s == "*" { 0 } else { tool_hash(s) })
+            .collect();
+        out.push(SequenceRule {
+            pattern,
+            pattern_hashes,
+            within_ms: within,
+            contiguous,
+            severity,
+        });
     }
     out
 }
@@ -290,10 +394,23 @@ fn read_severities(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Seve
         auto_kill: Severity::Critical,
         activity_after_kill: Severity::Critical,
     };
-    let keys = ["frequency_spike", "volume_spike", "off_hours", "auto_kill", "activity_after_kill"];
-    if let Some(m) = Walker::field(top, "severities").and_then(|v| w.object(v, "/severities", &keys)) {
-        let slots: [&mut Severity; 5] =
-            [&mut s.frequency_spike, &mut s.volume_spike, &mut s.off_hours, &mut s.auto_kill, &mut s.activity_after_kill];
+    let keys = [
+        "frequency_spike",
+        "volume_spike",
+        "off_hours",
+        "auto_kill",
+        "activity_after_kill",
+    ];
+    if let Some(m) =
+        Walker::field(top, "severities").and_then(|v| w.object(v, "/severities", &keys))
+    {
+        let slots: [&mut Severity; 5] = [
+            &mut s.frequency_spike,
+            &mut s.volume_spike,
+            &mut s.off_hours,
+            &mut s.auto_kill,
+            &mut s.activity_after_kill,
+        ];
         for (k, slot) in keys.iter().zip(slots) {
             if let Some(v) = w.severity(m, k, "/severities") {
                 *slot = v;
@@ -328,13 +445,27 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
     let p = "/learned";
     if let Some(m) = Walker::field(top, "learned").and_then(|v| w.object(v, p, &keys)) {
         l.enabled = w.boolean(m, "enabled", p).unwrap_or(l.enabled);
-        l.sensitivity = w.number(m, "sensitivity", p, 1e-15, 0.5).unwrap_or(l.sensitivity);
-        l.warmup_ms = w.duration(m, "warmup", p, 0, 365 * DAY).unwrap_or(l.warmup_ms);
-        l.min_slot_observations = w.integer(m, "min_slot_observations", p, 1, 1000).unwrap_or(2) as u32;
-        l.min_hourly_count = w.integer(m, "min_hourly_count", p, 1, u32::MAX as u64).unwrap_or(20) as u32;
-        l.volume_warmup_calls = w.integer(m, "volume_warmup_calls", p, 2, u32::MAX as u64).unwrap_or(50) as u32;
-        l.volume_min_bytes = w.number(m, "volume_min_bytes", p, 0.0, 1e18).unwrap_or(l.volume_min_bytes);
-        l.rare_hour_share = w.number(m, "rare_hour_share", p, 0.0, 0.5).unwrap_or(l.rare_hour_share);
+        l.sensitivity = w
+            .number(m, "sensitivity", p, 1e-15, 0.5)
+            .unwrap_or(l.sensitivity);
+        l.warmup_ms = w
+            .duration(m, "warmup", p, 0, 365 * DAY)
+            .unwrap_or(l.warmup_ms);
+        l.min_slot_observations = w
+            .integer(m, "min_slot_observations", p, 1, 1000)
+            .unwrap_or(2) as u32;
+        l.min_hourly_count = w
+            .integer(m, "min_hourly_count", p, 1, u32::MAX as u64)
+            .unwrap_or(20) as u32;
+        l.volume_warmup_calls = w
+            .integer(m, "volume_warmup_calls", p, 2, u32::MAX as u64)
+            .unwrap_or(50) as u32;
+        l.volume_min_bytes = w
+            .number(m, "volume_min_bytes", p, 0.0, 1e18)
+            .unwrap_or(l.volume_min_bytes);
+        l.rare_hour_share = w
+            .number(m, "rare_hour_share", p, 0.0, 0.5)
+            .unwrap_or(l.rare_hour_share);
     }
     l.z_threshold = Normal::new(0.0, 1.0).map_or(4.75, |n| n.inverse_cdf(1.0 - l.sensitivity));
     l
@@ -351,11 +482,19 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
         weights: [0.5, 1.0, 1.0, 2.0],
     };
     let p = "/kill";
-    if let Some(m) =
-        Walker::field(top, "kill").and_then(|v| w.object(v, p, &["half_life", "cooldown", "allowlist", "dry_run", "weights"]))
-    {
-        k.half_life_ms = w.duration(m, "half_life", p, 1000, 365 * DAY).unwrap_or(k.half_life_ms);
-        k.cooldown_ms = w.duration(m, "cooldown", p, 0, 30 * DAY).unwrap_or(k.cooldown_ms);
+    if let Some(m) = Walker::field(top, "kill").and_then(|v| {
+        w.object(
+            v,
+            p,
+            &["half_life", "cooldown", "allowlist", "dry_run", "weights"],
+        )
+    }) {
+        k.half_life_ms = w
+            .duration(m, "half_life", p, 1000, 365 * DAY)
+            .unwrap_or(k.half_life_ms);
+        k.cooldown_ms = w
+            .duration(m, "cooldown", p, 0, 30 * DAY)
+            .unwrap_or(k.cooldown_ms);
         k.dry_run = w.boolean(m, "dry_run", p).unwrap_or(false);
         if let Some(list) = w.strings(m, "allowlist", p) {
             let mut b = GlobSetBuilder::new();
@@ -374,7 +513,9 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
             k.allowlist = list;
         }
         let names = ["low", "medium", "high", "critical"];
-        if let Some(wm) = Walker::field(m, "weights").and_then(|v| w.object(v, "/kill/weights", &names)) {
+        if let Some(wm) =
+            Walker::field(m, "weights").and_then(|v| w.object(v, "/kill/weights", &names))
+        {
             for (i, n) in names.iter().enumerate() {
                 if let Some(x) = w.number(wm, n, "/kill/weights", 0.0, 1e6) {
                     k.weights[i] = x;

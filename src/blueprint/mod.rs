@@ -10,8 +10,8 @@ mod walk;
 pub use assign::{Assignment, AssignmentRule};
 pub use load::{load_blueprint, parse_duration_ms};
 pub use schema::{
-    AllowedHours, Blueprint, DataVolumeRules, DedupRules, KillRules, LearnedRules, Mode, SequenceRule, Severities,
-    Weekdays,
+    AllowedHours, Blueprint, DataVolumeRules, DedupRules, KillRules, LearnedRules, Mode,
+    SequenceRule, Severities, Weekdays,
 };
 pub use set::{read_json_file, BlueprintSet, LoadError, BUILTIN};
 pub use walk::PathError;

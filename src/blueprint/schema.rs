@@ -65,7 +65,10 @@ impl Weekdays {
 
     /// The day names in the set.
     pub fn names(&self) -> Vec<&'static str> {
-        (0..7).filter(|d| self.contains(*d)).map(|d| Self::NAMES[d as usize]).collect()
+        (0..7)
+            .filter(|d| self.contains(*d))
+            .map(|d| Self::NAMES[d as usize])
+            .collect()
     }
 }
 

@@ -12,7 +12,10 @@ use super::walk::PathError;
 
 /// The shipped blueprints, embedded in the binary: (key, JSON).
 pub const BUILTIN: [(&str, &str); 3] = [
-    ("engineering", include_str!("../../blueprints/engineering.json")),
+    (
+        "engineering",
+        include_str!("../../blueprints/engineering.json"),
+    ),
     ("finance", include_str!("../../blueprints/finance.json")),
     ("soc", include_str!("../../blueprints/soc.json")),
 ];
@@ -64,8 +67,14 @@ pub enum LoadError {
 
 /// Reads a JSON file, with typed errors for I/O and syntax.
 pub fn read_json_file(path: &Path) -> Result<Value, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io { path: path.into(), source })?;
-    serde_json::from_str(&text).map_err(|source| LoadError::Json { path: path.into(), source })
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        path: path.into(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| LoadError::Json {
+        path: path.into(),
+        source,
+    })
 }
 
 /// Blueprints in force plus the assignment, with rule targets resolved to indices.
@@ -85,12 +94,18 @@ impl BlueprintSet {
                 load_blueprint(key, &v).expect("shipped blueprints are valid")
             })
             .collect();
-        BlueprintSet { blueprints, assignment: Assignment::default() }
+        BlueprintSet {
+            blueprints,
+            assignment: Assignment::default(),
+        }
     }
 
     /// Loads every `*.json` file of a directory; the file stem is the blueprint's key.
     pub fn from_dir(dir: &Path) -> Result<BlueprintSet, LoadError> {
-        let rd = std::fs::read_dir(dir).map_err(|source| LoadError::Io { path: dir.into(), source })?;
+        let rd = std::fs::read_dir(dir).map_err(|source| LoadError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let mut paths: Vec<PathBuf> = rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
@@ -108,19 +123,37 @@ impl BlueprintSet {
         } else {
             blueprints[0].key.clone()
         };
-        Ok(BlueprintSet { blueprints, assignment: Assignment { default, ..Assignment::default() } })
+        Ok(BlueprintSet {
+            blueprints,
+            assignment: Assignment {
+                default,
+                ..Assignment::default()
+            },
+        })
     }
 
     /// Loads one blueprint file (key = file stem).
     pub fn load_file(path: &Path) -> Result<Blueprint, LoadError> {
         let v = read_json_file(path)?;
-        let key = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        load_blueprint(&key, &v).map_err(|errors| LoadError::Invalid { path: path.into(), errors })
+        let key = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        load_blueprint(&key, &v).map_err(|errors| LoadError::Invalid {
+            path: path.into(),
+            errors,
+        })
     }
 
     /// Builds a set from blueprints already loaded.
-    pub fn from_blueprints(blueprints: Vec<Blueprint>, assignment: Assignment) -> Result<BlueprintSet, LoadError> {
-        let set = BlueprintSet { blueprints, assignment };
+    pub fn from_blueprints(
+        blueprints: Vec<Blueprint>,
+        assignment: Assignment,
+    ) -> Result<BlueprintSet, LoadError> {
+        let set = BlueprintSet {
+            blueprints,
+            assignment,
+        };
         set.check_assignment()?;
         Ok(set)
     }
@@ -128,17 +161,26 @@ impl BlueprintSet {
     /// Replaces the assignment with the one in a file.
     pub fn with_assignment_file(self, path: &Path) -> Result<BlueprintSet, LoadError> {
         let v = read_json_file(path)?;
-        let assignment = Assignment::from_json(&v).map_err(|errors| LoadError::Invalid { path: path.into(), errors })?;
+        let assignment = Assignment::from_json(&v).map_err(|errors| LoadError::Invalid {
+            path: path.into(),
+            errors,
+        })?;
         Self::from_blueprints(self.blueprints, assignment)
     }
 
     fn check_assignment(&self) -> Result<(), LoadError> {
-        let names = std::iter::once(&self.assignment.default).chain(self.assignment.rules.iter().map(|r| &r.blueprint));
+        let names = std::iter::once(&self.assignment.default)
+            .chain(self.assignment.rules.iter().map(|r| &r.blueprint));
         for n in names {
             if self.index_of(n).is_none() {
                 return Err(LoadError::UnknownBlueprint {
                     name: n.clone(),
-                    loaded: self.blueprints.iter().map(|b| b.key.as_str()).collect::<Vec<_>>().join(", "),
+                    loaded: self
+                        .blueprints
+                        .iter()
+                        .map(|b| b.key.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
         }
@@ -147,7 +189,10 @@ impl BlueprintSet {
 
     /// The blueprint with this key, or with this display name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.blueprints.iter().position(|b| b.key == name).or_else(|| self.blueprints.iter().position(|b| b.name == name))
+        self.blueprints
+            .iter()
+            .position(|b| b.key == name)
+            .or_else(|| self.blueprints.iter().position(|b| b.name == name))
     }
 
     /// The blueprint at an index returned by [`BlueprintSet::assign`] or [`BlueprintSet::index_of`].

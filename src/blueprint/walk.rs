@@ -13,7 +13,11 @@ pub struct PathError {
 
 impl std::fmt::Display for PathError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = if self.path.is_empty() { "/" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
         write!(f, "{path}: {}", self.message)
     }
 }
@@ -32,16 +36,27 @@ pub(crate) fn join(path: &str, key: &str) -> String {
 impl Walker {
     /// Records an error.
     pub fn err(&mut self, path: &str, message: impl Into<String>) {
-        self.errors.push(PathError { path: path.to_string(), message: message.into() });
+        self.errors.push(PathError {
+            path: path.to_string(),
+            message: message.into(),
+        });
     }
 
     /// The value as an object whose keys are all in `allowed`; unknown keys are errors.
-    pub fn object<'v>(&mut self, v: &'v Value, path: &str, allowed: &[&str]) -> Option<&'v Map<String, Value>> {
+    pub fn object<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &str,
+        allowed: &[&str],
+    ) -> Option<&'v Map<String, Value>> {
         match v.as_object() {
             Some(m) => {
                 for k in m.keys() {
                     if !allowed.contains(&k.as_str()) {
-                        self.err(&join(path, k), format!("unknown field (expected one of: {})", allowed.join(", ")));
+                        self.err(
+                            &join(path, k),
+                            format!("unknown field (expected one of: {})", allowed.join(", ")),
+                        );
                     }
                 }
                 Some(m)
@@ -59,7 +74,14 @@ impl Walker {
     }
 
     /// An optional number within `[min, max]`.
-    pub fn number(&mut self, m: &Map<String, Value>, key: &str, path: &str, min: f64, max: f64) -> Option<f64> {
+    pub fn number(
+        &mut self,
+        m: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        min: f64,
+        max: f64,
+    ) -> Option<f64> {
         let v = Self::field(m, key)?;
         let p = join(path, key);
         match v.as_f64() {
@@ -76,29 +98,51 @@ impl Walker {
     }
 
     /// An optional integer within `[min, max]`.
-    pub fn integer(&mut self, m: &Map<String, Value>, key: &str, path: &str, min: u64, max: u64) -> Option<u64> {
+    pub fn integer(
+        &mut self,
+        m: &Map<String, Value>,
+        key: &str,
+        path: &str,
+        min: u64,
+        max: u64,
+    ) -> Option<u64> {
         let v = Self::field(m, key)?;
         let p = join(path, key);
-        match v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64)) {
+        match v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        }) {
             Some(x) if x >= min && x <= max => Some(x),
             Some(x) => {
                 self.err(&p, format!("{x} is out of range {min}..={max}"));
                 None
             }
             None => {
-                self.err(&p, format!("expected a non-negative integer, found {}", kind(v)));
+                self.err(
+                    &p,
+                    format!("expected a non-negative integer, found {}", kind(v)),
+                );
                 None
             }
         }
     }
 
     /// An optional string.
-    pub fn string<'v>(&mut self, m: &'v Map<String, Value>, key: &str, path: &str) -> Option<&'v str> {
+    pub fn string<'v>(
+        &mut self,
+        m: &'v Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Option<&'v str> {
         let v = Self::field(m, key)?;
         match v.as_str() {
             Some(s) => Some(s),
             None => {
-                self.err(&join(path, key), format!("expected a string, found {}", kind(v)));
+                self.err(
+                    &join(path, key),
+                    format!("expected a string, found {}", kind(v)),
+                );
                 None
             }
         }
@@ -110,25 +154,39 @@ impl Walker {
         match v.as_bool() {
             Some(b) => Some(b),
             None => {
-                self.err(&join(path, key), format!("expected true or false, found {}", kind(v)));
+                self.err(
+                    &join(path, key),
+                    format!("expected true or false, found {}", kind(v)),
+                );
                 None
             }
         }
     }
 
     /// An optional array of strings.
-    pub fn strings(&mut self, m: &Map<String, Value>, key: &str, path: &str) -> Option<Vec<String>> {
+    pub fn strings(
+        &mut self,
+        m: &Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Option<Vec<String>> {
         let v = Self::field(m, key)?;
         let p = join(path, key);
         let Some(items) = v.as_array() else {
-            self.err(&p, format!("expected an array of strings, found {}", kind(v)));
+            self.err(
+                &p,
+                format!("expected an array of strings, found {}", kind(v)),
+            );
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match item.as_str() {
                 Some(s) => out.push(s.to_string()),
-                None => self.err(&format!("{p}/{i}"), format!("expected a string, found {}", kind(item))),
+                None => self.err(
+                    &format!("{p}/{i}"),
+                    format!("expected a string, found {}", kind(item)),
+                ),
             }
         }
         Some(out)

@@ -86,7 +86,12 @@ pub struct Seasonal {
 
 impl Default for Seasonal {
     fn default() -> Self {
-        Seasonal { slots: vec![SlotStats::default(); 168], open: Vec::with_capacity(3), finalized_through: 0, first_hour: None }
+        Seasonal {
+            slots: vec![SlotStats::default(); 168],
+            open: Vec::with_capacity(3),
+            finalized_through: 0,
+            first_hour: None,
+        }
     }
 }
 
@@ -98,7 +103,8 @@ impl Seasonal {
 
     /// Hours of history (from the first event to the last finalized hour).
     pub fn history_hours(&self) -> i64 {
-        self.first_hour.map_or(0, |f| (self.finalized_through - f + 1).max(0))
+        self.first_hour
+            .map_or(0, |f| (self.finalized_through - f + 1).max(0))
     }
 
     fn finalize(&mut self, bp: &Blueprint, hour: i64, count: u32) {
@@ -154,8 +160,22 @@ impl Seasonal {
                     && (hour - first) * HOUR_MS >= l.warmup_ms
                     && u32::from(stats.n) >= l.min_slot_observations;
                 let spread = (stats.var.max(stats.mean).max(1.0) as f64).sqrt();
-                let bound = if warm { ((stats.mean as f64 + 3.0 * spread).ceil() as u32).max(l.min_hourly_count) } else { u32::MAX };
-                self.open.insert(p, OpenHour { hour, count: 0, slot, warm, bound, exact: false });
+                let bound = if warm {
+                    ((stats.mean as f64 + 3.0 * spread).ceil() as u32).max(l.min_hourly_count)
+                } else {
+                    u32::MAX
+                };
+                self.open.insert(
+                    p,
+                    OpenHour {
+                        hour,
+                        count: 0,
+                        slot,
+                        warm,
+                        bound,
+                        exact: false,
+                    },
+                );
                 p
             }
         };
@@ -169,7 +189,8 @@ impl Seasonal {
             o.bound = u32::try_from(t).unwrap_or(u32::MAX).max(l.min_hourly_count);
             o.exact = true;
         }
-        let rare = o.warm && (f64::from(stats.active) / f64::from(stats.n.max(1))) <= l.rare_hour_share;
+        let rare =
+            o.warm && (f64::from(stats.active) / f64::from(stats.n.max(1))) <= l.rare_hour_share;
         HourView {
             count: o.count,
             slot: o.slot,
@@ -197,7 +218,11 @@ fn predictive(s: SlotStats) -> (f64, f64) {
 /// Smallest count `c` with P(X ≥ c) < `alpha` for hourly counts of this mean and variance:
 /// negative binomial when over-dispersed, Poisson otherwise.
 pub fn count_threshold(mean: f64, var: f64, alpha: f64) -> u64 {
-    let mean = if mean.is_finite() { mean.max(0.05) } else { 0.05 };
+    let mean = if mean.is_finite() {
+        mean.max(0.05)
+    } else {
+        0.05
+    };
     let var = if var.is_finite() { var } else { mean };
     enum Dist {
         NegBin(NegativeBinomial),
@@ -258,7 +283,13 @@ mod tests {
 
     #[test]
     fn degenerate_inputs_do_not_panic() {
-        for (m, v) in [(0.0, 0.0), (f64::NAN, 1.0), (1.0, f64::INFINITY), (1e9, 1e18), (-1.0, -1.0)] {
+        for (m, v) in [
+            (0.0, 0.0),
+            (f64::NAN, 1.0),
+            (1.0, f64::INFINITY),
+            (1e9, 1e18),
+            (-1.0, -1.0),
+        ] {
             let _ = count_threshold(m, v, 1e-6);
         }
     }

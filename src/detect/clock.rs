@@ -22,7 +22,9 @@ pub struct LocalTime {
 
 /// UTC offset of a zone at an instant, in ms.
 fn offset_ms(tz: Tz, utc_ms: i64) -> i64 {
-    let utc = DateTime::from_timestamp_millis(utc_ms).unwrap_or_default().naive_utc();
+    let utc = DateTime::from_timestamp_millis(utc_ms)
+        .unwrap_or_default()
+        .naive_utc();
     i64::from(tz.offset_from_utc_datetime(&utc).fix().local_minus_utc()) * 1000
 }
 
@@ -32,7 +34,12 @@ fn from_local_ms(local_ms: i64) -> LocalTime {
     let weekday = (days + 3).rem_euclid(7) as u8; // 1970-01-01 was a Thursday
     let hour = (in_day / 3_600_000) as u8;
     let minute = ((in_day / 60_000) % 60) as u8;
-    LocalTime { hour, minute, weekday, hour_of_week: weekday * 24 + hour }
+    LocalTime {
+        hour,
+        minute,
+        weekday,
+        hour_of_week: weekday * 24 + hour,
+    }
 }
 
 /// Local time of an instant in a zone (exact, handles daylight-saving changes).
@@ -63,7 +70,11 @@ fn no_quarter() -> i64 {
 
 impl Default for LocalClock {
     fn default() -> Self {
-        LocalClock { quarter: i64::MIN, offset: 0, tz: None }
+        LocalClock {
+            quarter: i64::MIN,
+            offset: 0,
+            tz: None,
+        }
     }
 }
 

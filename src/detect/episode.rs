@@ -23,7 +23,9 @@ impl Episode {
     /// Records a violating event; returns whether it opens an incident.
     pub fn violate(&mut self, ts: i64, rules: &DedupRules) -> bool {
         let continuing = self.active && ts.saturating_sub(self.last_ts) <= rules.episode_gap_ms;
-        let cooled = self.last_fire.is_none_or(|f| ts.saturating_sub(f) >= rules.cooldown_ms);
+        let cooled = self
+            .last_fire
+            .is_none_or(|f| ts.saturating_sub(f) >= rules.cooldown_ms);
         self.active = true;
         self.last_ts = self.last_ts.max(ts);
         if !continuing && cooled {
@@ -46,7 +48,10 @@ impl Episode {
 mod tests {
     use super::*;
 
-    const R: DedupRules = DedupRules { cooldown_ms: 300_000, episode_gap_ms: 3_600_000 };
+    const R: DedupRules = DedupRules {
+        cooldown_ms: 300_000,
+        episode_gap_ms: 3_600_000,
+    };
 
     #[test]
     fn a_burst_fires_once() {

@@ -32,7 +32,13 @@ impl FrequencyState {
 }
 
 /// Checks one event.
-pub fn observe(bp: &Blueprint, st: &mut FrequencyState, hour: &HourView, obs: &Observation<'_>, out: &mut Vec<Finding>) {
+pub fn observe(
+    bp: &Blueprint,
+    st: &mut FrequencyState,
+    hour: &HourView,
+    obs: &Observation<'_>,
+    out: &mut Vec<Finding>,
+) {
     if !obs.in_order {
         return;
     }
@@ -128,7 +134,10 @@ mod tests {
         // Finance: more than 30 calls a minute. 100 calls in 50 s, Monday 10:00 New York.
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..100).map(|i| ev(t0 + i * 500, "query_ledger", None)));
-        let f: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::FrequencySpike).collect();
+        let f: Vec<_> = found
+            .iter()
+            .filter(|f| f.kind == IncidentType::FrequencySpike)
+            .collect();
         assert_eq!(f.len(), 1, "{found:?}");
         assert_eq!(f[0].basis, Basis::Static);
         assert_eq!(f[0].observed, 31.0);
@@ -140,7 +149,10 @@ mod tests {
         let mut k = Kit::new(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..600).map(|i| ev(t0 + i * 2_500, "query_ledger", None))); // 24/min for 25 min
-        assert!(found.iter().all(|f| f.kind != IncidentType::FrequencySpike), "{found:?}");
+        assert!(
+            found.iter().all(|f| f.kind != IncidentType::FrequencySpike),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -148,10 +160,18 @@ mod tests {
         let mut k = Kit::new(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         // 30 calls in order, then a call 20 s late: 31 in one minute.
-        let mut evs: Vec<_> = (0..30).map(|i| ev(t0 + 20_000 + i * 1000, "q", None)).collect();
+        let mut evs: Vec<_> = (0..30)
+            .map(|i| ev(t0 + 20_000 + i * 1000, "q", None))
+            .collect();
         evs.push(ev(t0 + 30_000, "q", None));
         let found = k.feed(evs);
-        assert_eq!(found.iter().filter(|f| f.kind == IncidentType::FrequencySpike).count(), 1);
+        assert_eq!(
+            found
+                .iter()
+                .filter(|f| f.kind == IncidentType::FrequencySpike)
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -161,7 +181,13 @@ mod tests {
         let mut evs: Vec<_> = (0..30).map(|i| ev(t0 + i * 1000, "q", None)).collect();
         evs.push(ev(t0 - 60_000, "q", None)); // 60 s late: beyond the 30 s lateness
         let found = k.feed(evs);
-        assert_eq!(found.iter().filter(|f| f.kind == IncidentType::FrequencySpike).count(), 0);
+        assert_eq!(
+            found
+                .iter()
+                .filter(|f| f.kind == IncidentType::FrequencySpike)
+                .count(),
+            0
+        );
         assert_eq!(k.late, 1);
     }
 
@@ -177,20 +203,42 @@ mod tests {
             }
             for h in 0..8 {
                 for c in 0..6 {
-                    evs.push(ev(start + day * 86_400_000 + h * 3_600_000 + c * 600_000, "query_ledger", None));
+                    evs.push(ev(
+                        start + day * 86_400_000 + h * 3_600_000 + c * 600_000,
+                        "query_ledger",
+                        None,
+                    ));
                 }
             }
         }
         // Spike on day 0 hour 2 would be in warm-up: 200 calls over the hour (3.3/min < 30/min).
-        let early: Vec<_> = (0..200).map(|i| ev(start + 2 * 3_600_000 + 1000 + i * 17_000, "query_ledger", None)).collect();
+        let early: Vec<_> = (0..200)
+            .map(|i| {
+                ev(
+                    start + 2 * 3_600_000 + 1000 + i * 17_000,
+                    "query_ledger",
+                    None,
+                )
+            })
+            .collect();
         evs.extend(early);
         // Same spike in week 4 (Monday, day 21).
-        let late: Vec<_> =
-            (0..200).map(|i| ev(start + 21 * 86_400_000 + 2 * 3_600_000 + 1000 + i * 17_000, "query_ledger", None)).collect();
+        let late: Vec<_> = (0..200)
+            .map(|i| {
+                ev(
+                    start + 21 * 86_400_000 + 2 * 3_600_000 + 1000 + i * 17_000,
+                    "query_ledger",
+                    None,
+                )
+            })
+            .collect();
         evs.extend(late);
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
-        let f: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::FrequencySpike).collect();
+        let f: Vec<_> = found
+            .iter()
+            .filter(|f| f.kind == IncidentType::FrequencySpike)
+            .collect();
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].basis, Basis::Learned);
         assert!(f[0].window_end > start + 21 * 86_400_000);
@@ -204,7 +252,11 @@ mod tests {
         for day in [0, 7, 14, 21] {
             for h in 0..8 {
                 for c in 0..6 {
-                    evs.push(ev(start + day * 86_400_000 + h * 3_600_000 + c * 600_000, "q", None));
+                    evs.push(ev(
+                        start + day * 86_400_000 + h * 3_600_000 + c * 600_000,
+                        "q",
+                        None,
+                    ));
                 }
             }
         }
@@ -213,7 +265,10 @@ mod tests {
         evs.extend((0..100).map(|i| ev(burst + i * 500, "q", None)));
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
-        let f: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::FrequencySpike).collect();
+        let f: Vec<_> = found
+            .iter()
+            .filter(|f| f.kind == IncidentType::FrequencySpike)
+            .collect();
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].basis, Basis::Static);
     }
@@ -223,7 +278,10 @@ mod tests {
         let mut k = Kit::new(peer_finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..150).map(|i| ev(t0 + i * 200, "q", None)));
-        let v: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::VolumeSpike).collect();
+        let v: Vec<_> = found
+            .iter()
+            .filter(|f| f.kind == IncidentType::VolumeSpike)
+            .collect();
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].observed, 101.0);
         assert_eq!(v[0].unit, "calls");

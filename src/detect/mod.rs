@@ -140,8 +140,14 @@ impl DetectorState {
     ///
     /// An event older than the agent's latest event time minus the allowed lateness is "late":
     /// it still feeds the stateless off-hours check but not windows, baselines or sequences.
-    pub fn observe<'a>(&mut self, bp: &Blueprint, input: &Input<'a>, out: &mut Vec<Finding>) -> Observation<'a> {
-        let in_order = self.watermark == i64::MIN || input.ts >= self.watermark.saturating_sub(bp.allowed_lateness_ms);
+    pub fn observe<'a>(
+        &mut self,
+        bp: &Blueprint,
+        input: &Input<'a>,
+        out: &mut Vec<Finding>,
+    ) -> Observation<'a> {
+        let in_order = self.watermark == i64::MIN
+            || input.ts >= self.watermark.saturating_sub(bp.allowed_lateness_ms);
         self.watermark = self.watermark.max(input.ts);
         let obs = Observation {
             agent_id: input.agent_id,
@@ -154,7 +160,11 @@ impl DetectorState {
             watermark: self.watermark,
             in_order,
         };
-        let hour = if in_order { self.seasonal.observe(bp, obs.ts, obs.watermark) } else { HourView::default() };
+        let hour = if in_order {
+            self.seasonal.observe(bp, obs.ts, obs.watermark)
+        } else {
+            HourView::default()
+        };
         frequency::observe(bp, &mut self.frequency, &hour, &obs, out);
         volume::observe(bp, &mut self.volume, &obs, out);
         sequence::observe(bp, &mut self.sequence, &obs, out);

@@ -18,7 +18,13 @@ fn day_name(d: u8) -> &'static str {
 }
 
 /// Checks one event.
-pub fn observe(bp: &Blueprint, st: &mut OffHoursState, hour: &HourView, obs: &Observation<'_>, out: &mut Vec<Finding>) {
+pub fn observe(
+    bp: &Blueprint,
+    st: &mut OffHoursState,
+    hour: &HourView,
+    obs: &Observation<'_>,
+    out: &mut Vec<Finding>,
+) {
     let l = obs.local;
     let outside_hours = bp.allowed_hours.is_some_and(|h| !h.contains(l.hour));
     let outside_days = !bp.working_days.contains(l.weekday);
@@ -31,10 +37,22 @@ pub fn observe(bp: &Blueprint, st: &mut OffHoursState, hour: &HourView, obs: &Ob
     if !st.episode.violate(obs.ts, &bp.dedup) {
         return;
     }
-    let when = format!("{} {:02}:{:02} {}", day_name(l.weekday), l.hour, l.minute, bp.timezone.name());
+    let when = format!(
+        "{} {:02}:{:02} {}",
+        day_name(l.weekday),
+        l.hour,
+        l.minute,
+        bp.timezone.name()
+    );
     let finding = if over_static {
-        let hours = bp.allowed_hours.map_or("any hour".to_string(), |h| format!("{:02}:00-{:02}:00", h.start, h.end));
-        let days = if bp.working_days == Weekdays::ALL { "every day".to_string() } else { bp.working_days.names().join(",") };
+        let hours = bp.allowed_hours.map_or("any hour".to_string(), |h| {
+            format!("{:02}:00-{:02}:00", h.start, h.end)
+        });
+        let days = if bp.working_days == Weekdays::ALL {
+            "every day".to_string()
+        } else {
+            bp.working_days.names().join(",")
+        };
         Finding {
             kind: IncidentType::OffHours,
             basis: Basis::Static,
@@ -44,7 +62,10 @@ pub fn observe(bp: &Blueprint, st: &mut OffHoursState, hour: &HourView, obs: &Ob
             unit: "local_hour",
             window_start: obs.ts,
             window_end: obs.ts,
-            description: format!("Agent {:?} active at {when}, outside allowed hours {hours} on {days}.", obs.agent_id),
+            description: format!(
+                "Agent {:?} active at {when}, outside allowed hours {hours} on {days}.",
+                obs.agent_id
+            ),
             pattern: None,
             disc: 0,
         }
@@ -76,7 +97,11 @@ mod tests {
     use crate::response::{Basis, IncidentType};
 
     fn off(found: &[super::Finding]) -> Vec<Basis> {
-        found.iter().filter(|f| f.kind == IncidentType::OffHours).map(|f| f.basis).collect()
+        found
+            .iter()
+            .filter(|f| f.kind == IncidentType::OffHours)
+            .map(|f| f.basis)
+            .collect()
     }
 
     #[test]
@@ -114,7 +139,11 @@ mod tests {
             let mut k = Kit::new(finance());
             assert!(off(&k.feed(vec![ev(at(ok), "q", None)])).is_empty(), "{ok}");
             let mut k = Kit::new(finance());
-            assert_eq!(off(&k.feed(vec![ev(at(bad), "q", None)])), vec![Basis::Static], "{bad}");
+            assert_eq!(
+                off(&k.feed(vec![ev(at(bad), "q", None)])),
+                vec![Basis::Static],
+                "{bad}"
+            );
         }
     }
 
@@ -130,7 +159,11 @@ mod tests {
             let mut k = Kit::new(engineering());
             assert!(off(&k.feed(vec![ev(at(ok), "q", None)])).is_empty(), "{ok}");
             let mut k = Kit::new(engineering());
-            assert_eq!(off(&k.feed(vec![ev(at(bad), "q", None)])), vec![Basis::Static], "{bad}");
+            assert_eq!(
+                off(&k.feed(vec![ev(at(bad), "q", None)])),
+                vec![Basis::Static],
+                "{bad}"
+            );
         }
     }
 
@@ -142,7 +175,11 @@ mod tests {
         for day in 0..21 {
             for h in 0..8 {
                 for c in 0..4 {
-                    evs.push(ev(start + day * 86_400_000 + h * 3_600_000 + c * 900_000, "triage", None));
+                    evs.push(ev(
+                        start + day * 86_400_000 + h * 3_600_000 + c * 900_000,
+                        "triage",
+                        None,
+                    ));
                 }
             }
         }

@@ -37,7 +37,12 @@ fn key(c: &Call) -> (i64, u64) {
 }
 
 /// Start index of a match of `rule` whose last call is `calls[end]`, using only calls after `floor`.
-fn match_ending(calls: &VecDeque<Call>, end: usize, rule: &SequenceRule, floor: (i64, u64)) -> Option<usize> {
+fn match_ending(
+    calls: &VecDeque<Call>,
+    end: usize,
+    rule: &SequenceRule,
+    floor: (i64, u64),
+) -> Option<usize> {
     let pat = &rule.pattern_hashes;
     let m = pat.len();
     let end_ts = calls[end].0;
@@ -70,7 +75,12 @@ fn match_ending(calls: &VecDeque<Call>, end: usize, rule: &SequenceRule, floor: 
 }
 
 /// Checks one event.
-pub fn observe(bp: &Blueprint, st: &mut SequenceState, obs: &Observation<'_>, out: &mut Vec<Finding>) {
+pub fn observe(
+    bp: &Blueprint,
+    st: &mut SequenceState,
+    obs: &Observation<'_>,
+    out: &mut Vec<Finding>,
+) {
     if !obs.in_order || bp.sequences.is_empty() {
         return;
     }
@@ -80,12 +90,22 @@ pub fn observe(bp: &Blueprint, st: &mut SequenceState, obs: &Observation<'_>, ou
     st.arrivals += 1;
     let call: Call = (obs.ts, st.arrivals, obs.tool);
     // Insert in event-time order (usually at the back).
-    let pos = st.calls.iter().rposition(|c| key(c) <= key(&call)).map_or(0, |p| p + 1);
+    let pos = st
+        .calls
+        .iter()
+        .rposition(|c| key(c) <= key(&call))
+        .map_or(0, |p| p + 1);
     st.calls.insert(pos, call);
     // Forget calls no pattern can still use.
-    let horizon = bp.sequences.iter().map(|r| r.within_ms).max().unwrap_or(0) + bp.allowed_lateness_ms;
+    let horizon =
+        bp.sequences.iter().map(|r| r.within_ms).max().unwrap_or(0) + bp.allowed_lateness_ms;
     let mut pos = pos;
-    while st.calls.len() > bp.sequence_memory || st.calls.front().is_some_and(|c| obs.watermark - c.0 > horizon) {
+    while st.calls.len() > bp.sequence_memory
+        || st
+            .calls
+            .front()
+            .is_some_and(|c| obs.watermark - c.0 > horizon)
+    {
         st.calls.pop_front();
         if pos == 0 {
             return;
@@ -128,7 +148,11 @@ mod tests {
     use crate::response::IncidentType;
 
     fn seqs(found: &[super::Finding]) -> Vec<Vec<String>> {
-        found.iter().filter(|f| f.kind == IncidentType::SuspiciousSequence).filter_map(|f| f.pattern.clone()).collect()
+        found
+            .iter()
+            .filter(|f| f.kind == IncidentType::SuspiciousSequence)
+            .filter_map(|f| f.pattern.clone())
+            .collect()
     }
 
     #[test]
@@ -141,15 +165,27 @@ mod tests {
             ev(t0 + 120_000, "send_email", None),
             ev(t0 + 180_000, "send_email", None),
         ]);
-        assert_eq!(seqs(&found), vec![vec!["query_customer_db".to_string(), "send_email".to_string()]]);
+        assert_eq!(
+            seqs(&found),
+            vec![vec![
+                "query_customer_db".to_string(),
+                "send_email".to_string()
+            ]]
+        );
     }
 
     #[test]
     fn sequence_window_expiry() {
         let mut k = Kit::new(finance());
         let t0 = at("2026-03-02T15:00:00Z");
-        let found = k.feed(vec![ev(t0, "query_customer_db", None), ev(t0 + 3 * 3_600_000, "send_email", None)]);
-        assert!(seqs(&found).is_empty(), "three hours apart is not a sequence");
+        let found = k.feed(vec![
+            ev(t0, "query_customer_db", None),
+            ev(t0 + 3 * 3_600_000, "send_email", None),
+        ]);
+        assert!(
+            seqs(&found).is_empty(),
+            "three hours apart is not a sequence"
+        );
     }
 
     #[test]
@@ -163,8 +199,14 @@ mod tests {
         ]);
         assert_eq!(seqs(&found).len(), 1);
         let mut k = Kit::new(peer_soc());
-        let found = k.feed(vec![ev(t0, "read_secrets", None), ev(t0 + 2000, "http_request", None)]);
-        assert!(seqs(&found).is_empty(), "the wildcard needs a call in between");
+        let found = k.feed(vec![
+            ev(t0, "read_secrets", None),
+            ev(t0 + 2000, "http_request", None),
+        ]);
+        assert!(
+            seqs(&found).is_empty(),
+            "the wildcard needs a call in between"
+        );
     }
 
     #[test]
@@ -185,7 +227,11 @@ mod tests {
         let mut k = Kit::new(soc()); // shell_execute x3 consecutive within 1m
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..7).map(|i| ev(t0 + i * 1000, "shell_execute", None)));
-        assert_eq!(seqs(&found).len(), 2, "7 calls hold two disjoint matches of 3");
+        assert_eq!(
+            seqs(&found).len(),
+            2,
+            "7 calls hold two disjoint matches of 3"
+        );
     }
 
     #[test]
@@ -193,11 +239,17 @@ mod tests {
         let mut k = Kit::new(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         // The email arrives first but happened after the query.
-        let found = k.feed(vec![ev(t0 + 10_000, "send_email", None), ev(t0, "query_customer_db", None)]);
+        let found = k.feed(vec![
+            ev(t0 + 10_000, "send_email", None),
+            ev(t0, "query_customer_db", None),
+        ]);
         assert_eq!(seqs(&found).len(), 1);
         // Reverse order in event time: no match.
         let mut k = Kit::new(finance());
-        let found = k.feed(vec![ev(t0, "send_email", None), ev(t0 + 10_000, "query_customer_db", None)]);
+        let found = k.feed(vec![
+            ev(t0, "send_email", None),
+            ev(t0 + 10_000, "query_customer_db", None),
+        ]);
         assert!(seqs(&found).is_empty());
     }
 

@@ -33,7 +33,9 @@ fn peer(text: &str) -> Blueprint {
 
 /// The peer's BLUEPRINT_FINANCE as saved JSON.
 pub fn peer_finance() -> Blueprint {
-    peer(include_str!("../../tests/fixtures/peer/BLUEPRINT_FINANCE.json"))
+    peer(include_str!(
+        "../../tests/fixtures/peer/BLUEPRINT_FINANCE.json"
+    ))
 }
 
 /// The peer's BLUEPRINT_SOC as saved JSON.
@@ -56,7 +58,11 @@ pub struct Ev {
 
 /// A test event at `ts` calling `tool`.
 pub fn ev(ts: i64, tool: &str, bytes: Option<f64>) -> Ev {
-    Ev { ts, tool: tool.to_string(), bytes }
+    Ev {
+        ts,
+        tool: tool.to_string(),
+        bytes,
+    }
 }
 
 /// One agent's detectors under one blueprint.
@@ -77,7 +83,13 @@ impl Kit {
         let mut out = Vec::new();
         for (i, e) in evs.into_iter().enumerate() {
             let id = format!("e{i}");
-            let input = Input { agent_id: "agent-1", event_id: &id, tool_name: &e.tool, ts: e.ts, bytes: e.bytes };
+            let input = Input {
+                agent_id: "agent-1",
+                event_id: &id,
+                tool_name: &e.tool,
+                ts: e.ts,
+                bytes: e.bytes,
+            };
             if !self.st.observe(&self.bp, &input, &mut out).in_order {
                 self.late += 1;
             }

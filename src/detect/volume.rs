@@ -64,13 +64,21 @@ fn fmt_bytes(b: f64) -> String {
 }
 
 /// Checks one event.
-pub fn observe(bp: &Blueprint, st: &mut VolumeState, obs: &Observation<'_>, out: &mut Vec<Finding>) {
+pub fn observe(
+    bp: &Blueprint,
+    st: &mut VolumeState,
+    obs: &Observation<'_>,
+    out: &mut Vec<Finding>,
+) {
     let Some(bytes) = obs.bytes else {
         return;
     };
     let mut sum = bytes;
     if obs.in_order {
-        if !st.bytes.fits(bp.data_volume.window_ms, bp.allowed_lateness_ms) {
+        if !st
+            .bytes
+            .fits(bp.data_volume.window_ms, bp.allowed_lateness_ms)
+        {
             st.bytes = Ring::new(bp.data_volume.window_ms, bp.allowed_lateness_ms);
         }
         // Whole bytes (saturating) keep the running window sum exact.
@@ -86,7 +94,11 @@ pub fn observe(bp: &Blueprint, st: &mut VolumeState, obs: &Observation<'_>, out:
     if let Some(t) = idx.map(|i| st.tools[i]) {
         let sd = t.var.sqrt().max(MIN_LOG_SD);
         let z = (x - t.mean) / sd;
-        if l.enabled && t.n >= l.volume_warmup_calls && bytes >= l.volume_min_bytes && f64::from(z) > l.z_threshold {
+        if l.enabled
+            && t.n >= l.volume_warmup_calls
+            && bytes >= l.volume_min_bytes
+            && f64::from(z) > l.z_threshold
+        {
             learned = Some(t);
         }
     }
@@ -95,7 +107,12 @@ pub fn observe(bp: &Blueprint, st: &mut VolumeState, obs: &Observation<'_>, out:
         let i = match idx {
             Some(i) => Some(i),
             None if st.tools.len() < MAX_TOOLS => {
-                st.tools.push(ToolStats { tool: obs.tool, n: 0, mean: 0.0, var: 0.0 });
+                st.tools.push(ToolStats {
+                    tool: obs.tool,
+                    n: 0,
+                    mean: 0.0,
+                    var: 0.0,
+                });
                 Some(st.tools.len() - 1)
             }
             None => None,
@@ -177,7 +194,10 @@ mod tests {
         let mut k = Kit::new(finance()); // 50 MB per minute
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..6).map(|i| ev(t0 + i * 5_000, "export_report", Some(10e6))));
-        let v: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::VolumeSpike).collect();
+        let v: Vec<_> = found
+            .iter()
+            .filter(|f| f.kind == IncidentType::VolumeSpike)
+            .collect();
         assert_eq!(v.len(), 1, "{found:?}");
         assert_eq!(v[0].basis, Basis::Static);
         assert_eq!(v[0].observed, 60e6);
@@ -188,12 +208,23 @@ mod tests {
         let mut k = Kit::new(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         // 60 calls of ~20 kB, one minute apart, then 5 MB (under the 50 MB static limit).
-        let mut evs: Vec<_> = (0..60).map(|i| ev(t0 + i * 60_000, "read_invoice", Some(20_000.0 + (i % 7) as f64 * 1000.0))).collect();
+        let mut evs: Vec<_> = (0..60)
+            .map(|i| {
+                ev(
+                    t0 + i * 60_000,
+                    "read_invoice",
+                    Some(20_000.0 + (i % 7) as f64 * 1000.0),
+                )
+            })
+            .collect();
         evs.push(ev(t0 + 61 * 60_000, "read_invoice", Some(5e6)));
         // Another tool that normally moves 5 MB is not anomalous at 5 MB.
         evs.extend((0..60).map(|i| ev(t0 + 62 * 60_000 + i * 60_000, "export_report", Some(5e6))));
         let found = k.feed(evs);
-        let v: Vec<_> = found.iter().filter(|f| f.kind == IncidentType::VolumeSpike).collect();
+        let v: Vec<_> = found
+            .iter()
+            .filter(|f| f.kind == IncidentType::VolumeSpike)
+            .collect();
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].basis, Basis::Learned);
         assert_eq!(v[0].observed, 5e6);
@@ -203,7 +234,9 @@ mod tests {
     fn learned_volume_is_silent_during_warmup() {
         let mut k = Kit::new(finance());
         let t0 = at("2026-03-02T15:00:00Z");
-        let mut evs: Vec<_> = (0..10).map(|i| ev(t0 + i * 60_000, "read_invoice", Some(20_000.0))).collect();
+        let mut evs: Vec<_> = (0..10)
+            .map(|i| ev(t0 + i * 60_000, "read_invoice", Some(20_000.0)))
+            .collect();
         evs.push(ev(t0 + 11 * 60_000, "read_invoice", Some(5e6)));
         assert!(k.feed(evs).is_empty());
     }

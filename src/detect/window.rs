@@ -21,13 +21,19 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
     pub fn new(window_ms: i64, lateness_ms: i64) -> Ring<T> {
         let width = (window_ms / BUCKETS).max(1);
         let extra = (lateness_ms + width - 1) / width + 1;
-        Ring { width, head: i64::MIN, sum: T::default(), buckets: vec![T::default(); (BUCKETS + extra) as usize] }
+        Ring {
+            width,
+            head: i64::MIN,
+            sum: T::default(),
+            buckets: vec![T::default(); (BUCKETS + extra) as usize],
+        }
     }
 
     /// Whether the ring was built for these parameters.
     pub fn fits(&self, window_ms: i64, lateness_ms: i64) -> bool {
         let width = (window_ms / BUCKETS).max(1);
-        self.width == width && self.buckets.len() as i64 == BUCKETS + (lateness_ms + width - 1) / width + 1
+        self.width == width
+            && self.buckets.len() as i64 == BUCKETS + (lateness_ms + width - 1) / width + 1
     }
 
     fn len(&self) -> i64 {
@@ -125,7 +131,11 @@ mod tests {
         let mut t = 0;
         for i in 0..5000u64 {
             t += [0, 300, 1000, 2500, 61_000, 200_000][(i * 7 % 6) as usize];
-            let late = if i % 5 == 0 { (i % 25) as i64 * 1000 } else { 0 };
+            let late = if i % 5 == 0 {
+                (i % 25) as i64 * 1000
+            } else {
+                0
+            };
             r.add(t - late, i % 13);
             assert_eq!(r.sum, r.sum_ending(r.head), "step {i}");
         }

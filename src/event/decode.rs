@@ -100,7 +100,11 @@ impl Node {
         let idx = match self.entries.iter().position(|e| &e.key == first) {
             Some(i) => i,
             None => {
-                self.entries.push(Entry { key: first.clone(), slots: Vec::new(), child: None });
+                self.entries.push(Entry {
+                    key: first.clone(),
+                    slots: Vec::new(),
+                    child: None,
+                });
                 self.entries.len() - 1
             }
         };
@@ -108,7 +112,10 @@ impl Node {
         if rest.is_empty() {
             entry.slots.push(slot);
         } else {
-            entry.child.get_or_insert_with(Node::default).insert(rest, slot);
+            entry
+                .child
+                .get_or_insert_with(Node::default)
+                .insert(rest, slot);
         }
     }
 
@@ -120,7 +127,11 @@ impl Node {
 /// Splits an RFC 6901 JSON pointer into its unescaped keys; `None` if it is not a pointer to a key.
 pub(crate) fn parse_pointer(pointer: &str) -> Option<Vec<String>> {
     let rest = pointer.strip_prefix('/')?;
-    Some(rest.split('/').map(|s| s.replace("~1", "/").replace("~0", "~")).collect())
+    Some(
+        rest.split('/')
+            .map(|s| s.replace("~1", "/").replace("~0", "~"))
+            .collect(),
+    )
 }
 
 /// Decodes audit events of every supported format.
@@ -163,7 +174,8 @@ impl Decoder {
             field: field.to_string(),
             reason: format!("{value:?} is not a JSON pointer to an object key (expected /a/b)"),
         };
-        let vol = parse_pointer(&opts.volume_pointer).ok_or_else(|| bad("volume_pointer", &opts.volume_pointer))?;
+        let vol = parse_pointer(&opts.volume_pointer)
+            .ok_or_else(|| bad("volume_pointer", &opts.volume_pointer))?;
         root.insert(&vol, Slot::Volume);
         let mut group_pointer = String::new();
         if let Some(g) = &opts.group_pointer {
@@ -182,20 +194,31 @@ impl Decoder {
     /// Decodes one payload (one JSON object; surrounding whitespace allowed).
     pub fn decode<'a>(&self, payload: &'a [u8]) -> Result<AuditEvent<'a>, DecodeError> {
         if payload.len() > self.max_event_bytes {
-            return Err(DecodeError::Oversized { size: payload.len(), max: self.max_event_bytes });
+            return Err(DecodeError::Oversized {
+                size: payload.len(),
+                max: self.max_event_bytes,
+            });
         }
         let mut slots: [Scalar<'a>; SLOT_COUNT] = Default::default();
         let mut de = serde_json::Deserializer::from_slice(payload);
         let walked = de
-            .deserialize_map(ObjectVisitor { node: &self.root, slots: &mut slots })
+            .deserialize_map(ObjectVisitor {
+                node: &self.root,
+                slots: &mut slots,
+            })
             .and_then(|()| de.end());
         if let Err(e) = walked {
-            return Err(DecodeError::NotJson { reason: e.to_string() });
+            return Err(DecodeError::NotJson {
+                reason: e.to_string(),
+            });
         }
         self.finish(slots)
     }
 
-    fn finish<'a>(&self, mut slots: [Scalar<'a>; SLOT_COUNT]) -> Result<AuditEvent<'a>, DecodeError> {
+    fn finish<'a>(
+        &self,
+        mut slots: [Scalar<'a>; SLOT_COUNT],
+    ) -> Result<AuditEvent<'a>, DecodeError> {
         let mut take = |s: Slot| std::mem::take(&mut slots[s as usize]);
         let spm_agent = take(Slot::AgentId);
         let spm_event = take(Slot::EventId);
@@ -204,15 +227,22 @@ impl Decoder {
         let (format, agent_id, event_id, tool_name, ts_ms) = if is_spm {
             let agent = required_str(spm_agent, "/agent_id")?;
             let ts = match timestamp {
-                Scalar::Str(s) => parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidValue {
-                    field: "/timestamp".into(),
-                    reason: format!("{s:?} is not an RFC 3339 time between 1970 and 9999"),
-                })?,
-                Scalar::Absent | Scalar::Null => return Err(DecodeError::MissingField { field: "/timestamp" }),
+                Scalar::Str(s) => {
+                    parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidValue {
+                        field: "/timestamp".into(),
+                        reason: format!("{s:?} is not an RFC 3339 time between 1970 and 9999"),
+                    })?
+                }
+                Scalar::Absent | Scalar::Null => {
+                    return Err(DecodeError::MissingField {
+                        field: "/timestamp",
+                    })
+                }
                 _ => return Err(wrong("/timestamp", "an RFC 3339 string")),
             };
             let event = optional_str(spm_event, "/event_id")?.unwrap_or(Cow::Borrowed(""));
-            let tool = optional_str(take(Slot::ToolName), "/tool_name")?.unwrap_or(Cow::Borrowed(""));
+            let tool =
+                optional_str(take(Slot::ToolName), "/tool_name")?.unwrap_or(Cow::Borrowed(""));
             (Format::AgentSpm, agent, event, tool, ts)
         } else {
             let agent = first_str([
@@ -225,7 +255,11 @@ impl Decoder {
                 Scalar::Int(v) => v,
                 Scalar::UInt(v) => i64::try_from(v).unwrap_or(i64::MAX),
                 Scalar::Float(v) if v.is_finite() => v as i64,
-                Scalar::Absent | Scalar::Null => return Err(DecodeError::MissingField { field: "/timestamp" }),
+                Scalar::Absent | Scalar::Null => {
+                    return Err(DecodeError::MissingField {
+                        field: "/timestamp",
+                    })
+                }
                 _ => return Err(wrong("/timestamp", "epoch milliseconds (a number)")),
             };
             if !(0..=MAX_TIMESTAMP_MS).contains(&ts) {
@@ -234,13 +268,19 @@ impl Decoder {
                     reason: format!("{ts} ms is outside 1970..9999"),
                 });
             }
-            let event = optional_str(take(Slot::EventIdCamel), "/eventId")?.unwrap_or(Cow::Borrowed(""));
-            let tool = optional_str(take(Slot::ToolNameCamel), "/toolName")?.unwrap_or(Cow::Borrowed(""));
+            let event =
+                optional_str(take(Slot::EventIdCamel), "/eventId")?.unwrap_or(Cow::Borrowed(""));
+            let tool =
+                optional_str(take(Slot::ToolNameCamel), "/toolName")?.unwrap_or(Cow::Borrowed(""));
             (Format::AgentShield, agent, event, tool, ts)
         };
         if agent_id.len() > MAX_AGENT_ID_BYTES {
             return Err(DecodeError::InvalidValue {
-                field: if is_spm { "/agent_id".into() } else { "/agentId".into() },
+                field: if is_spm {
+                    "/agent_id".into()
+                } else {
+                    "/agentId".into()
+                },
                 reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", agent_id.len()),
             });
         }
@@ -270,7 +310,17 @@ impl Decoder {
                 });
             }
         }
-        Ok(AuditEvent { format, event_id, ts_ms, agent_id, tool_name, outcome, environment, group, bytes })
+        Ok(AuditEvent {
+            format,
+            event_id,
+            ts_ms,
+            agent_id,
+            tool_name,
+            outcome,
+            environment,
+            group,
+            bytes,
+        })
     }
 }
 
@@ -279,7 +329,10 @@ fn present(s: &Scalar<'_>) -> bool {
 }
 
 fn wrong(field: &str, expected: &'static str) -> DecodeError {
-    DecodeError::WrongType { field: field.to_string(), expected }
+    DecodeError::WrongType {
+        field: field.to_string(),
+        expected,
+    }
 }
 
 fn optional_str<'a>(s: Scalar<'a>, field: &str) -> Result<Option<Cow<'a, str>>, DecodeError> {
@@ -298,7 +351,9 @@ fn required_str<'a>(s: Scalar<'a>, field: &'static str) -> Result<Cow<'a, str>, 
 }
 
 /// The first present, non-empty string of a list of candidate fields.
-fn first_str<'a, const N: usize>(cands: [(Scalar<'a>, &str); N]) -> Result<Option<Cow<'a, str>>, DecodeError> {
+fn first_str<'a, const N: usize>(
+    cands: [(Scalar<'a>, &str); N],
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
     for (s, field) in cands {
         if let Some(v) = optional_str(s, field)? {
             if !v.is_empty() {
@@ -326,7 +381,10 @@ impl<'de, 'n, 's> Visitor<'de> for ObjectVisitor<'n, 's, 'de> {
             match found {
                 Some(i) => {
                     let entry = &self.node.entries[i];
-                    map.next_value_seed(ValueSeed { entry, slots: &mut *self.slots })?;
+                    map.next_value_seed(ValueSeed {
+                        entry,
+                        slots: &mut *self.slots,
+                    })?;
                 }
                 None => {
                     map.next_value_seed(Skip)?;
@@ -427,7 +485,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
         self.set(Scalar::Array);
         Ok(())
     }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         match &self.entry.child {
             Some(node) => {
                 let slots = &mut *self.slots;
@@ -506,7 +564,11 @@ mod tests {
         "plugin_source":"x","extra":{"deep":[1,2,{"a":null}]}}"#;
 
     fn dec() -> Decoder {
-        Decoder::new(&DecoderOptions { group_pointer: Some("/safe_payload/team".into()), ..Default::default() }).unwrap()
+        Decoder::new(&DecoderOptions {
+            group_pointer: Some("/safe_payload/team".into()),
+            ..Default::default()
+        })
+        .unwrap()
     }
 
     #[test]
@@ -538,7 +600,9 @@ mod tests {
             .decode(br#"{"type":"t","timestamp":1,"eventId":"x","sessionId":"s","userId":"u","agentId":"a"}"#)
             .unwrap();
         assert_eq!(e.agent_id, "a");
-        let e = d.decode(br#"{"type":"t","timestamp":1,"eventId":"x","sessionId":"s","userId":"u"}"#).unwrap();
+        let e = d
+            .decode(br#"{"type":"t","timestamp":1,"eventId":"x","sessionId":"s","userId":"u"}"#)
+            .unwrap();
         assert_eq!(e.agent_id, "u");
         assert_eq!(e.outcome, None);
         assert_eq!(e.bytes, None);
@@ -583,26 +647,51 @@ mod tests {
                 _ => assert_eq!(&got, want, "input {}", String::from_utf8_lossy(input)),
             }
         }
-        let got = d.decode(br#"{"agent_id":"a","timestamp":"2026-13-02T14:00:00Z"}"#).unwrap_err();
-        assert!(matches!(got, DecodeError::InvalidValue { ref field, .. } if field == "/timestamp"));
+        let got = d
+            .decode(br#"{"agent_id":"a","timestamp":"2026-13-02T14:00:00Z"}"#)
+            .unwrap_err();
+        assert!(
+            matches!(got, DecodeError::InvalidValue { ref field, .. } if field == "/timestamp")
+        );
         let got = d
             .decode(br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","safe_payload":{"bytes":-1}}"#)
             .unwrap_err();
-        assert!(matches!(got, DecodeError::InvalidValue { ref field, .. } if field == "/safe_payload/bytes"));
+        assert!(
+            matches!(got, DecodeError::InvalidValue { ref field, .. } if field == "/safe_payload/bytes")
+        );
     }
 
     #[test]
     fn oversized_payload_is_rejected_before_parsing() {
-        let d = Decoder::new(&DecoderOptions { max_event_bytes: 16, ..Default::default() }).unwrap();
-        assert_eq!(d.decode(&[b' '; 17]).unwrap_err(), DecodeError::Oversized { size: 17, max: 16 });
+        let d = Decoder::new(&DecoderOptions {
+            max_event_bytes: 16,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            d.decode(&[b' '; 17]).unwrap_err(),
+            DecodeError::Oversized { size: 17, max: 16 }
+        );
     }
 
     #[test]
     fn custom_volume_pointer_and_invalid_pointer() {
-        let d = Decoder::new(&DecoderOptions { volume_pointer: "/meta/size~1kb".into(), ..Default::default() }).unwrap();
-        let e = d.decode(br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","meta":{"size/kb":1.5}}"#).unwrap();
+        let d = Decoder::new(&DecoderOptions {
+            volume_pointer: "/meta/size~1kb".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let e = d
+            .decode(
+                br#"{"agent_id":"a","timestamp":"2026-03-02T14:00:00Z","meta":{"size/kb":1.5}}"#,
+            )
+            .unwrap();
         assert_eq!(e.bytes, Some(1.5));
-        assert!(Decoder::new(&DecoderOptions { volume_pointer: "bytes".into(), ..Default::default() }).is_err());
+        assert!(Decoder::new(&DecoderOptions {
+            volume_pointer: "bytes".into(),
+            ..Default::default()
+        })
+        .is_err());
     }
 
     #[test]

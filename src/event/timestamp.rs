@@ -17,14 +17,23 @@ pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
 /// The common shape `YYYY-MM-DDTHH:MM:SS[.fff…]Z` without chrono's general parser; `None`
 /// for anything else (which chrono then parses or rejects).
 fn fast_utc(b: &[u8]) -> Option<i64> {
-    if b.len() < 20 || b.len() > 35 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() < 20
+        || b.len() > 35
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     if *b.last()? != b'Z' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<i64> {
-        b[r].iter().try_fold(0i64, |acc, c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+        b[r].iter().try_fold(0i64, |acc, c| {
+            c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+        })
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
@@ -67,7 +76,8 @@ pub mod rfc3339_serde {
     /// Reads RFC 3339 into epoch ms.
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        super::parse_rfc3339_ms(&s).ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}")))
+        super::parse_rfc3339_ms(&s)
+            .ok_or_else(|| serde::de::Error::custom(format!("bad time {s:?}")))
     }
 }
 
@@ -79,7 +89,10 @@ mod tests {
     fn parses_offsets_and_fractions() {
         assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01Z"), Some(1000));
         assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:01.5+01:00"), Some(1500));
-        assert_eq!(parse_rfc3339_ms("2026-03-02T09:00:00.123456Z"), Some(1_772_442_000_123));
+        assert_eq!(
+            parse_rfc3339_ms("2026-03-02T09:00:00.123456Z"),
+            Some(1_772_442_000_123)
+        );
         assert_eq!(parse_rfc3339_ms("yesterday"), None);
         assert_eq!(parse_rfc3339_ms("1969-12-31T23:59:59Z"), None);
     }
@@ -97,7 +110,13 @@ mod tests {
             let chrono_ms = DateTime::parse_from_rfc3339(s).unwrap().timestamp_millis();
             assert_eq!(fast_utc(s.as_bytes()), Some(chrono_ms), "{s}");
         }
-        for s in ["2026-02-30T09:00:00Z", "2026-03-02T24:00:00Z", "2026-03-02T09:00:00.Z", "2026-03-02t09:00:00Z", "2026-03-02T09:00:00+01:00"] {
+        for s in [
+            "2026-02-30T09:00:00Z",
+            "2026-03-02T24:00:00Z",
+            "2026-03-02T09:00:00.Z",
+            "2026-03-02t09:00:00Z",
+            "2026-03-02T09:00:00+01:00",
+        ] {
             assert_eq!(fast_utc(s.as_bytes()), None, "{s}");
         }
         assert_eq!(parse_rfc3339_ms("2026-02-30T09:00:00Z"), None);

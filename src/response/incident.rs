@@ -158,9 +158,21 @@ pub struct Incident {
 /// Derives an incident id from what identifies it in the input: the agent, the kind, the agent's
 /// event sequence number, the triggering event's id and time, and a discriminator (e.g. the
 /// pattern index). Replaying the same input gives the same id.
-pub fn incident_id(agent_id: &str, kind: IncidentType, basis: Basis, seq: u64, event_id: &str, ts: i64, disc: u32) -> String {
+pub fn incident_id(
+    agent_id: &str,
+    kind: IncidentType,
+    basis: Basis,
+    seq: u64,
+    event_id: &str,
+    ts: i64,
+    disc: u32,
+) -> String {
     let mut h = Sha256::new();
-    for part in [agent_id.as_bytes(), kind.as_str().as_bytes(), event_id.as_bytes()] {
+    for part in [
+        agent_id.as_bytes(),
+        kind.as_str().as_bytes(),
+        event_id.as_bytes(),
+    ] {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }
@@ -186,11 +198,23 @@ mod tests {
     #[test]
     fn ids_are_deterministic_and_distinct() {
         let a = incident_id("a", IncidentType::OffHours, Basis::Static, 1, "e", 5, 0);
-        assert_eq!(a, incident_id("a", IncidentType::OffHours, Basis::Static, 1, "e", 5, 0));
+        assert_eq!(
+            a,
+            incident_id("a", IncidentType::OffHours, Basis::Static, 1, "e", 5, 0)
+        );
         assert_eq!(a.len(), 36);
-        assert_ne!(a, incident_id("a", IncidentType::OffHours, Basis::Learned, 1, "e", 5, 0));
-        assert_ne!(a, incident_id("a", IncidentType::OffHours, Basis::Static, 2, "e", 5, 0));
-        assert_ne!(incident_id("ab", IncidentType::OffHours, Basis::Static, 1, "", 5, 0), incident_id("a", IncidentType::OffHours, Basis::Static, 1, "b", 5, 0));
+        assert_ne!(
+            a,
+            incident_id("a", IncidentType::OffHours, Basis::Learned, 1, "e", 5, 0)
+        );
+        assert_ne!(
+            a,
+            incident_id("a", IncidentType::OffHours, Basis::Static, 2, "e", 5, 0)
+        );
+        assert_ne!(
+            incident_id("ab", IncidentType::OffHours, Basis::Static, 1, "", 5, 0),
+            incident_id("a", IncidentType::OffHours, Basis::Static, 1, "b", 5, 0)
+        );
     }
 
     #[test]

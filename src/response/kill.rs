@@ -52,7 +52,13 @@ impl KillState {
     }
 
     /// Decides whether to kill now: score at or over the threshold, outside the cooldown.
-    pub fn decide(&mut self, rules: &KillRules, agent_id: &str, ts: i64, dry_run: bool) -> Option<KillDecision> {
+    pub fn decide(
+        &mut self,
+        rules: &KillRules,
+        agent_id: &str,
+        ts: i64,
+        dry_run: bool,
+    ) -> Option<KillDecision> {
         if rules.threshold <= 0.0 {
             return None;
         }
@@ -60,7 +66,10 @@ impl KillState {
         if score < rules.threshold {
             return None;
         }
-        if self.last_decision.is_some_and(|t| ts.saturating_sub(t) < rules.cooldown_ms) {
+        if self
+            .last_decision
+            .is_some_and(|t| ts.saturating_sub(t) < rules.cooldown_ms)
+        {
             return None;
         }
         self.last_decision = Some(ts);
@@ -109,7 +118,10 @@ mod tests {
         let mut k = KillState::default();
         k.record(&r, 0, Severity::High);
         k.record(&r, 0, Severity::High);
-        assert!((k.score_at(&r, 3_600_000) - 1.0).abs() < 1e-9, "one half-life halves the score");
+        assert!(
+            (k.score_at(&r, 3_600_000) - 1.0).abs() < 1e-9,
+            "one half-life halves the score"
+        );
         // Two violations, then a third two half-lives later: 2/4 + 1 = 1.5 < 3, no kill.
         k.record(&r, 7_200_000, Severity::High);
         assert!((k.score - 1.5).abs() < 1e-9);
@@ -123,11 +135,17 @@ mod tests {
         for _ in 0..3 {
             k.record(&r, 1000, Severity::High);
         }
-        assert_eq!(k.decide(&r, "a", 1000, false).map(|d| d.action), Some(Action::Killed));
+        assert_eq!(
+            k.decide(&r, "a", 1000, false).map(|d| d.action),
+            Some(Action::Killed)
+        );
         assert!(k.killed);
         k.record(&r, 2000, Severity::Critical);
         assert_eq!(k.decide(&r, "a", 2000, false), None, "cooldown");
-        assert!(k.decide(&r, "a", 1000 + 600_000, false).is_some(), "after the cooldown a re-kill is decided");
+        assert!(
+            k.decide(&r, "a", 1000 + 600_000, false).is_some(),
+            "after the cooldown a re-kill is decided"
+        );
     }
 
     #[test]
@@ -137,7 +155,10 @@ mod tests {
         for _ in 0..5 {
             k.record(&r, 0, Severity::Critical);
         }
-        assert_eq!(k.decide(&r, "svc-backup", 0, false).map(|d| d.action), Some(Action::KillSuppressedAllowlist));
+        assert_eq!(
+            k.decide(&r, "svc-backup", 0, false).map(|d| d.action),
+            Some(Action::KillSuppressedAllowlist)
+        );
         assert!(!k.killed);
     }
 
@@ -148,7 +169,10 @@ mod tests {
         for _ in 0..3 {
             k.record(&r, 0, Severity::High);
         }
-        assert_eq!(k.decide(&r, "a", 0, true).map(|d| d.action), Some(Action::WouldKill));
+        assert_eq!(
+            k.decide(&r, "a", 0, true).map(|d| d.action),
+            Some(Action::WouldKill)
+        );
         assert!(!k.killed);
     }
 

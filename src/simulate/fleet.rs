@@ -41,30 +41,120 @@ pub struct ToolMix {
 }
 
 const FIN_TOOLS: &[ToolMix] = &[
-    ToolMix { name: "query_ledger", weight: 4.0, median_bytes: 12_000.0, sigma: 0.5 },
-    ToolMix { name: "read_invoice", weight: 3.0, median_bytes: 30_000.0, sigma: 0.6 },
-    ToolMix { name: "generate_report", weight: 1.0, median_bytes: 80_000.0, sigma: 0.5 },
-    ToolMix { name: "reconcile_account", weight: 2.0, median_bytes: 5_000.0, sigma: 0.4 },
-    ToolMix { name: "query_customer_db", weight: 1.0, median_bytes: 20_000.0, sigma: 0.6 },
-    ToolMix { name: "trigger_payment", weight: 1.0, median_bytes: 1_500.0, sigma: 0.3 },
+    ToolMix {
+        name: "query_ledger",
+        weight: 4.0,
+        median_bytes: 12_000.0,
+        sigma: 0.5,
+    },
+    ToolMix {
+        name: "read_invoice",
+        weight: 3.0,
+        median_bytes: 30_000.0,
+        sigma: 0.6,
+    },
+    ToolMix {
+        name: "generate_report",
+        weight: 1.0,
+        median_bytes: 80_000.0,
+        sigma: 0.5,
+    },
+    ToolMix {
+        name: "reconcile_account",
+        weight: 2.0,
+        median_bytes: 5_000.0,
+        sigma: 0.4,
+    },
+    ToolMix {
+        name: "query_customer_db",
+        weight: 1.0,
+        median_bytes: 20_000.0,
+        sigma: 0.6,
+    },
+    ToolMix {
+        name: "trigger_payment",
+        weight: 1.0,
+        median_bytes: 1_500.0,
+        sigma: 0.3,
+    },
 ];
 const SOC_TOOLS: &[ToolMix] = &[
-    ToolMix { name: "read_alerts", weight: 4.0, median_bytes: 8_000.0, sigma: 0.5 },
-    ToolMix { name: "query_siem", weight: 4.0, median_bytes: 60_000.0, sigma: 0.7 },
-    ToolMix { name: "enrich_ioc", weight: 2.0, median_bytes: 3_000.0, sigma: 0.4 },
-    ToolMix { name: "triage", weight: 2.0, median_bytes: 2_000.0, sigma: 0.3 },
-    ToolMix { name: "shell_execute", weight: 1.0, median_bytes: 1_000.0, sigma: 0.5 },
+    ToolMix {
+        name: "read_alerts",
+        weight: 4.0,
+        median_bytes: 8_000.0,
+        sigma: 0.5,
+    },
+    ToolMix {
+        name: "query_siem",
+        weight: 4.0,
+        median_bytes: 60_000.0,
+        sigma: 0.7,
+    },
+    ToolMix {
+        name: "enrich_ioc",
+        weight: 2.0,
+        median_bytes: 3_000.0,
+        sigma: 0.4,
+    },
+    ToolMix {
+        name: "triage",
+        weight: 2.0,
+        median_bytes: 2_000.0,
+        sigma: 0.3,
+    },
+    ToolMix {
+        name: "shell_execute",
+        weight: 1.0,
+        median_bytes: 1_000.0,
+        sigma: 0.5,
+    },
 ];
 const ENG_TOOLS: &[ToolMix] = &[
-    ToolMix { name: "read_file", weight: 5.0, median_bytes: 6_000.0, sigma: 0.8 },
-    ToolMix { name: "write_file", weight: 2.0, median_bytes: 4_000.0, sigma: 0.8 },
-    ToolMix { name: "run_tests", weight: 2.0, median_bytes: 20_000.0, sigma: 0.6 },
-    ToolMix { name: "git_commit", weight: 1.0, median_bytes: 2_000.0, sigma: 0.5 },
-    ToolMix { name: "http_request", weight: 1.0, median_bytes: 15_000.0, sigma: 0.7 },
-    ToolMix { name: "query_db", weight: 1.0, median_bytes: 25_000.0, sigma: 0.6 },
+    ToolMix {
+        name: "read_file",
+        weight: 5.0,
+        median_bytes: 6_000.0,
+        sigma: 0.8,
+    },
+    ToolMix {
+        name: "write_file",
+        weight: 2.0,
+        median_bytes: 4_000.0,
+        sigma: 0.8,
+    },
+    ToolMix {
+        name: "run_tests",
+        weight: 2.0,
+        median_bytes: 20_000.0,
+        sigma: 0.6,
+    },
+    ToolMix {
+        name: "git_commit",
+        weight: 1.0,
+        median_bytes: 2_000.0,
+        sigma: 0.5,
+    },
+    ToolMix {
+        name: "http_request",
+        weight: 1.0,
+        median_bytes: 15_000.0,
+        sigma: 0.7,
+    },
+    ToolMix {
+        name: "query_db",
+        weight: 1.0,
+        median_bytes: 25_000.0,
+        sigma: 0.6,
+    },
 ];
 /// The batch agent's only tool.
-const BATCH_TOOL: ToolMix = ToolMix { name: "query_siem", weight: 1.0, median_bytes: 4_000.0, sigma: 0.2 };
+const BATCH_TOOL: ToolMix = ToolMix {
+    name: "query_siem",
+    weight: 1.0,
+    median_bytes: 4_000.0,
+    sigma: 0.2,
+};
 
 /// One simulated agent.
 #[derive(Debug, Clone)]
@@ -97,11 +187,19 @@ impl AgentProfile {
     /// Expected calls in a local hour (0 when off).
     pub fn rate_at(&self, weekday: u8, hour: u8) -> f64 {
         if self.steady_per_sec.is_some() {
-            return if (self.start..self.end).contains(&hour) { 1.0 } else { 0.0 };
+            return if (self.start..self.end).contains(&hour) {
+                1.0
+            } else {
+                0.0
+            };
         }
         if self.always_on {
             let day = (6..22).contains(&hour);
-            return if day { self.peak_rate } else { (self.peak_rate * 0.4).max(8.0) };
+            return if day {
+                self.peak_rate
+            } else {
+                (self.peak_rate * 0.4).max(8.0)
+            };
         }
         if self.days & (1 << weekday) == 0 || !(self.start..self.end).contains(&hour) {
             return 0.0;
@@ -118,8 +216,18 @@ impl AgentProfile {
     }
 
     /// A normal call; `prev` is the previous tool, to keep normal flows free of blueprint sequences.
-    pub fn call(&self, agent: u32, ts: i64, rng: &mut impl Rng, prev: Option<&'static str>) -> SimEvent {
-        let tools = if self.steady_per_sec.is_some() { std::slice::from_ref(&BATCH_TOOL) } else { self.tools };
+    pub fn call(
+        &self,
+        agent: u32,
+        ts: i64,
+        rng: &mut impl Rng,
+        prev: Option<&'static str>,
+    ) -> SimEvent {
+        let tools = if self.steady_per_sec.is_some() {
+            std::slice::from_ref(&BATCH_TOOL)
+        } else {
+            self.tools
+        };
         let total: f64 = tools.iter().map(|t| t.weight).sum();
         let mut tool = &tools[0];
         for _ in 0..8 {
@@ -132,7 +240,8 @@ impl AgentProfile {
                 }
             }
             // No back-to-back payments or shell commands in normal work.
-            let repeat = prev == Some(tool.name) && matches!(tool.name, "trigger_payment" | "shell_execute");
+            let repeat =
+                prev == Some(tool.name) && matches!(tool.name, "trigger_payment" | "shell_execute");
             if !repeat {
                 break;
             }
@@ -148,7 +257,13 @@ impl AgentProfile {
         } else {
             "REQUIRE_APPROVAL"
         };
-        SimEvent { ts, agent, tool: tool.name, bytes, outcome }
+        SimEvent {
+            ts,
+            agent,
+            tool: tool.name,
+            bytes,
+            outcome,
+        }
     }
 }
 
@@ -166,7 +281,11 @@ pub fn make_fleet(n: usize, rng: &mut impl Rng) -> Vec<AgentProfile> {
             _ => Role::Engineering,
         };
         let peak_rate = (2.6 + 0.5 * normal(rng)).exp().clamp(8.0, 60.0);
-        let environment = if rng.random_bool(0.9) { "prod" } else { "staging" };
+        let environment = if rng.random_bool(0.9) {
+            "prod"
+        } else {
+            "staging"
+        };
         let id = format!("{}-{:05}", &role.team()[..3], i);
         let p = match role {
             Role::Finance => AgentProfile {
@@ -175,7 +294,11 @@ pub fn make_fleet(n: usize, rng: &mut impl Rng) -> Vec<AgentProfile> {
                 tz: ny,
                 environment,
                 start: rng.random_range(8..=10),
-                end: if i == 0 { 18 } else { rng.random_range(16..=18) },
+                end: if i == 0 {
+                    18
+                } else {
+                    rng.random_range(16..=18)
+                },
                 days: 0b001_1111,
                 always_on: false,
                 peak_rate,
@@ -189,7 +312,11 @@ pub fn make_fleet(n: usize, rng: &mut impl Rng) -> Vec<AgentProfile> {
                 environment,
                 start: rng.random_range(6..=10),
                 end: rng.random_range(17..=22),
-                days: if rng.random_bool(0.2) { 0b011_1111 } else { 0b001_1111 },
+                days: if rng.random_bool(0.2) {
+                    0b011_1111
+                } else {
+                    0b001_1111
+                },
                 always_on: false,
                 peak_rate: peak_rate * 1.5,
                 steady_per_sec: None,
@@ -199,7 +326,11 @@ pub fn make_fleet(n: usize, rng: &mut impl Rng) -> Vec<AgentProfile> {
                 let batch = i == 2;
                 let always_on = !batch && rng.random_bool(0.5);
                 AgentProfile {
-                    id: if batch { "soc-batch-00002".to_string() } else { id },
+                    id: if batch {
+                        "soc-batch-00002".to_string()
+                    } else {
+                        id
+                    },
                     role,
                     tz: chrono_tz::UTC,
                     environment,

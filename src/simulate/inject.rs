@@ -28,11 +28,19 @@ impl Injection {
     pub(crate) fn apply(&self, day_start: i64, out: &mut Vec<SimEvent>) {
         let day_end = day_start + DAY_MS;
         if let Some((tool, from, to)) = self.remove {
-            out.retain(|e| !(e.agent == self.agent && e.tool == tool && e.ts >= from && e.ts <= to));
+            out.retain(|e| {
+                !(e.agent == self.agent && e.tool == tool && e.ts >= from && e.ts <= to)
+            });
         }
         for &(ts, tool, bytes) in &self.calls {
             if ts >= day_start && ts < day_end {
-                out.push(SimEvent { ts, agent: self.agent, tool, bytes, outcome: "ALLOW" });
+                out.push(SimEvent {
+                    ts,
+                    agent: self.agent,
+                    tool,
+                    bytes,
+                    outcome: "ALLOW",
+                });
             }
         }
     }
@@ -40,7 +48,13 @@ impl Injection {
 
 /// A UTC time on or after `day` inside the agent's working hours, at least an hour after its start
 /// and two hours before its end (weekdays only if asked).
-fn work_time(a: &AgentProfile, cfg: &SimConfig, day: u32, rng: &mut impl Rng, weekday_only: bool) -> Option<i64> {
+fn work_time(
+    a: &AgentProfile,
+    cfg: &SimConfig,
+    day: u32,
+    rng: &mut impl Rng,
+    weekday_only: bool,
+) -> Option<i64> {
     for d in day..cfg.days {
         let day_start = cfg.start_ms + i64::from(d) * DAY_MS;
         let mut hours = Vec::new();
@@ -64,7 +78,14 @@ fn work_time(a: &AgentProfile, cfg: &SimConfig, day: u32, rng: &mut impl Rng, we
 }
 
 /// UTC time of a local wall-clock time on the first day ≥ `day` whose local weekday satisfies `pred`.
-fn local_at(a: &AgentProfile, cfg: &SimConfig, day: u32, hour: u8, minute: u8, pred: impl Fn(u8) -> bool) -> Option<i64> {
+fn local_at(
+    a: &AgentProfile,
+    cfg: &SimConfig,
+    day: u32,
+    hour: u8,
+    minute: u8,
+    pred: impl Fn(u8) -> bool,
+) -> Option<i64> {
     for d in day..cfg.days {
         let day_start = cfg.start_ms + i64::from(d) * DAY_MS;
         for m in 0..(24 * 60) {
@@ -78,8 +99,22 @@ fn local_at(a: &AgentProfile, cfg: &SimConfig, day: u32, hour: u8, minute: u8, p
     None
 }
 
-fn label(a: &AgentProfile, expect: Option<IncidentType>, basis: Option<Basis>, start: i64, end: i64, note: &str) -> Label {
-    Label { agent_id: a.id.clone(), expect, basis, start, end, note: note.to_string() }
+fn label(
+    a: &AgentProfile,
+    expect: Option<IncidentType>,
+    basis: Option<Basis>,
+    start: i64,
+    end: i64,
+    note: &str,
+) -> Label {
+    Label {
+        agent_id: a.id.clone(),
+        expect,
+        basis,
+        start,
+        end,
+        note: note.to_string(),
+    }
 }
 
 fn threshold(role: Role) -> (u64, u64) {
@@ -92,7 +127,11 @@ fn threshold(role: Role) -> (u64, u64) {
 }
 
 /// Plans injections and controls for a fleet.
-pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng) -> (Vec<Injection>, Vec<Label>) {
+pub(crate) fn plan(
+    fleet: &[AgentProfile],
+    cfg: &SimConfig,
+    rng: &mut ChaCha8Rng,
+) -> (Vec<Injection>, Vec<Label>) {
     let mut plan = Vec::new();
     let mut labels = Vec::new();
     if fleet.len() < 20 || cfg.days < 3 {
@@ -105,12 +144,17 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
     order.shuffle(rng);
     // Agents 0 (closing-time control), 2 (batch job) and 5 (query/email control) are reserved.
     let reserved = [0usize, 2, 5];
-    let mut free: Vec<usize> = order.into_iter().filter(|i| !reserved.contains(i)).collect();
+    let mut free: Vec<usize> = order
+        .into_iter()
+        .filter(|i| !reserved.contains(i))
+        .collect();
     let mut take = |pred: &dyn Fn(&AgentProfile) -> bool| -> Option<usize> {
         let pos = free.iter().position(|i| pred(&fleet[*i]))?;
         Some(free.remove(pos))
     };
-    let day_in = |rng: &mut ChaCha8Rng, from: u32| rng.random_range(from..cfg.days.saturating_sub(1).max(from + 1));
+    let day_in = |rng: &mut ChaCha8Rng, from: u32| {
+        rng.random_range(from..cfg.days.saturating_sub(1).max(from + 1))
+    };
 
     for _ in 0..per_kind {
         // Static frequency spike: twice the blueprint's per-minute threshold within 40 s.
@@ -119,10 +163,23 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             let d = day_in(rng, 1);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let n = threshold(a.role).0 * 2;
-                let calls = (0..n).map(|k| (t + (k as i64) * 40_000 / n as i64, a.tools[0].name, 2_000)).collect();
-                plan.push(Injection { agent: i as u32, calls, remove: None });
+                let calls = (0..n)
+                    .map(|k| (t + (k as i64) * 40_000 / n as i64, a.tools[0].name, 2_000))
+                    .collect();
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
                 // Either basis: a burst may first cross the learned hourly threshold; one burst, one incident.
-                labels.push(label(a, Some(IncidentType::FrequencySpike), None, t, t + 60_000, "burst over the static threshold"));
+                labels.push(label(
+                    a,
+                    Some(IncidentType::FrequencySpike),
+                    None,
+                    t,
+                    t + 60_000,
+                    "burst over the static threshold",
+                ));
             }
         }
         // Static data volume: three exports of half the per-minute limit within 20 s.
@@ -132,8 +189,19 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let b = threshold(a.role).1 / 2;
                 let calls = (0..3).map(|k| (t + k * 10_000, "export_data", b)).collect();
-                plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::VolumeSpike), Some(Basis::Static), t, t + 20_000, "exfiltration-size export"));
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::VolumeSpike),
+                    Some(Basis::Static),
+                    t,
+                    t + 20_000,
+                    "exfiltration-size export",
+                ));
             }
         }
         // Suspicious sequence of the agent's blueprint.
@@ -142,12 +210,34 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             let d = day_in(rng, 1);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let calls = match a.role {
-                    Role::Finance => vec![(t, "query_customer_db", 40_000), (t + 30_000, "read_invoice", 20_000), (t + 90_000, "send_email", 45_000)],
-                    Role::Soc => vec![(t, "read_secrets", 500), (t + 20_000, "enrich_ioc", 3_000), (t + 60_000, "http_request", 9_000)],
-                    Role::Engineering => vec![(t, "read_secrets", 500), (t + 60_000, "http_request", 9_000)],
+                    Role::Finance => vec![
+                        (t, "query_customer_db", 40_000),
+                        (t + 30_000, "read_invoice", 20_000),
+                        (t + 90_000, "send_email", 45_000),
+                    ],
+                    Role::Soc => vec![
+                        (t, "read_secrets", 500),
+                        (t + 20_000, "enrich_ioc", 3_000),
+                        (t + 60_000, "http_request", 9_000),
+                    ],
+                    Role::Engineering => vec![
+                        (t, "read_secrets", 500),
+                        (t + 60_000, "http_request", 9_000),
+                    ],
                 };
-                plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::SuspiciousSequence), None, t, t + 90_000, "blueprint tool sequence"));
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::SuspiciousSequence),
+                    None,
+                    t,
+                    t + 90_000,
+                    "blueprint tool sequence",
+                ));
             }
         }
         // Night activity on a weekday, 02:00 local.
@@ -155,9 +245,22 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             let a = &fleet[i];
             let d = day_in(rng, 1);
             if let Some(t) = local_at(a, cfg, d, 2, 10, |wd| wd < 5) {
-                let calls = (0..8).map(|k| (t + k * 150_000, a.tools[0].name, 10_000)).collect();
-                plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::OffHours), Some(Basis::Static), t, t + 20 * 60_000, "night activity"));
+                let calls = (0..8)
+                    .map(|k| (t + k * 150_000, a.tools[0].name, 10_000))
+                    .collect();
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::OffHours),
+                    Some(Basis::Static),
+                    t,
+                    t + 20 * 60_000,
+                    "night activity",
+                ));
             }
         }
         // Weekend activity (finance works Monday to Friday).
@@ -165,9 +268,22 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             let a = &fleet[i];
             let d = day_in(rng, 1);
             if let Some(t) = local_at(a, cfg, d, 11, 0, |wd| wd == 5) {
-                let calls = (0..8).map(|k| (t + k * 150_000, a.tools[0].name, 10_000)).collect();
-                plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::OffHours), Some(Basis::Static), t, t + 20 * 60_000, "weekend activity"));
+                let calls = (0..8)
+                    .map(|k| (t + k * 150_000, a.tools[0].name, 10_000))
+                    .collect();
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::OffHours),
+                    Some(Basis::Static),
+                    t,
+                    t + 20 * 60_000,
+                    "weekend activity",
+                ));
             }
         }
         if !learned_ok {
@@ -180,9 +296,22 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let h = t - t.rem_euclid(HOUR_MS);
                 let n = ((a.peak_rate * 12.0) as i64).max(200);
-                let calls = (0..n).map(|k| (h + 1000 + k * (HOUR_MS - 2000) / n, a.tools[0].name, 3_000)).collect();
-                plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::FrequencySpike), Some(Basis::Learned), h, h + HOUR_MS, "hourly rate far above the agent's baseline, under the static threshold"));
+                let calls = (0..n)
+                    .map(|k| (h + 1000 + k * (HOUR_MS - 2000) / n, a.tools[0].name, 3_000))
+                    .collect();
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::FrequencySpike),
+                    Some(Basis::Learned),
+                    h,
+                    h + HOUR_MS,
+                    "hourly rate far above the agent's baseline, under the static threshold",
+                ));
             }
         }
         // One call of a usual tool moving 8 MB where it usually moves kilobytes (under the static limit).
@@ -190,18 +319,44 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
             let a = &fleet[i];
             let d = day_in(rng, WARM_DAY);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
-                plan.push(Injection { agent: i as u32, calls: vec![(t, a.tools[0].name, 8_000_000)], remove: None });
-                labels.push(label(a, Some(IncidentType::VolumeSpike), Some(Basis::Learned), t, t + 1000, "one call far above the tool's learned size"));
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls: vec![(t, a.tools[0].name, 8_000_000)],
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::VolumeSpike),
+                    Some(Basis::Learned),
+                    t,
+                    t + 1000,
+                    "one call far above the tool's learned size",
+                ));
             }
         }
         // A day-shift SOC agent (no static hours) active at 03:00 UTC.
-        if let Some(i) = take(&|a| a.role == Role::Soc && !a.always_on && a.steady_per_sec.is_none()) {
+        if let Some(i) =
+            take(&|a| a.role == Role::Soc && !a.always_on && a.steady_per_sec.is_none())
+        {
             let a = &fleet[i];
             let d = day_in(rng, WARM_DAY);
             if let Some(t) = local_at(a, cfg, d, 3, 5, |_| true) {
-                let calls = (0..8).map(|k| (t + k * 150_000, a.tools[0].name, 8_000)).collect();
-                plan.push(Injection { agent: i as u32, calls, remove: None });
-                labels.push(label(a, Some(IncidentType::OffHours), Some(Basis::Learned), t, t + 20 * 60_000, "activity in an hour the agent never uses"));
+                let calls = (0..8)
+                    .map(|k| (t + k * 150_000, a.tools[0].name, 8_000))
+                    .collect();
+                plan.push(Injection {
+                    agent: i as u32,
+                    calls,
+                    remove: None,
+                });
+                labels.push(label(
+                    a,
+                    Some(IncidentType::OffHours),
+                    Some(Basis::Learned),
+                    t,
+                    t + 20 * 60_000,
+                    "activity in an hour the agent never uses",
+                ));
             }
         }
     }
@@ -211,38 +366,115 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
         let a = &fleet[i];
         let d = day_in(rng, 2);
         if let Some(t) = work_time(a, cfg, d, rng, true) {
-            let mut calls: Vec<(i64, &'static str, u64)> = (0..70).map(|k| (t + k * 500, "query_customer_db", 20_000)).collect();
+            let mut calls: Vec<(i64, &'static str, u64)> = (0..70)
+                .map(|k| (t + k * 500, "query_customer_db", 20_000))
+                .collect();
             calls.extend((0..3).map(|k| (t + 300_000 + k * 5_000, "export_data", 30_000_000)));
-            calls.extend([(t + 600_000, "query_customer_db", 20_000), (t + 620_000, "read_invoice", 9_000), (t + 660_000, "send_email", 60_000)]);
-            plan.push(Injection { agent: i as u32, calls, remove: None });
+            calls.extend([
+                (t + 600_000, "query_customer_db", 20_000),
+                (t + 620_000, "read_invoice", 9_000),
+                (t + 660_000, "send_email", 60_000),
+            ]);
+            plan.push(Injection {
+                agent: i as u32,
+                calls,
+                remove: None,
+            });
             let note = "rogue agent";
-            labels.push(label(a, Some(IncidentType::FrequencySpike), Some(Basis::Static), t, t + 40_000, note));
-            labels.push(label(a, Some(IncidentType::VolumeSpike), Some(Basis::Static), t + 300_000, t + 310_000, note));
-            labels.push(label(a, Some(IncidentType::SuspiciousSequence), None, t + 600_000, t + 660_000, note));
-            labels.push(label(a, Some(IncidentType::AutoKill), None, t, end_ms, note));
-            labels.push(label(a, Some(IncidentType::ActivityAfterKill), None, t + 660_001, end_ms, "rogue agent keeps acting after the kill"));
+            labels.push(label(
+                a,
+                Some(IncidentType::FrequencySpike),
+                Some(Basis::Static),
+                t,
+                t + 40_000,
+                note,
+            ));
+            labels.push(label(
+                a,
+                Some(IncidentType::VolumeSpike),
+                Some(Basis::Static),
+                t + 300_000,
+                t + 310_000,
+                note,
+            ));
+            labels.push(label(
+                a,
+                Some(IncidentType::SuspiciousSequence),
+                None,
+                t + 600_000,
+                t + 660_000,
+                note,
+            ));
+            labels.push(label(
+                a,
+                Some(IncidentType::AutoKill),
+                None,
+                t,
+                end_ms,
+                note,
+            ));
+            labels.push(label(
+                a,
+                Some(IncidentType::ActivityAfterKill),
+                None,
+                t + 660_001,
+                end_ms,
+                "rogue agent keeps acting after the kill",
+            ));
         }
     }
 
     // Negative controls.
     let batch = &fleet[2];
-    labels.push(label(batch, None, None, cfg.start_ms, end_ms, "steady high-rate batch job (90 calls a minute, 02:00-04:00 UTC daily)"));
+    labels.push(label(
+        batch,
+        None,
+        None,
+        cfg.start_ms,
+        end_ms,
+        "steady high-rate batch job (90 calls a minute, 02:00-04:00 UTC daily)",
+    ));
     let qe = &fleet[5];
     if let Some(t) = local_at(qe, cfg, 3, qe.start, 30, |wd| wd < 5) {
         // A query half an hour into the working day, an email three hours later.
         let email = t + 3 * HOUR_MS;
         plan.push(Injection {
             agent: 5,
-            calls: vec![(t, "query_customer_db", 30_000), (email, "send_email", 30_000)],
+            calls: vec![
+                (t, "query_customer_db", 30_000),
+                (email, "send_email", 30_000),
+            ],
             remove: Some(("query_customer_db", email - 20 * 60_000, email)),
         });
-        labels.push(label(qe, None, None, t, email + 60_000, "query, then an email three hours later"));
+        labels.push(label(
+            qe,
+            None,
+            None,
+            t,
+            email + 60_000,
+            "query, then an email three hours later",
+        ));
     }
     let closing = &fleet[0];
     if let Some(t) = local_at(closing, cfg, 2, 17, 58, |wd| wd < 5) {
-        let calls = vec![(t, "query_ledger", 9_000), (t + 60_000, "query_ledger", 9_000), (t + 119_000, "read_invoice", 9_000)];
-        plan.push(Injection { agent: 0, calls, remove: None });
-        labels.push(label(closing, None, None, t - 60_000, t + 119_000, "activity just before closing time (18:00)"));
+        let calls = vec![
+            (t, "query_ledger", 9_000),
+            (t + 60_000, "query_ledger", 9_000),
+            (t + 119_000, "read_invoice", 9_000),
+        ];
+        plan.push(Injection {
+            agent: 0,
+            calls,
+            remove: None,
+        });
+        labels.push(label(
+            closing,
+            None,
+            None,
+            t - 60_000,
+            t + 119_000,
+            "activity just before closing time (18:00)",
+        ));
     }
     // Daylight-saving weeks: normal agents must stay silent through the change.
     let us_dst = (1_772_928_000_000, 1_773_532_800_000); // 2026-03-08 .. 03-15 UTC
@@ -251,7 +483,14 @@ pub(crate) fn plan(fleet: &[AgentProfile], cfg: &SimConfig, rng: &mut ChaCha8Rng
         if from >= cfg.start_ms && to <= end_ms {
             for _ in 0..3 {
                 if let Some(i) = take(&|a| a.role == role) {
-                    labels.push(label(&fleet[i], None, None, from, to, "normal hours across a daylight-saving change"));
+                    labels.push(label(
+                        &fleet[i],
+                        None,
+                        None,
+                        from,
+                        to,
+                        "normal hours across a daylight-saving change",
+                    ));
                 }
             }
         }

@@ -39,7 +39,10 @@ impl Label {
 
     /// Whether an incident violates this negative control.
     pub fn violated_by(&self, i: &Incident) -> bool {
-        self.expect.is_none() && i.agent_id == self.agent_id && i.at >= self.start && i.at <= self.end
+        self.expect.is_none()
+            && i.agent_id == self.agent_id
+            && i.at >= self.start
+            && i.at <= self.end
     }
 }
 
@@ -85,7 +88,11 @@ impl Evaluation {
 /// Scores incidents against labels.
 pub fn evaluate(labels: &[Label], incidents: &[Incident]) -> Evaluation {
     let positives: Vec<&Label> = labels.iter().filter(|l| l.expect.is_some()).collect();
-    let mut ev = Evaluation { positives: positives.len(), incidents: incidents.len(), ..Default::default() };
+    let mut ev = Evaluation {
+        positives: positives.len(),
+        incidents: incidents.len(),
+        ..Default::default()
+    };
     for l in &positives {
         if incidents.iter().any(|i| l.matches(i)) {
             ev.found += 1;

@@ -40,7 +40,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { agents: 100, days: 28, seed: 1, start_ms: 1_772_409_600_000, inject: true }
+        SimConfig {
+            agents: 100,
+            days: 28,
+            seed: 1,
+            start_ms: 1_772_409_600_000,
+            inject: true,
+        }
     }
 }
 
@@ -74,14 +80,24 @@ impl Simulation {
     pub fn new(cfg: SimConfig) -> Simulation {
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
         let fleet = fleet::make_fleet(cfg.agents.max(1), &mut rng);
-        let (plan, labels) =
-            if cfg.inject { inject::plan(&fleet, &cfg, &mut rng) } else { (Vec::new(), Vec::new()) };
-        Simulation { cfg, fleet, plan, labels }
+        let (plan, labels) = if cfg.inject {
+            inject::plan(&fleet, &cfg, &mut rng)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        Simulation {
+            cfg,
+            fleet,
+            plan,
+            labels,
+        }
     }
 
     /// Events of one day (index from 0), sorted by time.
     pub fn day(&self, day: u32) -> Vec<SimEvent> {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ (u64::from(day) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.cfg.seed ^ (u64::from(day) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        );
         let day_start = self.cfg.start_ms + i64::from(day) * DAY_MS;
         let mut out = Vec::new();
         for (i, a) in self.fleet.iter().enumerate() {
@@ -103,7 +119,9 @@ impl Simulation {
                     continue;
                 }
                 let n = Poisson::new(rate.max(0.01)).map_or(0, |p| p.sample(&mut rng) as u64);
-                let mut times: Vec<i64> = (0..n).map(|_| hour_start + rng.random_range(0..HOUR_MS)).collect();
+                let mut times: Vec<i64> = (0..n)
+                    .map(|_| hour_start + rng.random_range(0..HOUR_MS))
+                    .collect();
                 times.sort_unstable();
                 for ts in times {
                     let e = a.call(i as u32, ts, &mut rng, prev);
@@ -155,7 +173,8 @@ impl Simulation {
     /// All events as JSON lines in memory.
     pub fn to_jsonl(&self) -> Vec<u8> {
         let mut buf = Vec::new();
-        self.write_all(&mut buf).expect("writing to memory does not fail");
+        self.write_all(&mut buf)
+            .expect("writing to memory does not fail");
         buf
     }
 }
