@@ -192,6 +192,14 @@ impl Decoder {
     }
 
     /// Decodes one payload (one JSON object; surrounding whitespace allowed).
+    ///
+    /// ```
+    /// use agent_guardian::event::{Decoder, DecodeError};
+    /// let d = Decoder::default();
+    /// let e = d.decode(br#"{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","tool_name":"q","safe_payload":{"bytes":10}}"#).unwrap();
+    /// assert_eq!((e.agent_id.as_ref(), e.bytes), ("a", Some(10.0)));
+    /// assert_eq!(d.decode(br#"{"agent_id":"a"}"#).unwrap_err(), DecodeError::MissingField { field: "/timestamp" });
+    /// ```
     pub fn decode<'a>(&self, payload: &'a [u8]) -> Result<AuditEvent<'a>, DecodeError> {
         if payload.len() > self.max_event_bytes {
             return Err(DecodeError::Oversized {

@@ -6,6 +6,13 @@ use chrono::{DateTime, Datelike, SecondsFormat, Utc};
 pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 
 /// Parses an RFC 3339 timestamp into epoch milliseconds (sub-millisecond digits are truncated).
+///
+/// ```
+/// use agent_guardian::event::parse_rfc3339_ms;
+/// assert_eq!(parse_rfc3339_ms("1970-01-01T00:00:01.5Z"), Some(1500));
+/// assert_eq!(parse_rfc3339_ms("1970-01-01T01:00:00+01:00"), Some(0));
+/// assert_eq!(parse_rfc3339_ms("not a time"), None);
+/// ```
 pub fn parse_rfc3339_ms(s: &str) -> Option<i64> {
     let ms = match fast_utc(s.as_bytes()) {
         Some(ms) => ms,
