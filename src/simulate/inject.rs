@@ -117,6 +117,35 @@ fn label(
     }
 }
 
+/// Eight calls of the agent's main tool, 2.5 minutes apart from `t`, labelled as off-hours activity.
+fn off_hours_trickle(
+    a: &AgentProfile,
+    agent: usize,
+    t: i64,
+    basis: Basis,
+    note: &str,
+) -> (Injection, Label) {
+    let calls = (0..8)
+        .map(|k| (t + k * 150_000, a.tools[0].name, 10_000))
+        .collect();
+    let l = label(
+        a,
+        Some(IncidentType::OffHours),
+        Some(basis),
+        t,
+        t + 20 * 60_000,
+        note,
+    );
+    (
+        Injection {
+            agent: agent as u32,
+            calls,
+            remove: None,
+        },
+        l,
+    )
+}
+
 fn threshold(role: Role) -> (u64, u64) {
     // (frequency threshold per minute, data volume bytes per minute) of the shipped blueprints
     match role {
@@ -245,22 +274,9 @@ pub(crate) fn plan(
             let a = &fleet[i];
             let d = day_in(rng, 1);
             if let Some(t) = local_at(a, cfg, d, 2, 10, |wd| wd < 5) {
-                let calls = (0..8)
-                    .map(|k| (t + k * 150_000, a.tools[0].name, 10_000))
-                    .collect();
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
-                labels.push(label(
-                    a,
-                    Some(IncidentType::OffHours),
-                    Some(Basis::Static),
-                    t,
-                    t + 20 * 60_000,
-                    "night activity",
-                ));
+                let (inj, l) = off_hours_trickle(a, i, t, Basis::Static, "night activity");
+                plan.push(inj);
+                labels.push(l);
             }
         }
         // Weekend activity (finance works Monday to Friday).
@@ -268,22 +284,9 @@ pub(crate) fn plan(
             let a = &fleet[i];
             let d = day_in(rng, 1);
             if let Some(t) = local_at(a, cfg, d, 11, 0, |wd| wd == 5) {
-                let calls = (0..8)
-                    .map(|k| (t + k * 150_000, a.tools[0].name, 10_000))
-                    .collect();
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
-                labels.push(label(
-                    a,
-                    Some(IncidentType::OffHours),
-                    Some(Basis::Static),
-                    t,
-                    t + 20 * 60_000,
-                    "weekend activity",
-                ));
+                let (inj, l) = off_hours_trickle(a, i, t, Basis::Static, "weekend activity");
+                plan.push(inj);
+                labels.push(l);
             }
         }
         if !learned_ok {
@@ -341,22 +344,15 @@ pub(crate) fn plan(
             let a = &fleet[i];
             let d = day_in(rng, WARM_DAY);
             if let Some(t) = local_at(a, cfg, d, 3, 5, |_| true) {
-                let calls = (0..8)
-                    .map(|k| (t + k * 150_000, a.tools[0].name, 8_000))
-                    .collect();
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
-                labels.push(label(
+                let (inj, l) = off_hours_trickle(
                     a,
-                    Some(IncidentType::OffHours),
-                    Some(Basis::Learned),
+                    i,
                     t,
-                    t + 20 * 60_000,
+                    Basis::Learned,
                     "activity in an hour the agent never uses",
-                ));
+                );
+                plan.push(inj);
+                labels.push(l);
             }
         }
     }
