@@ -194,51 +194,18 @@ mod tests {
     #[test]
     fn learned_spike_below_static_threshold_fires_after_warmup_only() {
         let mut k = Kit::new(finance());
-        // Three weeks of ~6 calls an hour on weekdays 09:00-17:00 New York, 10 per minute cap far away.
+        // Three weeks of 6 calls an hour on weekdays 09:00-17:00 New York.
         let start = at("2026-03-02T14:00:00Z"); // Monday 09:00 EST
-        let mut evs = Vec::new();
-        for day in 0..21 {
-            if day % 7 >= 5 {
-                continue;
-            }
-            for h in 0..8 {
-                for c in 0..6 {
-                    evs.push(ev(
-                        start + day * 86_400_000 + h * 3_600_000 + c * 600_000,
-                        "query_ledger",
-                        None,
-                    ));
-                }
-            }
+        let weekdays = (0..21).filter(|d| d % 7 < 5);
+        let mut evs = routine(start, weekdays, 8, 6, "query_ledger");
+        // 200 calls over an hour (3.3/min, under 30/min): on day 0 (warm-up) and on day 21.
+        for day in [0, 21] {
+            let h = start + day * 86_400_000 + 2 * 3_600_000 + 1000;
+            evs.extend((0..200).map(|i| ev(h + i * 17_000, "query_ledger", None)));
         }
-        // Spike on day 0 hour 2 would be in warm-up: 200 calls over the hour (3.3/min < 30/min).
-        let early: Vec<_> = (0..200)
-            .map(|i| {
-                ev(
-                    start + 2 * 3_600_000 + 1000 + i * 17_000,
-                    "query_ledger",
-                    None,
-                )
-            })
-            .collect();
-        evs.extend(early);
-        // Same spike in week 4 (Monday, day 21).
-        let late: Vec<_> = (0..200)
-            .map(|i| {
-                ev(
-                    start + 21 * 86_400_000 + 2 * 3_600_000 + 1000 + i * 17_000,
-                    "query_ledger",
-                    None,
-                )
-            })
-            .collect();
-        evs.extend(late);
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
-        let f: Vec<_> = found
-            .iter()
-            .filter(|f| f.kind == IncidentType::FrequencySpike)
-            .collect();
+        let f = of_kind(&found, IncidentType::FrequencySpike);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].basis, Basis::Learned);
         assert!(f[0].window_end > start + 21 * 86_400_000);
@@ -248,27 +215,13 @@ mod tests {
     fn a_reported_burst_does_not_raise_a_learned_alert_later_in_the_same_hour() {
         let mut k = Kit::new(finance());
         let start = at("2026-03-02T14:00:00Z");
-        let mut evs = Vec::new();
-        for day in [0, 7, 14, 21] {
-            for h in 0..8 {
-                for c in 0..6 {
-                    evs.push(ev(
-                        start + day * 86_400_000 + h * 3_600_000 + c * 600_000,
-                        "q",
-                        None,
-                    ));
-                }
-            }
-        }
+        let mut evs = routine(start, [0, 7, 14, 21], 8, 6, "q");
         // Week 4, Monday 11:00: a 100-call burst in 50 s, then normal calls for the rest of the hour.
         let burst = start + 21 * 86_400_000 + 2 * 3_600_000 + 60_000;
         evs.extend((0..100).map(|i| ev(burst + i * 500, "q", None)));
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
-        let f: Vec<_> = found
-            .iter()
-            .filter(|f| f.kind == IncidentType::FrequencySpike)
-            .collect();
+        let f = of_kind(&found, IncidentType::FrequencySpike);
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].basis, Basis::Static);
     }

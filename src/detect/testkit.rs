@@ -97,3 +97,31 @@ impl Kit {
         out
     }
 }
+
+/// Findings of one kind.
+pub fn of_kind(found: &[Finding], kind: crate::response::IncidentType) -> Vec<&Finding> {
+    found.iter().filter(|f| f.kind == kind).collect()
+}
+
+/// `per_hour` calls of `tool`, evenly spaced, in `hours` consecutive hours from `start` on each of `days` (offsets in days).
+pub fn routine(
+    start: i64,
+    days: impl IntoIterator<Item = i64>,
+    hours: i64,
+    per_hour: i64,
+    tool: &str,
+) -> Vec<Ev> {
+    let mut out = Vec::new();
+    for day in days {
+        for h in 0..hours {
+            for c in 0..per_hour {
+                out.push(ev(
+                    start + day * 86_400_000 + h * 3_600_000 + c * (3_600_000 / per_hour),
+                    tool,
+                    None,
+                ));
+            }
+        }
+    }
+    out
+}

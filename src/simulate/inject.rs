@@ -24,6 +24,15 @@ pub(crate) struct Injection {
 }
 
 impl Injection {
+    /// Calls added to one agent, removing nothing.
+    fn new(agent: usize, calls: Vec<(i64, &'static str, u64)>) -> Injection {
+        Injection {
+            agent: agent as u32,
+            calls,
+            remove: None,
+        }
+    }
+
     /// Adds the calls that fall on the day starting at `day_start`.
     pub(crate) fn apply(&self, day_start: i64, out: &mut Vec<SimEvent>) {
         let day_end = day_start + DAY_MS;
@@ -136,14 +145,7 @@ fn off_hours_trickle(
         t + 20 * 60_000,
         note,
     );
-    (
-        Injection {
-            agent: agent as u32,
-            calls,
-            remove: None,
-        },
-        l,
-    )
+    (Injection::new(agent, calls), l)
 }
 
 fn threshold(role: Role) -> (u64, u64) {
@@ -195,11 +197,7 @@ pub(crate) fn plan(
                 let calls = (0..n)
                     .map(|k| (t + (k as i64) * 40_000 / n as i64, a.tools[0].name, 2_000))
                     .collect();
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
+                plan.push(Injection::new(i, calls));
                 // Either basis: a burst may first cross the learned hourly threshold; one burst, one incident.
                 labels.push(label(
                     a,
@@ -218,11 +216,7 @@ pub(crate) fn plan(
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let b = threshold(a.role).1 / 2;
                 let calls = (0..3).map(|k| (t + k * 10_000, "export_data", b)).collect();
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
+                plan.push(Injection::new(i, calls));
                 labels.push(label(
                     a,
                     Some(IncidentType::VolumeSpike),
@@ -254,11 +248,7 @@ pub(crate) fn plan(
                         (t + 60_000, "http_request", 9_000),
                     ],
                 };
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
+                plan.push(Injection::new(i, calls));
                 labels.push(label(
                     a,
                     Some(IncidentType::SuspiciousSequence),
@@ -302,11 +292,7 @@ pub(crate) fn plan(
                 let calls = (0..n)
                     .map(|k| (h + 1000 + k * (HOUR_MS - 2000) / n, a.tools[0].name, 3_000))
                     .collect();
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls,
-                    remove: None,
-                });
+                plan.push(Injection::new(i, calls));
                 labels.push(label(
                     a,
                     Some(IncidentType::FrequencySpike),
@@ -322,11 +308,7 @@ pub(crate) fn plan(
             let a = &fleet[i];
             let d = day_in(rng, WARM_DAY);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
-                plan.push(Injection {
-                    agent: i as u32,
-                    calls: vec![(t, a.tools[0].name, 8_000_000)],
-                    remove: None,
-                });
+                plan.push(Injection::new(i, vec![(t, a.tools[0].name, 8_000_000)]));
                 labels.push(label(
                     a,
                     Some(IncidentType::VolumeSpike),
@@ -371,11 +353,7 @@ pub(crate) fn plan(
                 (t + 620_000, "read_invoice", 9_000),
                 (t + 660_000, "send_email", 60_000),
             ]);
-            plan.push(Injection {
-                agent: i as u32,
-                calls,
-                remove: None,
-            });
+            plan.push(Injection::new(i, calls));
             let note = "rogue agent";
             labels.push(label(
                 a,
@@ -458,11 +436,7 @@ pub(crate) fn plan(
             (t + 60_000, "query_ledger", 9_000),
             (t + 119_000, "read_invoice", 9_000),
         ];
-        plan.push(Injection {
-            agent: 0,
-            calls,
-            remove: None,
-        });
+        plan.push(Injection::new(0, calls));
         labels.push(label(
             closing,
             None,
