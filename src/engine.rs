@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
@@ -31,7 +32,10 @@ struct Agent {
 /// The detection engine for a fleet.
 pub struct Engine {
     set: Arc<BlueprintSet>,
-    agents: FxHashMap<Box<str>, Agent>,
+    /// Agent id → position in `agents`: small and dense (ids up to 24 bytes are stored inline),
+    /// so a lookup stays in cache and only the agent itself is fetched from memory.
+    index: FxHashMap<CompactString, u32>,
+    agents: Vec<Agent>,
     findings: Vec<Finding>,
     stats: EngineStats,
 }
@@ -45,7 +49,8 @@ impl Engine {
     pub fn new(set: Arc<BlueprintSet>) -> Engine {
         Engine {
             set,
-            agents: FxHashMap::default(),
+            index: FxHashMap::default(),
+            agents: Vec::new(),
             findings: Vec::with_capacity(8),
             stats: EngineStats::default(),
         }
@@ -68,26 +73,42 @@ impl Engine {
 
     /// One agent's state.
     pub fn agent(&self, agent_id: &str) -> Option<&AgentState> {
-        self.agents.get(agent_id).map(|a| &a.state)
+        self.index
+            .get(agent_id)
+            .map(|&i| &self.agents[i as usize].state)
+    }
+
+    /// Adds an agent, or replaces the one with the same id.
+    fn insert(&mut self, bp: usize, state: AgentState) -> usize {
+        if let Some(&j) = self.index.get(state.agent_id.as_str()) {
+            self.agents[j as usize] = Agent { bp, state };
+            return j as usize;
+        }
+        let i = self.agents.len();
+        self.index
+            .insert(CompactString::from(state.agent_id.as_str()), i as u32);
+        self.agents.push(Agent { bp, state });
+        i
     }
 
     /// Processes one event, appending the incidents it raises to `out`.
     pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
-        let set = &*self.set;
-        if !self.agents.contains_key(ev.agent_id.as_ref()) {
-            let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
-            let state = AgentState::new(
-                &ev.agent_id,
-                set.get(bp),
-                ev.ts_ms,
-                ev.environment.as_deref(),
-            );
-            self.agents
-                .insert(ev.agent_id.as_ref().into(), Agent { bp, state });
-        }
-        let Some(agent) = self.agents.get_mut(ev.agent_id.as_ref()) else {
-            return;
+        let i = match self.index.get(ev.agent_id.as_ref()) {
+            Some(&i) => i as usize,
+            None => {
+                let set = &*self.set;
+                let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
+                let state = AgentState::new(
+                    &ev.agent_id,
+                    set.get(bp),
+                    ev.ts_ms,
+                    ev.environment.as_deref(),
+                );
+                self.insert(bp, state)
+            }
         };
+        let set = &*self.set;
+        let agent = &mut self.agents[i];
         let bp = set.get(agent.bp);
         let st = &mut agent.state;
         st.events += 1;
@@ -180,8 +201,9 @@ impl Engine {
 
     /// Revives a killed agent (a `revive` command) at event time `ts`.
     pub fn revive(&mut self, agent_id: &str, ts: i64) -> bool {
-        match self.agents.get_mut(agent_id) {
-            Some(a) => {
+        match self.index.get(agent_id) {
+            Some(&i) => {
+                let a = &mut self.agents[i as usize];
                 a.state.kill.revive(ts);
                 a.state.after_kill.calm();
                 true
@@ -192,7 +214,7 @@ impl Engine {
 
     /// The whole state as a value: agents sorted by id, and the counters.
     pub fn snapshot(&self) -> Snapshot {
-        let mut agents: Vec<AgentState> = self.agents.values().map(|a| a.state.clone()).collect();
+        let mut agents: Vec<AgentState> = self.agents.iter().map(|a| a.state.clone()).collect();
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         Snapshot {
             version: SNAPSHOT_VERSION,
@@ -211,8 +233,7 @@ impl Engine {
                 e.set
                     .assign(&state.agent_id, state.environment.as_deref(), None)
             });
-            e.agents
-                .insert(state.agent_id.as_str().into(), Agent { bp, state });
+            e.insert(bp, state);
         }
         e
     }

@@ -3,6 +3,7 @@
 //! variance (fixed size, no stored samples). statrs turns a summary into a tail probability.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 use statrs::distribution::{DiscreteCDF, NegativeBinomial, Poisson};
 
 use super::clock::hour_of_week;
@@ -54,6 +55,8 @@ struct OpenHour {
     /// Count from which the hour is anomalous; a cheap lower bound until `exact`.
     bound: u32,
     exact: bool,
+    /// Statistics of the slot when the hour opened (kept here so an event reads no other slot memory).
+    stats: SlotStats,
 }
 
 /// What the baseline says about the current event's hour.
@@ -79,7 +82,8 @@ pub struct HourView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Seasonal {
     slots: Vec<SlotStats>,
-    open: Vec<OpenHour>,
+    /// Hours still receiving events, oldest first (rarely more than two, kept inline).
+    open: SmallVec<[OpenHour; 2]>,
     finalized_through: i64,
     first_hour: Option<i64>,
 }
@@ -88,7 +92,7 @@ impl Default for Seasonal {
     fn default() -> Self {
         Seasonal {
             slots: vec![SlotStats::default(); 168],
-            open: Vec::with_capacity(3),
+            open: SmallVec::new(),
             finalized_through: 0,
             first_hour: None,
         }
@@ -174,6 +178,7 @@ impl Seasonal {
                         warm,
                         bound,
                         exact: false,
+                        stats,
                     },
                 );
                 p
@@ -182,7 +187,7 @@ impl Seasonal {
         let l = &bp.learned;
         let o = &mut self.open[pos];
         o.count = o.count.saturating_add(1);
-        let stats = self.slots[o.slot as usize];
+        let stats = o.stats;
         if o.warm && !o.exact && o.count >= o.bound {
             let (mean, var) = predictive(stats);
             let t = count_threshold(mean, var, l.sensitivity);

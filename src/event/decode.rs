@@ -207,8 +207,13 @@ impl Decoder {
                 max: self.max_event_bytes,
             });
         }
+        // One UTF-8 check of the whole payload (fast on ASCII) lets the parser borrow every
+        // string without validating each one again.
+        let text = std::str::from_utf8(payload).map_err(|e| DecodeError::NotJson {
+            reason: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
+        })?;
         let mut slots: [Scalar<'a>; SLOT_COUNT] = Default::default();
-        let mut de = serde_json::Deserializer::from_slice(payload);
+        let mut de = serde_json::Deserializer::from_str(text);
         let walked = de
             .deserialize_map(ObjectVisitor {
                 node: &self.root,
