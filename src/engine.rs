@@ -21,11 +21,13 @@ pub struct EngineStats {
     /// Events later than the allowed lateness (fed to stateless checks only).
     pub late_events: u64,
     /// Incidents by type, in [`IncidentType::ALL`] order.
-    pub incidents: [u64; 6],
+    pub incidents: [u64; IncidentType::ALL.len()],
 }
 
 struct Agent {
     bp: usize,
+    /// Changed since the last [`Engine::take_dirty`].
+    dirty: bool,
     state: AgentState,
 }
 
@@ -36,6 +38,8 @@ pub struct Engine {
     /// so a lookup stays in cache and only the agent itself is fetched from memory.
     index: FxHashMap<CompactString, u32>,
     agents: Vec<Agent>,
+    /// Positions of the agents changed since the last [`Engine::take_dirty`].
+    dirty: Vec<u32>,
     findings: Vec<Finding>,
     stats: EngineStats,
 }
@@ -51,6 +55,7 @@ impl Engine {
             set,
             index: FxHashMap::default(),
             agents: Vec::new(),
+            dirty: Vec::new(),
             findings: Vec::with_capacity(8),
             stats: EngineStats::default(),
         }
@@ -80,15 +85,56 @@ impl Engine {
 
     /// Adds an agent, or replaces the one with the same id.
     fn insert(&mut self, bp: usize, state: AgentState) -> usize {
-        if let Some(&j) = self.index.get(state.agent_id.as_str()) {
-            self.agents[j as usize] = Agent { bp, state };
+        let agent = Agent {
+            bp,
+            dirty: false,
+            state,
+        };
+        if let Some(&j) = self.index.get(agent.state.agent_id.as_str()) {
+            self.agents[j as usize] = agent;
             return j as usize;
         }
         let i = self.agents.len();
         self.index
-            .insert(CompactString::from(state.agent_id.as_str()), i as u32);
-        self.agents.push(Agent { bp, state });
+            .insert(CompactString::from(agent.state.agent_id.as_str()), i as u32);
+        self.agents.push(agent);
         i
+    }
+
+    fn mark_dirty(&mut self, i: usize) {
+        if let Some(a) = self.agents.get_mut(i) {
+            if !a.dirty {
+                a.dirty = true;
+                self.dirty.push(i as u32);
+            }
+        }
+    }
+
+    /// The agents changed since the previous call (for incremental persistence).
+    pub fn take_dirty(&mut self) -> Vec<&AgentState> {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &i in &dirty {
+            self.agents[i as usize].dirty = false;
+        }
+        dirty
+            .into_iter()
+            .map(|i| &self.agents[i as usize].state)
+            .collect()
+    }
+
+    /// Every agent's state, in first-seen order.
+    pub fn agents(&self) -> impl Iterator<Item = &AgentState> {
+        self.agents.iter().map(|a| &a.state)
+    }
+
+    /// Marks an agent killed by an operator at `ts`; `false` if the agent is unknown.
+    pub fn kill(&mut self, agent_id: &str, ts: i64) -> bool {
+        let Some(&i) = self.index.get(agent_id) else {
+            return false;
+        };
+        self.agents[i as usize].state.kill.kill(ts);
+        self.mark_dirty(i as usize);
+        true
     }
 
     /// Processes one event, appending the incidents it raises to `out`.
@@ -107,6 +153,7 @@ impl Engine {
                 self.insert(bp, state)
             }
         };
+        self.mark_dirty(i);
         let set = &*self.set;
         let agent = &mut self.agents[i];
         let bp = set.get(agent.bp);
@@ -206,6 +253,7 @@ impl Engine {
                 let a = &mut self.agents[i as usize];
                 a.state.kill.revive(ts);
                 a.state.after_kill.calm();
+                self.mark_dirty(i as usize);
                 true
             }
             None => false,

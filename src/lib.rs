@@ -14,6 +14,10 @@
 //! - [`engine`]: ties them together: one event in, incidents out.
 //! - [`replay`]: the `guardian replay` job (file or stdin source, JSON-lines sink).
 //! - [`simulate`]: the realistic fleet generator behind `guardian simulate`, tests and benches.
+//! - [`config`]: the daemon's configuration file.
+//! - [`control`]: signed kill / revive commands of the control topic.
+//! - [`daemon`]: `guardian run`: Kafka sources, per-partition engines, sled store, Kafka sinks.
+//! - [`demo`]: the daemon against librdkafka's in-process mock cluster.
 //! - [`cli`]: command-line interface.
 //!
 //! # Data flow
@@ -27,6 +31,10 @@
 
 pub mod blueprint;
 pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod event;

@@ -24,7 +24,7 @@ pub struct ReplaySummary {
     /// Agents seen.
     pub agents: usize,
     /// Incidents by type, in [`IncidentType::ALL`] order.
-    pub incidents: [u64; 6],
+    pub incidents: [u64; IncidentType::ALL.len()],
     /// Wall time spent.
     pub elapsed: Duration,
 }

@@ -158,7 +158,19 @@ impl BlueprintSet {
         Ok(set)
     }
 
-    /// Replaces the assignment with the one in a file.
+    /// The blueprints of a directory (default: the shipped ones) with an optional assignment file.
+    pub fn load(dir: Option<&Path>, assignment: Option<&Path>) -> Result<BlueprintSet, LoadError> {
+        let set = match dir {
+            Some(d) => BlueprintSet::from_dir(d)?,
+            None => BlueprintSet::builtin(),
+        };
+        match assignment {
+            Some(a) => set.with_assignment_file(a),
+            None => Ok(set),
+        }
+    }
+
+    /// The same blueprints with the assignment rules of a JSON file.
     pub fn with_assignment_file(self, path: &Path) -> Result<BlueprintSet, LoadError> {
         let v = read_json_file(path)?;
         let assignment = Assignment::from_json(&v).map_err(|errors| LoadError::Invalid {

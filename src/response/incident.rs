@@ -61,17 +61,20 @@ pub enum IncidentType {
     AutoKill,
     /// A killed agent is still acting.
     ActivityAfterKill,
+    /// A control command with a missing or wrong signature was rejected.
+    RejectedCommand,
 }
 
 impl IncidentType {
     /// All types, in a fixed order.
-    pub const ALL: [IncidentType; 6] = [
+    pub const ALL: [IncidentType; 7] = [
         IncidentType::FrequencySpike,
         IncidentType::VolumeSpike,
         IncidentType::SuspiciousSequence,
         IncidentType::OffHours,
         IncidentType::AutoKill,
         IncidentType::ActivityAfterKill,
+        IncidentType::RejectedCommand,
     ];
 
     /// snake_case name.
@@ -83,6 +86,7 @@ impl IncidentType {
             IncidentType::OffHours => "off_hours",
             IncidentType::AutoKill => "auto_kill",
             IncidentType::ActivityAfterKill => "activity_after_kill",
+            IncidentType::RejectedCommand => "rejected_command",
         }
     }
 }
@@ -180,9 +184,13 @@ pub fn incident_id(
     h.update(seq.to_le_bytes());
     h.update(ts.to_le_bytes());
     h.update(disc.to_le_bytes());
-    let d = h.finalize();
+    uuid_string(&h.finalize())
+}
+
+/// Formats the first 16 bytes of a digest as a UUID-shaped string (8-4-4-4-12 hex).
+pub fn uuid_string(d: &[u8]) -> String {
     let mut s = String::with_capacity(36);
-    for (i, b) in d[..16].iter().enumerate() {
+    for (i, b) in d.iter().take(16).enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
             s.push('-');
         }

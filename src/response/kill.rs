@@ -85,6 +85,15 @@ impl KillState {
         Some(KillDecision { action, score })
     }
 
+    /// Marks the agent killed by an operator's command at `ts`.
+    pub fn kill(&mut self, ts: i64) {
+        if !self.killed {
+            self.killed = true;
+            self.kills += 1;
+        }
+        self.last_decision = Some(ts);
+    }
+
     /// Clears the kill and the score (a revive command).
     pub fn revive(&mut self, ts: i64) {
         self.killed = false;

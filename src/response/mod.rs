@@ -3,5 +3,5 @@
 mod incident;
 mod kill;
 
-pub use incident::{incident_id, Action, Basis, Incident, IncidentType, Severity};
+pub use incident::{incident_id, uuid_string, Action, Basis, Incident, IncidentType, Severity};
 pub use kill::{KillDecision, KillState};

@@ -1,4 +1,7 @@
-//! Command line: `guardian replay | simulate | demo | blueprint`.
+//! Command line: `guardian run | demo | produce | kill | revive | state | replay | simulate |
+//! evaluate | blueprint`.
+
+mod daemon;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -26,12 +29,25 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the daemon: consume audit topics, detect, emit incidents and kill commands.
+    Run(daemon::RunArgs),
+    /// The embedded demo: the real daemon pipeline on an in-process Kafka mock cluster.
+    Demo,
+    /// Publish audit events (JSON lines) to the audit topic, keyed by agent id.
+    Produce(daemon::ProduceArgs),
+    /// Publish a signed kill command for an agent on the control topic.
+    Kill(daemon::CommandArgs),
+    /// Publish a signed revive command for an agent on the control topic.
+    Revive(daemon::CommandArgs),
+    /// Inspect or reset a stopped daemon's stored state.
+    #[command(subcommand)]
+    State(daemon::StateCommand),
     /// Replay audit events (JSON lines) through the detectors; incidents to stdout, summary to stderr.
     Replay(ReplayArgs),
     /// Generate a realistic fleet's audit events (Agent-SPM JSON lines) with injected anomalies.
     Simulate(SimulateArgs),
-    /// The embedded demo: simulate a fleet with a rogue agent, replay it, print incidents and precision/recall.
-    Demo(DemoArgs),
+    /// Simulate a fleet with injected anomalies, replay it offline, print incidents and precision/recall.
+    Evaluate(DemoArgs),
     /// Validate or show blueprints.
     #[command(subcommand)]
     Blueprint(BlueprintCommand),
@@ -129,12 +145,16 @@ enum BlueprintCommand {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .init();
+    if !matches!(cli.command, Command::Run(_)) {
+        // `run` sets up logging from its configuration.
+        let _ = tracing_subscriber::fmt()
+            .with_writer(io::stderr)
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .try_init();
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -148,13 +168,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Replay(a) => replay_cmd(a),
         Command::Simulate(a) => simulate_cmd(a),
-        Command::Demo(a) => demo_cmd(a),
+        Command::Run(a) => daemon::run_cmd(a),
+        Command::Demo => daemon::demo_cmd(),
+        Command::Produce(a) => daemon::produce_cmd(a),
+        Command::Kill(a) => daemon::command_cmd(crate::control::Verb::Kill, a),
+        Command::Revive(a) => daemon::command_cmd(crate::control::Verb::Revive, a),
+        Command::State(c) => daemon::state_cmd(c),
+        Command::Evaluate(a) => evaluate_cmd(a),
         Command::Blueprint(BlueprintCommand::Validate { files }) => Ok(validate_cmd(&files)),
         Command::Blueprint(BlueprintCommand::Show { name, blueprints }) => {
             show_cmd(&name, blueprints.as_deref())
         }
         Command::Blueprint(BlueprintCommand::List { blueprints }) => {
-            let set = load_blueprints(blueprints.as_deref())?;
+            let set = BlueprintSet::load(blueprints.as_deref(), None)?;
             for b in set.blueprints() {
                 println!(
                     "{}\t{}\t{}\t{}",
@@ -169,20 +195,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load_blueprints(dir: Option<&Path>) -> Result<BlueprintSet, LoadError> {
-    match dir {
-        Some(d) => BlueprintSet::from_dir(d),
-        None => Ok(BlueprintSet::builtin()),
-    }
-}
-
 /// Loads the rules in force for a replay.
 fn load_rules(r: &RulesArgs) -> anyhow::Result<BlueprintSet> {
-    let set = load_blueprints(r.blueprints.as_deref())?;
-    Ok(match &r.assign {
-        Some(a) => set.with_assignment_file(a)?,
-        None => set,
-    })
+    Ok(BlueprintSet::load(
+        r.blueprints.as_deref(),
+        r.assign.as_deref(),
+    )?)
 }
 
 fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -298,7 +316,7 @@ fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
+fn evaluate_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let start = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap_or_default();
     let sim = Simulation::new(sim_config(a.agents, a.days, a.seed, start, true));
     eprintln!(
@@ -308,7 +326,7 @@ fn demo_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let events = sim.to_jsonl();
     let assignment: serde_json::Value =
-        serde_json::from_str(include_str!("../deploy/assignment.json"))?;
+        serde_json::from_str(include_str!("../../deploy/assignment.json"))?;
     let assignment = Assignment::from_json(&assignment).map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let set = Arc::new(BlueprintSet::from_blueprints(
         BlueprintSet::builtin().blueprints().to_vec(),
@@ -403,7 +421,7 @@ fn show_cmd(name: &str, dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     let bp = if path.is_file() {
         BlueprintSet::load_file(path)?
     } else {
-        let set = load_blueprints(dir)?;
+        let set = BlueprintSet::load(dir, None)?;
         match set.index_of(name) {
             Some(i) => set.get(i).clone(),
             None => {

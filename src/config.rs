@@ -1,0 +1,403 @@
+//! Daemon configuration (`guardian run --config FILE`): TOML or JSON, secrets from the
+//! environment or files, validated as a whole so every error is reported at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blueprint::BlueprintSet;
+
+/// A secret: a literal value (discouraged), an environment variable, or a file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Secret {
+    /// `{ env = "NAME" }`: read from an environment variable.
+    Env {
+        /// Variable name.
+        env: String,
+    },
+    /// `{ file = "/run/secrets/key" }`: read from a file (trailing newline trimmed).
+    File {
+        /// Path of the file.
+        file: PathBuf,
+    },
+    /// `"value"`: the secret itself, inline.
+    Literal(String),
+}
+
+impl Secret {
+    /// Resolves the secret's value.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::Literal(v) => Ok(v.clone()),
+            Secret::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+            }
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        }
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Literal(_) => f.write_str("<redacted>"),
+            Secret::Env { env } => write!(f, "<from env {env}>"),
+            Secret::File { file } => write!(f, "<from file {}>", file.display()),
+        }
+    }
+}
+
+/// Kafka connection and topics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Consumer group of the guardian instances.
+    pub group_id: String,
+    /// Topics of audit events.
+    pub audit_topics: Vec<String>,
+    /// Topic of incidents (JSON).
+    pub incidents_topic: String,
+    /// Topic of kill and revive commands (written and read).
+    pub control_topic: String,
+    /// Topic of malformed events, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// librdkafka options passed through unchanged (TLS, SASL, timeouts…); values that name
+    /// secrets (`sasl.password`, `ssl.key.password`) may be `{ env = … }` or `{ file = … }`.
+    pub options: BTreeMap<String, Secret>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            group_id: "agent-guardian".into(),
+            audit_topics: vec!["agent-audit".into()],
+            incidents_topic: "guardian-incidents".into(),
+            control_topic: "guardian-control".into(),
+            dead_letter_topic: "guardian-dead-letter".into(),
+            options: BTreeMap::new(),
+        }
+    }
+}
+
+/// What a partition with no local state replays silently.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backfill {
+    /// Learn from the retained history without emitting anything for it (default).
+    Silent,
+    /// Emit incidents and kill commands for history no instance has processed yet.
+    Emit,
+}
+
+/// The whole daemon configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This instance's name in commands and logs (default: the host name).
+    pub guardian_id: String,
+    /// Kafka.
+    pub kafka: KafkaConfig,
+    /// Directory of the sled state.
+    pub state_dir: PathBuf,
+    /// Blueprint directory (default: the shipped blueprints).
+    pub blueprints_dir: Option<PathBuf>,
+    /// Assignment file of agents to blueprints.
+    pub assignment: Option<PathBuf>,
+    /// HMAC-SHA256 key for control commands.
+    pub signing_key: Option<Secret>,
+    /// JSON pointer of a call's data volume.
+    pub volume_pointer: String,
+    /// Largest accepted event in bytes.
+    pub max_event_bytes: usize,
+    /// Time between checkpoints (persist state, then commit offsets), e.g. "1s".
+    pub checkpoint_interval: String,
+    /// Events after which a checkpoint is taken even before the interval.
+    pub checkpoint_events: u64,
+    /// Capacity of the queue between the Kafka source and the engine (messages).
+    pub queue_capacity: usize,
+    /// Time allowed for a graceful shutdown, e.g. "30s".
+    pub shutdown_timeout: String,
+    /// History replayed for a partition with no local state (see [`Backfill`]).
+    pub backfill: Backfill,
+    /// Log format: "human" or "json".
+    pub log_format: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            guardian_id: default_guardian_id(),
+            kafka: KafkaConfig::default(),
+            state_dir: PathBuf::from("guardian-state"),
+            blueprints_dir: None,
+            assignment: None,
+            signing_key: None,
+            volume_pointer: crate::event::DEFAULT_VOLUME_POINTER.into(),
+            max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
+            checkpoint_interval: "1s".into(),
+            checkpoint_events: 50_000,
+            queue_capacity: 10_000,
+            shutdown_timeout: "30s".into(),
+            backfill: Backfill::Silent,
+            log_format: "human".into(),
+        }
+    }
+}
+
+fn default_guardian_id() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|s| s.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "guardian".into())
+}
+
+/// Everything wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration {}:\n  - {}", .file.display(), .errors.join("\n  - "))]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// One line per problem.
+    pub errors: Vec<String>,
+}
+
+/// A validated configuration with its secrets and durations resolved.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The configuration as written (secrets unresolved).
+    pub config: Config,
+    /// The signing key.
+    pub signing_key: Vec<u8>,
+    /// librdkafka options with secrets resolved.
+    pub kafka_options: BTreeMap<String, String>,
+    /// Checkpoint interval.
+    pub checkpoint_interval: std::time::Duration,
+    /// Shutdown deadline.
+    pub shutdown_timeout: std::time::Duration,
+    /// The blueprints in force.
+    pub blueprints: std::sync::Arc<BlueprintSet>,
+}
+
+impl Config {
+    /// Reads a TOML (`.toml`) or JSON (anything else) file; syntax errors name the position.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let err = |e: String| ConfigError {
+            file: path.to_path_buf(),
+            errors: vec![e],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        if path.extension().is_some_and(|x| x == "toml") {
+            toml::from_str(&text).map_err(|e| err(e.to_string()))
+        } else {
+            serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+        }
+    }
+
+    /// Validates everything and resolves secrets, durations and blueprints; reports every error.
+    pub fn resolve(self, file: &Path) -> Result<Resolved, ConfigError> {
+        let mut errors = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            errors.push("kafka.brokers: empty".into());
+        }
+        if k.group_id.trim().is_empty() {
+            errors.push("kafka.group_id: empty".into());
+        }
+        if k.audit_topics.is_empty() || k.audit_topics.iter().any(|t| t.trim().is_empty()) {
+            errors.push("kafka.audit_topics: needs at least one non-empty topic".into());
+        }
+        for (name, t) in [
+            ("incidents_topic", &k.incidents_topic),
+            ("control_topic", &k.control_topic),
+            ("dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if t.trim().is_empty() {
+                errors.push(format!("kafka.{name}: empty"));
+            } else if k.audit_topics.contains(t) {
+                errors.push(format!("kafka.{name}: {t:?} is also an audit topic"));
+            }
+        }
+        let mut kafka_options = BTreeMap::new();
+        for (key, v) in &k.options {
+            match v.resolve() {
+                Ok(v) => {
+                    kafka_options.insert(key.clone(), v);
+                }
+                Err(e) => errors.push(format!("kafka.options.{key}: {e}")),
+            }
+        }
+        if kafka_options.contains_key("enable.auto.commit")
+            || kafka_options.contains_key("group.id")
+        {
+            errors.push(
+                "kafka.options: group.id and enable.auto.commit are set by the guardian".into(),
+            );
+        }
+        let signing_key = match &self.signing_key {
+            None => {
+                errors.push("signing_key: required (e.g. signing_key = { env = \"GUARDIAN_SIGNING_KEY\" })".into());
+                Vec::new()
+            }
+            Some(s) => match s.resolve() {
+                Ok(v) if v.len() >= 16 => v.into_bytes(),
+                Ok(_) => {
+                    errors.push("signing_key: shorter than 16 bytes".into());
+                    Vec::new()
+                }
+                Err(e) => {
+                    errors.push(format!("signing_key: {e}"));
+                    Vec::new()
+                }
+            },
+        };
+        let mut duration = |name: &str, v: &str| match humantime::parse_duration(v) {
+            Ok(d) if !d.is_zero() => d,
+            _ => {
+                errors.push(format!("{name}: {v:?} is not a positive duration like \"1s\""));
+                std::time::Duration::from_secs(1)
+            }
+        };
+        let checkpoint_interval = duration("checkpoint_interval", &self.checkpoint_interval);
+        let shutdown_timeout = duration("shutdown_timeout", &self.shutdown_timeout);
+        if self.queue_capacity == 0 {
+            errors.push("queue_capacity: must be at least 1".into());
+        }
+        if self.checkpoint_events == 0 {
+            errors.push("checkpoint_events: must be at least 1".into());
+        }
+        if !matches!(self.log_format.as_str(), "human" | "json") {
+            errors.push(format!(
+                "log_format: {:?} (expected \"human\" or \"json\")",
+                self.log_format
+            ));
+        }
+        if let Err(e) = crate::event::Decoder::new(&crate::event::DecoderOptions {
+            volume_pointer: self.volume_pointer.clone(),
+            ..Default::default()
+        }) {
+            errors.push(format!("volume_pointer: {e}"));
+        }
+        let blueprints = match crate::blueprint::BlueprintSet::load(
+            self.blueprints_dir.as_deref(),
+            self.assignment.as_deref(),
+        ) {
+            Ok(s) => Some(std::sync::Arc::new(s)),
+            Err(e) => {
+                errors.push(format!("blueprints: {e}"));
+                None
+            }
+        };
+        match blueprints {
+            Some(blueprints) if errors.is_empty() => Ok(Resolved {
+                config: self,
+                signing_key,
+                kafka_options,
+                checkpoint_interval,
+                shutdown_timeout,
+                blueprints,
+            }),
+            _ => Err(ConfigError {
+                file: file.to_path_buf(),
+                errors,
+            }),
+        }
+    }
+
+    /// The configuration as one log line, secrets redacted.
+    pub fn redacted(&self) -> String {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        if let Some(s) = &self.signing_key {
+            v["signing_key"] = s.to_string().into();
+        }
+        for (key, s) in &self.kafka.options {
+            if let Secret::Literal(_) = s {
+                if is_secret_option(key) {
+                    v["kafka"]["options"][key] = "<redacted>".into();
+                }
+            } else {
+                v["kafka"]["options"][key] = s.to_string().into();
+            }
+        }
+        v.to_string()
+    }
+}
+
+/// librdkafka options whose values are secrets.
+fn is_secret_option(key: &str) -> bool {
+    key.contains("password") || key.contains("secret") || key.ends_with(".pem") || key.contains("key")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        (d, p)
+    }
+
+    #[test]
+    fn toml_config_resolves_secrets_from_env_and_file() {
+        let (d, _) = write("x", "");
+        let key = d.path().join("key");
+        std::fs::write(&key, "0123456789abcdef0123\n").unwrap();
+        std::env::set_var("AG_TEST_SASL", "hunter2");
+        let text = format!(
+            "signing_key = {{ file = {:?} }}\n[kafka]\nbrokers = \"b:9092\"\naudit_topics = [\"a\", \"b\"]\n[kafka.options]\n\"sasl.password\" = {{ env = \"AG_TEST_SASL\" }}\n\"security.protocol\" = \"SASL_SSL\"\n",
+            key.display()
+        );
+        let (_d2, p) = write("c.toml", &text);
+        let r = Config::load(&p).unwrap().resolve(&p).unwrap();
+        assert_eq!(r.signing_key, b"0123456789abcdef0123");
+        assert_eq!(r.kafka_options["sasl.password"], "hunter2");
+        assert_eq!(r.config.kafka.audit_topics, ["a", "b"]);
+        let line = r.config.redacted();
+        assert!(!line.contains("hunter2") && !line.contains("0123456789abcdef"), "{line}");
+        assert!(line.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let (_d, p) = write(
+            "c.json",
+            r#"{"kafka": {"audit_topics": [], "control_topic": ""},
+                "signing_key": {"env": "AG_TEST_UNSET_VARIABLE"},
+                "checkpoint_interval": "soon", "log_format": "xml", "queue_capacity": 0}"#,
+        );
+        let e = Config::load(&p).unwrap().resolve(&p).unwrap_err();
+        let all = e.errors.join("\n");
+        for needle in [
+            "kafka.audit_topics",
+            "kafka.control_topic",
+            "AG_TEST_UNSET_VARIABLE",
+            "checkpoint_interval",
+            "log_format",
+            "queue_capacity",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let (_d, p) = write("c.json", r#"{"kafka": {"brokerz": "x"}}"#);
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.errors[0].contains("brokerz"), "{e}");
+    }
+}

@@ -1,0 +1,543 @@
+//! `guardian run`: the long-running daemon.
+//!
+//! ```text
+//! audit topics ─► source (consumer group thread) ─┐                  ┌─► incidents topic
+//!                                                  ├─► bounded queue ─► engine thread ─┼─► control topic (kill)
+//! control topic ─► source (reader thread) ────────┘   (per partition: Engine, offset) └─► dead-letter topic
+//!                                                         │ checkpoint: settle outputs → sled batch + flush → commit
+//! ```
+//!
+//! Each audit partition has its own [`Engine`]: its state is the fold of that partition's log,
+//! stored in sled with the next offset it reflects. A checkpoint first waits until every output
+//! sent so far is acknowledged, then writes the changed agents and the offsets in one batch,
+//! flushes, and only then commits the offsets to Kafka (for lag monitoring). After a crash each
+//! partition resumes at its stored offset; outputs of the replayed tail are sent again with the
+//! same deterministic ids.
+
+pub mod sink;
+pub mod source;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::config::Resolved;
+use crate::control::{Command, Origin, Verb};
+use crate::engine::{Engine, EngineStats};
+use crate::event::{Decoder, DecoderOptions};
+use crate::response::{Action, Basis, Incident, IncidentType, Severity};
+use sink::{dead_letter_headers, KafkaSink, SinkError};
+use source::{AuditConsumer, Notice, Queue, Record};
+use store::{PartitionDelta, Store, StoreError};
+
+/// Why the daemon stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Kafka client setup failed.
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// An output could not be written.
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    /// The state store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A source failed.
+    #[error("source: {0}")]
+    Source(String),
+    /// The graceful shutdown took longer than allowed.
+    #[error("shutdown deadline of {0:?} exceeded")]
+    Deadline(Duration),
+}
+
+/// Counters of a running daemon (read by logs, the demo and tests).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Audit events processed.
+    pub events: AtomicU64,
+    /// Malformed events dead-lettered.
+    pub bad_events: AtomicU64,
+    /// Incidents emitted.
+    pub incidents: AtomicU64,
+    /// Kill commands emitted.
+    pub kill_commands: AtomicU64,
+    /// Control commands applied (manual kill / revive).
+    pub commands_applied: AtomicU64,
+    /// Control commands rejected (unsigned, bad signature, malformed).
+    pub commands_rejected: AtomicU64,
+    /// Outputs not sent because another run already emitted them (rebuild).
+    pub suppressed: AtomicU64,
+    /// Checkpoints written.
+    pub checkpoints: AtomicU64,
+    /// Depth of the source → engine queue.
+    pub queue_depth: Arc<AtomicUsize>,
+    /// Partitions owned.
+    pub partitions: AtomicUsize,
+    /// Messages behind the high watermark, summed over owned partitions (at the last log line).
+    pub lag: AtomicU64,
+}
+
+/// The audit partition an engine folds.
+struct Part {
+    engine: Engine,
+    next: i64,
+    quiet_below: i64,
+}
+
+/// The engine thread's state.
+struct Core {
+    cfg: Resolved,
+    decoder: Decoder,
+    store: Store,
+    sink: KafkaSink,
+    consumer: Arc<AuditConsumer>,
+    parts: HashMap<(u16, i32), Part>,
+    control_next: HashMap<i32, i64>,
+    pending: Vec<Command>,
+    metrics: Arc<Metrics>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    out: Vec<Incident>,
+}
+
+impl Core {
+    fn topic(&self, i: u16) -> &str {
+        self.cfg
+            .config
+            .kafka
+            .audit_topics
+            .get(i as usize)
+            .map_or("", String::as_str)
+    }
+
+    fn handle(&mut self, n: Notice) -> Result<bool, DaemonError> {
+        match n {
+            Notice::Assigned(list) => {
+                for a in list {
+                    let engine = match a.state {
+                        Some(s) => Engine::restore(self.cfg.blueprints.clone(), s),
+                        None => Engine::new(self.cfg.blueprints.clone()),
+                    };
+                    self.parts.insert(
+                        (a.topic, a.partition),
+                        Part {
+                            engine,
+                            next: a.start,
+                            quiet_below: a.quiet_below,
+                        },
+                    );
+                }
+                self.metrics
+                    .partitions
+                    .store(self.parts.len(), Ordering::Relaxed);
+            }
+            Notice::Revoked(list, ack) => {
+                self.checkpoint()?;
+                for k in list {
+                    self.parts.remove(&k);
+                }
+                self.metrics
+                    .partitions
+                    .store(self.parts.len(), Ordering::Relaxed);
+                let _ = ack.send(());
+            }
+            Notice::Audit(r) => self.audit(r)?,
+            Notice::Control(r) => self.control(r)?,
+            Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),
+            Notice::Stopped(None) => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn audit(&mut self, r: Record) -> Result<(), DaemonError> {
+        let topic_name = self.topic(r.topic).to_string();
+        let Some(part) = self.parts.get_mut(&(r.topic, r.partition)) else {
+            return Ok(()); // not (or no longer) ours
+        };
+        if r.offset < part.next {
+            return Ok(()); // already folded into the stored state
+        }
+        part.next = r.offset + 1;
+        let quiet = r.offset < part.quiet_below;
+        self.since_checkpoint += 1;
+        let payload = r.payload.as_deref().unwrap_or_default();
+        let ev = match self.decoder.decode(payload) {
+            Ok(ev) => ev,
+            Err(e) => {
+                self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
+                if !quiet {
+                    let h = dead_letter_headers(
+                        e.kind(),
+                        &e.to_string(),
+                        &topic_name,
+                        r.partition,
+                        r.offset,
+                    );
+                    self.sink.send(
+                        &self.cfg.config.kafka.dead_letter_topic,
+                        r.key.as_deref(),
+                        payload,
+                        Some(h),
+                    )?;
+                }
+                return Ok(());
+            }
+        };
+        self.metrics.events.fetch_add(1, Ordering::Relaxed);
+        part.engine.process(&ev, &mut self.out);
+        if !self.pending.is_empty() {
+            let agent = ev.agent_id.as_ref();
+            let engine = &mut part.engine;
+            let metrics = &self.metrics;
+            self.pending.retain(|c| {
+                if c.agent_id != agent {
+                    return true;
+                }
+                apply(engine, c);
+                metrics.commands_applied.fetch_add(1, Ordering::Relaxed);
+                false
+            });
+        }
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let k = &self.cfg.config.kafka;
+        for inc in self.out.drain(..) {
+            if quiet {
+                self.metrics.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let json = serde_json::to_vec(&inc).unwrap_or_default();
+            self.sink
+                .send(&k.incidents_topic, Some(inc.agent_id.as_bytes()), &json, None)?;
+            self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
+            if inc.action_taken == Action::Killed {
+                let cmd = Command::for_kill(&inc, &self.cfg.config.guardian_id)
+                    .sign(&self.cfg.signing_key);
+                self.sink.send(
+                    &k.control_topic,
+                    Some(inc.agent_id.as_bytes()),
+                    &cmd.to_json(),
+                    None,
+                )?;
+                self.metrics.kill_commands.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(agent = %inc.agent_id, command_id = %cmd.command_id, "kill command issued");
+            }
+        }
+        Ok(())
+    }
+
+    fn control(&mut self, r: Record) -> Result<(), DaemonError> {
+        self.control_next.insert(r.partition, r.offset + 1);
+        let payload = r.payload.as_deref().unwrap_or_default();
+        match Command::parse_verified(payload, &self.cfg.signing_key) {
+            Ok(c) if c.origin == Origin::Auto => {} // already part of the state it came from
+            Ok(c) => {
+                tracing::info!(agent = %c.agent_id, command = ?c.command, by = %c.guardian_id, "operator command");
+                let mut applied = false;
+                for p in self.parts.values_mut() {
+                    if p.engine.agent(&c.agent_id).is_some() {
+                        apply(&mut p.engine, &c);
+                        applied = true;
+                    }
+                }
+                if applied {
+                    self.metrics.commands_applied.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.pending.push(c);
+                }
+            }
+            Err(rejected) => {
+                self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                let why = rejected.why;
+                let agent = rejected.agent_id.unwrap_or_else(|| "(unknown)".to_string());
+                tracing::warn!(%agent, partition = r.partition, offset = r.offset, reason = %why, "control command rejected");
+                let at = r.timestamp.unwrap_or(0);
+                let inc = Incident {
+                    incident_id: crate::control::command_id(&[
+                        b"rejected",
+                        &r.partition.to_le_bytes(),
+                        &r.offset.to_le_bytes(),
+                        payload,
+                    ]),
+                    agent_id: agent.clone(),
+                    kind: IncidentType::RejectedCommand,
+                    severity: Severity::High,
+                    at,
+                    window_start: at,
+                    window_end: at,
+                    blueprint: String::new(),
+                    basis: Basis::Static,
+                    observed: 1.0,
+                    expected: 0.0,
+                    unit: "commands".into(),
+                    description: format!(
+                        "Rejected a control command for agent {agent:?} at {}:{}/{}: {why}.",
+                        self.cfg.config.kafka.control_topic, r.partition, r.offset
+                    ),
+                    action_taken: Action::Logged,
+                    event_id: format!("control:{}:{}", r.partition, r.offset),
+                    tool_name: String::new(),
+                    pattern: None,
+                };
+                let json = serde_json::to_vec(&inc).unwrap_or_default();
+                self.sink.send(
+                    &self.cfg.config.kafka.incidents_topic,
+                    Some(agent.as_bytes()),
+                    &json,
+                    None,
+                )?;
+                self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Settles outputs, persists changed state with offsets, then commits offsets to Kafka.
+    fn checkpoint(&mut self) -> Result<(), DaemonError> {
+        self.sink.settle(self.cfg.shutdown_timeout)?;
+        let topics = self.cfg.config.kafka.audit_topics.clone();
+        let mut stats: Vec<(u16, i32, i64, EngineStats)> = Vec::new();
+        for (&(t, p), part) in &self.parts {
+            stats.push((t, p, part.next, part.engine.stats().clone()));
+        }
+        let mut deltas = Vec::new();
+        for ((&(t, p), part), s) in self.parts.iter_mut().zip(&stats) {
+            deltas.push(PartitionDelta {
+                topic: topics.get(t as usize).map_or("", String::as_str),
+                partition: p,
+                next_offset: part.next,
+                stats: &s.3,
+                agents: part.engine.take_dirty(),
+            });
+        }
+        let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
+        self.store.checkpoint(&deltas, &control, &self.pending)?;
+        drop(deltas);
+        let mut tpl = TopicPartitionList::new();
+        for (t, p, next, _) in &stats {
+            if let Some(name) = topics.get(*t as usize) {
+                let _ = tpl.add_partition_offset(name, *p, Offset::Offset(*next));
+            }
+        }
+        if tpl.count() > 0 {
+            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+                tracing::debug!(error = %e, "offset commit (lag monitoring only)");
+            }
+        }
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint >= self.cfg.config.checkpoint_events
+            || (self.since_checkpoint > 0
+                && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval)
+    }
+
+    fn log_progress(&self) {
+        let mut lag = 0u64;
+        for (&(t, p), part) in &self.parts {
+            if let Ok((_, high)) =
+                self.consumer
+                    .fetch_watermarks(self.topic(t), p, Duration::from_millis(500))
+            {
+                lag += (high - part.next).max(0) as u64;
+            }
+        }
+        let m = &self.metrics;
+        m.lag.store(lag, Ordering::Relaxed);
+        tracing::info!(
+            events = m.events.load(Ordering::Relaxed),
+            bad_events = m.bad_events.load(Ordering::Relaxed),
+            incidents = m.incidents.load(Ordering::Relaxed),
+            kill_commands = m.kill_commands.load(Ordering::Relaxed),
+            queue_depth = m.queue_depth.load(Ordering::Relaxed),
+            outputs_in_flight = self.sink.in_flight(),
+            partitions = self.parts.len(),
+            lag,
+            "progress"
+        );
+    }
+}
+
+fn apply(engine: &mut Engine, c: &Command) {
+    match c.command {
+        Verb::Kill => engine.kill(&c.agent_id, c.issued_at),
+        Verb::Revive => engine.revive(&c.agent_id, c.issued_at),
+    };
+}
+
+/// A running daemon's handles.
+pub struct Daemon {
+    /// Set to stop gracefully.
+    pub stop: Arc<AtomicBool>,
+    /// Live counters.
+    pub metrics: Arc<Metrics>,
+    engine: std::thread::JoinHandle<Result<(), DaemonError>>,
+    sources: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Starts the sources and the engine thread.
+    pub fn start(cfg: Resolved) -> Result<Daemon, DaemonError> {
+        let store = Store::open(&cfg.config.state_dir)?;
+        let (queue, rx, depth) = Queue::bounded(cfg.config.queue_capacity);
+        let metrics = Arc::new(Metrics {
+            queue_depth: depth.clone(),
+            ..Metrics::default()
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let k = &cfg.config.kafka;
+        let sink = KafkaSink::new(&k.brokers, &cfg.kafka_options)?;
+        let consumer = source::audit_consumer(
+            &k.brokers,
+            &k.group_id,
+            &cfg.kafka_options,
+            &k.audit_topics,
+            queue.clone(),
+            store.clone(),
+            cfg.config.backfill,
+        )?;
+        let decoder = Decoder::new(&DecoderOptions {
+            volume_pointer: cfg.config.volume_pointer.clone(),
+            group_pointer: cfg.blueprints.assignment().group_field.clone(),
+            max_event_bytes: cfg.config.max_event_bytes,
+        })
+        .map_err(|e| DaemonError::Source(e.to_string()))?;
+        let mut sources = Vec::new();
+        {
+            let (c, q, s) = (consumer.clone(), queue.clone(), stop.clone());
+            sources.push(
+                std::thread::Builder::new()
+                    .name("audit-source".into())
+                    .spawn(move || source::run_audit(c, q, s))
+                    .map_err(|e| DaemonError::Source(e.to_string()))?,
+            );
+        }
+        {
+            let (q, s, st) = (queue.clone(), stop.clone(), store.clone());
+            let (brokers, group, opts, topic) = (
+                k.brokers.clone(),
+                k.group_id.clone(),
+                cfg.kafka_options.clone(),
+                k.control_topic.clone(),
+            );
+            sources.push(
+                std::thread::Builder::new()
+                    .name("control-source".into())
+                    .spawn(move || source::run_control(&brokers, &group, &opts, &topic, &st, q, s))
+                    .map_err(|e| DaemonError::Source(e.to_string()))?,
+            );
+        }
+        drop(queue);
+        let pending = store.pending()?;
+        let core = Core {
+            cfg,
+            decoder,
+            store,
+            sink,
+            consumer,
+            parts: HashMap::new(),
+            control_next: HashMap::new(),
+            pending,
+            metrics: metrics.clone(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            out: Vec::new(),
+        };
+        let stop2 = stop.clone();
+        let engine = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || run_engine(core, rx, 2, stop2))
+            .map_err(|e| DaemonError::Source(e.to_string()))?;
+        Ok(Daemon {
+            stop,
+            metrics,
+            engine,
+            sources,
+        })
+    }
+
+    /// Asks for a graceful stop.
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the engine thread has ended (on its own: an error).
+    pub fn is_finished(&self) -> bool {
+        self.engine.is_finished()
+    }
+
+    /// Waits for the daemon to end (after [`Daemon::shutdown`] or a failure) within `deadline`.
+    pub fn join(self, deadline: Duration) -> Result<(), DaemonError> {
+        let t = Instant::now();
+        while !self.engine.is_finished() {
+            if t.elapsed() > deadline {
+                return Err(DaemonError::Deadline(deadline));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::Relaxed);
+        let r = self
+            .engine
+            .join()
+            .unwrap_or_else(|_| Err(DaemonError::Source("engine thread panicked".into())));
+        for s in self.sources {
+            let _ = s.join();
+        }
+        r
+    }
+}
+
+fn run_engine(
+    mut core: Core,
+    rx: Receiver<Notice>,
+    mut sources: usize,
+    stop: Arc<AtomicBool>,
+) -> Result<(), DaemonError> {
+    let mut last_log = Instant::now();
+    let result = (|| {
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(n) => {
+                    core.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
+                    if !core.handle(n)? {
+                        sources -= 1;
+                        if sources == 0 {
+                            break;
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if core.checkpoint_due() {
+                core.checkpoint()?;
+            }
+            if last_log.elapsed() > Duration::from_secs(10) {
+                core.log_progress();
+                last_log = Instant::now();
+            }
+        }
+        core.checkpoint()?;
+        tracing::info!(
+            events = core.metrics.events.load(Ordering::Relaxed),
+            "engine stopped after a final checkpoint"
+        );
+        Ok(())
+    })();
+    // Whatever happened, make the sources stop too.
+    stop.store(true, Ordering::Relaxed);
+    // Drain so that sources blocked on a full queue can see the stop flag.
+    while rx.try_recv().is_ok() {}
+    result
+}

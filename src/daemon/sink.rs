@@ -1,0 +1,190 @@
+//! Kafka outputs: an idempotent producer for incidents, control commands and dead letters.
+//!
+//! Sends never drop: a full local queue blocks the caller (consumer lag grows instead). A
+//! checkpoint first calls [`KafkaSink::settle`], which waits until every message sent so far is
+//! acknowledged and fails if any delivery failed, so no offset is persisted past an output that
+//! was not written.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::ClientContext;
+
+/// Delivery outcomes, shared with the producer's callback thread.
+#[derive(Default)]
+pub struct Deliveries {
+    /// Messages acknowledged.
+    pub delivered: AtomicU64,
+    /// Messages that failed for good.
+    pub failed: AtomicU64,
+    last_error: std::sync::Mutex<Option<String>>,
+}
+
+/// The producer context that records delivery outcomes.
+pub struct SinkContext(Arc<Deliveries>);
+
+impl ClientContext for SinkContext {}
+
+impl ProducerContext for SinkContext {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, _)) => {
+                self.0.failed.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut l) = self.0.last_error.lock() {
+                    *l = Some(e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// Errors of the Kafka outputs.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The producer could not be created.
+    #[error("kafka producer: {0}")]
+    Create(KafkaError),
+    /// A message could not be written.
+    #[error("kafka delivery failed: {0}")]
+    Delivery(String),
+    /// Outputs were not acknowledged in time.
+    #[error("kafka outputs not acknowledged within {0:?} ({1} in flight)")]
+    Timeout(Duration, i32),
+}
+
+/// The idempotent producer shared by every output topic.
+pub struct KafkaSink {
+    producer: ThreadedProducer<SinkContext>,
+    deliveries: Arc<Deliveries>,
+    failed_seen: u64,
+}
+
+impl KafkaSink {
+    /// An idempotent producer (`acks=all`) with the user's pass-through options.
+    pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> Result<KafkaSink, SinkError> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("linger.ms", "2")
+            .set("compression.type", "lz4");
+        for (k, v) in options {
+            if !k.starts_with("consumer.") {
+                c.set(k.trim_start_matches("producer."), v);
+            }
+        }
+        let deliveries = Arc::new(Deliveries::default());
+        let producer = c
+            .create_with_context(SinkContext(deliveries.clone()))
+            .map_err(SinkError::Create)?;
+        Ok(KafkaSink {
+            producer,
+            deliveries,
+            failed_seen: 0,
+        })
+    }
+
+    /// Sends one message; blocks while the producer's queue is full.
+    pub fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), SinkError> {
+        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        if let Some(k) = key {
+            rec = rec.key(k);
+        }
+        if let Some(h) = headers {
+            rec = rec.headers(h);
+        }
+        loop {
+            match self.producer.send(rec) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    rec = r;
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e, _)) => return Err(SinkError::Delivery(e.to_string())),
+            }
+        }
+    }
+
+    /// Waits until everything sent is acknowledged; fails if any delivery failed.
+    pub fn settle(&mut self, timeout: Duration) -> Result<(), SinkError> {
+        if let Err(e) = self.producer.flush(timeout) {
+            tracing::warn!(error = %e, "flushing kafka outputs");
+        }
+        let failed = self.deliveries.failed.load(Ordering::Relaxed);
+        if failed > self.failed_seen {
+            self.failed_seen = failed;
+            let last = self
+                .deliveries
+                .last_error
+                .lock()
+                .ok()
+                .and_then(|l| l.clone())
+                .unwrap_or_default();
+            return Err(SinkError::Delivery(last));
+        }
+        let inflight = self.producer.in_flight_count();
+        if inflight > 0 {
+            return Err(SinkError::Timeout(timeout, inflight));
+        }
+        Ok(())
+    }
+
+    /// Messages acknowledged so far.
+    pub fn delivered(&self) -> u64 {
+        self.deliveries.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages waiting for acknowledgement.
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+}
+
+/// Headers of a dead-lettered event: the reason and where it came from.
+pub fn dead_letter_headers(
+    kind: &str,
+    reason: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OwnedHeaders {
+    let p = partition.to_string();
+    let o = offset.to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "guardian.error",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "guardian.error.kind",
+            value: Some(kind),
+        })
+        .insert(Header {
+            key: "guardian.source.topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "guardian.source.partition",
+            value: Some(&p),
+        })
+        .insert(Header {
+            key: "guardian.source.offset",
+            value: Some(&o),
+        })
+}

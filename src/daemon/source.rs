@@ -1,0 +1,364 @@
+//! Kafka sources: the audit consumer group and the control-topic reader, each on its own thread,
+//! feeding one bounded queue to the engine.
+//!
+//! Rebalances are handled inside `poll`, on the consumer's thread, so assignment notices reach the
+//! queue in order with the messages. On assignment each partition starts at the offset its stored
+//! state reflects (sled is the truth), or at the earliest retained offset when there is no local
+//! state (rebuild). On revocation the engine checkpoints the partitions before they are released.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+
+use super::store::Store;
+use crate::config::Backfill;
+use crate::state::Snapshot;
+
+/// One Kafka message, owned.
+#[derive(Debug)]
+pub struct Record {
+    /// Index of the topic in the configured audit topics (or 0 for the control topic).
+    pub topic: u16,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key.
+    pub key: Option<Vec<u8>>,
+    /// Payload.
+    pub payload: Option<Vec<u8>>,
+    /// Broker timestamp (ms), if any.
+    pub timestamp: Option<i64>,
+}
+
+/// A partition handed to this instance.
+#[derive(Debug)]
+pub struct Assignment {
+    /// Topic index.
+    pub topic: u16,
+    /// Partition.
+    pub partition: i32,
+    /// The first offset the engine will receive.
+    pub start: i64,
+    /// Outputs for offsets below this were already emitted (by this or another instance).
+    pub quiet_below: i64,
+    /// The stored state, if any.
+    pub state: Option<Snapshot>,
+}
+
+/// What the sources tell the engine.
+#[derive(Debug)]
+pub enum Notice {
+    /// Partitions assigned.
+    Assigned(Vec<Assignment>),
+    /// Partitions revoked: checkpoint them, then acknowledge.
+    Revoked(Vec<(u16, i32)>, mpsc::Sender<()>),
+    /// An audit event.
+    Audit(Record),
+    /// A control-topic message.
+    Control(Record),
+    /// A source stopped (shutdown), with an error if it failed.
+    Stopped(Option<String>),
+}
+
+/// Queue to the engine with a depth gauge.
+#[derive(Clone)]
+pub struct Queue {
+    tx: SyncSender<Notice>,
+    depth: Arc<AtomicUsize>,
+}
+
+impl Queue {
+    /// A bounded queue; returns the sending side, the receiver and the depth gauge.
+    pub fn bounded(capacity: usize) -> (Queue, mpsc::Receiver<Notice>, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::sync_channel(capacity);
+        let depth = Arc::new(AtomicUsize::new(0));
+        (
+            Queue {
+                tx,
+                depth: depth.clone(),
+            },
+            rx,
+            depth,
+        )
+    }
+
+    /// Sends, blocking while the queue is full; `false` when the engine is gone.
+    pub fn send(&self, n: Notice) -> bool {
+        self.depth.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send(n).is_err() {
+            self.depth.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+}
+
+/// Consumer context of the audit group.
+pub struct AuditContext {
+    queue: Queue,
+    store: Store,
+    topics: Vec<String>,
+    backfill: Backfill,
+}
+
+impl ClientContext for AuditContext {}
+
+impl AuditContext {
+    fn topic_index(&self, name: &str) -> Option<u16> {
+        self.topics.iter().position(|t| t == name).map(|i| i as u16)
+    }
+
+    fn assign(&self, c: &BaseConsumer<Self>, tpl: &TopicPartitionList) -> KafkaResult<()> {
+        let committed = c
+            .committed_offsets(tpl.clone(), Duration::from_secs(10))
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot read committed offsets; outputs of replayed history are not suppressed");
+                TopicPartitionList::new()
+            });
+        let mut start_list = TopicPartitionList::new();
+        let mut out = Vec::new();
+        for e in tpl.elements() {
+            let Some(topic) = self.topic_index(e.topic()) else {
+                continue;
+            };
+            let stored = match self.store.load_partition(e.topic(), e.partition()) {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "stored state unreadable; rebuilding the partition from the log");
+                    None
+                }
+            };
+            let (low, high) = c
+                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
+                .unwrap_or((0, 0));
+            let committed_at = committed
+                .find_partition(e.topic(), e.partition())
+                .and_then(|p| match p.offset() {
+                    Offset::Offset(o) => Some(o),
+                    _ => None,
+                });
+            let start = match &stored {
+                Some((next, _)) => *next,
+                None => low,
+            };
+            let quiet_below = match (committed_at, &stored, self.backfill) {
+                (Some(c), _, _) => c,
+                (None, None, Backfill::Silent) => high,
+                _ => 0,
+            };
+            tracing::info!(
+                topic = e.topic(),
+                partition = e.partition(),
+                start,
+                quiet_below,
+                high,
+                rebuild = stored.is_none(),
+                "partition assigned"
+            );
+            start_list.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
+            out.push(Assignment {
+                topic,
+                partition: e.partition(),
+                start,
+                quiet_below,
+                state: stored.map(|(_, s)| s),
+            });
+        }
+        self.queue.send(Notice::Assigned(out));
+        c.assign(&start_list)
+    }
+}
+
+type KafkaResult<T> = Result<T, KafkaError>;
+
+impl ConsumerContext for AuditContext {
+    fn rebalance(
+        &self,
+        c: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                if let Err(e) = self.assign(c, tpl) {
+                    tracing::error!(error = %e, "assigning partitions");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let parts: Vec<(u16, i32)> = tpl
+                    .elements()
+                    .iter()
+                    .filter_map(|e| Some((self.topic_index(e.topic())?, e.partition())))
+                    .collect();
+                tracing::info!(partitions = parts.len(), "partitions revoked");
+                let (ack, done) = mpsc::channel();
+                if self.queue.send(Notice::Revoked(parts, ack))
+                    && done.recv_timeout(Duration::from_secs(60)).is_err()
+                {
+                    tracing::warn!("engine did not checkpoint revoked partitions in time");
+                }
+                let _ = c.unassign();
+            }
+            other => {
+                tracing::error!(error = ?other, "rebalance error");
+                let _ = c.unassign();
+            }
+        }
+    }
+}
+
+/// The consumer config shared by both sources.
+fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false");
+    for (k, v) in options {
+        if !k.starts_with("producer.") {
+            c.set(k.trim_start_matches("consumer."), v);
+        }
+    }
+    c
+}
+
+/// The audit consumer group.
+pub type AuditConsumer = BaseConsumer<AuditContext>;
+
+/// Creates the audit consumer (subscribed) for [`run_audit`].
+#[allow(clippy::too_many_arguments)]
+pub fn audit_consumer(
+    brokers: &str,
+    group: &str,
+    options: &BTreeMap<String, String>,
+    topics: &[String],
+    queue: Queue,
+    store: Store,
+    backfill: Backfill,
+) -> Result<Arc<AuditConsumer>, KafkaError> {
+    let ctx = AuditContext {
+        queue,
+        store,
+        topics: topics.to_vec(),
+        backfill,
+    };
+    let c: AuditConsumer = consumer_config(brokers, group, options).create_with_context(ctx)?;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    c.subscribe(&names)?;
+    Ok(Arc::new(c))
+}
+
+/// Polls the audit group until `stop`; every message and rebalance goes to the queue.
+pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Arc<AtomicBool>) {
+    let topics = c.context().topics.clone();
+    let mut last_warn = std::time::Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) {
+        match c.poll(Duration::from_millis(100)) {
+            None => {}
+            Some(Ok(m)) => {
+                let Some(topic) = topics.iter().position(|t| t == m.topic()) else {
+                    continue;
+                };
+                let rec = Record {
+                    topic: topic as u16,
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    timestamp: m.timestamp().to_millis(),
+                };
+                if !queue.send(Notice::Audit(rec)) {
+                    return;
+                }
+            }
+            // Broker outages surface here; librdkafka reconnects by itself.
+            Some(Err(e)) if last_warn.elapsed() > Duration::from_secs(5) => {
+                tracing::warn!(error = %e, "audit consumer");
+                last_warn = std::time::Instant::now();
+            }
+            Some(Err(_)) => {}
+        }
+    }
+    queue.send(Notice::Stopped(None));
+}
+
+/// Reads every partition of the control topic from the stored position (or the beginning)
+/// until `stop`. Not part of the group: every instance sees every command.
+pub fn run_control(
+    brokers: &str,
+    group: &str,
+    options: &BTreeMap<String, String>,
+    topic: &str,
+    store: &Store,
+    queue: Queue,
+    stop: Arc<AtomicBool>,
+) {
+    let result = (|| -> Result<(), String> {
+        let c: BaseConsumer = consumer_config(brokers, &format!("{group}-control"), options)
+            .create()
+            .map_err(|e| e.to_string())?;
+        // The topic may not exist yet on a fresh cluster: wait for its metadata.
+        let parts = loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+                Ok(md) => {
+                    let n = md
+                        .topics()
+                        .first()
+                        .map_or(0, |t| t.partitions().len() as i32);
+                    if n > 0 {
+                        break n;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, topic, "control topic metadata"),
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        };
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..parts {
+            let off = match store.control_offset(p).map_err(|e| e.to_string())? {
+                Some(o) => Offset::Offset(o),
+                None => Offset::Beginning,
+            };
+            tpl.add_partition_offset(topic, p, off)
+                .map_err(|e| e.to_string())?;
+        }
+        c.assign(&tpl).map_err(|e| e.to_string())?;
+        while !stop.load(Ordering::Relaxed) {
+            match c.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Ok(m)) => {
+                    let rec = Record {
+                        topic: 0,
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().map(<[u8]>::to_vec),
+                        timestamp: m.timestamp().to_millis(),
+                    };
+                    if !queue.send(Notice::Control(rec)) {
+                        return Ok(());
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "control consumer"),
+            }
+        }
+        Ok(())
+    })();
+    queue.send(Notice::Stopped(result.err()));
+}

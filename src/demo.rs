@@ -1,0 +1,272 @@
+//! `guardian demo`: the real daemon pipeline against librdkafka's in-process mock cluster.
+//!
+//! A scripted finance fleet (20 well-behaved agents over two working days and one rogue agent)
+//! is produced onto the audit topic, with two malformed lines and one forged kill command. The
+//! daemon consumes it, and the demo reads back the incidents, kill commands and dead letters.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use crate::blueprint::{Assignment, BlueprintSet};
+use crate::config::{Backfill, Config, KafkaConfig, Resolved};
+use crate::control::{Command, Verb};
+use crate::daemon::sink::KafkaSink;
+use crate::daemon::Daemon;
+use crate::event::format_rfc3339_ms;
+use crate::response::Incident;
+
+/// Signing key of the demo (never use a literal key in production).
+pub const DEMO_KEY: &[u8] = b"demo-signing-key-not-for-production";
+
+/// What the demo observed.
+#[derive(Debug, Default)]
+pub struct DemoReport {
+    /// Audit messages produced (including malformed ones).
+    pub produced: usize,
+    /// Incidents read back from the incidents topic.
+    pub incidents: Vec<Incident>,
+    /// Kill commands read back from the control topic (signature verified).
+    pub kills: Vec<Command>,
+    /// Dead letters: (reason header, payload).
+    pub dead_letters: Vec<(String, String)>,
+    /// Events the daemon processed.
+    pub events: u64,
+    /// Wall time of the daemon run.
+    pub elapsed: Duration,
+}
+
+/// The scripted audit stream: (agent id, JSON line) in event-time order.
+pub fn script() -> Vec<(String, String)> {
+    // Monday 2026-03-02 and Tuesday 2026-03-03; New York is UTC-5 then.
+    let day0 = 1_772_409_600_000i64 + 5 * 3_600_000;
+    let tools = [
+        "read_ledger",
+        "query_customer_db",
+        "generate_report",
+        "reconcile_accounts",
+    ];
+    let mut evs: Vec<(i64, String, &str, u64)> = Vec::new();
+    for d in 0..2 {
+        for a in 0..20u64 {
+            let agent = format!("fin-agent-{a:02}");
+            // One call every 4 to 7 minutes from 09:00 to 17:00 local.
+            let mut t = day0 + d * 86_400_000 + 9 * 3_600_000 + (a as i64) * 11_000;
+            let mut i = a;
+            while t < day0 + d * 86_400_000 + 17 * 3_600_000 {
+                evs.push((t, agent.clone(), tools[(i % 4) as usize], 2_000 + (i * 37) % 5_000));
+                i += 1;
+                t += 240_000 + ((i * 7919) % 180) as i64 * 1000;
+            }
+        }
+    }
+    let rogue = "fin-agent-rogue";
+    let t = day0 + 86_400_000 + 10 * 3_600_000; // Tuesday 10:00 local
+    let mut r = |at: i64, tool: &'static str, bytes: u64| evs.push((at, rogue.into(), tool, bytes));
+    r(t - 3_600_000, "read_ledger", 3_000);
+    r(t, "query_customer_db", 40_000);
+    r(t + 120_000, "send_email", 8_000);
+    r(t + 300_000, "trigger_payment", 1_000);
+    r(t + 310_000, "trigger_payment", 1_000);
+    for k in 0..45 {
+        r(t + 360_000 + k * 500, "query_customer_db", 2_000);
+    }
+    r(t + 600_000, "export_data", 80_000_000);
+    r(t + 1_200_000, "query_customer_db", 2_000);
+    evs.sort_by_key(|e| e.0);
+    evs.into_iter()
+        .enumerate()
+        .map(|(n, (ts, agent, tool, bytes))| {
+            let line = serde_json::json!({
+                "event_id": format!("demo-{n}"),
+                "timestamp": format_rfc3339_ms(ts),
+                "request_id": format!("req-{n}"),
+                "agent_id": agent,
+                "tool_name": tool,
+                "outcome": "ALLOW",
+                "reasons": [],
+                "safe_payload": {"agent_id": agent, "tool_name": tool, "environment": "prod",
+                                 "outcome": "ALLOW", "bytes": bytes, "team": "finance"},
+            })
+            .to_string();
+            (agent, line)
+        })
+        .collect()
+}
+
+/// Every message of partition 0 of a topic: (the `guardian.error` header, payload).
+pub fn read_all(brokers: &str, topic: &str) -> Vec<(Option<String>, Vec<u8>)> {
+    let mut out = Vec::new();
+    let Ok(c) = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "guardian-demo-reader")
+        .set("enable.auto.commit", "false")
+        .create::<BaseConsumer>()
+    else {
+        return out;
+    };
+    let Ok((low, high)) = c.fetch_watermarks(topic, 0, Duration::from_secs(5)) else {
+        return out;
+    };
+    let mut tpl = TopicPartitionList::new();
+    if tpl
+        .add_partition_offset(topic, 0, Offset::Offset(low))
+        .is_err()
+        || c.assign(&tpl).is_err()
+    {
+        return out;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut next = low;
+    while next < high && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            next = m.offset() + 1;
+            let reason = m.headers().and_then(|h| {
+                h.iter()
+                    .find(|x| x.key == "guardian.error")
+                    .and_then(|x| x.value)
+                    .map(|v| String::from_utf8_lossy(v).into_owned())
+            });
+            out.push((reason, m.payload().unwrap_or_default().to_vec()));
+        }
+    }
+    out
+}
+
+/// The demo's daemon configuration: fast checkpoints, history emitted, the demo key.
+pub fn local_config(
+    kafka: KafkaConfig,
+    state_dir: &std::path::Path,
+    blueprints: Arc<BlueprintSet>,
+) -> Resolved {
+    Resolved {
+        signing_key: DEMO_KEY.to_vec(),
+        kafka_options: [(
+            "consumer.session.timeout.ms".to_string(),
+            "6000".to_string(),
+        )]
+        .into(),
+        checkpoint_interval: Duration::from_millis(200),
+        shutdown_timeout: Duration::from_secs(20),
+        blueprints,
+        config: Config {
+            guardian_id: "guardian-demo-1".into(),
+            kafka,
+            state_dir: state_dir.to_path_buf(),
+            checkpoint_interval: "200ms".into(),
+            backfill: Backfill::Emit,
+            ..Config::default()
+        },
+    }
+}
+
+/// The shipped blueprints with the example assignment of `deploy/assignment.json`.
+pub fn demo_blueprints() -> anyhow::Result<Arc<BlueprintSet>> {
+    let assignment: serde_json::Value =
+        serde_json::from_str(include_str!("../deploy/assignment.json"))?;
+    let assignment = Assignment::from_json(&assignment).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    Ok(Arc::new(BlueprintSet::from_blueprints(
+        BlueprintSet::builtin().blueprints().to_vec(),
+        assignment,
+    )?))
+}
+
+/// Runs the demo end to end; `state_dir` holds the daemon's sled state.
+pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
+    let cluster = MockCluster::new(1)?;
+    let brokers = cluster.bootstrap_servers();
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        group_id: "guardian-demo".into(),
+        audit_topics: vec!["agent-audit".into()],
+        ..KafkaConfig::default()
+    };
+    cluster.create_topic(&kafka.audit_topics[0], 3, 1)?;
+    for t in [
+        &kafka.control_topic,
+        &kafka.incidents_topic,
+        &kafka.dead_letter_topic,
+    ] {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    let blueprints = demo_blueprints()?;
+
+    // Produce the scenario, two malformed lines, and a forged kill command.
+    let mut producer = KafkaSink::new(&brokers, &Default::default())?;
+    let mut produced = 0;
+    for (agent, line) in script() {
+        producer.send(
+            &kafka.audit_topics[0],
+            Some(agent.as_bytes()),
+            line.as_bytes(),
+            None,
+        )?;
+        produced += 1;
+    }
+    for bad in [
+        &b"{\"agent_id\": \"fin-agent-03\", \"timestamp\": \"yesterday\"}"[..],
+        &b"not json at all"[..],
+    ] {
+        producer.send(&kafka.audit_topics[0], None, bad, None)?;
+        produced += 1;
+    }
+    let forged = Command::manual(
+        Verb::Kill,
+        "fin-agent-07",
+        "forged",
+        1_772_500_000_000,
+        "mallory",
+    )
+    .sign(b"not-the-guardian-key-0000");
+    producer.send(&kafka.control_topic, None, &forged.to_json(), None)?;
+    producer.settle(Duration::from_secs(10))?;
+
+    let resolved = local_config(kafka, state_dir, blueprints);
+    let config = resolved.config.clone();
+    let started = Instant::now();
+    let daemon = Daemon::start(resolved)?;
+    let deadline = started + Duration::from_secs(60);
+    loop {
+        let m = &daemon.metrics;
+        let seen = m.events.load(Ordering::Relaxed) + m.bad_events.load(Ordering::Relaxed);
+        if (seen as usize >= produced && m.commands_rejected.load(Ordering::Relaxed) >= 1)
+            || Instant::now() > deadline
+            || daemon.is_finished()
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = daemon.metrics.events.load(Ordering::Relaxed);
+    daemon.shutdown();
+    daemon.join(Duration::from_secs(20))?;
+    let elapsed = started.elapsed();
+
+    let k = &config.kafka;
+    let incidents = read_all(&brokers, &k.incidents_topic)
+        .into_iter()
+        .filter_map(|(_, p)| serde_json::from_slice(&p).ok())
+        .collect();
+    let kills = read_all(&brokers, &k.control_topic)
+        .into_iter()
+        .filter_map(|(_, p)| Command::parse_verified(&p, DEMO_KEY).ok())
+        .collect();
+    let dead_letters = read_all(&brokers, &k.dead_letter_topic)
+        .into_iter()
+        .map(|(r, p)| (r.unwrap_or_default(), String::from_utf8_lossy(&p).into_owned()))
+        .collect();
+    Ok(DemoReport {
+        produced,
+        incidents,
+        kills,
+        dead_letters,
+        events,
+        elapsed,
+    })
+}
