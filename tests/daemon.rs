@@ -1,0 +1,264 @@
+//! The daemon on librdkafka's in-process mock cluster: consume → incident → kill command, dead
+//! letters, manual kill / revive, forged commands, restart without reprocessing, and rebuild of a
+//! lost state disk without repeated kill commands.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use agent_guardian::config::KafkaConfig;
+use agent_guardian::control::{Command, Verb};
+use agent_guardian::daemon::sink::KafkaSink;
+use agent_guardian::daemon::store::Store;
+use agent_guardian::daemon::{Daemon, Metrics};
+use agent_guardian::demo::{self, DEMO_KEY};
+use agent_guardian::event::format_rfc3339_ms;
+use agent_guardian::response::{Incident, IncidentType};
+use rdkafka::mocking::MockCluster;
+
+fn kafka(brokers: &str) -> KafkaConfig {
+    KafkaConfig {
+        brokers: brokers.into(),
+        group_id: "it".into(),
+        audit_topics: vec!["audit".into()],
+        ..KafkaConfig::default()
+    }
+}
+
+fn cluster() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, KafkaConfig) {
+    let c = MockCluster::new(1).unwrap();
+    let k = kafka(&c.bootstrap_servers());
+    c.create_topic("audit", 2, 1).unwrap();
+    for t in [&k.control_topic, &k.incidents_topic, &k.dead_letter_topic] {
+        c.create_topic(t, 1, 1).unwrap();
+    }
+    (c, k)
+}
+
+fn start(k: &KafkaConfig, dir: &std::path::Path) -> Daemon {
+    let cfg = demo::local_config(k.clone(), dir, demo::demo_blueprints().unwrap());
+    Daemon::start(cfg).unwrap()
+}
+
+fn wait(m: &Metrics, what: &str, f: impl Fn(&Metrics) -> bool) {
+    let t = Instant::now();
+    while !f(m) {
+        assert!(t.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn stop(d: Daemon) {
+    d.shutdown();
+    d.join(Duration::from_secs(30)).unwrap();
+}
+
+/// One Agent-SPM event line.
+fn line(agent: &str, n: u64, ts: i64, tool: &str) -> String {
+    serde_json::json!({
+        "event_id": format!("{agent}-{n}"), "timestamp": format_rfc3339_ms(ts),
+        "request_id": "r", "agent_id": agent, "tool_name": tool, "outcome": "ALLOW",
+        "reasons": [], "safe_payload": {"environment": "prod", "team": "finance"}
+    })
+    .to_string()
+}
+
+fn produce(k: &KafkaConfig, topic: &str, msgs: &[(Option<String>, Vec<u8>)]) {
+    let mut s = KafkaSink::new(&k.brokers, &Default::default()).unwrap();
+    for (key, p) in msgs {
+        s.send(topic, key.as_deref().map(str::as_bytes), p, None).unwrap();
+    }
+    s.settle(Duration::from_secs(10)).unwrap();
+}
+
+fn incidents(k: &KafkaConfig) -> Vec<Incident> {
+    demo::read_all(&k.brokers, &k.incidents_topic)
+        .into_iter()
+        .map(|(_, p)| serde_json::from_slice(&p).unwrap())
+        .collect()
+}
+
+fn commands(k: &KafkaConfig) -> Vec<Command> {
+    demo::read_all(&k.brokers, &k.control_topic)
+        .into_iter()
+        .filter_map(|(_, p)| serde_json::from_slice(&p).ok())
+        .collect()
+}
+
+/// Tuesday 2026-03-03 10:00 in New York.
+const T0: i64 = 1_772_550_000_000;
+
+#[test]
+fn demo_pipeline_kills_the_rogue_agent_only_with_signed_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = demo::run(dir.path()).unwrap();
+    assert_eq!(r.events as usize, r.produced - 2, "every good event processed");
+    assert_eq!(r.kills.len(), 1, "{:?}", r.kills);
+    let kill = &r.kills[0];
+    assert_eq!(kill.agent_id, "fin-agent-rogue");
+    assert!(kill.verify(DEMO_KEY).is_ok());
+    // The command names the auto_kill incident that was published.
+    let auto: Vec<_> = r
+        .incidents
+        .iter()
+        .filter(|i| i.kind == IncidentType::AutoKill)
+        .collect();
+    assert_eq!(auto.len(), 1);
+    assert_eq!(kill.incident_ids, vec![auto[0].incident_id.clone()]);
+    // Every detector incident is about the rogue agent; the forged command is reported.
+    for i in &r.incidents {
+        match i.kind {
+            IncidentType::RejectedCommand => assert_eq!(i.agent_id, "fin-agent-07"),
+            _ => assert_eq!(i.agent_id, "fin-agent-rogue", "{i:?}"),
+        }
+    }
+    assert!(r
+        .incidents
+        .iter()
+        .any(|i| i.kind == IncidentType::RejectedCommand));
+    // Both malformed lines are dead-lettered with their reason.
+    assert_eq!(r.dead_letters.len(), 2);
+    assert!(r.dead_letters.iter().any(|(why, _)| why.contains("/timestamp")));
+    assert!(r.dead_letters.iter().any(|(why, _)| why.contains("not a JSON")));
+}
+
+#[test]
+fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&k, dir.path());
+    let a = "fin-manual";
+    let mut n = 0;
+    let mut batch = |from: i64, count: u64| -> Vec<(Option<String>, Vec<u8>)> {
+        (0..count)
+            .map(|i| {
+                n += 1;
+                (Some(a.to_string()), line(a, n, from + i as i64 * 60_000, "read_ledger").into_bytes())
+            })
+            .collect()
+    };
+    produce(&k, "audit", &batch(T0, 3));
+    wait(&d.metrics, "3 events", |m| m.events.load(Ordering::Relaxed) == 3);
+
+    let kill = Command::manual(Verb::Kill, a, "test", T0 + 200_000, "ops").sign(DEMO_KEY);
+    let forged = Command::manual(Verb::Revive, a, "forged", T0 + 250_000, "mallory")
+        .sign(b"wrong-key-wrong-key");
+    let mut unsigned = Command::manual(Verb::Revive, a, "unsigned", T0 + 260_000, "x");
+    unsigned.signature.clear();
+    produce(
+        &k,
+        &k.control_topic,
+        &[
+            (Some(a.to_string()), kill.to_json()),
+            (Some(a.to_string()), forged.to_json()),
+            (Some(a.to_string()), unsigned.to_json()),
+        ],
+    );
+    wait(&d.metrics, "kill applied", |m| {
+        m.commands_applied.load(Ordering::Relaxed) == 1
+            && m.commands_rejected.load(Ordering::Relaxed) == 2
+    });
+    produce(&k, "audit", &batch(T0 + 300_000, 1));
+    wait(&d.metrics, "4 events", |m| m.events.load(Ordering::Relaxed) == 4);
+    let revive = Command::manual(Verb::Revive, a, "fixed", T0 + 400_000, "ops").sign(DEMO_KEY);
+    produce(&k, &k.control_topic, &[(Some(a.to_string()), revive.to_json())]);
+    wait(&d.metrics, "revive applied", |m| {
+        m.commands_applied.load(Ordering::Relaxed) == 2
+    });
+    produce(&k, "audit", &batch(T0 + 10_000_000, 1));
+    wait(&d.metrics, "5 events", |m| m.events.load(Ordering::Relaxed) == 5);
+    stop(d);
+
+    let inc = incidents(&k);
+    let after_kill: Vec<_> = inc
+        .iter()
+        .filter(|i| i.kind == IncidentType::ActivityAfterKill)
+        .collect();
+    assert_eq!(after_kill.len(), 1, "only the event between kill and revive: {inc:?}");
+    assert_eq!(
+        inc.iter()
+            .filter(|i| i.kind == IncidentType::RejectedCommand)
+            .count(),
+        2
+    );
+    let st = Store::open(dir.path()).unwrap().find_agent(a).unwrap();
+    assert_eq!(st.len(), 1);
+    assert!(!st[0].1.kill.killed, "revived");
+    assert_eq!(st[0].1.kill.kills, 1);
+    assert_eq!(st[0].1.events, 5);
+}
+
+#[test]
+fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    // A rogue agent: 40 calls in 20 s (frequency spike) and two contiguous payments twice.
+    let rogue = "fin-rogue";
+    let mut msgs: Vec<(Option<String>, Vec<u8>)> = Vec::new();
+    for i in 0..40u64 {
+        let tool = if i % 10 < 2 { "trigger_payment" } else { "read_ledger" };
+        msgs.push((Some(rogue.to_string()), line(rogue, i, T0 + i as i64 * 500, tool).into_bytes()));
+    }
+    for a in 0..5u64 {
+        let agent = format!("fin-calm-{a}");
+        for i in 0..20u64 {
+            msgs.push((
+                Some(agent.clone()),
+                line(&agent, i, T0 + i as i64 * 300_000, "read_ledger").into_bytes(),
+            ));
+        }
+    }
+    let first = msgs.len() as u64;
+    produce(&k, "audit", &msgs);
+    let d = start(&k, dir.path());
+    wait(&d.metrics, "first batch", |m| m.events.load(Ordering::Relaxed) == first);
+    stop(d);
+    let kills_before = commands(&k).len();
+    assert_eq!(kills_before, 1, "one kill command for the rogue agent");
+    let incidents_before = incidents(&k).len();
+
+    // Restart on the same state: only new events are processed.
+    let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            (
+                Some("fin-calm-0".to_string()),
+                line("fin-calm-0", 100 + i, T0 + 7_200_000 + i as i64 * 300_000, "read_ledger")
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    produce(&k, "audit", &more);
+    let d = start(&k, dir.path());
+    wait(&d.metrics, "second batch", |m| m.events.load(Ordering::Relaxed) == 10);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.metrics.events.load(Ordering::Relaxed), 10, "nothing reprocessed");
+    stop(d);
+    let store = Store::open(dir.path()).unwrap();
+    let total: u64 = store
+        .partitions()
+        .unwrap()
+        .iter()
+        .map(|p| p.2.stats.events)
+        .sum();
+    assert_eq!(total, first + 10);
+    let calm0 = store.find_agent("fin-calm-0").unwrap();
+    assert_eq!(calm0[0].1.events, 30);
+    let rogue_state = store.find_agent(rogue).unwrap()[0].1.clone();
+    drop(store);
+
+    // The state disk is lost: the partitions are rebuilt from the log, silently up to the
+    // offsets the group committed, so the kill is not sent again.
+    let fresh = tempfile::tempdir().unwrap();
+    let d = start(&k, fresh.path());
+    wait(&d.metrics, "rebuild", |m| {
+        m.events.load(Ordering::Relaxed) == first + 10
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(d.metrics.suppressed.load(Ordering::Relaxed) > 0);
+    stop(d);
+    assert_eq!(commands(&k).len(), kills_before, "no duplicate kill command");
+    assert_eq!(incidents(&k).len(), incidents_before, "no duplicate incident");
+    let rebuilt = Store::open(fresh.path()).unwrap().find_agent(rogue).unwrap()[0]
+        .1
+        .clone();
+    assert_eq!(rebuilt, rogue_state, "rebuilt state equals the original");
+}
