@@ -249,7 +249,10 @@ impl Config {
         }
         let signing_key = match &self.signing_key {
             None => {
-                errors.push("signing_key: required (e.g. signing_key = { env = \"GUARDIAN_SIGNING_KEY\" })".into());
+                errors.push(
+                    "signing_key: required (e.g. signing_key = { env = \"GUARDIAN_SIGNING_KEY\" })"
+                        .into(),
+                );
                 Vec::new()
             }
             Some(s) => match s.resolve() {
@@ -267,7 +270,9 @@ impl Config {
         let mut duration = |name: &str, v: &str| match humantime::parse_duration(v) {
             Ok(d) if !d.is_zero() => d,
             _ => {
-                errors.push(format!("{name}: {v:?} is not a positive duration like \"1s\""));
+                errors.push(format!(
+                    "{name}: {v:?} is not a positive duration like \"1s\""
+                ));
                 std::time::Duration::from_secs(1)
             }
         };
@@ -338,7 +343,10 @@ impl Config {
 
 /// librdkafka options whose values are secrets.
 fn is_secret_option(key: &str) -> bool {
-    key.contains("password") || key.contains("secret") || key.ends_with(".pem") || key.contains("key")
+    key.contains("password")
+        || key.contains("secret")
+        || key.ends_with(".pem")
+        || key.contains("key")
 }
 
 #[cfg(test)]
@@ -368,7 +376,10 @@ mod tests {
         assert_eq!(r.kafka_options["sasl.password"], "hunter2");
         assert_eq!(r.config.kafka.audit_topics, ["a", "b"]);
         let line = r.config.redacted();
-        assert!(!line.contains("hunter2") && !line.contains("0123456789abcdef"), "{line}");
+        assert!(
+            !line.contains("hunter2") && !line.contains("0123456789abcdef"),
+            "{line}"
+        );
         assert!(line.contains("SASL_SSL"));
     }
 

@@ -212,13 +212,19 @@ mod tests {
         let mut t = c.clone();
         t.agent_id = "fin-2".into();
         assert_eq!(t.verify(KEY), Err(Rejection::BadSignature));
-        assert_eq!(c.verify(b"another-key-000000"), Err(Rejection::BadSignature));
+        assert_eq!(
+            c.verify(b"another-key-000000"),
+            Err(Rejection::BadSignature)
+        );
         let mut u = c.clone();
         u.signature.clear();
         assert_eq!(u.verify(KEY), Err(Rejection::Unsigned));
         assert!(matches!(
             Command::parse_verified(b"{\"command\":\"kill\"}", KEY),
-            Err(Rejected { why: Rejection::Malformed(_), agent_id: None })
+            Err(Rejected {
+                why: Rejection::Malformed(_),
+                agent_id: None
+            })
         ));
     }
 
@@ -226,7 +232,10 @@ mod tests {
     fn canonical_form_is_sorted_compact_json_without_signature() {
         let c = Command::manual(Verb::Revive, "a", "ok", 0, "ops").sign(KEY);
         let s = String::from_utf8(c.canonical()).unwrap();
-        assert!(s.starts_with("{\"agent_id\":\"a\",\"blueprint\":null,\"command\":\"revive\","), "{s}");
+        assert!(
+            s.starts_with("{\"agent_id\":\"a\",\"blueprint\":null,\"command\":\"revive\","),
+            "{s}"
+        );
         assert!(!s.contains("signature") && !s.contains(' '));
         // An independent HMAC over the documented form gives the same signature.
         let mut mac = HmacSha256::new_from_slice(KEY).unwrap();

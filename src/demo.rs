@@ -60,7 +60,12 @@ pub fn script() -> Vec<(String, String)> {
             let mut t = day0 + d * 86_400_000 + 9 * 3_600_000 + (a as i64) * 11_000;
             let mut i = a;
             while t < day0 + d * 86_400_000 + 17 * 3_600_000 {
-                evs.push((t, agent.clone(), tools[(i % 4) as usize], 2_000 + (i * 37) % 5_000));
+                evs.push((
+                    t,
+                    agent.clone(),
+                    tools[(i % 4) as usize],
+                    2_000 + (i * 37) % 5_000,
+                ));
                 i += 1;
                 t += 240_000 + ((i * 7919) % 180) as i64 * 1000;
             }
@@ -259,7 +264,12 @@ pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
         .collect();
     let dead_letters = read_all(&brokers, &k.dead_letter_topic)
         .into_iter()
-        .map(|(r, p)| (r.unwrap_or_default(), String::from_utf8_lossy(&p).into_owned()))
+        .map(|(r, p)| {
+            (
+                r.unwrap_or_default(),
+                String::from_utf8_lossy(&p).into_owned(),
+            )
+        })
         .collect();
     Ok(DemoReport {
         produced,

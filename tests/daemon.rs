@@ -24,7 +24,10 @@ fn kafka(brokers: &str) -> KafkaConfig {
     }
 }
 
-fn cluster() -> (MockCluster<'static, rdkafka::producer::DefaultProducerContext>, KafkaConfig) {
+fn cluster() -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    KafkaConfig,
+) {
     let c = MockCluster::new(1).unwrap();
     let k = kafka(&c.bootstrap_servers());
     c.create_topic("audit", 2, 1).unwrap();
@@ -42,7 +45,10 @@ fn start(k: &KafkaConfig, dir: &std::path::Path) -> Daemon {
 fn wait(m: &Metrics, what: &str, f: impl Fn(&Metrics) -> bool) {
     let t = Instant::now();
     while !f(m) {
-        assert!(t.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -65,7 +71,8 @@ fn line(agent: &str, n: u64, ts: i64, tool: &str) -> String {
 fn produce(k: &KafkaConfig, topic: &str, msgs: &[(Option<String>, Vec<u8>)]) {
     let mut s = KafkaSink::new(&k.brokers, &Default::default()).unwrap();
     for (key, p) in msgs {
-        s.send(topic, key.as_deref().map(str::as_bytes), p, None).unwrap();
+        s.send(topic, key.as_deref().map(str::as_bytes), p, None)
+            .unwrap();
     }
     s.settle(Duration::from_secs(10)).unwrap();
 }
@@ -91,7 +98,11 @@ const T0: i64 = 1_772_550_000_000;
 fn demo_pipeline_kills_the_rogue_agent_only_with_signed_commands() {
     let dir = tempfile::tempdir().unwrap();
     let r = demo::run(dir.path()).unwrap();
-    assert_eq!(r.events as usize, r.produced - 2, "every good event processed");
+    assert_eq!(
+        r.events as usize,
+        r.produced - 2,
+        "every good event processed"
+    );
     assert_eq!(r.kills.len(), 1, "{:?}", r.kills);
     let kill = &r.kills[0];
     assert_eq!(kill.agent_id, "fin-agent-rogue");
@@ -117,8 +128,14 @@ fn demo_pipeline_kills_the_rogue_agent_only_with_signed_commands() {
         .any(|i| i.kind == IncidentType::RejectedCommand));
     // Both malformed lines are dead-lettered with their reason.
     assert_eq!(r.dead_letters.len(), 2);
-    assert!(r.dead_letters.iter().any(|(why, _)| why.contains("/timestamp")));
-    assert!(r.dead_letters.iter().any(|(why, _)| why.contains("not a JSON")));
+    assert!(r
+        .dead_letters
+        .iter()
+        .any(|(why, _)| why.contains("/timestamp")));
+    assert!(r
+        .dead_letters
+        .iter()
+        .any(|(why, _)| why.contains("not a JSON")));
 }
 
 #[test]
@@ -132,12 +149,17 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
         (0..count)
             .map(|i| {
                 n += 1;
-                (Some(a.to_string()), line(a, n, from + i as i64 * 60_000, "read_ledger").into_bytes())
+                (
+                    Some(a.to_string()),
+                    line(a, n, from + i as i64 * 60_000, "read_ledger").into_bytes(),
+                )
             })
             .collect()
     };
     produce(&k, "audit", &batch(T0, 3));
-    wait(&d.metrics, "3 events", |m| m.events.load(Ordering::Relaxed) == 3);
+    wait(&d.metrics, "3 events", |m| {
+        m.events.load(Ordering::Relaxed) == 3
+    });
 
     let kill = Command::manual(Verb::Kill, a, "test", T0 + 200_000, "ops").sign(DEMO_KEY);
     let forged = Command::manual(Verb::Revive, a, "forged", T0 + 250_000, "mallory")
@@ -158,14 +180,22 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
             && m.commands_rejected.load(Ordering::Relaxed) == 2
     });
     produce(&k, "audit", &batch(T0 + 300_000, 1));
-    wait(&d.metrics, "4 events", |m| m.events.load(Ordering::Relaxed) == 4);
+    wait(&d.metrics, "4 events", |m| {
+        m.events.load(Ordering::Relaxed) == 4
+    });
     let revive = Command::manual(Verb::Revive, a, "fixed", T0 + 400_000, "ops").sign(DEMO_KEY);
-    produce(&k, &k.control_topic, &[(Some(a.to_string()), revive.to_json())]);
+    produce(
+        &k,
+        &k.control_topic,
+        &[(Some(a.to_string()), revive.to_json())],
+    );
     wait(&d.metrics, "revive applied", |m| {
         m.commands_applied.load(Ordering::Relaxed) == 2
     });
     produce(&k, "audit", &batch(T0 + 10_000_000, 1));
-    wait(&d.metrics, "5 events", |m| m.events.load(Ordering::Relaxed) == 5);
+    wait(&d.metrics, "5 events", |m| {
+        m.events.load(Ordering::Relaxed) == 5
+    });
     stop(d);
 
     let inc = incidents(&k);
@@ -173,7 +203,11 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
         .iter()
         .filter(|i| i.kind == IncidentType::ActivityAfterKill)
         .collect();
-    assert_eq!(after_kill.len(), 1, "only the event between kill and revive: {inc:?}");
+    assert_eq!(
+        after_kill.len(),
+        1,
+        "only the event between kill and revive: {inc:?}"
+    );
     assert_eq!(
         inc.iter()
             .filter(|i| i.kind == IncidentType::RejectedCommand)
@@ -195,8 +229,15 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
     let rogue = "fin-rogue";
     let mut msgs: Vec<(Option<String>, Vec<u8>)> = Vec::new();
     for i in 0..40u64 {
-        let tool = if i % 10 < 2 { "trigger_payment" } else { "read_ledger" };
-        msgs.push((Some(rogue.to_string()), line(rogue, i, T0 + i as i64 * 500, tool).into_bytes()));
+        let tool = if i % 10 < 2 {
+            "trigger_payment"
+        } else {
+            "read_ledger"
+        };
+        msgs.push((
+            Some(rogue.to_string()),
+            line(rogue, i, T0 + i as i64 * 500, tool).into_bytes(),
+        ));
     }
     for a in 0..5u64 {
         let agent = format!("fin-calm-{a}");
@@ -210,7 +251,9 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
     let first = msgs.len() as u64;
     produce(&k, "audit", &msgs);
     let d = start(&k, dir.path());
-    wait(&d.metrics, "first batch", |m| m.events.load(Ordering::Relaxed) == first);
+    wait(&d.metrics, "first batch", |m| {
+        m.events.load(Ordering::Relaxed) == first
+    });
     stop(d);
     let kills_before = commands(&k).len();
     assert_eq!(kills_before, 1, "one kill command for the rogue agent");
@@ -221,16 +264,27 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
         .map(|i| {
             (
                 Some("fin-calm-0".to_string()),
-                line("fin-calm-0", 100 + i, T0 + 7_200_000 + i as i64 * 300_000, "read_ledger")
-                    .into_bytes(),
+                line(
+                    "fin-calm-0",
+                    100 + i,
+                    T0 + 7_200_000 + i as i64 * 300_000,
+                    "read_ledger",
+                )
+                .into_bytes(),
             )
         })
         .collect();
     produce(&k, "audit", &more);
     let d = start(&k, dir.path());
-    wait(&d.metrics, "second batch", |m| m.events.load(Ordering::Relaxed) == 10);
+    wait(&d.metrics, "second batch", |m| {
+        m.events.load(Ordering::Relaxed) == 10
+    });
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(d.metrics.events.load(Ordering::Relaxed), 10, "nothing reprocessed");
+    assert_eq!(
+        d.metrics.events.load(Ordering::Relaxed),
+        10,
+        "nothing reprocessed"
+    );
     stop(d);
     let store = Store::open(dir.path()).unwrap();
     let total: u64 = store
@@ -255,9 +309,20 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(d.metrics.suppressed.load(Ordering::Relaxed) > 0);
     stop(d);
-    assert_eq!(commands(&k).len(), kills_before, "no duplicate kill command");
-    assert_eq!(incidents(&k).len(), incidents_before, "no duplicate incident");
-    let rebuilt = Store::open(fresh.path()).unwrap().find_agent(rogue).unwrap()[0]
+    assert_eq!(
+        commands(&k).len(),
+        kills_before,
+        "no duplicate kill command"
+    );
+    assert_eq!(
+        incidents(&k).len(),
+        incidents_before,
+        "no duplicate incident"
+    );
+    let rebuilt = Store::open(fresh.path())
+        .unwrap()
+        .find_agent(rogue)
+        .unwrap()[0]
         .1
         .clone();
     assert_eq!(rebuilt, rogue_state, "rebuilt state equals the original");

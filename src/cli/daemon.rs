@@ -91,8 +91,8 @@ fn resolve(path: &Path) -> anyhow::Result<Resolved> {
 }
 
 fn init_logging(format: &str, default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default.into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let b = tracing_subscriber::fmt()
         .with_writer(io::stderr)
         .with_env_filter(filter);
@@ -138,7 +138,10 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
             }
         };
         if !failed {
-            tracing::info!(?deadline, "signal received: stopping (a second signal exits at once)");
+            tracing::info!(
+                ?deadline,
+                "signal received: stopping (a second signal exits at once)"
+            );
         }
         daemon.shutdown();
         tokio::spawn(async move {
@@ -196,7 +199,10 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         let key = match decoder.decode(&line) {
             Ok(ev) => Some(ev.agent_id.as_bytes().to_vec()),
             Err(e) => {
-                eprintln!("line {}: {e} (sent unkeyed; the daemon dead-letters it)", n + 1);
+                eprintln!(
+                    "line {}: {e} (sent unkeyed; the daemon dead-letters it)",
+                    n + 1
+                );
                 unkeyed += 1;
                 None
             }
@@ -305,7 +311,11 @@ pub fn demo_cmd() -> anyhow::Result<ExitCode> {
             i.description
         )?;
     }
-    writeln!(out, "── kill commands on the control topic ({}) ──", r.kills.len())?;
+    writeln!(
+        out,
+        "── kill commands on the control topic ({}) ──",
+        r.kills.len()
+    )?;
     for k in &r.kills {
         writeln!(
             out,

@@ -214,8 +214,12 @@ impl Core {
                 continue;
             }
             let json = serde_json::to_vec(&inc).unwrap_or_default();
-            self.sink
-                .send(&k.incidents_topic, Some(inc.agent_id.as_bytes()), &json, None)?;
+            self.sink.send(
+                &k.incidents_topic,
+                Some(inc.agent_id.as_bytes()),
+                &json,
+                None,
+            )?;
             self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
             if inc.action_taken == Action::Killed {
                 let cmd = Command::for_kill(&inc, &self.cfg.config.guardian_id)
@@ -248,13 +252,17 @@ impl Core {
                     }
                 }
                 if applied {
-                    self.metrics.commands_applied.fetch_add(1, Ordering::Relaxed);
+                    self.metrics
+                        .commands_applied
+                        .fetch_add(1, Ordering::Relaxed);
                 } else {
                     self.pending.push(c);
                 }
             }
             Err(rejected) => {
-                self.metrics.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .commands_rejected
+                    .fetch_add(1, Ordering::Relaxed);
                 let why = rejected.why;
                 let agent = rejected.agent_id.unwrap_or_else(|| "(unknown)".to_string());
                 tracing::warn!(%agent, partition = r.partition, offset = r.offset, reason = %why, "control command rejected");

@@ -183,12 +183,7 @@ impl AuditContext {
 type KafkaResult<T> = Result<T, KafkaError>;
 
 impl ConsumerContext for AuditContext {
-    fn rebalance(
-        &self,
-        c: &BaseConsumer<Self>,
-        err: RDKafkaRespErr,
-        tpl: &mut TopicPartitionList,
-    ) {
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 if let Err(e) = self.assign(c, tpl) {

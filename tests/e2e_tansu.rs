@@ -1,0 +1,258 @@
+//! End to end against a separate Kafka-protocol broker process (Tansu), with the real binary:
+//! `guardian produce` a simulated fleet, `guardian run` it, stop it with SIGTERM, and compare the
+//! kill commands on the control topic with what the offline engine decides for the same events.
+//!
+//! `scripts/test.sh` starts the broker and sets `TANSU_BROKER` and `TANSU_BIN`; without them the
+//! tests are skipped unless `GUARDIAN_REQUIRE_E2E` is set (then they fail).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command as Proc, Stdio};
+use std::time::{Duration, Instant};
+
+use agent_guardian::control::{Command, Verb};
+use agent_guardian::engine::Engine;
+use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::response::Action;
+use agent_guardian::simulate::{SimConfig, Simulation};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+const KEY: &str = "e2e-signing-key-0123456789";
+
+struct Broker {
+    addr: String,
+    bin: String,
+}
+
+fn broker() -> Option<Broker> {
+    match (std::env::var("TANSU_BROKER"), std::env::var("TANSU_BIN")) {
+        (Ok(addr), Ok(bin)) => Some(Broker { addr, bin }),
+        _ => {
+            assert!(
+                std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
+                "GUARDIAN_REQUIRE_E2E is set but TANSU_BROKER / TANSU_BIN are not"
+            );
+            eprintln!("skipped: no Tansu broker (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+impl Broker {
+    fn create_topic(&self, name: &str, partitions: u32) {
+        let out = Proc::new(&self.bin)
+            .args(["topic", "create", name, "--partitions"])
+            .arg(partitions.to_string())
+            .args(["--broker", &format!("tcp://{}", self.addr)])
+            .output()
+            .expect("tansu topic create");
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+fn guardian() -> Proc {
+    Proc::new(env!("CARGO_BIN_EXE_guardian"))
+}
+
+fn write_config(dir: &Path, b: &Broker, prefix: &str) -> std::path::PathBuf {
+    let assignment = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/assignment.json");
+    let text = format!(
+        r#"guardian_id = "e2e-1"
+state_dir = {state:?}
+assignment = {assignment:?}
+signing_key = {{ env = "E2E_GUARDIAN_KEY" }}
+checkpoint_interval = "250ms"
+backfill = "emit"
+[kafka]
+brokers = "{addr}"
+group_id = "{prefix}-group"
+audit_topics = ["{prefix}-audit"]
+incidents_topic = "{prefix}-incidents"
+control_topic = "{prefix}-control"
+dead_letter_topic = "{prefix}-dlq"
+[kafka.options]
+"consumer.session.timeout.ms" = "6000"
+"consumer.heartbeat.interval.ms" = "500"
+"#,
+        state = dir.join("state"),
+        addr = b.addr,
+    );
+    let p = dir.join("guardian.toml");
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+fn read_topic(addr: &str, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", "e2e-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    let mut want = 0;
+    for p in 0..partitions {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, Duration::from_secs(10))
+            .unwrap();
+        want += high - low;
+        tpl.add_partition_offset(topic, p, Offset::Offset(low))
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let t = Instant::now();
+    while (out.len() as i64) < want && t.elapsed() < Duration::from_secs(30) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push(m.payload().unwrap_or_default().to_vec());
+        }
+    }
+    out
+}
+
+fn kills(addr: &str, topic: &str) -> Vec<Command> {
+    read_topic(addr, topic, 1)
+        .iter()
+        .filter_map(|p| serde_json::from_slice::<Command>(p).ok())
+        .filter(|c| c.command == Verb::Kill)
+        .collect()
+}
+
+fn sigterm(child: &mut Child) -> std::process::ExitStatus {
+    let _ = Proc::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(40),
+            "no exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fleet_scenario_through_tansu_yields_the_expected_signed_kill_commands() {
+    let Some(b) = broker() else {
+        return;
+    };
+    let prefix = format!("e2e{}", std::process::id());
+    b.create_topic(&format!("{prefix}-audit"), 3);
+    for t in ["incidents", "control", "dlq"] {
+        b.create_topic(&format!("{prefix}-{t}"), 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &b, &prefix);
+
+    // A simulated fleet with injected anomalies, and the offline engine's decisions on it.
+    let sim = Simulation::new(SimConfig {
+        agents: 40,
+        days: 3,
+        seed: 11,
+        ..SimConfig::default()
+    });
+    let events = sim.to_jsonl();
+    let events_file = dir.path().join("events.jsonl");
+    std::fs::write(&events_file, &events).unwrap();
+    let set = agent_guardian::demo::demo_blueprints().unwrap();
+    let decoder = Decoder::new(&DecoderOptions {
+        group_pointer: set.assignment().group_field.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut engine = Engine::new(set);
+    let mut out = Vec::new();
+    for line in events.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+        engine.process(&decoder.decode(line).unwrap(), &mut out);
+    }
+    let expected: BTreeSet<String> = out
+        .iter()
+        .filter(|i| i.action_taken == Action::Killed)
+        .map(|i| Command::for_kill(i, "e2e-1").command_id)
+        .collect();
+    assert!(!expected.is_empty(), "the scenario must contain kills");
+
+    let produce = guardian()
+        .args(["produce", "--config"])
+        .arg(&cfg)
+        .arg(&events_file)
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(produce.status.success(), "{produce:?}");
+
+    let mut run = guardian()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let control = format!("{prefix}-control");
+    let t = Instant::now();
+    let mut got = Vec::new();
+    while t.elapsed() < Duration::from_secs(90) {
+        got = kills(&b.addr, &control);
+        if got.len() >= expected.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // Let the daemon go on a little: no further (duplicate) command may appear.
+    std::thread::sleep(Duration::from_secs(2));
+    let status = sigterm(&mut run);
+    assert!(status.success(), "graceful stop exits 0: {status:?}");
+    let got_after = kills(&b.addr, &control);
+    assert_eq!(
+        got_after.len(),
+        got.len(),
+        "no command after the last expected one"
+    );
+    let ids: BTreeSet<String> = got.iter().map(|c| c.command_id.clone()).collect();
+    assert_eq!(
+        ids, expected,
+        "kill commands equal the offline engine's decisions"
+    );
+    assert_eq!(ids.len(), got.len(), "no duplicates");
+    for c in &got {
+        assert!(c.verify(KEY.as_bytes()).is_ok(), "signature of {c:?}");
+    }
+    // The state was persisted and can be inspected by operators.
+    let inspect = guardian()
+        .args(["state", "inspect", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .arg(&got[0].agent_id)
+        .output()
+        .unwrap();
+    assert!(inspect.status.success(), "{inspect:?}");
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("\"killed\": true"), "{text}");
+}
+
+#[test]
+fn check_config_reports_every_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("bad.toml");
+    std::fs::write(
+        &p,
+        "checkpoint_interval = \"never\"\n[kafka]\naudit_topics = []\n",
+    )
+    .unwrap();
+    let out = guardian()
+        .args(["run", "--check-config", "--config"])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in ["audit_topics", "signing_key", "checkpoint_interval"] {
+        assert!(err.contains(needle), "{needle} not in {err}");
+    }
+}
