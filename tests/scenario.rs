@@ -87,7 +87,7 @@ fn generated_fleet_every_injected_anomaly_found_and_no_negative_control_fires() 
         eprintln!("NEGATIVE CONTROL FIRED {:?}: {}", l.note, i.description);
     }
     // Every kind of anomaly is represented in the labels.
-    for t in IncidentType::ALL {
+    for t in IncidentType::DETECTED {
         assert!(
             sim.labels.iter().any(|l| l.expect == Some(t)),
             "no label of type {t:?}"

@@ -77,6 +77,17 @@ impl IncidentType {
         IncidentType::RejectedCommand,
     ];
 
+    /// The types the engine's detectors and kill policy raise (all but the daemon's
+    /// `rejected_command`).
+    pub const DETECTED: [IncidentType; 6] = [
+        IncidentType::FrequencySpike,
+        IncidentType::VolumeSpike,
+        IncidentType::SuspiciousSequence,
+        IncidentType::OffHours,
+        IncidentType::AutoKill,
+        IncidentType::ActivityAfterKill,
+    ];
+
     /// snake_case name.
     pub fn as_str(self) -> &'static str {
         match self {
