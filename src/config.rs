@@ -406,6 +406,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/guardian.toml");
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.kafka.audit_topics, ["agent-audit"]);
+        assert!(matches!(c.signing_key, Some(Secret::Env { .. })));
+    }
+
+    #[test]
     fn unknown_fields_are_errors() {
         let (_d, p) = write("c.json", r#"{"kafka": {"brokerz": "x"}}"#);
         let e = Config::load(&p).unwrap_err();

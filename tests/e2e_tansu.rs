@@ -256,3 +256,36 @@ fn check_config_reports_every_error() {
         assert!(err.contains(needle), "{needle} not in {err}");
     }
 }
+
+#[test]
+fn the_readme_python_verifier_accepts_our_signatures_and_rejects_tampering() {
+    // The snippet of the README's "Verifying a command", run by python3.
+    let readme = include_str!("../README.md");
+    let start = readme.find("import hmac, hashlib, json").expect("snippet in README");
+    let end = start + readme[start..].find("```").expect("end of snippet");
+    let script = format!(
+        "{}\nimport sys\nkey = sys.argv[1].encode()\nfor line in sys.stdin:\n    print('ok' if verify(line.encode(), key) else 'bad')\n",
+        &readme[start..end]
+    );
+    let mut c = Command::manual(
+        Verb::Kill,
+        "ägent \"7\" | x=1 \\ ✓",
+        "line\nbreak\ttab \u{1} ctrl",
+        1_772_550_000_123,
+        "operator@host",
+    )
+    .sign(KEY.as_bytes());
+    let good = String::from_utf8(c.to_json()).unwrap();
+    c.reason.push('!');
+    let tampered = String::from_utf8(c.to_json()).unwrap();
+    let mut child = Proc::new("python3")
+        .args(["-c", &script, KEY])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "{good}\n{tampered}").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nbad\n");
+}
