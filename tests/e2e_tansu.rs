@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use agent_guardian::control::{Command, Verb};
 use agent_guardian::engine::Engine;
 use agent_guardian::event::{Decoder, DecoderOptions};
-use agent_guardian::response::Action;
+use agent_guardian::response::{Action, Incident};
 use agent_guardian::simulate::{SimConfig, Simulation};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -261,7 +261,9 @@ fn check_config_reports_every_error() {
 fn the_readme_python_verifier_accepts_our_signatures_and_rejects_tampering() {
     // The snippet of the README's "Verifying a command", run by python3.
     let readme = include_str!("../README.md");
-    let start = readme.find("import hmac, hashlib, json").expect("snippet in README");
+    let start = readme
+        .find("import hmac, hashlib, json")
+        .expect("snippet in README");
     let end = start + readme[start..].find("```").expect("end of snippet");
     let script = format!(
         "{}\nimport sys\nkey = sys.argv[1].encode()\nfor line in sys.stdin:\n    print('ok' if verify(line.encode(), key) else 'bad')\n",
@@ -288,4 +290,171 @@ fn the_readme_python_verifier_accepts_our_signatures_and_rejects_tampering() {
     writeln!(child.stdin.take().unwrap(), "{good}\n{tampered}").unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nbad\n");
+}
+
+/// Offsets the group has committed on a topic, summed (−1 offsets count as 0).
+fn committed_total(addr: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    match c.committed_offsets(tpl, Duration::from_secs(10)) {
+        Ok(l) => l
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                Offset::Offset(o) => o,
+                _ => 0,
+            })
+            .sum(),
+        Err(_) => 0,
+    }
+}
+
+#[test]
+fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
+    let Some(b) = broker() else {
+        return;
+    };
+    let prefix = format!("crash{}", std::process::id());
+    let audit = format!("{prefix}-audit");
+    b.create_topic(&audit, 4);
+    for t in ["incidents", "control", "dlq"] {
+        b.create_topic(&format!("{prefix}-{t}"), 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &b, &prefix);
+
+    // At least 1,000,000 events: 300 agents over 18 days, with injected anomalies.
+    let sim = Simulation::new(SimConfig {
+        agents: 300,
+        days: 18,
+        seed: 5,
+        ..SimConfig::default()
+    });
+    let events = sim.to_jsonl();
+    let lines: Vec<&[u8]> = events
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert!(lines.len() >= 1_000_000, "{} events", lines.len());
+    let events_file = dir.path().join("events.jsonl");
+    std::fs::write(&events_file, &events).unwrap();
+
+    // The uninterrupted run, offline: incidents, kill commands and final agent states.
+    let set = agent_guardian::demo::demo_blueprints().unwrap();
+    let decoder = Decoder::new(&DecoderOptions {
+        group_pointer: set.assignment().group_field.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut engine = Engine::new(set);
+    let mut out = Vec::new();
+    for l in &lines {
+        engine.process(&decoder.decode(l).unwrap(), &mut out);
+    }
+    let want_incidents: BTreeSet<String> = out.iter().map(|i| i.incident_id.clone()).collect();
+    let want_commands: BTreeSet<String> = out
+        .iter()
+        .filter(|i| i.action_taken == Action::Killed)
+        .map(|i| Command::for_kill(i, "e2e-1").command_id)
+        .collect();
+    assert!(!want_commands.is_empty());
+
+    let produce = guardian()
+        .args(["produce", "--config"])
+        .arg(&cfg)
+        .arg(&events_file)
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(produce.status.success(), "{produce:?}");
+
+    // kill -9 at random points, restarting each time.
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| std::process::id() as u64);
+    eprintln!("crash points from CRASH_SEED={seed}");
+    let mut rng = seed;
+    let spawn = || {
+        guardian()
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .env("E2E_GUARDIAN_KEY", KEY)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let total = lines.len() as i64;
+    let group = format!("{prefix}-group");
+    let mut before = 0;
+    for round in 0..4 {
+        let mut child = spawn();
+        // Wait until this run is consuming (its first checkpoint is committed), then kill it at
+        // a random point of its work.
+        let t = Instant::now();
+        while committed_total(&b.addr, &group, &audit, 4) <= before
+            && t.elapsed() < Duration::from_secs(60)
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rng = rng
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let ms = (rng >> 33) % 1_500;
+        std::thread::sleep(Duration::from_millis(ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        before = committed_total(&b.addr, &group, &audit, 4);
+        eprintln!("round {round}: killed {ms} ms into consuming; committed {before} of {total}");
+    }
+    let mut child = spawn();
+    let t = Instant::now();
+    while committed_total(&b.addr, &group, &audit, 4) < total {
+        assert!(t.elapsed() < Duration::from_secs(300), "did not finish");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(sigterm(&mut child).success());
+
+    let got_incidents: Vec<Incident> = read_topic(&b.addr, &format!("{prefix}-incidents"), 1)
+        .iter()
+        .map(|p| serde_json::from_slice(p).unwrap())
+        .collect();
+    let ids: BTreeSet<String> = got_incidents
+        .iter()
+        .map(|i| i.incident_id.clone())
+        .collect();
+    assert_eq!(
+        ids, want_incidents,
+        "incident ids equal the uninterrupted run's"
+    );
+    // A duplicate is allowed only with an identical id (and then identical content).
+    for i in &got_incidents {
+        let orig = out.iter().find(|o| o.incident_id == i.incident_id).unwrap();
+        assert_eq!(i, orig);
+    }
+    let cmds = kills(&b.addr, &format!("{prefix}-control"));
+    let cmd_ids: BTreeSet<String> = cmds.iter().map(|c| c.command_id.clone()).collect();
+    assert_eq!(
+        cmd_ids, want_commands,
+        "kill command ids equal the uninterrupted run's"
+    );
+
+    // The final state of every agent equals the uninterrupted run's.
+    let store = agent_guardian::daemon::store::Store::open(&dir.path().join("state")).unwrap();
+    let mut agents = 0;
+    for st in engine.agents() {
+        let found = store.find_agent(&st.agent_id).unwrap();
+        assert_eq!(found.len(), 1, "{}", st.agent_id);
+        assert_eq!(&found[0].1, st, "state of {}", st.agent_id);
+        agents += 1;
+    }
+    assert_eq!(agents, sim.fleet.len());
 }
