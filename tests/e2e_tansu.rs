@@ -458,3 +458,226 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
     }
     assert_eq!(agents, sim.fleet.len());
 }
+
+/// The uninterrupted offline run of some event lines: incident ids, kill command ids, engine.
+fn reference(lines: &[&[u8]]) -> (BTreeSet<String>, BTreeSet<String>, Engine) {
+    let set = agent_guardian::demo::demo_blueprints().unwrap();
+    let decoder = Decoder::new(&DecoderOptions {
+        group_pointer: set.assignment().group_field.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let mut engine = Engine::new(set);
+    let mut out = Vec::new();
+    for l in lines {
+        engine.process(&decoder.decode(l).unwrap(), &mut out);
+    }
+    let incidents = out.iter().map(|i| i.incident_id.clone()).collect();
+    let commands = out
+        .iter()
+        .filter(|i| i.action_taken == Action::Killed)
+        .map(|i| Command::for_kill(i, "e2e-1").command_id)
+        .collect();
+    (incidents, commands, engine)
+}
+
+fn produce_lines(cfg: &Path, dir: &Path, name: &str, lines: &[&[u8]]) {
+    let f = dir.join(name);
+    let mut text = Vec::new();
+    for l in lines {
+        text.extend_from_slice(l);
+        text.push(b'\n');
+    }
+    std::fs::write(&f, text).unwrap();
+    let out = guardian()
+        .args(["produce", "--config"])
+        .arg(cfg)
+        .arg(&f)
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn incident_ids(addr: &str, topic: &str) -> BTreeSet<String> {
+    read_topic(addr, topic, 1)
+        .iter()
+        .map(|p| serde_json::from_slice::<Incident>(p).unwrap().incident_id)
+        .collect()
+}
+
+fn wait_committed(b: &Broker, group: &str, topic: &str, parts: i32, at_least: i64) {
+    let t = Instant::now();
+    while committed_total(&b.addr, group, topic, parts) < at_least {
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "committed offsets did not reach {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn fleet_lines(agents: usize, days: u32, seed: u64) -> Vec<u8> {
+    Simulation::new(SimConfig {
+        agents,
+        days,
+        seed,
+        ..SimConfig::default()
+    })
+    .to_jsonl()
+}
+
+#[test]
+fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
+    let Some(shared) = broker() else {
+        return;
+    };
+    // A private broker: this test freezes it.
+    let port = 30_000 + (std::process::id() % 20_000) as u16;
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut tansu = Proc::new(&shared.bin)
+        .args(["broker", "--listener-url"])
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .arg("--advertised-listener-url")
+        .arg(format!("tcp://127.0.0.1:{port}"))
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(log.reopen().unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let b = Broker {
+        addr: format!("127.0.0.1:{port}"),
+        bin: shared.bin.clone(),
+    };
+    let prefix = "outage";
+    let audit = format!("{prefix}-audit");
+    b.create_topic(&audit, 2);
+    for t in ["incidents", "control", "dlq"] {
+        b.create_topic(&format!("{prefix}-{t}"), 1);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), &b, prefix);
+    let events = fleet_lines(60, 7, 21);
+    let lines: Vec<&[u8]> = events
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let half = lines.len() / 2;
+    let (want_incidents, want_commands, _) = reference(&lines);
+    produce_lines(&cfg, dir.path(), "a.jsonl", &lines[..half]);
+    let mut run = guardian()
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let group = format!("{prefix}-group");
+    wait_committed(&b, &group, &audit, 2, 1);
+    // The broker stops answering for 30 s (SIGSTOP), mid-stream, then comes back.
+    let pid = tansu.id().to_string();
+    assert!(Proc::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .unwrap()
+        .success());
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(Proc::new("kill")
+        .args(["-CONT", &pid])
+        .status()
+        .unwrap()
+        .success());
+    assert!(
+        run.try_wait().unwrap().is_none(),
+        "the daemon survived the outage"
+    );
+    produce_lines(&cfg, dir.path(), "b.jsonl", &lines[half..]);
+    wait_committed(&b, &group, &audit, 2, lines.len() as i64);
+    assert!(sigterm(&mut run).success());
+    assert_eq!(
+        incident_ids(&b.addr, &format!("{prefix}-incidents")),
+        want_incidents
+    );
+    let cmds: BTreeSet<String> = kills(&b.addr, &format!("{prefix}-control"))
+        .into_iter()
+        .map(|c| c.command_id)
+        .collect();
+    assert_eq!(cmds, want_commands);
+    let _ = tansu.kill();
+    let _ = tansu.wait();
+}
+
+#[test]
+fn two_daemons_split_the_partitions_and_one_takes_over_when_the_other_stops() {
+    let Some(b) = broker() else {
+        return;
+    };
+    let prefix = format!("pair{}", std::process::id());
+    let audit = format!("{prefix}-audit");
+    b.create_topic(&audit, 4);
+    for t in ["incidents", "control", "dlq"] {
+        b.create_topic(&format!("{prefix}-{t}"), 1);
+    }
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let cfg_a = write_config(dir_a.path(), &b, &prefix);
+    let cfg_b = write_config(dir_b.path(), &b, &prefix);
+    let events = fleet_lines(80, 7, 33);
+    let lines: Vec<&[u8]> = events
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    let (want_incidents, want_commands, _) = reference(&lines);
+    let third = lines.len() / 3;
+    produce_lines(&cfg_a, dir_a.path(), "1.jsonl", &lines[..third]);
+    let start = |cfg: &Path, log: &Path| {
+        guardian()
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("E2E_GUARDIAN_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let log_a = dir_a.path().join("a.log");
+    let log_b = dir_b.path().join("b.log");
+    let mut a = start(&cfg_a, &log_a);
+    let mut bb = start(&cfg_b, &log_b);
+    let assigned = |log: &Path| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .matches("partition assigned")
+            .count()
+    };
+    // Both members hold partitions once the group has settled.
+    let t = Instant::now();
+    while assigned(&log_b) == 0 || assigned(&log_a) == 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "group did not split");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    produce_lines(&cfg_a, dir_a.path(), "2.jsonl", &lines[third..2 * third]);
+    let group = format!("{prefix}-group");
+    wait_committed(&b, &group, &audit, 4, (2 * third) as i64);
+    // B stops; A takes over its partitions.
+    let a_before = assigned(&log_a);
+    assert!(sigterm(&mut bb).success());
+    produce_lines(&cfg_a, dir_a.path(), "3.jsonl", &lines[2 * third..]);
+    wait_committed(&b, &group, &audit, 4, lines.len() as i64);
+    assert!(sigterm(&mut a).success());
+    assert!(
+        assigned(&log_a) > a_before,
+        "A was assigned B's partitions after B stopped"
+    );
+    assert_eq!(
+        incident_ids(&b.addr, &format!("{prefix}-incidents")),
+        want_incidents,
+        "same incidents as one instance"
+    );
+    let cmds: BTreeSet<String> = kills(&b.addr, &format!("{prefix}-control"))
+        .into_iter()
+        .map(|c| c.command_id)
+        .collect();
+    assert_eq!(cmds, want_commands);
+}

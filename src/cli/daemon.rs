@@ -95,6 +95,7 @@ fn init_logging(format: &str, default: &str) {
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     let b = tracing_subscriber::fmt()
         .with_writer(io::stderr)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .with_env_filter(filter);
     let _ = if format == "json" {
         b.json().try_init()

@@ -149,6 +149,7 @@ pub fn main() -> ExitCode {
         // `run` sets up logging from its configuration.
         let _ = tracing_subscriber::fmt()
             .with_writer(io::stderr)
+            .with_ansi(io::stderr().is_terminal())
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
                     .unwrap_or_else(|_| "warn".into()),

@@ -309,7 +309,7 @@ impl Core {
 
     /// Settles outputs, persists changed state with offsets, then commits offsets to Kafka.
     fn checkpoint(&mut self) -> Result<(), DaemonError> {
-        self.sink.settle(self.cfg.shutdown_timeout)?;
+        self.sink.settle(Duration::from_secs(10))?;
         let topics = self.cfg.config.kafka.audit_topics.clone();
         let mut stats: Vec<(u16, i32, i64, EngineStats)> = Vec::new();
         for (&(t, p), part) in &self.parts {

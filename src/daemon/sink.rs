@@ -57,9 +57,6 @@ pub enum SinkError {
     /// A message could not be written.
     #[error("kafka delivery failed: {0}")]
     Delivery(String),
-    /// Outputs were not acknowledged in time.
-    #[error("kafka outputs not acknowledged within {0:?} ({1} in flight)")]
-    Timeout(Duration, i32),
 }
 
 /// The idempotent producer shared by every output topic.
@@ -121,28 +118,39 @@ impl KafkaSink {
         }
     }
 
-    /// Waits until everything sent is acknowledged; fails if any delivery failed.
-    pub fn settle(&mut self, timeout: Duration) -> Result<(), SinkError> {
-        if let Err(e) = self.producer.flush(timeout) {
-            tracing::warn!(error = %e, "flushing kafka outputs");
+    /// Waits until everything sent is acknowledged; fails if any delivery failed for good
+    /// (after librdkafka's own retries, `message.timeout.ms`). While the broker is unreachable it
+    /// keeps waiting, with a warning every `warn_every`: nothing is persisted past an unsent output.
+    pub fn settle(&mut self, warn_every: Duration) -> Result<(), SinkError> {
+        let started = std::time::Instant::now();
+        let mut warned = started;
+        loop {
+            let _ = self.producer.flush(Duration::from_millis(500));
+            let failed = self.deliveries.failed.load(Ordering::Relaxed);
+            if failed > self.failed_seen {
+                self.failed_seen = failed;
+                let last = self
+                    .deliveries
+                    .last_error
+                    .lock()
+                    .ok()
+                    .and_then(|l| l.clone())
+                    .unwrap_or_default();
+                return Err(SinkError::Delivery(last));
+            }
+            let inflight = self.producer.in_flight_count();
+            if inflight == 0 {
+                return Ok(());
+            }
+            if warned.elapsed() >= warn_every {
+                tracing::warn!(
+                    in_flight = inflight,
+                    waited = ?started.elapsed(),
+                    "waiting for the broker to acknowledge outputs"
+                );
+                warned = std::time::Instant::now();
+            }
         }
-        let failed = self.deliveries.failed.load(Ordering::Relaxed);
-        if failed > self.failed_seen {
-            self.failed_seen = failed;
-            let last = self
-                .deliveries
-                .last_error
-                .lock()
-                .ok()
-                .and_then(|l| l.clone())
-                .unwrap_or_default();
-            return Err(SinkError::Delivery(last));
-        }
-        let inflight = self.producer.in_flight_count();
-        if inflight > 0 {
-            return Err(SinkError::Timeout(timeout, inflight));
-        }
-        Ok(())
     }
 
     /// Messages acknowledged so far.
