@@ -79,8 +79,8 @@ pub struct Metrics {
     pub queue_depth: Arc<AtomicUsize>,
     /// Partitions owned.
     pub partitions: AtomicUsize,
-    /// Messages behind the high watermark, summed over owned partitions (at the last log line).
-    pub lag: AtomicU64,
+    /// Messages behind the high watermark, summed over owned partitions (librdkafka statistics).
+    pub lag: Arc<AtomicU64>,
 }
 
 /// The audit partition an engine folds.
@@ -352,17 +352,8 @@ impl Core {
     }
 
     fn log_progress(&self) {
-        let mut lag = 0u64;
-        for (&(t, p), part) in &self.parts {
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(self.topic(t), p, Duration::from_millis(500))
-            {
-                lag += (high - part.next).max(0) as u64;
-            }
-        }
         let m = &self.metrics;
-        m.lag.store(lag, Ordering::Relaxed);
+        let lag = m.lag.load(Ordering::Relaxed);
         tracing::info!(
             events = m.events.load(Ordering::Relaxed),
             bad_events = m.bad_events.load(Ordering::Relaxed),
@@ -407,13 +398,12 @@ impl Daemon {
         let k = &cfg.config.kafka;
         let sink = KafkaSink::new(&k.brokers, &cfg.kafka_options)?;
         let consumer = source::audit_consumer(
-            &k.brokers,
-            &k.group_id,
+            k,
             &cfg.kafka_options,
-            &k.audit_topics,
             queue.clone(),
             store.clone(),
             cfg.config.backfill,
+            metrics.lag.clone(),
         )?;
         let decoder = Decoder::new(&DecoderOptions {
             volume_pointer: cfg.config.volume_pointer.clone(),

@@ -7,7 +7,7 @@
 //! state (rebuild). On revocation the engine checkpoints the partitions before they are released.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use super::store::Store;
-use crate::config::Backfill;
+use crate::config::{Backfill, KafkaConfig};
 use crate::state::Snapshot;
 
 /// One Kafka message, owned.
@@ -107,12 +107,25 @@ impl Queue {
 /// Consumer context of the audit group.
 pub struct AuditContext {
     queue: Queue,
+    lag: Arc<AtomicU64>,
     store: Store,
     topics: Vec<String>,
     backfill: Backfill,
 }
 
-impl ClientContext for AuditContext {}
+impl ClientContext for AuditContext {
+    /// librdkafka's periodic statistics: the consumer lag summed over assigned partitions.
+    fn stats(&self, s: rdkafka::Statistics) {
+        let lag: i64 = s
+            .topics
+            .values()
+            .flat_map(|t| t.partitions.values())
+            .filter(|p| p.partition >= 0)
+            .map(|p| p.consumer_lag.max(0))
+            .sum();
+        self.lag.store(lag as u64, Ordering::Relaxed);
+    }
+}
 
 impl AuditContext {
     fn topic_index(&self, name: &str) -> Option<u16> {
@@ -221,7 +234,10 @@ fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A guard's latency matters more than a few extra fetch requests (librdkafka's default
+        // is 500 ms, which some brokers use in full even when data is waiting).
+        .set("fetch.wait.max.ms", "10");
     for (k, v) in options {
         if !k.starts_with("producer.") {
             c.set(k.trim_start_matches("consumer."), v);
@@ -234,24 +250,27 @@ fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String
 pub type AuditConsumer = BaseConsumer<AuditContext>;
 
 /// Creates the audit consumer (subscribed) for [`run_audit`].
-#[allow(clippy::too_many_arguments)]
 pub fn audit_consumer(
-    brokers: &str,
-    group: &str,
+    k: &KafkaConfig,
     options: &BTreeMap<String, String>,
-    topics: &[String],
     queue: Queue,
     store: Store,
     backfill: Backfill,
+    lag: Arc<AtomicU64>,
 ) -> Result<Arc<AuditConsumer>, KafkaError> {
     let ctx = AuditContext {
         queue,
+        lag,
         store,
-        topics: topics.to_vec(),
+        topics: k.audit_topics.clone(),
         backfill,
     };
-    let c: AuditConsumer = consumer_config(brokers, group, options).create_with_context(ctx)?;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut cfg = consumer_config(&k.brokers, &k.group_id, options);
+    if !options.contains_key("statistics.interval.ms") {
+        cfg.set("statistics.interval.ms", "5000");
+    }
+    let c: AuditConsumer = cfg.create_with_context(ctx)?;
+    let names: Vec<&str> = k.audit_topics.iter().map(String::as_str).collect();
     c.subscribe(&names)?;
     Ok(Arc::new(c))
 }
@@ -302,9 +321,12 @@ pub fn run_control(
     stop: Arc<AtomicBool>,
 ) {
     let result = (|| -> Result<(), String> {
-        let c: BaseConsumer = consumer_config(brokers, &format!("{group}-control"), options)
-            .create()
-            .map_err(|e| e.to_string())?;
+        let mut cfg = consumer_config(brokers, &format!("{group}-control"), options);
+        if !options.contains_key("fetch.wait.max.ms") {
+            // Operator commands tolerate 100 ms; fewer fetches spare the broker.
+            cfg.set("fetch.wait.max.ms", "100");
+        }
+        let c: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
         // The topic may not exist yet on a fresh cluster: wait for its metadata.
         let parts = loop {
             if stop.load(Ordering::Relaxed) {

@@ -1,0 +1,314 @@
+//! Load benchmark through a Tansu broker process: sustained events/s of the daemon, and latency
+//! from producing the deciding event to the kill command arriving on the control topic.
+//!
+//! `cargo bench --bench kafka_load` starts its own Tansu (`scripts/tansu.sh`) unless
+//! `TANSU_BROKER` and `TANSU_BIN` are set. Environment: `LOAD_EVENTS` (default 1,000,000),
+//! `LOAD_RATE` (events/s of the latency phase, default 10,000), `LOAD_SECONDS` (default 30).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agent_guardian::config::KafkaConfig;
+use agent_guardian::daemon::sink::KafkaSink;
+use agent_guardian::daemon::Daemon;
+use agent_guardian::demo;
+use agent_guardian::event::format_rfc3339_ms;
+use agent_guardian::simulate::{SimConfig, Simulation};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+struct Broker {
+    addr: String,
+    bin: String,
+    pid: Option<String>,
+}
+
+fn broker() -> Broker {
+    if let (Ok(addr), Ok(bin)) = (std::env::var("TANSU_BROKER"), std::env::var("TANSU_BIN")) {
+        return Broker {
+            addr,
+            bin,
+            pid: None,
+        };
+    }
+    let port = 40_000 + std::process::id() % 10_000;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/tansu.sh");
+    let out = std::process::Command::new(script)
+        .args(["start", &port.to_string()])
+        .output()
+        .expect("scripts/tansu.sh");
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(k))
+            .unwrap_or_default()
+            .to_string()
+    };
+    Broker {
+        addr: format!("127.0.0.1:{port}"),
+        bin: field("TANSU_BIN="),
+        pid: Some(field("TANSU_PID=")),
+    }
+}
+
+impl Broker {
+    fn topics(&self, prefix: &str, audit_partitions: u32) -> KafkaConfig {
+        for (t, n) in [
+            ("audit", audit_partitions),
+            ("incidents", 1),
+            ("control", 1),
+            ("dlq", 1),
+        ] {
+            let s = std::process::Command::new(&self.bin)
+                .args(["topic", "create", &format!("{prefix}-{t}"), "--partitions"])
+                .arg(n.to_string())
+                .args(["--broker", &format!("tcp://{}", self.addr)])
+                .output()
+                .expect("tansu topic create");
+            assert!(s.status.success(), "{s:?}");
+        }
+        KafkaConfig {
+            brokers: self.addr.clone(),
+            group_id: format!("{prefix}-group"),
+            audit_topics: vec![format!("{prefix}-audit")],
+            incidents_topic: format!("{prefix}-incidents"),
+            control_topic: format!("{prefix}-control"),
+            dead_letter_topic: format!("{prefix}-dlq"),
+            ..KafkaConfig::default()
+        }
+    }
+}
+
+/// The daemon configuration of the benchmark: the demo's, with production checkpointing (1 s).
+fn config(k: KafkaConfig, dir: &std::path::Path) -> agent_guardian::config::Resolved {
+    let mut cfg = demo::local_config(k, dir, demo::demo_blueprints().expect("blueprints"));
+    cfg.checkpoint_interval = Duration::from_secs(env_or("LOAD_CHECKPOINT_S", 1));
+    cfg.config.checkpoint_interval = "1s".into();
+    // Extra librdkafka options to experiment with: LOAD_OPTS="consumer.fetch.wait.max.ms=10,…".
+    for kv in std::env::var("LOAD_OPTS").unwrap_or_default().split(',') {
+        if let Some((k, v)) = kv.split_once('=') {
+            cfg.kafka_options.insert(k.trim().into(), v.trim().into());
+        }
+    }
+    cfg
+}
+
+fn throughput(b: &Broker, n: u64) {
+    let k = b.topics("load", 4);
+    throughput_on(k, n, "Tansu");
+}
+
+fn throughput_on(k: KafkaConfig, n: u64, broker: &str) {
+    let days = (n / 56_000 + 1) as u32;
+    let sim = Simulation::new(SimConfig {
+        agents: 300,
+        days,
+        seed: 1,
+        ..SimConfig::default()
+    });
+    let events = sim.to_jsonl();
+    let mut sink = KafkaSink::new(&k.brokers, &Default::default()).expect("producer");
+    let t = Instant::now();
+    let mut produced = 0u64;
+    for line in events.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
+        if produced == n {
+            break;
+        }
+        // The key is the agent id; the simulator writes it as the fourth field.
+        let key = line
+            .windows(12)
+            .position(|w| w == b"\"agent_id\":\"")
+            .and_then(|p| {
+                let rest = &line[p + 12..];
+                rest.iter().position(|&c| c == b'"').map(|e| &rest[..e])
+            });
+        sink.send(&k.audit_topics[0], key, line, None)
+            .expect("send");
+        produced += 1;
+    }
+    sink.settle(Duration::from_secs(10)).expect("settle");
+    let produce_s = t.elapsed().as_secs_f64();
+    println!(
+        "[{broker}] produce: {produced} events in {produce_s:.2} s = {:.0} events/s",
+        produced as f64 / produce_s
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(config(k, dir.path())).expect("daemon");
+    let t0 = Instant::now();
+    // Sustained rate: from the first processed event to the last.
+    let mut first: Option<(Instant, u64)> = None;
+    loop {
+        let e = d.metrics.events.load(Ordering::Relaxed);
+        if first.is_none() && e > 0 {
+            first = Some((Instant::now(), e));
+        }
+        if e >= produced || t0.elapsed() > Duration::from_secs(600) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let end = Instant::now();
+    let total = d.metrics.events.load(Ordering::Relaxed);
+    let (t1, e1) = first.unwrap_or((t0, 0));
+    let secs = (end - t1).as_secs_f64();
+    println!(
+        "[{broker}] consume+detect+checkpoint: {} events in {secs:.2} s after the group join ({:.2} s) = {:.0} events/s sustained (target >= 200,000)",
+        total - e1,
+        (t1 - t0).as_secs_f64(),
+        (total - e1) as f64 / secs
+    );
+    d.shutdown();
+    d.join(Duration::from_secs(60)).expect("join");
+}
+
+fn latency(b: &Broker, rate: u64, seconds: u64) {
+    let k = b.topics("lat", 4);
+    let dir = tempfile::tempdir().expect("tmp");
+    let d = Daemon::start(config(k.clone(), dir.path())).expect("daemon");
+    while d.metrics.partitions.load(Ordering::Relaxed) == 0 {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Reader of the control topic: agent → arrival time of its kill command.
+    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (arrivals, stop, k) = (arrivals.clone(), stop.clone(), k.clone());
+        std::thread::spawn(move || {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &k.brokers)
+                .set("group.id", "lat-reader")
+                .set("fetch.wait.max.ms", "5")
+                .create()
+                .expect("reader");
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(&k.control_topic, 0, Offset::Beginning)
+                .expect("tpl");
+            c.assign(&tpl).expect("assign");
+            while !stop.load(Ordering::Relaxed) {
+                if let Some(Ok(m)) = c.poll(Duration::from_millis(10)) {
+                    let now = Instant::now();
+                    if let Some(k) = m.key() {
+                        if let Ok(mut a) = arrivals.lock() {
+                            a.entry(String::from_utf8_lossy(k).into_owned())
+                                .or_insert(now);
+                        }
+                    }
+                }
+            }
+        })
+    };
+    // The agents' producer batches for up to 5 ms, as Kafka clients do by default.
+    let sink = KafkaSink::new(
+        &k.brokers,
+        &[("linger.ms".to_string(), "5".to_string())].into(),
+    )
+    .expect("producer");
+    // Tuesday 2026-03-03 10:00 New York: working hours for every blueprint.
+    let base = 1_772_550_000_000i64;
+    let line = |agent: &str, n: u64, ts: i64, tool: &str| {
+        serde_json::json!({"event_id": format!("{agent}-{n}"), "timestamp": format_rfc3339_ms(ts),
+            "request_id": "r", "agent_id": agent, "tool_name": tool, "outcome": "ALLOW",
+            "reasons": [], "safe_payload": {"environment": "prod", "bytes": 2000}})
+        .to_string()
+    };
+    let total = rate * seconds;
+    let rogue_every = 2_000; // one rogue agent per 2,000 events: each needs 6 calls to be killed
+    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+    let start = Instant::now();
+    for i in 0..total {
+        // Pace to `rate` events/s.
+        // (sleeping, not spinning: this machine has two cores for the broker, the daemon and us).
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let (agent, ts, tool) = if i % rogue_every >= rogue_every - 6 {
+            // The rogue: six contiguous payments, 1 s apart in event time → three sequence
+            // incidents → kill on the sixth.
+            let r = i / rogue_every;
+            let j = (i % rogue_every - (rogue_every - 6)) as i64;
+            (format!("fin-rogue-{r}"), base + j * 1000, "trigger_payment")
+        } else {
+            let a = i % 1000;
+            (
+                format!("eng-bg-{a:04}"),
+                base + (i / 1000) as i64 * 10_000,
+                "read_repo",
+            )
+        };
+        let payload = line(&agent, i, ts, tool);
+        sink.send(
+            &k.audit_topics[0],
+            Some(agent.as_bytes()),
+            payload.as_bytes(),
+            None,
+        )
+        .expect("send");
+        if agent.starts_with("fin-rogue") && i % rogue_every == rogue_every - 1 {
+            sent_at.insert(agent, Instant::now());
+        }
+    }
+    let sent_s = start.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.join();
+    let arrivals = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    let report = |label: &str, warmup: Duration| {
+        let mut lat: Vec<f64> = sent_at
+            .iter()
+            .filter(|(_, s)| **s - start >= warmup)
+            .filter_map(|(a, s)| arrivals.get(a).map(|r| (*r - *s).as_secs_f64() * 1000.0))
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        if lat.is_empty() {
+            println!("latency ({label}): no kill command arrived");
+            return;
+        }
+        let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+        println!(
+            "latency at {:.0} events/s ({label}): {} kill commands; produce → kill command on the control topic: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
+            total as f64 / sent_s,
+            lat.len(),
+            pct(0.5),
+            pct(0.9),
+            pct(0.99),
+            lat.last().copied().unwrap_or(f64::NAN)
+        );
+    };
+    println!(
+        "kills: {} of {} expected arrived",
+        sent_at.keys().filter(|a| arrivals.contains_key(*a)).count(),
+        sent_at.len()
+    );
+    report("all", Duration::ZERO);
+    report("after the first second", Duration::from_secs(1));
+    d.shutdown();
+    d.join(Duration::from_secs(60)).expect("join");
+}
+
+fn main() {
+    // `cargo test --benches` runs bench binaries with `--bench` absent: do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let b = broker();
+    throughput(&b, env_or("LOAD_EVENTS", 1_000_000));
+    latency(&b, env_or("LOAD_RATE", 10_000), env_or("LOAD_SECONDS", 30));
+    if let Some(pid) = &b.pid {
+        let _ = std::process::Command::new("kill").arg(pid).status();
+    }
+}
