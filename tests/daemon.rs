@@ -327,3 +327,43 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
         .clone();
     assert_eq!(rebuilt, rogue_state, "rebuilt state equals the original");
 }
+
+#[test]
+fn a_command_for_an_unseen_agent_applies_when_its_event_time_is_reached() {
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&k, dir.path());
+    let a = "fin-later";
+    // The kill is read before any event of the agent (as in a rebuild from the log).
+    let kill = Command::manual(Verb::Kill, a, "test", T0 + 300_000, "ops").sign(DEMO_KEY);
+    produce(
+        &k,
+        &k.control_topic,
+        &[(Some(a.to_string()), kill.to_json())],
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let msgs: Vec<(Option<String>, Vec<u8>)> = (0..6u64)
+        .map(|i| {
+            let ts = T0 + i as i64 * 100_000; // 0, 100, …, 500 s
+            (
+                Some(a.to_string()),
+                line(a, i, ts, "read_ledger").into_bytes(),
+            )
+        })
+        .collect();
+    produce(&k, "audit", &msgs);
+    wait(&d.metrics, "6 events", |m| {
+        m.events.load(Ordering::Relaxed) == 6
+    });
+    wait(&d.metrics, "kill applied", |m| {
+        m.commands_applied.load(Ordering::Relaxed) == 1
+    });
+    stop(d);
+    let after: Vec<i64> = incidents(&k)
+        .iter()
+        .filter(|i| i.kind == IncidentType::ActivityAfterKill)
+        .map(|i| i.at)
+        .collect();
+    // Applied at the event of 300 s (its own time); the next event (400 s) is activity after it.
+    assert_eq!(after, vec![T0 + 400_000], "{after:?}");
+}

@@ -192,11 +192,14 @@ impl Core {
         self.metrics.events.fetch_add(1, Ordering::Relaxed);
         part.engine.process(&ev, &mut self.out);
         if !self.pending.is_empty() {
-            let agent = ev.agent_id.as_ref();
+            // Operator commands for agents this instance had not seen apply on the agent's own
+            // timeline, once its event time reaches the command's (so a rebuild from the log
+            // puts them where they happened).
+            let (agent, ts) = (ev.agent_id.as_ref(), ev.ts_ms);
             let engine = &mut part.engine;
             let metrics = &self.metrics;
             self.pending.retain(|c| {
-                if c.agent_id != agent {
+                if c.agent_id != agent || c.issued_at > ts {
                     return true;
                 }
                 apply(engine, c);
