@@ -147,7 +147,11 @@ impl Core {
                     .store(self.parts.len(), Ordering::Relaxed);
                 let _ = ack.send(());
             }
-            Notice::Audit(r) => self.audit(r)?,
+            Notice::Audit(batch) => {
+                for r in batch {
+                    self.audit(r)?;
+                }
+            }
             Notice::Control(r) => self.control(r)?,
             Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),
             Notice::Stopped(None) => return Ok(false),

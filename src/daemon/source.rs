@@ -63,8 +63,9 @@ pub enum Notice {
     Assigned(Vec<Assignment>),
     /// Partitions revoked: checkpoint them, then acknowledge.
     Revoked(Vec<(u16, i32)>, mpsc::Sender<()>),
-    /// An audit event.
-    Audit(Record),
+    /// Audit events, in offset order per partition (polled together, sent as one message to
+    /// spare a thread wake-up per event).
+    Audit(Vec<Record>),
     /// A control-topic message.
     Control(Record),
     /// A source stopped (shutdown), with an error if it failed.
@@ -107,6 +108,9 @@ impl Queue {
 /// Consumer context of the audit group.
 pub struct AuditContext {
     queue: Queue,
+    /// Messages polled but not yet sent; flushed before any rebalance notice so that notices and
+    /// messages reach the engine in poll order.
+    batch: std::sync::Mutex<Vec<Record>>,
     lag: Arc<AtomicU64>,
     store: Store,
     topics: Vec<String>,
@@ -127,7 +131,31 @@ impl ClientContext for AuditContext {
     }
 }
 
+/// Most messages sent to the engine at once.
+const BATCH: usize = 1024;
+
 impl AuditContext {
+    /// Sends the polled messages; `false` when the engine is gone.
+    fn flush(&self) -> bool {
+        let batch = match self.batch.lock() {
+            Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
+            _ => return true,
+        };
+        self.queue.send(Notice::Audit(batch))
+    }
+
+    /// Adds a polled message; sends the batch when full.
+    fn push(&self, r: Record) -> bool {
+        let full = match self.batch.lock() {
+            Ok(mut b) => {
+                b.push(r);
+                b.len() >= BATCH
+            }
+            Err(_) => true,
+        };
+        !full || self.flush()
+    }
+
     fn topic_index(&self, name: &str) -> Option<u16> {
         self.topics.iter().position(|t| t == name).map(|i| i as u16)
     }
@@ -188,6 +216,7 @@ impl AuditContext {
                 state: stored.map(|(_, s)| s),
             });
         }
+        self.flush();
         self.queue.send(Notice::Assigned(out));
         c.assign(&start_list)
     }
@@ -211,6 +240,7 @@ impl ConsumerContext for AuditContext {
                     .collect();
                 tracing::info!(partitions = parts.len(), "partitions revoked");
                 let (ack, done) = mpsc::channel();
+                self.flush();
                 if self.queue.send(Notice::Revoked(parts, ack))
                     && done.recv_timeout(Duration::from_secs(60)).is_err()
                 {
@@ -261,6 +291,7 @@ pub fn audit_consumer(
     let ctx = AuditContext {
         queue,
         lag,
+        batch: std::sync::Mutex::new(Vec::with_capacity(BATCH)),
         store,
         topics: k.audit_topics.clone(),
         backfill,
@@ -275,28 +306,41 @@ pub fn audit_consumer(
     Ok(Arc::new(c))
 }
 
-/// Polls the audit group until `stop`; every message and rebalance goes to the queue.
+/// Polls the audit group until `stop`; messages (in batches) and rebalances go to the queue.
 pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Arc<AtomicBool>) {
-    let topics = c.context().topics.clone();
+    let ctx = c.context();
     let mut last_warn = std::time::Instant::now() - Duration::from_secs(60);
+    let mut pending = false;
     while !stop.load(Ordering::Relaxed) {
-        match c.poll(Duration::from_millis(100)) {
-            None => {}
+        // Wait for data only when nothing is waiting to be sent: a batch never waits for more.
+        let timeout = if pending {
+            Duration::ZERO
+        } else {
+            Duration::from_millis(100)
+        };
+        match c.poll(timeout) {
+            None => {
+                if pending && !ctx.flush() {
+                    return;
+                }
+                pending = false;
+            }
             Some(Ok(m)) => {
-                let Some(topic) = topics.iter().position(|t| t == m.topic()) else {
+                let Some(topic) = ctx.topic_index(m.topic()) else {
                     continue;
                 };
                 let rec = Record {
-                    topic: topic as u16,
+                    topic,
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     payload: m.payload().map(<[u8]>::to_vec),
                     timestamp: m.timestamp().to_millis(),
                 };
-                if !queue.send(Notice::Audit(rec)) {
+                if !ctx.push(rec) {
                     return;
                 }
+                pending = true;
             }
             // Broker outages surface here; librdkafka reconnects by itself.
             Some(Err(e)) if last_warn.elapsed() > Duration::from_secs(5) => {
@@ -306,6 +350,7 @@ pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Arc<AtomicBool>) {
             Some(Err(_)) => {}
         }
     }
+    ctx.flush();
     queue.send(Notice::Stopped(None));
 }
 
