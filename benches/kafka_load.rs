@@ -96,6 +96,7 @@ fn config(k: KafkaConfig, dir: &std::path::Path) -> agent_guardian::config::Reso
     let mut cfg = demo::local_config(k, dir, demo::demo_blueprints().expect("blueprints"));
     cfg.checkpoint_interval = Duration::from_secs(env_or("LOAD_CHECKPOINT_S", 1));
     cfg.config.checkpoint_interval = "1s".into();
+    cfg.config.checkpoint_events = env_or("LOAD_CHECKPOINT_EVENTS", cfg.config.checkpoint_events);
     // Extra librdkafka options to experiment with: LOAD_OPTS="consumer.fetch.wait.max.ms=10,…".
     for kv in std::env::var("LOAD_OPTS").unwrap_or_default().split(',') {
         if let Some((k, v)) = kv.split_once('=') {
