@@ -75,7 +75,7 @@ pub struct Metrics {
     pub suppressed: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
-    /// Depth of the source → engine queue.
+    /// Depth of the source → engine queue (notices; audit messages travel in batches of up to 1,024).
     pub queue_depth: Arc<AtomicUsize>,
     /// Partitions owned.
     pub partitions: AtomicUsize,
