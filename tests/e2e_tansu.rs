@@ -51,6 +51,14 @@ impl Broker {
             .expect("tansu topic create");
         assert!(out.status.success(), "{out:?}");
     }
+
+    /// The audit topic (with `partitions`) and the three output topics of a test.
+    fn topics(&self, prefix: &str, partitions: u32) {
+        self.create_topic(&format!("{prefix}-audit"), partitions);
+        for t in ["incidents", "control", "dlq"] {
+            self.create_topic(&format!("{prefix}-{t}"), 1);
+        }
+    }
 }
 
 fn guardian() -> Proc {
@@ -144,10 +152,7 @@ fn fleet_scenario_through_tansu_yields_the_expected_signed_kill_commands() {
         return;
     };
     let prefix = format!("e2e{}", std::process::id());
-    b.create_topic(&format!("{prefix}-audit"), 3);
-    for t in ["incidents", "control", "dlq"] {
-        b.create_topic(&format!("{prefix}-{t}"), 1);
-    }
+    b.topics(&prefix, 3);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &b, &prefix);
 
@@ -161,22 +166,7 @@ fn fleet_scenario_through_tansu_yields_the_expected_signed_kill_commands() {
     let events = sim.to_jsonl();
     let events_file = dir.path().join("events.jsonl");
     std::fs::write(&events_file, &events).unwrap();
-    let set = agent_guardian::demo::demo_blueprints().unwrap();
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })
-    .unwrap();
-    let mut engine = Engine::new(set);
-    let mut out = Vec::new();
-    for line in events.split(|&c| c == b'\n').filter(|l| !l.is_empty()) {
-        engine.process(&decoder.decode(line).unwrap(), &mut out);
-    }
-    let expected: BTreeSet<String> = out
-        .iter()
-        .filter(|i| i.action_taken == Action::Killed)
-        .map(|i| Command::for_kill(i, "e2e-1").command_id)
-        .collect();
+    let expected = reference(&lines_of(&events)).command_ids;
     assert!(!expected.is_empty(), "the scenario must contain kills");
 
     let produce = guardian()
@@ -324,10 +314,7 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
     };
     let prefix = format!("crash{}", std::process::id());
     let audit = format!("{prefix}-audit");
-    b.create_topic(&audit, 4);
-    for t in ["incidents", "control", "dlq"] {
-        b.create_topic(&format!("{prefix}-{t}"), 1);
-    }
+    b.topics(&prefix, 4);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &b, &prefix);
 
@@ -339,33 +326,14 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
         ..SimConfig::default()
     });
     let events = sim.to_jsonl();
-    let lines: Vec<&[u8]> = events
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = lines_of(&events);
     assert!(lines.len() >= 1_000_000, "{} events", lines.len());
     let events_file = dir.path().join("events.jsonl");
     std::fs::write(&events_file, &events).unwrap();
 
     // The uninterrupted run, offline: incidents, kill commands and final agent states.
-    let set = agent_guardian::demo::demo_blueprints().unwrap();
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })
-    .unwrap();
-    let mut engine = Engine::new(set);
-    let mut out = Vec::new();
-    for l in &lines {
-        engine.process(&decoder.decode(l).unwrap(), &mut out);
-    }
-    let want_incidents: BTreeSet<String> = out.iter().map(|i| i.incident_id.clone()).collect();
-    let want_commands: BTreeSet<String> = out
-        .iter()
-        .filter(|i| i.action_taken == Action::Killed)
-        .map(|i| Command::for_kill(i, "e2e-1").command_id)
-        .collect();
-    assert!(!want_commands.is_empty());
+    let want = reference(&lines);
+    assert!(!want.command_ids.is_empty());
 
     let produce = guardian()
         .args(["produce", "--config"])
@@ -432,25 +400,29 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
         .map(|i| i.incident_id.clone())
         .collect();
     assert_eq!(
-        ids, want_incidents,
+        ids, want.incident_ids,
         "incident ids equal the uninterrupted run's"
     );
     // A duplicate is allowed only with an identical id (and then identical content).
     for i in &got_incidents {
-        let orig = out.iter().find(|o| o.incident_id == i.incident_id).unwrap();
+        let orig = want
+            .incidents
+            .iter()
+            .find(|o| o.incident_id == i.incident_id)
+            .unwrap();
         assert_eq!(i, orig);
     }
     let cmds = kills(&b.addr, &format!("{prefix}-control"));
     let cmd_ids: BTreeSet<String> = cmds.iter().map(|c| c.command_id.clone()).collect();
     assert_eq!(
-        cmd_ids, want_commands,
+        cmd_ids, want.command_ids,
         "kill command ids equal the uninterrupted run's"
     );
 
     // The final state of every agent equals the uninterrupted run's.
     let store = agent_guardian::daemon::store::Store::open(&dir.path().join("state")).unwrap();
     let mut agents = 0;
-    for st in engine.agents() {
+    for st in want.engine.agents() {
         let found = store.find_agent(&st.agent_id).unwrap();
         assert_eq!(found.len(), 1, "{}", st.agent_id);
         assert_eq!(&found[0].1, st, "state of {}", st.agent_id);
@@ -459,8 +431,16 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
     assert_eq!(agents, sim.fleet.len());
 }
 
-/// The uninterrupted offline run of some event lines: incident ids, kill command ids, engine.
-fn reference(lines: &[&[u8]]) -> (BTreeSet<String>, BTreeSet<String>, Engine) {
+/// What an uninterrupted offline run decides on some events.
+struct Reference {
+    incidents: Vec<Incident>,
+    incident_ids: BTreeSet<String>,
+    command_ids: BTreeSet<String>,
+    engine: Engine,
+}
+
+/// The uninterrupted offline run of some event lines.
+fn reference(lines: &[&[u8]]) -> Reference {
     let set = agent_guardian::demo::demo_blueprints().unwrap();
     let decoder = Decoder::new(&DecoderOptions {
         group_pointer: set.assignment().group_field.clone(),
@@ -468,17 +448,28 @@ fn reference(lines: &[&[u8]]) -> (BTreeSet<String>, BTreeSet<String>, Engine) {
     })
     .unwrap();
     let mut engine = Engine::new(set);
-    let mut out = Vec::new();
+    let mut incidents = Vec::new();
     for l in lines {
-        engine.process(&decoder.decode(l).unwrap(), &mut out);
+        engine.process(&decoder.decode(l).unwrap(), &mut incidents);
     }
-    let incidents = out.iter().map(|i| i.incident_id.clone()).collect();
-    let commands = out
-        .iter()
-        .filter(|i| i.action_taken == Action::Killed)
-        .map(|i| Command::for_kill(i, "e2e-1").command_id)
-        .collect();
-    (incidents, commands, engine)
+    Reference {
+        incident_ids: incidents.iter().map(|i| i.incident_id.clone()).collect(),
+        command_ids: incidents
+            .iter()
+            .filter(|i| i.action_taken == Action::Killed)
+            .map(|i| Command::for_kill(i, "e2e-1").command_id)
+            .collect(),
+        incidents,
+        engine,
+    }
+}
+
+/// The non-empty lines of a JSON-lines buffer.
+fn lines_of(events: &[u8]) -> Vec<&[u8]> {
+    events
+        .split(|&c| c == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 fn produce_lines(cfg: &Path, dir: &Path, name: &str, lines: &[&[u8]]) {
@@ -552,19 +543,13 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
     };
     let prefix = "outage";
     let audit = format!("{prefix}-audit");
-    b.create_topic(&audit, 2);
-    for t in ["incidents", "control", "dlq"] {
-        b.create_topic(&format!("{prefix}-{t}"), 1);
-    }
+    b.topics(prefix, 2);
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(dir.path(), &b, prefix);
     let events = fleet_lines(60, 7, 21);
-    let lines: Vec<&[u8]> = events
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
+    let lines = lines_of(&events);
     let half = lines.len() / 2;
-    let (want_incidents, want_commands, _) = reference(&lines);
+    let want = reference(&lines);
     produce_lines(&cfg, dir.path(), "a.jsonl", &lines[..half]);
     let mut run = guardian()
         .args(["run", "--config"])
@@ -597,13 +582,13 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
     assert!(sigterm(&mut run).success());
     assert_eq!(
         incident_ids(&b.addr, &format!("{prefix}-incidents")),
-        want_incidents
+        want.incident_ids
     );
     let cmds: BTreeSet<String> = kills(&b.addr, &format!("{prefix}-control"))
         .into_iter()
         .map(|c| c.command_id)
         .collect();
-    assert_eq!(cmds, want_commands);
+    assert_eq!(cmds, want.command_ids);
     let _ = tansu.kill();
     let _ = tansu.wait();
 }
@@ -615,20 +600,14 @@ fn two_daemons_split_the_partitions_and_one_takes_over_when_the_other_stops() {
     };
     let prefix = format!("pair{}", std::process::id());
     let audit = format!("{prefix}-audit");
-    b.create_topic(&audit, 4);
-    for t in ["incidents", "control", "dlq"] {
-        b.create_topic(&format!("{prefix}-{t}"), 1);
-    }
+    b.topics(&prefix, 4);
     let dir_a = tempfile::tempdir().unwrap();
     let dir_b = tempfile::tempdir().unwrap();
     let cfg_a = write_config(dir_a.path(), &b, &prefix);
     let cfg_b = write_config(dir_b.path(), &b, &prefix);
     let events = fleet_lines(80, 7, 33);
-    let lines: Vec<&[u8]> = events
-        .split(|&c| c == b'\n')
-        .filter(|l| !l.is_empty())
-        .collect();
-    let (want_incidents, want_commands, _) = reference(&lines);
+    let lines = lines_of(&events);
+    let want = reference(&lines);
     let third = lines.len() / 3;
     produce_lines(&cfg_a, dir_a.path(), "1.jsonl", &lines[..third]);
     let start = |cfg: &Path, log: &Path| {
@@ -672,12 +651,12 @@ fn two_daemons_split_the_partitions_and_one_takes_over_when_the_other_stops() {
     );
     assert_eq!(
         incident_ids(&b.addr, &format!("{prefix}-incidents")),
-        want_incidents,
+        want.incident_ids,
         "same incidents as one instance"
     );
     let cmds: BTreeSet<String> = kills(&b.addr, &format!("{prefix}-control"))
         .into_iter()
         .map(|c| c.command_id)
         .collect();
-    assert_eq!(cmds, want_commands);
+    assert_eq!(cmds, want.command_ids);
 }
