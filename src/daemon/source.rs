@@ -267,7 +267,10 @@ fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String
         .set("enable.partition.eof", "false")
         // A guard's latency matters more than a few extra fetch requests (librdkafka's default
         // is 500 ms, which some brokers use in full even when data is waiting).
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        // When the local queue is over its threshold librdkafka postpones the partition's next
+        // fetch by this much (default 1 s): with a fast engine that idles the consumer.
+        .set("fetch.queue.backoff.ms", "10");
     for (k, v) in options {
         if !k.starts_with("producer.") {
             c.set(k.trim_start_matches("consumer."), v);
