@@ -7,9 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_guardian::blueprint::{Assignment, BlueprintSet};
+use agent_guardian::blueprint::BlueprintSet;
 use agent_guardian::engine::Engine;
-use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::event::Decoder;
 use agent_guardian::simulate::{SimConfig, Simulation};
 use agent_guardian::state::Snapshot;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -25,18 +25,8 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let v: serde_json::Value =
-        serde_json::from_str(include_str!("../deploy/assignment.json")).expect("json");
-    let a = Assignment::from_json(&v).expect("assignment");
-    let set = Arc::new(
-        BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a)
-            .expect("set"),
-    );
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })
-    .expect("decoder");
+    let set = agent_guardian::demo::demo_blueprints().expect("blueprints");
+    let decoder = Decoder::new(&set.decoder_options()).expect("decoder");
     let sim = Simulation::new(SimConfig {
         agents: AGENTS,
         days: 2,

@@ -2,11 +2,9 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
-use agent_guardian::blueprint::{Assignment, BlueprintSet};
 use agent_guardian::engine::Engine;
-use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::event::Decoder;
 use agent_guardian::simulate::{SimConfig, Simulation};
 
 struct Counting;
@@ -32,17 +30,8 @@ static GLOBAL: Counting = Counting;
 
 #[test]
 fn steady_path_allocates_nothing_per_event() {
-    let v: serde_json::Value =
-        serde_json::from_str(include_str!("../deploy/assignment.json")).unwrap();
-    let a = Assignment::from_json(&v).unwrap();
-    let set = Arc::new(
-        BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).unwrap(),
-    );
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let set = agent_guardian::demo::demo_blueprints().unwrap();
+    let decoder = Decoder::new(&set.decoder_options()).unwrap();
     let sim = Simulation::new(SimConfig {
         agents: 60,
         days: 3,

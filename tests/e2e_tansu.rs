@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agent_guardian::control::{Command, Verb};
 use agent_guardian::engine::Engine;
-use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::event::Decoder;
 use agent_guardian::response::{Action, Incident};
 use agent_guardian::simulate::{SimConfig, Simulation};
 use rdkafka::config::ClientConfig;
@@ -442,11 +442,7 @@ struct Reference {
 /// The uninterrupted offline run of some event lines.
 fn reference(lines: &[&[u8]]) -> Reference {
     let set = agent_guardian::demo::demo_blueprints().unwrap();
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let decoder = Decoder::new(&set.decoder_options()).unwrap();
     let mut engine = Engine::new(set);
     let mut incidents = Vec::new();
     for l in lines {

@@ -247,7 +247,10 @@ fn random_streams_reach_every_incident_type() {
         feed(&mut e, &evs, &items, &mut out);
         seen.extend(out.iter().map(|i| (i.kind, i.basis)));
     }
-    for t in agent_guardian::response::IncidentType::DETECTED {
+    for t in agent_guardian::response::IncidentType::DETECTED
+        .iter()
+        .copied()
+    {
         assert!(
             seen.iter().any(|(k, _)| *k == t),
             "{t:?} never raised; seen {seen:?}"

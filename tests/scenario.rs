@@ -4,29 +4,20 @@
 
 use std::sync::Arc;
 
-use agent_guardian::blueprint::{Assignment, BlueprintSet};
+use agent_guardian::blueprint::BlueprintSet;
 use agent_guardian::engine::Engine;
-use agent_guardian::event::{Decoder, DecoderOptions};
+use agent_guardian::event::Decoder;
 use agent_guardian::replay;
 use agent_guardian::response::{Incident, IncidentType};
 use agent_guardian::simulate::{evaluate, SimConfig, Simulation};
 
 fn rules() -> Arc<BlueprintSet> {
-    let v: serde_json::Value =
-        serde_json::from_str(include_str!("../deploy/assignment.json")).unwrap();
-    let a = Assignment::from_json(&v).unwrap();
-    Arc::new(
-        BlueprintSet::from_blueprints(BlueprintSet::builtin().blueprints().to_vec(), a).unwrap(),
-    )
+    agent_guardian::demo::demo_blueprints().unwrap()
 }
 
 fn run(sim: &Simulation) -> Vec<Incident> {
     let set = rules();
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })
-    .unwrap();
+    let decoder = Decoder::new(&set.decoder_options()).unwrap();
     let mut engine = Engine::new(set);
     let mut incidents = Vec::new();
     let events = sim.to_jsonl();
@@ -87,7 +78,7 @@ fn generated_fleet_every_injected_anomaly_found_and_no_negative_control_fires() 
         eprintln!("NEGATIVE CONTROL FIRED {:?}: {}", l.note, i.description);
     }
     // Every kind of anomaly is represented in the labels.
-    for t in IncidentType::DETECTED {
+    for t in IncidentType::DETECTED.iter().copied() {
         assert!(
             sim.labels.iter().any(|l| l.expect == Some(t)),
             "no label of type {t:?}"

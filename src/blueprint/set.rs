@@ -158,6 +158,14 @@ impl BlueprintSet {
         Ok(set)
     }
 
+    /// Decoder options that extract the group field the assignment rules use (other options default).
+    pub fn decoder_options(&self) -> crate::event::DecoderOptions {
+        crate::event::DecoderOptions {
+            group_pointer: self.assignment.group_field.clone(),
+            ..Default::default()
+        }
+    }
+
     /// The blueprints of a directory (default: the shipped ones) with an optional assignment file.
     pub fn load(dir: Option<&Path>, assignment: Option<&Path>) -> Result<BlueprintSet, LoadError> {
         let set = match dir {

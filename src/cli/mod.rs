@@ -208,8 +208,8 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let set = Arc::new(load_rules(&a.rules)?);
     let decoder = Decoder::new(&DecoderOptions {
         volume_pointer: a.volume_pointer.clone(),
-        group_pointer: set.assignment().group_field.clone(),
         max_event_bytes: a.max_event_bytes,
+        ..set.decoder_options()
     })?;
     let (input, len): (Box<dyn BufRead>, Option<u64>) = if a.events.as_os_str() == "-" {
         (
@@ -326,17 +326,8 @@ fn evaluate_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
         a.days
     );
     let events = sim.to_jsonl();
-    let assignment: serde_json::Value =
-        serde_json::from_str(include_str!("../../deploy/assignment.json"))?;
-    let assignment = Assignment::from_json(&assignment).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    let set = Arc::new(BlueprintSet::from_blueprints(
-        BlueprintSet::builtin().blueprints().to_vec(),
-        assignment,
-    )?);
-    let decoder = Decoder::new(&DecoderOptions {
-        group_pointer: set.assignment().group_field.clone(),
-        ..Default::default()
-    })?;
+    let set = crate::demo::demo_blueprints()?;
+    let decoder = Decoder::new(&set.decoder_options())?;
     let mut engine = Engine::new(set);
     let mut incidents = Vec::new();
     let summary = replay::run(

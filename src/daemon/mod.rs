@@ -414,8 +414,8 @@ impl Daemon {
         )?;
         let decoder = Decoder::new(&DecoderOptions {
             volume_pointer: cfg.config.volume_pointer.clone(),
-            group_pointer: cfg.blueprints.assignment().group_field.clone(),
             max_event_bytes: cfg.config.max_event_bytes,
+            ..cfg.blueprints.decoder_options()
         })
         .map_err(|e| DaemonError::Source(e.to_string()))?;
         let mut sources = Vec::new();

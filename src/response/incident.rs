@@ -66,7 +66,7 @@ pub enum IncidentType {
 }
 
 impl IncidentType {
-    /// All types, in a fixed order.
+    /// All types, in a fixed order (the engine's types first, see [`IncidentType::DETECTED`]).
     pub const ALL: [IncidentType; 7] = [
         IncidentType::FrequencySpike,
         IncidentType::VolumeSpike,
@@ -79,14 +79,7 @@ impl IncidentType {
 
     /// The types the engine's detectors and kill policy raise (all but the daemon's
     /// `rejected_command`).
-    pub const DETECTED: [IncidentType; 6] = [
-        IncidentType::FrequencySpike,
-        IncidentType::VolumeSpike,
-        IncidentType::SuspiciousSequence,
-        IncidentType::OffHours,
-        IncidentType::AutoKill,
-        IncidentType::ActivityAfterKill,
-    ];
+    pub const DETECTED: &'static [IncidentType] = IncidentType::ALL.split_at(6).0;
 
     /// snake_case name.
     pub fn as_str(self) -> &'static str {
