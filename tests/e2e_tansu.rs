@@ -61,6 +61,19 @@ impl Broker {
     }
 }
 
+/// A test's topics (named `{name}{pid}-…`), state directory and config file.
+fn setup(
+    b: &Broker,
+    name: &str,
+    partitions: u32,
+) -> (String, tempfile::TempDir, std::path::PathBuf) {
+    let prefix = format!("{name}{}", std::process::id());
+    b.topics(&prefix, partitions);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), b, &prefix);
+    (prefix, dir, cfg)
+}
+
 fn guardian() -> Proc {
     Proc::new(env!("CARGO_BIN_EXE_guardian"))
 }
@@ -151,10 +164,7 @@ fn fleet_scenario_through_tansu_yields_the_expected_signed_kill_commands() {
     let Some(b) = broker() else {
         return;
     };
-    let prefix = format!("e2e{}", std::process::id());
-    b.topics(&prefix, 3);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &b, &prefix);
+    let (prefix, dir, cfg) = setup(&b, "e2e", 3);
 
     // A simulated fleet with injected anomalies, and the offline engine's decisions on it.
     let sim = Simulation::new(SimConfig {
@@ -312,11 +322,8 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
     let Some(b) = broker() else {
         return;
     };
-    let prefix = format!("crash{}", std::process::id());
+    let (prefix, dir, cfg) = setup(&b, "crash", 4);
     let audit = format!("{prefix}-audit");
-    b.topics(&prefix, 4);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &b, &prefix);
 
     // At least 1,000,000 events: 300 agents over 18 days, with injected anomalies.
     let sim = Simulation::new(SimConfig {
@@ -537,11 +544,8 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
         addr: format!("127.0.0.1:{port}"),
         bin: shared.bin.clone(),
     };
-    let prefix = "outage";
+    let (prefix, dir, cfg) = setup(&b, "outage", 2);
     let audit = format!("{prefix}-audit");
-    b.topics(prefix, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &b, prefix);
     let events = fleet_lines(60, 7, 21);
     let lines = lines_of(&events);
     let half = lines.len() / 2;
