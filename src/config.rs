@@ -152,7 +152,8 @@ impl Default for Config {
     }
 }
 
-fn default_guardian_id() -> String {
+/// The host name (`HOSTNAME`, else `/etc/hostname`), the default guardian id.
+pub fn default_guardian_id() -> String {
     std::env::var("HOSTNAME")
         .ok()
         .filter(|h| !h.is_empty())

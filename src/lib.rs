@@ -40,5 +40,6 @@ pub mod engine;
 pub mod event;
 pub mod replay;
 pub mod response;
+pub mod siem;
 pub mod simulate;
 pub mod state;

@@ -61,6 +61,11 @@ impl ReplaySummary {
 pub trait IncidentSink {
     /// Receives one incident.
     fn incident(&mut self, i: &Incident) -> io::Result<()>;
+
+    /// Receives a malformed line (1-based number) and its error; ignored by default.
+    fn dead_letter(&mut self, _line: u64, _e: &DecodeError, _bytes: usize) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes incidents as JSON lines.
@@ -119,6 +124,7 @@ pub fn run(
             }
             Err(e) => {
                 sum.malformed += 1;
+                sink.dead_letter(line_no, &e, line.len())?;
                 on_error(line_no, &e);
             }
         }

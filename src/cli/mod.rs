@@ -17,6 +17,7 @@ use crate::blueprint::{Assignment, BlueprintSet, LoadError};
 use crate::engine::Engine;
 use crate::event::{Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER};
 use crate::replay::{self, JsonLines};
+use crate::siem::{Format, Formatter, RecordLines};
 use crate::simulate::{evaluate, SimConfig, Simulation};
 
 /// agent-guardian: watches fleets of AI agents through their audit events and stops rogue ones.
@@ -76,8 +77,62 @@ struct ReplayArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    /// What to print: incident JSON lines, or every record the SIEM sinks would send (incidents,
+    /// kill commands, dead letters) as CEF or ECS JSON lines.
+    #[arg(long, value_enum, default_value = "incidents")]
+    output: ReplayOutput,
+    /// Guardian id in kill commands, and host name in CEF/JSON records (default: the host name).
+    #[arg(long)]
+    guardian_id: Option<String>,
     /// Events file (JSON lines), or `-` for stdin.
     events: PathBuf,
+}
+
+/// `guardian replay --output`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ReplayOutput {
+    /// Incidents as JSON lines.
+    Incidents,
+    /// CEF lines.
+    Cef,
+    /// ECS JSON lines.
+    Json,
+}
+
+/// Where `guardian replay` writes.
+enum ReplaySink<W: Write> {
+    Incidents(JsonLines<W>),
+    Records(RecordLines<W>),
+}
+
+impl<W: Write> replay::IncidentSink for ReplaySink<W> {
+    fn incident(&mut self, i: &crate::response::Incident) -> io::Result<()> {
+        match self {
+            ReplaySink::Incidents(s) => s.incident(i),
+            ReplaySink::Records(s) => s.incident(i),
+        }
+    }
+
+    fn dead_letter(
+        &mut self,
+        line: u64,
+        e: &crate::event::DecodeError,
+        bytes: usize,
+    ) -> io::Result<()> {
+        match self {
+            ReplaySink::Incidents(s) => s.dead_letter(line, e, bytes),
+            ReplaySink::Records(s) => s.dead_letter(line, e, bytes),
+        }
+    }
+}
+
+impl<W: Write> ReplaySink<W> {
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ReplaySink::Incidents(s) => s.0.flush(),
+            ReplaySink::Records(s) => s.flush(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +291,24 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     });
     let mut engine = Engine::new(set);
     let stdout = io::stdout().lock();
-    let mut sink = JsonLines(BufWriter::with_capacity(1 << 16, stdout));
+    let out = BufWriter::with_capacity(1 << 16, stdout);
+    let guardian_id = a
+        .guardian_id
+        .clone()
+        .unwrap_or_else(crate::config::default_guardian_id);
+    let source = a.events.display().to_string();
+    let mut sink = match a.output {
+        ReplayOutput::Incidents => ReplaySink::Incidents(JsonLines(out)),
+        ReplayOutput::Cef | ReplayOutput::Json => {
+            let format = if a.output == ReplayOutput::Cef {
+                Format::Cef
+            } else {
+                Format::Json
+            };
+            let f = Formatter::new(format, &guardian_id);
+            ReplaySink::Records(RecordLines::new(out, f, &guardian_id, &source))
+        }
+    };
     let mut shown = 0u64;
     let summary = replay::run(
         &mut engine,
@@ -251,7 +323,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         },
         progress.as_ref(),
     )?;
-    sink.0.flush()?;
+    sink.flush()?;
     if summary.malformed > 100 {
         eprintln!("… and {} more malformed line(s)", summary.malformed - 100);
     }

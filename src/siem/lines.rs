@@ -1,0 +1,102 @@
+//! `guardian replay --output cef|json`: the records the SIEM sinks would send, one per line.
+
+use std::io::{self, Write};
+
+use super::{CefFormatter, DeadLetter, EcsFormatter, Record};
+use crate::control::Command;
+use crate::event::DecodeError;
+use crate::replay::IncidentSink;
+use crate::response::{Action, Incident};
+
+/// Line format of SIEM records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// ArcSight CEF.
+    #[default]
+    Cef,
+    /// ECS JSON.
+    Json,
+}
+
+/// Formats one record in either format.
+#[derive(Debug, Clone)]
+pub enum Formatter {
+    /// CEF lines.
+    Cef(CefFormatter),
+    /// ECS JSON lines.
+    Json(EcsFormatter),
+}
+
+impl Formatter {
+    /// A formatter of `format` reporting `host`.
+    pub fn new(format: Format, host: &str) -> Formatter {
+        match format {
+            Format::Cef => Formatter::Cef(CefFormatter::new(host)),
+            Format::Json => Formatter::Json(EcsFormatter::new(host)),
+        }
+    }
+
+    /// The line of `r` (no terminator).
+    pub fn line(&self, r: &Record<'_>) -> String {
+        match self {
+            Formatter::Cef(f) => f.line(r),
+            Formatter::Json(f) => f.line(r),
+        }
+    }
+}
+
+/// Writes every record a replay produces: incidents, the kill command of each automatic kill,
+/// and a dead letter per malformed line.
+pub struct RecordLines<W: Write> {
+    out: W,
+    formatter: Formatter,
+    guardian_id: String,
+    source: String,
+}
+
+impl<W: Write> RecordLines<W> {
+    /// Writes to `out`; commands carry `guardian_id`; dead letters name `source` (a file).
+    pub fn new(out: W, formatter: Formatter, guardian_id: &str, source: &str) -> Self {
+        RecordLines {
+            out,
+            formatter,
+            guardian_id: guardian_id.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Flushes the writer.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn write(&mut self, r: &Record<'_>) -> io::Result<()> {
+        let line = self.formatter.line(r);
+        self.out.write_all(line.as_bytes())?;
+        self.out.write_all(b"\n")
+    }
+}
+
+impl<W: Write> IncidentSink for RecordLines<W> {
+    fn incident(&mut self, i: &Incident) -> io::Result<()> {
+        self.write(&Record::Incident(i))?;
+        if i.action_taken == Action::Killed {
+            let c = Command::for_kill(i, &self.guardian_id);
+            self.write(&Record::Command(&c))?;
+        }
+        Ok(())
+    }
+
+    fn dead_letter(&mut self, line: u64, e: &DecodeError, bytes: usize) -> io::Result<()> {
+        let d = DeadLetter {
+            source: format!("{}:{line}", self.source),
+            at: chrono::Utc::now().timestamp_millis(),
+            kind: e.kind().into(),
+            error: e.to_string(),
+            key: None,
+            bytes,
+        };
+        self.write(&Record::DeadLetter(&d))
+    }
+}

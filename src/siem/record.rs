@@ -1,0 +1,169 @@
+//! What the SIEM and email sinks send: incidents, control commands, and dead-lettered input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::control::{Command, Origin, Verb};
+use crate::response::{Incident, IncidentType, Severity};
+
+/// An audit message that could not be decoded and went to the dead-letter topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Where it came from: `topic/partition@offset`, or `file:line`.
+    pub source: String,
+    /// When it was seen (the Kafka message timestamp, else the time it was read), epoch ms.
+    pub at: i64,
+    /// The decoder's error kind, e.g. `not_json`, `missing_field`.
+    pub kind: String,
+    /// The decoder's message, naming the field.
+    pub error: String,
+    /// The message key (usually the agent id), if any and valid UTF-8.
+    pub key: Option<String>,
+    /// Size of the message in bytes.
+    pub bytes: usize,
+}
+
+/// One record for the SIEM and email sinks.
+#[derive(Debug, Clone, Copy)]
+pub enum Record<'a> {
+    /// A detector or kill-policy incident, or a rejected control command.
+    Incident(&'a Incident),
+    /// A kill or revive command that was issued (automatic) or applied (manual).
+    Command(&'a Command),
+    /// Malformed input.
+    DeadLetter(&'a DeadLetter),
+}
+
+/// The fixed classes of records: CEF Device Event Class ID, name and severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Class {
+    /// CEF Device Event Class ID (also the syslog MSGID's number).
+    pub id: u16,
+    /// Short machine name (CEF `cat`, syslog MSGID, ECS `event.action`).
+    pub key: &'static str,
+    /// CEF Name: fixed per class, never user-controlled.
+    pub name: &'static str,
+}
+
+/// Every class, for the documentation table and tests.
+pub const CLASSES: [Class; 10] = [
+    class(100, "frequency_spike", "Frequency spike"),
+    class(101, "volume_spike", "Volume spike"),
+    class(102, "suspicious_sequence", "Suspicious tool sequence"),
+    class(103, "off_hours", "Off-hours activity"),
+    class(110, "auto_kill", "Kill decided by policy"),
+    class(111, "activity_after_kill", "Activity after kill"),
+    class(120, "rejected_command", "Control command rejected"),
+    class(200, "kill", "Kill command"),
+    class(201, "revive", "Revive command"),
+    class(300, "dead_letter", "Malformed audit event"),
+];
+
+const fn class(id: u16, key: &'static str, name: &'static str) -> Class {
+    Class { id, key, name }
+}
+
+fn incident_class(t: IncidentType) -> Class {
+    CLASSES[match t {
+        IncidentType::FrequencySpike => 0,
+        IncidentType::VolumeSpike => 1,
+        IncidentType::SuspiciousSequence => 2,
+        IncidentType::OffHours => 3,
+        IncidentType::AutoKill => 4,
+        IncidentType::ActivityAfterKill => 5,
+        IncidentType::RejectedCommand => 6,
+    }]
+}
+
+/// CEF severity (0–10) of an incident severity: low 3, medium 5, high 8, critical 10.
+pub fn cef_severity(s: Severity) -> u8 {
+    match s {
+        Severity::Low => 3,
+        Severity::Medium => 5,
+        Severity::High => 8,
+        Severity::Critical => 10,
+    }
+}
+
+impl Record<'_> {
+    /// The record's class.
+    pub fn class(&self) -> Class {
+        match self {
+            Record::Incident(i) => incident_class(i.kind),
+            Record::Command(c) => match c.command {
+                Verb::Kill => CLASSES[7],
+                Verb::Revive => CLASSES[8],
+            },
+            Record::DeadLetter(_) => CLASSES[9],
+        }
+    }
+
+    /// CEF severity 0–10: incidents by their severity; automatic kill commands 9, manual kill
+    /// commands 7, revive commands 3, dead letters 2.
+    pub fn severity(&self) -> u8 {
+        match self {
+            Record::Incident(i) => cef_severity(i.severity),
+            Record::Command(c) => match (c.command, c.origin) {
+                (Verb::Kill, Origin::Auto) => 9,
+                (Verb::Kill, Origin::Manual) => 7,
+                (Verb::Revive, _) => 3,
+            },
+            Record::DeadLetter(_) => 2,
+        }
+    }
+
+    /// The record's time (event time for incidents and automatic commands), epoch ms.
+    pub fn at(&self) -> i64 {
+        match self {
+            Record::Incident(i) => i.at,
+            Record::Command(c) => c.issued_at,
+            Record::DeadLetter(d) => d.at,
+        }
+    }
+
+    /// The agent concerned, if known.
+    pub fn agent(&self) -> Option<&str> {
+        match self {
+            Record::Incident(i) => Some(&i.agent_id),
+            Record::Command(c) => Some(&c.agent_id),
+            Record::DeadLetter(d) => d.key.as_deref(),
+        }
+    }
+
+    /// The blueprint in force, if known.
+    pub fn blueprint(&self) -> Option<&str> {
+        match self {
+            Record::Incident(i) => Some(&i.blueprint).filter(|b| !b.is_empty()).map(|b| &**b),
+            Record::Command(c) => c.blueprint.as_deref(),
+            Record::DeadLetter(_) => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_incident_type_has_its_own_class_and_ids_are_unique() {
+        let mut ids: Vec<u16> = CLASSES.iter().map(|c| c.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), CLASSES.len());
+        for t in IncidentType::ALL {
+            assert_eq!(incident_class(t).key, t.as_str());
+        }
+    }
+
+    #[test]
+    fn severity_mapping_is_monotonic_and_in_range() {
+        let s: Vec<u8> = [
+            Severity::Low,
+            Severity::Medium,
+            Severity::High,
+            Severity::Critical,
+        ]
+        .map(cef_severity)
+        .to_vec();
+        assert_eq!(s, vec![3, 5, 8, 10]);
+    }
+}
