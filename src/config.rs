@@ -129,6 +129,8 @@ pub struct Config {
     pub backfill: Backfill,
     /// Log format: "human" or "json".
     pub log_format: String,
+    /// SIEM sinks (`[[sinks]]`): CEF or ECS JSON over syslog, to files, stdout or Kafka.
+    pub sinks: Vec<crate::siem::SinkConfig>,
 }
 
 impl Default for Config {
@@ -148,6 +150,7 @@ impl Default for Config {
             shutdown_timeout: "30s".into(),
             backfill: Backfill::Silent,
             log_format: "human".into(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -290,6 +293,13 @@ impl Config {
                 "log_format: {:?} (expected \"human\" or \"json\")",
                 self.log_format
             ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, sink) in self.sinks.iter().enumerate() {
+            sink.validate(i, &mut errors);
+            if !names.insert(sink.name.as_str()) {
+                errors.push(format!("sinks[{i}].name: {:?} is used twice", sink.name));
+            }
         }
         if let Err(e) = crate::event::Decoder::new(&crate::event::DecoderOptions {
             volume_pointer: self.volume_pointer.clone(),

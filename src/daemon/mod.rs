@@ -32,6 +32,7 @@ use crate::control::{Command, Origin, Verb};
 use crate::engine::{Engine, EngineStats};
 use crate::event::{Decoder, DecoderOptions};
 use crate::response::{Action, Basis, Incident, IncidentType, Severity};
+use crate::siem::{DeadLetter, Record as SiemRecord, SiemSinks};
 use sink::{dead_letter_headers, KafkaSink, SinkError};
 use source::{AuditConsumer, Notice, Queue, Record};
 use store::{PartitionDelta, Store, StoreError};
@@ -48,6 +49,12 @@ pub enum DaemonError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// A SIEM sink could not be started.
+    #[error(transparent)]
+    Siem(#[from] crate::siem::sink::SinkError),
+    /// A SIEM sink's spool failed.
+    #[error(transparent)]
+    Spool(#[from] crate::siem::spool::SpoolError),
     /// A source failed.
     #[error("source: {0}")]
     Source(String),
@@ -96,6 +103,7 @@ struct Core {
     decoder: Decoder,
     store: Store,
     sink: KafkaSink,
+    siem: SiemSinks,
     consumer: Arc<AuditConsumer>,
     parts: HashMap<(u16, i32), Part>,
     control_next: HashMap<i32, i64>,
@@ -189,6 +197,21 @@ impl Core {
                         payload,
                         Some(h),
                     )?;
+                    let d = DeadLetter {
+                        source: format!("{topic_name}/{}@{}", r.partition, r.offset),
+                        at: r
+                            .timestamp
+                            .unwrap_or_else(|| chrono::Utc::now().timestamp_millis()),
+                        kind: e.kind().into(),
+                        error: e.to_string(),
+                        key: r
+                            .key
+                            .as_deref()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .map(str::to_string),
+                        bytes: payload.len(),
+                    };
+                    self.siem.emit(&SiemRecord::DeadLetter(&d))?;
                 }
                 return Ok(());
             }
@@ -202,14 +225,21 @@ impl Core {
             let (agent, ts) = (ev.agent_id.as_ref(), ev.ts_ms);
             let engine = &mut part.engine;
             let metrics = &self.metrics;
+            let mut applied = Vec::new();
             self.pending.retain(|c| {
                 if c.agent_id != agent || c.issued_at > ts {
                     return true;
                 }
                 apply(engine, c);
                 metrics.commands_applied.fetch_add(1, Ordering::Relaxed);
+                applied.push(c.clone());
                 false
             });
+            if !quiet {
+                for c in &applied {
+                    self.siem.emit(&SiemRecord::Command(c))?;
+                }
+            }
         }
         if self.out.is_empty() {
             return Ok(());
@@ -228,6 +258,7 @@ impl Core {
                 None,
             )?;
             self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
+            self.siem.emit(&SiemRecord::Incident(&inc))?;
             if inc.action_taken == Action::Killed {
                 let cmd = Command::for_kill(&inc, &self.cfg.config.guardian_id)
                     .sign(&self.cfg.signing_key);
@@ -238,6 +269,7 @@ impl Core {
                     None,
                 )?;
                 self.metrics.kill_commands.fetch_add(1, Ordering::Relaxed);
+                self.siem.emit(&SiemRecord::Command(&cmd))?;
                 tracing::warn!(agent = %inc.agent_id, command_id = %cmd.command_id, "kill command issued");
             }
         }
@@ -262,6 +294,9 @@ impl Core {
                     self.metrics
                         .commands_applied
                         .fetch_add(1, Ordering::Relaxed);
+                    // Reported by the instances that own the agent (every instance reads the
+                    // control topic); an agent not seen yet reports it when the command applies.
+                    self.siem.emit(&SiemRecord::Command(&c))?;
                 } else {
                     self.pending.push(c);
                 }
@@ -309,6 +344,7 @@ impl Core {
                     None,
                 )?;
                 self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
+                self.siem.emit(&SiemRecord::Incident(&inc))?;
             }
         }
         Ok(())
@@ -368,6 +404,7 @@ impl Core {
             kill_commands = m.kill_commands.load(Ordering::Relaxed),
             queue_depth = m.queue_depth.load(Ordering::Relaxed),
             outputs_in_flight = self.sink.in_flight(),
+            siem_spooled = self.siem.spooled(),
             partitions = self.parts.len(),
             lag,
             "progress"
@@ -445,11 +482,19 @@ impl Daemon {
         }
         drop(queue);
         let pending = store.pending()?;
+        let siem = SiemSinks::start(
+            &cfg.config.sinks,
+            store.db(),
+            &cfg.config.guardian_id,
+            &k.brokers,
+            &cfg.kafka_options,
+        )?;
         let core = Core {
             cfg,
             decoder,
             store,
             sink,
+            siem,
             consumer,
             parts: HashMap::new(),
             control_next: HashMap::new(),
@@ -534,6 +579,8 @@ fn run_engine(
             }
         }
         core.checkpoint()?;
+        core.siem.shutdown(core.cfg.shutdown_timeout / 3);
+        let _ = core.store.db().flush();
         tracing::info!(
             events = core.metrics.events.load(Ordering::Relaxed),
             "engine stopped after a final checkpoint"

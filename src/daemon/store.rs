@@ -83,6 +83,11 @@ impl Store {
         })
     }
 
+    /// The sled database (the SIEM sinks keep their spools in it, flushed with each checkpoint).
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     /// A partition's stored state: the next offset and the agents, if any.
     pub fn load_partition(
         &self,

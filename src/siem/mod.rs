@@ -1,12 +1,19 @@
-//! SIEM outputs: CEF and ECS JSON records of incidents, commands and dead letters.
+//! SIEM outputs: CEF and ECS JSON records of incidents, commands and dead letters, sent over
+//! syslog (TCP, UDP, TLS), to files, stdout or Kafka, through a persistent spool per sink.
 
 pub mod cef;
 pub mod ecs;
 pub mod lines;
 pub mod record;
+pub mod settings;
+pub mod sink;
+pub mod spool;
 pub mod syslog;
+pub mod transport;
 
 pub use cef::CefFormatter;
 pub use ecs::EcsFormatter;
 pub use lines::{Format, Formatter, RecordLines};
 pub use record::{DeadLetter, Record};
+pub use settings::{SinkConfig, SinkType};
+pub use sink::{SiemSinks, SinkStatus};

@@ -1,0 +1,329 @@
+//! The running SIEM sinks: each formats records into its own spool, and a delivery thread per
+//! sink sends them with retry and exponential backoff. The engine only ever writes to the spool
+//! (a local sled tree), so a slow or dead receiver never stalls detection or the kill path
+//! (unless the sink is configured with `when_full = "block"`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::lines::Formatter;
+use super::record::Record;
+use super::settings::{SinkConfig, SinkType};
+use super::spool::{Spool, SpoolError};
+use super::syslog::SyslogHeader;
+use super::transport::{
+    FileTransport, KafkaTransport, Protocol, StreamTransport, Transport, TransportError,
+    UdpTransport,
+};
+
+/// First retry delay after a failed delivery; doubles up to [`MAX_BACKOFF`].
+pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
+/// Longest retry delay.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Messages sent per batch.
+const BATCH: usize = 256;
+
+/// Errors starting the sinks.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The transport could not be set up.
+    #[error("sink {name}: {source}")]
+    Transport {
+        /// Sink name.
+        name: String,
+        /// Why.
+        #[source]
+        source: TransportError,
+    },
+}
+
+/// Delivery counters of one sink.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Messages delivered.
+    pub sent: AtomicU64,
+    /// Failed delivery attempts.
+    pub failures: AtomicU64,
+}
+
+struct Stop {
+    requested: AtomicBool,
+    deadline: Mutex<Option<Instant>>,
+}
+
+struct Active {
+    name: String,
+    formatter: Formatter,
+    header: Option<SyslogHeader>,
+    min_severity: u8,
+    spool: Arc<Spool>,
+    stats: Arc<SinkStats>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// A sink's figures, for logs and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkStatus {
+    /// Sink name.
+    pub name: String,
+    /// Messages waiting in the spool.
+    pub spooled: u64,
+    /// Messages delivered since start.
+    pub sent: u64,
+    /// Failed delivery attempts since start.
+    pub failures: u64,
+    /// Messages dropped because the spool was full.
+    pub dropped: u64,
+}
+
+/// Every configured sink.
+pub struct SiemSinks {
+    sinks: Vec<Active>,
+    stop: Arc<Stop>,
+    buf: Vec<u8>,
+}
+
+impl SiemSinks {
+    /// Opens each sink's spool in `db` and starts its delivery thread. `host` is the default
+    /// syslog HOSTNAME and the records' `dvchost`; Kafka sinks use `brokers` and `options`.
+    pub fn start(
+        configs: &[SinkConfig],
+        db: &sled::Db,
+        host: &str,
+        brokers: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<SiemSinks, SinkError> {
+        let stop = Arc::new(Stop {
+            requested: AtomicBool::new(false),
+            deadline: Mutex::new(None),
+        });
+        let mut sinks = Vec::new();
+        for c in configs {
+            let terr = |source| SinkError::Transport {
+                name: c.name.clone(),
+                source,
+            };
+            let transport = match c.kind {
+                SinkType::Syslog => {
+                    let addr = c.address.clone().unwrap_or_default();
+                    match c.protocol {
+                        Protocol::Udp => Transport::Udp(UdpTransport::new(&addr)),
+                        Protocol::Tcp => Transport::Stream(
+                            StreamTransport::new(&addr, c.framing, None).map_err(terr)?,
+                        ),
+                        Protocol::Tls => Transport::Stream(
+                            StreamTransport::new(
+                                &addr,
+                                c.framing,
+                                Some(&c.tls.clone().unwrap_or_default()),
+                            )
+                            .map_err(terr)?,
+                        ),
+                    }
+                }
+                SinkType::File => Transport::File(FileTransport::new(
+                    c.path
+                        .as_deref()
+                        .unwrap_or(std::path::Path::new("guardian-cef.log")),
+                    c.max_bytes,
+                    c.keep,
+                )),
+                SinkType::Stdout => Transport::Stdout,
+                SinkType::Kafka => Transport::Kafka(
+                    KafkaTransport::new(brokers, options, c.topic.as_deref().unwrap_or_default())
+                        .map_err(terr)?,
+                ),
+            };
+            let header = (c.kind == SinkType::Syslog).then(|| {
+                SyslogHeader::new(
+                    c.syslog_format,
+                    super::syslog::facility(&c.facility).unwrap_or(20),
+                    c.hostname.as_deref().unwrap_or(host),
+                    &c.app_name,
+                )
+            });
+            let spool = Arc::new(Spool::open(db, &c.name, c.spool_max_records, c.when_full)?);
+            let stats = Arc::new(SinkStats::default());
+            let worker = {
+                let (spool, stats, stop, name) =
+                    (spool.clone(), stats.clone(), stop.clone(), c.name.clone());
+                std::thread::Builder::new()
+                    .name(format!("sink-{}", c.name))
+                    .spawn(move || deliver(&name, &spool, transport, &stats, &stop))
+                    .ok()
+            };
+            if spool.len() > 0 {
+                tracing::info!(sink = %c.name, spooled = spool.len(), "delivering messages spooled before the restart");
+            }
+            sinks.push(Active {
+                name: c.name.clone(),
+                formatter: Formatter::new(c.format, host),
+                header,
+                min_severity: c.min_severity,
+                spool,
+                stats,
+                worker,
+            });
+        }
+        Ok(SiemSinks {
+            sinks,
+            stop,
+            buf: Vec::with_capacity(4096),
+        })
+    }
+
+    /// No sinks.
+    pub fn none() -> SiemSinks {
+        SiemSinks {
+            sinks: Vec::new(),
+            stop: Arc::new(Stop {
+                requested: AtomicBool::new(false),
+                deadline: Mutex::new(None),
+            }),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Formats `r` for every sink that takes its severity and spools it.
+    pub fn emit(&mut self, r: &Record<'_>) -> Result<(), SpoolError> {
+        let sev = r.severity();
+        for s in &self.sinks {
+            if sev < s.min_severity {
+                continue;
+            }
+            let line = s.formatter.line(r);
+            self.buf.clear();
+            match &s.header {
+                Some(h) => h.message(r, &line, &mut self.buf),
+                None => self.buf.extend_from_slice(line.as_bytes()),
+            }
+            s.spool.push(&self.buf)?;
+        }
+        Ok(())
+    }
+
+    /// Each sink's figures.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        self.sinks
+            .iter()
+            .map(|s| SinkStatus {
+                name: s.name.clone(),
+                spooled: s.spool.len(),
+                sent: s.stats.sent.load(Ordering::Relaxed),
+                failures: s.stats.failures.load(Ordering::Relaxed),
+                dropped: s.spool.dropped(),
+            })
+            .collect()
+    }
+
+    /// Messages spooled over all sinks.
+    pub fn spooled(&self) -> u64 {
+        self.sinks.iter().map(|s| s.spool.len()).sum()
+    }
+
+    /// Stops the delivery threads: they keep delivering until their spool is empty or `drain`
+    /// has passed; what is left stays spooled for the next start.
+    pub fn shutdown(&mut self, drain: Duration) {
+        if let Ok(mut d) = self.stop.deadline.lock() {
+            *d = Some(Instant::now() + drain);
+        }
+        self.stop.requested.store(true, Ordering::Release);
+        for s in &self.sinks {
+            s.spool.close();
+        }
+        for s in &mut self.sinks {
+            if let Some(w) = s.worker.take() {
+                let _ = w.join();
+            }
+            if !s.spool.is_empty() {
+                tracing::warn!(sink = %s.name, spooled = s.spool.len(), "undelivered messages stay spooled for the next start");
+            }
+        }
+    }
+}
+
+impl Drop for SiemSinks {
+    fn drop(&mut self) {
+        if self.sinks.iter().any(|s| s.worker.is_some()) {
+            self.shutdown(Duration::ZERO);
+        }
+    }
+}
+
+fn past_deadline(stop: &Stop) -> bool {
+    stop.requested.load(Ordering::Acquire)
+        && stop
+            .deadline
+            .lock()
+            .ok()
+            .and_then(|d| *d)
+            .is_none_or(|d| Instant::now() >= d)
+}
+
+/// The delivery loop of one sink.
+fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop: &Stop) {
+    let mut backoff = INITIAL_BACKOFF;
+    let mut failing_since: Option<Instant> = None;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        let batch = match spool.peek(BATCH) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "spool read failed");
+                Vec::new()
+            }
+        };
+        if batch.is_empty() {
+            if stop.requested.load(Ordering::Acquire) {
+                return;
+            }
+            spool.wait(Duration::from_millis(100));
+            continue;
+        }
+        let msgs: Vec<&[u8]> = batch.iter().map(|m| m.1.as_slice()).collect();
+        let (sent, err) = match t.send(&msgs) {
+            Ok(()) => (msgs.len(), None),
+            Err((n, e)) => (n, Some(e)),
+        };
+        if sent > 0 {
+            if let Err(e) = spool.remove(batch.iter().take(sent).map(|m| m.0)) {
+                tracing::error!(sink = %name, error = %e, "spool update failed");
+            }
+            stats.sent.fetch_add(sent as u64, Ordering::Relaxed);
+        }
+        match err {
+            None => {
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(sink = %name, after_s = since.elapsed().as_secs(), "sink delivering again");
+                }
+                backoff = INITIAL_BACKOFF;
+            }
+            Some(e) => {
+                stats.failures.fetch_add(1, Ordering::Relaxed);
+                failing_since.get_or_insert_with(Instant::now);
+                if last_warn.is_none_or(|w| w.elapsed() >= Duration::from_secs(30)) {
+                    tracing::warn!(sink = %name, error = %e, spooled = spool.len(), retry_in_ms = backoff.as_millis() as u64, "sink delivery failed; messages stay spooled");
+                    last_warn = Some(Instant::now());
+                }
+                t.reset();
+                let until = Instant::now() + backoff;
+                while Instant::now() < until {
+                    if past_deadline(stop) {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        if past_deadline(stop) && !spool.is_empty() {
+            return;
+        }
+    }
+}
