@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit, property, scenario, allocation, CLI, doc tests,
 # in-process Kafka (mock cluster) tests, and end-to-end tests against a Tansu broker process that
-# this script installs (PyPI wheel, seconds) and starts on loopback.
+# this script installs (PyPI wheel, seconds) and starts on loopback, and CEF through rsyslog
+# (Debian packages, installed by scripts/packages.sh).
 # Needs only the Rust toolchain and Python's pip. Builds go to a persistent target dir outside the clone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +10,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/agent-guardian-target}
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo build --release --locked
+scripts/packages.sh
 log=$(mktemp)
 port=$((20000 + RANDOM % 20000))
 eval "$(scripts/tansu.sh start "$port")"

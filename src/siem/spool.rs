@@ -144,7 +144,7 @@ impl Spool {
 
     /// Waits until a message may be available or `timeout` passes.
     pub fn wait(&self, timeout: Duration) {
-        if self.len() > 0 {
+        if !self.is_empty() {
             return;
         }
         let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());

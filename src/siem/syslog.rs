@@ -71,11 +71,12 @@ pub fn syslog_severity(cef: u8) -> u8 {
     }
 }
 
-/// Keeps printable US-ASCII without spaces (RFC 5424 PRINTUSASCII), `-` when empty, cut to `max`.
+/// Keeps ASCII letters, digits, `.`, `-` and `_` (what every receiver reads as a host name or
+/// tag in both formats), `-` when empty, cut to `max`.
 fn header_token(s: &str, max: usize) -> String {
     let t: String = s
         .chars()
-        .filter(|c| c.is_ascii_graphic())
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         .take(max)
         .collect();
     if t.is_empty() {

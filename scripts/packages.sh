@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs (once) the Debian packages of the real services the tests talk to:
+# rsyslog with its OpenSSL driver (the syslog receiver; liblognorm's CEF parser is built into
+# its mmnormalize module) and openssl (test certificates).
+set -euo pipefail
+need=()
+for p in rsyslog rsyslog-openssl openssl; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "installing ${need[*]}" >&2
+$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2 \
+  || { $sudo apt-get update >&2 && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${need[@]}" >&2; }
