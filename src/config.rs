@@ -422,6 +422,59 @@ mod tests {
         let c = Config::load(&p).unwrap();
         assert_eq!(c.kafka.audit_topics, ["agent-audit"]);
         assert!(matches!(c.signing_key, Some(Secret::Env { .. })));
+        let names: Vec<&str> = c.sinks.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["siem-tls", "cef-file"]);
+        let mut errors = Vec::new();
+        for (i, s) in c.sinks.iter().enumerate() {
+            s.validate(i, &mut errors);
+        }
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+
+    #[test]
+    fn sink_errors_are_all_reported_with_their_path() {
+        let (_d, p) = write(
+            "c.toml",
+            r#"
+signing_key = "0123456789abcdef0123"
+[[sinks]]
+name = "a"
+type = "syslog"
+address = "no-port"
+facility = "kernel"
+path = "/tmp/x"
+[[sinks]]
+name = "a"
+type = "file"
+[[sinks]]
+name = "k"
+type = "kafka"
+min_severity = 11
+"#,
+        );
+        let e = Config::load(&p).unwrap().resolve(&p).unwrap_err();
+        let all = e.errors.join("\n");
+        for needle in [
+            "sinks[0] (a).address: \"no-port\" is not host:port",
+            "sinks[0] (a).facility: unknown \"kernel\"",
+            "sinks[0] (a).path: not a setting of a Syslog sink",
+            "sinks[1] (a).path: missing",
+            "sinks[1].name: \"a\" is used twice",
+            "sinks[2] (k).topic: missing",
+            "sinks[2] (k).min_severity: 11 is above 10",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+    }
+
+    #[test]
+    fn unknown_sink_keys_are_errors() {
+        let (_d, p) = write(
+            "c.json",
+            r#"{"sinks": [{"name": "s", "type": "stdout", "adress": "x:1"}]}"#,
+        );
+        let e = Config::load(&p).unwrap_err();
+        assert!(e.errors[0].contains("adress"), "{e}");
     }
 
     #[test]

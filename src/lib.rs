@@ -17,6 +17,7 @@
 //! - [`config`]: the daemon's configuration file.
 //! - [`control`]: signed kill / revive commands of the control topic.
 //! - [`daemon`]: `guardian run`: Kafka sources, per-partition engines, sled store, Kafka sinks.
+//! - [`siem`]: CEF and ECS JSON records, syslog / file / stdout / Kafka sinks with on-disk spools.
 //! - [`demo`]: the daemon against librdkafka's in-process mock cluster.
 //! - [`cli`]: command-line interface.
 //!
