@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Installs (once) the Debian packages of the real services the tests talk to:
 # rsyslog with its OpenSSL driver (the syslog receiver; liblognorm's CEF parser is built into
-# its mmnormalize module) and openssl (test certificates).
+# its mmnormalize module), aiosmtpd (the SMTP server of the email tests) and openssl (test certificates).
 set -euo pipefail
 need=()
-for p in rsyslog rsyslog-openssl openssl; do
+for p in rsyslog rsyslog-openssl openssl python3-aiosmtpd; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

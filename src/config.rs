@@ -131,6 +131,8 @@ pub struct Config {
     pub log_format: String,
     /// SIEM sinks (`[[sinks]]`): CEF or ECS JSON over syslog, to files, stdout or Kafka.
     pub sinks: Vec<crate::siem::SinkConfig>,
+    /// Email alerts (`[email]`), none by default.
+    pub email: Option<crate::siem::EmailConfig>,
 }
 
 impl Default for Config {
@@ -151,6 +153,7 @@ impl Default for Config {
             backfill: Backfill::Silent,
             log_format: "human".into(),
             sinks: Vec::new(),
+            email: None,
         }
     }
 }
@@ -301,6 +304,9 @@ impl Config {
                 errors.push(format!("sinks[{i}].name: {:?} is used twice", sink.name));
             }
         }
+        if let Some(e) = &self.email {
+            e.validate(&mut errors);
+        }
         if let Err(e) = crate::event::Decoder::new(&crate::event::DecoderOptions {
             volume_pointer: self.volume_pointer.clone(),
             ..Default::default()
@@ -338,6 +344,9 @@ impl Config {
         let mut v = serde_json::to_value(self).unwrap_or_default();
         if let Some(s) = &self.signing_key {
             v["signing_key"] = s.to_string().into();
+        }
+        if let Some(p) = self.email.as_ref().and_then(|e| e.password.as_ref()) {
+            v["email"]["password"] = p.to_string().into();
         }
         for (key, s) in &self.kafka.options {
             if let Secret::Literal(_) = s {

@@ -484,6 +484,7 @@ impl Daemon {
         let pending = store.pending()?;
         let siem = SiemSinks::start(
             &cfg.config.sinks,
+            cfg.config.email.as_ref(),
             store.db(),
             &cfg.config.guardian_id,
             &k.brokers,

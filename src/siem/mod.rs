@@ -3,6 +3,7 @@
 
 pub mod cef;
 pub mod ecs;
+pub mod email;
 pub mod lines;
 pub mod record;
 pub mod settings;
@@ -13,6 +14,7 @@ pub mod transport;
 
 pub use cef::CefFormatter;
 pub use ecs::EcsFormatter;
+pub use email::EmailConfig;
 pub use lines::{Format, Formatter, RecordLines};
 pub use record::{DeadLetter, Record};
 pub use settings::{SinkConfig, SinkType};

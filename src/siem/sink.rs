@@ -85,6 +85,7 @@ pub struct SinkStatus {
 /// Every configured sink.
 pub struct SiemSinks {
     sinks: Vec<Active>,
+    email: Option<super::email::EmailSink>,
     stop: Arc<Stop>,
     buf: Vec<u8>,
 }
@@ -94,6 +95,7 @@ impl SiemSinks {
     /// syslog HOSTNAME and the records' `dvchost`; Kafka sinks use `brokers` and `options`.
     pub fn start(
         configs: &[SinkConfig],
+        email: Option<&super::email::EmailConfig>,
         db: &sled::Db,
         host: &str,
         brokers: &str,
@@ -171,8 +173,13 @@ impl SiemSinks {
                 worker,
             });
         }
+        let email = match email {
+            Some(e) => Some(super::email::EmailSink::start(e, db)?),
+            None => None,
+        };
         Ok(SiemSinks {
             sinks,
+            email,
             stop,
             buf: Vec::with_capacity(4096),
         })
@@ -182,6 +189,7 @@ impl SiemSinks {
     pub fn none() -> SiemSinks {
         SiemSinks {
             sinks: Vec::new(),
+            email: None,
             stop: Arc::new(Stop {
                 requested: AtomicBool::new(false),
                 deadline: Mutex::new(None),
@@ -205,6 +213,9 @@ impl SiemSinks {
             }
             s.spool.push(&self.buf)?;
         }
+        if let Some(e) = &self.email {
+            e.emit(r)?;
+        }
         Ok(())
     }
 
@@ -224,7 +235,8 @@ impl SiemSinks {
 
     /// Messages spooled over all sinks.
     pub fn spooled(&self) -> u64 {
-        self.sinks.iter().map(|s| s.spool.len()).sum()
+        self.sinks.iter().map(|s| s.spool.len()).sum::<u64>()
+            + self.email.as_ref().map_or(0, |e| e.spooled())
     }
 
     /// Stops the delivery threads: they keep delivering until their spool is empty or `drain`
@@ -236,6 +248,9 @@ impl SiemSinks {
         self.stop.requested.store(true, Ordering::Release);
         for s in &self.sinks {
             s.spool.close();
+        }
+        if let Some(e) = self.email.as_mut() {
+            e.shutdown(drain);
         }
         for s in &mut self.sinks {
             if let Some(w) = s.worker.take() {
@@ -360,7 +375,7 @@ mod tests {
             .collect();
         {
             let db = sled::open(dir.path()).unwrap();
-            let mut s = SiemSinks::start(&cfg, &db, "h", "", &BTreeMap::new()).unwrap();
+            let mut s = SiemSinks::start(&cfg, None, &db, "h", "", &BTreeMap::new()).unwrap();
             for c in &cmds {
                 s.emit(&Record::Command(c)).unwrap();
             }
@@ -375,7 +390,7 @@ mod tests {
         // The receiver is back; a restarted daemon delivers the spool.
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let db = sled::open(dir.path()).unwrap();
-        let mut s = SiemSinks::start(&cfg, &db, "h", "", &BTreeMap::new()).unwrap();
+        let mut s = SiemSinks::start(&cfg, None, &db, "h", "", &BTreeMap::new()).unwrap();
         let (conn, _) = listener.accept().unwrap();
         let lines: Vec<String> = BufReader::new(conn)
             .lines()

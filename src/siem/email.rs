@@ -1,0 +1,614 @@
+//! Email alerts through SMTP (lettre): recipients routed by severity and blueprint, a plain-text
+//! and HTML body with the essentials and the action taken, a rate limit per recipient list with
+//! the excess batched into one digest, retries on transient SMTP errors, and permanent failures
+//! counted and logged. Messages wait in an on-disk spool like every other sink.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lettre::message::{Mailbox, MultiPart};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::{Message, SmtpTransport, Transport as _};
+use serde::{Deserialize, Serialize};
+
+use super::record::Record;
+use super::sink::{INITIAL_BACKOFF, MAX_BACKOFF};
+use super::spool::{Spool, SpoolError, WhenFull};
+use crate::config::Secret;
+use crate::event::format_rfc3339_ms;
+
+/// How the SMTP connection is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Security {
+    /// STARTTLS, required (default port 587), the default.
+    #[default]
+    Starttls,
+    /// Implicit TLS (default port 465).
+    Tls,
+    /// No encryption (default port 25): only for a relay on the same host or network.
+    None,
+}
+
+/// Who gets which records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// Recipients (`name <addr>` or `addr`).
+    pub to: Vec<String>,
+    /// Lowest CEF severity (0–10) routed here; default 8 (high incidents, kill commands).
+    #[serde(default = "default_min_severity")]
+    pub min_severity: u8,
+    /// Blueprints routed here; empty (the default) means all, including records without one.
+    #[serde(default)]
+    pub blueprints: Vec<String>,
+}
+
+fn default_min_severity() -> u8 {
+    8
+}
+
+/// The `[email]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// SMTP server host name.
+    pub server: String,
+    /// Port; default 587 (starttls), 465 (tls) or 25 (none).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// `starttls` (default), `tls` or `none`.
+    #[serde(default)]
+    pub security: Security,
+    /// PEM file of CA certificates for the server (default: the system trust store).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// User name for SMTP authentication (none when absent).
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password: `{ env = … }` or `{ file = … }`; never logged.
+    #[serde(default)]
+    pub password: Option<Secret>,
+    /// Sender (`agent-guardian <guardian@example.com>`).
+    pub from: String,
+    /// Routes of records to recipients.
+    pub routes: Vec<Route>,
+    /// Emails per recipient list per `rate_window`; the excess goes out as one digest. Default 20.
+    #[serde(default = "default_rate_limit")]
+    pub rate_limit: u32,
+    /// Window of the rate limit; default `1h`.
+    #[serde(default = "default_rate_window")]
+    pub rate_window: String,
+    /// SMTP timeout; default `30s`.
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    /// Most emails held on disk while the server is unreachable; default 10000.
+    #[serde(default = "default_spool")]
+    pub spool_max_records: u64,
+    /// `drop_oldest` (default) or `block` when the spool is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+fn default_rate_limit() -> u32 {
+    20
+}
+fn default_rate_window() -> String {
+    "1h".into()
+}
+fn default_timeout() -> String {
+    "30s".into()
+}
+fn default_spool() -> u64 {
+    10_000
+}
+
+impl EmailConfig {
+    /// Every problem of the section, as `email.field: message` lines.
+    pub fn validate(&self, errors: &mut Vec<String>) {
+        if self.server.trim().is_empty() {
+            errors.push("email.server: empty".into());
+        }
+        if let Err(e) = self.from.parse::<Mailbox>() {
+            errors.push(format!("email.from: {:?}: {e}", self.from));
+        }
+        if self.routes.is_empty() {
+            errors.push("email.routes: needs at least one route".into());
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if r.to.is_empty() {
+                errors.push(format!("email.routes[{i}].to: no recipient"));
+            }
+            for t in &r.to {
+                if let Err(e) = t.parse::<Mailbox>() {
+                    errors.push(format!("email.routes[{i}].to: {t:?}: {e}"));
+                }
+            }
+            if r.min_severity > 10 {
+                errors.push(format!("email.routes[{i}].min_severity: above 10"));
+            }
+        }
+        if self.rate_limit == 0 {
+            errors.push("email.rate_limit: must be at least 1".into());
+        }
+        for (name, v) in [
+            ("rate_window", &self.rate_window),
+            ("timeout", &self.timeout),
+        ] {
+            if humantime::parse_duration(v).map_or(true, |d| d.is_zero()) {
+                errors.push(format!("email.{name}: {v:?} is not a positive duration"));
+            }
+        }
+        match (&self.username, &self.password) {
+            (Some(_), None) => errors.push("email.password: required with username".into()),
+            (None, Some(_)) => errors.push("email.username: required with password".into()),
+            (_, Some(p)) => {
+                if let Err(e) = p.resolve() {
+                    errors.push(format!("email.password: {e}"));
+                }
+            }
+            _ => {}
+        }
+        if let Some(p) = &self.ca_file {
+            if let Err(e) = std::fs::read(p) {
+                errors.push(format!("email.ca_file: {}: {e}", p.display()));
+            }
+        }
+        if self.spool_max_records == 0 {
+            errors.push("email.spool_max_records: must be at least 1".into());
+        }
+    }
+
+    fn transport(&self) -> Result<SmtpTransport, String> {
+        let tls = || -> Result<TlsParameters, String> {
+            let mut b = TlsParameters::builder(self.server.clone());
+            if let Some(p) = &self.ca_file {
+                let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| e.to_string())?);
+            }
+            b.build_rustls().map_err(|e| e.to_string())
+        };
+        let (tls, port) = match self.security {
+            Security::Starttls => (Tls::Required(tls()?), 587),
+            Security::Tls => (Tls::Wrapper(tls()?), 465),
+            Security::None => (Tls::None, 25),
+        };
+        let mut b = SmtpTransport::builder_dangerous(&self.server)
+            .port(self.port.unwrap_or(port))
+            .tls(tls)
+            .timeout(humantime::parse_duration(&self.timeout).ok());
+        if let (Some(u), Some(p)) = (&self.username, &self.password) {
+            b = b.credentials(Credentials::new(u.clone(), p.resolve()?));
+        }
+        Ok(b.build())
+    }
+}
+
+/// One email waiting in the spool.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Item {
+    /// Recipients.
+    pub to: Vec<String>,
+    /// Subject.
+    pub subject: String,
+    /// Plain-text body.
+    pub text: String,
+    /// HTML body.
+    pub html: String,
+}
+
+/// Counters of the email sink.
+#[derive(Debug, Default)]
+pub struct EmailStats {
+    /// Emails sent (a digest counts once).
+    pub sent: AtomicU64,
+    /// Records sent inside digests.
+    pub digested: AtomicU64,
+    /// Transient failures (retried).
+    pub transient_failures: AtomicU64,
+    /// Emails dropped after a permanent SMTP failure.
+    pub permanent_failures: AtomicU64,
+}
+
+/// The running email sink.
+pub struct EmailSink {
+    routes: Vec<Route>,
+    spool: Arc<Spool>,
+    /// Counters.
+    pub stats: Arc<EmailStats>,
+    stop: Arc<AtomicBool>,
+    worker: Option<JoinHandle<()>>,
+}
+
+/// Removes control characters (header injection) and cuts to `max` characters.
+fn clean(s: &str, max: usize) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(max)
+        .collect()
+}
+
+fn html_escape(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The rows of a record's email: (label, value).
+fn rows(r: &Record<'_>) -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("What", r.class().name.to_string()),
+        ("Severity", format!("{} / 10", r.severity())),
+        ("Time", format_rfc3339_ms(r.at())),
+    ];
+    if let Some(a) = r.agent() {
+        v.push(("Agent", a.to_string()));
+    }
+    if let Some(b) = r.blueprint() {
+        v.push(("Blueprint", b.to_string()));
+    }
+    match r {
+        Record::Incident(i) => {
+            v.push((
+                "Action taken",
+                format!("{:?}", i.action_taken).to_lowercase(),
+            ));
+            v.push(("Details", i.description.clone()));
+            v.push(("Tool", i.tool_name.clone()));
+            v.push((
+                "Observed / expected",
+                format!("{} / {} {}", i.observed, i.expected, i.unit),
+            ));
+            v.push(("Incident id", i.incident_id.clone()));
+        }
+        Record::Command(c) => {
+            v.push((
+                "Action taken",
+                format!("{:?} command issued", c.command).to_lowercase(),
+            ));
+            v.push(("Reason", c.reason.clone()));
+            v.push(("Issued by", c.guardian_id.clone()));
+            v.push(("Command id", c.command_id.clone()));
+            if !c.incident_ids.is_empty() {
+                v.push(("Incidents", c.incident_ids.join(", ")));
+            }
+        }
+        Record::DeadLetter(d) => {
+            v.push(("Action taken", "sent to the dead-letter topic".into()));
+            v.push(("Error", d.error.clone()));
+            v.push(("Source", d.source.clone()));
+        }
+    }
+    v
+}
+
+fn text_of(rows: &[(&str, String)], out: &mut String) {
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k}: {v}");
+    }
+}
+
+fn html_of(rows: &[(&str, String)], out: &mut String) {
+    out.push_str("<table>");
+    for (k, v) in rows {
+        out.push_str("<tr><th align=\"left\">");
+        html_escape(k, out);
+        out.push_str("</th><td>");
+        html_escape(v, out);
+        out.push_str("</td></tr>");
+    }
+    out.push_str("</table>");
+}
+
+/// Renders the email of a record (without recipients).
+pub fn render(r: &Record<'_>) -> Item {
+    let rows = rows(r);
+    let agent = r.agent().unwrap_or("-");
+    let subject = clean(
+        &format!(
+            "[agent-guardian] {} (severity {}): {agent}",
+            r.class().name,
+            r.severity()
+        ),
+        200,
+    );
+    let mut text = String::new();
+    text_of(&rows, &mut text);
+    let mut html = String::from("<html><body>");
+    html_of(&rows, &mut html);
+    html.push_str("</body></html>");
+    Item {
+        to: Vec::new(),
+        subject,
+        text,
+        html,
+    }
+}
+
+/// One digest email for several waiting items.
+pub fn digest(items: &[Item]) -> Item {
+    let mut text = format!(
+        "{} alerts held back by the email rate limit:\n\n",
+        items.len()
+    );
+    let mut html = format!(
+        "<html><body><p>{} alerts held back by the email rate limit:</p>",
+        items.len()
+    );
+    for i in items {
+        let _ = writeln!(text, "== {}\n{}", i.subject, i.text);
+        html.push_str("<h3>");
+        html_escape(&i.subject, &mut html);
+        html.push_str("</h3>");
+        let body = i
+            .html
+            .trim_start_matches("<html><body>")
+            .trim_end_matches("</body></html>");
+        html.push_str(body);
+    }
+    html.push_str("</body></html>");
+    Item {
+        to: items.first().map(|i| i.to.clone()).unwrap_or_default(),
+        subject: format!("[agent-guardian] digest: {} alerts", items.len()),
+        text,
+        html,
+    }
+}
+
+impl EmailSink {
+    /// Opens the email spool in `db` and starts the delivery thread.
+    pub fn start(cfg: &EmailConfig, db: &sled::Db) -> Result<EmailSink, SpoolError> {
+        let spool = Arc::new(Spool::open(
+            db,
+            "email",
+            cfg.spool_max_records,
+            cfg.when_full,
+        )?);
+        let stats = Arc::new(EmailStats::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let (cfg, spool, stats, stop) =
+                (cfg.clone(), spool.clone(), stats.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sink-email".into())
+                .spawn(move || deliver(&cfg, &spool, &stats, &stop))
+                .ok()
+        };
+        Ok(EmailSink {
+            routes: cfg.routes.clone(),
+            spool,
+            stats,
+            stop,
+            worker,
+        })
+    }
+
+    /// Spools one email per distinct recipient list whose routes take `r`.
+    pub fn emit(&self, r: &Record<'_>) -> Result<(), SpoolError> {
+        let sev = r.severity();
+        let bp = r.blueprint();
+        let mut to: Vec<String> = Vec::new();
+        for route in &self.routes {
+            let bp_ok = route.blueprints.is_empty()
+                || bp.is_some_and(|b| route.blueprints.iter().any(|x| x == b));
+            if sev >= route.min_severity && bp_ok {
+                for t in &route.to {
+                    if !to.contains(t) {
+                        to.push(t.clone());
+                    }
+                }
+            }
+        }
+        if to.is_empty() {
+            return Ok(());
+        }
+        to.sort();
+        let mut item = render(r);
+        item.to = to;
+        self.spool
+            .push(&serde_json::to_vec(&item).unwrap_or_default())
+    }
+
+    /// Emails waiting.
+    pub fn spooled(&self) -> u64 {
+        self.spool.len()
+    }
+
+    /// Stops the delivery thread after at most `drain`; what is left stays spooled.
+    pub fn shutdown(&mut self, drain: Duration) {
+        let t = Instant::now();
+        while !self.spool.is_empty() && t.elapsed() < drain {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop.store(true, Ordering::Release);
+        self.spool.close();
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl Drop for EmailSink {
+    fn drop(&mut self) {
+        if self.worker.is_some() {
+            self.shutdown(Duration::ZERO);
+        }
+    }
+}
+
+/// Outcome of one SMTP send.
+enum Sent {
+    Ok,
+    Transient(String),
+    Permanent(String),
+}
+
+fn send(t: &SmtpTransport, from: &Mailbox, item: &Item) -> Sent {
+    let mut b = Message::builder().from(from.clone()).subject(&item.subject);
+    for to in &item.to {
+        match to.parse::<Mailbox>() {
+            Ok(m) => b = b.to(m),
+            Err(e) => return Sent::Permanent(format!("recipient {to:?}: {e}")),
+        }
+    }
+    let msg = match b.multipart(MultiPart::alternative_plain_html(
+        item.text.clone(),
+        item.html.clone(),
+    )) {
+        Ok(m) => m,
+        Err(e) => return Sent::Permanent(e.to_string()),
+    };
+    match t.send(&msg) {
+        Ok(_) => Sent::Ok,
+        Err(e) if e.is_permanent() => Sent::Permanent(e.to_string()),
+        Err(e) => Sent::Transient(e.to_string()),
+    }
+}
+
+/// The delivery loop: rate limit per recipient list, digest of the excess, retries.
+fn deliver(cfg: &EmailConfig, spool: &Spool, stats: &EmailStats, stop: &AtomicBool) {
+    let transport = match cfg.transport() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(error = %e, "email sink cannot start; emails stay spooled");
+            return;
+        }
+    };
+    let Ok(from) = cfg.from.parse::<Mailbox>() else {
+        return;
+    };
+    let window = humantime::parse_duration(&cfg.rate_window).unwrap_or(Duration::from_secs(3600));
+    let limit = cfg.rate_limit.max(1) as usize;
+    let mut recent: BTreeMap<Vec<String>, VecDeque<Instant>> = BTreeMap::new();
+    let mut backoff = INITIAL_BACKOFF;
+    while !stop.load(Ordering::Acquire) {
+        let batch = spool.peek(1000).unwrap_or_default();
+        if batch.is_empty() {
+            spool.wait(Duration::from_millis(100));
+            continue;
+        }
+        // Group by recipient list, oldest first.
+        let mut groups: BTreeMap<Vec<String>, Vec<(u64, Item)>> = BTreeMap::new();
+        for (k, v) in batch {
+            match serde_json::from_slice::<Item>(&v) {
+                Ok(item) => groups.entry(item.to.clone()).or_default().push((k, item)),
+                Err(_) => {
+                    let _ = spool.remove([k]);
+                }
+            }
+        }
+        let mut progressed = false;
+        let mut failed = false;
+        for (to, items) in groups {
+            let sent_at = recent.entry(to.clone()).or_default();
+            while sent_at.front().is_some_and(|t| t.elapsed() >= window) {
+                sent_at.pop_front();
+            }
+            let room = limit.saturating_sub(sent_at.len());
+            if room == 0 {
+                continue;
+            }
+            // Send singly while there is room for every remaining item; otherwise the last slot
+            // carries a digest of the rest.
+            let singles = if items.len() <= room {
+                items.len()
+            } else {
+                room - 1
+            };
+            let mut plan: Vec<(Vec<u64>, Item)> = items[..singles]
+                .iter()
+                .map(|(k, i)| (vec![*k], i.clone()))
+                .collect();
+            if singles < items.len() {
+                let rest: Vec<Item> = items[singles..].iter().map(|(_, i)| i.clone()).collect();
+                let keys = items[singles..].iter().map(|(k, _)| *k).collect();
+                plan.push((keys, digest(&rest)));
+            }
+            for (keys, item) in plan {
+                match send(&transport, &from, &item) {
+                    Sent::Ok => {
+                        stats.sent.fetch_add(1, Ordering::Relaxed);
+                        if keys.len() > 1 {
+                            stats
+                                .digested
+                                .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                        }
+                        sent_at.push_back(Instant::now());
+                        let _ = spool.remove(keys);
+                        progressed = true;
+                        backoff = INITIAL_BACKOFF;
+                    }
+                    Sent::Permanent(e) => {
+                        stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, recipients = to.len(), subject = %item.subject, "email rejected for good; dropped");
+                        let _ = spool.remove(keys);
+                        progressed = true;
+                    }
+                    Sent::Transient(e) => {
+                        stats.transient_failures.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "email not sent; will retry");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        if failed {
+            let until = Instant::now() + backoff;
+            while Instant::now() < until && !stop.load(Ordering::Acquire) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        } else if !progressed {
+            // Everything waiting is rate limited: check again shortly.
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::response::{Action, IncidentType};
+    use crate::siem::cef::tests::incident;
+
+    #[test]
+    fn email_carries_the_essentials_and_escapes_html() {
+        let mut i = incident(IncidentType::AutoKill, "<b>fin\r\nBcc: x@evil</b>", "t");
+        i.action_taken = Action::Killed;
+        let e = render(&Record::Incident(&i));
+        assert!(!e.subject.contains('\n') && !e.subject.contains('\r'));
+        assert!(e.subject.contains("Kill decided by policy"));
+        assert!(e.text.contains("Action taken: killed"));
+        assert!(e.text.contains("Blueprint: finance"));
+        assert!(e.html.contains("&lt;b&gt;fin"));
+        assert!(!e.html.contains("<b>fin"));
+    }
+
+    #[test]
+    fn digest_lists_every_item() {
+        let i = incident(IncidentType::OffHours, "a", "t");
+        let mut one = render(&Record::Incident(&i));
+        one.to = vec!["x@example.com".into()];
+        let d = digest(&[one.clone(), one.clone(), one]);
+        assert_eq!(d.subject, "[agent-guardian] digest: 3 alerts");
+        assert_eq!(d.text.matches("== ").count(), 3);
+        assert_eq!(d.to, vec!["x@example.com".to_string()]);
+    }
+}

@@ -1,0 +1,82 @@
+//! Helpers shared by the tests that start real services (rsyslog, an SMTP server).
+#![allow(dead_code)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command as Proc;
+
+/// A program: the path in the environment variable named like it (upper case), else the first
+/// existing candidate.
+pub fn tool(name: &str, candidates: &[&str]) -> Option<PathBuf> {
+    if let Ok(p) = std::env::var(name.to_uppercase()) {
+        return Some(PathBuf::from(p));
+    }
+    candidates.iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+pub fn required() -> bool {
+    std::env::var("GUARDIAN_REQUIRE_E2E").is_ok_and(|v| v == "1")
+}
+
+pub fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn free_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn run(cmd: &mut Proc) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a server certificate for 127.0.0.1 / localhost, made with the openssl CLI.
+pub fn certificates(dir: &Path, openssl: &Path) {
+    let d = |f: &str| dir.join(f);
+    run(Proc::new(openssl)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=guardian-test-ca", "-keyout"])
+        .arg(d("ca.key"))
+        .arg("-out")
+        .arg(d("ca.pem")));
+    run(Proc::new(openssl)
+        .args([
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+        ])
+        .arg(d("server.key"))
+        .arg("-out")
+        .arg(d("server.csr")));
+    std::fs::write(d("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    run(Proc::new(openssl)
+        .args(["x509", "-req", "-days", "2", "-CAcreateserial", "-in"])
+        .arg(d("server.csr"))
+        .arg("-CA")
+        .arg(d("ca.pem"))
+        .arg("-CAkey")
+        .arg(d("ca.key"))
+        .arg("-extfile")
+        .arg(d("ext.cnf"))
+        .arg("-out")
+        .arg(d("server.pem")));
+}
