@@ -224,6 +224,14 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
             "{text}"
         );
         assert!(text.contains("Action taken: logged"));
+        assert_eq!(
+            single["subject"],
+            format!(
+                "[agent-guardian] Frequency spike (severity {}): {}",
+                if first.severity == Severity::High { 8 } else { 5 },
+                first.agent_id
+            )
+        );
         assert!(text.contains(&format!("Agent: {}", first.agent_id)));
         let digest = mine
             .iter()
@@ -251,5 +259,82 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
     assert_eq!(s.sent.load(Ordering::Relaxed), 4);
     assert_eq!(s.digested.load(Ordering::Relaxed), 4);
     assert_eq!(sink.spooled(), 0);
+    sink.shutdown(Duration::from_secs(1));
+}
+
+#[test]
+fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_the_rest() {
+    let python = tool("smtp_python", &["/usr/bin/python3"]);
+    let has_aiosmtpd = python.as_ref().is_some_and(|p| {
+        Command::new(p)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python.filter(|_| has_aiosmtpd) else {
+        assert!(!required(), "GUARDIAN_REQUIRE_E2E is set but aiosmtpd is missing");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_tcp();
+    let cfg = EmailConfig {
+        server: "127.0.0.1".into(),
+        port: Some(port),
+        security: Security::None,
+        ca_file: None,
+        username: None,
+        password: None,
+        from: "guardian@example.com".into(),
+        routes: vec![Route {
+            to: vec!["oncall@example.com".into()],
+            min_severity: 0,
+            blueprints: vec![],
+        }],
+        rate_limit: 5,
+        rate_window: "1h".into(),
+        timeout: "10s".into(),
+        spool_max_records: 1000,
+        when_full: WhenFull::Block,
+    };
+    let db = sled::open(dir.path().join("state")).unwrap();
+    let mut sink = EmailSink::start(&cfg, &db).unwrap();
+    let burst: Vec<Incident> = (0..500)
+        .map(|n| incident(n, "finance", Severity::High))
+        .collect();
+    for i in &burst {
+        sink.emit(&Record::Incident(i)).unwrap();
+    }
+    // SMTP comes up after the burst: the alerts are delivered after recovery.
+    let _server = smtp_server(&python, port, dir.path(), &[]);
+    let t = Instant::now();
+    while sink.spooled() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "stats {:?}", sink.stats);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let m = mails(dir.path());
+    assert!(m.len() <= 5, "{} mails, limit 5", m.len());
+    let digests: Vec<&Value> = m
+        .iter()
+        .filter(|x| x["subject"].as_str().unwrap().contains("digest"))
+        .collect();
+    assert_eq!(digests.len(), 1);
+    // Every incident is in exactly one mail.
+    let all: String = m.iter().map(|x| x["text"].as_str().unwrap()).collect();
+    for i in &burst {
+        assert_eq!(
+            all.lines()
+                .filter(|l| l.trim_end() == format!("Incident id: {}", i.incident_id))
+                .count(),
+            1,
+            "{} in {:?}",
+            i.incident_id,
+            &all[..all.len().min(600)]
+        );
+    }
+    for x in &m {
+        assert_eq!(x["to"], serde_json::json!(["oncall@example.com"]));
+        assert_eq!(x["tls"], false);
+    }
     sink.shutdown(Duration::from_secs(1));
 }
