@@ -228,7 +228,11 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
             single["subject"],
             format!(
                 "[agent-guardian] Frequency spike (severity {}): {}",
-                if first.severity == Severity::High { 8 } else { 5 },
+                if first.severity == Severity::High {
+                    8
+                } else {
+                    5
+                },
                 first.agent_id
             )
         );
@@ -272,7 +276,10 @@ fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_t
             .is_ok_and(|s| s.success())
     });
     let Some(python) = python.filter(|_| has_aiosmtpd) else {
-        assert!(!required(), "GUARDIAN_REQUIRE_E2E is set but aiosmtpd is missing");
+        assert!(
+            !required(),
+            "GUARDIAN_REQUIRE_E2E is set but aiosmtpd is missing"
+        );
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -308,7 +315,11 @@ fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_t
     let _server = smtp_server(&python, port, dir.path(), &[]);
     let t = Instant::now();
     while sink.spooled() > 0 {
-        assert!(t.elapsed() < Duration::from_secs(60), "stats {:?}", sink.stats);
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "stats {:?}",
+            sink.stats
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(300));
