@@ -155,12 +155,9 @@ fn check(line: &str) -> Result<(), String> {
         }
     }
     for k in &keys {
-        if (k.starts_with("cs") || k.starts_with("cn") || k.starts_with("cfp"))
-            && !k.ends_with("Label")
-        {
-            if !keys.contains(format!("{k}Label").as_str()) {
-                return Err(format!("{k} without {k}Label"));
-            }
+        let custom = k.starts_with("cs") || k.starts_with("cn") || k.starts_with("cfp");
+        if custom && !k.ends_with("Label") && !keys.contains(format!("{k}Label").as_str()) {
+            return Err(format!("{k} without {k}Label"));
         }
     }
     for required in ["rt", "cat", "dvchost"] {

@@ -8,7 +8,7 @@
 //! rsyslog-openssl, openssl; `scripts/test.sh` installs them). Without them the test is skipped,
 //! unless `GUARDIAN_REQUIRE_E2E` is set, when it fails.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command as Proc, Stdio};
@@ -285,4 +285,139 @@ fn hostile_incidents_reach_rsyslog_over_tcp_udp_and_tls_and_parse_back_to_the_or
             .iter()
             .any(|i| i.agent_id == agent && i.tool_name == t));
     }
+}
+
+/// The TCP syslog receiver stops for 30 s during a stream of incidents and comes back: every
+/// CEF record arrives, each once or again with the same id, in order per agent.
+#[test]
+fn a_30_second_receiver_outage_loses_no_record_and_keeps_order_per_agent() {
+    let (Some(rsyslogd), Some(openssl)) = (
+        tool("rsyslogd", &["/usr/sbin/rsyslogd"]),
+        tool("openssl", &["/usr/bin/openssl"]),
+    ) else {
+        assert!(
+            !required(),
+            "GUARDIAN_REQUIRE_E2E is set but rsyslogd or openssl is missing"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    certificates(dir.path(), &openssl);
+    let (tcp, udp, tls) = (free_tcp(), free_udp(), free_tcp());
+    let mut receiver = Some(rsyslog(&rsyslogd, dir.path(), tcp, udp, tls));
+
+    let cluster = MockCluster::new(1).unwrap();
+    let k = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        group_id: "outage".into(),
+        audit_topics: vec!["audit".into()],
+        ..KafkaConfig::default()
+    };
+    cluster.create_topic("audit", 2, 1).unwrap();
+    for t in [&k.control_topic, &k.incidents_topic, &k.dead_letter_topic] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    let mut cfg = demo::local_config(
+        k.clone(),
+        &dir.path().join("state"),
+        demo::demo_blueprints().unwrap(),
+    );
+    cfg.config.sinks = serde_json::from_value(json!([
+        {"name": "tcp", "type": "syslog", "address": format!("127.0.0.1:{tcp}"),
+         "app_name": "guardian-tcp"}
+    ]))
+    .unwrap();
+    let d = Daemon::start(cfg).unwrap();
+
+    // 12 agents, each active at 03:00 London on successive nights: an off-hours incident per
+    // agent per night, produced over ~45 s.
+    let agents = 12;
+    let nights = 36;
+    let brokers = k.brokers.clone();
+    let producer = std::thread::spawn(move || {
+        let mut s = KafkaSink::new(&brokers, &Default::default()).unwrap();
+        for night in 0..nights {
+            for a in 0..agents {
+                let agent = format!("agent|{a}=x");
+                let ts = 1_772_420_400_000 + night as i64 * 86_400_000 + a as i64 * 1000;
+                let p = event(&agent, "db.query", (night * agents + a) as u64, ts);
+                s.send("audit", Some(agent.as_bytes()), &p, None).unwrap();
+            }
+            s.settle(Duration::from_secs(10)).unwrap();
+            std::thread::sleep(Duration::from_millis(1250));
+        }
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    drop(receiver.take()); // the receiver goes away (SIGKILL) for 30 s mid-stream
+    let down_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    receiver = Some(rsyslog(&rsyslogd, dir.path(), tcp, udp, tls));
+    producer.join().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let incidents = || -> Vec<Incident> {
+        demo::read_all(&k.brokers, &k.incidents_topic)
+            .into_iter()
+            .map(|(_, p)| serde_json::from_slice(&p).unwrap())
+            .collect()
+    };
+    let t = Instant::now();
+    let mut want = incidents();
+    loop {
+        let got: BTreeSet<String> = parsed_records(&out)
+            .iter()
+            .filter_map(|r| {
+                r["cef"]["Extensions"]["externalId"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+        if want.len() >= agents * nights && want.iter().all(|i| got.contains(&i.incident_id)) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "{} incidents, {} at the receiver",
+            want.len(),
+            got.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        want = incidents();
+    }
+    d.shutdown();
+    d.join(Duration::from_secs(30)).unwrap();
+    assert!(down_at.elapsed() > Duration::from_secs(30));
+    assert_eq!(
+        want.len(),
+        agents * nights,
+        "one incident per agent per night"
+    );
+    // Each record once, or again with the same id; per agent, first arrivals in event order.
+    let records = parsed_records(&out);
+    let mut seen = BTreeSet::new();
+    let mut per_agent: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for r in &records {
+        let x = &r["cef"]["Extensions"];
+        let id = x["externalId"].as_str().unwrap().to_string();
+        if seen.insert(id) {
+            per_agent
+                .entry(x["suser"].as_str().unwrap().to_string())
+                .or_default()
+                .push(x["rt"].as_str().unwrap().parse().unwrap());
+        }
+    }
+    assert_eq!(seen.len(), want.len());
+    assert_eq!(per_agent.len(), agents);
+    for (agent, times) in &per_agent {
+        assert!(
+            times.windows(2).all(|w| w[0] < w[1]),
+            "{agent}: out of order {times:?}"
+        );
+    }
+    eprintln!(
+        "{} records received for {} incidents ({} repeated after the outage)",
+        records.len(),
+        want.len(),
+        records.len() - want.len()
+    );
+    drop(receiver);
 }

@@ -281,13 +281,46 @@ fn past_deadline(stop: &Stop) -> bool {
             .is_none_or(|d| Instant::now() >= d)
 }
 
+/// How long a message written to a TCP or TLS syslog connection must stay behind a healthy
+/// connection before it counts as delivered and leaves the spool. Messages not yet confirmed are
+/// sent again after a reconnect (at least once: the receiver may see them twice, with the same
+/// ids).
+pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
+
 /// The delivery loop of one sink.
 fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop: &Stop) {
+    let late = t.confirms_late();
     let mut backoff = INITIAL_BACKOFF;
     let mut failing_since: Option<Instant> = None;
     let mut last_warn: Option<Instant> = None;
+    // Written on the current connection, not yet confirmed (late-confirming transports only).
+    let mut written: std::collections::VecDeque<(u64, Instant)> = Default::default();
     loop {
-        let batch = match spool.peek(BATCH) {
+        if late && !written.is_empty() && !t.healthy() {
+            tracing::warn!(sink = %name, resend = written.len(), "receiver closed the connection; resending unconfirmed messages");
+            stats.failures.fetch_add(1, Ordering::Relaxed);
+            t.reset();
+            written.clear();
+        }
+        let mut confirmed = Vec::new();
+        while written
+            .front()
+            .is_some_and(|w| w.1.elapsed() >= CONFIRM_AFTER)
+        {
+            if let Some((k, _)) = written.pop_front() {
+                confirmed.push(k);
+            }
+        }
+        if !confirmed.is_empty() {
+            stats
+                .sent
+                .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
+            if let Err(e) = spool.remove(confirmed) {
+                tracing::error!(sink = %name, error = %e, "spool update failed");
+            }
+        }
+        let after = written.back().map(|w| w.0);
+        let batch = match spool.peek_after(after, BATCH) {
             Ok(b) => b,
             Err(e) => {
                 tracing::error!(sink = %name, error = %e, "spool read failed");
@@ -295,10 +328,15 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
             }
         };
         if batch.is_empty() {
-            if stop.requested.load(Ordering::Acquire) {
+            if stop.requested.load(Ordering::Acquire) && (written.is_empty() || past_deadline(stop))
+            {
                 return;
             }
-            spool.wait(Duration::from_millis(100));
+            if written.is_empty() {
+                spool.wait(Duration::from_millis(100));
+            } else {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             continue;
         }
         let msgs: Vec<&[u8]> = batch.iter().map(|m| m.1.as_slice()).collect();
@@ -306,7 +344,14 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
             Ok(()) => (msgs.len(), None),
             Err((n, e)) => (n, Some(e)),
         };
-        if sent > 0 {
+        if late {
+            if err.is_none() {
+                let now = Instant::now();
+                written.extend(batch.iter().map(|m| (m.0, now)));
+            } else {
+                written.clear(); // the connection is gone: resend from the oldest unconfirmed
+            }
+        } else if sent > 0 {
             if let Err(e) = spool.remove(batch.iter().take(sent).map(|m| m.0)) {
                 tracing::error!(sink = %name, error = %e, "spool update failed");
             }
@@ -337,7 +382,7 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
-        if past_deadline(stop) && !spool.is_empty() {
+        if past_deadline(stop) && !spool.is_empty() && written.is_empty() {
             return;
         }
     }

@@ -118,8 +118,18 @@ impl Spool {
 
     /// Up to `max` of the oldest messages with their keys, oldest first.
     pub fn peek(&self, max: usize) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        self.peek_after(None, max)
+    }
+
+    /// Like [`Spool::peek`], but only messages with keys above `after`.
+    pub fn peek_after(
+        &self,
+        after: Option<u64>,
+        max: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, SpoolError> {
+        let from = after.map_or(0, |a| a.saturating_add(1));
         let mut v = Vec::new();
-        for kv in self.tree.iter().take(max) {
+        for kv in self.tree.range(from.to_be_bytes()..).take(max) {
             let (k, m) = kv.map_err(|e| self.err(e))?;
             v.push((key_of(&k), m.to_vec()));
         }

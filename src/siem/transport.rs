@@ -144,6 +144,20 @@ impl Transport {
         }
     }
 
+    /// True for syslog over TCP or TLS, which has no acknowledgements: a message written is only
+    /// taken as delivered once the connection stayed healthy for a while after it.
+    pub fn confirms_late(&self) -> bool {
+        matches!(self, Transport::Stream(_))
+    }
+
+    /// False when the receiver has closed or broken the connection (checked without blocking).
+    pub fn healthy(&mut self) -> bool {
+        match self {
+            Transport::Stream(t) => t.healthy(),
+            _ => true,
+        }
+    }
+
     /// Drops any connection, so the next send reconnects.
     pub fn reset(&mut self) {
         if let Transport::Stream(t) = self {
@@ -239,6 +253,26 @@ impl StreamTransport {
                 Conn::Tls(Box::new(st))
             }
         })
+    }
+
+    /// Peeks at the socket without blocking: a syslog receiver never sends, so end of stream,
+    /// data (a TLS close_notify) or an error all mean the connection is gone.
+    fn healthy(&mut self) -> bool {
+        let sock = match &self.conn {
+            None => return true,
+            Some(Conn::Plain(s)) => s,
+            Some(Conn::Tls(s)) => &s.sock,
+        };
+        if sock.set_nonblocking(true).is_err() {
+            return false;
+        }
+        let mut b = [0u8; 1];
+        let ok = matches!(sock.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
+        let _ = sock.set_nonblocking(false);
+        if !ok {
+            self.conn = None;
+        }
+        ok
     }
 
     fn send(&mut self, msgs: &[&[u8]]) -> Result<(), (usize, TransportError)> {
