@@ -453,4 +453,37 @@ mod tests {
         assert_eq!(s.status()[0].sent, 50);
         s.shutdown(Duration::from_secs(1));
     }
+
+    #[test]
+    fn the_kafka_sink_writes_json_records_to_its_topic() {
+        let cluster = rdkafka::mocking::MockCluster::new(1).unwrap();
+        cluster.create_topic("siem-json", 1, 1).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let db = sled::open(dir.path()).unwrap();
+        let cfg: SinkConfig = serde_json::from_value(serde_json::json!({
+            "name": "k", "type": "kafka", "topic": "siem-json", "format": "json"
+        }))
+        .unwrap();
+        let brokers = cluster.bootstrap_servers();
+        let mut s = SiemSinks::start(&[cfg], None, &db, "h", &brokers, &BTreeMap::new()).unwrap();
+        let cmds: Vec<Command> = (0..3)
+            .map(|i| Command::manual(Verb::Revive, &format!("a{i}"), "ok", i, "ops"))
+            .collect();
+        for c in &cmds {
+            s.emit(&Record::Command(c)).unwrap();
+        }
+        let t = Instant::now();
+        while s.status()[0].sent < 3 {
+            assert!(t.elapsed() < Duration::from_secs(20), "{:?}", s.status());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        s.shutdown(Duration::from_secs(1));
+        let got = crate::demo::read_all(&brokers, "siem-json");
+        assert_eq!(got.len(), 3);
+        for ((_, payload), c) in got.iter().zip(&cmds) {
+            let v: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            assert_eq!(v["event"]["id"], c.command_id.as_str());
+            assert_eq!(v["event"]["action"], "revive");
+        }
+    }
 }

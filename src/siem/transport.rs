@@ -255,20 +255,40 @@ impl StreamTransport {
         })
     }
 
-    /// Peeks at the socket without blocking: a syslog receiver never sends, so end of stream,
-    /// data (a TLS close_notify) or an error all mean the connection is gone.
+    /// Checks the connection without blocking: a syslog receiver never sends application data,
+    /// so end of stream, data on a plain connection, a TLS close_notify or an error all mean the
+    /// connection is gone. TLS records the server sends on its own (session tickets) are read and
+    /// processed.
     fn healthy(&mut self) -> bool {
-        let sock = match &self.conn {
+        let ok = match &mut self.conn {
             None => return true,
-            Some(Conn::Plain(s)) => s,
-            Some(Conn::Tls(s)) => &s.sock,
+            Some(Conn::Plain(s)) => {
+                let mut b = [0u8; 1];
+                s.set_nonblocking(true).is_ok()
+                    && matches!(s.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+                    && s.set_nonblocking(false).is_ok()
+            }
+            Some(Conn::Tls(st)) => {
+                let st = &mut **st;
+                let mut ok = st.sock.set_nonblocking(true).is_ok();
+                while ok {
+                    match st.conn.read_tls(&mut st.sock) {
+                        Ok(0) => ok = false,
+                        Ok(_) => match st.conn.process_new_packets() {
+                            Ok(io) if io.peer_has_closed() => ok = false,
+                            Ok(io) => {
+                                let mut sink = vec![0u8; io.plaintext_bytes_to_read()];
+                                let _ = io::Read::read(&mut st.conn.reader(), &mut sink);
+                            }
+                            Err(_) => ok = false,
+                        },
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                        Err(_) => ok = false,
+                    }
+                }
+                ok && st.sock.set_nonblocking(false).is_ok()
+            }
         };
-        if sock.set_nonblocking(true).is_err() {
-            return false;
-        }
-        let mut b = [0u8; 1];
-        let ok = matches!(sock.peek(&mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock);
-        let _ = sock.set_nonblocking(false);
         if !ok {
             self.conn = None;
         }
