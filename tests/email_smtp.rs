@@ -56,6 +56,16 @@ fn smtp_server(python: &Path, port: u16, dir: &Path, extra: &[&str]) -> Server {
     Server(child)
 }
 
+/// A Python that has aiosmtpd (`SMTP_PYTHON`, else Debian's `/usr/bin/python3`).
+fn aiosmtpd_python() -> Option<std::path::PathBuf> {
+    tool("smtp_python", &["/usr/bin/python3"]).filter(|p| {
+        Command::new(p)
+            .args(["-c", "import aiosmtpd"])
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
 fn incident(n: u32, blueprint: &str, severity: Severity) -> Incident {
     Incident {
         incident_id: format!("inc-{n}"),
@@ -88,15 +98,8 @@ fn mails(dir: &Path) -> Vec<Value> {
 
 #[test]
 fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted() {
-    let python = tool("smtp_python", &["/usr/bin/python3"]);
-    let has_aiosmtpd = python.as_ref().is_some_and(|p| {
-        Command::new(p)
-            .args(["-c", "import aiosmtpd"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let openssl = tool("openssl", &["/usr/bin/openssl"]);
-    let (Some(python), Some(openssl), true) = (python, openssl, has_aiosmtpd) else {
+    let (Some(python), Some(openssl)) = (aiosmtpd_python(), tool("openssl", &["/usr/bin/openssl"]))
+    else {
         assert!(
             !required(),
             "GUARDIAN_REQUIRE_E2E is set but aiosmtpd or openssl is missing"
@@ -268,14 +271,7 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
 
 #[test]
 fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_the_rest() {
-    let python = tool("smtp_python", &["/usr/bin/python3"]);
-    let has_aiosmtpd = python.as_ref().is_some_and(|p| {
-        Command::new(p)
-            .args(["-c", "import aiosmtpd"])
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    let Some(python) = python.filter(|_| has_aiosmtpd) else {
+    let Some(python) = aiosmtpd_python() else {
         assert!(
             !required(),
             "GUARDIAN_REQUIRE_E2E is set but aiosmtpd is missing"

@@ -127,6 +127,28 @@ fn event(agent: &str, tool: &str, n: u64, ts: i64) -> Vec<u8> {
     .into_bytes()
 }
 
+/// A mock cluster with the audit topic (`partitions`) and the daemon's output topics.
+fn mock_cluster(
+    group: &str,
+    partitions: i32,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    KafkaConfig,
+) {
+    let cluster = MockCluster::new(1).unwrap();
+    let k = KafkaConfig {
+        brokers: cluster.bootstrap_servers(),
+        group_id: group.into(),
+        audit_topics: vec!["audit".into()],
+        ..KafkaConfig::default()
+    };
+    cluster.create_topic("audit", partitions, 1).unwrap();
+    for t in [&k.control_topic, &k.incidents_topic, &k.dead_letter_topic] {
+        cluster.create_topic(t, 1, 1).unwrap();
+    }
+    (cluster, k)
+}
+
 fn parsed_records(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out)
         .unwrap_or_default()
@@ -153,17 +175,7 @@ fn hostile_incidents_reach_rsyslog_over_tcp_udp_and_tls_and_parse_back_to_the_or
     let (tcp, udp, tls) = (free_tcp(), free_udp(), free_tcp());
     let _rsyslog = rsyslog(&rsyslogd, dir.path(), tcp, udp, tls);
 
-    let cluster = MockCluster::new(1).unwrap();
-    let k = KafkaConfig {
-        brokers: cluster.bootstrap_servers(),
-        group_id: "siem".into(),
-        audit_topics: vec!["audit".into()],
-        ..KafkaConfig::default()
-    };
-    cluster.create_topic("audit", 1, 1).unwrap();
-    for t in [&k.control_topic, &k.incidents_topic, &k.dead_letter_topic] {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
+    let (_cluster, k) = mock_cluster("siem", 1);
     let ca = dir.path().join("ca.pem");
     let sinks = json!([
         {"name": "tcp", "type": "syslog", "address": format!("127.0.0.1:{tcp}"),
@@ -306,17 +318,7 @@ fn a_30_second_receiver_outage_loses_no_record_and_keeps_order_per_agent() {
     let (tcp, udp, tls) = (free_tcp(), free_udp(), free_tcp());
     let mut receiver = Some(rsyslog(&rsyslogd, dir.path(), tcp, udp, tls));
 
-    let cluster = MockCluster::new(1).unwrap();
-    let k = KafkaConfig {
-        brokers: cluster.bootstrap_servers(),
-        group_id: "outage".into(),
-        audit_topics: vec!["audit".into()],
-        ..KafkaConfig::default()
-    };
-    cluster.create_topic("audit", 2, 1).unwrap();
-    for t in [&k.control_topic, &k.incidents_topic, &k.dead_letter_topic] {
-        cluster.create_topic(t, 1, 1).unwrap();
-    }
+    let (_cluster, k) = mock_cluster("outage", 2);
     let mut cfg = demo::local_config(
         k.clone(),
         &dir.path().join("state"),
