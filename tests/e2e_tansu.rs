@@ -28,17 +28,20 @@ struct Broker {
     bin: String,
 }
 
+/// `None`, so the test is skipped; a failure instead when `GUARDIAN_REQUIRE_E2E` is set.
+fn unavailable<T>(vars: &str, what: &str) -> Option<T> {
+    assert!(
+        std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
+        "GUARDIAN_REQUIRE_E2E is set but {vars} is not"
+    );
+    eprintln!("skipped: {what} (run scripts/test.sh)");
+    None
+}
+
 fn broker() -> Option<Broker> {
     match (std::env::var("TANSU_BROKER"), std::env::var("TANSU_BIN")) {
         (Ok(addr), Ok(bin)) => Some(Broker { addr, bin }),
-        _ => {
-            assert!(
-                std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
-                "GUARDIAN_REQUIRE_E2E is set but TANSU_BROKER / TANSU_BIN are not"
-            );
-            eprintln!("skipped: no Tansu broker (run scripts/test.sh)");
-            None
-        }
+        _ => unavailable("TANSU_BROKER / TANSU_BIN", "no Tansu broker"),
     }
 }
 
@@ -557,14 +560,7 @@ struct DurableBroker {
 fn durable_bin() -> Option<String> {
     match std::env::var("TANSU_DURABLE_BIN") {
         Ok(bin) if !bin.is_empty() => Some(bin),
-        _ => {
-            assert!(
-                std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
-                "GUARDIAN_REQUIRE_E2E is set but TANSU_DURABLE_BIN is not"
-            );
-            eprintln!("skipped: no durable Tansu build (run scripts/test.sh)");
-            None
-        }
+        _ => unavailable("TANSU_DURABLE_BIN", "no durable Tansu build"),
     }
 }
 

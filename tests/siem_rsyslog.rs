@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Proc, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -149,6 +149,24 @@ fn mock_cluster(
     (cluster, k)
 }
 
+/// rsyslogd and openssl, or `None` (the test is skipped, unless `GUARDIAN_REQUIRE_E2E` is set).
+fn programs() -> Option<(PathBuf, PathBuf)> {
+    match (
+        tool("rsyslogd", &["/usr/sbin/rsyslogd"]),
+        tool("openssl", &["/usr/bin/openssl"]),
+    ) {
+        (Some(r), Some(o)) => Some((r, o)),
+        _ => {
+            assert!(
+                !required(),
+                "GUARDIAN_REQUIRE_E2E is set but rsyslogd or openssl is missing"
+            );
+            eprintln!("skipped: rsyslogd or openssl not installed");
+            None
+        }
+    }
+}
+
 fn parsed_records(out: &Path) -> Vec<Value> {
     std::fs::read_to_string(out)
         .unwrap_or_default()
@@ -159,15 +177,7 @@ fn parsed_records(out: &Path) -> Vec<Value> {
 
 #[test]
 fn hostile_incidents_reach_rsyslog_over_tcp_udp_and_tls_and_parse_back_to_the_originals() {
-    let (Some(rsyslogd), Some(openssl)) = (
-        tool("rsyslogd", &["/usr/sbin/rsyslogd"]),
-        tool("openssl", &["/usr/bin/openssl"]),
-    ) else {
-        assert!(
-            !required(),
-            "GUARDIAN_REQUIRE_E2E is set but rsyslogd or openssl is missing"
-        );
-        eprintln!("skipped: rsyslogd or openssl not installed");
+    let Some((rsyslogd, openssl)) = programs() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -303,14 +313,7 @@ fn hostile_incidents_reach_rsyslog_over_tcp_udp_and_tls_and_parse_back_to_the_or
 /// CEF record arrives, each once or again with the same id, in order per agent.
 #[test]
 fn a_30_second_receiver_outage_loses_no_record_and_keeps_order_per_agent() {
-    let (Some(rsyslogd), Some(openssl)) = (
-        tool("rsyslogd", &["/usr/sbin/rsyslogd"]),
-        tool("openssl", &["/usr/bin/openssl"]),
-    ) else {
-        assert!(
-            !required(),
-            "GUARDIAN_REQUIRE_E2E is set but rsyslogd or openssl is missing"
-        );
+    let Some((rsyslogd, openssl)) = programs() else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
