@@ -133,6 +133,11 @@ pub struct Config {
     pub sinks: Vec<crate::siem::SinkConfig>,
     /// Email alerts (`[email]`), none by default.
     pub email: Option<crate::siem::EmailConfig>,
+    /// Admin API (`[api]`): health, metrics, agents, incidents, posture, compliance, commands;
+    /// off when absent.
+    pub api: Option<crate::api::ApiConfig>,
+    /// Posture snapshots, incident retention, risk settings (`[posture]`).
+    pub posture: crate::posture::PostureConfig,
 }
 
 impl Default for Config {
@@ -154,6 +159,8 @@ impl Default for Config {
             log_format: "human".into(),
             sinks: Vec::new(),
             email: None,
+            api: None,
+            posture: crate::posture::PostureConfig::default(),
         }
     }
 }
@@ -197,6 +204,10 @@ pub struct Resolved {
     pub shutdown_timeout: std::time::Duration,
     /// The blueprints in force.
     pub blueprints: std::sync::Arc<BlueprintSet>,
+    /// Posture settings.
+    pub posture: crate::posture::PostureSettings,
+    /// Admin API settings, if the API is on.
+    pub api: Option<crate::api::ApiSettings>,
 }
 
 impl Config {
@@ -307,6 +318,29 @@ impl Config {
         if let Some(e) = &self.email {
             e.validate(&mut errors);
         }
+        let api = self.api.as_ref().and_then(|a| a.validate(&mut errors));
+        let posture = match self.posture.validate() {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(e);
+                crate::posture::PostureSettings::default()
+            }
+        };
+        for (name, t) in [
+            ("incidents_topic", &k.incidents_topic),
+            ("control_topic", &k.control_topic),
+            ("dead_letter_topic", &k.dead_letter_topic),
+        ] {
+            if *t == self.posture.topic {
+                errors.push(format!("posture.topic: {t:?} is also kafka.{name}"));
+            }
+        }
+        if k.audit_topics.contains(&self.posture.topic) {
+            errors.push(format!(
+                "posture.topic: {:?} is also an audit topic",
+                self.posture.topic
+            ));
+        }
         if let Err(e) = crate::event::Decoder::new(&crate::event::DecoderOptions {
             volume_pointer: self.volume_pointer.clone(),
             ..Default::default()
@@ -331,6 +365,8 @@ impl Config {
                 checkpoint_interval,
                 shutdown_timeout,
                 blueprints,
+                posture,
+                api,
             }),
             _ => Err(ConfigError {
                 file: file.to_path_buf(),
@@ -347,6 +383,9 @@ impl Config {
         }
         if let Some(p) = self.email.as_ref().and_then(|e| e.password.as_ref()) {
             v["email"]["password"] = p.to_string().into();
+        }
+        if let Some(a) = &self.api {
+            v["api"]["token"] = a.token.to_string().into();
         }
         for (key, s) in &self.kafka.options {
             if let Secret::Literal(_) = s {

@@ -160,6 +160,8 @@ pub fn local_config(
         checkpoint_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(20),
         blueprints,
+        posture: crate::posture::PostureSettings::default(),
+        api: None,
         config: Config {
             guardian_id: "guardian-demo-1".into(),
             kafka,
@@ -197,6 +199,7 @@ pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
         &kafka.control_topic,
         &kafka.incidents_topic,
         &kafka.dead_letter_topic,
+        "guardian-posture",
     ] {
         cluster.create_topic(t, 1, 1)?;
     }

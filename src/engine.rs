@@ -8,10 +8,10 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::{Blueprint, BlueprintSet};
-use crate::detect::{Finding, Input};
+use crate::detect::{outside_allowed, Finding, Input};
 use crate::event::AuditEvent;
 use crate::response::{incident_id, Action, Basis, Incident, IncidentType};
-use crate::state::{AgentState, Snapshot, SNAPSHOT_VERSION};
+use crate::state::{AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
 
 /// Counters kept by the engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -22,6 +22,8 @@ pub struct EngineStats {
     pub late_events: u64,
     /// Incidents by type, in [`IncidentType::ALL`] order.
     pub incidents: [u64; IncidentType::ALL.len()],
+    /// Malformed events of the stream (counted by the source; they never reach the engine).
+    pub bad_events: u64,
 }
 
 struct Agent {
@@ -127,12 +129,19 @@ impl Engine {
         self.agents.iter().map(|a| &a.state)
     }
 
+    /// Counts a malformed event of the stream this engine folds.
+    pub fn count_bad_event(&mut self) {
+        self.stats.bad_events += 1;
+    }
+
     /// Marks an agent killed by an operator at `ts`; `false` if the agent is unknown.
     pub fn kill(&mut self, agent_id: &str, ts: i64) -> bool {
         let Some(&i) = self.index.get(agent_id) else {
             return false;
         };
-        self.agents[i as usize].state.kill.kill(ts);
+        let st = &mut self.agents[i as usize].state;
+        st.kill.kill(ts);
+        st.profile.kill_event(ts, KillEventKind::ManualKill);
         self.mark_dirty(i as usize);
         true
     }
@@ -177,6 +186,14 @@ impl Engine {
         };
         self.findings.clear();
         let obs = st.detectors.observe(bp, &input, &mut self.findings);
+        st.profile.observe(
+            obs.tool,
+            &ev.tool_name,
+            ev.ts_ms,
+            ev.outcome,
+            ev.environment.as_deref(),
+            outside_allowed(bp, obs.local),
+        );
         if !obs.in_order {
             st.late_events += 1;
             self.stats.late_events += 1;
@@ -209,6 +226,7 @@ impl Engine {
         let mut last = IncidentType::FrequencySpike;
         for f in self.findings.drain(..) {
             st.kill.record(&bp.kill, ev.ts_ms, f.severity);
+            st.profile.incident(ev.ts_ms, f.severity, f.kind);
             last = f.kind;
             self.stats.incidents[type_index(f.kind)] += 1;
             out.push(make_incident(bp, st, ev, f, Action::Logged));
@@ -242,6 +260,12 @@ impl Engine {
                 disc: 0,
             };
             self.stats.incidents[type_index(IncidentType::AutoKill)] += 1;
+            st.profile.incident(ev.ts_ms, f.severity, f.kind);
+            match d.action {
+                Action::Killed => st.profile.kill_event(ev.ts_ms, KillEventKind::AutoKill),
+                Action::WouldKill => st.profile.kill_event(ev.ts_ms, KillEventKind::WouldKill),
+                _ => {}
+            }
             out.push(make_incident(bp, st, ev, f, d.action));
         }
     }
@@ -253,6 +277,7 @@ impl Engine {
                 let a = &mut self.agents[i as usize];
                 a.state.kill.revive(ts);
                 a.state.after_kill.calm();
+                a.state.profile.kill_event(ts, KillEventKind::Revive);
                 self.mark_dirty(i as usize);
                 true
             }

@@ -18,6 +18,8 @@
 //! - [`control`]: signed kill / revive commands of the control topic.
 //! - [`daemon`]: `guardian run`: Kafka sources, per-partition engines, sled store, Kafka sinks.
 //! - [`siem`]: CEF and ECS JSON records, syslog / file / stdout / Kafka sinks with on-disk spools.
+//! - [`posture`]: fleet inventory, risk with reasons, compliance with evidence.
+//! - [`api`]: the HTTP admin API, Prometheus metrics and the web page.
 //! - [`demo`]: the daemon against librdkafka's in-process mock cluster.
 //! - [`cli`]: command-line interface.
 //!
@@ -30,6 +32,7 @@
 //!                                              └─ state::Snapshot (snapshot / restore)
 //! ```
 
+pub mod api;
 pub mod blueprint;
 pub mod cli;
 pub mod config;
@@ -39,6 +42,7 @@ pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod event;
+pub mod posture;
 pub mod replay;
 pub mod response;
 pub mod siem;

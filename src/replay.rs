@@ -10,6 +10,8 @@ use crate::engine::Engine;
 use crate::event::{DecodeError, Decoder};
 use crate::response::{Incident, IncidentType};
 
+const DAY_MS: i64 = 86_400_000;
+
 /// What a replay did.
 #[derive(Debug, Clone, Default)]
 pub struct ReplaySummary {
@@ -66,6 +68,12 @@ pub trait IncidentSink {
     fn dead_letter(&mut self, _line: u64, _e: &DecodeError, _bytes: usize) -> io::Result<()> {
         Ok(())
     }
+
+    /// Called when the stream's event time first reaches a new UTC day (`day_start`, epoch ms),
+    /// before that day's first event; ignored by default.
+    fn new_day(&mut self, _engine: &Engine, _day_start: i64) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes incidents as JSON lines.
@@ -101,6 +109,7 @@ pub fn run(
     let mut out = Vec::with_capacity(16);
     let mut line_no = 0u64;
     let mut bytes = 0u64;
+    let mut day = i64::MIN;
     loop {
         buf.clear();
         let n = input.read_until(b'\n', &mut buf)?;
@@ -116,6 +125,13 @@ pub fn run(
         sum.lines += 1;
         match decoder.decode(line) {
             Ok(ev) => {
+                let d = ev.ts_ms.div_euclid(DAY_MS);
+                if d > day {
+                    if day != i64::MIN {
+                        sink.new_day(engine, d * DAY_MS)?;
+                    }
+                    day = d;
+                }
                 engine.process(&ev, &mut out);
                 sum.events += 1;
                 for i in out.drain(..) {
@@ -124,6 +140,7 @@ pub fn run(
             }
             Err(e) => {
                 sum.malformed += 1;
+                engine.count_bad_event();
                 sink.dead_letter(line_no, &e, line.len())?;
                 on_error(line_no, &e);
             }
@@ -144,4 +161,92 @@ pub fn run(
     sum.agents = engine.agent_count();
     sum.elapsed = started.elapsed();
     Ok(sum)
+}
+
+/// Keeps what `guardian replay --state DIR` stores besides the agents: every incident, and the
+/// fleet score at the start of each day of event time (for the posture's trend).
+pub struct StateRecorder<S> {
+    /// The sink the incidents also go to.
+    pub inner: S,
+    /// Every incident.
+    pub incidents: Vec<Incident>,
+    /// One fleet score per day.
+    pub history: Vec<crate::posture::HistoryPoint>,
+    settings: crate::posture::PostureSettings,
+}
+
+impl<S: IncidentSink> StateRecorder<S> {
+    /// A recorder in front of `inner`.
+    pub fn new(inner: S, settings: crate::posture::PostureSettings) -> StateRecorder<S> {
+        StateRecorder {
+            inner,
+            incidents: Vec::new(),
+            history: Vec::new(),
+            settings,
+        }
+    }
+}
+
+impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
+    fn incident(&mut self, i: &Incident) -> io::Result<()> {
+        self.incidents.push(i.clone());
+        self.inner.incident(i)
+    }
+
+    fn dead_letter(&mut self, line: u64, e: &DecodeError, bytes: usize) -> io::Result<()> {
+        self.inner.dead_letter(line, e, bytes)
+    }
+
+    fn new_day(&mut self, engine: &Engine, day_start: i64) -> io::Result<()> {
+        let states: Vec<_> = engine.agents().cloned().collect();
+        let p = crate::posture::posture(&states, engine.blueprints(), &self.settings, &self.history);
+        self.history.push(p.point());
+        self.inner.new_day(engine, day_start)
+    }
+}
+
+/// Writes a replay's result as a state directory that `guardian posture --state DIR` (and the
+/// admin API) read: the agents as partition 0 of a topic named after the source, the incidents,
+/// the daily fleet scores and a ledger.
+pub fn write_state<S>(
+    dir: &std::path::Path,
+    engine: &mut Engine,
+    rec: &StateRecorder<S>,
+    source: &str,
+    lines: u64,
+) -> Result<(), crate::daemon::store::StoreError> {
+    use crate::daemon::store::{PartitionDelta, Store};
+    let store = Store::open(dir)?;
+    let stats = engine.stats().clone();
+    let set = engine.blueprints();
+    let mut ledger = store.ledger()?;
+    let setup = crate::posture::Ledger {
+        guardian_ids: vec!["replay".into()],
+        source: "replay".into(),
+        audit_topics: vec![source.to_string()],
+        incident_retention_days: rec.settings.incident_retention_ms as f64 / 86_400_000.0,
+        blueprints: crate::posture::blueprint_facts(set),
+        ..crate::posture::Ledger::default()
+    };
+    ledger.record_setup(setup, chrono::Utc::now().timestamp_millis());
+    let topic = format!("replay:{source}");
+    let agents = engine.take_dirty();
+    store.checkpoint(
+        &[PartitionDelta {
+            topic: &topic,
+            partition: 0,
+            next_offset: lines as i64,
+            stats: &stats,
+            agents,
+        }],
+        &[],
+        &[],
+        &rec.incidents,
+        Some(&ledger),
+    )?;
+    for p in &rec.history {
+        store.push_history(p)?;
+    }
+    store.db().flush()?;
+    Ok(())
 }

@@ -1,7 +1,8 @@
-//! Command line: `guardian run | demo | produce | kill | revive | state | replay | simulate |
-//! evaluate | blueprint`.
+//! Command line: `guardian run | demo | produce | kill | revive | state | posture | replay |
+//! simulate | evaluate | blueprint`.
 
 mod daemon;
+mod posture;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
@@ -43,6 +44,8 @@ enum Command {
     /// Inspect or reset a stopped daemon's stored state.
     #[command(subcommand)]
     State(daemon::StateCommand),
+    /// Fleet posture (inventory, risk with reasons, trend) or a compliance report of a stored state.
+    Posture(posture::PostureArgs),
     /// Replay audit events (JSON lines) through the detectors; incidents to stdout, summary to stderr.
     Replay(ReplayArgs),
     /// Generate a realistic fleet's audit events (Agent-SPM JSON lines) with injected anomalies.
@@ -84,6 +87,10 @@ struct ReplayArgs {
     /// Guardian id in kill commands, and host name in CEF/JSON records (default: the host name).
     #[arg(long)]
     guardian_id: Option<String>,
+    /// Also write the resulting state (agents, incidents, daily fleet scores) to this directory,
+    /// for `guardian posture --state DIR`.
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
     /// Events file (JSON lines), or `-` for stdin.
     events: PathBuf,
 }
@@ -231,6 +238,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Revive(a) => daemon::command_cmd(crate::control::Verb::Revive, a),
         Command::State(c) => daemon::state_cmd(c),
         Command::Evaluate(a) => evaluate_cmd(a),
+        Command::Posture(a) => posture::posture_cmd(a),
         Command::Blueprint(BlueprintCommand::Validate { files }) => Ok(validate_cmd(&files)),
         Command::Blueprint(BlueprintCommand::Show { name, blueprints }) => {
             show_cmd(&name, blueprints.as_deref())
@@ -310,20 +318,29 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let mut shown = 0u64;
-    let summary = replay::run(
-        &mut engine,
-        &decoder,
-        input,
-        &mut sink,
-        |line, e| {
-            shown += 1;
-            if shown <= 100 {
-                eprintln!("line {line}: {e}");
-            }
-        },
-        progress.as_ref(),
-    )?;
-    sink.flush()?;
+    let on_error = |line, e: &crate::event::DecodeError| {
+        shown += 1;
+        if shown <= 100 {
+            eprintln!("line {line}: {e}");
+        }
+    };
+    let summary = match &a.state {
+        None => {
+            let s = replay::run(&mut engine, &decoder, input, &mut sink, on_error, progress.as_ref())?;
+            sink.flush()?;
+            s
+        }
+        Some(dir) => {
+            let mut rec = replay::StateRecorder::new(sink, crate::posture::PostureSettings::default());
+            let s = replay::run(&mut engine, &decoder, input, &mut rec, on_error, progress.as_ref())?;
+            rec.inner.flush()?;
+            replay::write_state(dir, &mut engine, &rec, &source, s.lines).with_context(|| {
+                format!("cannot write the state to {} (is a daemon running on it?)", dir.display())
+            })?;
+            eprintln!("state written to {} (read it with `guardian posture --state {}`)", dir.display(), dir.display());
+            s
+        }
+    };
     if summary.malformed > 100 {
         eprintln!("… and {} more malformed line(s)", summary.malformed - 100);
     }

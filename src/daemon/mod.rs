@@ -32,7 +32,8 @@ use crate::control::{Command, Origin, Verb};
 use crate::engine::{Engine, EngineStats};
 use crate::event::{Decoder, DecoderOptions};
 use crate::response::{Action, Basis, Incident, IncidentType, Severity};
-use crate::siem::{DeadLetter, Record as SiemRecord, SiemSinks};
+use crate::posture::{Gap, Ledger};
+use crate::siem::{DeadLetter, PostureSummary, Record as SiemRecord, SiemSinks};
 use sink::{dead_letter_headers, KafkaSink, SinkError};
 use source::{AuditConsumer, Notice, Queue, Record};
 use store::{PartitionDelta, Store, StoreError};
@@ -58,13 +59,16 @@ pub enum DaemonError {
     /// A source failed.
     #[error("source: {0}")]
     Source(String),
+    /// The admin API could not start.
+    #[error("admin API: {0}")]
+    Api(String),
     /// The graceful shutdown took longer than allowed.
     #[error("shutdown deadline of {0:?} exceeded")]
     Deadline(Duration),
 }
 
-/// Counters of a running daemon (read by logs, the demo and tests).
-#[derive(Debug, Default)]
+/// Counters of a running daemon (read by logs, the demo, tests and `/metrics`).
+#[derive(Debug)]
 pub struct Metrics {
     /// Audit events processed.
     pub events: AtomicU64,
@@ -88,6 +92,104 @@ pub struct Metrics {
     pub partitions: AtomicUsize,
     /// Messages behind the high watermark, summed over owned partitions (librdkafka statistics).
     pub lag: Arc<AtomicU64>,
+    /// Malformed events by [`crate::event::DecodeError::kind`], in [`BAD_EVENT_KINDS`] order.
+    pub bad_by_kind: [AtomicU64; BAD_EVENT_KINDS.len()],
+    /// Incidents by type ([`IncidentType::ALL`] order) and severity (low to critical).
+    pub incidents_by: [[AtomicU64; 4]; IncidentType::ALL.len()],
+    /// Kill commands published through the admin API.
+    pub api_kills: AtomicU64,
+    /// Revive commands published through the admin API.
+    pub api_revives: AtomicU64,
+    /// Posture snapshots published.
+    pub posture_snapshots: AtomicU64,
+    /// Agents in the owned partitions (as of the latest checkpoint).
+    pub agents: AtomicU64,
+    /// Killed agents in the owned partitions (as of the latest checkpoint).
+    pub agents_killed: AtomicU64,
+    /// Fleet risk score of the latest posture snapshot.
+    pub fleet_risk: AtomicU64,
+    /// Ready: state restored and at least one partition assigned.
+    pub ready: AtomicBool,
+    /// Time from poll to processed, per batch.
+    pub latency: prometheus_client::metrics::histogram::Histogram,
+    /// SIEM and email sink figures as of the latest checkpoint.
+    pub sinks: std::sync::Mutex<Vec<crate::siem::SinkStatus>>,
+    /// Email figures as of the latest checkpoint: sent, transient failures, permanent failures.
+    pub email: std::sync::Mutex<Option<[u64; 3]>>,
+}
+
+/// The kinds of malformed events, as labels.
+pub const BAD_EVENT_KINDS: [&str; 5] = [
+    "oversized",
+    "not_json",
+    "missing_field",
+    "wrong_type",
+    "invalid_value",
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            events: AtomicU64::new(0),
+            bad_events: AtomicU64::new(0),
+            incidents: AtomicU64::new(0),
+            kill_commands: AtomicU64::new(0),
+            commands_applied: AtomicU64::new(0),
+            commands_rejected: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+            checkpoints: AtomicU64::new(0),
+            queue_depth: Arc::default(),
+            partitions: AtomicUsize::new(0),
+            lag: Arc::default(),
+            bad_by_kind: Default::default(),
+            incidents_by: Default::default(),
+            api_kills: AtomicU64::new(0),
+            api_revives: AtomicU64::new(0),
+            posture_snapshots: AtomicU64::new(0),
+            agents: AtomicU64::new(0),
+            agents_killed: AtomicU64::new(0),
+            fleet_risk: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            latency: prometheus_client::metrics::histogram::Histogram::new(
+                [
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                    0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+            ),
+            sinks: std::sync::Mutex::new(Vec::new()),
+            email: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts an emitted incident.
+    pub fn count_incident(&self, i: &Incident) {
+        self.incidents.fetch_add(1, Ordering::Relaxed);
+        let t = IncidentType::ALL
+            .iter()
+            .position(|x| *x == i.kind)
+            .unwrap_or(0);
+        self.incidents_by[t][i.severity.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// What the admin API reads of a running daemon: the live sled state, the counters and the
+/// partitions this instance owns.
+pub struct Live {
+    /// The state store (the API reads what the latest checkpoint wrote).
+    pub store: Store,
+    /// Counters.
+    pub metrics: Arc<Metrics>,
+    /// Audit partitions owned now: (topic, partition).
+    pub owned: std::sync::RwLock<Vec<(String, i32)>>,
+}
+
+impl Live {
+    /// The owned partitions.
+    pub fn owned(&self) -> Vec<(String, i32)> {
+        self.owned.read().map(|o| o.clone()).unwrap_or_default()
+    }
 }
 
 /// The audit partition an engine folds.
@@ -112,6 +214,12 @@ struct Core {
     since_checkpoint: u64,
     last_checkpoint: Instant,
     out: Vec<Incident>,
+    live: Arc<Live>,
+    /// Incidents raised since the previous checkpoint (stored with it).
+    raised: Vec<Incident>,
+    ledger: Ledger,
+    last_posture: Instant,
+    last_prune: Instant,
 }
 
 impl Core {
@@ -127,6 +235,21 @@ impl Core {
     fn handle(&mut self, n: Notice) -> Result<bool, DaemonError> {
         match n {
             Notice::Assigned(list) => {
+                let now = chrono::Utc::now().timestamp_millis();
+                for a in &list {
+                    if let Some((from, to)) = a.gap {
+                        self.ledger.gaps.push(Gap {
+                            topic: self.topic(a.topic).to_string(),
+                            partition: a.partition,
+                            from_offset: from,
+                            to_offset: to,
+                            found_at: now,
+                        });
+                    }
+                    if a.state.is_none() {
+                        self.ledger.rebuilds += 1;
+                    }
+                }
                 for a in list {
                     let engine = match a.state {
                         Some(s) => Engine::restore(self.cfg.blueprints.clone(), s),
@@ -141,30 +264,47 @@ impl Core {
                         },
                     );
                 }
-                self.metrics
-                    .partitions
-                    .store(self.parts.len(), Ordering::Relaxed);
+                self.owned_changed();
             }
             Notice::Revoked(list, ack) => {
                 self.checkpoint()?;
                 for k in list {
                     self.parts.remove(&k);
                 }
-                self.metrics
-                    .partitions
-                    .store(self.parts.len(), Ordering::Relaxed);
+                self.owned_changed();
                 let _ = ack.send(());
             }
-            Notice::Audit(batch) => {
+            Notice::Audit(batch, handed) => {
                 for r in batch {
                     self.audit(r)?;
                 }
+                self.metrics
+                    .latency
+                    .observe(handed.elapsed().as_secs_f64());
             }
             Notice::Control(r) => self.control(r)?,
             Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),
             Notice::Stopped(None) => return Ok(false),
         }
         Ok(true)
+    }
+
+    /// Publishes the owned partitions and readiness after an assignment change.
+    fn owned_changed(&self) {
+        let owned: Vec<(String, i32)> = self
+            .parts
+            .keys()
+            .map(|&(t, p)| (self.topic(t).to_string(), p))
+            .collect();
+        self.metrics
+            .partitions
+            .store(self.parts.len(), Ordering::Relaxed);
+        self.metrics
+            .ready
+            .store(!owned.is_empty(), Ordering::Relaxed);
+        if let Ok(mut o) = self.live.owned.write() {
+            *o = owned;
+        }
     }
 
     fn audit(&mut self, r: Record) -> Result<(), DaemonError> {
@@ -183,6 +323,10 @@ impl Core {
             Ok(ev) => ev,
             Err(e) => {
                 self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = BAD_EVENT_KINDS.iter().position(|k| *k == e.kind()) {
+                    self.metrics.bad_by_kind[i].fetch_add(1, Ordering::Relaxed);
+                }
+                part.engine.count_bad_event();
                 if !quiet {
                     let h = dead_letter_headers(
                         e.kind(),
@@ -246,6 +390,7 @@ impl Core {
         }
         let k = &self.cfg.config.kafka;
         for inc in self.out.drain(..) {
+            self.raised.push(inc.clone());
             if quiet {
                 self.metrics.suppressed.fetch_add(1, Ordering::Relaxed);
                 continue;
@@ -257,7 +402,7 @@ impl Core {
                 &json,
                 None,
             )?;
-            self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
+            self.metrics.count_incident(&inc);
             self.siem.emit(&SiemRecord::Incident(&inc))?;
             if inc.action_taken == Action::Killed {
                 let cmd = Command::for_kill(&inc, &self.cfg.config.guardian_id)
@@ -269,6 +414,7 @@ impl Core {
                     None,
                 )?;
                 self.metrics.kill_commands.fetch_add(1, Ordering::Relaxed);
+                self.ledger.kill_commands_sent += 1;
                 self.siem.emit(&SiemRecord::Command(&cmd))?;
                 tracing::warn!(agent = %inc.agent_id, command_id = %cmd.command_id, "kill command issued");
             }
@@ -291,6 +437,7 @@ impl Core {
                     }
                 }
                 if applied {
+                    self.ledger.commands_applied += 1;
                     self.metrics
                         .commands_applied
                         .fetch_add(1, Ordering::Relaxed);
@@ -305,6 +452,7 @@ impl Core {
                 self.metrics
                     .commands_rejected
                     .fetch_add(1, Ordering::Relaxed);
+                self.ledger.commands_rejected += 1;
                 let why = rejected.why;
                 let agent = rejected.agent_id.unwrap_or_else(|| "(unknown)".to_string());
                 tracing::warn!(%agent, partition = r.partition, offset = r.offset, reason = %why, "control command rejected");
@@ -343,8 +491,9 @@ impl Core {
                     &json,
                     None,
                 )?;
-                self.metrics.incidents.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count_incident(&inc);
                 self.siem.emit(&SiemRecord::Incident(&inc))?;
+                self.raised.push(inc);
             }
         }
         Ok(())
@@ -369,8 +518,16 @@ impl Core {
             });
         }
         let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
-        self.store.checkpoint(&deltas, &control, &self.pending)?;
+        self.ledger.last_written = chrono::Utc::now().timestamp_millis();
+        self.store.checkpoint(
+            &deltas,
+            &control,
+            &self.pending,
+            &self.raised,
+            Some(&self.ledger),
+        )?;
         drop(deltas);
+        self.raised.clear();
         let mut tpl = TopicPartitionList::new();
         for (t, p, next, _) in &stats {
             if let Some(name) = topics.get(*t as usize) {
@@ -385,6 +542,92 @@ impl Core {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.publish_figures();
+        Ok(())
+    }
+
+    /// Agent counts and sink figures for `/metrics` (after each checkpoint).
+    fn publish_figures(&self) {
+        let (mut agents, mut killed) = (0u64, 0u64);
+        for p in self.parts.values() {
+            for a in p.engine.agents() {
+                agents += 1;
+                killed += u64::from(a.kill.killed);
+            }
+        }
+        self.metrics.agents.store(agents, Ordering::Relaxed);
+        self.metrics.agents_killed.store(killed, Ordering::Relaxed);
+        let mut sinks = self.siem.status();
+        if let Some(depth) = self.siem.email_spooled() {
+            sinks.push(crate::siem::SinkStatus {
+                name: "email".into(),
+                spooled: depth,
+                sent: 0,
+                failures: 0,
+                dropped: 0,
+            });
+        }
+        if let Ok(mut s) = self.metrics.sinks.lock() {
+            *s = sinks;
+        }
+        if let Ok(mut e) = self.metrics.email.lock() {
+            *e = self.siem.email_stats();
+        }
+    }
+
+    /// Every `posture.interval`: the posture of the owned partitions onto the posture topic, as a
+    /// summary to the SIEM sinks, and into the score history; incidents past their retention
+    /// are pruned.
+    fn posture_tick(&mut self) -> Result<(), DaemonError> {
+        if self.last_posture.elapsed() < self.cfg.posture.interval || self.parts.is_empty() {
+            return Ok(());
+        }
+        self.last_posture = Instant::now();
+        self.checkpoint()?;
+        let s = &self.cfg.posture;
+        let owned = self.live.owned();
+        let view = self.store.state_view(Some(&owned))?;
+        if view.states.is_empty() {
+            return Ok(());
+        }
+        let posture = view.posture(&self.cfg.blueprints, s);
+        let summary = posture_summary(&posture, &self.cfg.config.guardian_id);
+        let snapshot = serde_json::json!({
+            "guardian_id": self.cfg.config.guardian_id,
+            "partitions": owned.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(),
+            "fleet": posture.fleet,
+            "top_risks": posture.top_risks,
+            "as_of": posture.as_of,
+        });
+        self.sink.send(
+            &s.topic,
+            Some(self.cfg.config.guardian_id.as_bytes()),
+            &serde_json::to_vec(&snapshot).unwrap_or_default(),
+            None,
+        )?;
+        self.siem.emit(&SiemRecord::Posture(&summary))?;
+        self.store.push_history(&posture.point())?;
+        self.metrics
+            .fleet_risk
+            .store(u64::from(posture.fleet.score), Ordering::Relaxed);
+        self.metrics
+            .posture_snapshots
+            .fetch_add(1, Ordering::Relaxed);
+        self.ledger.posture_snapshots += 1;
+        if self.last_prune.elapsed() > Duration::from_secs(600) {
+            self.last_prune = Instant::now();
+            let pruned = self
+                .store
+                .prune_incidents(posture.as_of_ms - s.incident_retention_ms)?;
+            if pruned > 0 {
+                tracing::info!(pruned, "incidents past their retention removed from the state");
+            }
+        }
+        tracing::info!(
+            fleet_risk = posture.fleet.score,
+            agents = posture.fleet.agents,
+            "posture snapshot published"
+        );
         Ok(())
     }
 
@@ -412,6 +655,49 @@ impl Core {
     }
 }
 
+/// The SIEM summary of a posture.
+pub fn posture_summary(p: &crate::posture::Posture, guardian_id: &str) -> PostureSummary {
+    let f = &p.fleet;
+    PostureSummary {
+        summary_id: format!("posture:{guardian_id}:{}", p.as_of_ms),
+        at: p.as_of_ms,
+        guardian_id: guardian_id.to_string(),
+        score: f.score,
+        level: f.level.as_str().to_string(),
+        trend_delta: f.trend.delta,
+        agents: f.agents,
+        killed: f.by_status.get("killed").copied().unwrap_or(0),
+        high_risk: f.by_risk_level.get("high").copied().unwrap_or(0)
+            + f.by_risk_level.get("critical").copied().unwrap_or(0),
+        top_agent: p.top_risks.first().map(|a| (a.agent_id.clone(), a.risk)),
+    }
+}
+
+/// This run's setup as ledger facts.
+pub fn setup_ledger(cfg: &Resolved) -> Ledger {
+    let c = &cfg.config;
+    Ledger {
+        guardian_ids: vec![c.guardian_id.clone()],
+        source: "kafka".into(),
+        audit_topics: c.kafka.audit_topics.clone(),
+        control_topic: c.kafka.control_topic.clone(),
+        incidents_topic: c.kafka.incidents_topic.clone(),
+        dead_letter_topic: c.kafka.dead_letter_topic.clone(),
+        commands_signed: !cfg.signing_key.is_empty(),
+        sinks: c
+            .sinks
+            .iter()
+            .map(|s| format!("{} ({:?}, {:?})", s.name, s.kind, s.format).to_lowercase())
+            .collect(),
+        email_routes: c.email.as_ref().map_or(0, |e| e.routes.len()),
+        api: cfg.api.is_some(),
+        api_tls: cfg.api.as_ref().is_some_and(|a| a.tls.is_some()),
+        incident_retention_days: cfg.posture.incident_retention_ms as f64 / 86_400_000.0,
+        blueprints: crate::posture::blueprint_facts(&cfg.blueprints),
+        ..Ledger::default()
+    }
+}
+
 fn apply(engine: &mut Engine, c: &Command) {
     match c.command {
         Verb::Kill => engine.kill(&c.agent_id, c.issued_at),
@@ -425,8 +711,13 @@ pub struct Daemon {
     pub stop: Arc<AtomicBool>,
     /// Live counters.
     pub metrics: Arc<Metrics>,
+    /// What the admin API reads.
+    pub live: Arc<Live>,
+    /// The admin API's address, if it is on.
+    pub api_addr: Option<std::net::SocketAddr>,
     engine: std::thread::JoinHandle<Result<(), DaemonError>>,
     sources: Vec<std::thread::JoinHandle<()>>,
+    api: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Daemon {
@@ -482,6 +773,13 @@ impl Daemon {
         }
         drop(queue);
         let pending = store.pending()?;
+        let mut ledger = store.ledger()?;
+        ledger.record_setup(setup_ledger(&cfg), chrono::Utc::now().timestamp_millis());
+        let live = Arc::new(Live {
+            store: store.clone(),
+            metrics: metrics.clone(),
+            owned: std::sync::RwLock::new(Vec::new()),
+        });
         let siem = SiemSinks::start(
             &cfg.config.sinks,
             cfg.config.email.as_ref(),
@@ -490,6 +788,17 @@ impl Daemon {
             &k.brokers,
             &cfg.kafka_options,
         )?;
+        let (api, api_addr) = match &cfg.api {
+            Some(a) => {
+                let (handle, addr) = crate::api::spawn(
+                    a,
+                    crate::api::AppState::for_daemon(&cfg, live.clone())?,
+                    stop.clone(),
+                )?;
+                (Some(handle), Some(addr))
+            }
+            None => (None, None),
+        };
         let core = Core {
             cfg,
             decoder,
@@ -504,6 +813,11 @@ impl Daemon {
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
             out: Vec::new(),
+            live: live.clone(),
+            raised: Vec::new(),
+            ledger,
+            last_posture: Instant::now(),
+            last_prune: Instant::now() - Duration::from_secs(3600),
         };
         let stop2 = stop.clone();
         let engine = std::thread::Builder::new()
@@ -513,8 +827,11 @@ impl Daemon {
         Ok(Daemon {
             stop,
             metrics,
+            live,
+            api_addr,
             engine,
             sources,
+            api,
         })
     }
 
@@ -545,6 +862,9 @@ impl Daemon {
         for s in self.sources {
             let _ = s.join();
         }
+        if let Some(a) = self.api {
+            let _ = a.join();
+        }
         r
     }
 }
@@ -574,6 +894,7 @@ fn run_engine(
             if core.checkpoint_due() {
                 core.checkpoint()?;
             }
+            core.posture_tick()?;
             if last_log.elapsed() > Duration::from_secs(10) {
                 core.log_progress();
                 last_log = Instant::now();

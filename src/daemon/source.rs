@@ -54,6 +54,8 @@ pub struct Assignment {
     pub quiet_below: i64,
     /// The stored state, if any.
     pub state: Option<Snapshot>,
+    /// Offsets `[from, to)` that left the broker's retention before this state read them.
+    pub gap: Option<(i64, i64)>,
 }
 
 /// What the sources tell the engine.
@@ -64,8 +66,8 @@ pub enum Notice {
     /// Partitions revoked: checkpoint them, then acknowledge.
     Revoked(Vec<(u16, i32)>, mpsc::Sender<()>),
     /// Audit events, in offset order per partition (polled together, sent as one message to
-    /// spare a thread wake-up per event).
-    Audit(Vec<Record>),
+    /// spare a thread wake-up per event), and when they were handed to the engine.
+    Audit(Vec<Record>, std::time::Instant),
     /// A control-topic message.
     Control(Record),
     /// A source stopped (shutdown), with an error if it failed.
@@ -141,7 +143,7 @@ impl AuditContext {
             Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
             _ => return true,
         };
-        self.queue.send(Notice::Audit(batch))
+        self.queue.send(Notice::Audit(batch, std::time::Instant::now()))
     }
 
     /// Adds a polled message; sends the batch when full.
@@ -193,6 +195,19 @@ impl AuditContext {
                 Some((next, _)) => *next,
                 None => low,
             };
+            let gap = match &stored {
+                Some((next, _)) if *next < low => {
+                    tracing::warn!(
+                        topic = e.topic(),
+                        partition = e.partition(),
+                        from = *next,
+                        to = low,
+                        "events left the topic's retention before they were read: gap in the audit record"
+                    );
+                    Some((*next, low))
+                }
+                _ => None,
+            };
             let quiet_below = match (committed_at, &stored, self.backfill) {
                 (Some(c), _, _) => c,
                 (None, None, Backfill::Silent) => high,
@@ -214,6 +229,7 @@ impl AuditContext {
                 start,
                 quiet_below,
                 state: stored.map(|(_, s)| s),
+                gap,
             });
         }
         self.flush();

@@ -3,7 +3,9 @@
 //!
 //! Keys (one tree): `m/{topic}/{partition:010}` → [`PartitionMeta`], `a/{topic}/{partition:010}/{agent}`
 //! → [`AgentState`], `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
-//! operator commands waiting for their agent.
+//! operator commands waiting for their agent, `i/{event time:016x}/{incident id}` → incident
+//! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
+//! time:016x}` → a past fleet score.
 
 use std::path::Path;
 
@@ -11,6 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::control::Command;
 use crate::engine::EngineStats;
+use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
+use crate::response::{Incident, IncidentType};
 use crate::state::{AgentState, Snapshot, SNAPSHOT_VERSION};
 
 /// Errors of the state store.
@@ -19,6 +23,14 @@ pub enum StoreError {
     /// sled failed (disk, corruption, lock held by another process).
     #[error("state store: {0}")]
     Sled(#[from] sled::Error),
+    /// The state was written by another state format version.
+    #[error("state store: {key} has state format {found}, this version reads {SNAPSHOT_VERSION}: run `guardian state rebuild --state-dir DIR` to rebuild it from the log")]
+    Version {
+        /// The key.
+        key: String,
+        /// Version found.
+        found: u32,
+    },
     /// A stored value does not decode (written by an incompatible version?).
     #[error("state store: cannot decode {key}: {reason}")]
     Decode {
@@ -54,6 +66,45 @@ pub struct PartitionDelta<'a> {
     pub agents: Vec<&'a AgentState>,
 }
 
+/// Which incidents [`Store::incidents`] returns.
+#[derive(Debug, Clone)]
+pub struct IncidentFilter {
+    /// Only this agent's.
+    pub agent: Option<String>,
+    /// Only this type.
+    pub kind: Option<IncidentType>,
+    /// Only this severity or higher.
+    pub min_severity: Option<crate::response::Severity>,
+    /// Event time at or after (epoch ms).
+    pub since: Option<i64>,
+    /// Event time at or before (epoch ms).
+    pub until: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+impl Default for IncidentFilter {
+    fn default() -> Self {
+        IncidentFilter {
+            agent: None,
+            kind: None,
+            min_severity: None,
+            since: None,
+            until: None,
+            limit: 100,
+        }
+    }
+}
+
+/// Maps an i64 onto a u64 that sorts the same way (for keys).
+fn sortable(t: i64) -> u64 {
+    (t as u64) ^ (1 << 63)
+}
+
+fn incident_key(at: i64, id: &str) -> String {
+    format!("i/{:016x}/{id}", sortable(at))
+}
+
 /// The sled database.
 #[derive(Clone)]
 pub struct Store {
@@ -69,6 +120,19 @@ fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, Store
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
     })
+}
+
+/// Decodes a partition's meta, checking the state format version first (it leads the value).
+fn decode_meta(key: &[u8], v: &[u8]) -> Result<PartitionMeta, StoreError> {
+    if let Ok((found, _)) = postcard::take_from_bytes::<u32>(v) {
+        if found != SNAPSHOT_VERSION {
+            return Err(StoreError::Version {
+                key: String::from_utf8_lossy(key).into_owned(),
+                found,
+            });
+        }
+    }
+    decode(key, v)
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -98,7 +162,7 @@ impl Store {
         let Some(m) = self.db.get(&mkey)? else {
             return Ok(None);
         };
-        let meta: PartitionMeta = decode(mkey.as_bytes(), &m)?;
+        let meta = decode_meta(mkey.as_bytes(), &m)?;
         let mut agents = Vec::new();
         let prefix = format!("{}/", part_prefix('a', topic, partition));
         for kv in self.db.scan_prefix(&prefix) {
@@ -115,15 +179,26 @@ impl Store {
         )))
     }
 
-    /// Writes partitions' changes and the control-topic position in one atomic batch and
-    /// flushes it to disk.
+    /// Writes partitions' changes, the control-topic position, the incidents raised since the
+    /// previous checkpoint and the ledger in one atomic batch and flushes it to disk.
     pub fn checkpoint(
         &self,
         parts: &[PartitionDelta<'_>],
         control: &[(i32, i64)],
         pending: &[Command],
+        incidents: &[Incident],
+        ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
+        for i in incidents {
+            b.insert(
+                incident_key(i.at, &i.incident_id).as_bytes(),
+                serde_json::to_vec(i).unwrap_or_default(),
+            );
+        }
+        if let Some(l) = ledger {
+            b.insert("f/ledger", serde_json::to_vec(l).unwrap_or_default());
+        }
         for p in parts {
             let meta = PartitionMeta {
                 version: SNAPSHOT_VERSION,
@@ -150,6 +225,115 @@ impl Store {
         self.db.apply_batch(b)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Incidents, newest first, that pass `filter`.
+    pub fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
+        let lo = format!("i/{:016x}", sortable(filter.since.unwrap_or(i64::MIN)));
+        let hi = format!("i/{:016x}~", sortable(filter.until.unwrap_or(i64::MAX)));
+        let mut out = Vec::new();
+        for kv in self.db.range(lo.as_bytes()..hi.as_bytes()).rev() {
+            let (k, v) = kv?;
+            let i: Incident = serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?;
+            if filter.agent.as_deref().is_some_and(|a| a != i.agent_id)
+                || filter.kind.is_some_and(|t| t != i.kind)
+                || filter.min_severity.is_some_and(|s| i.severity < s)
+            {
+                continue;
+            }
+            out.push(i);
+            if out.len() >= filter.limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes incidents with event time before `before`; returns how many.
+    pub fn prune_incidents(&self, before: i64) -> Result<usize, StoreError> {
+        let hi = format!("i/{:016x}", sortable(before));
+        let mut b = sled::Batch::default();
+        let mut n = 0;
+        for kv in self.db.range(b"i/".as_slice()..hi.as_bytes()) {
+            let (k, _) = kv?;
+            b.remove(k);
+            n += 1;
+        }
+        if n > 0 {
+            self.db.apply_batch(b)?;
+        }
+        Ok(n)
+    }
+
+    /// The ledger, or an empty one.
+    pub fn ledger(&self) -> Result<Ledger, StoreError> {
+        Ok(match self.db.get("f/ledger")? {
+            Some(v) => serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
+                key: "f/ledger".into(),
+                reason: e.to_string(),
+            })?,
+            None => Ledger::default(),
+        })
+    }
+
+    /// Records a fleet score (flushed with the next checkpoint).
+    pub fn push_history(&self, p: &HistoryPoint) -> Result<(), StoreError> {
+        self.db.insert(
+            format!("p/{:016x}", sortable(p.as_of)),
+            serde_json::to_vec(p).unwrap_or_default(),
+        )?;
+        Ok(())
+    }
+
+    /// Past fleet scores, oldest first.
+    pub fn history(&self) -> Result<Vec<HistoryPoint>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix("p/") {
+            let (_, v) = kv?;
+            if let Ok(p) = serde_json::from_slice(&v) {
+                out.push(p);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What posture is computed from: the agents of the given partitions (all stored ones when
+    /// `owned` is `None`), merged by id, with the partitions' facts, the ledger and the history.
+    pub fn state_view(&self, owned: Option<&[(String, i32)]>) -> Result<StateView, StoreError> {
+        let mut states = Vec::new();
+        let mut partitions = Vec::new();
+        for (topic, partition, meta, _) in self.partitions()? {
+            if owned.is_some_and(|o| !o.iter().any(|(t, p)| *t == topic && *p == partition)) {
+                continue;
+            }
+            let prefix = format!("{}/", part_prefix('a', &topic, partition));
+            for kv in self.db.scan_prefix(&prefix) {
+                let (k, v) = kv?;
+                states.push(decode::<AgentState>(&k, &v)?);
+            }
+            partitions.push(PartitionFact {
+                topic,
+                partition,
+                next_offset: meta.next_offset,
+                events: meta.stats.events,
+                bad_events: meta.stats.bad_events,
+                late_events: meta.stats.late_events,
+            });
+        }
+        Ok(StateView {
+            states: merge_by_agent(states),
+            partitions,
+            ledger: self.ledger()?,
+            history: self.history()?,
+        })
+    }
+
+    /// Bytes the state takes on disk.
+    pub fn size_on_disk(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
     }
 
     /// The next control-topic offset of a partition, if stored.
@@ -179,7 +363,7 @@ impl Store {
         for kv in self.db.scan_prefix("m/") {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
-            let meta: PartitionMeta = decode(&k, &v)?;
+            let meta = decode_meta(&k, &v)?;
             let Some((topic, part)) = key[2..].rsplit_once('/') else {
                 continue;
             };
@@ -257,6 +441,8 @@ mod tests {
             }],
             &[(0, 7)],
             &[],
+            &[],
+            None,
         )
         .unwrap();
         drop(s);

@@ -16,7 +16,7 @@ pub use baseline::{count_threshold, HourView, Seasonal, SlotStats, HOUR_MS};
 pub use clock::{hour_of_week, local_time, LocalClock, LocalTime};
 pub use episode::Episode;
 pub use frequency::FrequencyState;
-pub use off_hours::OffHoursState;
+pub use off_hours::{outside_allowed, OffHoursState};
 pub use sequence::SequenceState;
 pub use volume::{ToolStats, VolumeState};
 pub use window::Ring;

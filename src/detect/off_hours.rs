@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Episode, Finding, HourView, Observation};
+use super::{Episode, Finding, HourView, LocalTime, Observation};
 use crate::blueprint::{Blueprint, Weekdays};
 use crate::response::{Basis, IncidentType};
 
@@ -17,6 +17,11 @@ fn day_name(d: u8) -> &'static str {
     ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"][usize::from(d % 7)]
 }
 
+/// Whether a local time is outside the blueprint's allowed hours or working days.
+pub fn outside_allowed(bp: &Blueprint, l: LocalTime) -> bool {
+    bp.allowed_hours.is_some_and(|h| !h.contains(l.hour)) || !bp.working_days.contains(l.weekday)
+}
+
 /// Checks one event.
 pub fn observe(
     bp: &Blueprint,
@@ -26,9 +31,7 @@ pub fn observe(
     out: &mut Vec<Finding>,
 ) {
     let l = obs.local;
-    let outside_hours = bp.allowed_hours.is_some_and(|h| !h.contains(l.hour));
-    let outside_days = !bp.working_days.contains(l.weekday);
-    let over_static = outside_hours || outside_days;
+    let over_static = outside_allowed(bp, l);
     let over_learned = !over_static && hour.rare;
     if !over_static && !over_learned {
         st.episode.calm();

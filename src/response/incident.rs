@@ -18,6 +18,14 @@ pub enum Severity {
 }
 
 impl Severity {
+    /// Every severity, low to critical.
+    pub const ALL: [Severity; 4] = [
+        Severity::Low,
+        Severity::Medium,
+        Severity::High,
+        Severity::Critical,
+    ];
+
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {

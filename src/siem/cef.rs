@@ -13,7 +13,7 @@
 
 use std::fmt::Write as _;
 
-use super::record::{DeadLetter, Record};
+use super::record::{DeadLetter, PostureSummary, Record};
 use crate::control::{Command, Origin};
 use crate::response::{Basis, Incident};
 
@@ -73,6 +73,7 @@ impl CefFormatter {
             Record::Incident(i) => incident(&mut e, i),
             Record::Command(c) => command(&mut e, c),
             Record::DeadLetter(d) => dead_letter(&mut e, d),
+            Record::Posture(p) => posture(&mut e, p),
         }
         e.str("cat", class.key, max::CAT);
         e.str("dvchost", &self.host, max::DVCHOST);
@@ -160,6 +161,31 @@ fn dead_letter(e: &mut Ext<'_>, d: &DeadLetter) {
     e.custom("cs", 2, "source", &d.source);
     e.num("cn1", d.bytes as i64);
     e.str("cn1Label", "bytes", max::LABEL);
+}
+
+fn posture(e: &mut Ext<'_>, p: &PostureSummary) {
+    e.str("externalId", &p.summary_id, max::EXTERNAL_ID);
+    e.str("act", "posture", max::ACT);
+    e.str("deviceExternalId", &p.guardian_id, max::DEVICE_EXTERNAL_ID);
+    let top = p
+        .top_agent
+        .as_ref()
+        .map_or(String::new(), |(a, s)| format!("; riskiest agent {a:?} at {s}"));
+    let msg = format!(
+        "Fleet risk {}/100 ({}), {:+} in a day; {} agents, {} killed, {} at high or critical risk{top}",
+        p.score, p.level, p.trend_delta, p.agents, p.killed, p.high_risk
+    );
+    e.str("msg", &msg, max::MSG);
+    if let Some((a, _)) = &p.top_agent {
+        e.str("suser", a, max::SUSER);
+    }
+    e.num("cnt", p.agents as i64);
+    e.num("cn1", i64::from(p.score));
+    e.str("cn1Label", "fleetRisk", max::LABEL);
+    e.num("cn2", p.killed as i64);
+    e.str("cn2Label", "killedAgents", max::LABEL);
+    e.num("cn3", p.high_risk as i64);
+    e.str("cn3Label", "highRiskAgents", max::LABEL);
 }
 
 /// The extension writer: `key=value` pairs separated by single spaces.

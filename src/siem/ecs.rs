@@ -56,6 +56,14 @@ impl EcsFormatter {
                 d.error.as_str(),
                 ("dead_letter", serde_json::to_value(d).unwrap_or_default()),
             ),
+            Record::Posture(p) => (
+                "metric",
+                "configuration",
+                "info",
+                p.summary_id.as_str(),
+                "Fleet posture summary",
+                ("posture", serde_json::to_value(p).unwrap_or_default()),
+            ),
         };
         let mut event = Map::new();
         event.insert("kind".into(), kind.into());

@@ -291,6 +291,13 @@ fn rows(r: &Record<'_>) -> Vec<(&'static str, String)> {
             v.push(("Error", d.error.clone()));
             v.push(("Source", d.source.clone()));
         }
+        Record::Posture(p) => {
+            v.push(("Fleet risk", format!("{}/100 ({})", p.score, p.level)));
+            v.push((
+                "Agents",
+                format!("{} ({} killed, {} at high risk)", p.agents, p.killed, p.high_risk),
+            ));
+        }
     }
     v
 }

@@ -16,6 +16,6 @@ pub use cef::CefFormatter;
 pub use ecs::EcsFormatter;
 pub use email::EmailConfig;
 pub use lines::{Format, Formatter, RecordLines};
-pub use record::{DeadLetter, Record};
+pub use record::{DeadLetter, PostureSummary, Record};
 pub use settings::{SinkConfig, SinkType};
 pub use sink::{SiemSinks, SinkStatus};

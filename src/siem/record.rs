@@ -22,6 +22,31 @@ pub struct DeadLetter {
     pub bytes: usize,
 }
 
+/// A periodic fleet posture summary.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PostureSummary {
+    /// Id of this summary: guardian id and event time.
+    pub summary_id: String,
+    /// Event time it is computed as of, epoch ms.
+    pub at: i64,
+    /// The guardian instance (each reports the partitions it owns).
+    pub guardian_id: String,
+    /// Fleet risk 0–100.
+    pub score: u8,
+    /// Level of the score.
+    pub level: String,
+    /// Change since about a day earlier.
+    pub trend_delta: i16,
+    /// Agents.
+    pub agents: usize,
+    /// Killed agents.
+    pub killed: usize,
+    /// Agents at high or critical risk.
+    pub high_risk: usize,
+    /// The riskiest agent and its score, if any agent is at risk.
+    pub top_agent: Option<(String, u8)>,
+}
+
 /// One record for the SIEM and email sinks.
 #[derive(Debug, Clone, Copy)]
 pub enum Record<'a> {
@@ -31,6 +56,8 @@ pub enum Record<'a> {
     Command(&'a Command),
     /// Malformed input.
     DeadLetter(&'a DeadLetter),
+    /// A fleet posture summary.
+    Posture(&'a PostureSummary),
 }
 
 /// The fixed classes of records: CEF Device Event Class ID, name and severity.
@@ -45,7 +72,7 @@ pub struct Class {
 }
 
 /// Every class, for the documentation table and tests.
-pub const CLASSES: [Class; 10] = [
+pub const CLASSES: [Class; 11] = [
     class(100, "frequency_spike", "Frequency spike"),
     class(101, "volume_spike", "Volume spike"),
     class(102, "suspicious_sequence", "Suspicious tool sequence"),
@@ -56,6 +83,7 @@ pub const CLASSES: [Class; 10] = [
     class(200, "kill", "Kill command"),
     class(201, "revive", "Revive command"),
     class(300, "dead_letter", "Malformed audit event"),
+    class(400, "posture", "Fleet posture summary"),
 ];
 
 const fn class(id: u16, key: &'static str, name: &'static str) -> Class {
@@ -94,11 +122,13 @@ impl Record<'_> {
                 Verb::Revive => CLASSES[8],
             },
             Record::DeadLetter(_) => CLASSES[9],
+            Record::Posture(_) => CLASSES[10],
         }
     }
 
     /// CEF severity 0–10: incidents by their severity; automatic kill commands 9, manual kill
-    /// commands 7, revive commands 3, dead letters 2.
+    /// commands 7, revive commands 3, dead letters 2, posture summaries by fleet risk level
+    /// (low 1, medium 3, high 6, critical 8).
     pub fn severity(&self) -> u8 {
         match self {
             Record::Incident(i) => cef_severity(i.severity),
@@ -108,6 +138,12 @@ impl Record<'_> {
                 (Verb::Revive, _) => 3,
             },
             Record::DeadLetter(_) => 2,
+            Record::Posture(p) => match p.level.as_str() {
+                "critical" => 8,
+                "high" => 6,
+                "medium" => 3,
+                _ => 1,
+            },
         }
     }
 
@@ -117,6 +153,7 @@ impl Record<'_> {
             Record::Incident(i) => i.at,
             Record::Command(c) => c.issued_at,
             Record::DeadLetter(d) => d.at,
+            Record::Posture(p) => p.at,
         }
     }
 
@@ -126,6 +163,7 @@ impl Record<'_> {
             Record::Incident(i) => Some(&i.agent_id),
             Record::Command(c) => Some(&c.agent_id),
             Record::DeadLetter(d) => d.key.as_deref(),
+            Record::Posture(p) => p.top_agent.as_ref().map(|(a, _)| a.as_str()),
         }
     }
 
@@ -134,7 +172,7 @@ impl Record<'_> {
         match self {
             Record::Incident(i) => Some(&i.blueprint).filter(|b| !b.is_empty()).map(|b| &**b),
             Record::Command(c) => c.blueprint.as_deref(),
-            Record::DeadLetter(_) => None,
+            Record::DeadLetter(_) | Record::Posture(_) => None,
         }
     }
 }

@@ -233,6 +233,22 @@ impl SiemSinks {
             .collect()
     }
 
+    /// Email figures: sent, transient failures, permanent failures (`None` without `[email]`).
+    pub fn email_stats(&self) -> Option<[u64; 3]> {
+        self.email.as_ref().map(|e| {
+            [
+                e.stats.sent.load(Ordering::Relaxed),
+                e.stats.transient_failures.load(Ordering::Relaxed),
+                e.stats.permanent_failures.load(Ordering::Relaxed),
+            ]
+        })
+    }
+
+    /// The email sink's spool depth, if email is configured.
+    pub fn email_spooled(&self) -> Option<u64> {
+        self.email.as_ref().map(|e| e.spooled())
+    }
+
     /// Messages spooled over all sinks.
     pub fn spooled(&self) -> u64 {
         self.sinks.iter().map(|s| s.spool.len()).sum::<u64>()

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::blueprint::Blueprint;
 use crate::detect::{DetectorState, Episode};
 use crate::response::KillState;
+use super::Profile;
 
 /// The state of one agent: inventory facts, detector state and kill-policy state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -29,6 +30,8 @@ pub struct AgentState {
     pub kill: KillState,
     /// Episode of activity after a kill.
     pub after_kill: Episode,
+    /// Inventory and risk facts.
+    pub profile: Profile,
 }
 
 impl AgentState {
@@ -45,6 +48,7 @@ impl AgentState {
             detectors: DetectorState::new(bp),
             kill: KillState::default(),
             after_kill: Episode::default(),
+            profile: Profile::default(),
         }
     }
 }

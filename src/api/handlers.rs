@@ -1,0 +1,299 @@
+//! JSON handlers of the admin API.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::AppState;
+use crate::control::Verb;
+use crate::daemon::store::IncidentFilter;
+use crate::event::parse_rfc3339_ms;
+use crate::posture::{Framework, StateView};
+use crate::response::{IncidentType, Severity};
+
+fn error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": msg.into() }))).into_response()
+}
+
+/// A bad query parameter (400 with the reason).
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        error(StatusCode::BAD_REQUEST, self.0)
+    }
+}
+
+/// Reads the owned partitions' state off the async threads.
+async fn view(s: &Arc<AppState>) -> Result<StateView, Response> {
+    let live = s.live.clone();
+    tokio::task::spawn_blocking(move || {
+        let owned = live.owned();
+        live.store.state_view(Some(&owned))
+    })
+    .await
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `GET /readyz`: 200 once the state is restored and partitions are assigned, else 503.
+pub async fn readyz(State(s): State<Arc<AppState>>) -> Response {
+    let m = &s.live.metrics;
+    let ready = m.ready.load(std::sync::atomic::Ordering::Relaxed);
+    let body = Json(json!({
+        "ready": ready,
+        "partitions": m.partitions.load(std::sync::atomic::Ordering::Relaxed),
+    }));
+    if ready {
+        (StatusCode::OK, body).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    }
+}
+
+/// Query of `GET /agents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsQuery {
+    status: Option<String>,
+    blueprint: Option<String>,
+    min_risk: Option<u8>,
+    limit: Option<usize>,
+}
+
+/// `GET /agents`: the inventory rows, riskiest first.
+pub async fn agents(State(s): State<Arc<AppState>>, q: Query<AgentsQuery>) -> Response {
+    let v = match view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if let Some(st) = &q.status {
+        if !["active", "killed", "revived"].contains(&st.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("status {st:?}: expected active, killed or revived"),
+            );
+        }
+    }
+    let p = v.posture(&s.blueprints, &s.posture);
+    let rows: Vec<_> = p
+        .agents
+        .into_iter()
+        .filter(|a| q.status.as_deref().is_none_or(|st| a.status.as_str() == st))
+        .filter(|a| q.blueprint.as_deref().is_none_or(|b| a.blueprint == b))
+        .filter(|a| q.min_risk.is_none_or(|m| a.risk >= m))
+        .take(q.limit.unwrap_or(1000))
+        .collect();
+    Json(json!({ "as_of": p.as_of, "count": rows.len(), "agents": rows })).into_response()
+}
+
+/// `GET /agents/{id}`: status, tools, baseline summary, risk, recent incidents.
+pub async fn agent(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    let v = match view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(a) = v.agent(&id, &s.blueprints, &s.posture) else {
+        return error(StatusCode::NOT_FOUND, format!("no agent {id:?} in the partitions this instance owns"));
+    };
+    let live = s.live.clone();
+    let filter = IncidentFilter {
+        agent: Some(id),
+        limit: 50,
+        ..IncidentFilter::default()
+    };
+    match tokio::task::spawn_blocking(move || live.store.incidents(&filter)).await {
+        Ok(Ok(recent)) => Json(json!({ "agent": a, "recent_incidents": recent })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Query of `GET /incidents`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsQuery {
+    agent: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    severity: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A time given as RFC 3339 or epoch milliseconds.
+fn time_arg(name: &str, v: &str) -> Result<i64, BadRequest> {
+    v.parse::<i64>()
+        .ok()
+        .or_else(|| parse_rfc3339_ms(v))
+        .ok_or_else(|| {
+            BadRequest(format!(
+                "{name}: {v:?} is neither RFC 3339 nor epoch milliseconds"
+            ))
+        })
+}
+
+fn incident_filter(q: &IncidentsQuery) -> Result<IncidentFilter, BadRequest> {
+    let kind = match &q.kind {
+        None => None,
+        Some(t) => Some(
+            IncidentType::ALL
+                .into_iter()
+                .find(|x| x.as_str() == t)
+                .ok_or_else(|| {
+                    let all: Vec<_> = IncidentType::ALL.iter().map(|x| x.as_str()).collect();
+                    BadRequest(format!("type {t:?}: expected one of {}", all.join(", ")))
+                })?,
+        ),
+    };
+    let min_severity = match &q.severity {
+        None => None,
+        Some(v) => Some(Severity::parse(v).ok_or_else(|| {
+            BadRequest(format!(
+                "severity {v:?}: expected low, medium, high or critical"
+            ))
+        })?),
+    };
+    Ok(IncidentFilter {
+        agent: q.agent.clone(),
+        kind,
+        min_severity,
+        since: q.since.as_deref().map(|v| time_arg("since", v)).transpose()?,
+        until: q.until.as_deref().map(|v| time_arg("until", v)).transpose()?,
+        limit: q.limit.unwrap_or(100).min(10_000),
+    })
+}
+
+/// `GET /incidents?agent=&type=&severity=&since=&until=&limit=`: newest first.
+pub async fn incidents(State(s): State<Arc<AppState>>, q: Query<IncidentsQuery>) -> Response {
+    let filter = match incident_filter(&q) {
+        Ok(f) => f,
+        Err(r) => return r.into_response(),
+    };
+    let live = s.live.clone();
+    match tokio::task::spawn_blocking(move || live.store.incidents(&filter)).await {
+        Ok(Ok(v)) => Json(json!({ "count": v.len(), "incidents": v })).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// Query of `GET /posture`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostureQuery {
+    #[serde(default)]
+    agents: bool,
+}
+
+/// `GET /posture[?agents=true]`: fleet score and trend, top risks (and every agent).
+pub async fn posture(State(s): State<Arc<AppState>>, q: Query<PostureQuery>) -> Response {
+    let v = match view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let p = v.posture(&s.blueprints, &s.posture);
+    let mut doc = serde_json::to_value(&p).unwrap_or(Value::Null);
+    if !q.agents {
+        if let Some(o) = doc.as_object_mut() {
+            o.remove("agents");
+        }
+    }
+    Json(doc).into_response()
+}
+
+/// `GET /compliance`: each framework's summary.
+pub async fn compliance_list(State(s): State<Arc<AppState>>) -> Response {
+    let v = match view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let p = v.posture(&s.blueprints, &s.posture);
+    let list: Vec<Value> = Framework::ALL
+        .iter()
+        .map(|f| {
+            let r = v.compliance(*f, &p, &s.posture);
+            json!({ "framework": r.framework, "title": r.title, "summary": r.summary })
+        })
+        .collect();
+    Json(json!({ "as_of": p.as_of, "frameworks": list })).into_response()
+}
+
+/// `GET /compliance/{framework}`: every control with its status, evidence and gaps.
+pub async fn compliance(State(s): State<Arc<AppState>>, Path(f): Path<String>) -> Response {
+    let Some(fw) = Framework::parse(&f) else {
+        let all: Vec<_> = Framework::ALL.iter().map(|f| f.id()).collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("framework {f:?}: expected one of {}", all.join(", ")),
+        );
+    };
+    let v = match view(&s).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let p = v.posture(&s.blueprints, &s.posture);
+    Json(v.compliance(fw, &p, &s.posture)).into_response()
+}
+
+/// Body of the command endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommandBody {
+    reason: Option<String>,
+}
+
+async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Option<Json<CommandBody>>) -> Response {
+    if id.is_empty() || id.len() > 512 {
+        return error(StatusCode::BAD_REQUEST, "agent id must have 1 to 512 bytes");
+    }
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| "operator decision (admin API)".into());
+    let s2 = s.clone();
+    let r = tokio::task::spawn_blocking(move || match &s2.commander {
+        Some(c) => c.publish(verb, &id, &reason).map(Some),
+        None => Ok(None),
+    })
+    .await;
+    match r {
+        Ok(Ok(Some(cmd))) => {
+            let m = &s.live.metrics;
+            let counter = match verb {
+                Verb::Kill => &m.api_kills,
+                Verb::Revive => &m.api_revives,
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(agent = %cmd.agent_id, command = ?cmd.command, command_id = %cmd.command_id, "command published through the admin API");
+            let v: Value = serde_json::from_slice(&cmd.to_json()).unwrap_or(Value::Null);
+            (StatusCode::ACCEPTED, Json(json!({ "published": v }))).into_response()
+        }
+        Ok(Ok(None)) => error(StatusCode::SERVICE_UNAVAILABLE, "this API cannot publish commands"),
+        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, format!("control topic: {e}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// `POST /agents/{id}/kill` with `{"reason": "…"}`: a signed kill command on the control topic.
+pub async fn kill(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Option<Json<CommandBody>>,
+) -> Response {
+    command(s, Verb::Kill, id, body).await
+}
+
+/// `POST /agents/{id}/revive` with `{"reason": "…"}`: a signed revive command.
+pub async fn revive(
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: Option<Json<CommandBody>>,
+) -> Response {
+    command(s, Verb::Revive, id, body).await
+}

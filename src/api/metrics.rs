@@ -1,0 +1,166 @@
+//! `/metrics`: the daemon's counters in the Prometheus / OpenMetrics text format (prometheus-client).
+//! Labels are small fixed sets (kind, type, severity, command, origin, sink); never an agent id.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+use crate::daemon::{Live, BAD_EVENT_KINDS};
+use crate::response::{IncidentType, Severity};
+
+/// Content type of the exposition.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Reads the live counters at each scrape.
+#[derive(Debug)]
+struct Figures {
+    live: Arc<Live>,
+    version: &'static str,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Live")
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    let m = e.encode_descriptor(name, help, None, c.metric_type())?;
+    c.encode(m)
+}
+
+fn gauge(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: i64) -> std::fmt::Result {
+    let g = ConstGauge::new(v);
+    let m = e.encode_descriptor(name, help, None, g.metric_type())?;
+    g.encode(m)
+}
+
+fn labelled<const N: usize>(
+    e: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    is_counter: bool,
+    rows: &[([(&str, &str); N], u64)],
+) -> std::fmt::Result {
+    let kind = if is_counter {
+        MetricType::Counter
+    } else {
+        MetricType::Gauge
+    };
+    let mut f = e.encode_descriptor(name, help, None, kind)?;
+    for (labels, v) in rows {
+        let m = f.encode_family(labels)?;
+        if is_counter {
+            ConstCounter::new(*v).encode(m)?;
+        } else {
+            ConstGauge::new(*v as i64).encode(m)?;
+        }
+    }
+    Ok(())
+}
+
+impl Collector for Figures {
+    fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let m = &self.live.metrics;
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        counter(&mut e, "guardian_events_consumed", "Audit events consumed and processed.", get(&m.events))?;
+        let bad: Vec<([(&str, &str); 1], u64)> = BAD_EVENT_KINDS
+            .iter()
+            .zip(&m.bad_by_kind)
+            .map(|(k, v)| ([("kind", *k)], get(v)))
+            .collect();
+        labelled(&mut e, "guardian_bad_events", "Malformed audit events sent to the dead-letter topic, by error kind.", true, &bad)?;
+        let mut inc = Vec::new();
+        for (t, row) in IncidentType::ALL.iter().zip(&m.incidents_by) {
+            for (s, v) in Severity::ALL.iter().zip(row) {
+                inc.push(([("type", t.as_str()), ("severity", s.as_str())], get(v)));
+            }
+        }
+        labelled(&mut e, "guardian_incidents", "Incidents emitted, by type and severity.", true, &inc)?;
+        labelled(
+            &mut e,
+            "guardian_commands_sent",
+            "Control commands published: automatic kills, and kills and revives through the admin API.",
+            true,
+            &[
+                ([("command", "kill"), ("origin", "auto")], get(&m.kill_commands)),
+                ([("command", "kill"), ("origin", "api")], get(&m.api_kills)),
+                ([("command", "revive"), ("origin", "api")], get(&m.api_revives)),
+            ],
+        )?;
+        counter(&mut e, "guardian_commands_applied", "Operator commands applied to agents this instance owns.", get(&m.commands_applied))?;
+        counter(&mut e, "guardian_commands_rejected", "Control commands rejected (unsigned, forged, malformed).", get(&m.commands_rejected))?;
+        counter(&mut e, "guardian_outputs_suppressed", "Outputs not sent again while rebuilding history already reported.", get(&m.suppressed))?;
+        counter(&mut e, "guardian_checkpoints", "Checkpoints written (state and offsets, then offset commit).", get(&m.checkpoints))?;
+        counter(&mut e, "guardian_posture_snapshots", "Posture snapshots published.", get(&m.posture_snapshots))?;
+        let sinks = m.sinks.lock().map(|s| s.clone()).unwrap_or_default();
+        let siem: Vec<_> = sinks.iter().filter(|s| s.name != "email").collect();
+        let rows = |f: fn(&crate::siem::SinkStatus) -> u64| -> Vec<([(&str, &str); 1], u64)> {
+            siem.iter().map(|s| ([("sink", s.name.as_str())], f(s))).collect()
+        };
+        labelled(&mut e, "guardian_sink_delivered", "Records delivered by each SIEM sink.", true, &rows(|s| s.sent))?;
+        labelled(&mut e, "guardian_sink_failures", "Failed delivery attempts of each SIEM sink (retried).", true, &rows(|s| s.failures))?;
+        labelled(&mut e, "guardian_sink_dropped", "Records dropped because a sink's spool was full (when_full = drop_oldest).", true, &rows(|s| s.dropped))?;
+        let depth: Vec<([(&str, &str); 1], u64)> = sinks.iter().map(|s| ([("sink", s.name.as_str())], s.spooled)).collect();
+        labelled(&mut e, "guardian_sink_queue_depth", "Records waiting in each sink's spool (email included).", false, &depth)?;
+        let email = m.email.lock().ok().and_then(|e| *e).unwrap_or_default();
+        counter(&mut e, "guardian_email_sent", "Alert emails sent (a digest counts once).", email[0])?;
+        labelled(
+            &mut e,
+            "guardian_email_failures",
+            "Email delivery failures: transient (retried) and permanent (dropped).",
+            true,
+            &[([("kind", "transient")], email[1]), ([("kind", "permanent")], email[2])],
+        )?;
+        gauge(&mut e, "guardian_consumer_lag_messages", "Messages behind the high watermark over owned partitions.", get(&m.lag) as i64)?;
+        gauge(&mut e, "guardian_engine_queue_depth", "Notices waiting between the Kafka sources and the engine.", m.queue_depth.load(Ordering::Relaxed) as i64)?;
+        gauge(&mut e, "guardian_partitions_assigned", "Audit partitions this instance owns.", m.partitions.load(Ordering::Relaxed) as i64)?;
+        gauge(&mut e, "guardian_agents", "Agents in the owned partitions.", get(&m.agents) as i64)?;
+        gauge(&mut e, "guardian_agents_killed", "Killed agents in the owned partitions.", get(&m.agents_killed) as i64)?;
+        gauge(&mut e, "guardian_state_size_bytes", "Bytes the sled state takes on disk.", self.live.store.size_on_disk() as i64)?;
+        gauge(&mut e, "guardian_ready", "1 once the state is restored and partitions are assigned.", i64::from(m.ready.load(Ordering::Relaxed)))?;
+        gauge(&mut e, "guardian_fleet_risk_score", "Fleet risk (0-100) of the latest posture snapshot.", get(&m.fleet_risk) as i64)?;
+        labelled(&mut e, "guardian_build_info", "Build information.", false, &[([("version", self.version)], 1)])?;
+        Ok(())
+    }
+}
+
+/// Renders every metric family.
+pub fn render(live: &Arc<Live>, version: &'static str) -> String {
+    let mut r = Registry::default();
+    r.register_collector(Box::new(Figures {
+        live: live.clone(),
+        version,
+    }));
+    r.register(
+        "guardian_processing_latency_seconds",
+        "Time from the consumer handing a batch (up to 1,024 events) to the engine until it is processed.",
+        live.metrics.latency.clone(),
+    );
+    let mut out = String::with_capacity(8192);
+    if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// `GET /metrics`.
+pub async fn handler(State(s): State<Arc<AppState>>) -> Response {
+    let live = s.live.clone();
+    let version = s.version;
+    let body = tokio::task::spawn_blocking(move || render(&live, version))
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+}

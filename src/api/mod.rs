@@ -1,0 +1,257 @@
+//! The HTTP admin API (axum): health and readiness, Prometheus metrics, agents, incidents,
+//! posture, compliance, signed kill / revive commands, and the web page.
+//!
+//! Everything but `/healthz`, `/readyz` and the static page itself needs
+//! `Authorization: Bearer <token>`. The API reads the state the latest checkpoint wrote (at most
+//! `checkpoint_interval` old) for the partitions this instance owns; it never blocks the engine.
+
+mod handlers;
+pub mod metrics;
+mod settings;
+mod web;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sha2::{Digest, Sha256};
+
+pub use settings::{ApiConfig, ApiSettings};
+
+use crate::blueprint::BlueprintSet;
+use crate::config::Resolved;
+use crate::control::{Command, Verb};
+use crate::daemon::sink::KafkaSink;
+use crate::daemon::{DaemonError, Live};
+use crate::posture::PostureSettings;
+
+/// Publishes signed operator commands onto the control topic.
+pub struct Commander {
+    sink: Mutex<KafkaSink>,
+    topic: String,
+    key: Vec<u8>,
+    issuer: String,
+}
+
+impl Commander {
+    /// A commander on the daemon's brokers.
+    pub fn new(cfg: &Resolved) -> Result<Commander, DaemonError> {
+        Ok(Commander {
+            sink: Mutex::new(KafkaSink::new(&cfg.config.kafka.brokers, &cfg.kafka_options)?),
+            topic: cfg.config.kafka.control_topic.clone(),
+            key: cfg.signing_key.clone(),
+            issuer: format!("api@{}", cfg.config.guardian_id),
+        })
+    }
+
+    /// Signs and publishes a command; waits until the broker acknowledged it.
+    pub fn publish(&self, verb: Verb, agent: &str, reason: &str) -> Result<Command, String> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let cmd = Command::manual(verb, agent, reason, now, &self.issuer).sign(&self.key);
+        let mut sink = self.sink.lock().map_err(|_| "producer lock poisoned".to_string())?;
+        sink.send(&self.topic, Some(agent.as_bytes()), &cmd.to_json(), None)
+            .map_err(|e| e.to_string())?;
+        sink.settle(Duration::from_secs(15)).map_err(|e| e.to_string())?;
+        Ok(cmd)
+    }
+}
+
+/// What the handlers share.
+pub struct AppState {
+    /// The live daemon state.
+    pub live: Arc<Live>,
+    /// Blueprints in force.
+    pub blueprints: Arc<BlueprintSet>,
+    /// Posture settings.
+    pub posture: PostureSettings,
+    /// SHA-256 of the bearer token (compared digest to digest).
+    token_digest: [u8; 32],
+    /// Publishes commands, if the API may.
+    pub commander: Option<Commander>,
+    /// Build version for `guardian_build_info`.
+    pub version: &'static str,
+}
+
+impl AppState {
+    /// A state over `live` with this token; `commander` enables the kill / revive endpoints.
+    pub fn new(
+        live: Arc<Live>,
+        blueprints: Arc<BlueprintSet>,
+        posture: PostureSettings,
+        token: &str,
+        commander: Option<Commander>,
+    ) -> AppState {
+        AppState {
+            live,
+            blueprints,
+            posture,
+            token_digest: Sha256::digest(token.as_bytes()).into(),
+            commander,
+            version: env!("CARGO_PKG_VERSION"),
+        }
+    }
+
+    /// The daemon's API state.
+    pub fn for_daemon(cfg: &Resolved, live: Arc<Live>) -> Result<AppState, DaemonError> {
+        let token = cfg.api.as_ref().map_or("", |a| a.token.as_str());
+        Ok(AppState::new(
+            live,
+            cfg.blueprints.clone(),
+            cfg.posture.clone(),
+            token,
+            Some(Commander::new(cfg)?),
+        ))
+    }
+
+    fn authorized(&self, req: &Request) -> bool {
+        let Some(v) = req.headers().get(header::AUTHORIZATION) else {
+            return false;
+        };
+        let Some(t) = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+            return false;
+        };
+        let d: [u8; 32] = Sha256::digest(t.trim().as_bytes()).into();
+        d == self.token_digest
+    }
+}
+
+async fn require_token(State(s): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    if s.authorized(&req) {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer realm=\"agent-guardian\"")],
+        axum::Json(serde_json::json!({"error": "missing or wrong bearer token"})),
+    )
+        .into_response()
+}
+
+/// The router: public health, readiness and page; everything else behind the token.
+pub fn router(state: Arc<AppState>) -> Router {
+    let protected = Router::new()
+        .route("/metrics", get(metrics::handler))
+        .route("/agents", get(handlers::agents))
+        .route("/agents/{id}", get(handlers::agent))
+        .route("/agents/{id}/kill", post(handlers::kill))
+        .route("/agents/{id}/revive", post(handlers::revive))
+        .route("/incidents", get(handlers::incidents))
+        .route("/posture", get(handlers::posture))
+        .route("/compliance", get(handlers::compliance_list))
+        .route("/compliance/{framework}", get(handlers::compliance))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(handlers::readyz))
+        .route("/", get(web::index))
+        .merge(protected)
+        .with_state(state)
+}
+
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect())
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| e.to_string())?;
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(c)
+}
+
+/// Binds the listener and serves on a thread of its own until `stop` is set; returns the
+/// thread and the bound address (useful with port 0).
+pub fn spawn(
+    settings: &ApiSettings,
+    state: AppState,
+    stop: Arc<AtomicBool>,
+) -> Result<(std::thread::JoinHandle<()>, SocketAddr), DaemonError> {
+    let listener = std::net::TcpListener::bind(settings.listen)
+        .map_err(|e| DaemonError::Api(format!("cannot listen on {}: {e}", settings.listen)))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| DaemonError::Api(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| DaemonError::Api(e.to_string()))?;
+    let tls = match &settings.tls {
+        Some((c, k)) => Some(tls_config(c, k).map_err(DaemonError::Api)?),
+        None => None,
+    };
+    let app = router(Arc::new(state));
+    let handle = std::thread::Builder::new()
+        .name("admin-api".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "admin API runtime");
+                    return;
+                }
+            };
+            rt.block_on(serve(listener, tls, app, stop));
+        })
+        .map_err(|e| DaemonError::Api(e.to_string()))?;
+    tracing::info!(%addr, tls = settings.tls.is_some(), "admin API listening");
+    Ok((handle, addr))
+}
+
+async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    app: Router,
+    stop: Arc<AtomicBool>,
+) {
+    let stopped = {
+        let stop = stop.clone();
+        async move {
+            while !stop.load(Ordering::Relaxed) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    let result = match tls {
+        None => match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => axum::serve(l, app)
+                .with_graceful_shutdown(stopped)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+        Some(c) => {
+            let handle = axum_server::Handle::new();
+            let h2 = handle.clone();
+            tokio::spawn(async move {
+                stopped.await;
+                h2.graceful_shutdown(Some(Duration::from_secs(2)));
+            });
+            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(c));
+            match axum_server::from_tcp_rustls(listener, config) {
+                Ok(server) => server
+                    .handle(handle)
+                    .serve(app.into_make_service())
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    if let Err(e) = result {
+        tracing::error!(error = %e, "admin API stopped");
+    }
+}

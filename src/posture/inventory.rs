@@ -1,0 +1,279 @@
+//! The fleet inventory: one view per agent (status, tools, environments, outcomes, incidents,
+//! kill history, baseline summary, risk), built from the stored agent states.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::risk::{self, Risk};
+use super::settings::PostureSettings;
+use crate::blueprint::BlueprintSet;
+use crate::event::{format_rfc3339_ms, Outcome};
+use crate::state::{outcome_index, AgentState, KillEvent};
+
+/// Whether an agent may act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Never killed.
+    Active,
+    /// Killed (automatically or by an operator) and not revived.
+    Killed,
+    /// Killed before, revived since.
+    Revived,
+}
+
+impl Status {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Killed => "killed",
+            Status::Revived => "revived",
+        }
+    }
+
+    /// The status of an agent state.
+    pub fn of(st: &AgentState) -> Status {
+        if st.kill.killed {
+            Status::Killed
+        } else if st.profile.revives > 0 {
+            Status::Revived
+        } else {
+            Status::Active
+        }
+    }
+}
+
+/// A tool as the inventory shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolView {
+    /// Name.
+    pub name: String,
+    /// Calls.
+    pub calls: u64,
+    /// First call (RFC 3339).
+    pub first_seen: String,
+    /// Latest call (RFC 3339).
+    pub last_seen: String,
+    /// Whether it matches `posture.sensitive_tools`.
+    pub sensitive: bool,
+}
+
+/// Incident counts by severity.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SeverityCounts {
+    /// Low.
+    pub low: u64,
+    /// Medium.
+    pub medium: u64,
+    /// High.
+    pub high: u64,
+    /// Critical.
+    pub critical: u64,
+}
+
+impl SeverityCounts {
+    fn from(a: [u64; 4]) -> SeverityCounts {
+        SeverityCounts {
+            low: a[0],
+            medium: a[1],
+            high: a[2],
+            critical: a[3],
+        }
+    }
+}
+
+/// What the learned baseline knows about the agent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BaselineView {
+    /// Hours of activity history behind the hour-of-week baseline.
+    pub history_hours: i64,
+    /// Whether the warm-up is over, so learned detectors are armed.
+    pub warm: bool,
+    /// Hours of the week (of 168) in which the agent is usually active.
+    pub usual_hours_of_week: u32,
+    /// Mean calls per hour over those hours.
+    pub mean_calls_per_active_hour: f64,
+    /// Kill-policy violation score as of the agent's latest event.
+    pub violation_score: f64,
+}
+
+/// One kill-history entry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KillEntry {
+    /// When (RFC 3339, event time or command time).
+    pub at: String,
+    /// `auto_kill`, `would_kill`, `manual_kill` or `revive`.
+    pub kind: crate::state::KillEventKind,
+}
+
+/// One agent in the inventory.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentView {
+    /// The agent.
+    pub agent_id: String,
+    /// Its blueprint.
+    pub blueprint: String,
+    /// active, killed or revived.
+    pub status: Status,
+    /// First event (RFC 3339).
+    pub first_seen: String,
+    /// Latest event (RFC 3339).
+    pub last_seen: String,
+    /// Latest event, epoch ms (for sorting and filters).
+    pub last_seen_ms: i64,
+    /// Events.
+    pub events: u64,
+    /// Environments reported.
+    pub environments: Vec<String>,
+    /// Tools called, most called first.
+    pub tools: Vec<ToolView>,
+    /// Calls of tools beyond the remembered 64.
+    pub other_tool_calls: u64,
+    /// Events per SDK outcome (only outcomes seen).
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Share of calls with an outcome that were denied, rejected, rate limited or stopped.
+    pub deny_ratio: f64,
+    /// Share of calls outside the blueprint's hours and days.
+    pub off_hours_share: f64,
+    /// Incidents ever, by severity.
+    pub incidents: SeverityCounts,
+    /// Latest incident (RFC 3339), if any.
+    pub last_incident: Option<String>,
+    /// Automatic kills ever.
+    pub auto_kills: u32,
+    /// Operator kills ever.
+    pub manual_kills: u32,
+    /// Revives ever.
+    pub revives: u32,
+    /// The latest kills and revives, oldest first.
+    pub kill_history: Vec<KillEntry>,
+    /// Baseline summary.
+    pub baseline: BaselineView,
+    /// Risk score with its factors.
+    pub risk: Risk,
+}
+
+const OUTCOME_LIST: [Outcome; crate::state::OUTCOMES] = [
+    Outcome::Allow,
+    Outcome::Deny,
+    Outcome::RequireApproval,
+    Outcome::StepUp,
+    Outcome::RequireTicket,
+    Outcome::RequireHuman,
+    Outcome::Approved,
+    Outcome::Rejected,
+    Outcome::KillSwitch,
+    Outcome::RateLimited,
+    Outcome::Timeout,
+    Outcome::Other,
+];
+
+/// Merges the states of agents that appear in several partitions (unkeyed events), by id.
+pub fn merge_by_agent(states: Vec<AgentState>) -> Vec<AgentState> {
+    let mut by: BTreeMap<String, AgentState> = BTreeMap::new();
+    for s in states {
+        match by.get_mut(&s.agent_id) {
+            None => {
+                by.insert(s.agent_id.clone(), s);
+            }
+            Some(a) => {
+                a.events += s.events;
+                a.late_events += s.late_events;
+                a.first_seen = a.first_seen.min(s.first_seen);
+                if s.last_seen > a.last_seen {
+                    a.last_seen = s.last_seen;
+                    a.kill = s.kill.clone();
+                    a.detectors = s.detectors.clone();
+                }
+                a.profile.merge(&s.profile);
+            }
+        }
+    }
+    by.into_values().collect()
+}
+
+/// The inventory view of one agent as of event time `now`.
+pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) -> AgentView {
+    let p = &st.profile;
+    let mut tools: Vec<ToolView> = p
+        .tools
+        .iter()
+        .map(|t| ToolView {
+            name: t.name.clone(),
+            calls: t.calls,
+            first_seen: format_rfc3339_ms(t.first_seen),
+            last_seen: format_rfc3339_ms(t.last_seen),
+            sensitive: s.sensitive.is_match(&t.name),
+        })
+        .collect();
+    tools.sort_by(|a, b| b.calls.cmp(&a.calls).then_with(|| a.name.cmp(&b.name)));
+    let outcomes = OUTCOME_LIST
+        .iter()
+        .filter(|o| p.outcomes[outcome_index(**o)] > 0)
+        .map(|o| (o.as_str(), p.outcomes[outcome_index(*o)]))
+        .collect();
+    let with_outcome = p.events_with_outcome();
+    let bp = set.index_of(&st.blueprint).map(|i| set.get(i));
+    let seasonal = &st.detectors.seasonal;
+    let (mut usual, mut sum) = (0u32, 0.0f64);
+    for how in 0..168u8 {
+        let slot = seasonal.slot(how);
+        if slot.n > 0 && u32::from(slot.active) * 2 >= u32::from(slot.n) {
+            usual += 1;
+            sum += f64::from(slot.mean);
+        }
+    }
+    let history_hours = seasonal.history_hours();
+    let warm = bp.is_some_and(|b| history_hours * crate::detect::HOUR_MS >= b.learned.warmup_ms);
+    let violation_score = bp.map_or(st.kill.score, |b| st.kill.score_at(&b.kill, st.last_seen));
+    AgentView {
+        agent_id: st.agent_id.clone(),
+        blueprint: st.blueprint.clone(),
+        status: Status::of(st),
+        first_seen: format_rfc3339_ms(st.first_seen),
+        last_seen: format_rfc3339_ms(st.last_seen),
+        last_seen_ms: st.last_seen,
+        events: st.events,
+        environments: p.environments.clone(),
+        tools,
+        other_tool_calls: p.other_tool_calls,
+        outcomes,
+        deny_ratio: if with_outcome == 0 {
+            0.0
+        } else {
+            p.denied() as f64 / with_outcome as f64
+        },
+        off_hours_share: if st.events == 0 {
+            0.0
+        } else {
+            p.off_hours_events as f64 / st.events as f64
+        },
+        incidents: SeverityCounts::from(p.incidents),
+        last_incident: p.recent.last().map(|m| format_rfc3339_ms(m.at)),
+        auto_kills: p.auto_kills,
+        manual_kills: p.manual_kills,
+        revives: p.revives,
+        kill_history: p
+            .kill_history
+            .iter()
+            .map(|k: &KillEvent| KillEntry {
+                at: format_rfc3339_ms(k.at),
+                kind: k.kind,
+            })
+            .collect(),
+        baseline: BaselineView {
+            history_hours,
+            warm,
+            usual_hours_of_week: usual,
+            mean_calls_per_active_hour: if usual == 0 {
+                0.0
+            } else {
+                (sum / f64::from(usual) * 10.0).round() / 10.0
+            },
+            violation_score: (violation_score * 100.0).round() / 100.0,
+        },
+        risk: risk::score(st, s, now),
+    }
+}

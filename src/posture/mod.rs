@@ -1,0 +1,87 @@
+//! Fleet posture from the event-sourced state: inventory, risk per agent with its reasons, the
+//! fleet score and its trend, and compliance controls with their evidence.
+//!
+//! Everything here is computed from a [`StateView`] (agent states, partition offsets, the
+//! ledger, past fleet scores): the daemon's admin API reads it from the live sled state, and
+//! `guardian posture --state DIR` from a stopped daemon's or a replay's state.
+
+pub mod compliance;
+pub mod facts;
+pub mod inventory;
+pub mod report;
+pub mod risk;
+pub mod settings;
+
+pub use compliance::{evaluate, ComplianceReport, ControlStatus, Framework};
+pub use facts::{BlueprintFact, Gap, Ledger, PartitionFact};
+pub use inventory::{merge_by_agent, AgentView, Status};
+pub use report::{posture, HistoryPoint, Posture};
+pub use risk::{Risk, RiskLevel};
+pub use settings::{PostureConfig, PostureSettings};
+
+use crate::blueprint::BlueprintSet;
+use crate::state::AgentState;
+
+/// What posture is computed from.
+#[derive(Debug, Clone, Default)]
+pub struct StateView {
+    /// Agent states, merged by id, sorted by id.
+    pub states: Vec<AgentState>,
+    /// Stored partitions.
+    pub partitions: Vec<PartitionFact>,
+    /// The guardian's ledger.
+    pub ledger: Ledger,
+    /// Past fleet scores, oldest first.
+    pub history: Vec<HistoryPoint>,
+}
+
+impl StateView {
+    /// The fleet posture.
+    pub fn posture(&self, set: &BlueprintSet, s: &PostureSettings) -> Posture {
+        report::posture(&self.states, set, s, &self.history)
+    }
+
+    /// A framework's compliance report, given the posture.
+    pub fn compliance(
+        &self,
+        f: Framework,
+        posture: &Posture,
+        s: &PostureSettings,
+    ) -> ComplianceReport {
+        evaluate(
+            f,
+            &compliance::Inputs {
+                posture,
+                states: &self.states,
+                partitions: &self.partitions,
+                ledger: &self.ledger,
+                settings: s,
+            },
+        )
+    }
+
+    /// One agent's inventory view.
+    pub fn agent(&self, id: &str, set: &BlueprintSet, s: &PostureSettings) -> Option<AgentView> {
+        let now = report::as_of(&self.states);
+        self.states
+            .iter()
+            .find(|a| a.agent_id == id)
+            .map(|a| inventory::view(a, set, s, now))
+    }
+}
+
+/// The facts of a blueprint set, for the ledger.
+pub fn blueprint_facts(set: &BlueprintSet) -> Vec<BlueprintFact> {
+    set.blueprints()
+        .iter()
+        .map(|b| BlueprintFact {
+            key: b.key.clone(),
+            name: b.name.clone(),
+            mode: b.mode.as_str().to_string(),
+            kill_threshold: b.kill.threshold,
+            dry_run: b.kill.dry_run,
+            sequences: b.sequences.len(),
+            timezone: b.timezone.name().to_string(),
+        })
+        .collect()
+}

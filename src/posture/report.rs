@@ -1,0 +1,341 @@
+//! Fleet posture: the inventory with risks, a fleet score with its trend, the top risks, and a
+//! table for terminals.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use super::inventory::{self, AgentView, Status};
+use super::risk::RiskLevel;
+use super::settings::PostureSettings;
+use crate::blueprint::BlueprintSet;
+use crate::event::format_rfc3339_ms;
+use crate::state::AgentState;
+
+/// A past fleet score, kept in the state for the trend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Event time the score was computed as of (epoch ms).
+    pub as_of: i64,
+    /// Fleet score.
+    pub score: u8,
+    /// Agents then.
+    pub agents: u32,
+    /// Killed agents then.
+    pub killed: u32,
+}
+
+/// How the fleet score moved.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Trend {
+    /// `up`, `down`, `flat`, or `new` (no earlier score).
+    pub direction: &'static str,
+    /// Score now minus the earlier score.
+    pub delta: i16,
+    /// The earlier score compared with.
+    pub previous: Option<u8>,
+    /// When the earlier score was computed (RFC 3339 event time).
+    pub since: Option<String>,
+}
+
+/// The fleet at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fleet {
+    /// Mean risk of the riskiest tenth of the agents (at least one), 0–100.
+    pub score: u8,
+    /// Level of the score.
+    pub level: RiskLevel,
+    /// Movement since about a day earlier (event time).
+    pub trend: Trend,
+    /// Agents.
+    pub agents: usize,
+    /// Agents per status.
+    pub by_status: BTreeMap<&'static str, usize>,
+    /// Agents per risk level.
+    pub by_risk_level: BTreeMap<&'static str, usize>,
+    /// Agents per blueprint.
+    pub by_blueprint: BTreeMap<String, usize>,
+    /// Agents per environment.
+    pub by_environment: BTreeMap<String, usize>,
+    /// Distinct tool names seen.
+    pub tools: usize,
+    /// Events folded.
+    pub events: u64,
+}
+
+/// One agent in the posture's list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentRow {
+    /// The agent.
+    pub agent_id: String,
+    /// Blueprint.
+    pub blueprint: String,
+    /// Status.
+    pub status: Status,
+    /// Risk score.
+    pub risk: u8,
+    /// Risk level.
+    pub level: RiskLevel,
+    /// Events.
+    pub events: u64,
+    /// Incidents ever.
+    pub incidents: u64,
+    /// Latest event (RFC 3339).
+    pub last_seen: String,
+    /// The reasons of the largest factors, largest first (at most three).
+    pub reasons: Vec<String>,
+}
+
+/// The fleet's posture.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Posture {
+    /// Event time it is computed as of (the latest event of the fleet), RFC 3339.
+    pub as_of: String,
+    /// Same, epoch ms.
+    pub as_of_ms: i64,
+    /// Fleet summary.
+    pub fleet: Fleet,
+    /// The riskiest agents (at most ten, risk > 0).
+    pub top_risks: Vec<AgentRow>,
+    /// Every agent, riskiest first.
+    pub agents: Vec<AgentRow>,
+}
+
+fn row(v: &AgentView) -> AgentRow {
+    AgentRow {
+        agent_id: v.agent_id.clone(),
+        blueprint: v.blueprint.clone(),
+        status: v.status,
+        risk: v.risk.score,
+        level: v.risk.level,
+        events: v.events,
+        incidents: v.incidents.low + v.incidents.medium + v.incidents.high + v.incidents.critical,
+        last_seen: v.last_seen.clone(),
+        reasons: v
+            .risk
+            .factors
+            .iter()
+            .take(3)
+            .map(|f| format!("{}: {}", f.factor, f.reason))
+            .collect(),
+    }
+}
+
+/// Event time of the fleet's latest event.
+pub fn as_of(states: &[AgentState]) -> i64 {
+    states.iter().map(|s| s.last_seen).max().unwrap_or(0)
+}
+
+/// The views of every agent (merged by id), riskiest first.
+pub fn views(states: &[AgentState], set: &BlueprintSet, s: &PostureSettings, now: i64) -> Vec<AgentView> {
+    let mut v: Vec<AgentView> = states.iter().map(|a| inventory::view(a, set, s, now)).collect();
+    v.sort_by(|a, b| {
+        b.risk
+            .score
+            .cmp(&a.risk.score)
+            .then_with(|| a.agent_id.cmp(&b.agent_id))
+    });
+    v
+}
+
+/// Mean of the riskiest tenth of the scores (at least one score).
+pub fn fleet_score(sorted_desc: &[u8]) -> u8 {
+    if sorted_desc.is_empty() {
+        return 0;
+    }
+    let n = sorted_desc.len().div_ceil(10);
+    let sum: u32 = sorted_desc[..n].iter().map(|&s| u32::from(s)).sum();
+    (f64::from(sum) / n as f64).round() as u8
+}
+
+/// The trend of `score` at `now` against the latest history point a day or more earlier (or the
+/// earliest point, if none is that old).
+pub fn trend(score: u8, now: i64, history: &[HistoryPoint]) -> Trend {
+    let day = 86_400_000;
+    let earlier = history
+        .iter()
+        .filter(|p| p.as_of <= now - day)
+        .max_by_key(|p| p.as_of)
+        .or_else(|| history.iter().filter(|p| p.as_of < now).min_by_key(|p| p.as_of));
+    match earlier {
+        None => Trend {
+            direction: "new",
+            delta: 0,
+            previous: None,
+            since: None,
+        },
+        Some(p) => {
+            let delta = i16::from(score) - i16::from(p.score);
+            Trend {
+                direction: match delta {
+                    d if d > 0 => "up",
+                    d if d < 0 => "down",
+                    _ => "flat",
+                },
+                delta,
+                previous: Some(p.score),
+                since: Some(format_rfc3339_ms(p.as_of)),
+            }
+        }
+    }
+}
+
+/// Computes the posture of merged agent states.
+pub fn posture(
+    states: &[AgentState],
+    set: &BlueprintSet,
+    s: &PostureSettings,
+    history: &[HistoryPoint],
+) -> Posture {
+    let now = as_of(states);
+    let views = views(states, set, s, now);
+    let scores: Vec<u8> = views.iter().map(|v| v.risk.score).collect();
+    let score = fleet_score(&scores);
+    let mut by_status = BTreeMap::new();
+    let mut by_risk_level = BTreeMap::new();
+    for st in [Status::Active, Status::Killed, Status::Revived] {
+        by_status.insert(st.as_str(), 0);
+    }
+    for l in [RiskLevel::Low, RiskLevel::Medium, RiskLevel::High, RiskLevel::Critical] {
+        by_risk_level.insert(l.as_str(), 0);
+    }
+    let mut by_blueprint = BTreeMap::new();
+    let mut by_environment = BTreeMap::new();
+    let mut tools = std::collections::BTreeSet::new();
+    for v in &views {
+        *by_status.entry(v.status.as_str()).or_insert(0) += 1;
+        *by_risk_level.entry(v.risk.level.as_str()).or_insert(0) += 1;
+        *by_blueprint.entry(v.blueprint.clone()).or_insert(0) += 1;
+        if v.environments.is_empty() {
+            *by_environment.entry("(none)".to_string()).or_insert(0) += 1;
+        }
+        for e in &v.environments {
+            *by_environment.entry(e.clone()).or_insert(0) += 1;
+        }
+        for t in &v.tools {
+            tools.insert(t.name.as_str());
+        }
+    }
+    let agents: Vec<AgentRow> = views.iter().map(row).collect();
+    Posture {
+        as_of: format_rfc3339_ms(now),
+        as_of_ms: now,
+        fleet: Fleet {
+            score,
+            level: RiskLevel::of(score),
+            trend: trend(score, now, history),
+            agents: views.len(),
+            by_status,
+            by_risk_level,
+            by_blueprint,
+            by_environment,
+            tools: tools.len(),
+            events: states.iter().map(|a| a.events).sum(),
+        },
+        top_risks: agents.iter().filter(|a| a.risk > 0).take(10).cloned().collect(),
+        agents,
+    }
+}
+
+impl Posture {
+    /// The history point of this posture.
+    pub fn point(&self) -> HistoryPoint {
+        HistoryPoint {
+            as_of: self.as_of_ms,
+            score: self.fleet.score,
+            agents: self.fleet.agents as u32,
+            killed: self.fleet.by_status.get("killed").copied().unwrap_or(0) as u32,
+        }
+    }
+
+    /// A readable report for terminals: the fleet, then the agents as a table (at most `limit`
+    /// rows, riskiest first).
+    pub fn render_table(&self, limit: usize) -> String {
+        let f = &self.fleet;
+        let mut s = String::new();
+        let trend = match (&f.trend.previous, &f.trend.since) {
+            (Some(p), Some(since)) => format!("{} {:+} (from {p} at {since})", f.trend.direction, f.trend.delta),
+            _ => "new (no earlier score)".to_string(),
+        };
+        let _ = writeln!(s, "Fleet posture as of {}", self.as_of);
+        let _ = writeln!(s, "  fleet risk   {}/100 ({}), trend {trend}", f.score, f.level.as_str());
+        let _ = writeln!(
+            s,
+            "  agents       {} ({} active, {} killed, {} revived); {} tools; {} events",
+            f.agents,
+            f.by_status.get("active").unwrap_or(&0),
+            f.by_status.get("killed").unwrap_or(&0),
+            f.by_status.get("revived").unwrap_or(&0),
+            f.tools,
+            f.events
+        );
+        let levels: Vec<String> = ["critical", "high", "medium", "low"]
+            .iter()
+            .map(|l| format!("{} {l}", f.by_risk_level.get(l).unwrap_or(&0)))
+            .collect();
+        let _ = writeln!(s, "  risk levels  {}", levels.join(", "));
+        let bps: Vec<String> = f.by_blueprint.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let _ = writeln!(s, "  blueprints   {}", bps.join(", "));
+        let _ = writeln!(s);
+        let w = self
+            .agents
+            .iter()
+            .take(limit)
+            .map(|a| a.agent_id.chars().count())
+            .max()
+            .unwrap_or(5)
+            .clamp(5, 40);
+        let _ = writeln!(
+            s,
+            "{:<w$}  {:>4}  {:<8}  {:<7}  {:<12}  {:>9}  {:>9}  TOP REASON",
+            "AGENT", "RISK", "LEVEL", "STATUS", "BLUEPRINT", "EVENTS", "INCIDENTS"
+        );
+        for a in self.agents.iter().take(limit) {
+            let id: String = a.agent_id.chars().filter(|c| !c.is_control()).take(w).collect();
+            let _ = writeln!(
+                s,
+                "{id:<w$}  {:>4}  {:<8}  {:<7}  {:<12}  {:>9}  {:>9}  {}",
+                a.risk,
+                a.level.as_str(),
+                a.status.as_str(),
+                a.blueprint.chars().take(12).collect::<String>(),
+                a.events,
+                a.incidents,
+                a.reasons.first().map_or("-", String::as_str)
+            );
+        }
+        if self.agents.len() > limit {
+            let _ = writeln!(s, "… {} more (use --limit or --json)", self.agents.len() - limit);
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fleet_score_is_the_mean_of_the_riskiest_tenth() {
+        assert_eq!(fleet_score(&[]), 0);
+        assert_eq!(fleet_score(&[80]), 80);
+        let mut v = vec![90, 70];
+        v.extend(std::iter::repeat_n(0, 18));
+        assert_eq!(fleet_score(&v), 80);
+    }
+
+    #[test]
+    fn trend_compares_with_a_day_earlier() {
+        let day = 86_400_000;
+        let h = [
+            HistoryPoint { as_of: 0, score: 10, agents: 1, killed: 0 },
+            HistoryPoint { as_of: day, score: 30, agents: 1, killed: 0 },
+            HistoryPoint { as_of: 2 * day - 1, score: 60, agents: 1, killed: 0 },
+        ];
+        let t = trend(50, 2 * day, &h);
+        assert_eq!((t.direction, t.delta, t.previous), ("up", 20, Some(30)));
+        assert_eq!(trend(50, 0, &h).direction, "new");
+        assert_eq!(trend(5, day / 2, &h).delta, -5, "no point a day old: the earliest");
+    }
+}

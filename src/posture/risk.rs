@@ -1,0 +1,325 @@
+//! Risk of one agent, 0–100, as the sum of capped factors, each with the reason it scores.
+//!
+//! | factor | at most | from |
+//! |---|---|---|
+//! | `incidents` | 35 | incidents weighted by severity (low 1, medium 3, high 8, critical 15), halved every `incident_half_life` of event time |
+//! | `kill_history` | 20 | 20 while killed; else 5 per past kill |
+//! | `deny_ratio` | 15 | share of calls DENY / REJECTED / KILL_SWITCH / RATE_LIMITED; full at 30 % (needs 20 calls with an outcome) |
+//! | `sensitive_tools` | 10 | 4 per sensitive tool used |
+//! | `environment` | 10 | production 10, staging 5, unknown 5, development / test 0 |
+//! | `off_hours` | 10 | share of calls outside the blueprint's hours; full at 20 % |
+
+use serde::Serialize;
+
+use super::settings::PostureSettings;
+use crate::response::Severity;
+use crate::state::AgentState;
+
+/// Risk level of a score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RiskLevel {
+    /// Under 25.
+    Low,
+    /// 25 to 49.
+    Medium,
+    /// 50 to 74.
+    High,
+    /// 75 and more.
+    Critical,
+}
+
+impl RiskLevel {
+    /// The level of a score.
+    pub fn of(score: u8) -> RiskLevel {
+        match score {
+            75.. => RiskLevel::Critical,
+            50..=74 => RiskLevel::High,
+            25..=49 => RiskLevel::Medium,
+            _ => RiskLevel::Low,
+        }
+    }
+
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RiskLevel::Low => "low",
+            RiskLevel::Medium => "medium",
+            RiskLevel::High => "high",
+            RiskLevel::Critical => "critical",
+        }
+    }
+}
+
+/// One factor of a risk score.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Factor {
+    /// Factor name (see the module table).
+    pub factor: &'static str,
+    /// Points it adds (0 to its cap, one decimal).
+    pub points: f64,
+    /// Most points it can add.
+    pub max: f64,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// An agent's risk.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Risk {
+    /// 0–100.
+    pub score: u8,
+    /// Level of the score.
+    pub level: RiskLevel,
+    /// The factors, largest first; factors worth nothing are left out.
+    pub factors: Vec<Factor>,
+}
+
+const SEVERITY_WEIGHT: [f64; 4] = [1.0, 3.0, 8.0, 15.0];
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+/// Risk points of an environment name (lower-cased).
+pub fn environment_points(env: &str) -> f64 {
+    let e = env.to_ascii_lowercase();
+    if ["prod", "production", "live", "prd"].iter().any(|p| e == *p) || e.starts_with("prod") {
+        10.0
+    } else if ["dev", "development", "test", "testing", "sandbox", "local", "ci"]
+        .iter()
+        .any(|p| e == *p)
+    {
+        0.0
+    } else {
+        5.0
+    }
+}
+
+/// Scores an agent as of event time `now`.
+pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
+    let p = &st.profile;
+    let mut factors = Vec::with_capacity(6);
+    let mut add = |factor: &'static str, max: f64, points: f64, reason: String| {
+        let points = round1(points.clamp(0.0, max));
+        if points > 0.0 {
+            factors.push(Factor {
+                factor,
+                points,
+                max,
+                reason,
+            });
+        }
+    };
+
+    // Incidents, weighted by severity and recency.
+    let half = s.incident_half_life_ms.max(1) as f64;
+    let mut weight = 0.0;
+    let mut recent = [0u32; 4];
+    for m in &p.recent {
+        let age = (now - m.at).max(0) as f64;
+        weight += SEVERITY_WEIGHT[m.severity.index()] * 0.5f64.powf(age / half);
+        if age <= half {
+            recent[m.severity.index()] += 1;
+        }
+    }
+    let day = 86_400_000;
+    let within = if s.incident_half_life_ms % day == 0 {
+        format!("{} days", s.incident_half_life_ms / day)
+    } else {
+        humantime::format_duration(std::time::Duration::from_millis(half as u64)).to_string()
+    };
+    let counts: Vec<String> = Severity::ALL
+        .iter()
+        .rev()
+        .filter(|sv| recent[sv.index()] > 0)
+        .map(|sv| format!("{} {}", recent[sv.index()], sv.as_str()))
+        .collect();
+    add(
+        "incidents",
+        35.0,
+        weight,
+        format!(
+            "{} in the last {within}; {} in all (weighted by severity and age: {:.1})",
+            if counts.is_empty() {
+                "none".to_string()
+            } else {
+                counts.join(", ")
+            },
+            p.incidents.iter().sum::<u64>(),
+            weight
+        ),
+    );
+
+    // Kill history.
+    let kills = p.auto_kills + p.manual_kills;
+    if st.kill.killed {
+        add(
+            "kill_history",
+            20.0,
+            20.0,
+            format!(
+                "killed now ({} automatic, {} by operators, {} revives)",
+                p.auto_kills, p.manual_kills, p.revives
+            ),
+        );
+    } else if kills > 0 {
+        add(
+            "kill_history",
+            20.0,
+            5.0 * f64::from(kills),
+            format!(
+                "killed {kills} time(s) before ({} automatic, {} by operators), revived {}",
+                p.auto_kills, p.manual_kills, p.revives
+            ),
+        );
+    }
+
+    // Deny ratio.
+    let with_outcome = p.events_with_outcome();
+    if with_outcome >= 20 {
+        let ratio = p.denied() as f64 / with_outcome as f64;
+        add(
+            "deny_ratio",
+            15.0,
+            15.0 * (ratio / 0.3).min(1.0),
+            format!(
+                "{:.1} % of {with_outcome} calls denied, rejected, rate-limited or stopped by the SDK",
+                ratio * 100.0
+            ),
+        );
+    }
+
+    // Sensitive tools.
+    let sensitive: Vec<&str> = p
+        .tools
+        .iter()
+        .filter(|t| s.sensitive.is_match(&t.name))
+        .map(|t| t.name.as_str())
+        .collect();
+    if !sensitive.is_empty() {
+        add(
+            "sensitive_tools",
+            10.0,
+            4.0 * sensitive.len() as f64,
+            format!("uses {}", sensitive.join(", ")),
+        );
+    }
+
+    // Environment.
+    let (env_points, env) = if p.environments.is_empty() {
+        (5.0, "no environment reported".to_string())
+    } else {
+        let worst = p
+            .environments
+            .iter()
+            .max_by(|a, b| environment_points(a).total_cmp(&environment_points(b)))
+            .map_or("", String::as_str);
+        (
+            environment_points(worst),
+            format!("runs in {}", p.environments.join(", ")),
+        )
+    };
+    add("environment", 10.0, env_points, env);
+
+    // Off-hours share.
+    if st.events > 0 && p.off_hours_events > 0 {
+        let share = p.off_hours_events as f64 / st.events as f64;
+        add(
+            "off_hours",
+            10.0,
+            10.0 * (share / 0.2).min(1.0),
+            format!(
+                "{:.1} % of {} calls outside the blueprint's hours and days",
+                share * 100.0,
+                st.events
+            ),
+        );
+    }
+
+    factors.sort_by(|a, b| b.points.total_cmp(&a.points));
+    let total: f64 = factors.iter().map(|f| f.points).sum();
+    let score = total.round().clamp(0.0, 100.0) as u8;
+    Risk {
+        score,
+        level: RiskLevel::of(score),
+        factors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::BlueprintSet;
+    use crate::event::Outcome;
+    use crate::response::IncidentType;
+
+    const DAY: i64 = 86_400_000;
+
+    fn agent(env: &str) -> AgentState {
+        let set = BlueprintSet::builtin();
+        let mut a = AgentState::new("a", set.get(0), 0, Some(env));
+        for i in 0..100 {
+            a.events += 1;
+            a.profile
+                .observe(1, "search_docs", i, Some(Outcome::Allow), Some(env), false);
+        }
+        a
+    }
+
+    #[test]
+    fn quiet_development_agent_scores_low_with_no_factors() {
+        let r = score(&agent("dev"), &PostureSettings::default(), DAY);
+        assert_eq!(r.score, 0);
+        assert_eq!(r.level, RiskLevel::Low);
+        assert!(r.factors.is_empty(), "{:?}", r.factors);
+    }
+
+    #[test]
+    fn recent_critical_incidents_outweigh_old_ones() {
+        let s = PostureSettings::default();
+        let mut fresh = agent("dev");
+        let mut old = agent("dev");
+        for _ in 0..2 {
+            fresh
+                .profile
+                .incident(30 * DAY, Severity::Critical, IncidentType::ActivityAfterKill);
+            old.profile
+                .incident(0, Severity::Critical, IncidentType::ActivityAfterKill);
+        }
+        let (f, o) = (score(&fresh, &s, 30 * DAY), score(&old, &s, 30 * DAY));
+        assert_eq!(f.factors[0].factor, "incidents");
+        assert_eq!(f.factors[0].points, 30.0);
+        assert!(o.score * 10 < f.score, "four half-lives later: {o:?}");
+        assert!(f.factors[0].reason.starts_with("2 critical"), "{f:?}");
+    }
+
+    #[test]
+    fn killed_production_agent_with_denials_and_payments_is_high() {
+        let s = PostureSettings::default();
+        let mut a = agent("production");
+        for i in 0..50 {
+            a.events += 1;
+            a.profile.observe(
+                2,
+                "stripe_payment_create",
+                i,
+                Some(Outcome::Deny),
+                None,
+                true,
+            );
+        }
+        a.kill.killed = true;
+        a.profile
+            .kill_event(10, crate::state::KillEventKind::AutoKill);
+        let r = score(&a, &s, 100);
+        let names: Vec<_> = r.factors.iter().map(|f| f.factor).collect();
+        assert_eq!(
+            names,
+            ["kill_history", "deny_ratio", "environment", "off_hours", "sensitive_tools"]
+        );
+        // 20 + 15 × (50/150 ÷ 0.3 → capped 1) + 10 + 10 × (50/150 ÷ 0.2 → 1) + 4
+        assert_eq!(r.score, 59);
+        assert_eq!(r.level, RiskLevel::High);
+    }
+}
