@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Installs (once) the Debian packages of the real services the tests talk to:
 # rsyslog with its OpenSSL driver (the syslog receiver; liblognorm's CEF parser is built into
-# its mmnormalize module), aiosmtpd (the SMTP server of the email tests) and openssl (test certificates).
+# its mmnormalize module), aiosmtpd (the SMTP server of the email tests), openssl (test
+# certificates), prometheus_client (an independent parser of /metrics), Chromium (the web page
+# test) and systemd's systemd-analyze (the unit file check).
 set -euo pipefail
 need=()
-for p in rsyslog rsyslog-openssl openssl python3-aiosmtpd; do
+for p in rsyslog rsyslog-openssl openssl python3-aiosmtpd python3-prometheus-client python3-yaml \
+  chromium chromium-driver systemd; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
 done
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -225,32 +225,6 @@ async fn compliance_reports_list_controls_with_evidence() {
     );
 }
 
-/// `/metrics` through the Python prometheus_client parsers.
-pub fn parse_metrics(text: &str) -> Option<Value> {
-    let python = support::tool("METRICS_PYTHON", &["/usr/bin/python3"])?;
-    let ok = std::process::Command::new(&python)
-        .args(["-c", "import prometheus_client"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(!support::required(), "Debian's python3-prometheus-client is needed (scripts/packages.sh)");
-        eprintln!("skipped: no prometheus_client for {}", python.display());
-        return None;
-    }
-    let mut child = std::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/parse_metrics.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "parser rejected /metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
-    Some(serde_json::from_slice(&out.stdout).unwrap())
-}
-
 #[tokio::test]
 async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
     let f = fixture();
@@ -268,7 +242,7 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
     assert_eq!(s, StatusCode::OK);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     let text = String::from_utf8(body).unwrap();
-    let Some(parsed) = parse_metrics(&text) else { return };
+    let Some(parsed) = support::parse_metrics(&text) else { return };
     let fams = &parsed["openmetrics"];
     for (name, typ) in [
         ("guardian_events_consumed", "counter"),

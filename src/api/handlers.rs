@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -249,12 +250,25 @@ pub struct CommandBody {
     reason: Option<String>,
 }
 
-async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Option<Json<CommandBody>>) -> Response {
+async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Response {
     if id.is_empty() || id.len() > 512 {
         return error(StatusCode::BAD_REQUEST, "agent id must have 1 to 512 bytes");
     }
+    let body: CommandBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CommandBody::default()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!("body: expected {{\"reason\": \"…\"}} ({e})"),
+                )
+            }
+        }
+    };
     let reason = body
-        .and_then(|Json(b)| b.reason)
+        .reason
         .unwrap_or_else(|| "operator decision (admin API)".into());
     let s2 = s.clone();
     let r = tokio::task::spawn_blocking(move || match &s2.commander {
@@ -284,7 +298,7 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Option<Json<Com
 pub async fn kill(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Option<Json<CommandBody>>,
+    body: Bytes,
 ) -> Response {
     command(s, Verb::Kill, id, body).await
 }
@@ -293,7 +307,7 @@ pub async fn kill(
 pub async fn revive(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: Option<Json<CommandBody>>,
+    body: Bytes,
 ) -> Response {
     command(s, Verb::Revive, id, body).await
 }
