@@ -41,8 +41,15 @@ fn fixture() -> Fixture {
     let mut engine = Engine::new(set.clone());
     let mut rec = StateRecorder::new(Vec::<Incident>::new(), PostureSettings::default());
     let events = sim.to_jsonl();
-    let s = replay::run(&mut engine, &decoder, &events[..], &mut rec, |l, e| panic!("{l}: {e}"), None)
-        .unwrap();
+    let s = replay::run(
+        &mut engine,
+        &decoder,
+        &events[..],
+        &mut rec,
+        |l, e| panic!("{l}: {e}"),
+        None,
+    )
+    .unwrap();
     replay::write_state(dir.path(), &mut engine, &rec, "fleet", s.lines).unwrap();
     let store = Store::open(dir.path()).unwrap();
     let metrics = Arc::new(Metrics::default());
@@ -52,11 +59,22 @@ fn fixture() -> Fixture {
         metrics,
         owned: std::sync::RwLock::new(vec![("replay:fleet".to_string(), 0)]),
     });
-    let state = Arc::new(AppState::new(live, set, PostureSettings::default(), TOKEN, None));
+    let state = Arc::new(AppState::new(
+        live,
+        set,
+        PostureSettings::default(),
+        TOKEN,
+        None,
+    ));
     Fixture { _dir: dir, state }
 }
 
-async fn call(f: &Fixture, method: Method, uri: &str, token: Option<&str>) -> (StatusCode, String, Vec<u8>) {
+async fn call(
+    f: &Fixture,
+    method: Method,
+    uri: &str,
+    token: Option<&str>,
+) -> (StatusCode, String, Vec<u8>) {
     let mut req = Request::builder().method(method).uri(uri);
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
@@ -71,13 +89,20 @@ async fn call(f: &Fixture, method: Method, uri: &str, token: Option<&str>) -> (S
         .get("content-type")
         .map(|v| v.to_str().unwrap().to_string())
         .unwrap_or_default();
-    let body = axum::body::to_bytes(resp.into_body(), 1 << 26).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1 << 26)
+        .await
+        .unwrap();
     (status, ctype, body.to_vec())
 }
 
 async fn json(f: &Fixture, uri: &str) -> Value {
     let (status, ctype, body) = call(f, Method::GET, uri, Some(TOKEN)).await;
-    assert_eq!(status, StatusCode::OK, "{uri}: {}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "{uri}: {}",
+        String::from_utf8_lossy(&body)
+    );
     assert!(ctype.starts_with("application/json"), "{uri}: {ctype}");
     serde_json::from_slice(&body).unwrap()
 }
@@ -88,10 +113,17 @@ async fn everything_but_health_and_readiness_needs_the_token() {
     let (s, _, b) = call(&f, Method::GET, "/healthz", None).await;
     assert_eq!((s, b.as_slice()), (StatusCode::OK, b"ok\n".as_slice()));
     let (s, _, b) = call(&f, Method::GET, "/readyz", None).await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "not ready before partitions are assigned");
+    assert_eq!(
+        s,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not ready before partitions are assigned"
+    );
     assert_eq!(serde_json::from_slice::<Value>(&b).unwrap()["ready"], false);
     f.state.live.metrics.ready.store(true, Ordering::Relaxed);
-    assert_eq!(call(&f, Method::GET, "/readyz", None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&f, Method::GET, "/readyz", None).await.0,
+        StatusCode::OK
+    );
     let (s, ctype, _) = call(&f, Method::GET, "/", None).await;
     assert_eq!(s, StatusCode::OK);
     assert!(ctype.starts_with("text/html"));
@@ -110,7 +142,10 @@ async fn everything_but_health_and_readiness_needs_the_token() {
         }
     }
     for uri in ["/agents/x/kill", "/agents/x/revive"] {
-        assert_eq!(call(&f, Method::POST, uri, None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            call(&f, Method::POST, uri, None).await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
 }
 
@@ -123,12 +158,26 @@ async fn agents_and_posture_have_their_shapes_and_filters() {
     assert_eq!(agents.len(), 40);
     let risks: Vec<u64> = agents.iter().map(|a| a["risk"].as_u64().unwrap()).collect();
     assert!(risks.windows(2).all(|w| w[0] >= w[1]), "riskiest first");
-    for k in ["agent_id", "blueprint", "status", "risk", "level", "events", "incidents", "last_seen", "reasons"] {
+    for k in [
+        "agent_id",
+        "blueprint",
+        "status",
+        "risk",
+        "level",
+        "events",
+        "incidents",
+        "last_seen",
+        "reasons",
+    ] {
         assert!(agents[0].get(k).is_some(), "{k} missing: {}", agents[0]);
     }
     let min = risks[risks.len() / 2];
     let filtered = json(&f, &format!("/agents?min_risk={min}")).await;
-    assert!(filtered["agents"].as_array().unwrap().iter().all(|a| a["risk"].as_u64().unwrap() >= min));
+    assert!(filtered["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|a| a["risk"].as_u64().unwrap() >= min));
     let fin = json(&f, "/agents?blueprint=finance&limit=3").await;
     let fin = fin["agents"].as_array().unwrap();
     assert!(!fin.is_empty() && fin.len() <= 3);
@@ -136,14 +185,31 @@ async fn agents_and_posture_have_their_shapes_and_filters() {
     let killed = json(&f, "/agents?status=killed").await;
     let killed = killed["agents"].as_array().unwrap();
     assert!(killed.iter().all(|a| a["status"] == "killed"));
-    assert_eq!(killed.len(), agents.iter().filter(|a| a["status"] == "killed").count());
-    assert_eq!(call(&f, Method::GET, "/agents?status=zombie", Some(TOKEN)).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        killed.len(),
+        agents.iter().filter(|a| a["status"] == "killed").count()
+    );
+    assert_eq!(
+        call(&f, Method::GET, "/agents?status=zombie", Some(TOKEN))
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
 
     let id = agents[0]["agent_id"].as_str().unwrap();
     let one = json(&f, &format!("/agents/{id}")).await;
     let a = &one["agent"];
     assert_eq!(a["agent_id"], id);
-    for k in ["status", "tools", "environments", "outcomes", "baseline", "risk", "kill_history", "incidents"] {
+    for k in [
+        "status",
+        "tools",
+        "environments",
+        "outcomes",
+        "baseline",
+        "risk",
+        "kill_history",
+        "incidents",
+    ] {
         assert!(a.get(k).is_some(), "{k} missing: {a}");
     }
     assert!(a["baseline"]["history_hours"].as_i64().unwrap() > 24);
@@ -151,7 +217,9 @@ async fn agents_and_posture_have_their_shapes_and_filters() {
     let recent = one["recent_incidents"].as_array().unwrap();
     assert!(recent.iter().all(|i| i["agent_id"] == id));
     assert_eq!(
-        call(&f, Method::GET, "/agents/no-such-agent", Some(TOKEN)).await.0,
+        call(&f, Method::GET, "/agents/no-such-agent", Some(TOKEN))
+            .await
+            .0,
         StatusCode::NOT_FOUND
     );
 
@@ -160,7 +228,13 @@ async fn agents_and_posture_have_their_shapes_and_filters() {
     assert_eq!(p["fleet"]["agents"], 40);
     assert!(p.get("agents").is_none(), "the agent list only on request");
     assert!(p["top_risks"].as_array().unwrap().len() <= 10);
-    assert_eq!(json(&f, "/posture?agents=true").await["agents"].as_array().unwrap().len(), 40);
+    assert_eq!(
+        json(&f, "/posture?agents=true").await["agents"]
+            .as_array()
+            .unwrap()
+            .len(),
+        40
+    );
 }
 
 #[tokio::test]
@@ -169,12 +243,19 @@ async fn incidents_filter_by_agent_type_severity_and_time() {
     let all = json(&f, "/incidents?limit=10000").await;
     let all = all["incidents"].as_array().unwrap().clone();
     assert!(all.len() > 10, "{}", all.len());
-    let at = |i: &Value| agent_guardian::event::parse_rfc3339_ms(i["at"].as_str().unwrap()).unwrap();
-    assert!(all.windows(2).all(|w| at(&w[0]) >= at(&w[1])), "newest first");
+    let at =
+        |i: &Value| agent_guardian::event::parse_rfc3339_ms(i["at"].as_str().unwrap()).unwrap();
+    assert!(
+        all.windows(2).all(|w| at(&w[0]) >= at(&w[1])),
+        "newest first"
+    );
     let agent = all[0]["agent_id"].as_str().unwrap();
     let mine = json(&f, &format!("/incidents?agent={agent}&limit=10000")).await;
     let mine = mine["incidents"].as_array().unwrap();
-    assert_eq!(mine.len(), all.iter().filter(|i| i["agent_id"] == agent).count());
+    assert_eq!(
+        mine.len(),
+        all.iter().filter(|i| i["agent_id"] == agent).count()
+    );
     let kind = all[0]["type"].as_str().unwrap();
     let typed = json(&f, &format!("/incidents?type={kind}&limit=10000")).await;
     assert_eq!(
@@ -182,17 +263,34 @@ async fn incidents_filter_by_agent_type_severity_and_time() {
         all.iter().filter(|i| i["type"] == kind).count()
     );
     let high = json(&f, "/incidents?severity=high&limit=10000").await;
-    assert!(high["incidents"].as_array().unwrap().iter().all(|i| i["severity"] == "high" || i["severity"] == "critical"));
+    assert!(high["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["severity"] == "high" || i["severity"] == "critical"));
     // A time window, given in epoch ms and in RFC 3339.
     let (lo, hi) = (at(&all[all.len() - 1]), at(&all[0]));
     let mid = lo + (hi - lo) / 2;
     let want = all.iter().filter(|i| at(i) >= mid).count();
-    assert_eq!(json(&f, &format!("/incidents?since={mid}&limit=10000")).await["count"].as_u64().unwrap() as usize, want);
+    assert_eq!(
+        json(&f, &format!("/incidents?since={mid}&limit=10000")).await["count"]
+            .as_u64()
+            .unwrap() as usize,
+        want
+    );
     let rfc = agent_guardian::event::format_rfc3339_ms(mid);
     let until = json(&f, &format!("/incidents?until={rfc}&limit=10000")).await;
-    assert!(until["incidents"].as_array().unwrap().iter().all(|i| at(i) <= mid));
+    assert!(until["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| at(i) <= mid));
     assert_eq!(json(&f, "/incidents?limit=5").await["count"], 5);
-    for bad in ["/incidents?type=nope", "/incidents?severity=urgent", "/incidents?since=yesterday"] {
+    for bad in [
+        "/incidents?type=nope",
+        "/incidents?severity=urgent",
+        "/incidents?since=yesterday",
+    ] {
         let (s, _, b) = call(&f, Method::GET, bad, Some(TOKEN)).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
         assert!(serde_json::from_slice::<Value>(&b).unwrap()["error"].is_string());
@@ -215,12 +313,24 @@ async fn compliance_reports_list_controls_with_evidence() {
         }
     }
     let eu = json(&f, "/compliance/eu-ai-act").await;
-    let ids: Vec<_> = eu["controls"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap().to_string()).collect();
+    let ids: Vec<_> = eu["controls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ids, ["art-9", "art-12", "art-19", "art-14", "art-15"]);
-    assert_eq!(call(&f, Method::GET, "/compliance/sox", Some(TOKEN)).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        call(&f, Method::GET, "/compliance/sox", Some(TOKEN))
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
     // This API was built without a producer: commands are refused, not lost silently.
     assert_eq!(
-        call(&f, Method::POST, "/agents/fin-00001/kill", Some(TOKEN)).await.0,
+        call(&f, Method::POST, "/agents/fin-00001/kill", Some(TOKEN))
+            .await
+            .0,
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
@@ -242,7 +352,9 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
     assert_eq!(s, StatusCode::OK);
     assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
     let text = String::from_utf8(body).unwrap();
-    let Some(parsed) = support::parse_metrics(&text) else { return };
+    let Some(parsed) = support::parse_metrics(&text) else {
+        return;
+    };
     let fams = &parsed["openmetrics"];
     for (name, typ) in [
         ("guardian_events_consumed", "counter"),
@@ -268,19 +380,53 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
             .as_f64()
             .unwrap()
     };
-    assert_eq!(value("guardian_bad_events", "guardian_bad_events_total", ("kind", "not_json")), 3.0);
-    assert_eq!(value("guardian_sink_queue_depth", "guardian_sink_queue_depth", ("sink", "siem-tls")), 4.0);
-    assert_eq!(value("guardian_sink_failures", "guardian_sink_failures_total", ("sink", "siem-tls")), 2.0);
     assert_eq!(
-        value("guardian_processing_latency_seconds", "guardian_processing_latency_seconds_count", ("", "")),
+        value(
+            "guardian_bad_events",
+            "guardian_bad_events_total",
+            ("kind", "not_json")
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            "guardian_sink_queue_depth",
+            "guardian_sink_queue_depth",
+            ("sink", "siem-tls")
+        ),
+        4.0
+    );
+    assert_eq!(
+        value(
+            "guardian_sink_failures",
+            "guardian_sink_failures_total",
+            ("sink", "siem-tls")
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            "guardian_processing_latency_seconds",
+            "guardian_processing_latency_seconds_count",
+            ("", "")
+        ),
         1.0
     );
-    assert!(value("guardian_state_size_bytes", "guardian_state_size_bytes", ("", "")) > 0.0);
+    assert!(
+        value(
+            "guardian_state_size_bytes",
+            "guardian_state_size_bytes",
+            ("", "")
+        ) > 0.0
+    );
     for (name, fam) in fams.as_object().unwrap() {
         for s in fam["samples"].as_array().unwrap() {
             let labels = s[1].as_object().unwrap();
             assert!(
-                labels.keys().all(|k| ["kind", "type", "severity", "command", "origin", "sink", "version", "le"].contains(&k.as_str())),
+                labels.keys().all(|k| [
+                    "kind", "type", "severity", "command", "origin", "sink", "version", "le"
+                ]
+                .contains(&k.as_str())),
                 "{name}: unexpected label in {s}"
             );
         }

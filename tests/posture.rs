@@ -21,8 +21,15 @@ fn replayed(dir: &std::path::Path, sim: &Simulation, set: Arc<BlueprintSet>) -> 
     let mut engine = Engine::new(set);
     let events = sim.to_jsonl();
     let mut rec = StateRecorder::new(Vec::<Incident>::new(), PostureSettings::default());
-    let s = replay::run(&mut engine, &decoder, &events[..], &mut rec, |l, e| panic!("line {l}: {e}"), None)
-        .unwrap();
+    let s = replay::run(
+        &mut engine,
+        &decoder,
+        &events[..],
+        &mut rec,
+        |l, e| panic!("line {l}: {e}"),
+        None,
+    )
+    .unwrap();
     replay::write_state(dir, &mut engine, &rec, "fleet.jsonl", s.lines).unwrap();
     Store::open(dir).unwrap().state_view(None).unwrap()
 }
@@ -50,19 +57,40 @@ fn agents_with_injected_anomalies_rank_above_clean_agents() {
         .filter(|l| l.expect.is_some())
         .map(|l| l.agent_id.as_str())
         .collect();
-    let risk: BTreeMap<&str, u8> = p.agents.iter().map(|a| (a.agent_id.as_str(), a.risk)).collect();
+    let risk: BTreeMap<&str, u8> = p
+        .agents
+        .iter()
+        .map(|a| (a.agent_id.as_str(), a.risk))
+        .collect();
     let mean = |f: &dyn Fn(&&str) -> bool| {
-        let v: Vec<f64> = risk.iter().filter(|(a, _)| f(a)).map(|(_, r)| f64::from(*r)).collect();
+        let v: Vec<f64> = risk
+            .iter()
+            .filter(|(a, _)| f(a))
+            .map(|(_, r)| f64::from(*r))
+            .collect();
         v.iter().sum::<f64>() / v.len().max(1) as f64
     };
-    let (bad, good) = (mean(&|a| injected.contains(a)), mean(&|a| !injected.contains(a)));
-    eprintln!("mean risk: injected {bad:.1}, clean {good:.1}; fleet {}", p.fleet.score);
+    let (bad, good) = (
+        mean(&|a| injected.contains(a)),
+        mean(&|a| !injected.contains(a)),
+    );
+    eprintln!(
+        "mean risk: injected {bad:.1}, clean {good:.1}; fleet {}",
+        p.fleet.score
+    );
     assert!(bad > good + 5.0, "injected {bad:.1} vs clean {good:.1}");
     // The riskiest agents are mostly the injected ones, and each has its reasons.
     let top: Vec<_> = p.agents.iter().take(injected.len()).collect();
-    let hits = top.iter().filter(|a| injected.contains(a.agent_id.as_str())).count();
+    let hits = top
+        .iter()
+        .filter(|a| injected.contains(a.agent_id.as_str()))
+        .count();
     eprintln!("top {}: {hits} injected", top.len());
-    assert!(hits * 2 >= top.len(), "{hits} of the top {} are injected", top.len());
+    assert!(
+        hits * 2 >= top.len(),
+        "{hits} of the top {} are injected",
+        top.len()
+    );
     for a in &p.top_risks {
         assert!(!a.reasons.is_empty(), "{a:?}");
     }
@@ -113,13 +141,20 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
         e.process(&ev("quiet", i * 60_000, "search", Outcome::Allow), &mut out);
     }
     for i in 0..30 {
-        let o = if i % 3 == 0 { Outcome::Deny } else { Outcome::Allow };
+        let o = if i % 3 == 0 {
+            Outcome::Deny
+        } else {
+            Outcome::Allow
+        };
         e.process(&ev("rogue", 60_000 + i * 60_000, "search", o), &mut out);
     }
     for i in 0..4 {
         let t = 3_000_000 + i * 10_000;
         e.process(&ev("rogue", t, "read_secret", Outcome::Allow), &mut out);
-        e.process(&ev("rogue", t + 1000, "wire_transfer", Outcome::Deny), &mut out);
+        e.process(
+            &ev("rogue", t + 1000, "wire_transfer", Outcome::Deny),
+            &mut out,
+        );
     }
     let s = PostureSettings::default();
     let view = |e: &Engine| StateView {
@@ -133,10 +168,19 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
     assert!(top.level >= RiskLevel::High, "{top:?}");
     let rogue = view(&e).agent("rogue", &set, &s).unwrap();
     let factors: Vec<_> = rogue.risk.factors.iter().map(|f| f.factor).collect();
-    for f in ["kill_history", "incidents", "deny_ratio", "sensitive_tools", "environment"] {
+    for f in [
+        "kill_history",
+        "incidents",
+        "deny_ratio",
+        "sensitive_tools",
+        "environment",
+    ] {
         assert!(factors.contains(&f), "{f} missing from {factors:?}");
     }
-    assert!(rogue.tools.iter().any(|t| t.name == "wire_transfer" && t.sensitive));
+    assert!(rogue
+        .tools
+        .iter()
+        .any(|t| t.name == "wire_transfer" && t.sensitive));
     assert_eq!(rogue.auto_kills, 1);
     let quiet = view(&e).agent("quiet", &set, &s).unwrap();
     assert!(quiet.risk.score < top.risk, "{quiet:?}");
@@ -145,7 +189,12 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
     let after = view(&e).agent("rogue", &set, &s).unwrap();
     assert_eq!(after.status, Status::Revived);
     assert!(after.risk.score < rogue.risk.score);
-    let k = after.risk.factors.iter().find(|f| f.factor == "kill_history").unwrap();
+    let k = after
+        .risk
+        .factors
+        .iter()
+        .find(|f| f.factor == "kill_history")
+        .unwrap();
     assert!(k.reason.contains("revived 1"), "{k:?}");
 }
 
@@ -154,7 +203,10 @@ fn status(view: &StateView, f: Framework, id: &str, s: &PostureSettings) -> Cont
     let p = view.posture(&set, s);
     let r = view.compliance(f, &p, s);
     let c = r.controls.iter().find(|c| c.id == id).unwrap();
-    assert!(!c.evidence.is_empty() || c.status == ControlStatus::NotAssessed, "{c:?}");
+    assert!(
+        !c.evidence.is_empty() || c.status == ControlStatus::NotAssessed,
+        "{c:?}"
+    );
     assert_eq!(c.gaps.is_empty(), c.status == ControlStatus::Met, "{c:?}");
     c.status
 }
@@ -163,26 +215,51 @@ fn status(view: &StateView, f: Framework, id: &str, s: &PostureSettings) -> Cont
 fn compliance_controls_follow_the_facts() {
     let dir = tempfile::tempdir().unwrap();
     let sim = fleet(14);
-    let mut view = replayed(dir.path(), &sim, agent_guardian::demo::demo_blueprints().unwrap());
+    let mut view = replayed(
+        dir.path(),
+        &sim,
+        agent_guardian::demo::demo_blueprints().unwrap(),
+    );
     let s = PostureSettings::default();
     // A replay: no signing key, no sinks, 14 days of coverage.
-    assert_eq!(status(&view, Framework::EuAiAct, "art-14", &s), ControlStatus::NotMet);
-    assert_eq!(status(&view, Framework::EuAiAct, "art-12", &s), ControlStatus::Partial);
-    assert_eq!(status(&view, Framework::EuAiAct, "art-19", &s), ControlStatus::NotMet);
-    assert_eq!(status(&view, Framework::EuAiAct, "art-9", &s), ControlStatus::Met);
-    assert_eq!(status(&view, Framework::UkAiPrinciples, "fairness", &s), ControlStatus::NotAssessed);
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-14", &s),
+        ControlStatus::NotMet
+    );
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-12", &s),
+        ControlStatus::Partial
+    );
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-19", &s),
+        ControlStatus::NotMet
+    );
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-9", &s),
+        ControlStatus::Met
+    );
+    assert_eq!(
+        status(&view, Framework::UkAiPrinciples, "fairness", &s),
+        ControlStatus::NotAssessed
+    );
     let week = PostureSettings {
         coverage_days: 7,
         ..PostureSettings::default()
     };
-    assert_eq!(status(&view, Framework::EuAiAct, "art-12", &week), ControlStatus::Met);
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-12", &week),
+        ControlStatus::Met
+    );
 
     // A daemon's ledger: signed commands, a SIEM sink, a long retention.
     view.ledger.commands_signed = true;
     view.ledger.control_topic = "guardian-control".into();
     view.ledger.sinks = vec!["siem (syslog, cef)".into()];
     view.ledger.incident_retention_days = 400.0;
-    assert_eq!(status(&view, Framework::EuAiAct, "art-19", &s), ControlStatus::Met);
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-19", &s),
+        ControlStatus::Met
+    );
     assert_eq!(
         status(&view, Framework::EuAiAct, "art-14", &s),
         ControlStatus::Partial,
@@ -190,11 +267,23 @@ fn compliance_controls_follow_the_facts() {
     );
     // An operator kill and revive of one agent: the drill is on record.
     let a = view.states.iter_mut().next().unwrap();
-    a.profile.kill_event(a.last_seen, agent_guardian::state::KillEventKind::ManualKill);
-    a.profile.kill_event(a.last_seen, agent_guardian::state::KillEventKind::Revive);
-    assert_eq!(status(&view, Framework::EuAiAct, "art-14", &s), ControlStatus::Met);
+    a.profile.kill_event(
+        a.last_seen,
+        agent_guardian::state::KillEventKind::ManualKill,
+    );
+    a.profile
+        .kill_event(a.last_seen, agent_guardian::state::KillEventKind::Revive);
     assert_eq!(
-        status(&view, Framework::UkAiPrinciples, "contestability-redress", &s),
+        status(&view, Framework::EuAiAct, "art-14", &s),
+        ControlStatus::Met
+    );
+    assert_eq!(
+        status(
+            &view,
+            Framework::UkAiPrinciples,
+            "contestability-redress",
+            &s
+        ),
         ControlStatus::Met
     );
     // A stretch of the log never read breaks record-keeping.
@@ -205,12 +294,21 @@ fn compliance_controls_follow_the_facts() {
         to_offset: 250,
         found_at: 0,
     });
-    assert_eq!(status(&view, Framework::EuAiAct, "art-12", &week), ControlStatus::NotMet);
+    assert_eq!(
+        status(&view, Framework::EuAiAct, "art-12", &week),
+        ControlStatus::NotMet
+    );
     let set = agent_guardian::demo::demo_blueprints().unwrap();
     let p = view.posture(&set, &s);
     let r = view.compliance(Framework::EuAiAct, &p, &s);
     let art12 = r.controls.iter().find(|c| c.id == "art-12").unwrap();
-    assert!(art12.gaps.iter().any(|g| g.contains("agent-audit/3 offsets 100..250")), "{art12:?}");
+    assert!(
+        art12
+            .gaps
+            .iter()
+            .any(|g| g.contains("agent-audit/3 offsets 100..250")),
+        "{art12:?}"
+    );
     for f in Framework::ALL {
         let r = view.compliance(f, &p, &s);
         assert!(r.controls.len() >= 4, "{}", r.framework);

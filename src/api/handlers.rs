@@ -100,7 +100,10 @@ pub async fn agent(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Re
         Err(r) => return r,
     };
     let Some(a) = v.agent(&id, &s.blueprints, &s.posture) else {
-        return error(StatusCode::NOT_FOUND, format!("no agent {id:?} in the partitions this instance owns"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no agent {id:?} in the partitions this instance owns"),
+        );
     };
     let live = s.live.clone();
     let filter = IncidentFilter {
@@ -165,8 +168,16 @@ fn incident_filter(q: &IncidentsQuery) -> Result<IncidentFilter, BadRequest> {
         agent: q.agent.clone(),
         kind,
         min_severity,
-        since: q.since.as_deref().map(|v| time_arg("since", v)).transpose()?,
-        until: q.until.as_deref().map(|v| time_arg("until", v)).transpose()?,
+        since: q
+            .since
+            .as_deref()
+            .map(|v| time_arg("since", v))
+            .transpose()?,
+        until: q
+            .until
+            .as_deref()
+            .map(|v| time_arg("until", v))
+            .transpose()?,
         limit: q.limit.unwrap_or(100).min(10_000),
     })
 }
@@ -288,18 +299,17 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Respo
             let v: Value = serde_json::from_slice(&cmd.to_json()).unwrap_or(Value::Null);
             (StatusCode::ACCEPTED, Json(json!({ "published": v }))).into_response()
         }
-        Ok(Ok(None)) => error(StatusCode::SERVICE_UNAVAILABLE, "this API cannot publish commands"),
+        Ok(Ok(None)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this API cannot publish commands",
+        ),
         Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, format!("control topic: {e}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
 /// `POST /agents/{id}/kill` with `{"reason": "…"}`: a signed kill command on the control topic.
-pub async fn kill(
-    State(s): State<Arc<AppState>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+pub async fn kill(State(s): State<Arc<AppState>>, Path(id): Path<String>, body: Bytes) -> Response {
     command(s, Verb::Kill, id, body).await
 }
 

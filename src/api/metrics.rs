@@ -74,20 +74,37 @@ impl Collector for Figures {
     fn encode(&self, mut e: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let m = &self.live.metrics;
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        counter(&mut e, "guardian_events_consumed", "Audit events consumed and processed.", get(&m.events))?;
+        counter(
+            &mut e,
+            "guardian_events_consumed",
+            "Audit events consumed and processed.",
+            get(&m.events),
+        )?;
         let bad: Vec<([(&str, &str); 1], u64)> = BAD_EVENT_KINDS
             .iter()
             .zip(&m.bad_by_kind)
             .map(|(k, v)| ([("kind", *k)], get(v)))
             .collect();
-        labelled(&mut e, "guardian_bad_events", "Malformed audit events sent to the dead-letter topic, by error kind.", true, &bad)?;
+        labelled(
+            &mut e,
+            "guardian_bad_events",
+            "Malformed audit events sent to the dead-letter topic, by error kind.",
+            true,
+            &bad,
+        )?;
         let mut inc = Vec::new();
         for (t, row) in IncidentType::ALL.iter().zip(&m.incidents_by) {
             for (s, v) in Severity::ALL.iter().zip(row) {
                 inc.push(([("type", t.as_str()), ("severity", s.as_str())], get(v)));
             }
         }
-        labelled(&mut e, "guardian_incidents", "Incidents emitted, by type and severity.", true, &inc)?;
+        labelled(
+            &mut e,
+            "guardian_incidents",
+            "Incidents emitted, by type and severity.",
+            true,
+            &inc,
+        )?;
         labelled(
             &mut e,
             "guardian_commands_sent",
@@ -99,39 +116,147 @@ impl Collector for Figures {
                 ([("command", "revive"), ("origin", "api")], get(&m.api_revives)),
             ],
         )?;
-        counter(&mut e, "guardian_commands_applied", "Operator commands applied to agents this instance owns.", get(&m.commands_applied))?;
-        counter(&mut e, "guardian_commands_rejected", "Control commands rejected (unsigned, forged, malformed).", get(&m.commands_rejected))?;
-        counter(&mut e, "guardian_outputs_suppressed", "Outputs not sent again while rebuilding history already reported.", get(&m.suppressed))?;
-        counter(&mut e, "guardian_checkpoints", "Checkpoints written (state and offsets, then offset commit).", get(&m.checkpoints))?;
-        counter(&mut e, "guardian_posture_snapshots", "Posture snapshots published.", get(&m.posture_snapshots))?;
+        counter(
+            &mut e,
+            "guardian_commands_applied",
+            "Operator commands applied to agents this instance owns.",
+            get(&m.commands_applied),
+        )?;
+        counter(
+            &mut e,
+            "guardian_commands_rejected",
+            "Control commands rejected (unsigned, forged, malformed).",
+            get(&m.commands_rejected),
+        )?;
+        counter(
+            &mut e,
+            "guardian_outputs_suppressed",
+            "Outputs not sent again while rebuilding history already reported.",
+            get(&m.suppressed),
+        )?;
+        counter(
+            &mut e,
+            "guardian_checkpoints",
+            "Checkpoints written (state and offsets, then offset commit).",
+            get(&m.checkpoints),
+        )?;
+        counter(
+            &mut e,
+            "guardian_posture_snapshots",
+            "Posture snapshots published.",
+            get(&m.posture_snapshots),
+        )?;
         let sinks = m.sinks.lock().map(|s| s.clone()).unwrap_or_default();
         let siem: Vec<_> = sinks.iter().filter(|s| s.name != "email").collect();
         let rows = |f: fn(&crate::siem::SinkStatus) -> u64| -> Vec<([(&str, &str); 1], u64)> {
-            siem.iter().map(|s| ([("sink", s.name.as_str())], f(s))).collect()
+            siem.iter()
+                .map(|s| ([("sink", s.name.as_str())], f(s)))
+                .collect()
         };
-        labelled(&mut e, "guardian_sink_delivered", "Records delivered by each SIEM sink.", true, &rows(|s| s.sent))?;
-        labelled(&mut e, "guardian_sink_failures", "Failed delivery attempts of each SIEM sink (retried).", true, &rows(|s| s.failures))?;
-        labelled(&mut e, "guardian_sink_dropped", "Records dropped because a sink's spool was full (when_full = drop_oldest).", true, &rows(|s| s.dropped))?;
-        let depth: Vec<([(&str, &str); 1], u64)> = sinks.iter().map(|s| ([("sink", s.name.as_str())], s.spooled)).collect();
-        labelled(&mut e, "guardian_sink_queue_depth", "Records waiting in each sink's spool (email included).", false, &depth)?;
+        labelled(
+            &mut e,
+            "guardian_sink_delivered",
+            "Records delivered by each SIEM sink.",
+            true,
+            &rows(|s| s.sent),
+        )?;
+        labelled(
+            &mut e,
+            "guardian_sink_failures",
+            "Failed delivery attempts of each SIEM sink (retried).",
+            true,
+            &rows(|s| s.failures),
+        )?;
+        labelled(
+            &mut e,
+            "guardian_sink_dropped",
+            "Records dropped because a sink's spool was full (when_full = drop_oldest).",
+            true,
+            &rows(|s| s.dropped),
+        )?;
+        let depth: Vec<([(&str, &str); 1], u64)> = sinks
+            .iter()
+            .map(|s| ([("sink", s.name.as_str())], s.spooled))
+            .collect();
+        labelled(
+            &mut e,
+            "guardian_sink_queue_depth",
+            "Records waiting in each sink's spool (email included).",
+            false,
+            &depth,
+        )?;
         let email = m.email.lock().ok().and_then(|e| *e).unwrap_or_default();
-        counter(&mut e, "guardian_email_sent", "Alert emails sent (a digest counts once).", email[0])?;
+        counter(
+            &mut e,
+            "guardian_email_sent",
+            "Alert emails sent (a digest counts once).",
+            email[0],
+        )?;
         labelled(
             &mut e,
             "guardian_email_failures",
             "Email delivery failures: transient (retried) and permanent (dropped).",
             true,
-            &[([("kind", "transient")], email[1]), ([("kind", "permanent")], email[2])],
+            &[
+                ([("kind", "transient")], email[1]),
+                ([("kind", "permanent")], email[2]),
+            ],
         )?;
-        gauge(&mut e, "guardian_consumer_lag_messages", "Messages behind the high watermark over owned partitions.", get(&m.lag) as i64)?;
-        gauge(&mut e, "guardian_engine_queue_depth", "Notices waiting between the Kafka sources and the engine.", m.queue_depth.load(Ordering::Relaxed) as i64)?;
-        gauge(&mut e, "guardian_partitions_assigned", "Audit partitions this instance owns.", m.partitions.load(Ordering::Relaxed) as i64)?;
-        gauge(&mut e, "guardian_agents", "Agents in the owned partitions.", get(&m.agents) as i64)?;
-        gauge(&mut e, "guardian_agents_killed", "Killed agents in the owned partitions.", get(&m.agents_killed) as i64)?;
-        gauge(&mut e, "guardian_state_size_bytes", "Bytes the sled state takes on disk.", self.live.store.size_on_disk() as i64)?;
-        gauge(&mut e, "guardian_ready", "1 once the state is restored and partitions are assigned.", i64::from(m.ready.load(Ordering::Relaxed)))?;
-        gauge(&mut e, "guardian_fleet_risk_score", "Fleet risk (0-100) of the latest posture snapshot.", get(&m.fleet_risk) as i64)?;
-        labelled(&mut e, "guardian_build_info", "Build information.", false, &[([("version", self.version)], 1)])?;
+        gauge(
+            &mut e,
+            "guardian_consumer_lag_messages",
+            "Messages behind the high watermark over owned partitions.",
+            get(&m.lag) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_engine_queue_depth",
+            "Notices waiting between the Kafka sources and the engine.",
+            m.queue_depth.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_partitions_assigned",
+            "Audit partitions this instance owns.",
+            m.partitions.load(Ordering::Relaxed) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_agents",
+            "Agents in the owned partitions.",
+            get(&m.agents) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_agents_killed",
+            "Killed agents in the owned partitions.",
+            get(&m.agents_killed) as i64,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_state_size_bytes",
+            "Bytes the sled state takes on disk.",
+            self.live.store.size_on_disk() as i64,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_ready",
+            "1 once the state is restored and partitions are assigned.",
+            i64::from(m.ready.load(Ordering::Relaxed)),
+        )?;
+        gauge(
+            &mut e,
+            "guardian_fleet_risk_score",
+            "Fleet risk (0-100) of the latest posture snapshot.",
+            get(&m.fleet_risk) as i64,
+        )?;
+        labelled(
+            &mut e,
+            "guardian_build_info",
+            "Build information.",
+            false,
+            &[([("version", self.version)], 1)],
+        )?;
         Ok(())
     }
 }

@@ -44,7 +44,10 @@ impl Commander {
     /// A commander on the daemon's brokers.
     pub fn new(cfg: &Resolved) -> Result<Commander, DaemonError> {
         Ok(Commander {
-            sink: Mutex::new(KafkaSink::new(&cfg.config.kafka.brokers, &cfg.kafka_options)?),
+            sink: Mutex::new(KafkaSink::new(
+                &cfg.config.kafka.brokers,
+                &cfg.kafka_options,
+            )?),
             topic: cfg.config.kafka.control_topic.clone(),
             key: cfg.signing_key.clone(),
             issuer: format!("api@{}", cfg.config.guardian_id),
@@ -55,10 +58,14 @@ impl Commander {
     pub fn publish(&self, verb: Verb, agent: &str, reason: &str) -> Result<Command, String> {
         let now = chrono::Utc::now().timestamp_millis();
         let cmd = Command::manual(verb, agent, reason, now, &self.issuer).sign(&self.key);
-        let mut sink = self.sink.lock().map_err(|_| "producer lock poisoned".to_string())?;
+        let mut sink = self
+            .sink
+            .lock()
+            .map_err(|_| "producer lock poisoned".to_string())?;
         sink.send(&self.topic, Some(agent.as_bytes()), &cmd.to_json(), None)
             .map_err(|e| e.to_string())?;
-        sink.settle(Duration::from_secs(15)).map_err(|e| e.to_string())?;
+        sink.settle(Duration::from_secs(15))
+            .map_err(|e| e.to_string())?;
         Ok(cmd)
     }
 }
@@ -155,7 +162,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> Result<rustls::ServerConfig, String> {
+fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> Result<rustls::ServerConfig, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -197,7 +207,10 @@ pub fn spawn(
     let handle = std::thread::Builder::new()
         .name("admin-api".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     tracing::error!(error = %e, "admin API runtime");

@@ -79,7 +79,10 @@ impl ApiConfig {
             (Some(c), Some(k)) => {
                 for (name, p) in [("tls_cert", c), ("tls_key", k)] {
                     if !p.is_file() {
-                        errors.push(format!("api.{name}: {} is not a readable file", p.display()));
+                        errors.push(format!(
+                            "api.{name}: {} is not a readable file",
+                            p.display()
+                        ));
                     }
                 }
                 Some((c.clone(), k.clone()))

@@ -326,18 +326,40 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let summary = match &a.state {
         None => {
-            let s = replay::run(&mut engine, &decoder, input, &mut sink, on_error, progress.as_ref())?;
+            let s = replay::run(
+                &mut engine,
+                &decoder,
+                input,
+                &mut sink,
+                on_error,
+                progress.as_ref(),
+            )?;
             sink.flush()?;
             s
         }
         Some(dir) => {
-            let mut rec = replay::StateRecorder::new(sink, crate::posture::PostureSettings::default());
-            let s = replay::run(&mut engine, &decoder, input, &mut rec, on_error, progress.as_ref())?;
+            let mut rec =
+                replay::StateRecorder::new(sink, crate::posture::PostureSettings::default());
+            let s = replay::run(
+                &mut engine,
+                &decoder,
+                input,
+                &mut rec,
+                on_error,
+                progress.as_ref(),
+            )?;
             rec.inner.flush()?;
             replay::write_state(dir, &mut engine, &rec, &source, s.lines).with_context(|| {
-                format!("cannot write the state to {} (is a daemon running on it?)", dir.display())
+                format!(
+                    "cannot write the state to {} (is a daemon running on it?)",
+                    dir.display()
+                )
             })?;
-            eprintln!("state written to {} (read it with `guardian posture --state {}`)", dir.display(), dir.display());
+            eprintln!(
+                "state written to {} (read it with `guardian posture --state {}`)",
+                dir.display(),
+                dir.display()
+            );
             s
         }
     };

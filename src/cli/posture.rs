@@ -93,7 +93,10 @@ pub fn posture_cmd(a: PostureArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &a.compliance {
         let fw = Framework::parse(f).with_context(|| {
             let all: Vec<_> = Framework::ALL.iter().map(|f| f.id()).collect();
-            format!("unknown framework {f:?}: expected one of {}", all.join(", "))
+            format!(
+                "unknown framework {f:?}: expected one of {}",
+                all.join(", ")
+            )
         })?;
         let report = view.compliance(fw, &posture, &settings);
         if a.json {

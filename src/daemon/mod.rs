@@ -31,8 +31,8 @@ use crate::config::Resolved;
 use crate::control::{Command, Origin, Verb};
 use crate::engine::{Engine, EngineStats};
 use crate::event::{Decoder, DecoderOptions};
-use crate::response::{Action, Basis, Incident, IncidentType, Severity};
 use crate::posture::{Gap, Ledger};
+use crate::response::{Action, Basis, Incident, IncidentType, Severity};
 use crate::siem::{DeadLetter, PostureSummary, Record as SiemRecord, SiemSinks};
 use sink::{dead_letter_headers, KafkaSink, SinkError};
 use source::{AuditConsumer, Notice, Queue, Record};
@@ -150,12 +150,10 @@ impl Default for Metrics {
             agents_killed: AtomicU64::new(0),
             fleet_risk: AtomicU64::new(0),
             ready: AtomicBool::new(false),
-            latency: prometheus_client::metrics::histogram::Histogram::new(
-                [
-                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                    0.5, 1.0, 2.5, 5.0, 10.0,
-                ],
-            ),
+            latency: prometheus_client::metrics::histogram::Histogram::new([
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ]),
             sinks: std::sync::Mutex::new(Vec::new()),
             email: std::sync::Mutex::new(None),
         }
@@ -278,9 +276,7 @@ impl Core {
                 for r in batch {
                     self.audit(r)?;
                 }
-                self.metrics
-                    .latency
-                    .observe(handed.elapsed().as_secs_f64());
+                self.metrics.latency.observe(handed.elapsed().as_secs_f64());
             }
             Notice::Control(r) => self.control(r)?,
             Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),
@@ -620,7 +616,10 @@ impl Core {
                 .store
                 .prune_incidents(posture.as_of_ms - s.incident_retention_ms)?;
             if pruned > 0 {
-                tracing::info!(pruned, "incidents past their retention removed from the state");
+                tracing::info!(
+                    pruned,
+                    "incidents past their retention removed from the state"
+                );
             }
         }
         tracing::info!(

@@ -196,3 +196,27 @@ pub fn dead_letter_headers(
             value: Some(&o),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_and_sasl_options_are_accepted_by_the_kafka_client() {
+        // librdkafka is built with OpenSSL (rdkafka's `ssl-vendored`): SSL, SASL_SSL and SCRAM
+        // are available, as users configure them through `kafka.options`.
+        let opts: BTreeMap<String, String> = [
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanisms", "SCRAM-SHA-512"),
+            ("sasl.username", "guardian"),
+            ("sasl.password", "secret"),
+            ("ssl.endpoint.identification.algorithm", "https"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        if let Err(e) = KafkaSink::new("127.0.0.1:9", &opts) {
+            panic!("{e}");
+        }
+    }
+}

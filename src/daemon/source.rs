@@ -143,7 +143,8 @@ impl AuditContext {
             Ok(mut b) if !b.is_empty() => std::mem::take(&mut *b),
             _ => return true,
         };
-        self.queue.send(Notice::Audit(batch, std::time::Instant::now()))
+        self.queue
+            .send(Notice::Audit(batch, std::time::Instant::now()))
     }
 
     /// Adds a polled message; sends the batch when full.

@@ -293,27 +293,42 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             fleet.tools,
             fleet.score,
             fleet.level.as_str(),
-            fleet.by_risk_level.get("high").unwrap_or(&0) + fleet.by_risk_level.get("critical").unwrap_or(&0)
+            fleet.by_risk_level.get("high").unwrap_or(&0)
+                + fleet.by_risk_level.get("critical").unwrap_or(&0)
         ),
         "state: agent profiles",
     );
     let e_incidents = ev(
         "incidents raised",
-        format!("{} (every one with basis, observed and expected figures and a description)", d.incidents),
+        format!(
+            "{} (every one with basis, observed and expected figures and a description)",
+            d.incidents
+        ),
         "state: agent profiles",
     );
     let e_baselines = ev(
         "learned baselines",
-        format!("{} of {} agents have a week or more of hourly history", d.warm, d.agents),
+        format!(
+            "{} of {} agents have a week or more of hourly history",
+            d.warm, d.agents
+        ),
         "state: detector baselines",
     );
-    let e_coverage = ev("audit stream coverage (event time)", span.clone(), "state: agent states");
+    let e_coverage = ev(
+        "audit stream coverage (event time)",
+        span.clone(),
+        "state: agent states",
+    );
     let e_events = ev(
         "audit events folded",
         format!("{} events; partitions {}", d.events, list_or_none(&parts)),
         "state: partition offsets",
     );
-    let e_gaps = ev("unread stretches of the log", list_or_none(&gaps_txt), "ledger");
+    let e_gaps = ev(
+        "unread stretches of the log",
+        list_or_none(&gaps_txt),
+        "ledger",
+    );
     let e_bad = ev(
         "malformed events",
         format!(
@@ -380,16 +395,17 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
     );
 
     let mut controls = Vec::new();
-    let mut control = |id, title, requirement, evidence: Vec<Evidence>, gaps: Vec<String>, hard: bool| {
-        controls.push(Control {
-            id,
-            title,
-            requirement,
-            status: status(&gaps, hard),
-            evidence,
-            gaps,
-        });
-    };
+    let mut control =
+        |id, title, requirement, evidence: Vec<Evidence>, gaps: Vec<String>, hard: bool| {
+            controls.push(Control {
+                id,
+                title,
+                requirement,
+                status: status(&gaps, hard),
+                evidence,
+                gaps,
+            });
+        };
     let no_data = || "no audit events have been processed yet".to_string();
     let warm_gap = (d.warm * 2 < d.agents).then(|| {
         format!(
@@ -424,7 +440,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             list_or_none(&d.monitoring)
         )
     });
-    let opt = |v: &[&Option<String>]| -> Vec<String> { v.iter().filter_map(|x| (*x).clone()).collect() };
+    let opt =
+        |v: &[&Option<String>]| -> Vec<String> { v.iter().filter_map(|x| (*x).clone()).collect() };
 
     match f {
         Framework::EuAiAct => {
@@ -439,7 +456,12 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 "art-9",
                 "Risk management system",
                 "Identify, analyse and evaluate risks continuously over the system's life cycle.",
-                vec![e_blueprints.clone(), e_agents.clone(), e_incidents.clone(), e_baselines.clone()],
+                vec![
+                    e_blueprints.clone(),
+                    e_agents.clone(),
+                    e_incidents.clone(),
+                    e_baselines.clone(),
+                ],
                 g,
                 !has_data || l.blueprints.is_empty(),
             );
@@ -523,16 +545,17 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 evidence: vec![],
                 gaps: vec!["outside what an audit stream of tool calls shows; assess the agents' decisions themselves".into()],
             });
-            let mut control = |id, title, requirement, evidence: Vec<Evidence>, gaps: Vec<String>, hard: bool| {
-                controls.push(Control {
-                    id,
-                    title,
-                    requirement,
-                    status: status(&gaps, hard),
-                    evidence,
-                    gaps,
-                });
-            };
+            let mut control =
+                |id, title, requirement, evidence: Vec<Evidence>, gaps: Vec<String>, hard: bool| {
+                    controls.push(Control {
+                        id,
+                        title,
+                        requirement,
+                        status: status(&gaps, hard),
+                        evidence,
+                        gaps,
+                    });
+                };
             let g = opt(&[&export_gap, &sign_gap]);
             control(
                 "accountability-governance",

@@ -128,8 +128,16 @@ pub fn as_of(states: &[AgentState]) -> i64 {
 }
 
 /// The views of every agent (merged by id), riskiest first.
-pub fn views(states: &[AgentState], set: &BlueprintSet, s: &PostureSettings, now: i64) -> Vec<AgentView> {
-    let mut v: Vec<AgentView> = states.iter().map(|a| inventory::view(a, set, s, now)).collect();
+pub fn views(
+    states: &[AgentState],
+    set: &BlueprintSet,
+    s: &PostureSettings,
+    now: i64,
+) -> Vec<AgentView> {
+    let mut v: Vec<AgentView> = states
+        .iter()
+        .map(|a| inventory::view(a, set, s, now))
+        .collect();
     v.sort_by(|a, b| {
         b.risk
             .score
@@ -157,7 +165,12 @@ pub fn trend(score: u8, now: i64, history: &[HistoryPoint]) -> Trend {
         .iter()
         .filter(|p| p.as_of <= now - day)
         .max_by_key(|p| p.as_of)
-        .or_else(|| history.iter().filter(|p| p.as_of < now).min_by_key(|p| p.as_of));
+        .or_else(|| {
+            history
+                .iter()
+                .filter(|p| p.as_of < now)
+                .min_by_key(|p| p.as_of)
+        });
     match earlier {
         None => Trend {
             direction: "new",
@@ -197,7 +210,12 @@ pub fn posture(
     for st in [Status::Active, Status::Killed, Status::Revived] {
         by_status.insert(st.as_str(), 0);
     }
-    for l in [RiskLevel::Low, RiskLevel::Medium, RiskLevel::High, RiskLevel::Critical] {
+    for l in [
+        RiskLevel::Low,
+        RiskLevel::Medium,
+        RiskLevel::High,
+        RiskLevel::Critical,
+    ] {
         by_risk_level.insert(l.as_str(), 0);
     }
     let mut by_blueprint = BTreeMap::new();
@@ -233,7 +251,12 @@ pub fn posture(
             tools: tools.len(),
             events: states.iter().map(|a| a.events).sum(),
         },
-        top_risks: agents.iter().filter(|a| a.risk > 0).take(10).cloned().collect(),
+        top_risks: agents
+            .iter()
+            .filter(|a| a.risk > 0)
+            .take(10)
+            .cloned()
+            .collect(),
         agents,
     }
 }
@@ -255,11 +278,19 @@ impl Posture {
         let f = &self.fleet;
         let mut s = String::new();
         let trend = match (&f.trend.previous, &f.trend.since) {
-            (Some(p), Some(since)) => format!("{} {:+} (from {p} at {since})", f.trend.direction, f.trend.delta),
+            (Some(p), Some(since)) => format!(
+                "{} {:+} (from {p} at {since})",
+                f.trend.direction, f.trend.delta
+            ),
             _ => "new (no earlier score)".to_string(),
         };
         let _ = writeln!(s, "Fleet posture as of {}", self.as_of);
-        let _ = writeln!(s, "  fleet risk   {}/100 ({}), trend {trend}", f.score, f.level.as_str());
+        let _ = writeln!(
+            s,
+            "  fleet risk   {}/100 ({}), trend {trend}",
+            f.score,
+            f.level.as_str()
+        );
         let _ = writeln!(
             s,
             "  agents       {} ({} active, {} killed, {} revived); {} tools; {} events",
@@ -275,7 +306,11 @@ impl Posture {
             .map(|l| format!("{} {l}", f.by_risk_level.get(l).unwrap_or(&0)))
             .collect();
         let _ = writeln!(s, "  risk levels  {}", levels.join(", "));
-        let bps: Vec<String> = f.by_blueprint.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let bps: Vec<String> = f
+            .by_blueprint
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let _ = writeln!(s, "  blueprints   {}", bps.join(", "));
         let _ = writeln!(s);
         let w = self
@@ -292,7 +327,12 @@ impl Posture {
             "AGENT", "RISK", "LEVEL", "STATUS", "BLUEPRINT", "EVENTS", "INCIDENTS"
         );
         for a in self.agents.iter().take(limit) {
-            let id: String = a.agent_id.chars().filter(|c| !c.is_control()).take(w).collect();
+            let id: String = a
+                .agent_id
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(w)
+                .collect();
             let _ = writeln!(
                 s,
                 "{id:<w$}  {:>4}  {:<8}  {:<7}  {:<12}  {:>9}  {:>9}  {}",
@@ -306,7 +346,11 @@ impl Posture {
             );
         }
         if self.agents.len() > limit {
-            let _ = writeln!(s, "… {} more (use --limit or --json)", self.agents.len() - limit);
+            let _ = writeln!(
+                s,
+                "… {} more (use --limit or --json)",
+                self.agents.len() - limit
+            );
         }
         s
     }
@@ -329,13 +373,32 @@ mod tests {
     fn trend_compares_with_a_day_earlier() {
         let day = 86_400_000;
         let h = [
-            HistoryPoint { as_of: 0, score: 10, agents: 1, killed: 0 },
-            HistoryPoint { as_of: day, score: 30, agents: 1, killed: 0 },
-            HistoryPoint { as_of: 2 * day - 1, score: 60, agents: 1, killed: 0 },
+            HistoryPoint {
+                as_of: 0,
+                score: 10,
+                agents: 1,
+                killed: 0,
+            },
+            HistoryPoint {
+                as_of: day,
+                score: 30,
+                agents: 1,
+                killed: 0,
+            },
+            HistoryPoint {
+                as_of: 2 * day - 1,
+                score: 60,
+                agents: 1,
+                killed: 0,
+            },
         ];
         let t = trend(50, 2 * day, &h);
         assert_eq!((t.direction, t.delta, t.previous), ("up", 20, Some(30)));
         assert_eq!(trend(50, 0, &h).direction, "new");
-        assert_eq!(trend(5, day / 2, &h).delta, -5, "no point a day old: the earliest");
+        assert_eq!(
+            trend(5, day / 2, &h).delta,
+            -5,
+            "no point a day old: the earliest"
+        );
     }
 }

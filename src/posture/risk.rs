@@ -84,11 +84,23 @@ fn round1(x: f64) -> f64 {
 /// Risk points of an environment name (lower-cased).
 pub fn environment_points(env: &str) -> f64 {
     let e = env.to_ascii_lowercase();
-    if ["prod", "production", "live", "prd"].iter().any(|p| e == *p) || e.starts_with("prod") {
-        10.0
-    } else if ["dev", "development", "test", "testing", "sandbox", "local", "ci"]
+    if ["prod", "production", "live", "prd"]
         .iter()
         .any(|p| e == *p)
+        || e.starts_with("prod")
+    {
+        10.0
+    } else if [
+        "dev",
+        "development",
+        "test",
+        "testing",
+        "sandbox",
+        "local",
+        "ci",
+    ]
+    .iter()
+    .any(|p| e == *p)
     {
         0.0
     } else {
@@ -281,9 +293,11 @@ mod tests {
         let mut fresh = agent("dev");
         let mut old = agent("dev");
         for _ in 0..2 {
-            fresh
-                .profile
-                .incident(30 * DAY, Severity::Critical, IncidentType::ActivityAfterKill);
+            fresh.profile.incident(
+                30 * DAY,
+                Severity::Critical,
+                IncidentType::ActivityAfterKill,
+            );
             old.profile
                 .incident(0, Severity::Critical, IncidentType::ActivityAfterKill);
         }
@@ -316,7 +330,13 @@ mod tests {
         let names: Vec<_> = r.factors.iter().map(|f| f.factor).collect();
         assert_eq!(
             names,
-            ["kill_history", "deny_ratio", "environment", "off_hours", "sensitive_tools"]
+            [
+                "kill_history",
+                "deny_ratio",
+                "environment",
+                "off_hours",
+                "sensitive_tools"
+            ]
         );
         // 20 + 15 × (50/150 ÷ 0.3 → capped 1) + 10 + 10 × (50/150 ÷ 0.2 → 1) + 4
         assert_eq!(r.score, 59);

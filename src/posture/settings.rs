@@ -153,7 +153,9 @@ mod tests {
         let e = c.validate().unwrap_err();
         assert_eq!(e.len(), 4, "{e:?}");
         assert!(e[0].starts_with("posture.interval"));
-        assert!(e.iter().any(|x| x.starts_with("posture.sensitive_tools[0]")));
+        assert!(e
+            .iter()
+            .any(|x| x.starts_with("posture.sensitive_tools[0]")));
     }
 
     #[test]

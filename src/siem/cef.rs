@@ -167,10 +167,9 @@ fn posture(e: &mut Ext<'_>, p: &PostureSummary) {
     e.str("externalId", &p.summary_id, max::EXTERNAL_ID);
     e.str("act", "posture", max::ACT);
     e.str("deviceExternalId", &p.guardian_id, max::DEVICE_EXTERNAL_ID);
-    let top = p
-        .top_agent
-        .as_ref()
-        .map_or(String::new(), |(a, s)| format!("; riskiest agent {a:?} at {s}"));
+    let top = p.top_agent.as_ref().map_or(String::new(), |(a, s)| {
+        format!("; riskiest agent {a:?} at {s}")
+    });
     let msg = format!(
         "Fleet risk {}/100 ({}), {:+} in a day; {} agents, {} killed, {} at high or critical risk{top}",
         p.score, p.level, p.trend_delta, p.agents, p.killed, p.high_risk

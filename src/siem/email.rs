@@ -295,7 +295,10 @@ fn rows(r: &Record<'_>) -> Vec<(&'static str, String)> {
             v.push(("Fleet risk", format!("{}/100 ({})", p.score, p.level)));
             v.push((
                 "Agents",
-                format!("{} ({} killed, {} at high risk)", p.agents, p.killed, p.high_risk),
+                format!(
+                    "{} ({} killed, {} at high risk)",
+                    p.agents, p.killed, p.high_risk
+                ),
             ));
         }
     }

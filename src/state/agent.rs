@@ -2,10 +2,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::Profile;
 use crate::blueprint::Blueprint;
 use crate::detect::{DetectorState, Episode};
 use crate::response::KillState;
-use super::Profile;
 
 /// The state of one agent: inventory facts, detector state and kill-policy state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -89,21 +89,35 @@ pub fn parse_metrics(text: &str) -> Option<serde_json::Value> {
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        assert!(!required(), "Debian's python3-prometheus-client is needed (scripts/packages.sh)");
+        assert!(
+            !required(),
+            "Debian's python3-prometheus-client is needed (scripts/packages.sh)"
+        );
         eprintln!("skipped: no prometheus_client for {}", python.display());
         return None;
     }
     let mut child = std::process::Command::new(python)
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/parse_metrics.py"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/parse_metrics.py"
+        ))
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "parser rejected /metrics: {}\n{text}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "parser rejected /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Some(serde_json::from_slice(&out.stdout).unwrap())
 }
-
