@@ -228,6 +228,17 @@ async fn agents_and_posture_have_their_shapes_and_filters() {
     assert_eq!(p["fleet"]["agents"], 40);
     assert!(p.get("agents").is_none(), "the agent list only on request");
     assert!(p["top_risks"].as_array().unwrap().len() <= 10);
+    // The tool inventory accounts for every call, sensitive tools first.
+    let tools = p["tools"].as_array().unwrap();
+    let calls: u64 = tools.iter().map(|t| t["calls"].as_u64().unwrap()).sum();
+    assert_eq!(calls, p["fleet"]["events"].as_u64().unwrap());
+    assert_eq!(tools.len() as u64, p["fleet"]["tools"].as_u64().unwrap());
+    let flags: Vec<bool> = tools
+        .iter()
+        .map(|t| t["sensitive"].as_bool().unwrap())
+        .collect();
+    assert!(flags.windows(2).all(|w| w[0] >= w[1]), "{flags:?}");
+    assert!(flags[0], "the simulated fleet moves money");
     assert_eq!(
         json(&f, "/posture?agents=true").await["agents"]
             .as_array()

@@ -87,6 +87,23 @@ pub struct AgentRow {
     pub reasons: Vec<String>,
 }
 
+/// One tool across the fleet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ToolRow {
+    /// Tool name.
+    pub name: String,
+    /// Agents that called it.
+    pub agents: usize,
+    /// Calls.
+    pub calls: u64,
+    /// First call (RFC 3339).
+    pub first_seen: String,
+    /// Latest call (RFC 3339).
+    pub last_seen: String,
+    /// Whether it matches `posture.sensitive_tools`.
+    pub sensitive: bool,
+}
+
 /// The fleet's posture.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Posture {
@@ -98,6 +115,8 @@ pub struct Posture {
     pub fleet: Fleet,
     /// The riskiest agents (at most ten, risk > 0).
     pub top_risks: Vec<AgentRow>,
+    /// Every tool seen, sensitive ones first, then by calls.
+    pub tools: Vec<ToolRow>,
     /// Every agent, riskiest first.
     pub agents: Vec<AgentRow>,
 }
@@ -220,7 +239,34 @@ pub fn posture(
     }
     let mut by_blueprint = BTreeMap::new();
     let mut by_environment = BTreeMap::new();
-    let mut tools = std::collections::BTreeSet::new();
+    let mut tools: BTreeMap<&str, (usize, u64, i64, i64, bool)> = BTreeMap::new();
+    for a in states {
+        for t in &a.profile.tools {
+            let e = tools.entry(t.name.as_str()).or_insert((
+                0,
+                0,
+                i64::MAX,
+                i64::MIN,
+                s.sensitive.is_match(&t.name),
+            ));
+            e.0 += 1;
+            e.1 += t.calls;
+            e.2 = e.2.min(t.first_seen);
+            e.3 = e.3.max(t.last_seen);
+        }
+    }
+    let mut tool_rows: Vec<ToolRow> = tools
+        .iter()
+        .map(|(name, (agents, calls, first, last, sensitive))| ToolRow {
+            name: name.to_string(),
+            agents: *agents,
+            calls: *calls,
+            first_seen: format_rfc3339_ms(*first),
+            last_seen: format_rfc3339_ms(*last),
+            sensitive: *sensitive,
+        })
+        .collect();
+    tool_rows.sort_by(|a, b| b.sensitive.cmp(&a.sensitive).then(b.calls.cmp(&a.calls)));
     for v in &views {
         *by_status.entry(v.status.as_str()).or_insert(0) += 1;
         *by_risk_level.entry(v.risk.level.as_str()).or_insert(0) += 1;
@@ -230,9 +276,6 @@ pub fn posture(
         }
         for e in &v.environments {
             *by_environment.entry(e.clone()).or_insert(0) += 1;
-        }
-        for t in &v.tools {
-            tools.insert(t.name.as_str());
         }
     }
     let agents: Vec<AgentRow> = views.iter().map(row).collect();
@@ -257,6 +300,7 @@ pub fn posture(
             .take(10)
             .cloned()
             .collect(),
+        tools: tool_rows,
         agents,
     }
 }
