@@ -212,7 +212,7 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
     let outcomes = OUTCOME_LIST
         .iter()
         .filter(|o| p.outcomes[outcome_index(**o)] > 0)
-        .map(|o| (o.as_str(), p.outcomes[outcome_index(*o)]))
+        .map(|o| (o.as_str(), u64::from(p.outcomes[outcome_index(*o)])))
         .collect();
     let with_outcome = p.events_with_outcome();
     let bp = set.index_of(&st.blueprint).map(|i| set.get(i));

@@ -67,19 +67,25 @@ pub struct KillEvent {
     pub kind: KillEventKind,
 }
 
-/// The facts posture and risk are computed from.
+/// The facts posture and risk are computed from. The fields every event touches come first
+/// (one cache line); lists live on the heap and are only read when they change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Profile {
+    /// Events per outcome, indexed by [`outcome_index`].
+    pub outcomes: [u32; OUTCOMES],
+    /// Events outside the blueprint's allowed hours or working days.
+    pub off_hours_events: u64,
+    /// Hash of the latest environment reported (0: none yet), to skip the list on repeats.
+    pub last_environment: u64,
+    /// [`ToolSeen::hash`] of each of `tools`, in the same order: the lookup scans this compact
+    /// list (eight tools per cache line) and touches one `tools` entry.
+    pub tool_keys: Vec<u64>,
     /// Tools called, in first-call order, at most [`MAX_TOOLS`].
     pub tools: Vec<ToolSeen>,
     /// Calls of tools beyond [`MAX_TOOLS`].
     pub other_tool_calls: u64,
     /// Environments reported, in first-seen order, at most [`MAX_ENVIRONMENTS`].
     pub environments: Vec<String>,
-    /// Events per outcome, indexed by [`outcome_index`].
-    pub outcomes: [u64; OUTCOMES],
-    /// Events outside the blueprint's allowed hours or working days.
-    pub off_hours_events: u64,
     /// Incidents by severity (low, medium, high, critical), ever.
     pub incidents: [u64; 4],
     /// The latest incidents, oldest first, at most [`MAX_RECENT_INCIDENTS`].
@@ -117,30 +123,39 @@ impl Profile {
         environment: Option<&str>,
         off_hours: bool,
     ) {
-        let full = self.tools.len() >= MAX_TOOLS;
-        match self.tools.iter_mut().find(|t| t.hash == tool_hash) {
-            Some(t) => {
-                t.calls += 1;
-                t.first_seen = t.first_seen.min(ts);
-                t.last_seen = t.last_seen.max(ts);
+        match self.tool_keys.iter().position(|&k| k == tool_hash) {
+            Some(i) => {
+                if let Some(t) = self.tools.get_mut(i) {
+                    t.calls += 1;
+                    t.first_seen = t.first_seen.min(ts);
+                    t.last_seen = t.last_seen.max(ts);
+                }
             }
-            None if !full => self.tools.push(ToolSeen {
-                hash: tool_hash,
-                name: tool_name.to_string(),
-                calls: 1,
-                first_seen: ts,
-                last_seen: ts,
-            }),
+            None if self.tools.len() < MAX_TOOLS => {
+                self.tool_keys.push(tool_hash);
+                self.tools.push(ToolSeen {
+                    hash: tool_hash,
+                    name: tool_name.to_string(),
+                    calls: 1,
+                    first_seen: ts,
+                    last_seen: ts,
+                });
+            }
             None => self.other_tool_calls += 1,
         }
         if let Some(o) = outcome {
-            self.outcomes[outcome_index(o)] += 1;
+            let c = &mut self.outcomes[outcome_index(o)];
+            *c = c.saturating_add(1);
         }
         if let Some(env) = environment {
-            if self.environments.len() < MAX_ENVIRONMENTS
-                && !self.environments.iter().any(|e| e == env)
-            {
-                self.environments.push(env.to_string());
+            let h = crate::detect::tool_hash(env);
+            if h != self.last_environment {
+                self.last_environment = h;
+                if self.environments.len() < MAX_ENVIRONMENTS
+                    && !self.environments.iter().any(|e| e == env)
+                {
+                    self.environments.push(env.to_string());
+                }
             }
         }
         if off_hours {
@@ -175,7 +190,7 @@ impl Profile {
 
     /// Events that carried an outcome.
     pub fn events_with_outcome(&self) -> u64 {
-        self.outcomes.iter().sum()
+        self.outcomes.iter().map(|&n| u64::from(n)).sum()
     }
 
     /// Events the agent's SDK refused or stopped: DENY, REJECTED, KILL_SWITCH, RATE_LIMITED.
@@ -187,7 +202,7 @@ impl Profile {
             Outcome::RateLimited,
         ]
         .iter()
-        .map(|o| self.outcomes[outcome_index(*o)])
+        .map(|o| u64::from(self.outcomes[outcome_index(*o)]))
         .sum()
     }
 
@@ -201,7 +216,10 @@ impl Profile {
                     x.first_seen = x.first_seen.min(t.first_seen);
                     x.last_seen = x.last_seen.max(t.last_seen);
                 }
-                None if !full => self.tools.push(t.clone()),
+                None if !full => {
+                    self.tool_keys.push(t.hash);
+                    self.tools.push(t.clone());
+                }
                 None => self.other_tool_calls += t.calls,
             }
         }
@@ -212,7 +230,7 @@ impl Profile {
             }
         }
         for i in 0..OUTCOMES {
-            self.outcomes[i] += o.outcomes[i];
+            self.outcomes[i] = self.outcomes[i].saturating_add(o.outcomes[i]);
         }
         self.off_hours_events += o.off_hours_events;
         for i in 0..4 {
