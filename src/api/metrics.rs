@@ -28,12 +28,6 @@ struct Figures {
     version: &'static str,
 }
 
-impl std::fmt::Debug for Live {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Live")
-    }
-}
-
 fn counter(e: &mut DescriptorEncoder<'_>, name: &str, help: &str, v: u64) -> std::fmt::Result {
     let c = ConstCounter::new(v);
     let m = e.encode_descriptor(name, help, None, c.metric_type())?;

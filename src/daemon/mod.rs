@@ -183,6 +183,12 @@ pub struct Live {
     pub owned: std::sync::RwLock<Vec<(String, i32)>>,
 }
 
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live").field("owned", &self.owned()).finish()
+    }
+}
+
 impl Live {
     /// The owned partitions.
     pub fn owned(&self) -> Vec<(String, i32)> {

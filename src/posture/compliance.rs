@@ -225,6 +225,26 @@ fn status(gaps: &[String], hard: bool) -> ControlStatus {
     }
 }
 
+/// Adds a control whose status follows from its gaps (`hard`: gaps make it `not_met`).
+fn push(
+    controls: &mut Vec<Control>,
+    id: &'static str,
+    title: &'static str,
+    requirement: &'static str,
+    evidence: Vec<Evidence>,
+    gaps: Vec<String>,
+    hard: bool,
+) {
+    controls.push(Control {
+        id,
+        title,
+        requirement,
+        status: status(&gaps, hard),
+        evidence,
+        gaps,
+    });
+}
+
 fn list_or_none(v: &[String]) -> String {
     if v.is_empty() {
         "none".into()
@@ -395,17 +415,6 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
     );
 
     let mut controls = Vec::new();
-    let mut control =
-        |id, title, requirement, evidence: Vec<Evidence>, gaps: Vec<String>, hard: bool| {
-            controls.push(Control {
-                id,
-                title,
-                requirement,
-                status: status(&gaps, hard),
-                evidence,
-                gaps,
-            });
-        };
     let no_data = || "no audit events have been processed yet".to_string();
     let warm_gap = (d.warm * 2 < d.agents).then(|| {
         format!(
@@ -452,7 +461,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             if l.blueprints.is_empty() {
                 g.push("no blueprint is in force".into());
             }
-            control(
+            push(
+                &mut controls,
                 "art-9",
                 "Risk management system",
                 "Identify, analyse and evaluate risks continuously over the system's life cycle.",
@@ -470,7 +480,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             if !has_data {
                 g.push(no_data());
             }
-            control(
+            push(
+                &mut controls,
                 "art-12",
                 "Record-keeping",
                 "Automatically record events over the system's lifetime so that its functioning can be traced.",
@@ -480,7 +491,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             );
             let g = opt(&[&retention_gap, &export_gap]);
             let hard = retention_gap.is_some() && export_gap.is_some();
-            control(
+            push(
+                &mut controls,
                 "art-19",
                 "Automatically generated logs",
                 "Keep the automatically generated logs for at least six months.",
@@ -489,7 +501,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 hard,
             );
             let g = opt(&[&sign_gap, &drill_gap]);
-            control(
+            push(
+                &mut controls,
                 "art-14",
                 "Human oversight",
                 "Let people oversee the system and interrupt it through a stop button or a similar procedure.",
@@ -499,7 +512,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             );
             let mut g = opt(&[&sign_gap]);
             g.extend(gaps_txt.iter().cloned());
-            control(
+            push(
+                &mut controls,
                 "art-15",
                 "Accuracy, robustness and cybersecurity",
                 "Be resilient to errors, faults and attempts by unauthorised third parties to alter use or behaviour.",
@@ -510,7 +524,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
         }
         Framework::UkAiPrinciples => {
             let g = opt(&[&sign_gap, &blocking_gap]);
-            control(
+            push(
+                &mut controls,
                 "safety-security-robustness",
                 "Safety, security and robustness",
                 "AI systems function in a robust, secure and safe way, and risks are continually identified, assessed and managed.",
@@ -525,7 +540,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 .first()
                 .map(|r| format!("{}: {}", r.agent_id, r.reasons.join("; ")))
                 .unwrap_or_else(|| "no agent at risk".into());
-            control(
+            push(
+                &mut controls,
                 "transparency-explainability",
                 "Appropriate transparency and explainability",
                 "Decisions about AI systems can be understood: what was observed, against what, and why.",
@@ -545,19 +561,9 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 evidence: vec![],
                 gaps: vec!["outside what an audit stream of tool calls shows; assess the agents' decisions themselves".into()],
             });
-            let mut control =
-                |id, title, requirement, evidence: Vec<Evidence>, gaps: Vec<String>, hard: bool| {
-                    controls.push(Control {
-                        id,
-                        title,
-                        requirement,
-                        status: status(&gaps, hard),
-                        evidence,
-                        gaps,
-                    });
-                };
             let g = opt(&[&export_gap, &sign_gap]);
-            control(
+            push(
+                &mut controls,
                 "accountability-governance",
                 "Accountability and governance",
                 "Clear lines of accountability and effective oversight of AI systems across their life cycle.",
@@ -572,7 +578,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                     d.auto_kills + d.manual_kills
                 ));
             }
-            control(
+            push(
+                &mut controls,
                 "contestability-redress",
                 "Contestability and redress",
                 "Outcomes can be contested and reversed: a killed agent can be revived through a recorded procedure.",
@@ -583,7 +590,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
         }
         Framework::NistAiRmf => {
             let g = opt(&[&sign_gap]);
-            control(
+            push(
+                &mut controls,
                 "govern",
                 "GOVERN",
                 "Policies, processes and accountability for AI risk are in place and applied.",
@@ -605,7 +613,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                     d.no_environment, d.agents
                 ));
             }
-            control(
+            push(
+                &mut controls,
                 "map",
                 "MAP",
                 "The context is known: which agents run, where, with which tools.",
@@ -617,7 +626,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             if !has_data {
                 g.push(no_data());
             }
-            control(
+            push(
+                &mut controls,
                 "measure",
                 "MEASURE",
                 "Risks are measured and tracked with appropriate methods and metrics.",
@@ -627,7 +637,8 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             );
             let g = opt(&[&blocking_gap, &export_gap]);
             let hard = blocking_gap.is_some() && export_gap.is_some() && d.manual_kills == 0;
-            control(
+            push(
+                &mut controls,
                 "manage",
                 "MANAGE",
                 "Risks are prioritised and acted on: responses, alerts and recovery.",
