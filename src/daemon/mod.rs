@@ -185,7 +185,9 @@ pub struct Live {
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Live").field("owned", &self.owned()).finish()
+        f.debug_struct("Live")
+            .field("owned", &self.owned())
+            .finish()
     }
 }
 
@@ -381,6 +383,7 @@ impl Core {
                 applied.push(c.clone());
                 false
             });
+            self.ledger.commands_applied += applied.len() as u64;
             if !quiet {
                 for c in &applied {
                     self.siem.emit(&SiemRecord::Command(c))?;
