@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+mod support;
+
 const GUARDIAN: &str = env!("CARGO_BIN_EXE_guardian");
 
 /// Every counter and gauge the daemon exports.
@@ -59,10 +61,6 @@ fn deploy(rel: &str) -> PathBuf {
 
 fn read(rel: &str) -> String {
     std::fs::read_to_string(deploy(rel)).unwrap_or_else(|e| panic!("deploy/{rel}: {e}"))
-}
-
-fn required() -> bool {
-    std::env::var("GUARDIAN_REQUIRE_E2E").is_ok_and(|v| v == "1")
 }
 
 fn find_program(name: &str) -> Option<PathBuf> {
@@ -185,7 +183,7 @@ fn systemd_unit_is_hardened_and_verifies() {
 
     let Some(analyze) = find_program("systemd-analyze") else {
         assert!(
-            !required(),
+            !support::required(),
             "systemd-analyze not found (GUARDIAN_REQUIRE_E2E=1)"
         );
         eprintln!("skipping systemd-analyze verify/security: systemd-analyze not found");
@@ -751,7 +749,7 @@ fn labels_match(selector: &Value, labels: &Value) -> bool {
 fn yaml_files_parse_and_agree() {
     let Some(docs) = yaml_documents() else {
         assert!(
-            !required(),
+            !support::required(),
             "python3 with its yaml module is needed (python3-yaml, scripts/packages.sh)"
         );
         eprintln!("skipping the YAML checks: python3 with its yaml module not found");

@@ -30,16 +30,25 @@ impl IntoResponse for BadRequest {
     }
 }
 
-/// Reads the owned partitions' state off the async threads.
+/// Runs a state-store read off the async threads; failures become 500s.
+async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
+    f: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, Response> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(e) => Err(error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// Reads the owned partitions' state.
 async fn view(s: &Arc<AppState>) -> Result<StateView, Response> {
     let live = s.live.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let owned = live.owned();
         live.store.state_view(Some(&owned))
     })
     .await
-    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// `GET /readyz`: 200 once the state is restored and partitions are assigned, else 503.
@@ -111,10 +120,9 @@ pub async fn agent(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Re
         limit: 50,
         ..IncidentFilter::default()
     };
-    match tokio::task::spawn_blocking(move || live.store.incidents(&filter)).await {
-        Ok(Ok(recent)) => Json(json!({ "agent": a, "recent_incidents": recent })).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || live.store.incidents(&filter)).await {
+        Ok(recent) => Json(json!({ "agent": a, "recent_incidents": recent })).into_response(),
+        Err(r) => r,
     }
 }
 
@@ -189,10 +197,9 @@ pub async fn incidents(State(s): State<Arc<AppState>>, q: Query<IncidentsQuery>)
         Err(r) => return r.into_response(),
     };
     let live = s.live.clone();
-    match tokio::task::spawn_blocking(move || live.store.incidents(&filter)).await {
-        Ok(Ok(v)) => Json(json!({ "count": v.len(), "incidents": v })).into_response(),
-        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    match blocking(move || live.store.incidents(&filter)).await {
+        Ok(v) => Json(json!({ "count": v.len(), "incidents": v })).into_response(),
+        Err(r) => r,
     }
 }
 

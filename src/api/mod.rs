@@ -12,7 +12,7 @@ mod web;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
@@ -27,48 +27,9 @@ pub use settings::{ApiConfig, ApiSettings};
 
 use crate::blueprint::BlueprintSet;
 use crate::config::Resolved;
-use crate::control::{Command, Verb};
-use crate::daemon::sink::KafkaSink;
+use crate::daemon::sink::Commander;
 use crate::daemon::{DaemonError, Live};
 use crate::posture::PostureSettings;
-
-/// Publishes signed operator commands onto the control topic.
-pub struct Commander {
-    sink: Mutex<KafkaSink>,
-    topic: String,
-    key: Vec<u8>,
-    issuer: String,
-}
-
-impl Commander {
-    /// A commander on the daemon's brokers.
-    pub fn new(cfg: &Resolved) -> Result<Commander, DaemonError> {
-        Ok(Commander {
-            sink: Mutex::new(KafkaSink::new(
-                &cfg.config.kafka.brokers,
-                &cfg.kafka_options,
-            )?),
-            topic: cfg.config.kafka.control_topic.clone(),
-            key: cfg.signing_key.clone(),
-            issuer: format!("api@{}", cfg.config.guardian_id),
-        })
-    }
-
-    /// Signs and publishes a command; waits until the broker acknowledged it.
-    pub fn publish(&self, verb: Verb, agent: &str, reason: &str) -> Result<Command, String> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let cmd = Command::manual(verb, agent, reason, now, &self.issuer).sign(&self.key);
-        let mut sink = self
-            .sink
-            .lock()
-            .map_err(|_| "producer lock poisoned".to_string())?;
-        sink.send(&self.topic, Some(agent.as_bytes()), &cmd.to_json(), None)
-            .map_err(|e| e.to_string())?;
-        sink.settle(Duration::from_secs(15))
-            .map_err(|e| e.to_string())?;
-        Ok(cmd)
-    }
-}
 
 /// What the handlers share.
 pub struct AppState {
@@ -113,7 +74,7 @@ impl AppState {
             cfg.blueprints.clone(),
             cfg.posture.clone(),
             token,
-            Some(Commander::new(cfg)?),
+            Some(Commander::new(cfg, "api")?),
         ))
     }
 

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::config::{Config, Resolved};
-use crate::control::{Command, Verb};
+use crate::control::Verb;
 use crate::daemon::sink::KafkaSink;
 use crate::daemon::store::Store;
 use crate::daemon::Daemon;
@@ -220,17 +220,9 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
 pub fn command_cmd(verb: Verb, a: CommandArgs) -> anyhow::Result<ExitCode> {
     init_logging("human", "warn");
     let cfg = resolve(&a.config.config)?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let issuer = format!("operator@{}", cfg.config.guardian_id);
-    let cmd = Command::manual(verb, &a.agent, &a.reason, now, &issuer).sign(&cfg.signing_key);
-    let mut sink = KafkaSink::new(&cfg.config.kafka.brokers, &cfg.kafka_options)?;
-    sink.send(
-        &cfg.config.kafka.control_topic,
-        Some(a.agent.as_bytes()),
-        &cmd.to_json(),
-        None,
-    )?;
-    sink.settle(Duration::from_secs(30))?;
+    let cmd = crate::daemon::sink::Commander::new(&cfg, "operator")?
+        .publish(verb, &a.agent, &a.reason)
+        .map_err(|e| anyhow::anyhow!("control topic: {e}"))?;
     println!("{}", String::from_utf8_lossy(&cmd.to_json()));
     Ok(ExitCode::SUCCESS)
 }

@@ -197,6 +197,51 @@ pub fn dead_letter_headers(
         })
 }
 
+/// Publishes signed operator commands onto the control topic (`guardian kill|revive`, the
+/// admin API).
+pub struct Commander {
+    sink: std::sync::Mutex<KafkaSink>,
+    topic: String,
+    key: Vec<u8>,
+    issuer: String,
+}
+
+impl Commander {
+    /// A commander on the configured brokers; commands name `{who}@{guardian_id}` as issuer.
+    pub fn new(cfg: &crate::config::Resolved, who: &str) -> Result<Commander, SinkError> {
+        Ok(Commander {
+            sink: std::sync::Mutex::new(KafkaSink::new(
+                &cfg.config.kafka.brokers,
+                &cfg.kafka_options,
+            )?),
+            topic: cfg.config.kafka.control_topic.clone(),
+            key: cfg.signing_key.clone(),
+            issuer: format!("{who}@{}", cfg.config.guardian_id),
+        })
+    }
+
+    /// Signs and publishes a command; returns once the broker acknowledged it.
+    pub fn publish(
+        &self,
+        verb: crate::control::Verb,
+        agent: &str,
+        reason: &str,
+    ) -> Result<crate::control::Command, String> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let cmd =
+            crate::control::Command::manual(verb, agent, reason, now, &self.issuer).sign(&self.key);
+        let mut sink = self
+            .sink
+            .lock()
+            .map_err(|_| "producer lock poisoned".to_string())?;
+        sink.send(&self.topic, Some(agent.as_bytes()), &cmd.to_json(), None)
+            .map_err(|e| e.to_string())?;
+        sink.settle(std::time::Duration::from_secs(30))
+            .map_err(|e| e.to_string())?;
+        Ok(cmd)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
