@@ -3,7 +3,14 @@
 //!
 //! `cargo bench --bench kafka_load` starts its own Tansu (`scripts/tansu.sh`) unless
 //! `TANSU_BROKER` and `TANSU_BIN` are set. Environment: `LOAD_EVENTS` (default 1,000,000),
-//! `LOAD_RATE` (events/s of the latency phase, default 10,000), `LOAD_SECONDS` (default 30).
+//! `LOAD_RATE` (events/s of the latency phase, default 10,000), `LOAD_SECONDS` (default 30),
+//! `LOAD_LINGER_MS` (`linger.ms` of the producer standing in for the agents, default 5 as in
+//! librdkafka; one producer sends the whole fleet's events, so this sets how many produce
+//! requests the broker handles per second).
+//!
+//! The latency is reported from the moment the deciding event is handed to the agents' producer,
+//! from the moment the broker acknowledged it (the agent's own batching taken out), and split at
+//! the kill command's CreateTime.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -19,7 +26,9 @@ use agent_guardian::simulate::{SimConfig, Simulation};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, DeliveryResult, ProducerContext, ThreadedProducer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -182,8 +191,9 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
     while d.metrics.partitions.load(Ordering::Relaxed) == 0 {
         std::thread::sleep(Duration::from_millis(20));
     }
-    // Reader of the control topic: agent → arrival time of its kill command.
-    let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    // Reader of the control topic: agent → arrival time of its kill command, and the command's
+    // CreateTime (wall-clock ms set by the daemon's producer) to split the latency in two.
+    let arrivals: Arc<Mutex<HashMap<String, Arrival>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
         let (arrivals, stop, k) = (arrivals.clone(), stop.clone(), k.clone());
@@ -200,7 +210,11 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
             c.assign(&tpl).expect("assign");
             while !stop.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = c.poll(Duration::from_millis(10)) {
-                    let now = Instant::now();
+                    let now = (
+                        Instant::now(),
+                        wall_ms(),
+                        m.timestamp().to_millis().unwrap_or(0),
+                    );
                     if let Some(k) = m.key() {
                         if let Ok(mut a) = arrivals.lock() {
                             a.entry(String::from_utf8_lossy(k).into_owned())
@@ -211,75 +225,140 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
             }
         })
     };
-    // The agents' producer batches for up to 5 ms, as Kafka clients do by default.
-    let sink = KafkaSink::new(
-        &k.brokers,
-        &[("linger.ms".to_string(), "5".to_string())].into(),
-    )
-    .expect("producer");
+    // The agents' producer batches for up to 5 ms, as Kafka clients do by default. Its delivery
+    // callback notes when the broker acknowledged each rogue's deciding event.
+    let acked: Arc<Mutex<HashMap<usize, Instant>>> = Arc::default();
+    let producer: ThreadedProducer<AckTimes> = ClientConfig::new()
+        .set("bootstrap.servers", &k.brokers)
+        .set("linger.ms", env_or("LOAD_LINGER_MS", 5).to_string())
+        .set("compression.type", "lz4")
+        .create_with_context(AckTimes(acked.clone()))
+        .expect("producer");
     // Tuesday 2026-03-03 10:00 New York: working hours for every blueprint.
     let base = 1_772_550_000_000i64;
-    let line = |agent: &str, n: u64, ts: i64, tool: &str| {
-        serde_json::json!({"event_id": format!("{agent}-{n}"), "timestamp": format_rfc3339_ms(ts),
-            "request_id": "r", "agent_id": agent, "tool_name": tool, "outcome": "ALLOW",
-            "reasons": [], "safe_payload": {"environment": "prod", "bytes": 2000}})
-        .to_string()
-    };
     let total = rate * seconds;
     let rogue_every = 2_000; // one rogue agent per 2,000 events: each needs 6 calls to be killed
-    let mut sent_at: HashMap<String, Instant> = HashMap::new();
+                             // The payloads are built before the clock starts, so the load generator leaves the CPU to
+                             // the broker and the daemon (two cores here for all three).
+    let events: Vec<(String, Vec<u8>, Option<usize>)> = (0..total)
+        .map(|i| {
+            let (agent, ts, tool, deciding) = if i % rogue_every >= rogue_every - 6 {
+                // The rogue: six contiguous payments, 1 s apart in event time → three sequence
+                // incidents → kill on the sixth.
+                let r = i / rogue_every;
+                let j = (i % rogue_every - (rogue_every - 6)) as i64;
+                let deciding = (i % rogue_every == rogue_every - 1).then_some(r as usize);
+                (
+                    format!("fin-rogue-{r}"),
+                    base + j * 1000,
+                    "trigger_payment",
+                    deciding,
+                )
+            } else {
+                let a = i % 1000;
+                let ts = base + (i / 1000) as i64 * 10_000;
+                (format!("eng-bg-{a:04}"), ts, "read_repo", None)
+            };
+            let payload = serde_json::json!({"event_id": format!("{agent}-{i}"),
+                "timestamp": format_rfc3339_ms(ts), "request_id": "r", "agent_id": agent,
+                "tool_name": tool, "outcome": "ALLOW", "reasons": [],
+                "safe_payload": {"environment": "prod", "bytes": 2000}})
+            .to_string()
+            .into_bytes();
+            (agent, payload, deciding)
+        })
+        .collect();
+    let mut sent_at: HashMap<String, (Instant, i64, usize)> = HashMap::new();
     let start = Instant::now();
-    for i in 0..total {
-        // Pace to `rate` events/s.
-        // (sleeping, not spinning: this machine has two cores for the broker, the daemon and us).
-        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-        let now = Instant::now();
-        if due > now {
-            std::thread::sleep(due - now);
+    let mut i = 0usize;
+    while i < events.len() {
+        // Pace to `rate` events/s in 1 ms ticks (sleeping, not spinning).
+        let due = ((start.elapsed().as_secs_f64() * rate as f64) as usize + 1).min(events.len());
+        while i < due {
+            let (agent, payload, deciding) = &events[i];
+            let mut rec =
+                BaseRecord::with_opaque_to(&k.audit_topics[0], deciding.unwrap_or(usize::MAX))
+                    .key(agent.as_bytes())
+                    .payload(payload.as_slice());
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+            if let Some(r) = deciding {
+                sent_at.insert(agent.clone(), (Instant::now(), wall_ms(), *r));
+            }
+            i += 1;
         }
-        let (agent, ts, tool) = if i % rogue_every >= rogue_every - 6 {
-            // The rogue: six contiguous payments, 1 s apart in event time → three sequence
-            // incidents → kill on the sixth.
-            let r = i / rogue_every;
-            let j = (i % rogue_every - (rogue_every - 6)) as i64;
-            (format!("fin-rogue-{r}"), base + j * 1000, "trigger_payment")
-        } else {
-            let a = i % 1000;
-            (
-                format!("eng-bg-{a:04}"),
-                base + (i / 1000) as i64 * 10_000,
-                "read_repo",
-            )
-        };
-        let payload = line(&agent, i, ts, tool);
-        sink.send(
-            &k.audit_topics[0],
-            Some(agent.as_bytes()),
-            payload.as_bytes(),
-            None,
-        )
-        .expect("send");
-        if agent.starts_with("fin-rogue") && i % rogue_every == rogue_every - 1 {
-            sent_at.insert(agent, Instant::now());
-        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     let sent_s = start.elapsed().as_secs_f64();
     std::thread::sleep(Duration::from_secs(3));
     stop.store(true, Ordering::Relaxed);
     let _ = reader.join();
     let arrivals = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
+    let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
     let report = |label: &str, warmup: Duration| {
-        let mut lat: Vec<f64> = sent_at
+        let samples: Vec<(f64, i64, i64, f64)> = sent_at
             .iter()
-            .filter(|(_, s)| **s - start >= warmup)
-            .filter_map(|(a, s)| arrivals.get(a).map(|r| (*r - *s).as_secs_f64() * 1000.0))
+            .filter(|(_, s)| s.0 - start >= warmup)
+            .filter_map(|(a, s)| {
+                let ack = acked
+                    .get(&s.2)
+                    .map_or(f64::NAN, |t| (*t - s.0).as_secs_f64() * 1000.0);
+                arrivals.get(a).map(|r| {
+                    (
+                        (r.0 - s.0).as_secs_f64() * 1000.0,
+                        r.2 - s.1,
+                        r.1 - r.2,
+                        ack,
+                    )
+                })
+            })
             .collect();
+        let mut lat: Vec<f64> = samples.iter().map(|s| s.0).collect();
         lat.sort_by(f64::total_cmp);
         if lat.is_empty() {
             println!("latency ({label}): no kill command arrived");
             return;
         }
         let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+        // Wall-clock split (ms resolution): send → the daemon produces the command, then
+        // command produced → it is read from the control topic.
+        let split = |f: fn(&(f64, i64, i64, f64)) -> i64| {
+            let mut v: Vec<i64> = samples.iter().map(f).collect();
+            v.sort_unstable();
+            let q = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
+            format!("p50 {} ms, p90 {} ms, p99 {} ms", q(0.5), q(0.9), q(0.99))
+        };
+        println!(
+            "  split ({label}): send → command produced: {}; produced → read: {}",
+            split(|s| s.1),
+            split(|s| s.2)
+        );
+        // From the broker's acknowledgement of the deciding event (the agent's own batching
+        // and the produce round trip taken out) to the kill command read back.
+        let mut from_ack: Vec<f64> = samples
+            .iter()
+            .map(|s| s.0 - s.3)
+            .filter(|v| v.is_finite())
+            .collect();
+        from_ack.sort_by(f64::total_cmp);
+        if !from_ack.is_empty() {
+            let q = |p: f64| {
+                from_ack[((from_ack.len() as f64 * p).ceil() as usize).clamp(1, from_ack.len()) - 1]
+            };
+            println!(
+                "  from the broker's ack of the deciding event ({label}): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
+                q(0.5),
+                q(0.9),
+                q(0.99)
+            );
+        }
         println!(
             "latency at {:.0} events/s ({label}): {} kill commands; produce → kill command on the control topic: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
             total as f64 / sent_s,
@@ -299,6 +378,32 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
     report("after the first second", Duration::from_secs(1));
     d.shutdown();
     d.join(Duration::from_secs(60)).expect("join");
+}
+
+/// When a kill command was read, that in wall-clock ms, and its CreateTime (ms).
+type Arrival = (Instant, i64, i64);
+
+/// Producer context noting when the broker acknowledged the messages that carry an index.
+struct AckTimes(Arc<Mutex<HashMap<usize, Instant>>>);
+
+impl ClientContext for AckTimes {}
+
+impl ProducerContext for AckTimes {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, index: usize) {
+        if index != usize::MAX && result.is_ok() {
+            if let Ok(mut a) = self.0.lock() {
+                a.insert(index, Instant::now());
+            }
+        }
+    }
+}
+
+/// Wall-clock time in ms since the epoch (Kafka message timestamps use it).
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn main() {

@@ -14,7 +14,17 @@ use agent_guardian::simulate::{SimConfig, Simulation};
 use agent_guardian::state::Snapshot;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-const AGENTS: usize = 10_000;
+/// Fleet size of the benchmark (the target is for 10,000); `REPLAY_AGENTS` overrides it to see
+/// how throughput depends on the state's size against the CPU caches.
+fn agents() -> usize {
+    std::env::var("REPLAY_AGENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+/// Lines decoded and processed together (as `guardian replay` reads them).
+const BATCH: usize = 256;
 
 struct Fixture {
     set: Arc<BlueprintSet>,
@@ -28,7 +38,7 @@ fn fixture() -> Fixture {
     let set = agent_guardian::demo::demo_blueprints().expect("blueprints");
     let decoder = Decoder::new(&set.decoder_options()).expect("decoder");
     let sim = Simulation::new(SimConfig {
-        agents: AGENTS,
+        agents: agents(),
         days: 2,
         seed: 42,
         inject: false,
@@ -76,18 +86,28 @@ fn replay(c: &mut Criterion) {
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
     group.bench_function(
-        format!("decode+detect {AGENTS} agents, {} events", f.offsets.len()),
+        format!(
+            "decode+detect {} agents, {} events",
+            agents(),
+            f.offsets.len()
+        ),
         |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 let mut out = Vec::with_capacity(64);
+                let mut batch = Vec::with_capacity(BATCH);
                 for _ in 0..iters {
                     let mut engine = Engine::restore(f.set.clone(), f.warm.clone());
                     let t = Instant::now();
-                    for &(s, e) in &f.offsets {
-                        if let Ok(ev) = f.decoder.decode(&f.lines[s..e]) {
-                            engine.process(&ev, &mut out);
-                        }
+                    // As `guardian replay` does: decode a batch of lines, then process it.
+                    for chunk in f.offsets.chunks(BATCH) {
+                        batch.clear();
+                        batch.extend(
+                            chunk
+                                .iter()
+                                .filter_map(|&(s, e)| f.decoder.decode(&f.lines[s..e]).ok()),
+                        );
+                        engine.process_batch(&batch, &mut out);
                         out.clear();
                     }
                     total += t.elapsed();

@@ -11,7 +11,7 @@ use crate::blueprint::{Blueprint, BlueprintSet};
 use crate::detect::{outside_allowed, Finding, Input};
 use crate::event::AuditEvent;
 use crate::response::{incident_id, Action, Basis, Incident, IncidentType};
-use crate::state::{AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
+use crate::state::{prefetch, AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
 
 /// Counters kept by the engine.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -148,8 +148,50 @@ impl Engine {
 
     /// Processes one event, appending the incidents it raises to `out`.
     pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
-        let i = match self.index.get(ev.agent_id.as_ref()) {
-            Some(&i) => i as usize,
+        let i = self.index.get(ev.agent_id.as_ref()).copied();
+        self.process_at(i, ev, out);
+    }
+
+    /// Processes events in order, exactly as [`Engine::process`] one by one, while bringing the
+    /// state of the agents of the next events into the CPU cache ahead of use: first the agent
+    /// itself, then (once that is in cache) the buffers it points to. With a fleet larger than
+    /// the caches this overlaps the memory round trips of several events.
+    pub fn process_batch(&mut self, events: &[AuditEvent<'_>], out: &mut Vec<Incident>) {
+        /// Events between announcing an agent's buffers and processing it.
+        const AHEAD: usize = 4;
+        let mut slots = [None::<u32>; 2 * AHEAD];
+        let slot = |j: usize| j % (2 * AHEAD);
+        for (j, ev) in events.iter().enumerate().take(2 * AHEAD) {
+            slots[slot(j)] = self.announce(ev);
+        }
+        for (j, ev) in events.iter().enumerate() {
+            if let (Some(next), Some(Some(i))) = (events.get(j + AHEAD), slots.get(slot(j + AHEAD)))
+            {
+                if let Some(a) = self.agents.get(*i as usize) {
+                    a.state.prefetch_buffers(next.ts_ms);
+                }
+            }
+            let i = slots[slot(j)];
+            // The agent may have been created by an earlier event of the batch.
+            let i = i.or_else(|| self.index.get(ev.agent_id.as_ref()).copied());
+            self.process_at(i, ev, out);
+            slots[slot(j)] = events.get(j + 2 * AHEAD).and_then(|e| self.announce(e));
+        }
+    }
+
+    /// Looks an event's agent up and announces its state (see [`crate::state::prefetch`]).
+    fn announce(&self, ev: &AuditEvent<'_>) -> Option<u32> {
+        let i = *self.index.get(ev.agent_id.as_ref())?;
+        if let Some(a) = self.agents.get(i as usize) {
+            prefetch::value(a);
+        }
+        Some(i)
+    }
+
+    /// Processes one event of the agent at position `i` (`None`: a new agent).
+    fn process_at(&mut self, i: Option<u32>, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
+        let i = match i {
+            Some(i) => i as usize,
             None => {
                 let set = &*self.set;
                 let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());

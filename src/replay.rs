@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use indicatif::ProgressBar;
 
 use crate::engine::Engine;
-use crate::event::{DecodeError, Decoder};
+use crate::event::{AuditEvent, DecodeError, Decoder};
 use crate::response::{Incident, IncidentType};
 
 const DAY_MS: i64 = 86_400_000;
@@ -105,51 +105,62 @@ pub fn run(
 ) -> io::Result<ReplaySummary> {
     let started = Instant::now();
     let mut sum = ReplaySummary::default();
-    let mut buf = Vec::with_capacity(4096);
+    let mut text = Vec::with_capacity(BATCH * 512);
+    let mut lines: Vec<(usize, usize, u64)> = Vec::with_capacity(BATCH);
     let mut out = Vec::with_capacity(16);
     let mut line_no = 0u64;
     let mut bytes = 0u64;
     let mut day = i64::MIN;
     loop {
-        buf.clear();
-        let n = input.read_until(b'\n', &mut buf)?;
-        if n == 0 {
+        // Read a batch of lines, decode them, and hand runs of good events to the engine in one
+        // call (it prefetches agents ahead); day changes and bad lines keep their place.
+        text.clear();
+        lines.clear();
+        while lines.len() < BATCH {
+            let start = text.len();
+            let n = input.read_until(b'\n', &mut text)?;
+            if n == 0 {
+                break;
+            }
+            line_no += 1;
+            bytes += n as u64;
+            lines.push((start, text.len(), line_no));
+        }
+        if lines.is_empty() {
             break;
         }
-        line_no += 1;
-        bytes += n as u64;
-        let line = buf.trim_ascii();
-        if line.is_empty() {
-            continue;
-        }
-        sum.lines += 1;
-        match decoder.decode(line) {
-            Ok(ev) => {
-                let d = ev.ts_ms.div_euclid(DAY_MS);
-                if d > day {
-                    if day != i64::MIN {
-                        sink.new_day(engine, d * DAY_MS)?;
+        let mut batch = Vec::with_capacity(lines.len());
+        for &(start, end, no) in &lines {
+            let line = text[start..end].trim_ascii();
+            if line.is_empty() {
+                continue;
+            }
+            sum.lines += 1;
+            match decoder.decode(line) {
+                Ok(ev) => {
+                    let d = ev.ts_ms.div_euclid(DAY_MS);
+                    if d > day {
+                        if day != i64::MIN {
+                            flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+                            sink.new_day(engine, d * DAY_MS)?;
+                        }
+                        day = d;
                     }
-                    day = d;
+                    batch.push(ev);
                 }
-                engine.process(&ev, &mut out);
-                sum.events += 1;
-                for i in out.drain(..) {
-                    sink.incident(&i)?;
+                Err(e) => {
+                    flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+                    sum.malformed += 1;
+                    engine.count_bad_event();
+                    sink.dead_letter(no, &e, line.len())?;
+                    on_error(no, &e);
                 }
-            }
-            Err(e) => {
-                sum.malformed += 1;
-                engine.count_bad_event();
-                sink.dead_letter(line_no, &e, line.len())?;
-                on_error(line_no, &e);
             }
         }
-        if line_no & 0xffff == 0 {
-            if let Some(p) = progress {
-                p.set_position(bytes);
-                p.set_message(format!("{} events", sum.events));
-            }
+        flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+        if let Some(p) = progress {
+            p.set_position(bytes);
+            p.set_message(format!("{} events", sum.events));
         }
     }
     if let Some(p) = progress {
@@ -161,6 +172,26 @@ pub fn run(
     sum.agents = engine.agent_count();
     sum.elapsed = started.elapsed();
     Ok(sum)
+}
+
+/// Lines read, decoded and processed together.
+const BATCH: usize = 256;
+
+/// Processes a run of decoded events and passes their incidents on.
+fn flush(
+    engine: &mut Engine,
+    batch: &mut Vec<AuditEvent<'_>>,
+    out: &mut Vec<Incident>,
+    sink: &mut impl IncidentSink,
+    sum: &mut ReplaySummary,
+) -> io::Result<()> {
+    engine.process_batch(batch, out);
+    sum.events += batch.len() as u64;
+    batch.clear();
+    for i in out.drain(..) {
+        sink.incident(&i)?;
+    }
+    Ok(())
 }
 
 /// Keeps what `guardian replay --state DIR` stores besides the agents: every incident, and the

@@ -39,19 +39,26 @@ fn steady_path_allocates_nothing_per_event() {
         inject: false,
         ..SimConfig::default()
     });
-    let mut engine = Engine::new(set);
     let mut out = Vec::with_capacity(64);
     let mut n = 0;
-    let mut buf = Vec::new();
-    for d in 0..2 {
-        for e in sim.day(d) {
-            buf.clear();
-            n += 1;
-            sim.write_event(&mut buf, &e, n).unwrap();
-            engine.process(&decoder.decode(&buf).unwrap(), &mut out);
-            out.clear();
+    // Two days of history, folded event by event (as a running engine has them: restored state
+    // grows its buffers once on the first events after a restart).
+    let warm = |n: &mut u64, out: &mut Vec<_>| {
+        let mut engine = Engine::new(set.clone());
+        let mut buf = Vec::new();
+        *n = 0;
+        for d in 0..2 {
+            for e in sim.day(d) {
+                buf.clear();
+                *n += 1;
+                sim.write_event(&mut buf, &e, *n).unwrap();
+                engine.process(&decoder.decode(&buf).unwrap(), out);
+                out.clear();
+            }
         }
-    }
+        engine
+    };
+    let mut engine = warm(&mut n, &mut out);
     // Day 3, serialized up front; count allocations around each event.
     let day = sim.day(2);
     let mut lines = Vec::new();
@@ -80,6 +87,35 @@ fn steady_path_allocates_nothing_per_event() {
     assert!(
         allocating.is_empty(),
         "{} of {quiet} no-incident events allocated, e.g. {:?}",
+        allocating.len(),
+        &allocating[..allocating.len().min(5)]
+    );
+
+    // The same day through `process_batch` (as `guardian replay` feeds it), 64 events a batch.
+    let mut engine = warm(&mut n, &mut out);
+    let (mut quiet, mut allocating) = (0u64, Vec::new());
+    let mut batch = Vec::with_capacity(64);
+    for (k, chunk) in lines.chunks(64).enumerate() {
+        batch.clear();
+        batch.extend(chunk.iter().map(|l| decoder.decode(l).unwrap()));
+        let before = ALLOCS.load(Ordering::Relaxed);
+        engine.process_batch(&batch, &mut out);
+        let after = ALLOCS.load(Ordering::Relaxed);
+        if out.is_empty() {
+            quiet += chunk.len() as u64;
+            if after != before {
+                allocating.push((k, after - before));
+            }
+        }
+        out.clear();
+    }
+    assert!(
+        quiet > 5_000,
+        "enough steady batches measured: {quiet} events"
+    );
+    assert!(
+        allocating.is_empty(),
+        "{} no-incident batches allocated, e.g. {:?}",
         allocating.len(),
         &allocating[..allocating.len().min(5)]
     );

@@ -91,14 +91,13 @@ fn materialise(evs: &[Ev]) -> Vec<(String, i64, &'static str, Option<f64>)> {
         .collect()
 }
 
-fn feed(
-    engine: &mut Engine,
+fn decoded<'a>(
     evs: &[Ev],
-    items: &[(String, i64, &'static str, Option<f64>)],
-    out: &mut Vec<Incident>,
-) {
-    for (e, (id, ts, tool, bytes)) in evs.iter().zip(items) {
-        let ev = AuditEvent {
+    items: &'a [(String, i64, &'static str, Option<f64>)],
+) -> Vec<AuditEvent<'a>> {
+    evs.iter()
+        .zip(items)
+        .map(|(e, (id, ts, tool, bytes))| AuditEvent {
             format: Format::AgentSpm,
             event_id: id.as_str().into(),
             ts_ms: *ts,
@@ -108,7 +107,17 @@ fn feed(
             environment: None,
             group: None,
             bytes: *bytes,
-        };
+        })
+        .collect()
+}
+
+fn feed(
+    engine: &mut Engine,
+    evs: &[Ev],
+    items: &[(String, i64, &'static str, Option<f64>)],
+    out: &mut Vec<Incident>,
+) {
+    for ev in decoded(evs, items) {
         engine.process(&ev, out);
     }
 }
@@ -145,6 +154,31 @@ proptest! {
         for i in &want {
             prop_assert!(i.observed.is_finite() && i.expected.is_finite(), "NaN in {:?}", i);
         }
+    }
+
+    #[test]
+    fn batches_of_any_size_equal_one_event_at_a_time(evs in events(), sizes in proptest::collection::vec(1usize..40, 1..8)) {
+        let set = touchy();
+        let items = materialise(&evs);
+        let all = decoded(&evs, &items);
+        let mut one = Engine::new(set.clone());
+        let mut want = Vec::new();
+        for ev in &all {
+            one.process(ev, &mut want);
+        }
+        let mut engine = Engine::new(set);
+        let mut got = Vec::new();
+        let mut rest = all.as_slice();
+        for n in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (batch, tail) = rest.split_at((*n).min(rest.len()));
+            engine.process_batch(batch, &mut got);
+            rest = tail;
+        }
+        prop_assert_eq!(&got, &want);
+        prop_assert_eq!(engine.snapshot(), one.snapshot());
     }
 
     #[test]

@@ -4,19 +4,23 @@
 //! audit topics ─► source (consumer group thread) ─┐                  ┌─► incidents topic
 //!                                                  ├─► bounded queue ─► engine thread ─┼─► control topic (kill)
 //! control topic ─► source (reader thread) ────────┘   (per partition: Engine, offset) └─► dead-letter topic
-//!                                                         │ checkpoint: settle outputs → sled batch + flush → commit
+//!                                                         │ checkpoint: settle outputs → encode batch
+//!                                                         ▼
+//!                                          checkpoint writer thread: sled batch + flush → commit
 //! ```
 //!
 //! Each audit partition has its own [`Engine`]: its state is the fold of that partition's log,
 //! stored in sled with the next offset it reflects. A checkpoint first waits until every output
-//! sent so far is acknowledged, then writes the changed agents and the offsets in one batch,
-//! flushes, and only then commits the offsets to Kafka (for lag monitoring). After a crash each
+//! sent so far is acknowledged, then encodes the changed agents and the offsets as one batch; the
+//! writer thread applies it, flushes, and only then commits the offsets to Kafka (for lag
+//! monitoring), while the engine goes on with the next events. After a crash each
 //! partition resumes at its stored offset; outputs of the replayed tail are sent again with the
 //! same deterministic ids.
 
 pub mod sink;
 pub mod source;
 pub mod store;
+pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -24,7 +28,6 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Resolved;
@@ -35,8 +38,9 @@ use crate::posture::{Gap, Ledger};
 use crate::response::{Action, Basis, Incident, IncidentType, Severity};
 use crate::siem::{DeadLetter, PostureSummary, Record as SiemRecord, SiemSinks};
 use sink::{dead_letter_headers, KafkaSink, SinkError};
-use source::{AuditConsumer, Notice, Queue, Record};
-use store::{PartitionDelta, Store, StoreError};
+use source::{Notice, Queue, Record};
+use store::{checkpoint_batch, PartitionDelta, Store, StoreError};
+use writer::{CheckpointWriter, Job};
 
 /// Why the daemon stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +216,8 @@ struct Core {
     store: Store,
     sink: KafkaSink,
     siem: SiemSinks,
-    consumer: Arc<AuditConsumer>,
+    /// Writes checkpoints to sled and commits offsets, off the engine thread.
+    writer: CheckpointWriter,
     parts: HashMap<(u16, i32), Part>,
     control_next: HashMap<i32, i64>,
     pending: Vec<Command>,
@@ -273,7 +278,7 @@ impl Core {
                 self.owned_changed();
             }
             Notice::Revoked(list, ack) => {
-                self.checkpoint()?;
+                self.checkpoint_now()?;
                 for k in list {
                     self.parts.remove(&k);
                 }
@@ -504,7 +509,8 @@ impl Core {
         Ok(())
     }
 
-    /// Settles outputs, persists changed state with offsets, then commits offsets to Kafka.
+    /// Settles outputs and encodes the changed state with its offsets; the writer thread then
+    /// persists it and commits the offsets to Kafka.
     fn checkpoint(&mut self) -> Result<(), DaemonError> {
         self.sink.settle(Duration::from_secs(10))?;
         let topics = self.cfg.config.kafka.audit_topics.clone();
@@ -524,30 +530,33 @@ impl Core {
         }
         let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
         self.ledger.last_written = chrono::Utc::now().timestamp_millis();
-        self.store.checkpoint(
+        let batch = checkpoint_batch(
             &deltas,
             &control,
             &self.pending,
             &self.raised,
             Some(&self.ledger),
-        )?;
+        );
         drop(deltas);
         self.raised.clear();
-        let mut tpl = TopicPartitionList::new();
+        let mut commit = TopicPartitionList::new();
         for (t, p, next, _) in &stats {
             if let Some(name) = topics.get(*t as usize) {
-                let _ = tpl.add_partition_offset(name, *p, Offset::Offset(*next));
+                let _ = commit.add_partition_offset(name, *p, Offset::Offset(*next));
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-                tracing::debug!(error = %e, "offset commit (lag monitoring only)");
-            }
-        }
+        self.writer.submit(Job { batch, commit })?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.publish_figures();
+        Ok(())
+    }
+
+    /// A checkpoint that is on disk when this returns.
+    fn checkpoint_now(&mut self) -> Result<(), DaemonError> {
+        self.checkpoint()?;
+        self.writer.wait()?;
         Ok(())
     }
 
@@ -588,7 +597,7 @@ impl Core {
             return Ok(());
         }
         self.last_posture = Instant::now();
-        self.checkpoint()?;
+        self.checkpoint_now()?;
         let s = &self.cfg.posture;
         let owned = self.live.owned();
         let view = self.store.state_view(Some(&owned))?;
@@ -807,13 +816,15 @@ impl Daemon {
             }
             None => (None, None),
         };
+        let store_for_writer = store.clone();
         let core = Core {
             cfg,
             decoder,
             store,
             sink,
             siem,
-            consumer,
+            writer: CheckpointWriter::start(store_for_writer, consumer)
+                .map_err(|e| DaemonError::Source(format!("checkpoint writer thread: {e}")))?,
             parts: HashMap::new(),
             control_next: HashMap::new(),
             pending,
@@ -908,7 +919,7 @@ fn run_engine(
                 last_log = Instant::now();
             }
         }
-        core.checkpoint()?;
+        core.checkpoint_now()?;
         core.siem.shutdown(core.cfg.shutdown_timeout / 3);
         let _ = core.store.db().flush();
         tracing::info!(

@@ -39,6 +39,9 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The checkpoint writer thread is gone (it panicked or could not start).
+    #[error("state store: the checkpoint writer thread stopped")]
+    WriterGone,
 }
 
 /// What is stored per partition besides its agents.
@@ -139,6 +142,51 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
 
+/// The atomic batch of one checkpoint: partitions' changes, the control-topic position, the
+/// incidents raised since the previous checkpoint and the ledger.
+pub fn checkpoint_batch(
+    parts: &[PartitionDelta<'_>],
+    control: &[(i32, i64)],
+    pending: &[Command],
+    incidents: &[Incident],
+    ledger: Option<&Ledger>,
+) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    for i in incidents {
+        b.insert(
+            incident_key(i.at, &i.incident_id).as_bytes(),
+            serde_json::to_vec(i).unwrap_or_default(),
+        );
+    }
+    if let Some(l) = ledger {
+        b.insert("f/ledger", serde_json::to_vec(l).unwrap_or_default());
+    }
+    for p in parts {
+        let meta = PartitionMeta {
+            version: SNAPSHOT_VERSION,
+            next_offset: p.next_offset,
+            stats: p.stats.clone(),
+        };
+        b.insert(
+            part_prefix('m', p.topic, p.partition).as_bytes(),
+            encode(&meta),
+        );
+        let prefix = part_prefix('a', p.topic, p.partition);
+        for a in &p.agents {
+            b.insert(format!("{prefix}/{}", a.agent_id).as_bytes(), encode(*a));
+        }
+    }
+    for (partition, next) in control {
+        b.insert(
+            format!("c/offset/{partition:010}").as_bytes(),
+            &next.to_le_bytes()[..],
+        );
+    }
+    let pending: Vec<Vec<u8>> = pending.iter().map(Command::to_json).collect();
+    b.insert("c/pending", encode(&pending));
+    b
+}
+
 impl Store {
     /// Opens (or creates) the state directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
@@ -189,40 +237,12 @@ impl Store {
         incidents: &[Incident],
         ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        for i in incidents {
-            b.insert(
-                incident_key(i.at, &i.incident_id).as_bytes(),
-                serde_json::to_vec(i).unwrap_or_default(),
-            );
-        }
-        if let Some(l) = ledger {
-            b.insert("f/ledger", serde_json::to_vec(l).unwrap_or_default());
-        }
-        for p in parts {
-            let meta = PartitionMeta {
-                version: SNAPSHOT_VERSION,
-                next_offset: p.next_offset,
-                stats: p.stats.clone(),
-            };
-            b.insert(
-                part_prefix('m', p.topic, p.partition).as_bytes(),
-                encode(&meta),
-            );
-            let prefix = part_prefix('a', p.topic, p.partition);
-            for a in &p.agents {
-                b.insert(format!("{prefix}/{}", a.agent_id).as_bytes(), encode(*a));
-            }
-        }
-        for (partition, next) in control {
-            b.insert(
-                format!("c/offset/{partition:010}").as_bytes(),
-                &next.to_le_bytes()[..],
-            );
-        }
-        let pending: Vec<Vec<u8>> = pending.iter().map(Command::to_json).collect();
-        b.insert("c/pending", encode(&pending));
-        self.db.apply_batch(b)?;
+        self.write(checkpoint_batch(parts, control, pending, incidents, ledger))
+    }
+
+    /// Applies a batch atomically and flushes it to disk.
+    pub fn write(&self, batch: sled::Batch) -> Result<(), StoreError> {
+        self.db.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
     }

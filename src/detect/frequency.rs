@@ -29,6 +29,11 @@ impl FrequencyState {
             reported_hour: i64::MIN,
         }
     }
+
+    /// Announces the memory an event at `ts` reads.
+    pub fn prefetch(&self, ts: i64) {
+        self.calls.prefetch(ts);
+    }
 }
 
 /// Checks one event.

@@ -136,6 +136,13 @@ impl DetectorState {
 }
 
 impl DetectorState {
+    /// Announces the memory an event at `ts` reads (see [`crate::state::prefetch`]).
+    pub fn prefetch(&self, ts: i64) {
+        self.frequency.prefetch(ts);
+        self.volume.prefetch(ts);
+        self.sequence.prefetch();
+    }
+
     /// Runs every detector on one event, appending findings to `out`; returns what they saw.
     ///
     /// An event older than the agent's latest event time minus the allowed lateness is "late":

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::{human_ms, Finding, Observation};
 use crate::blueprint::{Blueprint, SequenceRule};
 use crate::response::{Basis, IncidentType};
+use crate::state::prefetch;
 
 /// A remembered call: (event time, arrival number, tool hash).
 type Call = (i64, u64, u64);
@@ -29,6 +30,15 @@ impl SequenceState {
             arrivals: 0,
             consumed: vec![(i64::MIN, 0); bp.sequences.len()],
         }
+    }
+
+    /// Announces the memory an event reads (its latest calls, where the new one goes).
+    pub fn prefetch(&self) {
+        // The new call is placed by a scan from the newest end.
+        let (a, b) = self.calls.as_slices();
+        let newest = if b.is_empty() { a } else { b };
+        prefetch::lines(&newest[newest.len().saturating_sub(8)..], 4);
+        prefetch::lines(&self.consumed, 2);
     }
 }
 

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{human_ms, Episode, Finding, Observation, Ring};
 use crate::blueprint::Blueprint;
 use crate::response::{Basis, IncidentType};
+use crate::state::prefetch;
 
 /// Tools whose volume is learned per agent; calls of further tools are checked statically only.
 const MAX_TOOLS: usize = 32;
@@ -49,6 +50,12 @@ impl VolumeState {
     /// The learned statistics of every tool.
     pub fn tools(&self) -> &[ToolStats] {
         &self.tools
+    }
+
+    /// Announces the memory an event at `ts` reads.
+    pub fn prefetch(&self, ts: i64) {
+        self.bytes.prefetch(ts);
+        prefetch::lines(&self.tools, 12);
     }
 }
 

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::prefetch;
+
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
 pub const BUCKETS: i64 = 60;
 
@@ -36,6 +38,16 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
             && self.buckets.len() as i64 == BUCKETS + (lateness_ms + width - 1) / width + 1
     }
 
+    /// Announces an add at `ts` (see [`crate::state::prefetch`]): the whole ring when small,
+    /// else the bucket of `ts`.
+    pub fn prefetch(&self, ts: i64) {
+        if std::mem::size_of_val(self.buckets.as_slice()) <= 1024 {
+            prefetch::lines(&self.buckets, 16);
+        } else if let Some(b) = self.buckets.get(self.slot(ts.div_euclid(self.width))) {
+            prefetch::line(b);
+        }
+    }
+
     fn len(&self) -> i64 {
         self.buckets.len() as i64
     }
@@ -53,12 +65,17 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
             self.sum = T::default();
             self.head = idx;
         } else if idx > self.head {
-            for i in (self.head + 1)..=idx {
-                // Bucket i - BUCKETS leaves the window; it is still intact (the ring is longer than the window).
-                let leaving = self.buckets[self.slot(i - BUCKETS)];
-                self.sum -= leaving;
-                let s = self.slot(i);
-                self.buckets[s] = T::default();
+            // For each step i, bucket i - BUCKETS leaves the window (it is still intact: the
+            // ring is longer than the window) and bucket i is reused; both positions advance
+            // without a division per step.
+            let len = self.buckets.len();
+            let mut enter = self.slot(self.head + 1);
+            let mut leave = self.slot(self.head + 1 - BUCKETS);
+            for _ in self.head..idx {
+                self.sum -= self.buckets[leave];
+                self.buckets[enter] = T::default();
+                enter = if enter + 1 == len { 0 } else { enter + 1 };
+                leave = if leave + 1 == len { 0 } else { leave + 1 };
             }
             self.head = idx;
         } else if self.head - idx >= self.len() {

@@ -35,6 +35,12 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// Announces the memory an event at `ts` reads beyond the state itself (its buffers).
+    pub fn prefetch_buffers(&self, ts: i64) {
+        self.detectors.prefetch(ts);
+        self.profile.prefetch();
+    }
+
     /// A new agent first seen at `ts` under blueprint `bp`.
     pub fn new(agent_id: &str, bp: &Blueprint, ts: i64, environment: Option<&str>) -> AgentState {
         AgentState {

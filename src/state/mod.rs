@@ -1,6 +1,7 @@
 //! Agent state: a plain serialisable value per agent, and the snapshot codec.
 
 mod agent;
+pub mod prefetch;
 mod profile;
 mod snapshot;
 

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::prefetch;
+
 use crate::event::Outcome;
 use crate::response::{IncidentType, Severity};
 
@@ -113,6 +115,12 @@ fn push_capped<T>(v: &mut Vec<T>, cap: usize, x: T) {
 }
 
 impl Profile {
+    /// Announces the memory an event reads (see [`super::prefetch`]).
+    pub fn prefetch(&self) {
+        prefetch::lines(&self.tool_keys, 2);
+        prefetch::lines(&self.tools, 4);
+    }
+
     /// Folds one event: its tool, outcome, environment and whether it was off-hours.
     pub fn observe(
         &mut self,

@@ -1,0 +1,90 @@
+//! The checkpoint writer: applies checkpoint batches to sled, flushes, then commits the offsets
+//! to Kafka, on its own thread so the engine never waits for the disk.
+//!
+//! The engine settles its outputs and encodes the batch (a consistent cut of its state), then
+//! hands it over and goes on with the next events. At most one batch is in flight: handing over
+//! the next one, or any step that needs the stored state to be current (a revocation, a posture
+//! snapshot, shutdown), first waits for the previous one.
+
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::topic_partition_list::TopicPartitionList;
+
+use super::source::AuditConsumer;
+use super::store::{Store, StoreError};
+
+/// One checkpoint: the batch and the offsets it reflects.
+pub struct Job {
+    /// Agents, offsets, incidents and ledger, in one atomic batch.
+    pub batch: sled::Batch,
+    /// The audit offsets to commit to Kafka once the batch is on disk (lag monitoring only).
+    pub commit: TopicPartitionList,
+}
+
+/// The writer thread and the one batch it may be writing.
+pub struct CheckpointWriter {
+    tx: Option<SyncSender<Job>>,
+    done: Receiver<Result<(), StoreError>>,
+    in_flight: bool,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl CheckpointWriter {
+    /// Starts the writer thread.
+    pub fn start(store: Store, consumer: Arc<AuditConsumer>) -> std::io::Result<CheckpointWriter> {
+        let (tx, rx) = sync_channel::<Job>(1);
+        let (done_tx, done) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("checkpoint".into())
+            .spawn(move || {
+                for job in rx {
+                    let r = store.write(job.batch);
+                    if r.is_ok() && job.commit.count() > 0 {
+                        if let Err(e) = consumer.commit(&job.commit, CommitMode::Async) {
+                            tracing::debug!(error = %e, "offset commit (lag monitoring only)");
+                        }
+                    }
+                    if done_tx.send(r).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(CheckpointWriter {
+            tx: Some(tx),
+            done,
+            in_flight: false,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands a checkpoint over, after the previous one is written.
+    pub fn submit(&mut self, job: Job) -> Result<(), StoreError> {
+        self.wait()?;
+        let tx = self.tx.as_ref().ok_or(StoreError::WriterGone)?;
+        tx.send(job).map_err(|_| StoreError::WriterGone)?;
+        self.in_flight = true;
+        Ok(())
+    }
+
+    /// Waits until the checkpoint in flight, if any, is on disk; returns its outcome.
+    pub fn wait(&mut self) -> Result<(), StoreError> {
+        if !self.in_flight {
+            return Ok(());
+        }
+        self.in_flight = false;
+        self.done.recv().map_err(|_| StoreError::WriterGone)?
+    }
+}
+
+impl Drop for CheckpointWriter {
+    fn drop(&mut self) {
+        let _ = self.wait();
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
