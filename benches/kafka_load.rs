@@ -326,13 +326,13 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
             println!("latency ({label}): no kill command arrived");
             return;
         }
-        let pct = |p: f64| lat[((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1];
+        let pct = |p: f64| percentile(&lat, p);
         // Wall-clock split (ms resolution): send → the daemon produces the command, then
         // command produced → it is read from the control topic.
         let split = |f: fn(&(f64, i64, i64, f64)) -> i64| {
-            let mut v: Vec<i64> = samples.iter().map(f).collect();
-            v.sort_unstable();
-            let q = |p: f64| v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1];
+            let mut v: Vec<f64> = samples.iter().map(|s| f(s) as f64).collect();
+            v.sort_by(f64::total_cmp);
+            let q = |p: f64| percentile(&v, p);
             format!("p50 {} ms, p90 {} ms, p99 {} ms", q(0.5), q(0.9), q(0.99))
         };
         println!(
@@ -349,9 +349,7 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
             .collect();
         from_ack.sort_by(f64::total_cmp);
         if !from_ack.is_empty() {
-            let q = |p: f64| {
-                from_ack[((from_ack.len() as f64 * p).ceil() as usize).clamp(1, from_ack.len()) - 1]
-            };
+            let q = |p: f64| percentile(&from_ack, p);
             println!(
                 "  from the broker's ack of the deciding event ({label}): p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms",
                 q(0.5),
@@ -378,6 +376,11 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
     report("after the first second", Duration::from_secs(1));
     d.shutdown();
     d.join(Duration::from_secs(60)).expect("join");
+}
+
+/// The `p` quantile (nearest rank) of sorted, non-empty `v`.
+fn percentile(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
 /// When a kill command was read, that in wall-clock ms, and its CreateTime (ms).
