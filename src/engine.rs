@@ -153,39 +153,45 @@ impl Engine {
     }
 
     /// Processes events in order, exactly as [`Engine::process`] one by one, while bringing the
-    /// state of the agents of the next events into the CPU cache ahead of use: first the agent
-    /// itself, then (once that is in cache) the buffers it points to. With a fleet larger than
-    /// the caches this overlaps the memory round trips of several events.
+    /// state of the agents of the next events into the CPU cache ahead of use. Events go in
+    /// chunks: first every agent of the chunk is looked up (independent lookups, so their cache
+    /// misses overlap), then each event is processed while the agent of a later event is
+    /// announced (its struct) and, once that is in cache, the buffers it points to. With a fleet
+    /// larger than the caches this overlaps the memory round trips of several events.
     pub fn process_batch(&mut self, events: &[AuditEvent<'_>], out: &mut Vec<Incident>) {
+        /// Events looked up together.
+        const CHUNK: usize = 64;
         /// Events between announcing an agent's buffers and processing it.
         const AHEAD: usize = 4;
-        let mut slots = [None::<u32>; 2 * AHEAD];
-        let slot = |j: usize| j % (2 * AHEAD);
-        for (j, ev) in events.iter().enumerate().take(2 * AHEAD) {
-            slots[slot(j)] = self.announce(ev);
-        }
-        for (j, ev) in events.iter().enumerate() {
-            if let (Some(next), Some(Some(i))) = (events.get(j + AHEAD), slots.get(slot(j + AHEAD)))
-            {
-                if let Some(a) = self.agents.get(*i as usize) {
-                    a.state.prefetch_buffers(next.ts_ms);
-                }
+        let mut at = [None::<u32>; CHUNK];
+        for chunk in events.chunks(CHUNK) {
+            for (i, ev) in at.iter_mut().zip(chunk) {
+                *i = self.index.get(ev.agent_id.as_ref()).copied();
             }
-            let i = slots[slot(j)];
-            // The agent may have been created by an earlier event of the batch.
-            let i = i.or_else(|| self.index.get(ev.agent_id.as_ref()).copied());
-            self.process_at(i, ev, out);
-            slots[slot(j)] = events.get(j + 2 * AHEAD).and_then(|e| self.announce(e));
+            for i in at.iter().take(chunk.len().min(2 * AHEAD)) {
+                self.announce(*i);
+            }
+            for (j, ev) in chunk.iter().enumerate() {
+                if let (Some(next), Some(Some(i))) = (chunk.get(j + AHEAD), at.get(j + AHEAD)) {
+                    if let Some(a) = self.agents.get(*i as usize) {
+                        a.state.prefetch_buffers(next.ts_ms);
+                    }
+                }
+                if j + 2 * AHEAD < chunk.len() {
+                    self.announce(at[j + 2 * AHEAD]);
+                }
+                // The agent may have been created by an earlier event of the batch.
+                let i = at[j].or_else(|| self.index.get(ev.agent_id.as_ref()).copied());
+                self.process_at(i, ev, out);
+            }
         }
     }
 
-    /// Looks an event's agent up and announces its state (see [`crate::state::prefetch`]).
-    fn announce(&self, ev: &AuditEvent<'_>) -> Option<u32> {
-        let i = *self.index.get(ev.agent_id.as_ref())?;
-        if let Some(a) = self.agents.get(i as usize) {
+    /// Announces the state of the agent at position `i` (see [`crate::state::prefetch`]).
+    fn announce(&self, i: Option<u32>) {
+        if let Some(a) = i.and_then(|i| self.agents.get(i as usize)) {
             prefetch::value(a);
         }
-        Some(i)
     }
 
     /// Processes one event of the agent at position `i` (`None`: a new agent).

@@ -38,6 +38,10 @@ impl SequenceState {
         let (a, b) = self.calls.as_slices();
         let newest = if b.is_empty() { a } else { b };
         prefetch::lines(&newest[newest.len().saturating_sub(8)..], 4);
+        // Expired calls are dropped from the oldest end.
+        if let Some(oldest) = self.calls.front() {
+            prefetch::value(oldest);
+        }
         prefetch::lines(&self.consumed, 2);
     }
 }

@@ -13,6 +13,7 @@ use serde::Deserializer as _;
 
 use super::error::DecodeError;
 use super::model::{AuditEvent, Format, Outcome};
+use super::scan;
 use super::timestamp::{parse_rfc3339_ms, MAX_TIMESTAMP_MS};
 
 /// Default JSON pointer of the data volume of a call.
@@ -46,7 +47,7 @@ impl Default for DecoderOptions {
 /// Named places the decoder fills.
 #[derive(Debug, Clone, Copy)]
 #[repr(u8)]
-enum Slot {
+pub(super) enum Slot {
     EventId,
     EventIdCamel,
     Timestamp,
@@ -61,11 +62,11 @@ enum Slot {
     Volume,
     Group,
 }
-const SLOT_COUNT: usize = 13;
+pub(super) const SLOT_COUNT: usize = 13;
 
 /// A JSON value reduced to what the decoder needs to know about it.
-#[derive(Debug, Clone, Default)]
-enum Scalar<'a> {
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(super) enum Scalar<'a> {
     #[default]
     Absent,
     Null,
@@ -80,16 +81,42 @@ enum Scalar<'a> {
 
 /// One key of an object in the tree: the slots its value fills and the keys below it.
 #[derive(Debug, Clone)]
-struct Entry {
+pub(super) struct Entry {
     key: String,
-    slots: Vec<Slot>,
-    child: Option<Node>,
+    /// `key` packed for comparison (see [`pack`]).
+    packed: Option<u128>,
+    /// The slots its value fills, one bit per [`Slot`].
+    slots: u16,
+    /// Keys that matter inside this key's value when it is an object.
+    pub(super) child: Option<Node>,
+}
+
+impl Entry {
+    /// Whether a pointer ends at this key (its value itself is wanted).
+    pub(super) fn is_wanted(&self) -> bool {
+        self.slots != 0
+    }
+
+    /// Stores the key's value in every slot it fills.
+    pub(super) fn fill<'a>(&self, slots: &mut [Scalar<'a>; SLOT_COUNT], value: Scalar<'a>) {
+        let mut bits = self.slots;
+        while bits != 0 {
+            let s = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            if bits == 0 {
+                slots[s] = value;
+                return;
+            }
+            slots[s] = value.clone();
+        }
+    }
 }
 
 /// The keys of one object that matter.
 #[derive(Debug, Clone, Default)]
-struct Node {
-    entries: Vec<Entry>,
+pub(super) struct Node {
+    /// The keys, in the order they were configured.
+    pub(super) entries: Vec<Entry>,
 }
 
 impl Node {
@@ -102,7 +129,8 @@ impl Node {
             None => {
                 self.entries.push(Entry {
                     key: first.clone(),
-                    slots: Vec::new(),
+                    packed: pack(first.as_bytes(), 0, first.len()),
+                    slots: 0,
                     child: None,
                 });
                 self.entries.len() - 1
@@ -110,7 +138,7 @@ impl Node {
         };
         let entry = &mut self.entries[idx];
         if rest.is_empty() {
-            entry.slots.push(slot);
+            entry.slots |= 1 << slot as u16;
         } else {
             entry
                 .child
@@ -119,9 +147,36 @@ impl Node {
         }
     }
 
-    fn find(&self, key: &str) -> Option<usize> {
-        self.entries.iter().position(|e| e.key == key)
+    /// Index of `key` among the entries, if it matters.
+    pub(super) fn find(&self, key: &str) -> Option<usize> {
+        self.find_packed(pack(key.as_bytes(), 0, key.len()), key)
     }
+
+    /// Index of `key` among the entries, given its [`pack`]ed form.
+    pub(super) fn find_packed(&self, packed: Option<u128>, key: &str) -> Option<usize> {
+        match packed {
+            Some(p) => self.entries.iter().position(|e| e.packed == Some(p)),
+            None => self.entries.iter().position(|e| e.key == key),
+        }
+    }
+}
+
+/// The key of `len` bytes at `start` of `bytes`, if at most 15 bytes long, as one number (its
+/// bytes, then its length), so that finding it among a node's keys takes one comparison per
+/// key. When 16 bytes are there to read it is one load and a mask.
+pub(super) fn pack(bytes: &[u8], start: usize, len: usize) -> Option<u128> {
+    if len > 15 {
+        return None;
+    }
+    let word = match bytes.get(start..start + 16) {
+        Some(chunk) => u128::from_le_bytes(chunk.try_into().ok()?),
+        None => {
+            let mut buf = [0u8; 16];
+            buf[..len].copy_from_slice(bytes.get(start..start + len)?);
+            u128::from_le_bytes(buf)
+        }
+    };
+    Some(word & ((1u128 << (8 * len)) - 1) | (len as u128) << 120)
 }
 
 /// Splits an RFC 6901 JSON pointer into its unescaped keys; `None` if it is not a pointer to a key.
@@ -213,19 +268,36 @@ impl Decoder {
             reason: format!("invalid UTF-8 at byte {}", e.valid_up_to()),
         })?;
         let mut slots: [Scalar<'a>; SLOT_COUNT] = Default::default();
-        let mut de = serde_json::Deserializer::from_str(text);
-        let walked = de
-            .deserialize_map(ObjectVisitor {
-                node: &self.root,
-                slots: &mut slots,
-            })
-            .and_then(|()| de.end());
-        if let Err(e) = walked {
-            return Err(DecodeError::NotJson {
-                reason: e.to_string(),
-            });
+        // The scanner takes the common shape; whatever it is not sure of (escapes, fractions,
+        // errors) goes through serde_json, which also words the errors.
+        if scan::scan(text, &self.root, &mut slots).is_none() {
+            slots = Default::default();
+            self.walk(text, &mut slots)?;
         }
         self.finish(slots)
+    }
+
+    /// Fills `slots` from `text` with serde_json (the reference the scanner must agree with).
+    pub(super) fn walk<'a>(
+        &self,
+        text: &'a str,
+        slots: &mut [Scalar<'a>; SLOT_COUNT],
+    ) -> Result<(), DecodeError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        de.deserialize_map(ObjectVisitor {
+            node: &self.root,
+            slots,
+        })
+        .and_then(|()| de.end())
+        .map_err(|e| DecodeError::NotJson {
+            reason: e.to_string(),
+        })
+    }
+
+    /// The key tree of the fields this decoder reads.
+    #[cfg(test)]
+    pub(super) fn root(&self) -> &Node {
+        &self.root
     }
 
     fn finish<'a>(
@@ -436,12 +508,7 @@ struct ValueSeed<'n, 's, 'a> {
 
 impl<'n, 's, 'a> ValueSeed<'n, 's, 'a> {
     fn set(self, value: Scalar<'a>) {
-        if let Some((last, rest)) = self.entry.slots.split_last() {
-            for s in rest {
-                self.slots[*s as usize] = value.clone();
-            }
-            self.slots[*last as usize] = value;
-        }
+        self.entry.fill(self.slots, value);
     }
 }
 
@@ -504,7 +571,7 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
                 let slots = &mut *self.slots;
                 ObjectVisitor { node, slots }.visit_map(map)?;
                 // The object itself also fills the entry's own slots (a pointer to an object).
-                if !self.entry.slots.is_empty() {
+                if self.entry.is_wanted() {
                     self.set(Scalar::Object);
                 }
             }

@@ -3,6 +3,7 @@
 mod decode;
 mod error;
 mod model;
+mod scan;
 mod timestamp;
 
 pub(crate) use decode::parse_pointer;
