@@ -65,14 +65,8 @@ impl<'a> Scanner<'a> {
         slots: &mut [Scalar<'a>; SLOT_COUNT],
         depth: u32,
     ) -> Option<()> {
-        if depth > MAX_DEPTH {
-            return None;
-        }
-        self.skip_ws();
-        if self.eat(b'}').is_some() {
-            return Some(());
-        }
-        loop {
+        let mut closed = self.open(b'}', depth)?;
+        while !closed {
             self.skip_ws();
             let start = self.pos + 1;
             let key = self.string()?;
@@ -84,39 +78,41 @@ impl<'a> Scanner<'a> {
                 Some(i) => self.wanted(&node.entries[i], slots, depth)?,
                 None => self.skip(slots, depth)?,
             }
-            self.skip_ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b'}' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+            closed = self.comma_or(b'}')?;
         }
+        Some(())
     }
 
     /// The elements of an array whose `[` was just read.
     fn array(&mut self, slots: &mut [Scalar<'a>; SLOT_COUNT], depth: u32) -> Option<()> {
+        let mut closed = self.open(b']', depth)?;
+        while !closed {
+            self.skip_ws();
+            self.skip(slots, depth)?;
+            closed = self.comma_or(b']')?;
+        }
+        Some(())
+    }
+
+    /// Just inside an object or array: whether it is empty (its `close` read); `None` when
+    /// nested deeper than the scanner follows.
+    fn open(&mut self, close: u8, depth: u32) -> Option<bool> {
         if depth > MAX_DEPTH {
             return None;
         }
         self.skip_ws();
-        if self.eat(b']').is_some() {
-            return Some(());
-        }
-        loop {
-            self.skip_ws();
-            self.skip(slots, depth)?;
-            self.skip_ws();
-            match self.peek()? {
-                b',' => self.pos += 1,
-                b']' => {
-                    self.pos += 1;
-                    return Some(());
-                }
-                _ => return None,
-            }
+        Some(self.eat(close).is_some())
+    }
+
+    /// After a member or element: `true` at the closing `close`, `false` after a comma.
+    fn comma_or(&mut self, close: u8) -> Option<bool> {
+        self.skip_ws();
+        let c = self.peek()?;
+        self.pos += 1;
+        match c {
+            b',' => Some(false),
+            c if c == close => Some(true),
+            _ => None,
         }
     }
 
