@@ -1,9 +1,10 @@
 //! One-pass, borrowing decoder for the SDK formats.
 //!
 //! The decoder compiles the JSON pointers it needs (the fixed fields of both formats plus the
-//! configured volume and group pointers) into a small key tree and walks the payload once with
-//! serde, keeping only those values. Strings without escapes are borrowed from the payload, so
-//! the steady path allocates nothing.
+//! configured volume and group pointers) into a small key tree and walks the payload once,
+//! keeping only those values: with the scanner of [`super::scan`] for the common shape, else
+//! with serde_json. Strings without escapes are borrowed from the payload, so the steady path
+//! allocates nothing.
 
 use std::borrow::Cow;
 use std::fmt;

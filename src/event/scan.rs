@@ -70,11 +70,15 @@ impl<'a> Scanner<'a> {
             self.skip_ws();
             let start = self.pos + 1;
             let key = self.string()?;
-            let packed = pack(self.text.as_bytes(), start, key.len());
+            // Inside a skipped object no key matters, so none is looked up.
+            let found = match node.entries.is_empty() {
+                true => None,
+                false => node.find_packed(pack(self.text.as_bytes(), start, key.len()), key),
+            };
             self.skip_ws();
             self.eat(b':')?;
             self.skip_ws();
-            match node.find_packed(packed, key) {
+            match found {
                 Some(i) => self.wanted(&node.entries[i], slots, depth)?,
                 None => self.skip(slots, depth)?,
             }
