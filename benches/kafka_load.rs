@@ -6,7 +6,8 @@
 //! `LOAD_RATE` (events/s of the latency phase, default 10,000), `LOAD_SECONDS` (default 30),
 //! `LOAD_LINGER_MS` (`linger.ms` of the producer standing in for the agents, default 5 as in
 //! librdkafka; one producer sends the whole fleet's events, so this sets how many produce
-//! requests the broker handles per second).
+//! requests the broker handles per second), `LOAD_ROGUE_EVERY` (events per rogue agent, each
+//! one kill command; default 500).
 //!
 //! The latency is reported from the moment the deciding event is handed to the agents' producer,
 //! from the moment the broker acknowledged it (the agent's own batching taken out), and split at
@@ -237,9 +238,11 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
     // Tuesday 2026-03-03 10:00 New York: working hours for every blueprint.
     let base = 1_772_550_000_000i64;
     let total = rate * seconds;
-    let rogue_every = 2_000; // one rogue agent per 2,000 events: each needs 6 calls to be killed
-                             // The payloads are built before the clock starts, so the load generator leaves the CPU to
-                             // the broker and the daemon (two cores here for all three).
+    // One rogue agent per `LOAD_ROGUE_EVERY` events (default 500: 600 kill commands in 30 s, so
+    // the p99 is not just the second-worst sample); each needs 6 calls to be killed.
+    let rogue_every = env_or("LOAD_ROGUE_EVERY", 500).max(7);
+    // The payloads are built before the clock starts, so the load generator leaves the CPU to
+    // the broker and the daemon (two cores here for all three).
     let events: Vec<(String, Vec<u8>, Option<usize>)> = (0..total)
         .map(|i| {
             let (agent, ts, tool, deciding) = if i % rogue_every >= rogue_every - 6 {

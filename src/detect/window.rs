@@ -121,6 +121,79 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    /// The ring's contract, kept naively: every accepted value by bucket index; an event a whole
+    /// window after the newest forgets everything; one older than the ring's span is refused.
+    #[derive(Default)]
+    struct Model {
+        values: BTreeMap<i64, u64>,
+        head: Option<i64>,
+    }
+
+    impl Model {
+        fn add(&mut self, idx: i64, v: u64, len: i64) -> bool {
+            match self.head {
+                Some(h) if idx - h >= BUCKETS => self.values.clear(),
+                Some(h) if h - idx >= len => return false,
+                _ => {}
+            }
+            self.head = Some(self.head.map_or(idx, |h| h.max(idx)));
+            *self.values.entry(idx).or_default() += v;
+            true
+        }
+
+        fn sum(&self, lo: i64, hi: i64) -> u64 {
+            if lo > hi {
+                return 0;
+            }
+            self.values.range(lo..=hi).map(|(_, v)| v).sum()
+        }
+
+        fn max_window_containing(&self, idx: i64, len: i64) -> u64 {
+            let Some(h) = self.head else { return 0 };
+            if idx >= h {
+                return self.sum(h - BUCKETS + 1, h);
+            }
+            (idx..=(idx + BUCKETS - 1).min(h))
+                .map(|end| self.sum((end - BUCKETS + 1).max(h - len + 1), end))
+                .max()
+                .unwrap_or(0)
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_a_model_that_keeps_every_value(
+            steps in proptest::collection::vec((0u8..4, 0i64..100_000, 0i64..45_000, 1u64..1000), 1..300)
+        ) {
+            let mut r: Ring<u64> = Ring::new(60_000, 30_000);
+            let len = r.len();
+            let mut m = Model::default();
+            let mut t = 0i64;
+            for (kind, gap, late, v) in steps {
+                // Gaps of nothing, seconds, about a window, or minutes; some events late, a few
+                // later than the lateness.
+                t += match kind {
+                    0 => 0,
+                    1 => gap % 3000,
+                    2 => 40_000 + gap % 40_000,
+                    _ => gap * 10,
+                };
+                let ts = t - if late > 30_000 { late * 3 } else { late };
+                prop_assert_eq!(r.add(ts, v), m.add(ts.div_euclid(r.width), v, len));
+                prop_assert_eq!(r.sum, r.sum_ending(r.head));
+                for probe in [ts, t, t - 20_000, t - 59_000, t - 95_000] {
+                    prop_assert_eq!(
+                        r.max_window_containing(probe),
+                        m.max_window_containing(probe.div_euclid(r.width), len),
+                        "probe {}", probe
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn counts_within_the_window_only() {
