@@ -305,24 +305,51 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
     let _ = reader.join();
     let arrivals = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    // For one rogue (its agent; send time, send wall clock, index): latency, the two parts of its wall-clock
+    // split, and the time to the broker's acknowledgement (all ms).
+    let samples_of = |agent: &String, s: &(Instant, i64, usize)| -> Option<(f64, i64, i64, f64)> {
+        let ack = acked
+            .get(&s.2)
+            .map_or(f64::NAN, |t| (*t - s.0).as_secs_f64() * 1000.0);
+        arrivals.get(agent).map(|r| {
+            (
+                (r.0 - s.0).as_secs_f64() * 1000.0,
+                r.2 - s.1,
+                r.1 - r.2,
+                ack,
+            )
+        })
+    };
     let report = |label: &str, warmup: Duration| {
         let samples: Vec<(f64, i64, i64, f64)> = sent_at
             .iter()
             .filter(|(_, s)| s.0 - start >= warmup)
-            .filter_map(|(a, s)| {
-                let ack = acked
-                    .get(&s.2)
-                    .map_or(f64::NAN, |t| (*t - s.0).as_secs_f64() * 1000.0);
-                arrivals.get(a).map(|r| {
-                    (
-                        (r.0 - s.0).as_secs_f64() * 1000.0,
-                        r.2 - s.1,
-                        r.1 - r.2,
-                        ack,
-                    )
-                })
+            .filter_map(|(a, s)| samples_of(a, s))
+            .collect();
+        // The same by 5 s of the run: a broker whose fetches slow as its log grows shows here.
+        let mut by_window: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
+        for (a, s) in sent_at.iter().filter(|(_, s)| s.0 - start >= warmup) {
+            if let Some((lat, ..)) = samples_of(a, s) {
+                by_window
+                    .entry((s.0 - start).as_secs() / 5)
+                    .or_default()
+                    .push(lat);
+            }
+        }
+        let windows: Vec<String> = by_window
+            .into_iter()
+            .map(|(w, mut v)| {
+                v.sort_by(f64::total_cmp);
+                format!(
+                    "{}-{} s: p50 {:.0}, p99 {:.0}",
+                    w * 5,
+                    w * 5 + 5,
+                    percentile(&v, 0.5),
+                    percentile(&v, 0.99)
+                )
             })
             .collect();
+        println!("  by time in the run ({label}, ms): {}", windows.join("; "));
         let mut lat: Vec<f64> = samples.iter().map(|s| s.0).collect();
         lat.sort_by(f64::total_cmp);
         if lat.is_empty() {

@@ -190,6 +190,15 @@ fn running_daemon_serves_metrics_posture_and_applies_api_commands() {
                 "guardian_processing_latency_seconds_count"
             ) > 0.0
         );
+        // Every audit message produced carries a CreateTime, so each one is aged, the malformed
+        // one too.
+        assert_eq!(
+            sum(
+                "guardian_event_age_seconds",
+                "guardian_event_age_seconds_count"
+            ),
+            (n + 1) as f64
+        );
         assert_eq!(
             sum(
                 "guardian_partitions_assigned",

@@ -377,6 +377,7 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
         ("guardian_sink_failures", "counter"),
         ("guardian_state_size_bytes", "gauge"),
         ("guardian_processing_latency_seconds", "histogram"),
+        ("guardian_event_age_seconds", "histogram"),
     ] {
         assert_eq!(fams[name]["type"], typ, "{name} in {text}");
         assert_eq!(parsed["classic"][name], typ, "{name} (classic parser)");

@@ -45,7 +45,10 @@ const METRICS: &[&str] = &[
 ];
 
 /// Histograms: queried as `NAME_bucket`, `NAME_sum`, `NAME_count`.
-const HISTOGRAMS: &[&str] = &["guardian_processing_latency_seconds"];
+const HISTOGRAMS: &[&str] = &[
+    "guardian_processing_latency_seconds",
+    "guardian_event_age_seconds",
+];
 
 /// Written like metrics in the runbook, but configuration keys.
 const NOT_METRICS: &[&str] = &["guardian_id"];

@@ -267,6 +267,11 @@ pub fn render(live: &Arc<Live>, version: &'static str) -> String {
         "Time from the consumer handing a batch (up to 1,024 events) to the engine until it is processed.",
         live.metrics.latency.clone(),
     );
+    r.register(
+        "guardian_event_age_seconds",
+        "Age of audit events when the engine takes them: wall clock minus the Kafka message timestamp (CreateTime, set by the agent's producer, so its batching counts; LogAppendTime on topics configured so).",
+        live.metrics.event_age.clone(),
+    );
     let mut out = String::with_capacity(8192);
     if prometheus_client::encoding::text::encode(&mut out, &r).is_err() {
         out.clear();

@@ -116,6 +116,8 @@ pub struct Metrics {
     pub ready: AtomicBool,
     /// Time from poll to processed, per batch.
     pub latency: prometheus_client::metrics::histogram::Histogram,
+    /// Age of each audit event when the engine takes it (wall clock minus its Kafka timestamp).
+    pub event_age: prometheus_client::metrics::histogram::Histogram,
     /// SIEM and email sink figures as of the latest checkpoint.
     pub sinks: std::sync::Mutex<Vec<crate::siem::SinkStatus>>,
     /// Email figures as of the latest checkpoint: sent, transient failures, permanent failures.
@@ -157,6 +159,10 @@ impl Default for Metrics {
             latency: prometheus_client::metrics::histogram::Histogram::new([
                 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                 1.0, 2.5, 5.0, 10.0,
+            ]),
+            event_age: prometheus_client::metrics::histogram::Histogram::new([
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                60.0, 300.0, 3600.0,
             ]),
             sinks: std::sync::Mutex::new(Vec::new()),
             email: std::sync::Mutex::new(None),
@@ -286,8 +292,9 @@ impl Core {
                 let _ = ack.send(());
             }
             Notice::Audit(batch, handed) => {
+                let now = chrono::Utc::now().timestamp_millis();
                 for r in batch {
-                    self.audit(r)?;
+                    self.audit(r, now)?;
                 }
                 self.metrics.latency.observe(handed.elapsed().as_secs_f64());
             }
@@ -316,7 +323,8 @@ impl Core {
         }
     }
 
-    fn audit(&mut self, r: Record) -> Result<(), DaemonError> {
+    /// Folds one audit message (taken by the engine at `now`, ms) into its partition's state.
+    fn audit(&mut self, r: Record, now: i64) -> Result<(), DaemonError> {
         let topic_name = self.topic(r.topic).to_string();
         let Some(part) = self.parts.get_mut(&(r.topic, r.partition)) else {
             return Ok(()); // not (or no longer) ours
@@ -325,6 +333,11 @@ impl Core {
             return Ok(()); // already folded into the stored state
         }
         part.next = r.offset + 1;
+        if let Some(ts) = r.timestamp {
+            // A clock behind the producer's would give a negative age: count it as 0.
+            let age = now.saturating_sub(ts).max(0);
+            self.metrics.event_age.observe(age as f64 / 1000.0);
+        }
         let quiet = r.offset < part.quiet_below;
         self.since_checkpoint += 1;
         let payload = r.payload.as_deref().unwrap_or_default();
