@@ -305,8 +305,8 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
     let _ = reader.join();
     let arrivals = arrivals.lock().map(|a| a.clone()).unwrap_or_default();
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
-    // For one rogue (its agent; send time, send wall clock, index): latency, the two parts of its wall-clock
-    // split, and the time to the broker's acknowledgement (all ms).
+    // For one rogue (its agent; send time, send wall clock, index): latency, the two parts of its
+    // wall-clock split, and the time to the broker's acknowledgement (all ms).
     let samples_of = |agent: &String, s: &(Instant, i64, usize)| -> Option<(f64, i64, i64, f64)> {
         let ack = acked
             .get(&s.2)

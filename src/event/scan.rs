@@ -238,8 +238,10 @@ impl<'a> Scanner<'a> {
 
 /// Index of the first quote, backslash or control character at or after `from`.
 ///
-/// Sixteen bytes at a time with SSE2 on x86_64 ([`first_special_16`]), then eight at a time: in each lane test the lowest flagged byte is always a true match (the subtraction's borrow only runs upwards), so
-/// the lowest flag over the three tests is the first byte that ends the plain part of a string.
+/// Sixteen bytes at a time with SSE2 on x86_64 ([`first_special_16`]), then eight at a time: in
+/// each lane test the lowest flagged byte is always a true match (the subtraction's borrow only
+/// runs upwards), so the lowest flag over the three tests is the first byte that ends the plain
+/// part of a string.
 fn string_end(bytes: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = u64::MAX / 0xff;
     const HIGH: u64 = ONES * 0x80;
