@@ -3,6 +3,7 @@
 //! history. Fixed-size: capped lists, counters.
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use super::prefetch;
 
@@ -80,8 +81,9 @@ pub struct Profile {
     /// Hash of the latest environment reported (0: none yet), to skip the list on repeats.
     pub last_environment: u64,
     /// [`ToolSeen::hash`] of each of `tools`, in the same order: the lookup scans this compact
-    /// list (eight tools per cache line) and touches one `tools` entry.
-    pub tool_keys: Vec<u64>,
+    /// list, held in the struct itself up to eight tools (one cache line, fetched with the
+    /// agent), and touches one `tools` entry.
+    pub tool_keys: SmallVec<[u64; 8]>,
     /// Tools called, in first-call order, at most [`MAX_TOOLS`].
     pub tools: Vec<ToolSeen>,
     /// Calls of tools beyond [`MAX_TOOLS`].
