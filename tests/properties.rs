@@ -157,7 +157,7 @@ proptest! {
     }
 
     #[test]
-    fn batches_of_any_size_equal_one_event_at_a_time(evs in events(), sizes in proptest::collection::vec(1usize..40, 1..8)) {
+    fn batches_of_any_size_equal_one_event_at_a_time(evs in events(), sizes in proptest::collection::vec(prop_oneof![1usize..40, 60usize..300], 1..8)) {
         let set = touchy();
         let items = materialise(&evs);
         let all = decoded(&evs, &items);
