@@ -75,8 +75,8 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
         } else if idx > self.head {
             // Buckets head+1-BUCKETS ..= idx-BUCKETS leave the window (still intact: the ring is
             // longer than the window) and buckets head+1 ..= idx are reused. A bucket that does
-            // both leaves first (its reuse is 31+ steps later), so one sum then one clear give
-            // what stepping would, in two runs of contiguous memory the compiler vectorises.
+            // both leaves first (its reuse comes len - BUCKETS steps later), so one sum then one
+            // clear give what stepping would, over two runs of contiguous memory.
             let steps = (idx - self.head) as usize;
             let mut leaving = T::default();
             let (a, b) = self.runs(self.head + 1 - BUCKETS, steps);
