@@ -7,7 +7,8 @@
 //! `LOAD_LINGER_MS` (`linger.ms` of the producer standing in for the agents, default 5 as in
 //! librdkafka; one producer sends the whole fleet's events, so this sets how many produce
 //! requests the broker handles per second), `LOAD_ROGUE_EVERY` (events per rogue agent, each
-//! one kill command; default 500).
+//! one kill command; default 500), `LOAD_LAT_PARTITIONS` (audit partition counts of the
+//! latency phases, one phase each; default "1,4").
 //!
 //! The latency is reported from the moment the deciding event is handed to the agents' producer,
 //! from the moment the broker acknowledged it (the agent's own batching taken out), and split at
@@ -185,8 +186,9 @@ fn throughput_on(k: KafkaConfig, n: u64, broker: &str) {
     d.join(Duration::from_secs(60)).expect("join");
 }
 
-fn latency(b: &Broker, rate: u64, seconds: u64) {
-    let k = b.topics("lat", 4);
+fn latency(b: &Broker, rate: u64, seconds: u64, partitions: u32) {
+    println!("latency phase: audit topic of {partitions} partition(s)");
+    let k = b.topics(&format!("lat{partitions}"), partitions);
     let dir = tempfile::tempdir().expect("tmp");
     let d = Daemon::start(config(k.clone(), dir.path())).expect("daemon");
     while d.metrics.partitions.load(Ordering::Relaxed) == 0 {
@@ -388,7 +390,7 @@ fn latency(b: &Broker, rate: u64, seconds: u64) {
             );
         }
         println!(
-            "latency at {:.0} events/s ({label}): {} kill commands; produce → kill command on the control topic: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
+            "latency at {:.0} events/s, {partitions} partition(s) ({label}): {} kill commands; produce → kill command on the control topic: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
             total as f64 / sent_s,
             lat.len(),
             pct(0.5),
@@ -446,7 +448,18 @@ fn main() {
     }
     let b = broker();
     throughput(&b, env_or("LOAD_EVENTS", 1_000_000));
-    latency(&b, env_or("LOAD_RATE", 10_000), env_or("LOAD_SECONDS", 30));
+    // One latency phase per audit partition count (`LOAD_LAT_PARTITIONS`, default "1,4"): Tansu's
+    // in-memory storage lists every batch of a partition on each fetch of it, so its cost per
+    // fetch grows with partitions × log length (see the README's Performance section).
+    let counts = std::env::var("LOAD_LAT_PARTITIONS").unwrap_or_else(|_| "1,4".into());
+    for n in counts.split(',').filter_map(|n| n.trim().parse::<u32>().ok()) {
+        latency(
+            &b,
+            env_or("LOAD_RATE", 10_000),
+            env_or("LOAD_SECONDS", 30),
+            n.max(1),
+        );
+    }
     if let Some(pid) = &b.pid {
         let _ = std::process::Command::new("kill").arg(pid).status();
     }
