@@ -309,7 +309,7 @@ fn latency(b: &Broker, rate: u64, seconds: u64, partitions: u32) {
     let acked = acked.lock().map(|a| a.clone()).unwrap_or_default();
     // For one rogue (its agent; send time, send wall clock, index): latency, the two parts of its
     // wall-clock split, and the time to the broker's acknowledgement (all ms).
-    let samples_of = |agent: &String, s: &(Instant, i64, usize)| -> Option<(f64, i64, i64, f64)> {
+    let samples_of = |agent: &String, s: &(Instant, i64, usize)| -> Option<Sample> {
         let ack = acked
             .get(&s.2)
             .map_or(f64::NAN, |t| (*t - s.0).as_secs_f64() * 1000.0);
@@ -323,11 +323,29 @@ fn latency(b: &Broker, rate: u64, seconds: u64, partitions: u32) {
         })
     };
     let report = |label: &str, warmup: Duration| {
-        let samples: Vec<(f64, i64, i64, f64)> = sent_at
+        let samples: Vec<Sample> = sent_at
             .iter()
             .filter(|(_, s)| s.0 - start >= warmup)
             .filter_map(|(a, s)| samples_of(a, s))
             .collect();
+        // The slowest samples, where they fall in the run and how they split.
+        let mut slow: Vec<(f64, f64, Sample)> = sent_at
+            .iter()
+            .filter(|(_, s)| s.0 - start >= warmup)
+            .filter_map(|(a, s)| samples_of(a, s).map(|x| (x.0, (s.0 - start).as_secs_f64(), x)))
+            .collect();
+        slow.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let slow: Vec<String> = slow
+            .iter()
+            .take(8)
+            .map(|(lat, at, x)| {
+                format!(
+                    "{lat:.0} ms at {at:.1} s (to command {} + to reader {}, ack {:.0})",
+                    x.1, x.2, x.3
+                )
+            })
+            .collect();
+        println!("  slowest ({label}): {}", slow.join("; "));
         // The same by 5 s of the run: a broker whose fetches slow as its log grows shows here.
         let mut by_window: std::collections::BTreeMap<u64, Vec<f64>> = Default::default();
         for (a, s) in sent_at.iter().filter(|(_, s)| s.0 - start >= warmup) {
@@ -361,7 +379,7 @@ fn latency(b: &Broker, rate: u64, seconds: u64, partitions: u32) {
         let pct = |p: f64| percentile(&lat, p);
         // Wall-clock split (ms resolution): send → the daemon produces the command, then
         // command produced → it is read from the control topic.
-        let split = |f: fn(&(f64, i64, i64, f64)) -> i64| {
+        let split = |f: fn(&Sample) -> i64| {
             let mut v: Vec<f64> = samples.iter().map(|s| f(s) as f64).collect();
             v.sort_by(f64::total_cmp);
             let q = |p: f64| percentile(&v, p);
@@ -415,6 +433,10 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// One rogue's latency (ms), its wall-clock split (send → command produced, produced → read,
+/// ms) and the time to the broker's acknowledgement of its deciding event (ms).
+type Sample = (f64, i64, i64, f64);
+
 /// When a kill command was read, that in wall-clock ms, and its CreateTime (ms).
 type Arrival = (Instant, i64, i64);
 
@@ -452,7 +474,10 @@ fn main() {
     // in-memory storage lists every batch of a partition on each fetch of it, so its cost per
     // fetch grows with partitions × log length (see the README's Performance section).
     let counts = std::env::var("LOAD_LAT_PARTITIONS").unwrap_or_else(|_| "1,4".into());
-    for n in counts.split(',').filter_map(|n| n.trim().parse::<u32>().ok()) {
+    for n in counts
+        .split(',')
+        .filter_map(|n| n.trim().parse::<u32>().ok())
+    {
         latency(
             &b,
             env_or("LOAD_RATE", 10_000),

@@ -258,12 +258,14 @@ impl Config {
                 Err(e) => errors.push(format!("kafka.options.{key}: {e}")),
             }
         }
-        if kafka_options.contains_key("enable.auto.commit")
-            || kafka_options.contains_key("group.id")
-        {
-            errors.push(
-                "kafka.options: group.id and enable.auto.commit are set by the guardian".into(),
-            );
+        for key in k.options.keys() {
+            let bare = key
+                .strip_prefix("consumer.")
+                .or_else(|| key.strip_prefix("producer."))
+                .unwrap_or(key);
+            if let Some((_, why)) = RESERVED_OPTIONS.iter().find(|(k, _)| *k == bare) {
+                errors.push(format!("kafka.options.{key}: set by the guardian ({why})"));
+            }
         }
         let signing_key = match &self.signing_key {
             None => {
@@ -400,6 +402,26 @@ impl Config {
     }
 }
 
+/// librdkafka options the guardian sets itself, with or without a `consumer.` or `producer.`
+/// prefix, and why: its guarantees depend on them.
+const RESERVED_OPTIONS: [(&str, &str); 6] = [
+    ("bootstrap.servers", "use kafka.brokers"),
+    ("group.id", "use kafka.group_id"),
+    (
+        "enable.auto.commit",
+        "offsets are committed only after the state that reflects them is on disk",
+    ),
+    (
+        "enable.auto.offset.store",
+        "offsets are committed only after the state that reflects them is on disk",
+    ),
+    (
+        "enable.idempotence",
+        "outputs are written exactly once per send through an idempotent producer",
+    ),
+    ("acks", "the idempotent producer needs acks=all"),
+];
+
 /// librdkafka options whose values are secrets.
 fn is_secret_option(key: &str) -> bool {
     key.contains("password")
@@ -523,6 +545,41 @@ min_severity = 11
         );
         let e = Config::load(&p).unwrap_err();
         assert!(e.errors[0].contains("adress"), "{e}");
+    }
+
+    #[test]
+    fn options_the_guarantees_depend_on_are_refused_on_either_side() {
+        let (_d, p) = write(
+            "c.toml",
+            r#"
+signing_key = "0123456789abcdef0123"
+[kafka.options]
+"consumer.group.id" = "other"
+"enable.auto.commit" = "true"
+"producer.enable.idempotence" = "false"
+"producer.acks" = "1"
+"bootstrap.servers" = "elsewhere:9092"
+"consumer.enable.auto.offset.store" = "true"
+"consumer.fetch.wait.max.ms" = "20"
+"security.protocol" = "SSL"
+"#,
+        );
+        let e = Config::load(&p).unwrap().resolve(&p).unwrap_err();
+        let all = e.errors.join("\n");
+        for key in [
+            "consumer.group.id",
+            "enable.auto.commit",
+            "producer.enable.idempotence",
+            "producer.acks",
+            "bootstrap.servers",
+            "consumer.enable.auto.offset.store",
+        ] {
+            assert!(
+                all.contains(&format!("kafka.options.{key}: set by the guardian")),
+                "{key} not refused in:\n{all}"
+            );
+        }
+        assert_eq!(e.errors.len(), 6, "{all}");
     }
 
     #[test]

@@ -125,7 +125,10 @@ impl KafkaSink {
         let started = std::time::Instant::now();
         let mut warned = started;
         loop {
-            let _ = self.producer.flush(Duration::from_millis(500));
+            // Sends what the producer holds without waiting here: rdkafka's `flush` with a
+            // timeout polls a queue that the ThreadedProducer's own thread drains, so it sleeps
+            // its full 100 ms step whenever a message is in flight, and the engine with it.
+            let _ = self.producer.flush(Duration::ZERO);
             let failed = self.deliveries.failed.load(Ordering::Relaxed);
             if failed > self.failed_seen {
                 self.failed_seen = failed;
@@ -142,6 +145,7 @@ impl KafkaSink {
             if inflight == 0 {
                 return Ok(());
             }
+            std::thread::sleep(Duration::from_millis(1));
             if warned.elapsed() >= warn_every {
                 tracing::warn!(
                     in_flight = inflight,

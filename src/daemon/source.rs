@@ -273,6 +273,11 @@ impl ConsumerContext for AuditContext {
     }
 }
 
+/// Whether the user's options set `key` for consumers (bare or with the `consumer.` prefix).
+fn consumer_sets(options: &BTreeMap<String, String>, key: &str) -> bool {
+    options.contains_key(key) || options.contains_key(&format!("consumer.{key}"))
+}
+
 /// The consumer config shared by both sources.
 fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String>) -> ClientConfig {
     let mut c = ClientConfig::new();
@@ -317,7 +322,7 @@ pub fn audit_consumer(
         backfill,
     };
     let mut cfg = consumer_config(&k.brokers, &k.group_id, options);
-    if !options.contains_key("statistics.interval.ms") {
+    if !consumer_sets(options, "statistics.interval.ms") {
         cfg.set("statistics.interval.ms", "5000");
     }
     let c: AuditConsumer = cfg.create_with_context(ctx)?;
@@ -387,7 +392,7 @@ pub fn run_control(
 ) {
     let result = (|| -> Result<(), String> {
         let mut cfg = consumer_config(brokers, &format!("{group}-control"), options);
-        if !options.contains_key("fetch.wait.max.ms") {
+        if !consumer_sets(options, "fetch.wait.max.ms") {
             // Operator commands tolerate 100 ms; fewer fetches spare the broker.
             cfg.set("fetch.wait.max.ms", "100");
         }
@@ -443,4 +448,22 @@ pub fn run_control(
         Ok(())
     })();
     queue.send(Notice::Stopped(result.err()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_option_counts_bare_or_with_its_prefix_but_not_for_the_producer() {
+        let opts = |k: &str| BTreeMap::from([(k.to_string(), "0".to_string())]);
+        let key = "statistics.interval.ms";
+        assert!(consumer_sets(&opts(key), key));
+        assert!(consumer_sets(&opts("consumer.statistics.interval.ms"), key));
+        assert!(!consumer_sets(
+            &opts("producer.statistics.interval.ms"),
+            key
+        ));
+        assert!(!consumer_sets(&opts("fetch.wait.max.ms"), key));
+    }
 }
