@@ -441,6 +441,12 @@ mod tests {
         (d, p)
     }
 
+    /// The errors that resolving a config file `name` holding `text` reports.
+    fn resolve_errors(name: &str, text: &str) -> Vec<String> {
+        let (_d, p) = write(name, text);
+        Config::load(&p).unwrap().resolve(&p).unwrap_err().errors
+    }
+
     #[test]
     fn toml_config_resolves_secrets_from_env_and_file() {
         let (d, _) = write("x", "");
@@ -466,14 +472,13 @@ mod tests {
 
     #[test]
     fn every_error_is_reported() {
-        let (_d, p) = write(
+        let errors = resolve_errors(
             "c.json",
             r#"{"kafka": {"audit_topics": [], "control_topic": ""},
                 "signing_key": {"env": "AG_TEST_UNSET_VARIABLE"},
                 "checkpoint_interval": "soon", "log_format": "xml", "queue_capacity": 0}"#,
         );
-        let e = Config::load(&p).unwrap().resolve(&p).unwrap_err();
-        let all = e.errors.join("\n");
+        let all = errors.join("\n");
         for needle in [
             "kafka.audit_topics",
             "kafka.control_topic",
@@ -503,7 +508,7 @@ mod tests {
 
     #[test]
     fn sink_errors_are_all_reported_with_their_path() {
-        let (_d, p) = write(
+        let errors = resolve_errors(
             "c.toml",
             r#"
 signing_key = "0123456789abcdef0123"
@@ -522,8 +527,7 @@ type = "kafka"
 min_severity = 11
 "#,
         );
-        let e = Config::load(&p).unwrap().resolve(&p).unwrap_err();
-        let all = e.errors.join("\n");
+        let all = errors.join("\n");
         for needle in [
             "sinks[0] (a).address: \"no-port\" is not host:port",
             "sinks[0] (a).facility: unknown \"kernel\"",
@@ -549,7 +553,7 @@ min_severity = 11
 
     #[test]
     fn options_the_guarantees_depend_on_are_refused_on_either_side() {
-        let (_d, p) = write(
+        let errors = resolve_errors(
             "c.toml",
             r#"
 signing_key = "0123456789abcdef0123"
@@ -564,8 +568,7 @@ signing_key = "0123456789abcdef0123"
 "security.protocol" = "SSL"
 "#,
         );
-        let e = Config::load(&p).unwrap().resolve(&p).unwrap_err();
-        let all = e.errors.join("\n");
+        let all = errors.join("\n");
         for key in [
             "consumer.group.id",
             "enable.auto.commit",
@@ -579,7 +582,7 @@ signing_key = "0123456789abcdef0123"
                 "{key} not refused in:\n{all}"
             );
         }
-        assert_eq!(e.errors.len(), 6, "{all}");
+        assert_eq!(errors.len(), 6, "{all}");
     }
 
     #[test]
