@@ -116,6 +116,27 @@ fn replay(c: &mut Criterion) {
             });
         },
     );
+    group.bench_function("detect only", |b| {
+        let events: Vec<_> = f
+            .offsets
+            .iter()
+            .filter_map(|&(s, e)| f.decoder.decode(&f.lines[s..e]).ok())
+            .collect();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            let mut out = Vec::with_capacity(64);
+            for _ in 0..iters {
+                let mut engine = Engine::restore(f.set.clone(), f.warm.clone());
+                let t = Instant::now();
+                for chunk in events.chunks(BATCH) {
+                    engine.process_batch(chunk, &mut out);
+                    out.clear();
+                }
+                total += t.elapsed();
+            }
+            total
+        });
+    });
     group.bench_function("decode only", |b| {
         b.iter(|| {
             let mut ok = 0u64;

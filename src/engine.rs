@@ -174,7 +174,7 @@ impl Engine {
             for (j, ev) in chunk.iter().enumerate() {
                 if let (Some(next), Some(Some(i))) = (chunk.get(j + AHEAD), at.get(j + AHEAD)) {
                     if let Some(a) = self.agents.get(*i as usize) {
-                        a.state.prefetch_buffers(next.ts_ms);
+                        a.state.prefetch_buffers();
                     }
                 }
                 if j + 2 * AHEAD < chunk.len() {

@@ -30,9 +30,9 @@ impl FrequencyState {
         }
     }
 
-    /// Announces the memory an event at `ts` reads.
-    pub fn prefetch(&self, ts: i64) {
-        self.calls.prefetch(ts);
+    /// Announces the memory an event reads.
+    pub fn prefetch(&self) {
+        self.calls.prefetch();
     }
 }
 

@@ -136,10 +136,10 @@ impl DetectorState {
 }
 
 impl DetectorState {
-    /// Announces the memory an event at `ts` reads (see [`crate::state::prefetch`]).
-    pub fn prefetch(&self, ts: i64) {
-        self.frequency.prefetch(ts);
-        self.volume.prefetch(ts);
+    /// Announces the memory an event reads (see [`crate::state::prefetch`]).
+    pub fn prefetch(&self) {
+        self.frequency.prefetch();
+        self.volume.prefetch();
         self.sequence.prefetch();
     }
 

@@ -52,9 +52,9 @@ impl VolumeState {
         &self.tools
     }
 
-    /// Announces the memory an event at `ts` reads.
-    pub fn prefetch(&self, ts: i64) {
-        self.bytes.prefetch(ts);
+    /// Announces the memory an event reads.
+    pub fn prefetch(&self) {
+        self.bytes.prefetch();
         prefetch::lines(&self.tools, 12);
     }
 }

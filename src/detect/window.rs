@@ -1,4 +1,6 @@
-//! Sliding windows on event time: a ring of fixed-width buckets that tolerates late events.
+//! Sliding windows on event time: fixed-width buckets that tolerate late events.
+
+use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
@@ -9,59 +11,56 @@ pub const BUCKETS: i64 = 60;
 
 /// A sliding-window sum with bucket resolution `window / 60`, keeping enough buckets for late
 /// events within the allowed lateness.
+///
+/// Only the buckets that hold something are stored, oldest first, so an agent that calls a few
+/// times a minute touches one or two cache lines per event instead of the whole span (most agents'
+/// calls are further apart than a window, which empties it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ring<T> {
     width: i64,
+    /// Bucket indices kept: the window's and enough before it for the allowed lateness.
+    span: i64,
     head: i64,
     /// Sum of the window ending at `head` (kept incrementally, so an in-order event costs O(1)).
     sum: T,
-    buckets: Vec<T>,
+    /// `(bucket index, sum)` of the buckets that were added to, by index, all within
+    /// `(head - span, head]`.
+    buckets: VecDeque<(i64, T)>,
 }
 
 impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd> Ring<T> {
     /// A ring for a window and lateness (both ms).
     pub fn new(window_ms: i64, lateness_ms: i64) -> Ring<T> {
-        let width = (window_ms / BUCKETS).max(1);
-        let extra = (lateness_ms + width - 1) / width + 1;
+        let (width, span) = Self::shape(window_ms, lateness_ms);
         Ring {
             width,
+            span,
             head: i64::MIN,
             sum: T::default(),
-            buckets: vec![T::default(); (BUCKETS + extra) as usize],
+            buckets: VecDeque::new(),
         }
+    }
+
+    /// Bucket width and span for a window and lateness.
+    fn shape(window_ms: i64, lateness_ms: i64) -> (i64, i64) {
+        let width = (window_ms / BUCKETS).max(1);
+        (width, BUCKETS + (lateness_ms + width - 1) / width + 1)
     }
 
     /// Whether the ring was built for these parameters.
     pub fn fits(&self, window_ms: i64, lateness_ms: i64) -> bool {
-        let width = (window_ms / BUCKETS).max(1);
-        self.width == width
-            && self.buckets.len() as i64 == BUCKETS + (lateness_ms + width - 1) / width + 1
+        (self.width, self.span) == Self::shape(window_ms, lateness_ms)
     }
 
-    /// Announces an add at `ts` (see [`crate::state::prefetch`]): the whole ring when small,
-    /// else the bucket of `ts`.
-    pub fn prefetch(&self, ts: i64) {
-        if std::mem::size_of_val(self.buckets.as_slice()) <= 1024 {
-            prefetch::lines(&self.buckets, 16);
-        } else if let Some(b) = self.buckets.get(self.slot(ts.div_euclid(self.width))) {
-            prefetch::line(b);
+    /// Announces an add (see [`crate::state::prefetch`]): the ends of the stored buckets, where
+    /// an in-order add lands and expired buckets leave.
+    pub fn prefetch(&self) {
+        let (a, b) = self.buckets.as_slices();
+        // Even when empty, `a` starts where the next bucket goes (a prefetch never faults).
+        prefetch::line(a.as_ptr());
+        if let Some(newest) = b.last().or(a.last()) {
+            prefetch::line(newest);
         }
-    }
-
-    fn len(&self) -> i64 {
-        self.buckets.len() as i64
-    }
-
-    fn slot(&self, idx: i64) -> usize {
-        idx.rem_euclid(self.len()) as usize
-    }
-
-    /// The slots of `n` consecutive buckets from index `from` (`n` below the ring's length), as
-    /// two ranges: up to the ring's end, then from its start.
-    fn runs(&self, from: i64, n: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let start = self.slot(from);
-        let first = n.min(self.buckets.len() - start);
-        (start..start + first, 0..n - first)
     }
 
     /// Adds a value at an event time; returns `false` (and adds nothing) if it is older than the ring holds.
@@ -69,41 +68,71 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
         let idx = ts.div_euclid(self.width);
         if self.head == i64::MIN || idx - self.head >= BUCKETS {
             // Nothing of the old window survives.
-            self.buckets.iter_mut().for_each(|b| *b = T::default());
+            self.buckets.clear();
             self.sum = T::default();
             self.head = idx;
         } else if idx > self.head {
-            // Buckets head+1-BUCKETS ..= idx-BUCKETS leave the window (still intact: the ring is
-            // longer than the window) and buckets head+1 ..= idx are reused. A bucket that does
-            // both leaves first (its reuse comes len - BUCKETS steps later), so one sum then one
-            // clear give what stepping would, over two runs of contiguous memory.
-            let steps = (idx - self.head) as usize;
+            // Buckets head+1-BUCKETS ..= idx-BUCKETS leave the window; those at or before
+            // idx-span leave the ring.
+            let first = self
+                .buckets
+                .partition_point(|&(i, _)| i <= self.head - BUCKETS);
             let mut leaving = T::default();
-            let (a, b) = self.runs(self.head + 1 - BUCKETS, steps);
-            for v in self.buckets[a].iter().chain(&self.buckets[b]) {
-                leaving += *v;
+            for &(_, x) in self
+                .buckets
+                .range(first..)
+                .take_while(|&&(i, _)| i <= idx - BUCKETS)
+            {
+                leaving += x;
             }
             self.sum -= leaving;
-            let (a, b) = self.runs(self.head + 1, steps);
-            self.buckets[a].fill(T::default());
-            self.buckets[b].fill(T::default());
+            while self
+                .buckets
+                .front()
+                .is_some_and(|&(i, _)| i <= idx - self.span)
+            {
+                self.buckets.pop_front();
+            }
             self.head = idx;
-        } else if self.head - idx >= self.len() {
+        } else if self.head - idx >= self.span {
             return false;
         }
-        let s = self.slot(idx);
-        self.buckets[s] += v;
+        match self.buckets.back_mut() {
+            Some((i, x)) if *i == idx => *x += v,
+            Some((i, _)) if *i > idx => {
+                // A late event: its bucket is found from the oldest end.
+                let at = self.buckets.partition_point(|&(i, _)| i < idx);
+                match self.buckets.get_mut(at) {
+                    Some((i, x)) if *i == idx => *x += v,
+                    _ => self.buckets.insert(at, (idx, v)),
+                }
+            }
+            _ => {
+                // Room for the whole span at once, so the ring allocates once, not per event
+                // when an agent calls faster than before.
+                if self.buckets.len() == self.buckets.capacity() {
+                    self.buckets
+                        .reserve_exact(self.span as usize - self.buckets.len());
+                }
+                self.buckets.push_back((idx, v));
+            }
+        }
         if idx > self.head - BUCKETS {
             self.sum += v;
         }
         true
     }
 
+    /// Sum of the window ending at bucket `end`.
     fn sum_ending(&self, end: i64) -> T {
         let mut sum = T::default();
-        let lowest = self.head - self.len() + 1;
-        for i in (end - BUCKETS + 1).max(lowest)..=end {
-            sum += self.buckets[self.slot(i)];
+        for &(_, x) in self
+            .buckets
+            .iter()
+            .skip_while(|&&(i, _)| i <= end - BUCKETS)
+            .take_while(|&&(i, _)| i <= end)
+        {
+            sum += x;
         }
         sum
     }
@@ -117,8 +146,11 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
         if idx >= self.head {
             return self.sum;
         }
+        // Values are never negative, so moving a window's end past an empty bucket never raises
+        // its sum: the largest is at `idx` or at a stored bucket after it.
+        let last = (idx + BUCKETS - 1).min(self.head);
         let mut best = self.sum_ending(idx);
-        for end in (idx + 1)..=(idx + BUCKETS - 1).min(self.head) {
+        for &(end, _) in self.buckets.iter().filter(|&&(i, _)| i > idx && i <= last) {
             let s = self.sum_ending(end);
             if s > best {
                 best = s;
@@ -179,7 +211,7 @@ mod tests {
             steps in proptest::collection::vec((0u8..4, 0i64..100_000, 0i64..45_000, 1u64..1000), 1..300)
         ) {
             let mut r: Ring<u64> = Ring::new(60_000, 30_000);
-            let len = r.len();
+            let len = r.span;
             let mut m = Model::default();
             let mut t = 0i64;
             for (kind, gap, late, v) in steps {

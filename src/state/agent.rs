@@ -35,9 +35,9 @@ pub struct AgentState {
 }
 
 impl AgentState {
-    /// Announces the memory an event at `ts` reads beyond the state itself (its buffers).
-    pub fn prefetch_buffers(&self, ts: i64) {
-        self.detectors.prefetch(ts);
+    /// Announces the memory an event reads beyond the state itself (its buffers).
+    pub fn prefetch_buffers(&self) {
+        self.detectors.prefetch();
         self.profile.prefetch();
     }
 

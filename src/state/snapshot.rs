@@ -7,7 +7,7 @@ use super::AgentState;
 use crate::engine::EngineStats;
 
 /// Format version written into every snapshot.
-pub const SNAPSHOT_VERSION: u32 = 2;
+pub const SNAPSHOT_VERSION: u32 = 3;
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, Error)]
