@@ -172,8 +172,8 @@ impl Engine {
                 self.announce(*i);
             }
             for (j, ev) in chunk.iter().enumerate() {
-                if let (Some(next), Some(Some(i))) = (chunk.get(j + AHEAD), at.get(j + AHEAD)) {
-                    if let Some(a) = self.agents.get(*i as usize) {
+                if j + AHEAD < chunk.len() {
+                    if let Some(a) = at[j + AHEAD].and_then(|i| self.agents.get(i as usize)) {
                         a.state.prefetch_buffers();
                     }
                 }
