@@ -118,6 +118,11 @@ impl Entry {
 pub(super) struct Node {
     /// The keys, in the order they were configured.
     pub(super) entries: Vec<Entry>,
+    /// A perfect hash of the [`pack`]ed keys: slot → (packed key, entry index + 1), 0 when
+    /// empty; a power-of-two length, or empty when no key packs.
+    pub(super) table: Vec<(u128, usize)>,
+    /// Multiplier of the hash (see [`Node::slot`]).
+    pub(super) mul: u64,
 }
 
 impl Node {
@@ -137,6 +142,7 @@ impl Node {
                 self.entries.len() - 1
             }
         };
+        self.index_keys();
         let entry = &mut self.entries[idx];
         if rest.is_empty() {
             entry.slots |= 1 << slot as u16;
@@ -148,6 +154,53 @@ impl Node {
         }
     }
 
+    /// Rebuilds [`Node::table`]: the smallest table (at least four slots per key) and the
+    /// first multiplier of a fixed sequence under which no two packed keys share a slot.
+    fn index_keys(&mut self) {
+        let keys: Vec<(u128, usize)> = self
+            .entries
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.packed.map(|p| (p, i + 1)))
+            .collect();
+        self.table.clear();
+        if keys.is_empty() {
+            return;
+        }
+        let mut len = (keys.len() * 4).next_power_of_two();
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        loop {
+            for _ in 0..64 {
+                // splitmix64: a fixed sequence of odd multipliers, so the table is reproducible.
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let mul = (z ^ (z >> 31)) | 1;
+                let mut table = vec![(0u128, 0usize); len];
+                let free = keys.iter().all(|&(p, i)| {
+                    let slot = &mut table[Node::slot(p, mul, len)];
+                    let free = slot.1 == 0;
+                    *slot = (p, i);
+                    free
+                });
+                if free {
+                    self.table = table;
+                    self.mul = mul;
+                    return;
+                }
+            }
+            len *= 2;
+        }
+    }
+
+    /// Slot of a packed key in a table of `len` (a power of two) under multiplier `mul`.
+    #[inline]
+    fn slot(packed: u128, mul: u64, len: usize) -> usize {
+        let x = (packed as u64) ^ ((packed >> 64) as u64);
+        (x.wrapping_mul(mul) >> (64 - len.trailing_zeros())) as usize
+    }
+
     /// Index of `key` among the entries, if it matters.
     pub(super) fn find(&self, key: &str) -> Option<usize> {
         self.find_packed(pack(key.as_bytes(), 0, key.len()), key)
@@ -156,7 +209,16 @@ impl Node {
     /// Index of `key` among the entries, given its [`pack`]ed form.
     pub(super) fn find_packed(&self, packed: Option<u128>, key: &str) -> Option<usize> {
         match packed {
-            Some(p) => self.entries.iter().position(|e| e.packed == Some(p)),
+            Some(p) => {
+                let len = self.table.len();
+                if len == 0 {
+                    return None;
+                }
+                match self.table.get(Node::slot(p, self.mul, len)) {
+                    Some(&(k, i)) if k == p && i != 0 => Some(i - 1),
+                    _ => None,
+                }
+            }
             None => self.entries.iter().position(|e| e.key == key),
         }
     }
@@ -643,6 +705,56 @@ mod tests {
         "reasons":[{"code":"OK","message":"allowed"}],
         "safe_payload":{"agent_id":"fin-pay-1","tool_name":"trigger_payment","environment":"prod","outcome":"ALLOW","bytes":2048,"team":"treasury"},
         "plugin_source":"x","extra":{"deep":[1,2,{"a":null}]}}"#;
+
+    /// Every key of a node's tree is found at its index by the perfect hash; keys one edit away
+    /// from a configured one (a byte changed, dropped or added) are found only if configured too.
+    #[test]
+    fn the_key_hash_finds_exactly_the_configured_keys() {
+        fn check(node: &Node) {
+            let keys: Vec<&str> = node.entries.iter().map(|e| e.key.as_str()).collect();
+            for (i, key) in keys.iter().enumerate() {
+                assert_eq!(node.find(key), Some(i), "{key}");
+                let b = key.as_bytes();
+                let mut near: Vec<Vec<u8>> = Vec::new();
+                for at in 0..=b.len() {
+                    for c in [b'_', b'a', b'd', b'I', b'z', b'0'] {
+                        let mut v = b.to_vec();
+                        v.insert(at, c);
+                        near.push(v);
+                        if at < b.len() {
+                            let mut v = b.to_vec();
+                            v[at] = c;
+                            near.push(v);
+                        }
+                    }
+                    if at < b.len() {
+                        let mut v = b.to_vec();
+                        v.remove(at);
+                        near.push(v);
+                    }
+                }
+                for v in near {
+                    let other = String::from_utf8(v).expect("ascii");
+                    let want = keys.iter().position(|k| *k == other);
+                    assert_eq!(node.find(&other), want, "{other:?} near {key:?}");
+                }
+            }
+            for e in &node.entries {
+                if let Some(child) = &e.child {
+                    check(child);
+                }
+            }
+        }
+        let d = Decoder::new(&DecoderOptions {
+            volume_pointer: "/safe_payload/a_key_longer_than_fifteen".into(),
+            group_pointer: Some("/safe_payload/team".into()),
+            ..Default::default()
+        })
+        .expect("valid options");
+        check(d.root());
+        check(dec().root());
+        assert_eq!(d.root().find(""), None);
+    }
 
     fn dec() -> Decoder {
         Decoder::new(&DecoderOptions {

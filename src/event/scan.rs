@@ -21,6 +21,8 @@ const MAX_FRACTION_DIGITS: usize = 32;
 /// An object with no keys that matter, for skipping.
 static SKIPPED: Node = Node {
     entries: Vec::new(),
+    table: Vec::new(),
+    mul: 0,
 };
 
 /// Fills `slots` from the JSON object in `text`; `None` when serde_json must decide.
