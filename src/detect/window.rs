@@ -15,7 +15,7 @@ pub const BUCKETS: i64 = 60;
 /// Only the buckets that hold something are stored, oldest first, so an agent that calls a few
 /// times a minute touches one or two cache lines per event instead of the whole span (most agents'
 /// calls are further apart than a window, which empties it).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct Ring<T> {
     width: i64,
     /// Bucket indices kept: the window's and enough before it for the allowed lateness.
@@ -26,6 +26,22 @@ pub struct Ring<T> {
     /// `(bucket index, sum)` of the buckets that were added to, by index, all within
     /// `(head - span, head]`.
     buckets: VecDeque<(i64, T)>,
+}
+
+/// A copy keeps the room reserved for the whole span, so the copy does not grow on its next
+/// events (an engine restored from a copy runs as the original would).
+impl<T: Copy> Clone for Ring<T> {
+    fn clone(&self) -> Self {
+        let mut buckets = VecDeque::with_capacity(self.buckets.capacity());
+        buckets.extend(self.buckets.iter().copied());
+        Ring {
+            width: self.width,
+            span: self.span,
+            head: self.head,
+            sum: self.sum,
+            buckets,
+        }
+    }
 }
 
 impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd> Ring<T> {
