@@ -65,7 +65,20 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
 
     /// Whether the ring was built for these parameters.
     pub fn fits(&self, window_ms: i64, lateness_ms: i64) -> bool {
-        (self.width, self.span) == Self::shape(window_ms, lateness_ms)
+        if self.width != (window_ms / BUCKETS).max(1) {
+            return false;
+        }
+        // Checked on every event: the span's lateness part, ceil(lateness / width), is compared
+        // by multiplying back instead of dividing.
+        let extra = self.span - BUCKETS - 1;
+        match (
+            lateness_ms >= 0,
+            (extra - 1).checked_mul(self.width),
+            extra.checked_mul(self.width),
+        ) {
+            (true, Some(lo), Some(hi)) => lo < lateness_ms && lateness_ms <= hi,
+            _ => (self.width, self.span) == Self::shape(window_ms, lateness_ms),
+        }
     }
 
     /// Announces an add (see [`crate::state::prefetch`]): the ends of the stored buckets, where
@@ -222,6 +235,22 @@ mod tests {
     }
 
     proptest! {
+        /// `fits` (which avoids dividing) says exactly whether the shapes are equal.
+        #[test]
+        fn fits_exactly_the_rings_of_the_same_shape(
+            w0 in 0i64..200_000, l0 in 0i64..100_000, w in 0i64..200_000, l in -1000i64..100_000,
+            same_width in any::<bool>(), near in any::<bool>(), k in -1i64..=1, d in -1i64..=1,
+        ) {
+            let w = if same_width { w0 } else { w };
+            // A lateness next to a multiple of the bucket width near the ring's own, where the
+            // rounding up decides.
+            let width = (w0 / BUCKETS).max(1);
+            let l = if near { ((l0 + width - 1) / width + k) * width + d } else { l };
+            let r: Ring<u32> = Ring::new(w0, l0);
+            prop_assert_eq!(r.fits(w, l), Ring::<u32>::shape(w0, l0) == Ring::<u32>::shape(w, l));
+            prop_assert!(r.fits(w0, l0));
+        }
+
         #[test]
         fn agrees_with_a_model_that_keeps_every_value(
             steps in proptest::collection::vec((0u8..4, 0i64..100_000, 0i64..45_000, 1u64..1000), 1..300)
