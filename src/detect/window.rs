@@ -9,6 +9,11 @@ use crate::state::prefetch;
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
 pub const BUCKETS: i64 = 60;
 
+/// Buckets a ring makes room for at once: the whole span of the usual windows (91 for a window
+/// of a minute and a lateness of 30 s), without reserving megabytes for a short window with a
+/// long lateness (a span of up to 37,561 buckets), which grows as it fills instead.
+const RESERVED: usize = 256;
+
 /// A sliding-window sum with bucket resolution `window / 60`, keeping enough buckets for late
 /// events within the allowed lateness.
 ///
@@ -137,11 +142,14 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
                 }
             }
             _ => {
-                // Room for the whole span at once, so the ring allocates once, not per event
-                // when an agent calls faster than before.
+                // Room for the whole span at once (up to RESERVED), so the ring allocates once,
+                // not on later events when an agent calls faster than before.
                 if self.buckets.len() == self.buckets.capacity() {
-                    self.buckets
-                        .reserve_exact(self.span as usize - self.buckets.len());
+                    let room = usize::try_from(self.span).unwrap_or(0).min(RESERVED);
+                    match room.checked_sub(self.buckets.len()) {
+                        Some(more) if more > 0 => self.buckets.reserve_exact(more),
+                        _ => self.buckets.reserve(1),
+                    }
                 }
                 self.buckets.push_back((idx, v));
             }
@@ -280,6 +288,27 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_ring_makes_room_once_for_its_span_or_grows_by_doubling_past_the_reserve() {
+        let mut r: Ring<u32> = Ring::new(60_000, 30_000);
+        r.add(0, 1);
+        assert_eq!(r.buckets.capacity(), r.span as usize);
+        // A one-second window with ten minutes of lateness: 37,561 buckets of span.
+        let mut r: Ring<u32> = Ring::new(1000, 600_000);
+        let mut grew = 0;
+        let mut cap = 0;
+        for t in 0..5000 {
+            // Each event fills the next bucket (16 ms wide); none leaves the span.
+            r.add(t * 16, 1);
+            if r.buckets.capacity() != cap {
+                cap = r.buckets.capacity();
+                grew += 1;
+            }
+        }
+        assert_eq!(r.buckets.len(), 5000);
+        assert!(r.buckets.capacity() < 2 * 5000 && grew <= 6, "{grew} {cap}");
     }
 
     #[test]
