@@ -155,7 +155,9 @@ impl Node {
     }
 
     /// Rebuilds [`Node::table`]: the smallest table (at least four slots per key) and the
-    /// first multiplier of a fixed sequence under which no two packed keys share a slot.
+    /// first multiplier of a fixed sequence under which no two packed keys share a slot. Should
+    /// none be found up to [`MAX_KEY_TABLE`] slots, the table stays empty and keys are compared
+    /// one by one.
     fn index_keys(&mut self) {
         let keys: Vec<(u128, usize)> = self
             .entries
@@ -169,7 +171,7 @@ impl Node {
         }
         let mut len = (keys.len() * 4).next_power_of_two();
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        loop {
+        while len <= MAX_KEY_TABLE {
             for _ in 0..64 {
                 // splitmix64: a fixed sequence of odd multipliers, so the table is reproducible.
                 state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -197,7 +199,9 @@ impl Node {
     /// Slot of a packed key in a table of `len` (a power of two) under multiplier `mul`.
     #[inline]
     fn slot(packed: u128, mul: u64, len: usize) -> usize {
-        let x = (packed as u64) ^ ((packed >> 64) as u64);
+        // The low half is multiplied before the halves meet, so two keys whose halves merely
+        // xor to the same word do not share a slot under every multiplier.
+        let x = (packed as u64).wrapping_mul(mul) ^ ((packed >> 64) as u64);
         (x.wrapping_mul(mul) >> (64 - len.trailing_zeros())) as usize
     }
 
@@ -212,7 +216,7 @@ impl Node {
             Some(p) => {
                 let len = self.table.len();
                 if len == 0 {
-                    return None;
+                    return self.entries.iter().position(|e| e.packed == Some(p));
                 }
                 match self.table.get(Node::slot(p, self.mul, len)) {
                     Some(&(k, i)) if k == p && i != 0 => Some(i - 1),
@@ -223,6 +227,9 @@ impl Node {
         }
     }
 }
+
+/// Largest key table of a node (slots); beyond it keys are compared one by one.
+const MAX_KEY_TABLE: usize = 1 << 12;
 
 /// The key of `len` bytes at `start` of `bytes`, if at most 15 bytes long, as one number (its
 /// bytes, then its length), so that finding it among a node's keys takes one comparison per
@@ -754,6 +761,22 @@ mod tests {
         check(d.root());
         check(dec().root());
         assert_eq!(d.root().find(""), None);
+        // Two keys whose 8-byte halves xor to the same word (and a node of many keys) still
+        // get a table.
+        let d = Decoder::new(&DecoderOptions {
+            volume_pointer: "/safe_payload/xxxxxxxxyyyyyyy".into(),
+            group_pointer: Some("/safe_payload/yyyyyyyxxxxxxxx".into()),
+            ..Default::default()
+        })
+        .expect("valid options");
+        check(d.root());
+        let payload = d.root().find("safe_payload").expect("configured");
+        assert!(!d.root().entries[payload]
+            .child
+            .as_ref()
+            .expect("keys below")
+            .table
+            .is_empty());
     }
 
     fn dec() -> Decoder {
