@@ -232,8 +232,8 @@ impl Node {
 const MAX_KEY_TABLE: usize = 1 << 12;
 
 /// The key of `len` bytes at `start` of `bytes`, if at most 15 bytes long, as one number (its
-/// bytes, then its length), so that finding it among a node's keys takes one comparison per
-/// key. When 16 bytes are there to read it is one load and a mask.
+/// bytes, then its length), so that a node finds it with one hash and one comparison (see
+/// [`Node::find_packed`]). When 16 bytes are there to read it is one load and a mask.
 pub(super) fn pack(bytes: &[u8], start: usize, len: usize) -> Option<u128> {
     if len > 15 {
         return None;
