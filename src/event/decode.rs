@@ -752,23 +752,27 @@ mod tests {
                 }
             }
         }
-        let d = Decoder::new(&DecoderOptions {
-            volume_pointer: "/safe_payload/a_key_longer_than_fifteen".into(),
-            group_pointer: Some("/safe_payload/team".into()),
-            ..Default::default()
-        })
-        .expect("valid options");
+        let with = |volume: &str, group: &str| {
+            Decoder::new(&DecoderOptions {
+                volume_pointer: volume.into(),
+                group_pointer: Some(group.into()),
+                ..Default::default()
+            })
+            .expect("valid options")
+        };
+        let d = with(
+            "/safe_payload/a_key_longer_than_fifteen",
+            "/safe_payload/team",
+        );
         check(d.root());
         check(dec().root());
         assert_eq!(d.root().find(""), None);
         // Two keys whose 8-byte halves xor to the same word (and a node of many keys) still
         // get a table.
-        let d = Decoder::new(&DecoderOptions {
-            volume_pointer: "/safe_payload/xxxxxxxxyyyyyyy".into(),
-            group_pointer: Some("/safe_payload/yyyyyyyxxxxxxxx".into()),
-            ..Default::default()
-        })
-        .expect("valid options");
+        let d = with(
+            "/safe_payload/xxxxxxxxyyyyyyy",
+            "/safe_payload/yyyyyyyxxxxxxxx",
+        );
         check(d.root());
         let payload = d.root().find("safe_payload").expect("configured");
         assert!(!d.root().entries[payload]
