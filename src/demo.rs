@@ -107,38 +107,63 @@ pub fn script() -> Vec<(String, String)> {
 
 /// Every message of partition 0 of a topic: (the `guardian.error` header, payload).
 pub fn read_all(brokers: &str, topic: &str) -> Vec<(Option<String>, Vec<u8>)> {
-    let mut out = Vec::new();
-    let Ok(c) = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", "guardian-demo-reader")
-        .set("enable.auto.commit", "false")
-        .create::<BaseConsumer>()
-    else {
-        return out;
-    };
-    let Ok((low, high)) = c.fetch_watermarks(topic, 0, Duration::from_secs(5)) else {
-        return out;
-    };
-    let mut tpl = TopicPartitionList::new();
-    if tpl
-        .add_partition_offset(topic, 0, Offset::Offset(low))
-        .is_err()
-        || c.assign(&tpl).is_err()
-    {
-        return out;
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut next = low;
-    while next < high && Instant::now() < deadline {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
-            next = m.offset() + 1;
+    read_to_end(brokers, topic, 1, Duration::from_secs(10))
+        .into_iter()
+        .map(|m| {
             let reason = m.headers().and_then(|h| {
                 h.iter()
                     .find(|x| x.key == "guardian.error")
                     .and_then(|x| x.value)
                     .map(|v| String::from_utf8_lossy(v).into_owned())
             });
-            out.push((reason, m.payload().unwrap_or_default().to_vec()));
+            (reason, m.payload().unwrap_or_default().to_vec())
+        })
+        .collect()
+}
+
+/// Every message of partitions `0..partitions` of a topic, read from the beginning until each
+/// partition reports its end (or `deadline` passes: then what was read so far).
+///
+/// The end is the one the broker's fetch responses report, not a watermark query before
+/// reading: some Kafka-compatible brokers answer `ListOffsets` (latest) with the start of the
+/// newest batch rather than the end of the log, which would cut the reading short.
+pub fn read_to_end(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    deadline: Duration,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut out = Vec::new();
+    let Ok(c) = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", "guardian-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .create::<BaseConsumer>()
+    else {
+        return out;
+    };
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        if tpl
+            .add_partition_offset(topic, p, Offset::Beginning)
+            .is_err()
+        {
+            return out;
+        }
+    }
+    if c.assign(&tpl).is_err() {
+        return out;
+    }
+    let mut at_end = std::collections::BTreeSet::new();
+    let until = Instant::now() + deadline;
+    while (at_end.len() as i32) < partitions && Instant::now() < until {
+        match c.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => out.push(m.detach()),
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+            }
+            _ => {}
         }
     }
     out

@@ -935,8 +935,13 @@ fn run_engine(
         core.checkpoint_now()?;
         core.siem.shutdown(core.cfg.shutdown_timeout / 3);
         let _ = core.store.db().flush();
+        let m = &core.metrics;
         tracing::info!(
-            events = core.metrics.events.load(Ordering::Relaxed),
+            events = m.events.load(Ordering::Relaxed),
+            incidents = m.incidents.load(Ordering::Relaxed),
+            kill_commands = m.kill_commands.load(Ordering::Relaxed),
+            suppressed = m.suppressed.load(Ordering::Relaxed),
+            outputs_acknowledged = core.sink.delivered(),
             "engine stopped after a final checkpoint"
         );
         Ok(())
