@@ -8,9 +8,12 @@ use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::{Blueprint, BlueprintSet};
-use crate::detect::{outside_allowed, Finding, Input};
+use crate::detect::{outside_allowed, Finding, Input, Judgement, Peers};
 use crate::event::AuditEvent;
-use crate::response::{incident_id, Action, Basis, Incident, IncidentType};
+use crate::response::{
+    incident_id, Action, Basis, Incident, IncidentType, KillBudget, Severity, Spent, Status,
+    Suppression, Verdict,
+};
 use crate::state::{prefetch, AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
 
 /// Counters kept by the engine.
@@ -24,6 +27,31 @@ pub struct EngineStats {
     pub incidents: [u64; IncidentType::ALL.len()],
     /// Malformed events of the stream (counted by the source; they never reach the engine).
     pub bad_events: u64,
+    /// Kill decisions not carried out, by reason: monitor or dry run, learning period, kill
+    /// budget, allowlist.
+    pub kills_suppressed: [u64; 4],
+}
+
+/// Index of a suppression reason in [`EngineStats::kills_suppressed`].
+pub fn suppression_index(s: Suppression) -> usize {
+    match s {
+        Suppression::Monitor => 0,
+        Suppression::Learning => 1,
+        Suppression::Budget => 2,
+        Suppression::Allowlist => 3,
+    }
+}
+
+/// What the engine knows about the fleet as a whole: where learning started, the peers of each
+/// blueprint, and the kill budget.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetState {
+    /// Event time of the first event folded: the first-deployment learning period starts here.
+    pub origin: Option<i64>,
+    /// Peers by blueprint key.
+    pub peers: Vec<(String, Peers)>,
+    /// Automatic kills counted against the budget.
+    pub budget: KillBudget,
 }
 
 struct Agent {
@@ -44,6 +72,14 @@ pub struct Engine {
     dirty: Vec<u32>,
     findings: Vec<Finding>,
     stats: EngineStats,
+    /// Start of the learning period.
+    origin: Option<i64>,
+    /// Peers per blueprint (by index).
+    peers: Vec<Peers>,
+    budget: KillBudget,
+    /// Agents and killed agents per blueprint (by index).
+    agents_by_bp: Vec<usize>,
+    killed_by_bp: Vec<usize>,
 }
 
 fn type_index(t: IncidentType) -> usize {
@@ -53,6 +89,8 @@ fn type_index(t: IncidentType) -> usize {
 impl Engine {
     /// An engine with no agents.
     pub fn new(set: Arc<BlueprintSet>) -> Engine {
+        let peers = set.blueprints().iter().map(Peers::new).collect();
+        let n = set.blueprints().len();
         Engine {
             set,
             index: FxHashMap::default(),
@@ -60,7 +98,28 @@ impl Engine {
             dirty: Vec::new(),
             findings: Vec::with_capacity(8),
             stats: EngineStats::default(),
+            origin: None,
+            peers,
+            budget: KillBudget::default(),
+            agents_by_bp: vec![0; n],
+            killed_by_bp: vec![0; n],
         }
+    }
+
+    /// Start of the first-deployment learning period (the first event's time), if any event was seen.
+    pub fn origin(&self) -> Option<i64> {
+        self.origin
+    }
+
+    /// Whether the learning period of a blueprint is in force at event time `ts`.
+    pub fn learning_at(&self, bp: &Blueprint, ts: i64) -> bool {
+        self.origin
+            .is_none_or(|o| ts < o.saturating_add(bp.learned.learning_period_ms))
+    }
+
+    /// The kill budget's counters.
+    pub fn budget(&self) -> &KillBudget {
+        &self.budget
     }
 
     /// The blueprints in force.
@@ -93,9 +152,16 @@ impl Engine {
             state,
         };
         if let Some(&j) = self.index.get(agent.state.agent_id.as_str()) {
+            let old = &self.agents[j as usize];
+            self.agents_by_bp[old.bp] -= 1;
+            self.killed_by_bp[old.bp] -= usize::from(old.state.kill.killed);
+            self.agents_by_bp[agent.bp] += 1;
+            self.killed_by_bp[agent.bp] += usize::from(agent.state.kill.killed);
             self.agents[j as usize] = agent;
             return j as usize;
         }
+        self.agents_by_bp[agent.bp] += 1;
+        self.killed_by_bp[agent.bp] += usize::from(agent.state.kill.killed);
         let i = self.agents.len();
         self.index
             .insert(CompactString::from(agent.state.agent_id.as_str()), i as u32);
@@ -139,7 +205,11 @@ impl Engine {
         let Some(&i) = self.index.get(agent_id) else {
             return false;
         };
-        let st = &mut self.agents[i as usize].state;
+        let a = &mut self.agents[i as usize];
+        let st = &mut a.state;
+        if !st.kill.killed {
+            self.killed_by_bp[a.bp] += 1;
+        }
         st.kill.kill(ts);
         st.profile.kill_event(ts, KillEventKind::ManualKill);
         self.mark_dirty(i as usize);
@@ -211,9 +281,12 @@ impl Engine {
             }
         };
         self.mark_dirty(i);
+        let origin = *self.origin.get_or_insert(ev.ts_ms);
         let set = &*self.set;
         let agent = &mut self.agents[i];
-        let bp = set.get(agent.bp);
+        let bpi = agent.bp;
+        let bp = set.get(bpi);
+        let learning = ev.ts_ms < origin.saturating_add(bp.learned.learning_period_ms);
         let st = &mut agent.state;
         st.events += 1;
         st.first_seen = st.first_seen.min(ev.ts_ms);
@@ -228,12 +301,15 @@ impl Engine {
         let input = Input {
             agent_id: &ev.agent_id,
             event_id: &ev.event_id,
+            seq: st.events,
             tool_name: &ev.tool_name,
             ts: ev.ts_ms,
             bytes: ev.bytes,
         };
         self.findings.clear();
-        let obs = st.detectors.observe(bp, &input, &mut self.findings);
+        let obs = st
+            .detectors
+            .observe(bp, &mut self.peers[bpi], learning, &input, &mut self.findings);
         st.profile.observe(
             obs.tool,
             &ev.tool_name,
@@ -246,75 +322,146 @@ impl Engine {
             st.late_events += 1;
             self.stats.late_events += 1;
         }
+        if let Some(c) = st.after_kill.expire(ev.ts_ms, &bp.dedup) {
+            self.findings.push(Finding::closing(
+                IncidentType::ActivityAfterKill,
+                bp.severities.activity_after_kill,
+                c,
+                "events",
+                0,
+            ));
+        }
         if st.kill.killed {
-            if st.after_kill.violate(ev.ts_ms, &bp.dedup) {
-                self.findings.push(Finding {
-                    kind: IncidentType::ActivityAfterKill,
-                    basis: Basis::Static,
-                    severity: bp.severities.activity_after_kill,
-                    observed: 1.0,
-                    expected: 0.0,
-                    unit: "events",
-                    window_start: st.kill.last_decision.unwrap_or(ev.ts_ms),
-                    window_end: ev.ts_ms,
-                    description: format!(
-                        "Agent {:?} is still active after it was killed (call {:?}); the kill has not taken effect.",
-                        &*ev.agent_id, &*ev.tool_name
-                    ),
-                    pattern: None,
-                    disc: 0,
-                });
+            let opening = || obs.opening(Basis::Static);
+            if st.after_kill.violate(ev.ts_ms, 1.0, &bp.dedup, opening) == crate::detect::Step::Opened {
+                let mut f = Finding::new(
+                    IncidentType::ActivityAfterKill,
+                    Basis::Static,
+                    bp.severities.activity_after_kill,
+                );
+                f.weighs = false;
+                f.observed = 1.0;
+                f.unit = "events";
+                f.window_start = st.kill.last_decision.unwrap_or(ev.ts_ms);
+                f.window_end = ev.ts_ms;
+                f.description = format!(
+                    "Agent {:?} is still active after it was killed (call {:?}); the kill has not taken effect.",
+                    &*ev.agent_id, &*ev.tool_name
+                );
+                self.findings.push(f);
             }
-        } else {
-            st.after_kill.calm();
         }
         if self.findings.is_empty() {
             return;
         }
-        let mut last = IncidentType::FrequencySpike;
+        let mut last = None;
         for f in self.findings.drain(..) {
-            st.kill.record(&bp.kill, ev.ts_ms, f.severity);
-            st.profile.incident(ev.ts_ms, f.severity, f.kind);
-            last = f.kind;
-            self.stats.incidents[type_index(f.kind)] += 1;
-            out.push(make_incident(bp, st, ev, f, Action::Logged));
-        }
-        if let Some(d) = st
-            .kill
-            .decide(&bp.kill, &ev.agent_id, ev.ts_ms, bp.dry_run())
-        {
-            let what = match d.action {
-                Action::Killed => "killed",
-                Action::WouldKill => "would be killed (monitor mode or dry run)",
-                _ => "is on the kill allowlist and was not killed",
-            };
-            let f = Finding {
-                kind: IncidentType::AutoKill,
-                basis: Basis::Static,
-                severity: bp.severities.auto_kill,
-                observed: d.score,
-                expected: bp.kill.threshold,
-                unit: "score",
-                window_start: ev.ts_ms.saturating_sub(bp.kill.half_life_ms),
-                window_end: ev.ts_ms,
-                description: format!(
-                    "Agent {:?} {what}: violation score {:.2} reached the threshold {} (latest: {}).",
-                    &*ev.agent_id,
-                    d.score,
-                    bp.kill.threshold,
-                    last.as_str()
-                ),
-                pattern: None,
-                disc: 0,
-            };
-            self.stats.incidents[type_index(IncidentType::AutoKill)] += 1;
-            st.profile.incident(ev.ts_ms, f.severity, f.kind);
-            match d.action {
-                Action::Killed => st.profile.kill_event(ev.ts_ms, KillEventKind::AutoKill),
-                Action::WouldKill => st.profile.kill_event(ev.ts_ms, KillEventKind::WouldKill),
-                _ => {}
+            if f.closing.is_none() && f.judgement == Judgement::New {
+                if f.weighs {
+                    st.kill.record(&bp.kill, ev.ts_ms, f.severity);
+                    last = Some(f.kind);
+                }
+                st.profile.incident(ev.ts_ms, f.severity, f.kind);
             }
-            out.push(make_incident(bp, st, ev, f, d.action));
+            let inc = make_incident(bp, st, ev, f, Action::Logged);
+            self.stats.incidents[type_index(inc.kind)] += 1;
+            out.push(inc);
+        }
+        let Some(last) = last else {
+            return;
+        };
+        if !st.kill.due(&bp.kill, ev.ts_ms) {
+            return;
+        }
+        let spent = if bp.dry_run() || learning {
+            None
+        } else {
+            self.budget
+                .check(&bp.kill, ev.ts_ms, self.killed_by_bp[bpi], self.agents_by_bp[bpi])
+                .err()
+        };
+        let hold = if bp.dry_run() {
+            Some(Suppression::Monitor)
+        } else if learning {
+            Some(Suppression::Learning)
+        } else {
+            spent.map(|_| Suppression::Budget)
+        };
+        let Some(d) = st.kill.decide(&bp.kill, &ev.agent_id, ev.ts_ms, hold) else {
+            return;
+        };
+        let what = match (d.action, d.suppressed) {
+            (Action::Killed, _) => "killed".to_string(),
+            (_, Some(Suppression::Allowlist)) => "is on the kill allowlist and was not killed".to_string(),
+            (_, Some(Suppression::Learning)) => {
+                "would be killed, but the learning period is not over".to_string()
+            }
+            (_, Some(Suppression::Budget)) => {
+                "would be killed, but the kill budget is spent; an operator must confirm".to_string()
+            }
+            _ => "would be killed (monitor mode or dry run)".to_string(),
+        };
+        let mut f = Finding::new(IncidentType::AutoKill, Basis::Static, bp.severities.auto_kill);
+        f.weighs = false;
+        f.observed = d.score;
+        f.expected = bp.kill.threshold;
+        f.unit = "score";
+        f.window_start = ev.ts_ms.saturating_sub(bp.kill.half_life_ms);
+        f.window_end = ev.ts_ms;
+        f.description = format!(
+            "Agent {:?} {what}: violation score {:.2} reached the threshold {} (latest: {}).",
+            &*ev.agent_id,
+            d.score,
+            bp.kill.threshold,
+            last.as_str()
+        );
+        self.stats.incidents[type_index(IncidentType::AutoKill)] += 1;
+        st.profile.incident(ev.ts_ms, f.severity, f.kind);
+        match d.action {
+            Action::Killed => {
+                st.profile.kill_event(ev.ts_ms, KillEventKind::AutoKill);
+                self.budget.spend(ev.ts_ms);
+                self.killed_by_bp[bpi] += 1;
+            }
+            Action::WouldKill => st.profile.kill_event(ev.ts_ms, KillEventKind::WouldKill),
+            _ => {}
+        }
+        if let Some(s) = d.suppressed {
+            self.stats.kills_suppressed[suppression_index(s)] += 1;
+        }
+        let mut inc = make_incident(bp, st, ev, f, d.action);
+        inc.suppressed_by = d.suppressed;
+        out.push(inc);
+        if let (Some(s), Some(Suppression::Budget)) = (spent, d.suppressed) {
+            if self.budget.hold(ev.ts_ms) {
+                let why = match s {
+                    Spent::PerHour(n) => format!(
+                        "{n} automatic kills this hour (limit {})",
+                        bp.kill.budget_per_hour
+                    ),
+                    Spent::Share { killed, agents } => format!(
+                        "{killed} of the {agents} agents of blueprint {:?} are killed (limit {:.0} %)",
+                        bp.key,
+                        bp.kill.budget_share * 100.0
+                    ),
+                };
+                let mut f = Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
+                f.weighs = false;
+                f.observed = f64::from(self.killed_by_bp[bpi] as u32);
+                f.expected = bp.kill.budget_share * self.agents_by_bp[bpi] as f64;
+                f.unit = "agents";
+                f.window_start = ev.ts_ms.div_euclid(3_600_000) * 3_600_000;
+                f.window_end = ev.ts_ms;
+                f.description = format!(
+                    "Kill budget spent: {why}. Agent {:?} and any further agent this hour are only \
+                     would-kill decisions; confirm with `guardian kill {}` if they must stop.",
+                    &*ev.agent_id, &*ev.agent_id
+                );
+                self.stats.incidents[type_index(IncidentType::KillBudget)] += 1;
+                let mut inc = make_incident(bp, st, ev, f, Action::WouldKill);
+                inc.suppressed_by = Some(Suppression::Budget);
+                out.push(inc);
+            }
         }
     }
 
@@ -323,8 +470,11 @@ impl Engine {
         match self.index.get(agent_id) {
             Some(&i) => {
                 let a = &mut self.agents[i as usize];
+                if a.state.kill.killed {
+                    self.killed_by_bp[a.bp] -= 1;
+                }
                 a.state.kill.revive(ts);
-                a.state.after_kill.calm();
+                a.state.after_kill = crate::detect::Episode::default();
                 a.state.profile.kill_event(ts, KillEventKind::Revive);
                 self.mark_dirty(i as usize);
                 true
@@ -341,6 +491,18 @@ impl Engine {
             version: SNAPSHOT_VERSION,
             stats: self.stats.clone(),
             agents,
+            fleet: self.fleet_state(),
+        }
+    }
+
+    /// The fleet part of the state: learning start, peers, kill budget.
+    pub fn fleet_state(&self) -> FleetState {
+        FleetState {
+            origin: self.origin,
+            peers: (0..self.set.blueprints().len())
+                .map(|i| (self.set.get(i).key.clone(), self.peers[i].clone()))
+                .collect(),
+            budget: self.budget.clone(),
         }
     }
 
@@ -349,6 +511,13 @@ impl Engine {
     pub fn restore(set: Arc<BlueprintSet>, snap: Snapshot) -> Engine {
         let mut e = Engine::new(set);
         e.stats = snap.stats;
+        e.origin = snap.fleet.origin;
+        e.budget = snap.fleet.budget;
+        for (key, peers) in snap.fleet.peers {
+            if let Some(i) = e.set.index_of(&key) {
+                e.peers[i] = peers;
+            }
+        }
         for state in snap.agents {
             let bp = e.set.index_of(&state.blueprint).unwrap_or_else(|| {
                 e.set
@@ -367,20 +536,47 @@ fn make_incident(
     f: Finding,
     action: Action,
 ) -> Incident {
-    Incident {
-        incident_id: incident_id(
-            &st.agent_id,
-            f.kind,
-            f.basis,
-            st.events,
-            &ev.event_id,
-            ev.ts_ms,
-            f.disc,
+    let (kind, severity, about, verdict) = match f.judgement {
+        Judgement::New => (f.kind, f.severity, None, None),
+        Judgement::Routine => (IncidentType::Baseline, Severity::Low, Some(f.kind), Some(Verdict::Routine)),
+        Judgement::Learning => (IncidentType::Baseline, Severity::Low, Some(f.kind), Some(Verdict::Learning)),
+    };
+    let (incident_id, status, count, at) = match &f.closing {
+        Some(c) => (
+            incident_id(
+                &st.agent_id,
+                kind,
+                c.opening.basis,
+                c.opening.seq,
+                &c.opening.event_id,
+                c.opening.ts,
+                f.disc,
+            ),
+            Status::Closed,
+            c.count,
+            c.opening.ts,
         ),
+        None => (
+            incident_id(
+                &st.agent_id,
+                kind,
+                f.basis,
+                st.events,
+                &ev.event_id,
+                ev.ts_ms,
+                f.disc + if about.is_some() { 1 << 16 } else { 0 },
+            ),
+            Status::Open,
+            1,
+            ev.ts_ms,
+        ),
+    };
+    Incident {
+        incident_id,
         agent_id: st.agent_id.clone(),
-        kind: f.kind,
-        severity: f.severity,
-        at: ev.ts_ms,
+        kind,
+        severity,
+        at,
         window_start: f.window_start,
         window_end: f.window_end,
         blueprint: bp.key.clone(),
@@ -393,6 +589,12 @@ fn make_incident(
         event_id: ev.event_id.to_string(),
         tool_name: ev.tool_name.to_string(),
         pattern: f.pattern,
+        status,
+        count,
+        about,
+        verdict,
+        baseline: f.facts,
+        suppressed_by: None,
     }
 }
 
@@ -408,7 +610,8 @@ mod tests {
         let bp = load_blueprint(
             "t",
             &json!({"name": "T", "mode": mode, "auto_kill_threshold": 2,
-                    "anomaly": {"suspicious_sequences": [["x", "x"]]}, "kill": kill}),
+                    "anomaly": {"suspicious_sequences": [["x", "x"]]}, "kill": kill,
+                    "learned": {"learning_period": 0}}),
         )
         .unwrap();
         Arc::new(
@@ -472,9 +675,12 @@ mod tests {
         );
         let after: Vec<_> = later
             .iter()
-            .filter(|i| i.kind == IncidentType::ActivityAfterKill)
+            .filter(|i| i.kind == IncidentType::ActivityAfterKill && i.status == Status::Open)
             .collect();
         assert_eq!(after.len(), 2, "one per episode: {later:?}");
+        let closed: Vec<_> = later.iter().filter(|i| i.status == Status::Closed).collect();
+        assert_eq!(closed.len(), 1, "the first episode closed: {later:?}");
+        assert_eq!((closed[0].count, &closed[0].incident_id), (2, &after[0].incident_id));
         assert!(after
             .iter()
             .all(|i| i.severity == crate::response::Severity::Critical));

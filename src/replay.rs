@@ -262,6 +262,7 @@ pub fn write_state<S>(
     };
     ledger.record_setup(setup, chrono::Utc::now().timestamp_millis());
     let topic = format!("replay:{source}");
+    let fleet = engine.fleet_state();
     let agents = engine.take_dirty();
     store.checkpoint(
         &[PartitionDelta {
@@ -269,6 +270,7 @@ pub fn write_state<S>(
             partition: 0,
             next_offset: lines as i64,
             stats: &stats,
+            fleet,
             agents,
         }],
         &[],

@@ -76,7 +76,9 @@ fn show_prints_the_effective_blueprint_with_defaults() {
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(v["timezone"], "America/New_York");
     assert_eq!(v["anomaly"]["frequency_threshold"], 30);
-    assert_eq!(v["learned"]["min_slot_observations"], 2);
+    assert_eq!(v["learned"]["min_active_days"], 3);
+    assert_eq!(v["learned"]["learning_period"], "7days");
+    assert_eq!(v["kill"]["budget"]["per_hour"], 3);
     assert_eq!(v["kill"]["weights"]["critical"], 2.0);
     let (code, out, _) = guardian(
         &[
@@ -118,7 +120,8 @@ fn replay_counts_malformed_lines_with_line_numbers_and_goes_on() {
     assert!(err.contains("2 malformed line(s)"), "{err}");
     // engineering (the default) allows 60 calls a minute: 40 in 40 s is quiet.
     assert_eq!(out.lines().count(), 0, "{out}");
-    // With the finance blueprint (30 a minute) the same input is one frequency spike.
+    // With the finance blueprint (30 a minute) the same input is over the threshold: on a fresh
+    // guard, during its learning period, that is one baseline finding, not an incident.
     let dir = tempfile::tempdir().unwrap();
     let a = dir.path().join("assign.json");
     std::fs::write(&a, r#"{"default": "finance"}"#).unwrap();
@@ -131,7 +134,10 @@ fn replay_counts_malformed_lines_with_line_numbers_and_goes_on() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(incidents.len(), 1, "{out}");
-    assert_eq!(incidents[0]["type"], "frequency_spike");
+    assert_eq!(incidents[0]["type"], "baseline");
+    assert_eq!(incidents[0]["about"], "frequency_spike");
+    assert_eq!(incidents[0]["verdict"], "learning");
+    assert_eq!(incidents[0]["severity"], "low");
     assert_eq!(incidents[0]["at"], "2026-03-03T15:00:30.000Z");
     for k in [
         "incident_id",

@@ -85,6 +85,12 @@ fn incident(n: u32, blueprint: &str, severity: Severity) -> Incident {
         event_id: format!("ev-{n}"),
         tool_name: "payments.transfer".into(),
         pattern: None,
+        status: Default::default(),
+        count: 1,
+        about: None,
+        verdict: None,
+        baseline: None,
+        suppressed_by: None,
     }
 }
 

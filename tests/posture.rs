@@ -103,7 +103,8 @@ fn sequence_set() -> Arc<BlueprintSet> {
     let bp = load_blueprint(
         "t",
         &serde_json::json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
-            "anomaly": {"suspicious_sequences": [["read_secret", "wire_transfer"]]}}),
+            "anomaly": {"suspicious_sequences": [["read_secret", "wire_transfer"]]},
+            "learned": {"learning_period": 0}}),
     )
     .unwrap();
     Arc::new(

@@ -2,8 +2,6 @@
 
 use globset::{Glob, GlobSetBuilder};
 use serde_json::Value;
-use statrs::distribution::{ContinuousCDF, Normal};
-
 use super::schema::*;
 use super::walk::{join, kind, PathError, Walker};
 use crate::detect::tool_hash;
@@ -26,6 +24,7 @@ const TOP_KEYS: &[&str] = &[
     "kill",
     "severities",
     "dedup",
+    "routine",
 ];
 const ANOMALY_KEYS: &[&str] = &[
     "frequency_threshold",
@@ -92,6 +91,27 @@ impl Walker {
                 self.err(
                     &join(path, key),
                     format!("{s:?} is not one of low, medium, high, critical"),
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Walker {
+    fn routine(
+        &mut self,
+        m: &serde_json::Map<String, Value>,
+        key: &str,
+        path: &str,
+    ) -> Option<RoutineMode> {
+        let s = self.string(m, key, path)?;
+        match RoutineMode::parse(s) {
+            Some(r) => Some(r),
+            None => {
+                self.err(
+                    &join(path, key),
+                    format!("{s:?} is not one of silence, report, alert"),
                 );
                 None
             }
@@ -264,6 +284,21 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
         },
     };
 
+    let mut routine = RoutineRules::default();
+    if let Some(m) = Walker::field(top, "routine")
+        .and_then(|v| w.object(v, "/routine", &["frequency", "volume", "off_hours"]))
+    {
+        for (k, slot) in [
+            ("frequency", &mut routine.frequency),
+            ("volume", &mut routine.volume),
+            ("off_hours", &mut routine.off_hours),
+        ] {
+            if let Some(r) = w.routine(m, k, "/routine") {
+                *slot = r;
+            }
+        }
+    }
+
     if !w.errors.is_empty() {
         return Err(w.errors);
     }
@@ -287,6 +322,7 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
         kill,
         severities,
         dedup,
+        routine,
     })
 }
 
@@ -302,12 +338,22 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
         let p = format!("{base}/{i}");
-        let (pattern_value, within, contiguous, severity, ppath) = match item {
+        let (pattern_value, within, contiguous, severity, routine, ppath) = match item {
             // The peer's form: a bare list of tool names, matched on consecutive calls.
-            Value::Array(_) => (item, default_within, true, Severity::High, p.clone()),
+            Value::Array(_) => (
+                item,
+                default_within,
+                true,
+                Severity::High,
+                RoutineMode::default(),
+                p.clone(),
+            ),
             Value::Object(_) => {
-                let Some(m) = w.object(item, &p, &["pattern", "within", "contiguous", "severity"])
-                else {
+                let Some(m) = w.object(
+                    item,
+                    &p,
+                    &["pattern", "within", "contiguous", "severity", "routine"],
+                ) else {
                     continue;
                 };
                 let within = w
@@ -315,8 +361,9 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
                     .unwrap_or(default_within);
                 let contiguous = w.boolean(m, "contiguous", &p).unwrap_or(false);
                 let severity = w.severity(m, "severity", &p).unwrap_or(Severity::High);
+                let routine = w.routine(m, "routine", &p).unwrap_or_default();
                 match m.get("pattern") {
-                    Some(v) => (v, within, contiguous, severity, format!("{p}/pattern")),
+                    Some(v) => (v, within, contiguous, severity, routine, format!("{p}/pattern")),
                     None => {
                         w.err(
                             &format!("{p}/pattern"),
@@ -381,6 +428,7 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
             within_ms: within,
             contiguous,
             severity,
+            routine,
         });
     }
     out
@@ -424,22 +472,35 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
     let mut l = LearnedRules {
         enabled: true,
         sensitivity: 1e-6,
-        warmup_ms: 14 * DAY,
-        min_slot_observations: 2,
-        min_hourly_count: 20,
+        learning_period_ms: 7 * DAY,
+        warmup_ms: 7 * DAY,
+        min_active_days: 3,
+        burst_ratio: 5.0,
+        slow_burn_ratio: 4.0,
+        min_window_count: 6,
         volume_warmup_calls: 50,
-        volume_min_bytes: 1e6,
-        rare_hour_share: 0.0,
-        z_threshold: 0.0,
+        volume_min_bytes: 0.0,
+        rare_share: 0.1,
+        routine_days: 3,
+        sequence_rarity: 1e-3,
     };
     let keys = [
         "enabled",
         "sensitivity",
+        "learning_period",
         "warmup",
-        "min_slot_observations",
-        "min_hourly_count",
+        "min_active_days",
+        "burst_ratio",
+        "slow_burn_ratio",
+        "min_window_count",
         "volume_warmup_calls",
         "volume_min_bytes",
+        "rare_share",
+        "routine_days",
+        "sequence_rarity",
+        // Earlier names, still accepted (see the README's "Changes of meaning").
+        "min_slot_observations",
+        "min_hourly_count",
         "rare_hour_share",
     ];
     let p = "/learned";
@@ -448,26 +509,46 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
         l.sensitivity = w
             .number(m, "sensitivity", p, 1e-15, 0.5)
             .unwrap_or(l.sensitivity);
+        l.learning_period_ms = w
+            .duration(m, "learning_period", p, 0, 365 * DAY)
+            .unwrap_or(l.learning_period_ms);
         l.warmup_ms = w
             .duration(m, "warmup", p, 0, 365 * DAY)
             .unwrap_or(l.warmup_ms);
-        l.min_slot_observations = w
-            .integer(m, "min_slot_observations", p, 1, 1000)
-            .unwrap_or(2) as u32;
-        l.min_hourly_count = w
-            .integer(m, "min_hourly_count", p, 1, u32::MAX as u64)
-            .unwrap_or(20) as u32;
+        for key in ["min_slot_observations", "min_active_days"] {
+            if let Some(v) = w.integer(m, key, p, 1, 1000) {
+                l.min_active_days = v as u32;
+            }
+        }
+        l.burst_ratio = w
+            .number(m, "burst_ratio", p, 1.0, 1e6)
+            .unwrap_or(l.burst_ratio);
+        l.slow_burn_ratio = w
+            .number(m, "slow_burn_ratio", p, 1.0, 1e6)
+            .unwrap_or(l.slow_burn_ratio);
+        for key in ["min_hourly_count", "min_window_count"] {
+            if let Some(v) = w.integer(m, key, p, 1, u32::MAX as u64) {
+                l.min_window_count = v as u32;
+            }
+        }
         l.volume_warmup_calls = w
             .integer(m, "volume_warmup_calls", p, 2, u32::MAX as u64)
             .unwrap_or(50) as u32;
         l.volume_min_bytes = w
             .number(m, "volume_min_bytes", p, 0.0, 1e18)
             .unwrap_or(l.volume_min_bytes);
-        l.rare_hour_share = w
-            .number(m, "rare_hour_share", p, 0.0, 0.5)
-            .unwrap_or(l.rare_hour_share);
+        for key in ["rare_hour_share", "rare_share"] {
+            if let Some(v) = w.number(m, key, p, 0.0, 0.5) {
+                l.rare_share = v;
+            }
+        }
+        l.routine_days = w
+            .integer(m, "routine_days", p, 1, 365)
+            .map_or(l.routine_days, |v| v as u32);
+        l.sequence_rarity = w
+            .number(m, "sequence_rarity", p, 0.0, 1.0)
+            .unwrap_or(l.sequence_rarity);
     }
-    l.z_threshold = Normal::new(0.0, 1.0).map_or(4.75, |n| n.inverse_cdf(1.0 - l.sensitivity));
     l
 }
 
@@ -480,13 +561,22 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
         allowlist_set: globset::GlobSet::empty(),
         dry_run: false,
         weights: [0.5, 1.0, 1.0, 2.0],
+        budget_per_hour: 3,
+        budget_share: 0.1,
     };
     let p = "/kill";
     if let Some(m) = Walker::field(top, "kill").and_then(|v| {
         w.object(
             v,
             p,
-            &["half_life", "cooldown", "allowlist", "dry_run", "weights"],
+            &[
+                "half_life",
+                "cooldown",
+                "allowlist",
+                "dry_run",
+                "weights",
+                "budget",
+            ],
         )
     }) {
         k.half_life_ms = w
@@ -511,6 +601,16 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
                 Err(e) => w.err("/kill/allowlist", format!("bad glob set: {e}")),
             }
             k.allowlist = list;
+        }
+        if let Some(bm) = Walker::field(m, "budget")
+            .and_then(|v| w.object(v, "/kill/budget", &["per_hour", "share"]))
+        {
+            if let Some(n) = w.integer(bm, "per_hour", "/kill/budget", 0, 1_000_000) {
+                k.budget_per_hour = n as u32;
+            }
+            if let Some(x) = w.number(bm, "share", "/kill/budget", 0.0, 1.0) {
+                k.budget_share = x;
+            }
         }
         let names = ["low", "medium", "high", "critical"];
         if let Some(wm) =

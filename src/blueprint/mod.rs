@@ -11,7 +11,7 @@ pub use assign::{Assignment, AssignmentRule};
 pub use load::{load_blueprint, parse_duration_ms};
 pub use schema::{
     AllowedHours, Blueprint, DataVolumeRules, DedupRules, KillRules, LearnedRules, Mode,
-    SequenceRule, Severities, Weekdays,
+    RoutineMode, RoutineRules, SequenceRule, Severities, Weekdays,
 };
 pub use set::{read_json_file, BlueprintSet, LoadError, BUILTIN};
 pub use walk::PathError;

@@ -85,6 +85,53 @@ pub struct SequenceRule {
     pub contiguous: bool,
     /// Severity of a match.
     pub severity: Severity,
+    /// What to do with matches that are routine for the agent (default: report once).
+    pub routine: RoutineMode,
+}
+
+/// What the blueprint wants done with matches that are routine for the agent (`routine` of a
+/// rule: `silence`, `report` or `alert`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RoutineMode {
+    /// Say nothing about routine matches.
+    Silence,
+    /// Report the routine once as a `baseline` finding, and again when it changes (default).
+    #[default]
+    Report,
+    /// Every match is an incident, routine or not, learning period or not.
+    Alert,
+}
+
+impl RoutineMode {
+    /// The blueprint spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoutineMode::Silence => "silence",
+            RoutineMode::Report => "report",
+            RoutineMode::Alert => "alert",
+        }
+    }
+
+    /// Parses the blueprint spelling.
+    pub fn parse(s: &str) -> Option<RoutineMode> {
+        match s {
+            "silence" => Some(RoutineMode::Silence),
+            "report" => Some(RoutineMode::Report),
+            "alert" => Some(RoutineMode::Alert),
+            _ => None,
+        }
+    }
+}
+
+/// What to do with static matches that are routine for the agent, per detector.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoutineRules {
+    /// Frequency threshold (and the peer's count-based volume threshold).
+    pub frequency: RoutineMode,
+    /// Data-volume threshold.
+    pub volume: RoutineMode,
+    /// Allowed hours and working days.
+    pub off_hours: RoutineMode,
 }
 
 /// Static data-volume thresholds.
@@ -103,20 +150,33 @@ pub struct LearnedRules {
     pub enabled: bool,
     /// Tail probability under the agent's own baseline below which a figure is anomalous (default 1e-6).
     pub sensitivity: f64,
-    /// History an agent needs before learned alerts (default 14 days).
+    /// First-deployment learning period (ms), from the first event the guard folds (default 7
+    /// days): findings are baseline facts, nothing is new yet, nothing is killed.
+    pub learning_period_ms: i64,
+    /// History an agent needs before its learned findings add kill weight (default 7 days).
     pub warmup_ms: i64,
-    /// Observations an hour-of-week slot needs before it is judged (default 2).
-    pub min_slot_observations: u32,
-    /// Calls in an hour below which no learned frequency alert fires (default 20).
-    pub min_hourly_count: u32,
+    /// Active days of its own an agent needs before its rhythm is used; before that, its peers'
+    /// (default 3; the former `min_slot_observations`).
+    pub min_active_days: u32,
+    /// Least ratio of calls to the expected count in 5- and 15-minute windows (default 5).
+    pub burst_ratio: f64,
+    /// Least ratio in 1- and 4-hour windows (default 4).
+    pub slow_burn_ratio: f64,
+    /// Fewest calls in a window that can be a learned frequency spike (default 6; the former
+    /// `min_hourly_count`).
+    pub min_window_count: u32,
     /// Calls of one tool before its volume is judged (default 50).
     pub volume_warmup_calls: u32,
-    /// Bytes of one call below which no learned volume alert fires (default 1 MB).
+    /// Bytes of one call below which it adds nothing to a learned volume run (default 0).
     pub volume_min_bytes: f64,
-    /// Share of observed weeks in which an hour of week was active, at or below which activity there is unusual (default 0.0).
-    pub rare_hour_share: f64,
-    /// Derived from `sensitivity`: the standard-normal quantile of 1 − sensitivity (not in JSON).
-    pub z_threshold: f64,
+    /// Share of weeks (or active days) at or below which a day of the week (or an hour of the
+    /// day) the agent does not work in is rare (default 0.1; the former `rare_hour_share`).
+    pub rare_share: f64,
+    /// Distinct days on which a static match makes it routine for the agent (default 3).
+    pub routine_days: u32,
+    /// Matches per call of a sequence's first step below which a form of the sequence is new
+    /// for the agent and its peers (default 1e-3).
+    pub sequence_rarity: f64,
 }
 
 /// Kill policy.
@@ -136,6 +196,11 @@ pub struct KillRules {
     pub dry_run: bool,
     /// Score added per incident by severity: low, medium, high, critical.
     pub weights: [f64; 4],
+    /// Automatic kills per hour of event time in the fleet beyond which further kills wait for
+    /// an operator (`would_kill`), default 3; 0: no limit.
+    pub budget_per_hour: u32,
+    /// Share of the blueprint's agents that may be killed at once, default 0.1; 1: no limit.
+    pub budget_share: f64,
 }
 
 impl PartialEq for KillRules {
@@ -146,6 +211,8 @@ impl PartialEq for KillRules {
             && self.allowlist == o.allowlist
             && self.dry_run == o.dry_run
             && self.weights == o.weights
+            && self.budget_per_hour == o.budget_per_hour
+            && self.budget_share == o.budget_share
     }
 }
 
@@ -214,6 +281,8 @@ pub struct Blueprint {
     pub severities: Severities,
     /// Deduplication.
     pub dedup: DedupRules,
+    /// What to do with routine static matches, per detector.
+    pub routine: RoutineRules,
 }
 
 fn dur(ms: i64) -> String {
@@ -233,7 +302,7 @@ impl Blueprint {
             .iter()
             .map(|s| {
                 json!({"pattern": s.pattern, "within": dur(s.within_ms), "contiguous": s.contiguous,
-                       "severity": s.severity.as_str()})
+                       "severity": s.severity.as_str(), "routine": s.routine.as_str()})
             })
             .collect();
         let mut anomaly = json!({
@@ -263,12 +332,22 @@ impl Blueprint {
             "learned": {
                 "enabled": self.learned.enabled,
                 "sensitivity": self.learned.sensitivity,
+                "learning_period": dur(self.learned.learning_period_ms),
                 "warmup": dur(self.learned.warmup_ms),
-                "min_slot_observations": self.learned.min_slot_observations,
-                "min_hourly_count": self.learned.min_hourly_count,
+                "min_active_days": self.learned.min_active_days,
+                "burst_ratio": self.learned.burst_ratio,
+                "slow_burn_ratio": self.learned.slow_burn_ratio,
+                "min_window_count": self.learned.min_window_count,
                 "volume_warmup_calls": self.learned.volume_warmup_calls,
                 "volume_min_bytes": self.learned.volume_min_bytes,
-                "rare_hour_share": self.learned.rare_hour_share,
+                "rare_share": self.learned.rare_share,
+                "routine_days": self.learned.routine_days,
+                "sequence_rarity": self.learned.sequence_rarity,
+            },
+            "routine": {
+                "frequency": self.routine.frequency.as_str(),
+                "volume": self.routine.volume.as_str(),
+                "off_hours": self.routine.off_hours.as_str(),
             },
             "kill": {
                 "half_life": dur(self.kill.half_life_ms),
@@ -277,6 +356,7 @@ impl Blueprint {
                 "dry_run": self.kill.dry_run,
                 "weights": {"low": self.kill.weights[0], "medium": self.kill.weights[1],
                             "high": self.kill.weights[2], "critical": self.kill.weights[3]},
+                "budget": {"per_hour": self.kill.budget_per_hour, "share": self.kill.budget_share},
             },
             "severities": {
                 "frequency_spike": self.severities.frequency_spike.as_str(),

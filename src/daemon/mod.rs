@@ -506,6 +506,12 @@ impl Core {
                     event_id: format!("control:{}:{}", r.partition, r.offset),
                     tool_name: String::new(),
                     pattern: None,
+                    status: crate::response::Status::Open,
+                    count: 1,
+                    about: None,
+                    verdict: None,
+                    baseline: None,
+                    suppressed_by: None,
                 };
                 let json = serde_json::to_vec(&inc).unwrap_or_default();
                 self.sink.send(
@@ -533,11 +539,13 @@ impl Core {
         }
         let mut deltas = Vec::new();
         for ((&(t, p), part), s) in self.parts.iter_mut().zip(&stats) {
+            let fleet = part.engine.fleet_state();
             deltas.push(PartitionDelta {
                 topic: topics.get(t as usize).map_or("", String::as_str),
                 partition: p,
                 next_offset: part.next,
                 stats: &s.3,
+                fleet,
                 agents: part.engine.take_dirty(),
             });
         }

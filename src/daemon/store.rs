@@ -12,7 +12,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::control::Command;
-use crate::engine::EngineStats;
+use crate::engine::{EngineStats, FleetState};
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
 use crate::state::{AgentState, Snapshot, SNAPSHOT_VERSION};
@@ -53,6 +53,8 @@ pub struct PartitionMeta {
     pub next_offset: i64,
     /// Engine counters of the partition.
     pub stats: EngineStats,
+    /// The partition's fleet state: learning start, peers, kill budget.
+    pub fleet: FleetState,
 }
 
 /// One partition's changes in a checkpoint.
@@ -65,6 +67,8 @@ pub struct PartitionDelta<'a> {
     pub next_offset: i64,
     /// Counters.
     pub stats: &'a EngineStats,
+    /// Fleet state.
+    pub fleet: FleetState,
     /// Agents changed since the previous checkpoint.
     pub agents: Vec<&'a AgentState>,
 }
@@ -166,6 +170,7 @@ pub fn checkpoint_batch(
             version: SNAPSHOT_VERSION,
             next_offset: p.next_offset,
             stats: p.stats.clone(),
+            fleet: p.fleet.clone(),
         };
         b.insert(
             part_prefix('m', p.topic, p.partition).as_bytes(),
@@ -236,6 +241,7 @@ impl Store {
                 version: SNAPSHOT_VERSION,
                 stats: meta.stats,
                 agents,
+                fleet: meta.fleet,
             },
         )))
     }
@@ -470,6 +476,7 @@ mod tests {
                 partition: 3,
                 next_offset: 42,
                 stats: &stats,
+                fleet: FleetState::default(),
                 agents: vec![&a, &b],
             }],
             &[(0, 7)],

@@ -18,6 +18,15 @@ pub struct LocalTime {
     pub weekday: u8,
     /// Hour of week, 0 = Monday 00:00 … 167 = Sunday 23:00.
     pub hour_of_week: u8,
+    /// Local calendar day, counted from 1970-01-01.
+    pub day: i32,
+}
+
+impl LocalTime {
+    /// Local week, counted in Monday-to-Sunday weeks from the Monday before 1970-01-01.
+    pub fn week(&self) -> i32 {
+        (self.day + 3).div_euclid(7)
+    }
 }
 
 /// UTC offset of a zone at an instant, in ms.
@@ -39,6 +48,7 @@ fn from_local_ms(local_ms: i64) -> LocalTime {
         minute,
         weekday,
         hour_of_week: weekday * 24 + hour,
+        day: days.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32,
     }
 }
 

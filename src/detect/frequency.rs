@@ -1,22 +1,83 @@
-//! frequency_spike: calls in a sliding window over the blueprint threshold (static), or calls in
-//! the current hour improbable under the agent's hour-of-week baseline (learned). Also the peer's
-//! count-based `volume_threshold`, reported as a volume spike.
+//! frequency_spike, judged against the agent.
+//!
+//! - **Static:** calls in the blueprint's sliding window (1 min by default) over its
+//!   `frequency_threshold`. A match is routine when the agent's own rate makes such a count
+//!   ordinary (it runs above the threshold every day), or it did so on `routine_days` days: then
+//!   it is a `baseline` finding, reported once and again when its level doubles.
+//! - **Learned:** calls in windows of 5 min, 15 min, 1 h and 4 h against what the agent usually
+//!   makes at this local hour of the day on a working day (never less than half its working
+//!   rate): a count that is both improbable (negative binomial tail below `sensitivity`) and at
+//!   least `burst_ratio` (short windows) or `slow_burn_ratio` (long windows) times the expected.
+//!   An agent with fewer than `min_active_days` of its own is compared with its blueprint's peers.
+//! - One episode of violations (static or learned) is one incident, closed when it ends. Calls
+//!   inside an open off-hours incident are that incident's, not a second one.
+//!
+//! Also the peer's count-based `volume_threshold`, reported as a volume spike.
 
 use serde::{Deserialize, Serialize};
 
-use super::{human_ms, Episode, Finding, HourView, Observation, Ring};
+use super::habit::{Habit, Report, RoutineMode};
+use super::scales::{Scales, MINUTES, SCALES};
+use super::stats::{count_threshold, rate_variance};
+use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
-use crate::response::{Basis, IncidentType};
+use crate::response::{Basis, BaselineFacts, IncidentType, Source};
+
+/// Least expected calls per hour, as a share of the agent's working rate.
+const RATE_FLOOR: f64 = 0.5;
+/// Day-to-day spread (coefficient of variation) of an hourly rate assumed when it is not learned
+/// (peers, or an hour with too few calls to tell).
+const RATE_CV: f64 = 0.5;
+/// Least and most spread taken from an agent's own hours.
+const MIN_CV: f64 = 0.25;
+const MAX_CV: f64 = 1.0;
+
+/// Limits for one local hour, computed when the hour starts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Limits {
+    /// Local day × 24 + hour they hold for.
+    key: i64,
+    /// Expected calls per hour.
+    rate: f32,
+    /// Day-to-day spread of that rate (coefficient of variation).
+    cv: f32,
+    /// Expected calls in each window.
+    expected: [f32; SCALES],
+    /// Count from which each window is anomalous: a cheap lower bound until `exact` has its bit.
+    bound: [u32; SCALES],
+    exact: u8,
+    /// The most calls in the static window that are ordinary for the agent (0: not computed).
+    routine_max: u32,
+    source: Source,
+    /// Active days (or peer agent-days) behind `rate`.
+    samples: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key: i64::MIN,
+            rate: 0.0,
+            cv: RATE_CV as f32,
+            expected: [0.0; SCALES],
+            bound: [u32::MAX; SCALES],
+            exact: 0,
+            routine_max: 0,
+            source: Source::Blueprint,
+            samples: 0,
+        }
+    }
+}
 
 /// Per-agent frequency state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FrequencyState {
     calls: Ring<u32>,
+    scales: Scales,
     episode: Episode,
     count_volume: Episode,
-    /// Hour (UTC index) of the last frequency incident: its calls are already reported, so the
-    /// learned hourly check stays quiet for the rest of that hour.
-    reported_hour: i64,
+    habit: Habit,
+    limits: Limits,
 }
 
 impl FrequencyState {
@@ -24,9 +85,11 @@ impl FrequencyState {
     pub fn new(bp: &Blueprint) -> FrequencyState {
         FrequencyState {
             calls: Ring::new(bp.window_ms, bp.allowed_lateness_ms),
+            scales: Scales::default(),
             episode: Episode::default(),
             count_volume: Episode::default(),
-            reported_hour: i64::MIN,
+            habit: Habit::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -34,98 +97,320 @@ impl FrequencyState {
     pub fn prefetch(&self) {
         self.calls.prefetch();
     }
+
+    /// Whether a frequency incident is open.
+    pub fn is_open(&self) -> bool {
+        self.episode.is_open()
+    }
+}
+
+/// Expected calls per hour at this local hour, their day-to-day spread, and whose history they
+/// come from.
+fn expected_rate(
+    bp: &Blueprint,
+    ctx: &Context<'_>,
+    obs: &Observation<'_>,
+) -> Option<(f64, f64, Source, u32)> {
+    let r = ctx.rhythm;
+    if r.active_days() >= bp.learned.min_active_days {
+        // The window may reach into the previous hours: use the larger of this hour and the last.
+        let h = obs.local.hour;
+        let e = r
+            .expected_hour(h, RATE_FLOOR)
+            .max(r.expected_hour((h + 23) % 24, RATE_FLOOR) * 0.5);
+        // Spread beyond Poisson noise of this hour's count, widened for a short history.
+        let s = r.hour(h);
+        let mean = f64::from(s.mean);
+        let cv = if mean >= 2.0 {
+            let extra = (f64::from(s.var) - mean).max(0.0).sqrt() / mean;
+            (extra * (1.0 + 1.0 / f64::from(r.active_days())).sqrt()).clamp(MIN_CV, MAX_CV)
+        } else {
+            RATE_CV
+        };
+        return Some((e, cv, Source::Agent, r.active_days()));
+    }
+    ctx.peers
+        .upper_rate()
+        .map(|e| (e, RATE_CV, Source::Peers, ctx.peers.rate_days()))
+}
+
+fn limits(bp: &Blueprint, ctx: &Context<'_>, obs: &Observation<'_>, key: i64) -> Limits {
+    let mut l = Limits {
+        key,
+        ..Limits::default()
+    };
+    let Some((rate, cv, source, samples)) = expected_rate(bp, ctx, obs) else {
+        return l;
+    };
+    let lr = &bp.learned;
+    l.rate = rate as f32;
+    l.cv = cv as f32;
+    l.source = source;
+    l.samples = samples;
+    for i in 0..SCALES {
+        let e = rate * MINUTES[i] as f64 / 60.0;
+        let ratio = if MINUTES[i] < 60 {
+            lr.burst_ratio
+        } else {
+            lr.slow_burn_ratio
+        };
+        l.expected[i] = e as f32;
+        l.bound[i] = ((ratio * e).ceil() as u32).max(lr.min_window_count);
+    }
+    l
 }
 
 /// Checks one event.
 pub fn observe(
     bp: &Blueprint,
     st: &mut FrequencyState,
-    hour: &HourView,
+    ctx: &mut Context<'_>,
     obs: &Observation<'_>,
     out: &mut Vec<Finding>,
 ) {
     if !obs.in_order {
         return;
     }
+    if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
+        out.push(Finding::closing(IncidentType::FrequencySpike, bp.severities.frequency_spike, c, "calls", 0));
+    }
+    if let Some(c) = st.count_volume.expire(obs.ts, &bp.dedup) {
+        out.push(Finding::closing(IncidentType::VolumeSpike, bp.severities.volume_spike, c, "calls", 1));
+    }
     if !st.calls.fits(bp.window_ms, bp.allowed_lateness_ms) {
         st.calls = Ring::new(bp.window_ms, bp.allowed_lateness_ms);
     }
     st.calls.add(obs.ts, 1);
+    st.scales.add(obs.ts);
     let count = st.calls.max_window_containing(obs.ts);
-    let over_static = bp.frequency_threshold.filter(|t| count > *t);
-    let this_hour = obs.ts.div_euclid(super::HOUR_MS);
-    let over_learned = hour.over && this_hour != st.reported_hour;
-    if over_static.is_some() || over_learned {
-        if st.episode.violate(obs.ts, &bp.dedup) {
-            st.reported_hour = this_hour;
-            out.push(match over_static {
-                Some(t) => Finding {
-                    kind: IncidentType::FrequencySpike,
-                    basis: Basis::Static,
-                    severity: bp.severities.frequency_spike,
-                    observed: f64::from(count),
-                    expected: f64::from(t),
-                    unit: "calls",
-                    window_start: obs.ts - bp.window_ms,
-                    window_end: obs.ts,
-                    description: format!(
-                        "Agent {:?} made {count} calls in {} (threshold {t}).",
-                        obs.agent_id,
-                        human_ms(bp.window_ms)
-                    ),
-                    pattern: None,
-                    disc: 0,
-                },
-                None => {
-                    let hour_start = obs.ts.div_euclid(super::HOUR_MS) * super::HOUR_MS;
-                    Finding {
-                        kind: IncidentType::FrequencySpike,
-                        basis: Basis::Learned,
-                        severity: bp.severities.frequency_spike,
-                        observed: f64::from(hour.count),
-                        expected: f64::from(hour.stats.mean),
-                        unit: "calls",
-                        window_start: hour_start,
-                        window_end: obs.ts,
-                        description: format!(
-                            "Agent {:?} made {} calls this hour; its usual for this hour of the week is {:.1} \
-                             (alert from {}, tail probability below {:e}).",
-                            obs.agent_id, hour.count, hour.stats.mean, hour.threshold, bp.learned.sensitivity
-                        ),
-                        pattern: None,
-                        disc: 0,
-                    }
+
+    let key = i64::from(obs.local.day) * 24 + i64::from(obs.local.hour);
+    if st.limits.key != key {
+        st.limits = limits(bp, ctx, obs, key);
+    }
+    let learned = learned_violation(bp, st);
+    let static_over = bp.frequency_threshold.filter(|t| count > *t);
+    let volume_over = bp.count_volume_threshold.filter(|t| count > *t);
+    let routine = (static_over.is_some() || volume_over.is_some()) && learned.is_none() && {
+        let l = &mut st.limits;
+        if l.routine_max == 0 && l.source == Source::Agent {
+            let e = f64::from(l.rate) * bp.window_ms as f64 / crate::detect::HOUR_MS as f64;
+            let t = count_threshold(e, rate_variance(e, f64::from(l.cv)), bp.learned.sensitivity);
+            l.routine_max = u32::try_from(t).unwrap_or(u32::MAX).max((2.0 * e) as u32).max(1);
+        }
+        (l.source == Source::Agent && count <= l.routine_max)
+            || st.habit.is_routine(bp.learned.routine_days)
+    };
+    let mode = bp.routine.frequency;
+    let folded = ctx.off_hours_open;
+
+    // Static over the threshold: judged against the agent.
+    let mut new_static = None;
+    if let Some(t) = static_over {
+        match judge(mode, ctx.learning, routine) {
+            Judgement::New => new_static = Some(t),
+            j => {
+                st.habit.see(obs.local.day);
+                let say = if j == Judgement::Learning {
+                    st.habit.report_learning(mode)
+                } else {
+                    st.habit.report_routine(mode, f64::from(count))
+                };
+                if say == Report::Say {
+                    out.push(routine_finding(bp, st, obs, j, count, t));
                 }
+            }
+        }
+    }
+    let new_learned = learned.filter(|_| !ctx.learning);
+    if (new_static.is_some() || new_learned.is_some()) && !folded {
+        let observed = f64::from(count);
+        let step = st.episode.violate(obs.ts, observed, &bp.dedup, || obs.opening(basis_of(new_static)));
+        if step == Step::Opened {
+            out.push(match (new_static, new_learned) {
+                (Some(t), _) => static_finding(bp, st, obs, count, t),
+                (None, Some((i, c))) => learned_finding(bp, st, obs, i, c),
+                (None, None) => return,
             });
         }
-    } else {
-        st.episode.calm();
     }
-    if let Some(t) = bp.count_volume_threshold {
-        if count > t {
-            if st.count_volume.violate(obs.ts, &bp.dedup) {
-                out.push(Finding {
-                    kind: IncidentType::VolumeSpike,
-                    basis: Basis::Static,
-                    severity: bp.severities.volume_spike,
-                    observed: f64::from(count),
-                    expected: f64::from(t),
-                    unit: "calls",
-                    window_start: obs.ts - bp.window_ms,
-                    window_end: obs.ts,
-                    description: format!(
-                        "Agent {:?} exceeded the volume threshold: {count} actions in {} (limit {t}).",
-                        obs.agent_id,
-                        human_ms(bp.window_ms)
-                    ),
-                    pattern: None,
-                    disc: 1,
-                });
-            }
-        } else {
-            st.count_volume.calm();
+
+    // The peer's count-based volume threshold, judged the same way.
+    if let Some(t) = volume_over {
+        if judge(mode, ctx.learning, routine) == Judgement::New
+            && st.count_volume.violate(obs.ts, f64::from(count), &bp.dedup, || obs.opening(Basis::Static))
+                == Step::Opened
+        {
+            let mut f = Finding::new(IncidentType::VolumeSpike, Basis::Static, bp.severities.volume_spike);
+            f.observed = f64::from(count);
+            f.expected = f64::from(t);
+            f.unit = "calls";
+            f.window_start = obs.ts - bp.window_ms;
+            f.window_end = obs.ts;
+            f.disc = 1;
+            f.description = format!(
+                "Agent {:?} exceeded the volume threshold: {count} actions in {} (limit {t}).",
+                obs.agent_id,
+                human_ms(bp.window_ms)
+            );
+            out.push(f);
         }
     }
+}
+
+fn basis_of(static_over: Option<u32>) -> Basis {
+    if static_over.is_some() {
+        Basis::Static
+    } else {
+        Basis::Learned
+    }
+}
+
+/// How a static match stands: new, routine for the agent, or seen while learning.
+pub(crate) fn judge(mode: RoutineMode, learning: bool, routine: bool) -> Judgement {
+    if mode == RoutineMode::Alert {
+        Judgement::New
+    } else if learning {
+        Judgement::Learning
+    } else if routine {
+        Judgement::Routine
+    } else {
+        Judgement::New
+    }
+}
+
+/// The window most over its limit, if any: (window index, calls in it).
+fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, u32)> {
+    let sums = st.scales.sums();
+    let l = &mut st.limits;
+    let mut best: Option<(usize, u32, f64)> = None;
+    for i in 0..SCALES {
+        let c = sums[i];
+        if c < l.bound[i] {
+            continue;
+        }
+        // The window's most recent part (the next shorter window) must run over the same ratio
+        // too: a burst that is over does not keep the longer windows in violation for hours.
+        if i > 0 && f64::from(sums[i - 1]) < f64::from(l.bound[i]) / f64::from(l.expected[i]).max(1e-9) * f64::from(l.expected[i - 1]) {
+            continue;
+        }
+        if l.exact & (1 << i) == 0 {
+            let e = f64::from(l.expected[i]);
+            let t = count_threshold(e, rate_variance(e, f64::from(l.cv)), bp.learned.sensitivity);
+            l.bound[i] = l.bound[i].max(u32::try_from(t).unwrap_or(u32::MAX));
+            l.exact |= 1 << i;
+            if c < l.bound[i] {
+                continue;
+            }
+        }
+        let ratio = f64::from(c) / f64::from(l.expected[i]).max(1e-9);
+        if best.is_none_or(|b| ratio > b.2) {
+            best = Some((i, c, ratio));
+        }
+    }
+    best.map(|(i, c, _)| (i, c))
+}
+
+fn facts(st: &FrequencyState, obs: &Observation<'_>, source: Source) -> BaselineFacts {
+    BaselineFacts {
+        source,
+        history_days: obs.history_days,
+        samples: u64::from(st.limits.samples),
+        seen_before: u64::from(st.habit.days),
+    }
+}
+
+fn static_finding(bp: &Blueprint, st: &FrequencyState, obs: &Observation<'_>, count: u32, t: u32) -> Finding {
+    let l = &st.limits;
+    let mut f = Finding::new(IncidentType::FrequencySpike, Basis::Static, bp.severities.frequency_spike);
+    f.observed = f64::from(count);
+    f.expected = f64::from(t);
+    f.unit = "calls";
+    f.window_start = obs.ts - bp.window_ms;
+    f.window_end = obs.ts;
+    let usual = match l.source {
+        Source::Agent => format!(
+            "; its usual rate at this hour is {:.1}/h over {} active days",
+            l.rate, l.samples
+        ),
+        Source::Peers => format!("; its blueprint's agents reach {:.1}/h", l.rate),
+        Source::Blueprint => "; no baseline yet".to_string(),
+    };
+    f.description = format!(
+        "Agent {:?} made {count} calls in {} (threshold {t}){usual}.",
+        obs.agent_id,
+        human_ms(bp.window_ms)
+    );
+    f.facts = Some(facts(st, obs, if l.source == Source::Blueprint { Source::Blueprint } else { l.source }));
+    f
+}
+
+fn learned_finding(bp: &Blueprint, st: &FrequencyState, obs: &Observation<'_>, i: usize, c: u32) -> Finding {
+    let l = &st.limits;
+    let mut f = Finding::new(IncidentType::FrequencySpike, Basis::Learned, bp.severities.frequency_spike);
+    let e = f64::from(l.expected[i]);
+    f.observed = f64::from(c);
+    f.expected = e;
+    f.unit = "calls";
+    let span = MINUTES[i] * 60_000;
+    f.window_start = (obs.ts.div_euclid(super::scales::BUCKET_MS) + 1) * super::scales::BUCKET_MS - span;
+    f.window_end = obs.ts;
+    let whose = match l.source {
+        Source::Peers => format!(
+            "its blueprint's agents reach {:.1}/h ({} agent-days; the agent's own history is too short)",
+            l.rate, l.samples
+        ),
+        _ => format!(
+            "its usual rate at {:02}:00 local is {:.1}/h over {} active days",
+            obs.local.hour, l.rate, l.samples
+        ),
+    };
+    f.description = format!(
+        "Agent {:?} made {c} calls in {} min, {:.1}× the {e:.1} expected: {whose} (alert from {}).",
+        obs.agent_id,
+        MINUTES[i],
+        f64::from(c) / e.max(1e-9),
+        l.bound[i]
+    );
+    f.facts = Some(facts(st, obs, l.source));
+    f.weighs = l.source == Source::Agent && obs.warm;
+    f
+}
+
+fn routine_finding(
+    bp: &Blueprint,
+    st: &FrequencyState,
+    obs: &Observation<'_>,
+    j: Judgement,
+    count: u32,
+    t: u32,
+) -> Finding {
+    let mut f = Finding::new(IncidentType::FrequencySpike, Basis::Static, bp.severities.frequency_spike);
+    f.judgement = j;
+    f.observed = f64::from(count);
+    f.expected = f64::from(t);
+    f.unit = "calls";
+    f.window_start = obs.ts - bp.window_ms;
+    f.window_end = obs.ts;
+    let l = &st.limits;
+    f.description = match j {
+        Judgement::Learning => format!(
+            "Agent {:?} made {count} calls in {} (threshold {t}) during the learning period; \
+             its baseline will tell whether this is routine.",
+            obs.agent_id,
+            human_ms(bp.window_ms)
+        ),
+        _ => format!(
+            "Agent {:?} routinely runs above the frequency threshold: {count} calls in {} (threshold {t}); \
+             its usual rate at this hour is {:.1}/h, over the threshold on {} days. Reported again if it doubles.",
+            obs.agent_id,
+            human_ms(bp.window_ms),
+            l.rate,
+            st.habit.days
+        ),
+    };
+    f.facts = Some(facts(st, obs, l.source));
+    f
 }
 
 #[cfg(test)]
@@ -135,14 +420,11 @@ mod tests {
 
     #[test]
     fn burst_over_static_threshold_raises_exactly_one_incident() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         // Finance: more than 30 calls a minute. 100 calls in 50 s, Monday 10:00 New York.
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..100).map(|i| ev(t0 + i * 500, "query_ledger", None)));
-        let f: Vec<_> = found
-            .iter()
-            .filter(|f| f.kind == IncidentType::FrequencySpike)
-            .collect();
+        let f = incidents(&found, IncidentType::FrequencySpike);
         assert_eq!(f.len(), 1, "{found:?}");
         assert_eq!(f[0].basis, Basis::Static);
         assert_eq!(f[0].observed, 31.0);
@@ -151,18 +433,15 @@ mod tests {
 
     #[test]
     fn steady_rate_under_threshold_is_silent() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..600).map(|i| ev(t0 + i * 2_500, "query_ledger", None))); // 24/min for 25 min
-        assert!(
-            found.iter().all(|f| f.kind != IncidentType::FrequencySpike),
-            "{found:?}"
-        );
+        assert!(incidents(&found, IncidentType::FrequencySpike).is_empty(), "{found:?}");
     }
 
     #[test]
     fn late_events_within_lateness_count_in_their_window() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         // 30 calls in order, then a call 20 s late: 31 in one minute.
         let mut evs: Vec<_> = (0..30)
@@ -170,76 +449,101 @@ mod tests {
             .collect();
         evs.push(ev(t0 + 30_000, "q", None));
         let found = k.feed(evs);
-        assert_eq!(
-            found
-                .iter()
-                .filter(|f| f.kind == IncidentType::FrequencySpike)
-                .count(),
-            1
-        );
+        assert_eq!(incidents(&found, IncidentType::FrequencySpike).len(), 1);
     }
 
     #[test]
     fn events_later_than_the_lateness_do_not_count() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:10:00Z");
         let mut evs: Vec<_> = (0..30).map(|i| ev(t0 + i * 1000, "q", None)).collect();
         evs.push(ev(t0 - 60_000, "q", None)); // 60 s late: beyond the 30 s lateness
         let found = k.feed(evs);
-        assert_eq!(
-            found
-                .iter()
-                .filter(|f| f.kind == IncidentType::FrequencySpike)
-                .count(),
-            0
-        );
+        assert!(incidents(&found, IncidentType::FrequencySpike).is_empty());
         assert_eq!(k.late, 1);
     }
 
     #[test]
-    fn learned_spike_below_static_threshold_fires_after_warmup_only() {
-        let mut k = Kit::new(finance());
-        // Three weeks of 6 calls an hour on weekdays 09:00-17:00 New York.
-        let start = at("2026-03-02T14:00:00Z"); // Monday 09:00 EST
-        let weekdays = (0..21).filter(|d| d % 7 < 5);
-        let mut evs = routine(start, weekdays, 8, 6, "query_ledger");
-        // 200 calls over an hour (3.3/min, under 30/min): on day 0 (warm-up) and on day 21.
-        for day in [0, 21] {
-            let h = start + day * 86_400_000 + 2 * 3_600_000 + 1000;
-            evs.extend((0..200).map(|i| ev(h + i * 17_000, "query_ledger", None)));
-        }
-        evs.sort_by_key(|e| e.ts);
+    fn a_steady_agent_over_the_static_threshold_gives_one_baseline_finding_not_incidents() {
+        // 40 calls a minute (threshold 30), 08:00-18:00 London on weekdays, for three weeks.
+        let mut k = Kit::new(finance_in("Europe/London"));
+        let mon = at("2026-03-02T08:00:00Z");
+        let evs = routine(mon, weekdays(21), 10, 2400, "get_balance");
         let found = k.feed(evs);
-        let f = of_kind(&found, IncidentType::FrequencySpike);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].basis, Basis::Learned);
-        assert!(f[0].window_end > start + 21 * 86_400_000);
+        assert!(incidents(&found, IncidentType::FrequencySpike).is_empty(), "{:?}", incidents(&found, IncidentType::FrequencySpike).first());
+        let b = baselines(&found, IncidentType::FrequencySpike);
+        assert_eq!(b.len(), 2, "one while learning, one when judged routine: {b:?}");
+        assert_eq!(b[0].judgement, super::Judgement::Learning);
+        assert_eq!(b[1].judgement, super::Judgement::Routine);
     }
 
     #[test]
-    fn a_reported_burst_does_not_raise_a_learned_alert_later_in_the_same_hour() {
-        let mut k = Kit::new(finance());
-        let start = at("2026-03-02T14:00:00Z");
-        let mut evs = routine(start, [0, 7, 14, 21], 8, 6, "q");
-        // Week 4, Monday 11:00: a 100-call burst in 50 s, then normal calls for the rest of the hour.
-        let burst = start + 21 * 86_400_000 + 2 * 3_600_000 + 60_000;
-        evs.extend((0..100).map(|i| ev(burst + i * 500, "q", None)));
+    fn a_burst_and_a_slow_burn_of_a_low_rate_agent_are_found() {
+        // 6 calls an hour 09:00-17:00 UTC on weekdays: hourly cells hold 0-2 calls per 5 minutes.
+        let bp = soc();
+        let mon = at("2026-03-02T09:00:00Z");
+        let base = routine(mon, weekdays(21), 8, 6, "triage");
+        // A burst: 60 calls in 10 minutes (10× the hour's rate in a tenth of it), day 15.
+        let burst_at = mon + 15 * 86_400_000 + 3 * 3_600_000 + 120_000;
+        let mut evs = base.clone();
+        evs.extend((0..60).map(|i| ev(burst_at + i * 10_000, "triage", None)));
         evs.sort_by_key(|e| e.ts);
+        let mut k = Kit::new(bp.clone());
+        let found = k.feed(evs);
+        let f = incidents(&found, IncidentType::FrequencySpike);
+        assert_eq!(f.len(), 1, "{found:?}");
+        assert_eq!(f[0].basis, Basis::Learned);
+        assert!(f[0].window_end >= burst_at && f[0].window_end < burst_at + 600_000);
+
+        // A slow burn: 30 calls an hour (5×) for four hours, day 16: only the long windows see it.
+        let burn_at = mon + 16 * 86_400_000 + 2 * 3_600_000 + 1000;
+        let mut evs = base;
+        evs.retain(|e| e.ts < burn_at || e.ts >= burn_at + 4 * 3_600_000);
+        evs.extend((0..120).map(|i| ev(burn_at + i * 120_000, "triage", None)));
+        evs.sort_by_key(|e| e.ts);
+        let mut k = Kit::new(bp);
+        let found = k.feed(evs);
+        let f = incidents(&found, IncidentType::FrequencySpike);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert!(f[0].description.contains("240 min") || f[0].description.contains("60 min"), "{}", f[0].description);
+    }
+
+    #[test]
+    fn one_episode_closes_with_its_count() {
+        let mut k = Kit::after_learning(finance());
+        let t0 = at("2026-03-02T15:00:00Z");
+        let mut evs: Vec<_> = (0..200).map(|i| ev(t0 + i * 1000, "q", None)).collect();
+        evs.push(ev(t0 + 3 * 3_600_000, "q", None));
         let found = k.feed(evs);
         let f = of_kind(&found, IncidentType::FrequencySpike);
-        assert_eq!(f.len(), 1, "{f:?}");
-        assert_eq!(f[0].basis, Basis::Static);
+        assert_eq!(f.len(), 2, "{f:?}");
+        let c = f[1].closing.as_ref().expect("a closing record");
+        assert!(c.count > 100, "{c:?}");
+        assert_eq!(c.opening.ts, f[0].window_end);
+    }
+
+    #[test]
+    fn a_new_agent_is_compared_with_its_peers() {
+        let mut k = Kit::after_learning(soc());
+        // Peers work at 10 calls an hour; the new agent makes 200 calls in ten minutes (under the
+        // static 100 a minute) on its first day.
+        for _ in 0..40 {
+            k.peers.day(10.0);
+        }
+        let t0 = at("2026-03-02T10:00:00Z");
+        let found = k.feed((0..200).map(|i| ev(t0 + i * 3_000, "triage", None)));
+        let f = incidents(&found, IncidentType::FrequencySpike);
+        assert_eq!(f.len(), 1, "{found:?}");
+        assert_eq!(f[0].facts.map(|x| x.source), Some(crate::response::Source::Peers));
+        assert!(!f[0].weighs, "no kill weight from the peers' baseline");
     }
 
     #[test]
     fn peer_count_volume_threshold_is_honoured() {
-        let mut k = Kit::new(peer_finance());
+        let mut k = Kit::after_learning(peer_finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..150).map(|i| ev(t0 + i * 200, "q", None)));
-        let v: Vec<_> = found
-            .iter()
-            .filter(|f| f.kind == IncidentType::VolumeSpike)
-            .collect();
+        let v = incidents(&found, IncidentType::VolumeSpike);
         assert_eq!(v.len(), 1);
         assert_eq!(v[0].observed, 101.0);
         assert_eq!(v[0].unit, "calls");

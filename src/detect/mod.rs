@@ -3,28 +3,36 @@
 //! No I/O, no clock, no randomness: time comes from the event. The set is closed and called in a
 //! fixed order by [`observe`].
 
-mod baseline;
 mod clock;
 mod episode;
 mod frequency;
+mod habit;
 mod off_hours;
+mod peers;
+mod rhythm;
+mod scales;
 mod sequence;
+mod stats;
 mod volume;
 mod window;
 
-pub use baseline::{count_threshold, HourView, Seasonal, SlotStats, HOUR_MS};
 pub use clock::{hour_of_week, local_time, LocalClock, LocalTime};
-pub use episode::Episode;
+pub use episode::{Closed, Episode, Opening, Step};
 pub use frequency::FrequencyState;
+pub use habit::{Habit, RoutineMode};
 pub use off_hours::{outside_allowed, OffHoursState};
+pub use peers::{Peers, SequenceCounts, FORMS};
+pub use rhythm::{DayStats, HourStats, Rhythm};
+pub use scales::Scales;
 pub use sequence::SequenceState;
+pub use stats::{count_tail, count_threshold, HOUR_MS};
 pub use volume::{ToolStats, VolumeState};
 pub use window::Ring;
 
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::Blueprint;
-use crate::response::{Basis, IncidentType, Severity};
+use crate::response::{BaselineFacts, Basis, IncidentType, Severity};
 
 /// A stable 64-bit FNV-1a hash of a tool name (never 0, which stands for the `*` wildcard).
 pub fn tool_hash(name: &str) -> u64 {
@@ -36,6 +44,8 @@ pub fn tool_hash(name: &str) -> u64 {
     h.max(1)
 }
 
+const DAY_MS: f64 = 86_400_000.0;
+
 /// What detectors see of the event being processed.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
@@ -43,6 +53,8 @@ pub struct Observation<'a> {
     pub agent_id: &'a str,
     /// The event's id.
     pub event_id: &'a str,
+    /// The agent's event number of this event.
+    pub seq: u64,
     /// The tool called.
     pub tool_name: &'a str,
     /// [`tool_hash`] of the tool.
@@ -57,6 +69,33 @@ pub struct Observation<'a> {
     pub watermark: i64,
     /// `false` when the event is later than the allowed lateness: it then only feeds stateless checks.
     pub in_order: bool,
+    /// Days of the agent's history (from its first event).
+    pub history_days: f64,
+    /// Whether the agent's own baseline is past its warm-up: learned findings from it add kill weight.
+    pub warm: bool,
+}
+
+impl Observation<'_> {
+    /// What identifies an incident this event opens.
+    pub fn opening(&self, basis: Basis) -> Opening {
+        Opening {
+            seq: self.seq,
+            event_id: self.event_id.to_string(),
+            ts: self.ts,
+            basis,
+        }
+    }
+}
+
+/// How a finding stands against the agent's baseline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// New for the agent: an incident.
+    New,
+    /// Routine for the agent: a `baseline` finding.
+    Routine,
+    /// Seen during the learning period, before a baseline could judge it: a `baseline` finding.
+    Learning,
 }
 
 /// A detector's verdict, turned into an incident by the engine.
@@ -84,6 +123,57 @@ pub struct Finding {
     pub pattern: Option<Vec<String>>,
     /// Distinguishes findings of one kind on one event (pattern index).
     pub disc: u32,
+    /// New, routine, or seen while learning.
+    pub judgement: Judgement,
+    /// The baseline behind the judgement.
+    pub facts: Option<BaselineFacts>,
+    /// Whether it adds to the kill score: new findings, and of learned ones only those judged
+    /// against the agent's own warm baseline.
+    pub weighs: bool,
+    /// On the record that closes an episode: the episode.
+    pub closing: Option<Closed>,
+}
+
+impl Finding {
+    /// A new finding of `kind` with empty figures, to be filled in.
+    pub fn new(kind: IncidentType, basis: Basis, severity: Severity) -> Finding {
+        Finding {
+            kind,
+            basis,
+            severity,
+            observed: 0.0,
+            expected: 0.0,
+            unit: "",
+            window_start: 0,
+            window_end: 0,
+            description: String::new(),
+            pattern: None,
+            disc: 0,
+            judgement: Judgement::New,
+            facts: None,
+            weighs: basis == Basis::Static,
+            closing: None,
+        }
+    }
+
+    /// The record that closes an episode of `kind`.
+    pub fn closing(kind: IncidentType, severity: Severity, c: Closed, unit: &'static str, disc: u32) -> Finding {
+        let mut f = Finding::new(kind, c.opening.basis, severity);
+        f.weighs = false;
+        f.observed = c.peak;
+        f.unit = unit;
+        f.window_start = c.start;
+        f.window_end = c.end;
+        f.disc = disc;
+        f.description = format!(
+            "Episode ended: {} violating events over {} (peak {}).",
+            c.count,
+            human_ms(c.end - c.start),
+            c.peak
+        );
+        f.closing = Some(c);
+        f
+    }
 }
 
 /// The event fields detectors use.
@@ -93,6 +183,8 @@ pub struct Input<'a> {
     pub agent_id: &'a str,
     /// The event's id.
     pub event_id: &'a str,
+    /// The agent's event number of this event.
+    pub seq: u64,
     /// The tool called.
     pub tool_name: &'a str,
     /// Event time (ms).
@@ -101,13 +193,29 @@ pub struct Input<'a> {
     pub bytes: Option<f64>,
 }
 
+/// What detectors know beyond the agent's own detector state.
+pub struct Context<'a> {
+    /// The first-deployment learning period is in force: nothing is judged new yet.
+    pub learning: bool,
+    /// The agent's weekly rhythm.
+    pub rhythm: &'a Rhythm,
+    /// The agents of the same blueprint.
+    pub peers: &'a mut Peers,
+    /// An off-hours incident of the agent is open: other calls at this time are part of it.
+    pub off_hours_open: bool,
+}
+
 /// All detector state of one agent.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DetectorState {
     /// Latest event time seen.
     pub watermark: i64,
+    /// Event time of the first event.
+    pub first_ts: i64,
     /// Local-time cache.
     pub clock: LocalClock,
+    /// Weekly rhythm.
+    pub rhythm: Rhythm,
     /// Frequency windows and episodes.
     pub frequency: FrequencyState,
     /// Data-volume window and per-tool baselines.
@@ -116,8 +224,6 @@ pub struct DetectorState {
     pub sequence: SequenceState,
     /// Off-hours episode.
     pub off_hours: OffHoursState,
-    /// Hour-of-week baseline of activity.
-    pub seasonal: Seasonal,
 }
 
 impl DetectorState {
@@ -125,12 +231,13 @@ impl DetectorState {
     pub fn new(bp: &Blueprint) -> DetectorState {
         DetectorState {
             watermark: i64::MIN,
+            first_ts: i64::MAX,
             clock: LocalClock::default(),
+            rhythm: Rhythm::default(),
             frequency: FrequencyState::new(bp),
             volume: VolumeState::new(bp),
             sequence: SequenceState::new(bp),
             off_hours: OffHoursState::default(),
-            seasonal: Seasonal::default(),
         }
     }
 }
@@ -147,35 +254,54 @@ impl DetectorState {
     ///
     /// An event older than the agent's latest event time minus the allowed lateness is "late":
     /// it still feeds the stateless off-hours check but not windows, baselines or sequences.
+    /// `learning`: the fleet's first-deployment learning period is in force.
     pub fn observe<'a>(
         &mut self,
         bp: &Blueprint,
+        peers: &mut Peers,
+        learning: bool,
         input: &Input<'a>,
         out: &mut Vec<Finding>,
     ) -> Observation<'a> {
         let in_order = self.watermark == i64::MIN
             || input.ts >= self.watermark.saturating_sub(bp.allowed_lateness_ms);
         self.watermark = self.watermark.max(input.ts);
+        self.first_ts = self.first_ts.min(input.ts);
+        let history_ms = (self.watermark - self.first_ts).max(0);
+        let local = self.clock.local(bp.timezone, input.ts);
+        if in_order {
+            let before = self.rhythm.active_days();
+            self.rhythm.observe(local);
+            if self.rhythm.active_days() > before {
+                peers.day(self.rhythm.last_day_rate());
+            }
+        }
         let obs = Observation {
             agent_id: input.agent_id,
             event_id: input.event_id,
+            seq: input.seq,
             tool_name: input.tool_name,
             tool: tool_hash(input.tool_name),
             ts: input.ts,
             bytes: input.bytes,
-            local: self.clock.local(bp.timezone, input.ts),
+            local,
             watermark: self.watermark,
             in_order,
+            history_days: history_ms as f64 / DAY_MS,
+            warm: history_ms >= bp.learned.warmup_ms
+                && self.rhythm.active_days() >= bp.learned.min_active_days,
         };
-        let hour = if in_order {
-            self.seasonal.observe(bp, obs.ts, obs.watermark)
-        } else {
-            HourView::default()
+        let mut ctx = Context {
+            learning,
+            rhythm: &self.rhythm,
+            peers,
+            off_hours_open: false,
         };
-        frequency::observe(bp, &mut self.frequency, &hour, &obs, out);
-        volume::observe(bp, &mut self.volume, &obs, out);
-        sequence::observe(bp, &mut self.sequence, &obs, out);
-        off_hours::observe(bp, &mut self.off_hours, &hour, &obs, out);
+        off_hours::observe(bp, &mut self.off_hours, &mut ctx, &obs, out);
+        ctx.off_hours_open = self.off_hours.is_open();
+        frequency::observe(bp, &mut self.frequency, &mut ctx, &obs, out);
+        volume::observe(bp, &mut self.volume, &mut ctx, &obs, out);
+        sequence::observe(bp, &mut self.sequence, &mut ctx, &obs, out);
         obs
     }
 }

@@ -1,16 +1,43 @@
-//! off_hours: activity outside the blueprint's hours and working days in its time zone (static),
-//! or in an hour of the week this agent (almost) never uses (learned).
+//! off_hours, judged against the agent.
+//!
+//! - **Static:** activity outside the blueprint's hours or working days in its time zone. It is
+//!   routine when the agent's rhythm says it works then (that hour on `routine_share` of its
+//!   active days, that day in most weeks, each on at least `routine_days` days), or it was seen
+//!   there on `routine_days` days before: a `baseline` finding, once per hour or day.
+//! - **Learned:** within the blueprint's hours and days, a day of the week or an hour of the day
+//!   the agent does not work in — strong evidence from its history (no call where its usual rate
+//!   would have made many) and use on at most `rare_share` of its weeks or days — with more calls
+//!   there than its rhythm makes probable (tail below `sensitivity`). Ordinary variation at the
+//!   edge of its hours is expected, not an incident.
+//! - One episode (a night, a weekend afternoon) is one incident, closed when it ends.
 
 use serde::{Deserialize, Serialize};
 
-use super::{Episode, Finding, HourView, LocalTime, Observation};
+use super::frequency::judge;
+use super::habit::{Habit, Report};
+use super::stats::{count_tail, rate_variance};
+use super::{Context, Episode, Finding, Judgement, LocalTime, Observation, Step};
 use crate::blueprint::{Blueprint, Weekdays};
-use crate::response::{Basis, IncidentType};
+use crate::response::{BaselineFacts, Basis, IncidentType, Source};
+
+/// Day-to-day spread assumed for counts at an off hour.
+const OFF_CV: f64 = 0.5;
+/// Share of active days (or weeks) from which an hour (or day) is one the agent works in.
+const ROUTINE_SHARE: f64 = 0.3;
 
 /// Per-agent off-hours state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OffHoursState {
     episode: Episode,
+    /// Routine memory per local hour of day (0–23) and per weekday (24–30).
+    habits: Vec<Habit>,
+}
+
+impl OffHoursState {
+    /// Whether an off-hours incident is open.
+    pub fn is_open(&self) -> bool {
+        self.episode.is_open()
+    }
 }
 
 fn day_name(d: u8) -> &'static str {
@@ -19,79 +46,211 @@ fn day_name(d: u8) -> &'static str {
 
 /// Whether a local time is outside the blueprint's allowed hours or working days.
 pub fn outside_allowed(bp: &Blueprint, l: LocalTime) -> bool {
-    bp.allowed_hours.is_some_and(|h| !h.contains(l.hour)) || !bp.working_days.contains(l.weekday)
+    outside_hours(bp, l) || !bp.working_days.contains(l.weekday)
+}
+
+fn outside_hours(bp: &Blueprint, l: LocalTime) -> bool {
+    bp.allowed_hours.is_some_and(|h| !h.contains(l.hour))
+}
+
+/// What the learned check found: (observed calls, expected calls, explanation).
+struct Rare {
+    count: u32,
+    expected: f64,
+    what: String,
+    seen: u64,
+    samples: u64,
+}
+
+/// The learned check: a day or an hour the agent does not work in, with improbably many calls.
+fn rare(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime) -> Option<Rare> {
+    let r = ctx.rhythm;
+    let lr = &bp.learned;
+    if r.active_days() < lr.min_active_days {
+        return None;
+    }
+    let needed = (1.0 / lr.sensitivity).ln();
+    let d = r.weekday(l.weekday);
+    if f64::from(d.evidence) >= needed && f64::from(d.active) <= lr.rare_share * f64::from(d.weeks) {
+        let count = r.today_calls();
+        let e = r.off_day_expectation(l.weekday);
+        if count_tail(u64::from(count), e, rate_variance(e, OFF_CV)) < lr.sensitivity {
+            return Some(Rare {
+                count,
+                expected: e,
+                what: format!(
+                    "{count} calls on a {} (local), a day it worked in {} of the {} weeks observed",
+                    day_name(l.weekday),
+                    d.active,
+                    d.weeks
+                ),
+                seen: u64::from(d.active),
+                samples: u64::from(d.weeks),
+            });
+        }
+    }
+    let h = r.hour(l.hour);
+    if r.off_hour_evidence(l.hour) >= needed && r.hour_share(l.hour) <= lr.rare_share {
+        let count = r.calls_in_hour(l.hour);
+        let e = r.off_hour_expectation(l.hour);
+        if count_tail(u64::from(count), e, rate_variance(e, OFF_CV)) < lr.sensitivity {
+            return Some(Rare {
+                count,
+                expected: e,
+                what: format!(
+                    "{count} calls between {:02}:00 and {:02}:00 local, an hour it used on {} of its {} active days",
+                    l.hour,
+                    (l.hour + 1) % 24,
+                    h.used,
+                    r.active_days()
+                ),
+                seen: u64::from(h.used),
+                samples: u64::from(r.active_days()),
+            });
+        }
+    }
+    None
+}
+
+/// Whether the agent's rhythm says it works at this static off time.
+fn works_then(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime, by_hour: bool) -> bool {
+    let r = ctx.rhythm;
+    let min = bp.learned.routine_days;
+    if by_hour {
+        let h = r.hour(l.hour);
+        u32::from(h.used) >= min && r.hour_share(l.hour) >= ROUTINE_SHARE
+    } else {
+        let d = r.weekday(l.weekday);
+        u32::from(d.active) >= min.min(2) && f64::from(d.active) >= 0.5 * f64::from(d.weeks)
+    }
 }
 
 /// Checks one event.
 pub fn observe(
     bp: &Blueprint,
     st: &mut OffHoursState,
-    hour: &HourView,
+    ctx: &mut Context<'_>,
     obs: &Observation<'_>,
     out: &mut Vec<Finding>,
 ) {
+    if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
+        out.push(Finding::closing(IncidentType::OffHours, bp.severities.off_hours, c, "calls", 0));
+    }
     let l = obs.local;
-    let over_static = outside_allowed(bp, l);
-    let over_learned = !over_static && hour.rare;
-    if !over_static && !over_learned {
-        st.episode.calm();
-        return;
+    let by_hour = outside_hours(bp, l);
+    let over_static = by_hour || !bp.working_days.contains(l.weekday);
+    if st.habits.len() != 31 {
+        st.habits = vec![Habit::default(); 31];
     }
-    if !st.episode.violate(obs.ts, &bp.dedup) {
-        return;
-    }
-    let when = format!(
-        "{} {:02}:{:02} {}",
-        day_name(l.weekday),
-        l.hour,
-        l.minute,
-        bp.timezone.name()
-    );
-    let finding = if over_static {
-        let hours = bp.allowed_hours.map_or("any hour".to_string(), |h| {
-            format!("{:02}:00-{:02}:00", h.start, h.end)
-        });
-        let days = if bp.working_days == Weekdays::ALL {
-            "every day".to_string()
-        } else {
-            bp.working_days.names().join(",")
-        };
-        Finding {
-            kind: IncidentType::OffHours,
-            basis: Basis::Static,
-            severity: bp.severities.off_hours,
-            observed: f64::from(l.hour) + f64::from(l.minute) / 60.0,
-            expected: bp.allowed_hours.map_or(0.0, |h| f64::from(h.start)),
-            unit: "local_hour",
-            window_start: obs.ts,
-            window_end: obs.ts,
-            description: format!(
-                "Agent {:?} active at {when}, outside allowed hours {hours} on {days}.",
-                obs.agent_id
-            ),
-            pattern: None,
-            disc: 0,
-        }
+    let cell = if by_hour {
+        usize::from(l.hour % 24)
     } else {
-        let hour_start = obs.ts.div_euclid(super::HOUR_MS) * super::HOUR_MS;
-        Finding {
-            kind: IncidentType::OffHours,
-            basis: Basis::Learned,
-            severity: bp.severities.off_hours,
-            observed: f64::from(hour.count),
-            expected: f64::from(hour.stats.mean),
-            unit: "calls",
-            window_start: hour_start,
-            window_end: obs.ts,
-            description: format!(
-                "Agent {:?} active at {when}, an hour of the week it used in {} of the {} weeks observed.",
-                obs.agent_id, hour.stats.active, hour.stats.n
-            ),
-            pattern: None,
-            disc: 0,
-        }
+        24 + usize::from(l.weekday % 7)
     };
-    out.push(finding);
+    let mode = bp.routine.off_hours;
+    if over_static {
+        let routine = works_then(bp, ctx, l, by_hour) || st.habits[cell].is_routine(bp.learned.routine_days);
+        match judge(mode, ctx.learning, routine) {
+            Judgement::New => {
+                if st.episode.violate(obs.ts, 1.0, &bp.dedup, || obs.opening(Basis::Static)) == Step::Opened {
+                    out.push(static_finding(bp, ctx, obs, by_hour, &st.habits[cell]));
+                }
+            }
+            j => {
+                let h = &mut st.habits[cell];
+                h.see(l.day);
+                let say = if j == Judgement::Learning {
+                    h.report_learning(mode)
+                } else {
+                    h.report_routine(mode, 1.0)
+                };
+                if say == Report::Say {
+                    let mut f = static_finding(bp, ctx, obs, by_hour, h);
+                    f.judgement = j;
+                    f.weighs = false;
+                    f.description = match j {
+                        Judgement::Learning => format!(
+                            "{} Seen during the learning period; its baseline will tell whether this is routine.",
+                            f.description
+                        ),
+                        _ => format!(
+                            "{} Routine for this agent (it works then on {} days); reported once.",
+                            f.description, h.days
+                        ),
+                    };
+                    out.push(f);
+                }
+            }
+        }
+        return;
+    }
+    if !obs.in_order || ctx.learning {
+        return;
+    }
+    if let Some(r) = rare(bp, ctx, l) {
+        let step = st.episode.violate(obs.ts, f64::from(r.count), &bp.dedup, || obs.opening(Basis::Learned));
+        if step == Step::Opened {
+            let mut f = Finding::new(IncidentType::OffHours, Basis::Learned, bp.severities.off_hours);
+            f.observed = f64::from(r.count);
+            f.expected = r.expected;
+            f.unit = "calls";
+            f.window_start = obs.ts.div_euclid(super::HOUR_MS) * super::HOUR_MS;
+            f.window_end = obs.ts;
+            f.description = format!(
+                "Agent {:?} made {} ({:.2} expected at this time).",
+                obs.agent_id, r.what, r.expected
+            );
+            f.facts = Some(BaselineFacts {
+                source: Source::Agent,
+                history_days: obs.history_days,
+                samples: r.samples,
+                seen_before: r.seen,
+            });
+            f.weighs = obs.warm;
+            out.push(f);
+        }
+    }
+}
+
+fn static_finding(bp: &Blueprint, ctx: &Context<'_>, obs: &Observation<'_>, by_hour: bool, h: &Habit) -> Finding {
+    let l = obs.local;
+    let when = format!("{} {:02}:{:02} {}", day_name(l.weekday), l.hour, l.minute, bp.timezone.name());
+    let hours = bp
+        .allowed_hours
+        .map_or("any hour".to_string(), |h| format!("{:02}:00-{:02}:00", h.start, h.end));
+    let days = if bp.working_days == Weekdays::ALL {
+        "every day".to_string()
+    } else {
+        bp.working_days.names().join(",")
+    };
+    let r = ctx.rhythm;
+    let usual = if by_hour {
+        format!(
+            "it used this hour on {} of its {} active days",
+            r.hour(l.hour).used,
+            r.active_days()
+        )
+    } else {
+        let d = r.weekday(l.weekday);
+        format!("it worked on this day in {} of {} weeks", d.active, d.weeks)
+    };
+    let mut f = Finding::new(IncidentType::OffHours, Basis::Static, bp.severities.off_hours);
+    f.observed = f64::from(l.hour) + f64::from(l.minute) / 60.0;
+    f.expected = bp.allowed_hours.map_or(0.0, |h| f64::from(h.start));
+    f.unit = "local_hour";
+    f.window_start = obs.ts;
+    f.window_end = obs.ts;
+    f.description = format!(
+        "Agent {:?} active at {when}, outside allowed hours {hours} on {days}; {usual}.",
+        obs.agent_id
+    );
+    f.facts = Some(BaselineFacts {
+        source: Source::Agent,
+        history_days: obs.history_days,
+        samples: u64::from(r.active_days()),
+        seen_before: u64::from(h.days),
+    });
+    f
 }
 
 #[cfg(test)]
@@ -100,16 +259,15 @@ mod tests {
     use crate::response::{Basis, IncidentType};
 
     fn off(found: &[super::Finding]) -> Vec<Basis> {
-        found
+        incidents(found, IncidentType::OffHours)
             .iter()
-            .filter(|f| f.kind == IncidentType::OffHours)
             .map(|f| f.basis)
             .collect()
     }
 
     #[test]
     fn night_activity_in_new_york_fires_once_per_night() {
-        let mut k = Kit::new(finance()); // 08-18 Mon-Fri America/New_York
+        let mut k = Kit::after_learning(finance()); // 08-18 Mon-Fri America/New_York
         let t0 = at("2026-03-03T08:00:00Z"); // Tue 03:00 EST
         let found = k.feed((0..60).map(|i| ev(t0 + i * 60_000, "q", None)));
         assert_eq!(off(&found), vec![Basis::Static]);
@@ -117,7 +275,7 @@ mod tests {
 
     #[test]
     fn just_before_closing_time_is_allowed() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let found = k.feed(vec![ev(at("2026-03-03T22:59:59Z"), "q", None)]); // Tue 17:59:59 EST
         assert!(off(&found).is_empty());
         let found = k.feed(vec![ev(at("2026-03-03T23:00:00Z"), "q", None)]); // 18:00 EST
@@ -126,7 +284,7 @@ mod tests {
 
     #[test]
     fn weekend_is_off_hours_in_working_day_blueprints() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let found = k.feed(vec![ev(at("2026-03-07T15:00:00Z"), "q", None)]); // Saturday 10:00
         assert_eq!(off(&found), vec![Basis::Static]);
     }
@@ -139,9 +297,9 @@ mod tests {
             ("2026-11-02T13:30:00Z", "2026-11-02T12:30:00Z"), // EST, UTC-5
             ("2026-03-06T13:30:00Z", "2026-03-06T12:30:00Z"), // Friday before: EST
         ] {
-            let mut k = Kit::new(finance());
+            let mut k = Kit::after_learning(finance());
             assert!(off(&k.feed(vec![ev(at(ok), "q", None)])).is_empty(), "{ok}");
-            let mut k = Kit::new(finance());
+            let mut k = Kit::after_learning(finance());
             assert_eq!(
                 off(&k.feed(vec![ev(at(bad), "q", None)])),
                 vec![Basis::Static],
@@ -159,9 +317,9 @@ mod tests {
             ("2026-10-23T20:30:00Z", "2026-10-23T21:30:00Z"), // Fri before: BST
             ("2026-10-26T21:30:00Z", "2026-10-26T22:30:00Z"), // Mon after: GMT
         ] {
-            let mut k = Kit::new(engineering());
+            let mut k = Kit::after_learning(engineering());
             assert!(off(&k.feed(vec![ev(at(ok), "q", None)])).is_empty(), "{ok}");
-            let mut k = Kit::new(engineering());
+            let mut k = Kit::after_learning(engineering());
             assert_eq!(
                 off(&k.feed(vec![ev(at(bad), "q", None)])),
                 vec![Basis::Static],
@@ -171,24 +329,52 @@ mod tests {
     }
 
     #[test]
-    fn learned_rare_hour_fires_after_warmup_only() {
-        let mut k = Kit::new(soc()); // no static hours
-        let start = at("2026-03-02T09:00:00Z"); // Monday 09:00 UTC
-        let mut evs = Vec::new();
-        for day in 0..21 {
-            for h in 0..8 {
-                for c in 0..4 {
-                    evs.push(ev(
-                        start + day * 86_400_000 + h * 3_600_000 + c * 900_000,
-                        "triage",
-                        None,
-                    ));
-                }
-            }
+    fn an_hour_the_agent_works_every_day_outside_the_calendar_is_routine() {
+        // Finance hours end at 18:00; this agent also works 18:00-19:00 every weekday.
+        let mut k = Kit::new(finance_in("UTC"));
+        let mon = at("2026-03-02T08:00:00Z");
+        let found = k.feed(routine(mon, weekdays(21), 11, 6, "q"));
+        assert!(off(&found).is_empty(), "{:?}", incidents(&found, IncidentType::OffHours));
+        let b = baselines(&found, IncidentType::OffHours);
+        assert_eq!(b.len(), 2, "learning, then routine: {b:?}");
+    }
+
+    #[test]
+    fn a_weekday_agent_on_a_sunday_is_found_by_its_rhythm() {
+        // SOC: every day allowed. This agent works weekdays 09:00-17:00 UTC, 20 calls an hour.
+        let mut k = Kit::new(soc());
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut evs = routine(mon, weekdays(14), 8, 20, "triage");
+        let sunday = at("2026-03-15T11:00:00Z");
+        evs.extend((0..12).map(|i| ev(sunday + i * 300_000, "triage", None)));
+        evs.sort_by_key(|e| e.ts);
+        let found = k.feed(evs);
+        assert_eq!(off(&found), vec![Basis::Learned], "{found:?}");
+    }
+
+    #[test]
+    fn a_low_rate_agent_at_the_edge_of_its_hours_is_not_an_incident() {
+        // 3 calls an hour 09:00-17:00 UTC every day; now and then a call or two at 17:xx or 08:xx.
+        let mut k = Kit::new(soc());
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut evs = routine(mon, 0..28, 8, 3, "triage");
+        for d in (9..28).step_by(3) {
+            evs.push(ev(mon + d * 86_400_000 + 8 * 3_600_000 + 600_000, "triage", None));
+            evs.push(ev(mon + d * 86_400_000 + 8 * 3_600_000 + 1_500_000, "triage", None));
+            evs.push(ev(mon + (d + 1) * 86_400_000 - 1_800_000, "triage", None));
         }
-        // 03:00 on day 2 (warm-up): silent. 03:00 on day 21: learned off-hours.
-        evs.push(ev(start + 2 * 86_400_000 - 6 * 3_600_000, "triage", None));
-        evs.push(ev(start + 21 * 86_400_000 - 6 * 3_600_000, "triage", None));
+        evs.sort_by_key(|e| e.ts);
+        let found = k.feed(evs);
+        assert!(off(&found).is_empty(), "{:?}", incidents(&found, IncidentType::OffHours));
+    }
+
+    #[test]
+    fn a_night_of_a_day_agent_is_found_by_its_rhythm() {
+        let mut k = Kit::new(soc());
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut evs = routine(mon, 0..14, 8, 3, "triage");
+        let night = at("2026-03-16T02:10:00Z");
+        evs.extend((0..8).map(|i| ev(night + i * 240_000, "triage", None)));
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
         assert_eq!(off(&found), vec![Basis::Learned], "{found:?}");

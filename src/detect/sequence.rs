@@ -1,14 +1,42 @@
 //! suspicious_sequence: blueprint tool patterns matched in event-time order within each
-//! pattern's `within` window; one incident per match (matched calls are not reused).
+//! pattern's `within` window (matched calls are not reused), judged against the agent.
+//!
+//! Each match has a form: how many other calls came between its steps (0, 1, 2, 3 or more). A
+//! form is routine for the agent when the share of its matches of the rule that are at least this
+//! tight, from its own history blended with its blueprint's peers (50 matches' worth of weight),
+//! is at least `sequence_rarity` (no history: share 0, so new until shown routine; the learning
+//! period gives the history), or when the agent made matches of that form on `routine_days` days:
+//! a `baseline` finding, once per form. A form the agent and its peers (almost) never make — the
+//! pattern's steps back to back where they always had other calls between, or a pattern never
+//! completed at all — is a new incident, one per match. Matches judged new are not learned from.
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{human_ms, Finding, Observation};
+use super::frequency::judge;
+use super::habit::{Habit, Report};
+use super::peers::{SequenceCounts, FORMS};
+use super::{human_ms, Context, Finding, Judgement, Observation};
 use crate::blueprint::{Blueprint, SequenceRule};
-use crate::response::{Basis, IncidentType};
+use crate::response::{BaselineFacts, Basis, IncidentType, Source};
 use crate::state::prefetch;
+
+/// Weight of the peers' rate in an agent's estimate, in calls of the first step.
+const PEER_WEIGHT: f64 = 50.0;
+
+/// One rule's history for one agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct RuleMemory {
+    /// Matches judged routine or seen while learning, by form.
+    counts: SequenceCounts,
+    /// Per form: days with routine matches (and what was reported).
+    routine: [Habit; FORMS],
+    /// Per form: days with matches judged new (a new form that recurs becomes routine).
+    new: [Habit; FORMS],
+    /// Whether the learning-period finding was reported.
+    learning: Habit,
+}
 
 /// A remembered call: (event time, arrival number, tool hash).
 type Call = (i64, u64, u64);
@@ -20,6 +48,7 @@ pub struct SequenceState {
     calls: VecDeque<Call>,
     arrivals: u64,
     consumed: Vec<(i64, u64)>,
+    rules: Vec<RuleMemory>,
 }
 
 impl SequenceState {
@@ -29,6 +58,7 @@ impl SequenceState {
             calls: VecDeque::with_capacity(bp.sequence_memory + 1),
             arrivals: 0,
             consumed: vec![(i64::MIN, 0); bp.sequences.len()],
+            rules: vec![RuleMemory::default(); bp.sequences.len()],
         }
     }
 
@@ -88,10 +118,31 @@ fn match_ending(
     Some(idx)
 }
 
+/// How a match of form `form` of rule `k` stands, and the figures behind it.
+fn judgement(
+    bp: &Blueprint,
+    rule: &SequenceRule,
+    mem: &RuleMemory,
+    peers: &SequenceCounts,
+    learning: bool,
+    form: usize,
+) -> (Judgement, f64) {
+    let (k, n) = (mem.counts.at_most(form) as f64, mem.counts.total() as f64);
+    // Nothing is routine until shown to be: with no history the share is 0.
+    let peer_share = peers.at_most(form) as f64 / (peers.total() as f64 + 1.0);
+    let rate = (k + PEER_WEIGHT * peer_share) / (n + PEER_WEIGHT);
+    let days = bp.learned.routine_days;
+    let habitual = mem.routine[..=form].iter().any(|h| h.is_routine(days))
+        || mem.new[..=form].iter().any(|h| h.is_routine(days));
+    let routine = rate >= bp.learned.sequence_rarity || habitual;
+    (judge(rule.routine, learning, routine), rate)
+}
+
 /// Checks one event.
 pub fn observe(
     bp: &Blueprint,
     st: &mut SequenceState,
+    ctx: &mut Context<'_>,
     obs: &Observation<'_>,
     out: &mut Vec<Finding>,
 ) {
@@ -101,6 +152,10 @@ pub fn observe(
     if st.consumed.len() != bp.sequences.len() {
         st.consumed = vec![(i64::MIN, 0); bp.sequences.len()];
     }
+    if st.rules.len() != bp.sequences.len() {
+        st.rules = vec![RuleMemory::default(); bp.sequences.len()];
+    }
+    ctx.peers.fit(bp);
     st.arrivals += 1;
     let call: Call = (obs.ts, st.arrivals, obs.tool);
     // Insert in event-time order (usually at the back).
@@ -128,30 +183,79 @@ pub fn observe(
     }
     for (k, rule) in bp.sequences.iter().enumerate() {
         for end in pos..st.calls.len() {
-            if let Some(start) = match_ending(&st.calls, end, rule, st.consumed[k]) {
-                let (s, e) = (st.calls[start].0, st.calls[end].0);
-                st.consumed[k] = key(&st.calls[end]);
-                out.push(Finding {
-                    kind: IncidentType::SuspiciousSequence,
-                    basis: Basis::Static,
-                    severity: rule.severity,
-                    observed: (e - s) as f64 / 1000.0,
-                    expected: rule.within_ms as f64 / 1000.0,
-                    unit: "seconds",
-                    window_start: s,
-                    window_end: e,
-                    description: format!(
-                        "Agent {:?} ran the tool sequence [{}] within {} (window {}).",
-                        obs.agent_id,
-                        rule.pattern.join(" → "),
-                        human_ms(e - s),
-                        human_ms(rule.within_ms)
-                    ),
-                    pattern: Some(rule.pattern.clone()),
-                    disc: k as u32,
-                });
-                break;
+            let Some(start) = match_ending(&st.calls, end, rule, st.consumed[k]) else {
+                continue;
+            };
+            let (s, e) = (st.calls[start].0, st.calls[end].0);
+            st.consumed[k] = key(&st.calls[end]);
+            let between = (end - start + 1).saturating_sub(rule.pattern.len());
+            let form = between.min(FORMS - 1);
+            let mem = &mut st.rules[k];
+            let peers = &mut ctx.peers.sequences[k];
+            let (j, rate) = judgement(bp, rule, mem, peers, ctx.learning, form);
+            let facts = BaselineFacts {
+                source: Source::Agent,
+                history_days: obs.history_days,
+                samples: mem.counts.total(),
+                seen_before: mem.counts.at_most(form),
+            };
+            let say = match j {
+                Judgement::New => {
+                    mem.new[form].see(obs.local.day);
+                    Report::Say
+                }
+                Judgement::Routine => {
+                    mem.counts.matches[form] += 1;
+                    peers.matches[form] += 1;
+                    mem.routine[form].see(obs.local.day);
+                    mem.routine[form].report_routine(rule.routine, 1.0)
+                }
+                Judgement::Learning => {
+                    mem.counts.matches[form] += 1;
+                    peers.matches[form] += 1;
+                    mem.learning.report_learning(rule.routine)
+                }
+            };
+            if say == Report::Say {
+                let mut f = Finding::new(IncidentType::SuspiciousSequence, Basis::Static, rule.severity);
+                f.judgement = j;
+                f.weighs = j == Judgement::New;
+                f.observed = (e - s) as f64 / 1000.0;
+                f.expected = rule.within_ms as f64 / 1000.0;
+                f.unit = "seconds";
+                f.window_start = s;
+                f.window_end = e;
+                f.pattern = Some(rule.pattern.clone());
+                f.disc = k as u32;
+                f.facts = Some(facts);
+                let form_words = match between {
+                    0 => "with no other call between its steps".to_string(),
+                    1 => "with 1 other call between its steps".to_string(),
+                    n => format!("with {n} other calls between its steps"),
+                };
+                let history = format!(
+                    "{} of this agent's {} earlier matches were this tight, {} of its peers' {} \
+                     (estimated share {rate:.1e})",
+                    facts.seen_before,
+                    facts.samples,
+                    peers.at_most(form),
+                    peers.total()
+                );
+                f.description = format!(
+                    "Agent {:?} ran the tool sequence [{}] within {} (window {}) {form_words}; {}.",
+                    obs.agent_id,
+                    rule.pattern.join(" → "),
+                    human_ms(e - s),
+                    human_ms(rule.within_ms),
+                    match j {
+                        Judgement::New => history,
+                        Judgement::Routine => format!("routine for this agent: {history}; reported once"),
+                        Judgement::Learning => "seen during the learning period; its baseline will tell whether this is routine".to_string(),
+                    }
+                );
+                out.push(f);
             }
+            break;
         }
     }
 }
@@ -162,16 +266,62 @@ mod tests {
     use crate::response::IncidentType;
 
     fn seqs(found: &[super::Finding]) -> Vec<Vec<String>> {
-        found
+        incidents(found, IncidentType::SuspiciousSequence)
             .iter()
-            .filter(|f| f.kind == IncidentType::SuspiciousSequence)
             .filter_map(|f| f.pattern.clone())
             .collect()
     }
 
+    /// One working day of a finance agent that always reads something between querying the
+    /// customer database and sending an e-mail (the loose form of the rule, every day).
+    fn workday(day_start: i64) -> Vec<Ev> {
+        let mut evs = Vec::new();
+        for i in 0..8 {
+            let t = day_start + i * 3_600_000;
+            evs.push(ev(t, "query_customer_db", None));
+            evs.push(ev(t + 60_000, "read_invoice", None));
+            evs.push(ev(t + 120_000, "send_email", None));
+            evs.push(ev(t + 600_000, "get_balance", None));
+        }
+        evs
+    }
+
+    #[test]
+    fn a_routine_sequence_is_reported_once_and_a_new_form_is_an_incident() {
+        let mut k = Kit::new(finance());
+        let mon = at("2026-03-02T14:00:00Z"); // 09:00 New York
+        let mut evs = Vec::new();
+        for d in weekdays(21) {
+            evs.extend(workday(mon + d * 86_400_000));
+        }
+        let found = k.feed(evs);
+        assert!(seqs(&found).is_empty(), "routine matches are not incidents: {:?}", incidents(&found, IncidentType::SuspiciousSequence));
+        let b = baselines(&found, IncidentType::SuspiciousSequence);
+        assert_eq!(b.len(), 2, "once while learning, once when judged routine: {b:?}");
+        // Day 22: the query straight followed by an e-mail, a form it never made.
+        let t = mon + 22 * 86_400_000;
+        let found = k.feed(vec![ev(t, "query_customer_db", None), ev(t + 30_000, "send_email", None)]);
+        let s = incidents(&found, IncidentType::SuspiciousSequence);
+        assert_eq!(s.len(), 1, "{found:?}");
+        assert!(s[0].description.contains("no other call between"), "{}", s[0].description);
+        assert!(s[0].weighs);
+    }
+
+    #[test]
+    fn a_form_the_peers_make_routinely_is_routine_for_a_new_agent() {
+        let mut k = Kit::after_learning(finance());
+        k.peers.fit(&k.bp);
+        // Peers: two payments in a row, a hundred times.
+        k.peers.sequences[1].matches[0] = 100;
+        let t0 = at("2026-03-02T15:00:00Z");
+        let found = k.feed(vec![ev(t0, "trigger_payment", None), ev(t0 + 1000, "trigger_payment", None)]);
+        assert!(seqs(&found).is_empty(), "{found:?}");
+        assert_eq!(baselines(&found, IncidentType::SuspiciousSequence).len(), 1);
+    }
+
     #[test]
     fn query_then_email_within_window_matches_once() {
-        let mut k = Kit::new(finance()); // [query_customer_db, send_email] within 15m, gaps allowed
+        let mut k = Kit::after_learning(finance()); // [query_customer_db, send_email] within 15m, gaps allowed
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed(vec![
             ev(t0, "query_customer_db", None),
@@ -190,7 +340,7 @@ mod tests {
 
     #[test]
     fn sequence_window_expiry() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed(vec![
             ev(t0, "query_customer_db", None),
@@ -204,7 +354,7 @@ mod tests {
 
     #[test]
     fn wildcard_matches_exactly_one_call_in_contiguous_mode() {
-        let mut k = Kit::new(peer_soc()); // peer form: [read_secrets, *, http_request], consecutive
+        let mut k = Kit::after_learning(peer_soc()); // peer form: [read_secrets, *, http_request], consecutive
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed(vec![
             ev(t0, "read_secrets", None),
@@ -212,7 +362,7 @@ mod tests {
             ev(t0 + 2000, "http_request", None),
         ]);
         assert_eq!(seqs(&found).len(), 1);
-        let mut k = Kit::new(peer_soc());
+        let mut k = Kit::after_learning(peer_soc());
         let found = k.feed(vec![
             ev(t0, "read_secrets", None),
             ev(t0 + 2000, "http_request", None),
@@ -225,7 +375,7 @@ mod tests {
 
     #[test]
     fn wildcard_with_gaps_allowed() {
-        let mut k = Kit::new(soc()); // [read_secrets, *, http_request] within 10m, gaps allowed
+        let mut k = Kit::after_learning(soc()); // [read_secrets, *, http_request] within 10m, gaps allowed
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed(vec![
             ev(t0, "read_secrets", None),
@@ -238,7 +388,7 @@ mod tests {
 
     #[test]
     fn repeated_calls_give_one_incident_per_match_not_per_event() {
-        let mut k = Kit::new(soc()); // shell_execute x3 consecutive within 1m
+        let mut k = Kit::after_learning(soc()); // shell_execute x3 consecutive within 1m
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..7).map(|i| ev(t0 + i * 1000, "shell_execute", None)));
         assert_eq!(
@@ -250,7 +400,7 @@ mod tests {
 
     #[test]
     fn out_of_order_delivery_is_matched_in_event_time_order() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         // The email arrives first but happened after the query.
         let found = k.feed(vec![
@@ -259,7 +409,7 @@ mod tests {
         ]);
         assert_eq!(seqs(&found).len(), 1);
         // Reverse order in event time: no match.
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let found = k.feed(vec![
             ev(t0, "send_email", None),
             ev(t0 + 10_000, "query_customer_db", None),
@@ -269,7 +419,7 @@ mod tests {
 
     #[test]
     fn contiguous_pattern_is_broken_by_another_call() {
-        let mut k = Kit::new(finance()); // [trigger_payment, trigger_payment] contiguous within 5m
+        let mut k = Kit::after_learning(finance()); // [trigger_payment, trigger_payment] contiguous within 5m
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed(vec![
             ev(t0, "trigger_payment", None),

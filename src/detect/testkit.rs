@@ -2,8 +2,9 @@
 
 use serde_json::Value;
 
-use super::{DetectorState, Finding, Input};
+use super::{DetectorState, Finding, Input, Judgement, Peers};
 use crate::blueprint::{load_blueprint, Blueprint, BlueprintSet};
+use crate::response::IncidentType;
 
 /// A shipped blueprint by key.
 fn shipped(key: &str) -> Blueprint {
@@ -19,6 +20,13 @@ pub fn finance() -> Blueprint {
 /// The shipped SOC blueprint.
 pub fn soc() -> Blueprint {
     shipped("soc")
+}
+
+/// The shipped finance blueprint in another time zone.
+pub fn finance_in(tz: &str) -> Blueprint {
+    let mut bp = finance();
+    bp.timezone = tz.parse().expect("a time zone");
+    bp
 }
 
 /// The shipped engineering blueprint.
@@ -65,32 +73,61 @@ pub fn ev(ts: i64, tool: &str, bytes: Option<f64>) -> Ev {
     }
 }
 
-/// One agent's detectors under one blueprint.
+/// One agent's detectors under one blueprint, with its peers and the fleet's learning period
+/// starting at the first event fed (as a fresh engine has it).
 pub struct Kit {
     pub bp: Blueprint,
     pub st: DetectorState,
+    pub peers: Peers,
+    /// Start of the learning period (the first event fed, unless set).
+    pub origin: Option<i64>,
     pub late: u32,
+    seq: u64,
 }
 
 impl Kit {
+    /// A fresh agent in a fresh fleet: the learning period starts with its first event.
     pub fn new(bp: Blueprint) -> Kit {
         let st = DetectorState::new(&bp);
-        Kit { bp, st, late: 0 }
+        let peers = Peers::new(&bp);
+        Kit {
+            bp,
+            st,
+            peers,
+            origin: None,
+            late: 0,
+            seq: 0,
+        }
+    }
+
+    /// A fresh agent in a fleet whose learning period is over.
+    pub fn after_learning(bp: Blueprint) -> Kit {
+        let mut k = Kit::new(bp);
+        k.origin = Some(i64::MIN / 2);
+        k
     }
 
     /// Feeds events in the given (delivery) order; returns all findings.
     pub fn feed(&mut self, evs: impl IntoIterator<Item = Ev>) -> Vec<Finding> {
         let mut out = Vec::new();
-        for (i, e) in evs.into_iter().enumerate() {
-            let id = format!("e{i}");
+        for e in evs {
+            self.seq += 1;
+            let id = format!("e{}", self.seq);
             let input = Input {
                 agent_id: "agent-1",
                 event_id: &id,
+                seq: self.seq,
                 tool_name: &e.tool,
                 ts: e.ts,
                 bytes: e.bytes,
             };
-            if !self.st.observe(&self.bp, &input, &mut out).in_order {
+            let origin = *self.origin.get_or_insert(e.ts);
+            let learning = e.ts < origin.saturating_add(self.bp.learned.learning_period_ms);
+            if !self
+                .st
+                .observe(&self.bp, &mut self.peers, learning, &input, &mut out)
+                .in_order
+            {
                 self.late += 1;
             }
         }
@@ -98,9 +135,30 @@ impl Kit {
     }
 }
 
-/// Findings of one kind.
-pub fn of_kind(found: &[Finding], kind: crate::response::IncidentType) -> Vec<&Finding> {
+/// Findings of one kind (incidents, baseline findings and closing records).
+pub fn of_kind(found: &[Finding], kind: IncidentType) -> Vec<&Finding> {
     found.iter().filter(|f| f.kind == kind).collect()
+}
+
+/// The incidents of one kind: new findings that open an incident.
+pub fn incidents(found: &[Finding], kind: IncidentType) -> Vec<&Finding> {
+    found
+        .iter()
+        .filter(|f| f.kind == kind && f.judgement == Judgement::New && f.closing.is_none())
+        .collect()
+}
+
+/// The baseline findings (routine, or seen while learning) about one kind.
+pub fn baselines(found: &[Finding], kind: IncidentType) -> Vec<&Finding> {
+    found
+        .iter()
+        .filter(|f| f.kind == kind && f.judgement != Judgement::New)
+        .collect()
+}
+
+/// The weekdays among the first `days` days from a Monday.
+pub fn weekdays(days: i64) -> impl Iterator<Item = i64> + Clone {
+    (0..days).filter(|d| d % 7 < 5)
 }
 
 /// `per_hour` calls of `tool`, evenly spaced, in `hours` consecutive hours from `start` on each of `days` (offsets in days).

@@ -1,12 +1,23 @@
-//! volume_spike on data volume: bytes in a sliding window over the static threshold, or one
-//! call's bytes improbable under the agent's learned distribution for that tool (log-normal,
-//! exponentially weighted, fixed size).
+//! volume_spike on data volume, judged against the agent.
+//!
+//! - **Static:** bytes in the blueprint's sliding window over `data_volume.max_bytes`; routine
+//!   when the calls are ordinary sizes for the agent's tools, or it happened on `routine_days`.
+//! - **Learned:** the agent's distribution of ln(1 + bytes) per tool (exponentially weighted,
+//!   fixed size). Each call's size gets a surprise, −log10 of its upper tail probability; the
+//!   surprises of consecutive calls accumulate, less a drift of 0.8 per call (a CUSUM), so a run
+//!   of calls each well above its tool's usual size — 3 calls at 30× or 15 calls at 8× — stands
+//!   out as much as one call far out in the tail, while ordinary variation drains away. Alert
+//!   when the accumulated surprise reaches −log10(`sensitivity`). No absolute floor: a run of
+//!   small files is a run all the same.
 
 use serde::{Deserialize, Serialize};
 
-use super::{human_ms, Episode, Finding, Observation, Ring};
+use super::habit::{Habit, Report};
+use super::stats::surprise;
+use super::frequency::judge;
+use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
-use crate::response::{Basis, IncidentType};
+use crate::response::{BaselineFacts, Basis, IncidentType, Source};
 use crate::state::prefetch;
 
 /// Tools whose volume is learned per agent; calls of further tools are checked statically only.
@@ -15,6 +26,10 @@ const MAX_TOOLS: usize = 32;
 const TOOL_HORIZON: f32 = 1000.0;
 /// Smallest standard deviation of ln(bytes) assumed (a factor of about 1.65).
 const MIN_LOG_SD: f32 = 0.5;
+/// Surprise an ordinary call drains from the accumulated surprise (−log10 units).
+const DRIFT: f64 = 0.8;
+/// Most surprise one call can add.
+const MAX_SURPRISE: f64 = 12.0;
 
 /// Learned distribution of ln(1 + bytes) of one tool's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -29,12 +44,32 @@ pub struct ToolStats {
     pub var: f32,
 }
 
+impl ToolStats {
+    /// Typical bytes of a call (the median of the learned distribution).
+    pub fn typical(&self) -> f64 {
+        f64::from(self.mean).exp() - 1.0
+    }
+}
+
+/// The run of large calls being accumulated.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct Run {
+    /// Accumulated surprise.
+    surprise: f32,
+    calls: u32,
+    bytes: f64,
+    typical: f64,
+    start: i64,
+}
+
 /// Per-agent data-volume state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VolumeState {
     bytes: Ring<u64>,
     episode: Episode,
     tools: Vec<ToolStats>,
+    run: Run,
+    habit: Habit,
 }
 
 impl VolumeState {
@@ -44,6 +79,8 @@ impl VolumeState {
             bytes: Ring::new(bp.data_volume.window_ms, bp.allowed_lateness_ms),
             episode: Episode::default(),
             tools: Vec::new(),
+            run: Run::default(),
+            habit: Habit::default(),
         }
     }
 
@@ -74,9 +111,13 @@ fn fmt_bytes(b: f64) -> String {
 pub fn observe(
     bp: &Blueprint,
     st: &mut VolumeState,
+    ctx: &mut Context<'_>,
     obs: &Observation<'_>,
     out: &mut Vec<Finding>,
 ) {
+    if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
+        out.push(Finding::closing(IncidentType::VolumeSpike, bp.severities.volume_spike, c, "bytes", 0));
+    }
     let Some(bytes) = obs.bytes else {
         return;
     };
@@ -97,20 +138,35 @@ pub fn observe(
     let l = &bp.learned;
     let x = (1.0 + bytes).ln() as f32;
     let idx = st.tools.iter().position(|t| t.tool == obs.tool);
-    let mut learned = None;
-    if let Some(t) = idx.map(|i| st.tools[i]) {
-        let sd = t.var.sqrt().max(MIN_LOG_SD);
-        let z = (x - t.mean) / sd;
-        if l.enabled
-            && t.n >= l.volume_warmup_calls
-            && bytes >= l.volume_min_bytes
-            && f64::from(z) > l.z_threshold
-        {
-            learned = Some(t);
+    let known = idx.map(|i| st.tools[i]).filter(|t| t.n >= l.volume_warmup_calls);
+    let mut z = 0.0f64;
+    if let (Some(t), true) = (known, obs.in_order && l.enabled) {
+        let sd = t.var.max(0.0).sqrt().max(MIN_LOG_SD);
+        z = f64::from((x - t.mean) / sd);
+        // A call under the blueprint's floor only drains the run.
+        let sc = if bytes >= l.volume_min_bytes {
+            surprise(z, MAX_SURPRISE)
+        } else {
+            0.0
+        };
+        let r = &mut st.run;
+        let next = (f64::from(r.surprise) + sc - DRIFT).max(0.0);
+        if next <= 0.0 {
+            *r = Run::default();
+        } else {
+            if r.calls == 0 {
+                r.start = obs.ts;
+            }
+            r.surprise = next as f32;
+            r.calls += 1;
+            r.bytes += bytes;
+            r.typical += t.typical();
         }
     }
-    // Learn from every in-order call that is not itself anomalous.
-    if obs.in_order && learned.is_none() && over_static.is_none() {
+    let threshold = -l.sensitivity.log10();
+    let over_learned = f64::from(st.run.surprise) >= threshold;
+    // Learn from every in-order call that is not part of an anomaly.
+    if obs.in_order && (!(over_learned || over_static.is_some()) || z < 1.0) {
         let i = match idx {
             Some(i) => Some(i),
             None if st.tools.len() < MAX_TOOLS => {
@@ -135,60 +191,104 @@ pub fn observe(
         }
     }
 
-    if over_static.is_none() && learned.is_none() {
-        st.episode.calm();
-        return;
-    }
-    if !st.episode.violate(obs.ts, &bp.dedup) {
-        return;
-    }
-    out.push(match (over_static, learned) {
-        (Some(m), _) => Finding {
-            kind: IncidentType::VolumeSpike,
-            basis: Basis::Static,
-            severity: bp.severities.volume_spike,
-            observed: sum,
-            expected: m,
-            unit: "bytes",
-            window_start: obs.ts - bp.data_volume.window_ms,
-            window_end: obs.ts,
-            description: format!(
-                "Agent {:?} moved {} in {} (threshold {}), last call {:?}.",
-                obs.agent_id,
-                fmt_bytes(sum),
-                human_ms(bp.data_volume.window_ms),
-                fmt_bytes(m),
-                obs.tool_name
-            ),
-            pattern: None,
-            disc: 0,
-        },
-        (None, Some(t)) => {
-            let typical = f64::from(t.mean).exp() - 1.0;
-            Finding {
-                kind: IncidentType::VolumeSpike,
-                basis: Basis::Learned,
-                severity: bp.severities.volume_spike,
-                observed: bytes,
-                expected: typical,
-                unit: "bytes",
-                window_start: obs.ts,
-                window_end: obs.ts,
-                description: format!(
-                    "Agent {:?} moved {} in one {:?} call; its typical {:?} call moves {} (learned from {} calls).",
-                    obs.agent_id,
-                    fmt_bytes(bytes),
-                    obs.tool_name,
-                    obs.tool_name,
-                    fmt_bytes(typical),
-                    t.n
-                ),
-                pattern: None,
-                disc: 0,
+    let mode = bp.routine.volume;
+    let mut new_static = None;
+    if let Some(m) = over_static {
+        let routine = !over_learned && (known.is_some() || st.habit.is_routine(l.routine_days));
+        match judge(mode, ctx.learning, routine) {
+            Judgement::New => new_static = Some(m),
+            j => {
+                st.habit.see(obs.local.day);
+                let say = if j == Judgement::Learning {
+                    st.habit.report_learning(mode)
+                } else {
+                    st.habit.report_routine(mode, sum)
+                };
+                if say == Report::Say {
+                    let mut f = static_finding(bp, obs, sum, m);
+                    f.judgement = j;
+                    f.weighs = false;
+                    f.description = match j {
+                        Judgement::Learning => format!(
+                            "{} Seen during the learning period; its baseline will tell whether this is routine.",
+                            f.description
+                        ),
+                        _ => format!(
+                            "{} Routine for this agent: its calls are of their usual sizes; reported again if the volume doubles.",
+                            f.description
+                        ),
+                    };
+                    out.push(f);
+                }
             }
         }
-        (None, None) => return,
+    }
+    let new_learned = over_learned && !ctx.learning;
+    // A run that reached the threshold is reported (or, while learning, dropped) and starts
+    // over: its calls are not learned from, and later large calls continue the episode.
+    let run = st.run;
+    if over_learned {
+        st.run = Run::default();
+    }
+    if new_static.is_none() && !new_learned {
+        return;
+    }
+    let basis = if new_static.is_some() { Basis::Static } else { Basis::Learned };
+    if st.episode.violate(obs.ts, bytes, &bp.dedup, || obs.opening(basis)) != Step::Opened {
+        return;
+    }
+    out.push(match new_static {
+        Some(m) => static_finding(bp, obs, sum, m),
+        None => {
+            let r = run;
+            let t = idx.map(|i| st.tools[i]);
+            let typical = t.map_or(0.0, |t| t.typical());
+            let mut f = Finding::new(IncidentType::VolumeSpike, Basis::Learned, bp.severities.volume_spike);
+            f.observed = r.bytes;
+            f.expected = r.typical;
+            f.unit = "bytes";
+            f.window_start = r.start;
+            f.window_end = obs.ts;
+            f.description = format!(
+                "Agent {:?} moved {} in {} calls, {:.0}× the {} its tools usually move in as many calls                  (last call {:?}: {}, typical {}; learned from {} calls of that tool).",
+                obs.agent_id,
+                fmt_bytes(r.bytes),
+                r.calls,
+                r.bytes / r.typical.max(1.0),
+                fmt_bytes(r.typical),
+                obs.tool_name,
+                fmt_bytes(bytes),
+                fmt_bytes(typical),
+                t.map_or(0, |t| t.n)
+            );
+            f.facts = Some(BaselineFacts {
+                source: Source::Agent,
+                history_days: obs.history_days,
+                samples: u64::from(t.map_or(0, |t| t.n)),
+                seen_before: 0,
+            });
+            f.weighs = obs.warm;
+            f
+        }
     });
+}
+
+fn static_finding(bp: &Blueprint, obs: &Observation<'_>, sum: f64, m: f64) -> Finding {
+    let mut f = Finding::new(IncidentType::VolumeSpike, Basis::Static, bp.severities.volume_spike);
+    f.observed = sum;
+    f.expected = m;
+    f.unit = "bytes";
+    f.window_start = obs.ts - bp.data_volume.window_ms;
+    f.window_end = obs.ts;
+    f.description = format!(
+        "Agent {:?} moved {} in {} (threshold {}), last call {:?}.",
+        obs.agent_id,
+        fmt_bytes(sum),
+        human_ms(bp.data_volume.window_ms),
+        fmt_bytes(m),
+        obs.tool_name
+    );
+    f
 }
 
 #[cfg(test)]
@@ -198,48 +298,64 @@ mod tests {
 
     #[test]
     fn exfiltration_over_static_threshold_in_a_window() {
-        let mut k = Kit::new(finance()); // 50 MB per minute
+        let mut k = Kit::after_learning(finance()); // 50 MB per minute
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..6).map(|i| ev(t0 + i * 5_000, "export_report", Some(10e6))));
-        let v: Vec<_> = found
-            .iter()
-            .filter(|f| f.kind == IncidentType::VolumeSpike)
-            .collect();
+        let v = incidents(&found, IncidentType::VolumeSpike);
         assert_eq!(v.len(), 1, "{found:?}");
         assert_eq!(v[0].basis, Basis::Static);
         assert_eq!(v[0].observed, 60e6);
     }
 
-    #[test]
-    fn learned_volume_per_tool_after_warmup() {
-        let mut k = Kit::new(finance());
-        let t0 = at("2026-03-02T15:00:00Z");
-        // 60 calls of ~20 kB, one minute apart, then 5 MB (under the 50 MB static limit).
-        let mut evs: Vec<_> = (0..60)
+    /// Calls of three tools at their usual sizes (1 kB, 20 kB, 200 kB, spread by a factor of
+    /// about 3), one a minute.
+    fn usual(t0: i64, n: i64) -> Vec<Ev> {
+        let tools = [("lookup", 1e3), ("read_invoice", 2e4), ("report", 2e5)];
+        (0..n)
             .map(|i| {
-                ev(
-                    t0 + i * 60_000,
-                    "read_invoice",
-                    Some(20_000.0 + (i % 7) as f64 * 1000.0),
-                )
+                let (tool, size) = tools[(i % 3) as usize];
+                let wobble = [0.2, 0.5, 1.0, 2.0, 5.0, 0.35, 3.0][(i % 7) as usize];
+                ev(t0 + i * 60_000, tool, Some(size * wobble))
             })
-            .collect();
-        evs.push(ev(t0 + 61 * 60_000, "read_invoice", Some(5e6)));
-        // Another tool that normally moves 5 MB is not anomalous at 5 MB.
-        evs.extend((0..60).map(|i| ev(t0 + 62 * 60_000 + i * 60_000, "export_report", Some(5e6))));
-        let found = k.feed(evs);
-        let v: Vec<_> = found
+            .collect()
+    }
+
+    #[test]
+    fn a_run_of_small_files_each_far_above_its_tool_is_one_incident() {
+        let mut k = Kit::after_learning(finance());
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut evs = usual(t0, 300);
+        // Four consecutive calls at 40× their tools' usual sizes: 40 kB to 8 MB, under every
+        // static limit.
+        let t1 = t0 + 300 * 60_000;
+        evs.extend([("lookup", 4e4), ("read_invoice", 8e5), ("report", 8e6), ("lookup", 4e4)]
             .iter()
-            .filter(|f| f.kind == IncidentType::VolumeSpike)
-            .collect();
+            .enumerate()
+            .map(|(i, (tool, b))| ev(t1 + i as i64 * 20_000, tool, Some(*b))));
+        evs.extend(usual(t1 + 120_000, 60));
+        let found = k.feed(evs);
+        let v = incidents(&found, IncidentType::VolumeSpike);
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].basis, Basis::Learned);
-        assert_eq!(v[0].observed, 5e6);
+        assert!(v[0].window_end >= t1 && v[0].window_end <= t1 + 60_000, "{v:?}");
+        assert!(v[0].description.contains("calls"), "{}", v[0].description);
+    }
+
+    #[test]
+    fn one_large_call_of_an_ordinary_spread_is_not_a_run() {
+        let mut k = Kit::after_learning(finance());
+        let t0 = at("2026-03-02T14:00:00Z");
+        let mut evs = usual(t0, 300);
+        // One call at 10× its tool's size, then ordinary calls.
+        evs.push(ev(t0 + 300 * 60_000, "read_invoice", Some(2e5)));
+        evs.extend(usual(t0 + 301 * 60_000, 100));
+        let found = k.feed(evs);
+        assert!(incidents(&found, IncidentType::VolumeSpike).is_empty(), "{found:?}");
     }
 
     #[test]
     fn learned_volume_is_silent_during_warmup() {
-        let mut k = Kit::new(finance());
+        let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let mut evs: Vec<_> = (0..10)
             .map(|i| ev(t0 + i * 60_000, "read_invoice", Some(20_000.0)))

@@ -191,8 +191,8 @@ fn derive(i: &Inputs<'_>) -> Derived {
         d.killed_now += usize::from(s.kill.killed);
         d.no_environment += usize::from(p.environments.is_empty());
         d.incidents += p.incidents.iter().sum::<u64>();
-        // Warm: a week or more of hourly history.
-        if s.detectors.seasonal.history_hours() >= 168 {
+        // Warm: a week or more of history.
+        if s.last_seen - s.first_seen >= 7 * 86_400_000 {
             d.warm += 1;
         }
     }

@@ -87,11 +87,14 @@ impl SeverityCounts {
 /// What the learned baseline knows about the agent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct BaselineView {
-    /// Hours of activity history behind the hour-of-week baseline.
+    /// Hours of history (event time from its first event to its latest).
     pub history_hours: i64,
-    /// Whether the warm-up is over, so learned detectors are armed.
+    /// Days with at least one call behind its rhythm.
+    pub active_days: u32,
+    /// Whether the warm-up is over, so its own learned findings add kill weight.
     pub warm: bool,
-    /// Hours of the week (of 168) in which the agent is usually active.
+    /// Hours of the week in which the agent is usually active: hours of the day used on half its
+    /// active days or more, times the days of the week it usually works.
     pub usual_hours_of_week: u32,
     /// Mean calls per hour over those hours.
     pub mean_calls_per_active_hour: f64,
@@ -216,17 +219,23 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
         .collect();
     let with_outcome = p.events_with_outcome();
     let bp = set.index_of(&st.blueprint).map(|i| set.get(i));
-    let seasonal = &st.detectors.seasonal;
-    let (mut usual, mut sum) = (0u32, 0.0f64);
-    for how in 0..168u8 {
-        let slot = seasonal.slot(how);
-        if slot.n > 0 && u32::from(slot.active) * 2 >= u32::from(slot.n) {
-            usual += 1;
-            sum += f64::from(slot.mean);
-        }
-    }
-    let history_hours = seasonal.history_hours();
-    let warm = bp.is_some_and(|b| history_hours * crate::detect::HOUR_MS >= b.learned.warmup_ms);
+    let rhythm = &st.detectors.rhythm;
+    let usual_hours = (0..24u8).filter(|h| rhythm.hour_share(*h) >= 0.5).count() as u32;
+    let usual_days: f64 = (0..7u8)
+        .map(|d| {
+            let w = rhythm.weekday(d);
+            if w.weeks == 0 {
+                0.0
+            } else {
+                f64::from(w.active) / f64::from(w.weeks)
+            }
+        })
+        .sum();
+    let history_hours = (st.last_seen - st.first_seen).max(0) / crate::detect::HOUR_MS;
+    let warm = bp.is_some_and(|b| {
+        history_hours * crate::detect::HOUR_MS >= b.learned.warmup_ms
+            && rhythm.active_days() >= b.learned.min_active_days
+    });
     let violation_score = bp.map_or(st.kill.score, |b| st.kill.score_at(&b.kill, st.last_seen));
     AgentView {
         agent_id: st.agent_id.clone(),
@@ -265,13 +274,10 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
             .collect(),
         baseline: BaselineView {
             history_hours,
+            active_days: rhythm.active_days(),
             warm,
-            usual_hours_of_week: usual,
-            mean_calls_per_active_hour: if usual == 0 {
-                0.0
-            } else {
-                (sum / f64::from(usual) * 10.0).round() / 10.0
-            },
+            usual_hours_of_week: (f64::from(usual_hours) * usual_days).round() as u32,
+            mean_calls_per_active_hour: (rhythm.hour_rate() * 10.0).round() / 10.0,
             violation_score: (violation_score * 100.0).round() / 100.0,
         },
         risk: risk::score(st, s, now),

@@ -69,25 +69,40 @@ pub enum IncidentType {
     AutoKill,
     /// A killed agent is still acting.
     ActivityAfterKill,
+    /// A fact about an agent's baseline: a rule it matches routinely, or a match seen while the
+    /// baseline was still being learned. Low severity, never adds kill weight.
+    Baseline,
+    /// The fleet-wide budget of automatic kills is spent: further kills wait for an operator.
+    KillBudget,
     /// A control command with a missing or wrong signature was rejected.
     RejectedCommand,
 }
 
 impl IncidentType {
     /// All types, in a fixed order (the engine's types first, see [`IncidentType::DETECTED`]).
-    pub const ALL: [IncidentType; 7] = [
+    pub const ALL: [IncidentType; 9] = [
         IncidentType::FrequencySpike,
         IncidentType::VolumeSpike,
         IncidentType::SuspiciousSequence,
         IncidentType::OffHours,
         IncidentType::AutoKill,
         IncidentType::ActivityAfterKill,
+        IncidentType::Baseline,
+        IncidentType::KillBudget,
         IncidentType::RejectedCommand,
     ];
 
-    /// The types the engine's detectors and kill policy raise (all but the daemon's
-    /// `rejected_command`).
+    /// The types the engine raises (all but the daemon's `rejected_command`).
+    pub const ENGINE: &'static [IncidentType] = IncidentType::ALL.split_at(8).0;
+
+    /// The anomaly types the detectors and the kill policy raise (not the baseline findings, the
+    /// kill-budget alert or the daemon's `rejected_command`).
     pub const DETECTED: &'static [IncidentType] = IncidentType::ALL.split_at(6).0;
+
+    /// Parses a snake_case name.
+    pub fn parse(s: &str) -> Option<IncidentType> {
+        IncidentType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
 
     /// snake_case name.
     pub fn as_str(self) -> &'static str {
@@ -98,6 +113,8 @@ impl IncidentType {
             IncidentType::OffHours => "off_hours",
             IncidentType::AutoKill => "auto_kill",
             IncidentType::ActivityAfterKill => "activity_after_kill",
+            IncidentType::Baseline => "baseline",
+            IncidentType::KillBudget => "kill_budget",
             IncidentType::RejectedCommand => "rejected_command",
         }
     }
@@ -125,6 +142,68 @@ pub enum Action {
     WouldKill,
     /// Over the threshold but on the kill allowlist.
     KillSuppressedAllowlist,
+}
+
+/// Whether an incident is still going on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Raised; for an episode, the first violating event.
+    #[default]
+    Open,
+    /// The episode ended: the record repeats the incident id with its count and span.
+    Closed,
+}
+
+/// How a finding was judged against the agent's baseline (on `baseline` records).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// What the agent does regularly: reported once, again when it changes.
+    Routine,
+    /// Seen during the first-deployment learning period, before any baseline could judge it.
+    Learning,
+}
+
+/// Why a kill the policy decided was not carried out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Suppression {
+    /// Monitor mode or `kill.dry_run`.
+    Monitor,
+    /// The first-deployment learning period is not over.
+    Learning,
+    /// The fleet-wide kill budget is spent.
+    Budget,
+    /// The agent is on the kill allowlist.
+    Allowlist,
+}
+
+/// Whose history an expected figure comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// The agent's own history.
+    Agent,
+    /// The agents of the same blueprint (the agent's own history is too short).
+    Peers,
+    /// A fixed blueprint threshold, nothing learned.
+    Blueprint,
+}
+
+/// The baseline behind a judgement: whose history, how much of it, how often the agent did this before.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct BaselineFacts {
+    /// Whose history.
+    pub source: Source,
+    /// Days of the agent's history (event time from its first event).
+    pub history_days: f64,
+    /// Observations behind the expected figure: active days for rates, calls of the tool for
+    /// bytes, opportunities (calls of the first step) for sequences.
+    pub samples: u64,
+    /// How often the agent did this before: matches of the sequence in this form, days it ran
+    /// over the static rate, days it was active at this hour or day.
+    pub seen_before: u64,
 }
 
 /// One incident. Times are RFC 3339 UTC strings in JSON and epoch milliseconds in memory.
@@ -169,6 +248,28 @@ pub struct Incident {
     /// The matched pattern, for suspicious sequences.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern: Option<Vec<String>>,
+    /// Open, or closed at the end of its episode.
+    #[serde(default)]
+    pub status: Status,
+    /// Violating events in the episode so far (1 for a single event or match).
+    #[serde(default = "one")]
+    pub count: u64,
+    /// On `baseline` records: the type of the rule judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub about: Option<IncidentType>,
+    /// On `baseline` records: routine for the agent, or seen during learning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// The baseline behind the judgement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<BaselineFacts>,
+    /// On `auto_kill` and `kill_budget` records: why the kill was not carried out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suppressed_by: Option<Suppression>,
+}
+
+fn one() -> u64 {
+    1
 }
 
 /// Derives an incident id from what identifies it in the input: the agent, the kind, the agent's
@@ -257,6 +358,12 @@ mod tests {
             event_id: "e".into(),
             tool_name: "t".into(),
             pattern: None,
+            status: Status::Open,
+            count: 1,
+            about: None,
+            verdict: None,
+            baseline: None,
+            suppressed_by: None,
         };
         let s = serde_json::to_string(&i).unwrap();
         assert!(s.contains(r#""at":"2026-03-02T14:00:00.250Z""#), "{s}");

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::incident::{Action, Severity};
+use super::incident::{Action, Severity, Suppression};
 use crate::blueprint::KillRules;
 
 /// Per-agent kill-policy state.
@@ -28,6 +28,8 @@ pub struct KillDecision {
     pub action: Action,
     /// The score that crossed the threshold.
     pub score: f64,
+    /// Why the kill is not carried out, if it is not.
+    pub suppressed: Option<Suppression>,
 }
 
 impl KillState {
@@ -51,38 +53,43 @@ impl KillState {
         self.score_ts = now;
     }
 
+    /// Whether a kill would be decided now: score at or over the threshold, outside the cooldown.
+    pub fn due(&self, rules: &KillRules, ts: i64) -> bool {
+        rules.threshold > 0.0
+            && self.score_at(rules, ts.max(self.score_ts)) >= rules.threshold
+            && !self
+                .last_decision
+                .is_some_and(|t| ts.saturating_sub(t) < rules.cooldown_ms)
+    }
+
     /// Decides whether to kill now: score at or over the threshold, outside the cooldown.
+    /// `hold`: a reason the kill must not be carried out (monitor mode, learning, budget).
     pub fn decide(
         &mut self,
         rules: &KillRules,
         agent_id: &str,
         ts: i64,
-        dry_run: bool,
+        hold: Option<Suppression>,
     ) -> Option<KillDecision> {
-        if rules.threshold <= 0.0 {
+        if !self.due(rules, ts) {
             return None;
         }
         let score = self.score_at(rules, ts.max(self.score_ts));
-        if score < rules.threshold {
-            return None;
-        }
-        if self
-            .last_decision
-            .is_some_and(|t| ts.saturating_sub(t) < rules.cooldown_ms)
-        {
-            return None;
-        }
         self.last_decision = Some(ts);
-        let action = if rules.allowlist_set.is_match(agent_id) {
-            Action::KillSuppressedAllowlist
-        } else if dry_run {
-            Action::WouldKill
+        let (action, suppressed) = if rules.allowlist_set.is_match(agent_id) {
+            (Action::KillSuppressedAllowlist, Some(Suppression::Allowlist))
+        } else if let Some(h) = hold {
+            (Action::WouldKill, Some(h))
         } else {
             self.killed = true;
             self.kills += 1;
-            Action::Killed
+            (Action::Killed, None)
         };
-        Some(KillDecision { action, score })
+        Some(KillDecision {
+            action,
+            score,
+            suppressed,
+        })
     }
 
     /// Marks the agent killed by an operator's command at `ts`.
@@ -134,7 +141,7 @@ mod tests {
         // Two violations, then a third two half-lives later: 2/4 + 1 = 1.5 < 3, no kill.
         k.record(&r, 7_200_000, Severity::High);
         assert!((k.score - 1.5).abs() < 1e-9);
-        assert_eq!(k.decide(&r, "a", 7_200_000, false), None);
+        assert_eq!(k.decide(&r, "a", 7_200_000, None), None);
     }
 
     #[test]
@@ -145,14 +152,14 @@ mod tests {
             k.record(&r, 1000, Severity::High);
         }
         assert_eq!(
-            k.decide(&r, "a", 1000, false).map(|d| d.action),
+            k.decide(&r, "a", 1000, None).map(|d| d.action),
             Some(Action::Killed)
         );
         assert!(k.killed);
         k.record(&r, 2000, Severity::Critical);
-        assert_eq!(k.decide(&r, "a", 2000, false), None, "cooldown");
+        assert_eq!(k.decide(&r, "a", 2000, None), None, "cooldown");
         assert!(
-            k.decide(&r, "a", 1000 + 600_000, false).is_some(),
+            k.decide(&r, "a", 1000 + 600_000, None).is_some(),
             "after the cooldown a re-kill is decided"
         );
     }
@@ -165,7 +172,7 @@ mod tests {
             k.record(&r, 0, Severity::Critical);
         }
         assert_eq!(
-            k.decide(&r, "svc-backup", 0, false).map(|d| d.action),
+            k.decide(&r, "svc-backup", 0, None).map(|d| d.action),
             Some(Action::KillSuppressedAllowlist)
         );
         assert!(!k.killed);
@@ -179,7 +186,7 @@ mod tests {
             k.record(&r, 0, Severity::High);
         }
         assert_eq!(
-            k.decide(&r, "a", 0, true).map(|d| d.action),
+            k.decide(&r, "a", 0, Some(Suppression::Monitor)).map(|d| d.action),
             Some(Action::WouldKill)
         );
         assert!(!k.killed);
@@ -191,6 +198,6 @@ mod tests {
         r.threshold = 0.0;
         let mut k = KillState::default();
         k.record(&r, 0, Severity::Critical);
-        assert_eq!(k.decide(&r, "a", 0, false), None);
+        assert_eq!(k.decide(&r, "a", 0, None), None);
     }
 }

@@ -1,7 +1,12 @@
 //! What the guardian does with findings: incidents with deterministic ids, and the kill policy.
 
+mod budget;
 mod incident;
 mod kill;
 
-pub use incident::{incident_id, uuid_string, Action, Basis, Incident, IncidentType, Severity};
+pub use incident::{
+    incident_id, uuid_string, Action, BaselineFacts, Basis, Incident, IncidentType, Severity,
+    Source, Status, Suppression, Verdict,
+};
+pub use budget::{KillBudget, Spent};
 pub use kill::{KillDecision, KillState};

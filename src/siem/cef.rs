@@ -331,6 +331,12 @@ pub(crate) mod tests {
             tool_name: tool.into(),
             pattern: (kind == IncidentType::SuspiciousSequence)
                 .then(|| vec!["db.query".into(), "email.send".into()]),
+            status: Default::default(),
+            count: 1,
+            about: None,
+            verdict: None,
+            baseline: None,
+            suppressed_by: None,
         }
     }
 

@@ -72,13 +72,15 @@ pub struct Class {
 }
 
 /// Every class, for the documentation table and tests.
-pub const CLASSES: [Class; 11] = [
+pub const CLASSES: [Class; 13] = [
     class(100, "frequency_spike", "Frequency spike"),
     class(101, "volume_spike", "Volume spike"),
     class(102, "suspicious_sequence", "Suspicious tool sequence"),
     class(103, "off_hours", "Off-hours activity"),
     class(110, "auto_kill", "Kill decided by policy"),
     class(111, "activity_after_kill", "Activity after kill"),
+    class(112, "baseline", "Baseline finding"),
+    class(113, "kill_budget", "Kill budget spent"),
     class(120, "rejected_command", "Control command rejected"),
     class(200, "kill", "Kill command"),
     class(201, "revive", "Revive command"),
@@ -98,7 +100,9 @@ fn incident_class(t: IncidentType) -> Class {
         IncidentType::OffHours => 3,
         IncidentType::AutoKill => 4,
         IncidentType::ActivityAfterKill => 5,
-        IncidentType::RejectedCommand => 6,
+        IncidentType::Baseline => 6,
+        IncidentType::KillBudget => 7,
+        IncidentType::RejectedCommand => 8,
     }]
 }
 
@@ -118,11 +122,11 @@ impl Record<'_> {
         match self {
             Record::Incident(i) => incident_class(i.kind),
             Record::Command(c) => match c.command {
-                Verb::Kill => CLASSES[7],
-                Verb::Revive => CLASSES[8],
+                Verb::Kill => CLASSES[9],
+                Verb::Revive => CLASSES[10],
             },
-            Record::DeadLetter(_) => CLASSES[9],
-            Record::Posture(_) => CLASSES[10],
+            Record::DeadLetter(_) => CLASSES[11],
+            Record::Posture(_) => CLASSES[12],
         }
     }
 

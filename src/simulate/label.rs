@@ -85,8 +85,13 @@ impl Evaluation {
     }
 }
 
-/// Scores incidents against labels.
+/// Scores incidents against labels. Baseline findings (facts about what is routine, or seen while
+/// learning) are not incidents and are left out.
 pub fn evaluate(labels: &[Label], incidents: &[Incident]) -> Evaluation {
+    let incidents: Vec<&Incident> = incidents
+        .iter()
+        .filter(|i| i.kind != IncidentType::Baseline)
+        .collect();
     let positives: Vec<&Label> = labels.iter().filter(|l| l.expect.is_some()).collect();
     let mut ev = Evaluation {
         positives: positives.len(),
@@ -107,7 +112,7 @@ pub fn evaluate(labels: &[Label], incidents: &[Incident]) -> Evaluation {
             ev.false_incidents.push(i.clone());
         }
         for l in labels.iter().filter(|l| l.violated_by(i)) {
-            ev.negatives_fired.push((l.clone(), i.clone()));
+            ev.negatives_fired.push((l.clone(), (*i).clone()));
         }
     }
     ev

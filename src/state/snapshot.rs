@@ -4,10 +4,10 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::AgentState;
-use crate::engine::EngineStats;
+use crate::engine::{EngineStats, FleetState};
 
 /// Format version written into every snapshot.
-pub const SNAPSHOT_VERSION: u32 = 3;
+pub const SNAPSHOT_VERSION: u32 = 4;
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, Error)]
@@ -32,6 +32,8 @@ pub struct Snapshot {
     pub stats: EngineStats,
     /// Agent states, sorted by id.
     pub agents: Vec<AgentState>,
+    /// The fleet: learning period start, peers, kill budget.
+    pub fleet: FleetState,
 }
 
 impl Snapshot {

@@ -1,0 +1,352 @@
+//! An agent's weekly rhythm, learned on event time in its blueprint's time zone: calls per local
+//! hour of day over the days it was active, its rate while working, and for each day of the
+//! week how often it works then and how strong the evidence is that it does not.
+//!
+//! Learning only from active days (and from weeks in which the agent worked) keeps the baseline
+//! intact across pauses: an agent back from two weeks away is judged by the weeks it worked.
+//! Fixed size, no stored samples.
+
+use serde::{Deserialize, Serialize};
+
+use super::LocalTime;
+
+/// Days after which the hourly statistics become exponentially weighted (four weeks).
+const DAY_HORIZON: f32 = 28.0;
+/// Active days a week needs before its idle days count as evidence of days off.
+const ACTIVE_WEEK_DAYS: u32 = 2;
+/// Most evidence (nats) one idle day adds that a day of the week is a day off.
+const MAX_DAY_EVIDENCE: f32 = 50.0;
+
+/// Calls in one local hour of day, over the days the agent was active.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct HourStats {
+    /// Mean calls in this hour on an active day.
+    pub mean: f32,
+    /// Variance of those calls.
+    pub var: f32,
+    /// Active days with at least one call in this hour.
+    pub used: u16,
+}
+
+/// One day of the week, over the weeks the agent worked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DayStats {
+    /// Weeks in which this day was observed.
+    pub weeks: u16,
+    /// Of them, weeks in which the agent was active on this day.
+    pub active: u16,
+    /// Calls on this day, summed over those weeks.
+    pub calls: f32,
+    /// Evidence (nats) that the agent does not work on this day: for each idle occurrence, the
+    /// log-improbability of no call at all on a day at its usual daily rate.
+    pub evidence: f32,
+}
+
+/// The learned weekly rhythm of one agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rhythm {
+    /// Local day of the first event (`i32::MIN` before any).
+    first_day: i32,
+    /// Local day being counted.
+    day: i32,
+    /// Weekday (0 = Monday) of `day`.
+    weekday: u8,
+    /// Calls per local hour on `day`.
+    today: [u16; 24],
+    /// Local week of `day`.
+    week: i32,
+    /// Days of the current week observed (bit per weekday) and those with activity.
+    week_seen: u8,
+    week_active: u8,
+    /// Calls per weekday this week.
+    week_calls: [u32; 7],
+    hours: [HourStats; 24],
+    days: [DayStats; 7],
+    /// Days with at least one call.
+    active_days: u16,
+    /// Mean calls per active day.
+    day_rate: f32,
+    /// Mean calls per active hour (the agent's rate while it works).
+    hour_rate: f32,
+    /// Calls per active hour of the latest active day closed.
+    last_rate: f32,
+}
+
+impl Default for Rhythm {
+    fn default() -> Self {
+        Rhythm {
+            first_day: i32::MIN,
+            day: i32::MIN,
+            weekday: 0,
+            today: [0; 24],
+            week: i32::MIN,
+            week_seen: 0,
+            week_active: 0,
+            week_calls: [0; 7],
+            hours: [HourStats::default(); 24],
+            days: [DayStats::default(); 7],
+            active_days: 0,
+            day_rate: 0.0,
+            hour_rate: 0.0,
+            last_rate: 0.0,
+        }
+    }
+}
+
+impl Rhythm {
+    /// Counts an in-order call at local time `l`; returns the calls so far in its local hour
+    /// (this one included), or 0 for a call of a day already closed.
+    pub fn observe(&mut self, l: LocalTime) -> u32 {
+        if self.first_day == i32::MIN {
+            self.first_day = l.day;
+            self.start_day(l);
+        }
+        if l.day < self.day {
+            return 0;
+        }
+        if l.day > self.day {
+            self.close_day();
+            self.advance_to(l);
+        }
+        let c = &mut self.today[usize::from(l.hour % 24)];
+        *c = c.saturating_add(1);
+        u32::from(*c)
+    }
+
+    fn start_day(&mut self, l: LocalTime) {
+        self.day = l.day;
+        self.weekday = l.weekday % 7;
+        self.today = [0; 24];
+        if l.week() != self.week {
+            self.week = l.week();
+            self.week_seen = 0;
+            self.week_active = 0;
+            self.week_calls = [0; 7];
+        }
+        self.week_seen |= 1 << self.weekday;
+    }
+
+    /// Folds the day being counted into the statistics.
+    fn close_day(&mut self) {
+        let total: u32 = self.today.iter().map(|c| u32::from(*c)).sum();
+        if total == 0 {
+            return;
+        }
+        self.active_days = self.active_days.saturating_add(1);
+        let alpha = 1.0 / f32::from(self.active_days).min(DAY_HORIZON);
+        let mut active_hours = 0u32;
+        for (h, c) in self.hours.iter_mut().zip(self.today) {
+            let x = f32::from(c);
+            let diff = x - h.mean;
+            let incr = alpha * diff;
+            h.mean += incr;
+            h.var = (1.0 - alpha) * (h.var + diff * incr);
+            if c > 0 {
+                h.used = h.used.saturating_add(1);
+                active_hours += 1;
+            }
+        }
+        self.day_rate += alpha * (total as f32 - self.day_rate);
+        let per_hour = total as f32 / active_hours.max(1) as f32;
+        self.hour_rate += alpha * (per_hour - self.hour_rate);
+        self.last_rate = per_hour;
+        let d = usize::from(self.weekday);
+        self.week_active |= 1 << d;
+        self.week_calls[d] = self.week_calls[d].saturating_add(total);
+    }
+
+    /// Moves to the day of `l`, closing the week if it changed. Idle days count as observed
+    /// days of their week; weeks the agent did not work in teach nothing.
+    fn advance_to(&mut self, l: LocalTime) {
+        if l.week() != self.week {
+            // The rest of the week being closed was idle.
+            for d in (self.weekday + 1)..7 {
+                self.week_seen |= 1 << d;
+            }
+            self.close_week();
+            self.start_day(l);
+            for d in 0..self.weekday {
+                self.week_seen |= 1 << d;
+            }
+        } else {
+            for d in (self.weekday + 1)..(l.weekday % 7) {
+                self.week_seen |= 1 << d;
+            }
+            self.start_day(l);
+        }
+    }
+
+    /// Folds the week being counted into the day-of-week statistics, if the agent worked in it.
+    fn close_week(&mut self) {
+        if self.week_active.count_ones() < ACTIVE_WEEK_DAYS {
+            return;
+        }
+        let idle_evidence = self.day_rate.min(MAX_DAY_EVIDENCE);
+        for d in 0..7 {
+            if self.week_seen & (1 << d) == 0 {
+                continue;
+            }
+            let s = &mut self.days[d];
+            s.weeks = s.weeks.saturating_add(1);
+            if self.week_active & (1 << d) != 0 {
+                s.active = s.active.saturating_add(1);
+                s.calls += self.week_calls[d] as f32;
+            } else {
+                s.evidence += idle_evidence;
+            }
+        }
+    }
+
+    /// Days with at least one call (the current day excluded).
+    pub fn active_days(&self) -> u32 {
+        u32::from(self.active_days)
+    }
+
+    /// Mean calls per active hour.
+    pub fn hour_rate(&self) -> f64 {
+        f64::from(self.hour_rate)
+    }
+
+    /// Calls per active hour of the latest active day closed.
+    pub fn last_day_rate(&self) -> f64 {
+        f64::from(self.last_rate)
+    }
+
+    /// Mean calls per active day.
+    pub fn day_rate(&self) -> f64 {
+        f64::from(self.day_rate)
+    }
+
+    /// Statistics of a local hour of day.
+    pub fn hour(&self, h: u8) -> HourStats {
+        self.hours[usize::from(h % 24)]
+    }
+
+    /// Statistics of a day of the week (0 = Monday).
+    pub fn weekday(&self, d: u8) -> DayStats {
+        self.days[usize::from(d % 7)]
+    }
+
+    /// Calls so far today in local hour `h`.
+    pub fn calls_in_hour(&self, h: u8) -> u32 {
+        u32::from(self.today[usize::from(h % 24)])
+    }
+
+    /// Calls so far today (the local day being counted).
+    pub fn today_calls(&self) -> u32 {
+        self.today.iter().map(|c| u32::from(*c)).sum()
+    }
+
+    /// Days from the first event to the day being counted.
+    pub fn history_days(&self) -> u32 {
+        if self.first_day == i32::MIN {
+            0
+        } else {
+            (self.day - self.first_day).max(0) as u32
+        }
+    }
+
+    /// Expected calls in local hour `h` on a working day, from the agent's own history: the
+    /// hour's mean, but never less than `floor` of its working rate (a quiet hour of the day is
+    /// not a reason to call ordinary work a spike).
+    pub fn expected_hour(&self, h: u8, floor: f64) -> f64 {
+        f64::from(self.hour(h).mean).max(floor * self.hour_rate())
+    }
+
+    /// Share of active days on which the agent used local hour `h`.
+    pub fn hour_share(&self, h: u8) -> f64 {
+        f64::from(self.hour(h).used) / f64::from(self.active_days.max(1))
+    }
+
+    /// Expected calls in local hour `h` when it is an hour the agent does not work: its own
+    /// mean there, or a quarter of a neighbouring hour's (the edge of its day varies).
+    pub fn off_hour_expectation(&self, h: u8) -> f64 {
+        let prev = self.hour((h + 23) % 24).mean;
+        let next = self.hour((h + 1) % 24).mean;
+        f64::from(self.hour(h).mean.max(0.25 * prev.max(next)))
+            .max(0.5 / (f64::from(self.active_days) + 1.0))
+    }
+
+    /// Evidence (nats) that the agent does not work in local hour `h`: on its active days it made
+    /// no call there although it works at its hourly rate.
+    pub fn off_hour_evidence(&self, h: u8) -> f64 {
+        let idle = f64::from(self.active_days.saturating_sub(self.hour(h).used));
+        idle * self.hour_rate().min(f64::from(MAX_DAY_EVIDENCE))
+    }
+
+    /// Expected calls on weekday `d` when it is a day the agent does not work.
+    pub fn off_day_expectation(&self, d: u8) -> f64 {
+        let s = self.weekday(d);
+        (f64::from(s.calls) + 0.5) / (f64::from(s.weeks) + 1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::local_time;
+
+    fn at(s: &str) -> i64 {
+        crate::event::parse_rfc3339_ms(s).unwrap()
+    }
+
+    fn feed(r: &mut Rhythm, tz: chrono_tz::Tz, from: i64, days: i64, hours: std::ops::Range<i64>, per_hour: i64, skip_weekend: bool) {
+        for d in 0..days {
+            let day = from + d * 86_400_000;
+            let wd = local_time(tz, day).weekday;
+            if skip_weekend && wd >= 5 {
+                continue;
+            }
+            for h in hours.clone() {
+                for c in 0..per_hour {
+                    r.observe(local_time(tz, day + h * 3_600_000 + c * (3_600_000 / per_hour)));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn hour_profile_learns_from_active_days_only() {
+        let tz = chrono_tz::UTC;
+        let mut r = Rhythm::default();
+        let mon = at("2026-03-02T00:00:00Z");
+        feed(&mut r, tz, mon, 14, 9..17, 6, true);
+        assert_eq!(r.active_days(), 9, "the 10th weekday is still being counted");
+        assert!((f64::from(r.hour(10).mean) - 6.0).abs() < 1e-3);
+        assert_eq!(r.hour(3).mean, 0.0);
+        assert!((r.hour_rate() - 6.0).abs() < 1e-3);
+        assert!((r.hour_share(12) - 1.0).abs() < 1e-9);
+        // Two idle weeks, then back: the profile is unchanged.
+        feed(&mut r, tz, mon + 28 * 86_400_000, 3, 9..17, 6, true);
+        assert!((f64::from(r.hour(10).mean) - 6.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn weekends_of_a_weekday_agent_gather_evidence_of_days_off() {
+        let tz = chrono_tz::UTC;
+        let mut r = Rhythm::default();
+        // From a Wednesday: the first week has Wed-Fri worked, Sat-Sun idle.
+        let wed = at("2026-03-04T00:00:00Z");
+        feed(&mut r, tz, wed, 6, 9..17, 6, true);
+        let sun = r.weekday(6);
+        assert_eq!((sun.weeks, sun.active), (1, 0));
+        assert!(sun.evidence > 14.0, "{sun:?}");
+        let mon = r.weekday(0);
+        assert_eq!(mon.weeks, 0, "Monday came before the agent's first day");
+        assert!(r.off_day_expectation(6) < 0.5);
+    }
+
+    #[test]
+    fn idle_weeks_are_not_evidence() {
+        let tz = chrono_tz::UTC;
+        let mut r = Rhythm::default();
+        let mon = at("2026-03-02T00:00:00Z");
+        feed(&mut r, tz, mon, 7, 9..17, 6, false);
+        // One lone call in week 3, then work again in week 5.
+        r.observe(local_time(tz, mon + 15 * 86_400_000 + 10 * 3_600_000));
+        feed(&mut r, tz, mon + 28 * 86_400_000, 2, 9..17, 6, false);
+        for d in 0..7 {
+            assert_eq!(r.weekday(d).evidence, 0.0, "day {d}");
+        }
+    }
+}
