@@ -74,6 +74,8 @@ pub struct Engine {
     stats: EngineStats,
     /// Start of the learning period.
     origin: Option<i64>,
+    /// Latest event time folded.
+    latest: i64,
     /// Peers per blueprint (by index).
     peers: Vec<Peers>,
     budget: KillBudget,
@@ -82,7 +84,8 @@ pub struct Engine {
     killed_by_bp: Vec<usize>,
 }
 
-fn type_index(t: IncidentType) -> usize {
+/// Position of an incident type in [`EngineStats::incidents`].
+pub fn type_index(t: IncidentType) -> usize {
     IncidentType::ALL.iter().position(|x| *x == t).unwrap_or(0)
 }
 
@@ -99,6 +102,7 @@ impl Engine {
             findings: Vec::with_capacity(8),
             stats: EngineStats::default(),
             origin: None,
+            latest: i64::MIN,
             peers,
             budget: KillBudget::default(),
             agents_by_bp: vec![0; n],
@@ -111,10 +115,23 @@ impl Engine {
         self.origin
     }
 
-    /// Whether the learning period of a blueprint is in force at event time `ts`.
-    pub fn learning_at(&self, bp: &Blueprint, ts: i64) -> bool {
-        self.origin
-            .is_none_or(|o| ts < o.saturating_add(bp.learned.learning_period_ms))
+    /// End of the learning period (event time): the first event's time plus the longest
+    /// learning period of the blueprints; `None` before any event.
+    pub fn learning_until(&self) -> Option<i64> {
+        let longest = self
+            .set
+            .blueprints()
+            .iter()
+            .map(|b| b.learned.learning_period_ms)
+            .max()
+            .unwrap_or(0);
+        self.origin.map(|o| o.saturating_add(longest))
+    }
+
+    /// Whether some blueprint is still in its learning period as of the latest event folded
+    /// (or no event was folded yet).
+    pub fn learning_now(&self) -> bool {
+        self.learning_until().is_none_or(|u| self.latest < u)
     }
 
     /// The kill budget's counters.
@@ -282,6 +299,7 @@ impl Engine {
         };
         self.mark_dirty(i);
         let origin = *self.origin.get_or_insert(ev.ts_ms);
+        self.latest = self.latest.max(ev.ts_ms);
         let set = &*self.set;
         let agent = &mut self.agents[i];
         let bpi = agent.bp;
@@ -307,9 +325,13 @@ impl Engine {
             bytes: ev.bytes,
         };
         self.findings.clear();
-        let obs = st
-            .detectors
-            .observe(bp, &mut self.peers[bpi], learning, &input, &mut self.findings);
+        let obs = st.detectors.observe(
+            bp,
+            &mut self.peers[bpi],
+            learning,
+            &input,
+            &mut self.findings,
+        );
         st.profile.observe(
             obs.tool,
             &ev.tool_name,
@@ -333,7 +355,9 @@ impl Engine {
         }
         if st.kill.killed {
             let opening = || obs.opening(Basis::Static);
-            if st.after_kill.violate(ev.ts_ms, 1.0, &bp.dedup, opening) == crate::detect::Step::Opened {
+            if st.after_kill.violate(ev.ts_ms, 1.0, &bp.dedup, opening)
+                == crate::detect::Step::Opened
+            {
                 let mut f = Finding::new(
                     IncidentType::ActivityAfterKill,
                     Basis::Static,
@@ -377,7 +401,12 @@ impl Engine {
             None
         } else {
             self.budget
-                .check(&bp.kill, ev.ts_ms, self.killed_by_bp[bpi], self.agents_by_bp[bpi])
+                .check(
+                    &bp.kill,
+                    ev.ts_ms,
+                    self.killed_by_bp[bpi],
+                    self.agents_by_bp[bpi],
+                )
                 .err()
         };
         let hold = if bp.dry_run() {
@@ -392,16 +421,23 @@ impl Engine {
         };
         let what = match (d.action, d.suppressed) {
             (Action::Killed, _) => "killed".to_string(),
-            (_, Some(Suppression::Allowlist)) => "is on the kill allowlist and was not killed".to_string(),
+            (_, Some(Suppression::Allowlist)) => {
+                "is on the kill allowlist and was not killed".to_string()
+            }
             (_, Some(Suppression::Learning)) => {
                 "would be killed, but the learning period is not over".to_string()
             }
             (_, Some(Suppression::Budget)) => {
-                "would be killed, but the kill budget is spent; an operator must confirm".to_string()
+                "would be killed, but the kill budget is spent; an operator must confirm"
+                    .to_string()
             }
             _ => "would be killed (monitor mode or dry run)".to_string(),
         };
-        let mut f = Finding::new(IncidentType::AutoKill, Basis::Static, bp.severities.auto_kill);
+        let mut f = Finding::new(
+            IncidentType::AutoKill,
+            Basis::Static,
+            bp.severities.auto_kill,
+        );
         f.weighs = false;
         f.observed = d.score;
         f.expected = bp.kill.threshold;
@@ -445,7 +481,8 @@ impl Engine {
                         bp.kill.budget_share * 100.0
                     ),
                 };
-                let mut f = Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
+                let mut f =
+                    Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
                 f.weighs = false;
                 f.observed = f64::from(self.killed_by_bp[bpi] as u32);
                 f.expected = bp.kill.budget_share * self.agents_by_bp[bpi] as f64;
@@ -525,6 +562,12 @@ impl Engine {
             });
             e.insert(bp, state);
         }
+        e.latest = e
+            .agents
+            .iter()
+            .map(|a| a.state.last_seen)
+            .max()
+            .unwrap_or(i64::MIN);
         e
     }
 }
@@ -538,8 +581,18 @@ fn make_incident(
 ) -> Incident {
     let (kind, severity, about, verdict) = match f.judgement {
         Judgement::New => (f.kind, f.severity, None, None),
-        Judgement::Routine => (IncidentType::Baseline, Severity::Low, Some(f.kind), Some(Verdict::Routine)),
-        Judgement::Learning => (IncidentType::Baseline, Severity::Low, Some(f.kind), Some(Verdict::Learning)),
+        Judgement::Routine => (
+            IncidentType::Baseline,
+            Severity::Low,
+            Some(f.kind),
+            Some(Verdict::Routine),
+        ),
+        Judgement::Learning => (
+            IncidentType::Baseline,
+            Severity::Low,
+            Some(f.kind),
+            Some(Verdict::Learning),
+        ),
     };
     let (incident_id, status, count, at) = match &f.closing {
         Some(c) => (
@@ -678,9 +731,15 @@ mod tests {
             .filter(|i| i.kind == IncidentType::ActivityAfterKill && i.status == Status::Open)
             .collect();
         assert_eq!(after.len(), 2, "one per episode: {later:?}");
-        let closed: Vec<_> = later.iter().filter(|i| i.status == Status::Closed).collect();
+        let closed: Vec<_> = later
+            .iter()
+            .filter(|i| i.status == Status::Closed)
+            .collect();
         assert_eq!(closed.len(), 1, "the first episode closed: {later:?}");
-        assert_eq!((closed[0].count, &closed[0].incident_id), (2, &after[0].incident_id));
+        assert_eq!(
+            (closed[0].count, &closed[0].incident_id),
+            (2, &after[0].incident_id)
+        );
         assert!(after
             .iter()
             .all(|i| i.severity == crate::response::Severity::Critical));
@@ -748,5 +807,145 @@ mod tests {
         assert_eq!(a, b);
         let ids: std::collections::HashSet<_> = a.iter().map(|i| &i.incident_id).collect();
         assert_eq!(ids.len(), a.len());
+    }
+
+    /// A blueprint whose `[x, x]` matches always alert (routine or learning), with a learning
+    /// period and a kill budget.
+    fn budgeted(learning: &str, budget: serde_json::Value) -> Arc<BlueprintSet> {
+        let bp = load_blueprint(
+            "t",
+            &json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
+                    "anomaly": {"suspicious_sequences": [{"pattern": ["x", "x"], "contiguous": true, "routine": "alert"}]},
+                    "kill": {"budget": budget}, "learned": {"learning_period": learning}}),
+        )
+        .unwrap();
+        Arc::new(
+            BlueprintSet::from_blueprints(
+                vec![bp],
+                Assignment {
+                    default: "t".into(),
+                    ..Assignment::default()
+                },
+            )
+            .unwrap(),
+        )
+    }
+
+    const XXXX: [(i64, &str); 4] = [(0, "x"), (1000, "x"), (2000, "x"), (3000, "x")];
+
+    fn shifted(t: i64) -> Vec<(i64, &'static str)> {
+        XXXX.iter().map(|(d, x)| (t + d, *x)).collect()
+    }
+
+    #[test]
+    fn no_automatic_kill_during_the_learning_period() {
+        let mut e = Engine::new(budgeted("1h", json!({})));
+        let out = run(&mut e, "a", &XXXX);
+        let kill: Vec<_> = out
+            .iter()
+            .filter(|i| i.kind == IncidentType::AutoKill)
+            .collect();
+        assert_eq!(kill.len(), 1, "{out:?}");
+        assert_eq!(kill[0].action_taken, Action::WouldKill);
+        assert_eq!(kill[0].suppressed_by, Some(Suppression::Learning));
+        assert!(!e.agent("a").unwrap().kill.killed);
+        assert_eq!(
+            e.stats().kills_suppressed[suppression_index(Suppression::Learning)],
+            1
+        );
+        // After the learning period (and the kill cooldown) the same behaviour kills.
+        let out = run(&mut e, "a", &shifted(2 * 3_600_000));
+        assert!(
+            kinds(&out).contains(&(IncidentType::AutoKill, Action::Killed)),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn the_kill_budget_turns_further_kills_into_would_kill_and_one_alert() {
+        let mut e = Engine::new(budgeted("0s", json!({"per_hour": 2, "share": 1.0})));
+        let mut all = Vec::new();
+        for (k, agent) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            all.extend(run(&mut e, agent, &shifted(k as i64 * 10_000)));
+        }
+        let kills: Vec<_> = all
+            .iter()
+            .filter(|i| i.kind == IncidentType::AutoKill)
+            .collect();
+        assert_eq!(kills.len(), 5);
+        let killed = kills
+            .iter()
+            .filter(|i| i.action_taken == Action::Killed)
+            .count();
+        assert_eq!(killed, 2, "{kills:?}");
+        assert!(kills
+            .iter()
+            .filter(|i| i.action_taken != Action::Killed)
+            .all(|i| i.suppressed_by == Some(Suppression::Budget)));
+        let alerts: Vec<_> = all
+            .iter()
+            .filter(|i| i.kind == IncidentType::KillBudget)
+            .collect();
+        assert_eq!(alerts.len(), 1, "one alert per hour");
+        assert_eq!(alerts[0].severity, Severity::Critical);
+        assert!(
+            alerts[0].description.contains("guardian kill"),
+            "{}",
+            alerts[0].description
+        );
+        assert_eq!(e.budget().held, 3);
+        // A share of the blueprint: with 10 agents and 20 %, two may be down at once.
+        let mut e = Engine::new(budgeted("0s", json!({"per_hour": 0, "share": 0.2})));
+        for k in 0..10 {
+            run(&mut e, &format!("idle-{k}"), &[(0, "y")]);
+        }
+        let mut all = Vec::new();
+        for k in 0..4 {
+            all.extend(run(
+                &mut e,
+                &format!("idle-{k}"),
+                &shifted(10_000 * (k + 1)),
+            ));
+        }
+        let killed = all
+            .iter()
+            .filter(|i| i.action_taken == Action::Killed)
+            .count();
+        assert_eq!(killed, 2, "{all:?}");
+    }
+
+    #[test]
+    fn routine_findings_add_no_kill_weight() {
+        // The agent pairs x calls every day of the learning period and after it.
+        let set = {
+            let bp = load_blueprint(
+                "t",
+                &json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
+                        "anomaly": {"suspicious_sequences": [{"pattern": ["x", "x"], "contiguous": true}]},
+                        "learned": {"learning_period": "3d"}}),
+            )
+            .unwrap();
+            Arc::new(
+                BlueprintSet::from_blueprints(
+                    vec![bp],
+                    Assignment {
+                        default: "t".into(),
+                        ..Assignment::default()
+                    },
+                )
+                .unwrap(),
+            )
+        };
+        let mut e = Engine::new(set);
+        let mut out = Vec::new();
+        for day in 0..10 {
+            out.extend(run(&mut e, "a", &shifted(day * 86_400_000)));
+        }
+        assert!(
+            out.iter().all(|i| i.kind == IncidentType::Baseline),
+            "{out:?}"
+        );
+        assert_eq!(out.len(), 2, "learning, then routine: {out:?}");
+        assert_eq!(e.agent("a").unwrap().kill.score, 0.0);
     }
 }

@@ -110,6 +110,24 @@ impl Collector for Figures {
                 ([("command", "revive"), ("origin", "api")], get(&m.api_revives)),
             ],
         )?;
+        let held: Vec<([(&str, &str); 1], u64)> = ["monitor", "learning", "budget", "allowlist"]
+            .iter()
+            .zip(&m.kills_suppressed)
+            .map(|(r, v)| ([("reason", *r)], get(v)))
+            .collect();
+        labelled(
+            &mut e,
+            "guardian_kills_suppressed",
+            "Kill decisions not carried out, by reason: monitor mode or dry run, first-deployment learning period, fleet kill budget, allowlist.",
+            true,
+            &held,
+        )?;
+        gauge(
+            &mut e,
+            "guardian_learning_partitions",
+            "Owned partitions still in their first-deployment learning period (nothing judged new, nothing killed).",
+            get(&m.learning_partitions) as i64,
+        )?;
         counter(
             &mut e,
             "guardian_commands_applied",

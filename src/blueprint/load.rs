@@ -1,11 +1,11 @@
 //! Validation of blueprint JSON into [`Blueprint`], reporting every error with its path.
 
-use globset::{Glob, GlobSetBuilder};
-use serde_json::Value;
 use super::schema::*;
 use super::walk::{join, kind, PathError, Walker};
 use crate::detect::tool_hash;
 use crate::response::Severity;
+use globset::{Glob, GlobSetBuilder};
+use serde_json::Value;
 
 const TOP_KEYS: &[&str] = &[
     "id",
@@ -363,7 +363,14 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
                 let severity = w.severity(m, "severity", &p).unwrap_or(Severity::High);
                 let routine = w.routine(m, "routine", &p).unwrap_or_default();
                 match m.get("pattern") {
-                    Some(v) => (v, within, contiguous, severity, routine, format!("{p}/pattern")),
+                    Some(v) => (
+                        v,
+                        within,
+                        contiguous,
+                        severity,
+                        routine,
+                        format!("{p}/pattern"),
+                    ),
                     None => {
                         w.err(
                             &format!("{p}/pattern"),

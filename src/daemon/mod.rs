@@ -110,6 +110,10 @@ pub struct Metrics {
     pub agents: AtomicU64,
     /// Killed agents in the owned partitions (as of the latest checkpoint).
     pub agents_killed: AtomicU64,
+    /// Kill decisions not carried out, by reason: monitor, learning, budget, allowlist.
+    pub kills_suppressed: [AtomicU64; 4],
+    /// Owned partitions still in their first-deployment learning period (latest checkpoint).
+    pub learning_partitions: AtomicU64,
     /// Fleet risk score of the latest posture snapshot.
     pub fleet_risk: AtomicU64,
     /// Ready: state restored and at least one partition assigned.
@@ -154,6 +158,8 @@ impl Default for Metrics {
             posture_snapshots: AtomicU64::new(0),
             agents: AtomicU64::new(0),
             agents_killed: AtomicU64::new(0),
+            kills_suppressed: Default::default(),
+            learning_partitions: AtomicU64::new(0),
             fleet_risk: AtomicU64::new(0),
             ready: AtomicBool::new(false),
             latency: prometheus_client::metrics::histogram::Histogram::new([
@@ -179,6 +185,10 @@ impl Metrics {
             .position(|x| *x == i.kind)
             .unwrap_or(0);
         self.incidents_by[t][i.severity.index()].fetch_add(1, Ordering::Relaxed);
+        if let (IncidentType::AutoKill, Some(s)) = (i.kind, i.suppressed_by) {
+            self.kills_suppressed[crate::engine::suppression_index(s)]
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -592,6 +602,14 @@ impl Core {
         }
         self.metrics.agents.store(agents, Ordering::Relaxed);
         self.metrics.agents_killed.store(killed, Ordering::Relaxed);
+        let learning = self
+            .parts
+            .values()
+            .filter(|p| p.engine.learning_now())
+            .count();
+        self.metrics
+            .learning_partitions
+            .store(learning as u64, Ordering::Relaxed);
         let mut sinks = self.siem.status();
         if let Some(depth) = self.siem.email_spooled() {
             sinks.push(crate::siem::SinkStatus {

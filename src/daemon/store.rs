@@ -360,6 +360,10 @@ impl Store {
                 events: meta.stats.events,
                 bad_events: meta.stats.bad_events,
                 late_events: meta.stats.late_events,
+                learning_origin: meta.fleet.origin,
+                kills_suppressed: meta.stats.kills_suppressed,
+                baseline_findings: meta.stats.incidents
+                    [crate::engine::type_index(crate::response::IncidentType::Baseline)],
             });
         }
         Ok(StateView {

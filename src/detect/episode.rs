@@ -160,7 +160,9 @@ mod tests {
         assert_eq!(steps.iter().filter(|s| **s == Step::Opened).count(), 1);
         assert_eq!(steps[0], Step::Opened);
         assert!(e.expire(9_900 + 3_600_000, &R).is_none(), "within the gap");
-        let c = e.expire(9_900 + 3_600_001, &R).expect("closed after the gap");
+        let c = e
+            .expire(9_900 + 3_600_001, &R)
+            .expect("closed after the gap");
         assert_eq!((c.start, c.end, c.count, c.peak), (0, 9_900, 100, 99.0));
         assert_eq!(c.opening, op(0));
         assert!(!e.is_open());

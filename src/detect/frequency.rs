@@ -21,7 +21,7 @@ use super::scales::{Scales, MINUTES, SCALES};
 use super::stats::{count_threshold, rate_variance};
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
-use crate::response::{Basis, BaselineFacts, IncidentType, Source};
+use crate::response::{BaselineFacts, Basis, IncidentType, Source};
 
 /// Least expected calls per hour, as a share of the agent's working rate.
 const RATE_FLOOR: f64 = 0.5;
@@ -172,10 +172,22 @@ pub fn observe(
         return;
     }
     if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
-        out.push(Finding::closing(IncidentType::FrequencySpike, bp.severities.frequency_spike, c, "calls", 0));
+        out.push(Finding::closing(
+            IncidentType::FrequencySpike,
+            bp.severities.frequency_spike,
+            c,
+            "calls",
+            0,
+        ));
     }
     if let Some(c) = st.count_volume.expire(obs.ts, &bp.dedup) {
-        out.push(Finding::closing(IncidentType::VolumeSpike, bp.severities.volume_spike, c, "calls", 1));
+        out.push(Finding::closing(
+            IncidentType::VolumeSpike,
+            bp.severities.volume_spike,
+            c,
+            "calls",
+            1,
+        ));
     }
     if !st.calls.fits(bp.window_ms, bp.allowed_lateness_ms) {
         st.calls = Ring::new(bp.window_ms, bp.allowed_lateness_ms);
@@ -196,7 +208,10 @@ pub fn observe(
         if l.routine_max == 0 && l.source == Source::Agent {
             let e = f64::from(l.rate) * bp.window_ms as f64 / crate::detect::HOUR_MS as f64;
             let t = count_threshold(e, rate_variance(e, f64::from(l.cv)), bp.learned.sensitivity);
-            l.routine_max = u32::try_from(t).unwrap_or(u32::MAX).max((2.0 * e) as u32).max(1);
+            l.routine_max = u32::try_from(t)
+                .unwrap_or(u32::MAX)
+                .max((2.0 * e) as u32)
+                .max(1);
         }
         (l.source == Source::Agent && count <= l.routine_max)
             || st.habit.is_routine(bp.learned.routine_days)
@@ -225,7 +240,9 @@ pub fn observe(
     let new_learned = learned.filter(|_| !ctx.learning);
     if (new_static.is_some() || new_learned.is_some()) && !folded {
         let observed = f64::from(count);
-        let step = st.episode.violate(obs.ts, observed, &bp.dedup, || obs.opening(basis_of(new_static)));
+        let step = st.episode.violate(obs.ts, observed, &bp.dedup, || {
+            obs.opening(basis_of(new_static))
+        });
         if step == Step::Opened {
             out.push(match (new_static, new_learned) {
                 (Some(t), _) => static_finding(bp, st, obs, count, t),
@@ -238,10 +255,18 @@ pub fn observe(
     // The peer's count-based volume threshold, judged the same way.
     if let Some(t) = volume_over {
         if judge(mode, ctx.learning, routine) == Judgement::New
-            && st.count_volume.violate(obs.ts, f64::from(count), &bp.dedup, || obs.opening(Basis::Static))
+            && st
+                .count_volume
+                .violate(obs.ts, f64::from(count), &bp.dedup, || {
+                    obs.opening(Basis::Static)
+                })
                 == Step::Opened
         {
-            let mut f = Finding::new(IncidentType::VolumeSpike, Basis::Static, bp.severities.volume_spike);
+            let mut f = Finding::new(
+                IncidentType::VolumeSpike,
+                Basis::Static,
+                bp.severities.volume_spike,
+            );
             f.observed = f64::from(count);
             f.expected = f64::from(t);
             f.unit = "calls";
@@ -291,7 +316,11 @@ fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, 
         }
         // The window's most recent part (the next shorter window) must run over the same ratio
         // too: a burst that is over does not keep the longer windows in violation for hours.
-        if i > 0 && f64::from(sums[i - 1]) < f64::from(l.bound[i]) / f64::from(l.expected[i]).max(1e-9) * f64::from(l.expected[i - 1]) {
+        if i > 0
+            && f64::from(sums[i - 1])
+                < f64::from(l.bound[i]) / f64::from(l.expected[i]).max(1e-9)
+                    * f64::from(l.expected[i - 1])
+        {
             continue;
         }
         if l.exact & (1 << i) == 0 {
@@ -320,9 +349,19 @@ fn facts(st: &FrequencyState, obs: &Observation<'_>, source: Source) -> Baseline
     }
 }
 
-fn static_finding(bp: &Blueprint, st: &FrequencyState, obs: &Observation<'_>, count: u32, t: u32) -> Finding {
+fn static_finding(
+    bp: &Blueprint,
+    st: &FrequencyState,
+    obs: &Observation<'_>,
+    count: u32,
+    t: u32,
+) -> Finding {
     let l = &st.limits;
-    let mut f = Finding::new(IncidentType::FrequencySpike, Basis::Static, bp.severities.frequency_spike);
+    let mut f = Finding::new(
+        IncidentType::FrequencySpike,
+        Basis::Static,
+        bp.severities.frequency_spike,
+    );
     f.observed = f64::from(count);
     f.expected = f64::from(t);
     f.unit = "calls";
@@ -341,19 +380,38 @@ fn static_finding(bp: &Blueprint, st: &FrequencyState, obs: &Observation<'_>, co
         obs.agent_id,
         human_ms(bp.window_ms)
     );
-    f.facts = Some(facts(st, obs, if l.source == Source::Blueprint { Source::Blueprint } else { l.source }));
+    f.facts = Some(facts(
+        st,
+        obs,
+        if l.source == Source::Blueprint {
+            Source::Blueprint
+        } else {
+            l.source
+        },
+    ));
     f
 }
 
-fn learned_finding(bp: &Blueprint, st: &FrequencyState, obs: &Observation<'_>, i: usize, c: u32) -> Finding {
+fn learned_finding(
+    bp: &Blueprint,
+    st: &FrequencyState,
+    obs: &Observation<'_>,
+    i: usize,
+    c: u32,
+) -> Finding {
     let l = &st.limits;
-    let mut f = Finding::new(IncidentType::FrequencySpike, Basis::Learned, bp.severities.frequency_spike);
+    let mut f = Finding::new(
+        IncidentType::FrequencySpike,
+        Basis::Learned,
+        bp.severities.frequency_spike,
+    );
     let e = f64::from(l.expected[i]);
     f.observed = f64::from(c);
     f.expected = e;
     f.unit = "calls";
     let span = MINUTES[i] * 60_000;
-    f.window_start = (obs.ts.div_euclid(super::scales::BUCKET_MS) + 1) * super::scales::BUCKET_MS - span;
+    f.window_start =
+        (obs.ts.div_euclid(super::scales::BUCKET_MS) + 1) * super::scales::BUCKET_MS - span;
     f.window_end = obs.ts;
     let whose = match l.source {
         Source::Peers => format!(
@@ -385,7 +443,11 @@ fn routine_finding(
     count: u32,
     t: u32,
 ) -> Finding {
-    let mut f = Finding::new(IncidentType::FrequencySpike, Basis::Static, bp.severities.frequency_spike);
+    let mut f = Finding::new(
+        IncidentType::FrequencySpike,
+        Basis::Static,
+        bp.severities.frequency_spike,
+    );
     f.judgement = j;
     f.observed = f64::from(count);
     f.expected = f64::from(t);
@@ -436,7 +498,10 @@ mod tests {
         let mut k = Kit::after_learning(finance());
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed((0..600).map(|i| ev(t0 + i * 2_500, "query_ledger", None))); // 24/min for 25 min
-        assert!(incidents(&found, IncidentType::FrequencySpike).is_empty(), "{found:?}");
+        assert!(
+            incidents(&found, IncidentType::FrequencySpike).is_empty(),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -470,9 +535,17 @@ mod tests {
         let mon = at("2026-03-02T08:00:00Z");
         let evs = routine(mon, weekdays(21), 10, 2400, "get_balance");
         let found = k.feed(evs);
-        assert!(incidents(&found, IncidentType::FrequencySpike).is_empty(), "{:?}", incidents(&found, IncidentType::FrequencySpike).first());
+        assert!(
+            incidents(&found, IncidentType::FrequencySpike).is_empty(),
+            "{:?}",
+            incidents(&found, IncidentType::FrequencySpike).first()
+        );
         let b = baselines(&found, IncidentType::FrequencySpike);
-        assert_eq!(b.len(), 2, "one while learning, one when judged routine: {b:?}");
+        assert_eq!(
+            b.len(),
+            2,
+            "one while learning, one when judged routine: {b:?}"
+        );
         assert_eq!(b[0].judgement, super::Judgement::Learning);
         assert_eq!(b[1].judgement, super::Judgement::Routine);
     }
@@ -505,7 +578,11 @@ mod tests {
         let found = k.feed(evs);
         let f = incidents(&found, IncidentType::FrequencySpike);
         assert_eq!(f.len(), 1, "{f:?}");
-        assert!(f[0].description.contains("240 min") || f[0].description.contains("60 min"), "{}", f[0].description);
+        assert!(
+            f[0].description.contains("240 min") || f[0].description.contains("60 min"),
+            "{}",
+            f[0].description
+        );
     }
 
     #[test]
@@ -534,7 +611,10 @@ mod tests {
         let found = k.feed((0..200).map(|i| ev(t0 + i * 3_000, "triage", None)));
         let f = incidents(&found, IncidentType::FrequencySpike);
         assert_eq!(f.len(), 1, "{found:?}");
-        assert_eq!(f[0].facts.map(|x| x.source), Some(crate::response::Source::Peers));
+        assert_eq!(
+            f[0].facts.map(|x| x.source),
+            Some(crate::response::Source::Peers)
+        );
         assert!(!f[0].weighs, "no kill weight from the peers' baseline");
     }
 

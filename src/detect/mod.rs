@@ -157,7 +157,13 @@ impl Finding {
     }
 
     /// The record that closes an episode of `kind`.
-    pub fn closing(kind: IncidentType, severity: Severity, c: Closed, unit: &'static str, disc: u32) -> Finding {
+    pub fn closing(
+        kind: IncidentType,
+        severity: Severity,
+        c: Closed,
+        unit: &'static str,
+        disc: u32,
+    ) -> Finding {
         let mut f = Finding::new(kind, c.opening.basis, severity);
         f.weighs = false;
         f.observed = c.peak;
@@ -313,3 +319,48 @@ pub(crate) fn human_ms(ms: i64) -> String {
 
 #[cfg(test)]
 pub(crate) mod testkit;
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::*;
+    use crate::response::IncidentType;
+
+    /// An ordinary finance working day: 20 calls an hour of a few tools, 09:00-17:00 London.
+    fn workday(t: i64) -> Vec<Ev> {
+        let tools = [
+            ("get_balance", 500.0),
+            ("query_customer_db", 20_000.0),
+            ("read_invoice", 30_000.0),
+            ("send_email", 6_000.0),
+        ];
+        (0..160)
+            .map(|i| {
+                let (tool, b) = tools[(i * 7 % 4) as usize];
+                ev(
+                    t + i * 180_000,
+                    tool,
+                    Some(b * (1.0 + (i % 5) as f64 * 0.2)),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn an_agent_back_after_a_two_week_pause_raises_nothing() {
+        let mut k = Kit::new(finance_in("Europe/London"));
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut evs = Vec::new();
+        // Three weeks of work, two weeks away, a week back.
+        for d in weekdays(21).chain(weekdays(7).map(|d| d + 35)) {
+            evs.extend(workday(mon + d * 86_400_000));
+        }
+        let found = k.feed(evs);
+        for kind in IncidentType::DETECTED {
+            assert!(
+                incidents(&found, *kind).is_empty(),
+                "{kind:?}: {:?}",
+                incidents(&found, *kind)
+            );
+        }
+    }
+}

@@ -71,7 +71,7 @@ fn rare(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime) -> Option<Rare> {
     }
     let needed = (1.0 / lr.sensitivity).ln();
     let d = r.weekday(l.weekday);
-    if f64::from(d.evidence) >= needed && f64::from(d.active) <= lr.rare_share * f64::from(d.weeks) {
+    if f64::from(d.evidence) >= needed && f64::from(d.active) <= lr.rare_share * f64::from(d.seen) {
         let count = r.today_calls();
         let e = r.off_day_expectation(l.weekday);
         if count_tail(u64::from(count), e, rate_variance(e, OFF_CV)) < lr.sensitivity {
@@ -82,10 +82,10 @@ fn rare(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime) -> Option<Rare> {
                     "{count} calls on a {} (local), a day it worked in {} of the {} weeks observed",
                     day_name(l.weekday),
                     d.active,
-                    d.weeks
+                    d.seen
                 ),
                 seen: u64::from(d.active),
-                samples: u64::from(d.weeks),
+                samples: u64::from(d.seen),
             });
         }
     }
@@ -121,7 +121,7 @@ fn works_then(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime, by_hour: bool) ->
         u32::from(h.used) >= min && r.hour_share(l.hour) >= ROUTINE_SHARE
     } else {
         let d = r.weekday(l.weekday);
-        u32::from(d.active) >= min.min(2) && f64::from(d.active) >= 0.5 * f64::from(d.weeks)
+        u32::from(d.active) >= min.min(2) && f64::from(d.active) >= 0.5 * f64::from(d.seen)
     }
 }
 
@@ -134,7 +134,13 @@ pub fn observe(
     out: &mut Vec<Finding>,
 ) {
     if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
-        out.push(Finding::closing(IncidentType::OffHours, bp.severities.off_hours, c, "calls", 0));
+        out.push(Finding::closing(
+            IncidentType::OffHours,
+            bp.severities.off_hours,
+            c,
+            "calls",
+            0,
+        ));
     }
     let l = obs.local;
     let by_hour = outside_hours(bp, l);
@@ -149,10 +155,15 @@ pub fn observe(
     };
     let mode = bp.routine.off_hours;
     if over_static {
-        let routine = works_then(bp, ctx, l, by_hour) || st.habits[cell].is_routine(bp.learned.routine_days);
+        let routine =
+            works_then(bp, ctx, l, by_hour) || st.habits[cell].is_routine(bp.learned.routine_days);
         match judge(mode, ctx.learning, routine) {
             Judgement::New => {
-                if st.episode.violate(obs.ts, 1.0, &bp.dedup, || obs.opening(Basis::Static)) == Step::Opened {
+                if st
+                    .episode
+                    .violate(obs.ts, 1.0, &bp.dedup, || obs.opening(Basis::Static))
+                    == Step::Opened
+                {
                     out.push(static_finding(bp, ctx, obs, by_hour, &st.habits[cell]));
                 }
             }
@@ -188,9 +199,17 @@ pub fn observe(
         return;
     }
     if let Some(r) = rare(bp, ctx, l) {
-        let step = st.episode.violate(obs.ts, f64::from(r.count), &bp.dedup, || obs.opening(Basis::Learned));
+        let step = st
+            .episode
+            .violate(obs.ts, f64::from(r.count), &bp.dedup, || {
+                obs.opening(Basis::Learned)
+            });
         if step == Step::Opened {
-            let mut f = Finding::new(IncidentType::OffHours, Basis::Learned, bp.severities.off_hours);
+            let mut f = Finding::new(
+                IncidentType::OffHours,
+                Basis::Learned,
+                bp.severities.off_hours,
+            );
             f.observed = f64::from(r.count);
             f.expected = r.expected;
             f.unit = "calls";
@@ -212,12 +231,24 @@ pub fn observe(
     }
 }
 
-fn static_finding(bp: &Blueprint, ctx: &Context<'_>, obs: &Observation<'_>, by_hour: bool, h: &Habit) -> Finding {
+fn static_finding(
+    bp: &Blueprint,
+    ctx: &Context<'_>,
+    obs: &Observation<'_>,
+    by_hour: bool,
+    h: &Habit,
+) -> Finding {
     let l = obs.local;
-    let when = format!("{} {:02}:{:02} {}", day_name(l.weekday), l.hour, l.minute, bp.timezone.name());
-    let hours = bp
-        .allowed_hours
-        .map_or("any hour".to_string(), |h| format!("{:02}:00-{:02}:00", h.start, h.end));
+    let when = format!(
+        "{} {:02}:{:02} {}",
+        day_name(l.weekday),
+        l.hour,
+        l.minute,
+        bp.timezone.name()
+    );
+    let hours = bp.allowed_hours.map_or("any hour".to_string(), |h| {
+        format!("{:02}:00-{:02}:00", h.start, h.end)
+    });
     let days = if bp.working_days == Weekdays::ALL {
         "every day".to_string()
     } else {
@@ -232,9 +263,13 @@ fn static_finding(bp: &Blueprint, ctx: &Context<'_>, obs: &Observation<'_>, by_h
         )
     } else {
         let d = r.weekday(l.weekday);
-        format!("it worked on this day in {} of {} weeks", d.active, d.weeks)
+        format!("it worked on this day in {} of {} weeks", d.active, d.seen)
     };
-    let mut f = Finding::new(IncidentType::OffHours, Basis::Static, bp.severities.off_hours);
+    let mut f = Finding::new(
+        IncidentType::OffHours,
+        Basis::Static,
+        bp.severities.off_hours,
+    );
     f.observed = f64::from(l.hour) + f64::from(l.minute) / 60.0;
     f.expected = bp.allowed_hours.map_or(0.0, |h| f64::from(h.start));
     f.unit = "local_hour";
@@ -334,7 +369,11 @@ mod tests {
         let mut k = Kit::new(finance_in("UTC"));
         let mon = at("2026-03-02T08:00:00Z");
         let found = k.feed(routine(mon, weekdays(21), 11, 6, "q"));
-        assert!(off(&found).is_empty(), "{:?}", incidents(&found, IncidentType::OffHours));
+        assert!(
+            off(&found).is_empty(),
+            "{:?}",
+            incidents(&found, IncidentType::OffHours)
+        );
         let b = baselines(&found, IncidentType::OffHours);
         assert_eq!(b.len(), 2, "learning, then routine: {b:?}");
     }
@@ -359,13 +398,25 @@ mod tests {
         let mon = at("2026-03-02T09:00:00Z");
         let mut evs = routine(mon, 0..28, 8, 3, "triage");
         for d in (9..28).step_by(3) {
-            evs.push(ev(mon + d * 86_400_000 + 8 * 3_600_000 + 600_000, "triage", None));
-            evs.push(ev(mon + d * 86_400_000 + 8 * 3_600_000 + 1_500_000, "triage", None));
+            evs.push(ev(
+                mon + d * 86_400_000 + 8 * 3_600_000 + 600_000,
+                "triage",
+                None,
+            ));
+            evs.push(ev(
+                mon + d * 86_400_000 + 8 * 3_600_000 + 1_500_000,
+                "triage",
+                None,
+            ));
             evs.push(ev(mon + (d + 1) * 86_400_000 - 1_800_000, "triage", None));
         }
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
-        assert!(off(&found).is_empty(), "{:?}", incidents(&found, IncidentType::OffHours));
+        assert!(
+            off(&found).is_empty(),
+            "{:?}",
+            incidents(&found, IncidentType::OffHours)
+        );
     }
 
     #[test]

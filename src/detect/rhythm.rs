@@ -2,8 +2,9 @@
 //! hour of day over the days it was active, its rate while working, and for each day of the
 //! week how often it works then and how strong the evidence is that it does not.
 //!
-//! Learning only from active days (and from weeks in which the agent worked) keeps the baseline
-//! intact across pauses: an agent back from two weeks away is judged by the weeks it worked.
+//! Learning only from active days (and counting idle days as days off only between active days at
+//! most three days apart) keeps the baseline intact across pauses: an agent back from two weeks
+//! away is judged by the days it worked.
 //! Fixed size, no stored samples.
 
 use serde::{Deserialize, Serialize};
@@ -12,8 +13,9 @@ use super::LocalTime;
 
 /// Days after which the hourly statistics become exponentially weighted (four weeks).
 const DAY_HORIZON: f32 = 28.0;
-/// Active days a week needs before its idle days count as evidence of days off.
-const ACTIVE_WEEK_DAYS: u32 = 2;
+/// Longest run of idle days between two active days that counts as days off; a longer one is
+/// a pause (holiday, outage) and teaches nothing about the agent's week.
+const MAX_IDLE_RUN: i32 = 3;
 /// Most evidence (nats) one idle day adds that a day of the week is a day off.
 const MAX_DAY_EVIDENCE: f32 = 50.0;
 
@@ -28,14 +30,15 @@ pub struct HourStats {
     pub used: u16,
 }
 
-/// One day of the week, over the weeks the agent worked.
+/// One day of the week, over the agent's working stretches.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct DayStats {
-    /// Weeks in which this day was observed.
-    pub weeks: u16,
-    /// Of them, weeks in which the agent was active on this day.
+    /// Occurrences of this day observed: active, or idle between active days at most
+    /// three days apart.
+    pub seen: u16,
+    /// Of them, occurrences on which the agent was active.
     pub active: u16,
-    /// Calls on this day, summed over those weeks.
+    /// Calls on this day, summed over those occurrences.
     pub calls: f32,
     /// Evidence (nats) that the agent does not work on this day: for each idle occurrence, the
     /// log-improbability of no call at all on a day at its usual daily rate.
@@ -53,13 +56,6 @@ pub struct Rhythm {
     weekday: u8,
     /// Calls per local hour on `day`.
     today: [u16; 24],
-    /// Local week of `day`.
-    week: i32,
-    /// Days of the current week observed (bit per weekday) and those with activity.
-    week_seen: u8,
-    week_active: u8,
-    /// Calls per weekday this week.
-    week_calls: [u32; 7],
     hours: [HourStats; 24],
     days: [DayStats; 7],
     /// Days with at least one call.
@@ -79,10 +75,6 @@ impl Default for Rhythm {
             day: i32::MIN,
             weekday: 0,
             today: [0; 24],
-            week: i32::MIN,
-            week_seen: 0,
-            week_active: 0,
-            week_calls: [0; 7],
             hours: [HourStats::default(); 24],
             days: [DayStats::default(); 7],
             active_days: 0,
@@ -105,8 +97,19 @@ impl Rhythm {
             return 0;
         }
         if l.day > self.day {
-            self.close_day();
-            self.advance_to(l);
+            let active = self.close_day();
+            // Idle days between two active days close together are days off; a longer run of
+            // idle days is a pause.
+            let idle = l.day - self.day - 1;
+            if active && idle <= MAX_IDLE_RUN {
+                let evidence = self.day_rate.min(MAX_DAY_EVIDENCE);
+                for d in (self.day + 1)..l.day {
+                    let s = &mut self.days[(d + 3).rem_euclid(7) as usize];
+                    s.seen = s.seen.saturating_add(1);
+                    s.evidence += evidence;
+                }
+            }
+            self.start_day(l);
         }
         let c = &mut self.today[usize::from(l.hour % 24)];
         *c = c.saturating_add(1);
@@ -117,20 +120,13 @@ impl Rhythm {
         self.day = l.day;
         self.weekday = l.weekday % 7;
         self.today = [0; 24];
-        if l.week() != self.week {
-            self.week = l.week();
-            self.week_seen = 0;
-            self.week_active = 0;
-            self.week_calls = [0; 7];
-        }
-        self.week_seen |= 1 << self.weekday;
     }
 
-    /// Folds the day being counted into the statistics.
-    fn close_day(&mut self) {
+    /// Folds the day being counted into the statistics; returns whether it was active.
+    fn close_day(&mut self) -> bool {
         let total: u32 = self.today.iter().map(|c| u32::from(*c)).sum();
         if total == 0 {
-            return;
+            return false;
         }
         self.active_days = self.active_days.saturating_add(1);
         let alpha = 1.0 / f32::from(self.active_days).min(DAY_HORIZON);
@@ -150,51 +146,11 @@ impl Rhythm {
         let per_hour = total as f32 / active_hours.max(1) as f32;
         self.hour_rate += alpha * (per_hour - self.hour_rate);
         self.last_rate = per_hour;
-        let d = usize::from(self.weekday);
-        self.week_active |= 1 << d;
-        self.week_calls[d] = self.week_calls[d].saturating_add(total);
-    }
-
-    /// Moves to the day of `l`, closing the week if it changed. Idle days count as observed
-    /// days of their week; weeks the agent did not work in teach nothing.
-    fn advance_to(&mut self, l: LocalTime) {
-        if l.week() != self.week {
-            // The rest of the week being closed was idle.
-            for d in (self.weekday + 1)..7 {
-                self.week_seen |= 1 << d;
-            }
-            self.close_week();
-            self.start_day(l);
-            for d in 0..self.weekday {
-                self.week_seen |= 1 << d;
-            }
-        } else {
-            for d in (self.weekday + 1)..(l.weekday % 7) {
-                self.week_seen |= 1 << d;
-            }
-            self.start_day(l);
-        }
-    }
-
-    /// Folds the week being counted into the day-of-week statistics, if the agent worked in it.
-    fn close_week(&mut self) {
-        if self.week_active.count_ones() < ACTIVE_WEEK_DAYS {
-            return;
-        }
-        let idle_evidence = self.day_rate.min(MAX_DAY_EVIDENCE);
-        for d in 0..7 {
-            if self.week_seen & (1 << d) == 0 {
-                continue;
-            }
-            let s = &mut self.days[d];
-            s.weeks = s.weeks.saturating_add(1);
-            if self.week_active & (1 << d) != 0 {
-                s.active = s.active.saturating_add(1);
-                s.calls += self.week_calls[d] as f32;
-            } else {
-                s.evidence += idle_evidence;
-            }
-        }
+        let s = &mut self.days[usize::from(self.weekday)];
+        s.seen = s.seen.saturating_add(1);
+        s.active = s.active.saturating_add(1);
+        s.calls += total as f32;
+        true
     }
 
     /// Days with at least one call (the current day excluded).
@@ -277,7 +233,7 @@ impl Rhythm {
     /// Expected calls on weekday `d` when it is a day the agent does not work.
     pub fn off_day_expectation(&self, d: u8) -> f64 {
         let s = self.weekday(d);
-        (f64::from(s.calls) + 0.5) / (f64::from(s.weeks) + 1.0)
+        (f64::from(s.calls) + 0.5) / (f64::from(s.seen) + 1.0)
     }
 }
 
@@ -290,7 +246,15 @@ mod tests {
         crate::event::parse_rfc3339_ms(s).unwrap()
     }
 
-    fn feed(r: &mut Rhythm, tz: chrono_tz::Tz, from: i64, days: i64, hours: std::ops::Range<i64>, per_hour: i64, skip_weekend: bool) {
+    fn feed(
+        r: &mut Rhythm,
+        tz: chrono_tz::Tz,
+        from: i64,
+        days: i64,
+        hours: std::ops::Range<i64>,
+        per_hour: i64,
+        skip_weekend: bool,
+    ) {
         for d in 0..days {
             let day = from + d * 86_400_000;
             let wd = local_time(tz, day).weekday;
@@ -299,7 +263,10 @@ mod tests {
             }
             for h in hours.clone() {
                 for c in 0..per_hour {
-                    r.observe(local_time(tz, day + h * 3_600_000 + c * (3_600_000 / per_hour)));
+                    r.observe(local_time(
+                        tz,
+                        day + h * 3_600_000 + c * (3_600_000 / per_hour),
+                    ));
                 }
             }
         }
@@ -311,7 +278,11 @@ mod tests {
         let mut r = Rhythm::default();
         let mon = at("2026-03-02T00:00:00Z");
         feed(&mut r, tz, mon, 14, 9..17, 6, true);
-        assert_eq!(r.active_days(), 9, "the 10th weekday is still being counted");
+        assert_eq!(
+            r.active_days(),
+            9,
+            "the 10th weekday is still being counted"
+        );
         assert!((f64::from(r.hour(10).mean) - 6.0).abs() < 1e-3);
         assert_eq!(r.hour(3).mean, 0.0);
         assert!((r.hour_rate() - 6.0).abs() < 1e-3);
@@ -325,28 +296,28 @@ mod tests {
     fn weekends_of_a_weekday_agent_gather_evidence_of_days_off() {
         let tz = chrono_tz::UTC;
         let mut r = Rhythm::default();
-        // From a Wednesday: the first week has Wed-Fri worked, Sat-Sun idle.
+        // From a Wednesday: Wed-Fri worked, Sat-Sun idle, Monday worked again.
         let wed = at("2026-03-04T00:00:00Z");
         feed(&mut r, tz, wed, 6, 9..17, 6, true);
         let sun = r.weekday(6);
-        assert_eq!((sun.weeks, sun.active), (1, 0));
+        assert_eq!((sun.seen, sun.active), (1, 0));
         assert!(sun.evidence > 14.0, "{sun:?}");
         let mon = r.weekday(0);
-        assert_eq!(mon.weeks, 0, "Monday came before the agent's first day");
+        assert_eq!(mon.seen, 0, "Monday is still being counted");
         assert!(r.off_day_expectation(6) < 0.5);
     }
 
     #[test]
-    fn idle_weeks_are_not_evidence() {
+    fn a_pause_is_not_evidence_of_days_off() {
         let tz = chrono_tz::UTC;
         let mut r = Rhythm::default();
         let mon = at("2026-03-02T00:00:00Z");
-        feed(&mut r, tz, mon, 7, 9..17, 6, false);
-        // One lone call in week 3, then work again in week 5.
-        r.observe(local_time(tz, mon + 15 * 86_400_000 + 10 * 3_600_000));
-        feed(&mut r, tz, mon + 28 * 86_400_000, 2, 9..17, 6, false);
+        // Three days of work, two weeks away, back on a Thursday for a week.
+        feed(&mut r, tz, mon, 3, 9..17, 6, false);
+        feed(&mut r, tz, mon + 17 * 86_400_000, 7, 9..17, 6, false);
         for d in 0..7 {
             assert_eq!(r.weekday(d).evidence, 0.0, "day {d}");
         }
+        assert_eq!(r.active_days(), 9);
     }
 }

@@ -217,7 +217,11 @@ pub fn observe(
                 }
             };
             if say == Report::Say {
-                let mut f = Finding::new(IncidentType::SuspiciousSequence, Basis::Static, rule.severity);
+                let mut f = Finding::new(
+                    IncidentType::SuspiciousSequence,
+                    Basis::Static,
+                    rule.severity,
+                );
                 f.judgement = j;
                 f.weighs = j == Judgement::New;
                 f.observed = (e - s) as f64 / 1000.0;
@@ -295,15 +299,30 @@ mod tests {
             evs.extend(workday(mon + d * 86_400_000));
         }
         let found = k.feed(evs);
-        assert!(seqs(&found).is_empty(), "routine matches are not incidents: {:?}", incidents(&found, IncidentType::SuspiciousSequence));
+        assert!(
+            seqs(&found).is_empty(),
+            "routine matches are not incidents: {:?}",
+            incidents(&found, IncidentType::SuspiciousSequence)
+        );
         let b = baselines(&found, IncidentType::SuspiciousSequence);
-        assert_eq!(b.len(), 2, "once while learning, once when judged routine: {b:?}");
+        assert_eq!(
+            b.len(),
+            2,
+            "once while learning, once when judged routine: {b:?}"
+        );
         // Day 22: the query straight followed by an e-mail, a form it never made.
         let t = mon + 22 * 86_400_000;
-        let found = k.feed(vec![ev(t, "query_customer_db", None), ev(t + 30_000, "send_email", None)]);
+        let found = k.feed(vec![
+            ev(t, "query_customer_db", None),
+            ev(t + 30_000, "send_email", None),
+        ]);
         let s = incidents(&found, IncidentType::SuspiciousSequence);
         assert_eq!(s.len(), 1, "{found:?}");
-        assert!(s[0].description.contains("no other call between"), "{}", s[0].description);
+        assert!(
+            s[0].description.contains("no other call between"),
+            "{}",
+            s[0].description
+        );
         assert!(s[0].weighs);
     }
 
@@ -314,7 +333,10 @@ mod tests {
         // Peers: two payments in a row, a hundred times.
         k.peers.sequences[1].matches[0] = 100;
         let t0 = at("2026-03-02T15:00:00Z");
-        let found = k.feed(vec![ev(t0, "trigger_payment", None), ev(t0 + 1000, "trigger_payment", None)]);
+        let found = k.feed(vec![
+            ev(t0, "trigger_payment", None),
+            ev(t0 + 1000, "trigger_payment", None),
+        ]);
         assert!(seqs(&found).is_empty(), "{found:?}");
         assert_eq!(baselines(&found, IncidentType::SuspiciousSequence).len(), 1);
     }

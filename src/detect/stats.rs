@@ -31,7 +31,11 @@ pub fn count_tail(k: u64, mean: f64, var: f64) -> f64 {
     if k == 0 {
         return 1.0;
     }
-    let mean = if mean.is_finite() { mean.max(1e-3) } else { return 1.0 };
+    let mean = if mean.is_finite() {
+        mean.max(1e-3)
+    } else {
+        return 1.0;
+    };
     let var = if var.is_finite() { var } else { mean };
     if var > mean * 1.05 {
         let r = mean * mean / (var - mean);

@@ -12,9 +12,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::frequency::judge;
 use super::habit::{Habit, Report};
 use super::stats::surprise;
-use super::frequency::judge;
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
@@ -116,7 +116,13 @@ pub fn observe(
     out: &mut Vec<Finding>,
 ) {
     if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
-        out.push(Finding::closing(IncidentType::VolumeSpike, bp.severities.volume_spike, c, "bytes", 0));
+        out.push(Finding::closing(
+            IncidentType::VolumeSpike,
+            bp.severities.volume_spike,
+            c,
+            "bytes",
+            0,
+        ));
     }
     let Some(bytes) = obs.bytes else {
         return;
@@ -138,7 +144,9 @@ pub fn observe(
     let l = &bp.learned;
     let x = (1.0 + bytes).ln() as f32;
     let idx = st.tools.iter().position(|t| t.tool == obs.tool);
-    let known = idx.map(|i| st.tools[i]).filter(|t| t.n >= l.volume_warmup_calls);
+    let known = idx
+        .map(|i| st.tools[i])
+        .filter(|t| t.n >= l.volume_warmup_calls);
     let mut z = 0.0f64;
     if let (Some(t), true) = (known, obs.in_order && l.enabled) {
         let sd = t.var.max(0.0).sqrt().max(MIN_LOG_SD);
@@ -233,8 +241,16 @@ pub fn observe(
     if new_static.is_none() && !new_learned {
         return;
     }
-    let basis = if new_static.is_some() { Basis::Static } else { Basis::Learned };
-    if st.episode.violate(obs.ts, bytes, &bp.dedup, || obs.opening(basis)) != Step::Opened {
+    let basis = if new_static.is_some() {
+        Basis::Static
+    } else {
+        Basis::Learned
+    };
+    if st
+        .episode
+        .violate(obs.ts, bytes, &bp.dedup, || obs.opening(basis))
+        != Step::Opened
+    {
         return;
     }
     out.push(match new_static {
@@ -274,7 +290,11 @@ pub fn observe(
 }
 
 fn static_finding(bp: &Blueprint, obs: &Observation<'_>, sum: f64, m: f64) -> Finding {
-    let mut f = Finding::new(IncidentType::VolumeSpike, Basis::Static, bp.severities.volume_spike);
+    let mut f = Finding::new(
+        IncidentType::VolumeSpike,
+        Basis::Static,
+        bp.severities.volume_spike,
+    );
     f.observed = sum;
     f.expected = m;
     f.unit = "bytes";
@@ -328,16 +348,26 @@ mod tests {
         // Four consecutive calls at 40× their tools' usual sizes: 40 kB to 8 MB, under every
         // static limit.
         let t1 = t0 + 300 * 60_000;
-        evs.extend([("lookup", 4e4), ("read_invoice", 8e5), ("report", 8e6), ("lookup", 4e4)]
+        evs.extend(
+            [
+                ("lookup", 4e4),
+                ("read_invoice", 8e5),
+                ("report", 8e6),
+                ("lookup", 4e4),
+            ]
             .iter()
             .enumerate()
-            .map(|(i, (tool, b))| ev(t1 + i as i64 * 20_000, tool, Some(*b))));
+            .map(|(i, (tool, b))| ev(t1 + i as i64 * 20_000, tool, Some(*b))),
+        );
         evs.extend(usual(t1 + 120_000, 60));
         let found = k.feed(evs);
         let v = incidents(&found, IncidentType::VolumeSpike);
         assert_eq!(v.len(), 1, "{v:?}");
         assert_eq!(v[0].basis, Basis::Learned);
-        assert!(v[0].window_end >= t1 && v[0].window_end <= t1 + 60_000, "{v:?}");
+        assert!(
+            v[0].window_end >= t1 && v[0].window_end <= t1 + 60_000,
+            "{v:?}"
+        );
         assert!(v[0].description.contains("calls"), "{}", v[0].description);
     }
 
@@ -350,7 +380,10 @@ mod tests {
         evs.push(ev(t0 + 300 * 60_000, "read_invoice", Some(2e5)));
         evs.extend(usual(t0 + 301 * 60_000, 100));
         let found = k.feed(evs);
-        assert!(incidents(&found, IncidentType::VolumeSpike).is_empty(), "{found:?}");
+        assert!(
+            incidents(&found, IncidentType::VolumeSpike).is_empty(),
+            "{found:?}"
+        );
     }
 
     #[test]

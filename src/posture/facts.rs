@@ -134,4 +134,10 @@ pub struct PartitionFact {
     pub bad_events: u64,
     /// Events later than the allowed lateness.
     pub late_events: u64,
+    /// Event time of its first event: the first-deployment learning period starts here.
+    pub learning_origin: Option<i64>,
+    /// Kill decisions not carried out, by reason (monitor, learning, budget, allowlist).
+    pub kills_suppressed: [u64; 4],
+    /// Baseline findings reported (routine, or seen during learning).
+    pub baseline_findings: u64,
 }

@@ -224,10 +224,10 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
     let usual_days: f64 = (0..7u8)
         .map(|d| {
             let w = rhythm.weekday(d);
-            if w.weeks == 0 {
+            if w.seen == 0 {
                 0.0
             } else {
-                f64::from(w.active) / f64::from(w.weeks)
+                f64::from(w.active) / f64::from(w.seen)
             }
         })
         .sum();

@@ -15,7 +15,7 @@ pub mod settings;
 pub use compliance::{evaluate, ComplianceReport, ControlStatus, Framework};
 pub use facts::{BlueprintFact, Gap, Ledger, PartitionFact};
 pub use inventory::{merge_by_agent, AgentView, Status};
-pub use report::{posture, HistoryPoint, Posture};
+pub use report::{posture, HistoryPoint, KillSafety, Posture};
 pub use risk::{Risk, RiskLevel};
 pub use settings::{PostureConfig, PostureSettings};
 
@@ -38,7 +38,38 @@ pub struct StateView {
 impl StateView {
     /// The fleet posture.
     pub fn posture(&self, set: &BlueprintSet, s: &PostureSettings) -> Posture {
-        report::posture(&self.states, set, s, &self.history)
+        let mut p = report::posture(&self.states, set, s, &self.history);
+        if !self.partitions.is_empty() {
+            let longest = set
+                .blueprints()
+                .iter()
+                .map(|b| b.learned.learning_period_ms)
+                .max()
+                .unwrap_or(0);
+            let until = self
+                .partitions
+                .iter()
+                .filter_map(|f| f.learning_origin)
+                .min()
+                .map(|o| o.saturating_add(longest));
+            let mut held = std::collections::BTreeMap::new();
+            for (i, r) in ["monitor", "learning", "budget", "allowlist"]
+                .iter()
+                .enumerate()
+            {
+                held.insert(
+                    *r,
+                    self.partitions.iter().map(|f| f.kills_suppressed[i]).sum(),
+                );
+            }
+            p.fleet.safety = Some(report::KillSafety {
+                learning: until.is_none_or(|u| p.as_of_ms < u),
+                learning_until: until.map(crate::event::format_rfc3339_ms),
+                kills_held: held,
+                baseline_findings: self.partitions.iter().map(|f| f.baseline_findings).sum(),
+            });
+        }
+        p
     }
 
     /// A framework's compliance report, given the posture.

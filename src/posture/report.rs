@@ -62,6 +62,24 @@ pub struct Fleet {
     pub tools: usize,
     /// Events folded.
     pub events: u64,
+    /// The first-deployment learning period and the kills held back (from the stored
+    /// partitions; absent when posture is computed from agent states alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety: Option<KillSafety>,
+}
+
+/// What keeps the guard from killing a healthy fleet.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KillSafety {
+    /// Whether the learning period is in force as of the posture: nothing is judged new yet,
+    /// nothing is killed.
+    pub learning: bool,
+    /// When the learning period ends or ended (RFC 3339 event time), once an event was seen.
+    pub learning_until: Option<String>,
+    /// Kill decisions not carried out, by reason.
+    pub kills_held: BTreeMap<&'static str, u64>,
+    /// Baseline findings reported: routine matches, and matches seen while learning.
+    pub baseline_findings: u64,
 }
 
 /// One agent in the posture's list.
@@ -293,6 +311,7 @@ pub fn posture(
             by_environment,
             tools: tools.len(),
             events: states.iter().map(|a| a.events).sum(),
+            safety: None,
         },
         top_risks: agents
             .iter()
@@ -356,6 +375,26 @@ impl Posture {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         let _ = writeln!(s, "  blueprints   {}", bps.join(", "));
+        if let Some(k) = &f.safety {
+            let held: Vec<String> = k
+                .kills_held
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(r, v)| format!("{v} {r}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "  kill safety  learning period {} {}; kills held back: {}; {} baseline findings",
+                if k.learning { "until" } else { "over since" },
+                k.learning_until.as_deref().unwrap_or("(no event yet)"),
+                if held.is_empty() {
+                    "none".to_string()
+                } else {
+                    held.join(", ")
+                },
+                k.baseline_findings
+            );
+        }
         let _ = writeln!(s);
         let w = self
             .agents

@@ -38,7 +38,13 @@ pub enum Spent {
 
 impl KillBudget {
     /// Whether one more automatic kill at `ts` fits: `killed` of the blueprint's `agents` are down.
-    pub fn check(&self, rules: &KillRules, ts: i64, killed: usize, agents: usize) -> Result<(), Spent> {
+    pub fn check(
+        &self,
+        rules: &KillRules,
+        ts: i64,
+        killed: usize,
+        agents: usize,
+    ) -> Result<(), Spent> {
         let hour = ts.div_euclid(HOUR_MS);
         let this_hour = if hour == self.hour { self.this_hour } else { 0 };
         if rules.budget_per_hour > 0 && this_hour >= rules.budget_per_hour {
@@ -111,7 +117,10 @@ mod tests {
                 agents: 100
             })
         );
-        assert!(b.check(&r, 0, 0, 5).is_ok(), "one agent of any blueprint may be killed");
+        assert!(
+            b.check(&r, 0, 0, 5).is_ok(),
+            "one agent of any blueprint may be killed"
+        );
         assert!(b.check(&r, 0, 1, 5).is_err());
     }
 

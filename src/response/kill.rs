@@ -77,7 +77,10 @@ impl KillState {
         let score = self.score_at(rules, ts.max(self.score_ts));
         self.last_decision = Some(ts);
         let (action, suppressed) = if rules.allowlist_set.is_match(agent_id) {
-            (Action::KillSuppressedAllowlist, Some(Suppression::Allowlist))
+            (
+                Action::KillSuppressedAllowlist,
+                Some(Suppression::Allowlist),
+            )
         } else if let Some(h) = hold {
             (Action::WouldKill, Some(h))
         } else {
@@ -186,7 +189,8 @@ mod tests {
             k.record(&r, 0, Severity::High);
         }
         assert_eq!(
-            k.decide(&r, "a", 0, Some(Suppression::Monitor)).map(|d| d.action),
+            k.decide(&r, "a", 0, Some(Suppression::Monitor))
+                .map(|d| d.action),
             Some(Action::WouldKill)
         );
         assert!(!k.killed);

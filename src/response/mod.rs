@@ -4,9 +4,9 @@ mod budget;
 mod incident;
 mod kill;
 
+pub use budget::{KillBudget, Spent};
 pub use incident::{
     incident_id, uuid_string, Action, BaselineFacts, Basis, Incident, IncidentType, Severity,
     Source, Status, Suppression, Verdict,
 };
-pub use budget::{KillBudget, Spent};
 pub use kill::{KillDecision, KillState};
