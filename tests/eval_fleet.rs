@@ -1,0 +1,214 @@
+//! Detection quality on a labelled fleet the project did not write (`../shared/eval`, or
+//! `GUARDIAN_EVAL_DIR`): the shipped blueprints with only the owner's calendar (its
+//! `customer_config.py`), the fleet replayed through the engine, scored by its own `score.py`.
+//!
+//! A regression gate, not a tuning target: it fails when the score falls below the bar of issue 17
+//! (precision and recall 0.9, every type's recall 0.8, at most one negative control flagged, no
+//! wrongful kill, attacked agents ranked above clean ones with an AUC of 0.9). Where the fleet is
+//! absent the test says so and passes, unless `GUARDIAN_REQUIRE_EVAL` is set (as `.ci/run` does).
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+
+use agent_guardian::blueprint::BlueprintSet;
+use agent_guardian::engine::Engine;
+use agent_guardian::event::Decoder;
+use agent_guardian::posture::PostureSettings;
+use agent_guardian::replay::{self, JsonLines};
+use serde_json::Value;
+
+const MIN_PRECISION: f64 = 0.9;
+const MIN_RECALL: f64 = 0.9;
+const MIN_TYPE_RECALL: f64 = 0.8;
+const MAX_CONTROLS_FLAGGED: u64 = 1;
+const MIN_RANKING_AUC: f64 = 0.9;
+
+fn eval_dir() -> PathBuf {
+    std::env::var_os("GUARDIAN_EVAL_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/eval"),
+        PathBuf::from,
+    )
+}
+
+/// The labelled fleets in the directory: (name, labels, events).
+fn fleets(dir: &Path) -> Vec<(String, PathBuf, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter_map(|p| {
+            let name = p
+                .file_name()?
+                .to_str()?
+                .strip_suffix(".labels.jsonl")?
+                .to_string();
+            let data = dir.join(format!("{name}.jsonl.zst"));
+            data.exists().then_some((name, p, data))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Area under the ROC curve of `score` separating `positive` agents from the rest.
+fn auc(scores: &[(bool, f64)]) -> f64 {
+    let pos: Vec<f64> = scores.iter().filter(|s| s.0).map(|s| s.1).collect();
+    let neg: Vec<f64> = scores.iter().filter(|s| !s.0).map(|s| s.1).collect();
+    let mut wins = 0.0;
+    for p in &pos {
+        for n in &neg {
+            wins += if p > n {
+                1.0
+            } else if p == n {
+                0.5
+            } else {
+                0.0
+            };
+        }
+    }
+    wins / (pos.len() * neg.len()).max(1) as f64
+}
+
+#[test]
+fn detection_on_the_shared_labelled_fleet_holds_the_bar() {
+    let dir = eval_dir();
+    let found = fleets(&dir);
+    if found.is_empty() {
+        assert!(
+            std::env::var_os("GUARDIAN_REQUIRE_EVAL").is_none(),
+            "GUARDIAN_REQUIRE_EVAL is set but no labelled fleet is in {}",
+            dir.display()
+        );
+        eprintln!(
+            "no labelled fleet in {}: detection gate skipped",
+            dir.display()
+        );
+        return;
+    }
+    for (name, labels, data) in found {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = tmp.path().join("config");
+        run(Command::new("python3")
+            .arg(dir.join("customer_config.py"))
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("blueprints"))
+            .arg(&cfg));
+        let set = Arc::new(
+            BlueprintSet::load(
+                Some(&cfg.join("blueprints")),
+                Some(&cfg.join("assign.json")),
+            )
+            .expect("the owner's configuration loads"),
+        );
+        let decoder = Decoder::new(&set.decoder_options()).unwrap();
+        let mut engine = Engine::new(set.clone());
+        let mut zstd = Command::new("zstd")
+            .args(["-d", "-q", "--long=27", "-c"])
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("zstd (scripts/packages.sh installs it)");
+        let stdout = zstd.stdout.take().expect("piped");
+        let incidents = tmp.path().join("incidents.jsonl");
+        let mut sink = JsonLines(std::io::BufWriter::new(
+            std::fs::File::create(&incidents).unwrap(),
+        ));
+        let summary = replay::run(
+            &mut engine,
+            &decoder,
+            BufReader::with_capacity(1 << 20, stdout),
+            &mut sink,
+            |_, _| {},
+            None,
+        )
+        .unwrap();
+        assert!(zstd.wait().unwrap().success());
+        drop(sink);
+        eprintln!("{name}: {}", summary.render());
+
+        let score_json = tmp.path().join("score.json");
+        let table = run(Command::new("python3")
+            .arg(dir.join("score.py"))
+            .arg(&labels)
+            .arg(&incidents)
+            .arg("--json")
+            .arg(&score_json));
+        eprintln!("{table}");
+        let s: Value =
+            serde_json::from_str(&std::fs::read_to_string(&score_json).unwrap()).unwrap();
+        let o = &s["overall"];
+        let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+
+        // Ranking: attacked agents above clean ones, by risk as of the end of the fleet.
+        let attacked: std::collections::BTreeSet<String> = std::fs::read_to_string(&labels)
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|l| l["expect"] == "alert")
+            .filter_map(|l| l["agent_id"].as_str().map(str::to_string))
+            .collect();
+        let states: Vec<_> = engine.agents().cloned().collect();
+        let posture =
+            agent_guardian::posture::posture(&states, &set, &PostureSettings::default(), &[]);
+        let ranking: Vec<(bool, f64)> = posture
+            .agents
+            .iter()
+            .map(|a| (attacked.contains(&a.agent_id), f64::from(a.risk)))
+            .collect();
+        let ranking_auc = auc(&ranking);
+        eprintln!(
+            "{name}: ranking AUC {ranking_auc:.3}; fleet risk {} ({})",
+            posture.fleet.score,
+            posture.fleet.level.as_str()
+        );
+
+        let mut problems = Vec::new();
+        if num(&o["precision"]) < MIN_PRECISION {
+            problems.push(format!("precision {}", o["precision"]));
+        }
+        if num(&o["recall"]) < MIN_RECALL {
+            problems.push(format!("recall {}", o["recall"]));
+        }
+        for (t, r) in s["per_type"].as_object().unwrap() {
+            if r["labels"].as_u64().unwrap_or(0) > 0 && num(&r["recall"]) < MIN_TYPE_RECALL {
+                problems.push(format!("{t} recall {}", r["recall"]));
+            }
+        }
+        if o["nc_violated"].as_u64().unwrap_or(u64::MAX) > MAX_CONTROLS_FLAGGED {
+            problems.push(format!("{} negative controls flagged", o["nc_violated"]));
+        }
+        if s["auto_kill"]["wrongful_agents"].as_u64() != Some(0) {
+            problems.push(format!(
+                "{} wrongful kills",
+                s["auto_kill"]["wrongful_agents"]
+            ));
+        }
+        if ranking_auc < MIN_RANKING_AUC {
+            problems.push(format!("ranking AUC {ranking_auc:.3}"));
+        }
+        assert!(
+            problems.is_empty(),
+            "{name} below the bar: {}",
+            problems.join(", ")
+        );
+    }
+}
+
+#[test]
+fn auc_counts_ties_as_half() {
+    assert_eq!(auc(&[(true, 2.0), (false, 1.0)]), 1.0);
+    assert_eq!(auc(&[(true, 1.0), (false, 2.0)]), 0.0);
+    assert_eq!(auc(&[(true, 1.0), (false, 1.0)]), 0.5);
+}
