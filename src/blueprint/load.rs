@@ -490,6 +490,7 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
         rare_share: 0.1,
         routine_days: 3,
         sequence_rarity: 1e-3,
+        rare_evidence: 0.0,
     };
     let keys = [
         "enabled",
@@ -556,6 +557,7 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
             .number(m, "sequence_rarity", p, 0.0, 1.0)
             .unwrap_or(l.sequence_rarity);
     }
+    l.rare_evidence = (1.0 / l.sensitivity).ln();
     l
 }
 

@@ -174,9 +174,12 @@ pub struct LearnedRules {
     pub rare_share: f64,
     /// Distinct days on which a static match makes it routine for the agent (default 3).
     pub routine_days: u32,
-    /// Matches per call of a sequence's first step below which a form of the sequence is new
-    /// for the agent and its peers (default 1e-3).
+    /// Share of an agent's (and its peers') matches of a sequence at least as tight, below which
+    /// a form of the sequence is new for the agent (default 1e-3).
     pub sequence_rarity: f64,
+    /// Derived from `sensitivity`: ln(1 / sensitivity), the evidence (nats) that makes an hour or
+    /// a day one the agent does not work in (not in JSON).
+    pub rare_evidence: f64,
 }
 
 /// Kill policy.

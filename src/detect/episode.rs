@@ -51,7 +51,8 @@ struct Open {
 /// or not, that comes more than `episode_gap` after its last violation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Episode {
-    open: Option<Open>,
+    /// The open episode (boxed: most agents have none open, and the state stays small).
+    open: Option<Box<Open>>,
     last_fire: Option<i64>,
     /// Violating events since the last incident that opened no incident of their own.
     pub suppressed: u32,
@@ -85,7 +86,7 @@ impl Episode {
         if ts.saturating_sub(o.last) <= rules.episode_gap_ms {
             return None;
         }
-        let o = self.open.take()?;
+        let o = *self.open.take()?;
         Some(Closed {
             opening: o.opening,
             start: o.start,
@@ -122,13 +123,13 @@ impl Episode {
         }
         self.last_fire = Some(ts);
         self.suppressed = 0;
-        self.open = Some(Open {
+        self.open = Some(Box::new(Open {
             opening: opening(),
             start: ts,
             last: ts,
             count: 1,
             peak: observed,
-        });
+        }));
         Step::Opened
     }
 }

@@ -31,6 +31,42 @@ const RATE_CV: f64 = 0.5;
 /// Least and most spread taken from an agent's own hours.
 const MIN_CV: f64 = 0.25;
 const MAX_CV: f64 = 1.0;
+/// Five-minute buckets after which the dispersion estimate becomes exponentially weighted.
+const DISPERSION_HORIZON: f32 = 1000.0;
+/// Weight (in buckets) of the Poisson prior of the dispersion.
+const DISPERSION_PRIOR: f32 = 20.0;
+/// Most one bucket can say about the dispersion (one odd bucket must not blind the detector).
+const MAX_BUCKET_DISPERSION: f32 = 100.0;
+
+/// How clustered the agent's calls are: the mean of (count − expected)² / expected over its
+/// five-minute buckets (1 for calls that come one by one at random; about the session size for
+/// calls that come in sessions). It widens every window's expected spread.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Dispersion {
+    mean: f32,
+    n: u32,
+}
+
+impl Dispersion {
+    /// Learns one bucket of `count` calls where `expected` were expected.
+    fn learn(&mut self, count: u32, expected: f64) {
+        if expected <= 0.0 {
+            return;
+        }
+        let x =
+            (((f64::from(count) - expected).powi(2) / expected) as f32).min(MAX_BUCKET_DISPERSION);
+        self.n = self.n.saturating_add(1);
+        let alpha = 1.0 / (self.n as f32).min(DISPERSION_HORIZON);
+        self.mean += alpha * (x - self.mean);
+    }
+
+    /// The dispersion to use: the learned one shrunk towards Poisson (1) while it is young,
+    /// never below 1.
+    pub fn value(&self) -> f64 {
+        let n = self.n as f32;
+        f64::from(((self.mean * n + DISPERSION_PRIOR) / (n + DISPERSION_PRIOR)).max(1.0))
+    }
+}
 
 /// Limits for one local hour, computed when the hour starts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -41,6 +77,8 @@ struct Limits {
     rate: f32,
     /// Day-to-day spread of that rate (coefficient of variation).
     cv: f32,
+    /// How clustered the agent's calls are (see [`Dispersion`]).
+    dispersion: f32,
     /// Expected calls in each window.
     expected: [f32; SCALES],
     /// Count from which each window is anomalous: a cheap lower bound until `exact` has its bit.
@@ -59,6 +97,7 @@ impl Default for Limits {
             key: i64::MIN,
             rate: 0.0,
             cv: RATE_CV as f32,
+            dispersion: 1.0,
             expected: [0.0; SCALES],
             bound: [u32::MAX; SCALES],
             exact: 0,
@@ -78,6 +117,7 @@ pub struct FrequencyState {
     count_volume: Episode,
     habit: Habit,
     limits: Limits,
+    dispersion: Dispersion,
 }
 
 impl FrequencyState {
@@ -90,6 +130,7 @@ impl FrequencyState {
             count_volume: Episode::default(),
             habit: Habit::default(),
             limits: Limits::default(),
+            dispersion: Dispersion::default(),
         }
     }
 
@@ -102,14 +143,21 @@ impl FrequencyState {
     pub fn is_open(&self) -> bool {
         self.episode.is_open()
     }
+
+    /// How clustered the agent's calls are (see [`Dispersion`]).
+    pub fn dispersion(&self) -> f64 {
+        self.dispersion.value()
+    }
 }
 
 /// Expected calls per hour at this local hour, their day-to-day spread, and whose history they
-/// come from.
+/// come from. `dispersion`: how clustered the agent's calls are, which also widens its hourly
+/// counts and is not part of the day-to-day spread.
 fn expected_rate(
     bp: &Blueprint,
     ctx: &Context<'_>,
     obs: &Observation<'_>,
+    dispersion: f64,
 ) -> Option<(f64, f64, Source, u32)> {
     let r = ctx.rhythm;
     if r.active_days() >= bp.learned.min_active_days {
@@ -118,11 +166,12 @@ fn expected_rate(
         let e = r
             .expected_hour(h, RATE_FLOOR)
             .max(r.expected_hour((h + 23) % 24, RATE_FLOOR) * 0.5);
-        // Spread beyond Poisson noise of this hour's count, widened for a short history.
+        // Spread of this hour's count beyond what clustered calls explain, widened for a short
+        // history.
         let s = r.hour(h);
         let mean = f64::from(s.mean);
         let cv = if mean >= 2.0 {
-            let extra = (f64::from(s.var) - mean).max(0.0).sqrt() / mean;
+            let extra = (f64::from(s.var) - dispersion * mean).max(0.0).sqrt() / mean;
             (extra * (1.0 + 1.0 / f64::from(r.active_days())).sqrt()).clamp(MIN_CV, MAX_CV)
         } else {
             RATE_CV
@@ -134,17 +183,28 @@ fn expected_rate(
         .map(|e| (e, RATE_CV, Source::Peers, ctx.peers.rate_days()))
 }
 
-fn limits(bp: &Blueprint, ctx: &Context<'_>, obs: &Observation<'_>, key: i64) -> Limits {
+fn limits(
+    bp: &Blueprint,
+    ctx: &Context<'_>,
+    obs: &Observation<'_>,
+    key: i64,
+    dispersion: &Dispersion,
+) -> Limits {
     let mut l = Limits {
         key,
         ..Limits::default()
     };
-    let Some((rate, cv, source, samples)) = expected_rate(bp, ctx, obs) else {
+    let Some((rate, cv, source, samples)) = expected_rate(bp, ctx, obs, dispersion.value()) else {
         return l;
     };
     let lr = &bp.learned;
     l.rate = rate as f32;
     l.cv = cv as f32;
+    l.dispersion = if source == Source::Agent {
+        dispersion.value() as f32
+    } else {
+        1.0
+    };
     l.source = source;
     l.samples = samples;
     for i in 0..SCALES {
@@ -193,12 +253,24 @@ pub fn observe(
         st.calls = Ring::new(bp.window_ms, bp.allowed_lateness_ms);
     }
     st.calls.add(obs.ts, 1);
+    // A five-minute bucket is complete: learn how clustered the agent's calls are from it and
+    // from the empty buckets since (up to an hour of them), unless it was part of an incident.
+    if let Some((latest, count)) = st.scales.latest() {
+        let b = obs.ts.div_euclid(super::scales::BUCKET_MS);
+        if b > latest && st.limits.source == Source::Agent && !st.episode.is_open() {
+            let e = f64::from(st.limits.expected[0]);
+            st.dispersion.learn(count, e);
+            for _ in 0..(b - latest - 1).min(11) {
+                st.dispersion.learn(0, e);
+            }
+        }
+    }
     st.scales.add(obs.ts);
     let count = st.calls.max_window_containing(obs.ts);
 
     let key = i64::from(obs.local.day) * 24 + i64::from(obs.local.hour);
     if st.limits.key != key {
-        st.limits = limits(bp, ctx, obs, key);
+        st.limits = limits(bp, ctx, obs, key, &st.dispersion);
     }
     let learned = learned_violation(bp, st);
     let static_over = bp.frequency_threshold.filter(|t| count > *t);
@@ -207,9 +279,7 @@ pub fn observe(
         let l = &mut st.limits;
         if l.routine_max == 0 && l.source == Source::Agent {
             let e = f64::from(l.rate) * bp.window_ms as f64 / crate::detect::HOUR_MS as f64;
-            let t = count_threshold(e, rate_variance(e, f64::from(l.cv)), bp.learned.sensitivity);
-            l.routine_max = u32::try_from(t)
-                .unwrap_or(u32::MAX)
+            l.routine_max = improbable_from(l, e, bp.learned.sensitivity)
                 .max((2.0 * e) as u32)
                 .max(1);
         }
@@ -283,6 +353,17 @@ pub fn observe(
     }
 }
 
+/// Smallest count of a window of mean `e` that is improbable (tail below `alpha`). Calls that come
+/// in sessions are counted in units of the agent's dispersion (a quasi-Poisson model: sessions
+/// arrive at random, `dispersion` calls each on average), with the day-to-day spread of the rate
+/// on top.
+fn improbable_from(l: &Limits, e: f64, alpha: f64) -> u32 {
+    let d = f64::from(l.dispersion).max(1.0);
+    let sessions = e / d;
+    let t = count_threshold(sessions, rate_variance(sessions, f64::from(l.cv)), alpha);
+    u32::try_from((t as f64 * d).ceil() as u64).unwrap_or(u32::MAX)
+}
+
 fn basis_of(static_over: Option<u32>) -> Basis {
     if static_over.is_some() {
         Basis::Static
@@ -325,8 +406,7 @@ fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, 
         }
         if l.exact & (1 << i) == 0 {
             let e = f64::from(l.expected[i]);
-            let t = count_threshold(e, rate_variance(e, f64::from(l.cv)), bp.learned.sensitivity);
-            l.bound[i] = l.bound[i].max(u32::try_from(t).unwrap_or(u32::MAX));
+            l.bound[i] = l.bound[i].max(improbable_from(l, e, bp.learned.sensitivity));
             l.exact |= 1 << i;
             if c < l.bound[i] {
                 continue;

@@ -209,6 +209,9 @@ pub struct Context<'a> {
     pub peers: &'a mut Peers,
     /// An off-hours incident of the agent is open: other calls at this time are part of it.
     pub off_hours_open: bool,
+    /// How clustered the agent's calls are (1: one at a time; about the session size when they
+    /// come in sessions), learned by the frequency detector.
+    pub dispersion: f64,
 }
 
 /// All detector state of one agent.
@@ -277,7 +280,7 @@ impl DetectorState {
         let local = self.clock.local(bp.timezone, input.ts);
         if in_order {
             let before = self.rhythm.active_days();
-            self.rhythm.observe(local);
+            self.rhythm.observe(local, input.ts);
             if self.rhythm.active_days() > before {
                 peers.day(self.rhythm.last_day_rate());
             }
@@ -302,6 +305,7 @@ impl DetectorState {
             rhythm: &self.rhythm,
             peers,
             off_hours_open: false,
+            dispersion: self.frequency.dispersion(),
         };
         off_hours::observe(bp, &mut self.off_hours, &mut ctx, &obs, out);
         ctx.off_hours_open = self.off_hours.is_open();

@@ -7,15 +7,17 @@
 //! - **Learned:** within the blueprint's hours and days, a day of the week or an hour of the day
 //!   the agent does not work in — strong evidence from its history (no call where its usual rate
 //!   would have made many) and use on at most `rare_share` of its weeks or days — with more calls
-//!   there than its rhythm makes probable (tail below `sensitivity`). Ordinary variation at the
-//!   edge of its hours is expected, not an incident.
+//!   there than its rhythm makes probable (tail below `sensitivity`), counted in turns (calls
+//!   less than 10 s apart are one turn, so one session at an odd hour is one turn). Ordinary
+//!   variation at the edge of its hours is expected, not an incident: an hour next to one it
+//!   works in is never off, and a day needs two idle occurrences.
 //! - One episode (a night, a weekend afternoon) is one incident, closed when it ends.
 
 use serde::{Deserialize, Serialize};
 
 use super::frequency::judge;
 use super::habit::{Habit, Report};
-use super::stats::{count_tail, rate_variance};
+use super::stats::{count_threshold, rate_variance};
 use super::{Context, Episode, Finding, Judgement, LocalTime, Observation, Step};
 use crate::blueprint::{Blueprint, Weekdays};
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
@@ -25,12 +27,35 @@ const OFF_CV: f64 = 0.5;
 /// Share of active days (or weeks) from which an hour (or day) is one the agent works in.
 const ROUTINE_SHARE: f64 = 0.3;
 
+/// Counts from which the current local hour (and its day) are rare for the agent, computed when
+/// the hour starts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+struct Limits {
+    /// Local day × 24 + hour they hold for.
+    key: i64,
+    /// Calls on this day from which they are improbable (`u32::MAX`: a day the agent works).
+    day_from: u32,
+    /// Calls in this hour from which they are improbable (`u32::MAX`: an hour it works).
+    hour_from: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            key: i64::MIN,
+            day_from: u32::MAX,
+            hour_from: u32::MAX,
+        }
+    }
+}
+
 /// Per-agent off-hours state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct OffHoursState {
     episode: Episode,
     /// Routine memory per local hour of day (0–23) and per weekday (24–30).
     habits: Vec<Habit>,
+    limits: Limits,
 }
 
 impl OffHoursState {
@@ -53,6 +78,67 @@ fn outside_hours(bp: &Blueprint, l: LocalTime) -> bool {
     bp.allowed_hours.is_some_and(|h| !h.contains(l.hour))
 }
 
+/// Least idle occurrences of a day of the week before it can be a day the agent does not work
+/// in (one idle Friday may be a holiday).
+const MIN_IDLE_DAYS: u16 = 2;
+
+/// Smallest number of turns that is improbable (tail below `sensitivity`) where `e` calls are
+/// expected; a turn holds `dispersion` calls on average (see the frequency detector).
+fn improbable_from(e: f64, dispersion: f64, sensitivity: f64) -> u32 {
+    let turns = e / dispersion.max(1.0);
+    u32::try_from(count_threshold(
+        turns,
+        rate_variance(turns, OFF_CV),
+        sensitivity,
+    ))
+    .unwrap_or(u32::MAX)
+}
+
+/// Whether the agent does not work in local hour `h`: strong evidence from its history, use on
+/// at most `rare_share` of its active days, and the same for the hours either side (the edge of
+/// its working day varies; an hour next to one it works in is not off).
+fn hour_off(bp: &Blueprint, r: &super::Rhythm, h: u8) -> bool {
+    let lr = &bp.learned;
+    r.off_hour_evidence(h) >= lr.rare_evidence
+        && [h, (h + 23) % 24, (h + 1) % 24]
+            .iter()
+            .all(|x| r.hour_share(*x) <= lr.rare_share)
+}
+
+/// The learned limits of a local hour: a day or an hour the agent does not work in — strong
+/// evidence from its history and use on at most `rare_share` of its days — and the calls there
+/// from which they are improbable.
+fn limits(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime, key: i64) -> Limits {
+    let r = ctx.rhythm;
+    let lr = &bp.learned;
+    let mut out = Limits {
+        key,
+        ..Limits::default()
+    };
+    if r.active_days() < lr.min_active_days {
+        return out;
+    }
+    let d = r.weekday(l.weekday);
+    if f64::from(d.evidence) >= lr.rare_evidence
+        && d.seen - d.active >= MIN_IDLE_DAYS
+        && f64::from(d.active) <= lr.rare_share * f64::from(d.seen)
+    {
+        out.day_from = improbable_from(
+            r.off_day_expectation(l.weekday),
+            ctx.dispersion,
+            lr.sensitivity,
+        );
+    }
+    if hour_off(bp, r, l.hour) {
+        out.hour_from = improbable_from(
+            r.off_hour_expectation(l.hour),
+            ctx.dispersion,
+            lr.sensitivity,
+        );
+    }
+    out
+}
+
 /// What the learned check found: (observed calls, expected calls, explanation).
 struct Rare {
     count: u32,
@@ -62,52 +148,42 @@ struct Rare {
     samples: u64,
 }
 
-/// The learned check: a day or an hour the agent does not work in, with improbably many calls.
-fn rare(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime) -> Option<Rare> {
+/// The learned check: improbably many turns on a day or in an hour the agent does not work in.
+fn rare(ctx: &Context<'_>, lim: &Limits, l: LocalTime) -> Option<Rare> {
     let r = ctx.rhythm;
-    let lr = &bp.learned;
-    if r.active_days() < lr.min_active_days {
-        return None;
+    let (today, this_hour) = r.turns(l.hour);
+    if today >= lim.day_from {
+        let d = r.weekday(l.weekday);
+        let calls = r.today_calls();
+        return Some(Rare {
+            count: calls,
+            expected: r.off_day_expectation(l.weekday),
+            what: format!(
+                "{calls} calls in {today} turns on a {} (local), a day it worked on {} of the {} seen",
+                day_name(l.weekday),
+                d.active,
+                d.seen
+            ),
+            seen: u64::from(d.active),
+            samples: u64::from(d.seen),
+        });
     }
-    let needed = (1.0 / lr.sensitivity).ln();
-    let d = r.weekday(l.weekday);
-    if f64::from(d.evidence) >= needed && f64::from(d.active) <= lr.rare_share * f64::from(d.seen) {
-        let count = r.today_calls();
-        let e = r.off_day_expectation(l.weekday);
-        if count_tail(u64::from(count), e, rate_variance(e, OFF_CV)) < lr.sensitivity {
-            return Some(Rare {
-                count,
-                expected: e,
-                what: format!(
-                    "{count} calls on a {} (local), a day it worked in {} of the {} weeks observed",
-                    day_name(l.weekday),
-                    d.active,
-                    d.seen
-                ),
-                seen: u64::from(d.active),
-                samples: u64::from(d.seen),
-            });
-        }
-    }
-    let h = r.hour(l.hour);
-    if r.off_hour_evidence(l.hour) >= needed && r.hour_share(l.hour) <= lr.rare_share {
-        let count = r.calls_in_hour(l.hour);
-        let e = r.off_hour_expectation(l.hour);
-        if count_tail(u64::from(count), e, rate_variance(e, OFF_CV)) < lr.sensitivity {
-            return Some(Rare {
-                count,
-                expected: e,
-                what: format!(
-                    "{count} calls between {:02}:00 and {:02}:00 local, an hour it used on {} of its {} active days",
-                    l.hour,
-                    (l.hour + 1) % 24,
-                    h.used,
-                    r.active_days()
-                ),
-                seen: u64::from(h.used),
-                samples: u64::from(r.active_days()),
-            });
-        }
+    if this_hour >= lim.hour_from {
+        let h = r.hour(l.hour);
+        let calls = r.calls_in_hour(l.hour);
+        return Some(Rare {
+            count: calls,
+            expected: r.off_hour_expectation(l.hour),
+            what: format!(
+                "{calls} calls in {this_hour} turns between {:02}:00 and {:02}:00 local, an hour it used on {} of its {} active days",
+                l.hour,
+                (l.hour + 1) % 24,
+                h.used,
+                r.active_days()
+            ),
+            seen: u64::from(h.used),
+            samples: u64::from(r.active_days()),
+        });
     }
     None
 }
@@ -198,7 +274,11 @@ pub fn observe(
     if !obs.in_order || ctx.learning {
         return;
     }
-    if let Some(r) = rare(bp, ctx, l) {
+    let key = i64::from(l.day) * 24 + i64::from(l.hour);
+    if st.limits.key != key {
+        st.limits = limits(bp, ctx, l, key);
+    }
+    if let Some(r) = rare(ctx, &st.limits, l) {
         let step = st
             .episode
             .violate(obs.ts, f64::from(r.count), &bp.dedup, || {
@@ -383,8 +463,9 @@ mod tests {
         // SOC: every day allowed. This agent works weekdays 09:00-17:00 UTC, 20 calls an hour.
         let mut k = Kit::new(soc());
         let mon = at("2026-03-02T09:00:00Z");
-        let mut evs = routine(mon, weekdays(14), 8, 20, "triage");
-        let sunday = at("2026-03-15T11:00:00Z");
+        // Two weekends idle, then work on the third Sunday (one idle Sunday could be a holiday).
+        let mut evs = routine(mon, weekdays(21), 8, 20, "triage");
+        let sunday = at("2026-03-22T11:00:00Z");
         evs.extend((0..12).map(|i| ev(sunday + i * 300_000, "triage", None)));
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);

@@ -16,6 +16,10 @@ const DAY_HORIZON: f32 = 28.0;
 /// Longest run of idle days between two active days that counts as days off; a longer one is
 /// a pause (holiday, outage) and teaches nothing about the agent's week.
 const MAX_IDLE_RUN: i32 = 3;
+/// Calls closer together than this (ms) belong to one turn: the burst of tool calls an agent makes
+/// for one task. Off-hours activity is counted in turns, so one session of calls at an odd hour
+/// is one turn, while calls spread over the night are many.
+pub const TURN_GAP_MS: i64 = 10_000;
 /// Most evidence (nats) one idle day adds that a day of the week is a day off.
 const MAX_DAY_EVIDENCE: f32 = 50.0;
 
@@ -56,10 +60,25 @@ pub struct Rhythm {
     weekday: u8,
     /// Calls per local hour on `day`.
     today: [u16; 24],
-    hours: [HourStats; 24],
-    days: [DayStats; 7],
+    /// Calls on `day`.
+    today_total: u32,
+    /// Turns on `day`, and in local hour `turn_hour` of it.
+    turns_today: u32,
+    turns_hour: u32,
+    turn_hour: u8,
+    /// Event time of the latest call counted.
+    last_ts: i64,
     /// Days with at least one call.
     active_days: u16,
+    /// What is read when a day closes or an hour starts (boxed: not on every event's path).
+    learned: Box<Learned>,
+}
+
+/// The statistics of a rhythm.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Learned {
+    hours: [HourStats; 24],
+    days: [DayStats; 7],
     /// Mean calls per active day.
     day_rate: f32,
     /// Mean calls per active hour (the agent's rate while it works).
@@ -75,12 +94,19 @@ impl Default for Rhythm {
             day: i32::MIN,
             weekday: 0,
             today: [0; 24],
-            hours: [HourStats::default(); 24],
-            days: [DayStats::default(); 7],
+            today_total: 0,
+            turns_today: 0,
+            turns_hour: 0,
+            turn_hour: 0,
+            last_ts: i64::MIN,
             active_days: 0,
-            day_rate: 0.0,
-            hour_rate: 0.0,
-            last_rate: 0.0,
+            learned: Box::new(Learned {
+                hours: [HourStats::default(); 24],
+                days: [DayStats::default(); 7],
+                day_rate: 0.0,
+                hour_rate: 0.0,
+                last_rate: 0.0,
+            }),
         }
     }
 }
@@ -88,7 +114,7 @@ impl Default for Rhythm {
 impl Rhythm {
     /// Counts an in-order call at local time `l`; returns the calls so far in its local hour
     /// (this one included), or 0 for a call of a day already closed.
-    pub fn observe(&mut self, l: LocalTime) -> u32 {
+    pub fn observe(&mut self, l: LocalTime, ts: i64) -> u32 {
         if self.first_day == i32::MIN {
             self.first_day = l.day;
             self.start_day(l);
@@ -102,15 +128,25 @@ impl Rhythm {
             // idle days is a pause.
             let idle = l.day - self.day - 1;
             if active && idle <= MAX_IDLE_RUN {
-                let evidence = self.day_rate.min(MAX_DAY_EVIDENCE);
+                let evidence = self.learned.day_rate.min(MAX_DAY_EVIDENCE);
                 for d in (self.day + 1)..l.day {
-                    let s = &mut self.days[(d + 3).rem_euclid(7) as usize];
+                    let s = &mut self.learned.days[(d + 3).rem_euclid(7) as usize];
                     s.seen = s.seen.saturating_add(1);
                     s.evidence += evidence;
                 }
             }
             self.start_day(l);
         }
+        self.today_total = self.today_total.saturating_add(1);
+        if l.hour != self.turn_hour {
+            self.turn_hour = l.hour;
+            self.turns_hour = 0;
+        }
+        if ts.saturating_sub(self.last_ts) >= TURN_GAP_MS || self.turns_hour == 0 {
+            self.turns_today += 1;
+            self.turns_hour += 1;
+        }
+        self.last_ts = self.last_ts.max(ts);
         let c = &mut self.today[usize::from(l.hour % 24)];
         *c = c.saturating_add(1);
         u32::from(*c)
@@ -120,18 +156,21 @@ impl Rhythm {
         self.day = l.day;
         self.weekday = l.weekday % 7;
         self.today = [0; 24];
+        self.today_total = 0;
+        self.turns_today = 0;
+        self.turns_hour = 0;
     }
 
     /// Folds the day being counted into the statistics; returns whether it was active.
     fn close_day(&mut self) -> bool {
-        let total: u32 = self.today.iter().map(|c| u32::from(*c)).sum();
+        let total = self.today_total;
         if total == 0 {
             return false;
         }
         self.active_days = self.active_days.saturating_add(1);
         let alpha = 1.0 / f32::from(self.active_days).min(DAY_HORIZON);
         let mut active_hours = 0u32;
-        for (h, c) in self.hours.iter_mut().zip(self.today) {
+        for (h, c) in self.learned.hours.iter_mut().zip(self.today) {
             let x = f32::from(c);
             let diff = x - h.mean;
             let incr = alpha * diff;
@@ -142,11 +181,11 @@ impl Rhythm {
                 active_hours += 1;
             }
         }
-        self.day_rate += alpha * (total as f32 - self.day_rate);
+        self.learned.day_rate += alpha * (total as f32 - self.learned.day_rate);
         let per_hour = total as f32 / active_hours.max(1) as f32;
-        self.hour_rate += alpha * (per_hour - self.hour_rate);
-        self.last_rate = per_hour;
-        let s = &mut self.days[usize::from(self.weekday)];
+        self.learned.hour_rate += alpha * (per_hour - self.learned.hour_rate);
+        self.learned.last_rate = per_hour;
+        let s = &mut self.learned.days[usize::from(self.weekday)];
         s.seen = s.seen.saturating_add(1);
         s.active = s.active.saturating_add(1);
         s.calls += total as f32;
@@ -160,27 +199,27 @@ impl Rhythm {
 
     /// Mean calls per active hour.
     pub fn hour_rate(&self) -> f64 {
-        f64::from(self.hour_rate)
+        f64::from(self.learned.hour_rate)
     }
 
     /// Calls per active hour of the latest active day closed.
     pub fn last_day_rate(&self) -> f64 {
-        f64::from(self.last_rate)
+        f64::from(self.learned.last_rate)
     }
 
     /// Mean calls per active day.
     pub fn day_rate(&self) -> f64 {
-        f64::from(self.day_rate)
+        f64::from(self.learned.day_rate)
     }
 
     /// Statistics of a local hour of day.
     pub fn hour(&self, h: u8) -> HourStats {
-        self.hours[usize::from(h % 24)]
+        self.learned.hours[usize::from(h % 24)]
     }
 
     /// Statistics of a day of the week (0 = Monday).
     pub fn weekday(&self, d: u8) -> DayStats {
-        self.days[usize::from(d % 7)]
+        self.learned.days[usize::from(d % 7)]
     }
 
     /// Calls so far today in local hour `h`.
@@ -188,9 +227,21 @@ impl Rhythm {
         u32::from(self.today[usize::from(h % 24)])
     }
 
+    /// Turns so far today, and in local hour `h` of today (0 for another hour).
+    pub fn turns(&self, h: u8) -> (u32, u32) {
+        (
+            self.turns_today,
+            if h == self.turn_hour {
+                self.turns_hour
+            } else {
+                0
+            },
+        )
+    }
+
     /// Calls so far today (the local day being counted).
     pub fn today_calls(&self) -> u32 {
-        self.today.iter().map(|c| u32::from(*c)).sum()
+        self.today_total
     }
 
     /// Days from the first event to the day being counted.
@@ -263,10 +314,8 @@ mod tests {
             }
             for h in hours.clone() {
                 for c in 0..per_hour {
-                    r.observe(local_time(
-                        tz,
-                        day + h * 3_600_000 + c * (3_600_000 / per_hour),
-                    ));
+                    let t = day + h * 3_600_000 + c * (3_600_000 / per_hour);
+                    r.observe(local_time(tz, t), t);
                 }
             }
         }

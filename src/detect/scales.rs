@@ -1,8 +1,6 @@
 //! Calls in windows of several lengths at once (5 min, 15 min, 1 h, 4 h), for catching short
-//! bursts and slow burns: five-minute buckets, only those that hold calls stored, and one running
-//! sum per window so an event costs a few additions.
-
-use std::collections::VecDeque;
+//! bursts and slow burns: a ring of 48 five-minute buckets held in the agent's state itself (no
+//! pointer to chase), and one running sum per window, so an event costs a few additions.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,14 +11,15 @@ pub const MINUTES: [i64; SCALES] = [5, 15, 60, 240];
 /// Number of windows.
 pub const SCALES: usize = 4;
 const SPANS: [i64; SCALES] = [1, 3, 12, 48];
-const KEEP: i64 = 48;
+const KEEP: usize = 48;
 
 /// Calls in the latest 5-minute bucket and in the windows of 15 min, 1 h and 4 h ending with it
 /// (each window is whole buckets, so "15 min" covers 10 to 15 minutes of event time).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Scales {
     latest: i64,
-    buckets: VecDeque<(i64, u32)>,
+    /// Calls per bucket, by bucket index modulo 48 (nested so serde can derive it).
+    counts: [[u16; 16]; 3],
     sums: [u32; SCALES],
 }
 
@@ -28,55 +27,58 @@ impl Default for Scales {
     fn default() -> Self {
         Scales {
             latest: i64::MIN,
-            buckets: VecDeque::new(),
+            counts: [[0; 16]; 3],
             sums: [0; SCALES],
         }
     }
 }
 
 impl Scales {
+    fn slot(&mut self, b: i64) -> &mut u16 {
+        let i = b.rem_euclid(KEEP as i64) as usize;
+        &mut self.counts[i / 16][i % 16]
+    }
+
     /// Counts a call at `ts`; a call older than the kept buckets is ignored.
     pub fn add(&mut self, ts: i64) {
         let b = ts.div_euclid(BUCKET_MS);
         if b > self.latest {
+            let step = b.saturating_sub(self.latest);
+            if step >= KEEP as i64 || self.latest == i64::MIN {
+                self.counts = [[0; 16]; 3];
+                self.sums = [0; SCALES];
+            } else {
+                // Buckets leaving each window, then the new buckets start empty.
+                for i in 0..SCALES {
+                    for k in (self.latest - SPANS[i] + 1)..=(b - SPANS[i]).min(self.latest) {
+                        let leaving = u32::from(*self.slot(k));
+                        self.sums[i] = self.sums[i].saturating_sub(leaving);
+                    }
+                }
+                for k in (self.latest + 1)..=b {
+                    *self.slot(k) = 0;
+                }
+            }
             self.latest = b;
-            while self.buckets.front().is_some_and(|f| f.0 <= b - KEEP) {
-                self.buckets.pop_front();
-            }
-            if self.buckets.capacity() == 0 {
-                self.buckets.reserve_exact(KEEP as usize + 1);
-            }
-            self.buckets.push_back((b, 0));
-            for (s, span) in self.sums.iter_mut().zip(SPANS) {
-                *s = self
-                    .buckets
-                    .iter()
-                    .rev()
-                    .take_while(|x| b - x.0 < span)
-                    .map(|x| x.1)
-                    .sum();
-            }
         }
-        if b <= self.latest - KEEP {
+        if b <= self.latest - KEEP as i64 {
             return;
         }
-        let pos = match self.buckets.iter().rposition(|x| x.0 <= b) {
-            Some(p) if self.buckets[p].0 == b => p,
-            Some(p) => {
-                self.buckets.insert(p + 1, (b, 0));
-                p + 1
-            }
-            None => {
-                self.buckets.push_front((b, 0));
-                0
-            }
-        };
-        self.buckets[pos].1 = self.buckets[pos].1.saturating_add(1);
+        let c = self.slot(b);
+        if *c == u16::MAX {
+            return; // saturated: the sums stay what they are
+        }
+        *c += 1;
         for (s, span) in self.sums.iter_mut().zip(SPANS) {
             if self.latest - b < span {
-                *s = s.saturating_add(1);
+                *s += 1;
             }
         }
+    }
+
+    /// The latest bucket's index and calls, if any call was counted.
+    pub fn latest(&self) -> Option<(i64, u32)> {
+        (self.latest != i64::MIN).then_some((self.latest, self.sums[0]))
     }
 
     /// Calls in each window ending with the latest bucket.
@@ -107,7 +109,7 @@ mod tests {
                     let want = all.iter().enumerate().filter(|(k, x)| {
                         let b = x.div_euclid(BUCKET_MS);
                         let latest_then = all[..=*k].iter().map(|y| y.div_euclid(BUCKET_MS)).max().unwrap();
-                        latest - b < *span && b > latest_then - KEEP
+                        latest - b < *span && b > latest_then - KEEP as i64
                     }).count() as u32;
                     prop_assert_eq!(s.sums()[i], want);
                 }

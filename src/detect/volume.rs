@@ -151,11 +151,13 @@ pub fn observe(
     if let (Some(t), true) = (known, obs.in_order && l.enabled) {
         let sd = t.var.max(0.0).sqrt().max(MIN_LOG_SD);
         z = f64::from((x - t.mean) / sd);
-        // A call under the blueprint's floor only drains the run.
-        let sc = if bytes >= l.volume_min_bytes {
-            surprise(z, MAX_SURPRISE)
-        } else {
+        // A call under the blueprint's floor only drains the run. A call at most one standard
+        // deviation above its tool's mean has a surprise of at most 0.8 (P ≥ 0.158), so with
+        // no run going it cannot start one: the tail is not computed (most calls).
+        let sc = if bytes < l.volume_min_bytes || (z <= 1.0 && st.run.surprise == 0.0) {
             0.0
+        } else {
+            surprise(z, MAX_SURPRISE)
         };
         let r = &mut st.run;
         let next = (f64::from(r.surprise) + sc - DRIFT).max(0.0);
