@@ -1,8 +1,9 @@
 //! `guardian demo`: the real daemon pipeline against librdkafka's in-process mock cluster.
 //!
-//! A scripted finance fleet (20 well-behaved agents over two working days and one rogue agent)
-//! is produced onto the audit topic, with two malformed lines and one forged kill command. The
-//! daemon consumes it, and the demo reads back the incidents, kill commands and dead letters.
+//! A scripted finance fleet (20 well-behaved agents over seven working days, the shipped
+//! blueprints' learning period, and one rogue agent on the last day) is produced onto the audit
+//! topic, with two malformed lines and one forged kill command. The daemon consumes it, and the
+//! demo reads back the incidents, kill commands and dead letters.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -42,10 +43,13 @@ pub struct DemoReport {
     pub elapsed: Duration,
 }
 
-/// The scripted audit stream: (agent id, JSON line) in event-time order.
+/// The scripted audit stream: (agent id, JSON line) in event-time order. Seven working days of
+/// ordinary work from Monday 2026-02-23 (the learning period of the shipped blueprints: what
+/// the guard learns from), then the rogue agent on Tuesday 2026-03-03.
 pub fn script() -> Vec<(String, String)> {
-    // Monday 2026-03-02 and Tuesday 2026-03-03; New York is UTC-5 then.
-    let day0 = 1_772_409_600_000i64 + 5 * 3_600_000;
+    // Monday 2026-02-23; New York is UTC-5 then.
+    let day0 = 1_771_804_800_000i64 + 5 * 3_600_000;
+    let days = [0, 1, 2, 3, 4, 7, 8];
     let tools = [
         "read_ledger",
         "query_customer_db",
@@ -53,7 +57,7 @@ pub fn script() -> Vec<(String, String)> {
         "reconcile_accounts",
     ];
     let mut evs: Vec<(i64, String, &str, u64)> = Vec::new();
-    for d in 0..2 {
+    for d in days {
         for a in 0..20u64 {
             let agent = format!("fin-agent-{a:02}");
             // One call every 4 to 7 minutes from 09:00 to 17:00 local.
@@ -72,7 +76,7 @@ pub fn script() -> Vec<(String, String)> {
         }
     }
     let rogue = "fin-agent-rogue";
-    let t = day0 + 86_400_000 + 10 * 3_600_000; // Tuesday 10:00 local
+    let t = day0 + 8 * 86_400_000 + 10 * 3_600_000; // Tuesday 2026-03-03 10:00 local
     let mut r = |at: i64, tool: &'static str, bytes: u64| evs.push((at, rogue.into(), tool, bytes));
     r(t - 3_600_000, "read_ledger", 3_000);
     r(t, "query_customer_db", 40_000);
@@ -206,6 +210,25 @@ pub fn demo_blueprints() -> anyhow::Result<Arc<BlueprintSet>> {
     Ok(Arc::new(BlueprintSet::from_blueprints(
         BlueprintSet::builtin().blueprints().to_vec(),
         assignment,
+    )?))
+}
+
+/// The demo blueprints with no first-deployment learning period: a guard that has learned its
+/// fleet already (for tests of the pipeline that feed short streams with no history).
+pub fn demo_blueprints_learned() -> anyhow::Result<Arc<BlueprintSet>> {
+    let set = demo_blueprints()?;
+    let blueprints = set
+        .blueprints()
+        .iter()
+        .cloned()
+        .map(|mut b| {
+            b.learned.learning_period_ms = 0;
+            b
+        })
+        .collect();
+    Ok(Arc::new(BlueprintSet::from_blueprints(
+        blueprints,
+        set.assignment().clone(),
     )?))
 }
 

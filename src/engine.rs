@@ -58,6 +58,8 @@ struct Agent {
     bp: usize,
     /// Changed since the last [`Engine::take_dirty`].
     dirty: bool,
+    /// In [`Engine::pending`].
+    pending: bool,
     state: AgentState,
 }
 
@@ -82,6 +84,12 @@ pub struct Engine {
     /// Agents and killed agents per blueprint (by index).
     agents_by_bp: Vec<usize>,
     killed_by_bp: Vec<usize>,
+    /// Agents with calls that may complete a sequence once final (see [`Engine::sweep`]).
+    pending: Vec<u32>,
+    /// Ten-second tick of event time of the last sweep.
+    swept: i64,
+    /// Scratch list of the agents a sweep settles.
+    due: Vec<(i64, u32)>,
 }
 
 /// Position of an incident type in [`EngineStats::incidents`].
@@ -107,6 +115,9 @@ impl Engine {
             budget: KillBudget::default(),
             agents_by_bp: vec![0; n],
             killed_by_bp: vec![0; n],
+            pending: Vec::new(),
+            swept: i64::MIN,
+            due: Vec::new(),
         }
     }
 
@@ -166,6 +177,7 @@ impl Engine {
         let agent = Agent {
             bp,
             dirty: false,
+            pending: false,
             state,
         };
         if let Some(&j) = self.index.get(agent.state.agent_id.as_str()) {
@@ -304,7 +316,7 @@ impl Engine {
         let agent = &mut self.agents[i];
         let bpi = agent.bp;
         let bp = set.get(bpi);
-        let learning = ev.ts_ms < origin.saturating_add(bp.learned.learning_period_ms);
+        let learning_until = origin.saturating_add(bp.learned.learning_period_ms);
         let st = &mut agent.state;
         st.events += 1;
         st.first_seen = st.first_seen.min(ev.ts_ms);
@@ -328,7 +340,7 @@ impl Engine {
         let obs = st.detectors.observe(
             bp,
             &mut self.peers[bpi],
-            learning,
+            learning_until,
             &input,
             &mut self.findings,
         );
@@ -375,38 +387,59 @@ impl Engine {
                 self.findings.push(f);
             }
         }
+        if self.agents[i].state.detectors.pending().is_some() && !self.agents[i].pending {
+            self.agents[i].pending = true;
+            self.pending.push(i as u32);
+        }
+        self.conclude(i, ev.ts_ms, &ev.event_id, &ev.tool_name, out);
+        self.sweep(out);
+    }
+
+    /// Turns the findings of the agent at position `i` into incidents and decides on a kill;
+    /// `ts`, `event_id` and `tool_name`: the triggering event.
+    fn conclude(
+        &mut self,
+        i: usize,
+        ts: i64,
+        event_id: &str,
+        tool_name: &str,
+        out: &mut Vec<Incident>,
+    ) {
         if self.findings.is_empty() {
             return;
         }
+        let set = &*self.set;
+        let agent = &mut self.agents[i];
+        let bpi = agent.bp;
+        let bp = set.get(bpi);
+        let learning = self
+            .origin
+            .is_none_or(|o| ts < o.saturating_add(bp.learned.learning_period_ms));
+        let st = &mut agent.state;
         let mut last = None;
         for f in self.findings.drain(..) {
             if f.closing.is_none() && f.judgement == Judgement::New {
                 if f.weighs {
-                    st.kill.record(&bp.kill, ev.ts_ms, f.severity);
+                    st.kill.record(&bp.kill, ts, f.severity);
                     last = Some(f.kind);
                 }
-                st.profile.incident(ev.ts_ms, f.severity, f.kind);
+                st.profile.incident(ts, f.severity, f.kind);
             }
-            let inc = make_incident(bp, st, ev, f, Action::Logged);
+            let inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::Logged);
             self.stats.incidents[type_index(inc.kind)] += 1;
             out.push(inc);
         }
         let Some(last) = last else {
             return;
         };
-        if !st.kill.due(&bp.kill, ev.ts_ms) {
+        if !st.kill.due(&bp.kill, ts) {
             return;
         }
         let spent = if bp.dry_run() || learning {
             None
         } else {
             self.budget
-                .check(
-                    &bp.kill,
-                    ev.ts_ms,
-                    self.killed_by_bp[bpi],
-                    self.agents_by_bp[bpi],
-                )
+                .check(&bp.kill, ts, self.killed_by_bp[bpi], self.agents_by_bp[bpi])
                 .err()
         };
         let hold = if bp.dry_run() {
@@ -416,7 +449,7 @@ impl Engine {
         } else {
             spent.map(|_| Suppression::Budget)
         };
-        let Some(d) = st.kill.decide(&bp.kill, &ev.agent_id, ev.ts_ms, hold) else {
+        let Some(d) = st.kill.decide(&bp.kill, &st.agent_id, ts, hold) else {
             return;
         };
         let what = match (d.action, d.suppressed) {
@@ -442,34 +475,34 @@ impl Engine {
         f.observed = d.score;
         f.expected = bp.kill.threshold;
         f.unit = "score";
-        f.window_start = ev.ts_ms.saturating_sub(bp.kill.half_life_ms);
-        f.window_end = ev.ts_ms;
+        f.window_start = ts.saturating_sub(bp.kill.half_life_ms);
+        f.window_end = ts;
         f.description = format!(
             "Agent {:?} {what}: violation score {:.2} reached the threshold {} (latest: {}).",
-            &*ev.agent_id,
+            st.agent_id,
             d.score,
             bp.kill.threshold,
             last.as_str()
         );
         self.stats.incidents[type_index(IncidentType::AutoKill)] += 1;
-        st.profile.incident(ev.ts_ms, f.severity, f.kind);
+        st.profile.incident(ts, f.severity, f.kind);
         match d.action {
             Action::Killed => {
-                st.profile.kill_event(ev.ts_ms, KillEventKind::AutoKill);
-                self.budget.spend(ev.ts_ms);
+                st.profile.kill_event(ts, KillEventKind::AutoKill);
+                self.budget.spend(ts);
                 self.killed_by_bp[bpi] += 1;
             }
-            Action::WouldKill => st.profile.kill_event(ev.ts_ms, KillEventKind::WouldKill),
+            Action::WouldKill => st.profile.kill_event(ts, KillEventKind::WouldKill),
             _ => {}
         }
         if let Some(s) = d.suppressed {
             self.stats.kills_suppressed[suppression_index(s)] += 1;
         }
-        let mut inc = make_incident(bp, st, ev, f, d.action);
+        let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, d.action);
         inc.suppressed_by = d.suppressed;
         out.push(inc);
         if let (Some(s), Some(Suppression::Budget)) = (spent, d.suppressed) {
-            if self.budget.hold(ev.ts_ms) {
+            if self.budget.hold(ts) {
                 let why = match s {
                     Spent::PerHour(n) => format!(
                         "{n} automatic kills this hour (limit {})",
@@ -487,18 +520,123 @@ impl Engine {
                 f.observed = f64::from(self.killed_by_bp[bpi] as u32);
                 f.expected = bp.kill.budget_share * self.agents_by_bp[bpi] as f64;
                 f.unit = "agents";
-                f.window_start = ev.ts_ms.div_euclid(3_600_000) * 3_600_000;
-                f.window_end = ev.ts_ms;
+                f.window_start = ts.div_euclid(3_600_000) * 3_600_000;
+                f.window_end = ts;
                 f.description = format!(
                     "Kill budget spent: {why}. Agent {:?} and any further agent this hour are only \
                      would-kill decisions; confirm with `guardian kill {}` if they must stop.",
-                    &*ev.agent_id, &*ev.agent_id
+                    st.agent_id, st.agent_id
                 );
                 self.stats.incidents[type_index(IncidentType::KillBudget)] += 1;
-                let mut inc = make_incident(bp, st, ev, f, Action::WouldKill);
+                let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::WouldKill);
                 inc.suppressed_by = Some(Suppression::Budget);
                 out.push(inc);
             }
+        }
+    }
+
+    /// Judges the sequences of agents that fell quiet: every ten seconds of event time, the calls
+    /// up to the engine's watermark less the allowed lateness are final.
+    fn sweep(&mut self, out: &mut Vec<Incident>) {
+        const SWEEP_MS: i64 = 10_000;
+        let tick = self.latest.div_euclid(SWEEP_MS);
+        if tick == self.swept || self.pending.is_empty() {
+            self.swept = tick;
+            return;
+        }
+        self.swept = tick;
+        let set = &*self.set;
+        let latest = self.latest;
+        let mut due = std::mem::take(&mut self.due);
+        due.clear();
+        let agents = &mut self.agents;
+        self.pending.retain(|&i| {
+            let a = &mut agents[i as usize];
+            match a.state.detectors.pending() {
+                None => {
+                    a.pending = false;
+                    false
+                }
+                Some(p) => {
+                    if p <= latest.saturating_sub(set.get(a.bp).allowed_lateness_ms) {
+                        due.push((p, i));
+                    }
+                    true
+                }
+            }
+        });
+        if due.is_empty() {
+            self.due = due;
+            return;
+        }
+        // A canonical order (not the order agents became pending), so a restored engine gives
+        // the same output.
+        due.sort_by(|a, b| {
+            a.0.cmp(&b.0).then_with(|| {
+                self.agents[a.1 as usize]
+                    .state
+                    .agent_id
+                    .cmp(&self.agents[b.1 as usize].state.agent_id)
+            })
+        });
+        for &(_, i) in &due {
+            self.settle(i as usize, latest, out);
+        }
+        self.due = due;
+        let agents = &mut self.agents;
+        self.pending.retain(|&i| {
+            let a = &mut agents[i as usize];
+            a.pending = a.state.detectors.pending().is_some();
+            a.pending
+        });
+    }
+
+    /// Settles the agent at position `i` as of engine watermark `latest` (`i64::MAX`: the end of
+    /// the stream) and concludes its findings.
+    fn settle(&mut self, i: usize, latest: i64, out: &mut Vec<Incident>) {
+        let set = &*self.set;
+        let agent = &mut self.agents[i];
+        let bp = set.get(agent.bp);
+        let learning_until = self.origin.map_or(i64::MIN, |o| {
+            o.saturating_add(bp.learned.learning_period_ms)
+        });
+        let until = latest.saturating_sub(bp.allowed_lateness_ms);
+        self.findings.clear();
+        let st = &mut agent.state;
+        st.detectors.settle(
+            bp,
+            &mut self.peers[agent.bp],
+            learning_until,
+            &st.agent_id,
+            until,
+            &mut self.findings,
+        );
+        if self.findings.is_empty() {
+            return;
+        }
+        self.mark_dirty(i);
+        // Each finding is concluded at the time of the call that completed it.
+        let found: Vec<Finding> = self.findings.drain(..).collect();
+        for f in found {
+            let ts = f.trigger.map_or(self.agents[i].state.last_seen, |t| t.0);
+            self.findings.push(f);
+            self.conclude(i, ts, "", "", out);
+        }
+    }
+
+    /// Ends the stream: judges every sequence still waiting for calls that could come between its
+    /// steps (at the end of a replay nothing more will come).
+    pub fn finish(&mut self, out: &mut Vec<Incident>) {
+        let mut due: Vec<u32> = std::mem::take(&mut self.pending);
+        due.sort_by(|a, b| {
+            self.agents[*a as usize]
+                .state
+                .agent_id
+                .cmp(&self.agents[*b as usize].state.agent_id)
+        });
+        for i in due {
+            self.settle(i as usize, i64::MAX, out);
+            self.agents[i as usize].pending = false;
         }
     }
 
@@ -568,6 +706,13 @@ impl Engine {
             .map(|a| a.state.last_seen)
             .max()
             .unwrap_or(i64::MIN);
+        e.swept = e.latest.div_euclid(10_000);
+        for (i, a) in e.agents.iter_mut().enumerate() {
+            if a.state.detectors.pending().is_some() {
+                a.pending = true;
+                e.pending.push(i as u32);
+            }
+        }
         e
     }
 }
@@ -575,7 +720,9 @@ impl Engine {
 fn make_incident(
     bp: &Blueprint,
     st: &AgentState,
-    ev: &AuditEvent<'_>,
+    event_id: &str,
+    tool_name: &str,
+    ts: i64,
     f: Finding,
     action: Action,
 ) -> Incident {
@@ -609,20 +756,23 @@ fn make_incident(
             c.count,
             c.opening.ts,
         ),
-        None => (
-            incident_id(
-                &st.agent_id,
-                kind,
-                f.basis,
-                st.events,
-                &ev.event_id,
-                ev.ts_ms,
-                f.disc + if about.is_some() { 1 << 16 } else { 0 },
-            ),
-            Status::Open,
-            1,
-            ev.ts_ms,
-        ),
+        None => {
+            let (ts, seq) = f.trigger.unwrap_or((ts, st.events));
+            (
+                incident_id(
+                    &st.agent_id,
+                    kind,
+                    f.basis,
+                    seq,
+                    event_id,
+                    ts,
+                    f.disc + if about.is_some() { 1 << 16 } else { 0 },
+                ),
+                Status::Open,
+                1,
+                ts,
+            )
+        }
     };
     Incident {
         incident_id,
@@ -639,8 +789,11 @@ fn make_incident(
         unit: f.unit.to_string(),
         description: f.description,
         action_taken: action,
-        event_id: ev.event_id.to_string(),
-        tool_name: ev.tool_name.to_string(),
+        event_id: event_id.to_string(),
+        tool_name: match (&f.pattern, tool_name) {
+            (Some(p), "") => p.last().cloned().unwrap_or_default(),
+            _ => tool_name.to_string(),
+        },
         pattern: f.pattern,
         status,
         count,
@@ -693,11 +846,13 @@ mod tests {
         }
     }
 
+    /// Processes the calls, then ends the stream (sequences are judged once final).
     fn run(e: &mut Engine, agent: &str, calls: &[(i64, &str)]) -> Vec<Incident> {
         let mut out = Vec::new();
         for (ts, tool) in calls {
             e.process(&ev(agent, *ts, tool), &mut out);
         }
+        e.finish(&mut out);
         out
     }
 

@@ -163,6 +163,11 @@ pub fn run(
             p.set_message(format!("{} events", sum.events));
         }
     }
+    // The end of the input: what waited for calls that could still arrive is final now.
+    engine.finish(&mut out);
+    for i in out.drain(..) {
+        sink.incident(&i)?;
+    }
     if let Some(p) = progress {
         p.finish_and_clear();
     }

@@ -99,10 +99,12 @@ fn start(
     ] {
         c.create_topic(t, 1, 1).unwrap();
     }
+    // Anomalies from day 2, for a guard past its learning period (below).
     let sim = Simulation::new(SimConfig {
         agents: 24,
         days: 8,
         seed: 11,
+        first_injection_day: 2,
         ..SimConfig::default()
     });
     let mut sink = KafkaSink::new(&k.brokers, &Default::default()).unwrap();
@@ -120,10 +122,11 @@ fn start(
     }
     sink.send("audit", None, b"{not json", None).unwrap();
     sink.settle(Duration::from_secs(30)).unwrap();
+    // A guard past its learning period (no history before this fleet): it raises incidents.
     let mut cfg = demo::local_config(
         k.clone(),
         &dir.join("state"),
-        demo::demo_blueprints().unwrap(),
+        demo::demo_blueprints_learned().unwrap(),
     );
     cfg.api = Some(ApiSettings {
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -33,7 +33,7 @@ fn fixture() -> Fixture {
     let set = agent_guardian::demo::demo_blueprints().unwrap();
     let sim = Simulation::new(SimConfig {
         agents: 40,
-        days: 10,
+        days: 16,
         seed: 3,
         ..SimConfig::default()
     });

@@ -157,6 +157,8 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
             &mut out,
         );
     }
+    // The end of the stream: the last sequences are final.
+    e.finish(&mut out);
     let s = PostureSettings::default();
     let view = |e: &Engine| StateView {
         states: e.agents().cloned().collect(),

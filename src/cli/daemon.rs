@@ -287,7 +287,7 @@ pub fn state_cmd(c: StateCommand) -> anyhow::Result<ExitCode> {
 pub fn demo_cmd() -> anyhow::Result<ExitCode> {
     init_logging("human", "warn");
     let dir = tempfile_dir()?;
-    eprintln!("Starting an in-process Kafka mock cluster and producing a finance fleet (20 agents, 2 days, one rogue agent) …");
+    eprintln!("Starting an in-process Kafka mock cluster and producing a finance fleet (20 agents, 7 working days of history, then one rogue agent) …");
     let r = crate::demo::run(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let mut out = io::stdout().lock();

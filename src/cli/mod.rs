@@ -386,6 +386,7 @@ fn sim_config(
         seed,
         start_ms,
         inject,
+        ..SimConfig::default()
     }
 }
 

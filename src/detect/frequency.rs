@@ -207,9 +207,9 @@ fn limits(
     };
     l.source = source;
     l.samples = samples;
-    for i in 0..SCALES {
-        let e = rate * MINUTES[i] as f64 / 60.0;
-        let ratio = if MINUTES[i] < 60 {
+    for (i, minutes) in MINUTES.iter().enumerate() {
+        let e = rate * *minutes as f64 / 60.0;
+        let ratio = if *minutes < 60 {
             lr.burst_ratio
         } else {
             lr.slow_burn_ratio

@@ -132,6 +132,9 @@ pub struct Finding {
     pub weighs: bool,
     /// On the record that closes an episode: the episode.
     pub closing: Option<Closed>,
+    /// The call that completed it, when that is not the event being processed (a sequence
+    /// judged once final): its event time and the agent's event number.
+    pub trigger: Option<(i64, u64)>,
 }
 
 impl Finding {
@@ -153,6 +156,7 @@ impl Finding {
             facts: None,
             weighs: basis == Basis::Static,
             closing: None,
+            trigger: None,
         }
     }
 
@@ -203,6 +207,8 @@ pub struct Input<'a> {
 pub struct Context<'a> {
     /// The first-deployment learning period is in force: nothing is judged new yet.
     pub learning: bool,
+    /// End of the learning period (event time), for judging calls other than the current one.
+    pub learning_until: i64,
     /// The agent's weekly rhythm.
     pub rhythm: &'a Rhythm,
     /// The agents of the same blueprint.
@@ -268,10 +274,11 @@ impl DetectorState {
         &mut self,
         bp: &Blueprint,
         peers: &mut Peers,
-        learning: bool,
+        learning_until: i64,
         input: &Input<'a>,
         out: &mut Vec<Finding>,
     ) -> Observation<'a> {
+        let learning = input.ts < learning_until;
         let in_order = self.watermark == i64::MIN
             || input.ts >= self.watermark.saturating_sub(bp.allowed_lateness_ms);
         self.watermark = self.watermark.max(input.ts);
@@ -302,6 +309,7 @@ impl DetectorState {
         };
         let mut ctx = Context {
             learning,
+            learning_until,
             rhythm: &self.rhythm,
             peers,
             off_hours_open: false,
@@ -313,6 +321,49 @@ impl DetectorState {
         volume::observe(bp, &mut self.volume, &mut ctx, &obs, out);
         sequence::observe(bp, &mut self.sequence, &mut ctx, &obs, out);
         obs
+    }
+
+    /// Event time of the oldest call that may still complete a sequence once final.
+    pub fn pending(&self) -> Option<i64> {
+        self.sequence.pending()
+    }
+
+    /// Judges the sequences ending with the agent's calls up to event time `until` (the engine's
+    /// watermark less the allowed lateness), for an agent that has fallen quiet. `agent_id`: the
+    /// agent.
+    pub fn settle(
+        &mut self,
+        bp: &Blueprint,
+        peers: &mut Peers,
+        learning_until: i64,
+        agent_id: &str,
+        until: i64,
+        out: &mut Vec<Finding>,
+    ) {
+        let ts = self.watermark.max(until.min(self.watermark));
+        let obs = Observation {
+            agent_id,
+            event_id: "",
+            seq: 0,
+            tool_name: "",
+            tool: 0,
+            ts,
+            bytes: None,
+            local: self.clock.local(bp.timezone, ts),
+            watermark: self.watermark,
+            in_order: true,
+            history_days: (self.watermark - self.first_ts).max(0) as f64 / DAY_MS,
+            warm: false,
+        };
+        let mut ctx = Context {
+            learning: ts < learning_until,
+            learning_until,
+            rhythm: &self.rhythm,
+            peers,
+            off_hours_open: false,
+            dispersion: self.frequency.dispersion(),
+        };
+        sequence::settle(bp, &mut self.sequence, &mut ctx, &obs, until, out);
     }
 }
 

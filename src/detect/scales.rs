@@ -49,8 +49,8 @@ impl Scales {
                 self.sums = [0; SCALES];
             } else {
                 // Buckets leaving each window, then the new buckets start empty.
-                for i in 0..SCALES {
-                    for k in (self.latest - SPANS[i] + 1)..=(b - SPANS[i]).min(self.latest) {
+                for (i, span) in SPANS.iter().enumerate() {
+                    for k in (self.latest - span + 1)..=(b - span).min(self.latest) {
                         let leaving = u32::from(*self.slot(k));
                         self.sums[i] = self.sums[i].saturating_sub(leaving);
                     }

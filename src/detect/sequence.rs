@@ -38,7 +38,7 @@ struct RuleMemory {
     learning: Habit,
 }
 
-/// A remembered call: (event time, arrival number, tool hash).
+/// A remembered call: (event time, the agent's event number, tool hash).
 type Call = (i64, u64, u64);
 
 /// Per-agent sequence state: the recent calls in event-time order and, per pattern, the last
@@ -46,7 +46,10 @@ type Call = (i64, u64, u64);
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SequenceState {
     calls: VecDeque<Call>,
-    arrivals: u64,
+    /// The latest call matches were looked for ending with: every call up to it is final.
+    settled: (i64, u64),
+    /// Event time of the oldest call not yet settled that can end a match, if any.
+    pending: Option<i64>,
     consumed: Vec<(i64, u64)>,
     rules: Vec<RuleMemory>,
 }
@@ -56,10 +59,16 @@ impl SequenceState {
     pub fn new(bp: &Blueprint) -> SequenceState {
         SequenceState {
             calls: VecDeque::with_capacity(bp.sequence_memory + 1),
-            arrivals: 0,
+            settled: (i64::MIN, 0),
+            pending: None,
             consumed: vec![(i64::MIN, 0); bp.sequences.len()],
             rules: vec![RuleMemory::default(); bp.sequences.len()],
         }
+    }
+
+    /// Event time of the oldest call that may still end a match once settled.
+    pub fn pending(&self) -> Option<i64> {
+        self.pending
     }
 
     /// Announces the memory an event reads (its latest calls, where the new one goes).
@@ -138,7 +147,8 @@ fn judgement(
     (judge(rule.routine, learning, routine), rate)
 }
 
-/// Checks one event.
+/// Remembers one event's call. Matches ending with it are looked for once it is final: when no
+/// call that could come between its steps can still arrive (see [`settle`]).
 pub fn observe(
     bp: &Blueprint,
     st: &mut SequenceState,
@@ -149,6 +159,49 @@ pub fn observe(
     if !obs.in_order || bp.sequences.is_empty() {
         return;
     }
+    let call: Call = (obs.ts, obs.seq, obs.tool);
+    // A call older than what is already final cannot take part any more.
+    if key(&call) > st.settled {
+        let pos = st
+            .calls
+            .iter()
+            .rposition(|c| key(c) <= key(&call))
+            .map_or(0, |p| p + 1);
+        st.calls.insert(pos, call);
+        if bp
+            .sequences
+            .iter()
+            .any(|r| r.pattern_hashes.last() == Some(&obs.tool))
+        {
+            st.pending = Some(st.pending.map_or(obs.ts, |p| p.min(obs.ts)));
+        }
+    }
+    settle(
+        bp,
+        st,
+        ctx,
+        obs,
+        obs.watermark.saturating_sub(bp.allowed_lateness_ms),
+        out,
+    );
+}
+
+/// Looks for matches ending with each call up to event time `until` not looked at yet, in
+/// event-time order: every call that can come between their steps has arrived by then. The
+/// engine calls it with its own watermark too, so an agent that falls quiet after a sequence is
+/// still judged within the allowed lateness. `obs`: the event that triggers it (for the agent's
+/// id, history and local calendar).
+pub fn settle(
+    bp: &Blueprint,
+    st: &mut SequenceState,
+    ctx: &mut Context<'_>,
+    obs: &Observation<'_>,
+    until: i64,
+    out: &mut Vec<Finding>,
+) {
+    if bp.sequences.is_empty() {
+        return;
+    }
     if st.consumed.len() != bp.sequences.len() {
         st.consumed = vec![(i64::MIN, 0); bp.sequences.len()];
     }
@@ -156,112 +209,138 @@ pub fn observe(
         st.rules = vec![RuleMemory::default(); bp.sequences.len()];
     }
     ctx.peers.fit(bp);
-    st.arrivals += 1;
-    let call: Call = (obs.ts, st.arrivals, obs.tool);
-    // Insert in event-time order (usually at the back).
-    let pos = st
-        .calls
-        .iter()
-        .rposition(|c| key(c) <= key(&call))
-        .map_or(0, |p| p + 1);
-    st.calls.insert(pos, call);
-    // Forget calls no pattern can still use.
+    if st.pending.is_some_and(|p| p <= until) {
+        let first = st.calls.partition_point(|c| key(c) <= st.settled);
+        let last = st.calls.partition_point(|c| c.0 <= until);
+        for end in first..last {
+            st.settled = st.settled.max(key(&st.calls[end]));
+            for (k, rule) in bp.sequences.iter().enumerate() {
+                if let Some(f) = judge_match(bp, st, ctx, obs, k, rule, end) {
+                    out.push(f);
+                }
+            }
+        }
+        let settled = st.settled;
+        st.pending = st.calls.iter().find_map(|c| {
+            (key(c) > settled
+                && bp
+                    .sequences
+                    .iter()
+                    .any(|r| r.pattern_hashes.last() == Some(&c.2)))
+            .then_some(c.0)
+        });
+    } else if st.pending.is_none() {
+        // Nothing can end a match: every call up to `until` is final.
+        let last = st.calls.partition_point(|c| c.0 <= until);
+        if last > 0 {
+            st.settled = st.settled.max(key(&st.calls[last - 1]));
+        }
+    }
+    // Forget calls no pattern can still use: final, and older than the longest window before
+    // the earliest call still to come.
     let horizon =
         bp.sequences.iter().map(|r| r.within_ms).max().unwrap_or(0) + bp.allowed_lateness_ms;
-    let mut pos = pos;
     while st.calls.len() > bp.sequence_memory
         || st
             .calls
             .front()
-            .is_some_and(|c| obs.watermark - c.0 > horizon)
+            .is_some_and(|c| key(c) <= st.settled && obs.watermark - c.0 > horizon)
     {
         st.calls.pop_front();
-        if pos == 0 {
-            return;
-        }
-        pos -= 1;
     }
-    for (k, rule) in bp.sequences.iter().enumerate() {
-        for end in pos..st.calls.len() {
-            let Some(start) = match_ending(&st.calls, end, rule, st.consumed[k]) else {
-                continue;
-            };
-            let (s, e) = (st.calls[start].0, st.calls[end].0);
-            st.consumed[k] = key(&st.calls[end]);
-            let between = (end - start + 1).saturating_sub(rule.pattern.len());
-            let form = between.min(FORMS - 1);
-            let mem = &mut st.rules[k];
-            let peers = &mut ctx.peers.sequences[k];
-            let (j, rate) = judgement(bp, rule, mem, peers, ctx.learning, form);
-            let facts = BaselineFacts {
-                source: Source::Agent,
-                history_days: obs.history_days,
-                samples: mem.counts.total(),
-                seen_before: mem.counts.at_most(form),
-            };
-            let say = match j {
-                Judgement::New => {
-                    mem.new[form].see(obs.local.day);
-                    Report::Say
-                }
-                Judgement::Routine => {
-                    mem.counts.matches[form] += 1;
-                    peers.matches[form] += 1;
-                    mem.routine[form].see(obs.local.day);
-                    mem.routine[form].report_routine(rule.routine, 1.0)
-                }
-                Judgement::Learning => {
-                    mem.counts.matches[form] += 1;
-                    peers.matches[form] += 1;
-                    mem.learning.report_learning(rule.routine)
-                }
-            };
-            if say == Report::Say {
-                let mut f = Finding::new(
-                    IncidentType::SuspiciousSequence,
-                    Basis::Static,
-                    rule.severity,
-                );
-                f.judgement = j;
-                f.weighs = j == Judgement::New;
-                f.observed = (e - s) as f64 / 1000.0;
-                f.expected = rule.within_ms as f64 / 1000.0;
-                f.unit = "seconds";
-                f.window_start = s;
-                f.window_end = e;
-                f.pattern = Some(rule.pattern.clone());
-                f.disc = k as u32;
-                f.facts = Some(facts);
-                let form_words = match between {
-                    0 => "with no other call between its steps".to_string(),
-                    1 => "with 1 other call between its steps".to_string(),
-                    n => format!("with {n} other calls between its steps"),
-                };
-                let history = format!(
-                    "{} of this agent's {} earlier matches were this tight, {} of its peers' {} \
-                     (estimated share {rate:.1e})",
-                    facts.seen_before,
-                    facts.samples,
-                    peers.at_most(form),
-                    peers.total()
-                );
-                f.description = format!(
-                    "Agent {:?} ran the tool sequence [{}] within {} (window {}) {form_words}; {}.",
-                    obs.agent_id,
-                    rule.pattern.join(" → "),
-                    human_ms(e - s),
-                    human_ms(rule.within_ms),
-                    match j {
-                        Judgement::New => history,
-                        Judgement::Routine => format!("routine for this agent: {history}; reported once"),
-                        Judgement::Learning => "seen during the learning period; its baseline will tell whether this is routine".to_string(),
-                    }
-                );
-                out.push(f);
-            }
-            break;
+}
+
+/// The finding, if any, about a match of rule `k` ending with `calls[end]`.
+fn judge_match(
+    bp: &Blueprint,
+    st: &mut SequenceState,
+    ctx: &mut Context<'_>,
+    obs: &Observation<'_>,
+    k: usize,
+    rule: &SequenceRule,
+    end: usize,
+) -> Option<Finding> {
+    let start = match_ending(&st.calls, end, rule, st.consumed[k])?;
+    let (s, e) = (st.calls[start].0, st.calls[end].0);
+    let end_key = key(&st.calls[end]);
+    st.consumed[k] = end_key;
+    let between = (end - start + 1).saturating_sub(rule.pattern.len());
+    let form = between.min(FORMS - 1);
+    let day = crate::detect::local_time(bp.timezone, e).day;
+    let learning = e < ctx.learning_until;
+    let mem = &mut st.rules[k];
+    let peers = &mut ctx.peers.sequences[k];
+    let (j, rate) = judgement(bp, rule, mem, peers, learning, form);
+    let facts = BaselineFacts {
+        source: Source::Agent,
+        history_days: obs.history_days,
+        samples: mem.counts.total(),
+        seen_before: mem.counts.at_most(form),
+    };
+    let say = match j {
+        Judgement::New => {
+            mem.new[form].see(day);
+            Report::Say
         }
+        Judgement::Routine => {
+            mem.counts.matches[form] += 1;
+            peers.matches[form] += 1;
+            mem.routine[form].see(day);
+            mem.routine[form].report_routine(rule.routine, 1.0)
+        }
+        Judgement::Learning => {
+            mem.counts.matches[form] += 1;
+            peers.matches[form] += 1;
+            mem.learning.report_learning(rule.routine)
+        }
+    };
+    if say != Report::Say {
+        return None;
     }
+    let mut f = Finding::new(
+        IncidentType::SuspiciousSequence,
+        Basis::Static,
+        rule.severity,
+    );
+    f.judgement = j;
+    f.weighs = j == Judgement::New;
+    f.observed = (e - s) as f64 / 1000.0;
+    f.expected = rule.within_ms as f64 / 1000.0;
+    f.unit = "seconds";
+    f.window_start = s;
+    f.window_end = e;
+    f.pattern = Some(rule.pattern.clone());
+    f.disc = k as u32;
+    f.facts = Some(facts);
+    f.trigger = Some(end_key);
+    let form_words = match between {
+        0 => "with no other call between its steps".to_string(),
+        1 => "with 1 other call between its steps".to_string(),
+        n => format!("with {n} other calls between its steps"),
+    };
+    let history = format!(
+        "{} of this agent's {} earlier matches were this tight, {} of its peers' {} \
+         (estimated share {rate:.1e})",
+        facts.seen_before,
+        facts.samples,
+        peers.at_most(form),
+        peers.total()
+    );
+    f.description = format!(
+        "Agent {:?} ran the tool sequence [{}] within {} (window {}) {form_words}; {}.",
+        obs.agent_id,
+        rule.pattern.join(" → "),
+        human_ms(e - s),
+        human_ms(rule.within_ms),
+        match j {
+            Judgement::New => history,
+            Judgement::Routine => format!("routine for this agent: {history}; reported once"),
+            Judgement::Learning =>
+                "seen during the learning period; its baseline will tell whether this is routine"
+                    .to_string(),
+        }
+    );
+    Some(f)
 }
 
 #[cfg(test)]

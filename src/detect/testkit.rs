@@ -122,15 +122,31 @@ impl Kit {
                 bytes: e.bytes,
             };
             let origin = *self.origin.get_or_insert(e.ts);
-            let learning = e.ts < origin.saturating_add(self.bp.learned.learning_period_ms);
+            let learning_until = origin.saturating_add(self.bp.learned.learning_period_ms);
             if !self
                 .st
-                .observe(&self.bp, &mut self.peers, learning, &input, &mut out)
+                .observe(&self.bp, &mut self.peers, learning_until, &input, &mut out)
                 .in_order
             {
                 self.late += 1;
             }
         }
+        // The end of the input: sequences waiting for late calls are final (as at the end of a
+        // replay).
+        let until = self
+            .origin
+            .unwrap_or(0)
+            .saturating_add(self.bp.learned.learning_period_ms);
+        let mut settled = Vec::new();
+        self.st.settle(
+            &self.bp,
+            &mut self.peers,
+            until,
+            "agent-1",
+            i64::MAX,
+            &mut settled,
+        );
+        out.extend(settled);
         out
     }
 }

@@ -57,9 +57,9 @@ impl KillState {
     pub fn due(&self, rules: &KillRules, ts: i64) -> bool {
         rules.threshold > 0.0
             && self.score_at(rules, ts.max(self.score_ts)) >= rules.threshold
-            && !self
+            && self
                 .last_decision
-                .is_some_and(|t| ts.saturating_sub(t) < rules.cooldown_ms)
+                .is_none_or(|t| ts.saturating_sub(t) >= rules.cooldown_ms)
     }
 
     /// Decides whether to kill now: score at or over the threshold, outside the cooldown.

@@ -10,11 +10,6 @@ use super::{SimConfig, SimEvent, DAY_MS, HOUR_MS};
 use crate::detect::local_time;
 use crate::response::{Basis, IncidentType};
 
-/// First day (0-based) on which anomalies are injected: after the shipped blueprints' 7-day
-/// first-deployment learning period and the agents' 7-day warm-up (the guard judges nothing
-/// new before, as a guard deployed on a real fleet).
-const FIRST_DAY: u32 = 8;
-
 /// One planned injection: the calls it adds (sorted), and tools of the agent to remove around it.
 #[derive(Debug, Clone)]
 pub(crate) struct Injection {
@@ -166,12 +161,13 @@ pub(crate) fn plan(
 ) -> (Vec<Injection>, Vec<Label>) {
     let mut plan = Vec::new();
     let mut labels = Vec::new();
-    if fleet.len() < 20 || cfg.days < FIRST_DAY + 2 {
+    let first_day = cfg.first_injection_day.max(1);
+    if fleet.len() < 20 || cfg.days < first_day + 2 {
         return (plan, labels);
     }
     let end_ms = cfg.start_ms + i64::from(cfg.days) * DAY_MS;
     let per_kind = (fleet.len() / 100).max(1);
-    let learned_ok = cfg.days > FIRST_DAY + 2;
+    let learned_ok = cfg.days > first_day + 2;
     let mut order: Vec<usize> = (0..fleet.len()).collect();
     order.shuffle(rng);
     // Agents 0 (closing-time control), 2 (batch job) and 5 (query/email control) are reserved.
@@ -192,7 +188,7 @@ pub(crate) fn plan(
         // Static frequency spike: twice the blueprint's per-minute threshold within 40 s.
         if let Some(i) = take(&|a| a.steady_per_sec.is_none()) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let n = threshold(a.role).0 * 2;
                 let calls = (0..n)
@@ -213,7 +209,7 @@ pub(crate) fn plan(
         // Static data volume: three exports of half the per-minute limit within 20 s.
         if let Some(i) = take(&|a| a.steady_per_sec.is_none()) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let b = threshold(a.role).1 / 2;
                 let calls = (0..3).map(|k| (t + k * 10_000, "export_data", b)).collect();
@@ -231,7 +227,7 @@ pub(crate) fn plan(
         // Suspicious sequence of the agent's blueprint.
         if let Some(i) = take(&|a| a.steady_per_sec.is_none()) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let calls = match a.role {
                     Role::Finance => vec![
@@ -263,7 +259,7 @@ pub(crate) fn plan(
         // Night activity on a weekday, 02:00 local.
         if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = local_at(a, cfg, d, 2, 10, |wd| wd < 5) {
                 let (inj, l) = off_hours_trickle(a, i, t, Basis::Static, "night activity");
                 plan.push(inj);
@@ -273,7 +269,7 @@ pub(crate) fn plan(
         // Weekend activity (finance works Monday to Friday).
         if let Some(i) = take(&|a| a.role == Role::Finance) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = local_at(a, cfg, d, 11, 0, |wd| wd == 5) {
                 let (inj, l) = off_hours_trickle(a, i, t, Basis::Static, "weekend activity");
                 plan.push(inj);
@@ -286,7 +282,7 @@ pub(crate) fn plan(
         // Frequency spike below the static threshold but far above the agent's own hour: 12x its peak over an hour.
         if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 let h = t - t.rem_euclid(HOUR_MS);
                 let n = ((a.peak_rate * 12.0) as i64).max(200);
@@ -307,7 +303,7 @@ pub(crate) fn plan(
         // One call of a usual tool moving 8 MB where it usually moves kilobytes (under the static limit).
         if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
                 plan.push(Injection::new(i, vec![(t, a.tools[0].name, 8_000_000)]));
                 labels.push(label(
@@ -325,7 +321,7 @@ pub(crate) fn plan(
             take(&|a| a.role == Role::Soc && !a.always_on && a.steady_per_sec.is_none())
         {
             let a = &fleet[i];
-            let d = day_in(rng, FIRST_DAY);
+            let d = day_in(rng, first_day);
             if let Some(t) = local_at(a, cfg, d, 3, 5, |_| true) {
                 let (inj, l) = off_hours_trickle(
                     a,
@@ -343,7 +339,7 @@ pub(crate) fn plan(
     // The rogue: burst, exfiltration and the finance sequence within 15 minutes → auto kill; it keeps acting.
     if let Some(i) = take(&|a| a.role == Role::Finance) {
         let a = &fleet[i];
-        let d = day_in(rng, FIRST_DAY);
+        let d = day_in(rng, first_day);
         if let Some(t) = work_time(a, cfg, d, rng, true) {
             let mut calls: Vec<(i64, &'static str, u64)> = (0..70)
                 .map(|k| (t + k * 500, "query_customer_db", 20_000))

@@ -36,6 +36,10 @@ pub struct SimConfig {
     pub start_ms: i64,
     /// Whether to inject anomalies and negative controls.
     pub inject: bool,
+    /// First day (0-based) anomalies are injected on (default 8: after the shipped blueprints'
+    /// seven-day learning period and the agents' warm-up, as a guard deployed on a real fleet
+    /// judges nothing new before). Short fleets for pipeline tests inject earlier.
+    pub first_injection_day: u32,
 }
 
 impl Default for SimConfig {
@@ -46,6 +50,7 @@ impl Default for SimConfig {
             seed: 1,
             start_ms: 1_772_409_600_000,
             inject: true,
+            first_injection_day: 8,
         }
     }
 }
