@@ -436,7 +436,8 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
             let labels = s[1].as_object().unwrap();
             assert!(
                 labels.keys().all(|k| [
-                    "kind", "type", "severity", "command", "origin", "sink", "version", "le"
+                    "kind", "type", "severity", "command", "origin", "sink", "version", "le",
+                    "reason"
                 ]
                 .contains(&k.as_str())),
                 "{name}: unexpected label in {s}"
