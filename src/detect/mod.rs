@@ -46,6 +46,11 @@ pub fn tool_hash(name: &str) -> u64 {
 
 const DAY_MS: f64 = 86_400_000.0;
 
+/// Days of history in a span of event time, to a thousandth of a day (about a minute and a half).
+fn days(ms: i64) -> f64 {
+    (ms.max(0) as f64 / DAY_MS * 1000.0).round() / 1000.0
+}
+
 /// What detectors see of the event being processed.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
@@ -303,7 +308,7 @@ impl DetectorState {
             local,
             watermark: self.watermark,
             in_order,
-            history_days: history_ms as f64 / DAY_MS,
+            history_days: days(history_ms),
             warm: history_ms >= bp.learned.warmup_ms
                 && self.rhythm.active_days() >= bp.learned.min_active_days,
         };
@@ -352,7 +357,7 @@ impl DetectorState {
             local: self.clock.local(bp.timezone, ts),
             watermark: self.watermark,
             in_order: true,
-            history_days: (self.watermark - self.first_ts).max(0) as f64 / DAY_MS,
+            history_days: days(self.watermark - self.first_ts),
             warm: false,
         };
         let mut ctx = Context {
