@@ -150,22 +150,36 @@ impl FrequencyState {
     }
 }
 
-/// Expected calls per hour at this local hour, their day-to-day spread, and whose history they
-/// come from. `dispersion`: how clustered the agent's calls are, which also widens its hourly
-/// counts and is not part of the day-to-day spread.
-fn expected_rate(
+/// What the agent's history says about the current local hour.
+struct Expectation {
+    /// Expected calls in each window ending now.
+    windows: [f64; SCALES],
+    /// Day-to-day spread of the rate (coefficient of variation).
+    cv: f64,
+    source: Source,
+    /// Active days (or peer agent-days) behind it.
+    samples: u32,
+}
+
+/// Expected calls in each window ending in local hour `h`: a window takes the expected rates of
+/// the hours it spans (the hour before included, since a window may begin there), so a window
+/// that reaches back into busier hours expects their calls. `dispersion`: how clustered the
+/// agent's calls are, which also widens its hourly counts and is not part of the day-to-day
+/// spread.
+fn expectation(
     bp: &Blueprint,
     ctx: &Context<'_>,
     obs: &Observation<'_>,
     dispersion: f64,
-) -> Option<(f64, f64, Source, u32)> {
+) -> Option<Expectation> {
     let r = ctx.rhythm;
     if r.active_days() >= bp.learned.min_active_days {
-        // The window may reach into the previous hours: use the larger of this hour and the last.
         let h = obs.local.hour;
-        let e = r
-            .expected_hour(h, RATE_FLOOR)
-            .max(r.expected_hour((h + 23) % 24, RATE_FLOOR) * 0.5);
+        let rate = |back: u8| r.expected_hour((h + 24 - back % 24) % 24, RATE_FLOOR);
+        let now = rate(0).max(rate(1));
+        // Four hours: this one and the three before, or the three before and the fourth before.
+        let span: f64 = (1..4).map(rate).sum();
+        let four = (span + rate(0)).max(span + rate(4));
         // Spread of this hour's count beyond what clustered calls explain, widened for a short
         // history.
         let s = r.hour(h);
@@ -176,11 +190,19 @@ fn expected_rate(
         } else {
             RATE_CV
         };
-        return Some((e, cv, Source::Agent, r.active_days()));
+        return Some(Expectation {
+            windows: [now / 12.0, now / 4.0, now, four],
+            cv,
+            source: Source::Agent,
+            samples: r.active_days(),
+        });
     }
-    ctx.peers
-        .upper_rate()
-        .map(|e| (e, RATE_CV, Source::Peers, ctx.peers.rate_days()))
+    ctx.peers.upper_rate().map(|e| Expectation {
+        windows: MINUTES.map(|m| e * m as f64 / 60.0),
+        cv: RATE_CV,
+        source: Source::Peers,
+        samples: ctx.peers.rate_days(),
+    })
 }
 
 fn limits(
@@ -194,21 +216,21 @@ fn limits(
         key,
         ..Limits::default()
     };
-    let Some((rate, cv, source, samples)) = expected_rate(bp, ctx, obs, dispersion.value()) else {
+    let Some(x) = expectation(bp, ctx, obs, dispersion.value()) else {
         return l;
     };
     let lr = &bp.learned;
-    l.rate = rate as f32;
-    l.cv = cv as f32;
-    l.dispersion = if source == Source::Agent {
+    l.rate = (x.windows[2]) as f32;
+    l.cv = x.cv as f32;
+    l.dispersion = if x.source == Source::Agent {
         dispersion.value() as f32
     } else {
         1.0
     };
-    l.source = source;
-    l.samples = samples;
+    l.source = x.source;
+    l.samples = x.samples;
     for (i, minutes) in MINUTES.iter().enumerate() {
-        let e = rate * *minutes as f64 / 60.0;
+        let e = x.windows[i];
         let ratio = if *minutes < 60 {
             lr.burst_ratio
         } else {
