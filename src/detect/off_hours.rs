@@ -10,7 +10,8 @@
 //!   there than its rhythm makes probable (tail below `sensitivity`), counted in turns (calls
 //!   less than 10 s apart are one turn, so one session at an odd hour is one turn). Ordinary
 //!   variation at the edge of its hours is expected, not an incident: an hour next to one it
-//!   works in is never off, and a day needs two idle occurrences.
+//!   works in is never off, and a day needs two idle occurrences, and the block of quiet days
+//!   around it (a weekend) four.
 //! - One episode (a night, a weekend afternoon) is one incident, closed when it ends.
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +82,34 @@ fn outside_hours(bp: &Blueprint, l: LocalTime) -> bool {
 /// Least idle occurrences of a day of the week before it can be a day the agent does not work
 /// in (one idle Friday may be a holiday).
 const MIN_IDLE_DAYS: u16 = 2;
+/// Least idle occurrences of the block of days off around it (a weekend twice over): an agent
+/// that works some weekend days at random is idle two Saturdays in a row often enough.
+const MIN_IDLE_BLOCK: u32 = 4;
+
+/// The days of the week the agent does not work around day `d`: `d` and the neighbouring days
+/// it works on less than half the time, as (occurrences seen, active, calls).
+fn off_block(r: &super::Rhythm, d: u8) -> (u32, u32, f64) {
+    let quiet = |x: u8| {
+        let s = r.weekday(x);
+        s.seen > 0 && u32::from(s.active) * 2 < u32::from(s.seen)
+    };
+    let mut days = vec![d % 7];
+    for step in [1u8, 6] {
+        let mut x = (d + step) % 7;
+        while x != d % 7 && quiet(x) && !days.contains(&x) {
+            days.push(x);
+            x = (x + step) % 7;
+        }
+    }
+    days.iter().fold((0, 0, 0.0), |(seen, active, calls), x| {
+        let s = r.weekday(*x);
+        (
+            seen + u32::from(s.seen),
+            active + u32::from(s.active),
+            calls + f64::from(s.calls),
+        )
+    })
+}
 
 /// Smallest number of turns that is improbable (tail below `sensitivity`) where `e` calls are
 /// expected; a turn holds `dispersion` calls on average (see the frequency detector).
@@ -122,6 +151,10 @@ fn limits(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime, key: i64) -> Limits {
     if f64::from(d.evidence) >= lr.rare_evidence
         && d.seen - d.active >= MIN_IDLE_DAYS
         && f64::from(d.active) <= lr.rare_share * f64::from(d.seen)
+        && {
+            let (seen, active, _) = off_block(r, l.weekday);
+            seen - active >= MIN_IDLE_BLOCK && f64::from(active) <= lr.rare_share * f64::from(seen)
+        }
     {
         out.day_from = improbable_from(
             r.off_day_expectation(l.weekday),
