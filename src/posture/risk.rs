@@ -2,7 +2,7 @@
 //!
 //! | factor | at most | from |
 //! |---|---|---|
-//! | `incidents` | 35 | incidents weighted by severity (low 1, medium 3, high 8, critical 15), halved every `incident_half_life` of event time |
+//! | `incidents` | 35 | incidents weighted by severity (low 1, medium 3, high 8, critical 15), halved every `incident_half_life` (default 30 days) of event time |
 //! | `kill_history` | 20 | 20 while killed; else 5 per past kill |
 //! | `deny_ratio` | 15 | share of calls DENY / REJECTED / KILL_SWITCH / RATE_LIMITED; full at 30 % (needs 20 calls with an outcome) |
 //! | `sensitive_tools` | 10 | 4 per sensitive tool used |
@@ -290,18 +290,19 @@ mod tests {
     #[test]
     fn recent_critical_incidents_outweigh_old_ones() {
         let s = PostureSettings::default();
+        let half = s.incident_half_life_ms;
         let mut fresh = agent("dev");
         let mut old = agent("dev");
         for _ in 0..2 {
             fresh.profile.incident(
-                30 * DAY,
+                4 * half,
                 Severity::Critical,
                 IncidentType::ActivityAfterKill,
             );
             old.profile
                 .incident(0, Severity::Critical, IncidentType::ActivityAfterKill);
         }
-        let (f, o) = (score(&fresh, &s, 30 * DAY), score(&old, &s, 30 * DAY));
+        let (f, o) = (score(&fresh, &s, 4 * half), score(&old, &s, 4 * half));
         assert_eq!(f.factors[0].factor, "incidents");
         assert_eq!(f.factors[0].points, 30.0);
         assert!(o.score * 10 < f.score, "four half-lives later: {o:?}");

@@ -15,7 +15,9 @@ pub struct PostureConfig {
     pub topic: String,
     /// Event time incidents are kept in the state for the API and `guardian posture`; default "90d".
     pub incident_retention: String,
-    /// Half-life of an incident's weight in the risk score, in event time; default "7d".
+    /// Half-life of an incident's weight in the risk score, in event time; default "30d" (a
+    /// month of memory, as entity risk scores of SIEMs keep: an agent attacked three weeks ago
+    /// still ranks above one that never was).
     pub incident_half_life: String,
     /// Tool-name globs that count as sensitive (payments, shell, deletion, mail…).
     pub sensitive_tools: Vec<String>,
@@ -47,7 +49,7 @@ impl Default for PostureConfig {
             interval: "5m".into(),
             topic: "guardian-posture".into(),
             incident_retention: "90d".into(),
-            incident_half_life: "7d".into(),
+            incident_half_life: "30d".into(),
             sensitive_tools: DEFAULT_SENSITIVE_TOOLS
                 .iter()
                 .map(|s| s.to_string())
