@@ -709,4 +709,57 @@ mod tests {
         assert!(parse_duration_ms(&json!(-5)).is_err());
         assert!(parse_duration_ms(&json!(true)).is_err());
     }
+
+    #[test]
+    fn blueprints_written_for_earlier_versions_still_validate_with_the_new_defaults() {
+        // The shipped finance blueprint as it was before the detection model of state format 4.
+        let old = json!({
+            "name": "Finance Guardian", "mode": "block",
+            "anomaly": {"frequency_threshold": 30, "volume_window_ms": 60000,
+                "suspicious_sequences": [
+                    {"pattern": ["query_customer_db", "send_email"], "within": "15m", "severity": "high"},
+                    {"pattern": ["trigger_payment", "trigger_payment"], "within": "5m", "contiguous": true, "severity": "high"}],
+                "allowed_hours": {"start": 8, "end": 18}},
+            "auto_kill_threshold": 3, "timezone": "America/New_York",
+            "working_days": ["mon", "tue", "wed", "thu", "fri"], "allowed_lateness": "30s",
+            "data_volume": {"max_bytes": 50000000, "window": "1m"},
+            "learned": {"enabled": true, "sensitivity": 1e-6, "warmup": "14d", "min_hourly_count": 20,
+                        "volume_min_bytes": 1000000, "min_slot_observations": 2, "rare_hour_share": 0.05},
+            "kill": {"half_life": "6h", "cooldown": "1h", "allowlist": [], "dry_run": false},
+            "dedup": {"cooldown": "5m", "episode_gap": "1h"}
+        });
+        let bp = load_blueprint("finance", &old).unwrap();
+        // Former names read as their successors; what it does not mention gets the defaults.
+        assert_eq!(bp.learned.min_window_count, 20);
+        assert_eq!(bp.learned.min_active_days, 2);
+        assert_eq!(bp.learned.rare_share, 0.05);
+        assert_eq!(bp.learned.volume_min_bytes, 1e6);
+        assert_eq!(bp.learned.warmup_ms, 14 * DAY);
+        assert_eq!(bp.learned.learning_period_ms, 7 * DAY);
+        assert_eq!(bp.routine, RoutineRules::default());
+        assert!(bp
+            .sequences
+            .iter()
+            .all(|r| r.routine == RoutineMode::Report));
+        assert_eq!((bp.kill.budget_per_hour, bp.kill.budget_share), (3, 0.1));
+        // The new settings are validated with their paths.
+        let errs = load_blueprint(
+            "x",
+            &json!({"name": "N", "mode": "block", "anomaly": {"suspicious_sequences": [
+                        {"pattern": ["a", "b"], "routine": "sometimes"}]},
+                    "routine": {"frequency": "loud"}, "kill": {"budget": {"share": 2}},
+                    "learned": {"learning_period": "soon", "burst_ratio": 0.5}}),
+        )
+        .unwrap_err();
+        let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+        for want in [
+            "/anomaly/suspicious_sequences/0/routine",
+            "/routine/frequency",
+            "/kill/budget/share",
+            "/learned/learning_period",
+            "/learned/burst_ratio",
+        ] {
+            assert!(paths.contains(&want), "missing {want} in {paths:?}");
+        }
+    }
 }
