@@ -126,6 +126,13 @@ impl Engine {
         self.origin
     }
 
+    /// End of a blueprint's learning period (event time); before any event, never.
+    fn learning_ends(&self, bp: &Blueprint) -> i64 {
+        self.origin.map_or(i64::MAX, |o| {
+            o.saturating_add(bp.learned.learning_period_ms)
+        })
+    }
+
     /// End of the learning period (event time): the first event's time plus the longest
     /// learning period of the blueprints; `None` before any event.
     pub fn learning_until(&self) -> Option<i64> {
@@ -310,13 +317,15 @@ impl Engine {
             }
         };
         self.mark_dirty(i);
-        let origin = *self.origin.get_or_insert(ev.ts_ms);
+        self.origin.get_or_insert(ev.ts_ms);
         self.latest = self.latest.max(ev.ts_ms);
         let set = &*self.set;
         let agent = &mut self.agents[i];
         let bpi = agent.bp;
         let bp = set.get(bpi);
-        let learning_until = origin.saturating_add(bp.learned.learning_period_ms);
+        let learning_until = self.origin.map_or(i64::MAX, |o| {
+            o.saturating_add(bp.learned.learning_period_ms)
+        });
         let st = &mut agent.state;
         st.events += 1;
         st.first_seen = st.first_seen.min(ev.ts_ms);
@@ -408,24 +417,27 @@ impl Engine {
         if self.findings.is_empty() {
             return;
         }
-        let set = &*self.set;
-        let agent = &mut self.agents[i];
-        let bpi = agent.bp;
+        let set = self.set.clone();
+        let bpi = self.agents[i].bp;
         let bp = set.get(bpi);
-        let learning = self
-            .origin
-            .is_none_or(|o| ts < o.saturating_add(bp.learned.learning_period_ms));
+        let learning = ts < self.learning_ends(bp);
+        let agent = &mut self.agents[i];
         let st = &mut agent.state;
         let mut last = None;
         for f in self.findings.drain(..) {
+            // A sequence judged once final names the call that completed it, not this event.
+            let (at, id, tool) = match f.trigger {
+                Some((t, _)) => (t, "", ""),
+                None => (ts, event_id, tool_name),
+            };
             if f.closing.is_none() && f.judgement == Judgement::New {
                 if f.weighs {
-                    st.kill.record(&bp.kill, ts, f.severity);
+                    st.kill.record(&bp.kill, at, f.severity);
                     last = Some(f.kind);
                 }
-                st.profile.incident(ts, f.severity, f.kind);
+                st.profile.incident(at, f.severity, f.kind);
             }
-            let inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::Logged);
+            let inc = make_incident(bp, st, id, tool, at, f, Action::Logged);
             self.stats.incidents[type_index(inc.kind)] += 1;
             out.push(inc);
         }
@@ -435,7 +447,9 @@ impl Engine {
         if !st.kill.due(&bp.kill, ts) {
             return;
         }
-        let spent = if bp.dry_run() || learning {
+        // Killing an agent that is down already (it kept acting) widens no blast radius.
+        let was_killed = st.kill.killed;
+        let spent = if bp.dry_run() || learning || was_killed {
             None
         } else {
             self.budget
@@ -489,8 +503,10 @@ impl Engine {
         match d.action {
             Action::Killed => {
                 st.profile.kill_event(ts, KillEventKind::AutoKill);
-                self.budget.spend(ts);
-                self.killed_by_bp[bpi] += 1;
+                if !was_killed {
+                    self.budget.spend(ts);
+                    self.killed_by_bp[bpi] += 1;
+                }
             }
             Action::WouldKill => st.profile.kill_event(ts, KillEventKind::WouldKill),
             _ => {}
@@ -517,9 +533,16 @@ impl Engine {
                 let mut f =
                     Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
                 f.weighs = false;
-                f.observed = f64::from(self.killed_by_bp[bpi] as u32);
-                f.expected = bp.kill.budget_share * self.agents_by_bp[bpi] as f64;
-                f.unit = "agents";
+                (f.observed, f.expected, f.unit) = match s {
+                    Spent::PerHour(n) => {
+                        (f64::from(n), f64::from(bp.kill.budget_per_hour), "kills")
+                    }
+                    Spent::Share { killed, agents } => (
+                        killed as f64,
+                        bp.kill.budget_share * agents as f64,
+                        "agents",
+                    ),
+                };
                 f.window_start = ts.div_euclid(3_600_000) * 3_600_000;
                 f.window_end = ts;
                 f.description = format!(
@@ -611,10 +634,11 @@ impl Engine {
             until,
             &mut self.findings,
         );
+        // Settling changes the agent's state even when it finds nothing.
+        self.mark_dirty(i);
         if self.findings.is_empty() {
             return;
         }
-        self.mark_dirty(i);
         // Each finding is concluded at the time of the call that completed it.
         let found: Vec<Finding> = self.findings.drain(..).collect();
         for f in found {
@@ -766,7 +790,8 @@ fn make_incident(
                     seq,
                     event_id,
                     ts,
-                    f.disc + if about.is_some() { 1 << 16 } else { 0 },
+                    // Baseline records of different rules on one event stay apart.
+                    f.disc + about.map_or(0, |a| (1 + type_index(a) as u32) << 16),
                 ),
                 Status::Open,
                 1,

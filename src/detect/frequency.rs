@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::habit::{Habit, Report, RoutineMode};
 use super::scales::{Scales, MINUTES, SCALES};
-use super::stats::{count_threshold, rate_variance};
+use super::stats::improbable_sessions;
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
@@ -317,12 +317,9 @@ pub fn observe(
         match judge(mode, ctx.learning, routine) {
             Judgement::New => new_static = Some(t),
             j => {
-                st.habit.see(obs.local.day);
-                let say = if j == Judgement::Learning {
-                    st.habit.report_learning(mode)
-                } else {
-                    st.habit.report_routine(mode, f64::from(count))
-                };
+                let say = st
+                    .habit
+                    .report(j, mode, obs.local.day, f64::from(count), false);
                 if say == Report::Say {
                     out.push(routine_finding(bp, st, obs, j, count, t));
                 }
@@ -381,9 +378,8 @@ pub fn observe(
 /// on top.
 fn improbable_from(l: &Limits, e: f64, alpha: f64) -> u32 {
     let d = f64::from(l.dispersion).max(1.0);
-    let sessions = e / d;
-    let t = count_threshold(sessions, rate_variance(sessions, f64::from(l.cv)), alpha);
-    u32::try_from((t as f64 * d).ceil() as u64).unwrap_or(u32::MAX)
+    let t = improbable_sessions(e / d, f64::from(l.cv), alpha);
+    u32::try_from((f64::from(t) * d).ceil() as u64).unwrap_or(u32::MAX)
 }
 
 fn basis_of(static_over: Option<u32>) -> Basis {

@@ -7,6 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::blueprint::RoutineMode;
 
+use super::Judgement;
+
 /// One rule's (or one form's) routine memory for one agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Habit {
@@ -32,12 +34,32 @@ pub enum Report {
 }
 
 impl Habit {
-    /// Counts a match on local day `day`.
+    /// Counts a match on local day `day` (a day before the latest counted is not a new day).
     pub fn see(&mut self, day: i32) {
         self.count = self.count.saturating_add(1);
-        if self.days == 0 || day != self.last_day {
+        if self.days == 0 || day > self.last_day {
             self.days = self.days.saturating_add(1);
             self.last_day = day;
+        }
+    }
+
+    /// Counts a routine or learning-period match on `day` (unless it is `late`: a late event
+    /// makes nothing routine) and says whether to report it; `level`: the routine's figure.
+    pub fn report(
+        &mut self,
+        j: Judgement,
+        mode: RoutineMode,
+        day: i32,
+        level: f64,
+        late: bool,
+    ) -> Report {
+        if !late {
+            self.see(day);
+        }
+        if j == Judgement::Learning {
+            self.report_learning(mode)
+        } else {
+            self.report_routine(mode, level)
         }
     }
 
@@ -77,10 +99,14 @@ mod tests {
     #[test]
     fn days_count_distinct_days_only() {
         let mut h = Habit::default();
-        for d in [3, 3, 3, 4, 4, 9] {
+        for d in [3, 3, 3, 4, 4, 9, 4] {
             h.see(d);
         }
-        assert_eq!((h.count, h.days), (6, 3));
+        assert_eq!(
+            (h.count, h.days),
+            (7, 3),
+            "a day before the latest is no new day"
+        );
         assert!(h.is_routine(3));
         assert!(!h.is_routine(4));
     }

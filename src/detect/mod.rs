@@ -345,7 +345,7 @@ impl DetectorState {
         until: i64,
         out: &mut Vec<Finding>,
     ) {
-        let ts = self.watermark.max(until.min(self.watermark));
+        let ts = self.watermark;
         let obs = Observation {
             agent_id,
             event_id: "",

@@ -1,9 +1,10 @@
 //! off_hours, judged against the agent.
 //!
 //! - **Static:** activity outside the blueprint's hours or working days in its time zone. It is
-//!   routine when the agent's rhythm says it works then (that hour on `routine_share` of its
-//!   active days, that day in most weeks, each on at least `routine_days` days), or it was seen
-//!   there on `routine_days` days before: a `baseline` finding, once per hour or day.
+//!   routine when the agent's rhythm says it works then (that hour on 30 % of its active days and
+//!   at least `routine_days` of them; that day of the week on half its occurrences, at least
+//!   twice), or it was seen there on `routine_days` days before: a `baseline` finding, once per
+//!   hour or day.
 //! - **Learned:** within the blueprint's hours and days, a day of the week or an hour of the day
 //!   the agent does not work in — strong evidence from its history (no call where its usual rate
 //!   would have made many) and use on at most `rare_share` of its weeks or days — with more calls
@@ -18,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frequency::judge;
 use super::habit::{Habit, Report};
-use super::stats::{count_threshold, rate_variance};
+use super::stats::improbable_sessions;
 use super::{Context, Episode, Finding, Judgement, LocalTime, Observation, Step};
 use crate::blueprint::{Blueprint, Weekdays};
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
@@ -93,34 +94,31 @@ fn off_block(r: &super::Rhythm, d: u8) -> (u32, u32, f64) {
         let s = r.weekday(x);
         s.seen > 0 && u32::from(s.active) * 2 < u32::from(s.seen)
     };
-    let mut days = vec![d % 7];
+    // Days of the block, a bit per weekday.
+    let mut days = 1u8 << (d % 7);
     for step in [1u8, 6] {
         let mut x = (d + step) % 7;
-        while x != d % 7 && quiet(x) && !days.contains(&x) {
-            days.push(x);
+        while days & (1 << x) == 0 && quiet(x) {
+            days |= 1 << x;
             x = (x + step) % 7;
         }
     }
-    days.iter().fold((0, 0, 0.0), |(seen, active, calls), x| {
-        let s = r.weekday(*x);
-        (
-            seen + u32::from(s.seen),
-            active + u32::from(s.active),
-            calls + f64::from(s.calls),
-        )
-    })
+    (0..7u8)
+        .filter(|x| days & (1 << x) != 0)
+        .fold((0, 0, 0.0), |(seen, active, calls), x| {
+            let s = r.weekday(x);
+            (
+                seen + u32::from(s.seen),
+                active + u32::from(s.active),
+                calls + f64::from(s.calls),
+            )
+        })
 }
 
 /// Smallest number of turns that is improbable (tail below `sensitivity`) where `e` calls are
 /// expected; a turn holds `dispersion` calls on average (see the frequency detector).
 fn improbable_from(e: f64, dispersion: f64, sensitivity: f64) -> u32 {
-    let turns = e / dispersion.max(1.0);
-    u32::try_from(count_threshold(
-        turns,
-        rate_variance(turns, OFF_CV),
-        sensitivity,
-    ))
-    .unwrap_or(u32::MAX)
+    improbable_sessions(e / dispersion.max(1.0), OFF_CV, sensitivity)
 }
 
 /// Whether the agent does not work in local hour `h`: strong evidence from its history, use on
@@ -172,13 +170,40 @@ fn limits(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime, key: i64) -> Limits {
     out
 }
 
-/// What the learned check found: (observed calls, expected calls, explanation).
+/// What the learned check found.
 struct Rare {
+    /// Calls on the day (`by_day`) or in the hour.
     count: u32,
+    /// Turns among them.
+    turns: u32,
     expected: f64,
-    what: String,
+    by_day: bool,
+    /// Days (or occurrences of the day of the week) with activity there, and of them observed.
     seen: u64,
     samples: u64,
+}
+
+impl Rare {
+    /// One sentence for the incident (built only when it opens one).
+    fn describe(&self, l: LocalTime) -> String {
+        let (count, turns) = (self.count, self.turns);
+        if self.by_day {
+            format!(
+                "{count} calls in {turns} turns on a {} (local), a day it worked on {} of the {} seen",
+                day_name(l.weekday),
+                self.seen,
+                self.samples
+            )
+        } else {
+            format!(
+                "{count} calls in {turns} turns between {:02}:00 and {:02}:00 local, an hour it used on {} of its {} active days",
+                l.hour,
+                (l.hour + 1) % 24,
+                self.seen,
+                self.samples
+            )
+        }
+    }
 }
 
 /// The learned check: improbably many turns on a day or in an hour the agent does not work in.
@@ -187,34 +212,22 @@ fn rare(ctx: &Context<'_>, lim: &Limits, l: LocalTime) -> Option<Rare> {
     let (today, this_hour) = r.turns(l.hour);
     if today >= lim.day_from {
         let d = r.weekday(l.weekday);
-        let calls = r.today_calls();
         return Some(Rare {
-            count: calls,
+            count: r.today_calls(),
+            turns: today,
             expected: r.off_day_expectation(l.weekday),
-            what: format!(
-                "{calls} calls in {today} turns on a {} (local), a day it worked on {} of the {} seen",
-                day_name(l.weekday),
-                d.active,
-                d.seen
-            ),
+            by_day: true,
             seen: u64::from(d.active),
             samples: u64::from(d.seen),
         });
     }
     if this_hour >= lim.hour_from {
-        let h = r.hour(l.hour);
-        let calls = r.calls_in_hour(l.hour);
         return Some(Rare {
-            count: calls,
+            count: r.calls_in_hour(l.hour),
+            turns: this_hour,
             expected: r.off_hour_expectation(l.hour),
-            what: format!(
-                "{calls} calls in {this_hour} turns between {:02}:00 and {:02}:00 local, an hour it used on {} of its {} active days",
-                l.hour,
-                (l.hour + 1) % 24,
-                h.used,
-                r.active_days()
-            ),
-            seen: u64::from(h.used),
+            by_day: false,
+            seen: u64::from(r.hour(l.hour).used),
             samples: u64::from(r.active_days()),
         });
     }
@@ -278,13 +291,7 @@ pub fn observe(
             }
             j => {
                 let h = &mut st.habits[cell];
-                h.see(l.day);
-                let say = if j == Judgement::Learning {
-                    h.report_learning(mode)
-                } else {
-                    h.report_routine(mode, 1.0)
-                };
-                if say == Report::Say {
+                if h.report(j, mode, l.day, 1.0, !obs.in_order) == Report::Say {
                     let mut f = static_finding(bp, ctx, obs, by_hour, h);
                     f.judgement = j;
                     f.weighs = false;
@@ -330,7 +337,9 @@ pub fn observe(
             f.window_end = obs.ts;
             f.description = format!(
                 "Agent {:?} made {} ({:.2} expected at this time).",
-                obs.agent_id, r.what, r.expected
+                obs.agent_id,
+                r.describe(l),
+                r.expected
             );
             f.facts = Some(BaselineFacts {
                 source: Source::Agent,

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::stats::ew_update;
 use crate::blueprint::Blueprint;
 
 /// Forms of a sequence match, by the calls between its steps: 0, 1, 2, 3 or more.
@@ -72,11 +73,12 @@ impl Peers {
         }
         self.rate_days = self.rate_days.saturating_add(1);
         let alpha = 1.0 / (self.rate_days as f32).min(RATE_HORIZON);
-        let x = rate.ln() as f32;
-        let diff = x - self.rate_mean;
-        let incr = alpha * diff;
-        self.rate_mean += incr;
-        self.rate_var = (1.0 - alpha) * (self.rate_var + diff * incr);
+        ew_update(
+            &mut self.rate_mean,
+            &mut self.rate_var,
+            rate.ln() as f32,
+            alpha,
+        );
     }
 
     /// Agent-days behind the rate statistics.

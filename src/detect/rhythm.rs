@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::stats::ew_update;
 use super::LocalTime;
 
 /// Days after which the hourly statistics become exponentially weighted (four weeks).
@@ -171,11 +172,7 @@ impl Rhythm {
         let alpha = 1.0 / f32::from(self.active_days).min(DAY_HORIZON);
         let mut active_hours = 0u32;
         for (h, c) in self.learned.hours.iter_mut().zip(self.today) {
-            let x = f32::from(c);
-            let diff = x - h.mean;
-            let incr = alpha * diff;
-            h.mean += incr;
-            h.var = (1.0 - alpha) * (h.var + diff * incr);
+            ew_update(&mut h.mean, &mut h.var, f32::from(c), alpha);
             if c > 0 {
                 h.used = h.used.saturating_add(1);
                 active_hours += 1;

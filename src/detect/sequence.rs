@@ -22,7 +22,7 @@ use crate::blueprint::{Blueprint, SequenceRule};
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
 use crate::state::prefetch;
 
-/// Weight of the peers' rate in an agent's estimate, in calls of the first step.
+/// Weight of the peers' share in an agent's estimate, in matches.
 const PEER_WEIGHT: f64 = 50.0;
 
 /// One rule's history for one agent.

@@ -12,6 +12,20 @@ pub fn rate_variance(mean: f64, cv: f64) -> f64 {
     mean + (cv * mean).powi(2)
 }
 
+/// Smallest number of sessions (calls, turns) that is improbable — tail below `alpha` — where `e`
+/// are expected and the rate varies from day to day by the coefficient of variation `cv`.
+pub fn improbable_sessions(e: f64, cv: f64, alpha: f64) -> u32 {
+    u32::try_from(count_threshold(e, rate_variance(e, cv), alpha)).unwrap_or(u32::MAX)
+}
+
+/// One step of an exponentially weighted mean and variance with weight `alpha` for `x`.
+pub fn ew_update(mean: &mut f32, var: &mut f32, x: f32, alpha: f32) {
+    let diff = x - *mean;
+    let incr = alpha * diff;
+    *mean += incr;
+    *var = (1.0 - alpha) * (*var + diff * incr);
+}
+
 /// Surprise of a standard score: −log10 of the upper tail probability P(Z ≥ z), capped at `cap`.
 pub fn surprise(z: f64, cap: f64) -> f64 {
     if !z.is_finite() {

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frequency::judge;
 use super::habit::{Habit, Report};
-use super::stats::surprise;
+use super::stats::{ew_update, surprise};
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
@@ -30,6 +30,8 @@ const MIN_LOG_SD: f32 = 0.5;
 const DRIFT: f64 = 0.8;
 /// Most surprise one call can add.
 const MAX_SURPRISE: f64 = 12.0;
+/// Largest size of one call taken at face value (bytes).
+const MAX_CALL_BYTES: f64 = 1e12;
 
 /// Learned distribution of ln(1 + bytes) of one tool's calls.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -124,7 +126,8 @@ pub fn observe(
             0,
         ));
     }
-    let Some(bytes) = obs.bytes else {
+    // A terabyte is more than any call moves; the cap keeps window sums far from overflow.
+    let Some(bytes) = obs.bytes.map(|b| b.min(MAX_CALL_BYTES)) else {
         return;
     };
     let mut sum = bytes;
@@ -193,11 +196,12 @@ pub fn observe(
         if let Some(i) = i {
             let t = &mut st.tools[i];
             t.n = t.n.saturating_add(1);
-            let alpha = 1.0 / (t.n as f32).min(TOOL_HORIZON);
-            let diff = x - t.mean;
-            let incr = alpha * diff;
-            t.mean += incr;
-            t.var = (1.0 - alpha) * (t.var + diff * incr);
+            ew_update(
+                &mut t.mean,
+                &mut t.var,
+                x,
+                1.0 / (t.n as f32).min(TOOL_HORIZON),
+            );
         }
     }
 
@@ -208,12 +212,7 @@ pub fn observe(
         match judge(mode, ctx.learning, routine) {
             Judgement::New => new_static = Some(m),
             j => {
-                st.habit.see(obs.local.day);
-                let say = if j == Judgement::Learning {
-                    st.habit.report_learning(mode)
-                } else {
-                    st.habit.report_routine(mode, sum)
-                };
+                let say = st.habit.report(j, mode, obs.local.day, sum, !obs.in_order);
                 if say == Report::Say {
                     let mut f = static_finding(bp, obs, sum, m);
                     f.judgement = j;

@@ -62,7 +62,7 @@ impl KillBudget {
     /// Counts an automatic kill at `ts`.
     pub fn spend(&mut self, ts: i64) {
         let hour = ts.div_euclid(HOUR_MS);
-        if hour != self.hour {
+        if hour > self.hour {
             self.hour = hour;
             self.this_hour = 0;
         }
@@ -73,7 +73,7 @@ impl KillBudget {
     pub fn hold(&mut self, ts: i64) -> bool {
         self.held += 1;
         let hour = ts.div_euclid(HOUR_MS);
-        if self.alerted == Some(hour) {
+        if self.alerted.is_some_and(|a| hour <= a) {
             return false;
         }
         self.alerted = Some(hour);
@@ -103,6 +103,10 @@ mod tests {
         }
         assert_eq!(b.check(&r, 2000, 0, 100), Err(Spent::PerHour(2)));
         assert!(b.check(&r, HOUR_MS + 1, 0, 100).is_ok());
+        // A kill stamped an hour earlier (another agent's clock) does not reset the count.
+        b.spend(HOUR_MS + 1);
+        b.spend(1000);
+        assert_eq!(b.check(&r, HOUR_MS + 2, 0, 100), Err(Spent::PerHour(2)));
     }
 
     #[test]

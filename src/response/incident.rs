@@ -198,8 +198,8 @@ pub struct BaselineFacts {
     pub source: Source,
     /// Days of the agent's history (event time from its first event).
     pub history_days: f64,
-    /// Observations behind the expected figure: active days for rates, calls of the tool for
-    /// bytes, opportunities (calls of the first step) for sequences.
+    /// Observations behind the expected figure: active days for rates (or the peers'
+    /// agent-days), calls of the tool for bytes, earlier matches of the rule for sequences.
     pub samples: u64,
     /// How often the agent did this before: matches of the sequence in this form, days it ran
     /// over the static rate, days it was active at this hour or day.
