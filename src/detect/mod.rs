@@ -221,7 +221,8 @@ pub struct Context<'a> {
     /// An off-hours incident of the agent is open: other calls at this time are part of it.
     pub off_hours_open: bool,
     /// How clustered the agent's calls are (1: one at a time; about the session size when they
-    /// come in sessions), learned by the frequency detector.
+    /// come in sessions), learned by the frequency detector; read by the off-hours detector when
+    /// a local hour starts (set only then).
     pub dispersion: f64,
 }
 
@@ -312,13 +313,20 @@ impl DetectorState {
             warm: history_ms >= bp.learned.warmup_ms
                 && self.rhythm.active_days() >= bp.learned.min_active_days,
         };
+        // Only a new local hour's off-hours limits read the dispersion (it is not on the
+        // frequency state's lines an ordinary event touches).
+        let dispersion = if self.off_hours.limits_stale(local) {
+            self.frequency.dispersion()
+        } else {
+            1.0
+        };
         let mut ctx = Context {
             learning,
             learning_until,
             rhythm: &self.rhythm,
             peers,
             off_hours_open: false,
-            dispersion: self.frequency.dispersion(),
+            dispersion,
         };
         off_hours::observe(bp, &mut self.off_hours, &mut ctx, &obs, out);
         ctx.off_hours_open = self.off_hours.is_open();

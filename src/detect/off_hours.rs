@@ -61,6 +61,11 @@ pub struct OffHoursState {
 }
 
 impl OffHoursState {
+    /// Whether the learned limits are for another local hour than `l`'s.
+    pub fn limits_stale(&self, l: LocalTime) -> bool {
+        self.limits.key != i64::from(l.day) * 24 + i64::from(l.hour)
+    }
+
     /// Whether an off-hours incident is open.
     pub fn is_open(&self) -> bool {
         self.episode.is_open()

@@ -230,10 +230,10 @@ pub fn settle(
             .then_some(c.0)
         });
     } else if st.pending.is_none() {
-        // Nothing can end a match: every call up to `until` is final.
-        let last = st.calls.partition_point(|c| c.0 <= until);
-        if last > 0 {
-            st.settled = st.settled.max(key(&st.calls[last - 1]));
+        // Nothing can end a match: every call up to `until` is final (found from the newest
+        // end: only the calls of the allowed lateness lie after it).
+        if let Some(c) = st.calls.iter().rev().find(|c| c.0 <= until) {
+            st.settled = st.settled.max(key(c));
         }
     }
     // Forget calls no pattern can still use: final, and older than the longest window before
