@@ -390,7 +390,7 @@ fn static_finding(
         )
     } else {
         let d = r.weekday(l.weekday);
-        format!("it worked on this day in {} of {} weeks", d.active, d.seen)
+        format!("it worked on {} of the {} such days seen", d.active, d.seen)
     };
     let mut f = Finding::new(
         IncidentType::OffHours,
