@@ -838,13 +838,14 @@ mod tests {
 
     /// A blueprint where three calls of `x` in a row are a sequence (one high violation each match).
     fn set(mode: &str, kill: serde_json::Value) -> Arc<BlueprintSet> {
-        let bp = load_blueprint(
-            "t",
-            &json!({"name": "T", "mode": mode, "auto_kill_threshold": 2,
+        only(json!({"name": "T", "mode": mode, "auto_kill_threshold": 2,
                     "anomaly": {"suspicious_sequences": [["x", "x"]]}, "kill": kill,
-                    "learned": {"learning_period": 0}}),
-        )
-        .unwrap();
+                    "learned": {"learning_period": 0}}))
+    }
+
+    /// A set of one blueprint, every agent's.
+    fn only(doc: serde_json::Value) -> Arc<BlueprintSet> {
+        let bp = load_blueprint("t", &doc).unwrap();
         Arc::new(
             BlueprintSet::from_blueprints(
                 vec![bp],
@@ -992,22 +993,10 @@ mod tests {
     /// A blueprint whose `[x, x]` matches always alert (routine or learning), with a learning
     /// period and a kill budget.
     fn budgeted(learning: &str, budget: serde_json::Value) -> Arc<BlueprintSet> {
-        let bp = load_blueprint(
-            "t",
-            &json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
+        only(
+            json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
                     "anomaly": {"suspicious_sequences": [{"pattern": ["x", "x"], "contiguous": true, "routine": "alert"}]},
                     "kill": {"budget": budget}, "learned": {"learning_period": learning}}),
-        )
-        .unwrap();
-        Arc::new(
-            BlueprintSet::from_blueprints(
-                vec![bp],
-                Assignment {
-                    default: "t".into(),
-                    ..Assignment::default()
-                },
-            )
-            .unwrap(),
         )
     }
 
@@ -1097,25 +1086,11 @@ mod tests {
     #[test]
     fn routine_findings_add_no_kill_weight() {
         // The agent pairs x calls every day of the learning period and after it.
-        let set = {
-            let bp = load_blueprint(
-                "t",
-                &json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
-                        "anomaly": {"suspicious_sequences": [{"pattern": ["x", "x"], "contiguous": true}]},
-                        "learned": {"learning_period": "3d"}}),
-            )
-            .unwrap();
-            Arc::new(
-                BlueprintSet::from_blueprints(
-                    vec![bp],
-                    Assignment {
-                        default: "t".into(),
-                        ..Assignment::default()
-                    },
-                )
-                .unwrap(),
-            )
-        };
+        let set = only(
+            json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
+                    "anomaly": {"suspicious_sequences": [{"pattern": ["x", "x"], "contiguous": true}]},
+                    "learned": {"learning_period": "3d"}}),
+        );
         let mut e = Engine::new(set);
         let mut out = Vec::new();
         for day in 0..10 {

@@ -351,16 +351,14 @@ pub fn observe(
                 })
                 == Step::Opened
         {
-            let mut f = Finding::new(
+            let mut f = window_finding(
+                bp,
                 IncidentType::VolumeSpike,
-                Basis::Static,
                 bp.severities.volume_spike,
+                obs,
+                count,
+                t,
             );
-            f.observed = f64::from(count);
-            f.expected = f64::from(t);
-            f.unit = "calls";
-            f.window_start = obs.ts - bp.window_ms;
-            f.window_end = obs.ts;
             f.disc = 1;
             f.description = format!(
                 "Agent {:?} exceeded the volume threshold: {count} actions in {} (limit {t}).",
@@ -380,6 +378,25 @@ fn improbable_from(l: &Limits, e: f64, alpha: f64) -> u32 {
     let d = f64::from(l.dispersion).max(1.0);
     let t = improbable_sessions(e / d, f64::from(l.cv), alpha);
     u32::try_from((f64::from(t) * d).ceil() as u64).unwrap_or(u32::MAX)
+}
+
+/// A static finding about the blueprint's window ending with this event: `count` calls against
+/// the threshold `t`.
+fn window_finding(
+    bp: &Blueprint,
+    kind: IncidentType,
+    severity: crate::response::Severity,
+    obs: &Observation<'_>,
+    count: u32,
+    t: u32,
+) -> Finding {
+    let mut f = Finding::new(kind, Basis::Static, severity);
+    f.observed = f64::from(count);
+    f.expected = f64::from(t);
+    f.unit = "calls";
+    f.window_start = obs.ts - bp.window_ms;
+    f.window_end = obs.ts;
+    f
 }
 
 fn basis_of(static_over: Option<u32>) -> Basis {
@@ -455,16 +472,14 @@ fn static_finding(
     t: u32,
 ) -> Finding {
     let l = &st.limits;
-    let mut f = Finding::new(
+    let mut f = window_finding(
+        bp,
         IncidentType::FrequencySpike,
-        Basis::Static,
         bp.severities.frequency_spike,
+        obs,
+        count,
+        t,
     );
-    f.observed = f64::from(count);
-    f.expected = f64::from(t);
-    f.unit = "calls";
-    f.window_start = obs.ts - bp.window_ms;
-    f.window_end = obs.ts;
     let usual = match l.source {
         Source::Agent => format!(
             "; its usual rate at this hour is {:.1}/h over {} active days",
@@ -541,17 +556,15 @@ fn routine_finding(
     count: u32,
     t: u32,
 ) -> Finding {
-    let mut f = Finding::new(
+    let mut f = window_finding(
+        bp,
         IncidentType::FrequencySpike,
-        Basis::Static,
         bp.severities.frequency_spike,
+        obs,
+        count,
+        t,
     );
     f.judgement = j;
-    f.observed = f64::from(count);
-    f.expected = f64::from(t);
-    f.unit = "calls";
-    f.window_start = obs.ts - bp.window_ms;
-    f.window_end = obs.ts;
     let l = &st.limits;
     f.description = match j {
         Judgement::Learning => format!(

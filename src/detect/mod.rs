@@ -165,6 +165,20 @@ impl Finding {
         }
     }
 
+    /// This finding as a baseline fact: seen during learning, or routine (`routine` says why).
+    pub fn into_baseline(mut self, j: Judgement, routine: &str) -> Finding {
+        self.judgement = j;
+        self.weighs = false;
+        self.description = match j {
+            Judgement::Learning => format!(
+                "{} Seen during the learning period; its baseline will tell whether this is routine.",
+                self.description
+            ),
+            _ => format!("{} {routine}", self.description),
+        };
+        self
+    }
+
     /// The record that closes an episode of `kind`.
     pub fn closing(
         kind: IncidentType,

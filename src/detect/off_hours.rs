@@ -297,19 +297,11 @@ pub fn observe(
             j => {
                 let h = &mut st.habits[cell];
                 if h.report(j, mode, l.day, 1.0, !obs.in_order) == Report::Say {
-                    let mut f = static_finding(bp, ctx, obs, by_hour, h);
-                    f.judgement = j;
-                    f.weighs = false;
-                    f.description = match j {
-                        Judgement::Learning => format!(
-                            "{} Seen during the learning period; its baseline will tell whether this is routine.",
-                            f.description
-                        ),
-                        _ => format!(
-                            "{} Routine for this agent (it works then on {} days); reported once.",
-                            f.description, h.days
-                        ),
-                    };
+                    let why = format!(
+                        "Routine for this agent (it works then on {} days); reported once.",
+                        h.days
+                    );
+                    let f = static_finding(bp, ctx, obs, by_hour, h).into_baseline(j, &why);
                     out.push(f);
                 }
             }

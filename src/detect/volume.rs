@@ -214,19 +214,10 @@ pub fn observe(
             j => {
                 let say = st.habit.report(j, mode, obs.local.day, sum, !obs.in_order);
                 if say == Report::Say {
-                    let mut f = static_finding(bp, obs, sum, m);
-                    f.judgement = j;
-                    f.weighs = false;
-                    f.description = match j {
-                        Judgement::Learning => format!(
-                            "{} Seen during the learning period; its baseline will tell whether this is routine.",
-                            f.description
-                        ),
-                        _ => format!(
-                            "{} Routine for this agent: its calls are of their usual sizes; reported again if the volume doubles.",
-                            f.description
-                        ),
-                    };
+                    let f = static_finding(bp, obs, sum, m).into_baseline(
+                        j,
+                        "Routine for this agent: its calls are of their usual sizes; reported again if the volume doubles.",
+                    );
                     out.push(f);
                 }
             }
