@@ -21,6 +21,8 @@ const MIN_RATE_DAYS: u32 = 5;
 /// One sequence rule across the peers (or for one agent).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct SequenceCounts {
+    /// Agents that made a match at least as tight as each form (peers only).
+    pub agents: [u32; FORMS],
     /// Matches by form (calls between the steps: 0, 1, 2, 3 or more).
     pub matches: [u64; FORMS],
 }
@@ -120,6 +122,7 @@ mod tests {
     fn forms_count_the_tighter_ones_too() {
         let c = SequenceCounts {
             matches: [1, 2, 3, 4],
+            ..SequenceCounts::default()
         };
         assert_eq!(c.at_most(0), 1);
         assert_eq!(c.at_most(2), 6);

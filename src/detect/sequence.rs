@@ -3,9 +3,10 @@
 //!
 //! Each match has a form: how many other calls came between its steps (0, 1, 2, 3 or more). A
 //! form is routine for the agent when the share of its matches of the rule that are at least this
-//! tight, from its own history blended with its blueprint's peers (50 matches' worth of weight),
-//! is at least `sequence_rarity` (no history: share 0, so new until shown routine; the learning
-//! period gives the history), or when the agent made matches of that form on `routine_days` days:
+//! tight, from its own history blended with its blueprint's peers (50 matches' worth of weight;
+//! the peers count only when at least three of them made a match that tight), is at least
+//! `sequence_rarity` (no history: share 0, so new until shown routine; the learning period gives
+//! the history), or when the agent made matches of that form on `routine_days` days:
 //! a `baseline` finding, once per form. A form the agent and its peers (almost) never make — the
 //! pattern's steps back to back where they always had other calls between, or a pattern never
 //! completed at all — is a new incident, one per match. Matches judged new are not learned from.
@@ -24,6 +25,8 @@ use crate::state::prefetch;
 
 /// Weight of the peers' share in an agent's estimate, in matches.
 const PEER_WEIGHT: f64 = 50.0;
+/// Peers that must have made a form before their share of it counts.
+const MIN_PEER_AGENTS: u32 = 3;
 
 /// One rule's history for one agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
@@ -137,8 +140,14 @@ fn judgement(
     form: usize,
 ) -> (Judgement, f64) {
     let (k, n) = (mem.counts.at_most(form) as f64, mem.counts.total() as f64);
-    // Nothing is routine until shown to be: with no history the share is 0.
-    let peer_share = peers.at_most(form) as f64 / (peers.total() as f64 + 1.0);
+    // Nothing is routine until shown to be: with no history the share is 0. The peers' share
+    // counts only when several of them made such matches (one agent's habit is not its
+    // blueprint's).
+    let peer_share = if peers.agents[form] >= MIN_PEER_AGENTS {
+        peers.at_most(form) as f64 / (peers.total() as f64 + 1.0)
+    } else {
+        0.0
+    };
     let rate = (k + PEER_WEIGHT * peer_share) / (n + PEER_WEIGHT);
     let days = bp.learned.routine_days;
     let habitual = mem.routine[..=form].iter().any(|h| h.is_routine(days))
@@ -282,16 +291,22 @@ fn judge_match(
             mem.new[form].see(day);
             Report::Say
         }
-        Judgement::Routine => {
+        j => {
+            // The agent counts among the peers making each form at least this tight the first
+            // time it makes one.
+            for f in form..FORMS {
+                if mem.counts.at_most(f) == 0 {
+                    peers.agents[f] += 1;
+                }
+            }
             mem.counts.matches[form] += 1;
             peers.matches[form] += 1;
             mem.routine[form].see(day);
-            mem.routine[form].report_routine(rule.routine, 1.0)
-        }
-        Judgement::Learning => {
-            mem.counts.matches[form] += 1;
-            peers.matches[form] += 1;
-            mem.learning.report_learning(rule.routine)
+            if j == Judgement::Learning {
+                mem.learning.report_learning(rule.routine)
+            } else {
+                mem.routine[form].report_routine(rule.routine, 1.0)
+            }
         }
     };
     if say != Report::Say {
@@ -346,6 +361,7 @@ fn judge_match(
 #[cfg(test)]
 mod tests {
     use super::super::testkit::*;
+    use super::FORMS;
     use crate::response::IncidentType;
 
     fn seqs(found: &[super::Finding]) -> Vec<Vec<String>> {
@@ -409,8 +425,9 @@ mod tests {
     fn a_form_the_peers_make_routinely_is_routine_for_a_new_agent() {
         let mut k = Kit::after_learning(finance());
         k.peers.fit(&k.bp);
-        // Peers: two payments in a row, a hundred times.
+        // Peers: two payments in a row, a hundred times, by four of them.
         k.peers.sequences[1].matches[0] = 100;
+        k.peers.sequences[1].agents = [4; FORMS];
         let t0 = at("2026-03-02T15:00:00Z");
         let found = k.feed(vec![
             ev(t0, "trigger_payment", None),
@@ -418,6 +435,21 @@ mod tests {
         ]);
         assert!(seqs(&found).is_empty(), "{found:?}");
         assert_eq!(baselines(&found, IncidentType::SuspiciousSequence).len(), 1);
+    }
+
+    #[test]
+    fn one_peers_habit_is_not_its_blueprints() {
+        let mut k = Kit::after_learning(finance());
+        k.peers.fit(&k.bp);
+        // One peer made two payments in a row a hundred times; no other peer ever did.
+        k.peers.sequences[1].matches[0] = 100;
+        k.peers.sequences[1].agents = [1; FORMS];
+        let t0 = at("2026-03-02T15:00:00Z");
+        let found = k.feed(vec![
+            ev(t0, "trigger_payment", None),
+            ev(t0 + 1000, "trigger_payment", None),
+        ]);
+        assert_eq!(seqs(&found).len(), 1, "{found:?}");
     }
 
     #[test]

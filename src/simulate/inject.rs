@@ -17,6 +17,8 @@ pub(crate) struct Injection {
     calls: Vec<(i64, &'static str, u64)>,
     /// Remove the agent's normal calls of this tool within this span (to keep a control clean).
     remove: Option<(&'static str, i64, i64)>,
+    /// Remove all of the agent's normal calls within this span (a pause).
+    silence: Option<(i64, i64)>,
 }
 
 impl Injection {
@@ -26,6 +28,7 @@ impl Injection {
             agent: agent as u32,
             calls,
             remove: None,
+            silence: None,
         }
     }
 
@@ -36,6 +39,9 @@ impl Injection {
             out.retain(|e| {
                 !(e.agent == self.agent && e.tool == tool && e.ts >= from && e.ts <= to)
             });
+        }
+        if let Some((from, to)) = self.silence {
+            out.retain(|e| !(e.agent == self.agent && e.ts >= from && e.ts < to));
         }
         for &(ts, tool, bytes) in &self.calls {
             if ts >= day_start && ts < day_end {
@@ -229,10 +235,11 @@ pub(crate) fn plan(
             let a = &fleet[i];
             let d = day_in(rng, first_day);
             if let Some(t) = work_time(a, cfg, d, rng, false) {
+                // The tight form (no call between the steps): the loose one is some agents'
+                // routine (see the control below).
                 let calls = match a.role {
                     Role::Finance => vec![
                         (t, "query_customer_db", 40_000),
-                        (t + 30_000, "read_invoice", 20_000),
                         (t + 90_000, "send_email", 45_000),
                     ],
                     Role::Soc => vec![
@@ -245,7 +252,10 @@ pub(crate) fn plan(
                         (t + 60_000, "http_request", 9_000),
                     ],
                 };
-                plan.push(Injection::new(i, calls));
+                // Nothing of the agent's own work comes between the steps.
+                let mut inj = Injection::new(i, calls);
+                inj.silence = Some((t, t + 90_001));
+                plan.push(inj);
                 labels.push(label(
                     a,
                     Some(IncidentType::SuspiciousSequence),
@@ -316,6 +326,53 @@ pub(crate) fn plan(
                 ));
             }
         }
+        // A run of large transfers: five consecutive calls of the agent's tools, each 40× its
+        // usual size (none alone far out in the tail, all under the static limit).
+        if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
+            let a = &fleet[i];
+            let d = day_in(rng, first_day);
+            if let Some(t) = work_time(a, cfg, d, rng, false) {
+                let calls: Vec<_> = (0..5)
+                    .map(|k| {
+                        let tool = &a.tools[k % a.tools.len()];
+                        (
+                            t + k as i64 * 15_000,
+                            tool.name,
+                            (tool.median_bytes * 40.0) as u64,
+                        )
+                    })
+                    .collect();
+                plan.push(Injection::new(i, calls));
+                labels.push(label(
+                    a,
+                    Some(IncidentType::VolumeSpike),
+                    Some(Basis::Learned),
+                    t,
+                    t + 60_000,
+                    "a run of five transfers at 40x their tools' usual size",
+                ));
+            }
+        }
+        // A slow burn: five times the agent's peak rate on top of its work for three hours.
+        if let Some(i) = take(&|a| a.role == Role::Engineering && a.end >= a.start + 8) {
+            let a = &fleet[i];
+            let d = day_in(rng, first_day);
+            if let Some(t) = local_at(a, cfg, d, a.start + 1, 0, |wd| wd < 5) {
+                let n = (a.peak_rate * 4.0 * 3.0) as i64;
+                let calls = (0..n)
+                    .map(|k| (t + k * 3 * HOUR_MS / n, a.tools[0].name, 5_000))
+                    .collect();
+                plan.push(Injection::new(i, calls));
+                labels.push(label(
+                    a,
+                    Some(IncidentType::FrequencySpike),
+                    Some(Basis::Learned),
+                    t,
+                    t + 3 * HOUR_MS,
+                    "a slow burn: five times the agent's peak rate for three hours",
+                ));
+            }
+        }
         // A day-shift SOC agent (no static hours) active at 03:00 UTC.
         if let Some(i) =
             take(&|a| a.role == Role::Soc && !a.always_on && a.steady_per_sec.is_none())
@@ -347,10 +404,11 @@ pub(crate) fn plan(
             calls.extend((0..3).map(|k| (t + 300_000 + k * 5_000, "export_data", 30_000_000)));
             calls.extend([
                 (t + 600_000, "query_customer_db", 20_000),
-                (t + 620_000, "read_invoice", 9_000),
                 (t + 660_000, "send_email", 60_000),
             ]);
-            plan.push(Injection::new(i, calls));
+            let mut inj = Injection::new(i, calls);
+            inj.silence = Some((t + 600_000, t + 660_001));
+            plan.push(inj);
             let note = "rogue agent";
             // Either basis: the burst may cross the agent's learned rate before the static one.
             labels.push(label(
@@ -417,6 +475,7 @@ pub(crate) fn plan(
                 (email, "send_email", 30_000),
             ],
             remove: Some(("query_customer_db", email - 20 * 60_000, email)),
+            silence: None,
         });
         labels.push(label(
             qe,
@@ -443,6 +502,78 @@ pub(crate) fn plan(
             t + 119_000,
             "activity just before closing time (18:00)",
         ));
+    }
+    // Routine: a finance agent that always reads an invoice between querying the customer
+    // database and sending an e-mail, every working day from the first (the loose form of its
+    // blueprint's sequence): a baseline fact, never an incident.
+    if let Some(i) = take(&|a| a.role == Role::Finance) {
+        let a = &fleet[i];
+        let mut calls = Vec::new();
+        for d in 0..cfg.days {
+            if let Some(t) = local_at(a, cfg, d, a.start + 1, 30, |wd| wd < 5) {
+                if t < cfg.start_ms + i64::from(d + 1) * DAY_MS {
+                    calls.extend([
+                        (t, "query_customer_db", 20_000),
+                        (t + 40_000, "read_invoice", 30_000),
+                        (t + 90_000, "send_email", 9_000),
+                    ]);
+                }
+            }
+        }
+        plan.push(Injection::new(i, calls));
+        labels.push(label(
+            a,
+            None,
+            None,
+            cfg.start_ms + i64::from(first_day) * DAY_MS,
+            end_ms,
+            "the loose form of the blueprint's sequence, every working day",
+        ));
+    }
+    // Steady over the static threshold: a finance agent that runs 32 calls a minute for two
+    // hours every working day (the threshold is 30): routine for it.
+    if let Some(i) = take(&|a| a.role == Role::Finance && a.end >= a.start + 4) {
+        let a = &fleet[i];
+        let mut calls = Vec::new();
+        for d in 0..cfg.days {
+            if let Some(t) = local_at(a, cfg, d, a.start + 1, 0, |wd| wd < 5) {
+                if t < cfg.start_ms + i64::from(d + 1) * DAY_MS {
+                    calls.extend((0..3840).map(|k| (t + k * 1875, "query_ledger", 12_000)));
+                }
+            }
+        }
+        plan.push(Injection::new(i, calls));
+        labels.push(label(
+            a,
+            None,
+            None,
+            cfg.start_ms + i64::from(first_day) * DAY_MS,
+            end_ms,
+            "steady 32 calls a minute, two hours every working day (threshold 30)",
+        ));
+    }
+    // A pause: an engineering agent away for twelve days, then back to its usual work; the three
+    // days after its return raise nothing.
+    if cfg.days >= first_day + 16 {
+        if let Some(i) = take(&|a| a.role == Role::Engineering) {
+            let a = &fleet[i];
+            let from = cfg.start_ms + i64::from(first_day) * DAY_MS;
+            let back = from + 12 * DAY_MS;
+            plan.push(Injection {
+                agent: i as u32,
+                calls: Vec::new(),
+                remove: None,
+                silence: Some((from, back)),
+            });
+            labels.push(label(
+                a,
+                None,
+                None,
+                back,
+                back + 3 * DAY_MS,
+                "back after a twelve-day pause",
+            ));
+        }
     }
     // Daylight-saving weeks: normal agents must stay silent through the change.
     let us_dst = (1_772_928_000_000, 1_773_532_800_000); // 2026-03-08 .. 03-15 UTC

@@ -7,7 +7,7 @@ use super::AgentState;
 use crate::engine::{EngineStats, FleetState};
 
 /// Format version written into every snapshot.
-pub const SNAPSHOT_VERSION: u32 = 4;
+pub const SNAPSHOT_VERSION: u32 = 5;
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, Error)]
