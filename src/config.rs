@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::blueprint::BlueprintSet;
 
-/// A secret: a literal value (discouraged), an environment variable, or a file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// A secret: a literal value (discouraged), an environment variable, or a file. Its `Debug`,
+/// `Display` and `Serialize` forms never show a literal value.
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(untagged, deny_unknown_fields)]
 pub enum Secret {
     /// `{ env = "NAME" }`: read from an environment variable.
@@ -39,6 +40,19 @@ impl Secret {
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| format!("cannot read {}: {e}", file.display())),
         }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({self})")
+    }
+}
+
+impl Serialize for Secret {
+    /// The redacted form (see `Display`): serialized configuration never carries a secret.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
@@ -189,8 +203,9 @@ pub struct ConfigError {
     pub errors: Vec<String>,
 }
 
-/// A validated configuration with its secrets and durations resolved.
-#[derive(Debug, Clone)]
+/// A validated configuration with its secrets and durations resolved. Its `Debug` form
+/// redacts the signing key and the librdkafka options that hold secrets.
+#[derive(Clone)]
 pub struct Resolved {
     /// The configuration as written (secrets unresolved).
     pub config: Config,
@@ -208,6 +223,33 @@ pub struct Resolved {
     pub posture: crate::posture::PostureSettings,
     /// Admin API settings, if the API is on.
     pub api: Option<crate::api::ApiSettings>,
+}
+
+impl fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let options: BTreeMap<&str, &str> = self
+            .kafka_options
+            .iter()
+            .map(|(k, v)| {
+                let v = if is_secret_option(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k.as_str(), v)
+            })
+            .collect();
+        f.debug_struct("Resolved")
+            .field("config", &self.config)
+            .field("signing_key", &"<redacted>")
+            .field("kafka_options", &options)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("blueprints", &self.blueprints)
+            .field("posture", &self.posture)
+            .field("api", &self.api)
+            .finish()
+    }
 }
 
 impl Config {
@@ -377,28 +419,18 @@ impl Config {
         }
     }
 
-    /// The configuration as one log line, secrets redacted.
-    pub fn redacted(&self) -> String {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        if let Some(s) = &self.signing_key {
-            v["signing_key"] = s.to_string().into();
-        }
-        if let Some(p) = self.email.as_ref().and_then(|e| e.password.as_ref()) {
-            v["email"]["password"] = p.to_string().into();
-        }
-        if let Some(a) = &self.api {
-            v["api"]["token"] = a.token.to_string().into();
-        }
+    /// The configuration as one log line, secrets redacted (a `Secret` serializes redacted;
+    /// literal librdkafka options that are not secrets are shown as written).
+    pub fn redacted(&self) -> Result<String, serde_json::Error> {
+        let mut v = serde_json::to_value(self)?;
         for (key, s) in &self.kafka.options {
-            if let Secret::Literal(_) = s {
-                if is_secret_option(key) {
-                    v["kafka"]["options"][key] = "<redacted>".into();
+            if let Secret::Literal(value) = s {
+                if !is_secret_option(key) {
+                    v["kafka"]["options"][key] = value.clone().into();
                 }
-            } else {
-                v["kafka"]["options"][key] = s.to_string().into();
             }
         }
-        v.to_string()
+        Ok(v.to_string())
     }
 }
 
@@ -462,12 +494,29 @@ mod tests {
         assert_eq!(r.signing_key, b"0123456789abcdef0123");
         assert_eq!(r.kafka_options["sasl.password"], "hunter2");
         assert_eq!(r.config.kafka.audit_topics, ["a", "b"]);
-        let line = r.config.redacted();
+        let line = r.config.redacted().unwrap();
+        let debug = format!("{r:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("0123456789abcdef"),
+            "{debug}"
+        );
+        assert!(debug.contains("SASL_SSL"), "{debug}");
         assert!(
             !line.contains("hunter2") && !line.contains("0123456789abcdef"),
             "{line}"
         );
         assert!(line.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn a_literal_secret_never_prints_but_resolves() {
+        let s = Secret::Literal("hunter2".into());
+        assert!(!format!("{s:?} {s}").contains("hunter2"));
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        assert_eq!(s.resolve().unwrap(), "hunter2");
+        let e = Secret::Env { env: "X".into() };
+        assert_eq!(format!("{e:?}"), "Secret(<from env X>)");
     }
 
     #[test]

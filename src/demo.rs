@@ -10,10 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::mocking::MockCluster;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientContext;
 
 use crate::blueprint::{Assignment, BlueprintSet};
 use crate::config::{Backfill, Config, KafkaConfig, Resolved};
@@ -22,6 +24,22 @@ use crate::daemon::sink::KafkaSink;
 use crate::daemon::Daemon;
 use crate::event::format_rfc3339_ms;
 use crate::response::Incident;
+
+/// A topic reader's client context: the end of a partition is what the reader waits for, so it
+/// is logged at debug level, not as librdkafka's error.
+struct Reader;
+
+impl ClientContext for Reader {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(reason, "end of partition");
+        } else {
+            tracing::error!(%error, reason, "librdkafka error");
+        }
+    }
+}
+
+impl ConsumerContext for Reader {}
 
 /// Signing key of the demo (never use a literal key in production).
 pub const DEMO_KEY: &[u8] = b"demo-signing-key-not-for-production";
@@ -143,7 +161,7 @@ pub fn read_to_end(
         .set("group.id", "guardian-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create::<BaseConsumer>()
+        .create_with_context::<_, BaseConsumer<Reader>>(Reader)
     else {
         return out;
     };

@@ -115,11 +115,20 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     };
     if a.check_config {
         println!("{}: ok", a.config.display());
-        println!("{}", cfg.config.redacted());
+        println!(
+            "{}",
+            cfg.config
+                .redacted()
+                .context("printing the configuration")?
+        );
         return Ok(ExitCode::SUCCESS);
     }
     init_logging(&cfg.config.log_format, "info");
-    tracing::info!(config = %cfg.config.redacted(), "agent-guardian starting");
+    let shown = cfg
+        .config
+        .redacted()
+        .context("printing the configuration")?;
+    tracing::info!(config = %shown, "agent-guardian starting");
     let deadline = cfg.shutdown_timeout;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

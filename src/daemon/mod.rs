@@ -60,6 +60,9 @@ pub enum DaemonError {
     /// A SIEM sink's spool failed.
     #[error(transparent)]
     Spool(#[from] crate::siem::spool::SpoolError),
+    /// An output could not be encoded (nothing empty is ever published in its place).
+    #[error("cannot encode an output: {0}")]
+    Encode(#[from] serde_json::Error),
     /// A source failed.
     #[error("source: {0}")]
     Source(String),
@@ -428,7 +431,7 @@ impl Core {
                 self.metrics.suppressed.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let json = serde_json::to_vec(&inc).unwrap_or_default();
+            let json = serde_json::to_vec(&inc)?;
             self.sink.send(
                 &k.incidents_topic,
                 Some(inc.agent_id.as_bytes()),
@@ -523,7 +526,7 @@ impl Core {
                     baseline: None,
                     suppressed_by: None,
                 };
-                let json = serde_json::to_vec(&inc).unwrap_or_default();
+                let json = serde_json::to_vec(&inc)?;
                 self.sink.send(
                     &self.cfg.config.kafka.incidents_topic,
                     Some(agent.as_bytes()),
@@ -567,7 +570,7 @@ impl Core {
             &self.pending,
             &self.raised,
             Some(&self.ledger),
-        );
+        )?;
         drop(deltas);
         self.raised.clear();
         let mut commit = TopicPartitionList::new();
@@ -655,7 +658,7 @@ impl Core {
         self.sink.send(
             &s.topic,
             Some(self.cfg.config.guardian_id.as_bytes()),
-            &serde_json::to_vec(&snapshot).unwrap_or_default(),
+            &serde_json::to_vec(&snapshot)?,
             None,
         )?;
         self.siem.emit(&SiemRecord::Posture(&summary))?;

@@ -39,6 +39,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A value could not be encoded for the store (nothing of the checkpoint is written).
+    #[error("state store: cannot encode {what}: {reason}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The checkpoint writer thread is gone (it panicked or could not start).
     #[error("state store: the checkpoint writer thread stopped")]
     WriterGone,
@@ -142,8 +150,18 @@ fn decode_meta(key: &[u8], v: &[u8]) -> Result<PartitionMeta, StoreError> {
     decode(key, v)
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_stdvec(v).unwrap_or_default()
+fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(v).map_err(|e| StoreError::Encode {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+fn encode_json<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Encode {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 /// The atomic batch of one checkpoint: partitions' changes, the control-topic position, the
@@ -154,16 +172,16 @@ pub fn checkpoint_batch(
     pending: &[Command],
     incidents: &[Incident],
     ledger: Option<&Ledger>,
-) -> sled::Batch {
+) -> Result<sled::Batch, StoreError> {
     let mut b = sled::Batch::default();
     for i in incidents {
         b.insert(
             incident_key(i.at, &i.incident_id).as_bytes(),
-            serde_json::to_vec(i).unwrap_or_default(),
+            encode_json("an incident", i)?,
         );
     }
     if let Some(l) = ledger {
-        b.insert("f/ledger", serde_json::to_vec(l).unwrap_or_default());
+        b.insert("f/ledger", encode_json("the ledger", l)?);
     }
     for p in parts {
         let meta = PartitionMeta {
@@ -174,11 +192,14 @@ pub fn checkpoint_batch(
         };
         b.insert(
             part_prefix('m', p.topic, p.partition).as_bytes(),
-            encode(&meta),
+            encode("a partition's meta", &meta)?,
         );
         let prefix = part_prefix('a', p.topic, p.partition);
         for a in &p.agents {
-            b.insert(format!("{prefix}/{}", a.agent_id).as_bytes(), encode(*a));
+            b.insert(
+                format!("{prefix}/{}", a.agent_id).as_bytes(),
+                encode("an agent's state", *a)?,
+            );
         }
     }
     for (partition, next) in control {
@@ -188,8 +209,8 @@ pub fn checkpoint_batch(
         );
     }
     let pending: Vec<Vec<u8>> = pending.iter().map(Command::to_json).collect();
-    b.insert("c/pending", encode(&pending));
-    b
+    b.insert("c/pending", encode("the pending commands", &pending)?);
+    Ok(b)
 }
 
 impl Store {
@@ -256,7 +277,9 @@ impl Store {
         incidents: &[Incident],
         ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
-        self.write(checkpoint_batch(parts, control, pending, incidents, ledger))
+        self.write(checkpoint_batch(
+            parts, control, pending, incidents, ledger,
+        )?)
     }
 
     /// Applies a batch atomically and flushes it to disk.
@@ -322,7 +345,7 @@ impl Store {
     pub fn push_history(&self, p: &HistoryPoint) -> Result<(), StoreError> {
         self.db.insert(
             format!("p/{:016x}", sortable(p.as_of)),
-            serde_json::to_vec(p).unwrap_or_default(),
+            encode_json("a fleet score", p)?,
         )?;
         Ok(())
     }

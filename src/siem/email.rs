@@ -428,8 +428,11 @@ impl EmailSink {
         to.sort();
         let mut item = render(r);
         item.to = to;
-        self.spool
-            .push(&serde_json::to_vec(&item).unwrap_or_default())
+        let bytes = serde_json::to_vec(&item).map_err(|e| SpoolError::Encode {
+            name: "email".into(),
+            reason: e.to_string(),
+        })?;
+        self.spool.push(&bytes)
     }
 
     /// Emails waiting.

@@ -36,6 +36,14 @@ pub enum SpoolError {
         #[source]
         source: sled::Error,
     },
+    /// A message could not be encoded for the spool (nothing empty is spooled in its place).
+    #[error("spool {name}: cannot encode a message: {reason}")]
+    Encode {
+        /// Spool name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// A bounded, persistent FIFO of messages.
