@@ -5,54 +5,17 @@ use std::sync::Arc;
 
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
-use serde::{Deserialize, Serialize};
 
 use crate::blueprint::{Blueprint, BlueprintSet};
 use crate::detect::{outside_allowed, Finding, Input, Judgement, Peers};
 use crate::event::AuditEvent;
+use crate::prefetch;
 use crate::response::{
     incident_id, Action, Basis, Incident, IncidentType, KillBudget, Severity, Spent, Status,
     Suppression, Verdict,
 };
-use crate::state::{prefetch, AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
-
-/// Counters kept by the engine.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct EngineStats {
-    /// Events processed.
-    pub events: u64,
-    /// Events later than the allowed lateness (fed to stateless checks only).
-    pub late_events: u64,
-    /// Incidents by type, in [`IncidentType::ALL`] order.
-    pub incidents: [u64; IncidentType::ALL.len()],
-    /// Malformed events of the stream (counted by the source; they never reach the engine).
-    pub bad_events: u64,
-    /// Kill decisions not carried out, by reason: monitor or dry run, learning period, kill
-    /// budget, allowlist.
-    pub kills_suppressed: [u64; 4],
-}
-
-/// Index of a suppression reason in [`EngineStats::kills_suppressed`].
-pub fn suppression_index(s: Suppression) -> usize {
-    match s {
-        Suppression::Monitor => 0,
-        Suppression::Learning => 1,
-        Suppression::Budget => 2,
-        Suppression::Allowlist => 3,
-    }
-}
-
-/// What the engine knows about the fleet as a whole: where learning started, the peers of each
-/// blueprint, and the kill budget.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FleetState {
-    /// Event time of the first event folded: the first-deployment learning period starts here.
-    pub origin: Option<i64>,
-    /// Peers by blueprint key.
-    pub peers: Vec<(String, Peers)>,
-    /// Automatic kills counted against the budget.
-    pub budget: KillBudget,
-}
+pub use crate::state::{suppression_index, EngineStats, FleetState};
+use crate::state::{AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
 
 struct Agent {
     bp: usize,

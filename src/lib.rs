@@ -10,7 +10,8 @@
 //! - [`detect`]: the detectors, pure functions of (agent state, event, blueprint), and the
 //!   learned baselines they use.
 //! - [`response`]: incidents with deterministic ids, and the kill policy.
-//! - [`state`]: the per-agent state value and the snapshot codec.
+//! - [`state`]: the per-agent state value, the fleet's state and counters, and the snapshot codec.
+//! - [`prefetch`]: software prefetch hints (a leaf: imports nothing of the crate).
 //! - [`engine`]: ties them together: one event in, incidents out.
 //! - [`replay`]: the `guardian replay` job (file or stdin source, JSON-lines sink).
 //! - [`simulate`]: the realistic fleet generator behind `guardian simulate`, tests and benches.
@@ -43,6 +44,7 @@ pub mod detect;
 pub mod engine;
 pub mod event;
 pub mod posture;
+pub mod prefetch;
 pub mod replay;
 pub mod response;
 pub mod siem;

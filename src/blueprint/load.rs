@@ -2,8 +2,8 @@
 
 use super::schema::*;
 use super::walk::{join, kind, PathError, Walker};
-use crate::detect::tool_hash;
-use crate::response::Severity;
+use super::Severity;
+use crate::event::tool_hash;
 use globset::{Glob, GlobSetBuilder};
 use serde_json::Value;
 

@@ -5,6 +5,7 @@ mod assign;
 mod load;
 mod schema;
 mod set;
+mod severity;
 mod walk;
 
 pub use assign::{Assignment, AssignmentRule};
@@ -14,4 +15,5 @@ pub use schema::{
     RoutineMode, RoutineRules, SequenceRule, Severities, Weekdays,
 };
 pub use set::{read_json_file, BlueprintSet, LoadError, BUILTIN};
+pub use severity::Severity;
 pub use walk::PathError;

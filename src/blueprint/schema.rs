@@ -4,7 +4,7 @@ use chrono_tz::Tz;
 use globset::GlobSet;
 use serde_json::{json, Value};
 
-use crate::response::Severity;
+use super::Severity;
 
 /// What the guardian does about anomalies (the peer's `mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -29,20 +29,12 @@ pub use stats::{count_tail, count_threshold, HOUR_MS};
 pub use volume::{ToolStats, VolumeState};
 pub use window::Ring;
 
+pub use crate::event::tool_hash;
+
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::Blueprint;
 use crate::response::{BaselineFacts, Basis, IncidentType, Severity};
-
-/// A stable 64-bit FNV-1a hash of a tool name (never 0, which stands for the `*` wildcard).
-pub fn tool_hash(name: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h.max(1)
-}
 
 const DAY_MS: f64 = 86_400_000.0;
 

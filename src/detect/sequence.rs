@@ -20,8 +20,8 @@ use super::habit::{Habit, Report};
 use super::peers::{SequenceCounts, FORMS};
 use super::{human_ms, Context, Finding, Judgement, Observation};
 use crate::blueprint::{Blueprint, SequenceRule};
+use crate::prefetch;
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
-use crate::state::prefetch;
 
 /// Weight of the peers' share in an agent's estimate, in matches.
 const PEER_WEIGHT: f64 = 50.0;

@@ -17,8 +17,8 @@ use super::habit::{Habit, Report};
 use super::stats::{ew_update, surprise};
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
+use crate::prefetch;
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
-use crate::state::prefetch;
 
 /// Tools whose volume is learned per agent; calls of further tools are checked statically only.
 const MAX_TOOLS: usize = 32;

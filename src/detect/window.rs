@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::prefetch;
+use crate::prefetch;
 
 /// Buckets per window: the window slides in steps of `window / BUCKETS`.
 pub const BUCKETS: i64 = 60;
@@ -86,7 +86,7 @@ impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd>
         }
     }
 
-    /// Announces an add (see [`crate::state::prefetch`]): the ends of the stored buckets, where
+    /// Announces an add (see [`crate::prefetch`]): the ends of the stored buckets, where
     /// an in-order add lands and expired buckets leave.
     pub fn prefetch(&self) {
         let (a, b) = self.buckets.as_slices();

@@ -104,3 +104,13 @@ pub struct AuditEvent<'a> {
     /// Data volume of the call in bytes, from the configured field; `None` when not reported.
     pub bytes: Option<f64>,
 }
+
+/// A stable 64-bit FNV-1a hash of a tool name (never 0, which stands for the `*` wildcard).
+pub fn tool_hash(name: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h.max(1)
+}

@@ -1,11 +1,12 @@
 //! Agent state: a plain serialisable value per agent, and the snapshot codec.
 
 mod agent;
-pub mod prefetch;
+mod fleet;
 mod profile;
 mod snapshot;
 
 pub use agent::AgentState;
+pub use fleet::{suppression_index, EngineStats, FleetState};
 pub use profile::{
     outcome_index, IncidentMark, KillEvent, KillEventKind, Profile, ToolSeen, MAX_TOOLS, OUTCOMES,
 };

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
-use super::prefetch;
+use crate::prefetch;
 
 use crate::event::Outcome;
 use crate::response::{IncidentType, Severity};

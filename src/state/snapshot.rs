@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::AgentState;
-use crate::engine::{EngineStats, FleetState};
+use super::{EngineStats, FleetState};
 
 /// Format version written into every snapshot.
 pub const SNAPSHOT_VERSION: u32 = 5;

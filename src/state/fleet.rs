@@ -1,0 +1,45 @@
+//! What is kept per partition besides its agents: the fleet's state (learning start, peers, kill
+//! budget) and the engine's counters.
+
+use serde::{Deserialize, Serialize};
+
+use crate::detect::Peers;
+use crate::response::{IncidentType, KillBudget, Suppression};
+
+/// Counters kept by the engine.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EngineStats {
+    /// Events processed.
+    pub events: u64,
+    /// Events later than the allowed lateness (fed to stateless checks only).
+    pub late_events: u64,
+    /// Incidents by type, in [`IncidentType::ALL`] order.
+    pub incidents: [u64; IncidentType::ALL.len()],
+    /// Malformed events of the stream (counted by the source; they never reach the engine).
+    pub bad_events: u64,
+    /// Kill decisions not carried out, by reason: monitor or dry run, learning period, kill
+    /// budget, allowlist.
+    pub kills_suppressed: [u64; 4],
+}
+
+/// Index of a suppression reason in [`EngineStats::kills_suppressed`].
+pub fn suppression_index(s: Suppression) -> usize {
+    match s {
+        Suppression::Monitor => 0,
+        Suppression::Learning => 1,
+        Suppression::Budget => 2,
+        Suppression::Allowlist => 3,
+    }
+}
+
+/// What the engine knows about the fleet as a whole: where learning started, the peers of each
+/// blueprint, and the kill budget.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FleetState {
+    /// Event time of the first event folded: the first-deployment learning period starts here.
+    pub origin: Option<i64>,
+    /// Peers by blueprint key.
+    pub peers: Vec<(String, Peers)>,
+    /// Automatic kills counted against the budget.
+    pub budget: KillBudget,
+}
