@@ -1,5 +1,8 @@
 //! Daemon configuration (`guardian run --config FILE`): TOML or JSON, secrets from the
 //! environment or files, validated as a whole so every error is reported at once.
+//!
+//! Layer: uses the settings types of `api`, `siem` and `posture`, `blueprint`, `event`, `secret`;
+//! never the daemon.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,63 +11,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::BlueprintSet;
-
-/// A secret: a literal value (discouraged), an environment variable, or a file. Its `Debug`,
-/// `Display` and `Serialize` forms never show a literal value.
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum Secret {
-    /// `{ env = "NAME" }`: read from an environment variable.
-    Env {
-        /// Variable name.
-        env: String,
-    },
-    /// `{ file = "/run/secrets/key" }`: read from a file (trailing newline trimmed).
-    File {
-        /// Path of the file.
-        file: PathBuf,
-    },
-    /// `"value"`: the secret itself, inline.
-    Literal(String),
-}
-
-impl Secret {
-    /// Resolves the secret's value.
-    pub fn resolve(&self) -> Result<String, String> {
-        match self {
-            Secret::Literal(v) => Ok(v.clone()),
-            Secret::Env { env } => {
-                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
-            }
-            Secret::File { file } => std::fs::read_to_string(file)
-                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| format!("cannot read {}: {e}", file.display())),
-        }
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({self})")
-    }
-}
-
-impl Serialize for Secret {
-    /// The redacted form (see `Display`): serialized configuration never carries a secret.
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Secret::Literal(_) => f.write_str("<redacted>"),
-            Secret::Env { env } => write!(f, "<from env {env}>"),
-            Secret::File { file } => write!(f, "<from file {}>", file.display()),
-        }
-    }
-}
+pub use crate::secret::Secret;
 
 /// Kafka connection and topics.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -1,6 +1,8 @@
 //! Control-topic commands (`kill`, `revive`), signed with HMAC-SHA256 so agents and guardians
 //! can tell them from forgeries.
 //!
+//! Layer: uses `response`, `event`.
+//!
 //! The signature is `hex(HMAC-SHA256(key, canonical))` where `canonical` is the command's JSON
 //! object without `signature`, keys sorted, no whitespace (RFC 8785 form; every field is a
 //! string, null or an array of strings).

@@ -1,5 +1,7 @@
 //! The engine: (agent state, audit event) → (new state, incidents). Deterministic and pure: no
 //! I/O, no clock. Sources feed it decoded events; sinks consume the incidents it writes.
+//!
+//! Layer: uses `state`, `detect`, `response`, `blueprint`, `event`, `prefetch`.
 
 use std::sync::Arc;
 
@@ -256,7 +258,7 @@ impl Engine {
         }
     }
 
-    /// Announces the state of the agent at position `i` (see [`crate::state::prefetch`]).
+    /// Announces the state of the agent at position `i` (see [`crate::prefetch`]).
     fn announce(&self, i: Option<u32>) {
         if let Some(a) = i.and_then(|i| self.agents.get(i as usize)) {
             prefetch::value(a);

@@ -24,6 +24,16 @@
 //! - [`demo`]: the daemon against librdkafka's in-process mock cluster.
 //! - [`cli`]: command-line interface.
 //!
+//! - [`store`]: the sled state store (agents, offsets, incidents, ledger, score history).
+//! - [`telemetry`]: the daemon's counters and the live view the admin API reads.
+//! - [`secret`]: configuration secrets whose `Debug` and `Serialize` forms redact.
+//! - [`kafka`]: reading a topic back to its end (demo, tests).
+//!
+//! Top-level modules only point down (`tests/layers.rs` checks it): commands (`cli`, `demo`,
+//! `replay`) → `daemon` → `config` → `api` → `telemetry` → `store` → `siem`, `posture` → `engine`
+//! → `state` → `detect` → `response` → `blueprint` → `event`, with `control`, `secret`, `kafka`
+//! and `prefetch` beside them; each module's doc says what it owns and what it may use.
+//!
 //! # Data flow
 //! ```text
 //! source (file / stdin) ─► event::Decoder ─► engine::Engine ─► Vec<Incident> ─► sink (stdout)
@@ -43,10 +53,14 @@ pub mod demo;
 pub mod detect;
 pub mod engine;
 pub mod event;
+pub mod kafka;
 pub mod posture;
 pub mod prefetch;
 pub mod replay;
 pub mod response;
+pub mod secret;
 pub mod siem;
 pub mod simulate;
 pub mod state;
+pub mod store;
+pub mod telemetry;

@@ -1,5 +1,7 @@
 //! Software prefetch: asks the CPU to bring memory into its caches ahead of use.
 //!
+//! Layer: uses nothing of the crate.
+//!
 //! A fleet's state is larger than the caches, so each event's agent is a round trip to memory.
 //! The engine announces the agents of the next few events (see [`Engine::process_batch`]) and
 //! the loads overlap instead of waiting one after another. A prefetch is only a hint: it never

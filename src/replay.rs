@@ -1,5 +1,7 @@
 //! `guardian replay`: events from a file or stdin through the engine, incidents to a writer as
 //! JSON lines, a summary at the end. Malformed lines are counted and reported, never fatal.
+//!
+//! Layer: uses `engine`, `store`, `siem`, `posture`, `response`, `event`.
 
 use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
@@ -83,6 +85,17 @@ impl<W: Write> IncidentSink for JsonLines<W> {
     fn incident(&mut self, i: &Incident) -> io::Result<()> {
         serde_json::to_writer(&mut self.0, i)?;
         self.0.write_all(b"\n")
+    }
+}
+
+/// The SIEM records of a replay (`guardian replay --output cef|json`).
+impl<W: Write> IncidentSink for crate::siem::RecordLines<W> {
+    fn incident(&mut self, i: &Incident) -> io::Result<()> {
+        self.write_incident(i)
+    }
+
+    fn dead_letter(&mut self, line: u64, e: &DecodeError, bytes: usize) -> io::Result<()> {
+        self.write_dead_letter(line, e, bytes)
     }
 }
 
@@ -251,8 +264,8 @@ pub fn write_state<S>(
     rec: &StateRecorder<S>,
     source: &str,
     lines: u64,
-) -> Result<(), crate::daemon::store::StoreError> {
-    use crate::daemon::store::{PartitionDelta, Store};
+) -> Result<(), crate::store::StoreError> {
+    use crate::store::{PartitionDelta, Store};
     let store = Store::open(dir)?;
     let stats = engine.stats().clone();
     let set = engine.blueprints();

@@ -12,10 +12,10 @@ use serde_json::{json, Value};
 
 use super::AppState;
 use crate::control::Verb;
-use crate::daemon::store::IncidentFilter;
 use crate::event::parse_rfc3339_ms;
 use crate::posture::{Framework, StateView};
 use crate::response::{IncidentType, Severity};
+use crate::store::IncidentFilter;
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()

@@ -15,8 +15,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
-use crate::daemon::{Live, BAD_EVENT_KINDS};
 use crate::response::{IncidentType, Severity};
+use crate::telemetry::{Live, BAD_EVENT_KINDS};
 
 /// Content type of the exposition.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

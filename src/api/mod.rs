@@ -1,6 +1,10 @@
 //! The HTTP admin API (axum): health and readiness, Prometheus metrics, agents, incidents,
 //! posture, compliance, signed kill / revive commands, and the web page.
 //!
+//! Layer: uses `telemetry`, `store`, `siem`, `posture`, `control`, `response`, `blueprint`,
+//! `event`, `secret`; never the daemon (it publishes commands through [`Commands`], which the
+//! daemon implements).
+//!
 //! Everything but `/healthz`, `/readyz` and the static page itself needs
 //! `Authorization: Bearer <token>`. The API reads the state the latest checkpoint wrote (at most
 //! `checkpoint_interval` old) for the partitions this instance owns; it never blocks the engine.
@@ -26,10 +30,21 @@ use sha2::{Digest, Sha256};
 pub use settings::{ApiConfig, ApiSettings};
 
 use crate::blueprint::BlueprintSet;
-use crate::config::Resolved;
-use crate::daemon::sink::Commander;
-use crate::daemon::{DaemonError, Live};
+use crate::control::{Command, Verb};
 use crate::posture::PostureSettings;
+use crate::telemetry::Live;
+
+/// Publishes signed operator commands on the control topic (the daemon's Kafka producer).
+pub trait Commands: Send + Sync {
+    /// Signs and publishes `verb` for `agent`; returns the command once the broker acknowledged
+    /// it.
+    fn publish(&self, verb: Verb, agent: &str, reason: &str) -> Result<Command, String>;
+}
+
+/// Why the admin API could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("admin API: {0}")]
+pub struct ApiError(String);
 
 /// What the handlers share.
 pub struct AppState {
@@ -42,7 +57,7 @@ pub struct AppState {
     /// SHA-256 of the bearer token (compared digest to digest).
     token_digest: [u8; 32],
     /// Publishes commands, if the API may.
-    pub commander: Option<Commander>,
+    pub commander: Option<Box<dyn Commands>>,
     /// Build version for `guardian_build_info`.
     pub version: &'static str,
 }
@@ -54,7 +69,7 @@ impl AppState {
         blueprints: Arc<BlueprintSet>,
         posture: PostureSettings,
         token: &str,
-        commander: Option<Commander>,
+        commander: Option<Box<dyn Commands>>,
     ) -> AppState {
         AppState {
             live,
@@ -64,18 +79,6 @@ impl AppState {
             commander,
             version: env!("CARGO_PKG_VERSION"),
         }
-    }
-
-    /// The daemon's API state.
-    pub fn for_daemon(cfg: &Resolved, live: Arc<Live>) -> Result<AppState, DaemonError> {
-        let token = cfg.api.as_ref().map_or("", |a| a.token.as_str());
-        Ok(AppState::new(
-            live,
-            cfg.blueprints.clone(),
-            cfg.posture.clone(),
-            token,
-            Some(Commander::new(cfg, "api")?),
-        ))
     }
 
     fn authorized(&self, req: &Request) -> bool {
@@ -151,17 +154,15 @@ pub fn spawn(
     settings: &ApiSettings,
     state: AppState,
     stop: Arc<AtomicBool>,
-) -> Result<(std::thread::JoinHandle<()>, SocketAddr), DaemonError> {
+) -> Result<(std::thread::JoinHandle<()>, SocketAddr), ApiError> {
     let listener = std::net::TcpListener::bind(settings.listen)
-        .map_err(|e| DaemonError::Api(format!("cannot listen on {}: {e}", settings.listen)))?;
+        .map_err(|e| ApiError(format!("cannot listen on {}: {e}", settings.listen)))?;
     listener
         .set_nonblocking(true)
-        .map_err(|e| DaemonError::Api(e.to_string()))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| DaemonError::Api(e.to_string()))?;
+        .map_err(|e| ApiError(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| ApiError(e.to_string()))?;
     let tls = match &settings.tls {
-        Some((c, k)) => Some(tls_config(c, k).map_err(DaemonError::Api)?),
+        Some((c, k)) => Some(tls_config(c, k).map_err(ApiError)?),
         None => None,
     };
     let app = router(Arc::new(state));
@@ -180,7 +181,7 @@ pub fn spawn(
             };
             rt.block_on(serve(listener, tls, app, stop));
         })
-        .map_err(|e| DaemonError::Api(e.to_string()))?;
+        .map_err(|e| ApiError(e.to_string()))?;
     tracing::info!(%addr, tls = settings.tls.is_some(), "admin API listening");
     Ok((handle, addr))
 }

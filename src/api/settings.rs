@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Secret;
+use crate::secret::Secret;
 
 /// `[api]` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

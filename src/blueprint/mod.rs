@@ -1,5 +1,7 @@
 //! Blueprints: detection thresholds and response policy per class of agent, and the rules that
 //! assign each agent to one.
+//!
+//! Layer: uses `event`.
 
 mod assign;
 mod load;

@@ -1,5 +1,7 @@
 //! Command line: `guardian run | demo | produce | kill | revive | state | posture | replay |
 //! simulate | evaluate | blueprint`.
+//!
+//! Layer: uses every module: it is the top.
 
 mod daemon;
 mod posture;

@@ -246,6 +246,17 @@ impl Commander {
     }
 }
 
+impl crate::api::Commands for Commander {
+    fn publish(
+        &self,
+        verb: crate::control::Verb,
+        agent: &str,
+        reason: &str,
+    ) -> Result<crate::control::Command, String> {
+        Commander::publish(self, verb, agent, reason)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

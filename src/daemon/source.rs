@@ -20,9 +20,9 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
-use super::store::Store;
 use crate::config::{Backfill, KafkaConfig};
 use crate::state::Snapshot;
+use crate::store::Store;
 
 /// One Kafka message, owned.
 #[derive(Debug)]

@@ -14,7 +14,7 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
 use super::source::AuditConsumer;
-use super::store::{Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// One checkpoint: the batch and the offsets it reflects.
 pub struct Job {

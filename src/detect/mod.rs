@@ -1,5 +1,7 @@
 //! Detectors: pure functions of (agent state, event, blueprint) that emit findings.
 //!
+//! Layer: uses `response`, `blueprint`, `event`, `prefetch`.
+//!
 //! No I/O, no clock, no randomness: time comes from the event. The set is closed and called in a
 //! fixed order by [`observe`].
 
@@ -270,7 +272,7 @@ impl DetectorState {
 }
 
 impl DetectorState {
-    /// Announces the memory an event reads (see [`crate::state::prefetch`]).
+    /// Announces the memory an event reads (see [`crate::prefetch`]).
     pub fn prefetch(&self) {
         self.frequency.prefetch();
         self.volume.prefetch();

@@ -1,4 +1,6 @@
 //! Audit events: the model the engine consumes and the decoders of the SDK formats that carry it.
+//!
+//! Layer: uses nothing of the crate.
 
 mod decode;
 mod error;

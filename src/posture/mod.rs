@@ -1,6 +1,8 @@
 //! Fleet posture from the event-sourced state: inventory, risk per agent with its reasons, the
 //! fleet score and its trend, and compliance controls with their evidence.
 //!
+//! Layer: uses `state`, `detect`, `response`, `blueprint`, `event`.
+//!
 //! Everything here is computed from a [`StateView`] (agent states, partition offsets, the
 //! ledger, past fleet scores): the daemon's admin API reads it from the live sled state, and
 //! `guardian posture --state DIR` from a stopped daemon's or a replay's state.

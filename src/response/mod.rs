@@ -1,4 +1,6 @@
 //! What the guardian does with findings: incidents with deterministic ids, and the kill policy.
+//!
+//! Layer: uses `blueprint`, `event`.
 
 mod budget;
 mod incident;

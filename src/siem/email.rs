@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::record::Record;
 use super::sink::{INITIAL_BACKOFF, MAX_BACKOFF};
 use super::spool::{Spool, SpoolError, WhenFull};
-use crate::config::Secret;
 use crate::event::format_rfc3339_ms;
+use crate::secret::Secret;
 
 /// How the SMTP connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

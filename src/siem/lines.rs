@@ -5,7 +5,6 @@ use std::io::{self, Write};
 use super::{CefFormatter, DeadLetter, EcsFormatter, Record};
 use crate::control::Command;
 use crate::event::DecodeError;
-use crate::replay::IncidentSink;
 use crate::response::{Action, Incident};
 
 /// Line format of SIEM records.
@@ -78,8 +77,9 @@ impl<W: Write> RecordLines<W> {
     }
 }
 
-impl<W: Write> IncidentSink for RecordLines<W> {
-    fn incident(&mut self, i: &Incident) -> io::Result<()> {
+impl<W: Write> RecordLines<W> {
+    /// Writes an incident, and the kill command of an automatic kill.
+    pub fn write_incident(&mut self, i: &Incident) -> io::Result<()> {
         self.write(&Record::Incident(i))?;
         if i.action_taken == Action::Killed {
             let c = Command::for_kill(i, &self.guardian_id);
@@ -88,7 +88,13 @@ impl<W: Write> IncidentSink for RecordLines<W> {
         Ok(())
     }
 
-    fn dead_letter(&mut self, line: u64, e: &DecodeError, bytes: usize) -> io::Result<()> {
+    /// Writes the dead letter of malformed line `line` (1-based) of the source.
+    pub fn write_dead_letter(
+        &mut self,
+        line: u64,
+        e: &DecodeError,
+        bytes: usize,
+    ) -> io::Result<()> {
         let d = DeadLetter {
             source: format!("{}:{line}", self.source),
             at: chrono::Utc::now().timestamp_millis(),

@@ -1,5 +1,8 @@
 //! SIEM outputs: CEF and ECS JSON records of incidents, commands and dead letters, sent over
 //! syslog (TCP, UDP, TLS), to files, stdout or Kafka, through a persistent spool per sink.
+//!
+//! Layer: uses `control`, `response`, `event`, `kafka`, `secret`; never the daemon or the
+//! configuration.
 
 pub mod cef;
 pub mod ecs;

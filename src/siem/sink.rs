@@ -494,7 +494,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         s.shutdown(Duration::from_secs(1));
-        let got = crate::demo::read_all(&brokers, "siem-json");
+        let got = crate::kafka::read_all(&brokers, "siem-json");
         assert_eq!(got.len(), 3);
         for ((_, payload), c) in got.iter().zip(&cmds) {
             let v: serde_json::Value = serde_json::from_slice(payload).unwrap();

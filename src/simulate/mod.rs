@@ -2,6 +2,8 @@
 //! mixes and payload sizes per role, and injected anomalies with a label file saying what was
 //! injected. Deterministic for a seed. Used by `guardian simulate`, the scenario tests and the
 //! benches, so all three share one source of data.
+//!
+//! Layer: uses `detect`, `response`, `event`.
 
 mod fleet;
 mod inject;

@@ -1,4 +1,6 @@
 //! Agent state: a plain serialisable value per agent, and the snapshot codec.
+//!
+//! Layer: uses `detect` (the detectors' states), `response`, `blueprint`, `event`, `prefetch`.
 
 mod agent;
 mod fleet;

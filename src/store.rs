@@ -1,6 +1,9 @@
 //! The sled state: per partition, the agents' states and the next offset they reflect, written in
 //! one atomic batch and flushed before any Kafka offset commit.
 //!
+//! Layer: uses `engine` (its counters), `state`, `posture` (the ledger), `control`, `response`,
+//! `blueprint`; used by the daemon, the API, `telemetry` and `replay`.
+//!
 //! Keys (one tree): `m/{topic}/{partition:010}` → [`PartitionMeta`], `a/{topic}/{partition:010}/{agent}`
 //! → [`AgentState`], `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
 //! operator commands waiting for their agent, `i/{event time:016x}/{incident id}` → incident

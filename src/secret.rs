@@ -1,0 +1,65 @@
+//! Secrets of the configuration: a literal, an environment variable or a file, resolved when the
+//! configuration is validated. A leaf: it imports nothing of the crate, so every settings type can
+//! hold one.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// A secret: a literal value (discouraged), an environment variable, or a file. Its `Debug`,
+/// `Display` and `Serialize` forms never show a literal value.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
+pub enum Secret {
+    /// `{ env = "NAME" }`: read from an environment variable.
+    Env {
+        /// Variable name.
+        env: String,
+    },
+    /// `{ file = "/run/secrets/key" }`: read from a file (trailing newline trimmed).
+    File {
+        /// Path of the file.
+        file: PathBuf,
+    },
+    /// `"value"`: the secret itself, inline.
+    Literal(String),
+}
+
+impl Secret {
+    /// Resolves the secret's value.
+    pub fn resolve(&self) -> Result<String, String> {
+        match self {
+            Secret::Literal(v) => Ok(v.clone()),
+            Secret::Env { env } => {
+                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
+            }
+            Secret::File { file } => std::fs::read_to_string(file)
+                .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+                .map_err(|e| format!("cannot read {}: {e}", file.display())),
+        }
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({self})")
+    }
+}
+
+impl Serialize for Secret {
+    /// The redacted form (see `Display`): serialized configuration never carries a secret.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Secret::Literal(_) => f.write_str("<redacted>"),
+            Secret::Env { env } => write!(f, "<from env {env}>"),
+            Secret::File { file } => write!(f, "<from file {}>", file.display()),
+        }
+    }
+}
