@@ -1,6 +1,10 @@
-//! Reading a Kafka topic back to its end: for the demo, the tests and operators' checks. Imports
-//! nothing of the crate.
+//! librdkafka clients as the guardian configures them (one builder for consumers and producers,
+//! with the user's pass-through options), and reading a topic back to its end for the demo, the
+//! tests and operators' checks.
+//!
+//! Layer: a leaf; imports nothing of the crate.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
@@ -9,6 +13,56 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Headers, Message};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::ClientContext;
+
+/// Which kind of client a configuration is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A consumer: gets the options prefixed `consumer.` and the unprefixed ones.
+    Consumer,
+    /// A producer: gets the options prefixed `producer.` and the unprefixed ones.
+    Producer,
+}
+
+/// A client configuration on `brokers`: the guardian's `settings` for it, then the user's
+/// pass-through `options` for `role` (prefix removed; the other role's options left out).
+pub fn client_config(
+    brokers: &str,
+    role: Role,
+    settings: &[(&str, &str)],
+    options: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in settings {
+        c.set(*k, *v);
+    }
+    let (mine, other) = match role {
+        Role::Consumer => ("consumer.", "producer."),
+        Role::Producer => ("producer.", "consumer."),
+    };
+    for (k, v) in options {
+        if !k.starts_with(other) {
+            c.set(k.strip_prefix(mine).unwrap_or(k), v);
+        }
+    }
+    c
+}
+
+/// An idempotent producer's configuration (`acks=all`, so every output is written exactly once
+/// per send), with the user's options.
+pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
+    client_config(
+        brokers,
+        Role::Producer,
+        &[
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+            ("linger.ms", "2"),
+            ("compression.type", "lz4"),
+        ],
+        options,
+    )
+}
 
 /// A topic reader's client context: the end of a partition is what the reader waits for, so it
 /// is logged at debug level, not as librdkafka's error.
@@ -88,4 +142,31 @@ pub fn read_to_end(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_role_gets_its_own_and_the_shared_options() {
+        let opts: BTreeMap<String, String> = [
+            ("security.protocol", "SSL"),
+            ("consumer.fetch.min.bytes", "7"),
+            ("producer.linger.ms", "9"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let c = client_config("b:9092", Role::Consumer, &[("group.id", "g")], &opts);
+        assert_eq!(c.get("security.protocol"), Some("SSL"));
+        assert_eq!(c.get("fetch.min.bytes"), Some("7"));
+        assert_eq!(c.get("linger.ms"), None);
+        assert_eq!(c.get("group.id"), Some("g"));
+        let p = producer_config("b:9092", &opts);
+        assert_eq!(p.get("linger.ms"), Some("9"), "the user's option wins");
+        assert_eq!(p.get("fetch.min.bytes"), None);
+        assert_eq!(p.get("acks"), Some("all"));
+        assert_eq!(p.get("bootstrap.servers"), Some("b:9092"));
+    }
 }

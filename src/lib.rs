@@ -27,7 +27,8 @@
 //! - [`store`]: the sled state store (agents, offsets, incidents, ledger, score history).
 //! - [`telemetry`]: the daemon's counters and the live view the admin API reads.
 //! - [`secret`]: configuration secrets whose `Debug` and `Serialize` forms redact.
-//! - [`kafka`]: reading a topic back to its end (demo, tests).
+//! - [`kafka`]: librdkafka client configuration, and reading a topic back to its end.
+//! - [`tls`]: PEM certificate chains and keys for rustls.
 //!
 //! Top-level modules only point down (`tests/layers.rs` checks it): commands (`cli`, `demo`,
 //! `replay`) → `daemon` → `config` → `api` → `telemetry` → `store` → `siem`, `posture` → `engine`
@@ -64,3 +65,4 @@ pub mod simulate;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod tls;

@@ -130,12 +130,8 @@ fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
 ) -> Result<rustls::ServerConfig, String> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .and_then(|i| i.collect())
-        .map_err(|e| format!("{}: {e}", cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
+    let chain = crate::tls::certificates(cert)?;
+    let key = crate::tls::private_key(key)?;
     let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
@@ -69,19 +68,8 @@ pub struct KafkaSink {
 impl KafkaSink {
     /// An idempotent producer (`acks=all`) with the user's pass-through options.
     pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> Result<KafkaSink, SinkError> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2")
-            .set("compression.type", "lz4");
-        for (k, v) in options {
-            if !k.starts_with("consumer.") {
-                c.set(k.trim_start_matches("producer."), v);
-            }
-        }
         let deliveries = Arc::new(Deliveries::default());
-        let producer = c
+        let producer = crate::kafka::producer_config(brokers, options)
             .create_with_context(SinkContext(deliveries.clone()))
             .map_err(SinkError::Create)?;
         Ok(KafkaSink {

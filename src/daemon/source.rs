@@ -280,25 +280,24 @@ fn consumer_sets(options: &BTreeMap<String, String>, key: &str) -> bool {
 
 /// The consumer config shared by both sources.
 fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String>) -> ClientConfig {
-    let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // A guard's latency matters more than a few extra fetch requests (librdkafka's default
-        // is 500 ms, which some brokers use in full even when data is waiting).
-        .set("fetch.wait.max.ms", "10")
-        // When the local queue is over its threshold librdkafka postpones the partition's next
-        // fetch by this much (default 1 s): with a fast engine that idles the consumer.
-        .set("fetch.queue.backoff.ms", "10");
-    for (k, v) in options {
-        if !k.starts_with("producer.") {
-            c.set(k.trim_start_matches("consumer."), v);
-        }
-    }
-    c
+    crate::kafka::client_config(
+        brokers,
+        crate::kafka::Role::Consumer,
+        &[
+            ("group.id", group),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("auto.offset.reset", "earliest"),
+            ("enable.partition.eof", "false"),
+            // A guard's latency matters more than a few extra fetch requests (librdkafka's
+            // default is 500 ms, which some brokers use in full even when data is waiting).
+            ("fetch.wait.max.ms", "10"),
+            // When the local queue is over its threshold librdkafka postpones the partition's
+            // next fetch by this much (default 1 s): with a fast engine that idles the consumer.
+            ("fetch.queue.backoff.ms", "10"),
+        ],
+        options,
+    )
 }
 
 /// The audit consumer group.

@@ -17,8 +17,8 @@ use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Message, SmtpTransport, Transport as _};
 use serde::{Deserialize, Serialize};
 
+use super::backoff::Backoff;
 use super::record::Record;
-use super::sink::{INITIAL_BACKOFF, MAX_BACKOFF};
 use super::spool::{Spool, SpoolError, WhenFull};
 use crate::event::format_rfc3339_ms;
 use crate::secret::Secret;
@@ -506,7 +506,7 @@ fn deliver(cfg: &EmailConfig, spool: &Spool, stats: &EmailStats, stop: &AtomicBo
     let window = humantime::parse_duration(&cfg.rate_window).unwrap_or(Duration::from_secs(3600));
     let limit = cfg.rate_limit.max(1) as usize;
     let mut recent: BTreeMap<Vec<String>, VecDeque<Instant>> = BTreeMap::new();
-    let mut backoff = INITIAL_BACKOFF;
+    let mut backoff = Backoff::default();
     while !stop.load(Ordering::Acquire) {
         let batch = spool.peek(1000).unwrap_or_default();
         if batch.is_empty() {
@@ -562,7 +562,7 @@ fn deliver(cfg: &EmailConfig, spool: &Spool, stats: &EmailStats, stop: &AtomicBo
                         sent_at.push_back(Instant::now());
                         let _ = spool.remove(keys);
                         progressed = true;
-                        backoff = INITIAL_BACKOFF;
+                        backoff.succeeded();
                     }
                     Sent::Permanent(e) => {
                         stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
@@ -572,7 +572,7 @@ fn deliver(cfg: &EmailConfig, spool: &Spool, stats: &EmailStats, stop: &AtomicBo
                     }
                     Sent::Transient(e) => {
                         stats.transient_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "email not sent; will retry");
+                        tracing::warn!(error = %e, retry_in_ms = backoff.delay().as_millis() as u64, "email not sent; will retry");
                         failed = true;
                         break;
                     }
@@ -583,11 +583,7 @@ fn deliver(cfg: &EmailConfig, spool: &Spool, stats: &EmailStats, stop: &AtomicBo
             }
         }
         if failed {
-            let until = Instant::now() + backoff;
-            while Instant::now() < until && !stop.load(Ordering::Acquire) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff.wait(|| stop.load(Ordering::Acquire));
         } else if !progressed {
             // Everything waiting is rate limited: check again shortly.
             std::thread::sleep(Duration::from_millis(100));

@@ -4,6 +4,7 @@
 //! Layer: uses `control`, `response`, `event`, `kafka`, `secret`; never the daemon or the
 //! configuration.
 
+pub mod backoff;
 pub mod cef;
 pub mod ecs;
 pub mod email;

@@ -19,10 +19,6 @@ use super::transport::{
     UdpTransport,
 };
 
-/// First retry delay after a failed delivery; doubles up to [`MAX_BACKOFF`].
-pub const INITIAL_BACKOFF: Duration = Duration::from_millis(200);
-/// Longest retry delay.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Messages sent per batch.
 const BATCH: usize = 256;
 
@@ -306,7 +302,7 @@ pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 /// The delivery loop of one sink.
 fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop: &Stop) {
     let late = t.confirms_late();
-    let mut backoff = INITIAL_BACKOFF;
+    let mut backoff = super::backoff::Backoff::default();
     let mut failing_since: Option<Instant> = None;
     let mut last_warn: Option<Instant> = None;
     // Written on the current connection, not yet confirmed (late-confirming transports only).
@@ -378,24 +374,19 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
                 if let Some(since) = failing_since.take() {
                     tracing::info!(sink = %name, after_s = since.elapsed().as_secs(), "sink delivering again");
                 }
-                backoff = INITIAL_BACKOFF;
+                backoff.succeeded();
             }
             Some(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
                 failing_since.get_or_insert_with(Instant::now);
                 if last_warn.is_none_or(|w| w.elapsed() >= Duration::from_secs(30)) {
-                    tracing::warn!(sink = %name, error = %e, spooled = spool.len(), retry_in_ms = backoff.as_millis() as u64, "sink delivery failed; messages stay spooled");
+                    tracing::warn!(sink = %name, error = %e, spooled = spool.len(), retry_in_ms = backoff.delay().as_millis() as u64, "sink delivery failed; messages stay spooled");
                     last_warn = Some(Instant::now());
                 }
                 t.reset();
-                let until = Instant::now() + backoff;
-                while Instant::now() < until {
-                    if past_deadline(stop) {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+                if backoff.wait(|| past_deadline(stop)) {
+                    return;
                 }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
             }
         }
         if past_deadline(stop) && !spool.is_empty() && written.is_empty() {
@@ -450,7 +441,7 @@ mod tests {
         }
         // The receiver is back; a restarted daemon delivers the spool.
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let db = sled::open(dir.path()).unwrap();
+        let db = crate::siem::spool::reopen(dir.path());
         let mut s = SiemSinks::start(&cfg, None, &db, "h", "", &BTreeMap::new()).unwrap();
         let (conn, _) = listener.accept().unwrap();
         let lines: Vec<String> = BufReader::new(conn)

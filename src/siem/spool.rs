@@ -210,6 +210,21 @@ fn key_of(k: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// Opens a sled database that was just closed: sled releases the directory's lock a moment after
+/// its last handle goes (its flusher thread holds one until it next wakes), so this retries for up
+/// to 2 s, as the state store's open does.
+#[cfg(test)]
+pub(crate) fn reopen(path: &std::path::Path) -> sled::Db {
+    let opened = std::time::Instant::now();
+    loop {
+        match sled::open(path) {
+            Ok(db) => return db,
+            Err(e) if opened.elapsed() > std::time::Duration::from_secs(2) => panic!("{e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +251,7 @@ mod tests {
         db.flush().unwrap();
         drop(s);
         drop(db);
-        let db = sled::open(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let s = Spool::open(&db, "x", 10, WhenFull::DropOldest).unwrap();
         assert_eq!(s.len(), 1);
         s.push(b"d").unwrap();

@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use super::syslog::{frame, Framing};
 
@@ -72,10 +71,7 @@ impl TlsSettings {
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_file {
             Some(p) => {
-                for c in CertificateDer::pem_file_iter(p)
-                    .map_err(|e| tls(format!("{}: {e}", p.display())))?
-                {
-                    let c = c.map_err(|e| tls(format!("{}: {e}", p.display())))?;
+                for c in crate::tls::certificates(p).map_err(tls)? {
                     roots
                         .add(c)
                         .map_err(|e| tls(format!("{}: {e}", p.display())))?;
@@ -94,12 +90,8 @@ impl TlsSettings {
             .with_root_certificates(roots);
         let cfg = match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => {
-                let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(c)
-                    .map_err(|e| tls(format!("{}: {e}", c.display())))?
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| tls(format!("{}: {e}", c.display())))?;
-                let key = PrivateKeyDer::from_pem_file(k)
-                    .map_err(|e| tls(format!("{}: {e}", k.display())))?;
+                let chain = crate::tls::certificates(c).map_err(tls)?;
+                let key = crate::tls::private_key(k).map_err(tls)?;
                 b.with_client_auth_cert(chain, key)
                     .map_err(|e| tls(e.to_string()))?
             }
@@ -454,17 +446,7 @@ impl KafkaTransport {
         options: &std::collections::BTreeMap<String, String>,
         topic: &str,
     ) -> Result<KafkaTransport, TransportError> {
-        let mut c = rdkafka::ClientConfig::new();
-        c.set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5");
-        for (k, v) in options {
-            if !k.starts_with("consumer.") {
-                c.set(k.trim_start_matches("producer."), v);
-            }
-        }
-        let producer = c
+        let producer = crate::kafka::producer_config(brokers, options)
             .create()
             .map_err(|e| TransportError::Kafka(e.to_string()))?;
         Ok(KafkaTransport {

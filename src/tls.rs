@@ -1,0 +1,38 @@
+//! PEM files for rustls: certificate chains and private keys, each error naming its file. Used by
+//! the admin API's server and the SIEM sinks' TLS clients.
+//!
+//! Layer: a leaf; imports nothing of the crate.
+
+use std::path::Path;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Every certificate of a PEM file, in order.
+pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_file_iter(path)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The first private key of a PEM file.
+pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_file_names_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("absent.pem");
+        assert!(certificates(&missing).unwrap_err().contains("absent.pem"));
+        assert!(private_key(&missing).unwrap_err().contains("absent.pem"));
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        assert_eq!(certificates(&empty).unwrap().len(), 0);
+        assert!(private_key(&empty).unwrap_err().contains("empty.pem"));
+    }
+}
