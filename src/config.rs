@@ -82,7 +82,9 @@ pub struct Config {
     pub checkpoint_interval: String,
     /// Events after which a checkpoint is taken even before the interval.
     pub checkpoint_events: u64,
-    /// Capacity of the queue between the Kafka source and the engine (messages).
+    /// Capacity of the queue between the Kafka sources and the engine, in notices: an audit
+    /// notice carries a batch of up to 1,024 messages, so it bounds memory at about
+    /// `queue_capacity` × 1,024 × `max_event_bytes`.
     pub queue_capacity: usize,
     /// Time allowed for a graceful shutdown, e.g. "30s".
     pub shutdown_timeout: String,

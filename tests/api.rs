@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use agent_guardian::api::{router, AppState};
+use agent_guardian::api::{router, AppState, Commands};
 use agent_guardian::daemon::store::Store;
 use agent_guardian::daemon::{Live, Metrics};
 use agent_guardian::engine::Engine;
@@ -29,6 +29,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(None)
+}
+
+fn fixture_with(commander: Option<Box<dyn Commands>>) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let set = agent_guardian::demo::demo_blueprints().unwrap();
     let sim = Simulation::new(SimConfig {
@@ -64,7 +68,7 @@ fn fixture() -> Fixture {
         set,
         PostureSettings::default(),
         TOKEN,
-        None,
+        commander,
     ));
     Fixture { _dir: dir, state }
 }
@@ -444,4 +448,35 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn a_kill_while_the_broker_is_down_answers_503_with_the_reason_within_the_deadline() {
+    use agent_guardian::config::KafkaConfig;
+    use agent_guardian::daemon::sink::Commander;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on: the broker is down.
+    let kafka = KafkaConfig {
+        brokers: format!("127.0.0.1:{}", support::free_tcp()),
+        ..KafkaConfig::default()
+    };
+    let cfg = agent_guardian::demo::local_config(
+        kafka,
+        dir.path(),
+        agent_guardian::demo::demo_blueprints().unwrap(),
+    );
+    let deadline = Duration::from_secs(2);
+    let commander = Commander::new(&cfg, "api").unwrap().with_deadline(deadline);
+    let f = fixture_with(Some(Box::new(commander)));
+    let t = Instant::now();
+    let (s, _, body) = call(&f, Method::POST, "/agents/fin-00001/kill", Some(TOKEN)).await;
+    let waited = t.elapsed();
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("did not acknowledge"), "{body}");
+    assert!(
+        waited >= deadline && waited < deadline * 4,
+        "answered after {waited:?}"
+    );
 }

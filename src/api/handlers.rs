@@ -310,7 +310,10 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Respo
             StatusCode::SERVICE_UNAVAILABLE,
             "this API cannot publish commands",
         ),
-        Ok(Err(e)) => error(StatusCode::BAD_GATEWAY, format!("control topic: {e}")),
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("control topic: {e}"),
+        ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

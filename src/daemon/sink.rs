@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::ClientContext;
 
 /// Delivery outcomes, shared with the producer's callback thread.
@@ -56,6 +56,11 @@ pub enum SinkError {
     /// A message could not be written.
     #[error("kafka delivery failed: {0}")]
     Delivery(String),
+    /// The broker did not acknowledge in time; what was waiting was withdrawn, not sent later.
+    #[error(
+        "the broker did not acknowledge within {0:?} (is it reachable?); nothing was published"
+    )]
+    Unacknowledged(Duration),
 }
 
 /// The idempotent producer shared by every output topic.
@@ -110,6 +115,21 @@ impl KafkaSink {
     /// (after librdkafka's own retries, `message.timeout.ms`). While the broker is unreachable it
     /// keeps waiting, with a warning every `warn_every`: nothing is persisted past an unsent output.
     pub fn settle(&mut self, warn_every: Duration) -> Result<(), SinkError> {
+        self.settle_until(warn_every, None)
+    }
+
+    /// Like [`KafkaSink::settle`], but gives up after `deadline`: what is still waiting is
+    /// withdrawn from the producer (so it is not published later, unknown to the caller) and the
+    /// error says so. For operator commands, whose caller is waiting for an answer.
+    pub fn settle_within(&mut self, deadline: Duration) -> Result<(), SinkError> {
+        self.settle_until(deadline, Some(deadline))
+    }
+
+    fn settle_until(
+        &mut self,
+        warn_every: Duration,
+        deadline: Option<Duration>,
+    ) -> Result<(), SinkError> {
         let started = std::time::Instant::now();
         let mut warned = started;
         loop {
@@ -132,6 +152,11 @@ impl KafkaSink {
             let inflight = self.producer.in_flight_count();
             if inflight == 0 {
                 return Ok(());
+            }
+            if let Some(d) = deadline.filter(|d| started.elapsed() >= *d) {
+                self.producer
+                    .purge(PurgeConfig::default().queue().inflight());
+                return Err(SinkError::Unacknowledged(d));
             }
             std::thread::sleep(Duration::from_millis(1));
             if warned.elapsed() >= warn_every {
@@ -189,13 +214,18 @@ pub fn dead_letter_headers(
         })
 }
 
+/// How long an operator command waits for the broker's acknowledgement before it is withdrawn
+/// and reported as not published.
+pub const COMMAND_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Publishes signed operator commands onto the control topic (`guardian kill|revive`, the
-/// admin API).
+/// admin API), each acknowledged within [`COMMAND_DEADLINE`] or withdrawn.
 pub struct Commander {
     sink: std::sync::Mutex<KafkaSink>,
     topic: String,
     key: Vec<u8>,
     issuer: String,
+    deadline: Duration,
 }
 
 impl Commander {
@@ -209,7 +239,14 @@ impl Commander {
             topic: cfg.config.kafka.control_topic.clone(),
             key: cfg.signing_key.clone(),
             issuer: format!("{who}@{}", cfg.config.guardian_id),
+            deadline: COMMAND_DEADLINE,
         })
+    }
+
+    /// The same, waiting at most `deadline` for each acknowledgement.
+    pub fn with_deadline(mut self, deadline: Duration) -> Commander {
+        self.deadline = deadline;
+        self
     }
 
     /// Signs and publishes a command; returns once the broker acknowledged it.
@@ -228,7 +265,7 @@ impl Commander {
             .map_err(|_| "producer lock poisoned".to_string())?;
         sink.send(&self.topic, Some(agent.as_bytes()), &cmd.to_json(), None)
             .map_err(|e| e.to_string())?;
-        sink.settle(std::time::Duration::from_secs(30))
+        sink.settle_within(self.deadline)
             .map_err(|e| e.to_string())?;
         Ok(cmd)
     }
