@@ -378,9 +378,32 @@ pub fn digest(items: &[Item]) -> Item {
     }
 }
 
+/// Why the email sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EmailError {
+    /// The spool could not be opened.
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    /// The SMTP transport could not be built (TLS settings, CA file, server name).
+    #[error("email: cannot build the SMTP transport: {0}")]
+    Transport(String),
+    /// `from` is not a mailbox.
+    #[error("email: from {0:?} is not a mailbox")]
+    From(String),
+    /// The delivery thread could not be started.
+    #[error("email: cannot start the delivery thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 impl EmailSink {
-    /// Opens the email spool in `db` and starts the delivery thread.
-    pub fn start(cfg: &EmailConfig, db: &sled::Db) -> Result<EmailSink, SpoolError> {
+    /// Opens the email spool in `db` and starts the delivery thread, once its transport is built:
+    /// a transport that cannot be built fails the start, it does not leave mail spooled for ever.
+    pub fn start(cfg: &EmailConfig, db: &sled::Db) -> Result<EmailSink, EmailError> {
+        let transport = cfg.transport().map_err(EmailError::Transport)?;
+        let from = cfg
+            .from
+            .parse::<Mailbox>()
+            .map_err(|_| EmailError::From(cfg.from.clone()))?;
         let spool = Arc::new(Spool::open(
             db,
             "email",
@@ -394,15 +417,15 @@ impl EmailSink {
                 (cfg.clone(), spool.clone(), stats.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("sink-email".into())
-                .spawn(move || deliver(&cfg, &spool, &stats, &stop))
-                .ok()
+                .spawn(move || deliver(&cfg, transport, from, &spool, &stats, &stop))
+                .map_err(EmailError::Thread)?
         };
         Ok(EmailSink {
             routes: cfg.routes.clone(),
             spool,
             stats,
             stop,
-            worker,
+            worker: Some(worker),
         })
     }
 
@@ -492,17 +515,14 @@ fn send(t: &SmtpTransport, from: &Mailbox, item: &Item) -> Sent {
 }
 
 /// The delivery loop: rate limit per recipient list, digest of the excess, retries.
-fn deliver(cfg: &EmailConfig, spool: &Spool, stats: &EmailStats, stop: &AtomicBool) {
-    let transport = match cfg.transport() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "email sink cannot start; emails stay spooled");
-            return;
-        }
-    };
-    let Ok(from) = cfg.from.parse::<Mailbox>() else {
-        return;
-    };
+fn deliver(
+    cfg: &EmailConfig,
+    transport: SmtpTransport,
+    from: Mailbox,
+    spool: &Spool,
+    stats: &EmailStats,
+    stop: &AtomicBool,
+) {
     let window = humantime::parse_duration(&cfg.rate_window).unwrap_or(Duration::from_secs(3600));
     let limit = cfg.rate_limit.max(1) as usize;
     let mut recent: BTreeMap<Vec<String>, VecDeque<Instant>> = BTreeMap::new();
@@ -619,5 +639,36 @@ mod tests {
         assert_eq!(d.subject, "[agent-guardian] digest: 3 alerts");
         assert_eq!(d.text.matches("== ").count(), 3);
         assert_eq!(d.to, vec!["x@example.com".to_string()]);
+    }
+
+    #[test]
+    fn a_transport_that_cannot_be_built_fails_the_start_instead_of_spooling_for_ever() {
+        let dir = tempfile::tempdir().unwrap();
+        // The password's variable is gone by the time the sink starts.
+        let mut cfg: EmailConfig = serde_json::from_value(serde_json::json!({
+            "server": "localhost",
+            "security": "starttls",
+            "username": "guardian",
+            "password": {"env": "AG_TEST_EMAIL_PASSWORD_NEVER_SET"},
+            "from": "guardian@example.com",
+            "routes": [{"to": ["secops@example.com"]}]
+        }))
+        .unwrap();
+        let db = sled::open(dir.path().join("db")).unwrap();
+        match EmailSink::start(&cfg, &db) {
+            Err(EmailError::Transport(e)) => assert!(!e.is_empty()),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("started with a transport that cannot be built"),
+        }
+        cfg.username = None;
+        cfg.password = None;
+        cfg.from = "not a mailbox".into();
+        assert!(matches!(
+            EmailSink::start(&cfg, &db),
+            Err(EmailError::From(_))
+        ));
+        cfg.from = "guardian@example.com".into();
+        let mut sink = EmailSink::start(&cfg, &db).unwrap();
+        sink.shutdown(Duration::ZERO);
     }
 }

@@ -28,6 +28,18 @@ pub enum SinkError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
+    /// The email sink could not start.
+    #[error(transparent)]
+    Email(#[from] super::email::EmailError),
+    /// A delivery thread could not be started.
+    #[error("sink {name}: cannot start its delivery thread: {source}")]
+    Thread {
+        /// Sink name.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// The transport could not be set up.
     #[error("sink {name}: {source}")]
     Transport {
@@ -154,7 +166,10 @@ impl SiemSinks {
                 std::thread::Builder::new()
                     .name(format!("sink-{}", c.name))
                     .spawn(move || deliver(&name, &spool, transport, &stats, &stop))
-                    .ok()
+                    .map_err(|source| SinkError::Thread {
+                        name: c.name.clone(),
+                        source,
+                    })?
             };
             if !spool.is_empty() {
                 tracing::info!(sink = %c.name, spooled = spool.len(), "delivering messages spooled before the restart");
@@ -166,7 +181,7 @@ impl SiemSinks {
                 min_severity: c.min_severity,
                 spool,
                 stats,
-                worker,
+                worker: Some(worker),
             });
         }
         let email = match email {
