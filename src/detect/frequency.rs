@@ -9,6 +9,10 @@
 //!   rate): a count that is both improbable (negative binomial tail below `sensitivity`) and at
 //!   least `burst_ratio` (short windows) or `slow_burn_ratio` (long windows) times the expected.
 //!   An agent with fewer than `min_active_days` of its own is compared with its blueprint's peers.
+//!   An agent that works in sessions (at least `MIN_CALLS_PER_TURN` calls per turn in each hour
+//!   the windows reach back to that it works) is judged on its turns too: calls split into many
+//!   separate turns where it makes about one is a change of behaviour even when the call count
+//!   stays within what its sessions make ordinary.
 //! - One episode of violations (static or learned) is one incident, closed when it ends. Calls
 //!   inside an open off-hours incident are that incident's, not a second one.
 //!
@@ -17,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::habit::{Habit, Report, RoutineMode};
+use super::rhythm::TURN_GAP_MS;
 use super::scales::{Scales, MINUTES, SCALES};
 use super::stats::improbable_sessions;
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
@@ -37,6 +42,10 @@ const DISPERSION_HORIZON: f32 = 1000.0;
 const DISPERSION_PRIOR: f32 = 20.0;
 /// Most one bucket can say about the dispersion (one odd bucket must not blind the detector).
 const MAX_BUCKET_DISPERSION: f32 = 100.0;
+/// Share of a window's alert ratio its most recent part must still run at.
+const RECENT_SHARE: f64 = 0.75;
+/// Least calls per turn for an agent to be judged on its turns as well as its calls.
+const MIN_CALLS_PER_TURN: f64 = 3.0;
 
 /// How clustered the agent's calls are: the mean of (count − expected)² / expected over its
 /// five-minute buckets (1 for calls that come one by one at random; about the session size for
@@ -84,6 +93,12 @@ struct Limits {
     /// Count from which each window is anomalous: a cheap lower bound until `exact` has its bit.
     bound: [u32; SCALES],
     exact: u8,
+    /// Expected turns in each window (agents that work in sessions; 0 otherwise).
+    turn_expected: [f32; SCALES],
+    /// Turns from which each window is anomalous (`u32::MAX`: not judged on turns), a cheap
+    /// lower bound until `turn_exact` has its bit.
+    turn_bound: [u32; SCALES],
+    turn_exact: u8,
     /// The most calls in the static window that are ordinary for the agent (0: not computed).
     routine_max: u32,
     source: Source,
@@ -101,6 +116,9 @@ impl Default for Limits {
             expected: [0.0; SCALES],
             bound: [u32::MAX; SCALES],
             exact: 0,
+            turn_expected: [0.0; SCALES],
+            turn_bound: [u32::MAX; SCALES],
+            turn_exact: 0,
             routine_max: 0,
             source: Source::Blueprint,
             samples: 0,
@@ -113,6 +131,10 @@ impl Default for Limits {
 pub struct FrequencyState {
     calls: Ring<u32>,
     scales: Scales,
+    /// Turns (calls at least [`TURN_GAP_MS`] after the previous one) in the same windows.
+    turns: Scales,
+    /// Event time of the latest call.
+    last_call: i64,
     episode: Episode,
     count_volume: Episode,
     habit: Habit,
@@ -126,6 +148,8 @@ impl FrequencyState {
         FrequencyState {
             calls: Ring::new(bp.window_ms, bp.allowed_lateness_ms),
             scales: Scales::default(),
+            turns: Scales::default(),
+            last_call: i64::MIN,
             episode: Episode::default(),
             count_volume: Episode::default(),
             habit: Habit::default(),
@@ -229,6 +253,12 @@ fn limits(
     };
     l.source = x.source;
     l.samples = x.samples;
+    // Calls per turn over the hours the windows reach back to that the agent works, the least
+    // of them: where it works call by call in any of them, its turns are not judged.
+    let h = obs.local.hour;
+    let per_turn = (0..5u8)
+        .filter_map(|back| ctx.rhythm.calls_per_turn((h + 24 - back) % 24))
+        .fold(f64::INFINITY, f64::min);
     for (i, minutes) in MINUTES.iter().enumerate() {
         let e = x.windows[i];
         let ratio = if *minutes < 60 {
@@ -238,6 +268,11 @@ fn limits(
         };
         l.expected[i] = e as f32;
         l.bound[i] = ((ratio * e).ceil() as u32).max(lr.min_window_count);
+        if x.source == Source::Agent && per_turn.is_finite() && per_turn >= MIN_CALLS_PER_TURN {
+            let t = e / per_turn;
+            l.turn_expected[i] = t as f32;
+            l.turn_bound[i] = ((ratio * t).ceil() as u32).max(lr.min_window_count);
+        }
     }
     l
 }
@@ -288,6 +323,10 @@ pub fn observe(
         }
     }
     st.scales.add(obs.ts);
+    if obs.ts.saturating_sub(st.last_call) >= TURN_GAP_MS {
+        st.turns.add(obs.ts);
+    }
+    st.last_call = st.last_call.max(obs.ts);
     let count = st.calls.max_window_containing(obs.ts);
 
     let key = i64::from(obs.local.day) * 24 + i64::from(obs.local.hour);
@@ -301,7 +340,7 @@ pub fn observe(
         let l = &mut st.limits;
         if l.routine_max == 0 && l.source == Source::Agent {
             let e = f64::from(l.rate) * bp.window_ms as f64 / crate::detect::HOUR_MS as f64;
-            l.routine_max = improbable_from(l, e, bp.learned.sensitivity)
+            l.routine_max = improbable_from(l.dispersion, l.cv, e, bp.learned.sensitivity)
                 .max((2.0 * e) as u32)
                 .max(1);
         }
@@ -335,7 +374,7 @@ pub fn observe(
         if step == Step::Opened {
             out.push(match (new_static, new_learned) {
                 (Some(t), _) => static_finding(bp, st, obs, count, t),
-                (None, Some((i, c))) => learned_finding(bp, st, obs, i, c),
+                (None, Some((i, c, what))) => learned_finding(bp, st, obs, i, c, what),
                 (None, None) => return,
             });
         }
@@ -374,9 +413,9 @@ pub fn observe(
 /// in sessions are counted in units of the agent's dispersion (a quasi-Poisson model: sessions
 /// arrive at random, `dispersion` calls each on average), with the day-to-day spread of the rate
 /// on top.
-fn improbable_from(l: &Limits, e: f64, alpha: f64) -> u32 {
-    let d = f64::from(l.dispersion).max(1.0);
-    let t = improbable_sessions(e / d, f64::from(l.cv), alpha);
+fn improbable_from(dispersion: f32, cv: f32, e: f64, alpha: f64) -> u32 {
+    let d = f64::from(dispersion).max(1.0);
+    let t = improbable_sessions(e / d, f64::from(cv), alpha);
     u32::try_from((f64::from(t) * d).ceil() as u64).unwrap_or(u32::MAX)
 }
 
@@ -420,39 +459,68 @@ pub(crate) fn judge(mode: RoutineMode, learning: bool, routine: bool) -> Judgeme
     }
 }
 
-/// The window most over its limit, if any: (window index, calls in it).
-fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, u32)> {
-    let sums = st.scales.sums();
+/// What a learned violation counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// Calls.
+    Calls,
+    /// Turns: calls at least [`TURN_GAP_MS`] apart.
+    Turns,
+}
+
+/// The window most over its limit, if any: (window index, count in it, what it counts).
+fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, u32, Counted)> {
+    let calls = st.scales.sums();
+    let turns = st.turns.sums();
     let l = &mut st.limits;
-    let mut best: Option<(usize, u32, f64)> = None;
-    for i in 0..SCALES {
-        let c = sums[i];
-        if c < l.bound[i] {
-            continue;
-        }
-        // The window's most recent part (the next shorter window) must run over the same ratio
-        // too: a burst that is over does not keep the longer windows in violation for hours.
-        if i > 0
-            && f64::from(sums[i - 1])
-                < f64::from(l.bound[i]) / f64::from(l.expected[i]).max(1e-9)
-                    * f64::from(l.expected[i - 1])
-        {
-            continue;
-        }
-        if l.exact & (1 << i) == 0 {
-            let e = f64::from(l.expected[i]);
-            l.bound[i] = l.bound[i].max(improbable_from(l, e, bp.learned.sensitivity));
-            l.exact |= 1 << i;
-            if c < l.bound[i] {
+    let sens = bp.learned.sensitivity;
+    let mut best: Option<(usize, u32, Counted, f64)> = None;
+    for (what, sums) in [(Counted::Calls, calls), (Counted::Turns, turns)] {
+        for i in 0..SCALES {
+            let (expected, bound, exact) = match what {
+                Counted::Calls => (&l.expected, &mut l.bound, &mut l.exact),
+                Counted::Turns => (&l.turn_expected, &mut l.turn_bound, &mut l.turn_exact),
+            };
+            let c = sums[i];
+            if c < bound[i] {
                 continue;
             }
-        }
-        let ratio = f64::from(c) / f64::from(l.expected[i]).max(1e-9);
-        if best.is_none_or(|b| ratio > b.2) {
-            best = Some((i, c, ratio));
+            // The window's most recent part (the next shorter window) must still run at
+            // `RECENT_SHARE` of the window's alert ratio: a burst that is over does not keep
+            // the longer windows in violation for hours, while one that straddles bucket edges
+            // counts.
+            if i > 0
+                && f64::from(sums[i - 1])
+                    < RECENT_SHARE * f64::from(bound[i]) / f64::from(expected[i]).max(1e-9)
+                        * f64::from(expected[i - 1])
+            {
+                continue;
+            }
+            let e = f64::from(expected[i]);
+            if *exact & (1 << i) == 0 {
+                // Calls come in sessions (counted in units of the dispersion); turns are the
+                // sessions themselves.
+                let improbable = match what {
+                    Counted::Calls => improbable_from(l.dispersion, l.cv, e, sens),
+                    Counted::Turns => improbable_from(1.0, l.cv, e, sens),
+                };
+                let (bound, exact) = match what {
+                    Counted::Calls => (&mut l.bound, &mut l.exact),
+                    Counted::Turns => (&mut l.turn_bound, &mut l.turn_exact),
+                };
+                bound[i] = bound[i].max(improbable);
+                *exact |= 1 << i;
+                if c < bound[i] {
+                    continue;
+                }
+            }
+            let ratio = f64::from(c) / e.max(1e-9);
+            if best.is_none_or(|b| ratio > b.3) {
+                best = Some((i, c, what, ratio));
+            }
         }
     }
-    best.map(|(i, c, _)| (i, c))
+    best.map(|(i, c, what, _)| (i, c, what))
 }
 
 fn facts(st: &FrequencyState, obs: &Observation<'_>, source: Source) -> BaselineFacts {
@@ -511,6 +579,7 @@ fn learned_finding(
     obs: &Observation<'_>,
     i: usize,
     c: u32,
+    what: Counted,
 ) -> Finding {
     let l = &st.limits;
     let mut f = Finding::new(
@@ -518,10 +587,16 @@ fn learned_finding(
         Basis::Learned,
         bp.severities.frequency_spike,
     );
-    let e = f64::from(l.expected[i]);
+    let (e, bound) = match what {
+        Counted::Calls => (f64::from(l.expected[i]), l.bound[i]),
+        Counted::Turns => (f64::from(l.turn_expected[i]), l.turn_bound[i]),
+    };
     f.observed = f64::from(c);
     f.expected = e;
-    f.unit = "calls";
+    f.unit = match what {
+        Counted::Calls => "calls",
+        Counted::Turns => "turns",
+    };
     let span = MINUTES[i] * 60_000;
     f.window_start =
         (obs.ts.div_euclid(super::scales::BUCKET_MS) + 1) * super::scales::BUCKET_MS - span;
@@ -536,12 +611,18 @@ fn learned_finding(
             obs.local.hour, l.rate, l.samples
         ),
     };
+    let counted = match what {
+        Counted::Calls => "calls".to_string(),
+        Counted::Turns => format!(
+            "separate turns of calls (it usually makes {:.1} calls per turn)",
+            f64::from(l.expected[i]) / e.max(1e-9)
+        ),
+    };
     f.description = format!(
-        "Agent {:?} made {c} calls in {} min, {:.1}× the {e:.1} expected: {whose} (alert from {}).",
+        "Agent {:?} made {c} {counted} in {} min, {:.1}× the {e:.1} expected: {whose} (alert from {bound}).",
         obs.agent_id,
         MINUTES[i],
         f64::from(c) / e.max(1e-9),
-        l.bound[i]
     );
     f.facts = Some(facts(st, obs, l.source));
     f.weighs = l.source == Source::Agent && obs.warm;
@@ -693,6 +774,40 @@ mod tests {
             f[0].description.contains("240 min") || f[0].description.contains("60 min"),
             "{}",
             f[0].description
+        );
+    }
+
+    #[test]
+    fn a_session_agent_calling_one_by_one_is_found_by_its_turns() {
+        // Two sessions an hour of 8 calls 2 s apart (16 calls an hour), 09:00-17:00 UTC on
+        // weekdays: its calls are clustered, so a count of calls alone says little.
+        let bp = soc();
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut base = Vec::new();
+        for d in weekdays(21) {
+            for h in 0..8 {
+                for minute in [7, 37] {
+                    let t = mon + d * 86_400_000 + h * 3_600_000 + minute * 60_000;
+                    base.extend((0..8).map(|c| ev(t + c * 2_000, "triage", None)));
+                }
+            }
+        }
+        // Day 15, 11:12: 40 calls one by one, 20 s apart. Their count stays within what its
+        // sessions make ordinary; 40 separate turns where about half of one is usual do not.
+        let burst_at = mon + 15 * 86_400_000 + 2 * 3_600_000 + 12 * 60_000;
+        let mut evs = base.clone();
+        evs.extend((0..40).map(|i| ev(burst_at + i * 20_000, "triage", None)));
+        evs.sort_by_key(|e| e.ts);
+        let found = Kit::new(bp.clone()).feed(evs);
+        let f = incidents(&found, IncidentType::FrequencySpike);
+        assert_eq!(f.len(), 1, "{f:?}");
+        assert_eq!((f[0].basis, f[0].unit), (Basis::Learned, "turns"), "{f:?}");
+        assert!(f[0].window_end >= burst_at && f[0].window_end < burst_at + 800_000);
+        // Its ordinary sessions alone raise nothing.
+        let found = Kit::new(bp).feed(base);
+        assert!(
+            incidents(&found, IncidentType::FrequencySpike).is_empty(),
+            "{found:?}"
         );
     }
 

@@ -63,6 +63,8 @@ pub struct Rhythm {
     today: [u16; 24],
     /// Calls on `day`.
     today_total: u32,
+    /// Turns per local hour on `day`.
+    turn_hours: [u16; 24],
     /// Turns on `day`, and in local hour `turn_hour` of it.
     turns_today: u32,
     turns_hour: u32,
@@ -86,6 +88,8 @@ struct Learned {
     hour_rate: f32,
     /// Calls per active hour of the latest active day closed.
     last_rate: f32,
+    /// Mean turns per local hour of day over the active days.
+    turn_hours: [f32; 24],
 }
 
 impl Default for Rhythm {
@@ -96,6 +100,7 @@ impl Default for Rhythm {
             weekday: 0,
             today: [0; 24],
             today_total: 0,
+            turn_hours: [0; 24],
             turns_today: 0,
             turns_hour: 0,
             turn_hour: 0,
@@ -107,6 +112,7 @@ impl Default for Rhythm {
                 day_rate: 0.0,
                 hour_rate: 0.0,
                 last_rate: 0.0,
+                turn_hours: [0.0; 24],
             }),
         }
     }
@@ -146,6 +152,8 @@ impl Rhythm {
         if ts.saturating_sub(self.last_ts) >= TURN_GAP_MS || self.turns_hour == 0 {
             self.turns_today += 1;
             self.turns_hour += 1;
+            let t = &mut self.turn_hours[usize::from(l.hour % 24)];
+            *t = t.saturating_add(1);
         }
         self.last_ts = self.last_ts.max(ts);
         let c = &mut self.today[usize::from(l.hour % 24)];
@@ -160,6 +168,7 @@ impl Rhythm {
         self.today_total = 0;
         self.turns_today = 0;
         self.turns_hour = 0;
+        self.turn_hours = [0; 24];
     }
 
     /// Folds the day being counted into the statistics; returns whether it was active.
@@ -182,6 +191,9 @@ impl Rhythm {
         let per_hour = total as f32 / active_hours.max(1) as f32;
         self.learned.hour_rate += alpha * (per_hour - self.learned.hour_rate);
         self.learned.last_rate = per_hour;
+        for (m, t) in self.learned.turn_hours.iter_mut().zip(self.turn_hours) {
+            *m += alpha * (f32::from(t) - *m);
+        }
         let s = &mut self.learned.days[usize::from(self.weekday)];
         s.seen = s.seen.saturating_add(1);
         s.active = s.active.saturating_add(1);
@@ -202,6 +214,14 @@ impl Rhythm {
     /// Calls per active hour of the latest active day closed.
     pub fn last_day_rate(&self) -> f64 {
         f64::from(self.learned.last_rate)
+    }
+
+    /// Mean calls per turn in local hour `h` (at least 1): how many calls the agent makes
+    /// together, for one task, at that hour; `None` for an hour it has (almost) never worked.
+    pub fn calls_per_turn(&self, h: u8) -> Option<f64> {
+        let h = usize::from(h % 24);
+        let turns = f64::from(self.learned.turn_hours[h]);
+        (turns >= 0.5).then(|| (f64::from(self.learned.hours[h].mean) / turns).max(1.0))
     }
 
     /// Mean calls per active day.
@@ -365,5 +385,29 @@ mod tests {
             assert_eq!(r.weekday(d).evidence, 0.0, "day {d}");
         }
         assert_eq!(r.active_days(), 9);
+    }
+
+    #[test]
+    fn calls_per_turn_is_learned_per_hour() {
+        let tz = chrono_tz::UTC;
+        let mut r = Rhythm::default();
+        let mon = at("2026-03-02T00:00:00Z");
+        // Each day: one call every 3 minutes 09:00-12:00 (each its own turn), then one long
+        // turn of a call every 2 s 12:00-13:00.
+        for d in 0..5 {
+            let day = mon + d * 86_400_000;
+            let mut ts: Vec<i64> = (0..60).map(|i| day + 9 * 3_600_000 + i * 180_000).collect();
+            ts.extend((0..1800).map(|i| day + 12 * 3_600_000 + i * 2_000));
+            for t in ts {
+                r.observe(local_time(tz, t), t);
+            }
+        }
+        let t = mon + 5 * 86_400_000 + 9 * 3_600_000;
+        r.observe(local_time(tz, t), t);
+        let morning = r.calls_per_turn(10).expect("a worked hour");
+        let steady = r.calls_per_turn(12).expect("a worked hour");
+        assert!((morning - 1.0).abs() < 1e-6, "{morning}");
+        assert!(steady > 1000.0, "{steady}");
+        assert_eq!(r.calls_per_turn(20), None, "an hour never worked");
     }
 }
