@@ -471,8 +471,19 @@ enum Counted {
 /// The window most over its limit, if any: (window index, count in it, what it counts).
 fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, u32, Counted)> {
     let calls = st.scales.sums();
-    let turns = st.turns.sums();
     let l = &mut st.limits;
+    // The common case, cheaply: no window at its (lower) bound.
+    let judges_turns = l.turn_bound[0] != u32::MAX;
+    let turns = if judges_turns {
+        st.turns.sums()
+    } else {
+        [0; SCALES]
+    };
+    let over =
+        |sums: &[u32; SCALES], bound: &[u32; SCALES]| sums.iter().zip(bound).any(|(c, b)| c >= b);
+    if !over(&calls, &l.bound) && !over(&turns, &l.turn_bound) {
+        return None;
+    }
     let sens = bp.learned.sensitivity;
     let mut best: Option<(usize, u32, Counted, f64)> = None;
     for (what, sums) in [(Counted::Calls, calls), (Counted::Turns, turns)] {
