@@ -377,7 +377,7 @@ fn api_serves_https_with_the_configured_certificate() {
     };
     let dir = tempfile::tempdir().unwrap();
     support::certificates(dir.path(), &openssl);
-    let store = agent_guardian::daemon::store::Store::open(&dir.path().join("state")).unwrap();
+    let store = agent_guardian::store::Store::open(&dir.path().join("state")).unwrap();
     let live = std::sync::Arc::new(agent_guardian::daemon::Live {
         store,
         metrics: Default::default(),

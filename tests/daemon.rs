@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use agent_guardian::config::KafkaConfig;
 use agent_guardian::control::{Command, Verb};
 use agent_guardian::daemon::sink::KafkaSink;
-use agent_guardian::daemon::store::Store;
 use agent_guardian::daemon::{Daemon, Metrics};
 use agent_guardian::demo::{self, DEMO_KEY};
 use agent_guardian::event::format_rfc3339_ms;
 use agent_guardian::response::{Incident, IncidentType};
+use agent_guardian::store::Store;
 use rdkafka::mocking::MockCluster;
 
 fn kafka(brokers: &str) -> KafkaConfig {

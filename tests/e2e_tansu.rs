@@ -434,7 +434,7 @@ fn kill_dash_nine_at_random_points_loses_nothing_and_counts_nothing_twice() {
     );
 
     // The final state of every agent equals the uninterrupted run's.
-    let store = agent_guardian::daemon::store::Store::open(&dir.path().join("state")).unwrap();
+    let store = agent_guardian::store::Store::open(&dir.path().join("state")).unwrap();
     let mut agents = 0;
     for st in want.engines.iter().flat_map(|e| e.agents()) {
         let found = store.find_agent(&st.agent_id).unwrap();

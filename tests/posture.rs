@@ -5,7 +5,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use agent_guardian::blueprint::{load_blueprint, Assignment, BlueprintSet};
-use agent_guardian::daemon::store::Store;
 use agent_guardian::engine::Engine;
 use agent_guardian::event::{AuditEvent, Decoder, Format, Outcome};
 use agent_guardian::posture::{
@@ -14,6 +13,7 @@ use agent_guardian::posture::{
 use agent_guardian::replay::{self, StateRecorder};
 use agent_guardian::response::Incident;
 use agent_guardian::simulate::{SimConfig, Simulation};
+use agent_guardian::store::Store;
 
 /// Replays a simulated fleet into a state directory and reads it back as the CLI and API do.
 fn replayed(dir: &std::path::Path, sim: &Simulation, set: Arc<BlueprintSet>) -> StateView {

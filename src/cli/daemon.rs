@@ -11,9 +11,9 @@ use clap::{Args, Subcommand};
 use crate::config::{Config, Resolved};
 use crate::control::Verb;
 use crate::daemon::sink::KafkaSink;
-use crate::daemon::store::Store;
 use crate::daemon::Daemon;
 use crate::event::{format_rfc3339_ms, Decoder, DecoderOptions};
+use crate::store::Store;
 
 /// `guardian run`.
 #[derive(Debug, Args)]

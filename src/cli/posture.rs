@@ -11,8 +11,8 @@ use clap::Args;
 
 use crate::blueprint::BlueprintSet;
 use crate::config::Config;
-use crate::daemon::store::Store;
 use crate::posture::{ComplianceReport, ControlStatus, Framework, PostureSettings};
+use crate::store::Store;
 
 /// `guardian posture`.
 #[derive(Debug, Args)]
