@@ -131,30 +131,29 @@ impl Command {
         }
     }
 
-    /// The canonical bytes that are signed.
-    pub fn canonical(&self) -> Vec<u8> {
-        let mut v = serde_json::to_value(self).unwrap_or_default();
-        let sorted: BTreeMap<String, serde_json::Value> = match v.as_object_mut() {
-            Some(m) => {
-                m.remove("signature");
-                std::mem::take(m).into_iter().collect()
-            }
-            None => BTreeMap::new(),
+    /// The canonical bytes that are signed: the command's JSON object without `signature`, keys
+    /// sorted. An encoding failure is an error, never an empty form that every command shares.
+    pub fn canonical(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let v = serde_json::to_value(self)?;
+        let serde_json::Value::Object(m) = v else {
+            return Err(serde::ser::Error::custom("a command is not a JSON object"));
         };
-        serde_json::to_vec(&sorted).unwrap_or_default()
+        let sorted: BTreeMap<String, serde_json::Value> =
+            m.into_iter().filter(|(k, _)| k != "signature").collect();
+        serde_json::to_vec(&sorted)
     }
 
-    fn mac(&self, key: &[u8]) -> HmacSha256 {
+    fn mac(&self, key: &[u8]) -> Result<HmacSha256, serde_json::Error> {
         // HMAC accepts keys of any length.
         let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
-        mac.update(&self.canonical());
-        mac
+        mac.update(&self.canonical()?);
+        Ok(mac)
     }
 
     /// Sets `signature`.
-    pub fn sign(mut self, key: &[u8]) -> Command {
-        self.signature = hex::encode(self.mac(key).finalize().into_bytes());
-        self
+    pub fn sign(mut self, key: &[u8]) -> Result<Command, serde_json::Error> {
+        self.signature = hex::encode(self.mac(key)?.finalize().into_bytes());
+        Ok(self)
     }
 
     /// Checks the signature (constant time).
@@ -164,6 +163,7 @@ impl Command {
         }
         let sig = hex::decode(&self.signature).map_err(|_| Rejection::BadSignature)?;
         self.mac(key)
+            .map_err(|e| Rejection::Malformed(e.to_string()))?
             .verify_slice(&sig)
             .map_err(|_| Rejection::BadSignature)
     }
@@ -184,8 +184,8 @@ impl Command {
     }
 
     /// The JSON payload.
-    pub fn to_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
     }
 }
 
@@ -207,9 +207,11 @@ mod tests {
 
     #[test]
     fn signed_commands_verify_and_tampering_is_detected() {
-        let c = Command::manual(Verb::Kill, "fin-1", "stop", 1_772_000_000_000, "ops").sign(KEY);
+        let c = Command::manual(Verb::Kill, "fin-1", "stop", 1_772_000_000_000, "ops")
+            .sign(KEY)
+            .unwrap();
         assert_eq!(c.verify(KEY), Ok(()));
-        let parsed = Command::parse_verified(&c.to_json(), KEY).unwrap();
+        let parsed = Command::parse_verified(&c.to_json().unwrap(), KEY).unwrap();
         assert_eq!(parsed, c);
         let mut t = c.clone();
         t.agent_id = "fin-2".into();
@@ -232,8 +234,10 @@ mod tests {
 
     #[test]
     fn canonical_form_is_sorted_compact_json_without_signature() {
-        let c = Command::manual(Verb::Revive, "a", "ok", 0, "ops").sign(KEY);
-        let s = String::from_utf8(c.canonical()).unwrap();
+        let c = Command::manual(Verb::Revive, "a", "ok", 0, "ops")
+            .sign(KEY)
+            .unwrap();
+        let s = String::from_utf8(c.canonical().unwrap()).unwrap();
         assert!(
             s.starts_with("{\"agent_id\":\"a\",\"blueprint\":null,\"command\":\"revive\","),
             "{s}"

@@ -215,8 +215,8 @@ pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
         1_772_500_000_000,
         "mallory",
     )
-    .sign(b"not-the-guardian-key-0000");
-    producer.send(&kafka.control_topic, None, &forged.to_json(), None)?;
+    .sign(b"not-the-guardian-key-0000")?;
+    producer.send(&kafka.control_topic, None, &forged.to_json()?, None)?;
     producer.settle(Duration::from_secs(10))?;
 
     let resolved = local_config(kafka, state_dir, blueprints);

@@ -211,7 +211,14 @@ pub fn checkpoint_batch(
             &next.to_le_bytes()[..],
         );
     }
-    let pending: Vec<Vec<u8>> = pending.iter().map(Command::to_json).collect();
+    let pending: Vec<Vec<u8>> = pending
+        .iter()
+        .map(Command::to_json)
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Encode {
+            what: "the pending commands",
+            reason: e.to_string(),
+        })?;
     b.insert("c/pending", encode("the pending commands", &pending)?);
     Ok(b)
 }

@@ -162,18 +162,21 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
         m.events.load(Ordering::Relaxed) == 3
     });
 
-    let kill = Command::manual(Verb::Kill, a, "test", T0 + 200_000, "ops").sign(DEMO_KEY);
+    let kill = Command::manual(Verb::Kill, a, "test", T0 + 200_000, "ops")
+        .sign(DEMO_KEY)
+        .unwrap();
     let forged = Command::manual(Verb::Revive, a, "forged", T0 + 250_000, "mallory")
-        .sign(b"wrong-key-wrong-key");
+        .sign(b"wrong-key-wrong-key")
+        .unwrap();
     let mut unsigned = Command::manual(Verb::Revive, a, "unsigned", T0 + 260_000, "x");
     unsigned.signature.clear();
     produce(
         &k,
         &k.control_topic,
         &[
-            (Some(a.to_string()), kill.to_json()),
-            (Some(a.to_string()), forged.to_json()),
-            (Some(a.to_string()), unsigned.to_json()),
+            (Some(a.to_string()), kill.to_json().unwrap()),
+            (Some(a.to_string()), forged.to_json().unwrap()),
+            (Some(a.to_string()), unsigned.to_json().unwrap()),
         ],
     );
     wait(&d.metrics, "kill applied", |m| {
@@ -184,11 +187,13 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
     wait(&d.metrics, "4 events", |m| {
         m.events.load(Ordering::Relaxed) == 4
     });
-    let revive = Command::manual(Verb::Revive, a, "fixed", T0 + 400_000, "ops").sign(DEMO_KEY);
+    let revive = Command::manual(Verb::Revive, a, "fixed", T0 + 400_000, "ops")
+        .sign(DEMO_KEY)
+        .unwrap();
     produce(
         &k,
         &k.control_topic,
-        &[(Some(a.to_string()), revive.to_json())],
+        &[(Some(a.to_string()), revive.to_json().unwrap())],
     );
     wait(&d.metrics, "revive applied", |m| {
         m.commands_applied.load(Ordering::Relaxed) == 2
@@ -336,11 +341,13 @@ fn a_command_for_an_unseen_agent_applies_when_its_event_time_is_reached() {
     let d = start(&k, dir.path());
     let a = "fin-later";
     // The kill is read before any event of the agent (as in a rebuild from the log).
-    let kill = Command::manual(Verb::Kill, a, "test", T0 + 300_000, "ops").sign(DEMO_KEY);
+    let kill = Command::manual(Verb::Kill, a, "test", T0 + 300_000, "ops")
+        .sign(DEMO_KEY)
+        .unwrap();
     produce(
         &k,
         &k.control_topic,
-        &[(Some(a.to_string()), kill.to_json())],
+        &[(Some(a.to_string()), kill.to_json().unwrap())],
     );
     std::thread::sleep(Duration::from_millis(500));
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..6u64)

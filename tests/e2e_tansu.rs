@@ -261,10 +261,11 @@ fn the_readme_python_verifier_accepts_our_signatures_and_rejects_tampering() {
         1_772_550_000_123,
         "operator@host",
     )
-    .sign(KEY.as_bytes());
-    let good = String::from_utf8(c.to_json()).unwrap();
+    .sign(KEY.as_bytes())
+    .unwrap();
+    let good = String::from_utf8(c.to_json().unwrap()).unwrap();
     c.reason.push('!');
-    let tampered = String::from_utf8(c.to_json()).unwrap();
+    let tampered = String::from_utf8(c.to_json().unwrap()).unwrap();
     let mut child = Proc::new("python3")
         .args(["-c", &script, KEY])
         .stdin(Stdio::piped())

@@ -303,8 +303,7 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Respo
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(agent = %cmd.agent_id, command = ?cmd.command, command_id = %cmd.command_id, "command published through the admin API");
-            let v: Value = serde_json::from_slice(&cmd.to_json()).unwrap_or(Value::Null);
-            (StatusCode::ACCEPTED, Json(json!({ "published": v }))).into_response()
+            (StatusCode::ACCEPTED, Json(Published { published: &cmd })).into_response()
         }
         Ok(Ok(None)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -316,6 +315,12 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Respo
         ),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
+}
+
+/// The answer to a published command.
+#[derive(serde::Serialize)]
+struct Published<'a> {
+    published: &'a crate::control::Command,
 }
 
 /// `POST /agents/{id}/kill` with `{"reason": "…"}`: a signed kill command on the control topic.

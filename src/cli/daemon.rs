@@ -232,7 +232,7 @@ pub fn command_cmd(verb: Verb, a: CommandArgs) -> anyhow::Result<ExitCode> {
     let cmd = crate::daemon::sink::Commander::new(&cfg, "operator")?
         .publish(verb, &a.agent, &a.reason)
         .map_err(|e| anyhow::anyhow!("control topic: {e}"))?;
-    println!("{}", String::from_utf8_lossy(&cmd.to_json()));
+    println!("{}", String::from_utf8_lossy(&cmd.to_json()?));
     Ok(ExitCode::SUCCESS)
 }
 

@@ -300,11 +300,11 @@ impl Core {
             self.siem.emit(&SiemRecord::Incident(&inc))?;
             if inc.action_taken == Action::Killed {
                 let cmd = Command::for_kill(&inc, &self.cfg.config.guardian_id)
-                    .sign(&self.cfg.signing_key);
+                    .sign(&self.cfg.signing_key)?;
                 self.sink.send(
                     &k.control_topic,
                     Some(inc.agent_id.as_bytes()),
-                    &cmd.to_json(),
+                    &cmd.to_json()?,
                     None,
                 )?;
                 self.metrics.kill_commands.fetch_add(1, Ordering::Relaxed);

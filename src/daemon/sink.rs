@@ -257,13 +257,15 @@ impl Commander {
         reason: &str,
     ) -> Result<crate::control::Command, String> {
         let now = chrono::Utc::now().timestamp_millis();
-        let cmd =
-            crate::control::Command::manual(verb, agent, reason, now, &self.issuer).sign(&self.key);
+        let cmd = crate::control::Command::manual(verb, agent, reason, now, &self.issuer)
+            .sign(&self.key)
+            .map_err(|e| e.to_string())?;
         let mut sink = self
             .sink
             .lock()
             .map_err(|_| "producer lock poisoned".to_string())?;
-        sink.send(&self.topic, Some(agent.as_bytes()), &cmd.to_json(), None)
+        let json = cmd.to_json().map_err(|e| e.to_string())?;
+        sink.send(&self.topic, Some(agent.as_bytes()), &json, None)
             .map_err(|e| e.to_string())?;
         sink.settle_within(self.deadline)
             .map_err(|e| e.to_string())?;
