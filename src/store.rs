@@ -226,22 +226,9 @@ pub fn checkpoint_batch(
 impl Store {
     /// Opens (or creates) the state directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        // sled releases the directory's lock when its last handle goes, and in this process that
-        // can be a moment after the `Db` is dropped (its flusher thread holds one until it next
-        // wakes), so a reopen retries for up to 2 s before reporting the lock error.
-        let mut tries = 0;
-        loop {
-            match sled::Config::new().path(dir).open() {
-                Ok(db) => return Ok(Store { db }),
-                Err(sled::Error::Io(e))
-                    if tries < 100 && e.to_string().contains("could not acquire lock") =>
-                {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Ok(Store {
+            db: crate::siem::spool::open_db(dir)?,
+        })
     }
 
     /// The sled database (the SIEM sinks keep their spools in it, flushed with each checkpoint).

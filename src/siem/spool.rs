@@ -210,17 +210,20 @@ fn key_of(k: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Opens a sled database that was just closed: sled releases the directory's lock a moment after
-/// its last handle goes (its flusher thread holds one until it next wakes), so this retries for up
-/// to 2 s, as the state store's open does.
-#[cfg(test)]
-pub(crate) fn reopen(path: &std::path::Path) -> sled::Db {
-    let opened = std::time::Instant::now();
+/// Opens (or creates) the sled database in `dir`. sled releases a directory's lock a moment
+/// after its last handle goes (its flusher thread holds one until it next wakes), so a reopen in
+/// the same process retries for up to 2 s before reporting the lock error.
+pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
     loop {
-        match sled::open(path) {
-            Ok(db) => return db,
-            Err(e) if opened.elapsed() > std::time::Duration::from_secs(2) => panic!("{e}"),
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if tries < 100 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
         }
     }
 }
@@ -251,7 +254,7 @@ mod tests {
         db.flush().unwrap();
         drop(s);
         drop(db);
-        let db = reopen(dir.path());
+        let db = open_db(dir.path()).unwrap();
         let s = Spool::open(&db, "x", 10, WhenFull::DropOldest).unwrap();
         assert_eq!(s.len(), 1);
         s.push(b"d").unwrap();

@@ -110,6 +110,19 @@ fn local_at(
     None
 }
 
+/// UTC times of a local wall-clock time on every weekday (Monday to Friday) of the span.
+fn working_days_at<'a>(
+    a: &'a AgentProfile,
+    cfg: &'a SimConfig,
+    hour: u8,
+    minute: u8,
+) -> impl Iterator<Item = i64> + 'a {
+    (0..cfg.days).filter_map(move |d| {
+        local_at(a, cfg, d, hour, minute, |wd| wd < 5)
+            .filter(|t| *t < cfg.start_ms + i64::from(d + 1) * DAY_MS)
+    })
+}
+
 fn label(
     a: &AgentProfile,
     expect: Option<IncidentType>,
@@ -508,18 +521,15 @@ pub(crate) fn plan(
     // blueprint's sequence): a baseline fact, never an incident.
     if let Some(i) = take(&|a| a.role == Role::Finance) {
         let a = &fleet[i];
-        let mut calls = Vec::new();
-        for d in 0..cfg.days {
-            if let Some(t) = local_at(a, cfg, d, a.start + 1, 30, |wd| wd < 5) {
-                if t < cfg.start_ms + i64::from(d + 1) * DAY_MS {
-                    calls.extend([
-                        (t, "query_customer_db", 20_000),
-                        (t + 40_000, "read_invoice", 30_000),
-                        (t + 90_000, "send_email", 9_000),
-                    ]);
-                }
-            }
-        }
+        let calls = working_days_at(a, cfg, a.start + 1, 30)
+            .flat_map(|t| {
+                [
+                    (t, "query_customer_db", 20_000),
+                    (t + 40_000, "read_invoice", 30_000),
+                    (t + 90_000, "send_email", 9_000),
+                ]
+            })
+            .collect();
         plan.push(Injection::new(i, calls));
         labels.push(label(
             a,
@@ -534,14 +544,9 @@ pub(crate) fn plan(
     // hours every working day (the threshold is 30): routine for it.
     if let Some(i) = take(&|a| a.role == Role::Finance && a.end >= a.start + 4) {
         let a = &fleet[i];
-        let mut calls = Vec::new();
-        for d in 0..cfg.days {
-            if let Some(t) = local_at(a, cfg, d, a.start + 1, 0, |wd| wd < 5) {
-                if t < cfg.start_ms + i64::from(d + 1) * DAY_MS {
-                    calls.extend((0..3840).map(|k| (t + k * 1875, "query_ledger", 12_000)));
-                }
-            }
-        }
+        let calls = working_days_at(a, cfg, a.start + 1, 0)
+            .flat_map(|t| (0..3840).map(move |k| (t + k * 1875, "query_ledger", 12_000)))
+            .collect();
         plan.push(Injection::new(i, calls));
         labels.push(label(
             a,
