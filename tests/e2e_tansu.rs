@@ -672,13 +672,20 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
     let lines = lines_of(&events);
     let half = lines.len() / 2;
     produce_lines(&cfg, dir.path(), "a.jsonl", &lines[..half]);
+    // The daemon's log, shown if it stops when it must not.
+    let log = dir.path().join("daemon.log");
     let mut run = guardian()
         .args(["run", "--config"])
         .arg(&cfg)
         .env("E2E_GUARDIAN_KEY", KEY)
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    };
     let group = format!("{prefix}-group");
     wait_committed(&b, &group, &audit, 2, 1);
     let committed = committed_total(&b.addr, &group, &audit, 2);
@@ -693,7 +700,8 @@ fn a_broker_outage_of_30_seconds_loses_nothing_and_the_daemon_keeps_running() {
     while t.elapsed() < Duration::from_secs(30) {
         assert!(
             run.try_wait().unwrap().is_none(),
-            "the daemon exited while the broker was down"
+            "the daemon exited while the broker was down; its log ends:\n{}",
+            tail()
         );
         std::thread::sleep(Duration::from_millis(500));
     }
