@@ -2,7 +2,11 @@
 //! from producing the deciding event to the kill command arriving on the control topic.
 //!
 //! `cargo bench --bench kafka_load` starts its own Tansu (`scripts/tansu.sh`) unless
-//! `TANSU_BROKER` and `TANSU_BIN` are set. Environment: `LOAD_EVENTS` (default 1,000,000),
+//! `TANSU_BROKER` and `TANSU_BIN` are set, and then runs the same phases on librdkafka's mock
+//! cluster hosted in a process of its own (this binary, started again), reached over TCP: a
+//! broker whose fetch cost does not grow with its log, so the daemon's share of the latency is
+//! told apart from the test broker's. `LOAD_BROKERS` (default "tansu,mock") picks them.
+//! Environment: `LOAD_EVENTS` (default 1,000,000),
 //! `LOAD_RATE` (events/s of the latency phase, default 10,000), `LOAD_SECONDS` (default 30),
 //! `LOAD_LINGER_MS` (`linger.ms` of the producer standing in for the agents, default 5 as in
 //! librdkafka; one producer sends the whole fleet's events, so this sets how many produce
@@ -40,17 +44,77 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 struct Broker {
+    name: &'static str,
     addr: String,
     bin: String,
     pid: Option<String>,
+    /// The mock cluster's process (its topics are created at its start).
+    mock: Option<std::process::Child>,
+}
+
+/// Audit partitions of each phase's topics: the throughput phase and one latency phase per count.
+fn phases() -> Vec<(String, u32)> {
+    let mut v = vec![("load".to_string(), 4)];
+    let counts = std::env::var("LOAD_LAT_PARTITIONS").unwrap_or_else(|_| "1,4".into());
+    for n in counts
+        .split(',')
+        .filter_map(|n| n.trim().parse::<u32>().ok())
+    {
+        v.push((format!("lat{}", n.max(1)), n.max(1)));
+    }
+    v
+}
+
+/// In the mock-cluster child: hosts the cluster with every phase's topics, prints its address,
+/// and lives until its standard input closes (the parent ends).
+fn mock_cluster_child() {
+    let c = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+    for (prefix, n) in phases() {
+        for (t, parts) in [("audit", n), ("incidents", 1), ("control", 1), ("dlq", 1)] {
+            c.create_topic(&format!("{prefix}-{t}"), parts as i32, 1)
+                .expect("mock topic");
+        }
+    }
+    println!("MOCK_BROKER={}", c.bootstrap_servers());
+    let mut sink = String::new();
+    while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
+}
+
+fn mock_broker() -> Broker {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+        .env("LOAD_MOCK_CHILD", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mock cluster process");
+    let mut line = String::new();
+    let out = child.stdout.take().expect("stdout");
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("mock address");
+    let addr = line
+        .trim()
+        .strip_prefix("MOCK_BROKER=")
+        .expect("MOCK_BROKER=")
+        .to_string();
+    Broker {
+        name: "mock cluster",
+        addr,
+        bin: String::new(),
+        pid: None,
+        mock: Some(child),
+    }
 }
 
 fn broker() -> Broker {
     if let (Ok(addr), Ok(bin)) = (std::env::var("TANSU_BROKER"), std::env::var("TANSU_BIN")) {
         return Broker {
+            name: "Tansu",
             addr,
             bin,
             pid: None,
+            mock: None,
         };
     }
     let port = 40_000 + std::process::id() % 10_000;
@@ -68,9 +132,11 @@ fn broker() -> Broker {
             .to_string()
     };
     Broker {
+        name: "Tansu",
         addr: format!("127.0.0.1:{port}"),
         bin: field("TANSU_BIN="),
         pid: Some(field("TANSU_PID=")),
+        mock: None,
     }
 }
 
@@ -82,6 +148,9 @@ impl Broker {
             ("control", 1),
             ("dlq", 1),
         ] {
+            if self.mock.is_some() {
+                break; // created with the cluster
+            }
             let s = std::process::Command::new(&self.bin)
                 .args(["topic", "create", &format!("{prefix}-{t}"), "--partitions"])
                 .arg(n.to_string())
@@ -98,6 +167,16 @@ impl Broker {
             control_topic: format!("{prefix}-control"),
             dead_letter_topic: format!("{prefix}-dlq"),
             ..KafkaConfig::default()
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(pid) = &self.pid {
+            let _ = std::process::Command::new("kill").arg(pid).status();
+        }
+        if let Some(mut c) = self.mock.take() {
+            drop(c.stdin.take());
+            let _ = c.wait();
         }
     }
 }
@@ -119,7 +198,7 @@ fn config(k: KafkaConfig, dir: &std::path::Path) -> agent_guardian::config::Reso
 
 fn throughput(b: &Broker, n: u64) {
     let k = b.topics("load", 4);
-    throughput_on(k, n, "Tansu");
+    throughput_on(k, n, b.name);
 }
 
 fn throughput_on(k: KafkaConfig, n: u64, broker: &str) {
@@ -187,7 +266,10 @@ fn throughput_on(k: KafkaConfig, n: u64, broker: &str) {
 }
 
 fn latency(b: &Broker, rate: u64, seconds: u64, partitions: u32) {
-    println!("latency phase: audit topic of {partitions} partition(s)");
+    println!(
+        "[{}] latency phase: audit topic of {partitions} partition(s)",
+        b.name
+    );
     let k = b.topics(&format!("lat{partitions}"), partitions);
     let dir = tempfile::tempdir().expect("tmp");
     let d = Daemon::start(config(k.clone(), dir.path())).expect("daemon");
@@ -408,7 +490,8 @@ fn latency(b: &Broker, rate: u64, seconds: u64, partitions: u32) {
             );
         }
         println!(
-            "latency at {:.0} events/s, {partitions} partition(s) ({label}): {} kill commands; produce → kill command on the control topic: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
+            "[{}] latency at {:.0} events/s, {partitions} partition(s) ({label}): {} kill commands; produce → kill command on the control topic: p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms (target p99 <= 50 ms)",
+            b.name,
             total as f64 / sent_s,
             lat.len(),
             pct(0.5),
@@ -464,28 +547,33 @@ fn wall_ms() -> i64 {
 }
 
 fn main() {
+    if std::env::var_os("LOAD_MOCK_CHILD").is_some() {
+        return mock_cluster_child();
+    }
     // `cargo test --benches` runs bench binaries with `--bench` absent: do nothing then.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    let b = broker();
-    throughput(&b, env_or("LOAD_EVENTS", 1_000_000));
-    // One latency phase per audit partition count (`LOAD_LAT_PARTITIONS`, default "1,4"): Tansu's
-    // in-memory storage lists every batch of a partition on each fetch of it, so its cost per
-    // fetch grows with partitions × log length (see the README's Performance section).
-    let counts = std::env::var("LOAD_LAT_PARTITIONS").unwrap_or_else(|_| "1,4".into());
-    for n in counts
-        .split(',')
-        .filter_map(|n| n.trim().parse::<u32>().ok())
-    {
-        latency(
-            &b,
-            env_or("LOAD_RATE", 10_000),
-            env_or("LOAD_SECONDS", 30),
-            n.max(1),
-        );
-    }
-    if let Some(pid) = &b.pid {
-        let _ = std::process::Command::new("kill").arg(pid).status();
+    let brokers = std::env::var("LOAD_BROKERS").unwrap_or_else(|_| "tansu,mock".into());
+    for name in brokers.split(',').map(str::trim) {
+        let mut b = match name {
+            "tansu" => broker(),
+            "mock" => mock_broker(),
+            other => panic!("LOAD_BROKERS: unknown broker {other:?} (tansu, mock)"),
+        };
+        throughput(&b, env_or("LOAD_EVENTS", 1_000_000));
+        // One latency phase per audit partition count (`LOAD_LAT_PARTITIONS`, default "1,4"):
+        // Tansu's in-memory storage lists every batch of a partition on each fetch of it, so its
+        // cost per fetch grows with partitions × log length (see the README's Performance
+        // section); the mock cluster's does not.
+        for (_, n) in phases().into_iter().skip(1) {
+            latency(
+                &b,
+                env_or("LOAD_RATE", 10_000),
+                env_or("LOAD_SECONDS", 30),
+                n,
+            );
+        }
+        b.stop();
     }
 }

@@ -29,11 +29,12 @@
 //! - [`secret`]: configuration secrets whose `Debug` and `Serialize` forms redact.
 //! - [`kafka`]: librdkafka client configuration, and reading a topic back to its end.
 //! - [`tls`]: PEM certificate chains and keys for rustls.
+//! - [`stop`]: the one stop signal every daemon thread watches.
 //!
 //! Top-level modules only point down (`tests/layers.rs` checks it): commands (`cli`, `demo`,
 //! `replay`) → `daemon` → `config` → `api` → `telemetry` → `store` → `siem`, `posture` → `engine`
-//! → `state` → `detect` → `response` → `blueprint` → `event`, with `control`, `secret`, `kafka`
-//! and `prefetch` beside them; each module's doc says what it owns and what it may use.
+//! → `state` → `detect` → `response` → `blueprint` → `event`, with `control`, `secret`, `kafka`,
+//! `stop` and `prefetch` beside them; each module's doc says what it owns and what it may use.
 //!
 //! # Data flow
 //! ```text
@@ -63,6 +64,7 @@ pub mod secret;
 pub mod siem;
 pub mod simulate;
 pub mod state;
+pub mod stop;
 pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub commands_applied: AtomicU64,
     /// Control commands rejected (unsigned, bad signature, malformed).
     pub commands_rejected: AtomicU64,
+    /// Operator commands waiting for an agent this instance has not seen yet.
+    pub commands_pending: AtomicU64,
     /// Outputs not sent because another run already emitted them (rebuild).
     pub suppressed: AtomicU64,
     /// Checkpoints written.
@@ -85,6 +87,7 @@ impl Default for Metrics {
             kill_commands: AtomicU64::new(0),
             commands_applied: AtomicU64::new(0),
             commands_rejected: AtomicU64::new(0),
+            commands_pending: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
             queue_depth: Arc::default(),

@@ -395,8 +395,13 @@ fn api_serves_https_with_the_configured_certificate() {
         token: TOKEN.into(),
         tls: Some((dir.path().join("server.pem"), dir.path().join("server.key"))),
     };
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (handle, addr) = agent_guardian::api::spawn(&settings, state, stop.clone()).unwrap();
+    let stop = agent_guardian::stop::Stop::new();
+    let server = agent_guardian::api::bind(&settings, state).unwrap();
+    let addr = server.addr();
+    let handle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || server.run(stop))
+    };
 
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -446,6 +451,6 @@ fn api_serves_https_with_the_configured_certificate() {
     let mut buf = Vec::new();
     let _ = plain.read_to_end(&mut buf);
     assert!(!String::from_utf8_lossy(&buf).contains("200 OK"));
-    stop.store(true, Ordering::Relaxed);
-    handle.join().unwrap();
+    stop.set();
+    handle.join().unwrap().unwrap();
 }

@@ -285,13 +285,14 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
     wait(&d.metrics, "second batch", |m| {
         m.events.load(Ordering::Relaxed) == 10
     });
-    std::thread::sleep(Duration::from_millis(500));
+    let metrics = d.metrics.clone();
+    stop(d);
+    // Stopped after a final checkpoint: everything it was going to read, it has read.
     assert_eq!(
-        d.metrics.events.load(Ordering::Relaxed),
+        metrics.events.load(Ordering::Relaxed),
         10,
         "nothing reprocessed"
     );
-    stop(d);
     let store = Store::open(dir.path()).unwrap();
     let total: u64 = store
         .partitions()
@@ -312,7 +313,6 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
     wait(&d.metrics, "rebuild", |m| {
         m.events.load(Ordering::Relaxed) == first + 10
     });
-    std::thread::sleep(Duration::from_millis(500));
     assert!(d.metrics.suppressed.load(Ordering::Relaxed) > 0);
     stop(d);
     assert_eq!(
@@ -349,7 +349,9 @@ fn a_command_for_an_unseen_agent_applies_when_its_event_time_is_reached() {
         &k.control_topic,
         &[(Some(a.to_string()), kill.to_json().unwrap())],
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait(&d.metrics, "the kill read and waiting for its agent", |m| {
+        m.commands_pending.load(Ordering::Relaxed) == 1
+    });
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..6u64)
         .map(|i| {
             let ts = T0 + i as i64 * 100_000; // 0, 100, …, 500 s

@@ -168,7 +168,17 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
         sink.emit(&Record::Incident(i)).unwrap();
     }
     assert_eq!(sink.spooled(), 7);
-    std::thread::sleep(Duration::from_millis(300));
+    // The sink has tried while no server listens: the mail waits in the spool.
+    let t = Instant::now();
+    while sink.stats.transient_failures.load(Ordering::Relaxed) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no attempt: {:?}",
+            sink.stats
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sink.spooled(), 7);
     let _server = smtp_server(
         &python,
         port,
@@ -199,7 +209,8 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300)); // nothing more may arrive
+    // Nothing more may arrive: the delivery thread is stopped (and joined) before counting.
+    sink.shutdown(Duration::ZERO);
     let m = mails(dir.path());
     assert_eq!(m.len(), 4, "{m:#?}");
     for mail in &m {
@@ -324,7 +335,8 @@ fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_t
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // The spool is empty; the delivery thread is stopped (and joined) before counting.
+    sink.shutdown(Duration::ZERO);
     let m = mails(dir.path());
     assert!(m.len() <= 5, "{} mails, limit 5", m.len());
     let digests: Vec<&Value> = m

@@ -134,6 +134,12 @@ impl Collector for Figures {
             "Operator commands applied to agents this instance owns.",
             get(&m.commands_applied),
         )?;
+        gauge(
+            &mut e,
+            "guardian_commands_pending",
+            "Operator commands read and waiting for their agent's first event on this instance.",
+            get(&m.commands_pending) as i64,
+        )?;
         counter(
             &mut e,
             "guardian_commands_rejected",

@@ -15,7 +15,6 @@ mod settings;
 mod web;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ pub use settings::{ApiConfig, ApiSettings};
 use crate::blueprint::BlueprintSet;
 use crate::control::{Command, Verb};
 use crate::posture::PostureSettings;
+use crate::stop::Stop;
 use crate::telemetry::Live;
 
 /// Publishes signed operator commands on the control topic (the daemon's Kafka producer).
@@ -144,13 +144,17 @@ fn tls_config(
     Ok(c)
 }
 
-/// Binds the listener and serves on a thread of its own until `stop` is set; returns the
-/// thread and the bound address (useful with port 0).
-pub fn spawn(
-    settings: &ApiSettings,
-    state: AppState,
-    stop: Arc<AtomicBool>,
-) -> Result<(std::thread::JoinHandle<()>, SocketAddr), ApiError> {
+/// The admin API, bound to its address and ready to serve.
+pub struct Server {
+    listener: std::net::TcpListener,
+    tls: Option<rustls::ServerConfig>,
+    app: Router,
+    addr: SocketAddr,
+}
+
+/// Binds the listener and loads the TLS material (the start-up steps that can fail); serving
+/// starts with [`Server::run`].
+pub fn bind(settings: &ApiSettings, state: AppState) -> Result<Server, ApiError> {
     let listener = std::net::TcpListener::bind(settings.listen)
         .map_err(|e| ApiError(format!("cannot listen on {}: {e}", settings.listen)))?;
     listener
@@ -161,39 +165,41 @@ pub fn spawn(
         Some((c, k)) => Some(tls_config(c, k).map_err(ApiError)?),
         None => None,
     };
-    let app = router(Arc::new(state));
-    let handle = std::thread::Builder::new()
-        .name("admin-api".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "admin API runtime");
-                    return;
-                }
-            };
-            rt.block_on(serve(listener, tls, app, stop));
-        })
-        .map_err(|e| ApiError(e.to_string()))?;
-    tracing::info!(%addr, tls = settings.tls.is_some(), "admin API listening");
-    Ok((handle, addr))
+    tracing::info!(%addr, tls = tls.is_some(), "admin API listening");
+    Ok(Server {
+        listener,
+        tls,
+        app: router(Arc::new(state)),
+        addr,
+    })
+}
+
+impl Server {
+    /// The bound address (useful with port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves on the calling thread until `stop`; an error if serving fails.
+    pub fn run(self, stop: Stop) -> Result<(), ApiError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| ApiError(format!("runtime: {e}")))?;
+        rt.block_on(serve(self.listener, self.tls, self.app, stop))
+            .map_err(|e| ApiError(format!("stopped serving: {e}")))
+    }
 }
 
 async fn serve(
     listener: std::net::TcpListener,
     tls: Option<rustls::ServerConfig>,
     app: Router,
-    stop: Arc<AtomicBool>,
-) {
-    let stopped = {
-        let stop = stop.clone();
-        async move {
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+    stop: Stop,
+) -> Result<(), String> {
+    let stopped = async move {
+        while !stop.is_set() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let result = match tls {
@@ -222,7 +228,5 @@ async fn serve(
             }
         }
     };
-    if let Err(e) = result {
-        tracing::error!(error = %e, "admin API stopped");
-    }
+    result
 }

@@ -125,7 +125,9 @@ impl KafkaSink {
         self.settle_until(deadline, Some(deadline))
     }
 
-    fn settle_until(
+    /// Waits until everything sent is acknowledged, warning every `warn_every`; with a
+    /// `deadline`, gives up after it, withdrawing what is still waiting.
+    pub fn settle_until(
         &mut self,
         warn_every: Duration,
         deadline: Option<Duration>,

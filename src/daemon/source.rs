@@ -7,7 +7,7 @@
 //! state (rebuild). On revocation the engine checkpoints the partitions before they are released.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use rdkafka::ClientContext;
 
 use crate::config::{Backfill, KafkaConfig};
 use crate::state::Snapshot;
+use crate::stop::Stop;
 use crate::store::Store;
 
 /// One Kafka message, owned.
@@ -331,11 +332,11 @@ pub fn audit_consumer(
 }
 
 /// Polls the audit group until `stop`; messages (in batches) and rebalances go to the queue.
-pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Arc<AtomicBool>) {
+pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Stop) {
     let ctx = c.context();
     let mut last_warn = std::time::Instant::now() - Duration::from_secs(60);
     let mut pending = false;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.is_set() {
         // Wait for data only when nothing is waiting to be sent: a batch never waits for more.
         let timeout = if pending {
             Duration::ZERO
@@ -387,7 +388,7 @@ pub fn run_control(
     topic: &str,
     store: &Store,
     queue: Queue,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
 ) {
     let result = (|| -> Result<(), String> {
         let mut cfg = consumer_config(brokers, &format!("{group}-control"), options);
@@ -398,7 +399,7 @@ pub fn run_control(
         let c: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
         // The topic may not exist yet on a fresh cluster: wait for its metadata.
         let parts = loop {
-            if stop.load(Ordering::Relaxed) {
+            if stop.is_set() {
                 return Ok(());
             }
             match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
@@ -413,7 +414,7 @@ pub fn run_control(
                 }
                 Err(e) => tracing::warn!(error = %e, topic, "control topic metadata"),
             }
-            std::thread::sleep(Duration::from_millis(500));
+            stop.wait(Duration::from_millis(500));
         };
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
@@ -425,7 +426,7 @@ pub fn run_control(
                 .map_err(|e| e.to_string())?;
         }
         c.assign(&tpl).map_err(|e| e.to_string())?;
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.is_set() {
             match c.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {

@@ -223,7 +223,7 @@ pub struct EmailSink {
     /// Counters.
     pub stats: Arc<EmailStats>,
     stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<JoinHandle<Result<(), SpoolError>>>,
 }
 
 /// Removes control characters (header injection) and cuts to `max` characters.
@@ -463,6 +463,23 @@ impl EmailSink {
         self.spool.len()
     }
 
+    /// Fails if the delivery thread has stopped before the shutdown (its spool failed, or it
+    /// panicked).
+    pub fn check(&mut self) -> Result<(), super::sink::SinkError> {
+        if !self.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+            return Ok(());
+        }
+        let why = match self.worker.take().map(JoinHandle::join) {
+            Some(Ok(Err(e))) => e.to_string(),
+            Some(Err(_)) => "panicked".to_string(),
+            _ => "ended before the shutdown".to_string(),
+        };
+        Err(super::sink::SinkError::Failed {
+            name: "email".into(),
+            why,
+        })
+    }
+
     /// Stops the delivery thread after at most `drain`; what is left stays spooled.
     pub fn shutdown(&mut self, drain: Duration) {
         let t = Instant::now();
@@ -514,7 +531,8 @@ fn send(t: &SmtpTransport, from: &Mailbox, item: &Item) -> Sent {
     }
 }
 
-/// The delivery loop: rate limit per recipient list, digest of the excess, retries.
+/// The delivery loop: rate limit per recipient list, digest of the excess, retries; fails if
+/// the spool cannot be read or updated.
 fn deliver(
     cfg: &EmailConfig,
     transport: SmtpTransport,
@@ -522,13 +540,13 @@ fn deliver(
     spool: &Spool,
     stats: &EmailStats,
     stop: &AtomicBool,
-) {
+) -> Result<(), SpoolError> {
     let window = humantime::parse_duration(&cfg.rate_window).unwrap_or(Duration::from_secs(3600));
     let limit = cfg.rate_limit.max(1) as usize;
     let mut recent: BTreeMap<Vec<String>, VecDeque<Instant>> = BTreeMap::new();
     let mut backoff = Backoff::default();
     while !stop.load(Ordering::Acquire) {
-        let batch = spool.peek(1000).unwrap_or_default();
+        let batch = spool.peek(1000)?;
         if batch.is_empty() {
             spool.wait(Duration::from_millis(100));
             continue;
@@ -538,8 +556,9 @@ fn deliver(
         for (k, v) in batch {
             match serde_json::from_slice::<Item>(&v) {
                 Ok(item) => groups.entry(item.to.clone()).or_default().push((k, item)),
-                Err(_) => {
-                    let _ = spool.remove([k]);
+                Err(e) => {
+                    tracing::error!(error = %e, "an email in the spool does not decode; removed");
+                    spool.remove([k])?;
                 }
             }
         }
@@ -580,14 +599,14 @@ fn deliver(
                                 .fetch_add(keys.len() as u64, Ordering::Relaxed);
                         }
                         sent_at.push_back(Instant::now());
-                        let _ = spool.remove(keys);
+                        spool.remove(keys)?;
                         progressed = true;
                         backoff.succeeded();
                     }
                     Sent::Permanent(e) => {
                         stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
                         tracing::error!(error = %e, recipients = to.len(), subject = %item.subject, "email rejected for good; dropped");
-                        let _ = spool.remove(keys);
+                        spool.remove(keys)?;
                         progressed = true;
                     }
                     Sent::Transient(e) => {
@@ -609,6 +628,7 @@ fn deliver(
             std::thread::sleep(Duration::from_millis(100));
         }
     }
+    Ok(())
 }
 
 #[cfg(test)]

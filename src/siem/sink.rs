@@ -40,6 +40,14 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// A delivery thread stopped on its own: its spool failed, or it panicked.
+    #[error("sink {name}: delivery stopped: {why}")]
+    Failed {
+        /// Sink name.
+        name: String,
+        /// Why.
+        why: String,
+    },
     /// The transport could not be set up.
     #[error("sink {name}: {source}")]
     Transport {
@@ -60,7 +68,9 @@ pub struct SinkStats {
     pub failures: AtomicU64,
 }
 
-struct Stop {
+/// The engine's shutdown of the delivery threads: requested, and until when they may still
+/// drain their spools (not a second stop signal: the engine thread alone sets it, when it ends).
+struct Drain {
     requested: AtomicBool,
     deadline: Mutex<Option<Instant>>,
 }
@@ -72,7 +82,7 @@ struct Active {
     min_severity: u8,
     spool: Arc<Spool>,
     stats: Arc<SinkStats>,
-    worker: Option<JoinHandle<()>>,
+    worker: Option<JoinHandle<Result<(), SpoolError>>>,
 }
 
 /// A sink's figures, for logs and metrics.
@@ -94,7 +104,7 @@ pub struct SinkStatus {
 pub struct SiemSinks {
     sinks: Vec<Active>,
     email: Option<super::email::EmailSink>,
-    stop: Arc<Stop>,
+    stop: Arc<Drain>,
     buf: Vec<u8>,
 }
 
@@ -109,7 +119,7 @@ impl SiemSinks {
         brokers: &str,
         options: &BTreeMap<String, String>,
     ) -> Result<SiemSinks, SinkError> {
-        let stop = Arc::new(Stop {
+        let stop = Arc::new(Drain {
             requested: AtomicBool::new(false),
             deadline: Mutex::new(None),
         });
@@ -201,7 +211,7 @@ impl SiemSinks {
         SiemSinks {
             sinks: Vec::new(),
             email: None,
-            stop: Arc::new(Stop {
+            stop: Arc::new(Drain {
                 requested: AtomicBool::new(false),
                 deadline: Mutex::new(None),
             }),
@@ -266,6 +276,29 @@ impl SiemSinks {
             + self.email.as_ref().map_or(0, |e| e.spooled())
     }
 
+    /// Fails if a delivery thread has stopped before the shutdown (its spool failed, or it
+    /// panicked): its messages would otherwise pile up unseen.
+    pub fn check(&mut self) -> Result<(), SinkError> {
+        for s in &mut self.sinks {
+            if !s.worker.as_ref().is_some_and(JoinHandle::is_finished) {
+                continue;
+            }
+            let why = match s.worker.take().map(JoinHandle::join) {
+                Some(Ok(Err(e))) => e.to_string(),
+                Some(Err(_)) => "panicked".to_string(),
+                _ => "ended before the shutdown".to_string(),
+            };
+            return Err(SinkError::Failed {
+                name: s.name.clone(),
+                why,
+            });
+        }
+        match self.email.as_mut() {
+            Some(e) => e.check(),
+            None => Ok(()),
+        }
+    }
+
     /// Stops the delivery threads: they keep delivering until their spool is empty or `drain`
     /// has passed; what is left stays spooled for the next start.
     pub fn shutdown(&mut self, drain: Duration) {
@@ -280,8 +313,12 @@ impl SiemSinks {
             e.shutdown(drain);
         }
         for s in &mut self.sinks {
-            if let Some(w) = s.worker.take() {
-                let _ = w.join();
+            match s.worker.take().map(JoinHandle::join) {
+                Some(Ok(Err(e))) => {
+                    tracing::error!(sink = %s.name, error = %e, "sink delivery failed")
+                }
+                Some(Err(_)) => tracing::error!(sink = %s.name, "sink delivery thread panicked"),
+                _ => {}
             }
             if !s.spool.is_empty() {
                 tracing::warn!(sink = %s.name, spooled = s.spool.len(), "undelivered messages stay spooled for the next start");
@@ -298,7 +335,7 @@ impl Drop for SiemSinks {
     }
 }
 
-fn past_deadline(stop: &Stop) -> bool {
+fn past_deadline(stop: &Drain) -> bool {
     stop.requested.load(Ordering::Acquire)
         && stop
             .deadline
@@ -314,8 +351,15 @@ fn past_deadline(stop: &Stop) -> bool {
 /// ids).
 pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 
-/// The delivery loop of one sink.
-fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop: &Stop) {
+/// The delivery loop of one sink, until the stop (and its drain deadline); fails if its spool
+/// cannot be read or updated.
+fn deliver(
+    name: &str,
+    spool: &Spool,
+    mut t: Transport,
+    stats: &SinkStats,
+    stop: &Drain,
+) -> Result<(), SpoolError> {
     let late = t.confirms_late();
     let mut backoff = super::backoff::Backoff::default();
     let mut failing_since: Option<Instant> = None;
@@ -342,22 +386,14 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
             stats
                 .sent
                 .fetch_add(confirmed.len() as u64, Ordering::Relaxed);
-            if let Err(e) = spool.remove(confirmed) {
-                tracing::error!(sink = %name, error = %e, "spool update failed");
-            }
+            spool.remove(confirmed)?;
         }
         let after = written.back().map(|w| w.0);
-        let batch = match spool.peek_after(after, BATCH) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(sink = %name, error = %e, "spool read failed");
-                Vec::new()
-            }
-        };
+        let batch = spool.peek_after(after, BATCH)?;
         if batch.is_empty() {
             if stop.requested.load(Ordering::Acquire) && (written.is_empty() || past_deadline(stop))
             {
-                return;
+                return Ok(());
             }
             if written.is_empty() {
                 spool.wait(Duration::from_millis(100));
@@ -379,9 +415,7 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
                 written.clear(); // the connection is gone: resend from the oldest unconfirmed
             }
         } else if sent > 0 {
-            if let Err(e) = spool.remove(batch.iter().take(sent).map(|m| m.0)) {
-                tracing::error!(sink = %name, error = %e, "spool update failed");
-            }
+            spool.remove(batch.iter().take(sent).map(|m| m.0))?;
             stats.sent.fetch_add(sent as u64, Ordering::Relaxed);
         }
         match err {
@@ -400,12 +434,12 @@ fn deliver(name: &str, spool: &Spool, mut t: Transport, stats: &SinkStats, stop:
                 }
                 t.reset();
                 if backoff.wait(|| past_deadline(stop)) {
-                    return;
+                    return Ok(());
                 }
             }
         }
         if past_deadline(stop) && !spool.is_empty() && written.is_empty() {
-            return;
+            return Ok(());
         }
     }
 }
@@ -447,7 +481,11 @@ mod tests {
                 s.emit(&Record::Command(c)).unwrap();
             }
             // Nobody listens: nothing can be delivered, nothing is dropped.
-            std::thread::sleep(Duration::from_millis(300));
+            let t = std::time::Instant::now();
+            while s.status()[0].failures == 0 {
+                assert!(t.elapsed() < Duration::from_secs(30), "no delivery attempt");
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let st = &s.status()[0];
             assert_eq!((st.spooled, st.sent, st.dropped), (50, 0, 0), "{st:?}");
             assert!(st.failures >= 1);

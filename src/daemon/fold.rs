@@ -1,0 +1,863 @@
+//! The partition fold: batches of Kafka records in, outputs and checkpoints out, with no Kafka
+//! and no I/O, so it is tested as a unit.
+//!
+//! Each owned audit partition has its own [`Engine`], whose state is the fold of that partition's
+//! log up to `next`. Audit records are decoded into a reused buffer and handed to
+//! [`Engine::process_batch`] in runs (one partition, one side of its quiet mark); bad records
+//! become dead letters; control records apply operator commands or become rejected-command
+//! incidents. What the fold decides goes into [`Output`]s, which the publisher sends; what it
+//! knows goes into a [`Checkpoint`], which the writer persists.
+//!
+//! Layer: uses `engine`, `event`, `control`, `response`, `store` (the checkpoint encoding),
+//! `posture` (the ledger) and `telemetry` (counters).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crate::blueprint::BlueprintSet;
+use crate::config::Resolved;
+use crate::control::{Command, Origin, Verb};
+use crate::engine::{Engine, EngineStats};
+use crate::event::{AuditEvent, DecodeError, Decoder, DecoderOptions};
+use crate::posture::{Gap, Ledger};
+use crate::response::{Action, Basis, Incident, IncidentType, Severity, Status};
+use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
+use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
+
+use super::source::{Assignment, Record};
+
+/// What the fold needs to know of the configuration.
+#[derive(Clone)]
+pub struct FoldSettings {
+    /// The audit topics, by the index records carry.
+    pub audit_topics: Vec<String>,
+    /// The control topic (named in rejected-command incidents).
+    pub control_topic: String,
+    /// This instance's id (signs its kill commands).
+    pub guardian_id: String,
+    /// The command signing key.
+    pub signing_key: Vec<u8>,
+    /// The blueprints in force.
+    pub blueprints: Arc<BlueprintSet>,
+    /// How events are decoded.
+    pub decoder: DecoderOptions,
+}
+
+impl FoldSettings {
+    /// The fold's part of a resolved configuration.
+    pub fn from_resolved(cfg: &Resolved) -> FoldSettings {
+        let c = &cfg.config;
+        FoldSettings {
+            audit_topics: c.kafka.audit_topics.clone(),
+            control_topic: c.kafka.control_topic.clone(),
+            guardian_id: c.guardian_id.clone(),
+            signing_key: cfg.signing_key.clone(),
+            blueprints: cfg.blueprints.clone(),
+            decoder: DecoderOptions {
+                volume_pointer: c.volume_pointer.clone(),
+                max_event_bytes: c.max_event_bytes,
+                ..cfg.blueprints.decoder_options()
+            },
+        }
+    }
+}
+
+/// Why the fold could not go on.
+#[derive(Debug, thiserror::Error)]
+pub enum FoldError {
+    /// The decoder settings are invalid.
+    #[error("event decoder: {0}")]
+    Decoder(#[from] DecodeError),
+    /// A kill command could not be signed or encoded (nothing unsigned is ever published).
+    #[error("cannot encode a kill command: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// A record that could not be decoded, for the dead-letter topic and the SIEM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRecord {
+    /// The audit topic it came from.
+    pub topic: String,
+    /// Its partition.
+    pub partition: i32,
+    /// Its offset.
+    pub offset: i64,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its payload, as received.
+    pub payload: Vec<u8>,
+    /// The kind of error (one of the metrics' kinds).
+    pub kind: &'static str,
+    /// The error.
+    pub error: String,
+    /// The broker's timestamp, else when the fold saw it (ms).
+    pub at: i64,
+}
+
+/// Something the fold decided, to be published.
+#[derive(Debug, Clone)]
+pub enum Output {
+    /// An incident, for the incidents topic and the SIEM.
+    Incident(Incident),
+    /// A signed automatic kill command, for the control topic and the SIEM.
+    Kill(Command),
+    /// An operator command applied by this instance, for the SIEM.
+    Applied(Command),
+    /// An undecodable audit record, for the dead-letter topic and the SIEM.
+    DeadLetter(BadRecord),
+}
+
+/// The encoded state of every owned partition, and the offsets it reflects.
+pub struct Checkpoint {
+    /// The sled batch: changed agents, fleet state, offsets, pending commands, incidents, ledger.
+    pub batch: sled::Batch,
+    /// `(topic, partition, next offset)` of each owned audit partition, to commit to Kafka.
+    pub offsets: Vec<(String, i32, i64)>,
+}
+
+/// One owned audit partition.
+struct Part {
+    engine: Engine,
+    /// The next offset to fold (everything below is in the state).
+    next: i64,
+    /// Outputs of offsets below this were already published.
+    quiet_below: i64,
+}
+
+/// The engine thread's state: every owned partition's engine and what is to be checkpointed.
+pub struct Fold {
+    settings: FoldSettings,
+    decoder: Decoder,
+    metrics: Arc<Metrics>,
+    parts: HashMap<(u16, i32), Part>,
+    control_next: HashMap<i32, i64>,
+    /// Operator commands for agents not seen yet.
+    pending: Vec<Command>,
+    /// Incidents raised since the previous checkpoint (stored with it).
+    raised: Vec<Incident>,
+    ledger: Ledger,
+    /// Posture snapshots counted in the ledger when this run started.
+    snapshots_before: u64,
+    since_checkpoint: u64,
+    /// Reused: the decoded events of a run (empty between runs, see [`reuse`]).
+    events: Vec<AuditEvent<'static>>,
+    /// Reused: the incidents of a run.
+    out: Vec<Incident>,
+}
+
+impl Fold {
+    /// A fold owning no partition yet, with the stored pending commands and ledger.
+    pub fn new(
+        settings: FoldSettings,
+        metrics: Arc<Metrics>,
+        pending: Vec<Command>,
+        ledger: Ledger,
+    ) -> Result<Fold, FoldError> {
+        let decoder = Decoder::new(&settings.decoder)?;
+        metrics
+            .commands_pending
+            .store(pending.len() as u64, Ordering::Relaxed);
+        Ok(Fold {
+            decoder,
+            metrics,
+            parts: HashMap::new(),
+            control_next: HashMap::new(),
+            pending,
+            raised: Vec::new(),
+            snapshots_before: ledger.posture_snapshots,
+            ledger,
+            since_checkpoint: 0,
+            events: Vec::new(),
+            out: Vec::new(),
+            settings,
+        })
+    }
+
+    fn topic(&self, i: u16) -> &str {
+        self.settings
+            .audit_topics
+            .get(i as usize)
+            .map_or("", String::as_str)
+    }
+
+    /// Takes over assigned partitions, from their stored state or from scratch; `now` (ms)
+    /// dates the retention gaps found.
+    pub fn assign(&mut self, list: Vec<Assignment>, now: i64) {
+        for a in list {
+            if let Some((from, to)) = a.gap {
+                self.ledger.gaps.push(Gap {
+                    topic: self.topic(a.topic).to_string(),
+                    partition: a.partition,
+                    from_offset: from,
+                    to_offset: to,
+                    found_at: now,
+                });
+            }
+            let engine = match a.state {
+                Some(s) => Engine::restore(self.settings.blueprints.clone(), s),
+                None => {
+                    self.ledger.rebuilds += 1;
+                    Engine::new(self.settings.blueprints.clone())
+                }
+            };
+            self.parts.insert(
+                (a.topic, a.partition),
+                Part {
+                    engine,
+                    next: a.start,
+                    quiet_below: a.quiet_below,
+                },
+            );
+        }
+    }
+
+    /// Lets partitions go (checkpoint them first).
+    pub fn revoke(&mut self, list: &[(u16, i32)]) {
+        for k in list {
+            self.parts.remove(k);
+        }
+    }
+
+    /// The owned audit partitions, by topic name.
+    pub fn owned(&self) -> Vec<(String, i32)> {
+        self.parts
+            .keys()
+            .map(|&(t, p)| (self.topic(t).to_string(), p))
+            .collect()
+    }
+
+    fn count_pending(&self) {
+        self.metrics
+            .commands_pending
+            .store(self.pending.len() as u64, Ordering::Relaxed);
+    }
+
+    /// How many partitions are owned.
+    pub fn partitions(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Records (audit and control) folded since the previous checkpoint.
+    pub fn since_checkpoint(&self) -> u64 {
+        self.since_checkpoint
+    }
+
+    /// `(agents, killed agents, partitions still learning)` of the owned partitions.
+    pub fn figures(&self) -> (u64, u64, u64) {
+        let (mut agents, mut killed, mut learning) = (0u64, 0u64, 0u64);
+        for p in self.parts.values() {
+            for a in p.engine.agents() {
+                agents += 1;
+                killed += u64::from(a.kill.killed);
+            }
+            learning += u64::from(p.engine.learning_now());
+        }
+        (agents, killed, learning)
+    }
+
+    /// Folds a batch of audit records (taken at `now`, ms) into their partitions' state; what is
+    /// to be published goes to `out`. Records of partitions not owned, or already folded, are
+    /// skipped.
+    pub fn audit(
+        &mut self,
+        batch: &[Record],
+        now: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), FoldError> {
+        let mut rest = batch;
+        while let Some(first) = rest.first() {
+            // A run: consecutive records of one partition on one side of its quiet mark.
+            let key = (first.topic, first.partition);
+            let quiet_below = self.parts.get(&key).map_or(i64::MIN, |p| p.quiet_below);
+            let quiet = first.offset < quiet_below;
+            let len = rest
+                .iter()
+                .take_while(|r| (r.topic, r.partition) == key && (r.offset < quiet_below) == quiet)
+                .count();
+            let (run, tail) = rest.split_at(len);
+            rest = tail;
+            self.run(key, run, quiet, now, out)?;
+        }
+        Ok(())
+    }
+
+    /// Folds one run of records of partition `key`.
+    fn run(
+        &mut self,
+        key: (u16, i32),
+        run: &[Record],
+        quiet: bool,
+        now: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), FoldError> {
+        let topic = self.topic(key.0).to_string();
+        let Some(part) = self.parts.get_mut(&key) else {
+            return Ok(()); // not (or no longer) ours
+        };
+        let mut events = reuse(std::mem::take(&mut self.events));
+        for r in run {
+            if r.offset < part.next {
+                continue; // already folded into the stored state
+            }
+            part.next = r.offset + 1;
+            self.since_checkpoint += 1;
+            if let Some(ts) = r.timestamp {
+                // A clock behind the producer's would give a negative age: count it as 0.
+                let age = now.saturating_sub(ts).max(0);
+                self.metrics.event_age.observe(age as f64 / 1000.0);
+            }
+            let payload = r.payload.as_deref().unwrap_or_default();
+            match self.decoder.decode(payload) {
+                Ok(ev) => events.push(ev),
+                Err(e) => {
+                    self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
+                    if let Some(i) = BAD_EVENT_KINDS.iter().position(|k| *k == e.kind()) {
+                        self.metrics.bad_by_kind[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                    part.engine.count_bad_event();
+                    if !quiet {
+                        out.push(Output::DeadLetter(BadRecord {
+                            topic: topic.clone(),
+                            partition: r.partition,
+                            offset: r.offset,
+                            key: r.key.clone(),
+                            payload: payload.to_vec(),
+                            kind: e.kind(),
+                            error: e.to_string(),
+                            at: r.timestamp.unwrap_or(now),
+                        }));
+                    }
+                }
+            }
+        }
+        self.metrics
+            .events
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        if self.pending.is_empty() {
+            part.engine.process_batch(&events, &mut self.out);
+        } else {
+            // Operator commands for agents this instance had not seen apply on the agent's own
+            // timeline, once its event time reaches the command's (so a rebuild from the log
+            // puts them where they happened): one event at a time while any waits.
+            for ev in &events {
+                part.engine.process(ev, &mut self.out);
+                let (agent, ts) = (ev.agent_id.as_ref(), ev.ts_ms);
+                let engine = &mut part.engine;
+                let mut applied = Vec::new();
+                self.pending.retain(|c| {
+                    if c.agent_id != agent || c.issued_at > ts {
+                        return true;
+                    }
+                    apply(engine, c);
+                    applied.push(c.clone());
+                    false
+                });
+                self.metrics
+                    .commands_applied
+                    .fetch_add(applied.len() as u64, Ordering::Relaxed);
+                self.ledger.commands_applied += applied.len() as u64;
+                if !applied.is_empty() {
+                    self.metrics
+                        .commands_pending
+                        .store(self.pending.len() as u64, Ordering::Relaxed);
+                }
+                if !quiet {
+                    out.extend(applied.into_iter().map(Output::Applied));
+                }
+            }
+        }
+        self.events = reuse(events);
+        for inc in self.out.drain(..) {
+            self.raised.push(inc.clone());
+            if quiet {
+                self.metrics.suppressed.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let kill = (inc.action_taken == Action::Killed)
+                .then(|| Command::for_kill(&inc, &self.settings.guardian_id));
+            out.push(Output::Incident(inc));
+            if let Some(cmd) = kill {
+                out.push(Output::Kill(cmd.sign(&self.settings.signing_key)?));
+                self.ledger.kill_commands_sent += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds one control-topic record: an operator command is applied to the owned agents (or
+    /// waits for the agent), an automatic one is already part of the state it came from, and an
+    /// invalid one becomes a rejected-command incident.
+    pub fn control(&mut self, r: &Record, out: &mut Vec<Output>) {
+        // The control position and what the command changed are checkpointed like events.
+        self.since_checkpoint += 1;
+        self.control_next.insert(r.partition, r.offset + 1);
+        let payload = r.payload.as_deref().unwrap_or_default();
+        match Command::parse_verified(payload, &self.settings.signing_key) {
+            Ok(c) if c.origin == Origin::Auto => {}
+            Ok(c) => {
+                tracing::info!(agent = %c.agent_id, command = ?c.command, by = %c.guardian_id, "operator command");
+                let mut applied = false;
+                for p in self.parts.values_mut() {
+                    if p.engine.agent(&c.agent_id).is_some() {
+                        apply(&mut p.engine, &c);
+                        applied = true;
+                    }
+                }
+                if applied {
+                    self.ledger.commands_applied += 1;
+                    self.metrics
+                        .commands_applied
+                        .fetch_add(1, Ordering::Relaxed);
+                    // Reported by the instances that own the agent (every instance reads the
+                    // control topic); an agent not seen yet reports it when the command applies.
+                    out.push(Output::Applied(c));
+                } else {
+                    self.pending.push(c);
+                    self.count_pending();
+                }
+            }
+            Err(rejected) => {
+                self.metrics
+                    .commands_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                self.ledger.commands_rejected += 1;
+                let agent = rejected.agent_id.unwrap_or_else(|| "(unknown)".to_string());
+                tracing::warn!(%agent, partition = r.partition, offset = r.offset, reason = %rejected.why, "control command rejected");
+                let inc = rejected_command(
+                    &self.settings.control_topic,
+                    r,
+                    payload,
+                    agent,
+                    &rejected.why,
+                );
+                self.raised.push(inc.clone());
+                out.push(Output::Incident(inc));
+            }
+        }
+    }
+
+    /// Encodes the changed state of every owned partition with the offsets it reflects (call
+    /// once every output so far is acknowledged); `now` (ms) dates the ledger.
+    pub fn checkpoint(&mut self, now: i64) -> Result<Checkpoint, StoreError> {
+        let topics = &self.settings.audit_topics;
+        let stats: Vec<EngineStats> = self
+            .parts
+            .values()
+            .map(|p| p.engine.stats().clone())
+            .collect();
+        let mut offsets = Vec::with_capacity(self.parts.len());
+        let mut deltas = Vec::with_capacity(self.parts.len());
+        for ((&(t, p), part), s) in self.parts.iter_mut().zip(&stats) {
+            let topic = topics.get(t as usize).map_or("", String::as_str);
+            offsets.push((topic.to_string(), p, part.next));
+            let fleet = part.engine.fleet_state();
+            deltas.push(PartitionDelta {
+                topic,
+                partition: p,
+                next_offset: part.next,
+                stats: s,
+                fleet,
+                agents: part.engine.take_dirty(),
+            });
+        }
+        let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
+        self.ledger.last_written = now;
+        self.ledger.posture_snapshots =
+            self.snapshots_before + self.metrics.posture_snapshots.load(Ordering::Relaxed);
+        let batch = checkpoint_batch(
+            &deltas,
+            &control,
+            &self.pending,
+            &self.raised,
+            Some(&self.ledger),
+        )?;
+        drop(deltas);
+        self.raised.clear();
+        self.since_checkpoint = 0;
+        Ok(Checkpoint { batch, offsets })
+    }
+}
+
+/// An empty buffer of events that may borrow from other records, reusing `v`'s allocation.
+fn reuse<'a, 'b>(mut v: Vec<AuditEvent<'a>>) -> Vec<AuditEvent<'b>> {
+    v.clear();
+    // An empty vector's elements are never produced; collecting an `IntoIter` into a vector of
+    // an element type of the same size and alignment reuses the allocation.
+    v.into_iter()
+        .map(|_| unreachable!("the vector is empty"))
+        .collect()
+}
+
+fn apply(engine: &mut Engine, c: &Command) {
+    match c.command {
+        Verb::Kill => engine.kill(&c.agent_id, c.issued_at),
+        Verb::Revive => engine.revive(&c.agent_id, c.issued_at),
+    };
+}
+
+/// The incident of a control record that was refused, identified by its place and content.
+fn rejected_command(
+    control_topic: &str,
+    r: &Record,
+    payload: &[u8],
+    agent: String,
+    why: &dyn std::fmt::Display,
+) -> Incident {
+    let at = r.timestamp.unwrap_or(0);
+    Incident {
+        incident_id: crate::control::command_id(&[
+            b"rejected",
+            &r.partition.to_le_bytes(),
+            &r.offset.to_le_bytes(),
+            payload,
+        ]),
+        description: format!(
+            "Rejected a control command for agent {agent:?} at {control_topic}:{}/{}: {why}.",
+            r.partition, r.offset
+        ),
+        agent_id: agent,
+        kind: IncidentType::RejectedCommand,
+        severity: Severity::High,
+        at,
+        window_start: at,
+        window_end: at,
+        blueprint: String::new(),
+        basis: Basis::Static,
+        observed: 1.0,
+        expected: 0.0,
+        unit: "commands".into(),
+        action_taken: Action::Logged,
+        event_id: format!("control:{}:{}", r.partition, r.offset),
+        tool_name: String::new(),
+        pattern: None,
+        status: Status::Open,
+        count: 1,
+        about: None,
+        verdict: None,
+        baseline: None,
+        suppressed_by: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::{load_blueprint, Assignment as Assign};
+    use crate::response::IncidentType;
+    use crate::store::Store;
+    use serde_json::json;
+
+    const KEY: &[u8] = b"test-key";
+    const T0: i64 = 1_764_000_000_000;
+
+    /// Every agent on one blueprint where two calls of `x` in a row are a sequence and two
+    /// violations kill.
+    fn settings() -> FoldSettings {
+        let doc = json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
+                         "anomaly": {"suspicious_sequences": [["x", "x"]]},
+                         "learned": {"learning_period": 0}});
+        let bp = load_blueprint("t", &doc).expect("blueprint");
+        let set = BlueprintSet::from_blueprints(
+            vec![bp],
+            Assign {
+                default: "t".into(),
+                ..Assign::default()
+            },
+        )
+        .expect("set");
+        FoldSettings {
+            audit_topics: vec!["audit".into()],
+            control_topic: "control".into(),
+            guardian_id: "g1".into(),
+            signing_key: KEY.to_vec(),
+            decoder: set.decoder_options(),
+            blueprints: Arc::new(set),
+        }
+    }
+
+    fn fold() -> Fold {
+        Fold::new(settings(), Arc::default(), Vec::new(), Ledger::default()).expect("fold")
+    }
+
+    fn owning(mut f: Fold, partitions: &[i32], quiet_below: i64) -> Fold {
+        let list = partitions
+            .iter()
+            .map(|&p| Assignment {
+                topic: 0,
+                partition: p,
+                start: 0,
+                quiet_below,
+                state: None,
+                gap: None,
+            })
+            .collect();
+        f.assign(list, T0);
+        f
+    }
+
+    fn record(partition: i32, offset: i64, payload: &[u8]) -> Record {
+        Record {
+            topic: 0,
+            partition,
+            offset,
+            key: Some(b"k".to_vec()),
+            payload: Some(payload.to_vec()),
+            timestamp: Some(T0),
+        }
+    }
+
+    fn call(partition: i32, offset: i64, agent: &str, tool: &str) -> Record {
+        call_at(partition, offset, T0 + offset * 1000, agent, tool)
+    }
+
+    fn call_at(partition: i32, offset: i64, ts: i64, agent: &str, tool: &str) -> Record {
+        let line = json!({"event_id": format!("e{partition}-{offset}"),
+                          "timestamp": crate::event::format_rfc3339_ms(ts),
+                          "agent_id": agent, "tool_name": tool, "outcome": "ALLOW"});
+        record(partition, offset, line.to_string().as_bytes())
+    }
+
+    fn control(offset: i64, c: &Command) -> Record {
+        let mut r = record(0, offset, &c.to_json().expect("json"));
+        r.topic = 0;
+        r
+    }
+
+    fn kinds(out: &[Output]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Output::Incident(i) => format!("incident {} {}", i.agent_id, i.kind.as_str()),
+                Output::Kill(c) => format!("kill {}", c.agent_id),
+                Output::Applied(c) => format!("applied {:?} {}", c.command, c.agent_id),
+                Output::DeadLetter(b) => format!("dead {}@{} {}", b.partition, b.offset, b.kind),
+            })
+            .collect()
+    }
+
+    /// A partition's calls: agent `a` calls `x` four times (two sequences: a kill), `b` calls `y`;
+    /// an hour later `a` calls `z` (the sequences are final by then).
+    fn calls(partition: i32) -> Vec<Record> {
+        let tools = [
+            ("a", "x"),
+            ("b", "y"),
+            ("a", "x"),
+            ("b", "y"),
+            ("a", "x"),
+            ("a", "x"),
+        ];
+        let mut v: Vec<Record> = tools
+            .iter()
+            .enumerate()
+            .map(|(i, (agent, tool))| call(partition, i as i64, agent, tool))
+            .collect();
+        v.push(call_at(partition, 6, T0 + 3_600_000, "a", "z"));
+        v
+    }
+
+    #[test]
+    fn good_records_raise_incidents_and_a_signed_kill_in_order() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        f.audit(&calls(0), T0, &mut out).expect("fold");
+        let k = kinds(&out);
+        assert!(
+            k.iter().any(|s| s == "kill a"),
+            "a kill for the agent that repeated the sequence: {k:?}"
+        );
+        assert!(
+            k.iter().all(|s| !s.contains(" b ")),
+            "b did nothing wrong: {k:?}"
+        );
+        let kill = out.iter().find_map(|o| match o {
+            Output::Kill(c) => Some(c.clone()),
+            _ => None,
+        });
+        let kill = kill.expect("kill");
+        let verified = Command::parse_verified(&kill.to_json().expect("json"), KEY);
+        assert!(
+            verified.is_ok(),
+            "the kill is signed with the key: {verified:?}"
+        );
+        // Its incident comes before it.
+        let at_kill = k.iter().position(|s| s == "kill a").unwrap_or(0);
+        assert!(k[..at_kill].iter().any(|s| s.starts_with("incident a")));
+        assert_eq!(f.metrics.events.load(Ordering::Relaxed), 7);
+        assert_eq!(f.since_checkpoint(), 7);
+    }
+
+    #[test]
+    fn a_batch_gives_the_same_outputs_as_its_records_one_by_one() {
+        let mut recs = calls(0);
+        recs.extend(calls(1));
+        recs.insert(3, record(0, 100, b"{not json"));
+        let mut whole = owning(fold(), &[0, 1], 0);
+        let mut one_by_one = owning(fold(), &[0, 1], 0);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        whole.audit(&recs, T0, &mut a).expect("fold");
+        for r in &recs {
+            one_by_one
+                .audit(std::slice::from_ref(r), T0, &mut b)
+                .expect("fold");
+        }
+        let sorted = |o: &[Output]| {
+            let mut k = kinds(o);
+            k.sort();
+            k
+        };
+        assert_eq!(sorted(&a), sorted(&b));
+        assert!(!a.is_empty());
+    }
+
+    #[test]
+    fn a_bad_record_is_dead_lettered_with_its_reason_and_the_partition_goes_on() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut recs = calls(0);
+        recs.insert(1, record(0, 50, b"{\"agent_id\": 3}"));
+        let mut out = Vec::new();
+        f.audit(&recs[..2], T0, &mut out).expect("fold");
+        let dead: Vec<&BadRecord> = out
+            .iter()
+            .filter_map(|o| match o {
+                Output::DeadLetter(b) => Some(b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(dead.len(), 1);
+        assert_eq!((dead[0].partition, dead[0].offset), (0, 50));
+        assert_eq!(dead[0].payload, b"{\"agent_id\": 3}");
+        assert!(!dead[0].error.is_empty());
+        assert_eq!(f.metrics.bad_events.load(Ordering::Relaxed), 1);
+        // Offsets below the bad one's are now behind the partition: skipped as already folded.
+        let mut later = Vec::new();
+        f.audit(&recs[2..], T0, &mut later).expect("fold");
+        assert_eq!(
+            f.metrics.events.load(Ordering::Relaxed),
+            1,
+            "records behind `next` are skipped"
+        );
+    }
+
+    #[test]
+    fn records_below_the_quiet_mark_change_the_state_but_publish_nothing() {
+        let mut f = owning(fold(), &[0], 7);
+        let mut out = Vec::new();
+        f.audit(&calls(0), T0, &mut out).expect("fold");
+        assert!(
+            out.is_empty(),
+            "replayed history is quiet: {:?}",
+            kinds(&out)
+        );
+        assert!(f.metrics.suppressed.load(Ordering::Relaxed) > 0);
+        assert_eq!(f.figures().1, 1, "the kill is in the state all the same");
+        f.audit(&[record(0, 7, b"nope")], T0, &mut out)
+            .expect("fold");
+        assert_eq!(kinds(&out), vec!["dead 0@7 not_json"]);
+    }
+
+    #[test]
+    fn records_of_partitions_not_owned_are_skipped() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        f.audit(&calls(7), T0, &mut out).expect("fold");
+        assert!(out.is_empty());
+        assert_eq!(f.since_checkpoint(), 0);
+    }
+
+    #[test]
+    fn operator_commands_apply_to_known_agents_wait_for_unknown_ones_and_bad_ones_are_incidents() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        f.audit(&calls(0)[..2], T0, &mut out).expect("fold");
+        out.clear();
+        let kill_b = Command::manual(Verb::Kill, "b", "test", T0, "op")
+            .sign(KEY)
+            .expect("sign");
+        f.control(&control(0, &kill_b), &mut out);
+        assert_eq!(kinds(&out), vec!["applied Kill b"]);
+        // Not seen yet: waits until the agent's event time reaches the command's.
+        let kill_c = Command::manual(Verb::Kill, "c", "test", T0 + 10_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        out.clear();
+        f.control(&control(1, &kill_c), &mut out);
+        assert!(out.is_empty());
+        assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 1);
+        f.audit(&[call(0, 5, "c", "q")], T0, &mut out)
+            .expect("fold");
+        assert!(out.is_empty(), "the command is later than this call");
+        f.audit(&[call(0, 12, "c", "q")], T0, &mut out)
+            .expect("fold");
+        assert_eq!(kinds(&out), vec!["applied Kill c"]);
+        assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 0);
+        // Forged: a rejected-command incident naming the agent.
+        let mut forged = Command::manual(Verb::Revive, "b", "test", T0, "op");
+        forged.signature = "00".repeat(32);
+        out.clear();
+        f.control(&control(2, &forged), &mut out);
+        assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
+        assert_eq!(f.metrics.commands_rejected.load(Ordering::Relaxed), 1);
+        assert_eq!(f.metrics.commands_applied.load(Ordering::Relaxed), 2);
+        // An agent killed by an operator that acts again is reported.
+        out.clear();
+        f.audit(&[call(0, 20, "b", "y")], T0, &mut out)
+            .expect("fold");
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Incident(i) if i.kind == IncidentType::ActivityAfterKill)
+            ),
+            "{:?}",
+            kinds(&out)
+        );
+    }
+
+    #[test]
+    fn a_checkpoint_in_the_middle_then_a_restart_gives_the_outputs_of_one_run() {
+        let recs = calls(0);
+        let mut once = owning(fold(), &[0], 0);
+        let mut expected = Vec::new();
+        once.audit(&recs[..3], T0, &mut Vec::new()).expect("fold");
+        once.audit(&recs[3..], T0, &mut expected).expect("fold");
+
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut first = owning(fold(), &[0], 0);
+        first.audit(&recs[..3], T0, &mut Vec::new()).expect("fold");
+        let cp = first.checkpoint(T0).expect("checkpoint");
+        assert_eq!(cp.offsets, vec![("audit".to_string(), 0, 3)]);
+        store.write(cp.batch).expect("write");
+        drop(first);
+
+        let (next, state) = store
+            .load_partition("audit", 0)
+            .expect("load")
+            .expect("stored");
+        assert_eq!(next, 3);
+        let mut second = fold();
+        second.assign(
+            vec![Assignment {
+                topic: 0,
+                partition: 0,
+                start: next,
+                quiet_below: 0,
+                state: Some(state),
+                gap: None,
+            }],
+            T0,
+        );
+        let mut got = Vec::new();
+        // The broker hands the whole log again: what the state holds is skipped.
+        second.audit(&recs, T0, &mut got).expect("fold");
+        assert_eq!(kinds(&got), kinds(&expected));
+        assert!(!got.is_empty());
+        let ids = |o: &[Output]| {
+            o.iter()
+                .filter_map(|o| match o {
+                    Output::Incident(i) => Some(i.incident_id.clone()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&got), ids(&expected), "the same deterministic ids");
+    }
+}

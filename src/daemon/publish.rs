@@ -1,0 +1,161 @@
+//! The publisher: sends what the fold decided to the output topics and the SIEM sinks, and counts
+//! it.
+//!
+//! Kafka outputs go through one idempotent producer; a checkpoint waits for them with
+//! [`Publisher::settle`], so nothing is persisted past an output the broker has not acknowledged.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::config::KafkaConfig;
+use crate::siem::{DeadLetter, Record as SiemRecord, SiemSinks};
+use crate::telemetry::Metrics;
+
+use super::fold::Output;
+use super::sink::{dead_letter_headers, KafkaSink};
+use super::snapshot::Snapshot;
+use super::DaemonError;
+
+/// The output topics, the producer and the SIEM sinks.
+pub struct Publisher {
+    sink: KafkaSink,
+    siem: SiemSinks,
+    metrics: Arc<Metrics>,
+    incidents_topic: String,
+    control_topic: String,
+    dead_letter_topic: String,
+    /// How long a checkpoint waits for acknowledgements before the daemon stops with an error.
+    settle_deadline: Duration,
+}
+
+impl Publisher {
+    /// A publisher onto the configured topics; a checkpoint waits at most `settle_deadline` for
+    /// the broker.
+    pub fn new(
+        sink: KafkaSink,
+        siem: SiemSinks,
+        metrics: Arc<Metrics>,
+        k: &KafkaConfig,
+        settle_deadline: Duration,
+    ) -> Publisher {
+        Publisher {
+            sink,
+            siem,
+            metrics,
+            incidents_topic: k.incidents_topic.clone(),
+            control_topic: k.control_topic.clone(),
+            dead_letter_topic: k.dead_letter_topic.clone(),
+            settle_deadline,
+        }
+    }
+
+    /// Sends and drains `outputs`, in order.
+    pub fn publish(&mut self, outputs: &mut Vec<Output>) -> Result<(), DaemonError> {
+        for o in outputs.drain(..) {
+            match o {
+                Output::Incident(inc) => {
+                    self.sink.send(
+                        &self.incidents_topic,
+                        Some(inc.agent_id.as_bytes()),
+                        &serde_json::to_vec(&inc)?,
+                        None,
+                    )?;
+                    self.metrics.count_incident(&inc);
+                    self.siem.emit(&SiemRecord::Incident(&inc))?;
+                }
+                Output::Kill(cmd) => {
+                    self.sink.send(
+                        &self.control_topic,
+                        Some(cmd.agent_id.as_bytes()),
+                        &cmd.to_json()?,
+                        None,
+                    )?;
+                    self.metrics.kill_commands.fetch_add(1, Ordering::Relaxed);
+                    self.siem.emit(&SiemRecord::Command(&cmd))?;
+                    tracing::warn!(agent = %cmd.agent_id, command_id = %cmd.command_id, "kill command issued");
+                }
+                Output::Applied(cmd) => self.siem.emit(&SiemRecord::Command(&cmd))?,
+                Output::DeadLetter(b) => {
+                    let h = dead_letter_headers(b.kind, &b.error, &b.topic, b.partition, b.offset);
+                    self.sink.send(
+                        &self.dead_letter_topic,
+                        b.key.as_deref(),
+                        &b.payload,
+                        Some(h),
+                    )?;
+                    let d = DeadLetter {
+                        source: format!("{}/{}@{}", b.topic, b.partition, b.offset),
+                        at: b.at,
+                        kind: b.kind.into(),
+                        error: b.error,
+                        key: b
+                            .key
+                            .as_deref()
+                            .and_then(|k| std::str::from_utf8(k).ok())
+                            .map(str::to_string),
+                        bytes: b.payload.len(),
+                    };
+                    self.siem.emit(&SiemRecord::DeadLetter(&d))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes a posture snapshot onto `topic` and its summary to the SIEM sinks.
+    pub fn posture(&mut self, topic: &str, s: &Snapshot) -> Result<(), DaemonError> {
+        self.sink
+            .send(topic, Some(s.summary.guardian_id.as_bytes()), &s.json, None)?;
+        self.siem.emit(&SiemRecord::Posture(&s.summary))?;
+        Ok(())
+    }
+
+    /// Waits until every output so far is acknowledged; fails after the deadline (the broker
+    /// is unreachable for longer than the user allows) or when a delivery failed for good.
+    pub fn settle(&mut self) -> Result<(), DaemonError> {
+        self.sink
+            .settle_until(Duration::from_secs(10), Some(self.settle_deadline))?;
+        Ok(())
+    }
+
+    /// Figures of the SIEM and email sinks for `/metrics`.
+    pub fn publish_sink_figures(&self) {
+        let mut sinks = self.siem.status();
+        if let Some(depth) = self.siem.email_spooled() {
+            sinks.push(crate::siem::SinkStatus {
+                name: "email".into(),
+                spooled: depth,
+                sent: 0,
+                failures: 0,
+                dropped: 0,
+            });
+        }
+        if let Ok(mut s) = self.metrics.sinks.lock() {
+            *s = sinks;
+        }
+        if let Ok(mut e) = self.metrics.email.lock() {
+            *e = self.siem.email_stats();
+        }
+    }
+
+    /// Fails if a SIEM or email delivery thread has stopped on its own.
+    pub fn check(&mut self) -> Result<(), DaemonError> {
+        Ok(self.siem.check()?)
+    }
+
+    /// Outputs waiting for acknowledgement, and records waiting in the SIEM spools.
+    pub fn backlog(&self) -> (i32, u64) {
+        (self.sink.in_flight(), self.siem.spooled())
+    }
+
+    /// Outputs acknowledged so far.
+    pub fn delivered(&self) -> u64 {
+        self.sink.delivered()
+    }
+
+    /// Drains the SIEM sinks for at most `drain` and stops them.
+    pub fn shutdown(&mut self, drain: Duration) {
+        self.siem.shutdown(drain);
+    }
+}
