@@ -463,21 +463,10 @@ impl EmailSink {
         self.spool.len()
     }
 
-    /// Fails if the delivery thread has stopped before the shutdown (its spool failed, or it
-    /// panicked).
-    pub fn check(&mut self) -> Result<(), super::sink::SinkError> {
-        if !self.worker.as_ref().is_some_and(JoinHandle::is_finished) {
-            return Ok(());
-        }
-        let why = match self.worker.take().map(JoinHandle::join) {
-            Some(Ok(Err(e))) => e.to_string(),
-            Some(Err(_)) => "panicked".to_string(),
-            _ => "ended before the shutdown".to_string(),
-        };
-        Err(super::sink::SinkError::Failed {
-            name: "email".into(),
-            why,
-        })
+    /// Why the delivery thread has stopped before the shutdown (its spool failed, or it
+    /// panicked), if it has.
+    pub fn ended(&mut self) -> Option<String> {
+        super::spool::ended(&mut self.worker)
     }
 
     /// Stops the delivery thread after at most `drain`; what is left stays spooled.

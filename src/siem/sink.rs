@@ -280,21 +280,18 @@ impl SiemSinks {
     /// panicked): its messages would otherwise pile up unseen.
     pub fn check(&mut self) -> Result<(), SinkError> {
         for s in &mut self.sinks {
-            if !s.worker.as_ref().is_some_and(JoinHandle::is_finished) {
-                continue;
+            if let Some(why) = super::spool::ended(&mut s.worker) {
+                return Err(SinkError::Failed {
+                    name: s.name.clone(),
+                    why,
+                });
             }
-            let why = match s.worker.take().map(JoinHandle::join) {
-                Some(Ok(Err(e))) => e.to_string(),
-                Some(Err(_)) => "panicked".to_string(),
-                _ => "ended before the shutdown".to_string(),
-            };
-            return Err(SinkError::Failed {
-                name: s.name.clone(),
-                why,
-            });
         }
-        match self.email.as_mut() {
-            Some(e) => e.check(),
+        match self.email.as_mut().and_then(super::email::EmailSink::ended) {
+            Some(why) => Err(SinkError::Failed {
+                name: "email".into(),
+                why,
+            }),
             None => Ok(()),
         }
     }

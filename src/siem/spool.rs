@@ -228,6 +228,23 @@ pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
+/// Why a spool's delivery thread has ended, if it has (it is then joined and taken).
+pub(super) fn ended(
+    worker: &mut Option<std::thread::JoinHandle<Result<(), SpoolError>>>,
+) -> Option<String> {
+    if !worker
+        .as_ref()
+        .is_some_and(std::thread::JoinHandle::is_finished)
+    {
+        return None;
+    }
+    Some(match worker.take().map(std::thread::JoinHandle::join) {
+        Some(Ok(Err(e))) => e.to_string(),
+        Some(Err(_)) => "panicked".to_string(),
+        _ => "ended before the shutdown".to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
