@@ -329,14 +329,6 @@ impl Daemon {
             metrics: metrics.clone(),
             owned: std::sync::RwLock::new(Vec::new()),
         });
-        let siem = SiemSinks::start(
-            &cfg.config.sinks,
-            cfg.config.email.as_ref(),
-            store.db(),
-            &cfg.config.guardian_id,
-            &k.brokers,
-            &cfg.kafka_options,
-        )?;
         let api = match &cfg.api {
             Some(a) => Some(crate::api::bind(
                 a,
@@ -350,6 +342,16 @@ impl Daemon {
             )?),
             None => None,
         };
+        // The steps that start threads of their own come last (the SIEM delivery threads, the
+        // checkpoint writer); if one fails, dropping the other stops its threads again.
+        let siem = SiemSinks::start(
+            &cfg.config.sinks,
+            cfg.config.email.as_ref(),
+            store.db(),
+            &cfg.config.guardian_id,
+            &k.brokers,
+            &cfg.kafka_options,
+        )?;
         let api_addr = api.as_ref().map(crate::api::Server::addr);
         let writer =
             CheckpointWriter::start(store.clone(), consumer.clone()).map_err(|source| {

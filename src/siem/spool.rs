@@ -55,6 +55,8 @@ pub struct Spool {
     cap: u64,
     when_full: WhenFull,
     dropped: AtomicU64,
+    /// Writes that had to wait for room (`when_full = "block"`).
+    blocked: AtomicU64,
     closed: AtomicBool,
     lock: Mutex<()>,
     changed: Condvar,
@@ -86,6 +88,7 @@ impl Spool {
             cap: cap.max(1),
             when_full,
             dropped: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             lock: Mutex::new(()),
             changed: Condvar::new(),
@@ -95,6 +98,7 @@ impl Spool {
     /// Appends a message. When full, drops the oldest or waits (see [`WhenFull`]); waiting ends
     /// when the spool is [closed](Spool::close), and the message is then kept beyond the cap.
     pub fn push(&self, msg: &[u8]) -> Result<(), SpoolError> {
+        let mut waited = false;
         while self.len.load(Ordering::Acquire) >= self.cap {
             match self.when_full {
                 WhenFull::DropOldest => {
@@ -109,6 +113,10 @@ impl Spool {
                 WhenFull::Block => {
                     if self.closed.load(Ordering::Acquire) {
                         break;
+                    }
+                    if !waited {
+                        waited = true;
+                        self.blocked.fetch_add(1, Ordering::Relaxed);
                     }
                     let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
                     let _ = self.changed.wait_timeout(g, Duration::from_millis(100));
@@ -188,6 +196,11 @@ impl Spool {
     /// Messages dropped because the spool was full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Writes that had to wait for room since the spool was opened.
+    pub fn blocked(&self) -> u64 {
+        self.blocked.load(Ordering::Relaxed)
     }
 
     /// The spool's name.
@@ -299,8 +312,16 @@ mod tests {
         s.push(b"1").unwrap();
         let s2 = s.clone();
         let t = std::thread::spawn(move || s2.push(b"2").unwrap());
-        std::thread::sleep(Duration::from_millis(150));
+        let since = std::time::Instant::now();
+        while s.blocked() == 0 {
+            assert!(
+                since.elapsed() < Duration::from_secs(30),
+                "the write never waited"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
         assert!(!t.is_finished(), "push must wait while the spool is full");
+        assert_eq!(s.len(), 1);
         let k: Vec<u64> = s.peek(1).unwrap().into_iter().map(|m| m.0).collect();
         s.remove(k).unwrap();
         t.join().unwrap();
