@@ -210,8 +210,16 @@ impl Config {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
         if path.extension().is_some_and(|x| x == "toml") {
+            // TOML itself forbids a key defined twice; the parser reports it with its place.
             toml::from_str(&text).map_err(|e| err(e.to_string()))
         } else {
+            let dups = crate::blueprint::duplicate_keys(&text).map_err(|e| err(e.to_string()))?;
+            if !dups.is_empty() {
+                return Err(ConfigError {
+                    file: path.to_path_buf(),
+                    errors: dups.iter().map(ToString::to_string).collect(),
+                });
+            }
             serde_json::from_str(&text).map_err(|e| err(e.to_string()))
         }
     }
@@ -455,6 +463,25 @@ mod tests {
             "{line}"
         );
         assert!(line.contains("SASL_SSL"));
+    }
+
+    #[test]
+    fn a_key_given_twice_is_an_error_with_its_place_in_toml_and_in_json() {
+        let (_d, p) = write(
+            "g.toml",
+            "guardian_id = \"a\"\n[kafka]\nbrokers = \"x:1\"\nbrokers = \"y:1\"\n",
+        );
+        let e = Config::load(&p).map(|_| ()).unwrap_err().errors.join("\n");
+        assert!(e.contains("duplicate key") && e.contains("brokers"), "{e}");
+        let (_d, p) = write(
+            "g.json",
+            r#"{"kafka": {"options": {"acks": "1", "acks": "all"}}}"#,
+        );
+        let e = Config::load(&p).map(|_| ()).unwrap_err().errors.join("\n");
+        assert!(
+            e.contains("/kafka/options/acks") && e.contains("duplicate key"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -70,12 +70,13 @@ pub struct Metrics {
 }
 
 /// The kinds of malformed events, as labels.
-pub const BAD_EVENT_KINDS: [&str; 5] = [
+pub const BAD_EVENT_KINDS: [&str; 6] = [
     "oversized",
     "not_json",
     "missing_field",
     "wrong_type",
     "invalid_value",
+    "duplicate_key",
 ];
 
 impl Default for Metrics {

@@ -18,4 +18,4 @@ pub use schema::{
 };
 pub use set::{read_json_file, BlueprintSet, LoadError, BUILTIN};
 pub use severity::Severity;
-pub use walk::PathError;
+pub use walk::{duplicate_keys, PathError};

@@ -65,16 +65,25 @@ pub enum LoadError {
     },
 }
 
-/// Reads a JSON file, with typed errors for I/O and syntax.
+/// Reads a JSON file, with typed errors for I/O and syntax; a key given twice in an object is
+/// an error with its path.
 pub fn read_json_file(path: &Path) -> Result<Value, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
         path: path.into(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|source| LoadError::Json {
+    let json = |source| LoadError::Json {
         path: path.into(),
         source,
-    })
+    };
+    let dups = super::walk::duplicate_keys(&text).map_err(json)?;
+    if !dups.is_empty() {
+        return Err(LoadError::Invalid {
+            path: path.into(),
+            errors: dups,
+        });
+    }
+    serde_json::from_str(&text).map_err(json)
 }
 
 /// Blueprints in force plus the assignment, with rule targets resolved to indices.
@@ -234,5 +243,30 @@ impl BlueprintSet {
     pub fn assign(&self, agent_id: &str, environment: Option<&str>, group: Option<&str>) -> usize {
         let key = self.assignment.pick(agent_id, environment, group);
         self.index_of(key).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A blueprint that sets its kill threshold twice (the second, 0, would disable kills)
+    /// does not load; the error names the key's path.
+    #[test]
+    fn a_blueprint_with_a_key_given_twice_does_not_load() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = dir.path().join("finance.json");
+        std::fs::write(
+            &p,
+            r#"{"name": "F", "auto_kill_threshold": 3, "mode": "block", "auto_kill_threshold": 0}"#,
+        )
+        .expect("write");
+        match BlueprintSet::load_file(&p) {
+            Err(LoadError::Invalid { errors, .. }) => {
+                assert_eq!(errors.len(), 1);
+                assert_eq!(errors[0].path, "/auto_kill_threshold");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -204,3 +204,126 @@ pub(crate) fn kind(v: &Value) -> &'static str {
         Value::Object(_) => "an object",
     }
 }
+
+/// Every key given twice in its object, by JSON pointer: serde_json keeps the last value
+/// silently, and other parsers the first, so a second `"auto_kill_threshold": 0` further down
+/// a file would change the rule while a reader sees the first. Syntax errors are serde_json's.
+pub fn duplicate_keys(text: &str) -> Result<Vec<PathError>, serde_json::Error> {
+    use serde::de::DeserializeSeed;
+    let mut found = Vec::new();
+    let mut de = serde_json::Deserializer::from_str(text);
+    Dups {
+        path: String::new(),
+        found: &mut found,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(found)
+}
+
+/// Walks one JSON value, noting the duplicate keys of its objects.
+struct Dups<'f> {
+    path: String,
+    found: &'f mut Vec<PathError>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Dups<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Dups<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0usize;
+        loop {
+            let path = format!("{}/{i}", self.path);
+            let item = Dups {
+                path,
+                found: &mut *self.found,
+            };
+            if seq.next_element_seed(item)?.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = format!(
+                "{}/{}",
+                self.path,
+                key.replace('~', "~0").replace('/', "~1")
+            );
+            if !seen.insert(key) {
+                self.found.push(PathError {
+                    path: path.clone(),
+                    message: "duplicate key (parsers disagree on which value wins)".into(),
+                });
+            }
+            map.next_value_seed(Dups {
+                path,
+                found: &mut *self.found,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_given_twice_is_found_with_its_path_at_any_depth() {
+        let text = r#"{"name": "T", "auto_kill_threshold": 3,
+            "kill": {"budget": {"per_hour": 1, "per_hour": 100}},
+            "anomaly": {"suspicious_sequences": [["a", "b"], {"x/y": 1, "x/y": 2}]},
+            "auto_kill_threshold": 0}"#;
+        let paths: Vec<String> = duplicate_keys(text)
+            .map(|v| v.into_iter().map(|e| e.path).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            paths,
+            vec![
+                "/kill/budget/per_hour",
+                "/anomaly/suspicious_sequences/1/x~1y",
+                "/auto_kill_threshold"
+            ]
+        );
+        assert_eq!(
+            duplicate_keys(r#"{"a": {"k": 1}, "b": {"k": 1}}"#)
+                .map(|v| v.len())
+                .ok(),
+            Some(0)
+        );
+        assert!(
+            duplicate_keys(r#"{"a": 1,"#).is_err(),
+            "syntax errors are serde_json's"
+        );
+    }
+}

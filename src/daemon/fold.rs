@@ -74,6 +74,17 @@ pub enum FoldError {
     Encode(#[from] serde_json::Error),
 }
 
+/// Largest payload a dead letter carries; a longer one keeps this prefix, and the original size
+/// goes in a header. With the key and headers bounded too, a dead letter stays well below a
+/// broker's default 1 MB message limit, so one oversized record cannot stop the daemon.
+pub const DEAD_LETTER_MAX_VALUE: usize = 512 * 1024;
+
+/// Largest key a dead letter carries (a longer one keeps this prefix).
+pub const DEAD_LETTER_MAX_KEY: usize = 1024;
+
+/// Longest agent id a rejected-command incident names (a longer one keeps a prefix).
+const MAX_NAMED_AGENT: usize = 512;
+
 /// A record that could not be decoded, for the dead-letter topic and the SIEM.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRecord {
@@ -83,10 +94,12 @@ pub struct BadRecord {
     pub partition: i32,
     /// Its offset.
     pub offset: i64,
-    /// Its key.
+    /// Its key (at most [`DEAD_LETTER_MAX_KEY`] bytes of it).
     pub key: Option<Vec<u8>>,
-    /// Its payload, as received.
+    /// Its payload as received, or its first [`DEAD_LETTER_MAX_VALUE`] bytes.
     pub payload: Vec<u8>,
+    /// The payload's size as received (more than `payload.len()` when cut).
+    pub original_size: usize,
     /// The kind of error (one of the metrics' kinds).
     pub kind: &'static str,
     /// The error.
@@ -321,8 +334,12 @@ impl Fold {
                             topic: topic.clone(),
                             partition: r.partition,
                             offset: r.offset,
-                            key: r.key.clone(),
-                            payload: payload.to_vec(),
+                            key: r
+                                .key
+                                .as_deref()
+                                .map(|k| k[..k.len().min(DEAD_LETTER_MAX_KEY)].to_vec()),
+                            payload: payload[..payload.len().min(DEAD_LETTER_MAX_VALUE)].to_vec(),
+                            original_size: payload.len(),
                             kind: e.kind(),
                             error: e.to_string(),
                             at: r.timestamp.unwrap_or(now),
@@ -422,7 +439,17 @@ impl Fold {
                     .commands_rejected
                     .fetch_add(1, Ordering::Relaxed);
                 self.ledger.commands_rejected += 1;
-                let agent = rejected.agent_id.unwrap_or_else(|| "(unknown)".to_string());
+                let agent = match rejected.agent_id {
+                    Some(a) if a.len() > MAX_NAMED_AGENT => {
+                        let mut end = MAX_NAMED_AGENT;
+                        while !a.is_char_boundary(end) {
+                            end -= 1;
+                        }
+                        format!("{}…({} bytes)", &a[..end], a.len())
+                    }
+                    Some(a) => a,
+                    None => "(unknown)".to_string(),
+                };
                 tracing::warn!(%agent, partition = r.partition, offset = r.offset, reason = %rejected.why, "control command rejected");
                 let inc = rejected_command(
                     &self.settings.control_topic,
@@ -736,6 +763,46 @@ mod tests {
             1,
             "records behind `next` are skipped"
         );
+    }
+
+    /// Outputs derived from hostile records stay bounded: a dead letter keeps a prefix of an
+    /// oversized payload and key with the original size; a forged command naming a 1 MiB agent
+    /// gives an incident that names a prefix of it.
+    #[test]
+    fn outputs_of_oversized_records_are_bounded() {
+        let mut s = settings();
+        s.decoder.max_event_bytes = 4 << 20;
+        let mut f = owning(
+            Fold::new(s, Arc::default(), Vec::new(), Ledger::default()).expect("fold"),
+            &[0],
+            0,
+        );
+        let mut big = record(0, 0, &vec![b'x'; 2 << 20]);
+        big.key = Some(vec![b'k'; 100_000]);
+        let mut out = Vec::new();
+        f.audit(&[big], T0, &mut out).expect("fold");
+        match out.as_slice() {
+            [Output::DeadLetter(b)] => {
+                assert_eq!(b.payload.len(), DEAD_LETTER_MAX_VALUE);
+                assert_eq!(b.original_size, 2 << 20);
+                assert_eq!(b.key.as_ref().map(Vec::len), Some(DEAD_LETTER_MAX_KEY));
+                assert!(b.error.len() < 200, "{}", b.error);
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut forged = Command::manual(Verb::Kill, &"a".repeat(1 << 20), "r", T0, "op");
+        forged.signature = "00".repeat(32);
+        out.clear();
+        f.control(&control(0, &forged), &mut out);
+        match out.as_slice() {
+            [Output::Incident(i)] => {
+                assert!(i.agent_id.len() < 600, "{}", i.agent_id.len());
+                assert!(i.agent_id.ends_with("(1048576 bytes)"));
+                let json = serde_json::to_vec(i).expect("json");
+                assert!(json.len() < 4096, "{}", json.len());
+            }
+            other => panic!("{:?}", kinds(other)),
+        }
     }
 
     #[test]

@@ -77,7 +77,16 @@ impl Publisher {
                 }
                 Output::Applied(cmd) => self.siem.emit(&SiemRecord::Command(&cmd))?,
                 Output::DeadLetter(b) => {
-                    let h = dead_letter_headers(b.kind, &b.error, &b.topic, b.partition, b.offset);
+                    let mut h =
+                        dead_letter_headers(b.kind, &b.error, &b.topic, b.partition, b.offset);
+                    if b.original_size > b.payload.len() {
+                        // Cut to a prefix: the original size says so.
+                        let size = b.original_size.to_string();
+                        h = h.insert(rdkafka::message::Header {
+                            key: "guardian.original.size",
+                            value: Some(&size),
+                        });
+                    }
                     self.sink.send(
                         &self.dead_letter_topic,
                         b.key.as_deref(),
@@ -94,7 +103,7 @@ impl Publisher {
                             .as_deref()
                             .and_then(|k| std::str::from_utf8(k).ok())
                             .map(str::to_string),
-                        bytes: b.payload.len(),
+                        bytes: b.original_size,
                     };
                     self.siem.emit(&SiemRecord::DeadLetter(&d))?;
                 }

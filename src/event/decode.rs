@@ -21,8 +21,23 @@ use super::timestamp::{parse_rfc3339_ms, MAX_TIMESTAMP_MS};
 pub const DEFAULT_VOLUME_POINTER: &str = "/safe_payload/bytes";
 /// Default maximum size of one event payload (1 MiB).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
-/// Longest accepted agent id, in bytes.
+/// Longest accepted agent id, event id, tool name, environment or group, in bytes: every output
+/// derived from an event (incidents, commands, SIEM records) stays far below a broker's 1 MB
+/// message limit.
 const MAX_AGENT_ID_BYTES: usize = 512;
+
+/// `s` quoted for an error message, cut to its first 64 bytes (with its size) when longer.
+fn quoted(s: &str) -> String {
+    const SHOWN: usize = 64;
+    if s.len() <= SHOWN {
+        return format!("{s:?}");
+    }
+    let mut end = SHOWN;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} bytes)", &s[..end], s.len())
+}
 
 /// What the decoder extracts besides the fixed fields.
 #[derive(Debug, Clone)]
@@ -98,18 +113,34 @@ impl Entry {
         self.slots != 0
     }
 
-    /// Stores the key's value in every slot it fills.
-    pub(super) fn fill<'a>(&self, slots: &mut [Scalar<'a>; SLOT_COUNT], value: Scalar<'a>) {
+    /// Stores the key's value in every slot it fills; `false` (and nothing stored) when a slot
+    /// is filled already: the key appeared twice in its object.
+    #[must_use]
+    pub(super) fn fill<'a>(&self, slots: &mut [Scalar<'a>; SLOT_COUNT], value: Scalar<'a>) -> bool {
         let mut bits = self.slots;
+        let mut check = bits;
+        while check != 0 {
+            let s = check.trailing_zeros() as usize;
+            check &= check - 1;
+            if slots[s] != Scalar::Absent {
+                return false;
+            }
+        }
         while bits != 0 {
             let s = bits.trailing_zeros() as usize;
             bits &= bits - 1;
             if bits == 0 {
                 slots[s] = value;
-                return;
+                return true;
             }
             slots[s] = value.clone();
         }
+        true
+    }
+
+    /// The key.
+    pub(super) fn key(&self) -> &str {
+        &self.key
     }
 }
 
@@ -354,13 +385,18 @@ impl Decoder {
         slots: &mut [Scalar<'a>; SLOT_COUNT],
     ) -> Result<(), DecodeError> {
         let mut de = serde_json::Deserializer::from_str(text);
+        let dup = std::cell::Cell::new(None);
         de.deserialize_map(ObjectVisitor {
             node: &self.root,
             slots,
+            dup: &dup,
         })
         .and_then(|()| de.end())
-        .map_err(|e| DecodeError::NotJson {
-            reason: e.to_string(),
+        .map_err(|e| match dup.take() {
+            Some(key) => DecodeError::DuplicateKey { key },
+            None => DecodeError::NotJson {
+                reason: e.to_string(),
+            },
         })
     }
 
@@ -385,7 +421,10 @@ impl Decoder {
                 Scalar::Str(s) => {
                     parse_rfc3339_ms(&s).ok_or_else(|| DecodeError::InvalidValue {
                         field: "/timestamp".into(),
-                        reason: format!("{s:?} is not an RFC 3339 time between 1970 and 9999"),
+                        reason: format!(
+                            "{} is not an RFC 3339 time between 1970 and 9999",
+                            quoted(&s)
+                        ),
                     })?
                 }
                 Scalar::Absent | Scalar::Null => {
@@ -429,15 +468,27 @@ impl Decoder {
                 optional_str(take(Slot::ToolNameCamel), "/toolName")?.unwrap_or(Cow::Borrowed(""));
             (Format::AgentShield, agent, event, tool, ts)
         };
+        let too_long = |field: &str, v: &str| DecodeError::InvalidValue {
+            field: field.into(),
+            reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", v.len()),
+        };
         if agent_id.len() > MAX_AGENT_ID_BYTES {
-            return Err(DecodeError::InvalidValue {
-                field: if is_spm {
-                    "/agent_id".into()
-                } else {
-                    "/agentId".into()
-                },
-                reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", agent_id.len()),
-            });
+            return Err(too_long(
+                if is_spm { "/agent_id" } else { "/agentId" },
+                &agent_id,
+            ));
+        }
+        if event_id.len() > MAX_AGENT_ID_BYTES {
+            return Err(too_long(
+                if is_spm { "/event_id" } else { "/eventId" },
+                &event_id,
+            ));
+        }
+        if tool_name.len() > MAX_AGENT_ID_BYTES {
+            return Err(too_long(
+                if is_spm { "/tool_name" } else { "/toolName" },
+                &tool_name,
+            ));
         }
         let outcome = if is_spm {
             optional_str(take(Slot::Outcome), "/outcome")?.map(|s| Outcome::parse(&s))
@@ -450,6 +501,15 @@ impl Decoder {
         } else {
             optional_str(take(Slot::Group), &self.group_pointer)?
         };
+        if let Some(e) = environment
+            .as_deref()
+            .filter(|e| e.len() > MAX_AGENT_ID_BYTES)
+        {
+            return Err(too_long("/safe_payload/environment", e));
+        }
+        if let Some(g) = group.as_deref().filter(|g| g.len() > MAX_AGENT_ID_BYTES) {
+            return Err(too_long(&self.group_pointer, g));
+        }
         let bytes = match take(Slot::Volume) {
             Scalar::Absent | Scalar::Null => None,
             Scalar::Int(v) => Some(v as f64),
@@ -522,6 +582,8 @@ fn first_str<'a, const N: usize>(
 struct ObjectVisitor<'n, 's, 'a> {
     node: &'n Node,
     slots: &'s mut [Scalar<'a>; SLOT_COUNT],
+    /// Set to the key that appeared twice, when one did.
+    dup: &'s std::cell::Cell<Option<String>>,
 }
 
 impl<'de, 'n, 's> Visitor<'de> for ObjectVisitor<'n, 's, 'de> {
@@ -539,6 +601,7 @@ impl<'de, 'n, 's> Visitor<'de> for ObjectVisitor<'n, 's, 'de> {
                     map.next_value_seed(ValueSeed {
                         entry,
                         slots: &mut *self.slots,
+                        dup: self.dup,
                     })?;
                 }
                 None => {
@@ -574,11 +637,19 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
 struct ValueSeed<'n, 's, 'a> {
     entry: &'n Entry,
     slots: &'s mut [Scalar<'a>; SLOT_COUNT],
+    dup: &'s std::cell::Cell<Option<String>>,
 }
 
 impl<'n, 's, 'a> ValueSeed<'n, 's, 'a> {
-    fn set(self, value: Scalar<'a>) {
-        self.entry.fill(self.slots, value);
+    fn set<E: de::Error>(self, value: Scalar<'a>) -> Result<(), E> {
+        if self.entry.fill(self.slots, value) {
+            return Ok(());
+        }
+        self.dup.set(Some(self.entry.key().to_string()));
+        Err(E::custom(format_args!(
+            "duplicate key {:?}",
+            self.entry.key()
+        )))
     }
 }
 
@@ -595,62 +666,57 @@ impl<'de> Visitor<'de> for ValueSeed<'_, '_, 'de> {
         f.write_str("any JSON value")
     }
     fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<(), E> {
-        self.set(Scalar::Str(Cow::Borrowed(v)));
-        Ok(())
+        self.set(Scalar::Str(Cow::Borrowed(v)))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        self.set(Scalar::Str(Cow::Owned(v.to_owned())));
-        Ok(())
+        self.set(Scalar::Str(Cow::Owned(v.to_owned())))
     }
     fn visit_string<E: de::Error>(self, v: String) -> Result<(), E> {
-        self.set(Scalar::Str(Cow::Owned(v)));
-        Ok(())
+        self.set(Scalar::Str(Cow::Owned(v)))
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        self.set(Scalar::Int(v));
-        Ok(())
+        self.set(Scalar::Int(v))
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        self.set(Scalar::UInt(v));
-        Ok(())
+        self.set(Scalar::UInt(v))
     }
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        self.set(Scalar::Float(v));
-        Ok(())
+        self.set(Scalar::Float(v))
     }
     fn visit_bool<E: de::Error>(self, _v: bool) -> Result<(), E> {
-        self.set(Scalar::Bool);
-        Ok(())
+        self.set(Scalar::Bool)
     }
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.set(Scalar::Null);
-        Ok(())
+        self.set(Scalar::Null)
     }
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        self.set(Scalar::Null);
-        Ok(())
+        self.set(Scalar::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         while seq.next_element_seed(Skip)?.is_some() {}
-        self.set(Scalar::Array);
-        Ok(())
+        self.set(Scalar::Array)
     }
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
         match &self.entry.child {
             Some(node) => {
                 let slots = &mut *self.slots;
-                ObjectVisitor { node, slots }.visit_map(map)?;
+                ObjectVisitor {
+                    node,
+                    slots,
+                    dup: self.dup,
+                }
+                .visit_map(map)?;
                 // The object itself also fills the entry's own slots (a pointer to an object).
                 if self.entry.is_wanted() {
-                    self.set(Scalar::Object);
+                    return self.set(Scalar::Object);
                 }
+                Ok(())
             }
             None => {
                 Skip.visit_map(map)?;
-                self.set(Scalar::Object);
+                self.set(Scalar::Object)
             }
         }
-        Ok(())
     }
 }
 
@@ -712,6 +778,88 @@ mod tests {
         "reasons":[{"code":"OK","message":"allowed"}],
         "safe_payload":{"agent_id":"fin-pay-1","tool_name":"trigger_payment","environment":"prod","outcome":"ALLOW","bytes":2048,"team":"treasury"},
         "plugin_source":"x","extra":{"deep":[1,2,{"a":null}]}}"#;
+
+    /// Every string an incident or SIEM record carries is bounded, and an error quoting the
+    /// input quotes at most its first 64 bytes: no output derived from an event nears a
+    /// broker's message limit.
+    #[test]
+    fn long_fields_are_refused_and_errors_quote_a_bounded_prefix() {
+        let d = Decoder::default();
+        let long = "x".repeat(100_000);
+        for (field, doc) in [
+            (
+                "/tool_name",
+                format!(
+                    r#"{{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","tool_name":"{long}"}}"#
+                ),
+            ),
+            (
+                "/event_id",
+                format!(
+                    r#"{{"agent_id":"a","event_id":"{long}","timestamp":"2026-03-02T09:00:00Z"}}"#
+                ),
+            ),
+            (
+                "/safe_payload/environment",
+                format!(
+                    r#"{{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","safe_payload":{{"environment":"{long}"}}}}"#
+                ),
+            ),
+        ] {
+            match d.decode(doc.as_bytes()) {
+                Err(DecodeError::InvalidValue { field: f, reason }) => {
+                    assert_eq!(f, field);
+                    assert!(reason.len() < 100, "{reason}");
+                }
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let doc = format!(r#"{{"agent_id":"a","timestamp":"{long}"}}"#);
+        let e = d
+            .decode(doc.as_bytes())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("100000 bytes"), "{e}");
+    }
+
+    /// A key the decoder reads, given twice in its object, is an error naming it (in the
+    /// scanner's shape and in serde_json's, nested too); a key it does not read may repeat.
+    #[test]
+    fn a_field_given_twice_is_a_duplicate_key_error() {
+        let d = Decoder::default();
+        let cases = [
+            (
+                r#"{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","agent_id":"b"}"#,
+                "agent_id",
+            ),
+            // An escape sends the payload to serde_json.
+            (
+                r#"{"agent_id":"aA","timestamp":"2026-03-02T09:00:00Z","agent_id":"b"}"#,
+                "agent_id",
+            ),
+            (
+                r#"{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","safe_payload":{"bytes":1,"bytes":900000}}"#,
+                "bytes",
+            ),
+            (
+                r#"{"agentId":"a","timestamp":1,"agentId":"b","type":"tool_allowed"}"#,
+                "agentId",
+            ),
+        ];
+        for (doc, key) in cases {
+            assert_eq!(
+                d.decode(doc.as_bytes()).map(|e| e.agent_id.to_string()),
+                Err(DecodeError::DuplicateKey { key: key.into() }),
+                "{doc}"
+            );
+        }
+        let fine = r#"{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","x":1,"x":2}"#;
+        assert!(d.decode(fine.as_bytes()).is_ok());
+        // The same key in two different objects is not a duplicate.
+        let two = r#"{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","safe_payload":{"agent_id":"a"}}"#;
+        assert!(d.decode(two.as_bytes()).is_ok());
+    }
 
     /// Every key of a node's tree is found at its index by the perfect hash; keys one edit away
     /// from a configured one (a byte changed, dropped or added) are found only if configured too.

@@ -33,6 +33,13 @@ pub enum DecodeError {
         /// What was expected, e.g. "a string".
         expected: &'static str,
     },
+    /// A field the decoder reads appears twice in its object (a second value a log viewer may
+    /// not show would otherwise win).
+    #[error("duplicate key {key:?}")]
+    DuplicateKey {
+        /// The key.
+        key: String,
+    },
     /// A field has the right type but an unusable value.
     #[error("field {field} is invalid: {reason}")]
     InvalidValue {
@@ -52,6 +59,7 @@ impl DecodeError {
             DecodeError::MissingField { .. } => "missing_field",
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::InvalidValue { .. } => "invalid_value",
+            DecodeError::DuplicateKey { .. } => "duplicate_key",
         }
     }
 }

@@ -150,8 +150,8 @@ impl<'a> Scanner<'a> {
             b'0'..=b'9' => Scalar::UInt(self.unsigned()?),
             _ => return None,
         };
-        entry.fill(slots, value);
-        Some(())
+        // A key that appears twice goes to serde_json, which reports it.
+        entry.fill(slots, value).then_some(())
     }
 
     /// Any value, checked and passed over.
@@ -333,11 +333,13 @@ mod tests {
             SPM,
             r#"{"type":"tool_call","timestamp":1772460000250,"eventId":"x","sessionId":"s-9","toolName":"read_file"}"#,
             " {\n \"agent_id\" : \"a\" ,\t\"timestamp\":\"2026-03-02T14:00:00Z\", \"safe_payload\":{} }\r\n",
-            r#"{"agent_id":"a","agent_id":"b","timestamp":"t","safe_payload":{"bytes":0}}"#,
         ] {
             let fast = scanned(&d, text).expect("the scanner takes it");
             assert_eq!(Some(fast), walked(&d, text), "{text}");
         }
+        // A key it reads, given twice: handed over, and serde_json's walk refuses it.
+        let twice = r#"{"agent_id":"a","agent_id":"b","timestamp":"t","safe_payload":{"bytes":0}}"#;
+        assert!(scanned(&d, twice).is_none() && walked(&d, twice).is_none());
         let slots = scanned(&d, SPM).expect("scans");
         assert_eq!(
             slots[super::super::decode::Slot::Volume as usize],
