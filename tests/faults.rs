@@ -186,3 +186,102 @@ fn a_siem_sink_whose_spool_fails_stops_the_daemon_naming_the_sink() {
     let msg = e.to_string();
     assert!(msg.contains("cef-file") && msg.contains("engine"), "{msg}");
 }
+
+/// Messages a hostile writer can put on the topics, each of which used to stop the daemon for
+/// good (its output was too large to produce, so it exited, and again on every restart): an
+/// unsigned control message naming a 1 MiB agent id, and a 1.1 MB audit event. Both end as
+/// bounded outputs; the daemon keeps running and goes on detecting.
+#[test]
+fn oversized_hostile_messages_give_bounded_outputs_and_the_daemon_keeps_running() {
+    use rdkafka::message::{Headers, Message};
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = demo::local_config(
+        k.clone(),
+        dir.path(),
+        demo::demo_blueprints_learned().expect("bp"),
+    );
+    let d = Daemon::start(cfg).expect("start");
+    // A writer that may send large messages (the daemon's own producer keeps librdkafka's 1 MB).
+    let big: std::collections::BTreeMap<String, String> =
+        [("message.max.bytes".to_string(), "4000000".to_string())].into();
+    let s = KafkaSink::new(&k.brokers, &big).expect("producer");
+    let forged = serde_json::json!({
+        "command": "kill", "command_id": "x", "agent_id": "a".repeat(1 << 20), "reason": "r",
+        "incident_ids": [], "issued_at": "2026-03-03T10:00:00Z", "guardian_id": "evil",
+        "blueprint": null, "origin": "manual", "signature": "00"
+    });
+    s.send(
+        &k.control_topic,
+        Some(b"x"),
+        forged.to_string().as_bytes(),
+        None,
+    )
+    .expect("send");
+    let huge = format!(
+        r#"{{"agent_id":"a","timestamp":"2026-03-03T10:00:00Z","tool_name":"t","pad":"{}"}}"#,
+        "x".repeat(1_100_000)
+    );
+    s.send("audit", Some(b"a"), huge.as_bytes(), None)
+        .expect("send");
+    let mut s = s;
+    s.settle(Duration::from_secs(20)).expect("settle");
+    let t = Instant::now();
+    while d
+        .metrics
+        .commands_rejected
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < 1
+        || d.metrics
+            .bad_events
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < 1
+    {
+        assert!(!d.is_finished(), "the daemon stopped");
+        assert!(t.elapsed() < Duration::from_secs(60), "not read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // It goes on: an ordinary event after them is processed.
+    produce(&k, 1, 1_772_550_000_000);
+    let t = Instant::now();
+    while d.metrics.events.load(std::sync::atomic::Ordering::Relaxed) < 1 {
+        assert!(!d.is_finished(), "the daemon stopped");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the next event was not processed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.shutdown();
+    d.join(Duration::from_secs(30)).expect("a clean stop");
+    let dead = agent_guardian::kafka::read_to_end(
+        &k.brokers,
+        &k.dead_letter_topic,
+        1,
+        Duration::from_secs(30),
+    );
+    assert_eq!(dead.len(), 1);
+    let m = &dead[0];
+    assert_eq!(m.payload().map(<[u8]>::len), Some(512 * 1024));
+    let size = m.headers().and_then(|h| {
+        h.iter()
+            .find(|x| x.key == "guardian.original.size")
+            .and_then(|x| x.value.map(|v| String::from_utf8_lossy(v).into_owned()))
+    });
+    assert_eq!(size, Some(huge.len().to_string()));
+    let incidents = agent_guardian::kafka::read_to_end(
+        &k.brokers,
+        &k.incidents_topic,
+        1,
+        Duration::from_secs(30),
+    );
+    let rejected: Vec<serde_json::Value> = incidents
+        .iter()
+        .filter_map(|m| serde_json::from_slice(m.payload().unwrap_or_default()).ok())
+        .filter(|v: &serde_json::Value| v["type"] == "rejected_command")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    assert!(rejected[0]["agent_id"]
+        .as_str()
+        .is_some_and(|a| a.len() < 600 && a.ends_with("(1048576 bytes)")));
+}
