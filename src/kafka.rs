@@ -64,17 +64,110 @@ pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> Cli
     )
 }
 
+/// How often one kind of librdkafka complaint (a log line or an error, its numbers aside) is
+/// logged: a broker that is down makes librdkafka report it several times a second per client.
+pub const COMPLAINT_INTERVAL: Duration = Duration::from_secs(30);
+
+/// librdkafka's complaints by kind: when each was last logged and how many were held back since.
+#[derive(Debug, Default)]
+pub struct Complaints {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (Instant, u64)>>,
+}
+
+impl Complaints {
+    /// Whether a complaint `message` seen at `now` is logged: the first of its kind (the message
+    /// with its digits left out) is, then the next one [`COMPLAINT_INTERVAL`] later, carrying
+    /// the count held back in between (`Some(count)`); the others are counted (`None`).
+    pub fn admit(&self, message: &str, now: Instant) -> Option<u64> {
+        let kind: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
+        let Ok(mut seen) = self.seen.lock() else {
+            return Some(0);
+        };
+        if seen.len() > 1000 {
+            seen.clear(); // many kinds: a flood of distinct messages is still bounded
+        }
+        match seen.get_mut(&kind) {
+            Some((last, held)) if now.duration_since(*last) < COMPLAINT_INTERVAL => {
+                *held += 1;
+                None
+            }
+            Some((last, held)) => {
+                let n = *held;
+                *last = now;
+                *held = 0;
+                Some(n)
+            }
+            None => {
+                seen.insert(kind, (now, 0));
+                Some(0)
+            }
+        }
+    }
+}
+
+/// The complaints of every client of this process.
+static COMPLAINTS: std::sync::LazyLock<Complaints> = std::sync::LazyLock::new(Complaints::default);
+
+/// librdkafka's log callback for every client context: each kind of line at most once per
+/// [`COMPLAINT_INTERVAL`], with the count of the ones held back.
+pub fn quiet_log(level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    let Some(held_back) = COMPLAINTS.admit(message, Instant::now()) else {
+        return;
+    };
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", fac, held_back, "{message}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", fac, held_back, "{message}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, held_back, "{message}"),
+        L::Debug => tracing::debug!(target: "librdkafka", fac, held_back, "{message}"),
+    }
+}
+
+/// librdkafka's error callback for every client context: the end of a partition at debug
+/// level (readers wait for it), other errors as [`quiet_log`] does.
+pub fn quiet_error(error: &KafkaError, reason: &str) {
+    if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
+        tracing::debug!(reason, "end of partition");
+        return;
+    }
+    let message = format!("{error}: {reason}");
+    if let Some(held_back) = COMPLAINTS.admit(&message, Instant::now()) {
+        tracing::error!(target: "librdkafka", held_back, "{message}");
+    }
+}
+
+/// A client context that only logs quietly (for plain consumers and producers).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Quiet;
+
+impl ClientContext for Quiet {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        quiet_log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        quiet_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Quiet {}
+
+impl rdkafka::producer::ProducerContext for Quiet {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
 /// A topic reader's client context: the end of a partition is what the reader waits for, so it
 /// is logged at debug level, not as librdkafka's error.
 struct Reader;
 
 impl ClientContext for Reader {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        quiet_log(level, fac, message);
+    }
     fn error(&self, error: KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::debug!(reason, "end of partition");
-        } else {
-            tracing::error!(%error, reason, "librdkafka error");
-        }
+        quiet_error(&error, reason);
     }
 }
 
@@ -142,6 +235,32 @@ pub fn read_to_end(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod complaint_tests {
+    use super::*;
+
+    #[test]
+    fn a_complaint_is_logged_once_per_interval_with_the_count_held_back() {
+        let c = Complaints::default();
+        let t0 = Instant::now();
+        assert_eq!(c.admit("1/1 brokers are down", t0), Some(0));
+        // The same kind, numbers aside, 33 times a second for the rest of the interval.
+        for i in 1..=990u64 {
+            let msg = format!("{}/1 brokers are down", i % 2);
+            assert_eq!(c.admit(&msg, t0 + Duration::from_millis(i * 30)), None);
+        }
+        assert_eq!(c.admit("another kind", t0), Some(0));
+        assert_eq!(
+            c.admit("0/1 brokers are down", t0 + COMPLAINT_INTERVAL),
+            Some(990)
+        );
+        assert_eq!(
+            c.admit("1/1 brokers are down", t0 + COMPLAINT_INTERVAL),
+            None
+        );
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,15 @@ pub struct Deliveries {
 /// The producer context that records delivery outcomes.
 pub struct SinkContext(Arc<Deliveries>);
 
-impl ClientContext for SinkContext {}
+impl ClientContext for SinkContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::quiet_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::quiet_error(&error, reason);
+    }
+}
 
 impl ProducerContext for SinkContext {
     type DeliveryOpaque = ();

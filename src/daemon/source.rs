@@ -121,6 +121,14 @@ pub struct AuditContext {
 }
 
 impl ClientContext for AuditContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        crate::kafka::quiet_log(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        crate::kafka::quiet_error(&error, reason);
+    }
+
     /// librdkafka's periodic statistics: the consumer lag summed over assigned partitions.
     fn stats(&self, s: rdkafka::Statistics) {
         let lag: i64 = s
@@ -396,7 +404,9 @@ pub fn run_control(
             // Operator commands tolerate 100 ms; fewer fetches spare the broker.
             cfg.set("fetch.wait.max.ms", "100");
         }
-        let c: BaseConsumer = cfg.create().map_err(|e| e.to_string())?;
+        let c: BaseConsumer<crate::kafka::Quiet> = cfg
+            .create_with_context(crate::kafka::Quiet)
+            .map_err(|e| e.to_string())?;
         // The topic may not exist yet on a fresh cluster: wait for its metadata.
         let parts = loop {
             if stop.is_set() {

@@ -436,7 +436,7 @@ impl FileTransport {
 /// every message in it is acknowledged.
 pub struct KafkaTransport {
     topic: String,
-    producer: rdkafka::producer::BaseProducer,
+    producer: rdkafka::producer::BaseProducer<crate::kafka::Quiet>,
 }
 
 impl KafkaTransport {
@@ -447,7 +447,7 @@ impl KafkaTransport {
         topic: &str,
     ) -> Result<KafkaTransport, TransportError> {
         let producer = crate::kafka::producer_config(brokers, options)
-            .create()
+            .create_with_context(crate::kafka::Quiet)
             .map_err(|e| TransportError::Kafka(e.to_string()))?;
         Ok(KafkaTransport {
             topic: topic.into(),
