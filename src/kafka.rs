@@ -79,7 +79,12 @@ impl Complaints {
     /// with its digits left out) is, then the next one [`COMPLAINT_INTERVAL`] later, carrying
     /// the count held back in between (`Some(count)`); the others are counted (`None`).
     pub fn admit(&self, message: &str, now: Instant) -> Option<u64> {
-        let kind: String = message.chars().filter(|c| !c.is_ascii_digit()).collect();
+        // librdkafka's own repeat note is part of the count, not of the kind.
+        let kind: String = message
+            .chars()
+            .filter(|c| !c.is_ascii_digit() && *c != ',' && !c.is_whitespace())
+            .collect::<String>()
+            .replace("identicalerror(s)suppressed", "");
         let Ok(mut seen) = self.seen.lock() else {
             return Some(0);
         };
@@ -252,6 +257,10 @@ mod complaint_tests {
             assert_eq!(c.admit(&msg, t0 + Duration::from_millis(i * 30)), None);
         }
         assert_eq!(c.admit("another kind", t0), Some(0));
+        let note = "refused (after 0ms in state CONNECT)";
+        assert_eq!(c.admit(note, t0), Some(0));
+        let repeated = "refused (after 0ms in state CONNECT, 1 identical error(s) suppressed)";
+        assert_eq!(c.admit(repeated, t0), None);
         assert_eq!(
             c.admit("0/1 brokers are down", t0 + COMPLAINT_INTERVAL),
             Some(990)

@@ -155,3 +155,46 @@ fn replay_counts_malformed_lines_with_line_numbers_and_goes_on() {
         assert!(incidents[0].get(k).is_some(), "missing {k}");
     }
 }
+
+/// With the broker unreachable, `guardian produce` and `guardian kill` end within their
+/// deadlines with a non-zero exit and a clear last line, not a hang and not a flood of
+/// librdkafka errors.
+#[test]
+fn commands_that_talk_to_a_broker_that_is_down_end_within_their_deadline() {
+    let dir = tempfile::tempdir().expect("dir");
+    let cfg = dir.path().join("g.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "guardian_id = \"cli\"\nstate_dir = {:?}\nsigning_key = \"cli-key-0123456789abcdef\"\n[kafka]\nbrokers = \"127.0.0.1:1\"\naudit_topics = [\"audit\"]\n",
+            dir.path().join("state")
+        ),
+    )
+    .expect("config");
+    let cfg = cfg.display().to_string();
+    let events =
+        "{\"agent_id\":\"a\",\"timestamp\":\"2026-03-03T10:00:00Z\",\"tool_name\":\"t\"}\n";
+    let t = std::time::Instant::now();
+    let (code, _, err) = guardian(
+        &["produce", "--config", &cfg, "--timeout", "2s", "-"],
+        events,
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(30),
+        "took {:?}",
+        t.elapsed()
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.contains("not acknowledged by 127.0.0.1:1"), "{err}");
+    assert!(err.lines().count() < 15, "a flood: {err}");
+    let t = std::time::Instant::now();
+    let (code, _, err) = guardian(&["kill", "--config", &cfg, "agent-1"], "");
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(40),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(err.lines().count() < 15, "a flood: {err}");
+}

@@ -44,6 +44,10 @@ pub struct ProduceArgs {
     topic: Option<String>,
     /// Events as JSON lines, or `-` for stdin.
     input: PathBuf,
+    /// How long the broker may take to acknowledge the events (e.g. `30s`); past it the command
+    /// fails with the count it could not deliver.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
 }
 
 /// `guardian kill` / `guardian revive`.
@@ -191,7 +195,18 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         volume_pointer: cfg.config.volume_pointer.clone(),
         ..Default::default()
     })?;
-    let mut sink = KafkaSink::new(&k.brokers, &cfg.kafka_options)?;
+    // librdkafka gives up on a message after `message.timeout.ms`: the command's own deadline,
+    // unless the configuration sets one.
+    let mut options = cfg.kafka_options.clone();
+    if !options.contains_key("message.timeout.ms")
+        && !options.contains_key("producer.message.timeout.ms")
+    {
+        options.insert(
+            "producer.message.timeout.ms".into(),
+            a.timeout.as_millis().max(1).to_string(),
+        );
+    }
+    let mut sink = KafkaSink::new(&k.brokers, &options)?;
     let input: Box<dyn BufRead> = if a.input.as_os_str() == "-" {
         Box::new(io::stdin().lock())
     } else {
@@ -220,7 +235,18 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         sink.send(&topic, key.as_deref(), &line, None)?;
         sent += 1;
     }
-    sink.settle(Duration::from_secs(60))?;
+    sink.settle_until(
+        Duration::from_secs(10),
+        Some(a.timeout + Duration::from_secs(5)),
+    )
+    .with_context(|| {
+        format!(
+            "{} of {sent} events not acknowledged by {} within {:?}",
+            sent.saturating_sub(sink.delivered()),
+            k.brokers,
+            a.timeout
+        )
+    })?;
     eprintln!("produced {sent} events to {topic} ({unkeyed} malformed, sent unkeyed)");
     Ok(ExitCode::SUCCESS)
 }
