@@ -50,6 +50,10 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A command that reads a state found none where it was pointed (a typo would otherwise
+    /// create an empty state there and report on it).
+    #[error("{0} holds no agent-guardian state")]
+    NoState(std::path::PathBuf),
     /// The checkpoint writer thread is gone (it panicked or could not start).
     #[error("state store: the checkpoint writer thread stopped")]
     WriterGone,
@@ -229,6 +233,14 @@ impl Store {
         Ok(Store {
             db: crate::siem::spool::open_db(dir)?,
         })
+    }
+
+    /// Opens a state directory that exists already (for commands that read or repair one).
+    pub fn open_existing(dir: &Path) -> Result<Store, StoreError> {
+        if !(dir.join("conf").is_file() && dir.join("db").is_file()) {
+            return Err(StoreError::NoState(dir.to_path_buf()));
+        }
+        Store::open(dir)
     }
 
     /// The sled database (the SIEM sinks keep their spools in it, flushed with each checkpoint).

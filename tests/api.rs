@@ -153,6 +153,36 @@ async fn everything_but_health_and_readiness_needs_the_token() {
     }
 }
 
+/// The scheme of `Authorization` is case-insensitive; another scheme is refused. Every response
+/// says `nosniff`; the page may not be framed.
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_responses_are_not_sniffed_or_framed() {
+    let f = fixture();
+    let send = |auth: String, uri: &'static str| {
+        let req = Request::builder()
+            .uri(uri)
+            .header("authorization", auth)
+            .body(Body::empty())
+            .unwrap();
+        router(f.state.clone()).oneshot(req)
+    };
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let r = send(format!("{scheme} {TOKEN}"), "/agents").await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{scheme}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    }
+    let r = send(format!("Basic {TOKEN}"), "/agents").await.unwrap();
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    let r = send(String::new(), "/").await.unwrap();
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+}
+
 #[tokio::test]
 async fn agents_and_posture_have_their_shapes_and_filters() {
     let f = fixture();

@@ -198,3 +198,24 @@ fn commands_that_talk_to_a_broker_that_is_down_end_within_their_deadline() {
     );
     assert!(err.lines().count() < 15, "a flood: {err}");
 }
+
+/// A state command pointed at a directory with no state (a typo) fails and creates nothing.
+#[test]
+fn state_commands_refuse_a_directory_without_a_state_and_create_nothing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let typo = dir.path().join("stat");
+    let typo_s = typo.display().to_string();
+    for args in [
+        vec!["state", "partitions", "--state-dir", &typo_s],
+        vec!["state", "inspect", "--state-dir", &typo_s, "agent-1"],
+        vec!["posture", "--state", &typo_s],
+    ] {
+        let (code, _, err) = guardian(&args, "");
+        assert_ne!(code, 0, "{args:?}: {err}");
+        assert!(
+            err.contains("holds no agent-guardian state"),
+            "{args:?}: {err}"
+        );
+        assert!(!typo.exists(), "{args:?} created {typo_s}");
+    }
+}

@@ -85,9 +85,13 @@ impl AppState {
         let Some(v) = req.headers().get(header::AUTHORIZATION) else {
             return false;
         };
-        let Some(t) = v.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        // The scheme is case-insensitive (RFC 9110, section 11.1).
+        let Some((scheme, t)) = v.to_str().ok().and_then(|v| v.split_once(' ')) else {
             return false;
         };
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return false;
+        }
         let d: [u8; 32] = Sha256::digest(t.trim().as_bytes()).into();
         d == self.token_digest
     }
@@ -124,6 +128,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/", get(web::index))
         .merge(protected)
         .with_state(state)
+        .layer(middleware::map_response(no_sniff))
+}
+
+/// Every response: browsers take its content type as given (no sniffing a JSON body into a page).
+async fn no_sniff(mut r: Response) -> Response {
+    r.headers_mut().insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    r
 }
 
 fn tls_config(

@@ -265,7 +265,7 @@ pub fn command_cmd(verb: Verb, a: CommandArgs) -> anyhow::Result<ExitCode> {
 /// `guardian state …`.
 pub fn state_cmd(c: StateCommand) -> anyhow::Result<ExitCode> {
     let open = |d: &Path| {
-        Store::open(d).with_context(|| {
+        Store::open_existing(d).with_context(|| {
             format!(
                 "cannot open the state in {} (is a daemon still running on it?)",
                 d.display()

@@ -78,10 +78,7 @@ pub fn posture_cmd(a: PostureArgs) -> anyhow::Result<ExitCode> {
         }
         None => (BlueprintSet::builtin(), PostureSettings::default()),
     };
-    if !a.state.is_dir() {
-        anyhow::bail!("{} is not a state directory", a.state.display());
-    }
-    let store = Store::open(&a.state).with_context(|| {
+    let store = Store::open_existing(&a.state).with_context(|| {
         format!(
             "cannot open the state in {} (is a daemon still running on it?)",
             a.state.display()

@@ -410,22 +410,17 @@ impl Posture {
             "AGENT", "RISK", "LEVEL", "STATUS", "BLUEPRINT", "EVENTS", "INCIDENTS"
         );
         for a in self.agents.iter().take(limit) {
-            let id: String = a
-                .agent_id
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(w)
-                .collect();
+            let id: String = shown(&a.agent_id).chars().take(w).collect();
             let _ = writeln!(
                 s,
                 "{id:<w$}  {:>4}  {:<8}  {:<7}  {:<12}  {:>9}  {:>9}  {}",
                 a.risk,
                 a.level.as_str(),
                 a.status.as_str(),
-                a.blueprint.chars().take(12).collect::<String>(),
+                shown(&a.blueprint).chars().take(12).collect::<String>(),
                 a.events,
                 a.incidents,
-                a.reasons.first().map_or("-", String::as_str)
+                a.reasons.first().map_or("-".to_string(), |r| shown(r))
             );
         }
         if self.agents.len() > limit {
@@ -439,9 +434,38 @@ impl Posture {
     }
 }
 
+/// `s` for a terminal: control characters and the invisible characters that reorder text
+/// (bidirectional overrides, isolates and marks) are shown as `\u{…}` escapes, so an agent id
+/// cannot rewrite the line it is printed on.
+fn shown(s: &str) -> String {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+    };
+    if !s.chars().any(hidden) {
+        return s.to_string();
+    }
+    s.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_and_reordering_characters_are_shown_escaped() {
+        assert_eq!(shown("fin-01"), "fin-01");
+        assert_eq!(shown("a\u{202E}gnp.exe"), "a\\u{202e}gnp.exe");
+        assert_eq!(shown("x\u{1b}[2Jy\u{2066}"), "x\\u{1b}[2Jy\\u{2066}");
+    }
 
     #[test]
     fn fleet_score_is_the_mean_of_the_riskiest_tenth() {
