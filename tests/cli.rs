@@ -219,3 +219,18 @@ fn state_commands_refuse_a_directory_without_a_state_and_create_nothing() {
         assert!(!typo.exists(), "{args:?} created {typo_s}");
     }
 }
+
+/// `replay --state` writes a new state: into a directory that holds anything it refuses,
+/// before reading a line.
+#[test]
+fn replay_state_refuses_a_directory_that_is_not_empty() {
+    let dir = tempfile::tempdir().expect("dir");
+    let state = dir.path().join("state");
+    let state_s = state.display().to_string();
+    let line = "{\"agent_id\":\"a\",\"timestamp\":\"2026-03-03T10:00:00Z\",\"tool_name\":\"t\"}\n";
+    let (code, _, err) = guardian(&["replay", "--state", &state_s, "-"], line);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = guardian(&["replay", "--state", &state_s, "-"], line);
+    assert_ne!(code, 0);
+    assert!(err.contains("is not empty"), "{err}");
+}

@@ -299,6 +299,16 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         );
         p
     });
+    if let Some(dir) = &a.state {
+        // The state written is this replay's alone: merging it into another would mix two logs.
+        let used = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
+        if used {
+            anyhow::bail!(
+                "{} is not empty: `--state` writes a new state, give a new or empty directory",
+                dir.display()
+            );
+        }
+    }
     let mut engine = Engine::new(set);
     let stdout = io::stdout().lock();
     let out = BufWriter::with_capacity(1 << 16, stdout);
