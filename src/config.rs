@@ -201,6 +201,32 @@ impl fmt::Debug for Resolved {
     }
 }
 
+/// The longest `checkpoint_interval` or `shutdown_timeout`: a checkpoint less often than
+/// hourly means hours of replay after a crash, and a shutdown that long is a hang.
+const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Whether the daemon can keep its state in `dir`: a writable directory, or one that can be
+/// created in the nearest existing ancestor (checked by writing and removing a probe file
+/// there; nothing is left behind).
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    let mut at = dir;
+    while !at.exists() {
+        at = match at.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+    }
+    if !at.is_dir() {
+        return Err(std::io::Error::other(format!(
+            "{} is not a directory",
+            at.display()
+        )));
+    }
+    let probe = at.join(format!(".guardian-write-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)
+}
+
 impl Config {
     /// Reads a TOML (`.toml`) or JSON (anything else) file; syntax errors name the position.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -266,6 +292,28 @@ impl Config {
                 errors.push(format!("kafka.options.{key}: set by the guardian ({why})"));
             }
         }
+        // Each option as librdkafka itself takes it (an unknown name or a value of the wrong
+        // kind is refused here, not at the first connection).
+        for (key, value) in &kafka_options {
+            let bare = key
+                .strip_prefix("consumer.")
+                .or_else(|| key.strip_prefix("producer."))
+                .unwrap_or(key);
+            let mut one = rdkafka::config::ClientConfig::new();
+            one.set(bare, value);
+            if let Err(e) = one.create_native_config() {
+                errors.push(format!("kafka.options.{key}: {e}"));
+            }
+        }
+        if self.guardian_id.trim().is_empty() {
+            errors.push("guardian_id: empty (it names this instance in every output)".into());
+        }
+        if self.max_event_bytes == 0 {
+            errors.push("max_event_bytes: must be at least 1".into());
+        }
+        if let Err(e) = writable_dir(&self.state_dir) {
+            errors.push(format!("state_dir: {}: {e}", self.state_dir.display()));
+        }
         let signing_key = match &self.signing_key {
             None => {
                 errors.push(
@@ -297,6 +345,18 @@ impl Config {
         };
         let checkpoint_interval = duration("checkpoint_interval", &self.checkpoint_interval);
         let shutdown_timeout = duration("shutdown_timeout", &self.shutdown_timeout);
+        for (name, d) in [
+            ("checkpoint_interval", checkpoint_interval),
+            ("shutdown_timeout", shutdown_timeout),
+        ] {
+            if d > MAX_INTERVAL {
+                errors.push(format!(
+                    "{name}: {} is longer than the longest allowed, {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(MAX_INTERVAL)
+                ));
+            }
+        }
         if self.queue_capacity == 0 {
             errors.push("queue_capacity: must be at least 1".into());
         }
@@ -514,6 +574,26 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing in:\n{all}");
         }
+    }
+
+    #[test]
+    fn values_the_daemon_could_not_run_with_are_refused() {
+        let errors = resolve_errors(
+            "c.toml",
+            "guardian_id = \" \"\nstate_dir = \"/proc/guardian-state\"\nsigning_key = \"0123456789abcdef0123\"\ncheckpoint_interval = \"1000y\"\nmax_event_bytes = 0\n[kafka]\nbrokers = \"x:1\"\naudit_topics = [\"a\"]\n[kafka.options]\n\"no.such.option\" = \"1\"\n\"consumer.fetch.wait.max.ms\" = \"soon\"\n",
+        );
+        let all = errors.join("\n");
+        for needle in [
+            "guardian_id: empty",
+            "state_dir: /proc/guardian-state",
+            "checkpoint_interval: 1000years",
+            "max_event_bytes",
+            "no.such.option",
+            "fetch.wait.max.ms",
+        ] {
+            assert!(all.contains(needle), "{needle} missing in:\n{all}");
+        }
+        assert!(!Path::new("/proc/guardian-state").exists());
     }
 
     #[test]
