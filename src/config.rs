@@ -78,6 +78,9 @@ pub struct Config {
     pub volume_pointer: String,
     /// Largest accepted event in bytes.
     pub max_event_bytes: usize,
+    /// How far ahead of the daemon's clock an event's time may be (e.g. "5m"); later events are
+    /// dead-lettered as `future_timestamp`, so one forged time cannot blind an agent's windows.
+    pub max_future: String,
     /// Time between checkpoints (persist state, then commit offsets), e.g. "1s".
     pub checkpoint_interval: String,
     /// Events after which a checkpoint is taken even before the interval.
@@ -114,6 +117,7 @@ impl Default for Config {
             signing_key: None,
             volume_pointer: crate::event::DEFAULT_VOLUME_POINTER.into(),
             max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
+            max_future: "5m".into(),
             checkpoint_interval: "1s".into(),
             checkpoint_events: 50_000,
             queue_capacity: 10_000,
@@ -166,6 +170,8 @@ pub struct Resolved {
     pub checkpoint_interval: std::time::Duration,
     /// Shutdown deadline.
     pub shutdown_timeout: std::time::Duration,
+    /// How far ahead of the clock an event's time may be.
+    pub max_future: std::time::Duration,
     /// The blueprints in force.
     pub blueprints: std::sync::Arc<BlueprintSet>,
     /// Posture settings.
@@ -194,6 +200,7 @@ impl fmt::Debug for Resolved {
             .field("kafka_options", &options)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("max_future", &self.max_future)
             .field("blueprints", &self.blueprints)
             .field("posture", &self.posture)
             .field("api", &self.api)
@@ -345,6 +352,7 @@ impl Config {
         };
         let checkpoint_interval = duration("checkpoint_interval", &self.checkpoint_interval);
         let shutdown_timeout = duration("shutdown_timeout", &self.shutdown_timeout);
+        let max_future = duration("max_future", &self.max_future);
         for (name, d) in [
             ("checkpoint_interval", checkpoint_interval),
             ("shutdown_timeout", shutdown_timeout),
@@ -425,6 +433,7 @@ impl Config {
                 kafka_options,
                 checkpoint_interval,
                 shutdown_timeout,
+                max_future,
                 blueprints,
                 posture,
                 api,

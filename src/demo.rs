@@ -124,6 +124,7 @@ pub fn local_config(
         .into(),
         checkpoint_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(20),
+        max_future: Duration::from_secs(300),
         blueprints,
         posture: crate::posture::PostureSettings::default(),
         api: None,

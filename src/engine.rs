@@ -339,7 +339,8 @@ impl Engine {
                 0,
             ));
         }
-        if st.kill.killed {
+        // A call made before the kill (delivered late) is not activity after it.
+        if st.kill.killed && st.kill.last_decision.is_none_or(|k| ev.ts_ms >= k) {
             let opening = || obs.opening(Basis::Static);
             if st.after_kill.violate(ev.ts_ms, 1.0, &bp.dedup, opening)
                 == crate::detect::Step::Opened
@@ -849,6 +850,25 @@ mod tests {
 
     fn kinds(v: &[Incident]) -> Vec<(IncidentType, Action)> {
         v.iter().map(|i| (i.kind, i.action_taken)).collect()
+    }
+
+    #[test]
+    fn a_call_made_before_an_operator_kill_is_not_activity_after_it() {
+        let mut e = Engine::new(set("block", json!({})));
+        let mut out = Vec::new();
+        e.process(&ev("a", 10_000, "y"), &mut out);
+        assert!(e.kill("a", 20_000));
+        e.process(&ev("a", 15_000, "y"), &mut out); // late: made before the kill
+        assert!(
+            !out.iter()
+                .any(|i| i.kind == IncidentType::ActivityAfterKill),
+            "{:?}",
+            kinds(&out)
+        );
+        e.process(&ev("a", 25_000, "y"), &mut out);
+        assert!(out
+            .iter()
+            .any(|i| i.kind == IncidentType::ActivityAfterKill));
     }
 
     #[test]

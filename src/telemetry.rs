@@ -70,13 +70,14 @@ pub struct Metrics {
 }
 
 /// The kinds of malformed events, as labels.
-pub const BAD_EVENT_KINDS: [&str; 6] = [
+pub const BAD_EVENT_KINDS: [&str; 7] = [
     "oversized",
     "not_json",
     "missing_field",
     "wrong_type",
     "invalid_value",
     "duplicate_key",
+    "future_timestamp",
 ];
 
 impl Default for Metrics {

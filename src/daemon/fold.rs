@@ -42,6 +42,8 @@ pub struct FoldSettings {
     pub blueprints: Arc<BlueprintSet>,
     /// How events are decoded.
     pub decoder: DecoderOptions,
+    /// How far ahead of the clock an event's time may be (ms).
+    pub max_future_ms: i64,
 }
 
 impl FoldSettings {
@@ -59,6 +61,7 @@ impl FoldSettings {
                 max_event_bytes: c.max_event_bytes,
                 ..cfg.blueprints.decoder_options()
             },
+            max_future_ms: i64::try_from(cfg.max_future.as_millis()).unwrap_or(i64::MAX),
         }
     }
 }
@@ -321,7 +324,21 @@ impl Fold {
                 self.metrics.event_age.observe(age as f64 / 1000.0);
             }
             let payload = r.payload.as_deref().unwrap_or_default();
-            match self.decoder.decode(payload) {
+            let limit = now.saturating_add(self.settings.max_future_ms);
+            let decoded = self.decoder.decode(payload).and_then(|ev| {
+                if ev.ts_ms > limit {
+                    return Err(DecodeError::FutureTimestamp {
+                        at: crate::event::format_rfc3339_ms(ev.ts_ms),
+                        now: crate::event::format_rfc3339_ms(now),
+                        allowed: humantime::format_duration(std::time::Duration::from_millis(
+                            self.settings.max_future_ms.max(0) as u64,
+                        ))
+                        .to_string(),
+                    });
+                }
+                Ok(ev)
+            });
+            match decoded {
                 Ok(ev) => events.push(ev),
                 Err(e) => {
                     self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
@@ -577,6 +594,8 @@ mod tests {
 
     const KEY: &[u8] = b"test-key";
     const T0: i64 = 1_764_000_000_000;
+    /// The clock of the tests: after every call they make.
+    const NOW: i64 = T0 + 7_200_000;
 
     /// Every agent on one blueprint where two calls of `x` in a row are a sequence and two
     /// violations kill.
@@ -600,6 +619,7 @@ mod tests {
             signing_key: KEY.to_vec(),
             decoder: set.decoder_options(),
             blueprints: Arc::new(set),
+            max_future_ms: 300_000,
         }
     }
 
@@ -686,7 +706,7 @@ mod tests {
     fn good_records_raise_incidents_and_a_signed_kill_in_order() {
         let mut f = owning(fold(), &[0], 0);
         let mut out = Vec::new();
-        f.audit(&calls(0), T0, &mut out).expect("fold");
+        f.audit(&calls(0), NOW, &mut out).expect("fold");
         let k = kinds(&out);
         assert!(
             k.iter().any(|s| s == "kill a"),
@@ -721,10 +741,10 @@ mod tests {
         let mut whole = owning(fold(), &[0, 1], 0);
         let mut one_by_one = owning(fold(), &[0, 1], 0);
         let (mut a, mut b) = (Vec::new(), Vec::new());
-        whole.audit(&recs, T0, &mut a).expect("fold");
+        whole.audit(&recs, NOW, &mut a).expect("fold");
         for r in &recs {
             one_by_one
-                .audit(std::slice::from_ref(r), T0, &mut b)
+                .audit(std::slice::from_ref(r), NOW, &mut b)
                 .expect("fold");
         }
         let sorted = |o: &[Output]| {
@@ -742,7 +762,7 @@ mod tests {
         let mut recs = calls(0);
         recs.insert(1, record(0, 50, b"{\"agent_id\": 3}"));
         let mut out = Vec::new();
-        f.audit(&recs[..2], T0, &mut out).expect("fold");
+        f.audit(&recs[..2], NOW, &mut out).expect("fold");
         let dead: Vec<&BadRecord> = out
             .iter()
             .filter_map(|o| match o {
@@ -757,7 +777,7 @@ mod tests {
         assert_eq!(f.metrics.bad_events.load(Ordering::Relaxed), 1);
         // Offsets below the bad one's are now behind the partition: skipped as already folded.
         let mut later = Vec::new();
-        f.audit(&recs[2..], T0, &mut later).expect("fold");
+        f.audit(&recs[2..], NOW, &mut later).expect("fold");
         assert_eq!(
             f.metrics.events.load(Ordering::Relaxed),
             1,
@@ -780,7 +800,7 @@ mod tests {
         let mut big = record(0, 0, &vec![b'x'; 2 << 20]);
         big.key = Some(vec![b'k'; 100_000]);
         let mut out = Vec::new();
-        f.audit(&[big], T0, &mut out).expect("fold");
+        f.audit(&[big], NOW, &mut out).expect("fold");
         match out.as_slice() {
             [Output::DeadLetter(b)] => {
                 assert_eq!(b.payload.len(), DEAD_LETTER_MAX_VALUE);
@@ -805,11 +825,47 @@ mod tests {
         }
     }
 
+    /// An event stamped far ahead of the clock is dead-lettered and does not move the agent's
+    /// time: the agent's later calls are judged as usual (here: still killed on its sequence).
+    #[test]
+    fn an_event_from_the_future_is_dead_lettered_and_blinds_nothing() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        f.audit(
+            &[call_at(0, 0, 253_402_300_799_000, "a", "x")],
+            NOW,
+            &mut out,
+        )
+        .expect("fold");
+        assert_eq!(kinds(&out), vec!["dead 0@0 future_timestamp"]);
+        assert_eq!(f.metrics.bad_by_kind[6].load(Ordering::Relaxed), 1);
+        out.clear();
+        let later: Vec<Record> = calls(0)
+            .into_iter()
+            .map(|mut r| {
+                r.offset += 10;
+                r
+            })
+            .collect();
+        f.audit(&later, NOW, &mut out).expect("fold");
+        assert!(
+            kinds(&out).iter().any(|k| k == "kill a"),
+            "{:?}",
+            kinds(&out)
+        );
+        // Up to five minutes ahead is clock skew, not forgery.
+        let mut g = owning(fold(), &[0], 0);
+        out.clear();
+        g.audit(&[call_at(0, 0, NOW + 299_000, "b", "y")], NOW, &mut out)
+            .expect("fold");
+        assert!(out.is_empty(), "{:?}", kinds(&out));
+    }
+
     #[test]
     fn records_below_the_quiet_mark_change_the_state_but_publish_nothing() {
         let mut f = owning(fold(), &[0], 7);
         let mut out = Vec::new();
-        f.audit(&calls(0), T0, &mut out).expect("fold");
+        f.audit(&calls(0), NOW, &mut out).expect("fold");
         assert!(
             out.is_empty(),
             "replayed history is quiet: {:?}",
@@ -817,7 +873,7 @@ mod tests {
         );
         assert!(f.metrics.suppressed.load(Ordering::Relaxed) > 0);
         assert_eq!(f.figures().1, 1, "the kill is in the state all the same");
-        f.audit(&[record(0, 7, b"nope")], T0, &mut out)
+        f.audit(&[record(0, 7, b"nope")], NOW, &mut out)
             .expect("fold");
         assert_eq!(kinds(&out), vec!["dead 0@7 not_json"]);
     }
@@ -826,7 +882,7 @@ mod tests {
     fn records_of_partitions_not_owned_are_skipped() {
         let mut f = owning(fold(), &[0], 0);
         let mut out = Vec::new();
-        f.audit(&calls(7), T0, &mut out).expect("fold");
+        f.audit(&calls(7), NOW, &mut out).expect("fold");
         assert!(out.is_empty());
         assert_eq!(f.since_checkpoint(), 0);
     }
@@ -835,7 +891,7 @@ mod tests {
     fn operator_commands_apply_to_known_agents_wait_for_unknown_ones_and_bad_ones_are_incidents() {
         let mut f = owning(fold(), &[0], 0);
         let mut out = Vec::new();
-        f.audit(&calls(0)[..2], T0, &mut out).expect("fold");
+        f.audit(&calls(0)[..2], NOW, &mut out).expect("fold");
         out.clear();
         let kill_b = Command::manual(Verb::Kill, "b", "test", T0, "op")
             .sign(KEY)
@@ -850,10 +906,10 @@ mod tests {
         f.control(&control(1, &kill_c), &mut out);
         assert!(out.is_empty());
         assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 1);
-        f.audit(&[call(0, 5, "c", "q")], T0, &mut out)
+        f.audit(&[call(0, 5, "c", "q")], NOW, &mut out)
             .expect("fold");
         assert!(out.is_empty(), "the command is later than this call");
-        f.audit(&[call(0, 12, "c", "q")], T0, &mut out)
+        f.audit(&[call(0, 12, "c", "q")], NOW, &mut out)
             .expect("fold");
         assert_eq!(kinds(&out), vec!["applied Kill c"]);
         assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 0);
@@ -867,7 +923,7 @@ mod tests {
         assert_eq!(f.metrics.commands_applied.load(Ordering::Relaxed), 2);
         // An agent killed by an operator that acts again is reported.
         out.clear();
-        f.audit(&[call(0, 20, "b", "y")], T0, &mut out)
+        f.audit(&[call(0, 20, "b", "y")], NOW, &mut out)
             .expect("fold");
         assert!(
             out.iter().any(
@@ -883,13 +939,13 @@ mod tests {
         let recs = calls(0);
         let mut once = owning(fold(), &[0], 0);
         let mut expected = Vec::new();
-        once.audit(&recs[..3], T0, &mut Vec::new()).expect("fold");
-        once.audit(&recs[3..], T0, &mut expected).expect("fold");
+        once.audit(&recs[..3], NOW, &mut Vec::new()).expect("fold");
+        once.audit(&recs[3..], NOW, &mut expected).expect("fold");
 
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("store");
         let mut first = owning(fold(), &[0], 0);
-        first.audit(&recs[..3], T0, &mut Vec::new()).expect("fold");
+        first.audit(&recs[..3], NOW, &mut Vec::new()).expect("fold");
         let cp = first.checkpoint(T0).expect("checkpoint");
         assert_eq!(cp.offsets, vec![("audit".to_string(), 0, 3)]);
         store.write(cp.batch).expect("write");
@@ -914,7 +970,7 @@ mod tests {
         );
         let mut got = Vec::new();
         // The broker hands the whole log again: what the state holds is skipped.
-        second.audit(&recs, T0, &mut got).expect("fold");
+        second.audit(&recs, NOW, &mut got).expect("fold");
         assert_eq!(kinds(&got), kinds(&expected));
         assert!(!got.is_empty());
         let ids = |o: &[Output]| {

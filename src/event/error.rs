@@ -40,6 +40,17 @@ pub enum DecodeError {
         /// The key.
         key: String,
     },
+    /// The event's time is further ahead of the reader's clock than allowed (a forged or broken
+    /// clock would otherwise make every later call of the agent look late).
+    #[error("event time {at} is more than {allowed} ahead of the clock ({now})")]
+    FutureTimestamp {
+        /// The event's time (RFC 3339).
+        at: String,
+        /// The clock (RFC 3339).
+        now: String,
+        /// The allowance, e.g. "5m".
+        allowed: String,
+    },
     /// A field has the right type but an unusable value.
     #[error("field {field} is invalid: {reason}")]
     InvalidValue {
@@ -60,6 +71,7 @@ impl DecodeError {
             DecodeError::WrongType { .. } => "wrong_type",
             DecodeError::InvalidValue { .. } => "invalid_value",
             DecodeError::DuplicateKey { .. } => "duplicate_key",
+            DecodeError::FutureTimestamp { .. } => "future_timestamp",
         }
     }
 }
