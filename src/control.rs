@@ -72,9 +72,26 @@ pub enum Rejection {
     /// No signature.
     #[error("unsigned command")]
     Unsigned,
-    /// Signature does not match.
+    /// Signature does not match (or is not 64 lower-case hex digits, its only form).
     #[error("bad signature")]
     BadSignature,
+    /// The message's Kafka key names another agent than the command.
+    #[error("the message key {key:?} names another agent than the command")]
+    KeyMismatch {
+        /// The key (a bounded prefix).
+        key: String,
+    },
+    /// Issued further ahead of the reader's clock than allowed.
+    #[error("issued at {0}, ahead of the clock")]
+    FromTheFuture(String),
+    /// Issued before the last command applied to the agent: a replay or an out-of-order copy.
+    #[error("issued at {issued}, before the last command applied to the agent ({last})")]
+    Stale {
+        /// When this command was issued.
+        issued: String,
+        /// When the agent's last applied command was issued.
+        last: String,
+    },
 }
 
 /// A rejected control message: why, and the agent it named if it could be read.
@@ -161,6 +178,15 @@ impl Command {
         if self.signature.is_empty() {
             return Err(Rejection::Unsigned);
         }
+        // One form only: 64 lower-case hex digits (an upper-case copy is another message).
+        let canonical = self.signature.len() == 64
+            && self
+                .signature
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if !canonical {
+            return Err(Rejection::BadSignature);
+        }
         let sig = hex::decode(&self.signature).map_err(|_| Rejection::BadSignature)?;
         self.mac(key)
             .map_err(|e| Rejection::Malformed(e.to_string()))?
@@ -220,6 +246,9 @@ mod tests {
             c.verify(b"another-key-000000"),
             Err(Rejection::BadSignature)
         );
+        let mut upper = c.clone();
+        upper.signature = upper.signature.to_uppercase();
+        assert_eq!(upper.verify(KEY), Err(Rejection::BadSignature));
         let mut u = c.clone();
         u.signature.clear();
         assert_eq!(u.verify(KEY), Err(Rejection::Unsigned));

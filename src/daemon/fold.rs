@@ -22,6 +22,7 @@ use crate::engine::{Engine, EngineStats};
 use crate::event::{AuditEvent, DecodeError, Decoder, DecoderOptions};
 use crate::posture::{Gap, Ledger};
 use crate::response::{Action, Basis, Incident, IncidentType, Severity, Status};
+use crate::state::KillEventKind;
 use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
 
@@ -422,13 +423,19 @@ impl Fold {
     /// Folds one control-topic record: an operator command is applied to the owned agents (or
     /// waits for the agent), an automatic one is already part of the state it came from, and an
     /// invalid one becomes a rejected-command incident.
-    pub fn control(&mut self, r: &Record, out: &mut Vec<Output>) {
+    pub fn control(&mut self, r: &Record, now: i64, out: &mut Vec<Output>) {
         // The control position and what the command changed are checkpointed like events.
         self.since_checkpoint += 1;
         self.control_next.insert(r.partition, r.offset + 1);
         let payload = r.payload.as_deref().unwrap_or_default();
-        match Command::parse_verified(payload, &self.settings.signing_key) {
+        let verdict = Command::parse_verified(payload, &self.settings.signing_key)
+            .and_then(|c| self.admissible(c, r.key.as_deref(), now));
+        match verdict {
             Ok(c) if c.origin == Origin::Auto => {}
+            Ok(c) if self.already_applied(&c) => {
+                // The same command read again (a restart re-reads the control topic's tail).
+                tracing::debug!(agent = %c.agent_id, command_id = %c.command_id, "operator command already applied");
+            }
             Ok(c) => {
                 tracing::info!(agent = %c.agent_id, command = ?c.command, by = %c.guardian_id, "operator command");
                 let mut applied = false;
@@ -479,6 +486,71 @@ impl Fold {
                 out.push(Output::Incident(inc));
             }
         }
+    }
+
+    /// A verified command that may be applied: its Kafka key (when there is one) names its
+    /// agent, it was not issued ahead of the clock, and not before the last command applied to
+    /// the agent (a replayed kill after a revive, or an old revive after a kill).
+    fn admissible(
+        &self,
+        c: Command,
+        key: Option<&[u8]>,
+        now: i64,
+    ) -> Result<Command, crate::control::Rejected> {
+        use crate::control::{Rejected, Rejection};
+        let refuse = |c: Command, why: Rejection| {
+            Err(Rejected {
+                why,
+                agent_id: Some(c.agent_id),
+            })
+        };
+        if c.origin == Origin::Auto {
+            return Ok(c);
+        }
+        if let Some(k) = key.filter(|k| *k != c.agent_id.as_bytes()) {
+            let shown = String::from_utf8_lossy(&k[..k.len().min(MAX_NAMED_AGENT)]).into_owned();
+            return refuse(c, Rejection::KeyMismatch { key: shown });
+        }
+        if c.issued_at > now.saturating_add(self.settings.max_future_ms) {
+            let at = crate::event::format_rfc3339_ms(c.issued_at);
+            return refuse(c, Rejection::FromTheFuture(at));
+        }
+        if let Some(last) = self.last_command_at(&c.agent_id) {
+            if c.issued_at < last {
+                let why = Rejection::Stale {
+                    issued: crate::event::format_rfc3339_ms(c.issued_at),
+                    last: crate::event::format_rfc3339_ms(last),
+                };
+                return refuse(c, why);
+            }
+        }
+        Ok(c)
+    }
+
+    /// When the last operator command applied to `agent` was issued, over the owned partitions.
+    fn last_command_at(&self, agent: &str) -> Option<i64> {
+        self.parts
+            .values()
+            .filter_map(|p| p.engine.agent(agent))
+            .filter_map(|a| a.profile.last_operator_command())
+            .max()
+    }
+
+    /// Whether `c` is the command last applied to its agent, read again: issued at the same time
+    /// and of the same kind.
+    fn already_applied(&self, c: &Command) -> bool {
+        self.parts
+            .values()
+            .filter_map(|p| p.engine.agent(&c.agent_id))
+            .filter_map(|a| a.profile.kill_history.last())
+            .any(|e| {
+                e.at == c.issued_at
+                    && matches!(
+                        (e.kind, c.command),
+                        (KillEventKind::ManualKill, Verb::Kill)
+                            | (KillEventKind::Revive, Verb::Revive)
+                    )
+            })
     }
 
     /// Encodes the changed state of every owned partition with the offsets it reflects (call
@@ -665,9 +737,10 @@ mod tests {
         record(partition, offset, line.to_string().as_bytes())
     }
 
+    /// A control record of `c`, keyed by its agent as `guardian kill` does.
     fn control(offset: i64, c: &Command) -> Record {
         let mut r = record(0, offset, &c.to_json().expect("json"));
-        r.topic = 0;
+        r.key = Some(c.agent_id.as_bytes().to_vec());
         r
     }
 
@@ -813,7 +886,7 @@ mod tests {
         let mut forged = Command::manual(Verb::Kill, &"a".repeat(1 << 20), "r", T0, "op");
         forged.signature = "00".repeat(32);
         out.clear();
-        f.control(&control(0, &forged), &mut out);
+        f.control(&control(0, &forged), NOW, &mut out);
         match out.as_slice() {
             [Output::Incident(i)] => {
                 assert!(i.agent_id.len() < 600, "{}", i.agent_id.len());
@@ -896,14 +969,14 @@ mod tests {
         let kill_b = Command::manual(Verb::Kill, "b", "test", T0, "op")
             .sign(KEY)
             .expect("sign");
-        f.control(&control(0, &kill_b), &mut out);
+        f.control(&control(0, &kill_b), NOW, &mut out);
         assert_eq!(kinds(&out), vec!["applied Kill b"]);
         // Not seen yet: waits until the agent's event time reaches the command's.
         let kill_c = Command::manual(Verb::Kill, "c", "test", T0 + 10_000, "op")
             .sign(KEY)
             .expect("sign");
         out.clear();
-        f.control(&control(1, &kill_c), &mut out);
+        f.control(&control(1, &kill_c), NOW, &mut out);
         assert!(out.is_empty());
         assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 1);
         f.audit(&[call(0, 5, "c", "q")], NOW, &mut out)
@@ -917,7 +990,7 @@ mod tests {
         let mut forged = Command::manual(Verb::Revive, "b", "test", T0, "op");
         forged.signature = "00".repeat(32);
         out.clear();
-        f.control(&control(2, &forged), &mut out);
+        f.control(&control(2, &forged), NOW, &mut out);
         assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
         assert_eq!(f.metrics.commands_rejected.load(Ordering::Relaxed), 1);
         assert_eq!(f.metrics.commands_applied.load(Ordering::Relaxed), 2);
@@ -932,6 +1005,68 @@ mod tests {
             "{:?}",
             kinds(&out)
         );
+    }
+
+    /// A signed command is obeyed once, in order, for the agent its message is keyed by: a
+    /// replayed kill after a revive, an old revive after a kill, a mismatched key, a command from
+    /// the future and an upper-case signature are refused with their reason; the same command
+    /// read again (a restart) is ignored quietly.
+    #[test]
+    fn signed_commands_are_refused_when_replayed_out_of_order_misaddressed_or_from_the_future() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        f.audit(&calls(0)[..2], NOW, &mut out).expect("fold");
+        let cmd = |v: Verb, at: i64| {
+            Command::manual(v, "b", "test", at, "op")
+                .sign(KEY)
+                .expect("sign")
+        };
+        let (kill1, revive, kill2) = (
+            cmd(Verb::Kill, T0 + 100_000),
+            cmd(Verb::Revive, T0 + 200_000),
+            cmd(Verb::Kill, T0 + 300_000),
+        );
+        let mut offset = 0;
+        let mut send = |f: &mut Fold, r: Record| {
+            let mut out = Vec::new();
+            let mut r = r;
+            r.offset = offset;
+            offset += 1;
+            f.control(&r, NOW, &mut out);
+            kinds(&out)
+        };
+        assert_eq!(send(&mut f, control(0, &kill1)), vec!["applied Kill b"]);
+        assert_eq!(
+            send(&mut f, control(0, &kill1)),
+            Vec::<String>::new(),
+            "read again"
+        );
+        assert_eq!(send(&mut f, control(0, &revive)), vec!["applied Revive b"]);
+        assert_eq!(
+            send(&mut f, control(0, &kill1)),
+            vec!["incident b rejected_command"]
+        );
+        assert_eq!(send(&mut f, control(0, &kill2)), vec!["applied Kill b"]);
+        assert_eq!(
+            send(&mut f, control(0, &revive)),
+            vec!["incident b rejected_command"]
+        );
+        let mut wrong_key = control(0, &cmd(Verb::Revive, T0 + 400_000));
+        wrong_key.key = Some(b"a".to_vec());
+        assert_eq!(send(&mut f, wrong_key), vec!["incident b rejected_command"]);
+        let future = cmd(Verb::Revive, NOW + 3_600_000);
+        assert_eq!(
+            send(&mut f, control(0, &future)),
+            vec!["incident b rejected_command"]
+        );
+        let mut upper = cmd(Verb::Revive, T0 + 500_000);
+        upper.signature = upper.signature.to_uppercase();
+        assert_eq!(
+            send(&mut f, control(0, &upper)),
+            vec!["incident b rejected_command"]
+        );
+        assert_eq!(f.metrics.commands_rejected.load(Ordering::Relaxed), 5);
+        assert_eq!(f.figures().1, 1, "b stays killed by the second kill");
     }
 
     #[test]

@@ -152,7 +152,8 @@ impl Core {
                 self.metrics.latency.observe(handed.elapsed().as_secs_f64());
             }
             Notice::Control(r) => {
-                self.fold.control(&r, &mut self.outputs);
+                let now = chrono::Utc::now().timestamp_millis();
+                self.fold.control(&r, now, &mut self.outputs);
                 self.publisher.publish(&mut self.outputs)?;
             }
             Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),

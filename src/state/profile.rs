@@ -198,6 +198,15 @@ impl Profile {
         );
     }
 
+    /// When the last operator command (kill or revive) applied to the agent was issued, if any.
+    pub fn last_operator_command(&self) -> Option<i64> {
+        self.kill_history
+            .iter()
+            .filter(|e| matches!(e.kind, KillEventKind::ManualKill | KillEventKind::Revive))
+            .map(|e| e.at)
+            .max()
+    }
+
     /// Events that carried an outcome.
     pub fn events_with_outcome(&self) -> u64 {
         self.outcomes.iter().map(|&n| u64::from(n)).sum()
