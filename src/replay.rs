@@ -119,7 +119,8 @@ pub fn run(
     let started = Instant::now();
     let mut sum = ReplaySummary::default();
     let mut text = Vec::with_capacity(BATCH * 512);
-    let mut lines: Vec<(usize, usize, u64)> = Vec::with_capacity(BATCH);
+    let mut lines: Vec<(usize, usize, u64, Option<usize>)> = Vec::with_capacity(BATCH);
+    let max_line = decoder.max_event_bytes();
     let mut out = Vec::with_capacity(16);
     let mut line_no = 0u64;
     let mut bytes = 0u64;
@@ -131,25 +132,33 @@ pub fn run(
         lines.clear();
         while lines.len() < BATCH {
             let start = text.len();
-            let n = input.read_until(b'\n', &mut text)?;
+            let (n, cut) = read_line_bounded(&mut input, &mut text, max_line)?;
             if n == 0 {
                 break;
             }
             line_no += 1;
             bytes += n as u64;
-            lines.push((start, text.len(), line_no));
+            lines.push((start, text.len(), line_no, cut));
         }
         if lines.is_empty() {
             break;
         }
         let mut batch = Vec::with_capacity(lines.len());
-        for &(start, end, no) in &lines {
+        for &(start, end, no, cut) in &lines {
             let line = text[start..end].trim_ascii();
-            if line.is_empty() {
+            if line.is_empty() && cut.is_none() {
                 continue;
             }
             sum.lines += 1;
-            match decoder.decode(line) {
+            let decoded = match cut {
+                // Longer than any event may be: only its first bytes were kept.
+                Some(size) => Err(DecodeError::Oversized {
+                    size,
+                    max: max_line,
+                }),
+                None => decoder.decode(line),
+            };
+            match decoded {
                 Ok(ev) => {
                     let d = ev.ts_ms.div_euclid(DAY_MS);
                     if d > day {
@@ -194,6 +203,41 @@ pub fn run(
 
 /// Lines read, decoded and processed together.
 const BATCH: usize = 256;
+
+/// Reads one line (with its newline) onto `buf`, keeping at most `max + 1` bytes of it: a longer
+/// line is read to its end but not kept, so one huge line cannot take the memory. Returns the
+/// bytes read (0 at the end of the input) and, when the line was cut, its length.
+fn read_line_bounded(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> io::Result<(usize, Option<usize>)> {
+    // The line's length without its newline, counted in full, and how much of it is kept.
+    let (mut read, mut content) = (0usize, 0usize);
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok((read, (content > max).then_some(content)));
+        }
+        let (part, done) = match memchr::memchr(b'\n', chunk) {
+            Some(i) => (&chunk[..=i], true),
+            None => (chunk, false),
+        };
+        let room = (max + 1).saturating_sub(content);
+        buf.extend_from_slice(&part[..part.len().min(room)]);
+        content += part.len() - usize::from(done);
+        let n = part.len();
+        read += n;
+        input.consume(n);
+        if done {
+            return Ok((read, (content > max).then_some(content)));
+        }
+    }
+}
 
 /// Processes a run of decoded events and passes their incidents on.
 fn flush(
@@ -301,4 +345,45 @@ pub fn write_state<S>(
     }
     store.db().flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_longer_than_the_maximum_is_read_through_but_not_kept() {
+        let text = format!("{}\nok\nlast", "x".repeat(10_000));
+        let mut input = io::BufReader::with_capacity(64, text.as_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(
+            read_line_bounded(&mut input, &mut buf, 100).ok(),
+            Some((10_001, Some(10_000)))
+        );
+        assert!(buf.len() <= 101, "{}", buf.len());
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut input, &mut buf, 100).ok(),
+            Some((3, None))
+        );
+        assert_eq!(buf, b"ok\n");
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut input, &mut buf, 4).ok(),
+            Some((4, None))
+        );
+        assert_eq!(buf, b"last");
+        buf.clear();
+        assert_eq!(
+            read_line_bounded(&mut input, &mut buf, 4).ok(),
+            Some((0, None))
+        );
+        // Exactly the maximum is kept whole.
+        let mut input = io::BufReader::new(&b"abcd\n"[..]);
+        assert_eq!(
+            read_line_bounded(&mut input, &mut buf, 4).ok(),
+            Some((5, None))
+        );
+        assert_eq!(buf, b"abcd\n");
+    }
 }

@@ -234,3 +234,34 @@ fn replay_state_refuses_a_directory_that_is_not_empty() {
     assert_ne!(code, 0);
     assert!(err.contains("is not empty"), "{err}");
 }
+
+/// `replay` reads a line longer than `--max-event-bytes` through without keeping it, reports
+/// it as oversized and goes on; with its stderr closed it still ends normally (no panic).
+#[test]
+fn replay_survives_a_huge_line_and_a_closed_stderr() {
+    let good = "{\"agent_id\":\"a\",\"timestamp\":\"2026-03-03T10:00:00Z\",\"tool_name\":\"t\"}\n";
+    let input = format!("{}\n{good}", "x".repeat(3_000_000));
+    let (code, _, err) = guardian(&["replay", "--max-event-bytes", "1000", "-"], &input);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("line 1: event is 3000000 bytes, more than the maximum of 1000"),
+        "{err}"
+    );
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_guardian"))
+        .args(["replay", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("guardian runs");
+    drop(child.stderr.take()); // nobody reads its errors any more
+    let bad: String = (0..50).map(|i| format!("not json {i}\n")).collect();
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(bad.as_bytes())
+        .expect("write");
+    let status = child.wait().expect("exits");
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -113,7 +113,7 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
     let cfg = match Config::load(&a.config).and_then(|c| c.resolve(&a.config)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("{e}");
+            say!("{e}");
             return Ok(ExitCode::from(2));
         }
     };
@@ -163,7 +163,7 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
-            eprintln!("second signal: exiting now");
+            say!("second signal: exiting now");
             std::process::exit(130);
         });
         let joined = tokio::task::spawn_blocking(move || daemon.join(deadline)).await;
@@ -224,7 +224,7 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         let key = match decoder.decode(&line) {
             Ok(ev) => Some(ev.agent_id.as_bytes().to_vec()),
             Err(e) => {
-                eprintln!(
+                say!(
                     "line {}: {e} (sent unkeyed; the daemon dead-letters it)",
                     n + 1
                 );
@@ -247,7 +247,7 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
             a.timeout
         )
     })?;
-    eprintln!("produced {sent} events to {topic} ({unkeyed} malformed, sent unkeyed)");
+    say!("produced {sent} events to {topic} ({unkeyed} malformed, sent unkeyed)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -277,7 +277,7 @@ pub fn state_cmd(c: StateCommand) -> anyhow::Result<ExitCode> {
         StateCommand::Inspect { state_dir, agent } => {
             let found = open(&state_dir)?.find_agent(&agent)?;
             if found.is_empty() {
-                eprintln!("agent {agent:?} is not in {}", state_dir.display());
+                say!("agent {agent:?} is not in {}", state_dir.display());
                 return Ok(ExitCode::from(1));
             }
             for (key, st) in found {
@@ -322,7 +322,7 @@ pub fn state_cmd(c: StateCommand) -> anyhow::Result<ExitCode> {
 pub fn demo_cmd() -> anyhow::Result<ExitCode> {
     init_logging("human", "warn");
     let dir = tempfile_dir()?;
-    eprintln!("Starting an in-process Kafka mock cluster and producing a finance fleet (20 agents, 7 working days of history, then one rogue agent) …");
+    say!("Starting an in-process Kafka mock cluster and producing a finance fleet (20 agents, 7 working days of history, then one rogue agent) …");
     let r = crate::demo::run(&dir)?;
     let _ = std::fs::remove_dir_all(&dir);
     let mut out = io::stdout().lock();
@@ -358,7 +358,7 @@ pub fn demo_cmd() -> anyhow::Result<ExitCode> {
     for (reason, payload) in &r.dead_letters {
         writeln!(out, "{reason}: {payload}")?;
     }
-    eprintln!(
+    say!(
         "produced {} audit messages; the daemon processed {} events in {:.1}s, raised {} incidents, issued {} kill command(s), dead-lettered {} message(s)",
         r.produced,
         r.events,

@@ -3,6 +3,15 @@
 //!
 //! Layer: uses every module: it is the top.
 
+/// Writes a line to standard error, ignoring a closed stream (`eprintln!` panics when stderr is
+/// a pipe whose reader has gone, as in `guardian replay … 2>&1 | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 mod daemon;
 mod posture;
 
@@ -223,7 +232,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            say!("error: {e:#}");
             ExitCode::from(2)
         }
     }
@@ -333,7 +342,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let on_error = |line, e: &crate::event::DecodeError| {
         shown += 1;
         if shown <= 100 {
-            eprintln!("line {line}: {e}");
+            say!("line {line}: {e}");
         }
     };
     let summary = match &a.state {
@@ -367,7 +376,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                     dir.display()
                 )
             })?;
-            eprintln!(
+            say!(
                 "state written to {} (read it with `guardian posture --state {}`)",
                 dir.display(),
                 dir.display()
@@ -376,9 +385,9 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     };
     if summary.malformed > 100 {
-        eprintln!("… and {} more malformed line(s)", summary.malformed - 100);
+        say!("… and {} more malformed line(s)", summary.malformed - 100);
     }
-    eprintln!("{}", summary.render());
+    say!("{}", summary.render());
     Ok(ExitCode::SUCCESS)
 }
 
@@ -432,7 +441,7 @@ fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
         w.flush()?;
     }
-    eprintln!(
+    say!(
         "wrote {n} events of {} agents over {} days; {} labels",
         sim.fleet.len(),
         a.days,
@@ -444,7 +453,7 @@ fn simulate_cmd(a: SimulateArgs) -> anyhow::Result<ExitCode> {
 fn evaluate_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
     let start = chrono::NaiveDate::from_ymd_opt(2026, 3, 2).unwrap_or_default();
     let sim = Simulation::new(sim_config(a.agents, a.days, a.seed, start, true));
-    eprintln!(
+    say!(
         "Simulating {} agents over {} days (finance, SOC and engineering; one rogue agent) …",
         sim.fleet.len(),
         a.days
@@ -480,8 +489,8 @@ fn evaluate_cmd(a: DemoArgs) -> anyhow::Result<ExitCode> {
         )?;
     }
     let ev = evaluate(&sim.labels, &incidents);
-    eprintln!("{}", summary.render());
-    eprintln!(
+    say!("{}", summary.render());
+    say!(
         "against the injected labels: recall {:.3} ({}/{} anomalies found), precision {:.3} ({}/{} incidents explained), {} negative control(s) fired",
         ev.recall(),
         ev.found,

@@ -347,6 +347,11 @@ impl Decoder {
         })
     }
 
+    /// The largest payload it decodes, in bytes.
+    pub fn max_event_bytes(&self) -> usize {
+        self.max_event_bytes
+    }
+
     /// Decodes one payload (one JSON object; surrounding whitespace allowed).
     ///
     /// ```
