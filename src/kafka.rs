@@ -143,7 +143,8 @@ pub fn quiet_error(error: &KafkaError, reason: &str) {
     }
 }
 
-/// A client context that only logs quietly (for plain consumers and producers).
+/// A client context that only logs quietly (for plain consumers and producers, and topic
+/// readers, for which the end of a partition is what they wait for, at debug level).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Quiet;
 
@@ -162,21 +163,6 @@ impl rdkafka::producer::ProducerContext for Quiet {
     type DeliveryOpaque = ();
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
-
-/// A topic reader's client context: the end of a partition is what the reader waits for, so it
-/// is logged at debug level, not as librdkafka's error.
-struct Reader;
-
-impl ClientContext for Reader {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        quiet_log(level, fac, message);
-    }
-    fn error(&self, error: KafkaError, reason: &str) {
-        quiet_error(&error, reason);
-    }
-}
-
-impl ConsumerContext for Reader {}
 
 /// Every message of partition 0 of a topic: (the `guardian.error` header, payload).
 pub fn read_all(brokers: &str, topic: &str) -> Vec<(Option<String>, Vec<u8>)> {
@@ -212,7 +198,7 @@ pub fn read_to_end(
         .set("group.id", "guardian-reader")
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
-        .create_with_context::<_, BaseConsumer<Reader>>(Reader)
+        .create_with_context::<_, BaseConsumer<Quiet>>(Quiet)
     else {
         return out;
     };
