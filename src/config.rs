@@ -291,10 +291,7 @@ impl Config {
             }
         }
         for key in k.options.keys() {
-            let bare = key
-                .strip_prefix("consumer.")
-                .or_else(|| key.strip_prefix("producer."))
-                .unwrap_or(key);
+            let bare = crate::kafka::bare_option(key);
             if let Some((_, why)) = RESERVED_OPTIONS.iter().find(|(k, _)| *k == bare) {
                 errors.push(format!("kafka.options.{key}: set by the guardian ({why})"));
             }
@@ -302,10 +299,7 @@ impl Config {
         // Each option as librdkafka itself takes it (an unknown name or a value of the wrong
         // kind is refused here, not at the first connection).
         for (key, value) in &kafka_options {
-            let bare = key
-                .strip_prefix("consumer.")
-                .or_else(|| key.strip_prefix("producer."))
-                .unwrap_or(key);
+            let bare = crate::kafka::bare_option(key);
             let mut one = rdkafka::config::ClientConfig::new();
             one.set(bare, value);
             if let Err(e) = one.create_native_config() {

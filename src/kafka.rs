@@ -36,16 +36,47 @@ pub fn client_config(
     for (k, v) in settings {
         c.set(*k, *v);
     }
-    let (mine, other) = match role {
-        Role::Consumer => ("consumer.", "producer."),
-        Role::Producer => ("producer.", "consumer."),
-    };
+    // Unprefixed options first, then this role's, which win over them.
     for (k, v) in options {
-        if !k.starts_with(other) {
-            c.set(k.strip_prefix(mine).unwrap_or(k), v);
+        if bare_option(k) == k {
+            c.set(k, v);
+        }
+    }
+    for (k, v) in options {
+        if let Some(bare) = k.strip_prefix(role.prefix()) {
+            c.set(bare, v);
         }
     }
     c
+}
+
+impl Role {
+    /// The prefix of the options meant for this role only.
+    fn prefix(self) -> &'static str {
+        match self {
+            Role::Consumer => "consumer.",
+            Role::Producer => "producer.",
+        }
+    }
+}
+
+/// An option's librdkafka name: `key` without its `consumer.` or `producer.` prefix.
+pub fn bare_option(key: &str) -> &str {
+    key.strip_prefix("consumer.")
+        .or_else(|| key.strip_prefix("producer."))
+        .unwrap_or(key)
+}
+
+/// The value `role`'s clients get for librdkafka option `key` from the user's `options` (the
+/// role's prefixed form wins over the bare one), if the user set it.
+pub fn option_for<'a>(
+    options: &'a BTreeMap<String, String>,
+    role: Role,
+    key: &str,
+) -> Option<&'a String> {
+    options
+        .get(&format!("{}{key}", role.prefix()))
+        .or_else(|| options.get(key))
 }
 
 /// An idempotent producer's configuration (`acks=all`, so every output is written exactly once
@@ -226,6 +257,42 @@ pub fn read_to_end(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod option_tests {
+    use super::*;
+
+    /// A role's prefixed option wins over the bare one, whatever their order; the other role's
+    /// prefixed option is not its.
+    #[test]
+    fn a_roles_prefixed_option_wins_and_the_other_roles_is_left_out() {
+        let opts: BTreeMap<String, String> = [
+            ("message.timeout.ms", "1000"),
+            ("producer.message.timeout.ms", "2000"),
+            ("consumer.fetch.wait.max.ms", "7"),
+            ("zzz.after.prefixes", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let p = client_config("b:1", Role::Producer, &[], &opts);
+        assert_eq!(p.get("message.timeout.ms"), Some("2000"));
+        assert_eq!(p.get("fetch.wait.max.ms"), None);
+        assert_eq!(p.get("zzz.after.prefixes"), Some("1"));
+        assert_eq!(
+            option_for(&opts, Role::Producer, "message.timeout.ms").map(String::as_str),
+            Some("2000")
+        );
+        assert_eq!(
+            option_for(&opts, Role::Consumer, "message.timeout.ms").map(String::as_str),
+            Some("1000")
+        );
+        assert_eq!(
+            bare_option("consumer.fetch.wait.max.ms"),
+            "fetch.wait.max.ms"
+        );
+    }
 }
 
 #[cfg(test)]

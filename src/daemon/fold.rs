@@ -313,6 +313,7 @@ impl Fold {
             return Ok(()); // not (or no longer) ours
         };
         let mut events = reuse(std::mem::take(&mut self.events));
+        let limit = now.saturating_add(self.settings.max_future_ms);
         for r in run {
             if r.offset < part.next {
                 continue; // already folded into the stored state
@@ -325,7 +326,6 @@ impl Fold {
                 self.metrics.event_age.observe(age as f64 / 1000.0);
             }
             let payload = r.payload.as_deref().unwrap_or_default();
-            let limit = now.saturating_add(self.settings.max_future_ms);
             let decoded = self.decoder.decode(payload).and_then(|ev| {
                 if ev.ts_ms > limit {
                     return Err(DecodeError::FutureTimestamp {

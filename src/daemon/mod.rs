@@ -361,12 +361,13 @@ impl Daemon {
                     source,
                 }
             })?;
-        let settle_deadline = cfg
-            .kafka_options
-            .get("message.timeout.ms")
-            .or_else(|| cfg.kafka_options.get("producer.message.timeout.ms"))
-            .and_then(|v| v.parse::<u64>().ok())
-            .map_or(DEFAULT_MESSAGE_TIMEOUT, Duration::from_millis)
+        let settle_deadline = crate::kafka::option_for(
+            &cfg.kafka_options,
+            crate::kafka::Role::Producer,
+            "message.timeout.ms",
+        )
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(DEFAULT_MESSAGE_TIMEOUT, Duration::from_millis)
             + Duration::from_secs(10);
         let publisher = Publisher::new(sink, siem, metrics.clone(), k, settle_deadline);
         let (snap_tx, snap_rx) = std::sync::mpsc::sync_channel(1);

@@ -284,7 +284,7 @@ impl ConsumerContext for AuditContext {
 
 /// Whether the user's options set `key` for consumers (bare or with the `consumer.` prefix).
 fn consumer_sets(options: &BTreeMap<String, String>, key: &str) -> bool {
-    options.contains_key(key) || options.contains_key(&format!("consumer.{key}"))
+    crate::kafka::option_for(options, crate::kafka::Role::Consumer, key).is_some()
 }
 
 /// The consumer config shared by both sources.
