@@ -1,6 +1,7 @@
 //! Secrets of the configuration: a literal, an environment variable or a file, resolved when the
-//! configuration is validated. A leaf: it imports nothing of the crate, so every settings type can
-//! hold one.
+//! configuration is validated, so every settings type can hold one.
+//!
+//! Layer: uses nothing of the crate.
 
 use std::fmt;
 use std::path::PathBuf;
