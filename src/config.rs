@@ -74,6 +74,12 @@ pub struct Config {
     pub assignment: Option<PathBuf>,
     /// HMAC-SHA256 key for control commands.
     pub signing_key: Option<Secret>,
+    /// Keys whose commands are still accepted during a rotation (commands name their key by
+    /// `key_id`); only `signing_key` signs.
+    pub previous_signing_keys: Vec<Secret>,
+    /// How long a control command is valid after it is issued, e.g. "24h": the daemon refuses
+    /// commands read after their `expires_at`, and agents should too.
+    pub command_ttl: String,
     /// JSON pointer of a call's data volume.
     pub volume_pointer: String,
     /// Largest accepted event in bytes.
@@ -115,6 +121,8 @@ impl Default for Config {
             blueprints_dir: None,
             assignment: None,
             signing_key: None,
+            previous_signing_keys: Vec::new(),
+            command_ttl: "24h".into(),
             volume_pointer: crate::event::DEFAULT_VOLUME_POINTER.into(),
             max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
             max_future: "5m".into(),
@@ -164,6 +172,10 @@ pub struct Resolved {
     pub config: Config,
     /// The signing key.
     pub signing_key: Vec<u8>,
+    /// Keys still accepted for commands besides the signing key.
+    pub previous_signing_keys: Vec<Vec<u8>>,
+    /// How long a command is valid after it is issued.
+    pub command_ttl: std::time::Duration,
     /// librdkafka options with secrets resolved.
     pub kafka_options: BTreeMap<String, String>,
     /// Checkpoint interval.
@@ -197,6 +209,7 @@ impl fmt::Debug for Resolved {
         f.debug_struct("Resolved")
             .field("config", &self.config)
             .field("signing_key", &"<redacted>")
+            .field("previous_signing_keys", &"<redacted>")
             .field("kafka_options", &options)
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
@@ -211,6 +224,23 @@ impl fmt::Debug for Resolved {
 /// The longest `checkpoint_interval` or `shutdown_timeout`: a checkpoint less often than
 /// hourly means hours of replay after a crash, and a shutdown that long is a hang.
 const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The longest validity of a control command: a replay window longer than a week is no bound.
+const MAX_COMMAND_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+impl Resolved {
+    /// The keys whose commands are accepted: the signing key first, then the previous ones.
+    pub fn command_keys(&self) -> Vec<Vec<u8>> {
+        std::iter::once(self.signing_key.clone())
+            .chain(self.previous_signing_keys.iter().cloned())
+            .collect()
+    }
+
+    /// [`Resolved::command_ttl`] in milliseconds.
+    pub fn command_ttl_ms(&self) -> i64 {
+        i64::try_from(self.command_ttl.as_millis()).unwrap_or(i64::MAX)
+    }
+}
 
 /// Whether the daemon can keep its state in `dir`: a writable directory, or one that can be
 /// created in the nearest existing ancestor (checked by writing and removing a probe file
@@ -335,6 +365,14 @@ impl Config {
                 }
             },
         };
+        let mut previous_signing_keys = Vec::new();
+        for (i, s) in self.previous_signing_keys.iter().enumerate() {
+            match s.resolve() {
+                Ok(v) if v.len() >= 16 => previous_signing_keys.push(v.into_bytes()),
+                Ok(_) => errors.push(format!("previous_signing_keys[{i}]: shorter than 16 bytes")),
+                Err(e) => errors.push(format!("previous_signing_keys[{i}]: {e}")),
+            }
+        }
         let mut duration = |name: &str, v: &str| match humantime::parse_duration(v) {
             Ok(d) if !d.is_zero() => d,
             _ => {
@@ -347,6 +385,7 @@ impl Config {
         let checkpoint_interval = duration("checkpoint_interval", &self.checkpoint_interval);
         let shutdown_timeout = duration("shutdown_timeout", &self.shutdown_timeout);
         let max_future = duration("max_future", &self.max_future);
+        let command_ttl = duration("command_ttl", &self.command_ttl);
         for (name, d) in [
             ("checkpoint_interval", checkpoint_interval),
             ("shutdown_timeout", shutdown_timeout),
@@ -358,6 +397,13 @@ impl Config {
                     humantime::format_duration(MAX_INTERVAL)
                 ));
             }
+        }
+        if command_ttl > MAX_COMMAND_TTL {
+            errors.push(format!(
+                "command_ttl: {} is longer than the longest allowed, {}",
+                humantime::format_duration(command_ttl),
+                humantime::format_duration(MAX_COMMAND_TTL)
+            ));
         }
         if self.queue_capacity == 0 {
             errors.push("queue_capacity: must be at least 1".into());
@@ -424,6 +470,8 @@ impl Config {
             Some(blueprints) if errors.is_empty() => Ok(Resolved {
                 config: self,
                 signing_key,
+                previous_signing_keys,
+                command_ttl,
                 kafka_options,
                 checkpoint_interval,
                 shutdown_timeout,

@@ -5,7 +5,11 @@
 //!
 //! The signature is `hex(HMAC-SHA256(key, canonical))` where `canonical` is the command's JSON
 //! object without `signature`, keys sorted, no whitespace (RFC 8785 form; every field is a
-//! string, null or an array of strings).
+//! string, null or an array of strings, except `v`, the format version, a small integer).
+//!
+//! Format 2 (this one) signs the agent, when the command was issued and when it expires, the
+//! id of the key that signed it (so keys can be rotated with two accepted at once) and a nonce.
+//! Commands without `v` (format 1, before expiry and key ids) are refused as `old_format`.
 
 use std::collections::BTreeMap;
 
@@ -36,9 +40,19 @@ pub enum Origin {
     Manual,
 }
 
+/// The command format this build writes and accepts.
+pub const FORMAT: u32 = 2;
+
+/// How long a command is valid after it is issued unless configured (`command_ttl`).
+pub const DEFAULT_TTL_MS: i64 = 24 * 3_600_000;
+
 /// A command on the control topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Command {
+    /// Format version ([`FORMAT`]); absent (0) in format-1 commands.
+    #[serde(default)]
+    pub v: u32,
     /// `kill` or `revive`.
     pub command: Verb,
     /// Deterministic id: the same decision always has the same id, so receivers can dedupe.
@@ -52,6 +66,16 @@ pub struct Command {
     /// When it was decided (RFC 3339): the event time of the deciding event for automatic kills.
     #[serde(with = "rfc3339_serde")]
     pub issued_at: i64,
+    /// When it stops being valid (RFC 3339): refused by the daemon, and by agents, after it.
+    #[serde(default, with = "rfc3339_serde")]
+    pub expires_at: i64,
+    /// Which key signed it: [`key_id`] of the key.
+    #[serde(default)]
+    pub key_id: String,
+    /// Makes every command unique: random for operator commands, the deciding incident's id
+    /// for automatic kills.
+    #[serde(default)]
+    pub nonce: String,
     /// The guardian instance or operator tool that issued it.
     pub guardian_id: String,
     /// Blueprint in force for the agent, if known.
@@ -84,6 +108,15 @@ pub enum Rejection {
     /// Issued further ahead of the reader's clock than allowed.
     #[error("issued at {0}, ahead of the clock")]
     FromTheFuture(String),
+    /// A command of an earlier format (without expiry and key id).
+    #[error("command format {0} is no longer accepted (format {FORMAT} signs an expiry and a key id); issue it again")]
+    OldFormat(u32),
+    /// Signed with a key this reader does not hold (bounded prefix of the id).
+    #[error("signed with unknown key id {0:?}")]
+    UnknownKey(String),
+    /// Read after its expiry.
+    #[error("expired at {0}")]
+    Expired(String),
     /// Issued before the last command applied to the agent: a replay or an out-of-order copy.
     #[error("issued at {issued}, before the last command applied to the agent ({last})")]
     Stale {
@@ -106,9 +139,14 @@ pub struct Rejected {
 type HmacSha256 = Hmac<Sha256>;
 
 impl Command {
-    /// The kill command for an automatic kill incident.
+    /// The kill command for an automatic kill incident, valid [`DEFAULT_TTL_MS`] after the
+    /// deciding event (see [`Command::valid_for`]).
     pub fn for_kill(incident: &Incident, guardian_id: &str) -> Command {
         Command {
+            v: FORMAT,
+            expires_at: incident.at.saturating_add(DEFAULT_TTL_MS),
+            key_id: String::new(),
+            nonce: incident.incident_id.clone(),
             command: Verb::Kill,
             command_id: command_id(&[b"auto-kill", incident.incident_id.as_bytes()]),
             agent_id: incident.agent_id.clone(),
@@ -122,21 +160,28 @@ impl Command {
         }
     }
 
-    /// An operator's command.
+    /// An operator's command issued at `at` (ms), with a fresh random nonce, valid
+    /// [`DEFAULT_TTL_MS`] (see [`Command::valid_for`]).
     pub fn manual(verb: Verb, agent_id: &str, reason: &str, at: i64, issuer: &str) -> Command {
-        let v: &[u8] = match verb {
+        let verb_name: &[u8] = match verb {
             Verb::Kill => b"kill",
             Verb::Revive => b"revive",
         };
+        let nonce = hex::encode(rand::random::<[u8; 16]>());
         Command {
-            command: verb,
+            v: FORMAT,
+            expires_at: at.saturating_add(DEFAULT_TTL_MS),
+            key_id: String::new(),
             command_id: command_id(&[
                 b"manual",
-                v,
+                verb_name,
                 agent_id.as_bytes(),
                 &at.to_le_bytes(),
                 reason.as_bytes(),
+                nonce.as_bytes(),
             ]),
+            nonce,
+            command: verb,
             agent_id: agent_id.to_string(),
             reason: reason.to_string(),
             incident_ids: Vec::new(),
@@ -167,17 +212,40 @@ impl Command {
         Ok(mac)
     }
 
-    /// Sets `signature`.
+    /// Valid for `ttl_ms` from `now` or from its issue, whichever is later (an automatic kill
+    /// decided on a late event still reaches its agent).
+    pub fn valid_for(mut self, now: i64, ttl_ms: i64) -> Command {
+        self.expires_at = self.issued_at.max(now).saturating_add(ttl_ms);
+        self
+    }
+
+    /// Sets `key_id` and `signature`.
     pub fn sign(mut self, key: &[u8]) -> Result<Command, serde_json::Error> {
+        self.key_id = key_id(key);
         self.signature = hex::encode(self.mac(key)?.finalize().into_bytes());
         Ok(self)
     }
 
-    /// Checks the signature (constant time).
-    pub fn verify(&self, key: &[u8]) -> Result<(), Rejection> {
+    /// Checks the format and the signature (constant time) with the key of `key_id` among
+    /// `keys` (the signing key and those still accepted during a rotation).
+    pub fn verify<K: AsRef<[u8]>>(&self, keys: &[K]) -> Result<(), Rejection> {
+        if self.v != FORMAT {
+            return Err(Rejection::OldFormat(self.v.max(1)));
+        }
         if self.signature.is_empty() {
             return Err(Rejection::Unsigned);
         }
+        let Some(key) = keys
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|k| key_id(k) == self.key_id)
+        else {
+            let mut end = self.key_id.len().min(64);
+            while !self.key_id.is_char_boundary(end) {
+                end -= 1;
+            }
+            return Err(Rejection::UnknownKey(self.key_id[..end].to_string()));
+        };
         // One form only: 64 lower-case hex digits (an upper-case copy is another message).
         let canonical = self.signature.len() == 64
             && self
@@ -194,13 +262,13 @@ impl Command {
             .map_err(|_| Rejection::BadSignature)
     }
 
-    /// Parses and verifies a control-topic payload.
-    pub fn parse_verified(payload: &[u8], key: &[u8]) -> Result<Command, Rejected> {
+    /// Parses and verifies a control-topic payload (see [`Command::verify`]).
+    pub fn parse_verified<K: AsRef<[u8]>>(payload: &[u8], keys: &[K]) -> Result<Command, Rejected> {
         let c: Command = serde_json::from_slice(payload).map_err(|e| Rejected {
             why: Rejection::Malformed(e.to_string()),
             agent_id: None,
         })?;
-        match c.verify(key) {
+        match c.verify(keys) {
             Ok(()) => Ok(c),
             Err(why) => Err(Rejected {
                 why,
@@ -213,6 +281,14 @@ impl Command {
     pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
         serde_json::to_vec(self)
     }
+}
+
+/// The id of a signing key: the first 16 hex digits of its SHA-256, so agents holding the key
+/// compute it too, and the id tells nothing usable about the key.
+pub fn key_id(key: &[u8]) -> String {
+    let mut h = hex::encode(Sha256::digest(key));
+    h.truncate(16);
+    h
 }
 
 /// A deterministic UUID-shaped id from length-prefixed parts.
@@ -236,29 +312,89 @@ mod tests {
         let c = Command::manual(Verb::Kill, "fin-1", "stop", 1_772_000_000_000, "ops")
             .sign(KEY)
             .unwrap();
-        assert_eq!(c.verify(KEY), Ok(()));
-        let parsed = Command::parse_verified(&c.to_json().unwrap(), KEY).unwrap();
+        assert_eq!(c.verify(&[KEY]), Ok(()));
+        let parsed = Command::parse_verified(&c.to_json().unwrap(), &[KEY]).unwrap();
         assert_eq!(parsed, c);
         let mut t = c.clone();
         t.agent_id = "fin-2".into();
-        assert_eq!(t.verify(KEY), Err(Rejection::BadSignature));
-        assert_eq!(
-            c.verify(b"another-key-000000"),
-            Err(Rejection::BadSignature)
-        );
+        assert_eq!(t.verify(&[KEY]), Err(Rejection::BadSignature));
+        for field in ["expires_at", "nonce", "key_id", "issued_at"] {
+            let mut v = serde_json::to_value(&c).unwrap();
+            v[field] = "2099-01-01T00:00:00.000Z".into();
+            let json = serde_json::to_vec(&v).unwrap();
+            assert!(
+                Command::parse_verified(&json, &[KEY]).is_err(),
+                "{field} is signed"
+            );
+        }
+        let other: &[u8] = b"another-key-000000";
+        assert_eq!(c.verify(&[other]), Err(Rejection::UnknownKey(key_id(KEY))));
+        let mut lying = c.clone();
+        lying.key_id = key_id(other);
+        assert_eq!(lying.verify(&[KEY, other]), Err(Rejection::BadSignature));
         let mut upper = c.clone();
         upper.signature = upper.signature.to_uppercase();
-        assert_eq!(upper.verify(KEY), Err(Rejection::BadSignature));
+        assert_eq!(upper.verify(&[KEY]), Err(Rejection::BadSignature));
         let mut u = c.clone();
         u.signature.clear();
-        assert_eq!(u.verify(KEY), Err(Rejection::Unsigned));
+        assert_eq!(u.verify(&[KEY]), Err(Rejection::Unsigned));
         assert!(matches!(
-            Command::parse_verified(b"{\"command\":\"kill\"}", KEY),
+            Command::parse_verified(b"{\"command\":\"kill\"}", &[KEY]),
             Err(Rejected {
                 why: Rejection::Malformed(_),
                 agent_id: None
             })
         ));
+    }
+
+    #[test]
+    fn keys_rotate_with_two_accepted_at_once() {
+        let (old, new): (&[u8], &[u8]) = (b"old-key-0123456789", b"new-key-0123456789");
+        let by_old = Command::manual(Verb::Kill, "a", "r", 1, "ops")
+            .sign(old)
+            .unwrap();
+        let by_new = Command::manual(Verb::Kill, "a", "r", 1, "ops")
+            .sign(new)
+            .unwrap();
+        assert_ne!(by_old.key_id, by_new.key_id);
+        assert_eq!(by_old.verify(&[new, old]), Ok(()));
+        assert_eq!(by_new.verify(&[new, old]), Ok(()));
+        assert!(matches!(
+            by_old.verify(&[new]),
+            Err(Rejection::UnknownKey(_))
+        ));
+    }
+
+    #[test]
+    fn format_one_commands_and_unknown_fields_are_refused() {
+        let c = Command::manual(Verb::Kill, "a", "r", 1, "ops")
+            .sign(KEY)
+            .unwrap();
+        let mut v = serde_json::to_value(&c).unwrap();
+        let m = v.as_object_mut().unwrap();
+        for k in ["v", "expires_at", "key_id", "nonce"] {
+            m.remove(k);
+        }
+        let old = serde_json::to_vec(&v).unwrap();
+        assert_eq!(
+            Command::parse_verified(&old, &[KEY]).map_err(|r| r.why),
+            Err(Rejection::OldFormat(1))
+        );
+        let mut v = serde_json::to_value(&c).unwrap();
+        v["unsigned_extra"] = "x".into();
+        let extra = serde_json::to_vec(&v).unwrap();
+        assert!(matches!(
+            Command::parse_verified(&extra, &[KEY]).map_err(|r| r.why),
+            Err(Rejection::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn validity_runs_from_the_later_of_issue_and_now() {
+        let c = Command::manual(Verb::Kill, "a", "r", 1_000, "ops");
+        assert_eq!(c.expires_at, 1_000 + DEFAULT_TTL_MS);
+        assert_eq!(c.clone().valid_for(5_000, 10).expires_at, 5_010);
+        assert_eq!(c.valid_for(0, 10).expires_at, 1_010);
     }
 
     #[test]
@@ -279,11 +415,11 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_deterministic() {
+    fn automatic_ids_are_deterministic_and_manual_ones_unique() {
         let a = Command::manual(Verb::Kill, "a", "r", 5, "x");
-        let b = Command::manual(Verb::Kill, "a", "r", 5, "y");
-        let c = Command::manual(Verb::Kill, "a", "r", 6, "x");
-        assert_eq!(a.command_id, b.command_id);
-        assert_ne!(a.command_id, c.command_id);
+        let b = Command::manual(Verb::Kill, "a", "r", 5, "x");
+        assert_ne!(a.command_id, b.command_id);
+        assert_ne!(a.nonce, b.nonce);
+        assert_eq!(a.nonce.len(), 32);
     }
 }

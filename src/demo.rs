@@ -117,6 +117,8 @@ pub fn local_config(
 ) -> Resolved {
     Resolved {
         signing_key: DEMO_KEY.to_vec(),
+        previous_signing_keys: Vec::new(),
+        command_ttl: Duration::from_millis(crate::control::DEFAULT_TTL_MS as u64),
         kafka_options: [(
             "consumer.session.timeout.ms".to_string(),
             "6000".to_string(),
@@ -248,7 +250,7 @@ pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
         .collect();
     let kills = read_all(&brokers, &k.control_topic)
         .into_iter()
-        .filter_map(|(_, p)| Command::parse_verified(&p, DEMO_KEY).ok())
+        .filter_map(|(_, p)| Command::parse_verified(&p, &[DEMO_KEY]).ok())
         .collect();
     let dead_letters = read_all(&brokers, &k.dead_letter_topic)
         .into_iter()

@@ -6,13 +6,18 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::control::{Command, Verb};
+use agent_guardian::control::{Command, Verb, DEFAULT_TTL_MS};
 use agent_guardian::daemon::sink::KafkaSink;
 use agent_guardian::daemon::{Daemon, Metrics};
 use agent_guardian::demo::{self, DEMO_KEY};
 use agent_guardian::event::format_rfc3339_ms;
 use agent_guardian::response::{Incident, IncidentType};
 use agent_guardian::store::Store;
+
+/// The wall clock (ms): commands of the tests are valid from now on, whatever their event time.
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
 use rdkafka::mocking::MockCluster;
 
 fn kafka(brokers: &str) -> KafkaConfig {
@@ -107,7 +112,7 @@ fn demo_pipeline_kills_the_rogue_agent_only_with_signed_commands() {
     assert_eq!(r.kills.len(), 1, "{:?}", r.kills);
     let kill = &r.kills[0];
     assert_eq!(kill.agent_id, "fin-agent-rogue");
-    assert!(kill.verify(DEMO_KEY).is_ok());
+    assert!(kill.verify(&[DEMO_KEY]).is_ok());
     // The command names the auto_kill incident that was published.
     let auto: Vec<_> = r
         .incidents
@@ -163,9 +168,11 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
     });
 
     let kill = Command::manual(Verb::Kill, a, "test", T0 + 200_000, "ops")
+        .valid_for(now(), DEFAULT_TTL_MS)
         .sign(DEMO_KEY)
         .unwrap();
     let forged = Command::manual(Verb::Revive, a, "forged", T0 + 250_000, "mallory")
+        .valid_for(now(), DEFAULT_TTL_MS)
         .sign(b"wrong-key-wrong-key")
         .unwrap();
     let mut unsigned = Command::manual(Verb::Revive, a, "unsigned", T0 + 260_000, "x");
@@ -188,6 +195,7 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
         m.events.load(Ordering::Relaxed) == 4
     });
     let revive = Command::manual(Verb::Revive, a, "fixed", T0 + 400_000, "ops")
+        .valid_for(now(), DEFAULT_TTL_MS)
         .sign(DEMO_KEY)
         .unwrap();
     produce(
@@ -335,13 +343,14 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
 }
 
 #[test]
-fn a_command_for_an_unseen_agent_applies_when_its_event_time_is_reached() {
+fn a_command_for_an_unseen_agent_applies_at_its_first_event() {
     let (_c, k) = cluster();
     let dir = tempfile::tempdir().unwrap();
     let d = start(&k, dir.path());
     let a = "fin-later";
     // The kill is read before any event of the agent (as in a rebuild from the log).
-    let kill = Command::manual(Verb::Kill, a, "test", T0 + 300_000, "ops")
+    let kill = Command::manual(Verb::Kill, a, "test", T0 + 250_000, "ops")
+        .valid_for(now(), DEFAULT_TTL_MS)
         .sign(DEMO_KEY)
         .unwrap();
     produce(
@@ -374,6 +383,7 @@ fn a_command_for_an_unseen_agent_applies_when_its_event_time_is_reached() {
         .filter(|i| i.kind == IncidentType::ActivityAfterKill)
         .map(|i| i.at)
         .collect();
-    // Applied at the event of 300 s (its own time); the next event (400 s) is activity after it.
-    assert_eq!(after, vec![T0 + 400_000], "{after:?}");
+    // Applied at the agent's first event, with its own time (250 s): the calls made before it
+    // are not activity after it, the first one after it (300 s) is (one incident per episode).
+    assert_eq!(after, vec![T0 + 300_000], "{after:?}");
 }

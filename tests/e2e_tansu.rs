@@ -207,7 +207,7 @@ fn fleet_scenario_through_tansu_yields_the_expected_signed_kill_commands() {
     );
     assert_eq!(ids.len(), got.len(), "no duplicates");
     for c in &got {
-        assert!(c.verify(KEY.as_bytes()).is_ok(), "signature of {c:?}");
+        assert!(c.verify(&[KEY.as_bytes()]).is_ok(), "signature of {c:?}");
     }
     // The state was persisted and can be inspected by operators.
     let inspect = guardian()

@@ -39,6 +39,10 @@ pub struct FoldSettings {
     pub guardian_id: String,
     /// The command signing key.
     pub signing_key: Vec<u8>,
+    /// Keys whose commands are accepted: the signing key and those of a rotation.
+    pub command_keys: Vec<Vec<u8>>,
+    /// How long a command is valid (ms).
+    pub command_ttl_ms: i64,
     /// The blueprints in force.
     pub blueprints: Arc<BlueprintSet>,
     /// How events are decoded.
@@ -56,6 +60,8 @@ impl FoldSettings {
             control_topic: c.kafka.control_topic.clone(),
             guardian_id: c.guardian_id.clone(),
             signing_key: cfg.signing_key.clone(),
+            command_keys: cfg.command_keys(),
+            command_ttl_ms: cfg.command_ttl_ms(),
             blueprints: cfg.blueprints.clone(),
             decoder: DecoderOptions {
                 volume_pointer: c.volume_pointer.clone(),
@@ -199,9 +205,11 @@ impl Fold {
     }
 
     /// Takes over assigned partitions, from their stored state or from scratch; `now` (ms)
-    /// dates the retention gaps found.
-    pub fn assign(&mut self, list: Vec<Assignment>, now: i64) {
+    /// dates the retention gaps found. Operator commands waiting for an agent of a partition
+    /// taken over apply now, and are reported to `out`.
+    pub fn assign(&mut self, list: Vec<Assignment>, now: i64, out: &mut Vec<Output>) {
         for a in list {
+            let key = (a.topic, a.partition);
             if let Some((from, to)) = a.gap {
                 self.ledger.gaps.push(Gap {
                     topic: self.topic(a.topic).to_string(),
@@ -219,14 +227,42 @@ impl Fold {
                 }
             };
             self.parts.insert(
-                (a.topic, a.partition),
+                key,
                 Part {
                     engine,
                     next: a.start,
                     quiet_below: a.quiet_below,
                 },
             );
+            self.apply_pending(key, out);
         }
+    }
+
+    /// Applies the waiting operator commands whose agent partition `key` holds.
+    fn apply_pending(&mut self, key: (u16, i32), out: &mut Vec<Output>) {
+        let Some(part) = self.parts.get_mut(&key) else {
+            return;
+        };
+        let mut applied = Vec::new();
+        self.pending.retain(|c| {
+            if part.engine.agent(&c.agent_id).is_none() {
+                return true;
+            }
+            apply(&mut part.engine, c);
+            applied.push(c.clone());
+            false
+        });
+        if applied.is_empty() {
+            return;
+        }
+        // The change is checkpointed like a folded record.
+        self.since_checkpoint += applied.len() as u64;
+        self.ledger.commands_applied += applied.len() as u64;
+        self.metrics
+            .commands_applied
+            .fetch_add(applied.len() as u64, Ordering::Relaxed);
+        self.count_pending();
+        out.extend(applied.into_iter().map(Output::Applied));
     }
 
     /// Lets partitions go (checkpoint them first).
@@ -372,16 +408,16 @@ impl Fold {
         if self.pending.is_empty() {
             part.engine.process_batch(&events, &mut self.out);
         } else {
-            // Operator commands for agents this instance had not seen apply on the agent's own
-            // timeline, once its event time reaches the command's (so a rebuild from the log
-            // puts them where they happened): one event at a time while any waits.
+            // Operator commands for agents this instance had not seen apply at the agent's
+            // first event (the kill keeps its own time, so calls made before it and delivered
+            // late are not activity after it): one event at a time while any waits.
             for ev in &events {
                 part.engine.process(ev, &mut self.out);
-                let (agent, ts) = (ev.agent_id.as_ref(), ev.ts_ms);
+                let agent = ev.agent_id.as_ref();
                 let engine = &mut part.engine;
                 let mut applied = Vec::new();
                 self.pending.retain(|c| {
-                    if c.agent_id != agent || c.issued_at > ts {
+                    if c.agent_id != agent {
                         return true;
                     }
                     apply(engine, c);
@@ -409,8 +445,10 @@ impl Fold {
                 self.metrics.suppressed.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let kill = (inc.action_taken == Action::Killed)
-                .then(|| Command::for_kill(&inc, &self.settings.guardian_id));
+            let kill = (inc.action_taken == Action::Killed).then(|| {
+                Command::for_kill(&inc, &self.settings.guardian_id)
+                    .valid_for(now, self.settings.command_ttl_ms)
+            });
             out.push(Output::Incident(inc));
             if let Some(cmd) = kill {
                 out.push(Output::Kill(cmd.sign(&self.settings.signing_key)?));
@@ -428,11 +466,14 @@ impl Fold {
         self.since_checkpoint += 1;
         self.control_next.insert(r.partition, r.offset + 1);
         let payload = r.payload.as_deref().unwrap_or_default();
-        let verdict = Command::parse_verified(payload, &self.settings.signing_key)
+        let verdict = Command::parse_verified(payload, &self.settings.command_keys)
             .and_then(|c| self.admissible(c, r.key.as_deref(), now));
         match verdict {
             Ok(c) if c.origin == Origin::Auto => {}
-            Ok(c) if self.already_applied(&c) => {
+            Ok(c)
+                if self.already_applied(&c)
+                    || self.pending.iter().any(|p| p.command_id == c.command_id) =>
+            {
                 // The same command read again (a restart re-reads the control topic's tail).
                 tracing::debug!(agent = %c.agent_id, command_id = %c.command_id, "operator command already applied");
             }
@@ -515,8 +556,14 @@ impl Fold {
             let at = crate::event::format_rfc3339_ms(c.issued_at);
             return refuse(c, Rejection::FromTheFuture(at));
         }
+        if now > c.expires_at {
+            let at = crate::event::format_rfc3339_ms(c.expires_at);
+            return refuse(c, Rejection::Expired(at));
+        }
         if let Some(last) = self.last_command_at(&c.agent_id) {
-            if c.issued_at < last {
+            // At or before: two different commands issued in the same millisecond cannot be
+            // ordered, so the later one read is refused (the one applied, read again, is not).
+            if c.issued_at < last || (c.issued_at == last && !self.already_applied(&c)) {
                 let why = Rejection::Stale {
                     issued: crate::event::format_rfc3339_ms(c.issued_at),
                     last: crate::event::format_rfc3339_ms(last),
@@ -689,6 +736,8 @@ mod tests {
             control_topic: "control".into(),
             guardian_id: "g1".into(),
             signing_key: KEY.to_vec(),
+            command_keys: vec![KEY.to_vec()],
+            command_ttl_ms: crate::control::DEFAULT_TTL_MS,
             decoder: set.decoder_options(),
             blueprints: Arc::new(set),
             max_future_ms: 300_000,
@@ -711,7 +760,7 @@ mod tests {
                 gap: None,
             })
             .collect();
-        f.assign(list, T0);
+        f.assign(list, T0, &mut Vec::new());
         f
     }
 
@@ -794,7 +843,7 @@ mod tests {
             _ => None,
         });
         let kill = kill.expect("kill");
-        let verified = Command::parse_verified(&kill.to_json().expect("json"), KEY);
+        let verified = Command::parse_verified(&kill.to_json().expect("json"), &[KEY]);
         assert!(
             verified.is_ok(),
             "the kill is signed with the key: {verified:?}"
@@ -971,21 +1020,31 @@ mod tests {
             .expect("sign");
         f.control(&control(0, &kill_b), NOW, &mut out);
         assert_eq!(kinds(&out), vec!["applied Kill b"]);
-        // Not seen yet: waits until the agent's event time reaches the command's.
+        // Not seen yet: waits for the agent's first event, whatever its time; read again while
+        // it waits, it is not queued twice.
         let kill_c = Command::manual(Verb::Kill, "c", "test", T0 + 10_000, "op")
             .sign(KEY)
             .expect("sign");
         out.clear();
         f.control(&control(1, &kill_c), NOW, &mut out);
+        f.control(&control(1, &kill_c), NOW, &mut out);
         assert!(out.is_empty());
         assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 1);
         f.audit(&[call(0, 5, "c", "q")], NOW, &mut out)
             .expect("fold");
-        assert!(out.is_empty(), "the command is later than this call");
-        f.audit(&[call(0, 12, "c", "q")], NOW, &mut out)
-            .expect("fold");
         assert_eq!(kinds(&out), vec!["applied Kill c"]);
         assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 0);
+        // The call was made before the kill: not activity after it; the next one after it is.
+        out.clear();
+        f.audit(&[call(0, 15, "c", "q")], NOW, &mut out)
+            .expect("fold");
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Incident(i) if i.kind == IncidentType::ActivityAfterKill && i.agent_id == "c")
+            ),
+            "{:?}",
+            kinds(&out)
+        );
         // Forged: a rejected-command incident naming the agent.
         let mut forged = Command::manual(Verb::Revive, "b", "test", T0, "op");
         forged.signature = "00".repeat(32);
@@ -1069,6 +1128,110 @@ mod tests {
         assert_eq!(f.figures().1, 1, "b stays killed by the second kill");
     }
 
+    /// A command read before the partition of its agent is assigned (a kill published while the
+    /// daemon was stopped, read at start-up) applies when the partition is taken over with its
+    /// stored state, is checkpointed, and a later restart neither loses nor repeats it.
+    #[test]
+    fn a_command_read_before_its_partition_is_assigned_applies_at_assignment_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut first = owning(fold(), &[0], 0);
+        first
+            .audit(&calls(0)[..2], NOW, &mut Vec::new())
+            .expect("fold");
+        store
+            .write(first.checkpoint(T0).expect("checkpoint").batch)
+            .expect("write");
+        drop(first);
+        let restored = |store: &Store| {
+            let (next, state) = store
+                .load_partition("audit", 0)
+                .expect("load")
+                .expect("stored");
+            vec![Assignment {
+                topic: 0,
+                partition: 0,
+                start: next,
+                quiet_below: 0,
+                state: Some(state),
+                gap: None,
+            }]
+        };
+
+        let mut second = fold();
+        let kill = Command::manual(Verb::Kill, "b", "stopped", NOW - 1_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        let mut out = Vec::new();
+        second.control(&control(0, &kill), NOW, &mut out);
+        assert!(out.is_empty(), "no partition yet: {:?}", kinds(&out));
+        assert_eq!(second.metrics.commands_pending.load(Ordering::Relaxed), 1);
+        second.assign(restored(&store), NOW, &mut out);
+        assert_eq!(kinds(&out), vec!["applied Kill b"]);
+        assert_eq!(second.metrics.commands_pending.load(Ordering::Relaxed), 0);
+        assert!(
+            second.since_checkpoint() > 0,
+            "the change is to be checkpointed"
+        );
+        store
+            .write(second.checkpoint(NOW).expect("checkpoint").batch)
+            .expect("write");
+        drop(second);
+
+        let mut third = fold();
+        third.assign(restored(&store), NOW, &mut out);
+        assert_eq!(third.figures().1, 1, "b is still killed");
+        let history = |f: &Fold| {
+            f.parts
+                .values()
+                .filter_map(|p| p.engine.agent("b"))
+                .map(|a| a.profile.kill_history.len())
+                .sum::<usize>()
+        };
+        assert_eq!(history(&third), 1, "killed once");
+        // The control topic's tail read again after a crash: not applied twice.
+        out.clear();
+        third.control(&control(0, &kill), NOW, &mut out);
+        assert!(out.is_empty(), "{:?}", kinds(&out));
+        assert_eq!(history(&third), 1);
+    }
+
+    /// Commands are refused once expired, accepted under a key of a rotation, and a different
+    /// command issued in the same millisecond as the last applied one cannot be ordered.
+    #[test]
+    fn expired_commands_are_refused_and_previous_keys_still_verify() {
+        const OLD: &[u8] = b"old-key-of-the-rotation";
+        let mut s = settings();
+        s.command_keys.push(OLD.to_vec());
+        let mut f = Fold::new(s, Arc::default(), Vec::new(), Ledger::default()).expect("fold");
+        f = owning(f, &[0], 0);
+        f.audit(&calls(0)[..2], NOW, &mut Vec::new()).expect("fold");
+        let mut out = Vec::new();
+        let expired = Command::manual(Verb::Kill, "b", "late", T0, "op")
+            .valid_for(T0, 60_000)
+            .sign(KEY)
+            .expect("sign");
+        f.control(&control(0, &expired), NOW, &mut out);
+        assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
+        let Some(Output::Incident(i)) = out.first() else {
+            unreachable!()
+        };
+        assert!(i.description.contains("expired at"), "{}", i.description);
+        out.clear();
+        let by_old = Command::manual(Verb::Kill, "b", "rotation", NOW - 5_000, "op")
+            .sign(OLD)
+            .expect("sign");
+        f.control(&control(1, &by_old), NOW, &mut out);
+        assert_eq!(kinds(&out), vec!["applied Kill b"]);
+        out.clear();
+        let same_ms = Command::manual(Verb::Revive, "b", "same", NOW - 5_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        f.control(&control(2, &same_ms), NOW, &mut out);
+        assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
+        assert_eq!(f.figures().1, 1);
+    }
+
     #[test]
     fn a_checkpoint_in_the_middle_then_a_restart_gives_the_outputs_of_one_run() {
         let recs = calls(0);
@@ -1102,6 +1265,7 @@ mod tests {
                 gap: None,
             }],
             T0,
+            &mut Vec::new(),
         );
         let mut got = Vec::new();
         // The broker hands the whole log again: what the state holds is skipped.

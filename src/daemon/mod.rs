@@ -135,9 +135,13 @@ impl Core {
     fn handle(&mut self, n: Notice) -> Result<bool, DaemonError> {
         match n {
             Notice::Assigned(list) => {
-                self.fold
-                    .assign(list, chrono::Utc::now().timestamp_millis());
+                self.fold.assign(
+                    list,
+                    chrono::Utc::now().timestamp_millis(),
+                    &mut self.outputs,
+                );
                 self.owned_changed();
+                self.publisher.publish(&mut self.outputs)?;
             }
             Notice::Revoked(list, ack) => {
                 self.checkpoint_now()?;

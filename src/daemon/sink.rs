@@ -235,6 +235,7 @@ pub struct Commander {
     topic: String,
     key: Vec<u8>,
     issuer: String,
+    ttl_ms: i64,
     deadline: Duration,
 }
 
@@ -248,6 +249,7 @@ impl Commander {
             )?),
             topic: cfg.config.kafka.control_topic.clone(),
             key: cfg.signing_key.clone(),
+            ttl_ms: cfg.command_ttl_ms(),
             issuer: format!("{who}@{}", cfg.config.guardian_id),
             deadline: COMMAND_DEADLINE,
         })
@@ -268,6 +270,7 @@ impl Commander {
     ) -> Result<crate::control::Command, String> {
         let now = chrono::Utc::now().timestamp_millis();
         let cmd = crate::control::Command::manual(verb, agent, reason, now, &self.issuer)
+            .valid_for(now, self.ttl_ms)
             .sign(&self.key)
             .map_err(|e| e.to_string())?;
         let mut sink = self
