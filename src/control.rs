@@ -127,6 +127,37 @@ pub enum Rejection {
     },
 }
 
+/// The kinds of [`Rejection`], as metric labels, in [`Rejection::kind`] order.
+pub const REJECTION_KINDS: [&str; 9] = [
+    "malformed",
+    "unsigned",
+    "bad_signature",
+    "key_mismatch",
+    "from_the_future",
+    "old_format",
+    "unknown_key",
+    "expired",
+    "stale",
+];
+
+impl Rejection {
+    /// A stable label for metrics (one of [`REJECTION_KINDS`]).
+    pub fn kind(&self) -> &'static str {
+        let i = match self {
+            Rejection::Malformed(_) => 0,
+            Rejection::Unsigned => 1,
+            Rejection::BadSignature => 2,
+            Rejection::KeyMismatch { .. } => 3,
+            Rejection::FromTheFuture(_) => 4,
+            Rejection::OldFormat(_) => 5,
+            Rejection::UnknownKey(_) => 6,
+            Rejection::Expired(_) => 7,
+            Rejection::Stale { .. } => 8,
+        };
+        REJECTION_KINDS[i]
+    }
+}
+
 /// A rejected control message: why, and the agent it named if it could be read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rejected {

@@ -2,7 +2,7 @@
 //! admin API reads (the state store, the counters, the partitions owned). Written by the daemon,
 //! read by the API; it knows neither.
 //!
-//! Layer: uses `store`, `siem` (sink figures), `engine`, `response`.
+//! Layer: uses `store`, `siem` (sink figures), `engine`, `response`, `control` (rejection kinds).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,6 +25,11 @@ pub struct Metrics {
     pub commands_applied: AtomicU64,
     /// Control commands rejected (unsigned, bad signature, malformed).
     pub commands_rejected: AtomicU64,
+    /// Control commands rejected, by [`crate::control::REJECTION_KINDS`].
+    pub commands_rejected_by: [AtomicU64; crate::control::REJECTION_KINDS.len()],
+    /// Dead letters the broker refused even cut to their bounded size (recorded in the state's
+    /// ledger and skipped).
+    pub dead_letters_lost: AtomicU64,
     /// Operator commands waiting for an agent this instance has not seen yet.
     pub commands_pending: AtomicU64,
     /// Outputs not sent because another run already emitted them (rebuild).
@@ -89,6 +94,8 @@ impl Default for Metrics {
             kill_commands: AtomicU64::new(0),
             commands_applied: AtomicU64::new(0),
             commands_rejected: AtomicU64::new(0),
+            commands_rejected_by: Default::default(),
+            dead_letters_lost: AtomicU64::new(0),
             commands_pending: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),

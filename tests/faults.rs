@@ -285,3 +285,59 @@ fn oversized_hostile_messages_give_bounded_outputs_and_the_daemon_keeps_running(
         .as_str()
         .is_some_and(|a| a.len() < 600 && a.ends_with("(1048576 bytes)")));
 }
+
+/// A dead letter that the broker refuses even cut to its bounded size (here the producer's
+/// `message.max.bytes` is below it) is recorded in the state's ledger, counted and skipped: the
+/// daemon neither stops nor retries it, and goes on with the next event.
+#[test]
+fn a_dead_letter_the_broker_refuses_is_recorded_counted_and_skipped() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().expect("dir");
+    let mut cfg = demo::local_config(
+        k.clone(),
+        dir.path(),
+        demo::demo_blueprints_learned().expect("bp"),
+    );
+    cfg.kafka_options
+        .insert("producer.message.max.bytes".into(), "20000".into());
+    let d = Daemon::start(cfg).expect("start");
+    let s = KafkaSink::new(&k.brokers, &Default::default()).expect("producer");
+    let junk = "not json ".repeat(10_000);
+    s.send("audit", Some(b"a"), junk.as_bytes(), None)
+        .expect("send");
+    let mut s = s;
+    s.settle(Duration::from_secs(20)).expect("settle");
+    let t = Instant::now();
+    while d.metrics.dead_letters_lost.load(Relaxed) < 1 {
+        assert!(!d.is_finished(), "the daemon stopped");
+        assert!(t.elapsed() < Duration::from_secs(60), "not recorded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    produce(&k, 1, 1_772_550_000_000);
+    let t = Instant::now();
+    while d.metrics.events.load(Relaxed) < 1 {
+        assert!(!d.is_finished(), "the daemon stopped");
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "the next event was not processed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d.metrics.bad_events.load(Relaxed), 1);
+    d.shutdown();
+    d.join(Duration::from_secs(30)).expect("a clean stop");
+    let ledger = agent_guardian::store::Store::open(dir.path())
+        .expect("store")
+        .ledger()
+        .expect("ledger");
+    assert_eq!(ledger.dead_letters_lost, 1);
+    assert_eq!(ledger.lost.len(), 1);
+    assert_eq!(ledger.lost[0].source.as_deref(), Some("audit/0@0"));
+    assert_eq!(ledger.lost[0].bytes, junk.len());
+    assert!(
+        ledger.lost[0].reason.contains("too large"),
+        "{:?}",
+        ledger.lost[0]
+    );
+}

@@ -140,11 +140,23 @@ impl Collector for Figures {
             "Operator commands read and waiting for their agent's first event on this instance.",
             get(&m.commands_pending) as i64,
         )?;
-        counter(
+        let refused: Vec<([(&str, &str); 1], u64)> = crate::control::REJECTION_KINDS
+            .iter()
+            .zip(&m.commands_rejected_by)
+            .map(|(k, v)| ([("reason", *k)], get(v)))
+            .collect();
+        labelled(
             &mut e,
             "guardian_commands_rejected",
-            "Control commands rejected (unsigned, forged, malformed).",
-            get(&m.commands_rejected),
+            "Control commands rejected, by reason (malformed, unsigned, forged, misaddressed, expired, replayed…).",
+            true,
+            &refused,
+        )?;
+        counter(
+            &mut e,
+            "guardian_dead_letters_lost",
+            "Dead letters the broker refused even cut to their bounded size: recorded in the state's ledger and skipped.",
+            get(&m.dead_letters_lost),
         )?;
         counter(
             &mut e,

@@ -503,6 +503,12 @@ impl Fold {
                 self.metrics
                     .commands_rejected
                     .fetch_add(1, Ordering::Relaxed);
+                if let Some(i) = crate::control::REJECTION_KINDS
+                    .iter()
+                    .position(|k| *k == rejected.why.kind())
+                {
+                    self.metrics.commands_rejected_by[i].fetch_add(1, Ordering::Relaxed);
+                }
                 self.ledger.commands_rejected += 1;
                 let agent = match rejected.agent_id {
                     Some(a) if a.len() > MAX_NAMED_AGENT => {
@@ -598,6 +604,19 @@ impl Fold {
                             | (KillEventKind::Revive, Verb::Revive)
                     )
             })
+    }
+
+    /// Records in the ledger the dead letters the broker refused.
+    pub fn record_lost(&mut self, lost: Vec<crate::posture::LostOutput>) {
+        use crate::posture::MAX_LOST_KEPT;
+        if lost.is_empty() {
+            return;
+        }
+        self.ledger.dead_letters_lost += lost.len() as u64;
+        self.ledger.lost.extend(lost);
+        let cut = self.ledger.lost.len().saturating_sub(MAX_LOST_KEPT);
+        self.ledger.lost.drain(..cut);
+        self.since_checkpoint += 1;
     }
 
     /// Encodes the changed state of every owned partition with the offsets it reflects (call

@@ -184,6 +184,7 @@ impl Core {
     /// persists it and commits the offsets to Kafka.
     fn checkpoint(&mut self) -> Result<(), DaemonError> {
         self.publisher.settle()?;
+        self.fold.record_lost(self.publisher.take_lost());
         let cp = self
             .fold
             .checkpoint(chrono::Utc::now().timestamp_millis())?;

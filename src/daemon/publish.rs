@@ -87,14 +87,18 @@ impl Publisher {
                             value: Some(&size),
                         });
                     }
-                    self.sink.send(
+                    // A broker whose size limit is below even the bounded copy refuses it:
+                    // recorded in the ledger and skipped (see `take_lost`), never retried.
+                    let source = format!("{}/{}@{}", b.topic, b.partition, b.offset);
+                    self.sink.send_lossy(
                         &self.dead_letter_topic,
                         b.key.as_deref(),
                         &b.payload,
                         Some(h),
+                        &source,
                     )?;
                     let d = DeadLetter {
-                        source: format!("{}/{}@{}", b.topic, b.partition, b.offset),
+                        source,
                         at: b.at,
                         kind: b.kind.into(),
                         error: b.error,
@@ -110,6 +114,29 @@ impl Publisher {
             }
         }
         Ok(())
+    }
+
+    /// The dead letters the broker refused since the previous call, for the ledger; counted in
+    /// the metrics and logged.
+    pub fn take_lost(&self) -> Vec<crate::posture::LostOutput> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let lost = self.sink.take_lost();
+        self.metrics
+            .dead_letters_lost
+            .fetch_add(lost.len() as u64, Ordering::Relaxed);
+        lost.into_iter()
+            .map(|l| {
+                tracing::error!(source = ?l.source, topic = %l.topic, bytes = l.bytes, reason = %l.reason,
+                    "dead letter refused by the broker; recorded in the ledger and skipped");
+                crate::posture::LostOutput {
+                    source: l.source,
+                    topic: l.topic,
+                    bytes: l.bytes,
+                    reason: l.reason,
+                    at: now,
+                }
+            })
+            .collect()
     }
 
     /// Publishes a posture snapshot onto `topic` and its summary to the SIEM sinks.

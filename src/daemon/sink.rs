@@ -23,6 +23,61 @@ pub struct Deliveries {
     /// Messages that failed for good.
     pub failed: AtomicU64,
     last_error: std::sync::Mutex<Option<String>>,
+    /// Messages sent with [`KafkaSink::send_lossy`] that the broker refused as invalid or too
+    /// large, with why.
+    lost: std::sync::Mutex<Vec<Lost>>,
+}
+
+/// The delivery tag of a lossy message: one (a dead letter, already cut to a bounded size)
+/// that may be refused for its size or form without stopping the daemon.
+const LOSSY: usize = 1;
+
+/// The delivery tag of a message that must be delivered.
+const MUST: usize = 0;
+
+/// A lossy message the broker refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lost {
+    /// Topic it was for.
+    pub topic: String,
+    /// Where its input came from (`topic/partition@offset`, from its headers), if it says.
+    pub source: Option<String>,
+    /// The payload size sent.
+    pub bytes: usize,
+    /// Why the broker (or the client) refused it.
+    pub reason: String,
+}
+
+/// Whether a refusal is about the message itself (sending it again cannot succeed), as opposed
+/// to the broker being unreachable or the client failing.
+fn refused_for_its_content(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidMessage
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::MessageBatchTooLarge
+            | RDKafkaErrorCode::InvalidTimestamp
+    )
+}
+
+/// `topic/partition@offset` from a dead letter's source headers.
+fn source_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Option<String> {
+    use rdkafka::message::{Headers, Message};
+    let h = m.headers()?;
+    let get = |name: &str| {
+        h.iter()
+            .find(|x| x.key == name)
+            .and_then(|x| x.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
+    Some(format!(
+        "{}/{}@{}",
+        get("guardian.source.topic")?,
+        get("guardian.source.partition")?,
+        get("guardian.source.offset")?
+    ))
 }
 
 /// The producer context that records delivery outcomes.
@@ -39,11 +94,24 @@ impl ClientContext for SinkContext {
 }
 
 impl ProducerContext for SinkContext {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    type DeliveryOpaque = usize;
+    fn delivery(&self, result: &DeliveryResult<'_>, tag: usize) {
         match result {
             Ok(_) => {
                 self.0.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, m))
+                if tag == LOSSY && e.rdkafka_error_code().is_some_and(refused_for_its_content) =>
+            {
+                use rdkafka::message::Message;
+                if let Ok(mut l) = self.0.lost.lock() {
+                    l.push(Lost {
+                        topic: m.topic().to_string(),
+                        source: source_of(m),
+                        bytes: m.payload_len(),
+                        reason: e.to_string(),
+                    });
+                }
             }
             Err((e, _)) => {
                 self.0.failed.fetch_add(1, Ordering::Relaxed);
@@ -64,6 +132,9 @@ pub enum SinkError {
     /// A message could not be written.
     #[error("kafka delivery failed: {0}")]
     Delivery(String),
+    /// The client refused a message when it was sent.
+    #[error("kafka refused the message: {1}")]
+    Refused(RDKafkaErrorCode, String),
     /// The broker did not acknowledge in time; what was waiting was withdrawn, not sent later.
     #[error(
         "the broker did not acknowledge within {0:?} (is it reachable?); nothing was published"
@@ -92,7 +163,7 @@ impl KafkaSink {
         })
     }
 
-    /// Sends one message; blocks while the producer's queue is full.
+    /// Sends one message that must be delivered; blocks while the producer's queue is full.
     pub fn send(
         &self,
         topic: &str,
@@ -100,7 +171,55 @@ impl KafkaSink {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), SinkError> {
-        let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
+        self.send_tagged(MUST, topic, key, payload, headers)
+    }
+
+    /// Sends one message that the broker may refuse for its size or form: such a refusal, now
+    /// or at delivery, is kept for [`KafkaSink::take_lost`] instead of failing the next settle.
+    /// `source` names the input it stands for (`topic/partition@offset`).
+    pub fn send_lossy(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        source: &str,
+    ) -> Result<(), SinkError> {
+        match self.send_tagged(LOSSY, topic, key, payload, headers) {
+            Err(SinkError::Refused(code, reason)) if refused_for_its_content(code) => {
+                if let Ok(mut l) = self.deliveries.lost.lock() {
+                    l.push(Lost {
+                        topic: topic.to_string(),
+                        source: Some(source.to_string()),
+                        bytes: payload.len(),
+                        reason,
+                    });
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The lossy messages refused since the previous call.
+    pub fn take_lost(&self) -> Vec<Lost> {
+        self.deliveries
+            .lost
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
+
+    fn send_tagged(
+        &self,
+        tag: usize,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), SinkError> {
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(topic, tag).payload(payload);
         if let Some(k) = key {
             rec = rec.key(k);
         }
@@ -113,6 +232,9 @@ impl KafkaSink {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
                     rec = r;
                     std::thread::sleep(Duration::from_millis(1));
+                }
+                Err((e @ KafkaError::MessageProduction(code), _)) => {
+                    return Err(SinkError::Refused(code, e.to_string()))
                 }
                 Err((e, _)) => return Err(SinkError::Delivery(e.to_string())),
             }

@@ -87,6 +87,28 @@ pub struct Ledger {
     pub api_commands: u64,
     /// Posture snapshots published.
     pub posture_snapshots: u64,
+    /// Dead letters the broker refused even cut to their bounded size, skipped.
+    pub dead_letters_lost: u64,
+    /// The latest of them (at most [`MAX_LOST_KEPT`]), so the input can still be found.
+    pub lost: Vec<LostOutput>,
+}
+
+/// How many refused dead letters the ledger describes one by one.
+pub const MAX_LOST_KEPT: usize = 100;
+
+/// A dead letter the broker refused: where its input is, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LostOutput {
+    /// The input's place (`topic/partition@offset`), when known.
+    pub source: Option<String>,
+    /// The topic it was for.
+    pub topic: String,
+    /// Its size as sent.
+    pub bytes: usize,
+    /// The broker's or client's reason.
+    pub reason: String,
+    /// Wall time it was recorded (epoch ms).
+    pub at: i64,
 }
 
 impl Ledger {

@@ -15,7 +15,7 @@ pub mod risk;
 pub mod settings;
 
 pub use compliance::{evaluate, ComplianceReport, ControlStatus, Framework};
-pub use facts::{BlueprintFact, Gap, Ledger, PartitionFact};
+pub use facts::{BlueprintFact, Gap, Ledger, LostOutput, PartitionFact, MAX_LOST_KEPT};
 pub use inventory::{merge_by_agent, AgentView, Status};
 pub use report::{posture, HistoryPoint, KillSafety, Posture};
 pub use risk::{Risk, RiskLevel};
