@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command as Proc, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_guardian::control::{Command, Verb};
+use agent_guardian::control::Command;
 use agent_guardian::engine::Engine;
 use agent_guardian::event::Decoder;
 use agent_guardian::response::{Action, Incident};
@@ -122,42 +122,6 @@ fn check_config_reports_every_error() {
     for needle in ["audit_topics", "signing_key", "checkpoint_interval"] {
         assert!(err.contains(needle), "{needle} not in {err}");
     }
-}
-
-#[test]
-fn the_readme_python_verifier_accepts_our_signatures_and_rejects_tampering() {
-    // The snippet of the README's "Verifying a command", run by python3.
-    let readme = include_str!("../README.md");
-    let start = readme
-        .find("import hmac, hashlib, json")
-        .expect("snippet in README");
-    let end = start + readme[start..].find("```").expect("end of snippet");
-    let script = format!(
-        "{}\nimport sys\nkey = sys.argv[1].encode()\nfor line in sys.stdin:\n    print('ok' if verify(line.encode(), key) else 'bad')\n",
-        &readme[start..end]
-    );
-    let mut c = Command::manual(
-        Verb::Kill,
-        "ägent \"7\" | x=1 \\ ✓",
-        "line\nbreak\ttab \u{1} ctrl",
-        1_772_550_000_123,
-        "operator@host",
-    )
-    .sign(KEY.as_bytes())
-    .unwrap();
-    let good = String::from_utf8(c.to_json().unwrap()).unwrap();
-    c.reason.push('!');
-    let tampered = String::from_utf8(c.to_json().unwrap()).unwrap();
-    let mut child = Proc::new("python3")
-        .args(["-c", &script, KEY])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    use std::io::Write;
-    writeln!(child.stdin.take().unwrap(), "{good}\n{tampered}").unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\nbad\n");
 }
 
 /// Offsets the group has committed on a topic, summed (−1 offsets count as 0); 0 if the broker

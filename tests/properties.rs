@@ -1,9 +1,11 @@
 //! Property tests: replay determinism across snapshot/restore, and totality (no panic, no NaN)
-//! of the engine, the event decoder and the blueprint loader on arbitrary input.
+//! of the engine, the event decoder, the control-command decoder and verifier, and the
+//! blueprint loader on arbitrary input.
 
 use std::sync::Arc;
 
 use agent_guardian::blueprint::{load_blueprint, Assignment, BlueprintSet};
+use agent_guardian::control::{Command, Verb};
 use agent_guardian::engine::Engine;
 use agent_guardian::event::{AuditEvent, Decoder, Format};
 use agent_guardian::response::Incident;
@@ -199,6 +201,54 @@ proptest! {
     }
 
     #[test]
+    fn command_decoder_never_panics_and_accepts_no_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        prop_assert!(Command::parse_verified(&bytes, &[CMD_KEY]).is_err());
+    }
+
+    /// A signed command with arbitrary text in its fields (any Unicode, controls, quotes) reads
+    /// back equal; changing any one byte of its JSON is refused, unless the change still
+    /// spells the same command (such as the case of a hex digit in a `\u` escape).
+    #[test]
+    fn signed_commands_round_trip_and_any_byte_change_is_refused(
+        agent in "\\PC{1,24}", reason in ".{0,40}", at in 0i64..4_102_444_800_000,
+        kill in any::<bool>(), pos in any::<prop::sample::Index>(), bit in 0u8..8,
+    ) {
+        let verb = if kill { Verb::Kill } else { Verb::Revive };
+        let c = Command::manual(verb, &agent, &reason, at, "ops").sign(CMD_KEY).expect("sign");
+        let json = c.to_json().expect("json");
+        prop_assert_eq!(Command::parse_verified(&json, &[CMD_KEY]).expect("verifies"), c.clone());
+        let mut changed = json.clone();
+        changed[pos.index(json.len())] ^= 1 << bit;
+        if let Ok(back) = Command::parse_verified(&changed, &[CMD_KEY]) {
+            prop_assert_eq!(back, c);
+        }
+    }
+
+    /// Any field of a signed command replaced by an arbitrary JSON value: never a panic, and
+    /// accepted only if the value is the one signed.
+    #[test]
+    fn commands_with_a_field_replaced_by_arbitrary_json_are_refused(field in 0usize..14, v in json_value()) {
+        let c = Command::manual(Verb::Kill, "fin-1", "r", 1_772_000_000_000, "ops").sign(CMD_KEY).expect("sign");
+        let mut doc = serde_json::to_value(&c).expect("value");
+        let keys: Vec<String> = doc.as_object().expect("object").keys().cloned().collect();
+        let key = keys.get(field % keys.len()).cloned().unwrap_or_default();
+        let same = doc[&key] == v;
+        doc[&key] = v;
+        let r = Command::parse_verified(&serde_json::to_vec(&doc).expect("json"), &[CMD_KEY]);
+        prop_assert_eq!(r.is_ok(), same, "{}: {:?}", key, r);
+    }
+
+    /// A command verifies with the key that signed it among any others, and with no other set.
+    #[test]
+    fn a_command_verifies_only_with_its_key(a in proptest::collection::vec(any::<u8>(), 16..40), others in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 16..40), 0..4)) {
+        let c = Command::manual(Verb::Kill, "x", "r", 1, "ops").sign(&a).expect("sign");
+        let mut keys = others.clone();
+        prop_assert_eq!(c.verify(&keys).is_ok(), others.contains(&a));
+        keys.push(a);
+        prop_assert!(c.verify(&keys).is_ok());
+    }
+
+    #[test]
     fn blueprint_loader_never_panics_on_arbitrary_json(v in json_value()) {
         let _ = load_blueprint("x", &v);
         let _ = Assignment::from_json(&v);
@@ -224,6 +274,9 @@ proptest! {
         }
     }
 }
+
+/// The key of the command properties.
+const CMD_KEY: &[u8] = b"property-test-key-0123456789";
 
 fn leaf_paths(v: &Value, at: String) -> Vec<String> {
     let mut out = vec![at.clone()];
