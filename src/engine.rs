@@ -17,7 +17,9 @@ use crate::response::{
     Suppression, Verdict,
 };
 pub use crate::state::{suppression_index, EngineStats, FleetState};
-use crate::state::{AgentState, KillEventKind, Snapshot, SNAPSHOT_VERSION};
+use crate::state::{
+    AgentState, Identities, KillEventKind, Resolution, SessionAgent, Snapshot, SNAPSHOT_VERSION,
+};
 
 struct Agent {
     bp: usize,
@@ -55,6 +57,8 @@ pub struct Engine {
     swept: i64,
     /// Scratch list of the agents a sweep settles.
     due: Vec<(i64, u32)>,
+    /// Sessions and their agents, for records that do not name theirs.
+    identities: Identities,
 }
 
 /// Position of an incident type in [`EngineStats::incidents`].
@@ -83,7 +87,26 @@ impl Engine {
             pending: Vec::new(),
             swept: i64::MIN,
             due: Vec::new(),
+            identities: Identities::default(),
         }
+    }
+
+    /// Attributes `ev` to its session's agent when it does not name one, or learns a session's
+    /// agent from it (call before [`Engine::process`], in log order; only entries whose
+    /// [`Resolution::is_tool_call`] go on to be processed).
+    pub fn resolve(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
+        self.identities.resolve(ev)
+    }
+
+    /// Sessions bound or used since the previous call, and sessions forgotten (for the
+    /// checkpoint).
+    pub fn take_session_changes(&mut self) -> (Vec<SessionAgent>, Vec<String>) {
+        self.identities.take_changes()
+    }
+
+    /// Sessions whose agent is known.
+    pub fn sessions(&self) -> usize {
+        self.identities.len()
     }
 
     /// Start of the first-deployment learning period (the first event's time), if any event was seen.
@@ -657,6 +680,7 @@ impl Engine {
             stats: self.stats.clone(),
             agents,
             fleet: self.fleet_state(),
+            sessions: self.identities.all(),
         }
     }
 
@@ -675,6 +699,7 @@ impl Engine {
     /// otherwise they are assigned again.
     pub fn restore(set: Arc<BlueprintSet>, snap: Snapshot) -> Engine {
         let mut e = Engine::new(set);
+        e.identities = Identities::restore(snap.sessions);
         e.stats = snap.stats;
         e.origin = snap.fleet.origin;
         e.budget = snap.fleet.budget;
@@ -835,6 +860,10 @@ mod tests {
             environment: None,
             group: None,
             bytes: None,
+            kind: crate::event::EntryKind::ToolCall,
+            agent_source: crate::event::AgentSource::Named,
+            session: None,
+            parent_session: None,
         }
     }
 

@@ -1,7 +1,7 @@
 //! `guardian replay`: events from a file or stdin through the engine, incidents to a writer as
 //! JSON lines, a summary at the end. Malformed lines are counted and reported, never fatal.
 //!
-//! Layer: uses `engine`, `store`, `siem`, `posture`, `response`, `event`.
+//! Layer: uses `engine`, `store`, `state`, `siem`, `posture`, `response`, `event`.
 
 use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use indicatif::ProgressBar;
 use crate::engine::Engine;
 use crate::event::{AuditEvent, DecodeError, Decoder};
 use crate::response::{Incident, IncidentType};
+use crate::state::Resolution;
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -31,6 +32,8 @@ pub struct ReplaySummary {
     pub incidents: [u64; IncidentType::ALL.len()],
     /// Wall time spent.
     pub elapsed: Duration,
+    /// Entries by how their agent was found, in [`Resolution::ALL`] order.
+    pub entries: [u64; 5],
 }
 
 impl ReplaySummary {
@@ -57,6 +60,18 @@ impl ReplaySummary {
             self.late_events,
             self.incidents.iter().sum::<u64>(),
             by_type.join(", ")
+        ) + &self.identity_line()
+    }
+
+    /// A line on session attribution, when the input had entries without an agent (empty
+    /// otherwise).
+    fn identity_line(&self) -> String {
+        let [_, resolved, unresolved, bound, skipped] = self.entries;
+        if resolved + unresolved + bound + skipped == 0 {
+            return String::new();
+        }
+        format!(
+            "\nsessions: {resolved} call(s) attributed to their session's agent, {unresolved} without a known session agent (the user or session id stands in), {bound} session binding(s), {skipped} other entr(ies) that are not tool calls skipped"
         )
     }
 }
@@ -159,7 +174,14 @@ pub fn run(
                 None => decoder.decode(line),
             };
             match decoded {
-                Ok(ev) => {
+                Ok(mut ev) => {
+                    let how = engine.resolve(&mut ev);
+                    if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
+                        sum.entries[i] += 1;
+                    }
+                    if !how.is_tool_call() {
+                        continue;
+                    }
                     let d = ev.ts_ms.div_euclid(DAY_MS);
                     if d > day {
                         if day != i64::MIN {
@@ -325,6 +347,7 @@ pub fn write_state<S>(
     ledger.record_setup(setup, chrono::Utc::now().timestamp_millis());
     let topic = format!("replay:{source}");
     let fleet = engine.fleet_state();
+    let sessions = engine.take_session_changes();
     let agents = engine.take_dirty();
     store.checkpoint(
         &[PartitionDelta {
@@ -334,6 +357,7 @@ pub fn write_state<S>(
             stats: &stats,
             fleet,
             agents,
+            sessions,
         }],
         &[],
         &[],

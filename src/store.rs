@@ -5,7 +5,8 @@
 //! `blueprint`; used by the daemon, the API, `telemetry` and `replay`.
 //!
 //! Keys (one tree): `m/{topic}/{partition:010}` → [`PartitionMeta`], `a/{topic}/{partition:010}/{agent}`
-//! → [`AgentState`], `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
+//! → [`AgentState`], `s/{topic}/{partition:010}/{session}` → [`SessionAgent`] (the agent of a
+//! session), `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
 //! operator commands waiting for their agent, `i/{event time:016x}/{incident id}` → incident
 //! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
 //! time:016x}` → a past fleet score.
@@ -18,7 +19,7 @@ use crate::control::Command;
 use crate::engine::{EngineStats, FleetState};
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
-use crate::state::{AgentState, Snapshot, SNAPSHOT_VERSION};
+use crate::state::{AgentState, SessionAgent, Snapshot, SNAPSHOT_VERSION};
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +87,8 @@ pub struct PartitionDelta<'a> {
     pub fleet: FleetState,
     /// Agents changed since the previous checkpoint.
     pub agents: Vec<&'a AgentState>,
+    /// Sessions bound or used since the previous checkpoint, and sessions forgotten.
+    pub sessions: (Vec<SessionAgent>, Vec<String>),
 }
 
 /// Which incidents [`Store::incidents`] returns.
@@ -208,6 +211,16 @@ pub fn checkpoint_batch(
                 encode("an agent's state", *a)?,
             );
         }
+        let prefix = part_prefix('s', p.topic, p.partition);
+        for s in &p.sessions.0 {
+            b.insert(
+                format!("{prefix}/{}", s.session).as_bytes(),
+                encode("a session's agent", s)?,
+            );
+        }
+        for s in &p.sessions.1 {
+            b.remove(format!("{prefix}/{s}").as_bytes());
+        }
     }
     for (partition, next) in control {
         b.insert(
@@ -265,6 +278,12 @@ impl Store {
             let (k, v) = kv?;
             agents.push(decode::<AgentState>(&k, &v)?);
         }
+        let mut sessions = Vec::new();
+        let prefix = format!("{}/", part_prefix('s', topic, partition));
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            sessions.push(decode::<SessionAgent>(&k, &v)?);
+        }
         Ok(Some((
             meta.next_offset,
             Snapshot {
@@ -272,6 +291,7 @@ impl Store {
                 stats: meta.stats,
                 agents,
                 fleet: meta.fleet,
+                sessions,
             },
         )))
     }
@@ -473,7 +493,7 @@ impl Store {
     /// the log; the control-topic position is kept. Returns the partitions dropped.
     pub fn clear_partitions(&self, topic: Option<&str>) -> Result<usize, StoreError> {
         let mut n = 0;
-        for prefix in ["m/", "a/"] {
+        for prefix in ["m/", "a/", "s/"] {
             let p = match topic {
                 Some(t) => format!("{prefix}{t}/"),
                 None => prefix.to_string(),
@@ -514,6 +534,14 @@ mod tests {
                 stats: &stats,
                 fleet: FleetState::default(),
                 agents: vec![&a, &b],
+                sessions: (
+                    vec![crate::state::SessionAgent {
+                        session: "s/1".into(),
+                        agent: "b".into(),
+                        last_used: 6,
+                    }],
+                    Vec::new(),
+                ),
             }],
             &[(0, 7)],
             &[],
@@ -526,12 +554,15 @@ mod tests {
         let (next, snap) = s.load_partition("audit", 3).unwrap().unwrap();
         assert_eq!(next, 42);
         assert_eq!(snap.agents.len(), 2);
+        assert_eq!(snap.sessions.len(), 1);
+        assert_eq!(snap.sessions[0].agent, "b");
         assert!(s.load_partition("audit", 2).unwrap().is_none());
         assert_eq!(s.control_offset(0).unwrap(), Some(7));
         assert_eq!(s.find_agent("agent/with/slashes").unwrap().len(), 1);
         assert_eq!(s.partitions().unwrap()[0].3, 2);
         assert_eq!(s.clear_partitions(None).unwrap(), 1);
         assert!(s.load_partition("audit", 3).unwrap().is_none());
+        assert_eq!(s.db().scan_prefix("s/").count(), 0, "sessions cleared too");
         assert_eq!(s.control_offset(0).unwrap(), Some(7));
     }
 }

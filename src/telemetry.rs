@@ -30,6 +30,8 @@ pub struct Metrics {
     /// Dead letters the broker refused even cut to their bounded size (recorded in the state's
     /// ledger and skipped).
     pub dead_letters_lost: AtomicU64,
+    /// Audit entries by how their agent was found, in [`crate::state::Resolution::ALL`] order.
+    pub identity: [AtomicU64; 5],
     /// Operator commands waiting for an agent this instance has not seen yet.
     pub commands_pending: AtomicU64,
     /// Outputs not sent because another run already emitted them (rebuild).
@@ -96,6 +98,7 @@ impl Default for Metrics {
             commands_rejected: AtomicU64::new(0),
             commands_rejected_by: Default::default(),
             dead_letters_lost: AtomicU64::new(0),
+            identity: Default::default(),
             commands_pending: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),

@@ -130,6 +130,10 @@ fn ev<'a>(agent: &'a str, ts: i64, tool: &'a str, outcome: Outcome) -> AuditEven
         environment: Some("production".into()),
         group: None,
         bytes: None,
+        kind: agent_guardian::event::EntryKind::ToolCall,
+        agent_source: agent_guardian::event::AgentSource::Named,
+        session: None,
+        parent_session: None,
     }
 }
 

@@ -109,6 +109,10 @@ fn decoded<'a>(
             environment: None,
             group: None,
             bytes: *bytes,
+            kind: agent_guardian::event::EntryKind::ToolCall,
+            agent_source: agent_guardian::event::AgentSource::Named,
+            session: None,
+            parent_session: None,
         })
         .collect()
 }

@@ -152,6 +152,18 @@ impl Collector for Figures {
             true,
             &refused,
         )?;
+        let identity: Vec<([(&str, &str); 1], u64)> = crate::state::Resolution::ALL
+            .iter()
+            .zip(&m.identity)
+            .map(|(r, v)| ([("result", r.label())], get(v)))
+            .collect();
+        labelled(
+            &mut e,
+            "guardian_audit_entries",
+            "Audit entries by how their agent was found: named by the record, resolved from its session, unresolved (the user or session id stands in), bound (a session binding, not a tool call), skipped (not a tool call).",
+            true,
+            &identity,
+        )?;
         counter(
             &mut e,
             "guardian_dead_letters_lost",

@@ -22,7 +22,7 @@ use crate::engine::{Engine, EngineStats};
 use crate::event::{AuditEvent, DecodeError, Decoder, DecoderOptions};
 use crate::posture::{Gap, Ledger};
 use crate::response::{Action, Basis, Incident, IncidentType, Severity, Status};
-use crate::state::KillEventKind;
+use crate::state::{KillEventKind, Resolution};
 use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
 
@@ -248,10 +248,13 @@ impl Fold {
             if part.engine.agent(&c.agent_id).is_none() {
                 return true;
             }
-            apply(&mut part.engine, c);
-            applied.push(c.clone());
+            if !reflected(&part.engine, c) {
+                apply(&mut part.engine, c);
+                applied.push(c.clone());
+            }
             false
         });
+        self.count_pending();
         if applied.is_empty() {
             return;
         }
@@ -261,7 +264,6 @@ impl Fold {
         self.metrics
             .commands_applied
             .fetch_add(applied.len() as u64, Ordering::Relaxed);
-        self.count_pending();
         out.extend(applied.into_iter().map(Output::Applied));
     }
 
@@ -376,7 +378,17 @@ impl Fold {
                 Ok(ev)
             });
             match decoded {
-                Ok(ev) => events.push(ev),
+                Ok(mut ev) => {
+                    let how = part.engine.resolve(&mut ev);
+                    if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
+                        self.metrics.identity[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                    // Session bindings and other entries that are not tool calls are learnt
+                    // from or skipped (counted above), not processed.
+                    if how.is_tool_call() {
+                        events.push(ev);
+                    }
+                }
                 Err(e) => {
                     self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
                     if let Some(i) = BAD_EVENT_KINDS.iter().position(|k| *k == e.kind()) {
@@ -420,19 +432,19 @@ impl Fold {
                     if c.agent_id != agent {
                         return true;
                     }
-                    apply(engine, c);
-                    applied.push(c.clone());
+                    if !reflected(engine, c) {
+                        apply(engine, c);
+                        applied.push(c.clone());
+                    }
                     false
                 });
                 self.metrics
                     .commands_applied
                     .fetch_add(applied.len() as u64, Ordering::Relaxed);
                 self.ledger.commands_applied += applied.len() as u64;
-                if !applied.is_empty() {
-                    self.metrics
-                        .commands_pending
-                        .store(self.pending.len() as u64, Ordering::Relaxed);
-                }
+                self.metrics
+                    .commands_pending
+                    .store(self.pending.len() as u64, Ordering::Relaxed);
                 if !quiet {
                     out.extend(applied.into_iter().map(Output::Applied));
                 }
@@ -634,6 +646,7 @@ impl Fold {
             let topic = topics.get(t as usize).map_or("", String::as_str);
             offsets.push((topic.to_string(), p, part.next));
             let fleet = part.engine.fleet_state();
+            let sessions = part.engine.take_session_changes();
             deltas.push(PartitionDelta {
                 topic,
                 partition: p,
@@ -641,6 +654,7 @@ impl Fold {
                 stats: s,
                 fleet,
                 agents: part.engine.take_dirty(),
+                sessions,
             });
         }
         let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
@@ -669,6 +683,16 @@ fn reuse<'a, 'b>(mut v: Vec<AuditEvent<'a>>) -> Vec<AuditEvent<'b>> {
     v.into_iter()
         .map(|_| unreachable!("the vector is empty"))
         .collect()
+}
+
+/// Whether the state of `c`'s agent in `engine` already holds `c` or a later operator command:
+/// a partition taken over with state written where the command was applied (a waiting copy is
+/// then dropped, not applied twice).
+fn reflected(engine: &Engine, c: &Command) -> bool {
+    engine
+        .agent(&c.agent_id)
+        .and_then(|a| a.profile.last_operator_command())
+        .is_some_and(|last| last >= c.issued_at)
 }
 
 fn apply(engine: &mut Engine, c: &Command) {
@@ -1213,6 +1237,16 @@ mod tests {
         third.control(&control(0, &kill), NOW, &mut out);
         assert!(out.is_empty(), "{:?}", kinds(&out));
         assert_eq!(history(&third), 1);
+        // Another instance read the command while it did not own the partition (it waits
+        // there), then takes the partition over with state that already holds it: dropped.
+        let mut other = fold();
+        other.control(&control(0, &kill), NOW, &mut out);
+        assert_eq!(other.metrics.commands_pending.load(Ordering::Relaxed), 1);
+        out.clear();
+        other.assign(restored(&store), NOW, &mut out);
+        assert!(out.is_empty(), "{:?}", kinds(&out));
+        assert_eq!(history(&other), 1, "not applied twice");
+        assert_eq!(other.metrics.commands_pending.load(Ordering::Relaxed), 0);
     }
 
     /// Commands are refused once expired, accepted under a key of a rotation, and a different

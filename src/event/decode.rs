@@ -13,7 +13,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserializer as _;
 
 use super::error::DecodeError;
-use super::model::{AuditEvent, Format, Outcome};
+use super::model::{AgentSource, AuditEvent, EntryKind, Format, Outcome};
 use super::scan;
 use super::timestamp::{parse_rfc3339_ms, MAX_TIMESTAMP_MS};
 
@@ -77,8 +77,10 @@ pub(super) enum Slot {
     Environment,
     Volume,
     Group,
+    EntryType,
+    ParentSessionId,
 }
-pub(super) const SLOT_COUNT: usize = 13;
+pub(super) const SLOT_COUNT: usize = 15;
 
 /// A JSON value reduced to what the decoder needs to know about it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -309,7 +311,9 @@ impl Decoder {
     /// Builds a decoder; fails with the offending option when a pointer is not of the form `/a/b`.
     pub fn new(opts: &DecoderOptions) -> Result<Decoder, DecodeError> {
         let mut root = Node::default();
-        let fixed: [(&str, Slot); 11] = [
+        let fixed: [(&str, Slot); 13] = [
+            ("/type", Slot::EntryType),
+            ("/parentSessionId", Slot::ParentSessionId),
             ("/event_id", Slot::EventId),
             ("/eventId", Slot::EventIdCamel),
             ("/timestamp", Slot::Timestamp),
@@ -420,6 +424,11 @@ impl Decoder {
         let spm_event = take(Slot::EventId);
         let is_spm = present(&spm_agent) || present(&spm_event);
         let timestamp = take(Slot::Timestamp);
+        let mut kind = EntryKind::ToolCall;
+        let mut agent_source = AgentSource::Named;
+        let mut session = None;
+        let mut parent_session = None;
+        let mut shield_outcome = None;
         let (format, agent_id, event_id, tool_name, ts_ms) = if is_spm {
             let agent = required_str(spm_agent, "/agent_id")?;
             let ts = match timestamp {
@@ -444,12 +453,45 @@ impl Decoder {
                 optional_str(take(Slot::ToolName), "/tool_name")?.unwrap_or(Cow::Borrowed(""));
             (Format::AgentSpm, agent, event, tool, ts)
         } else {
-            let agent = first_str([
-                (take(Slot::AgentIdCamel), "/agentId"),
-                (take(Slot::UserId), "/userId"),
-                (take(Slot::SessionId), "/sessionId"),
-            ])?
-            .ok_or(DecodeError::MissingField { field: "/agent_id" })?;
+            session = optional_str(take(Slot::SessionId), "/sessionId")?.filter(|s| !s.is_empty());
+            parent_session = optional_str(take(Slot::ParentSessionId), "/parentSessionId")?
+                .filter(|s| !s.is_empty());
+            for (field, v) in [
+                ("/sessionId", &session),
+                ("/parentSessionId", &parent_session),
+            ] {
+                if let Some(v) = v.as_deref().filter(|v| v.len() > MAX_AGENT_ID_BYTES) {
+                    return Err(DecodeError::InvalidValue {
+                        field: field.into(),
+                        reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", v.len()),
+                    });
+                }
+            }
+            let entry_type = optional_str(take(Slot::EntryType), "/type")?;
+            (kind, shield_outcome) = match entry_type.as_deref() {
+                Some("session_created" | "session_delegated") => (EntryKind::SessionBinding, None),
+                Some("auth_denied" | "runtime_shutdown") => (EntryKind::NotAToolCall, None),
+                Some(t) if t.starts_with("session_") => (EntryKind::NotAToolCall, None),
+                Some("tool_allowed") => (EntryKind::ToolCall, Some(Outcome::Allow)),
+                Some("tool_blocked" | "policy_denied") => {
+                    (EntryKind::ToolCall, Some(Outcome::Deny))
+                }
+                _ => (EntryKind::ToolCall, None),
+            };
+            let named = first_str([(take(Slot::AgentIdCamel), "/agentId")])?;
+            let user = first_str([(take(Slot::UserId), "/userId")])?;
+            let agent = match (named, user, &session) {
+                (Some(a), _, _) => a,
+                (None, Some(u), _) => {
+                    agent_source = AgentSource::User;
+                    u
+                }
+                (None, None, Some(s)) => {
+                    agent_source = AgentSource::Session;
+                    s.clone()
+                }
+                (None, None, None) => return Err(DecodeError::MissingField { field: "/agent_id" }),
+            };
             let ts = match timestamp {
                 Scalar::Int(v) => v,
                 Scalar::UInt(v) => i64::try_from(v).unwrap_or(i64::MAX),
@@ -498,7 +540,7 @@ impl Decoder {
         let outcome = if is_spm {
             optional_str(take(Slot::Outcome), "/outcome")?.map(|s| Outcome::parse(&s))
         } else {
-            None
+            shield_outcome
         };
         let environment = optional_str(take(Slot::Environment), "/safe_payload/environment")?;
         let group = if self.group_pointer.is_empty() {
@@ -540,6 +582,10 @@ impl Decoder {
             environment,
             group,
             bytes,
+            kind,
+            agent_source,
+            session,
+            parent_session,
         })
     }
 }

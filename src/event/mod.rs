@@ -11,5 +11,5 @@ mod timestamp;
 pub(crate) use decode::parse_pointer;
 pub use decode::{Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER};
 pub use error::DecodeError;
-pub use model::{tool_hash, AuditEvent, Format, Outcome};
+pub use model::{tool_hash, AgentSource, AuditEvent, EntryKind, Format, Outcome};
 pub use timestamp::{format_rfc3339_ms, parse_rfc3339_ms, rfc3339_serde, MAX_TIMESTAMP_MS};

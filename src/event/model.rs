@@ -82,6 +82,32 @@ impl Outcome {
     }
 }
 
+/// What an audit entry is, for detection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A tool call: every Agent-SPM event, and AgentShield's tool entries (`tool_allowed`,
+    /// `tool_blocked`, `policy_denied`, `threat_detected`, `output_threat`, `behavior_anomaly`,
+    /// or any other type).
+    ToolCall,
+    /// An AgentShield entry that names the agent of a session (`session_created`,
+    /// `session_delegated`): used to attribute the session's tool entries, not a tool call.
+    SessionBinding,
+    /// Another entry that is not a tool call (`auth_denied`, `runtime_shutdown`, other
+    /// `session_*`): skipped by detection, counted.
+    NotAToolCall,
+}
+
+/// Where an event's agent id came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentSource {
+    /// The record names the agent (`agent_id`, `agentId`).
+    Named,
+    /// AgentShield's `userId`, for want of an agent (until a session binding resolves it).
+    User,
+    /// AgentShield's `sessionId`, for want of an agent or a user.
+    Session,
+}
+
 /// One audit event: one tool call (or one runtime audit entry) of one agent.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent<'a> {
@@ -103,6 +129,14 @@ pub struct AuditEvent<'a> {
     pub group: Option<Cow<'a, str>>,
     /// Data volume of the call in bytes, from the configured field; `None` when not reported.
     pub bytes: Option<f64>,
+    /// What the entry is.
+    pub kind: EntryKind,
+    /// Where `agent_id` came from.
+    pub agent_source: AgentSource,
+    /// AgentShield's `sessionId`, when given.
+    pub session: Option<Cow<'a, str>>,
+    /// The session a `session_delegated` entry continues (`parentSessionId`), when given.
+    pub parent_session: Option<Cow<'a, str>>,
 }
 
 /// A stable 64-bit FNV-1a hash of a tool name (never 0, which stands for the `*` wildcard).

@@ -4,11 +4,13 @@
 
 mod agent;
 mod fleet;
+mod identity;
 mod profile;
 mod snapshot;
 
 pub use agent::AgentState;
 pub use fleet::{suppression_index, EngineStats, FleetState};
+pub use identity::{Identities, Resolution, SessionAgent, MAX_SESSIONS, SESSION_TTL_MS};
 pub use profile::{
     outcome_index, IncidentMark, KillEvent, KillEventKind, Profile, ToolSeen, MAX_TOOLS, OUTCOMES,
 };

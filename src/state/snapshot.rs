@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub agents: Vec<AgentState>,
     /// The fleet: learning period start, peers, kill budget.
     pub fleet: FleetState,
+    /// Sessions and their agents (see [`super::Identities`]), sorted by session.
+    pub sessions: Vec<super::SessionAgent>,
 }
 
 impl Snapshot {

@@ -1,0 +1,349 @@
+//! Session identities: which agent a session belongs to, learnt from the records that name the
+//! agent and used for those that do not. AgentShield's runtime names the agent once, in
+//! `session_created {sessionId, userId, agentId}` (carried on by `session_delegated`); its tool
+//! entries carry only `sessionId` and `userId`. Without this map every tool entry would be
+//! attributed to the user, and all the agents of one person would share one baseline.
+//!
+//! The map belongs to a partition's state (checkpointed with it, so a restart between a
+//! session's creation and its tool calls keeps it), is bounded ([`MAX_SESSIONS`]) and forgets
+//! sessions unused for [`SESSION_TTL_MS`] of event time.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{AgentSource, AuditEvent, EntryKind};
+
+/// Sessions kept per partition at most; beyond it, the least recently used are forgotten.
+pub const MAX_SESSIONS: usize = 100_000;
+
+/// A session unused for this long (event time) is forgotten.
+pub const SESSION_TTL_MS: i64 = 7 * 86_400_000;
+
+/// A session's use is written to the state at most this often (event time), so a busy session
+/// does not rewrite its entry at every checkpoint.
+const TOUCH_MS: i64 = 3_600_000;
+
+/// Bindings made between two sweeps of expired sessions.
+const SWEEP_EVERY: u32 = 10_000;
+
+/// One session's agent, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionAgent {
+    /// The session id.
+    pub session: String,
+    /// Its agent.
+    pub agent: String,
+    /// Event time it was last used (ms).
+    pub last_used: i64,
+}
+
+/// What resolution made of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// A tool call that names its agent.
+    Named,
+    /// A tool call attributed to its session's agent.
+    Resolved,
+    /// A tool call whose session's agent is not known: it keeps the fallback id (the user, else
+    /// the session).
+    Unresolved,
+    /// A session binding: learnt, not a tool call.
+    Bound,
+    /// Another entry that is not a tool call: skipped by detection.
+    Skipped,
+}
+
+impl Resolution {
+    /// Every value, in the order of [`Resolution::label`]s for metrics.
+    pub const ALL: [Resolution; 5] = [
+        Resolution::Named,
+        Resolution::Resolved,
+        Resolution::Unresolved,
+        Resolution::Bound,
+        Resolution::Skipped,
+    ];
+
+    /// A stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            Resolution::Named => "named",
+            Resolution::Resolved => "resolved",
+            Resolution::Unresolved => "unresolved",
+            Resolution::Bound => "bound",
+            Resolution::Skipped => "skipped",
+        }
+    }
+
+    /// Whether the entry goes on to detection.
+    pub fn is_tool_call(self) -> bool {
+        matches!(
+            self,
+            Resolution::Named | Resolution::Resolved | Resolution::Unresolved
+        )
+    }
+}
+
+/// The sessions of one partition and their agents.
+#[derive(Debug, Default, Clone)]
+pub struct Identities {
+    map: HashMap<String, (String, i64)>,
+    /// Sessions added or changed since the last [`Identities::take_changes`].
+    changed: HashSet<String>,
+    /// Sessions forgotten since then.
+    removed: Vec<String>,
+    latest: i64,
+    binds: u32,
+}
+
+impl Identities {
+    /// The map as stored.
+    pub fn restore(list: Vec<SessionAgent>) -> Identities {
+        let mut ids = Identities::default();
+        for s in list {
+            ids.latest = ids.latest.max(s.last_used);
+            ids.map.insert(s.session, (s.agent, s.last_used));
+        }
+        ids
+    }
+
+    /// Sessions known.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// Whether no session is known.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// The agent of `session`, if known.
+    pub fn agent_of(&self, session: &str) -> Option<&str> {
+        self.map.get(session).map(|(a, _)| a.as_str())
+    }
+
+    /// Learns from `ev` or attributes it: a binding records its session's agent (a delegated
+    /// session without an agent takes its parent session's); a tool call without an agent gets
+    /// its session's agent when known.
+    pub fn resolve(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
+        let named = ev.agent_source == AgentSource::Named;
+        match ev.kind {
+            EntryKind::SessionBinding => {
+                let agent = if named {
+                    Some(ev.agent_id.to_string())
+                } else {
+                    ev.parent_session
+                        .as_deref()
+                        .and_then(|p| self.agent_of(p))
+                        .map(str::to_string)
+                };
+                if let (Some(s), Some(a)) = (ev.session.as_deref(), agent) {
+                    self.bind(s, a, ev.ts_ms);
+                }
+                Resolution::Bound
+            }
+            EntryKind::NotAToolCall => {
+                if let (true, Some(s)) = (named, ev.session.as_deref()) {
+                    self.bind(s, ev.agent_id.to_string(), ev.ts_ms);
+                }
+                Resolution::Skipped
+            }
+            EntryKind::ToolCall if named => {
+                if let Some(s) = ev.session.as_deref() {
+                    if self.agent_of(s) != Some(ev.agent_id.as_ref()) {
+                        self.bind(s, ev.agent_id.to_string(), ev.ts_ms);
+                    } else {
+                        self.touch(s, ev.ts_ms);
+                    }
+                }
+                Resolution::Named
+            }
+            EntryKind::ToolCall => {
+                let Some(s) = ev.session.as_deref() else {
+                    return Resolution::Unresolved;
+                };
+                let Some(agent) = self.agent_of(s).map(str::to_string) else {
+                    return Resolution::Unresolved;
+                };
+                let s = s.to_string();
+                self.touch(&s, ev.ts_ms);
+                ev.agent_id = Cow::Owned(agent);
+                ev.agent_source = AgentSource::Named;
+                Resolution::Resolved
+            }
+        }
+    }
+
+    fn bind(&mut self, session: &str, agent: String, ts: i64) {
+        self.latest = self.latest.max(ts);
+        let last = self.map.get(session).map_or(ts, |(_, l)| (*l).max(ts));
+        self.map.insert(session.to_string(), (agent, last));
+        self.changed.insert(session.to_string());
+        self.binds += 1;
+        if self.map.len() > MAX_SESSIONS || self.binds >= SWEEP_EVERY {
+            self.sweep();
+        }
+    }
+
+    fn touch(&mut self, session: &str, ts: i64) {
+        self.latest = self.latest.max(ts);
+        if let Some((_, last)) = self.map.get_mut(session) {
+            if ts.saturating_sub(*last) >= TOUCH_MS {
+                *last = ts;
+                self.changed.insert(session.to_string());
+            }
+        }
+    }
+
+    /// Forgets sessions unused for [`SESSION_TTL_MS`], then the least recently used down to 90 %
+    /// of [`MAX_SESSIONS`] if still over it.
+    fn sweep(&mut self) {
+        self.binds = 0;
+        let cutoff = self.latest.saturating_sub(SESSION_TTL_MS);
+        let mut gone: Vec<String> = self
+            .map
+            .iter()
+            .filter(|(_, (_, last))| *last < cutoff)
+            .map(|(s, _)| s.clone())
+            .collect();
+        if self.map.len() - gone.len() > MAX_SESSIONS {
+            let mut by_age: Vec<(i64, &String)> = self
+                .map
+                .iter()
+                .filter(|(_, (_, last))| *last >= cutoff)
+                .map(|(s, (_, last))| (*last, s))
+                .collect();
+            by_age.sort_unstable();
+            let excess = by_age.len() - MAX_SESSIONS * 9 / 10;
+            gone.extend(by_age.into_iter().take(excess).map(|(_, s)| s.clone()));
+        }
+        for s in gone {
+            self.map.remove(&s);
+            self.changed.remove(&s);
+            self.removed.push(s);
+        }
+    }
+
+    /// Sessions changed and forgotten since the previous call (for the checkpoint).
+    pub fn take_changes(&mut self) -> (Vec<SessionAgent>, Vec<String>) {
+        let changed = std::mem::take(&mut self.changed)
+            .into_iter()
+            .filter_map(|s| {
+                let (agent, last) = self.map.get(&s)?.clone();
+                Some(SessionAgent {
+                    session: s,
+                    agent,
+                    last_used: last,
+                })
+            })
+            .collect();
+        (changed, std::mem::take(&mut self.removed))
+    }
+
+    /// Every session, sorted (for snapshots).
+    pub fn all(&self) -> Vec<SessionAgent> {
+        let mut v: Vec<SessionAgent> = self
+            .map
+            .iter()
+            .map(|(s, (a, l))| SessionAgent {
+                session: s.clone(),
+                agent: a.clone(),
+                last_used: *l,
+            })
+            .collect();
+        v.sort_by(|a, b| a.session.cmp(&b.session));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Decoder;
+
+    fn entry(json: &str) -> AuditEvent<'static> {
+        let bytes: &'static [u8] = Box::leak(json.as_bytes().to_vec().into_boxed_slice());
+        Decoder::default().decode(bytes).expect("decodes")
+    }
+
+    #[test]
+    fn tool_entries_take_the_agent_their_session_was_created_for() {
+        let mut ids = Identities::default();
+        let mut created = entry(
+            r#"{"type":"session_created","timestamp":1000,"sessionId":"s1","userId":"u1","agentId":"agent-a"}"#,
+        );
+        assert_eq!(ids.resolve(&mut created), Resolution::Bound);
+        let mut call = entry(
+            r#"{"type":"tool_allowed","timestamp":2000,"eventId":"e1","sessionId":"s1","userId":"u1","toolName":"read"}"#,
+        );
+        assert_eq!(call.agent_id, "u1", "the fallback before resolution");
+        assert_eq!(ids.resolve(&mut call), Resolution::Resolved);
+        assert_eq!(call.agent_id, "agent-a");
+        // Another session of the same user, not created in this partition: unresolved.
+        let mut other = entry(
+            r#"{"type":"tool_blocked","timestamp":3000,"sessionId":"s2","userId":"u1","toolName":"read"}"#,
+        );
+        assert_eq!(ids.resolve(&mut other), Resolution::Unresolved);
+        assert_eq!(other.agent_id, "u1");
+    }
+
+    #[test]
+    fn a_delegated_session_names_its_agent_or_continues_its_parents() {
+        let mut ids = Identities::default();
+        for json in [
+            r#"{"type":"session_created","timestamp":1,"sessionId":"p","userId":"u","agentId":"planner"}"#,
+            r#"{"type":"session_delegated","timestamp":2,"sessionId":"c1","parentSessionId":"p","userId":"u","agentId":"coder"}"#,
+            r#"{"type":"session_delegated","timestamp":3,"sessionId":"c2","parentSessionId":"p","userId":"u"}"#,
+        ] {
+            assert_eq!(ids.resolve(&mut entry(json)), Resolution::Bound);
+        }
+        assert_eq!(ids.agent_of("c1"), Some("coder"));
+        assert_eq!(ids.agent_of("c2"), Some("planner"));
+    }
+
+    #[test]
+    fn entries_that_are_not_tool_calls_are_skipped() {
+        let mut ids = Identities::default();
+        for t in ["auth_denied", "runtime_shutdown", "session_closed"] {
+            let json = format!(r#"{{"type":"{t}","timestamp":1,"sessionId":"s","userId":"u"}}"#);
+            let mut e = entry(&json);
+            assert_eq!(ids.resolve(&mut e), Resolution::Skipped, "{t}");
+            assert!(!Resolution::Skipped.is_tool_call());
+        }
+        let mut spm =
+            entry(r#"{"agent_id":"a","timestamp":"2026-03-02T09:00:00Z","tool_name":"q"}"#);
+        assert_eq!(ids.resolve(&mut spm), Resolution::Named);
+    }
+
+    #[test]
+    fn the_map_is_bounded_and_forgets_old_sessions_and_restores_from_its_changes() {
+        let mut ids = Identities::default();
+        let day = 86_400_000;
+        let bind = |ids: &mut Identities, s: &str, a: &str, ts: i64| {
+            let json = format!(
+                r#"{{"type":"session_created","timestamp":{ts},"sessionId":"{s}","agentId":"{a}"}}"#
+            );
+            ids.resolve(&mut entry(&json));
+        };
+        bind(&mut ids, "old", "a", day);
+        let (changed, removed) = ids.take_changes();
+        assert_eq!(changed.len(), 1);
+        assert!(removed.is_empty());
+        for i in 0..MAX_SESSIONS + 1 {
+            bind(&mut ids, &format!("s{i}"), "b", 10 * day + i as i64);
+        }
+        assert!(ids.len() <= MAX_SESSIONS, "{}", ids.len());
+        assert_eq!(ids.agent_of("old"), None, "unused for longer than the TTL");
+        assert_eq!(
+            ids.agent_of(&format!("s{MAX_SESSIONS}")),
+            Some("b"),
+            "the newest stays"
+        );
+        let (changed, removed) = ids.take_changes();
+        assert!(removed.contains(&"old".to_string()));
+        let restored = Identities::restore(ids.all());
+        assert_eq!(restored.all(), ids.all());
+        assert!(changed.len() <= MAX_SESSIONS);
+    }
+}
