@@ -862,6 +862,7 @@ mod tests {
             bytes: None,
             kind: crate::event::EntryKind::ToolCall,
             agent_source: crate::event::AgentSource::Named,
+            user: None,
             session: None,
             parent_session: None,
         }

@@ -471,7 +471,7 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
             assert!(
                 labels.keys().all(|k| [
                     "kind", "type", "severity", "command", "origin", "sink", "version", "le",
-                    "reason"
+                    "reason", "result"
                 ]
                 .contains(&k.as_str())),
                 "{name}: unexpected label in {s}"

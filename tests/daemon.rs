@@ -387,3 +387,68 @@ fn a_command_for_an_unseen_agent_applies_at_its_first_event() {
     // are not activity after it, the first one after it (300 s) is (one incident per episode).
     assert_eq!(after, vec![T0 + 300_000], "{after:?}");
 }
+
+/// AgentShield entries: sessions created before a restart still attribute the tool entries read
+/// after it to their agents (the session map is part of the checkpointed state), and no incident
+/// goes to the user who runs both agents.
+#[test]
+fn agentshield_sessions_survive_a_restart_and_attribute_tool_entries_to_their_agents() {
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let user = "user-7";
+    let key = Some(user.to_string());
+    let created = |session: &str, agent: &str, ts: i64| {
+        serde_json::json!({"type": "session_created", "timestamp": ts, "eventId": format!("sc-{session}"),
+                           "sessionId": session, "userId": user, "agentId": agent})
+        .to_string()
+        .into_bytes()
+    };
+    let d = start(&k, dir.path());
+    produce(
+        &k,
+        "audit",
+        &[
+            (key.clone(), created("s-a", "fin-shield-a", T0)),
+            (key.clone(), created("s-b", "fin-shield-b", T0 + 1)),
+        ],
+    );
+    wait(&d.metrics, "2 session bindings", |m| {
+        m.identity[3].load(Ordering::Relaxed) == 2
+    });
+    stop(d);
+
+    let d = start(&k, dir.path());
+    let call = |session: &str, n: u64, ts: i64| {
+        serde_json::json!({"type": "tool_allowed", "timestamp": ts, "eventId": format!("{session}-{n}"),
+                           "sessionId": session, "userId": user, "toolName": "read_ledger",
+                           "safe_payload": {"environment": "prod", "team": "finance"}})
+        .to_string()
+        .into_bytes()
+    };
+    let mut msgs: Vec<(Option<String>, Vec<u8>)> = (0..40)
+        .map(|i| (key.clone(), call("s-a", i, T0 + 60_000 + i as i64 * 500)))
+        .collect();
+    msgs.extend((0..3).map(|i| (key.clone(), call("s-b", i, T0 + 60_000 + i as i64 * 10_000))));
+    produce(&k, "audit", &msgs);
+    wait(&d.metrics, "43 calls resolved", |m| {
+        m.identity[1].load(Ordering::Relaxed) == 43
+    });
+    assert_eq!(
+        d.metrics.identity[2].load(Ordering::Relaxed),
+        0,
+        "none unresolved"
+    );
+    stop(d);
+
+    let inc = incidents(&k);
+    assert!(
+        inc.iter()
+            .any(|i| i.agent_id == "fin-shield-a" && i.kind == IncidentType::FrequencySpike),
+        "{inc:?}"
+    );
+    assert!(inc.iter().all(|i| i.agent_id != user), "{inc:?}");
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.find_agent("fin-shield-a").unwrap()[0].1.events, 40);
+    assert_eq!(store.find_agent("fin-shield-b").unwrap()[0].1.events, 3);
+    assert!(store.find_agent(user).unwrap().is_empty());
+}

@@ -25,6 +25,7 @@ const METRICS: &[&str] = &[
     "guardian_commands_applied_total",
     "guardian_commands_rejected_total",
     "guardian_dead_letters_lost_total",
+    "guardian_audit_entries_total",
     "guardian_kills_suppressed_total",
     "guardian_learning_partitions",
     "guardian_outputs_suppressed_total",

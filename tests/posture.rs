@@ -132,6 +132,7 @@ fn ev<'a>(agent: &'a str, ts: i64, tool: &'a str, outcome: Outcome) -> AuditEven
         bytes: None,
         kind: agent_guardian::event::EntryKind::ToolCall,
         agent_source: agent_guardian::event::AgentSource::Named,
+        user: None,
         session: None,
         parent_session: None,
     }

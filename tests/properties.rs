@@ -111,6 +111,7 @@ fn decoded<'a>(
             bytes: *bytes,
             kind: agent_guardian::event::EntryKind::ToolCall,
             agent_source: agent_guardian::event::AgentSource::Named,
+            user: None,
             session: None,
             parent_session: None,
         })

@@ -222,7 +222,7 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
             continue;
         }
         let key = match decoder.decode(&line) {
-            Ok(ev) => Some(ev.agent_id.as_bytes().to_vec()),
+            Ok(ev) => Some(ev.partition_key().as_bytes().to_vec()),
             Err(e) => {
                 say!(
                     "line {}: {e} (sent unkeyed; the daemon dead-letters it)",

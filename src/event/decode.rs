@@ -429,6 +429,7 @@ impl Decoder {
         let mut session = None;
         let mut parent_session = None;
         let mut shield_outcome = None;
+        let mut user = None;
         let (format, agent_id, event_id, tool_name, ts_ms) = if is_spm {
             let agent = required_str(spm_agent, "/agent_id")?;
             let ts = match timestamp {
@@ -479,12 +480,18 @@ impl Decoder {
                 _ => (EntryKind::ToolCall, None),
             };
             let named = first_str([(take(Slot::AgentIdCamel), "/agentId")])?;
-            let user = first_str([(take(Slot::UserId), "/userId")])?;
-            let agent = match (named, user, &session) {
+            user = first_str([(take(Slot::UserId), "/userId")])?;
+            if let Some(u) = user.as_deref().filter(|u| u.len() > MAX_AGENT_ID_BYTES) {
+                return Err(DecodeError::InvalidValue {
+                    field: "/userId".into(),
+                    reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", u.len()),
+                });
+            }
+            let agent = match (named, &user, &session) {
                 (Some(a), _, _) => a,
                 (None, Some(u), _) => {
                     agent_source = AgentSource::User;
-                    u
+                    u.clone()
                 }
                 (None, None, Some(s)) => {
                     agent_source = AgentSource::Session;
@@ -584,6 +591,7 @@ impl Decoder {
             bytes,
             kind,
             agent_source,
+            user,
             session,
             parent_session,
         })

@@ -133,10 +133,28 @@ pub struct AuditEvent<'a> {
     pub kind: EntryKind,
     /// Where `agent_id` came from.
     pub agent_source: AgentSource,
+    /// AgentShield's `userId`, when given.
+    pub user: Option<Cow<'a, str>>,
     /// AgentShield's `sessionId`, when given.
     pub session: Option<Cow<'a, str>>,
     /// The session a `session_delegated` entry continues (`parentSessionId`), when given.
     pub parent_session: Option<Cow<'a, str>>,
+}
+
+impl AuditEvent<'_> {
+    /// The Kafka key that keeps the records of one agent together: the agent id, except for
+    /// AgentShield entries, whose tool calls do not name their agent: the user (else the
+    /// session), so a session's binding and its calls reach the same partition.
+    pub fn partition_key(&self) -> &str {
+        match self.format {
+            Format::AgentSpm => &self.agent_id,
+            Format::AgentShield => self
+                .user
+                .as_deref()
+                .or(self.session.as_deref())
+                .unwrap_or(&self.agent_id),
+        }
+    }
 }
 
 /// A stable 64-bit FNV-1a hash of a tool name (never 0, which stands for the `*` wildcard).

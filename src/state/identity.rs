@@ -278,6 +278,11 @@ mod tests {
             r#"{"type":"tool_allowed","timestamp":2000,"eventId":"e1","sessionId":"s1","userId":"u1","toolName":"read"}"#,
         );
         assert_eq!(call.agent_id, "u1", "the fallback before resolution");
+        // Both are keyed by the user on Kafka, so they reach one partition.
+        assert_eq!(
+            (created.partition_key(), call.partition_key()),
+            ("u1", "u1")
+        );
         assert_eq!(ids.resolve(&mut call), Resolution::Resolved);
         assert_eq!(call.agent_id, "agent-a");
         // Another session of the same user, not created in this partition: unresolved.
