@@ -259,7 +259,10 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
             at.display()
         )));
     }
-    let probe = at.join(format!(".guardian-write-probe-{}", std::process::id()));
+    // Unique per call: two checks at once in one process must not remove each other's probe.
+    static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let probe = at.join(format!(".guardian-write-probe-{}-{n}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
 }
