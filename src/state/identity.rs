@@ -163,11 +163,17 @@ impl Identities {
                 let Some(s) = ev.session.as_deref() else {
                     return Resolution::Unresolved;
                 };
-                let Some(agent) = self.agent_of(s).map(str::to_string) else {
+                let Some((agent, last)) = self.map.get_mut(s) else {
                     return Resolution::Unresolved;
                 };
-                let s = s.to_string();
-                self.touch(&s, ev.ts_ms);
+                // One allocation per call (the agent id); the session's use is recorded at most
+                // every TOUCH_MS.
+                let agent = agent.clone();
+                if ev.ts_ms.saturating_sub(*last) >= TOUCH_MS {
+                    *last = ev.ts_ms;
+                    self.changed.insert(s.to_string());
+                }
+                self.latest = self.latest.max(ev.ts_ms);
                 ev.agent_id = Cow::Owned(agent);
                 ev.agent_source = AgentSource::Named;
                 Resolution::Resolved
