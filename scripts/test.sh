@@ -11,6 +11,7 @@ cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo build --release --locked
 scripts/packages.sh
+scripts/python-peers.sh
 log=$(mktemp)
 port=$((20000 + RANDOM % 20000))
 eval "$(scripts/tansu.sh start "$port")"

@@ -92,7 +92,7 @@ struct ReplayArgs {
     #[arg(long, short)]
     quiet: bool,
     /// What to print: incident JSON lines, or every record the SIEM sinks would send (incidents,
-    /// kill commands, dead letters) as CEF or ECS JSON lines.
+    /// kill commands, dead letters) as CEF, ECS JSON or OCSF lines.
     #[arg(long, value_enum, default_value = "incidents")]
     output: ReplayOutput,
     /// Guardian id in kill commands, and host name in CEF/JSON records (default: the host name).
@@ -115,6 +115,8 @@ enum ReplayOutput {
     Cef,
     /// ECS JSON lines.
     Json,
+    /// OCSF JSON lines (Detection Finding, Remediation Activity, Application Error).
+    Ocsf,
 }
 
 /// Where `guardian replay` writes.
@@ -328,11 +330,11 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let source = a.events.display().to_string();
     let mut sink = match a.output {
         ReplayOutput::Incidents => ReplaySink::Incidents(JsonLines(out)),
-        ReplayOutput::Cef | ReplayOutput::Json => {
-            let format = if a.output == ReplayOutput::Cef {
-                Format::Cef
-            } else {
-                Format::Json
+        ReplayOutput::Cef | ReplayOutput::Json | ReplayOutput::Ocsf => {
+            let format = match a.output {
+                ReplayOutput::Cef => Format::Cef,
+                ReplayOutput::Ocsf => Format::Ocsf,
+                _ => Format::Json,
             };
             let f = Formatter::new(format, &guardian_id);
             ReplaySink::Records(RecordLines::new(out, f, &guardian_id, &source))

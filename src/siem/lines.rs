@@ -1,8 +1,8 @@
-//! `guardian replay --output cef|json`: the records the SIEM sinks would send, one per line.
+//! `guardian replay --output cef|json|ocsf`: the records the SIEM sinks would send, one per line.
 
 use std::io::{self, Write};
 
-use super::{CefFormatter, DeadLetter, EcsFormatter, Record};
+use super::{CefFormatter, DeadLetter, EcsFormatter, OcsfFormatter, Record};
 use crate::control::Command;
 use crate::event::DecodeError;
 use crate::response::{Action, Incident};
@@ -16,6 +16,8 @@ pub enum Format {
     Cef,
     /// ECS JSON.
     Json,
+    /// OCSF JSON (schema [`super::OCSF_VERSION`]).
+    Ocsf,
 }
 
 /// Formats one record in either format.
@@ -25,6 +27,8 @@ pub enum Formatter {
     Cef(CefFormatter),
     /// ECS JSON lines.
     Json(EcsFormatter),
+    /// OCSF JSON lines.
+    Ocsf(OcsfFormatter),
 }
 
 impl Formatter {
@@ -33,6 +37,7 @@ impl Formatter {
         match format {
             Format::Cef => Formatter::Cef(CefFormatter::new(host)),
             Format::Json => Formatter::Json(EcsFormatter::new(host)),
+            Format::Ocsf => Formatter::Ocsf(OcsfFormatter::new(host)),
         }
     }
 
@@ -41,6 +46,7 @@ impl Formatter {
         match self {
             Formatter::Cef(f) => f.line(r),
             Formatter::Json(f) => f.line(r),
+            Formatter::Ocsf(f) => f.line(r),
         }
     }
 }
@@ -104,5 +110,30 @@ impl<W: Write> RecordLines<W> {
             bytes,
         };
         self.write(&Record::DeadLetter(&d))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_format_is_named_in_configuration_and_gives_its_records() {
+        #[derive(serde::Deserialize)]
+        struct Sink {
+            format: Format,
+        }
+        let i =
+            crate::siem::cef::tests::incident(crate::response::IncidentType::OffHours, "a", "t");
+        for (name, starts) in [
+            ("cef", "CEF:0|"),
+            ("json", "{\"@timestamp\""),
+            ("ocsf", "{\"activity_id\":1"),
+        ] {
+            let s: Sink = toml::from_str(&format!("format = {name:?}")).expect(name);
+            let line = Formatter::new(s.format, "h").line(&Record::Incident(&i));
+            assert!(line.starts_with(starts), "{name}: {line}");
+        }
+        assert!(toml::from_str::<Sink>("format = \"leef\"").is_err());
     }
 }

@@ -1,4 +1,4 @@
-//! SIEM outputs: CEF and ECS JSON records of incidents, commands and dead letters, sent over
+//! SIEM outputs: CEF, ECS JSON and OCSF records of incidents, commands and dead letters, sent over
 //! syslog (TCP, UDP, TLS), to files, stdout or Kafka, through a persistent spool per sink.
 //!
 //! Layer: uses `control`, `response`, `event`, `kafka`, `secret`; never the daemon or the
@@ -9,6 +9,7 @@ pub mod cef;
 pub mod ecs;
 pub mod email;
 pub mod lines;
+pub mod ocsf;
 pub mod record;
 pub mod settings;
 pub mod sink;
@@ -20,6 +21,7 @@ pub use cef::CefFormatter;
 pub use ecs::EcsFormatter;
 pub use email::EmailConfig;
 pub use lines::{Format, Formatter, RecordLines};
+pub use ocsf::{OcsfFormatter, OCSF_VERSION};
 pub use record::{DeadLetter, PostureSummary, Record};
 pub use settings::{SinkConfig, SinkType};
 pub use sink::{SiemSinks, SinkStatus};

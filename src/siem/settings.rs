@@ -33,7 +33,7 @@ pub struct SinkConfig {
     /// `syslog`, `file`, `stdout` or `kafka`.
     #[serde(rename = "type")]
     pub kind: SinkType,
-    /// `cef` (default) or `json` (ECS).
+    /// `cef` (default), `json` (ECS) or `ocsf`.
     #[serde(default)]
     pub format: Format,
     /// Records below this CEF severity (0–10) are not sent; default 0 (everything).
