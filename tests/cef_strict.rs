@@ -4,6 +4,9 @@
 //! value types and the standard's lengths, and a label for every custom field.
 
 use std::collections::BTreeSet;
+
+#[path = "support/fleet.rs"]
+mod fleet;
 use std::process::Command;
 
 /// Splits the header on unescaped pipes; only `\\` and `\|` are valid escapes there.
@@ -191,32 +194,8 @@ fn the_checker_rejects_what_it_must() {
 #[test]
 fn replay_output_cef_over_a_generated_fleet_passes_a_strict_cef_check() {
     let dir = tempfile::tempdir().unwrap();
-    let events = dir.path().join("events.jsonl");
+    let events = fleet::hostile_fleet(dir.path());
     let bin = env!("CARGO_BIN_EXE_guardian");
-    let st = Command::new(bin)
-        .args([
-            "simulate", "--agents", "400", "--days", "28", "--seed", "11", "-o",
-        ])
-        .arg(&events)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    // Hostile and malformed lines too.
-    let mut extra = String::new();
-    for (agent, tool) in [("a|b=c\\d", "t\nx"), ("代理 =", "=|\\")] {
-        extra.push_str(
-            &serde_json::json!({"event_id": "x", "timestamp": "2026-03-03T02:00:00Z",
-                "request_id": "r", "agent_id": agent, "tool_name": tool, "outcome": "ALLOW",
-                "reasons": [], "safe_payload": {}})
-            .to_string(),
-        );
-        extra.push('\n');
-    }
-    extra.push_str("{\"not\": \"an event\"}\nnot json at all\n");
-    let mut all = std::fs::read(&events).unwrap();
-    all.extend_from_slice(extra.as_bytes());
-    std::fs::write(&events, all).unwrap();
-    let assign = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/assignment.json");
     let out = Command::new(bin)
         .args([
             "replay",
@@ -226,7 +205,7 @@ fn replay_output_cef_over_a_generated_fleet_passes_a_strict_cef_check() {
             "--guardian-id",
             "g|=1",
             "--assign",
-            assign,
+            fleet::ASSIGNMENT,
         ])
         .arg(&events)
         .output()

@@ -8,6 +8,9 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+#[path = "support/fleet.rs"]
+mod fleet;
+
 const VALIDATOR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/support/ocsf_validate.py"
@@ -93,32 +96,17 @@ fn the_validator_refuses_what_it_must() {
 #[test]
 fn replay_output_ocsf_over_a_generated_fleet_validates_with_no_error() {
     let dir = tempfile::tempdir().expect("dir");
-    let events = dir.path().join("events.jsonl");
+    let events = fleet::hostile_fleet(dir.path());
     let bin = env!("CARGO_BIN_EXE_guardian");
-    let st = Command::new(bin)
-        .args([
-            "simulate", "--agents", "400", "--days", "28", "--seed", "11", "-o",
-        ])
-        .arg(&events)
-        .status()
-        .expect("simulate");
-    assert!(st.success());
-    let mut all = std::fs::read(&events).expect("read");
-    for (agent, tool) in [("a|b=c\\d", "t\nx\u{1}"), ("代理 \"=", "=|\\")] {
-        all.extend_from_slice(
-            serde_json::json!({"event_id": "x", "timestamp": "2026-03-03T02:00:00Z",
-                "request_id": "r", "agent_id": agent, "tool_name": tool, "outcome": "ALLOW",
-                "reasons": [], "safe_payload": {}})
-            .to_string()
-            .as_bytes(),
-        );
-        all.push(b'\n');
-    }
-    all.extend_from_slice(b"{\"not\": \"an event\"}\nnot json at all\n");
-    std::fs::write(&events, all).expect("write");
-    let assign = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/assignment.json");
     let out = Command::new(bin)
-        .args(["replay", "-q", "--output", "ocsf", "--assign", assign])
+        .args([
+            "replay",
+            "-q",
+            "--output",
+            "ocsf",
+            "--assign",
+            fleet::ASSIGNMENT,
+        ])
         .arg(&events)
         .output()
         .expect("replay");

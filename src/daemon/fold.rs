@@ -807,6 +807,22 @@ mod tests {
         f
     }
 
+    /// Partition 0 of `store`, assigned with its stored state, as after a restart.
+    fn restored(store: &Store) -> Vec<Assignment> {
+        let (next, state) = store
+            .load_partition("audit", 0)
+            .expect("load")
+            .expect("stored");
+        vec![Assignment {
+            topic: 0,
+            partition: 0,
+            start: next,
+            quiet_below: 0,
+            state: Some(state),
+            gap: None,
+        }]
+    }
+
     fn record(partition: i32, offset: i64, payload: &[u8]) -> Record {
         Record {
             topic: 0,
@@ -1186,20 +1202,6 @@ mod tests {
             .write(first.checkpoint(T0).expect("checkpoint").batch)
             .expect("write");
         drop(first);
-        let restored = |store: &Store| {
-            let (next, state) = store
-                .load_partition("audit", 0)
-                .expect("load")
-                .expect("stored");
-            vec![Assignment {
-                topic: 0,
-                partition: 0,
-                start: next,
-                quiet_below: 0,
-                state: Some(state),
-                gap: None,
-            }]
-        };
 
         let mut second = fold();
         let kill = Command::manual(Verb::Kill, "b", "stopped", NOW - 1_000, "op")
@@ -1302,24 +1304,10 @@ mod tests {
         store.write(cp.batch).expect("write");
         drop(first);
 
-        let (next, state) = store
-            .load_partition("audit", 0)
-            .expect("load")
-            .expect("stored");
-        assert_eq!(next, 3);
+        let stored = restored(&store);
+        assert_eq!(stored[0].start, 3);
         let mut second = fold();
-        second.assign(
-            vec![Assignment {
-                topic: 0,
-                partition: 0,
-                start: next,
-                quiet_below: 0,
-                state: Some(state),
-                gap: None,
-            }],
-            T0,
-            &mut Vec::new(),
-        );
+        second.assign(stored, T0, &mut Vec::new());
         let mut got = Vec::new();
         // The broker hands the whole log again: what the state holds is skipped.
         second.audit(&recs, NOW, &mut got).expect("fold");
