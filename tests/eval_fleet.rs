@@ -82,6 +82,113 @@ fn auc(scores: &[(bool, f64)]) -> f64 {
     wins / (pos.len() * neg.len()).max(1) as f64
 }
 
+/// Replays the JSON lines of `input` with the blueprints `set`, scores the incidents against
+/// `labels` with the fleet's own `score.py`, and ranks the agents by posture risk: the score
+/// (`score.py --json`) and the ranking AUC.
+fn score(
+    dir: &Path,
+    label: &str,
+    labels: &Path,
+    set: &Arc<BlueprintSet>,
+    input: impl std::io::Read,
+    tmp: &Path,
+) -> (Value, f64) {
+    let decoder = Decoder::new(&set.decoder_options()).unwrap();
+    let mut engine = Engine::new(set.clone());
+    let incidents = tmp.join(format!("{label}.incidents.jsonl"));
+    let mut sink = JsonLines(std::io::BufWriter::new(
+        std::fs::File::create(&incidents).unwrap(),
+    ));
+    let summary = replay::run(
+        &mut engine,
+        &decoder,
+        BufReader::with_capacity(1 << 20, input),
+        &mut sink,
+        |_, _| {},
+        None,
+    )
+    .unwrap();
+    drop(sink);
+    eprintln!("{label}: {}", summary.render());
+
+    let score_json = tmp.join(format!("{label}.score.json"));
+    let table = run(Command::new("python3")
+        .arg(dir.join("score.py"))
+        .arg(labels)
+        .arg(&incidents)
+        .arg("--json")
+        .arg(&score_json));
+    eprintln!("{table}");
+    let s: Value = serde_json::from_str(&std::fs::read_to_string(&score_json).unwrap()).unwrap();
+
+    // Ranking: attacked agents above clean ones, by risk as of the end of the fleet.
+    let attacked: std::collections::BTreeSet<String> = std::fs::read_to_string(labels)
+        .unwrap()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l["expect"] == "alert")
+        .filter_map(|l| l["agent_id"].as_str().map(str::to_string))
+        .collect();
+    let states: Vec<_> = engine.agents().cloned().collect();
+    let posture = agent_guardian::posture::posture(&states, set, &PostureSettings::default(), &[]);
+    let ranking: Vec<(bool, f64)> = posture
+        .agents
+        .iter()
+        .map(|a| (attacked.contains(&a.agent_id), f64::from(a.risk)))
+        .collect();
+    let ranking_auc = auc(&ranking);
+    eprintln!(
+        "{label}: ranking AUC {ranking_auc:.3}; fleet risk {} ({})",
+        posture.fleet.score,
+        posture.fleet.level.as_str()
+    );
+    (s, ranking_auc)
+}
+
+/// What keeps a score below the bar.
+fn problems(s: &Value, ranking_auc: f64) -> Vec<String> {
+    let o = &s["overall"];
+    let num = |v: &Value| v.as_f64().unwrap_or(0.0);
+    let mut problems = Vec::new();
+    if num(&o["precision"]) < MIN_PRECISION {
+        problems.push(format!("precision {}", o["precision"]));
+    }
+    if num(&o["recall"]) < MIN_RECALL {
+        problems.push(format!("recall {}", o["recall"]));
+    }
+    for (t, r) in s["per_type"].as_object().unwrap() {
+        if r["labels"].as_u64().unwrap_or(0) > 0 && num(&r["recall"]) < MIN_TYPE_RECALL {
+            problems.push(format!("{t} recall {}", r["recall"]));
+        }
+    }
+    if o["nc_violated"].as_u64().unwrap_or(u64::MAX) > MAX_CONTROLS_FLAGGED {
+        problems.push(format!("{} negative controls flagged", o["nc_violated"]));
+    }
+    if s["auto_kill"]["wrongful_agents"].as_u64() != Some(0) {
+        problems.push(format!(
+            "{} wrongful kills",
+            s["auto_kill"]["wrongful_agents"]
+        ));
+    }
+    if ranking_auc < MIN_RANKING_AUC {
+        problems.push(format!("ranking AUC {ranking_auc:.3}"));
+    }
+    problems
+}
+
+/// `zstd -dc data`, its output piped.
+fn decompress(data: &Path) -> std::process::Child {
+    Command::new("zstd")
+        .args(["-d", "-q", "--long=27", "-c"])
+        .arg(data)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("zstd (scripts/packages.sh installs it)")
+}
+
+/// Holds the bar on each labelled fleet, and again on the same fleet rewritten in AgentShield's
+/// shape (`scripts/to-agentshield.py`: tool entries that name only their session and user,
+/// several agents per user), where attribution through sessions must give the same detection.
 #[test]
 fn detection_on_the_shared_labelled_fleet_holds_the_bar() {
     let dir = eval_dir();
@@ -112,96 +219,34 @@ fn detection_on_the_shared_labelled_fleet_holds_the_bar() {
             )
             .expect("the owner's configuration loads"),
         );
-        let decoder = Decoder::new(&set.decoder_options()).unwrap();
-        let mut engine = Engine::new(set.clone());
-        let mut zstd = Command::new("zstd")
-            .args(["-d", "-q", "--long=27", "-c"])
-            .arg(&data)
+
+        let mut zstd = decompress(&data);
+        let stdout = zstd.stdout.take().expect("piped");
+        let (spm, spm_auc) = score(&dir, &name, &labels, &set, stdout, tmp.path());
+        assert!(zstd.wait().unwrap().success());
+        let p = problems(&spm, spm_auc);
+        assert!(p.is_empty(), "{name} below the bar: {}", p.join(", "));
+
+        let mut zstd = decompress(&data);
+        let mut shape = Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/to-agentshield.py"))
+            .stdin(Stdio::from(zstd.stdout.take().expect("piped")))
             .stdout(Stdio::piped())
             .spawn()
-            .expect("zstd (scripts/packages.sh installs it)");
-        let stdout = zstd.stdout.take().expect("piped");
-        let incidents = tmp.path().join("incidents.jsonl");
-        let mut sink = JsonLines(std::io::BufWriter::new(
-            std::fs::File::create(&incidents).unwrap(),
-        ));
-        let summary = replay::run(
-            &mut engine,
-            &decoder,
-            BufReader::with_capacity(1 << 20, stdout),
-            &mut sink,
-            |_, _| {},
-            None,
-        )
-        .unwrap();
-        assert!(zstd.wait().unwrap().success());
-        drop(sink);
-        eprintln!("{name}: {}", summary.render());
-
-        let score_json = tmp.path().join("score.json");
-        let table = run(Command::new("python3")
-            .arg(dir.join("score.py"))
-            .arg(&labels)
-            .arg(&incidents)
-            .arg("--json")
-            .arg(&score_json));
-        eprintln!("{table}");
-        let s: Value =
-            serde_json::from_str(&std::fs::read_to_string(&score_json).unwrap()).unwrap();
-        let o = &s["overall"];
-        let num = |v: &Value| v.as_f64().unwrap_or(0.0);
-
-        // Ranking: attacked agents above clean ones, by risk as of the end of the fleet.
-        let attacked: std::collections::BTreeSet<String> = std::fs::read_to_string(&labels)
-            .unwrap()
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .filter(|l| l["expect"] == "alert")
-            .filter_map(|l| l["agent_id"].as_str().map(str::to_string))
-            .collect();
-        let states: Vec<_> = engine.agents().cloned().collect();
-        let posture =
-            agent_guardian::posture::posture(&states, &set, &PostureSettings::default(), &[]);
-        let ranking: Vec<(bool, f64)> = posture
-            .agents
-            .iter()
-            .map(|a| (attacked.contains(&a.agent_id), f64::from(a.risk)))
-            .collect();
-        let ranking_auc = auc(&ranking);
-        eprintln!(
-            "{name}: ranking AUC {ranking_auc:.3}; fleet risk {} ({})",
-            posture.fleet.score,
-            posture.fleet.level.as_str()
+            .expect("python3");
+        let stdout = shape.stdout.take().expect("piped");
+        let label = format!("{name} as AgentShield");
+        let (shield, shield_auc) = score(&dir, &label, &labels, &set, stdout, tmp.path());
+        assert!(zstd.wait().unwrap().success() && shape.wait().unwrap().success());
+        let p = problems(&shield, shield_auc);
+        assert!(p.is_empty(), "{label} below the bar: {}", p.join(", "));
+        assert_eq!(
+            shield["overall"], spm["overall"],
+            "{label}: another detection"
         );
-
-        let mut problems = Vec::new();
-        if num(&o["precision"]) < MIN_PRECISION {
-            problems.push(format!("precision {}", o["precision"]));
-        }
-        if num(&o["recall"]) < MIN_RECALL {
-            problems.push(format!("recall {}", o["recall"]));
-        }
-        for (t, r) in s["per_type"].as_object().unwrap() {
-            if r["labels"].as_u64().unwrap_or(0) > 0 && num(&r["recall"]) < MIN_TYPE_RECALL {
-                problems.push(format!("{t} recall {}", r["recall"]));
-            }
-        }
-        if o["nc_violated"].as_u64().unwrap_or(u64::MAX) > MAX_CONTROLS_FLAGGED {
-            problems.push(format!("{} negative controls flagged", o["nc_violated"]));
-        }
-        if s["auto_kill"]["wrongful_agents"].as_u64() != Some(0) {
-            problems.push(format!(
-                "{} wrongful kills",
-                s["auto_kill"]["wrongful_agents"]
-            ));
-        }
-        if ranking_auc < MIN_RANKING_AUC {
-            problems.push(format!("ranking AUC {ranking_auc:.3}"));
-        }
-        assert!(
-            problems.is_empty(),
-            "{name} below the bar: {}",
-            problems.join(", ")
+        assert_eq!(
+            shield["per_type"], spm["per_type"],
+            "{label}: another detection"
         );
     }
 }
