@@ -108,8 +108,8 @@ pub enum Rejection {
     /// Issued further ahead of the reader's clock than allowed.
     #[error("issued at {0}, ahead of the clock")]
     FromTheFuture(String),
-    /// A command of an earlier format (without expiry and key id).
-    #[error("command format {0} is no longer accepted (format {FORMAT} signs an expiry and a key id); issue it again")]
+    /// A command of another format than this build's (format 1 has no expiry and no key id).
+    #[error("command format {0} is not accepted: this version reads format {FORMAT}, which signs an expiry and a key id; issue it again")]
     OldFormat(u32),
     /// Signed with a key this reader does not hold (bounded prefix of the id).
     #[error("signed with unknown key id {0:?}")]
@@ -296,7 +296,9 @@ impl Command {
     /// Parses and verifies a control-topic payload (see [`Command::verify`]).
     pub fn parse_verified<K: AsRef<[u8]>>(payload: &[u8], keys: &[K]) -> Result<Command, Rejected> {
         let c: Command = serde_json::from_slice(payload).map_err(|e| Rejected {
-            why: Rejection::Malformed(e.to_string()),
+            // The parser may quote the input (an unknown field's name): bounded, as every output
+            // derived from input.
+            why: Rejection::Malformed(crate::event::bounded(e.to_string())),
             agent_id: None,
         })?;
         match c.verify(keys) {
@@ -418,6 +420,24 @@ mod tests {
             Command::parse_verified(&extra, &[KEY]).map_err(|r| r.why),
             Err(Rejection::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn a_rejection_quoting_the_input_is_bounded() {
+        let c = Command::manual(Verb::Kill, "a", "r", 1, "ops")
+            .sign(KEY)
+            .unwrap();
+        let mut v = serde_json::to_value(&c).unwrap();
+        v[&"k".repeat(100_000)] = "x".into();
+        let why = Command::parse_verified(&serde_json::to_vec(&v).unwrap(), &[KEY])
+            .unwrap_err()
+            .why
+            .to_string();
+        assert!(
+            why.len() < 300 && why.ends_with("bytes)"),
+            "{} bytes",
+            why.len()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserializer as _;
 
-use super::error::DecodeError;
+use super::error::{bounded, DecodeError};
 use super::model::{AgentSource, AuditEvent, EntryKind, Format, Outcome};
 use super::scan;
 use super::timestamp::{parse_rfc3339_ms, MAX_TIMESTAMP_MS};
@@ -404,7 +404,7 @@ impl Decoder {
         .map_err(|e| match dup.take() {
             Some(key) => DecodeError::DuplicateKey { key },
             None => DecodeError::NotJson {
-                reason: e.to_string(),
+                reason: bounded(e.to_string()),
             },
         })
     }
@@ -831,6 +831,19 @@ impl<'de> Visitor<'de> for Skip {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_parser_message_quoting_the_input_is_bounded() {
+        let big = format!("\"{}\"", "x".repeat(100_000));
+        let e = Decoder::default().decode(big.as_bytes()).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, DecodeError::NotJson { .. }), "{text}");
+        assert!(
+            text.len() < 300 && text.ends_with("bytes)"),
+            "{} bytes",
+            text.len()
+        );
+    }
 
     const SPM: &str = r#"{"event_id":"e1","timestamp":"2026-03-02T14:00:00.250Z","request_id":"r1",
         "agent_id":"fin-pay-1","tool_name":"trigger_payment","outcome":"ALLOW",

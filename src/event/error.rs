@@ -75,3 +75,21 @@ impl DecodeError {
         }
     }
 }
+
+/// A message cut to 200 bytes at a character boundary, saying so (`… (N bytes)`): a parser's
+/// message may quote the input (`invalid type: string "…"`), and what reaches dead-letter
+/// headers, incidents and SIEM records stays bounded whatever the input.
+pub fn bounded(mut s: String) -> String {
+    const KEPT: usize = 200;
+    if s.len() <= KEPT {
+        return s;
+    }
+    let size = s.len();
+    let mut end = KEPT;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(&format!("… ({size} bytes)"));
+    s
+}

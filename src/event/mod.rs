@@ -10,6 +10,6 @@ mod timestamp;
 
 pub(crate) use decode::parse_pointer;
 pub use decode::{Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER};
-pub use error::DecodeError;
+pub use error::{bounded, DecodeError};
 pub use model::{tool_hash, AgentSource, AuditEvent, EntryKind, Format, Outcome};
 pub use timestamp::{format_rfc3339_ms, parse_rfc3339_ms, rfc3339_serde, MAX_TIMESTAMP_MS};
