@@ -84,6 +84,9 @@ pub struct Config {
     pub volume_pointer: String,
     /// Largest accepted event in bytes.
     pub max_event_bytes: usize,
+    /// How OpenTelemetry spans are read (`[otlp]`): the attributes naming the agent, the
+    /// `service.name` fallback, the data volume's attribute.
+    pub otlp: crate::event::OtlpOptions,
     /// How far ahead of the daemon's clock an event's time may be (e.g. "5m"); later events are
     /// dead-lettered as `future_timestamp`, so one forged time cannot blind an agent's windows.
     pub max_future: String,
@@ -125,6 +128,7 @@ impl Default for Config {
             command_ttl: "24h".into(),
             volume_pointer: crate::event::DEFAULT_VOLUME_POINTER.into(),
             max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
+            otlp: crate::event::OtlpOptions::default(),
             max_future: "5m".into(),
             checkpoint_interval: "1s".into(),
             checkpoint_events: 50_000,
@@ -458,6 +462,22 @@ impl Config {
             ..Default::default()
         }) {
             errors.push(format!("volume_pointer: {e}"));
+        }
+        let o = &self.otlp;
+        if o.agent_attributes.iter().any(|a| a.trim().is_empty()) {
+            errors.push("otlp.agent_attributes: an attribute name is empty".into());
+        }
+        if o.agent_attributes.is_empty() && !o.service_name_fallback {
+            errors.push(
+                "otlp: no agent_attributes and no service_name_fallback: spans could name no agent but their trace's"
+                    .into(),
+            );
+        }
+        if o.volume_attribute
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            errors.push("otlp.volume_attribute: empty".into());
         }
         let blueprints = match crate::blueprint::BlueprintSet::load(
             self.blueprints_dir.as_deref(),

@@ -159,38 +159,50 @@ pub fn run(
             break;
         }
         let mut batch = Vec::with_capacity(lines.len());
+        // The events of one line: one, or the spans of an OTLP request.
+        let mut events = Vec::with_capacity(1);
         for &(start, end, no, cut) in &lines {
             let line = text[start..end].trim_ascii();
             if line.is_empty() && cut.is_none() {
                 continue;
             }
             sum.lines += 1;
+            // One event per line, or a batch of spans (an OTLP/JSON request).
             let decoded = match cut {
                 // Longer than any event may be: only its first bytes were kept.
                 Some(size) => Err(DecodeError::Oversized {
                     size,
                     max: max_line,
                 }),
-                None => decoder.decode(line),
+                None => decoder.decode_into(line, &mut events),
             };
             match decoded {
-                Ok(mut ev) => {
-                    let how = engine.resolve(&mut ev);
-                    if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
-                        sum.entries[i] += 1;
+                Ok(skipped) => {
+                    // Spans that are neither tool calls nor agent bindings.
+                    if let Some(i) = Resolution::ALL
+                        .iter()
+                        .position(|r| *r == Resolution::Skipped)
+                    {
+                        sum.entries[i] += skipped;
                     }
-                    if !how.is_tool_call() {
-                        continue;
-                    }
-                    let d = ev.ts_ms.div_euclid(DAY_MS);
-                    if d > day {
-                        if day != i64::MIN {
-                            flush(engine, &mut batch, &mut out, sink, &mut sum)?;
-                            sink.new_day(engine, d * DAY_MS)?;
+                    for mut ev in events.drain(..) {
+                        let how = engine.resolve(&mut ev);
+                        if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
+                            sum.entries[i] += 1;
                         }
-                        day = d;
+                        if !how.is_tool_call() {
+                            continue;
+                        }
+                        let d = ev.ts_ms.div_euclid(DAY_MS);
+                        if d > day {
+                            if day != i64::MIN {
+                                flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+                                sink.new_day(engine, d * DAY_MS)?;
+                            }
+                            day = d;
+                        }
+                        batch.push(ev);
                     }
-                    batch.push(ev);
                 }
                 Err(e) => {
                     flush(engine, &mut batch, &mut out, sink, &mut sum)?;

@@ -77,7 +77,7 @@ pub struct Metrics {
 }
 
 /// The kinds of malformed events, as labels.
-pub const BAD_EVENT_KINDS: [&str; 7] = [
+pub const BAD_EVENT_KINDS: [&str; 8] = [
     "oversized",
     "not_json",
     "missing_field",
@@ -85,6 +85,7 @@ pub const BAD_EVENT_KINDS: [&str; 7] = [
     "invalid_value",
     "duplicate_key",
     "future_timestamp",
+    "not_protobuf",
 ];
 
 impl Default for Metrics {

@@ -452,3 +452,216 @@ fn agentshield_sessions_survive_a_restart_and_attribute_tool_entries_to_their_ag
     assert_eq!(store.find_agent("fin-shield-b").unwrap()[0].1.events, 3);
     assert!(store.find_agent(user).unwrap().is_empty());
 }
+
+/// The calls of two agents: a burst of `fin-otlp-a`, a few calls of `fin-otlp-b`.
+fn otlp_calls() -> Vec<(&'static str, u64, i64)> {
+    let mut calls: Vec<(&str, u64, i64)> = (0..40)
+        .map(|i| ("fin-otlp-a", i, T0 + 60_000 + i as i64 * 500))
+        .collect();
+    calls.extend((0..3).map(|i| ("fin-otlp-b", i, T0 + 60_000 + i as i64 * 10_000)));
+    calls.sort_by_key(|c| c.2);
+    calls
+}
+
+/// A trace id per agent (16 bytes).
+fn trace_of(agent: &str) -> Vec<u8> {
+    let mut t = [0u8; 16];
+    for (i, b) in agent.bytes().enumerate() {
+        t[i % 16] ^= b;
+    }
+    t[15] ^= 0x5a;
+    t.to_vec()
+}
+
+/// An OTLP span as (trace, span id, start ms, attributes).
+type OtlpSpan = (Vec<u8>, Vec<u8>, i64, Vec<(&'static str, String)>);
+
+fn tool_span(agent: &str, n: u64, ts: i64) -> OtlpSpan {
+    let mut id = trace_of(agent)[..6].to_vec();
+    id.extend((n as u16).to_be_bytes());
+    (
+        trace_of(agent),
+        id,
+        ts,
+        vec![
+            ("gen_ai.operation.name", "execute_tool".into()),
+            ("gen_ai.tool.name", "read_ledger".into()),
+        ],
+    )
+}
+
+fn agent_span(agent: &str, ts: i64) -> OtlpSpan {
+    (
+        trace_of(agent),
+        trace_of(agent)[8..].to_vec(),
+        ts,
+        vec![
+            ("gen_ai.operation.name", "invoke_agent".into()),
+            ("gen_ai.agent.id", agent.into()),
+        ],
+    )
+}
+
+fn chat_span(agent: &str, ts: i64) -> OtlpSpan {
+    (
+        trace_of(agent),
+        vec![7; 8],
+        ts,
+        vec![("gen_ai.operation.name", "chat".into())],
+    )
+}
+
+fn otlp_proto(spans: &[OtlpSpan]) -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "agents-platform"),
+                    kv("deployment.environment.name", "prod"),
+                ],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: spans
+                    .iter()
+                    .map(|(trace, id, ts, attrs)| Span {
+                        trace_id: trace.clone(),
+                        span_id: id.clone(),
+                        name: "span".into(),
+                        start_time_unix_nano: *ts as u64 * 1_000_000,
+                        end_time_unix_nano: (*ts as u64 + 1) * 1_000_000,
+                        attributes: attrs.iter().map(|(k, v)| kv(k, v)).collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+fn otlp_json(spans: &[OtlpSpan]) -> Vec<u8> {
+    let kv = |k: &str, v: &str| serde_json::json!({"key": k, "value": {"stringValue": v}});
+    let spans: Vec<_> = spans
+        .iter()
+        .map(|(trace, id, ts, attrs)| {
+            serde_json::json!({"traceId": hex::encode(trace), "spanId": hex::encode(id), "name": "span",
+                "kind": 1, "startTimeUnixNano": (*ts as u64 * 1_000_000).to_string(),
+                "endTimeUnixNano": ((*ts as u64 + 1) * 1_000_000).to_string(),
+                "attributes": attrs.iter().map(|(k, v)| kv(k, v)).collect::<Vec<_>>()})
+        })
+        .collect();
+    serde_json::json!({"resourceSpans": [{"resource": {"attributes": [kv("service.name", "agents-platform"),
+        kv("deployment.environment.name", "prod")]}, "scopeSpans": [{"scope": {"name": "agent-sdk"}, "spans": spans}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// An incident as (agent, kind, time, tool): what two forms of the same calls must agree on.
+type IncidentKey = (String, String, i64, String);
+
+/// The daemon's incidents (agent, kind, time, tool) after each phase of messages was consumed,
+/// with a restart between phases; `records[i]` is the number of events and skipped spans of
+/// phase `i`.
+fn incidents_of_phases(
+    phases: &[Vec<(Option<String>, Vec<u8>)>],
+    records: &[u64],
+) -> (Vec<IncidentKey>, [u64; 5]) {
+    let (_c, k) = cluster();
+    let dir = tempfile::tempdir().unwrap();
+    let mut seen = [0u64; 5];
+    for (msgs, n) in phases.iter().zip(records) {
+        let d = start(&k, dir.path());
+        produce(&k, "audit", msgs);
+        let total = |m: &Metrics| {
+            m.identity
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .sum::<u64>()
+        };
+        wait(&d.metrics, "every record", |m| total(m) == *n);
+        for (s, c) in seen.iter_mut().zip(&d.metrics.identity) {
+            *s += c.load(Ordering::Relaxed);
+        }
+        assert_eq!(d.metrics.bad_events.load(Ordering::Relaxed), 0);
+        stop(d);
+    }
+    let mut got: Vec<_> = incidents(&k)
+        .into_iter()
+        .map(|i| (i.agent_id, i.kind.as_str().to_string(), i.at, i.tool_name))
+        .collect();
+    got.sort();
+    (got, seen)
+}
+
+#[test]
+fn otlp_spans_in_protobuf_and_json_give_the_incidents_of_the_same_calls_as_agent_spm() {
+    let calls = otlp_calls();
+    let spm: Vec<_> = calls
+        .iter()
+        .map(|(a, n, ts)| {
+            let l = line(a, *n, *ts, "read_ledger");
+            (Some(a.to_string()), l.into_bytes())
+        })
+        .collect();
+    let (want, _) = incidents_of_phases(&[spm], &[calls.len() as u64]);
+    assert!(
+        want.iter()
+            .any(|i| i.0 == "fin-otlp-a" && i.1 == IncidentType::FrequencySpike.as_str()),
+        "{want:?}"
+    );
+
+    // Protobuf: the agent spans in one request, then a restart, then the tool spans (and a
+    // chat span, skipped) in requests of 8: the checkpointed traces name their agents.
+    let agents = ["fin-otlp-a", "fin-otlp-b"];
+    let bind: Vec<_> = agents.iter().map(|a| agent_span(a, T0)).collect();
+    let mut spans: Vec<_> = calls
+        .iter()
+        .map(|(a, n, ts)| tool_span(a, *n, *ts))
+        .collect();
+    spans.push(chat_span("fin-otlp-b", T0 + 61_000));
+    let requests = |encode: fn(&[OtlpSpan]) -> Vec<u8>,
+                    spans: &[OtlpSpan],
+                    size: usize|
+     -> Vec<(Option<String>, Vec<u8>)> {
+        spans
+            .chunks(size)
+            .map(|c| (Some("traces".to_string()), encode(c)))
+            .collect()
+    };
+    let (got, seen) = incidents_of_phases(
+        &[
+            requests(otlp_proto, &bind, 8),
+            requests(otlp_proto, &spans, 8),
+        ],
+        &[2, spans.len() as u64],
+    );
+    assert_eq!(got, want, "protobuf");
+    assert_eq!(
+        seen,
+        [0, calls.len() as u64, 0, 2, 1],
+        "resolved through the stored traces"
+    );
+
+    // JSON: each agent span after its trace's calls in one request (it ends last).
+    let mut one = spans.clone();
+    one.extend(bind);
+    let (got, seen) =
+        incidents_of_phases(&[requests(otlp_json, &one, one.len())], &[one.len() as u64]);
+    assert_eq!(got, want, "JSON");
+    assert_eq!(seen[2], 0, "none unresolved");
+}

@@ -129,6 +129,61 @@ fn feed(
     }
 }
 
+/// A protobuf OTLP request with an agent span, two tool spans and a chat span.
+fn otlp_request() -> Vec<u8> {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+    let kv = |k: &str, v: &str| KeyValue {
+        key: k.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(v.into())),
+        }),
+        ..Default::default()
+    };
+    let span = |id: u8, attrs: Vec<KeyValue>| Span {
+        trace_id: vec![9; 16],
+        span_id: vec![id; 8],
+        name: "s".into(),
+        start_time_unix_nano: 1_772_550_000_000_000_000 + u64::from(id) * 1_000_000,
+        attributes: attrs,
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "svc")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![
+                    span(
+                        1,
+                        vec![
+                            kv("gen_ai.operation.name", "execute_tool"),
+                            kv("gen_ai.tool.name", "a"),
+                        ],
+                    ),
+                    span(2, vec![kv("mcp.method.name", "tools/call")]),
+                    span(3, vec![kv("gen_ai.operation.name", "chat")]),
+                    span(
+                        4,
+                        vec![
+                            kv("gen_ai.operation.name", "invoke_agent"),
+                            kv("gen_ai.agent.id", "x"),
+                        ],
+                    ),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
 proptest! {
     // PROPTEST_CASES=N runs longer (a fuzzing session); the default keeps CI short.
     #![proptest_config(ProptestConfig {
@@ -203,6 +258,49 @@ proptest! {
         }
         let doc = json!({"eventId": agent, "timestamp": ts, "agentId": v, "sessionId": bytes});
         let _ = Decoder::default().decode(&serde_json::to_vec(&doc).expect("serialises"));
+    }
+
+    #[test]
+    fn otlp_decoder_never_panics_and_adds_nothing_on_error(bytes in proptest::collection::vec(any::<u8>(), 0..600), v in json_value()) {
+        let d = Decoder::default();
+        let mut out = Vec::new();
+        // Arbitrary bytes, also as a protobuf request would start.
+        let mut proto = vec![0x0a];
+        proto.extend(&bytes);
+        for payload in [&bytes, &proto] {
+            if d.decode_into(payload, &mut out).is_err() {
+                prop_assert!(out.is_empty());
+            }
+            out.clear();
+        }
+        for doc in [
+            json!({"resourceSpans": v.clone()}),
+            json!({"resourceSpans": [{"resource": v.clone(), "scopeSpans": [{"spans": [v.clone()]}]}]}),
+            json!({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "t", "spanId": "s", "startTimeUnixNano": v.clone(),
+                "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": "execute_tool"}}, {"key": "gen_ai.tool.name", "value": v.clone()}]}]}]}]}),
+        ] {
+            let payload = serde_json::to_vec(&doc).expect("json");
+            let mut out = Vec::new();
+            if d.decode_into(&payload, &mut out).is_err() {
+                prop_assert!(out.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn a_protobuf_request_changed_anywhere_decodes_or_is_refused_never_panics(at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+        let good = otlp_request();
+        let mut bad = good.clone();
+        let i = at.index(bad.len());
+        bad[i] = byte;
+        let d = Decoder::default();
+        let mut out = Vec::new();
+        for payload in [&bad[..], &good[..cut.index(good.len())]] {
+            if d.decode_into(payload, &mut out).is_err() {
+                prop_assert!(out.is_empty());
+            }
+            out.clear();
+        }
     }
 
     #[test]

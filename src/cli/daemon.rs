@@ -193,6 +193,7 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         .context("no audit topic")?;
     let decoder = Decoder::new(&DecoderOptions {
         volume_pointer: cfg.config.volume_pointer.clone(),
+        otlp: cfg.config.otlp.clone(),
         ..Default::default()
     })?;
     // librdkafka gives up on a message after `message.timeout.ms`: the command's own deadline,
@@ -221,8 +222,12 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
         if line.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let key = match decoder.decode(&line) {
-            Ok(ev) => Some(ev.partition_key().as_bytes().to_vec()),
+        // An OTLP request is one message, keyed as its first span.
+        let mut events = Vec::with_capacity(1);
+        let key = match decoder.decode_into(&line, &mut events) {
+            Ok(_) => events
+                .first()
+                .map(|ev| ev.partition_key().as_bytes().to_vec()),
             Err(e) => {
                 say!(
                     "line {}: {e} (sent unkeyed; the daemon dead-letters it)",

@@ -27,7 +27,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::blueprint::{Assignment, BlueprintSet, LoadError};
 use crate::engine::Engine;
-use crate::event::{Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER};
+use crate::event::{
+    Decoder, DecoderOptions, OtlpOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER,
+};
 use crate::replay::{self, JsonLines};
 use crate::siem::{Format, Formatter, RecordLines};
 use crate::simulate::{evaluate, SimConfig, Simulation};
@@ -88,6 +90,13 @@ struct ReplayArgs {
     /// Largest accepted event in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_EVENT_BYTES)]
     max_event_bytes: usize,
+    /// OpenTelemetry spans: an attribute naming the agent, the first present wins (repeat it;
+    /// default gen_ai.agent.id, then gen_ai.agent.name).
+    #[arg(long = "otlp-agent-attribute", value_name = "ATTRIBUTE")]
+    otlp_agent_attributes: Vec<String>,
+    /// OpenTelemetry spans: the attribute holding a call's data volume in bytes (none by default).
+    #[arg(long, value_name = "ATTRIBUTE")]
+    otlp_volume_attribute: Option<String>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -285,6 +294,15 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let decoder = Decoder::new(&DecoderOptions {
         volume_pointer: a.volume_pointer.clone(),
         max_event_bytes: a.max_event_bytes,
+        otlp: OtlpOptions {
+            agent_attributes: if a.otlp_agent_attributes.is_empty() {
+                OtlpOptions::default().agent_attributes
+            } else {
+                a.otlp_agent_attributes.clone()
+            },
+            volume_attribute: a.otlp_volume_attribute.clone(),
+            ..OtlpOptions::default()
+        },
         ..set.decoder_options()
     })?;
     let (input, len): (Box<dyn BufRead>, Option<u64>) = if a.events.as_os_str() == "-" {

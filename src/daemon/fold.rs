@@ -66,6 +66,7 @@ impl FoldSettings {
             decoder: DecoderOptions {
                 volume_pointer: c.volume_pointer.clone(),
                 max_event_bytes: c.max_event_bytes,
+                otlp: c.otlp.clone(),
                 ..cfg.blueprints.decoder_options()
             },
             max_future_ms: i64::try_from(cfg.max_future.as_millis()).unwrap_or(i64::MAX),
@@ -364,30 +365,46 @@ impl Fold {
                 self.metrics.event_age.observe(age as f64 / 1000.0);
             }
             let payload = r.payload.as_deref().unwrap_or_default();
-            let decoded = self.decoder.decode(payload).and_then(|ev| {
-                if ev.ts_ms > limit {
-                    return Err(DecodeError::FutureTimestamp {
-                        at: crate::event::format_rfc3339_ms(ev.ts_ms),
-                        now: crate::event::format_rfc3339_ms(now),
-                        allowed: humantime::format_duration(std::time::Duration::from_millis(
-                            self.settings.max_future_ms.max(0) as u64,
-                        ))
-                        .to_string(),
-                    });
-                }
-                Ok(ev)
-            });
+            // One event, or the spans of an OTLP request: all of them or none.
+            let before = events.len();
+            let decoded = self
+                .decoder
+                .decode_into(payload, &mut events)
+                .and_then(|skipped| {
+                    if let Some(ev) = events[before..].iter().find(|e| e.ts_ms > limit) {
+                        let err = DecodeError::FutureTimestamp {
+                            at: crate::event::format_rfc3339_ms(ev.ts_ms),
+                            now: crate::event::format_rfc3339_ms(now),
+                            allowed: humantime::format_duration(std::time::Duration::from_millis(
+                                self.settings.max_future_ms.max(0) as u64,
+                            ))
+                            .to_string(),
+                        };
+                        events.truncate(before);
+                        return Err(err);
+                    }
+                    Ok(skipped)
+                });
             match decoded {
-                Ok(mut ev) => {
-                    let how = part.engine.resolve(&mut ev);
-                    if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
-                        self.metrics.identity[i].fetch_add(1, Ordering::Relaxed);
-                    }
+                Ok(skipped) => {
+                    let count = |how: Resolution, n: u64| {
+                        if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
+                            self.metrics.identity[i].fetch_add(n, Ordering::Relaxed);
+                        }
+                    };
+                    count(Resolution::Skipped, skipped);
                     // Session bindings and other entries that are not tool calls are learnt
-                    // from or skipped (counted above), not processed.
-                    if how.is_tool_call() {
-                        events.push(ev);
+                    // from or skipped (counted), not processed.
+                    let mut keep = before;
+                    for i in before..events.len() {
+                        let how = part.engine.resolve(&mut events[i]);
+                        count(how, 1);
+                        if how.is_tool_call() {
+                            events.swap(keep, i);
+                            keep += 1;
+                        }
                     }
+                    events.truncate(keep);
                 }
                 Err(e) => {
                     self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);

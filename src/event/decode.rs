@@ -14,6 +14,7 @@ use serde::Deserializer as _;
 
 use super::error::{bounded, DecodeError};
 use super::model::{AgentSource, AuditEvent, EntryKind, Format, Outcome};
+use super::otlp::{self, OtlpOptions};
 use super::scan;
 use super::timestamp::{parse_rfc3339_ms, MAX_TIMESTAMP_MS};
 
@@ -48,6 +49,8 @@ pub struct DecoderOptions {
     pub group_pointer: Option<String>,
     /// Largest accepted payload in bytes (default 1 MiB).
     pub max_event_bytes: usize,
+    /// How OpenTelemetry spans are read.
+    pub otlp: OtlpOptions,
 }
 
 impl Default for DecoderOptions {
@@ -56,6 +59,7 @@ impl Default for DecoderOptions {
             volume_pointer: DEFAULT_VOLUME_POINTER.to_string(),
             group_pointer: None,
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
+            otlp: OtlpOptions::default(),
         }
     }
 }
@@ -299,6 +303,7 @@ pub struct Decoder {
     volume_pointer: String,
     group_pointer: String,
     max_event_bytes: usize,
+    otlp: OtlpOptions,
 }
 
 impl Default for Decoder {
@@ -348,7 +353,33 @@ impl Decoder {
             volume_pointer: opts.volume_pointer.clone(),
             group_pointer,
             max_event_bytes: opts.max_event_bytes,
+            otlp: opts.otlp.clone(),
         })
+    }
+
+    /// Decodes one message, appending its events to `out`: one event (Agent-SPM, AgentShield),
+    /// or the tool-call and agent spans of an OTLP request (JSON or protobuf, told apart by
+    /// their first bytes). Returns the number of spans skipped (neither); on error nothing is
+    /// appended.
+    pub fn decode_into<'a>(
+        &self,
+        payload: &'a [u8],
+        out: &mut Vec<AuditEvent<'a>>,
+    ) -> Result<u64, DecodeError> {
+        if payload.len() > self.max_event_bytes {
+            return Err(DecodeError::Oversized {
+                size: payload.len(),
+                max: self.max_event_bytes,
+            });
+        }
+        if otlp::is_otlp_json(payload) {
+            otlp::decode_json(payload, &self.otlp, out)
+        } else if otlp::is_otlp_proto(payload) {
+            otlp::decode_proto(payload, &self.otlp, out)
+        } else {
+            out.push(self.decode(payload)?);
+            Ok(0)
+        }
     }
 
     /// The largest payload it decodes, in bytes.

@@ -51,6 +51,12 @@ pub enum DecodeError {
         /// The allowance, e.g. "5m".
         allowed: String,
     },
+    /// A binary message that is not a protobuf OTLP `ExportTraceServiceRequest`.
+    #[error("not an OTLP protobuf request: {reason}")]
+    NotProtobuf {
+        /// prost's description.
+        reason: String,
+    },
     /// A field has the right type but an unusable value.
     #[error("field {field} is invalid: {reason}")]
     InvalidValue {
@@ -72,6 +78,7 @@ impl DecodeError {
             DecodeError::InvalidValue { .. } => "invalid_value",
             DecodeError::DuplicateKey { .. } => "duplicate_key",
             DecodeError::FutureTimestamp { .. } => "future_timestamp",
+            DecodeError::NotProtobuf { .. } => "not_protobuf",
         }
     }
 }

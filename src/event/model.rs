@@ -12,6 +12,8 @@ pub enum Format {
     AgentSpm,
     /// AgentShield MCP security-runtime audit entry (camelCase fields, epoch-ms timestamp).
     AgentShield,
+    /// An OpenTelemetry span (OTLP), one of a batch (see [`super::otlp`]).
+    Otlp,
 }
 
 /// Decision recorded by Agent-SPM for a tool call.
@@ -106,6 +108,8 @@ pub enum AgentSource {
     User,
     /// AgentShield's `sessionId`, for want of an agent or a user.
     Session,
+    /// An OpenTelemetry resource's `service.name`, for want of an agent on the span or its trace.
+    Service,
 }
 
 /// One audit event: one tool call (or one runtime audit entry) of one agent.
@@ -144,7 +148,8 @@ pub struct AuditEvent<'a> {
 impl AuditEvent<'_> {
     /// The Kafka key that keeps the records of one agent together: the agent id, except for
     /// AgentShield entries, whose tool calls do not name their agent: the user (else the
-    /// session), so a session's binding and its calls reach the same partition.
+    /// session), so a session's binding and its calls reach the same partition; and for spans
+    /// whose agent is not known (not named, not in their request): their trace.
     pub fn partition_key(&self) -> &str {
         match self.format {
             Format::AgentSpm => &self.agent_id,
@@ -153,6 +158,10 @@ impl AuditEvent<'_> {
                 .as_deref()
                 .or(self.session.as_deref())
                 .unwrap_or(&self.agent_id),
+            Format::Otlp if self.agent_source != AgentSource::Named => {
+                self.session.as_deref().unwrap_or(&self.agent_id)
+            }
+            Format::Otlp => &self.agent_id,
         }
     }
 }
