@@ -6,11 +6,8 @@
 //! Run by `scripts/test.sh` (which starts Tansu); skipped without it unless
 //! `GUARDIAN_REQUIRE_E2E` is set.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use agent_guardian::control::{Command, Verb};
 use agent_guardian::daemon::sink::KafkaSink;
@@ -20,115 +17,8 @@ use agent_guardian::event::format_rfc3339_ms;
 mod tansu;
 use tansu::*;
 
-const TOKEN: &str = "hostile-test-token-0123456789";
-
 fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
-/// A running `guardian run`, its admin API port and its log file.
-struct Daemon {
-    child: Child,
-    port: u16,
-    log: std::path::PathBuf,
-}
-
-impl Daemon {
-    fn start(cfg: &Path, port: u16, log: &Path) -> Daemon {
-        let file = std::fs::File::create(log).expect("log file");
-        let child = guardian()
-            .args(["run", "--config"])
-            .arg(cfg)
-            .env("E2E_GUARDIAN_KEY", KEY)
-            .env("E2E_API_TOKEN", TOKEN)
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .expect("guardian run");
-        Daemon {
-            child,
-            port,
-            log: log.to_path_buf(),
-        }
-    }
-
-    fn alive(&mut self) {
-        if let Some(s) = self.child.try_wait().expect("wait") {
-            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-            panic!("the daemon exited ({s}):\n{log}");
-        }
-    }
-
-    /// `GET path` on the admin API: status and body; 0 when it does not answer yet.
-    fn get(&self, path: &str) -> (u16, String) {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return (0, String::new());
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-        );
-        let mut raw = Vec::new();
-        if s.write_all(req.as_bytes()).is_err() || s.read_to_end(&mut raw).is_err() {
-            return (0, String::new());
-        }
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        (status, body.to_string())
-    }
-
-    /// The value of the sample `name` (with its labels, as written in the exposition), 0 if
-    /// absent.
-    fn metric(&self, sample: &str) -> f64 {
-        let (_, body) = self.get("/metrics");
-        body.lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Waits (at most 90 s) until `ok`, failing if the daemon exits meanwhile.
-    fn until(&mut self, what: &str, mut ok: impl FnMut(&Daemon) -> bool) {
-        let t = Instant::now();
-        loop {
-            self.alive();
-            if ok(self) {
-                return;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(90),
-                "timed out waiting for {what}; metrics:\n{}",
-                self.get("/metrics").1
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn stop(mut self) {
-        self.alive();
-        let s = sigterm(&mut self.child);
-        assert!(s.success(), "exit {s}");
-    }
-
-    fn kill_9(mut self) {
-        self.child.kill().expect("SIGKILL");
-        let _ = self.child.wait();
-    }
-}
-
-fn api_section(port: u16) -> String {
-    format!("[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = {{ env = \"E2E_API_TOKEN\" }}\n")
 }
 
 /// A writer onto the topics that may send large messages (as an attacker's client would).
