@@ -663,5 +663,9 @@ fn otlp_spans_in_protobuf_and_json_give_the_incidents_of_the_same_calls_as_agent
     let (got, seen) =
         incidents_of_phases(&[requests(otlp_json, &one, one.len())], &[one.len() as u64]);
     assert_eq!(got, want, "JSON");
-    assert_eq!(seen[2], 0, "none unresolved");
+    assert_eq!(
+        seen,
+        [0, calls.len() as u64, 0, 2, 1],
+        "resolved in the request"
+    );
 }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use agent_guardian::blueprint::BlueprintSet;
 use agent_guardian::engine::Engine;
-use agent_guardian::event::Decoder;
+use agent_guardian::event::{Decoder, DecoderOptions, OtlpOptions};
 use agent_guardian::posture::PostureSettings;
 use agent_guardian::replay::{self, JsonLines};
 use serde_json::Value;
@@ -93,7 +93,17 @@ fn score(
     input: impl std::io::Read,
     tmp: &Path,
 ) -> (Value, f64) {
-    let decoder = Decoder::new(&set.decoder_options()).unwrap();
+    // OTLP requests carry whole traces (`scripts/to-otlp.py`): larger than one event, and the
+    // volume in a span attribute.
+    let decoder = Decoder::new(&DecoderOptions {
+        max_event_bytes: 16 << 20,
+        otlp: OtlpOptions {
+            volume_attribute: Some("app.tool.bytes".into()),
+            ..OtlpOptions::default()
+        },
+        ..set.decoder_options()
+    })
+    .unwrap();
     let mut engine = Engine::new(set.clone());
     let incidents = tmp.join(format!("{label}.incidents.jsonl"));
     let mut sink = JsonLines(std::io::BufWriter::new(
@@ -188,7 +198,9 @@ fn decompress(data: &Path) -> std::process::Child {
 
 /// Holds the bar on each labelled fleet, and again on the same fleet rewritten in AgentShield's
 /// shape (`scripts/to-agentshield.py`: tool entries that name only their session and user,
-/// several agents per user), where attribution through sessions must give the same detection.
+/// several agents per user) and as OpenTelemetry traces (`scripts/to-otlp.py`: OTLP/JSON
+/// requests of whole hour-long traces whose tool spans do not name their agent, the agent span
+/// last), where attribution through sessions and traces must give the same detection.
 #[test]
 fn detection_on_the_shared_labelled_fleet_holds_the_bar() {
     let dir = eval_dir();
@@ -227,27 +239,29 @@ fn detection_on_the_shared_labelled_fleet_holds_the_bar() {
         let p = problems(&spm, spm_auc);
         assert!(p.is_empty(), "{name} below the bar: {}", p.join(", "));
 
-        let mut zstd = decompress(&data);
-        let mut shape = Command::new("python3")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/to-agentshield.py"))
-            .stdin(Stdio::from(zstd.stdout.take().expect("piped")))
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("python3");
-        let stdout = shape.stdout.take().expect("piped");
-        let label = format!("{name} as AgentShield");
-        let (shield, shield_auc) = score(&dir, &label, &labels, &set, stdout, tmp.path());
-        assert!(zstd.wait().unwrap().success() && shape.wait().unwrap().success());
-        let p = problems(&shield, shield_auc);
-        assert!(p.is_empty(), "{label} below the bar: {}", p.join(", "));
-        assert_eq!(
-            shield["overall"], spm["overall"],
-            "{label}: another detection"
-        );
-        assert_eq!(
-            shield["per_type"], spm["per_type"],
-            "{label}: another detection"
-        );
+        for (shape, script) in [
+            ("AgentShield", "scripts/to-agentshield.py"),
+            ("OTLP traces", "scripts/to-otlp.py"),
+        ] {
+            let mut zstd = decompress(&data);
+            let mut rewrite = Command::new("python3")
+                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+                .stdin(Stdio::from(zstd.stdout.take().expect("piped")))
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3");
+            let stdout = rewrite.stdout.take().expect("piped");
+            let label = format!("{name} as {shape}");
+            let (got, got_auc) = score(&dir, &label, &labels, &set, stdout, tmp.path());
+            assert!(zstd.wait().unwrap().success() && rewrite.wait().unwrap().success());
+            let p = problems(&got, got_auc);
+            assert!(p.is_empty(), "{label} below the bar: {}", p.join(", "));
+            assert_eq!(got["overall"], spm["overall"], "{label}: another detection");
+            assert_eq!(
+                got["per_type"], spm["per_type"],
+                "{label}: another detection"
+            );
+        }
     }
 }
 

@@ -160,7 +160,7 @@ impl Collector for Figures {
         labelled(
             &mut e,
             "guardian_audit_entries",
-            "Audit entries by how their agent was found: named by the record, resolved from its session, unresolved (the user or session id stands in), bound (a session binding, not a tool call), skipped (not a tool call).",
+            "Audit entries (OTLP: spans) by how their agent was found: named by the record, resolved from its session or trace, unresolved (the user, session or service stands in), bound (a session binding or agent span, not a tool call), skipped (not a tool call).",
             true,
             &identity,
         )?;

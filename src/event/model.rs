@@ -110,6 +110,8 @@ pub enum AgentSource {
     Session,
     /// An OpenTelemetry resource's `service.name`, for want of an agent on the span or its trace.
     Service,
+    /// The agent of the span's trace, named by an `invoke_agent` span of the same request.
+    Trace,
 }
 
 /// One audit event: one tool call (or one runtime audit entry) of one agent.
@@ -158,7 +160,9 @@ impl AuditEvent<'_> {
                 .as_deref()
                 .or(self.session.as_deref())
                 .unwrap_or(&self.agent_id),
-            Format::Otlp if self.agent_source != AgentSource::Named => {
+            Format::Otlp
+                if !matches!(self.agent_source, AgentSource::Named | AgentSource::Trace) =>
+            {
                 self.session.as_deref().unwrap_or(&self.agent_id)
             }
             Format::Otlp => &self.agent_id,

@@ -406,7 +406,7 @@ fn events_into<'a>(
             let trace = (!span.trace_id.is_empty()).then_some(span.trace_id.as_str());
             let (agent, agent_source) = match (on_span, trace.and_then(|t| traces.get(t))) {
                 (Some(n), _) => (n, AgentSource::Named),
-                (None, Some(n)) => (n.clone(), AgentSource::Named),
+                (None, Some(n)) => (n.clone(), AgentSource::Trace),
                 (None, None) => match (service, trace) {
                     (Some(s), _) if opts.service_name_fallback => {
                         (s.to_string(), AgentSource::Service)
@@ -530,14 +530,14 @@ mod tests {
                 (
                     EntryKind::ToolCall,
                     "planner",
-                    AgentSource::Named,
+                    AgentSource::Trace,
                     "get_weather",
                     1_772_550_001_500
                 ),
                 (
                     EntryKind::ToolCall,
                     "planner",
-                    AgentSource::Named,
+                    AgentSource::Trace,
                     "tools/call search",
                     1_772_550_002_000
                 ),
@@ -587,8 +587,8 @@ mod tests {
             got,
             vec![
                 ("a0", "fin-7", AgentSource::Named),
-                ("b1", "fin-7", AgentSource::Named),
-                ("b2", "fin-7", AgentSource::Named)
+                ("b1", "fin-7", AgentSource::Trace),
+                ("b2", "fin-7", AgentSource::Trace)
             ],
             "in order of start, each with the trace's agent"
         );

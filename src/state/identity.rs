@@ -127,6 +127,11 @@ impl Identities {
     /// session without an agent takes its parent session's); a tool call without an agent gets
     /// its session's agent when known.
     pub fn resolve(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
+        // A span's agent found through its trace in the same request is resolved, not named.
+        let resolved_in_record = ev.agent_source == AgentSource::Trace;
+        if resolved_in_record {
+            ev.agent_source = AgentSource::Named;
+        }
         let named = ev.agent_source == AgentSource::Named;
         match ev.kind {
             EntryKind::SessionBinding => {
@@ -157,7 +162,11 @@ impl Identities {
                         self.touch(s, ev.ts_ms);
                     }
                 }
-                Resolution::Named
+                if resolved_in_record {
+                    Resolution::Resolved
+                } else {
+                    Resolution::Named
+                }
             }
             EntryKind::ToolCall => {
                 let Some(s) = ev.session.as_deref() else {
