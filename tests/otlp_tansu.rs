@@ -1,8 +1,9 @@
 //! OpenTelemetry spans from an independent peer, end to end: a simulated fleet's calls are
 //! traced with the OpenTelemetry Python SDK, encoded by its OTLP exporter's encoder as
-//! `otlp_proto` and as `otlp_json`, produced onto a Tansu broker with confluent-kafka
-//! (`tests/support/otel_peer.py`), and consumed by the real daemon; the same fleet as Agent-SPM
-//! events (`guardian produce`) gives the same incidents.
+//! `otlp_proto` (produced onto a Tansu broker with confluent-kafka) and as `otlp_json` (written to
+//! a file of requests and produced by `guardian produce`), see `tests/support/otel_peer.py`, and
+//! consumed by the real daemon; the same fleet as Agent-SPM events (`guardian produce`) gives the
+//! same incidents.
 //!
 //! Run by `scripts/test.sh` (which starts Tansu and installs the Python packages with
 //! `scripts/python-peers.sh`); skipped without the broker unless `GUARDIAN_REQUIRE_E2E` is set.

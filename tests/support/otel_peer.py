@@ -7,6 +7,8 @@ Each call is one trace: an invoke_agent span naming the agent, ended after its e
 (so exported after it). Messages carry whole traces, up to 64 spans, in the order of the input.
 
 usage: otel_peer.py EVENTS.jsonl BROKERS TOPIC proto|json
+       otel_peer.py EVENTS.jsonl - OUT.jsonl json   (OTLP/JSON requests, one per line, to a file
+                                                     for `guardian produce`, instead of producing)
 prints: "<messages> messages, <spans> spans"
 """
 
@@ -60,7 +62,11 @@ def main():
             providers[env] = p
         return providers[env].get_tracer("agent-sdk")
 
-    producer = Producer({"bootstrap.servers": brokers, "message.max.bytes": 4_000_000})
+    to_file = brokers == "-"
+    if to_file:
+        out = open(topic, "wb")
+    else:
+        producer = Producer({"bootstrap.servers": brokers, "message.max.bytes": 4_000_000})
     messages = spans = 0
 
     def send():
@@ -76,8 +82,11 @@ def main():
             doc = MessageToDict(request, use_integers_for_enums=True)
             hex_ids(doc)
             payload = json.dumps(doc).encode()
-        producer.produce(topic, payload, key=b"fleet")
-        producer.poll(0)
+        if to_file:
+            out.write(payload + b"\n")
+        else:
+            producer.produce(topic, payload, key=b"fleet")
+            producer.poll(0)
         messages += 1
         spans += len(finished)
 
@@ -111,9 +120,12 @@ def main():
             if len(exporter.get_finished_spans()) >= 64:
                 send()
     send()
-    left = producer.flush(60)
-    if left:
-        sys.exit(f"{left} messages not delivered")
+    if to_file:
+        out.close()
+    else:
+        left = producer.flush(60)
+        if left:
+            sys.exit(f"{left} messages not delivered")
     print(f"{messages} messages, {spans} spans")
 
 
