@@ -26,10 +26,13 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt;
 
 use opentelemetry_proto::tonic::collector::trace::v1 as collector;
 use opentelemetry_proto::tonic::common::v1 as common;
 use prost::Message;
+
+use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::error::{bounded, DecodeError};
@@ -62,47 +65,50 @@ impl Default for OtlpOptions {
     }
 }
 
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Request {
-    #[serde(default)]
-    resource_spans: Vec<ResourceSpans>,
-}
+// The request's strings borrow from a JSON payload where they have no escapes (`Cow`), so a
+// span's ids, tool and agent reach its event without a copy.
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct ResourceSpans {
-    #[serde(default)]
-    resource: Option<Attributes>,
-    #[serde(default)]
-    scope_spans: Vec<ScopeSpans>,
-}
-
-#[derive(Deserialize, Default)]
-struct Attributes {
-    #[serde(default)]
-    attributes: Vec<KeyValue>,
-}
-
-#[derive(Deserialize, Default)]
-struct ScopeSpans {
-    #[serde(default)]
-    spans: Vec<Span>,
+struct Request<'a> {
+    #[serde(default, borrow)]
+    resource_spans: Vec<ResourceSpans<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct Span {
+struct ResourceSpans<'a> {
+    #[serde(default, borrow)]
+    resource: Option<Attributes<'a>>,
+    #[serde(default, borrow)]
+    scope_spans: Vec<ScopeSpans<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Attributes<'a> {
+    #[serde(default, borrow)]
+    attributes: Vec<KeyValue<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+struct ScopeSpans<'a> {
+    #[serde(default, borrow)]
+    spans: Vec<Span<'a>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Span<'a> {
+    #[serde(default, borrow)]
+    trace_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    span_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    name: Cow<'a, str>,
     #[serde(default)]
-    trace_id: String,
-    #[serde(default)]
-    span_id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default, deserialize_with = "int64")]
-    start_time_unix_nano: Option<u64>,
-    #[serde(default)]
-    attributes: Vec<KeyValue>,
+    start_time_unix_nano: Option<Int64>,
+    #[serde(default, borrow)]
+    attributes: Vec<KeyValue<'a>>,
     #[serde(default)]
     status: Option<Status>,
 }
@@ -110,64 +116,103 @@ struct Span {
 #[derive(Deserialize, Default)]
 struct Status {
     /// 0 unset, 1 ok, 2 error (or the enum's name).
-    #[serde(default, deserialize_with = "status_code")]
-    code: i32,
+    #[serde(default)]
+    code: StatusCode,
 }
 
 #[derive(Deserialize)]
-struct KeyValue {
-    key: String,
-    #[serde(default)]
-    value: AnyValue,
+struct KeyValue<'a> {
+    #[serde(borrow)]
+    key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    value: AnyValue<'a>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct AnyValue {
+struct AnyValue<'a> {
+    #[serde(default, borrow)]
+    string_value: Option<Text<'a>>,
     #[serde(default)]
-    string_value: Option<String>,
-    #[serde(default, deserialize_with = "int64")]
-    int_value: Option<u64>,
+    int_value: Option<Int64>,
     #[serde(default)]
     double_value: Option<f64>,
 }
 
-/// A number or a string of digits, as OTLP/JSON writes 64-bit integers.
+/// A string that borrows from the payload when it can (serde borrows a `Cow` only outside an
+/// `Option`).
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum Int {
-    Num(u64),
-    Str(String),
-}
+struct Text<'a>(#[serde(borrow)] Cow<'a, str>);
 
 /// An OTLP/JSON 64-bit integer: a string of digits, or a JSON number (negative ones are
-/// refused: no attribute read here may be negative).
-fn int64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    match Option::<Int>::deserialize(d)? {
-        None => Ok(None),
-        Some(Int::Num(n)) => Ok(Some(n)),
-        Some(Int::Str(s)) => s.parse().map(Some).map_err(|_| {
-            serde::de::Error::custom(format!(
-                "{} is not an unsigned 64-bit integer",
-                bounded(format!("{s:?}"))
-            ))
-        }),
+/// refused: no value read here may be negative).
+#[derive(Debug, Clone, Copy, Default)]
+struct Int64(u64);
+
+impl<'de> Deserialize<'de> for Int64 {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Int64;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an unsigned 64-bit integer, or one as a string of digits")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Int64, E> {
+                Ok(Int64(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Int64, E> {
+                u64::try_from(v)
+                    .map(Int64)
+                    .map_err(|_| E::custom(format!("{v} is negative")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Int64, E> {
+                s.parse().map(Int64).map_err(|_| {
+                    E::custom(format!(
+                        "{} is not an unsigned 64-bit integer",
+                        bounded(format!("{s:?}"))
+                    ))
+                })
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
 /// A span status code: its number, or the enum's name (`STATUS_CODE_ERROR`).
-fn status_code<'de, D: Deserializer<'de>>(d: D) -> Result<i32, D::Error> {
-    match Int::deserialize(d)? {
-        Int::Num(n) => i32::try_from(n).map_err(|_| serde::de::Error::custom("status code")),
-        Int::Str(s) => match s.as_str() {
-            "STATUS_CODE_UNSET" => Ok(0),
-            "STATUS_CODE_OK" => Ok(1),
-            "STATUS_CODE_ERROR" => Ok(2),
-            _ => Err(serde::de::Error::custom(format!(
-                "{} is not a status code",
-                bounded(format!("{s:?}"))
-            ))),
-        },
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct StatusCode(i32);
+
+impl<'de> Deserialize<'de> for StatusCode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = StatusCode;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a status code: 0, 1, 2 or its name")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StatusCode, E> {
+                i32::try_from(v)
+                    .map(StatusCode)
+                    .map_err(|_| E::custom(format!("{v} is not a status code")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StatusCode, E> {
+                i32::try_from(v)
+                    .map(StatusCode)
+                    .map_err(|_| E::custom(format!("{v} is not a status code")))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<StatusCode, E> {
+                match s {
+                    "STATUS_CODE_UNSET" => Ok(StatusCode(0)),
+                    "STATUS_CODE_OK" => Ok(StatusCode(1)),
+                    "STATUS_CODE_ERROR" => Ok(StatusCode(2)),
+                    _ => Err(E::custom(format!(
+                        "{} is not a status code",
+                        bounded(format!("{s:?}"))
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(V)
     }
 }
 
@@ -185,12 +230,19 @@ pub fn is_otlp_proto(payload: &[u8]) -> bool {
     payload.first() == Some(&0x0A) && !payload.trim_ascii_start().starts_with(b"{")
 }
 
-fn attr<'s>(attrs: &'s [KeyValue], key: &str) -> Option<&'s str> {
+/// The non-empty string value of attribute `key`.
+fn attr<'s, 'a>(attrs: &'s [KeyValue<'a>], key: &str) -> Option<&'s Cow<'a, str>> {
     attrs
         .iter()
         .find(|kv| kv.key == key)
-        .and_then(|kv| kv.value.string_value.as_deref())
+        .and_then(|kv| kv.value.string_value.as_ref())
+        .map(|t| &t.0)
         .filter(|v| !v.is_empty())
+}
+
+/// Whether attribute `key` has the string value `value`.
+fn attr_is(attrs: &[KeyValue<'_>], key: &str, value: &str) -> bool {
+    attr(attrs, key).is_some_and(|v| v == value)
 }
 
 fn checked(field: &str, v: &str) -> Result<(), DecodeError> {
@@ -207,14 +259,14 @@ fn checked(field: &str, v: &str) -> Result<(), DecodeError> {
 /// binding, appended to `out`; returns the number of other spans (skipped). All or nothing: a
 /// request with one bad span adds no event.
 pub fn decode_json<'a>(
-    payload: &[u8],
+    payload: &'a [u8],
     opts: &OtlpOptions,
     out: &mut Vec<AuditEvent<'a>>,
 ) -> Result<u64, DecodeError> {
-    let req: Request = serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson {
+    let req: Request<'a> = serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson {
         reason: bounded(e.to_string()),
     })?;
-    events(req, opts, out)
+    events(&req, opts, out)
 }
 
 /// Decodes a protobuf OTLP request (`ExportTraceServiceRequest`) as [`decode_json`] does.
@@ -228,25 +280,30 @@ pub fn decode_proto<'a>(
             reason: bounded(e.to_string()),
         }
     })?;
-    events(from_proto(req), opts, out)
+    events(&from_proto(req), opts, out)
 }
 
 /// The protobuf request in the JSON request's terms (ids as lower-case hex).
-fn from_proto(req: collector::ExportTraceServiceRequest) -> Request {
-    fn attributes(kvs: Vec<common::KeyValue>) -> Vec<KeyValue> {
+fn from_proto(req: collector::ExportTraceServiceRequest) -> Request<'static> {
+    fn attributes(kvs: Vec<common::KeyValue>) -> Vec<KeyValue<'static>> {
         kvs.into_iter()
             .map(|kv| {
                 let mut value = AnyValue::default();
                 match kv.value.and_then(|v| v.value) {
-                    Some(common::any_value::Value::StringValue(s)) => value.string_value = Some(s),
+                    Some(common::any_value::Value::StringValue(s)) => {
+                        value.string_value = Some(Text(Cow::Owned(s)))
+                    }
                     // A negative integer is no volume: kept out, as in JSON.
                     Some(common::any_value::Value::IntValue(i)) => {
-                        value.int_value = u64::try_from(i).ok()
+                        value.int_value = u64::try_from(i).ok().map(Int64)
                     }
                     Some(common::any_value::Value::DoubleValue(d)) => value.double_value = Some(d),
                     _ => {}
                 }
-                KeyValue { key: kv.key, value }
+                KeyValue {
+                    key: Cow::Owned(kv.key),
+                    value,
+                }
             })
             .collect()
     }
@@ -266,13 +323,15 @@ fn from_proto(req: collector::ExportTraceServiceRequest) -> Request {
                             .spans
                             .into_iter()
                             .map(|s| Span {
-                                trace_id: hex::encode(&s.trace_id),
-                                span_id: hex::encode(&s.span_id),
-                                name: s.name,
+                                trace_id: Cow::Owned(hex::encode(&s.trace_id)),
+                                span_id: Cow::Owned(hex::encode(&s.span_id)),
+                                name: Cow::Owned(s.name),
                                 start_time_unix_nano: (s.start_time_unix_nano != 0)
-                                    .then_some(s.start_time_unix_nano),
+                                    .then_some(Int64(s.start_time_unix_nano)),
                                 attributes: attributes(s.attributes),
-                                status: s.status.map(|st| Status { code: st.code }),
+                                status: s.status.map(|st| Status {
+                                    code: StatusCode(st.code),
+                                }),
                             })
                             .collect(),
                     })
@@ -283,15 +342,15 @@ fn from_proto(req: collector::ExportTraceServiceRequest) -> Request {
 }
 
 /// The tool a span calls, if it is a tool call.
-fn tool_of(span: &Span) -> Option<&str> {
+fn tool_of<'s, 'a>(span: &'s Span<'a>) -> Option<&'s Cow<'a, str>> {
     let a = &span.attributes;
-    if attr(a, "gen_ai.operation.name") == Some("execute_tool")
-        || attr(a, "mcp.method.name") == Some("tools/call")
+    if attr_is(a, "gen_ai.operation.name", "execute_tool")
+        || attr_is(a, "mcp.method.name", "tools/call")
     {
         Some(attr(a, "gen_ai.tool.name").unwrap_or(&span.name))
-    } else if attr(a, "openinference.span.kind") == Some("TOOL") {
+    } else if attr_is(a, "openinference.span.kind", "TOOL") {
         Some(attr(a, "tool.name").unwrap_or(&span.name))
-    } else if attr(a, "traceloop.span.kind") == Some("tool") {
+    } else if attr_is(a, "traceloop.span.kind", "tool") {
         Some(attr(a, "traceloop.entity.name").unwrap_or(&span.name))
     } else {
         None
@@ -299,12 +358,15 @@ fn tool_of(span: &Span) -> Option<&str> {
 }
 
 /// The outcome a span's status and error attributes give.
-fn outcome_of(span: &Span) -> Outcome {
+fn outcome_of(span: &Span<'_>) -> Outcome {
     let a = &span.attributes;
     let error_type = attr(a, "error.type");
-    let failed = span.status.as_ref().is_some_and(|s| s.code == 2)
+    let failed = span
+        .status
+        .as_ref()
+        .is_some_and(|s| s.code == StatusCode(2))
         || error_type.is_some()
-        || attr(a, "otel.status_code") == Some("ERROR");
+        || attr_is(a, "otel.status_code", "ERROR");
     match error_type {
         _ if !failed => Outcome::Allow,
         Some(t) if t.to_ascii_lowercase().contains("timeout") => Outcome::Timeout,
@@ -313,7 +375,7 @@ fn outcome_of(span: &Span) -> Outcome {
 }
 
 /// The data volume in the configured attribute, if present and a number.
-fn volume_of(span: &Span, opts: &OtlpOptions) -> Result<Option<f64>, DecodeError> {
+fn volume_of(span: &Span<'_>, opts: &OtlpOptions) -> Result<Option<f64>, DecodeError> {
     let Some(key) = opts.volume_attribute.as_deref() else {
         return Ok(None);
     };
@@ -321,10 +383,10 @@ fn volume_of(span: &Span, opts: &OtlpOptions) -> Result<Option<f64>, DecodeError
         return Ok(None);
     };
     let v = &kv.value;
-    let n = match (v.int_value, v.double_value, v.string_value.as_deref()) {
-        (Some(i), _, _) => i as f64,
+    let n = match (v.int_value, v.double_value, v.string_value.as_ref()) {
+        (Some(Int64(i)), _, _) => i as f64,
         (None, Some(d), _) => d,
-        (None, None, Some(s)) => s.parse::<f64>().map_err(|_| DecodeError::InvalidValue {
+        (None, None, Some(Text(s))) => s.parse::<f64>().map_err(|_| DecodeError::InvalidValue {
             field: key.to_string(),
             reason: format!("{} is not a number", bounded(format!("{s:?}"))),
         })?,
@@ -340,7 +402,7 @@ fn volume_of(span: &Span, opts: &OtlpOptions) -> Result<Option<f64>, DecodeError
 }
 
 fn events<'a>(
-    req: Request,
+    req: &Request<'a>,
     opts: &OtlpOptions,
     out: &mut Vec<AuditEvent<'a>>,
 ) -> Result<u64, DecodeError> {
@@ -354,26 +416,26 @@ fn events<'a>(
 }
 
 fn events_into<'a>(
-    req: Request,
+    req: &Request<'a>,
     opts: &OtlpOptions,
     out: &mut Vec<AuditEvent<'a>>,
 ) -> Result<u64, DecodeError> {
-    let named = |span: &Span| -> Option<String> {
+    let named = |span: &Span<'a>| -> Option<Cow<'a, str>> {
         opts.agent_attributes
             .iter()
             .find_map(|k| attr(&span.attributes, k))
-            .map(str::to_string)
+            .cloned()
     };
     // The agents of the request's own traces: an `invoke_agent` span ends, and so is exported,
     // after its tool calls.
-    let mut traces: HashMap<&str, String> = HashMap::new();
+    let mut traces: HashMap<&str, Cow<'a, str>> = HashMap::new();
     for span in req
         .resource_spans
         .iter()
         .flat_map(|rs| &rs.scope_spans)
         .flat_map(|ss| &ss.spans)
     {
-        if attr(&span.attributes, "gen_ai.operation.name") == Some("invoke_agent")
+        if attr_is(&span.attributes, "gen_ai.operation.name", "invoke_agent")
             && !span.trace_id.is_empty()
         {
             if let Some(agent) = named(span) {
@@ -393,25 +455,27 @@ fn events_into<'a>(
             .or_else(|| attr(resource, "deployment.environment"));
         for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
             let tool = tool_of(span);
-            let op = attr(&span.attributes, "gen_ai.operation.name");
             let on_span = named(span);
-            let kind = match (tool, op, &on_span) {
-                (Some(_), _, _) => EntryKind::ToolCall,
-                (None, Some("invoke_agent"), Some(_)) => EntryKind::SessionBinding,
+            let kind = match (tool, &on_span) {
+                (Some(_), _) => EntryKind::ToolCall,
+                (None, Some(_))
+                    if attr_is(&span.attributes, "gen_ai.operation.name", "invoke_agent") =>
+                {
+                    EntryKind::SessionBinding
+                }
                 _ => {
                     skipped += 1;
                     continue;
                 }
             };
-            let trace = (!span.trace_id.is_empty()).then_some(span.trace_id.as_str());
-            let (agent, agent_source) = match (on_span, trace.and_then(|t| traces.get(t))) {
+            let trace = (!span.trace_id.is_empty()).then_some(&span.trace_id);
+            let (agent, agent_source) = match (on_span, trace.and_then(|t| traces.get(t.as_ref())))
+            {
                 (Some(n), _) => (n, AgentSource::Named),
                 (None, Some(n)) => (n.clone(), AgentSource::Trace),
                 (None, None) => match (service, trace) {
-                    (Some(s), _) if opts.service_name_fallback => {
-                        (s.to_string(), AgentSource::Service)
-                    }
-                    (_, Some(t)) => (t.to_string(), AgentSource::Session),
+                    (Some(s), _) if opts.service_name_fallback => (s.clone(), AgentSource::Service),
+                    (_, Some(t)) => (t.clone(), AgentSource::Session),
                     (_, None) => {
                         return Err(DecodeError::MissingField {
                             field: "/resourceSpans/*/scopeSpans/*/spans/*/traceId",
@@ -419,7 +483,7 @@ fn events_into<'a>(
                     }
                 },
             };
-            let Some(start) = span.start_time_unix_nano else {
+            let Some(Int64(start)) = span.start_time_unix_nano else {
                 return Err(DecodeError::MissingField {
                     field: "/resourceSpans/*/scopeSpans/*/spans/*/startTimeUnixNano",
                 });
@@ -434,26 +498,26 @@ fn events_into<'a>(
             checked("gen_ai.agent.id", &agent)?;
             checked("traceId", &span.trace_id)?;
             checked("spanId", &span.span_id)?;
-            let tool = tool.unwrap_or_default();
-            checked("gen_ai.tool.name", tool)?;
+            let tool = tool.cloned().unwrap_or_default();
+            checked("gen_ai.tool.name", &tool)?;
             if let Some(e) = environment {
                 checked("deployment.environment.name", e)?;
             }
             let bytes = volume_of(span, opts)?;
             out.push(AuditEvent {
                 format: Format::Otlp,
-                event_id: Cow::Owned(span.span_id.clone()),
+                event_id: span.span_id.clone(),
                 ts_ms,
-                agent_id: Cow::Owned(agent),
-                tool_name: Cow::Owned(tool.to_string()),
+                agent_id: agent,
+                tool_name: tool,
                 outcome: (kind == EntryKind::ToolCall).then(|| outcome_of(span)),
-                environment: environment.map(|e| Cow::Owned(e.to_string())),
+                environment: environment.cloned(),
                 group: None,
                 bytes,
                 kind,
                 agent_source,
                 user: None,
-                session: trace.map(|t| Cow::Owned(t.to_string())),
+                session: trace.cloned(),
                 parent_session: None,
             });
         }
@@ -561,7 +625,7 @@ mod tests {
     }
 
     /// An agent's span ends after its tool calls, so exporters send it after them: in the same
-    /// request it still names them; in a later one, its binding names the trace's next calls.
+    /// request it still names them.
     #[test]
     fn a_trace_takes_its_agent_from_an_agent_span_sent_after_it_or_earlier() {
         let tool = |span: &str, at: &str| {
@@ -592,40 +656,21 @@ mod tests {
             ],
             "in order of start, each with the trace's agent"
         );
-        let mut ids = crate::state::Identities::default();
-        for e in &mut out {
-            ids.resolve(e);
-        }
-        // The next request of the same trace has no agent span.
+        // The next request of the same trace has no agent span: the resource's service stands
+        // in until the session map resolves it (`state::identity`).
+        let later = request(json!([tool("b3", "1772550003000000000")]));
         let mut next = Vec::new();
-        decode_json(
-            &request(json!([tool("b3", "1772550003000000000")])),
-            &OtlpOptions::default(),
-            &mut next,
-        )
-        .expect("decodes");
-        assert_eq!(
-            next[0].agent_id, "travel-svc",
-            "the resource's service, until resolved"
-        );
+        decode_json(&later, &OtlpOptions::default(), &mut next).expect("decodes");
+        assert_eq!(next[0].agent_id, "travel-svc");
         assert_eq!(next[0].agent_source, AgentSource::Service);
-        assert_eq!(
-            ids.resolve(&mut next[0]),
-            crate::state::Resolution::Resolved
-        );
-        assert_eq!(next[0].agent_id, "fin-7");
         // Without the service fallback, an unresolved call keeps its trace id.
         let opts = OtlpOptions {
             service_name_fallback: false,
             ..OtlpOptions::default()
         };
+        let lone = request(json!([tool("c1", "1772550004000000000")]));
         let mut alone = Vec::new();
-        decode_json(
-            &request(json!([tool("c1", "1772550004000000000")])),
-            &opts,
-            &mut alone,
-        )
-        .expect("decodes");
+        decode_json(&lone, &opts, &mut alone).expect("decodes");
         assert_eq!(alone[0].agent_id, "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(alone[0].agent_source, AgentSource::Session);
     }
@@ -682,7 +727,8 @@ mod tests {
         ];
         for (s, outcome, bytes) in cases {
             let mut out = Vec::new();
-            decode_json(&request(json!([s.clone()])), &opts, &mut out).expect("decodes");
+            let payload = request(json!([s.clone()]));
+            decode_json(&payload, &opts, &mut out).expect("decodes");
             assert_eq!((out[0].outcome, out[0].bytes), (outcome, bytes), "{s}");
         }
         for bad in [
@@ -691,11 +737,9 @@ mod tests {
             json!({"doubleValue": -1.0}),
         ] {
             let s = span(vec![json!({"key": "app.bytes", "value": bad})], json!({}));
+            let payload = request(json!([s]));
             let mut out = Vec::new();
-            assert!(
-                decode_json(&request(json!([s])), &opts, &mut out).is_err(),
-                "{bad}"
-            );
+            assert!(decode_json(&payload, &opts, &mut out).is_err(), "{bad}");
             assert!(out.is_empty());
         }
     }

@@ -322,6 +322,53 @@ mod tests {
         assert_eq!(ids.agent_of("c2"), Some("planner"));
     }
 
+    /// An OTLP agent span binds its trace: a span of the trace in a later request, left with
+    /// the resource's service, takes the agent; one attributed in its own request counts as
+    /// resolved.
+    #[test]
+    fn an_otlp_trace_names_the_agent_of_its_spans_in_later_requests() {
+        let span = |id: &str, op: &str, extra: serde_json::Value| {
+            serde_json::json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": id,
+                "name": op, "startTimeUnixNano": "1772550000000000000",
+                "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, extra]})
+        };
+        let request = |spans: serde_json::Value| {
+            serde_json::json!({"resourceSpans": [{"resource": {"attributes": [
+                {"key": "service.name", "value": {"stringValue": "svc"}}]},
+                "scopeSpans": [{"spans": spans}]}]})
+            .to_string()
+        };
+        let agent =
+            serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": "fin-7"}});
+        let tool =
+            serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "read_ledger"}});
+        let first = request(serde_json::json!([
+            span("b1", "execute_tool", tool.clone()),
+            span("a0", "invoke_agent", agent)
+        ]));
+        let later = request(serde_json::json!([span("b2", "execute_tool", tool)]));
+        let d = Decoder::default();
+        let mut ids = Identities::default();
+        let mut events = Vec::new();
+        d.decode_into(first.as_bytes(), &mut events)
+            .expect("decodes");
+        let got: Vec<_> = events.iter_mut().map(|e| ids.resolve(e)).collect();
+        assert_eq!(got, [Resolution::Resolved, Resolution::Bound]);
+        let mut events = Vec::new();
+        d.decode_into(later.as_bytes(), &mut events)
+            .expect("decodes");
+        assert_eq!(events[0].agent_id, "svc");
+        assert_eq!(ids.resolve(&mut events[0]), Resolution::Resolved);
+        assert_eq!(events[0].agent_id, "fin-7");
+        // A trace never bound keeps its fallback.
+        let mut ids = Identities::default();
+        let mut events = Vec::new();
+        d.decode_into(later.as_bytes(), &mut events)
+            .expect("decodes");
+        assert_eq!(ids.resolve(&mut events[0]), Resolution::Unresolved);
+        assert_eq!(events[0].agent_id, "svc");
+    }
+
     #[test]
     fn entries_that_are_not_tool_calls_are_skipped() {
         let mut ids = Identities::default();
