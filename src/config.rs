@@ -671,6 +671,28 @@ mod tests {
     }
 
     #[test]
+    fn otlp_settings_are_read_and_unusable_ones_refused() {
+        let (_d, p) = write(
+            "c.toml",
+            "[kafka]\naudit_topics = [\"otlp_spans\"]\n[otlp]\nagent_attributes = [\"app.agent\"]\nvolume_attribute = \"app.bytes\"\n",
+        );
+        let c = Config::load(&p).unwrap();
+        assert_eq!(c.otlp.agent_attributes, ["app.agent"]);
+        assert_eq!(c.otlp.volume_attribute.as_deref(), Some("app.bytes"));
+        assert!(c.otlp.service_name_fallback, "on unless set");
+        let errors = resolve_errors(
+            "c.toml",
+            "signing_key = \"0123456789abcdef0123\"\n[kafka]\nbrokers = \"x:1\"\naudit_topics = [\"a\"]\n[otlp]\nagent_attributes = []\nservice_name_fallback = false\nvolume_attribute = \" \"\n",
+        )
+        .join("\n");
+        for needle in ["otlp: no agent_attributes", "otlp.volume_attribute: empty"] {
+            assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
+        }
+        let (_d, p) = write("c.toml", "[otlp]\nvolume_atribute = \"x\"\n");
+        assert!(Config::load(&p).is_err(), "a misspelt key is an error");
+    }
+
+    #[test]
     fn the_example_config_parses() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/guardian.toml");
         let c = Config::load(&p).unwrap();
