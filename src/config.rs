@@ -479,6 +479,12 @@ impl Config {
         {
             errors.push("otlp.volume_attribute: empty".into());
         }
+        if o.group_attribute
+            .as_deref()
+            .is_some_and(|a| a.trim().is_empty())
+        {
+            errors.push("otlp.group_attribute: empty".into());
+        }
         let blueprints = match crate::blueprint::BlueprintSet::load(
             self.blueprints_dir.as_deref(),
             self.assignment.as_deref(),
@@ -682,10 +688,14 @@ mod tests {
         assert!(c.otlp.service_name_fallback, "on unless set");
         let errors = resolve_errors(
             "c.toml",
-            "signing_key = \"0123456789abcdef0123\"\n[kafka]\nbrokers = \"x:1\"\naudit_topics = [\"a\"]\n[otlp]\nagent_attributes = []\nservice_name_fallback = false\nvolume_attribute = \" \"\n",
+            "signing_key = \"0123456789abcdef0123\"\n[kafka]\nbrokers = \"x:1\"\naudit_topics = [\"a\"]\n[otlp]\nagent_attributes = []\nservice_name_fallback = false\nvolume_attribute = \" \"\ngroup_attribute = \"\"\n",
         )
         .join("\n");
-        for needle in ["otlp: no agent_attributes", "otlp.volume_attribute: empty"] {
+        for needle in [
+            "otlp: no agent_attributes",
+            "otlp.volume_attribute: empty",
+            "otlp.group_attribute: empty",
+        ] {
             assert!(errors.contains(needle), "{needle} missing in:\n{errors}");
         }
         let (_d, p) = write("c.toml", "[otlp]\nvolume_atribute = \"x\"\n");

@@ -97,6 +97,10 @@ struct ReplayArgs {
     /// OpenTelemetry spans: the attribute holding a call's data volume in bytes (none by default).
     #[arg(long, value_name = "ATTRIBUTE")]
     otlp_volume_attribute: Option<String>,
+    /// OpenTelemetry spans: the span or resource attribute holding the agent's group for the
+    /// assignment rules (none by default).
+    #[arg(long, value_name = "ATTRIBUTE")]
+    otlp_group_attribute: Option<String>,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -301,6 +305,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                 a.otlp_agent_attributes.clone()
             },
             volume_attribute: a.otlp_volume_attribute.clone(),
+            group_attribute: a.otlp_group_attribute.clone(),
             ..OtlpOptions::default()
         },
         ..set.decoder_options()

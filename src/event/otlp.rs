@@ -19,6 +19,8 @@
 //!   unless the span's status is `ERROR` or it has `error.type` (or the older
 //!   `otel.status_code = ERROR`): then `TIMEOUT` when the error type says timeout, else an
 //!   outcome of its own ([`Outcome::Other`]). Volume: [`OtlpOptions::volume_attribute`].
+//!   Group (for blueprint assignment): [`OtlpOptions::group_attribute`], on the span or its
+//!   resource.
 //! - The spans of a request are handed on in order of start time.
 //!
 //! In OTLP/JSON, trace and span ids are hex strings, 64-bit integers are strings (numbers are
@@ -53,6 +55,10 @@ pub struct OtlpOptions {
     pub service_name_fallback: bool,
     /// Span attribute holding the call's data volume in bytes (none by default).
     pub volume_attribute: Option<String>,
+    /// Attribute holding the agent's group for blueprint assignment rules, on the span or its
+    /// resource (none by default; the assignment's `group_field` is a JSON pointer into events
+    /// and does not apply to spans).
+    pub group_attribute: Option<String>,
 }
 
 impl Default for OtlpOptions {
@@ -61,6 +67,7 @@ impl Default for OtlpOptions {
             agent_attributes: vec!["gen_ai.agent.id".into(), "gen_ai.agent.name".into()],
             service_name_fallback: true,
             volume_attribute: None,
+            group_attribute: None,
         }
     }
 }
@@ -504,6 +511,13 @@ fn events_into<'a>(
                 checked("deployment.environment.name", e)?;
             }
             let bytes = volume_of(span, opts)?;
+            let group = opts
+                .group_attribute
+                .as_deref()
+                .and_then(|g| attr(&span.attributes, g).or_else(|| attr(resource, g)));
+            if let Some(g) = group {
+                checked("group", g)?;
+            }
             out.push(AuditEvent {
                 format: Format::Otlp,
                 event_id: span.span_id.clone(),
@@ -512,7 +526,7 @@ fn events_into<'a>(
                 tool_name: tool,
                 outcome: (kind == EntryKind::ToolCall).then(|| outcome_of(span)),
                 environment: environment.cloned(),
-                group: None,
+                group: group.cloned(),
                 bytes,
                 kind,
                 agent_source,
@@ -742,6 +756,34 @@ mod tests {
             assert!(decode_json(&payload, &opts, &mut out).is_err(), "{bad}");
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn the_group_comes_from_the_chosen_attribute_of_the_span_or_its_resource() {
+        let opts = OtlpOptions {
+            group_attribute: Some("app.team".into()),
+            ..OtlpOptions::default()
+        };
+        let spans = json!([
+            {"traceId": "t1", "spanId": "s1", "name": "x", "startTimeUnixNano": "1772550000000000000",
+             "attributes": [kv("gen_ai.operation.name", "execute_tool"), kv("app.team", "finance")]},
+            {"traceId": "t1", "spanId": "s2", "name": "x", "startTimeUnixNano": "1772550001000000000",
+             "attributes": [kv("gen_ai.operation.name", "execute_tool")]}
+        ]);
+        let payload = json!({"resourceSpans": [{
+            "resource": {"attributes": [kv("service.name", "svc"), kv("app.team", "soc")]},
+            "scopeSpans": [{"spans": spans}]}]})
+        .to_string();
+        let mut out = Vec::new();
+        decode_json(payload.as_bytes(), &opts, &mut out).expect("decodes");
+        let groups: Vec<_> = out.iter().map(|e| e.group.as_deref()).collect();
+        assert_eq!(groups, [Some("finance"), Some("soc")]);
+        let mut plain = Vec::new();
+        decode_json(payload.as_bytes(), &OtlpOptions::default(), &mut plain).expect("decodes");
+        assert!(
+            plain.iter().all(|e| e.group.is_none()),
+            "none unless chosen"
+        );
     }
 
     /// The same spans as protobuf give the same events (ids as lower-case hex).
