@@ -931,6 +931,78 @@ mod tests {
         assert_eq!(f.since_checkpoint(), 7);
     }
 
+    /// An OTLP/JSON request of `(span id, start, operation)` spans of one trace whose agent span
+    /// names `a`.
+    fn otlp(offset: i64, spans: &[(&str, i64, &str)]) -> Record {
+        let spans: Vec<_> = spans
+            .iter()
+            .map(|(id, ts, op)| {
+                json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": id, "name": op,
+                       "startTimeUnixNano": (*ts as u64 * 1_000_000).to_string(),
+                       "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}},
+                                      {"key": "gen_ai.tool.name", "value": {"stringValue": "x"}},
+                                      {"key": "gen_ai.agent.id", "value": {"stringValue": if *op == "invoke_agent" { "a" } else { "" }}}]})
+            })
+            .collect();
+        let req = json!({"resourceSpans": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "svc"}}]}, "scopeSpans": [{"spans": spans}]}]});
+        record(0, offset, req.to_string().as_bytes())
+    }
+
+    /// A message of spans is folded as its tool calls, all or none: one span dated too far
+    /// ahead dead-letters the whole message.
+    #[test]
+    fn an_otlp_request_gives_its_tool_calls_or_is_dead_lettered_whole() {
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        let good = otlp(
+            0,
+            &[
+                ("s1", T0, "execute_tool"),
+                ("s2", T0 + 1000, "execute_tool"),
+                ("s0", T0, "invoke_agent"),
+                ("c", T0, "chat"),
+            ],
+        );
+        f.audit(&[good], NOW, &mut out).expect("fold");
+        assert_eq!(
+            f.metrics.events.load(Ordering::Relaxed),
+            2,
+            "the two tool calls"
+        );
+        let counted: Vec<u64> = f
+            .metrics
+            .identity
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        // named, resolved, unresolved, bound, skipped
+        assert_eq!(counted, [0, 2, 0, 1, 1]);
+        let far = NOW + 3_600_000;
+        let bad = otlp(
+            1,
+            &[
+                ("s3", T0 + 2000, "execute_tool"),
+                ("s4", far, "execute_tool"),
+            ],
+        );
+        let mut out = Vec::new();
+        f.audit(&[bad], NOW, &mut out).expect("fold");
+        assert_eq!(kinds(&out), ["dead 0@1 future_timestamp"]);
+        assert_eq!(f.metrics.events.load(Ordering::Relaxed), 2, "no span of it");
+        // The two calls of the good request were `a`'s: once final, they are its sequence.
+        let mut out = Vec::new();
+        f.audit(&[call_at(0, 2, T0 + 3_600_000, "a", "z")], NOW, &mut out)
+            .expect("fold");
+        assert!(
+            kinds(&out)
+                .iter()
+                .any(|k| k == "incident a suspicious_sequence"),
+            "{:?}",
+            kinds(&out)
+        );
+    }
+
     #[test]
     fn a_batch_gives_the_same_outputs_as_its_records_one_by_one() {
         let mut recs = calls(0);
