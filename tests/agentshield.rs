@@ -5,9 +5,7 @@
 //! restored between a session's creation and its tool calls (what a daemon restart does).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 
-use agent_guardian::blueprint::BlueprintSet;
 use agent_guardian::engine::Engine;
 use agent_guardian::event::{Decoder, EntryKind};
 use agent_guardian::response::Incident;
@@ -15,13 +13,11 @@ use agent_guardian::simulate::{SimConfig, Simulation};
 use agent_guardian::state::{Resolution, Snapshot};
 use serde_json::{json, Value};
 
+#[path = "support/fleet.rs"]
+mod fleets;
+
 /// Agents per person.
 const AGENTS_PER_USER: usize = 5;
-
-fn blueprints() -> Arc<BlueprintSet> {
-    let assignment = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/assignment.json");
-    Arc::new(BlueprintSet::load(None, Some(std::path::Path::new(assignment))).expect("blueprints"))
-}
 
 /// The simulated fleet, as Agent-SPM lines (outcomes reduced to allowed or denied, which is
 /// what AgentShield's entry types say) and as AgentShield entries: a `session_created` at the
@@ -81,7 +77,7 @@ struct Run {
 /// Folds `lines` in order; after line `cut` (if any) the engine is saved as a snapshot, encoded,
 /// decoded and restored, as a restart does.
 fn fold(lines: &[String], cut: Option<usize>) -> Run {
-    let set = blueprints();
+    let set = fleets::shipped_blueprints();
     let decoder = Decoder::new(&set.decoder_options()).expect("decoder");
     let mut engine = Engine::new(set.clone());
     let mut out = Vec::new();
@@ -163,8 +159,8 @@ fn a_restart_between_a_sessions_creation_and_its_tool_calls_keeps_the_attributio
     assert_eq!(g, w);
     assert_eq!(got.by.get("unresolved"), None);
     // Without the sessions in the snapshot the restored engine would not know the session.
-    let mut restored = Engine::restore(blueprints(), {
-        let mut e = Engine::new(blueprints());
+    let mut restored = Engine::restore(fleets::shipped_blueprints(), {
+        let mut e = Engine::new(fleets::shipped_blueprints());
         for line in &shield[..=cut] {
             let mut ev = Decoder::default().decode(line.as_bytes()).expect("decodes");
             e.resolve(&mut ev);

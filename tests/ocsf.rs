@@ -5,11 +5,11 @@
 //! package, and Prowler's `py-ocsf-models`, accept with 0 errors (`tests/support/ocsf_validate.py`).
 //! `scripts/python-peers.sh` installs both from PyPI.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[path = "support/fleet.rs"]
 mod fleet;
+mod support;
 
 const VALIDATOR: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -22,31 +22,11 @@ const SCHEMA: &str = concat!(
 
 /// Runs the validator on `records`: its exit status and output.
 fn validate(records: &[u8]) -> Option<(bool, String)> {
-    let mut child = match Command::new("python3")
-        .args([VALIDATOR, SCHEMA])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
-                "python3: {e}"
-            );
-            return None;
-        }
-    };
-    let mut stdin = child.stdin.take().expect("stdin");
-    let input = records.to_vec();
-    let feeder = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("validator");
-    feeder.join().expect("feeder").expect("write");
+    let out = support::pipe("python3", &[VALIDATOR, SCHEMA], records.to_vec())?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if stderr.contains("ModuleNotFoundError") {
         assert!(
-            std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
+            !support::required(),
             "the validator's packages are missing (scripts/python-peers.sh): {stderr}"
         );
         eprintln!("skipped: {stderr}");

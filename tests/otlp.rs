@@ -3,9 +3,6 @@
 //! spans that do not, replayed by `guardian replay`'s engine, gives the agents and incidents of
 //! the same fleet written as Agent-SPM events (ids aside: a span's id is not the event's).
 
-use std::sync::Arc;
-
-use agent_guardian::blueprint::BlueprintSet;
 use agent_guardian::engine::Engine;
 use agent_guardian::event::Decoder;
 use agent_guardian::replay;
@@ -14,10 +11,8 @@ use agent_guardian::simulate::{SimConfig, Simulation};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-fn blueprints() -> Arc<BlueprintSet> {
-    let assignment = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/assignment.json");
-    Arc::new(BlueprintSet::load(None, Some(std::path::Path::new(assignment))).expect("blueprints"))
-}
+#[path = "support/fleet.rs"]
+mod fleets;
 
 fn hex(s: &str, bytes: usize) -> String {
     hex::encode(&Sha256::digest(s.as_bytes())[..bytes])
@@ -92,7 +87,7 @@ type IncidentKey = (String, String, i64, String);
 
 /// The incidents of a replay of `lines`, its summary and its number of agents.
 fn run(lines: &str) -> (Vec<IncidentKey>, replay::ReplaySummary, usize) {
-    let set = blueprints();
+    let set = fleets::shipped_blueprints();
     let decoder = Decoder::new(&set.decoder_options()).expect("decoder");
     let mut engine = Engine::new(set);
     let mut incidents: Vec<Incident> = Vec::new();

@@ -3,10 +3,9 @@
 //! previous key, and refuse a tampered one, an expired one, one signed by an unknown key, a
 //! misaddressed one (Kafka key of another agent), a replay and an older one.
 
-use std::io::Write;
-use std::process::{Command as Proc, Stdio};
-
 use agent_guardian::control::{Command, Verb};
+
+mod support;
 
 const KEY: &str = "verifier-signing-key-0123456789";
 const OLD_KEY: &str = "verifier-previous-key-0123456789";
@@ -65,34 +64,11 @@ fn cases() -> Vec<(String, String, &'static str)> {
 
 /// Runs `program args…` with the cases on stdin (`key\tjson` lines), one verdict per line.
 fn run(program: &str, args: &[&str]) -> Option<Vec<String>> {
-    let mut child = match Proc::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            assert!(
-                std::env::var_os("GUARDIAN_REQUIRE_E2E").is_none(),
-                "{program}: {e}"
-            );
-            eprintln!("skipped: {program} not found");
-            return None;
-        }
-    };
     let mut input = String::new();
     for (key, json, _) in cases() {
         input.push_str(&format!("{key}\t{json}\n"));
     }
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
+    let out = support::pipe(program, args, input.into_bytes())?;
     assert!(out.status.success(), "{program}: {out:?}");
     Some(
         String::from_utf8_lossy(&out.stdout)

@@ -1,10 +1,20 @@
-//! The generated fleet the output-format tests replay: 400 agents over 4 weeks (seed 11, about
-//! 2 million events, with kills under `deploy/assignment.json`), plus two events with hostile
-//! agent and tool names and two malformed lines.
+//! Fleets of the tests: the shipped blueprints with the example assignment, and the generated
+//! fleet the output-format tests replay: 400 agents over 4 weeks (seed 11, about 2 million
+//! events, with kills under `deploy/assignment.json`), plus two events with hostile agent and tool
+//! names and two malformed lines.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+
+use agent_guardian::blueprint::BlueprintSet;
+
+/// The shipped blueprints under `deploy/assignment.json`.
+pub fn shipped_blueprints() -> Arc<BlueprintSet> {
+    let assignment = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/assignment.json");
+    Arc::new(BlueprintSet::load(None, Some(&assignment)).expect("blueprints"))
+}
 
 /// Writes the fleet into `dir` and returns the file.
 pub fn hostile_fleet(dir: &Path) -> PathBuf {

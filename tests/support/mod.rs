@@ -1,9 +1,10 @@
 //! Helpers shared by the tests that start real services (rsyslog, an SMTP server).
 #![allow(dead_code)]
 
+use std::io::Write;
 use std::net::{TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::Command as Proc;
+use std::process::{Command as Proc, Output, Stdio};
 
 /// A program: the path in the environment variable named like it (upper case), else the first
 /// existing candidate.
@@ -120,4 +121,29 @@ pub fn parse_metrics(text: &str) -> Option<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// Runs `program args…` with `input` on its stdin (written from a thread, so a large input cannot
+/// block on a full pipe while the program writes its output): its output; `None` (the test is
+/// skipped) when the program cannot be started, a failure instead under `GUARDIAN_REQUIRE_E2E`.
+pub fn pipe(program: &str, args: &[&str], input: Vec<u8>) -> Option<Output> {
+    let mut child = match Proc::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            assert!(!required(), "{program}: {e}");
+            eprintln!("skipped: {program}: {e}");
+            return None;
+        }
+    };
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("wait");
+    feeder.join().expect("feeder").expect("write to stdin");
+    Some(out)
 }
