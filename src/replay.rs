@@ -179,17 +179,10 @@ pub fn run(
             match decoded {
                 Ok(skipped) => {
                     // Spans that are neither tool calls nor agent bindings.
-                    if let Some(i) = Resolution::ALL
-                        .iter()
-                        .position(|r| *r == Resolution::Skipped)
-                    {
-                        sum.entries[i] += skipped;
-                    }
+                    sum.entries[Resolution::Skipped.index()] += skipped;
                     for mut ev in events.drain(..) {
                         let how = engine.resolve(&mut ev);
-                        if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
-                            sum.entries[i] += 1;
-                        }
+                        sum.entries[how.index()] += 1;
                         if !how.is_tool_call() {
                             continue;
                         }

@@ -388,9 +388,7 @@ impl Fold {
             match decoded {
                 Ok(skipped) => {
                     let count = |how: Resolution, n: u64| {
-                        if let Some(i) = Resolution::ALL.iter().position(|r| *r == how) {
-                            self.metrics.identity[i].fetch_add(n, Ordering::Relaxed);
-                        }
+                        self.metrics.identity[how.index()].fetch_add(n, Ordering::Relaxed);
                     };
                     count(Resolution::Skipped, skipped);
                     // Session bindings and other entries that are not tool calls are learnt

@@ -65,6 +65,11 @@ impl Resolution {
         Resolution::Skipped,
     ];
 
+    /// Its position in [`Resolution::ALL`] (the order of the counters).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// A stable label for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -320,6 +325,13 @@ mod tests {
         }
         assert_eq!(ids.agent_of("c1"), Some("coder"));
         assert_eq!(ids.agent_of("c2"), Some("planner"));
+    }
+
+    #[test]
+    fn index_is_the_position_in_all() {
+        for (i, r) in Resolution::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+        }
     }
 
     /// An OTLP agent span binds its trace: a span of the trace in a later request, left with
