@@ -26,6 +26,13 @@ pub struct ReplaySummary {
     pub malformed: u64,
     /// Events later than the allowed lateness.
     pub late_events: u64,
+    /// Events delivered again (same identity and content within the horizon): dropped.
+    pub duplicates: u64,
+    /// Events whose identity was seen before with other content: folded, and counted.
+    pub id_conflicts: u64,
+    /// Lines dated too far ahead of the stream's own time that the stream never caught up with:
+    /// dead-lettered (also counted in `malformed`).
+    pub future: u64,
     /// Agents seen.
     pub agents: usize,
     /// Incidents by type, in [`IncidentType::ALL`] order.
@@ -50,14 +57,17 @@ impl ReplaySummary {
             .map(|(t, n)| format!("{} {n}", t.as_str()))
             .collect();
         format!(
-            "replayed {} events from {} agents in {:.2} s ({:.0} events/s); {} malformed line(s); {} late event(s)\n\
+            "replayed {} events from {} agents in {:.2} s ({:.0} events/s); {} malformed line(s) ({} dated too far ahead of the stream); {} late event(s); {} duplicate(s) dropped; {} identity conflict(s)\n\
              incidents: {} in all: {}",
             self.events,
             self.agents,
             self.elapsed.as_secs_f64(),
             self.events_per_sec(),
             self.malformed,
+            self.future,
             self.late_events,
+            self.duplicates,
+            self.id_conflicts,
             self.incidents.iter().sum::<u64>(),
             by_type.join(", ")
         ) + &self.identity_line()
@@ -122,16 +132,142 @@ impl IncidentSink for Vec<Incident> {
     }
 }
 
-/// Replays every line of `input`. `on_error` receives each malformed line's number (1-based) and error.
+/// What a replay does beyond decoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayOptions {
+    /// How far ahead of the stream's own time (its latest event folded) a line's events may be
+    /// dated (ms). A line further ahead waits until [`CONFIRMING_LINES`] other lines come near
+    /// its time (the stream really moved on, as after an outage) and is then folded; if
+    /// [`HOLD_LINES`] lines of the stream's own time come first, it is dead-lettered as
+    /// `future_timestamp`, so one forged time cannot blind the agent's windows.
+    pub max_future_ms: i64,
+}
+
+impl Default for ReplayOptions {
+    fn default() -> Self {
+        ReplayOptions {
+            max_future_ms: 300_000,
+        }
+    }
+}
+
+/// Lines near a line held ahead of the stream that confirm its time (see [`ReplayOptions`]).
+pub const CONFIRMING_LINES: usize = 2;
+
+/// Lines of the stream's own time after which a line held ahead of it is dead-lettered.
+pub const HOLD_LINES: u32 = 1_000;
+
+/// A line dated too far ahead of the stream, waiting for the stream to confirm its time.
+struct Held {
+    /// Line number (1-based).
+    no: u64,
+    /// Its length.
+    bytes: usize,
+    /// Latest event time of its events.
+    ts: i64,
+    /// Its events.
+    events: Vec<AuditEvent<'static>>,
+    /// Lines of the stream's own time folded since.
+    waited: u32,
+}
+
+/// The stream's own time: the latest event time folded, and the lines held ahead of it.
+struct StreamClock {
+    max_future: i64,
+    latest: i64,
+    held: Vec<Held>,
+}
+
+impl StreamClock {
+    /// Whether a line whose latest event is at `ts` is too far ahead of the stream.
+    fn ahead(&self, ts: i64) -> bool {
+        self.latest != i64::MIN && ts > self.latest.saturating_add(self.max_future)
+    }
+
+    /// Holds a line; returns the held lines its time confirms (itself included), in line order,
+    /// when enough of them are near one another.
+    fn hold(&mut self, h: Held) -> Vec<Held> {
+        let ts = h.ts;
+        self.held.push(h);
+        let near = |x: &Held| (x.ts - ts).abs() <= self.max_future;
+        if self.held.iter().filter(|x| near(x)).count() <= CONFIRMING_LINES {
+            return Vec::new();
+        }
+        let (now, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|x| near(x));
+        self.held = rest;
+        now
+    }
+
+    /// Counts a line folded at the stream's time (`ts`); returns the held lines that waited too
+    /// long.
+    fn fold(&mut self, ts: i64) -> Vec<Held> {
+        self.latest = self.latest.max(ts);
+        if self.held.is_empty() {
+            return Vec::new();
+        }
+        for h in &mut self.held {
+            h.waited += 1;
+        }
+        let (expired, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+            .into_iter()
+            .partition(|h| h.waited >= HOLD_LINES);
+        self.held = rest;
+        expired
+    }
+
+    /// Why a held line is refused.
+    fn refusal(&self, h: &Held) -> DecodeError {
+        DecodeError::FutureTimestamp {
+            at: crate::event::format_rfc3339_ms(h.ts),
+            now: format!(
+                "{}, the stream's latest event",
+                crate::event::format_rfc3339_ms(self.latest)
+            ),
+            allowed: humantime::format_duration(Duration::from_millis(self.max_future.max(0) as u64))
+                .to_string(),
+        }
+    }
+}
+
+/// Replays every line of `input` with the default [`ReplayOptions`]. `on_error` receives each
+/// malformed line's number (1-based) and error.
 pub fn run(
+    engine: &mut Engine,
+    decoder: &Decoder,
+    input: impl BufRead,
+    sink: &mut impl IncidentSink,
+    on_error: impl FnMut(u64, &DecodeError),
+    progress: Option<&ProgressBar>,
+) -> io::Result<ReplaySummary> {
+    run_with(
+        engine,
+        decoder,
+        input,
+        sink,
+        on_error,
+        progress,
+        ReplayOptions::default(),
+    )
+}
+
+/// Replays every line of `input`. `on_error` receives each malformed line's number (1-based) and error.
+pub fn run_with(
     engine: &mut Engine,
     decoder: &Decoder,
     mut input: impl BufRead,
     sink: &mut impl IncidentSink,
     mut on_error: impl FnMut(u64, &DecodeError),
     progress: Option<&ProgressBar>,
+    options: ReplayOptions,
 ) -> io::Result<ReplaySummary> {
     let started = Instant::now();
+    let mut clock = StreamClock {
+        max_future: options.max_future_ms,
+        latest: i64::MIN,
+        held: Vec::new(),
+    };
     let mut sum = ReplaySummary::default();
     let mut text = Vec::with_capacity(BATCH * 512);
     let mut lines: Vec<(usize, usize, u64, Option<usize>)> = Vec::with_capacity(BATCH);
@@ -180,21 +316,38 @@ pub fn run(
                 Ok(skipped) => {
                     // Spans that are neither tool calls nor agent bindings.
                     sum.entries[Resolution::Skipped.index()] += skipped;
-                    for mut ev in events.drain(..) {
-                        let how = engine.resolve(&mut ev);
-                        sum.entries[how.index()] += 1;
-                        if !how.is_tool_call() {
-                            continue;
-                        }
-                        let d = ev.ts_ms.div_euclid(DAY_MS);
-                        if d > day {
-                            if day != i64::MIN {
-                                flush(engine, &mut batch, &mut out, sink, &mut sum)?;
-                                sink.new_day(engine, d * DAY_MS)?;
+                    let Some(ts) = events.iter().map(|e| e.ts_ms).max() else {
+                        continue;
+                    };
+                    if clock.ahead(ts) {
+                        let held = Held {
+                            no,
+                            bytes: line.len(),
+                            ts,
+                            events: events.drain(..).map(AuditEvent::into_owned).collect(),
+                            waited: 0,
+                        };
+                        for h in clock.hold(held) {
+                            clock.latest = clock.latest.max(h.ts);
+                            for ev in h.events {
+                                let mut f = Folding { engine: &mut *engine, batch: &mut batch, day: &mut day, out: &mut out, sum: &mut sum };
+                                f.event(ev, sink)?;
                             }
-                            day = d;
                         }
-                        batch.push(ev);
+                        continue;
+                    }
+                    for ev in events.drain(..) {
+                        let mut f = Folding { engine: &mut *engine, batch: &mut batch, day: &mut day, out: &mut out, sum: &mut sum };
+                        f.event(ev, sink)?;
+                    }
+                    for h in clock.fold(ts) {
+                        flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+                        let e = clock.refusal(&h);
+                        sum.malformed += 1;
+                        sum.future += 1;
+                        engine.count_bad_event();
+                        sink.dead_letter(h.no, &e, h.bytes)?;
+                        on_error(h.no, &e);
                     }
                 }
                 Err(e) => {
@@ -212,6 +365,15 @@ pub fn run(
             p.set_message(format!("{} events", sum.events));
         }
     }
+    // Lines still held ahead of a stream that never reached their time.
+    for h in std::mem::take(&mut clock.held) {
+        let e = clock.refusal(&h);
+        sum.malformed += 1;
+        sum.future += 1;
+        engine.count_bad_event();
+        sink.dead_letter(h.no, &e, h.bytes)?;
+        on_error(h.no, &e);
+    }
     // The end of the input: what waited for calls that could still arrive is final now.
     engine.finish(&mut out);
     for i in out.drain(..) {
@@ -222,6 +384,8 @@ pub fn run(
     }
     let stats = engine.stats();
     sum.late_events = stats.late_events;
+    sum.duplicates = stats.duplicates;
+    sum.id_conflicts = stats.id_conflicts;
     sum.incidents = stats.incidents;
     sum.agents = engine.agent_count();
     sum.elapsed = started.elapsed();
@@ -263,6 +427,38 @@ fn read_line_bounded(
         if done {
             return Ok((read, (content > max).then_some(content)));
         }
+    }
+}
+
+/// Where a replay's events go: the batch of the day, handed to the engine when the day changes
+/// or the batch ends.
+struct Folding<'e, 'b, 'a> {
+    engine: &'e mut Engine,
+    batch: &'b mut Vec<AuditEvent<'a>>,
+    day: &'b mut i64,
+    out: &'b mut Vec<Incident>,
+    sum: &'b mut ReplaySummary,
+}
+
+impl<'a> Folding<'_, '_, 'a> {
+    /// Resolves the event's agent and, for a tool call, adds it to the batch (a new UTC day of
+    /// event time first passes the batch on and tells the sink).
+    fn event(&mut self, mut ev: AuditEvent<'a>, sink: &mut impl IncidentSink) -> io::Result<()> {
+        let how = self.engine.resolve(&mut ev);
+        self.sum.entries[how.index()] += 1;
+        if !how.is_tool_call() {
+            return Ok(());
+        }
+        let d = ev.ts_ms.div_euclid(DAY_MS);
+        if d > *self.day {
+            if *self.day != i64::MIN {
+                flush(self.engine, self.batch, self.out, sink, self.sum)?;
+                sink.new_day(self.engine, d * DAY_MS)?;
+            }
+            *self.day = d;
+        }
+        self.batch.push(ev);
+        Ok(())
     }
 }
 
@@ -353,6 +549,7 @@ pub fn write_state<S>(
     let topic = format!("replay:{source}");
     let fleet = engine.fleet_state();
     let sessions = engine.take_session_changes();
+    let (duplicates, duplicate_figures) = engine.take_duplicate_changes();
     let agents = engine.take_dirty();
     store.checkpoint(
         &[PartitionDelta {
@@ -363,6 +560,8 @@ pub fn write_state<S>(
             fleet,
             agents,
             sessions,
+            duplicates,
+            duplicate_figures,
         }],
         &[],
         &[],

@@ -6,7 +6,8 @@
 //!
 //! Keys (one tree): `m/{topic}/{partition:010}` → [`PartitionMeta`], `a/{topic}/{partition:010}/{agent}`
 //! → [`AgentState`], `s/{topic}/{partition:010}/{session}` → [`SessionAgent`] (the agent of a
-//! session), `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
+//! session), `d/{topic}/{partition:010}/{start:020}` → a chunk of the identities of recent events
+//! (the ones remembered between two checkpoints, for dropping re-deliveries), `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
 //! operator commands waiting for their agent, `i/{event time:016x}/{incident id}` → incident
 //! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
 //! time:016x}` → a past fleet score.
@@ -19,7 +20,10 @@ use crate::control::Command;
 use crate::engine::{EngineStats, FleetState};
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
-use crate::state::{AgentState, SessionAgent, Snapshot, SNAPSHOT_VERSION};
+use crate::state::{
+    AgentState, Seen, SeenChanges, SeenEntry, SeenFigures, SessionAgent, Snapshot,
+    SNAPSHOT_VERSION,
+};
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +75,8 @@ pub struct PartitionMeta {
     pub stats: EngineStats,
     /// The partition's fleet state: learning start, peers, kill budget.
     pub fleet: FleetState,
+    /// The memory of recent event identities, beside its chunks.
+    pub duplicates: SeenFigures,
 }
 
 /// One partition's changes in a checkpoint.
@@ -89,6 +95,10 @@ pub struct PartitionDelta<'a> {
     pub agents: Vec<&'a AgentState>,
     /// Sessions bound or used since the previous checkpoint, and sessions forgotten.
     pub sessions: (Vec<SessionAgent>, Vec<String>),
+    /// Event identities remembered since the previous checkpoint, and chunks forgotten.
+    pub duplicates: SeenChanges,
+    /// The memory's figures after those changes.
+    pub duplicate_figures: SeenFigures,
 }
 
 /// Which incidents [`Store::incidents`] returns.
@@ -199,6 +209,7 @@ pub fn checkpoint_batch(
             next_offset: p.next_offset,
             stats: p.stats.clone(),
             fleet: p.fleet.clone(),
+            duplicates: p.duplicate_figures,
         };
         b.insert(
             part_prefix('m', p.topic, p.partition).as_bytes(),
@@ -220,6 +231,16 @@ pub fn checkpoint_batch(
         }
         for s in &p.sessions.1 {
             b.remove(format!("{prefix}/{s}").as_bytes());
+        }
+        let prefix = part_prefix('d', p.topic, p.partition);
+        if !p.duplicates.added.is_empty() {
+            b.insert(
+                format!("{prefix}/{:020}", p.duplicates.start).as_bytes(),
+                encode("event identities", &p.duplicates.added)?,
+            );
+        }
+        for start in &p.duplicates.forgotten_chunks {
+            b.remove(format!("{prefix}/{start:020}").as_bytes());
         }
     }
     for (partition, next) in control {
@@ -284,6 +305,19 @@ impl Store {
             let (k, v) = kv?;
             sessions.push(decode::<SessionAgent>(&k, &v)?);
         }
+        let mut chunks = Vec::new();
+        let prefix = format!("{}/", part_prefix('d', topic, partition));
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let start = std::str::from_utf8(&k[prefix.len()..])
+                .ok()
+                .and_then(|s| s.parse::<u64>().ok())
+                .ok_or_else(|| StoreError::Decode {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not a chunk position".into(),
+                })?;
+            chunks.push((start, decode::<Vec<SeenEntry>>(&k, &v)?));
+        }
         Ok(Some((
             meta.next_offset,
             Snapshot {
@@ -292,6 +326,7 @@ impl Store {
                 agents,
                 fleet: meta.fleet,
                 sessions,
+                duplicates: Seen::from_chunks(meta.duplicates, chunks),
             },
         )))
     }
@@ -493,7 +528,7 @@ impl Store {
     /// the log; the control-topic position is kept. Returns the partitions dropped.
     pub fn clear_partitions(&self, topic: Option<&str>) -> Result<usize, StoreError> {
         let mut n = 0;
-        for prefix in ["m/", "a/", "s/"] {
+        for prefix in ["m/", "a/", "s/", "d/"] {
             let p = match topic {
                 Some(t) => format!("{prefix}{t}/"),
                 None => prefix.to_string(),
@@ -542,6 +577,8 @@ mod tests {
                     }],
                     Vec::new(),
                 ),
+                duplicates: crate::state::SeenChanges::default(),
+                duplicate_figures: SeenFigures::default(),
             }],
             &[(0, 7)],
             &[],

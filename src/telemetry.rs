@@ -59,7 +59,7 @@ pub struct Metrics {
     /// Killed agents in the owned partitions (as of the latest checkpoint).
     pub agents_killed: AtomicU64,
     /// Kill decisions not carried out, by reason: monitor, learning, budget, allowlist.
-    pub kills_suppressed: [AtomicU64; 4],
+    pub kills_suppressed: [AtomicU64; 5],
     /// Owned partitions still in their first-deployment learning period (latest checkpoint).
     pub learning_partitions: AtomicU64,
     /// Fleet risk score of the latest posture snapshot.

@@ -91,6 +91,7 @@ fn incident(n: u32, blueprint: &str, severity: Severity) -> Incident {
         verdict: None,
         baseline: None,
         suppressed_by: None,
+        agents: Vec::new(),
     }
 }
 

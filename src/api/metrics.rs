@@ -110,7 +110,7 @@ impl Collector for Figures {
                 ([("command", "revive"), ("origin", "api")], get(&m.api_revives)),
             ],
         )?;
-        let held: Vec<([(&str, &str); 1], u64)> = ["monitor", "learning", "budget", "allowlist"]
+        let held: Vec<([(&str, &str); 1], u64)> = crate::response::Suppression::LABELS
             .iter()
             .zip(&m.kills_suppressed)
             .map(|(r, v)| ([("reason", *r)], get(v)))
@@ -118,7 +118,7 @@ impl Collector for Figures {
         labelled(
             &mut e,
             "guardian_kills_suppressed",
-            "Kill decisions not carried out, by reason: monitor mode or dry run, first-deployment learning period, fleet kill budget, allowlist.",
+            "Kill decisions not carried out, by reason: monitor mode or dry run, first-deployment learning period, fleet kill budget, allowlist, kills in one cohort.",
             true,
             &held,
         )?;

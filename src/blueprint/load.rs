@@ -25,6 +25,7 @@ const TOP_KEYS: &[&str] = &[
     "severities",
     "dedup",
     "routine",
+    "cohort",
 ];
 const ANOMALY_KEYS: &[&str] = &[
     "frequency_threshold",
@@ -299,6 +300,8 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
         }
     }
 
+    let cohort = read_cohort(&mut w, top);
+
     if !w.errors.is_empty() {
         return Err(w.errors);
     }
@@ -323,7 +326,51 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
         severities,
         dedup,
         routine,
+        cohort,
     })
+}
+
+fn read_cohort(w: &mut Walker, top: &serde_json::Map<String, Value>) -> CohortRules {
+    let mut c = CohortRules::default();
+    let p = "/cohort";
+    let keys = [
+        "enabled",
+        "by",
+        "wait",
+        "min_agents",
+        "share",
+        "min_factor",
+        "window",
+        "gap",
+        "beyond",
+    ];
+    let Some(m) = Walker::field(top, "cohort").and_then(|v| w.object(v, p, &keys)) else {
+        return c;
+    };
+    c.enabled = w.boolean(m, "enabled", p).unwrap_or(c.enabled);
+    match w.string(m, "by", p) {
+        None => {}
+        Some("blueprint") => c.by = CohortBy::Blueprint,
+        Some("group") => c.by = CohortBy::Group,
+        Some(other) => w.err(
+            "/cohort/by",
+            format!("{other:?} is not one of blueprint, group"),
+        ),
+    }
+    c.wait_ms = w.duration(m, "wait", p, 0, 3_600_000).unwrap_or(c.wait_ms);
+    c.min_agents = w
+        .integer(m, "min_agents", p, 2, 1_000_000)
+        .map_or(c.min_agents, |v| v as u32);
+    c.share = w.number(m, "share", p, 0.1, 1.0).unwrap_or(c.share);
+    c.min_factor = w
+        .number(m, "min_factor", p, 1.1, 1000.0)
+        .unwrap_or(c.min_factor);
+    c.window_ms = w
+        .duration(m, "window", p, 60_000, DAY)
+        .unwrap_or(c.window_ms);
+    c.gap_ms = w.duration(m, "gap", p, 60_000, DAY).unwrap_or(c.gap_ms);
+    c.beyond = w.number(m, "beyond", p, 1.0, 1e6).unwrap_or(c.beyond);
+    c
 }
 
 fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<SequenceRule> {
@@ -572,6 +619,7 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
         weights: [0.5, 1.0, 1.0, 2.0],
         budget_per_hour: 3,
         budget_share: 0.1,
+        budget_per_cohort: 2,
     };
     let p = "/kill";
     if let Some(m) = Walker::field(top, "kill").and_then(|v| {
@@ -612,8 +660,11 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
             k.allowlist = list;
         }
         if let Some(bm) = Walker::field(m, "budget")
-            .and_then(|v| w.object(v, "/kill/budget", &["per_hour", "share"]))
+            .and_then(|v| w.object(v, "/kill/budget", &["per_hour", "share", "per_cohort"]))
         {
+            if let Some(n) = w.integer(bm, "per_cohort", "/kill/budget", 0, 1_000_000) {
+                k.budget_per_cohort = n as u32;
+            }
             if let Some(n) = w.integer(bm, "per_hour", "/kill/budget", 0, 1_000_000) {
                 k.budget_per_hour = n as u32;
             }

@@ -204,6 +204,10 @@ pub struct KillRules {
     pub budget_per_hour: u32,
     /// Share of the blueprint's agents that may be killed at once, default 0.1; 1: no limit.
     pub budget_share: f64,
+    /// Automatic kills within one cohort in an hour of event time, default 2; 0: no limit. A
+    /// run of kills in one cohort is itself evidence of a fleet event: further kills in it
+    /// become `would_kill`, with one alert.
+    pub budget_per_cohort: u32,
 }
 
 impl PartialEq for KillRules {
@@ -216,6 +220,7 @@ impl PartialEq for KillRules {
             && self.weights == o.weights
             && self.budget_per_hour == o.budget_per_hour
             && self.budget_share == o.budget_share
+            && self.budget_per_cohort == o.budget_per_cohort
     }
 }
 
@@ -235,6 +240,66 @@ pub struct Severities {
 }
 
 /// Deduplication of bursts into one incident.
+/// How agents are grouped into cohorts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CohortBy {
+    /// The agents of the blueprint.
+    #[default]
+    Blueprint,
+    /// The agents of the blueprint with the same `group` field (the assignment's `group_field`,
+    /// or OpenTelemetry's group attribute), as first seen.
+    Group,
+}
+
+impl CohortBy {
+    /// The name in blueprints.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CohortBy::Blueprint => "blueprint",
+            CohortBy::Group => "group",
+        }
+    }
+}
+
+/// Judging agents against their cohort (see [`crate::detect::CohortShift`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CohortRules {
+    /// Whether findings are judged against the cohort at all.
+    pub enabled: bool,
+    /// How agents are grouped.
+    pub by: CohortBy,
+    /// Event time a finding waits for its cohort to show a shift before it is raised (ms).
+    pub wait_ms: i64,
+    /// Least members that must show a shift (and least members for a cohort to hold findings).
+    pub min_agents: u32,
+    /// Least share of the eligible (rates) or active (other kinds) members that must show it.
+    pub share: f64,
+    /// Least median factor of the members' call rates for a rate shift.
+    pub min_factor: f64,
+    /// Window of event time over which members' findings and activity are counted (ms).
+    pub window_ms: i64,
+    /// Event time a shift stays open without being confirmed (ms).
+    pub gap_ms: i64,
+    /// A volume finding is beyond the shift from this many times the shift's typical ratio.
+    pub beyond: f64,
+}
+
+impl Default for CohortRules {
+    fn default() -> Self {
+        CohortRules {
+            enabled: true,
+            by: CohortBy::Blueprint,
+            wait_ms: 300_000,
+            min_agents: 5,
+            share: 0.5,
+            min_factor: 1.5,
+            window_ms: 3_600_000,
+            gap_ms: 1_800_000,
+            beyond: 3.0,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DedupRules {
     /// Minimum event time between two incidents of one type for one agent (ms), default 5 min.
@@ -286,6 +351,8 @@ pub struct Blueprint {
     pub dedup: DedupRules,
     /// What to do with routine static matches, per detector.
     pub routine: RoutineRules,
+    /// Judging agents against their cohort.
+    pub cohort: CohortRules,
 }
 
 fn dur(ms: i64) -> String {
@@ -359,7 +426,8 @@ impl Blueprint {
                 "dry_run": self.kill.dry_run,
                 "weights": {"low": self.kill.weights[0], "medium": self.kill.weights[1],
                             "high": self.kill.weights[2], "critical": self.kill.weights[3]},
-                "budget": {"per_hour": self.kill.budget_per_hour, "share": self.kill.budget_share},
+                "budget": {"per_hour": self.kill.budget_per_hour, "share": self.kill.budget_share,
+                           "per_cohort": self.kill.budget_per_cohort},
             },
             "severities": {
                 "frequency_spike": self.severities.frequency_spike.as_str(),
@@ -369,6 +437,17 @@ impl Blueprint {
                 "activity_after_kill": self.severities.activity_after_kill.as_str(),
             },
             "dedup": {"cooldown": dur(self.dedup.cooldown_ms), "episode_gap": dur(self.dedup.episode_gap_ms)},
+            "cohort": {
+                "enabled": self.cohort.enabled,
+                "by": self.cohort.by.as_str(),
+                "wait": dur(self.cohort.wait_ms),
+                "min_agents": self.cohort.min_agents,
+                "share": self.cohort.share,
+                "min_factor": self.cohort.min_factor,
+                "window": dur(self.cohort.window_ms),
+                "gap": dur(self.cohort.gap_ms),
+                "beyond": self.cohort.beyond,
+            },
         });
         if let Some(id) = &self.id {
             out["id"] = json!(id);

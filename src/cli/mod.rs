@@ -101,6 +101,18 @@ struct ReplayArgs {
     /// assignment rules (none by default).
     #[arg(long, value_name = "ATTRIBUTE")]
     otlp_group_attribute: Option<String>,
+    /// How far ahead of the stream's own time (its latest event) a line may be dated: a line
+    /// further ahead is folded only once other lines confirm its time, and dead-lettered as
+    /// `future_timestamp` otherwise.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    max_future: std::time::Duration,
+    /// How long (event time behind the latest event) an event's identity is remembered, so that
+    /// a re-delivery of it is dropped as a duplicate; 0 turns this off.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    duplicate_horizon: std::time::Duration,
+    /// Most event identities remembered (the oldest are forgotten first).
+    #[arg(long, default_value_t = crate::state::DUPLICATE_MAX_ENTRIES)]
+    duplicate_max_entries: usize,
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
@@ -293,6 +305,11 @@ fn load_rules(r: &RulesArgs) -> anyhow::Result<BlueprintSet> {
     )?)
 }
 
+/// A duration in whole milliseconds, saturating.
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let set = Arc::new(load_rules(&a.rules)?);
     let decoder = Decoder::new(&DecoderOptions {
@@ -344,6 +361,14 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let mut engine = Engine::new(set);
+    engine.set_duplicates(crate::state::SeenSettings {
+        horizon_ms: millis(a.duplicate_horizon),
+        max_entries: a.duplicate_max_entries,
+    });
+    engine.draw_duplicate_key();
+    let options = replay::ReplayOptions {
+        max_future_ms: millis(a.max_future),
+    };
     let stdout = io::stdout().lock();
     let out = BufWriter::with_capacity(1 << 16, stdout);
     let guardian_id = a
@@ -372,13 +397,14 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let summary = match &a.state {
         None => {
-            let s = replay::run(
+            let s = replay::run_with(
                 &mut engine,
                 &decoder,
                 input,
                 &mut sink,
                 on_error,
                 progress.as_ref(),
+                options,
             )?;
             sink.flush()?;
             s
@@ -386,13 +412,14 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(dir) => {
             let mut rec =
                 replay::StateRecorder::new(sink, crate::posture::PostureSettings::default());
-            let s = replay::run(
+            let s = replay::run_with(
                 &mut engine,
                 &decoder,
                 input,
                 &mut rec,
                 on_error,
                 progress.as_ref(),
+                options,
             )?;
             rec.inner.flush()?;
             replay::write_state(dir, &mut engine, &rec, &source, s.lines).with_context(|| {

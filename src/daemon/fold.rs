@@ -662,6 +662,7 @@ impl Fold {
             offsets.push((topic.to_string(), p, part.next));
             let fleet = part.engine.fleet_state();
             let sessions = part.engine.take_session_changes();
+            let (duplicates, duplicate_figures) = part.engine.take_duplicate_changes();
             deltas.push(PartitionDelta {
                 topic,
                 partition: p,
@@ -670,6 +671,8 @@ impl Fold {
                 fleet,
                 agents: part.engine.take_dirty(),
                 sessions,
+                duplicates,
+                duplicate_figures,
             });
         }
         let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
@@ -758,6 +761,7 @@ fn rejected_command(
         verdict: None,
         baseline: None,
         suppressed_by: None,
+        agents: Vec::new(),
     }
 }
 

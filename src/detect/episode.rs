@@ -20,7 +20,7 @@ pub struct Opening {
 }
 
 /// An episode that has ended: what its closing record reports.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Closed {
     /// The opening incident.
     pub opening: Opening,
@@ -70,6 +70,12 @@ pub enum Step {
 }
 
 impl Episode {
+    /// Forgets the open episode without a closing record (its opening was explained by the
+    /// agent's cohort and raised no incident); the cooldown is kept.
+    pub fn forget(&mut self) {
+        self.open = None;
+    }
+
     /// Whether an episode is open.
     pub fn is_open(&self) -> bool {
         self.open.is_some()

@@ -20,8 +20,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cohort::{Member, ShiftTest};
 use super::habit::{Habit, Report, RoutineMode};
-use super::rhythm::TURN_GAP_MS;
+use super::rhythm::{Rhythm, TURN_GAP_MS};
 use super::scales::{Scales, MINUTES, SCALES};
 use super::stats::improbable_sessions;
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
@@ -104,6 +105,10 @@ struct Limits {
     source: Source,
     /// Active days (or peer agent-days) behind `rate`.
     samples: u32,
+    /// [`super::CohortShift::epoch`] of the cohort factors applied.
+    epoch: u32,
+    /// The cohort factor of each window applied to `expected` (1: none).
+    factors: [f32; SCALES],
 }
 
 impl Default for Limits {
@@ -122,6 +127,8 @@ impl Default for Limits {
             routine_max: 0,
             source: Source::Blueprint,
             samples: 0,
+            epoch: 0,
+            factors: [1.0; SCALES],
         }
     }
 }
@@ -163,6 +170,11 @@ impl FrequencyState {
         self.calls.prefetch();
     }
 
+    /// Forgets the open episode (see [`super::DetectorState::forget_episode`]).
+    pub fn forget_episode(&mut self) {
+        self.episode.forget();
+    }
+
     /// Whether a frequency incident is open.
     pub fn is_open(&self) -> bool {
         self.episode.is_open()
@@ -172,6 +184,29 @@ impl FrequencyState {
     pub fn dispersion(&self) -> f64 {
         self.dispersion.value()
     }
+
+    /// For a cohort evaluation at `ts` (local hour `hour`): the agent's calls in each window of
+    /// whole buckets ending before `ts`'s, with its own expected calls there; `None` for an
+    /// agent without a baseline of its own.
+    pub fn member_at(&self, bp: &Blueprint, rhythm: &Rhythm, hour: u8, ts: i64) -> Option<Member> {
+        let e = own_windows(bp, rhythm, hour)?;
+        let c = self.scales.complete_at(ts);
+        Some(std::array::from_fn(|i| (c[i], e[i])))
+    }
+}
+
+/// Expected calls in each window ending in local hour `h` from the agent's own rhythm (see
+/// [`expectation`]); `None` before it has `min_active_days`.
+fn own_windows(bp: &Blueprint, r: &Rhythm, h: u8) -> Option<[f64; SCALES]> {
+    if r.active_days() < bp.learned.min_active_days {
+        return None;
+    }
+    let rate = |back: u8| r.expected_hour((h + 24 - back % 24) % 24, RATE_FLOOR);
+    let now = rate(0).max(rate(1));
+    // Four hours: this one and the three before, or the three before and the fourth before.
+    let span: f64 = (1..4).map(rate).sum();
+    let four = (span + rate(0)).max(span + rate(4));
+    Some([now / 12.0, now / 4.0, now, four])
 }
 
 /// What the agent's history says about the current local hour.
@@ -197,13 +232,8 @@ fn expectation(
     dispersion: f64,
 ) -> Option<Expectation> {
     let r = ctx.rhythm;
-    if r.active_days() >= bp.learned.min_active_days {
+    if let Some(windows) = own_windows(bp, r, obs.local.hour) {
         let h = obs.local.hour;
-        let rate = |back: u8| r.expected_hour((h + 24 - back % 24) % 24, RATE_FLOOR);
-        let now = rate(0).max(rate(1));
-        // Four hours: this one and the three before, or the three before and the fourth before.
-        let span: f64 = (1..4).map(rate).sum();
-        let four = (span + rate(0)).max(span + rate(4));
         // Spread of this hour's count beyond what clustered calls explain, widened for a short
         // history.
         let s = r.hour(h);
@@ -215,7 +245,7 @@ fn expectation(
             RATE_CV
         };
         return Some(Expectation {
-            windows: [now / 12.0, now / 4.0, now, four],
+            windows,
             cv,
             source: Source::Agent,
             samples: r.active_days(),
@@ -240,9 +270,16 @@ fn limits(
         key,
         ..Limits::default()
     };
-    let Some(x) = expectation(bp, ctx, obs, dispersion.value()) else {
+    l.epoch = ctx.cohort.epoch;
+    let Some(mut x) = expectation(bp, ctx, obs, dispersion.value()) else {
         return l;
     };
+    // Judged against the shifted expectation while the agent's cohort is shifted.
+    for (i, w) in x.windows.iter_mut().enumerate() {
+        let f = ctx.cohort.factor(i);
+        l.factors[i] = f as f32;
+        *w *= f;
+    }
     let lr = &bp.learned;
     l.rate = (x.windows[2]) as f32;
     l.cv = x.cv as f32;
@@ -330,10 +367,25 @@ pub fn observe(
     let count = st.calls.max_window_containing(obs.ts);
 
     let key = i64::from(obs.local.day) * 24 + i64::from(obs.local.hour);
-    if st.limits.key != key {
+    if st.limits.key != key || st.limits.epoch != ctx.cohort.epoch {
         st.limits = limits(bp, ctx, obs, key, &st.dispersion);
     }
-    let learned = learned_violation(bp, st);
+    let learned = learned_violation(bp, st, obs.ts);
+    if std::env::var("GUARDIAN_DEBUG_AGENT").is_ok_and(|a| a == obs.agent_id) {
+        eprintln!(
+            "{} {} sums={:?} bound={:?} exp={:?} turns={:?} tb={:?} disp={} cv={} learned={:?}",
+            crate::event::format_rfc3339_ms(obs.ts),
+            obs.tool_name,
+            st.scales.sums(),
+            st.limits.bound,
+            st.limits.expected,
+            st.turns.sums(),
+            st.limits.turn_bound,
+            st.limits.dispersion,
+            st.limits.cv,
+            learned
+        );
+    }
     let static_over = bp.frequency_threshold.filter(|t| count > *t);
     let volume_over = bp.count_volume_threshold.filter(|t| count > *t);
     let routine = (static_over.is_some() || volume_over.is_some()) && learned.is_none() && {
@@ -469,7 +521,11 @@ enum Counted {
 }
 
 /// The window most over its limit, if any: (window index, count in it, what it counts).
-fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, u32, Counted)> {
+fn learned_violation(
+    bp: &Blueprint,
+    st: &mut FrequencyState,
+    ts: i64,
+) -> Option<(usize, u32, Counted)> {
     let calls = st.scales.sums();
     let l = &mut st.limits;
     // The common case, cheaply: no window at its (lower) bound.
@@ -496,12 +552,16 @@ fn learned_violation(bp: &Blueprint, st: &mut FrequencyState) -> Option<(usize, 
             if c < bound[i] {
                 continue;
             }
-            // The window's most recent part (the next shorter window) must still run at
-            // `RECENT_SHARE` of the window's alert ratio: a burst that is over does not keep
-            // the longer windows in violation for hours, while one that straddles bucket edges
-            // counts.
+            // The window's most recent part (the last minutes of the next shorter window, not
+            // its partial latest bucket) must still run at `RECENT_SHARE` of the window's alert
+            // ratio: a burst that is over does not keep the longer windows in violation for
+            // hours, while one that straddles bucket edges counts.
+            let recent = match what {
+                Counted::Calls => st.scales.trailing(i.saturating_sub(1), ts),
+                Counted::Turns => st.turns.trailing(i.saturating_sub(1), ts),
+            };
             if i > 0
-                && f64::from(sums[i - 1])
+                && recent
                     < RECENT_SHARE * f64::from(bound[i]) / f64::from(expected[i]).max(1e-9)
                         * f64::from(expected[i - 1])
             {
@@ -581,6 +641,19 @@ fn static_finding(
             l.source
         },
     ));
+    // Routine at the cohort's rate, it would be a baseline fact: the same test as `routine`.
+    if l.source == Source::Agent {
+        let hourly = f64::from(l.rate) / f64::from(l.factors[2]).max(1.0);
+        f.shift = Some(ShiftTest::Rate {
+            scale: 2,
+            observed: count,
+            expected: (hourly * bp.window_ms as f64 / crate::detect::HOUR_MS as f64) as f32,
+            dispersion: l.dispersion,
+            cv: l.cv,
+            ratio: 2.0,
+            min_count: 1,
+        });
+    }
     f
 }
 
@@ -637,6 +710,22 @@ fn learned_finding(
     );
     f.facts = Some(facts(st, obs, l.source));
     f.weighs = l.source == Source::Agent && obs.warm;
+    f.shift = Some(ShiftTest::Rate {
+        scale: i as u8,
+        observed: c,
+        expected: (e / f64::from(l.factors[i]).max(1.0)) as f32,
+        dispersion: match what {
+            Counted::Calls => l.dispersion,
+            Counted::Turns => 1.0,
+        },
+        cv: l.cv,
+        ratio: if MINUTES[i] < 60 {
+            bp.learned.burst_ratio
+        } else {
+            bp.learned.slow_burn_ratio
+        } as f32,
+        min_count: bp.learned.min_window_count,
+    });
     f
 }
 

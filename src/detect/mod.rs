@@ -6,6 +6,7 @@
 //! fixed order by [`observe`].
 
 mod clock;
+mod cohort;
 mod episode;
 mod frequency;
 mod habit;
@@ -19,13 +20,16 @@ mod volume;
 mod window;
 
 pub use clock::{hour_of_week, local_time, LocalClock, LocalTime};
+pub use cohort::{
+    CohortShift, Member, Presence, RateEvaluation, ShiftKind, ShiftTest, SHIFT_KINDS,
+};
 pub use episode::{Closed, Episode, Opening, Step};
 pub use frequency::FrequencyState;
 pub use habit::{Habit, RoutineMode};
 pub use off_hours::{outside_allowed, OffHoursState};
 pub use peers::{Peers, SequenceCounts, FORMS};
 pub use rhythm::{DayStats, HourStats, Rhythm};
-pub use scales::Scales;
+pub use scales::{Scales, BUCKET_MS};
 pub use sequence::SequenceState;
 pub use stats::{count_tail, count_threshold, HOUR_MS};
 pub use volume::{ToolStats, VolumeState};
@@ -87,7 +91,7 @@ impl Observation<'_> {
 }
 
 /// How a finding stands against the agent's baseline.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Judgement {
     /// New for the agent: an incident.
     New,
@@ -97,7 +101,8 @@ pub enum Judgement {
     Learning,
 }
 
-/// A detector's verdict, turned into an incident by the engine.
+/// A detector's verdict, turned into an incident by the engine (stored as a
+/// `StoredFinding` while it waits for its cohort).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
     /// Kind.
@@ -134,6 +139,103 @@ pub struct Finding {
     /// The call that completed it, when that is not the event being processed (a sequence
     /// judged once final): its event time and the agent's event number.
     pub trigger: Option<(i64, u64)>,
+    /// How a shift of the agent's cohort could explain it (see [`cohort`](self::CohortShift)):
+    /// `None` for findings no cohort explains (static ceilings, closings, baseline facts).
+    pub shift: Option<ShiftTest>,
+}
+
+/// The units findings use, as stored with a finding that waits for its cohort.
+const UNITS: [&str; 10] = [
+    "", "calls", "turns", "bytes", "seconds", "events", "score", "local_hour", "kills", "agents",
+];
+
+/// A [`Finding`] as stored (its unit by name).
+#[derive(Serialize, Deserialize)]
+struct StoredFinding {
+    kind: IncidentType,
+    basis: Basis,
+    severity: Severity,
+    observed: f64,
+    expected: f64,
+    unit: String,
+    window_start: i64,
+    window_end: i64,
+    description: String,
+    pattern: Option<Vec<String>>,
+    disc: u32,
+    judgement: Judgement,
+    facts: Option<BaselineFacts>,
+    weighs: bool,
+    closing: Option<Closed>,
+    trigger: Option<(i64, u64)>,
+    shift: Option<ShiftTest>,
+}
+
+impl From<Finding> for StoredFinding {
+    fn from(f: Finding) -> Self {
+        StoredFinding {
+            kind: f.kind,
+            basis: f.basis,
+            severity: f.severity,
+            observed: f.observed,
+            expected: f.expected,
+            unit: f.unit.to_string(),
+            window_start: f.window_start,
+            window_end: f.window_end,
+            description: f.description,
+            pattern: f.pattern,
+            disc: f.disc,
+            judgement: f.judgement,
+            facts: f.facts,
+            weighs: f.weighs,
+            closing: f.closing,
+            trigger: f.trigger,
+            shift: f.shift,
+        }
+    }
+}
+
+impl Serialize for Finding {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        StoredFinding::from(self.clone()).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Finding {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Finding::try_from(StoredFinding::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl TryFrom<StoredFinding> for Finding {
+    type Error = String;
+
+    fn try_from(f: StoredFinding) -> Result<Self, String> {
+        let unit = UNITS
+            .iter()
+            .find(|u| **u == f.unit)
+            .copied()
+            .ok_or_else(|| format!("unknown unit {:?}", f.unit))?;
+        Ok(Finding {
+            kind: f.kind,
+            basis: f.basis,
+            severity: f.severity,
+            observed: f.observed,
+            expected: f.expected,
+            unit,
+            window_start: f.window_start,
+            window_end: f.window_end,
+            description: f.description,
+            pattern: f.pattern,
+            disc: f.disc,
+            judgement: f.judgement,
+            facts: f.facts,
+            weighs: f.weighs,
+            closing: f.closing,
+            trigger: f.trigger,
+            shift: f.shift,
+        })
+    }
 }
 
 impl Finding {
@@ -156,6 +258,7 @@ impl Finding {
             weighs: basis == Basis::Static,
             closing: None,
             trigger: None,
+            shift: None,
         }
     }
 
@@ -232,6 +335,9 @@ pub struct Context<'a> {
     /// come in sessions), learned by the frequency detector; read by the off-hours detector when
     /// a local hour starts (set only then).
     pub dispersion: f64,
+    /// The agent's cohort's shift of call rates, if one is going on: expected counts are
+    /// multiplied by its factors.
+    pub cohort: &'a CohortShift,
 }
 
 /// All detector state of one agent.
@@ -288,6 +394,7 @@ impl DetectorState {
         &mut self,
         bp: &Blueprint,
         peers: &mut Peers,
+        cohort: &CohortShift,
         learning_until: i64,
         input: &Input<'a>,
         out: &mut Vec<Finding>,
@@ -335,6 +442,7 @@ impl DetectorState {
             peers,
             off_hours_open: false,
             dispersion,
+            cohort,
         };
         off_hours::observe(bp, &mut self.off_hours, &mut ctx, &obs, out);
         ctx.off_hours_open = self.off_hours.is_open();
@@ -342,6 +450,18 @@ impl DetectorState {
         volume::observe(bp, &mut self.volume, &mut ctx, &obs, out);
         sequence::observe(bp, &mut self.sequence, &mut ctx, &obs, out);
         obs
+    }
+
+    /// Forgets the open episode of the finding of `kind` (and `disc`) whose opening was
+    /// explained by the agent's cohort: it raised no incident, so it closes with no record, and
+    /// the agent's next violation opens an episode of its own.
+    pub fn forget_episode(&mut self, kind: IncidentType, disc: u32) {
+        match (kind, disc) {
+            (IncidentType::FrequencySpike, _) => self.frequency.forget_episode(),
+            (IncidentType::VolumeSpike, 0) => self.volume.forget_episode(),
+            (IncidentType::OffHours, _) => self.off_hours.forget_episode(),
+            _ => {}
+        }
     }
 
     /// Event time of the oldest call that may still complete a sequence once final.
@@ -383,6 +503,7 @@ impl DetectorState {
             peers,
             off_hours_open: false,
             dispersion: self.frequency.dispersion(),
+            cohort: &CohortShift::NONE,
         };
         sequence::settle(bp, &mut self.sequence, &mut ctx, &obs, until, out);
     }

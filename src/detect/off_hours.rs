@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cohort::ShiftTest;
 use super::frequency::judge;
 use super::habit::{Habit, Report};
 use super::stats::improbable_sessions;
@@ -64,6 +65,11 @@ impl OffHoursState {
     /// Whether the learned limits are for another local hour than `l`'s.
     pub fn limits_stale(&self, l: LocalTime) -> bool {
         self.limits.key != i64::from(l.day) * 24 + i64::from(l.hour)
+    }
+
+    /// Forgets the open episode (see [`super::DetectorState::forget_episode`]).
+    pub fn forget_episode(&mut self) {
+        self.episode.forget();
     }
 
     /// Whether an off-hours incident is open.
@@ -291,7 +297,9 @@ pub fn observe(
                     .violate(obs.ts, 1.0, &bp.dedup, || obs.opening(Basis::Static))
                     == Step::Opened
                 {
-                    out.push(static_finding(bp, ctx, obs, by_hour, &st.habits[cell]));
+                    let mut f = static_finding(bp, ctx, obs, by_hour, &st.habits[cell]);
+                    f.shift = Some(ShiftTest::OffHours);
+                    out.push(f);
                 }
             }
             j => {
@@ -345,6 +353,7 @@ pub fn observe(
                 seen_before: r.seen,
             });
             f.weighs = obs.warm;
+            f.shift = Some(ShiftTest::OffHours);
             out.push(f);
         }
     }

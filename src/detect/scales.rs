@@ -85,6 +85,43 @@ impl Scales {
     pub fn sums(&self) -> [u32; SCALES] {
         self.sums
     }
+
+    /// Calls in the last `MINUTES[i]` minutes of event time before `ts` (in the latest bucket):
+    /// window `i`'s calls plus the share of the bucket before it that the window's partial
+    /// latest bucket leaves out, assuming its calls were spread evenly.
+    pub fn trailing(&self, i: usize, ts: i64) -> f64 {
+        let i = i.min(SCALES - 1);
+        if self.latest == i64::MIN {
+            return 0.0;
+        }
+        let elapsed = (ts - self.latest * BUCKET_MS).clamp(0, BUCKET_MS) as f64 / BUCKET_MS as f64;
+        let before = self.latest - SPANS[i];
+        let spill = if before > self.latest - KEEP as i64 {
+            let k = before.rem_euclid(KEEP as i64) as usize;
+            f64::from(self.counts[k / 16][k % 16])
+        } else {
+            0.0
+        };
+        f64::from(self.sums[i]) + spill * (1.0 - elapsed)
+    }
+
+    /// Calls in each window of whole buckets ending with the last bucket complete at `ts` (the
+    /// one before `ts`'s own): what the windows held at that bucket's end.
+    pub fn complete_at(&self, ts: i64) -> [u32; SCALES] {
+        let mut out = [0; SCALES];
+        if self.latest == i64::MIN {
+            return out;
+        }
+        let b = ts.div_euclid(BUCKET_MS) - 1;
+        for (o, span) in out.iter_mut().zip(SPANS) {
+            let from = (b - span + 1).max(self.latest - KEEP as i64 + 1);
+            for k in from..=b.min(self.latest) {
+                let i = k.rem_euclid(KEEP as i64) as usize;
+                *o += u32::from(self.counts[i / 16][i % 16]);
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -115,6 +152,42 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn trailing_counts_fill_the_partial_bucket_from_the_one_before() {
+        let mut s = Scales::default();
+        let t0 = 100 * BUCKET_MS;
+        for k in 0..10 {
+            s.add(t0 + k * 1000);
+        }
+        // A fifth into the next bucket, two calls so far: 2 + 10 × 4/5.
+        let now = t0 + BUCKET_MS + BUCKET_MS / 5;
+        s.add(now - 2000);
+        s.add(now - 1000);
+        assert!((s.trailing(0, now) - 10.0).abs() < 1e-9, "{}", s.trailing(0, now));
+        // The 15-minute window holds both buckets; nothing before them.
+        assert!((s.trailing(1, now) - 12.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn complete_windows_leave_out_the_bucket_under_way() {
+        let mut s = Scales::default();
+        let t0 = 100 * BUCKET_MS;
+        // Ten calls in each of 20 buckets, then 3 in the bucket under way.
+        for b in 0..20 {
+            for k in 0..10 {
+                s.add(t0 + b * BUCKET_MS + k * 1000);
+            }
+        }
+        let now = t0 + 20 * BUCKET_MS + 60_000;
+        for k in 0..3 {
+            s.add(now - 50_000 + k * 1000);
+        }
+        assert_eq!(s.complete_at(now), [10, 30, 120, 200]);
+        // Later, the windows empty out; far later, nothing is left.
+        assert_eq!(s.complete_at(now + 12 * BUCKET_MS), [0, 0, 3, 203]);
+        assert_eq!(s.complete_at(now + 100 * BUCKET_MS), [0; SCALES]);
     }
 
     #[test]

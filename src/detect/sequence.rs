@@ -15,6 +15,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
+use super::cohort::ShiftTest;
 use super::frequency::judge;
 use super::habit::{Habit, Report};
 use super::peers::{SequenceCounts, FORMS};
@@ -328,6 +329,9 @@ fn judge_match(
     f.disc = k as u32;
     f.facts = Some(facts);
     f.trigger = Some(end_key);
+    if j == Judgement::New {
+        f.shift = Some(ShiftTest::Sequence { rule: k as u32 });
+    }
     let form_words = match between {
         0 => "with no other call between its steps".to_string(),
         1 => "with 1 other call between its steps".to_string(),

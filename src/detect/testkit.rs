@@ -125,7 +125,14 @@ impl Kit {
             let learning_until = origin.saturating_add(self.bp.learned.learning_period_ms);
             if !self
                 .st
-                .observe(&self.bp, &mut self.peers, learning_until, &input, &mut out)
+                .observe(
+                    &self.bp,
+                    &mut self.peers,
+                    &crate::detect::CohortShift::NONE,
+                    learning_until,
+                    &input,
+                    &mut out,
+                )
                 .in_order
             {
                 self.late += 1;

@@ -12,6 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::cohort::ShiftTest;
 use super::frequency::judge;
 use super::habit::{Habit, Report};
 use super::stats::{ew_update, surprise};
@@ -84,6 +85,11 @@ impl VolumeState {
             run: Run::default(),
             habit: Habit::default(),
         }
+    }
+
+    /// Forgets the open episode (see [`super::DetectorState::forget_episode`]).
+    pub fn forget_episode(&mut self) {
+        self.episode.forget();
     }
 
     /// The learned statistics of every tool.
@@ -176,7 +182,9 @@ pub fn observe(
             r.typical += t.typical();
         }
     }
-    let threshold = -l.sensitivity.log10();
+    // While the agent's cohort makes `f` times its usual calls, a run of large calls has `f`
+    // times the chances to occur by accident: the tail probability alerting is `f` times smaller.
+    let threshold = -l.sensitivity.log10() + ctx.cohort.factor(2).log10();
     let over_learned = f64::from(st.run.surprise) >= threshold;
     // Learn from every in-order call that is not part of an anomaly.
     if obs.in_order && (!(over_learned || over_static.is_some()) || z < 1.0) {
@@ -258,7 +266,7 @@ pub fn observe(
             f.window_start = r.start;
             f.window_end = obs.ts;
             f.description = format!(
-                "Agent {:?} moved {} in {} calls, {:.0}× the {} its tools usually move in as many calls                  (last call {:?}: {}, typical {}; learned from {} calls of that tool).",
+                "Agent {:?} moved {} in {} calls, {:.0}× the {} its tools usually move in as many calls (last call {:?}: {}, typical {}; learned from {} calls of that tool).",
                 obs.agent_id,
                 fmt_bytes(r.bytes),
                 r.calls,
@@ -276,6 +284,9 @@ pub fn observe(
                 seen_before: 0,
             });
             f.weighs = obs.warm;
+            f.shift = Some(ShiftTest::Volume {
+                ratio: (r.bytes / r.typical.max(1.0)) as f32,
+            });
             f
         }
     });

@@ -148,6 +148,29 @@ pub struct AuditEvent<'a> {
 }
 
 impl AuditEvent<'_> {
+    /// The event with its strings owned, free of the buffer it was decoded from.
+    pub fn into_owned(self) -> AuditEvent<'static> {
+        fn own(c: Cow<'_, str>) -> Cow<'static, str> {
+            Cow::Owned(c.into_owned())
+        }
+        AuditEvent {
+            format: self.format,
+            event_id: own(self.event_id),
+            ts_ms: self.ts_ms,
+            agent_id: own(self.agent_id),
+            tool_name: own(self.tool_name),
+            outcome: self.outcome,
+            environment: self.environment.map(own),
+            group: self.group.map(own),
+            bytes: self.bytes,
+            kind: self.kind,
+            agent_source: self.agent_source,
+            user: self.user.map(own),
+            session: self.session.map(own),
+            parent_session: self.parent_session.map(own),
+        }
+    }
+
     /// The Kafka key that keeps the records of one agent together: the agent id, except for
     /// AgentShield entries, whose tool calls do not name their agent: the user (else the
     /// session), so a session's binding and its calls reach the same partition; and for spans

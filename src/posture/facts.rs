@@ -159,7 +159,7 @@ pub struct PartitionFact {
     /// Event time of its first event: the first-deployment learning period starts here.
     pub learning_origin: Option<i64>,
     /// Kill decisions not carried out, by reason (monitor, learning, budget, allowlist).
-    pub kills_suppressed: [u64; 4],
+    pub kills_suppressed: [u64; 5],
     /// Baseline findings reported (routine, or seen during learning).
     pub baseline_findings: u64,
 }

@@ -55,9 +55,7 @@ impl StateView {
                 .min()
                 .map(|o| o.saturating_add(longest));
             let mut held = std::collections::BTreeMap::new();
-            for (i, r) in ["monitor", "learning", "budget", "allowlist"]
-                .iter()
-                .enumerate()
+            for (i, r) in crate::response::Suppression::LABELS.iter().enumerate()
             {
                 held.insert(
                     *r,

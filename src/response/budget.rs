@@ -81,6 +81,49 @@ impl KillBudget {
     }
 }
 
+/// Automatic kills within one cohort: a run of them inside one cohort within an hour is itself
+/// evidence of a fleet event, so beyond `per_cohort` kills in an hour the next ones become
+/// `would_kill`, with one alert per hour.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CohortKills {
+    /// Event times of the automatic kills in the last hour.
+    recent: Vec<i64>,
+    /// Hour of the last alert.
+    alerted: Option<i64>,
+}
+
+impl CohortKills {
+    /// Kills in the hour before `ts`.
+    pub fn in_hour(&self, ts: i64) -> u32 {
+        self.recent.iter().filter(|t| ts - **t < HOUR_MS).count() as u32
+    }
+
+    /// Whether one more automatic kill at `ts` fits within `rules.budget_per_cohort`.
+    pub fn check(&self, rules: &KillRules, ts: i64) -> Result<(), u32> {
+        let n = self.in_hour(ts);
+        if rules.budget_per_cohort > 0 && n >= rules.budget_per_cohort {
+            return Err(n);
+        }
+        Ok(())
+    }
+
+    /// Counts an automatic kill at `ts`.
+    pub fn spend(&mut self, ts: i64) {
+        self.recent.retain(|t| ts - *t < HOUR_MS);
+        self.recent.push(ts);
+    }
+
+    /// Counts a held kill; returns whether this hour's alert is still to be raised.
+    pub fn hold(&mut self, ts: i64) -> bool {
+        let hour = ts.div_euclid(HOUR_MS);
+        if self.alerted.is_some_and(|a| hour <= a) {
+            return false;
+        }
+        self.alerted = Some(hour);
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,6 +169,24 @@ mod tests {
             "one agent of any blueprint may be killed"
         );
         assert!(b.check(&r, 0, 1, 5).is_err());
+    }
+
+    #[test]
+    fn kills_in_one_cohort_are_limited_per_sliding_hour() {
+        let mut r = rules(0, 1.0);
+        r.budget_per_cohort = 2;
+        let mut c = CohortKills::default();
+        for t in [0, 10 * 60_000] {
+            assert!(c.check(&r, t).is_ok());
+            c.spend(t);
+        }
+        assert_eq!(c.check(&r, 20 * 60_000), Err(2));
+        assert!(c.hold(20 * 60_000));
+        assert!(!c.hold(30 * 60_000), "one alert per hour");
+        // An hour after the first kill, one more fits.
+        assert!(c.check(&r, HOUR_MS).is_ok());
+        r.budget_per_cohort = 0;
+        assert!(c.check(&r, 20 * 60_000).is_ok(), "0: no limit");
     }
 
     #[test]

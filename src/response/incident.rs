@@ -26,13 +26,16 @@ pub enum IncidentType {
     Baseline,
     /// The fleet-wide budget of automatic kills is spent: further kills wait for an operator.
     KillBudget,
+    /// A large part of a cohort of agents deviates the same way at the same time: one fleet
+    /// event (a month-end close, a release, a rollout) rather than one incident per agent.
+    FleetShift,
     /// A control command with a missing or wrong signature was rejected.
     RejectedCommand,
 }
 
 impl IncidentType {
     /// All types, in a fixed order (the engine's types first, see [`IncidentType::DETECTED`]).
-    pub const ALL: [IncidentType; 9] = [
+    pub const ALL: [IncidentType; 10] = [
         IncidentType::FrequencySpike,
         IncidentType::VolumeSpike,
         IncidentType::SuspiciousSequence,
@@ -41,11 +44,12 @@ impl IncidentType {
         IncidentType::ActivityAfterKill,
         IncidentType::Baseline,
         IncidentType::KillBudget,
+        IncidentType::FleetShift,
         IncidentType::RejectedCommand,
     ];
 
     /// The types the engine raises (all but the daemon's `rejected_command`).
-    pub const ENGINE: &'static [IncidentType] = IncidentType::ALL.split_at(8).0;
+    pub const ENGINE: &'static [IncidentType] = IncidentType::ALL.split_at(9).0;
 
     /// The anomaly types the detectors and the kill policy raise (not the baseline findings, the
     /// kill-budget alert or the daemon's `rejected_command`).
@@ -67,6 +71,7 @@ impl IncidentType {
             IncidentType::ActivityAfterKill => "activity_after_kill",
             IncidentType::Baseline => "baseline",
             IncidentType::KillBudget => "kill_budget",
+            IncidentType::FleetShift => "fleet_shift",
             IncidentType::RejectedCommand => "rejected_command",
         }
     }
@@ -127,8 +132,17 @@ pub enum Suppression {
     Learning,
     /// The fleet-wide kill budget is spent.
     Budget,
+    /// Several agents of the same cohort were killed within the hour: a fleet event is more
+    /// likely than that many rogue agents.
+    Cohort,
     /// The agent is on the kill allowlist.
     Allowlist,
+}
+
+impl Suppression {
+    /// Labels of the reasons, in the order of [`crate::state::suppression_index`] (metrics and
+    /// the posture's kill safety).
+    pub const LABELS: [&'static str; 5] = ["monitor", "learning", "budget", "allowlist", "cohort"];
 }
 
 /// Whose history an expected figure comes from.
@@ -218,6 +232,10 @@ pub struct Incident {
     /// On `auto_kill` and `kill_budget` records: why the kill was not carried out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suppressed_by: Option<Suppression>,
+    /// On `fleet_shift` records: the agents whose findings the shift explained (sorted; the
+    /// first hundred, `count` says how many findings in all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub agents: Vec<String>,
 }
 
 fn one() -> u64 {
@@ -316,6 +334,7 @@ mod tests {
             verdict: None,
             baseline: None,
             suppressed_by: None,
+            agents: Vec::new(),
         };
         let s = serde_json::to_string(&i).unwrap();
         assert!(s.contains(r#""at":"2026-03-02T14:00:00.250Z""#), "{s}");

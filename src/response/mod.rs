@@ -6,7 +6,7 @@ mod budget;
 mod incident;
 mod kill;
 
-pub use budget::{KillBudget, Spent};
+pub use budget::{CohortKills, KillBudget, Spent};
 pub use incident::{
     incident_id, uuid_string, Action, BaselineFacts, Basis, Incident, IncidentType, Severity,
     Source, Status, Suppression, Verdict,

@@ -337,6 +337,7 @@ pub(crate) mod tests {
             verdict: None,
             baseline: None,
             suppressed_by: None,
+            agents: Vec::new(),
         }
     }
 

@@ -72,7 +72,7 @@ pub struct Class {
 }
 
 /// Every class, for the documentation table and tests.
-pub const CLASSES: [Class; 13] = [
+pub const CLASSES: [Class; 14] = [
     class(100, "frequency_spike", "Frequency spike"),
     class(101, "volume_spike", "Volume spike"),
     class(102, "suspicious_sequence", "Suspicious tool sequence"),
@@ -81,6 +81,7 @@ pub const CLASSES: [Class; 13] = [
     class(111, "activity_after_kill", "Activity after kill"),
     class(112, "baseline", "Baseline finding"),
     class(113, "kill_budget", "Kill budget spent"),
+    class(114, "fleet_shift", "Fleet shift of a cohort"),
     class(120, "rejected_command", "Control command rejected"),
     class(200, "kill", "Kill command"),
     class(201, "revive", "Revive command"),
@@ -102,7 +103,8 @@ fn incident_class(t: IncidentType) -> Class {
         IncidentType::ActivityAfterKill => 5,
         IncidentType::Baseline => 6,
         IncidentType::KillBudget => 7,
-        IncidentType::RejectedCommand => 8,
+        IncidentType::FleetShift => 8,
+        IncidentType::RejectedCommand => 9,
     }]
 }
 
@@ -122,11 +124,11 @@ impl Record<'_> {
         match self {
             Record::Incident(i) => incident_class(i.kind),
             Record::Command(c) => match c.command {
-                Verb::Kill => CLASSES[9],
-                Verb::Revive => CLASSES[10],
+                Verb::Kill => CLASSES[10],
+                Verb::Revive => CLASSES[11],
             },
-            Record::DeadLetter(_) => CLASSES[11],
-            Record::Posture(_) => CLASSES[12],
+            Record::DeadLetter(_) => CLASSES[12],
+            Record::Posture(_) => CLASSES[13],
         }
     }
 

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::Profile;
+use super::{CohortMarks, Profile};
 use crate::blueprint::Blueprint;
 use crate::detect::{DetectorState, Episode};
 use crate::response::KillState;
@@ -32,6 +32,8 @@ pub struct AgentState {
     pub after_kill: Episode,
     /// Inventory and risk facts.
     pub profile: Profile,
+    /// Findings waiting for the agent's cohort, and what its cohort judgement reads.
+    pub cohort: CohortMarks,
 }
 
 impl AgentState {
@@ -55,6 +57,10 @@ impl AgentState {
             kill: KillState::default(),
             after_kill: Episode::default(),
             profile: Profile::default(),
+            cohort: CohortMarks {
+                found: [i64::MIN; crate::detect::SHIFT_KINDS],
+                ..CohortMarks::default()
+            },
         }
     }
 }

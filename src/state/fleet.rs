@@ -13,13 +13,19 @@ pub struct EngineStats {
     pub events: u64,
     /// Events later than the allowed lateness (fed to stateless checks only).
     pub late_events: u64,
+    /// Events delivered again (an identity and content seen within the horizon): dropped.
+    pub duplicates: u64,
+    /// Events whose identity was seen with other content: folded, and counted here.
+    pub id_conflicts: u64,
     /// Incidents by type, in [`IncidentType::ALL`] order.
     pub incidents: [u64; IncidentType::ALL.len()],
     /// Malformed events of the stream (counted by the source; they never reach the engine).
     pub bad_events: u64,
     /// Kill decisions not carried out, by reason: monitor or dry run, learning period, kill
-    /// budget, allowlist.
-    pub kills_suppressed: [u64; 4],
+    /// budget, allowlist, kills in one cohort.
+    pub kills_suppressed: [u64; 5],
+    /// Findings explained by a shift of their agent's cohort (no incident, no kill weight).
+    pub explained: u64,
 }
 
 /// Index of a suppression reason in [`EngineStats::kills_suppressed`].
@@ -29,6 +35,7 @@ pub fn suppression_index(s: Suppression) -> usize {
         Suppression::Learning => 1,
         Suppression::Budget => 2,
         Suppression::Allowlist => 3,
+        Suppression::Cohort => 4,
     }
 }
 
@@ -42,4 +49,6 @@ pub struct FleetState {
     pub peers: Vec<(String, Peers)>,
     /// Automatic kills counted against the budget.
     pub budget: KillBudget,
+    /// The cohorts of agents judged together, by key.
+    pub cohorts: Vec<super::CohortState>,
 }

@@ -3,15 +3,22 @@
 //! Layer: uses `detect` (the detectors' states), `response`, `blueprint`, `event`, `prefetch`.
 
 mod agent;
+mod cohort;
 mod fleet;
 mod identity;
 mod profile;
+mod seen;
 mod snapshot;
 
 pub use agent::AgentState;
+pub use cohort::{CohortMarks, CohortState, HeldFinding, OpenShift, MAX_LISTED};
 pub use fleet::{suppression_index, EngineStats, FleetState};
 pub use identity::{Identities, Resolution, SessionAgent, MAX_SESSIONS, SESSION_TTL_MS};
 pub use profile::{
     outcome_index, IncidentMark, KillEvent, KillEventKind, Profile, ToolSeen, MAX_TOOLS, OUTCOMES,
+};
+pub use seen::{
+    Delivery, Seen, SeenChanges, SeenEntry, SeenFigures, SeenSettings, SeenSnapshot,
+    DEFAULT_HORIZON_MS as DUPLICATE_HORIZON_MS, DEFAULT_MAX_ENTRIES as DUPLICATE_MAX_ENTRIES,
 };
 pub use snapshot::{Snapshot, SnapshotError, SNAPSHOT_VERSION};

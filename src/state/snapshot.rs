@@ -7,7 +7,7 @@ use super::AgentState;
 use super::{EngineStats, FleetState};
 
 /// Format version written into every snapshot.
-pub const SNAPSHOT_VERSION: u32 = 5;
+pub const SNAPSHOT_VERSION: u32 = 6;
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, Error)]
@@ -36,6 +36,8 @@ pub struct Snapshot {
     pub fleet: FleetState,
     /// Sessions and their agents (see [`super::Identities`]), sorted by session.
     pub sessions: Vec<super::SessionAgent>,
+    /// Identities of recent events, for dropping re-deliveries (see [`super::Seen`]).
+    pub duplicates: super::SeenSnapshot,
 }
 
 impl Snapshot {

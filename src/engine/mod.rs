@@ -2,6 +2,10 @@
 //! I/O, no clock. Sources feed it decoded events; sinks consume the incidents it writes.
 //!
 //! Layer: uses `state`, `detect`, `response`, `blueprint`, `event`, `prefetch`.
+//!
+//! Findings go through the agent's cohort ([`cohorts`]) before they become incidents.
+
+mod cohorts;
 
 use std::sync::Arc;
 
@@ -18,16 +22,29 @@ use crate::response::{
 };
 pub use crate::state::{suppression_index, EngineStats, FleetState};
 use crate::state::{
-    AgentState, Identities, KillEventKind, Resolution, SessionAgent, Snapshot, SNAPSHOT_VERSION,
+    AgentState, CohortState, Delivery, Identities, KillEventKind, Resolution, Seen, SeenChanges,
+    SeenFigures, SeenSettings, SessionAgent, Snapshot, SNAPSHOT_VERSION,
 };
 
 struct Agent {
     bp: usize,
+    /// Position of its cohort in [`Engine::cohorts`].
+    cohort: u32,
     /// Changed since the last [`Engine::take_dirty`].
     dirty: bool,
     /// In [`Engine::pending`].
     pending: bool,
+    /// In [`Engine::holding`].
+    holding: bool,
     state: AgentState,
+}
+
+/// A cohort of agents judged together: its members in this engine and its state.
+struct Cohort {
+    bp: usize,
+    /// Positions of its agents.
+    members: Vec<u32>,
+    state: CohortState,
 }
 
 /// The detection engine for a fleet.
@@ -59,6 +76,16 @@ pub struct Engine {
     due: Vec<(i64, u32)>,
     /// Sessions and their agents, for records that do not name theirs.
     identities: Identities,
+    /// Identities of recent events, for dropping re-deliveries.
+    seen: Seen,
+    /// Cohorts, in the order they were first seen.
+    cohorts: Vec<Cohort>,
+    /// Cohort key → position in `cohorts`.
+    cohort_index: FxHashMap<String, u32>,
+    /// Agents with findings waiting for their cohort (see [`cohorts`]).
+    holding: Vec<u32>,
+    /// Reused: the findings of a conclusion that become incidents.
+    raise: Vec<Finding>,
 }
 
 /// Position of an incident type in [`EngineStats::incidents`].
@@ -88,7 +115,39 @@ impl Engine {
             swept: i64::MIN,
             due: Vec::new(),
             identities: Identities::default(),
+            seen: Seen::default(),
+            cohorts: Vec::new(),
+            cohort_index: FxHashMap::default(),
+            holding: Vec::new(),
+            raise: Vec::with_capacity(8),
         }
+    }
+
+    /// Sets how long and how many event identities are remembered for dropping re-deliveries
+    /// (bounds lowered apply at once).
+    pub fn set_duplicates(&mut self, settings: SeenSettings) {
+        let snap = self.seen.snapshot();
+        self.seen = Seen::restore(settings, snap);
+    }
+
+    /// Draws a new secret key for the digests of event identities, so that nobody can craft
+    /// records whose digests collide with another's. Only before the first event: the
+    /// remembered identities are digests under the key in force.
+    pub fn draw_duplicate_key(&mut self) {
+        if self.seen.is_empty() {
+            self.seen = Seen::random(self.seen.settings());
+        }
+    }
+
+    /// Event identities remembered for dropping re-deliveries.
+    pub fn duplicates_kept(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Identities remembered since the previous call, stored chunks now forgotten, and the
+    /// memory's figures (for the checkpoint).
+    pub fn take_duplicate_changes(&mut self) -> (SeenChanges, SeenFigures) {
+        (self.seen.take_changes(), self.seen.figures())
     }
 
     /// Attributes `ev` to its session's agent when it does not name one, or learns a session's
@@ -169,27 +228,41 @@ impl Engine {
 
     /// Adds an agent, or replaces the one with the same id.
     fn insert(&mut self, bp: usize, state: AgentState) -> usize {
+        let cohort = self.cohort_of(bp, state.cohort.group.as_deref());
+        let holding = !state.cohort.held.is_empty();
         let agent = Agent {
             bp,
+            cohort,
             dirty: false,
             pending: false,
+            holding: false,
             state,
         };
-        if let Some(&j) = self.index.get(agent.state.agent_id.as_str()) {
+        let i = if let Some(&j) = self.index.get(agent.state.agent_id.as_str()) {
             let old = &self.agents[j as usize];
             self.agents_by_bp[old.bp] -= 1;
             self.killed_by_bp[old.bp] -= usize::from(old.state.kill.killed);
+            self.cohorts[old.cohort as usize].members.retain(|m| *m != j);
             self.agents_by_bp[agent.bp] += 1;
             self.killed_by_bp[agent.bp] += usize::from(agent.state.kill.killed);
+            let was_holding = old.holding;
             self.agents[j as usize] = agent;
-            return j as usize;
+            self.agents[j as usize].holding = was_holding;
+            j as usize
+        } else {
+            self.agents_by_bp[agent.bp] += 1;
+            self.killed_by_bp[agent.bp] += usize::from(agent.state.kill.killed);
+            let i = self.agents.len();
+            self.index
+                .insert(CompactString::from(agent.state.agent_id.as_str()), i as u32);
+            self.agents.push(agent);
+            i
+        };
+        self.cohorts[cohort as usize].members.push(i as u32);
+        if holding && !self.agents[i].holding {
+            self.agents[i].holding = true;
+            self.holding.push(i as u32);
         }
-        self.agents_by_bp[agent.bp] += 1;
-        self.killed_by_bp[agent.bp] += usize::from(agent.state.kill.killed);
-        let i = self.agents.len();
-        self.index
-            .insert(CompactString::from(agent.state.agent_id.as_str()), i as u32);
-        self.agents.push(agent);
         i
     }
 
@@ -290,17 +363,27 @@ impl Engine {
 
     /// Processes one event of the agent at position `i` (`None`: a new agent).
     fn process_at(&mut self, i: Option<u32>, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
+        // An event delivered again changes nothing but its counter.
+        match self.seen.deliver(ev) {
+            Delivery::First => {}
+            Delivery::Duplicate => {
+                self.stats.duplicates += 1;
+                return;
+            }
+            Delivery::Conflict => self.stats.id_conflicts += 1,
+        }
         let i = match i {
             Some(i) => i as usize,
             None => {
                 let set = &*self.set;
                 let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
-                let state = AgentState::new(
+                let mut state = AgentState::new(
                     &ev.agent_id,
                     set.get(bp),
                     ev.ts_ms,
                     ev.environment.as_deref(),
                 );
+                state.cohort.group = ev.group.as_deref().map(str::to_string);
                 self.insert(bp, state)
             }
         };
@@ -334,9 +417,11 @@ impl Engine {
             bytes: ev.bytes,
         };
         self.findings.clear();
+        let shift = self.cohorts[agent.cohort as usize].state.rate;
         let obs = st.detectors.observe(
             bp,
             &mut self.peers[bpi],
+            &shift,
             learning_until,
             &input,
             &mut self.findings,
@@ -406,14 +491,40 @@ impl Engine {
         if self.findings.is_empty() {
             return;
         }
+        let mut findings = std::mem::take(&mut self.findings);
+        let mut raise = std::mem::take(&mut self.raise);
+        raise.clear();
+        for f in findings.drain(..) {
+            self.through_cohort(i, f, ts, event_id, tool_name, &mut raise);
+        }
+        self.findings = findings;
+        self.raise(i, ts, event_id, tool_name, &mut raise, out);
+        self.raise = raise;
+    }
+
+    /// Turns findings of the agent at position `i` into incidents, adds their kill weight and
+    /// decides on a kill; `ts`, `event_id` and `tool_name`: the triggering event.
+    fn raise(
+        &mut self,
+        i: usize,
+        ts: i64,
+        event_id: &str,
+        tool_name: &str,
+        findings: &mut Vec<Finding>,
+        out: &mut Vec<Incident>,
+    ) {
+        if findings.is_empty() {
+            return;
+        }
         let set = self.set.clone();
         let bpi = self.agents[i].bp;
+        let ci = self.agents[i].cohort as usize;
         let bp = set.get(bpi);
         let learning = ts < self.learning_ends(bp);
         let agent = &mut self.agents[i];
         let st = &mut agent.state;
         let mut last = None;
-        for f in self.findings.drain(..) {
+        for f in findings.drain(..) {
             // A sequence judged once final names the call that completed it, not this event.
             let (at, id, tool) = match f.trigger {
                 Some((t, _)) => (t, "", ""),
@@ -445,12 +556,20 @@ impl Engine {
                 .check(&bp.kill, ts, self.killed_by_bp[bpi], self.agents_by_bp[bpi])
                 .err()
         };
+        // A run of kills inside one cohort is itself evidence of a fleet event.
+        let cohort_spent = if spent.is_some() || bp.dry_run() || learning || was_killed {
+            None
+        } else {
+            self.cohorts[ci].state.kills.check(&bp.kill, ts).err()
+        };
         let hold = if bp.dry_run() {
             Some(Suppression::Monitor)
         } else if learning {
             Some(Suppression::Learning)
+        } else if spent.is_some() {
+            Some(Suppression::Budget)
         } else {
-            spent.map(|_| Suppression::Budget)
+            cohort_spent.map(|_| Suppression::Cohort)
         };
         let Some(d) = st.kill.decide(&bp.kill, &st.agent_id, ts, hold) else {
             return;
@@ -465,6 +584,11 @@ impl Engine {
             }
             (_, Some(Suppression::Budget)) => {
                 "would be killed, but the kill budget is spent; an operator must confirm"
+                    .to_string()
+            }
+            (_, Some(Suppression::Cohort)) => {
+                "would be killed, but other agents of its cohort were killed this hour (a fleet \
+                 event is more likely); an operator must confirm"
                     .to_string()
             }
             _ => "would be killed (monitor mode or dry run)".to_string(),
@@ -495,6 +619,7 @@ impl Engine {
                 if !was_killed {
                     self.budget.spend(ts);
                     self.killed_by_bp[bpi] += 1;
+                    self.cohorts[ci].state.kills.spend(ts);
                 }
             }
             Action::WouldKill => st.profile.kill_event(ts, KillEventKind::WouldKill),
@@ -545,18 +670,54 @@ impl Engine {
                 out.push(inc);
             }
         }
+        if let (Some(n), Some(Suppression::Cohort)) = (cohort_spent, d.suppressed) {
+            let cohort = &mut self.cohorts[ci].state;
+            if cohort.kills.hold(ts) {
+                let mut f =
+                    Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
+                f.weighs = false;
+                f.observed = f64::from(n);
+                f.expected = f64::from(bp.kill.budget_per_cohort);
+                f.unit = "kills";
+                f.window_start = ts.saturating_sub(3_600_000);
+                f.window_end = ts;
+                f.description = format!(
+                    "Kill budget of cohort {:?} spent: {n} of its agents were killed automatically \
+                     within the hour (limit {}), more likely a fleet event than that many rogue \
+                     agents. Agent {:?} and any further agent of the cohort this hour are only \
+                     would-kill decisions; confirm with `guardian kill {}` if they must stop.",
+                    cohort.key, bp.kill.budget_per_cohort, st.agent_id, st.agent_id
+                );
+                self.stats.incidents[type_index(IncidentType::KillBudget)] += 1;
+                let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::WouldKill);
+                inc.suppressed_by = Some(Suppression::Cohort);
+                out.push(inc);
+            }
+        }
     }
 
     /// Judges the sequences of agents that fell quiet: every ten seconds of event time, the calls
     /// up to the engine's watermark less the allowed lateness are final.
+    /// Findings waiting for their cohort are judged once their wait is over, and the cohorts'
+    /// shifts are evaluated again or closed, at the same ticks.
     fn sweep(&mut self, out: &mut Vec<Incident>) {
         const SWEEP_MS: i64 = 10_000;
         let tick = self.latest.div_euclid(SWEEP_MS);
-        if tick == self.swept || self.pending.is_empty() {
-            self.swept = tick;
+        if tick == self.swept {
             return;
         }
         self.swept = tick;
+        if !self.pending.is_empty() {
+            self.settle_due(out);
+        }
+        if !self.holding.is_empty() {
+            self.release(self.latest, false, out);
+        }
+        self.review_shifts(self.latest, out);
+    }
+
+    /// Settles the sequences of the agents whose oldest pending call is final.
+    fn settle_due(&mut self, out: &mut Vec<Incident>) {
         let set = &*self.set;
         let latest = self.latest;
         let mut due = std::mem::take(&mut self.due);
@@ -651,6 +812,8 @@ impl Engine {
             self.settle(i as usize, i64::MAX, out);
             self.agents[i as usize].pending = false;
         }
+        // Nothing more will come: findings waiting for their cohort are judged now.
+        self.release(self.latest, true, out);
     }
 
     /// Revives a killed agent (a `revive` command) at event time `ts`.
@@ -681,6 +844,7 @@ impl Engine {
             agents,
             fleet: self.fleet_state(),
             sessions: self.identities.all(),
+            duplicates: self.seen.snapshot(),
         }
     }
 
@@ -692,6 +856,7 @@ impl Engine {
                 .map(|i| (self.set.get(i).key.clone(), self.peers[i].clone()))
                 .collect(),
             budget: self.budget.clone(),
+            cohorts: self.cohorts.iter().map(|c| c.state.clone()).collect(),
         }
     }
 
@@ -700,9 +865,13 @@ impl Engine {
     pub fn restore(set: Arc<BlueprintSet>, snap: Snapshot) -> Engine {
         let mut e = Engine::new(set);
         e.identities = Identities::restore(snap.sessions);
+        e.seen = Seen::restore(SeenSettings::default(), snap.duplicates);
         e.stats = snap.stats;
         e.origin = snap.fleet.origin;
         e.budget = snap.fleet.budget;
+        for c in snap.fleet.cohorts {
+            e.restore_cohort(c);
+        }
         for (key, peers) in snap.fleet.peers {
             if let Some(i) = e.set.index_of(&key) {
                 e.peers[i] = peers;
@@ -817,6 +986,7 @@ fn make_incident(
         verdict,
         baseline: f.facts,
         suppressed_by: None,
+        agents: Vec::new(),
     }
 }
 
