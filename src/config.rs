@@ -90,6 +90,13 @@ pub struct Config {
     /// How far ahead of the daemon's clock an event's time may be (e.g. "5m"); later events are
     /// dead-lettered as `future_timestamp`, so one forged time cannot blind an agent's windows.
     pub max_future: String,
+    /// How long (event time behind a partition's latest event) an event's identity is
+    /// remembered, so that a re-delivery of it is dropped as a duplicate, e.g. "10m"; "0s" turns
+    /// duplicate detection off.
+    pub duplicate_horizon: String,
+    /// Most event identities remembered per partition (the oldest are forgotten first; about
+    /// 40 bytes each).
+    pub duplicate_max_entries: usize,
     /// Time between checkpoints (persist state, then commit offsets), e.g. "1s".
     pub checkpoint_interval: String,
     /// Events after which a checkpoint is taken even before the interval.
@@ -130,6 +137,8 @@ impl Default for Config {
             max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
             otlp: crate::event::OtlpOptions::default(),
             max_future: "5m".into(),
+            duplicate_horizon: "10m".into(),
+            duplicate_max_entries: crate::state::DUPLICATE_MAX_ENTRIES,
             checkpoint_interval: "1s".into(),
             checkpoint_events: 50_000,
             queue_capacity: 10_000,
@@ -188,6 +197,8 @@ pub struct Resolved {
     pub shutdown_timeout: std::time::Duration,
     /// How far ahead of the clock an event's time may be.
     pub max_future: std::time::Duration,
+    /// How event identities are remembered for dropping re-deliveries.
+    pub duplicates: crate::state::SeenSettings,
     /// The blueprints in force.
     pub blueprints: std::sync::Arc<BlueprintSet>,
     /// Posture settings.
@@ -218,6 +229,7 @@ impl fmt::Debug for Resolved {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_future", &self.max_future)
+            .field("duplicates", &self.duplicates)
             .field("blueprints", &self.blueprints)
             .field("posture", &self.posture)
             .field("api", &self.api)
@@ -231,6 +243,12 @@ const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 
 /// The longest validity of a control command: a replay window longer than a week is no bound.
 const MAX_COMMAND_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
+/// Longest horizon of remembered event identities (a day).
+const MAX_DUPLICATE_HORIZON: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// Most event identities remembered per partition (about 400 MB).
+const MAX_DUPLICATE_ENTRIES: usize = 10_000_000;
 
 impl Resolved {
     /// The keys whose commands are accepted: the signing key first, then the previous ones.
@@ -393,6 +411,34 @@ impl Config {
         let shutdown_timeout = duration("shutdown_timeout", &self.shutdown_timeout);
         let max_future = duration("max_future", &self.max_future);
         let command_ttl = duration("command_ttl", &self.command_ttl);
+        let duplicate_horizon = match humantime::parse_duration(&self.duplicate_horizon) {
+            Ok(d) if d <= MAX_DUPLICATE_HORIZON => d,
+            Ok(d) => {
+                errors.push(format!(
+                    "duplicate_horizon: {} is longer than the longest allowed, {}",
+                    humantime::format_duration(d),
+                    humantime::format_duration(MAX_DUPLICATE_HORIZON)
+                ));
+                MAX_DUPLICATE_HORIZON
+            }
+            Err(_) => {
+                errors.push(format!(
+                    "duplicate_horizon: {:?} is not a duration like \"10m\" (\"0s\": off)",
+                    self.duplicate_horizon
+                ));
+                std::time::Duration::ZERO
+            }
+        };
+        let duplicates = crate::state::SeenSettings {
+            horizon_ms: i64::try_from(duplicate_horizon.as_millis()).unwrap_or(i64::MAX),
+            max_entries: self.duplicate_max_entries,
+        };
+        if self.duplicate_max_entries > MAX_DUPLICATE_ENTRIES {
+            errors.push(format!(
+                "duplicate_max_entries: {} is more than the most allowed, {MAX_DUPLICATE_ENTRIES}",
+                self.duplicate_max_entries
+            ));
+        }
         for (name, d) in [
             ("checkpoint_interval", checkpoint_interval),
             ("shutdown_timeout", shutdown_timeout),
@@ -505,6 +551,7 @@ impl Config {
                 checkpoint_interval,
                 shutdown_timeout,
                 max_future,
+                duplicates,
                 blueprints,
                 posture,
                 api,

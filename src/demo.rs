@@ -127,6 +127,7 @@ pub fn local_config(
         checkpoint_interval: Duration::from_millis(200),
         shutdown_timeout: Duration::from_secs(20),
         max_future: Duration::from_secs(300),
+        duplicates: crate::state::SeenSettings::default(),
         blueprints,
         posture: crate::posture::PostureSettings::default(),
         api: None,

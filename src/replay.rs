@@ -136,10 +136,11 @@ impl IncidentSink for Vec<Incident> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayOptions {
     /// How far ahead of the stream's own time (its latest event folded) a line's events may be
-    /// dated (ms). A line further ahead waits until [`CONFIRMING_LINES`] other lines come near
-    /// its time (the stream really moved on, as after an outage) and is then folded; if
-    /// [`HOLD_LINES`] lines of the stream's own time come first, it is dead-lettered as
-    /// `future_timestamp`, so one forged time cannot blind the agent's windows.
+    /// dated (ms). A line further ahead waits until the stream catches up with it, or until
+    /// [`CONFIRMING_LINES`] other lines come near its time (the stream really moved on, as after
+    /// an outage), and is then folded; if [`HOLD_EVENTS`] events of the stream's own time come
+    /// first, or the input ends, it is dead-lettered as `future_timestamp`: one forged time
+    /// cannot blind the agent's windows.
     pub max_future_ms: i64,
 }
 
@@ -154,10 +155,14 @@ impl Default for ReplayOptions {
 /// Lines near a line held ahead of the stream that confirm its time (see [`ReplayOptions`]).
 pub const CONFIRMING_LINES: usize = 2;
 
-/// Lines of the stream's own time after which a line held ahead of it is dead-lettered.
-pub const HOLD_LINES: u32 = 1_000;
+/// Events of the stream's own time after which a line held ahead of it is dead-lettered.
+pub const HOLD_EVENTS: u64 = 100_000;
 
-/// A line dated too far ahead of the stream, waiting for the stream to confirm its time.
+/// Lines held ahead of the stream at most; beyond, the oldest is dead-lettered.
+pub const MAX_HELD_LINES: usize = 1_000;
+
+/// A line dated too far ahead of the stream, waiting for the stream to catch up or confirm its
+/// time.
 struct Held {
     /// Line number (1-based).
     no: u64,
@@ -165,10 +170,12 @@ struct Held {
     bytes: usize,
     /// Latest event time of its events.
     ts: i64,
+    /// The stream's time when it came.
+    then: i64,
     /// Its events.
     events: Vec<AuditEvent<'static>>,
-    /// Lines of the stream's own time folded since.
-    waited: u32,
+    /// Events of the stream's own time folded since.
+    waited: u64,
 }
 
 /// The stream's own time: the latest event time folded, and the lines held ahead of it.
@@ -185,36 +192,46 @@ impl StreamClock {
     }
 
     /// Holds a line; returns the held lines its time confirms (itself included), in line order,
-    /// when enough of them are near one another.
-    fn hold(&mut self, h: Held) -> Vec<Held> {
+    /// when enough of them are near one another, and the oldest held line if too many wait.
+    fn hold(&mut self, h: Held) -> (Vec<Held>, Option<Held>) {
         let ts = h.ts;
         self.held.push(h);
         let near = |x: &Held| (x.ts - ts).abs() <= self.max_future;
-        if self.held.iter().filter(|x| near(x)).count() <= CONFIRMING_LINES {
-            return Vec::new();
+        if self.held.iter().filter(|x| near(x)).count() > CONFIRMING_LINES {
+            let (now, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
+                .into_iter()
+                .partition(|x| near(x));
+            self.held = rest;
+            for h in &now {
+                self.latest = self.latest.max(h.ts);
+            }
+            return (now, None);
         }
-        let (now, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|x| near(x));
-        self.held = rest;
-        now
+        let dropped = (self.held.len() > MAX_HELD_LINES).then(|| self.held.remove(0));
+        (Vec::new(), dropped)
     }
 
-    /// Counts a line folded at the stream's time (`ts`); returns the held lines that waited too
-    /// long.
-    fn fold(&mut self, ts: i64) -> Vec<Held> {
+    /// Counts a line of `events` events folded at the stream's time (`ts`); returns the held
+    /// lines the stream has caught up with, and those that waited too long.
+    fn fold(&mut self, ts: i64, events: u64) -> (Vec<Held>, Vec<Held>) {
         self.latest = self.latest.max(ts);
         if self.held.is_empty() {
-            return Vec::new();
+            return (Vec::new(), Vec::new());
         }
-        for h in &mut self.held {
-            h.waited += 1;
+        let limit = self.latest.saturating_add(self.max_future);
+        let mut caught = Vec::new();
+        let mut expired = Vec::new();
+        for mut h in std::mem::take(&mut self.held) {
+            h.waited += events;
+            if h.ts <= limit {
+                caught.push(h);
+            } else if h.waited >= HOLD_EVENTS {
+                expired.push(h);
+            } else {
+                self.held.push(h);
+            }
         }
-        let (expired, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
-            .into_iter()
-            .partition(|h| h.waited >= HOLD_LINES);
-        self.held = rest;
-        expired
+        (caught, expired)
     }
 
     /// Why a held line is refused.
@@ -222,11 +239,13 @@ impl StreamClock {
         DecodeError::FutureTimestamp {
             at: crate::event::format_rfc3339_ms(h.ts),
             now: format!(
-                "{}, the stream's latest event",
-                crate::event::format_rfc3339_ms(self.latest)
+                "{}, the stream's latest event then",
+                crate::event::format_rfc3339_ms(h.then)
             ),
-            allowed: humantime::format_duration(Duration::from_millis(self.max_future.max(0) as u64))
-                .to_string(),
+            allowed: humantime::format_duration(Duration::from_millis(
+                self.max_future.max(0) as u64
+            ))
+            .to_string(),
         }
     }
 }
@@ -319,34 +338,39 @@ pub fn run_with(
                     let Some(ts) = events.iter().map(|e| e.ts_ms).max() else {
                         continue;
                     };
-                    if clock.ahead(ts) {
+                    let mut f = Folding {
+                        engine: &mut *engine,
+                        batch: &mut batch,
+                        day: &mut day,
+                        out: &mut out,
+                        sum: &mut sum,
+                    };
+                    let (fold, refuse) = if clock.ahead(ts) {
                         let held = Held {
                             no,
                             bytes: line.len(),
                             ts,
+                            then: clock.latest,
                             events: events.drain(..).map(AuditEvent::into_owned).collect(),
                             waited: 0,
                         };
-                        for h in clock.hold(held) {
-                            clock.latest = clock.latest.max(h.ts);
-                            for ev in h.events {
-                                let mut f = Folding { engine: &mut *engine, batch: &mut batch, day: &mut day, out: &mut out, sum: &mut sum };
-                                f.event(ev, sink)?;
-                            }
+                        let (confirmed, dropped) = clock.hold(held);
+                        (confirmed, dropped.into_iter().collect())
+                    } else {
+                        let n = events.len() as u64;
+                        for ev in events.drain(..) {
+                            f.event(ev, sink)?;
                         }
-                        continue;
+                        clock.fold(ts, n)
+                    };
+                    for h in fold {
+                        for ev in h.events {
+                            f.event(ev, sink)?;
+                        }
                     }
-                    for ev in events.drain(..) {
-                        let mut f = Folding { engine: &mut *engine, batch: &mut batch, day: &mut day, out: &mut out, sum: &mut sum };
-                        f.event(ev, sink)?;
-                    }
-                    for h in clock.fold(ts) {
-                        flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+                    for h in refuse {
                         let e = clock.refusal(&h);
-                        sum.malformed += 1;
-                        sum.future += 1;
-                        engine.count_bad_event();
-                        sink.dead_letter(h.no, &e, h.bytes)?;
+                        f.refuse(&h, &e, sink)?;
                         on_error(h.no, &e);
                     }
                 }
@@ -366,14 +390,20 @@ pub fn run_with(
         }
     }
     // Lines still held ahead of a stream that never reached their time.
+    let mut batch: Vec<AuditEvent<'static>> = Vec::new();
     for h in std::mem::take(&mut clock.held) {
         let e = clock.refusal(&h);
-        sum.malformed += 1;
-        sum.future += 1;
-        engine.count_bad_event();
-        sink.dead_letter(h.no, &e, h.bytes)?;
+        let mut f = Folding {
+            engine: &mut *engine,
+            batch: &mut batch,
+            day: &mut day,
+            out: &mut out,
+            sum: &mut sum,
+        };
+        f.refuse(&h, &e, sink)?;
         on_error(h.no, &e);
     }
+    flush(engine, &mut batch, &mut out, sink, &mut sum)?;
     // The end of the input: what waited for calls that could still arrive is final now.
     engine.finish(&mut out);
     for i in out.drain(..) {
@@ -459,6 +489,20 @@ impl<'a> Folding<'_, '_, 'a> {
         }
         self.batch.push(ev);
         Ok(())
+    }
+
+    /// Dead-letters a line held ahead of the stream (after the events before it).
+    fn refuse(
+        &mut self,
+        h: &Held,
+        e: &DecodeError,
+        sink: &mut impl IncidentSink,
+    ) -> io::Result<()> {
+        flush(self.engine, self.batch, self.out, sink, self.sum)?;
+        self.sum.malformed += 1;
+        self.sum.future += 1;
+        self.engine.count_bad_event();
+        sink.dead_letter(h.no, e, h.bytes)
     }
 }
 
@@ -578,6 +622,93 @@ pub fn write_state<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::blueprint::{load_blueprint, Assignment, BlueprintSet};
+    use std::sync::Arc;
+
+    /// Static frequency over 30 calls a minute, judged from the start.
+    fn engine() -> (Engine, Decoder) {
+        let bp = load_blueprint(
+            "t",
+            &serde_json::json!({"name": "T", "mode": "monitor",
+                "anomaly": {"frequency_threshold": 30}, "learned": {"learning_period": 0}}),
+        )
+        .unwrap();
+        let set = BlueprintSet::from_blueprints(
+            vec![bp],
+            Assignment {
+                default: "t".into(),
+                ..Assignment::default()
+            },
+        )
+        .unwrap();
+        let decoder = Decoder::new(&set.decoder_options()).unwrap();
+        (Engine::new(Arc::new(set)), decoder)
+    }
+
+    fn line(agent: &str, id: usize, ts: i64) -> String {
+        format!(
+            r#"{{"event_id":"{id}","agent_id":"{agent}","tool_name":"t","timestamp":"{}"}}"#,
+            crate::event::format_rfc3339_ms(ts)
+        ) + "\n"
+    }
+
+    const T: i64 = 1_772_460_000_000;
+
+    fn replay(text: &str) -> (ReplaySummary, Vec<Incident>, Vec<u64>) {
+        let (mut e, d) = engine();
+        let mut out = Vec::new();
+        let mut refused = Vec::new();
+        let s = run(
+            &mut e,
+            &d,
+            text.as_bytes(),
+            &mut out,
+            |no, err| {
+                assert_eq!(err.kind(), "future_timestamp");
+                refused.push(no);
+            },
+            None,
+        )
+        .unwrap();
+        (s, out, refused)
+    }
+
+    #[test]
+    fn one_line_dated_far_ahead_of_the_stream_is_refused_and_blinds_nothing() {
+        let mut text: String = (0..10)
+            .map(|i| line("a", i, T + i as i64 * 30_000))
+            .collect();
+        text += &line("a", 10, T + 10 * 365 * 86_400_000);
+        // Then 100 calls in a minute.
+        text += &(0..100)
+            .map(|i| line("a", 11 + i, T + 300_000 + i as i64 * 500))
+            .collect::<String>();
+        let (s, out, refused) = replay(&text);
+        assert_eq!(refused, vec![11]);
+        assert_eq!((s.future, s.malformed, s.late_events), (1, 1, 0));
+        assert!(
+            out.iter()
+                .any(|i| i.kind == IncidentType::FrequencySpike && i.agent_id == "a"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn the_stream_moving_on_after_a_gap_is_folded() {
+        // Two hours of silence (an outage), then the fleet again: the first lines after the gap
+        // wait for the next ones to confirm their time, and all are folded in order.
+        let mut text: String = (0..10)
+            .map(|i| line("a", i, T + i as i64 * 1_000))
+            .collect();
+        let after = T + 2 * 3_600_000;
+        text += &(0..10)
+            .map(|i| line(["a", "b"][i % 2], 10 + i, after + i as i64 * 1_000))
+            .collect::<String>();
+        let (s, _, refused) = replay(&text);
+        assert!(refused.is_empty());
+        assert_eq!((s.future, s.malformed, s.late_events), (0, 0, 0));
+        assert_eq!(s.events, 20);
+    }
 
     #[test]
     fn a_line_longer_than_the_maximum_is_read_through_but_not_kept() {

@@ -21,8 +21,7 @@ use crate::engine::{EngineStats, FleetState};
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
 use crate::state::{
-    AgentState, Seen, SeenChanges, SeenEntry, SeenFigures, SessionAgent, Snapshot,
-    SNAPSHOT_VERSION,
+    AgentState, Seen, SeenChanges, SeenEntry, SeenFigures, SessionAgent, Snapshot, SNAPSHOT_VERSION,
 };
 
 /// Errors of the state store.

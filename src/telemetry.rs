@@ -17,6 +17,16 @@ pub struct Metrics {
     pub events: AtomicU64,
     /// Malformed events dead-lettered.
     pub bad_events: AtomicU64,
+    /// Audit events delivered again (the same identity and content within the horizon): dropped.
+    pub duplicates: AtomicU64,
+    /// Audit events whose identity was seen before with other content: processed, and counted.
+    pub id_conflicts: AtomicU64,
+    /// Findings explained by a fleet shift of their agent's cohort (no incident, no kill weight).
+    pub findings_explained: AtomicU64,
+    /// Fleet shifts going on in the owned partitions (as of the latest checkpoint).
+    pub fleet_shifts: AtomicU64,
+    /// Event identities remembered for dropping re-deliveries (as of the latest checkpoint).
+    pub duplicate_identities: AtomicU64,
     /// Incidents emitted.
     pub incidents: AtomicU64,
     /// Kill commands emitted.
@@ -58,7 +68,7 @@ pub struct Metrics {
     pub agents: AtomicU64,
     /// Killed agents in the owned partitions (as of the latest checkpoint).
     pub agents_killed: AtomicU64,
-    /// Kill decisions not carried out, by reason: monitor, learning, budget, allowlist.
+    /// Kill decisions not carried out, by reason: monitor, learning, budget, allowlist, cohort.
     pub kills_suppressed: [AtomicU64; 5],
     /// Owned partitions still in their first-deployment learning period (latest checkpoint).
     pub learning_partitions: AtomicU64,
@@ -93,6 +103,11 @@ impl Default for Metrics {
         Metrics {
             events: AtomicU64::new(0),
             bad_events: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            id_conflicts: AtomicU64::new(0),
+            findings_explained: AtomicU64::new(0),
+            fleet_shifts: AtomicU64::new(0),
+            duplicate_identities: AtomicU64::new(0),
             incidents: AtomicU64::new(0),
             kill_commands: AtomicU64::new(0),
             commands_applied: AtomicU64::new(0),

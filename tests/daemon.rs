@@ -669,3 +669,119 @@ fn otlp_spans_in_protobuf_and_json_give_the_incidents_of_the_same_calls_as_agent
         "resolved in the request"
     );
 }
+
+/// Calls of a cohort of `n` agents (`ops-0`, …) at 20 to 50 calls an hour from 08:00 to 18:00
+/// UTC on `days` days from Monday 2026-03-02, each agent's rate multiplied by `factor(ts)`:
+/// arrivals at random, a fixed seed per agent, in time order.
+fn cohort_calls(n: usize, days: i64, factor: impl Fn(i64) -> f64) -> Vec<(String, u64, i64)> {
+    const HOUR: i64 = 3_600_000;
+    const MONDAY: i64 = 1_772_409_600_000;
+    let mut out = Vec::new();
+    for i in 0..n {
+        let agent = format!("ops-{i}");
+        let rate = 20.0 + 10.0 * (i % 4) as f64;
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1).wrapping_mul(0x2545_f491);
+        let mut uniform = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let mut k = 0u64;
+        for d in 0..days {
+            let (start, end) = (
+                MONDAY + d * 86_400_000 + 8 * HOUR,
+                MONDAY + d * 86_400_000 + 18 * HOUR,
+            );
+            let mut t = start as f64;
+            loop {
+                t += -uniform().ln() / (rate * factor(t as i64)) * HOUR as f64;
+                if t as i64 >= end {
+                    break;
+                }
+                k += 1;
+                out.push((agent.clone(), k, t as i64));
+            }
+        }
+    }
+    out.sort_by_key(|c| c.2);
+    out
+}
+
+#[test]
+fn a_cohort_shift_spread_over_four_partitions_raises_no_agent_incident_and_no_kill() {
+    use agent_guardian::blueprint::{load_blueprint, Assignment, BlueprintSet};
+    // 60 agents of one blueprint keyed by agent over four partitions; four days of history,
+    // then every one of them at three times its rate from 10:00 to 14:00 on the fifth day, and
+    // a morning after.
+    let c = MockCluster::new(1).unwrap();
+    let k = kafka(&c.bootstrap_servers());
+    c.create_topic("audit", 4, 1).unwrap();
+    for t in [&k.control_topic, &k.incidents_topic, &k.dead_letter_topic] {
+        c.create_topic(t, 1, 1).unwrap();
+    }
+    let surge = 1_772_409_600_000 + 4 * 86_400_000 + 10 * 3_600_000;
+    let calls = cohort_calls(60, 6, |t| {
+        if (surge..surge + 4 * 3_600_000).contains(&t) {
+            3.0
+        } else {
+            1.0
+        }
+    });
+    let msgs: Vec<(Option<String>, Vec<u8>)> = calls
+        .iter()
+        .map(|(a, n, ts)| (Some(a.clone()), line(a, *n, *ts, "query").into_bytes()))
+        .collect();
+    produce(&k, "audit", &msgs);
+    let bp = load_blueprint(
+        "ops",
+        &serde_json::json!({"name": "Ops", "mode": "block", "timezone": "UTC",
+            "auto_kill_threshold": 3, "anomaly": {},
+            "learned": {"learning_period": "1d", "warmup": "1d", "slow_burn_ratio": 2.5}}),
+    )
+    .unwrap();
+    let set = BlueprintSet::from_blueprints(
+        vec![bp],
+        Assignment {
+            default: "ops".into(),
+            ..Assignment::default()
+        },
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(demo::local_config(k.clone(), dir.path(), set.into())).unwrap();
+    let m = d.metrics.clone();
+    wait(&m, "every call", |m| {
+        m.events.load(Ordering::Relaxed) >= calls.len() as u64
+    });
+    wait(&m, "a checkpoint", |m| {
+        m.checkpoints.load(Ordering::Relaxed) > 1
+    });
+    stop(d);
+
+    let store = Store::open_existing(dir.path()).unwrap();
+    let parts = store.partitions().unwrap();
+    assert_eq!(parts.len(), 4, "the cohort is spread over four partitions");
+    assert!(
+        parts.iter().all(|p| p.3 >= 8),
+        "agents per partition: {:?}",
+        parts.iter().map(|p| p.3).collect::<Vec<_>>()
+    );
+    let found = incidents(&k);
+    let shifts: Vec<_> = found
+        .iter()
+        .filter(|i| {
+            i.kind == IncidentType::FleetShift && i.status == agent_guardian::response::Status::Open
+        })
+        .collect();
+    assert!(
+        (1..=4).contains(&shifts.len()),
+        "one fleet shift per partition at most: {shifts:#?}"
+    );
+    for kind in IncidentType::DETECTED {
+        let of: Vec<_> = found.iter().filter(|i| i.kind == *kind).collect();
+        assert!(of.is_empty(), "{kind:?}: {of:#?}");
+    }
+    assert!(commands(&k).is_empty(), "no kill command");
+    assert!(m.findings_explained.load(Ordering::Relaxed) >= 1);
+}

@@ -74,6 +74,36 @@ impl Collector for Figures {
             "Audit events consumed and processed.",
             get(&m.events),
         )?;
+        counter(
+            &mut e,
+            "guardian_duplicate_events",
+            "Audit events delivered again (the same identity and content within the duplicate horizon): dropped, nothing else changed.",
+            get(&m.duplicates),
+        )?;
+        counter(
+            &mut e,
+            "guardian_identity_conflicts",
+            "Audit events whose identity was seen before with other content: processed (a forged record cannot hide a real one), and counted.",
+            get(&m.id_conflicts),
+        )?;
+        gauge(
+            &mut e,
+            "guardian_duplicate_identities",
+            "Event identities remembered for dropping re-deliveries, over the owned partitions.",
+            get(&m.duplicate_identities) as i64,
+        )?;
+        counter(
+            &mut e,
+            "guardian_findings_explained",
+            "Findings explained by a fleet shift of their agent's cohort: no incident, no kill weight.",
+            get(&m.findings_explained),
+        )?;
+        gauge(
+            &mut e,
+            "guardian_fleet_shifts",
+            "Fleet shifts going on in the owned partitions (one per cohort, partition and kind).",
+            get(&m.fleet_shifts) as i64,
+        )?;
         let bad: Vec<([(&str, &str); 1], u64)> = BAD_EVENT_KINDS
             .iter()
             .zip(&m.bad_by_kind)

@@ -337,6 +337,7 @@ fn read_cohort(w: &mut Walker, top: &serde_json::Map<String, Value>) -> CohortRu
         "enabled",
         "by",
         "wait",
+        "max_wait",
         "min_agents",
         "share",
         "min_factor",
@@ -358,6 +359,12 @@ fn read_cohort(w: &mut Walker, top: &serde_json::Map<String, Value>) -> CohortRu
         ),
     }
     c.wait_ms = w.duration(m, "wait", p, 0, 3_600_000).unwrap_or(c.wait_ms);
+    c.max_wait_ms = w
+        .duration(m, "max_wait", p, 0, 3_600_000)
+        .unwrap_or(c.max_wait_ms.max(c.wait_ms));
+    if c.max_wait_ms < c.wait_ms {
+        w.err("/cohort/max_wait", "shorter than /cohort/wait");
+    }
     c.min_agents = w
         .integer(m, "min_agents", p, 2, 1_000_000)
         .map_or(c.min_agents, |v| v as u32);

@@ -13,8 +13,8 @@ mod walk;
 pub use assign::{Assignment, AssignmentRule};
 pub use load::{load_blueprint, parse_duration_ms};
 pub use schema::{
-    AllowedHours, Blueprint, CohortBy, CohortRules, DataVolumeRules, DedupRules, KillRules, LearnedRules, Mode,
-    RoutineMode, RoutineRules, SequenceRule, Severities, Weekdays,
+    AllowedHours, Blueprint, CohortBy, CohortRules, DataVolumeRules, DedupRules, KillRules,
+    LearnedRules, Mode, RoutineMode, RoutineRules, SequenceRule, Severities, Weekdays,
 };
 pub use set::{read_json_file, BlueprintSet, LoadError, BUILTIN};
 pub use severity::Severity;

@@ -270,6 +270,8 @@ pub struct CohortRules {
     pub by: CohortBy,
     /// Event time a finding waits for its cohort to show a shift before it is raised (ms).
     pub wait_ms: i64,
+    /// Longest wait while other members show the same kind of finding (ms).
+    pub max_wait_ms: i64,
     /// Least members that must show a shift (and least members for a cohort to hold findings).
     pub min_agents: u32,
     /// Least share of the eligible (rates) or active (other kinds) members that must show it.
@@ -290,6 +292,7 @@ impl Default for CohortRules {
             enabled: true,
             by: CohortBy::Blueprint,
             wait_ms: 300_000,
+            max_wait_ms: 900_000,
             min_agents: 5,
             share: 0.5,
             min_factor: 1.5,
@@ -441,6 +444,7 @@ impl Blueprint {
                 "enabled": self.cohort.enabled,
                 "by": self.cohort.by.as_str(),
                 "wait": dur(self.cohort.wait_ms),
+                "max_wait": dur(self.cohort.max_wait_ms),
                 "min_agents": self.cohort.min_agents,
                 "share": self.cohort.share,
                 "min_factor": self.cohort.min_factor,

@@ -49,6 +49,8 @@ pub struct FoldSettings {
     pub decoder: DecoderOptions,
     /// How far ahead of the clock an event's time may be (ms).
     pub max_future_ms: i64,
+    /// How event identities are remembered for dropping re-deliveries.
+    pub duplicates: crate::state::SeenSettings,
 }
 
 impl FoldSettings {
@@ -70,6 +72,7 @@ impl FoldSettings {
                 ..cfg.blueprints.decoder_options()
             },
             max_future_ms: i64::try_from(cfg.max_future.as_millis()).unwrap_or(i64::MAX),
+            duplicates: cfg.duplicates,
         }
     }
 }
@@ -220,13 +223,16 @@ impl Fold {
                     found_at: now,
                 });
             }
-            let engine = match a.state {
+            let mut engine = match a.state {
                 Some(s) => Engine::restore(self.settings.blueprints.clone(), s),
                 None => {
                     self.ledger.rebuilds += 1;
                     Engine::new(self.settings.blueprints.clone())
                 }
             };
+            engine.set_duplicates(self.settings.duplicates);
+            // A new state draws its own secret key for the digests of event identities.
+            engine.draw_duplicate_key();
             self.parts.insert(
                 key,
                 Part {
@@ -297,6 +303,16 @@ impl Fold {
     /// Records (audit and control) folded since the previous checkpoint.
     pub fn since_checkpoint(&self) -> u64 {
         self.since_checkpoint
+    }
+
+    /// `(open fleet shifts, event identities remembered)` over the owned partitions.
+    pub fn cohort_figures(&self) -> (u64, u64) {
+        self.parts.values().fold((0, 0), |(s, d), p| {
+            (
+                s + p.engine.fleet_shifts().count() as u64,
+                d + p.engine.duplicates_kept() as u64,
+            )
+        })
     }
 
     /// `(agents, killed agents, partitions still learning)` of the owned partitions.
@@ -432,6 +448,7 @@ impl Fold {
         self.metrics
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let before = part.engine.stats().clone();
         if self.pending.is_empty() {
             part.engine.process_batch(&events, &mut self.out);
         } else {
@@ -466,6 +483,23 @@ impl Fold {
             }
         }
         self.events = reuse(events);
+        let after = part.engine.stats();
+        for (counter, n) in [
+            (
+                &self.metrics.duplicates,
+                after.duplicates - before.duplicates,
+            ),
+            (
+                &self.metrics.id_conflicts,
+                after.id_conflicts - before.id_conflicts,
+            ),
+            (
+                &self.metrics.findings_explained,
+                after.explained - before.explained,
+            ),
+        ] {
+            counter.fetch_add(n, Ordering::Relaxed);
+        }
         for inc in self.out.drain(..) {
             self.raised.push(inc.clone());
             if quiet {
@@ -803,6 +837,7 @@ mod tests {
             decoder: set.decoder_options(),
             blueprints: Arc::new(set),
             max_future_ms: 300_000,
+            duplicates: crate::state::SeenSettings::default(),
         }
     }
 

@@ -217,6 +217,11 @@ impl Core {
         self.metrics
             .learning_partitions
             .store(learning, Ordering::Relaxed);
+        let (shifts, identities) = self.fold.cohort_figures();
+        self.metrics.fleet_shifts.store(shifts, Ordering::Relaxed);
+        self.metrics
+            .duplicate_identities
+            .store(identities, Ordering::Relaxed);
         self.publisher.publish_sink_figures();
     }
 

@@ -186,6 +186,36 @@ impl Default for CohortShift {
     }
 }
 
+/// How late the stream delivers calls: an estimate of the 99th percentile of how far behind the
+/// newest event time each in-order call of a known agent arrives (ms), so that a cohort is
+/// judged once its members' calls up to a time have arrived: seconds for a live stream, an hour
+/// for a source that sends whole hour-long traces one agent after another. Deterministic (a
+/// fixed-step streaming quantile).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryLag {
+    p99: f64,
+}
+
+impl DeliveryLag {
+    /// Step of the estimate (ms) for a call delivered earlier than it; 99 times that later.
+    const STEP_MS: f64 = 10.0;
+
+    /// Learns one call delivered `behind` ms after the newest event time.
+    pub fn observe(&mut self, behind: i64) {
+        let x = behind.max(0) as f64;
+        if x > self.p99 {
+            self.p99 += 99.0 * Self::STEP_MS;
+        } else if x < self.p99 {
+            self.p99 = (self.p99 - Self::STEP_MS).max(0.0);
+        }
+    }
+
+    /// The estimate, at most `cap` ms.
+    pub fn value(&self, cap: i64) -> i64 {
+        (self.p99 as i64).clamp(0, cap.max(0))
+    }
+}
+
 /// What an evaluation reads of one member: per window, its calls and its own expected calls
 /// at the time of the evaluation (members with no baseline of their own are left out).
 pub type Member = [(u32, f64); SCALES];
@@ -281,7 +311,8 @@ pub struct Presence {
 impl Presence {
     /// Whether it is a shift: enough members, and a large enough share of the active ones.
     pub fn shifted(&self, rules: &CohortRules) -> bool {
-        self.found >= rules.min_agents && f64::from(self.found) >= rules.share * f64::from(self.active)
+        self.found >= rules.min_agents
+            && f64::from(self.found) >= rules.share * f64::from(self.active)
     }
 }
 
@@ -363,9 +394,18 @@ mod tests {
     #[test]
     fn a_count_at_the_cohort_s_factor_is_explained_and_one_far_beyond_is_not() {
         let f = [3.0; SCALES];
-        assert!(test(31, 10.0).explained_by_rate(&f, 1e-6), "3× in a 3× cohort");
-        assert!(test(60, 10.0).explained_by_rate(&f, 1e-6), "6× is within a 3× cohort's spread");
-        assert!(!test(300, 10.0).explained_by_rate(&f, 1e-6), "30× is beyond it");
+        assert!(
+            test(31, 10.0).explained_by_rate(&f, 1e-6),
+            "3× in a 3× cohort"
+        );
+        assert!(
+            test(60, 10.0).explained_by_rate(&f, 1e-6),
+            "6× is within a 3× cohort's spread"
+        );
+        assert!(
+            !test(300, 10.0).explained_by_rate(&f, 1e-6),
+            "30× is beyond it"
+        );
         assert!(
             !test(31, 10.0).explained_by_rate(&[1.0; SCALES], 1e-6),
             "no shift explains nothing"
@@ -373,10 +413,36 @@ mod tests {
     }
 
     #[test]
+    fn the_delivery_lag_follows_how_late_calls_arrive() {
+        let mut live = DeliveryLag::default();
+        let mut batched = DeliveryLag::default();
+        for i in 0..100_000i64 {
+            live.observe((i * 7919) % 5_000);
+            batched.observe((i * 7919) % 3_600_000);
+        }
+        assert!(live.value(i64::MAX) < 10_000, "{live:?}");
+        let b = batched.value(i64::MAX);
+        assert!((3_400_000..3_700_000).contains(&b), "{b}");
+        assert_eq!(batched.value(900_000), 900_000, "capped");
+    }
+
+    #[test]
     fn presence_needs_enough_members_and_a_share_of_the_active_ones() {
         let r = rules();
-        assert!(Presence { found: 8, active: 10 }.shifted(&r));
-        assert!(!Presence { found: 8, active: 40 }.shifted(&r));
-        assert!(!Presence { found: 2, active: 2 }.shifted(&r));
+        assert!(Presence {
+            found: 8,
+            active: 10
+        }
+        .shifted(&r));
+        assert!(!Presence {
+            found: 8,
+            active: 40
+        }
+        .shifted(&r));
+        assert!(!Presence {
+            found: 2,
+            active: 2
+        }
+        .shifted(&r));
     }
 }

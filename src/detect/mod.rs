@@ -21,7 +21,7 @@ mod window;
 
 pub use clock::{hour_of_week, local_time, LocalClock, LocalTime};
 pub use cohort::{
-    CohortShift, Member, Presence, RateEvaluation, ShiftKind, ShiftTest, SHIFT_KINDS,
+    CohortShift, DeliveryLag, Member, Presence, RateEvaluation, ShiftKind, ShiftTest, SHIFT_KINDS,
 };
 pub use episode::{Closed, Episode, Opening, Step};
 pub use frequency::FrequencyState;
@@ -146,7 +146,16 @@ pub struct Finding {
 
 /// The units findings use, as stored with a finding that waits for its cohort.
 const UNITS: [&str; 10] = [
-    "", "calls", "turns", "bytes", "seconds", "events", "score", "local_hour", "kills", "agents",
+    "",
+    "calls",
+    "turns",
+    "bytes",
+    "seconds",
+    "events",
+    "score",
+    "local_hour",
+    "kills",
+    "agents",
 ];
 
 /// A [`Finding`] as stored (its unit by name).

@@ -165,7 +165,11 @@ mod tests {
         let now = t0 + BUCKET_MS + BUCKET_MS / 5;
         s.add(now - 2000);
         s.add(now - 1000);
-        assert!((s.trailing(0, now) - 10.0).abs() < 1e-9, "{}", s.trailing(0, now));
+        assert!(
+            (s.trailing(0, now) - 10.0).abs() < 1e-9,
+            "{}",
+            s.trailing(0, now)
+        );
         // The 15-minute window holds both buckets; nothing before them.
         assert!((s.trailing(1, now) - 12.0).abs() < 1e-9);
     }

@@ -26,6 +26,21 @@ use super::{type_index, Cohort, Engine};
 
 /// Event time between two evaluations of an open rate shift.
 const EVALUATE_EVERY_MS: i64 = 300_000;
+/// Longest delivery lag waited for: a stream later than an hour is judged as it comes (and an
+/// attacker who floods old-dated calls delays cohort judgements by an hour at most).
+const MAX_LAG_MS: i64 = 3_600_000;
+/// Event time between two looks at a cohort that is stirring (see [`Verdict::Stirring`]).
+const RECHECK_MS: i64 = 60_000;
+
+/// What an evaluation of a cohort found.
+enum Verdict {
+    /// A shift, opened (its position in the cohort's shifts).
+    Shift(usize),
+    /// No shift yet, but other members show the same kind of finding: the cohort may be moving.
+    Stirring,
+    /// No shift.
+    Quiet,
+}
 
 impl Engine {
     /// The position of the cohort of an agent of blueprint `bp` with `group`, created if new.
@@ -67,6 +82,12 @@ impl Engine {
             members: Vec::new(),
             state,
         });
+    }
+
+    /// The event time up to which the stream has delivered the calls of most agents: the
+    /// latest event time less the stream's delivery lag (at most `MAX_LAG_MS`).
+    pub(super) fn reported(&self) -> i64 {
+        self.latest.saturating_sub(self.lag.value(MAX_LAG_MS))
     }
 
     /// Open fleet shifts, by cohort key.
@@ -141,22 +162,21 @@ impl Engine {
             return;
         }
         if rules.wait_ms > 0 && cohort.members.len() >= rules.min_agents as usize {
-            self.hold(i, f, at.saturating_add(rules.wait_ms), ts, event_id, tool_name);
+            self.hold(
+                i,
+                f,
+                at.saturating_add(rules.wait_ms),
+                ts,
+                event_id,
+                tool_name,
+            );
         } else {
             raise.push(f);
         }
     }
 
     /// Holds finding `f` of the agent at position `i` until event time `until`.
-    fn hold(
-        &mut self,
-        i: usize,
-        f: Finding,
-        until: i64,
-        ts: i64,
-        event_id: &str,
-        tool_name: &str,
-    ) {
+    fn hold(&mut self, i: usize, f: Finding, until: i64, ts: i64, event_id: &str, tool_name: &str) {
         let a = &mut self.agents[i];
         a.state.cohort.held.push(HeldFinding {
             finding: f,
@@ -213,7 +233,9 @@ impl Engine {
             // Episodes whose opening was explained: their closing records go too.
             let mut explained: Vec<(IncidentType, u32)> = Vec::new();
             for h in ready {
-                self.judge_held(i, h, now, &mut explained, out);
+                // Judged as of the end of its wait (or of the stream).
+                let as_of = h.until.min(now);
+                self.judge_held(i, h, as_of, &mut explained, out);
             }
         }
         let agents = &mut self.agents;
@@ -251,11 +273,24 @@ impl Engine {
         };
         let c = self.agents[i].cohort as usize;
         let (kind, rule) = (test.kind(), test.rule());
+        let set = self.set.clone();
+        let bp = set.get(self.agents[i].bp);
         let k = match self.cohorts[c].state.shift(kind, rule) {
             Some(k) => Some(k),
-            None => self.evaluate(c, &test, now, at, out),
+            None => match self.evaluate(c, &test, now, at, out) {
+                Verdict::Shift(k) => Some(k),
+                // While other members show the same, it waits on, up to `max_wait`.
+                Verdict::Stirring if now < at.saturating_add(bp.cohort.max_wait_ms) => {
+                    let until = now
+                        .saturating_add(RECHECK_MS)
+                        .min(at.saturating_add(bp.cohort.max_wait_ms));
+                    let (event_id, tool_name) = (h.event_id.clone(), h.tool_name.clone());
+                    self.hold(i, f, until, h.at, &event_id, &tool_name);
+                    return;
+                }
+                _ => None,
+            },
         };
-        let bp = self.set.get(self.agents[i].bp);
         if std::env::var_os("GUARDIAN_DEBUG_COHORT").is_some() {
             eprintln!(
                 "held {} {:?} at {} k={:?} factors={:?} test={:?} explained={}",
@@ -303,14 +338,16 @@ impl Engine {
         now: i64,
         at: i64,
         out: &mut Vec<Incident>,
-    ) -> Option<usize> {
+    ) -> Verdict {
         let bp = self.set.get(self.cohorts[c].bp);
         let rules = bp.cohort;
         let kind = test.kind();
         let (factor, shown) = match kind {
             ShiftKind::Rate => {
                 let ev = RateEvaluation::of(&self.members_at(c, now));
-                let scale = ev.shifted(&rules)?;
+                let Some(scale) = ev.shifted(&rules) else {
+                    return Verdict::Quiet;
+                };
                 let factors = ev.factors(&rules);
                 let state = &mut self.cohorts[c].state;
                 state.rate = CohortShift {
@@ -329,7 +366,12 @@ impl Engine {
                     p.found += u32::from(st.cohort.found_since(kind, test.rule(), since));
                 }
                 if !p.shifted(&rules) {
-                    return None;
+                    // Other members showing the same: the cohort may be moving.
+                    return if p.found >= 2 {
+                        Verdict::Stirring
+                    } else {
+                        Verdict::Quiet
+                    };
                 }
                 let factor = match test {
                     ShiftTest::Volume { ratio } => *ratio,
@@ -366,7 +408,7 @@ impl Engine {
         let k = state.shifts.len() - 1;
         let record = self.shift_record(c, k, Status::Open, now, bp.cohort.window_ms);
         out.push(record);
-        Some(k)
+        Verdict::Shift(k)
     }
 
     /// Evaluates the open rate shifts that are due and closes the shifts not confirmed for
@@ -383,7 +425,14 @@ impl Engine {
                 let ev = RateEvaluation::of(&self.members_at(c, now));
                 let factors = ev.factors(&rules);
                 if std::env::var_os("GUARDIAN_DEBUG_COHORT").is_some() {
-                    eprintln!("eval {} {:?} {:?} {:?} {:?}", crate::event::format_rfc3339_ms(now), ev.eligible, ev.up, ev.median, factors);
+                    eprintln!(
+                        "eval {} {:?} {:?} {:?} {:?}",
+                        crate::event::format_rfc3339_ms(now),
+                        ev.eligible,
+                        ev.up,
+                        ev.median,
+                        factors
+                    );
                 }
                 let state = &mut self.cohorts[c].state;
                 state.next_evaluation = now.saturating_add(EVALUATE_EVERY_MS);
@@ -552,10 +601,365 @@ fn explains(
     bp: &crate::blueprint::Blueprint,
 ) -> bool {
     match test {
-        ShiftTest::Rate { .. } => test.explained_by_rate(&state.rate.factors, bp.learned.sensitivity),
+        ShiftTest::Rate { .. } => {
+            test.explained_by_rate(&state.rate.factors, bp.learned.sensitivity)
+        }
         ShiftTest::Volume { ratio } => {
             f64::from(*ratio) <= bp.cohort.beyond * f64::from(state.shifts[k].factor).max(1.0)
         }
         ShiftTest::OffHours | ShiftTest::Sequence { .. } => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::borrow::Cow;
+    use std::sync::Arc;
+
+    use serde_json::json;
+
+    use super::super::Engine;
+    use crate::blueprint::{load_blueprint, Assignment, BlueprintSet};
+    use crate::event::{AgentSource, AuditEvent, EntryKind, Format};
+    use crate::response::{Action, Incident, IncidentType, Status, Suppression};
+
+    const MIN: i64 = 60_000;
+    const HOUR: i64 = 60 * MIN;
+    const DAY: i64 = 24 * HOUR;
+    /// Monday 2026-03-02 00:00 UTC.
+    const T0: i64 = 1_772_409_600_000;
+    /// The day of the surges (the fifth), and its 10:00.
+    const SURGE: i64 = T0 + 4 * DAY + 10 * HOUR;
+
+    /// A blueprint for cohort tests: UTC, a day of learning, a slow burn from 2.5 times the
+    /// usual rate, one sequence rule, the given overrides.
+    fn set(over: serde_json::Value) -> Arc<BlueprintSet> {
+        let mut doc = json!({
+            "name": "Ops", "mode": "block", "timezone": "UTC", "auto_kill_threshold": 3,
+            "anomaly": {"suspicious_sequences": [
+                {"pattern": ["query_db", "export"], "within": "5m", "severity": "high"}]},
+            "learned": {"learning_period": "1d", "warmup": "1d", "slow_burn_ratio": 2.5},
+        });
+        if let (Some(d), Some(o)) = (doc.as_object_mut(), over.as_object()) {
+            for (k, v) in o {
+                d.insert(k.clone(), v.clone());
+            }
+        }
+        let bp = load_blueprint("ops", &doc).expect("the test blueprint loads");
+        Arc::new(
+            BlueprintSet::from_blueprints(
+                vec![bp],
+                Assignment {
+                    default: "ops".into(),
+                    ..Assignment::default()
+                },
+            )
+            .expect("one blueprint"),
+        )
+    }
+
+    fn call(agent: &str, n: u64, ts: i64, tool: &str) -> AuditEvent<'static> {
+        AuditEvent {
+            format: Format::AgentSpm,
+            event_id: Cow::Owned(format!("{agent}/{n}")),
+            ts_ms: ts,
+            agent_id: Cow::Owned(agent.to_string()),
+            tool_name: Cow::Owned(tool.to_string()),
+            outcome: None,
+            environment: None,
+            group: None,
+            bytes: Some(2_000.0),
+            kind: EntryKind::ToolCall,
+            agent_source: AgentSource::Named,
+            user: None,
+            session: None,
+            parent_session: None,
+        }
+    }
+
+    /// How one agent works: its calls per hour between 08:00 and 18:00 every day, and the
+    /// spans of its days when it runs at another rate.
+    struct Worker {
+        rate: f64,
+        surges: Vec<(i64, i64, f64)>,
+        tools: &'static [&'static str],
+    }
+
+    /// The calls of `workers` (agents `a0`, `a1`, …) from day 0 to the end of day `days - 1`,
+    /// merged in time order: arrivals at random (a fixed seed per agent) at the agent's rate.
+    fn calls(workers: &[Worker], days: i64) -> Vec<AuditEvent<'static>> {
+        let mut out = Vec::new();
+        for (i, w) in workers.iter().enumerate() {
+            let agent = format!("a{i}");
+            let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ (i as u64 + 1).wrapping_mul(0x2545_f491);
+            let mut uniform = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                ((seed >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+            };
+            let mut n = 0u64;
+            for d in 0..days {
+                let (start, end) = (T0 + d * DAY + 8 * HOUR, T0 + d * DAY + 18 * HOUR);
+                let mut t = start as f64;
+                loop {
+                    let now = t as i64;
+                    let rate = w
+                        .surges
+                        .iter()
+                        .find(|s| now >= s.0 && now < s.1)
+                        .map_or(w.rate, |s| w.rate * s.2);
+                    t += -uniform().ln() / rate * HOUR as f64;
+                    if t as i64 >= end {
+                        break;
+                    }
+                    n += 1;
+                    let tool = w.tools[(n as usize) % w.tools.len()];
+                    out.push(call(&agent, n, t as i64, tool));
+                }
+            }
+        }
+        out.sort_by_key(|e| e.ts_ms);
+        out
+    }
+
+    const TOOLS: &[&str] = &["read", "query_db", "write", "report"];
+
+    /// `n` agents at 20 to 50 calls an hour, surging `factor` times from 10:00 to 14:00 on the
+    /// fifth day when `surging(i)`.
+    fn cohort(n: usize, factor: f64, surging: impl Fn(usize) -> bool) -> Vec<Worker> {
+        (0..n)
+            .map(|i| Worker {
+                rate: 20.0 + 10.0 * (i % 4) as f64,
+                surges: if surging(i) {
+                    vec![(SURGE, SURGE + 4 * HOUR, factor)]
+                } else {
+                    Vec::new()
+                },
+                tools: TOOLS,
+            })
+            .collect()
+    }
+
+    fn run(e: &mut Engine, evs: &[AuditEvent<'_>]) -> Vec<Incident> {
+        let mut out = Vec::new();
+        e.process_batch(evs, &mut out);
+        e.finish(&mut out);
+        out
+    }
+
+    fn of(out: &[Incident], kind: IncidentType) -> Vec<&Incident> {
+        out.iter().filter(|i| i.kind == kind).collect()
+    }
+
+    #[test]
+    fn a_cohort_at_three_times_its_rate_is_one_fleet_shift_with_no_incident_or_kill_weight() {
+        let mut e = Engine::new(set(json!({})));
+        // Six days: the shift closes the morning after.
+        let out = run(&mut e, &calls(&cohort(10, 3.0, |_| true), 6));
+        let shifts = of(&out, IncidentType::FleetShift);
+        assert_eq!(
+            shifts.iter().filter(|i| i.status == Status::Open).count(),
+            1,
+            "{shifts:#?}"
+        );
+        let closed: Vec<_> = shifts
+            .iter()
+            .filter(|i| i.status == Status::Closed)
+            .collect();
+        assert_eq!(closed.len(), 1, "{shifts:#?}");
+        assert_eq!(closed[0].incident_id, shifts[0].incident_id);
+        assert!(
+            closed[0].count >= 1 && !closed[0].agents.is_empty(),
+            "{closed:?}"
+        );
+        assert!(
+            (2.0..4.5).contains(&shifts[0].observed),
+            "the cohort's factor: {}",
+            shifts[0].observed
+        );
+        assert_eq!(shifts[0].agent_id, "cohort:ops");
+        assert!(e.stats().explained >= 1);
+        for kind in IncidentType::DETECTED {
+            assert!(
+                of(&out, *kind).is_empty(),
+                "{kind:?}: {:#?}",
+                of(&out, *kind)
+            );
+        }
+        assert!(e.agents().all(|a| a.kill.score == 0.0 && !a.kill.killed));
+    }
+
+    #[test]
+    fn the_same_three_times_on_one_agent_alone_is_still_a_slow_burn() {
+        let mut e = Engine::new(set(json!({})));
+        let out = run(&mut e, &calls(&cohort(10, 3.0, |i| i == 0), 5));
+        let f = of(&out, IncidentType::FrequencySpike);
+        assert!(
+            f.iter().any(|i| i.agent_id == "a0"
+                && i.status == Status::Open
+                && i.at >= SURGE
+                && i.at < SURGE + 4 * HOUR),
+            "{f:#?}"
+        );
+        assert!(f.iter().all(|i| i.agent_id == "a0"), "{f:#?}");
+        assert!(of(&out, IncidentType::FleetShift).is_empty());
+    }
+
+    #[test]
+    fn an_agent_at_thirty_times_during_its_cohort_s_three_times_is_an_incident() {
+        let mut e = Engine::new(set(json!({})));
+        let mut workers = cohort(10, 3.0, |_| true);
+        let burst = SURGE + 2 * HOUR;
+        workers[1].surges = vec![
+            (SURGE, burst, 3.0),
+            (burst, burst + 10 * MIN, 30.0),
+            (burst + 10 * MIN, SURGE + 4 * HOUR, 3.0),
+        ];
+        let out = run(&mut e, &calls(&workers, 5));
+        let f: Vec<_> = of(&out, IncidentType::FrequencySpike)
+            .into_iter()
+            .filter(|i| i.status == Status::Open)
+            .collect();
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].agent_id, "a1");
+        assert!(f[0].at >= burst && f[0].at < burst + 15 * MIN, "{f:#?}");
+        assert!(f[0].description.contains("calls"), "{}", f[0].description);
+        assert_eq!(
+            of(&out, IncidentType::FleetShift)
+                .iter()
+                .filter(|i| i.status == Status::Open)
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_cohort_too_small_for_the_rule_is_judged_agent_by_agent() {
+        let mut e = Engine::new(set(json!({})));
+        let out = run(&mut e, &calls(&cohort(3, 3.0, |_| true), 5));
+        assert!(of(&out, IncidentType::FleetShift).is_empty());
+        let agents: std::collections::BTreeSet<_> = of(&out, IncidentType::FrequencySpike)
+            .iter()
+            .map(|i| i.agent_id.clone())
+            .collect();
+        assert!(agents.len() >= 2, "{agents:?}");
+    }
+
+    #[test]
+    fn a_new_tool_adopted_by_a_whole_cohort_at_once_is_one_fleet_shift() {
+        let mut e = Engine::new(set(json!({})));
+        let mut workers = cohort(10, 1.0, |_| false);
+        for w in &mut workers {
+            w.surges = vec![(SURGE, SURGE + 4 * HOUR, 1.0)];
+        }
+        let mut evs = calls(&workers, 5);
+        // From 10:00 on the fifth day, every agent exports what it queried: a transition of the
+        // blueprint's rule none of them ever made.
+        let mut extra = Vec::new();
+        for ev in evs
+            .iter()
+            .filter(|e| e.ts_ms >= SURGE && e.tool_name == "query_db")
+        {
+            let mut x = call(&ev.agent_id, 0, ev.ts_ms + 1_000, "export");
+            x.event_id = Cow::Owned(format!("{}/export", ev.event_id));
+            extra.push(x);
+        }
+        evs.extend(extra);
+        evs.sort_by_key(|e| e.ts_ms);
+        let out = run(&mut e, &evs);
+        let shifts = of(&out, IncidentType::FleetShift);
+        assert_eq!(shifts.len(), 1, "{shifts:#?}");
+        assert_eq!(
+            shifts[0].pattern.as_deref(),
+            Some(&["query_db".to_string(), "export".to_string()][..])
+        );
+        assert!(of(&out, IncidentType::SuspiciousSequence).is_empty());
+        assert!(of(&out, IncidentType::AutoKill).is_empty());
+        // The same transition by one agent alone is an incident.
+        let mut e = Engine::new(set(json!({})));
+        let mut evs = calls(&cohort(10, 1.0, |_| false), 5);
+        let first = evs
+            .iter()
+            .find(|e| e.ts_ms >= SURGE && e.tool_name == "query_db")
+            .cloned()
+            .expect("a query on the fifth day");
+        evs.push(call(&first.agent_id, 0, first.ts_ms + 1_000, "export"));
+        evs.sort_by_key(|e| e.ts_ms);
+        let out = run(&mut e, &evs);
+        assert_eq!(of(&out, IncidentType::SuspiciousSequence).len(), 1);
+        assert!(of(&out, IncidentType::FleetShift).is_empty());
+    }
+
+    #[test]
+    fn kills_inside_one_cohort_within_the_hour_become_would_kill_with_one_alert() {
+        // A rule that alerts on every match and kills on the second: every agent that makes
+        // it is killed, unless the cohort's budget holds the kill back.
+        let mut e = Engine::new(set(json!({
+            "auto_kill_threshold": 2,
+            "anomaly": {"suspicious_sequences": [
+                {"pattern": ["x", "x"], "contiguous": true, "routine": "alert", "severity": "high"}]},
+            "kill": {"budget": {"per_hour": 100, "share": 1.0, "per_cohort": 2}},
+        })));
+        let mut evs = calls(&cohort(10, 1.0, |_| false), 4);
+        for (k, agent) in ["a0", "a1", "a2", "a3"].iter().enumerate() {
+            let t = SURGE + k as i64 * 5 * MIN;
+            for j in 0..4 {
+                let mut x = call(agent, 0, t + j * 1_000, "x");
+                x.event_id = Cow::Owned(format!("{agent}/x{j}"));
+                evs.push(x);
+            }
+        }
+        evs.sort_by_key(|e| e.ts_ms);
+        let out = run(&mut e, &evs);
+        let kills: Vec<_> = of(&out, IncidentType::AutoKill);
+        let actions: Vec<_> = kills
+            .iter()
+            .map(|i| (i.agent_id.as_str(), i.action_taken))
+            .collect();
+        assert_eq!(
+            actions,
+            vec![
+                ("a0", Action::Killed),
+                ("a1", Action::Killed),
+                ("a2", Action::WouldKill),
+                ("a3", Action::WouldKill)
+            ]
+        );
+        assert!(kills[2..]
+            .iter()
+            .all(|i| i.suppressed_by == Some(Suppression::Cohort)));
+        let alerts = of(&out, IncidentType::KillBudget);
+        assert_eq!(alerts.len(), 1, "one alert an hour: {alerts:#?}");
+        assert!(
+            alerts[0].description.contains("cohort"),
+            "{}",
+            alerts[0].description
+        );
+    }
+
+    #[test]
+    fn findings_waiting_for_their_cohort_are_judged_the_same_after_a_restore() {
+        let evs = calls(&cohort(10, 3.0, |_| true), 5);
+        let set = set(json!({}));
+        let mut one = Engine::new(set.clone());
+        let whole = run(&mut one, &evs);
+        // Cut a minute after the surge began, while findings wait for the cohort.
+        let cut = evs
+            .iter()
+            .position(|e| e.ts_ms >= SURGE + 7 * MIN)
+            .expect("a cut");
+        let mut e = Engine::new(set.clone());
+        let mut out = Vec::new();
+        e.process_batch(&evs[..cut], &mut out);
+        let bytes = e.snapshot().to_bytes().expect("encodes");
+        let mut e = Engine::restore(
+            set,
+            crate::state::Snapshot::from_bytes(&bytes).expect("decodes"),
+        );
+        e.process_batch(&evs[cut..], &mut out);
+        e.finish(&mut out);
+        assert_eq!(out, whole);
+        assert_eq!(e.snapshot(), one.snapshot());
     }
 }

@@ -86,6 +86,8 @@ pub struct Engine {
     holding: Vec<u32>,
     /// Reused: the findings of a conclusion that become incidents.
     raise: Vec<Finding>,
+    /// How late the stream delivers calls.
+    lag: crate::detect::DeliveryLag,
 }
 
 /// Position of an incident type in [`EngineStats::incidents`].
@@ -120,14 +122,14 @@ impl Engine {
             cohort_index: FxHashMap::default(),
             holding: Vec::new(),
             raise: Vec::with_capacity(8),
+            lag: crate::detect::DeliveryLag::default(),
         }
     }
 
     /// Sets how long and how many event identities are remembered for dropping re-deliveries
     /// (bounds lowered apply at once).
     pub fn set_duplicates(&mut self, settings: SeenSettings) {
-        let snap = self.seen.snapshot();
-        self.seen = Seen::restore(settings, snap);
+        self.seen.set_settings(settings);
     }
 
     /// Draws a new secret key for the digests of event identities, so that nobody can craft
@@ -242,7 +244,9 @@ impl Engine {
             let old = &self.agents[j as usize];
             self.agents_by_bp[old.bp] -= 1;
             self.killed_by_bp[old.bp] -= usize::from(old.state.kill.killed);
-            self.cohorts[old.cohort as usize].members.retain(|m| *m != j);
+            self.cohorts[old.cohort as usize]
+                .members
+                .retain(|m| *m != j);
             self.agents_by_bp[agent.bp] += 1;
             self.killed_by_bp[agent.bp] += usize::from(agent.state.kill.killed);
             let was_holding = old.holding;
@@ -434,7 +438,12 @@ impl Engine {
             ev.environment.as_deref(),
             outside_allowed(bp, obs.local),
         );
-        if !obs.in_order {
+        if obs.in_order {
+            // An agent's first call tells nothing of the stream's delivery.
+            if st.events > 1 {
+                self.lag.observe(self.latest - ev.ts_ms);
+            }
+        } else {
             st.late_events += 1;
             self.stats.late_events += 1;
         }
@@ -710,10 +719,12 @@ impl Engine {
         if !self.pending.is_empty() {
             self.settle_due(out);
         }
+        // Cohorts are judged as of the time the stream has delivered their members' calls up to.
+        let as_of = self.reported();
         if !self.holding.is_empty() {
-            self.release(self.latest, false, out);
+            self.release(as_of, false, out);
         }
-        self.review_shifts(self.latest, out);
+        self.review_shifts(as_of, out);
     }
 
     /// Settles the sequences of the agents whose oldest pending call is final.
@@ -857,6 +868,7 @@ impl Engine {
                 .collect(),
             budget: self.budget.clone(),
             cohorts: self.cohorts.iter().map(|c| c.state.clone()).collect(),
+            lag: self.lag,
         }
     }
 
@@ -869,6 +881,7 @@ impl Engine {
         e.stats = snap.stats;
         e.origin = snap.fleet.origin;
         e.budget = snap.fleet.budget;
+        e.lag = snap.fleet.lag;
         for c in snap.fleet.cohorts {
             e.restore_cohort(c);
         }
@@ -1266,6 +1279,103 @@ mod tests {
             .filter(|i| i.action_taken == Action::Killed)
             .count();
         assert_eq!(killed, 2, "{all:?}");
+    }
+
+    /// A call of `agent` with an event id and a data volume.
+    fn delivered<'a>(agent: &'a str, id: &'a str, ts: i64, bytes: f64) -> AuditEvent<'a> {
+        AuditEvent {
+            event_id: id.into(),
+            bytes: Some(bytes),
+            ..ev(agent, ts, "export")
+        }
+    }
+
+    /// 50 MB a minute at most, judged statically from the start.
+    fn fifty_mb() -> Arc<BlueprintSet> {
+        only(
+            json!({"name": "T", "mode": "block", "auto_kill_threshold": 3, "anomaly": {},
+                    "data_volume": {"max_bytes": 50_000_000, "window": "1m"},
+                    "learned": {"learning_period": 0}}),
+        )
+    }
+
+    #[test]
+    fn a_duplicate_of_a_large_call_adds_nothing() {
+        let mut e = Engine::new(fifty_mb());
+        let mut out = Vec::new();
+        e.process(&delivered("a", "e1", 10_000, 30e6), &mut out);
+        // The producer's retry: the same record again.
+        e.process(&delivered("a", "e1", 10_000, 30e6), &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        assert_eq!(e.stats().duplicates, 1);
+        assert_eq!(e.agent("a").unwrap().events, 1);
+        // Two different calls of that size are 60 MB in the minute.
+        e.process(&delivered("a", "e2", 20_000, 30e6), &mut out);
+        assert_eq!(
+            kinds(&out),
+            vec![(IncidentType::VolumeSpike, Action::Logged)]
+        );
+        // The same id with other content is not dropped: counted as a conflict.
+        e.process(&delivered("a", "e2", 20_000, 5.0), &mut out);
+        assert_eq!((e.stats().duplicates, e.stats().id_conflicts), (1, 1));
+    }
+
+    /// 2,000 calls of 20 agents, one a second each, from `t`; ids `{agent}/{n}`.
+    fn block(t: i64) -> Vec<(String, String, i64)> {
+        (0..100)
+            .flat_map(|n| {
+                (0..20).map(move |a| (format!("agent-{a}"), format!("agent-{a}/{n}"), t + n * 1000))
+            })
+            .collect()
+    }
+
+    fn events(b: &[(String, String, i64)]) -> Vec<AuditEvent<'_>> {
+        b.iter()
+            .map(|(a, id, ts)| delivered(a, id, *ts, 1_000.0))
+            .collect()
+    }
+
+    #[test]
+    fn a_block_of_re_delivered_lines_adds_nothing_and_is_not_late() {
+        let first = block(0);
+        let next = block(100_000);
+        let mut once = Engine::new(set("block", json!({})));
+        let mut want = Vec::new();
+        once.process_batch(&events(&first), &mut want);
+        once.process_batch(&events(&next[..300]), &mut want);
+        once.process_batch(&events(&next[300..]), &mut want);
+        // A retry storm: the first block delivered again, 15 s into the next one.
+        let mut twice = Engine::new(set("block", json!({})));
+        let mut got = Vec::new();
+        twice.process_batch(&events(&first), &mut got);
+        twice.process_batch(&events(&next[..300]), &mut got);
+        twice.process_batch(&events(&first), &mut got);
+        twice.process_batch(&events(&next[300..]), &mut got);
+        assert_eq!(got, want);
+        assert_eq!(twice.stats().duplicates, 2_000);
+        assert_eq!(twice.stats().late_events, 0);
+        assert_eq!(twice.stats().events, once.stats().events);
+        let mut a = twice.snapshot();
+        let b = once.snapshot();
+        a.stats = b.stats.clone();
+        assert_eq!(a, b, "nothing else changed");
+    }
+
+    #[test]
+    fn the_duplicate_memory_survives_a_restore_from_a_checkpoint() {
+        let first = block(0);
+        let mut e = Engine::new(set("block", json!({})));
+        e.draw_duplicate_key();
+        let mut out = Vec::new();
+        e.process_batch(&events(&first), &mut out);
+        let bytes = e.snapshot().to_bytes().unwrap();
+        let mut e = Engine::restore(
+            e.blueprints().clone().into(),
+            Snapshot::from_bytes(&bytes).unwrap(),
+        );
+        e.process_batch(&events(&first), &mut out);
+        assert_eq!(e.stats().duplicates, 2_000);
+        assert_eq!(e.stats().events, 2_000);
     }
 
     #[test]

@@ -55,8 +55,7 @@ impl StateView {
                 .min()
                 .map(|o| o.saturating_add(longest));
             let mut held = std::collections::BTreeMap::new();
-            for (i, r) in crate::response::Suppression::LABELS.iter().enumerate()
-            {
+            for (i, r) in crate::response::Suppression::LABELS.iter().enumerate() {
                 held.insert(
                     *r,
                     self.partitions.iter().map(|f| f.kills_suppressed[i]).sum(),

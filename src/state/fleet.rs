@@ -51,4 +51,6 @@ pub struct FleetState {
     pub budget: KillBudget,
     /// The cohorts of agents judged together, by key.
     pub cohorts: Vec<super::CohortState>,
+    /// How late the partition's stream delivers calls (cohorts are judged once it has).
+    pub lag: crate::detect::DeliveryLag,
 }

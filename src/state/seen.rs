@@ -203,6 +203,12 @@ impl Seen {
         }
     }
 
+    /// Sets the bounds (lowered ones apply at once).
+    pub fn set_settings(&mut self, settings: SeenSettings) {
+        self.settings = settings;
+        self.forget();
+    }
+
     /// The bounds in force.
     pub fn settings(&self) -> SeenSettings {
         self.settings
@@ -416,11 +422,17 @@ mod tests {
             stored.retain(|(start, _)| !c.forgotten_chunks.contains(start));
             stored.push((c.start, c.added));
         }
-        assert!(stored.len() < 5, "chunks wholly beyond the horizon are deleted");
+        assert!(
+            stored.len() < 5,
+            "chunks wholly beyond the horizon are deleted"
+        );
         let snap = Seen::from_chunks(s.snapshot().figures(), stored);
         let mut r = Seen::restore(settings(60_000, 1_000), snap);
         assert_eq!(r, s);
-        assert_eq!(r.deliver(&ev("e4-3", "a", 120_003, 1.0)), Delivery::Duplicate);
+        assert_eq!(
+            r.deliver(&ev("e4-3", "a", 120_003, 1.0)),
+            Delivery::Duplicate
+        );
         assert_eq!(r.deliver(&ev("e0-3", "a", 3, 1.0)), Delivery::First);
     }
 
