@@ -371,21 +371,6 @@ pub fn observe(
         st.limits = limits(bp, ctx, obs, key, &st.dispersion);
     }
     let learned = learned_violation(bp, st, obs.ts);
-    if std::env::var("GUARDIAN_DEBUG_AGENT").is_ok_and(|a| a == obs.agent_id) {
-        eprintln!(
-            "{} {} sums={:?} bound={:?} exp={:?} turns={:?} tb={:?} disp={} cv={} learned={:?}",
-            crate::event::format_rfc3339_ms(obs.ts),
-            obs.tool_name,
-            st.scales.sums(),
-            st.limits.bound,
-            st.limits.expected,
-            st.turns.sums(),
-            st.limits.turn_bound,
-            st.limits.dispersion,
-            st.limits.cv,
-            learned
-        );
-    }
     let static_over = bp.frequency_threshold.filter(|t| count > *t);
     let volume_over = bp.count_volume_threshold.filter(|t| count > *t);
     let routine = (static_over.is_some() || volume_over.is_some()) && learned.is_none() && {

@@ -143,17 +143,6 @@ impl Engine {
         let c = a.cohort as usize;
         let cohort = &self.cohorts[c];
         if let Some(k) = cohort.state.shift(test.kind(), test.rule()) {
-            if std::env::var_os("GUARDIAN_DEBUG_COHORT").is_some() {
-                eprintln!(
-                    "open {} {:?} at {} factors={:?} test={:?} explained={}",
-                    a.state.agent_id,
-                    f.kind,
-                    crate::event::format_rfc3339_ms(at),
-                    cohort.state.rate.factors,
-                    test,
-                    explains(&cohort.state, k, &test, bp)
-                );
-            }
             if explains(&cohort.state, k, &test, bp) {
                 self.explain(i, c, k, &f, at);
             } else {
@@ -291,18 +280,6 @@ impl Engine {
                 _ => None,
             },
         };
-        if std::env::var_os("GUARDIAN_DEBUG_COHORT").is_some() {
-            eprintln!(
-                "held {} {:?} at {} k={:?} factors={:?} test={:?} explained={}",
-                self.agents[i].state.agent_id,
-                f.kind,
-                crate::event::format_rfc3339_ms(at),
-                k,
-                self.cohorts[c].state.rate.factors,
-                test,
-                k.is_some_and(|k| explains(&self.cohorts[c].state, k, &test, bp))
-            );
-        }
         match k {
             Some(k) if explains(&self.cohorts[c].state, k, &test, bp) => {
                 self.explain(i, c, k, &f, at);
@@ -424,16 +401,6 @@ impl Engine {
             if let Some(k) = rate.filter(|_| self.cohorts[c].state.next_evaluation <= now) {
                 let ev = RateEvaluation::of(&self.members_at(c, now));
                 let factors = ev.factors(&rules);
-                if std::env::var_os("GUARDIAN_DEBUG_COHORT").is_some() {
-                    eprintln!(
-                        "eval {} {:?} {:?} {:?} {:?}",
-                        crate::event::format_rfc3339_ms(now),
-                        ev.eligible,
-                        ev.up,
-                        ev.median,
-                        factors
-                    );
-                }
                 let state = &mut self.cohorts[c].state;
                 state.next_evaluation = now.saturating_add(EVALUATE_EVERY_MS);
                 if let Some(scale) = ev.shifted(&rules) {
