@@ -12,7 +12,8 @@
 //! - [`response`]: incidents with deterministic ids, and the kill policy.
 //! - [`state`]: the per-agent state value, the fleet's state and counters, and the snapshot codec.
 //! - [`prefetch`]: software prefetch hints (a leaf: imports nothing of the crate).
-//! - [`engine`]: ties them together: one event in, incidents out.
+//! - [`engine`]: ties them together: one event in, incidents out; findings through the agent's
+//!   cohort (a fleet shift explains what a whole cohort does at once).
 //! - [`replay`]: the `guardian replay` job (file or stdin source, JSON-lines sink).
 //! - [`simulate`]: the realistic fleet generator behind `guardian simulate`, tests and benches.
 //! - [`config`]: the daemon's configuration file.
@@ -39,8 +40,11 @@
 //! # Data flow
 //! ```text
 //! source (file / stdin) ─► event::Decoder ─► engine::Engine ─► Vec<Incident> ─► sink (stdout)
+//!                                              │  state::Seen: a re-delivered event is dropped
 //!                                              │  per agent: state::AgentState
 //!                                              │    detect::DetectorState::observe → Finding
+//!                                              │  per finding: the agent's cohort (held, then
+//!                                              │    explained by a fleet shift or raised)
 //!                                              │    response::KillState::record/decide
 //!                                              └─ state::Snapshot (snapshot / restore)
 //! ```

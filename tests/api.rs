@@ -410,6 +410,11 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
         ("guardian_sink_queue_depth", "gauge"),
         ("guardian_sink_failures", "counter"),
         ("guardian_state_size_bytes", "gauge"),
+        ("guardian_duplicate_events", "counter"),
+        ("guardian_identity_conflicts", "counter"),
+        ("guardian_duplicate_identities", "gauge"),
+        ("guardian_findings_explained", "counter"),
+        ("guardian_fleet_shifts", "gauge"),
         ("guardian_processing_latency_seconds", "histogram"),
         ("guardian_event_age_seconds", "histogram"),
     ] {

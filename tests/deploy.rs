@@ -46,6 +46,11 @@ const METRICS: &[&str] = &[
     "guardian_ready",
     "guardian_fleet_risk_score",
     "guardian_build_info",
+    "guardian_duplicate_events_total",
+    "guardian_identity_conflicts_total",
+    "guardian_duplicate_identities",
+    "guardian_findings_explained_total",
+    "guardian_fleet_shifts",
 ];
 
 /// Histograms: queried as `NAME_bucket`, `NAME_sum`, `NAME_count`.

@@ -69,7 +69,7 @@ fn observation(t: IncidentType) -> Option<(&'static str, &'static str)> {
         IncidentType::OffHours => ("Time Pattern Analysis", "OFF_HOURS"),
         IncidentType::ActivityAfterKill => ("Frequency Analysis", "UNEXPECTED"),
         IncidentType::Baseline => ("Frequency Analysis", "ROUTINE"),
-        IncidentType::FleetShift => ("Frequency Analysis", "UNUSUAL_ACTIVITY"),
+        IncidentType::FleetShift => ("Population Analysis", "COHORT_SHIFT"),
         IncidentType::AutoKill | IncidentType::KillBudget | IncidentType::RejectedCommand => {
             return None
         }
