@@ -136,11 +136,12 @@ impl IncidentSink for Vec<Incident> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReplayOptions {
     /// How far ahead of the stream's own time (its latest event folded) a line's events may be
-    /// dated (ms). A line further ahead waits until the stream catches up with it, or until
-    /// [`CONFIRMING_LINES`] other lines come near its time (the stream really moved on, as after
-    /// an outage), and is then folded; if [`HOLD_EVENTS`] events of the stream's own time come
-    /// first, or the input ends, it is dead-lettered as `future_timestamp`: one forged time
-    /// cannot blind the agent's windows.
+    /// dated (ms). A line further ahead waits: it is folded once the stream catches up with it,
+    /// or once [`CONFIRMING_LINES`] more lines come ahead of the stream's time with none of the
+    /// stream's own time between (the stream moved on: after an outage, or a sparse stream);
+    /// it is dead-lettered as `future_timestamp` once [`CONTRADICTING_LINES`] lines of the
+    /// stream's own time come after it (the stream stayed where it was: a forged or broken
+    /// time, which would otherwise make every later call of its agent "late").
     pub max_future_ms: i64,
 }
 
@@ -152,17 +153,17 @@ impl Default for ReplayOptions {
     }
 }
 
-/// Lines near a line held ahead of the stream that confirm its time (see [`ReplayOptions`]).
+/// Lines ahead of the stream, with none of the stream's own time between, that confirm it moved
+/// on (see [`ReplayOptions`]).
 pub const CONFIRMING_LINES: usize = 2;
 
-/// Events of the stream's own time after which a line held ahead of it is dead-lettered.
-pub const HOLD_EVENTS: u64 = 100_000;
+/// Lines of the stream's own time after a line held ahead of it that refuse it.
+pub const CONTRADICTING_LINES: u32 = 20;
 
 /// Lines held ahead of the stream at most; beyond, the oldest is dead-lettered.
 pub const MAX_HELD_LINES: usize = 1_000;
 
-/// A line dated too far ahead of the stream, waiting for the stream to catch up or confirm its
-/// time.
+/// A line dated too far ahead of the stream, waiting for the stream to catch up or move on.
 struct Held {
     /// Line number (1-based).
     no: u64,
@@ -174,8 +175,8 @@ struct Held {
     then: i64,
     /// Its events.
     events: Vec<AuditEvent<'static>>,
-    /// Events of the stream's own time folded since.
-    waited: u64,
+    /// Lines of the stream's own time folded since.
+    contradicted: u32,
 }
 
 /// The stream's own time: the latest event time folded, and the lines held ahead of it.
@@ -183,6 +184,8 @@ struct StreamClock {
     max_future: i64,
     latest: i64,
     held: Vec<Held>,
+    /// The first line, until the second tells whether it is ahead of the stream.
+    first: Option<Held>,
 }
 
 impl StreamClock {
@@ -191,16 +194,15 @@ impl StreamClock {
         self.latest != i64::MIN && ts > self.latest.saturating_add(self.max_future)
     }
 
-    /// Holds a line; returns the held lines its time confirms (itself included), in line order,
-    /// when enough of them are near one another, and the oldest held line if too many wait.
+    /// Holds a line; returns the held lines it confirms (itself included, in line order) when
+    /// enough of them came with none of the stream's own time between, and the oldest held
+    /// line if too many wait.
     fn hold(&mut self, h: Held) -> (Vec<Held>, Option<Held>) {
-        let ts = h.ts;
         self.held.push(h);
-        let near = |x: &Held| (x.ts - ts).abs() <= self.max_future;
-        if self.held.iter().filter(|x| near(x)).count() > CONFIRMING_LINES {
+        if self.held.iter().filter(|x| x.contradicted == 0).count() > CONFIRMING_LINES {
             let (now, rest): (Vec<Held>, Vec<Held>) = std::mem::take(&mut self.held)
                 .into_iter()
-                .partition(|x| near(x));
+                .partition(|x| x.contradicted == 0);
             self.held = rest;
             for h in &now {
                 self.latest = self.latest.max(h.ts);
@@ -211,27 +213,29 @@ impl StreamClock {
         (Vec::new(), dropped)
     }
 
-    /// Counts a line of `events` events folded at the stream's time (`ts`); returns the held
-    /// lines the stream has caught up with, and those that waited too long.
-    fn fold(&mut self, ts: i64, events: u64) -> (Vec<Held>, Vec<Held>) {
+    /// Counts a line folded at the stream's time (`ts`); returns the held lines the stream has
+    /// caught up with, and those it contradicted too often.
+    fn fold(&mut self, ts: i64) -> (Vec<Held>, Vec<Held>) {
         self.latest = self.latest.max(ts);
         if self.held.is_empty() {
             return (Vec::new(), Vec::new());
         }
         let limit = self.latest.saturating_add(self.max_future);
         let mut caught = Vec::new();
-        let mut expired = Vec::new();
+        let mut refused = Vec::new();
         for mut h in std::mem::take(&mut self.held) {
-            h.waited += events;
             if h.ts <= limit {
                 caught.push(h);
-            } else if h.waited >= HOLD_EVENTS {
-                expired.push(h);
+                continue;
+            }
+            h.contradicted += 1;
+            if h.contradicted >= CONTRADICTING_LINES {
+                refused.push(h);
             } else {
                 self.held.push(h);
             }
         }
-        (caught, expired)
+        (caught, refused)
     }
 
     /// Why a held line is refused.
@@ -286,6 +290,7 @@ pub fn run_with(
         max_future: options.max_future_ms,
         latest: i64::MIN,
         held: Vec::new(),
+        first: None,
     };
     let mut sum = ReplaySummary::default();
     let mut text = Vec::with_capacity(BATCH * 512);
@@ -345,6 +350,34 @@ pub fn run_with(
                         out: &mut out,
                         sum: &mut sum,
                     };
+                    // The first line sets the stream's time only if the second is not far
+                    // behind it (a forged time on the first line would set it for good).
+                    if clock.latest == i64::MIN {
+                        match clock.first.take() {
+                            None => {
+                                clock.first = Some(Held {
+                                    no,
+                                    bytes: line.len(),
+                                    ts,
+                                    then: ts,
+                                    events: events.drain(..).map(AuditEvent::into_owned).collect(),
+                                    contradicted: 0,
+                                });
+                                continue;
+                            }
+                            Some(mut first) if first.ts > ts.saturating_add(clock.max_future) => {
+                                clock.latest = ts;
+                                first.then = ts;
+                                clock.held.push(first);
+                            }
+                            Some(first) => {
+                                for ev in first.events {
+                                    f.event(ev, sink)?;
+                                }
+                                clock.fold(first.ts);
+                            }
+                        }
+                    }
                     let (fold, refuse) = if clock.ahead(ts) {
                         let held = Held {
                             no,
@@ -352,16 +385,15 @@ pub fn run_with(
                             ts,
                             then: clock.latest,
                             events: events.drain(..).map(AuditEvent::into_owned).collect(),
-                            waited: 0,
+                            contradicted: 0,
                         };
                         let (confirmed, dropped) = clock.hold(held);
                         (confirmed, dropped.into_iter().collect())
                     } else {
-                        let n = events.len() as u64;
                         for ev in events.drain(..) {
                             f.event(ev, sink)?;
                         }
-                        clock.fold(ts, n)
+                        clock.fold(ts)
                     };
                     for h in fold {
                         for ev in h.events {
@@ -389,10 +421,16 @@ pub fn run_with(
             p.set_message(format!("{} events", sum.events));
         }
     }
-    // Lines still held ahead of a stream that never reached their time.
+    // The end of the input: a first line alone, and the lines still held ahead of the stream
+    // (nothing after them contradicts them enough) are folded, in line order.
     let mut batch: Vec<AuditEvent<'static>> = Vec::new();
-    for h in std::mem::take(&mut clock.held) {
-        let e = clock.refusal(&h);
+    let rest: Vec<Held> = clock
+        .first
+        .take()
+        .into_iter()
+        .chain(std::mem::take(&mut clock.held))
+        .collect();
+    for h in rest {
         let mut f = Folding {
             engine: &mut *engine,
             batch: &mut batch,
@@ -400,8 +438,9 @@ pub fn run_with(
             out: &mut out,
             sum: &mut sum,
         };
-        f.refuse(&h, &e, sink)?;
-        on_error(h.no, &e);
+        for ev in h.events {
+            f.event(ev, sink)?;
+        }
     }
     flush(engine, &mut batch, &mut out, sink, &mut sum)?;
     // The end of the input: what waited for calls that could still arrive is final now.
@@ -691,6 +730,29 @@ mod tests {
                 .any(|i| i.kind == IncidentType::FrequencySpike && i.agent_id == "a"),
             "{out:?}"
         );
+    }
+
+    #[test]
+    fn forged_times_on_the_first_line_or_amid_the_stream_are_refused() {
+        // The first line dated far ahead; then three forged lines of other agents near its
+        // time, each amid the stream's own lines; then a burst.
+        let far = T + 10 * 365 * 86_400_000;
+        let mut text = line("x", 0, far);
+        for i in 0..30 {
+            text += &line("a", 1 + i, T + i as i64 * 10_000);
+            if i % 10 == 5 {
+                text += &line(&format!("forger-{i}"), 100 + i, far + i as i64);
+            }
+        }
+        text += &(0..100)
+            .map(|i| line("a", 200 + i, T + 300_000 + i as i64 * 500))
+            .collect::<String>();
+        let (s, out, refused) = replay(&text);
+        assert_eq!(refused.len(), 4, "{refused:?}");
+        assert_eq!((s.future, s.late_events), (4, 0));
+        assert!(out
+            .iter()
+            .any(|i| i.kind == IncidentType::FrequencySpike && i.agent_id == "a"));
     }
 
     #[test]

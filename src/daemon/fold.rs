@@ -227,12 +227,13 @@ impl Fold {
                 Some(s) => Engine::restore(self.settings.blueprints.clone(), s),
                 None => {
                     self.ledger.rebuilds += 1;
-                    Engine::new(self.settings.blueprints.clone())
+                    let mut e = Engine::new(self.settings.blueprints.clone());
+                    // A new state draws its own secret key for the digests of event identities.
+                    e.draw_duplicate_key();
+                    e
                 }
             };
             engine.set_duplicates(self.settings.duplicates);
-            // A new state draws its own secret key for the digests of event identities.
-            engine.draw_duplicate_key();
             self.parts.insert(
                 key,
                 Part {

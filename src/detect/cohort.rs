@@ -186,33 +186,79 @@ impl Default for CohortShift {
     }
 }
 
-/// How late the stream delivers calls: an estimate of the 99th percentile of how far behind the
-/// newest event time each in-order call of a known agent arrives (ms), so that a cohort is
-/// judged once its members' calls up to a time have arrived: seconds for a live stream, an hour
-/// for a source that sends whole hour-long traces one agent after another. Deterministic (a
-/// fixed-step streaming quantile).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// How late the stream delivers calls, so that a cohort is judged once its members' calls up to
+/// a time have arrived: seconds for a live stream, an hour for a source that sends whole
+/// hour-long traces one agent after another. Per ten minutes of the newest event time, over the
+/// last two hours, the in-order calls of known agents are counted by how far behind the newest
+/// event time they arrived (in powers of two of milliseconds); the lag is the delay 99 % of them
+/// came within, rounded up to a power of two. Old-dated calls raise it for two hours at most.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryLag {
-    p99: f64,
+    /// Ten-minute bucket of the newest event time counted.
+    bucket: i64,
+    /// Per bucket (modulo [`LAG_BUCKETS`]): calls by the power of two of the milliseconds they
+    /// were behind.
+    counts: [[u32; LAG_BINS]; LAG_BUCKETS],
+}
+
+/// Ten-minute buckets of event time a [`DeliveryLag`] looks back over (two hours).
+const LAG_BUCKETS: usize = 12;
+/// Powers of two of milliseconds a delay is counted in (up to about 24 days).
+const LAG_BINS: usize = 32;
+/// Width of a lag bucket (ms).
+const LAG_BUCKET_MS: i64 = 600_000;
+
+impl Default for DeliveryLag {
+    fn default() -> Self {
+        DeliveryLag {
+            bucket: i64::MIN,
+            counts: [[0; LAG_BINS]; LAG_BUCKETS],
+        }
+    }
 }
 
 impl DeliveryLag {
-    /// Step of the estimate (ms) for a call delivered earlier than it; 99 times that later.
-    const STEP_MS: f64 = 10.0;
-
-    /// Learns one call delivered `behind` ms after the newest event time.
-    pub fn observe(&mut self, behind: i64) {
-        let x = behind.max(0) as f64;
-        if x > self.p99 {
-            self.p99 += 99.0 * Self::STEP_MS;
-        } else if x < self.p99 {
-            self.p99 = (self.p99 - Self::STEP_MS).max(0.0);
+    /// Counts one call delivered `behind` ms after the newest event time, `newest`.
+    pub fn observe(&mut self, newest: i64, behind: i64) {
+        let b = newest.div_euclid(LAG_BUCKET_MS);
+        if b > self.bucket {
+            if self.bucket == i64::MIN || b - self.bucket >= LAG_BUCKETS as i64 {
+                self.counts = [[0; LAG_BINS]; LAG_BUCKETS];
+            } else {
+                for k in (self.bucket + 1)..=b {
+                    self.counts[k.rem_euclid(LAG_BUCKETS as i64) as usize] = [0; LAG_BINS];
+                }
+            }
+            self.bucket = b;
         }
+        let bin = (64 - (behind.max(0) as u64).leading_zeros()) as usize;
+        let slot =
+            &mut self.counts[b.rem_euclid(LAG_BUCKETS as i64) as usize][bin.min(LAG_BINS - 1)];
+        *slot = slot.saturating_add(1);
     }
 
-    /// The estimate, at most `cap` ms.
+    /// The delay 99 % of the last two hours' calls came within (ms, rounded up to a power of
+    /// two), at most `cap`.
     pub fn value(&self, cap: i64) -> i64 {
-        (self.p99 as i64).clamp(0, cap.max(0))
+        let mut bins = [0u64; LAG_BINS];
+        for row in &self.counts {
+            for (b, c) in bins.iter_mut().zip(row) {
+                *b += u64::from(*c);
+            }
+        }
+        let allowed = bins.iter().sum::<u64>() / 100;
+        let mut tail = 0u64;
+        for k in (0..LAG_BINS).rev() {
+            tail += bins[k];
+            if tail > allowed {
+                return if k == 0 {
+                    0
+                } else {
+                    (1i64 << k).min(cap.max(0))
+                };
+            }
+        }
+        0
     }
 }
 
@@ -413,17 +459,26 @@ mod tests {
     }
 
     #[test]
-    fn the_delivery_lag_follows_how_late_calls_arrive() {
+    fn the_delivery_lag_follows_how_late_calls_arrive_and_forgets_after_two_hours() {
+        let t0 = 1_772_409_600_000i64;
         let mut live = DeliveryLag::default();
         let mut batched = DeliveryLag::default();
         for i in 0..100_000i64 {
-            live.observe((i * 7919) % 5_000);
-            batched.observe((i * 7919) % 3_600_000);
+            let now = t0 + i * 30;
+            live.observe(now, (i * 7919) % 5_000);
+            batched.observe(now, (i * 7919) % 3_600_000);
         }
-        assert!(live.value(i64::MAX) < 10_000, "{live:?}");
+        let l = live.value(i64::MAX);
+        assert!((4_096..=8_192).contains(&l), "{l}");
         let b = batched.value(i64::MAX);
-        assert!((3_400_000..3_700_000).contains(&b), "{b}");
+        assert!((2_097_152..=4_194_304).contains(&b), "{b}");
         assert_eq!(batched.value(900_000), 900_000, "capped");
+        // Two hours of calls on time: the old delays are forgotten.
+        let later = t0 + 100_000 * 30;
+        for i in 0..25 * 60 {
+            batched.observe(later + i * 5_000, 10);
+        }
+        assert!(batched.value(i64::MAX) <= 16, "{}", batched.value(i64::MAX));
     }
 
     #[test]

@@ -70,10 +70,13 @@ pub enum Step {
 }
 
 impl Episode {
-    /// Forgets the open episode without a closing record (its opening was explained by the
-    /// agent's cohort and raised no incident); the cooldown is kept.
-    pub fn forget(&mut self) {
-        self.open = None;
+    /// Forgets the open episode if it is the one opened at event time `ts`, without a closing
+    /// record (its opening was explained by the agent's cohort and raised no incident); the
+    /// cooldown is kept.
+    pub fn forget_opened_at(&mut self, ts: i64) {
+        if self.open.as_ref().is_some_and(|o| o.opening.ts == ts) {
+            self.open = None;
+        }
     }
 
     /// Whether an episode is open.

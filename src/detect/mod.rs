@@ -461,14 +461,15 @@ impl DetectorState {
         obs
     }
 
-    /// Forgets the open episode of the finding of `kind` (and `disc`) whose opening was
+    /// Forgets the episode of `kind` (and `disc`) opened by the event at `ts`, whose opening was
     /// explained by the agent's cohort: it raised no incident, so it closes with no record, and
-    /// the agent's next violation opens an episode of its own.
-    pub fn forget_episode(&mut self, kind: IncidentType, disc: u32) {
+    /// the agent's next violation opens an episode of its own. An episode opened since by
+    /// another event is left alone.
+    pub fn forget_episode(&mut self, kind: IncidentType, disc: u32, ts: i64) {
         match (kind, disc) {
-            (IncidentType::FrequencySpike, _) => self.frequency.forget_episode(),
-            (IncidentType::VolumeSpike, 0) => self.volume.forget_episode(),
-            (IncidentType::OffHours, _) => self.off_hours.forget_episode(),
+            (IncidentType::FrequencySpike, _) => self.frequency.forget_episode(ts),
+            (IncidentType::VolumeSpike, 0) => self.volume.forget_episode(ts),
+            (IncidentType::OffHours, _) => self.off_hours.forget_episode(ts),
             _ => {}
         }
     }

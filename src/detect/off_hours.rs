@@ -67,9 +67,10 @@ impl OffHoursState {
         self.limits.key != i64::from(l.day) * 24 + i64::from(l.hour)
     }
 
-    /// Forgets the open episode (see [`super::DetectorState::forget_episode`]).
-    pub fn forget_episode(&mut self) {
-        self.episode.forget();
+    /// Forgets the episode opened at event time `ts` (see
+    /// [`super::DetectorState::forget_episode`]).
+    pub fn forget_episode(&mut self, ts: i64) {
+        self.episode.forget_opened_at(ts);
     }
 
     /// Whether an off-hours incident is open.

@@ -87,9 +87,10 @@ impl VolumeState {
         }
     }
 
-    /// Forgets the open episode (see [`super::DetectorState::forget_episode`]).
-    pub fn forget_episode(&mut self) {
-        self.episode.forget();
+    /// Forgets the episode opened at event time `ts` (see
+    /// [`super::DetectorState::forget_episode`]).
+    pub fn forget_episode(&mut self, ts: i64) {
+        self.episode.forget_opened_at(ts);
     }
 
     /// The learned statistics of every tool.

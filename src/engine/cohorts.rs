@@ -27,12 +27,17 @@ use super::{type_index, Cohort, Engine};
 /// Event time between two evaluations of an open rate shift.
 const EVALUATE_EVERY_MS: i64 = 300_000;
 /// Longest delivery lag waited for: a stream later than an hour is judged as it comes (and an
-/// attacker who floods old-dated calls delays cohort judgements by an hour at most).
+/// attacker who floods old-dated calls delays cohort judgements by an hour at most, for two
+/// hours after the flood).
 const MAX_LAG_MS: i64 = 3_600_000;
 /// Event time between two looks at a cohort that is stirring (see [`Verdict::Stirring`]).
 const RECHECK_MS: i64 = 60_000;
 
+/// Findings held per agent at most: beyond, a finding is raised at once.
+const MAX_HELD: usize = 32;
+
 /// What an evaluation of a cohort found.
+#[derive(Debug, Clone, Copy)]
 enum Verdict {
     /// A shift, opened (its position in the cohort's shifts).
     Shift(usize),
@@ -40,6 +45,14 @@ enum Verdict {
     Stirring,
     /// No shift.
     Quiet,
+}
+
+/// Episodes of one agent's release: (kind, discriminator) of openings explained, and of
+/// openings that wait on with the time they wait until.
+#[derive(Default)]
+struct Episodes {
+    explained: Vec<(IncidentType, u32)>,
+    waiting: Vec<((IncidentType, u32), i64)>,
 }
 
 impl Engine {
@@ -110,7 +123,8 @@ impl Engine {
     ) {
         let at = f.trigger.map_or(ts, |t| t.0);
         let a = &mut self.agents[i];
-        let bp = self.set.get(a.bp);
+        let set = self.set.clone();
+        let bp = set.get(a.bp);
         let marks = &mut a.state.cohort;
         // The closing record of an episode whose opening still waits goes with it.
         if f.closing.is_some() {
@@ -135,22 +149,28 @@ impl Engine {
             return;
         };
         marks.found(test.kind(), test.rule(), at);
+        if let ShiftTest::Volume { ratio } = test {
+            marks.volume_ratio = ratio;
+        }
         let rules = bp.cohort;
         if !rules.enabled {
             raise.push(f);
             return;
         }
         let c = a.cohort as usize;
-        let cohort = &self.cohorts[c];
-        if let Some(k) = cohort.state.shift(test.kind(), test.rule()) {
-            if explains(&cohort.state, k, &test, bp) {
-                self.explain(i, c, k, &f, at);
+        let held = marks.held.len();
+        if let Some(k) = self.going_on(c, &test, at) {
+            if explains(&self.cohorts[c].state, k, &test, bp) {
+                self.explain(i, c, k, &f, ts, at);
             } else {
                 raise.push(f);
             }
             return;
         }
-        if rules.wait_ms > 0 && cohort.members.len() >= rules.min_agents as usize {
+        if rules.wait_ms > 0
+            && self.cohorts[c].members.len() >= rules.min_agents as usize
+            && held < MAX_HELD
+        {
             self.hold(
                 i,
                 f,
@@ -162,6 +182,26 @@ impl Engine {
         } else {
             raise.push(f);
         }
+    }
+
+    /// The open shift of cohort `c` that could explain a finding with `test` at event time
+    /// `at`, if it still shows: a shift of another kind than rates not evaluated for five
+    /// minutes is evaluated again first (its members' findings alone do not keep it open).
+    fn going_on(&mut self, c: usize, test: &ShiftTest, at: i64) -> Option<usize> {
+        let k = self.cohorts[c].state.shift(test.kind(), test.rule())?;
+        let s = &self.cohorts[c].state.shifts[k];
+        if s.kind == ShiftKind::Rate || at.saturating_sub(s.confirmed) < EVALUATE_EVERY_MS {
+            return Some(k);
+        }
+        let bp = self.set.get(self.cohorts[c].bp);
+        let p = self.presence(c, test, at);
+        if !p.shifted(&bp.cohort) {
+            return None;
+        }
+        let s = &mut self.cohorts[c].state.shifts[k];
+        s.confirmed = s.confirmed.max(at);
+        s.shown = (p.found, p.active);
+        Some(k)
     }
 
     /// Holds finding `f` of the agent at position `i` until event time `until`.
@@ -181,24 +221,31 @@ impl Engine {
         self.mark_dirty(i);
     }
 
-    /// Counts finding `f` of the agent at position `i` (at event time `at`) as explained by
-    /// shift `k` of cohort `c`: no incident, no kill weight, and its episode is forgotten.
-    fn explain(&mut self, i: usize, c: usize, k: usize, f: &Finding, at: i64) {
+    /// Counts finding `f` of the agent at position `i` (raised by its event at `ts`, about event
+    /// time `at`) as explained by shift `k` of cohort `c`: no incident, no kill weight, and the
+    /// episode it opened is forgotten.
+    fn explain(&mut self, i: usize, c: usize, k: usize, f: &Finding, ts: i64, at: i64) {
         let st = &mut self.agents[i].state;
-        st.detectors.forget_episode(f.kind, f.disc);
+        st.detectors.forget_episode(f.kind, f.disc, ts);
         self.cohorts[c].state.shifts[k].explain(&st.agent_id, at);
         self.stats.explained += 1;
         self.mark_dirty(i);
     }
 
     /// Judges the held findings whose wait is over as of event time `now` (all of them when
-    /// `all`), agent by agent in a canonical order.
+    /// `all`: the end of the stream), agent by agent in a canonical order.
     pub(super) fn release(&mut self, now: i64, all: bool, out: &mut Vec<Incident>) {
         let mut due: Vec<(i64, u32)> = self
             .holding
             .iter()
             .filter_map(|&i| {
-                let first = self.agents[i as usize].state.cohort.held.first()?.until;
+                let first = self.agents[i as usize]
+                    .state
+                    .cohort
+                    .held
+                    .iter()
+                    .map(|h| h.until)
+                    .min()?;
                 (all || first <= now).then_some((first, i))
             })
             .collect();
@@ -213,18 +260,22 @@ impl Engine {
                     .cmp(&self.agents[b.1 as usize].state.agent_id)
             })
         });
+        // Cohorts found quiet in this release, by (cohort, kind, rule, minute): evaluated once.
+        let mut quiet: Vec<(usize, ShiftKind, u32, i64, Verdict)> = Vec::new();
         for (_, i) in due {
             let i = i as usize;
-            let held = &mut self.agents[i].state.cohort.held;
-            let n = held.iter().take_while(|h| all || h.until <= now).count();
-            let ready: Vec<HeldFinding> = held.drain(..n).collect();
+            let held = std::mem::take(&mut self.agents[i].state.cohort.held);
+            let (ready, rest): (Vec<HeldFinding>, Vec<HeldFinding>) =
+                held.into_iter().partition(|h| all || h.until <= now);
+            self.agents[i].state.cohort.held = rest;
             self.mark_dirty(i);
-            // Episodes whose opening was explained: their closing records go too.
-            let mut explained: Vec<(IncidentType, u32)> = Vec::new();
+            // Episodes whose opening was explained (their closing records go too), and those
+            // whose opening waits on (their closing records wait with it).
+            let mut episodes = Episodes::default();
             for h in ready {
                 // Judged as of the end of its wait (or of the stream).
                 let as_of = h.until.min(now);
-                self.judge_held(i, h, as_of, &mut explained, out);
+                self.judge_held(i, h, as_of, all, &mut episodes, &mut quiet, out);
             }
         }
         let agents = &mut self.agents;
@@ -235,13 +286,17 @@ impl Engine {
         });
     }
 
-    /// Judges one held finding of the agent at position `i` at event time `now`.
+    /// Judges one held finding of the agent at position `i` as of event time `now` (`last`: the
+    /// end of the stream, nothing waits any more).
+    #[allow(clippy::too_many_arguments)]
     fn judge_held(
         &mut self,
         i: usize,
         h: HeldFinding,
         now: i64,
-        explained: &mut Vec<(IncidentType, u32)>,
+        last: bool,
+        episodes: &mut Episodes,
+        quiet: &mut Vec<(usize, ShiftKind, u32, i64, Verdict)>,
         out: &mut Vec<Incident>,
     ) {
         let f = h.finding;
@@ -251,9 +306,15 @@ impl Engine {
             e.raise(i, h.at, &h.event_id, &h.tool_name, &mut v, out);
         };
         if f.closing.is_some() {
-            if !explained.contains(&(f.kind, f.disc)) {
-                raise_one(self, f, out);
+            let episode = (f.kind, f.disc);
+            if episodes.explained.contains(&episode) {
+                return;
             }
+            if let Some(&(_, until)) = episodes.waiting.iter().find(|w| w.0 == episode) {
+                self.hold(i, f, until, h.at, &h.event_id, &h.tool_name);
+                return;
+            }
+            raise_one(self, f, out);
             return;
         }
         let Some(test) = f.shift.clone() else {
@@ -261,29 +322,42 @@ impl Engine {
             return;
         };
         let c = self.agents[i].cohort as usize;
-        let (kind, rule) = (test.kind(), test.rule());
         let set = self.set.clone();
         let bp = set.get(self.agents[i].bp);
-        let k = match self.cohorts[c].state.shift(kind, rule) {
-            Some(k) => Some(k),
-            None => match self.evaluate(c, &test, now, at, out) {
-                Verdict::Shift(k) => Some(k),
-                // While other members show the same, it waits on, up to `max_wait`.
-                Verdict::Stirring if now < at.saturating_add(bp.cohort.max_wait_ms) => {
-                    let until = now
-                        .saturating_add(RECHECK_MS)
-                        .min(at.saturating_add(bp.cohort.max_wait_ms));
-                    let (event_id, tool_name) = (h.event_id.clone(), h.tool_name.clone());
-                    self.hold(i, f, until, h.at, &event_id, &tool_name);
-                    return;
+        let verdict = match self.going_on(c, &test, now) {
+            Some(k) => Verdict::Shift(k),
+            None => {
+                // Evaluated once a minute of event time per cohort and kind in a release.
+                let minute = now.div_euclid(60_000) * 60_000;
+                let key = (c, test.kind(), test.rule(), minute);
+                match quiet
+                    .iter()
+                    .find(|q| (q.0, q.1, q.2, q.3) == key)
+                    .map(|q| q.4)
+                {
+                    Some(v) => v,
+                    None => {
+                        let v = self.evaluate(c, &test, i, minute, at, out);
+                        if !matches!(v, Verdict::Shift(_)) {
+                            quiet.push((key.0, key.1, key.2, key.3, v));
+                        }
+                        v
+                    }
                 }
-                _ => None,
-            },
+            }
         };
-        match k {
-            Some(k) if explains(&self.cohorts[c].state, k, &test, bp) => {
-                self.explain(i, c, k, &f, at);
-                explained.push((f.kind, f.disc));
+        match verdict {
+            Verdict::Shift(k) if explains(&self.cohorts[c].state, k, &test, bp) => {
+                self.explain(i, c, k, &f, h.at, at);
+                episodes.explained.push((f.kind, f.disc));
+            }
+            // While other members show the same, it waits on, up to `max_wait`.
+            Verdict::Stirring if !last && now < at.saturating_add(bp.cohort.max_wait_ms) => {
+                let until = now
+                    .saturating_add(RECHECK_MS)
+                    .min(at.saturating_add(bp.cohort.max_wait_ms));
+                episodes.waiting.push(((f.kind, f.disc), until));
+                self.hold(i, f, until, h.at, &h.event_id, &h.tool_name);
             }
             _ => raise_one(self, f, out),
         }
@@ -306,12 +380,53 @@ impl Engine {
             .collect()
     }
 
+    /// The members of cohort `c` with a baseline of their own (a new agent id counts for
+    /// nothing) that showed a finding of `test`'s kind in the window before `now`, and those
+    /// active in it.
+    fn presence(&self, c: usize, test: &ShiftTest, now: i64) -> Presence {
+        let cohort = &self.cohorts[c];
+        let bp = self.set.get(cohort.bp);
+        let since = now.saturating_sub(bp.cohort.window_ms);
+        let mut p = Presence::default();
+        for &m in &cohort.members {
+            let st = &self.agents[m as usize].state;
+            if st.detectors.rhythm.active_days() < bp.learned.min_active_days {
+                continue;
+            }
+            p.active += u32::from(st.last_seen >= since);
+            p.found += u32::from(st.cohort.found_since(test.kind(), test.rule(), since));
+        }
+        p
+    }
+
+    /// The median ratio of the volume runs of the members of cohort `c` other than the agent
+    /// at position `i` found in the window before `now` (1 when none).
+    fn volume_ratio(&self, c: usize, i: usize, now: i64) -> f32 {
+        let cohort = &self.cohorts[c];
+        let bp = self.set.get(cohort.bp);
+        let since = now.saturating_sub(bp.cohort.window_ms);
+        let mut r: Vec<f32> = cohort
+            .members
+            .iter()
+            .filter(|&&m| m as usize != i)
+            .map(|&m| &self.agents[m as usize].state.cohort)
+            .filter(|mk| mk.found_since(ShiftKind::Volume, 0, since))
+            .map(|mk| mk.volume_ratio)
+            .collect();
+        if r.is_empty() {
+            return 1.0;
+        }
+        r.sort_by(f32::total_cmp);
+        r[r.len() / 2].max(1.0)
+    }
+
     /// Evaluates cohort `c` at event time `now` for a shift that could explain a finding with
-    /// `test` (raised at `at`); opens it (and reports it) if found.
+    /// `test` of the agent at position `i` (raised at `at`); opens it (and reports it) if found.
     fn evaluate(
         &mut self,
         c: usize,
         test: &ShiftTest,
+        i: usize,
         now: i64,
         at: i64,
         out: &mut Vec<Incident>,
@@ -335,13 +450,7 @@ impl Engine {
                 (ev.median[scale], (ev.up[scale], ev.eligible[scale]))
             }
             _ => {
-                let since = now.saturating_sub(rules.window_ms);
-                let mut p = Presence::default();
-                for &m in &self.cohorts[c].members {
-                    let st = &self.agents[m as usize].state;
-                    p.active += u32::from(st.last_seen >= since);
-                    p.found += u32::from(st.cohort.found_since(kind, test.rule(), since));
-                }
+                let p = self.presence(c, test, now);
                 if !p.shifted(&rules) {
                     // Other members showing the same: the cohort may be moving.
                     return if p.found >= 2 {
@@ -350,8 +459,9 @@ impl Engine {
                         Verdict::Quiet
                     };
                 }
-                let factor = match test {
-                    ShiftTest::Volume { ratio } => *ratio,
+                // A volume run is judged against the others' (its own cannot explain it).
+                let factor = match kind {
+                    ShiftKind::Volume => self.volume_ratio(c, i, now),
                     _ => 1.0,
                 };
                 (factor, (p.found, p.active))
@@ -902,6 +1012,38 @@ mod tests {
             alerts[0].description.contains("cohort"),
             "{}",
             alerts[0].description
+        );
+    }
+
+    #[test]
+    fn new_agent_ids_cannot_open_a_fleet_shift_that_hides_a_member() {
+        // Working hours 08:00-18:00. At 02:00 on the fifth night, six agent ids never seen
+        // before act (off-hours, each), then a member of the cohort does.
+        let mut e = Engine::new(set(
+            json!({"anomaly": {"allowed_hours": {"start": 8, "end": 18}}}),
+        ));
+        let mut evs = calls(&cohort(10, 1.0, |_| false), 5);
+        let night = T0 + 4 * DAY + 2 * HOUR;
+        for k in 0..6 {
+            evs.push(call(&format!("forged-{k}"), 1, night + k * 1_000, "read"));
+        }
+        for j in 0..3 {
+            evs.push(call(
+                "a0",
+                90_000 + j,
+                night + 60_000 + j as i64 * 20_000,
+                "read",
+            ));
+        }
+        evs.sort_by_key(|e| e.ts_ms);
+        let out = run(&mut e, &evs);
+        assert!(of(&out, IncidentType::FleetShift).is_empty(), "{out:#?}");
+        assert!(
+            of(&out, IncidentType::OffHours)
+                .iter()
+                .any(|i| i.agent_id == "a0" && i.status == Status::Open),
+            "{:#?}",
+            of(&out, IncidentType::OffHours)
         );
     }
 

@@ -133,10 +133,10 @@ impl Engine {
     }
 
     /// Draws a new secret key for the digests of event identities, so that nobody can craft
-    /// records whose digests collide with another's. Only before the first event: the
-    /// remembered identities are digests under the key in force.
+    /// records whose digests collide with another's: for a new state, before its first event
+    /// (the remembered identities and their stored chunks are digests under the key in force).
     pub fn draw_duplicate_key(&mut self) {
-        if self.seen.is_empty() {
+        if self.seen.is_empty() && self.stats.events == 0 {
             self.seen = Seen::random(self.seen.settings());
         }
     }
@@ -441,7 +441,7 @@ impl Engine {
         if obs.in_order {
             // An agent's first call tells nothing of the stream's delivery.
             if st.events > 1 {
-                self.lag.observe(self.latest - ev.ts_ms);
+                self.lag.observe(self.latest, self.latest - ev.ts_ms);
             }
         } else {
             st.late_events += 1;
@@ -868,7 +868,7 @@ impl Engine {
                 .collect(),
             budget: self.budget.clone(),
             cohorts: self.cohorts.iter().map(|c| c.state.clone()).collect(),
-            lag: self.lag,
+            lag: self.lag.clone(),
         }
     }
 

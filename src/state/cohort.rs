@@ -41,11 +41,10 @@ pub struct OpenShift {
 }
 
 impl OpenShift {
-    /// Counts a finding of `agent` at `ts` it explained.
+    /// Counts a finding of `agent` at `ts` it explained (only an evaluation confirms it).
     pub fn explain(&mut self, agent: &str, ts: i64) {
         self.explained += 1;
         self.start = self.start.min(ts);
-        self.confirmed = self.confirmed.max(ts);
         if let Err(at) = self.agents.binary_search_by(|a| a.as_str().cmp(agent)) {
             self.members += 1;
             if self.agents.len() < MAX_LISTED {
@@ -105,6 +104,8 @@ pub struct CohortMarks {
     pub found: [i64; crate::detect::SHIFT_KINDS],
     /// The sequence rule of its latest sequence finding.
     pub found_rule: u32,
+    /// The ratio of its latest volume run to its tools' usual sizes.
+    pub volume_ratio: f32,
     /// The agent's `group` field as first seen (cohorts by group).
     pub group: Option<String>,
 }

@@ -94,6 +94,8 @@ pub struct SeenSnapshot {
     pub entries: Vec<SeenEntry>,
     /// Start positions of the chunks stored for them.
     pub chunks: Vec<u64>,
+    /// Latest event time remembered (the horizon counts back from it).
+    pub latest: i64,
 }
 
 /// What is stored of the memory beside its chunks (in the partition's meta).
@@ -105,6 +107,8 @@ pub struct SeenFigures {
     pub total: u64,
     /// Identities kept (the last ones added).
     pub kept: u64,
+    /// Latest event time remembered.
+    pub latest: i64,
 }
 
 impl SeenSnapshot {
@@ -114,6 +118,7 @@ impl SeenSnapshot {
             key: self.key,
             total: self.total,
             kept: self.entries.len() as u64,
+            latest: self.latest,
         }
     }
 }
@@ -138,7 +143,10 @@ pub struct Seen {
 
 impl PartialEq for Seen {
     fn eq(&self, o: &Self) -> bool {
-        self.key == o.key && self.order == o.order && self.total == o.total
+        self.key == o.key
+            && self.order == o.order
+            && self.total == o.total
+            && self.latest == o.latest
     }
 }
 
@@ -168,19 +176,20 @@ impl Seen {
         Seen::new(settings, [rand::random(), rand::random()])
     }
 
-    /// The memory as stored, restored with `settings` (the bounds in force now apply at once).
+    /// The memory as stored, with `settings` (applied to what comes next; use
+    /// [`Seen::set_settings`] to apply lowered bounds to what is kept).
     pub fn restore(settings: SeenSettings, snap: SeenSnapshot) -> Seen {
         let mut s = Seen::new(settings, snap.key);
-        s.total = snap.total;
-        s.taken = snap.total;
+        // A stored memory never keeps more identities than it ever added.
+        s.total = snap.total.max(snap.entries.len() as u64);
+        s.taken = s.total;
         s.chunks = snap.chunks.into();
+        s.latest = snap.latest;
         for e in snap.entries {
             s.latest = s.latest.max(e.ts);
             s.by_id.insert(e.id, e.content);
             s.order.push_back(e);
         }
-        // Bounds lowered since the state was written apply at once.
-        s.forget();
         s
     }
 
@@ -191,6 +200,7 @@ impl Seen {
             total: self.total,
             entries: self.order.iter().copied().collect(),
             chunks: self.chunks.iter().copied().collect(),
+            latest: self.latest,
         }
     }
 
@@ -200,6 +210,7 @@ impl Seen {
             key: self.key,
             total: self.total,
             kept: self.order.len() as u64,
+            latest: self.latest,
         }
     }
 
@@ -335,6 +346,7 @@ impl Seen {
             total: figures.total,
             entries,
             chunks: starts,
+            latest: figures.latest,
         }
     }
 }
