@@ -150,7 +150,17 @@ struct Part {
     next: i64,
     /// Outputs of offsets below this were already published.
     quiet_below: i64,
+    /// Wall time (ms) of the latest record folded, and of the latest quiet pass since.
+    last_record: i64,
+    last_quiet_pass: i64,
 }
+
+/// Wall time without a record after which a partition's event time is let pass (see
+/// [`Fold::pass_quiet_time`]).
+pub const QUIET_AFTER_MS: i64 = 60_000;
+
+/// Wall time between two quiet passes of a partition.
+const QUIET_PASS_EVERY_MS: i64 = 10_000;
 
 /// The engine thread's state: every owned partition's engine and what is to be checkpointed.
 pub struct Fold {
@@ -240,6 +250,8 @@ impl Fold {
                     engine,
                     next: a.start,
                     quiet_below: a.quiet_below,
+                    last_record: now,
+                    last_quiet_pass: now,
                 },
             );
             self.apply_pending(key, out);
@@ -375,6 +387,7 @@ impl Fold {
                 continue; // already folded into the stored state
             }
             part.next = r.offset + 1;
+            part.last_record = now;
             self.since_checkpoint += 1;
             if let Some(ts) = r.timestamp {
                 // A clock behind the producer's would give a negative age: count it as 0.
@@ -501,6 +514,12 @@ impl Fold {
         ] {
             counter.fetch_add(n, Ordering::Relaxed);
         }
+        self.emit(quiet, now, out)
+    }
+
+    /// Passes the engine's incidents on (`quiet`: already published by whoever folded these
+    /// offsets before: counted, not sent), with a signed command for each kill.
+    fn emit(&mut self, quiet: bool, now: i64, out: &mut Vec<Output>) -> Result<(), FoldError> {
         for inc in self.out.drain(..) {
             self.raised.push(inc.clone());
             if quiet {
@@ -516,6 +535,39 @@ impl Fold {
                 out.push(Output::Kill(cmd.sign(&self.settings.signing_key)?));
                 self.ledger.kill_commands_sent += 1;
             }
+        }
+        Ok(())
+    }
+
+    /// Lets event time pass for the partitions that have folded no record for
+    /// [`QUIET_AFTER_MS`] of wall time (`now`, ms), as much as the wall clock passed since their
+    /// latest record: a quiet partition (a night, the end of a day) judges what waits for its
+    /// time — a sequence to be final, a finding for its cohort — instead of holding it until its
+    /// next record. Partitions still being read up to their end are never quiet.
+    pub fn pass_quiet_time(&mut self, now: i64, out: &mut Vec<Output>) -> Result<(), FoldError> {
+        let keys: Vec<(u16, i32)> = self
+            .parts
+            .iter()
+            .filter(|(_, p)| {
+                now - p.last_record >= QUIET_AFTER_MS
+                    && now - p.last_quiet_pass >= QUIET_PASS_EVERY_MS
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in keys {
+            let Some(part) = self.parts.get_mut(&key) else {
+                continue;
+            };
+            part.last_quiet_pass = now;
+            let quiet = part.next < part.quiet_below;
+            if part
+                .engine
+                .pass_quiet_time(now - part.last_record, &mut self.out)
+            {
+                // The state changed: it goes with the next checkpoint.
+                self.since_checkpoint += 1;
+            }
+            self.emit(quiet, now, out)?;
         }
         Ok(())
     }
@@ -967,6 +1019,35 @@ mod tests {
         assert!(k[..at_kill].iter().any(|s| s.starts_with("incident a")));
         assert_eq!(f.metrics.events.load(Ordering::Relaxed), 7);
         assert_eq!(f.since_checkpoint(), 7);
+    }
+
+    #[test]
+    fn a_quiet_partition_lets_its_time_pass_and_concludes_what_waited_for_it() {
+        // The same calls without the later one that makes the sequences final.
+        let mut f = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        let mut records = calls(0);
+        records.pop();
+        f.audit(&records, NOW, &mut out).expect("fold");
+        assert!(
+            !kinds(&out).iter().any(|s| s.starts_with("incident a")),
+            "{:?}",
+            kinds(&out)
+        );
+        // Not yet quiet.
+        f.pass_quiet_time(NOW + QUIET_AFTER_MS - 1, &mut out)
+            .expect("pass");
+        assert!(!kinds(&out).iter().any(|s| s.starts_with("incident a")));
+        let checkpointed = f.since_checkpoint();
+        f.pass_quiet_time(NOW + QUIET_AFTER_MS, &mut out)
+            .expect("pass");
+        let k = kinds(&out);
+        assert!(k.iter().any(|s| s.starts_with("incident a")), "{k:?}");
+        assert!(k.iter().any(|s| s == "kill a"), "{k:?}");
+        assert!(
+            f.since_checkpoint() > checkpointed,
+            "the change is checkpointed"
+        );
     }
 
     /// An OTLP/JSON request of `(span id, start, operation)` spans of one trace whose agent span

@@ -166,6 +166,17 @@ impl Core {
         Ok(true)
     }
 
+    /// Lets event time pass for quiet partitions (see [`Fold::pass_quiet_time`]) and publishes
+    /// what that decided.
+    fn pass_quiet_time(&mut self) -> Result<(), DaemonError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.fold.pass_quiet_time(now, &mut self.outputs)?;
+        if !self.outputs.is_empty() {
+            self.publisher.publish(&mut self.outputs)?;
+        }
+        Ok(())
+    }
+
     /// Publishes the owned partitions and readiness after an assignment change.
     fn owned_changed(&self) {
         let owned = self.fold.owned();
@@ -479,6 +490,7 @@ fn run_engine(
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
+            core.pass_quiet_time()?;
             if core.checkpoint_due() {
                 core.checkpoint()?;
             }

@@ -373,6 +373,7 @@ mod tests {
             "{v:?}"
         );
         assert!(v[0].description.contains("calls"), "{}", v[0].description);
+        assert!(!v[0].description.contains("  "), "{}", v[0].description);
     }
 
     #[test]

@@ -97,10 +97,10 @@ impl Engine {
         });
     }
 
-    /// The event time up to which the stream has delivered the calls of most agents: the
-    /// latest event time less the stream's delivery lag (at most `MAX_LAG_MS`).
-    pub(super) fn reported(&self) -> i64 {
-        self.latest.saturating_sub(self.lag.value(MAX_LAG_MS))
+    /// The stream's delivery lag (at most `MAX_LAG_MS`): cohorts are judged as of the latest
+    /// event time less it, the time up to which the stream has delivered most agents' calls.
+    pub(super) fn lag_ms(&self) -> i64 {
+        self.lag.value(MAX_LAG_MS)
     }
 
     /// Open fleet shifts, by cohort key.
@@ -167,9 +167,12 @@ impl Engine {
             }
             return;
         }
+        // A cohort with fewer members at work now than a shift needs cannot show one soon (a
+        // night, the end of a day, a new fleet): judged agent by agent at once.
         if rules.wait_ms > 0
-            && self.cohorts[c].members.len() >= rules.min_agents as usize
             && held < MAX_HELD
+            && self.cohorts[c].members.len() >= rules.min_agents as usize
+            && self.at_work(c, at.saturating_sub(rules.wait_ms)) >= rules.min_agents
         {
             self.hold(
                 i,
@@ -397,6 +400,21 @@ impl Engine {
             p.found += u32::from(st.cohort.found_since(test.kind(), test.rule(), since));
         }
         p
+    }
+
+    /// Members of cohort `c` with a baseline of their own active since event time `since`.
+    fn at_work(&self, c: usize, since: i64) -> u32 {
+        let cohort = &self.cohorts[c];
+        let bp = self.set.get(cohort.bp);
+        cohort
+            .members
+            .iter()
+            .map(|&m| &self.agents[m as usize].state)
+            .filter(|st| {
+                st.last_seen >= since
+                    && st.detectors.rhythm.active_days() >= bp.learned.min_active_days
+            })
+            .count() as u32
     }
 
     /// The median ratio of the volume runs of the members of cohort `c` other than the agent

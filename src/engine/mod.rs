@@ -716,21 +716,40 @@ impl Engine {
             return;
         }
         self.swept = tick;
+        self.sweep_at(self.latest, out);
+    }
+
+    /// The sweep's work as of event time `latest`: sequences final by then, findings whose wait
+    /// for their cohort is over, cohorts' shifts.
+    fn sweep_at(&mut self, latest: i64, out: &mut Vec<Incident>) {
         if !self.pending.is_empty() {
-            self.settle_due(out);
+            self.settle_due(latest, out);
         }
         // Cohorts are judged as of the time the stream has delivered their members' calls up to.
-        let as_of = self.reported();
+        let as_of = latest.saturating_sub(self.lag_ms());
         if !self.holding.is_empty() {
             self.release(as_of, false, out);
         }
         self.review_shifts(as_of, out);
     }
 
-    /// Settles the sequences of the agents whose oldest pending call is final.
-    fn settle_due(&mut self, out: &mut Vec<Incident>) {
+    /// Lets event time pass for a partition that has been quiet for `quiet_ms` (the daemon's
+    /// wall clock says so): what waits for the partition's time — sequences to be final,
+    /// findings for their cohort — is judged as if its latest event were that much later. The
+    /// partition's state keeps its latest event time; a replay never calls this.
+    /// Returns whether anything waited.
+    pub fn pass_quiet_time(&mut self, quiet_ms: i64, out: &mut Vec<Incident>) -> bool {
+        if (self.pending.is_empty() && self.holding.is_empty()) || self.latest == i64::MIN {
+            return false;
+        }
+        self.sweep_at(self.latest.saturating_add(quiet_ms.max(0)), out);
+        true
+    }
+
+    /// Settles the sequences of the agents whose oldest pending call is final as of event time
+    /// `latest`.
+    fn settle_due(&mut self, latest: i64, out: &mut Vec<Incident>) {
         let set = &*self.set;
-        let latest = self.latest;
         let mut due = std::mem::take(&mut self.due);
         due.clear();
         let agents = &mut self.agents;
