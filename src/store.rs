@@ -552,6 +552,82 @@ mod tests {
     use super::*;
     use crate::blueprint::BlueprintSet;
 
+    /// A call of `agent` with an id.
+    fn call<'a>(agent: &'a str, id: &'a str, ts: i64) -> crate::event::AuditEvent<'a> {
+        crate::event::AuditEvent {
+            format: crate::event::Format::AgentSpm,
+            event_id: id.into(),
+            ts_ms: ts,
+            agent_id: agent.into(),
+            tool_name: "t".into(),
+            outcome: None,
+            environment: None,
+            group: None,
+            bytes: None,
+            kind: crate::event::EntryKind::ToolCall,
+            agent_source: crate::event::AgentSource::Named,
+            user: None,
+            session: None,
+            parent_session: None,
+        }
+    }
+
+    #[test]
+    fn the_duplicate_memory_comes_back_from_its_checkpointed_chunks() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let set = std::sync::Arc::new(BlueprintSet::builtin());
+        let mut e = crate::engine::Engine::new(set.clone());
+        e.set_duplicates(crate::state::SeenSettings {
+            horizon_ms: 60_000,
+            max_entries: 250,
+        });
+        e.draw_duplicate_key();
+        let ids: Vec<String> = (0..2_000).map(|n| format!("e{n}")).collect();
+        let mut out = Vec::new();
+        // Ten checkpoints of 200 calls, 20 s apart: the horizon and the cap forget the older
+        // ones, and their chunks are deleted.
+        for round in 0..10 {
+            for n in 0..200 {
+                let k = round * 200 + n;
+                e.process(&call("a", &ids[k], k as i64 * 100), &mut out);
+            }
+            let stats = e.stats().clone();
+            let fleet = e.fleet_state();
+            let sessions = e.take_session_changes();
+            let (duplicates, duplicate_figures) = e.take_duplicate_changes();
+            let agents = e.take_dirty();
+            s.checkpoint(
+                &[PartitionDelta {
+                    topic: "audit",
+                    partition: 0,
+                    next_offset: (round as i64 + 1) * 200,
+                    stats: &stats,
+                    fleet,
+                    agents,
+                    sessions,
+                    duplicates,
+                    duplicate_figures,
+                }],
+                &[],
+                &[],
+                &[],
+                None,
+            )
+            .unwrap();
+        }
+        let chunks = s.db().scan_prefix("d/").count();
+        assert!(chunks <= 3, "{chunks} chunks kept for 250 identities");
+        let (_, snap) = s.load_partition("audit", 0).unwrap().unwrap();
+        let mut r = crate::engine::Engine::restore(set, snap);
+        assert_eq!(r.snapshot().duplicates, e.snapshot().duplicates);
+        // The last calls are remembered, the first are not.
+        r.process(&call("a", &ids[1_999], 199_900), &mut out);
+        r.process(&call("a", &ids[0], 0), &mut out);
+        assert_eq!(r.stats().duplicates, 1);
+        assert_eq!(r.stats().events, e.stats().events + 1);
+    }
+
     #[test]
     fn checkpoint_roundtrip_and_clear() {
         let d = tempfile::tempdir().unwrap();

@@ -168,11 +168,15 @@ impl Engine {
             return;
         }
         // A cohort with fewer members at work now than a shift needs cannot show one soon (a
-        // night, the end of a day, a new fleet): judged agent by agent at once.
+        // night, the end of a day, a new fleet): judged agent by agent at once. "Now" as far as
+        // the stream has delivered the members' calls.
+        let since = at
+            .saturating_sub(rules.wait_ms)
+            .saturating_sub(self.lag_ms());
         if rules.wait_ms > 0
             && held < MAX_HELD
             && self.cohorts[c].members.len() >= rules.min_agents as usize
-            && self.at_work(c, at.saturating_sub(rules.wait_ms)) >= rules.min_agents
+            && self.at_work(c, since) >= rules.min_agents
         {
             self.hold(
                 i,
