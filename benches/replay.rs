@@ -334,6 +334,28 @@ fn replay(c: &mut Criterion) {
             total
         });
     });
+    group.bench_function("duplicate memory only", |b| {
+        let events: Vec<_> = f
+            .offsets
+            .iter()
+            .filter_map(|&(s, e)| f.decoder.decode(&f.lines[s..e]).ok())
+            .collect();
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let mut seen = agent_guardian::state::Seen::restore(
+                    agent_guardian::state::SeenSettings::default(),
+                    f.warm.duplicates.clone(),
+                );
+                let t = Instant::now();
+                for ev in &events {
+                    std::hint::black_box(seen.deliver(ev));
+                }
+                total += t.elapsed();
+            }
+            total
+        });
+    });
     group.bench_function("decode only", |b| {
         b.iter(|| {
             let mut ok = 0u64;

@@ -193,12 +193,49 @@ impl Default for CohortShift {
 /// event time they arrived (in powers of two of milliseconds); the lag is the delay 99 % of them
 /// came within, rounded up to a power of two. Old-dated calls raise it for two hours at most.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "LagRecord", into = "LagRecord")]
 pub struct DeliveryLag {
     /// Ten-minute bucket of the newest event time counted.
     bucket: i64,
     /// Per bucket (modulo [`LAG_BUCKETS`]): calls by the power of two of the milliseconds they
     /// were behind.
     counts: [[u32; LAG_BINS]; LAG_BUCKETS],
+    /// The same summed over the buckets (not stored: summed again when read).
+    bins: [u64; LAG_BINS],
+}
+
+/// What a [`DeliveryLag`] stores: its bucket and counts.
+#[derive(Serialize, Deserialize)]
+struct LagRecord {
+    /// Ten-minute bucket of the newest event time counted.
+    bucket: i64,
+    /// Per bucket: calls by the power of two of the milliseconds they were behind.
+    counts: [[u32; LAG_BINS]; LAG_BUCKETS],
+}
+
+impl From<LagRecord> for DeliveryLag {
+    fn from(record: LagRecord) -> Self {
+        let mut bins = [0u64; LAG_BINS];
+        for row in &record.counts {
+            for (total, c) in bins.iter_mut().zip(row) {
+                *total += u64::from(*c);
+            }
+        }
+        DeliveryLag {
+            bucket: record.bucket,
+            counts: record.counts,
+            bins,
+        }
+    }
+}
+
+impl From<DeliveryLag> for LagRecord {
+    fn from(lag: DeliveryLag) -> Self {
+        LagRecord {
+            bucket: lag.bucket,
+            counts: lag.counts,
+        }
+    }
 }
 
 /// Ten-minute buckets of event time a [`DeliveryLag`] looks back over (two hours).
@@ -213,6 +250,7 @@ impl Default for DeliveryLag {
         DeliveryLag {
             bucket: i64::MIN,
             counts: [[0; LAG_BINS]; LAG_BUCKETS],
+            bins: [0; LAG_BINS],
         }
     }
 }
@@ -220,36 +258,47 @@ impl Default for DeliveryLag {
 impl DeliveryLag {
     /// Counts one call delivered `behind` ms after the newest event time, `newest`.
     pub fn observe(&mut self, newest: i64, behind: i64) {
-        let b = newest.div_euclid(LAG_BUCKET_MS);
-        if b > self.bucket {
-            if self.bucket == i64::MIN || b - self.bucket >= LAG_BUCKETS as i64 {
-                self.counts = [[0; LAG_BINS]; LAG_BUCKETS];
-            } else {
-                for k in (self.bucket + 1)..=b {
-                    self.counts[k.rem_euclid(LAG_BUCKETS as i64) as usize] = [0; LAG_BINS];
-                }
-            }
-            self.bucket = b;
+        // The common case: the newest event time is still in the current bucket.
+        if newest.div_euclid(LAG_BUCKET_MS) != self.bucket {
+            self.advance(newest.div_euclid(LAG_BUCKET_MS));
         }
-        let bin = (64 - (behind.max(0) as u64).leading_zeros()) as usize;
-        let slot =
-            &mut self.counts[b.rem_euclid(LAG_BUCKETS as i64) as usize][bin.min(LAG_BINS - 1)];
-        *slot = slot.saturating_add(1);
+        let bin = ((64 - (behind.max(0) as u64).leading_zeros()) as usize).min(LAG_BINS - 1);
+        // A call of an earlier bucket than the newest counts in the newest.
+        let slot = &mut self.counts[self.bucket.rem_euclid(LAG_BUCKETS as i64) as usize][bin];
+        if *slot < u32::MAX {
+            *slot += 1;
+            self.bins[bin] += 1;
+        }
+    }
+
+    /// Moves on to bucket `b` (a later one; an earlier one is ignored), forgetting the buckets
+    /// that leave the last two hours.
+    fn advance(&mut self, b: i64) {
+        if b <= self.bucket {
+            return;
+        }
+        if self.bucket == i64::MIN || b - self.bucket >= LAG_BUCKETS as i64 {
+            self.counts = [[0; LAG_BINS]; LAG_BUCKETS];
+            self.bins = [0; LAG_BINS];
+        } else {
+            for k in (self.bucket + 1)..=b {
+                let row = &mut self.counts[k.rem_euclid(LAG_BUCKETS as i64) as usize];
+                for (total, c) in self.bins.iter_mut().zip(row.iter()) {
+                    *total -= u64::from(*c);
+                }
+                *row = [0; LAG_BINS];
+            }
+        }
+        self.bucket = b;
     }
 
     /// The delay 99 % of the last two hours' calls came within (ms, rounded up to a power of
     /// two), at most `cap`.
     pub fn value(&self, cap: i64) -> i64 {
-        let mut bins = [0u64; LAG_BINS];
-        for row in &self.counts {
-            for (b, c) in bins.iter_mut().zip(row) {
-                *b += u64::from(*c);
-            }
-        }
-        let allowed = bins.iter().sum::<u64>() / 100;
+        let allowed = self.bins.iter().sum::<u64>() / 100;
         let mut tail = 0u64;
         for k in (0..LAG_BINS).rev() {
-            tail += bins[k];
+            tail += self.bins[k];
             if tail > allowed {
                 return if k == 0 {
                     0
@@ -473,6 +522,11 @@ mod tests {
         let b = batched.value(i64::MAX);
         assert!((2_097_152..=4_194_304).contains(&b), "{b}");
         assert_eq!(batched.value(900_000), 900_000, "capped");
+        // Stored and read back, it holds the same figures (the sums are derived again).
+        let stored = serde_json::to_string(&batched).expect("serialise");
+        assert!(!stored.contains("bins"), "the sums are not stored");
+        let read: DeliveryLag = serde_json::from_str(&stored).expect("deserialise");
+        assert_eq!(read, batched);
         // Two hours of calls on time: the old delays are forgotten.
         let later = t0 + 100_000 * 30;
         for i in 0..25 * 60 {

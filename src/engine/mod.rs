@@ -22,8 +22,8 @@ use crate::response::{
 };
 pub use crate::state::{suppression_index, EngineStats, FleetState};
 use crate::state::{
-    AgentState, CohortState, Delivery, Identities, KillEventKind, Resolution, Seen, SeenChanges,
-    SeenFigures, SeenSettings, SessionAgent, Snapshot, SNAPSHOT_VERSION,
+    AgentState, CohortState, Delivery, Identities, Identity, KillEventKind, Resolution, Seen,
+    SeenChanges, SeenFigures, SeenSettings, SessionAgent, Snapshot, SNAPSHOT_VERSION,
 };
 
 struct Agent {
@@ -320,7 +320,8 @@ impl Engine {
     /// Processes one event, appending the incidents it raises to `out`.
     pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
         let i = self.index.get(ev.agent_id.as_ref()).copied();
-        self.process_at(i, ev, out);
+        let identity = self.seen.identity(ev);
+        self.process_at(i, ev, identity, out);
     }
 
     /// Processes events in order, exactly as [`Engine::process`] one by one, while bringing the
@@ -335,12 +336,15 @@ impl Engine {
         /// Events between announcing an agent's buffers and processing it.
         const AHEAD: usize = 4;
         let mut at = [None::<u32>; CHUNK];
+        let mut identities = [None::<Identity>; CHUNK];
         for chunk in events.chunks(CHUNK) {
-            for (i, ev) in at.iter_mut().zip(chunk) {
+            for ((i, id), ev) in at.iter_mut().zip(identities.iter_mut()).zip(chunk) {
                 *i = self.index.get(ev.agent_id.as_ref()).copied();
+                // Its place in the memory of identities is announced with its agent.
+                *id = self.seen.identity(ev);
             }
-            for i in at.iter().take(chunk.len().min(2 * AHEAD)) {
-                self.announce(*i);
+            for j in 0..chunk.len().min(2 * AHEAD) {
+                self.announce(at[j], identities[j].as_ref());
             }
             for (j, ev) in chunk.iter().enumerate() {
                 if j + AHEAD < chunk.len() {
@@ -349,26 +353,40 @@ impl Engine {
                     }
                 }
                 if j + 2 * AHEAD < chunk.len() {
-                    self.announce(at[j + 2 * AHEAD]);
+                    self.announce(at[j + 2 * AHEAD], identities[j + 2 * AHEAD].as_ref());
                 }
                 // The agent may have been created by an earlier event of the batch.
                 let i = at[j].or_else(|| self.index.get(ev.agent_id.as_ref()).copied());
-                self.process_at(i, ev, out);
+                self.process_at(i, ev, identities[j], out);
             }
         }
     }
 
-    /// Announces the state of the agent at position `i` (see [`crate::prefetch`]).
-    fn announce(&self, i: Option<u32>) {
+    /// Announces the state of the agent at position `i` and the place of an event's identity
+    /// in the memory of identities (see [`crate::prefetch`]).
+    fn announce(&self, i: Option<u32>, identity: Option<&Identity>) {
         if let Some(a) = i.and_then(|i| self.agents.get(i as usize)) {
             prefetch::value(a);
         }
+        if let Some(id) = identity {
+            self.seen.prefetch(id);
+        }
     }
 
-    /// Processes one event of the agent at position `i` (`None`: a new agent).
-    fn process_at(&mut self, i: Option<u32>, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
+    /// Processes one event of the agent at position `i` (`None`: a new agent), with the
+    /// digests of its identity (`None`: the memory of identities is off).
+    fn process_at(
+        &mut self,
+        i: Option<u32>,
+        ev: &AuditEvent<'_>,
+        identity: Option<Identity>,
+        out: &mut Vec<Incident>,
+    ) {
         // An event delivered again changes nothing but its counter.
-        match self.seen.deliver(ev) {
+        let delivery = identity.map_or(Delivery::First, |id| {
+            self.seen.deliver_identity(ev.ts_ms, id)
+        });
+        match delivery {
             Delivery::First => {}
             Delivery::Duplicate => {
                 self.stats.duplicates += 1;

@@ -32,8 +32,9 @@ pub struct AgentState {
     pub after_kill: Episode,
     /// Inventory and risk facts.
     pub profile: Profile,
-    /// Findings waiting for the agent's cohort, and what its cohort judgement reads.
-    pub cohort: CohortMarks,
+    /// Findings waiting for the agent's cohort, and what its cohort judgement reads (boxed:
+    /// not on an ordinary event's path).
+    pub cohort: Box<CohortMarks>,
 }
 
 impl AgentState {
@@ -57,10 +58,10 @@ impl AgentState {
             kill: KillState::default(),
             after_kill: Episode::default(),
             profile: Profile::default(),
-            cohort: CohortMarks {
+            cohort: Box::new(CohortMarks {
                 found: [i64::MIN; crate::detect::SHIFT_KINDS],
                 ..CohortMarks::default()
-            },
+            }),
         }
     }
 }

@@ -18,7 +18,7 @@ pub use profile::{
     outcome_index, IncidentMark, KillEvent, KillEventKind, Profile, ToolSeen, MAX_TOOLS, OUTCOMES,
 };
 pub use seen::{
-    Delivery, Seen, SeenChanges, SeenEntry, SeenFigures, SeenSettings, SeenSnapshot,
+    Delivery, Identity, Seen, SeenChanges, SeenEntry, SeenFigures, SeenSettings, SeenSnapshot,
     DEFAULT_HORIZON_MS as DUPLICATE_HORIZON_MS, DEFAULT_MAX_ENTRIES as DUPLICATE_MAX_ENTRIES,
 };
 pub use snapshot::{Snapshot, SnapshotError, SNAPSHOT_VERSION};

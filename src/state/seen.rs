@@ -19,7 +19,6 @@
 use std::collections::VecDeque;
 use std::hash::Hasher;
 
-use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher13;
 
@@ -129,8 +128,8 @@ pub struct Seen {
     settings: SeenSettings,
     key: [u64; 2],
     order: VecDeque<SeenEntry>,
-    /// Identity digest → content digest, for the identities in `order`.
-    by_id: FxHashMap<u64, u64>,
+    /// Where each identity in `order` is, by its digest.
+    table: Table,
     /// Identities ever added.
     total: u64,
     /// Latest event time folded.
@@ -139,6 +138,8 @@ pub struct Seen {
     taken: u64,
     /// Start positions of the chunks written (or to be written) for the kept identities.
     chunks: VecDeque<u64>,
+    /// Reused: the bytes of an identity being digested.
+    scratch: Vec<u8>,
 }
 
 impl PartialEq for Seen {
@@ -163,11 +164,12 @@ impl Seen {
             settings,
             key,
             order: VecDeque::new(),
-            by_id: FxHashMap::default(),
+            table: Table::with_room_for(0),
             total: 0,
             latest: i64::MIN,
             taken: 0,
             chunks: VecDeque::new(),
+            scratch: Vec::with_capacity(128),
         }
     }
 
@@ -187,9 +189,9 @@ impl Seen {
         s.latest = snap.latest;
         for e in snap.entries {
             s.latest = s.latest.max(e.ts);
-            s.by_id.insert(e.id, e.content);
             s.order.push_back(e);
         }
+        s.rebuild();
         s
     }
 
@@ -235,67 +237,107 @@ impl Seen {
         self.order.is_empty()
     }
 
-    fn digest(&self) -> SipHasher13 {
-        SipHasher13::new_with_keys(self.key[0], self.key[1])
-    }
-
     /// Checks `ev` (attributed to its agent) against the memory and remembers it.
     pub fn deliver(&mut self, ev: &AuditEvent<'_>) -> Delivery {
-        if self.settings.horizon_ms <= 0 || self.settings.max_entries == 0 {
-            return Delivery::First;
+        match self.identity(ev) {
+            Some(i) => self.deliver_identity(ev.ts_ms, i),
+            None => Delivery::First,
         }
+    }
+
+    /// The digests of `ev`'s identity and content (`None` when the memory is off).
+    pub fn identity(&mut self, ev: &AuditEvent<'_>) -> Option<Identity> {
+        if self.settings.horizon_ms <= 0 || self.settings.max_entries == 0 {
+            return None;
+        }
+        let session = ev.session.as_deref().unwrap_or("");
+        // Both digests are keyed: nobody can aim an identity at another's, nor make another
+        // call's content look like a re-delivery of theirs. Each is one SipHash-1-3 over one
+        // buffer, the bytes a streaming hasher would be fed (so stored memories stay valid).
         let content = {
-            let mut h = self.digest();
-            write_str(&mut h, &ev.agent_id);
-            h.write_i64(ev.ts_ms);
-            write_str(&mut h, &ev.tool_name);
-            h.write_u64(ev.bytes.map_or(u64::MAX, f64::to_bits));
-            h.write_u8(ev.outcome.map_or(0xff, |o| o as u8));
-            write_str(&mut h, ev.session.as_deref().unwrap_or(""));
-            h.finish()
+            let b = Digest::start(&mut self.scratch);
+            b.text(&ev.agent_id)
+                .word(ev.ts_ms as u64)
+                .text(&ev.tool_name)
+                .word(ev.bytes.map_or(u64::MAX, f64::to_bits))
+                .byte(ev.outcome.map_or(0xff, |o| o as u8))
+                .text(session)
+                .finish(self.key)
         };
         let id = if ev.event_id.is_empty() {
             content
         } else {
-            let mut h = self.digest();
-            h.write_u8(ev.format as u8);
-            write_str(&mut h, &ev.agent_id);
-            write_str(&mut h, ev.session.as_deref().unwrap_or(""));
-            write_str(&mut h, &ev.event_id);
-            h.finish()
+            Digest::start(&mut self.scratch)
+                .byte(ev.format as u8)
+                .text(&ev.agent_id)
+                .text(session)
+                .text(&ev.event_id)
+                .finish(self.key)
         };
-        if let Some(&c) = self.by_id.get(&id) {
-            return if c == content {
-                Delivery::Duplicate
-            } else {
-                Delivery::Conflict
-            };
-        }
-        // Too old to be remembered by now: it cannot be told from a re-delivery either way.
-        self.latest = self.latest.max(ev.ts_ms);
-        let e = SeenEntry {
-            ts: ev.ts_ms,
-            id,
+        // 0 marks an empty place in the table.
+        Some(Identity {
+            id: id.max(1),
             content,
+        })
+    }
+
+    /// Announces the memory that checking identity `i` reads (see [`crate::prefetch`]).
+    pub fn prefetch(&self, i: &Identity) {
+        self.table.prefetch(i.id);
+    }
+
+    /// Checks an identity (of an event at `ts`) against the memory and remembers it.
+    pub fn deliver_identity(&mut self, ts: i64, i: Identity) -> Delivery {
+        let first_kept = self.total - self.order.len() as u64;
+        let at = match self.table.find(i.id, first_kept) {
+            Ok(pos) => {
+                let kept = &self.order[(pos - first_kept) as usize];
+                return if kept.content == i.content {
+                    Delivery::Duplicate
+                } else {
+                    Delivery::Conflict
+                };
+            }
+            Err(at) => at,
         };
-        self.by_id.insert(id, content);
-        self.order.push_back(e);
+        // New, or forgotten already: remembered (again) at the next position.
+        self.table.put(at, i.id, self.total);
+        self.latest = self.latest.max(ts);
+        self.order.push_back(SeenEntry {
+            ts,
+            id: i.id,
+            content: i.content,
+        });
         self.total += 1;
         self.forget();
+        if self.table.crowded() {
+            self.rebuild();
+        }
         Delivery::First
     }
 
-    /// Forgets the identities beyond the horizon or the cap, oldest first.
+    /// Forgets the identities beyond the horizon or the cap, oldest first (their places in the
+    /// table are taken again later, or cleared by the next rebuild).
     fn forget(&mut self) {
         let cutoff = self.latest.saturating_sub(self.settings.horizon_ms);
         while let Some(front) = self.order.front() {
             if front.ts >= cutoff && self.order.len() <= self.settings.max_entries {
                 break;
             }
-            let id = front.id;
             self.order.pop_front();
-            self.by_id.remove(&id);
         }
+    }
+
+    /// A table sized for the identities kept, holding them.
+    fn rebuild(&mut self) {
+        let first_kept = self.total - self.order.len() as u64;
+        let mut t = Table::with_room_for(self.order.len());
+        for (k, e) in self.order.iter().enumerate() {
+            if let Err(at) = t.find(e.id, first_kept) {
+                t.put(at, e.id, first_kept + k as u64);
+            }
+        }
+        self.table = t;
     }
 
     /// The identities added since the previous call and the stored chunks now wholly forgotten
@@ -351,10 +393,119 @@ impl Seen {
     }
 }
 
-/// Writes a string with its length, so that adjacent fields cannot run into each other.
-fn write_str(h: &mut SipHasher13, s: &str) {
-    h.write_usize(s.len());
-    h.write(s.as_bytes());
+/// The digests that identify an event to the memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    /// Keyed digest of its identity (never 0).
+    id: u64,
+    /// Digest of its content.
+    content: u64,
+}
+
+/// The bytes of one keyed digest, gathered in a reused buffer.
+struct Digest<'a>(&'a mut Vec<u8>);
+
+impl<'a> Digest<'a> {
+    /// Starts a digest in `buf` (emptied).
+    fn start(buf: &'a mut Vec<u8>) -> Digest<'a> {
+        buf.clear();
+        Digest(buf)
+    }
+
+    /// One byte.
+    fn byte(self, b: u8) -> Self {
+        self.0.push(b);
+        self
+    }
+
+    /// One 64-bit word (little-endian).
+    fn word(self, w: u64) -> Self {
+        self.0.extend_from_slice(&w.to_le_bytes());
+        self
+    }
+
+    /// A string with its length first, so that adjacent fields cannot run into each other.
+    fn text(self, s: &str) -> Self {
+        self.0.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    /// SipHash-1-3 of the bytes under `key`.
+    fn finish(self, key: [u64; 2]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(key[0], key[1]);
+        h.write(self.0);
+        h.finish()
+    }
+}
+
+/// Where each kept identity is: open addressing with linear probing, two 8-byte words a place
+/// (the identity digest, 0 for a place never taken, and the position of the identity in the
+/// order of arrival). A place whose position is before the oldest identity kept is forgotten
+/// and taken again by the next identity probing past it; the table is rebuilt when three
+/// quarters of its places have been taken. Checking an identity reads one place (and its
+/// neighbours on a collision), which the engine fetches ahead of use.
+#[derive(Debug, Clone)]
+struct Table {
+    places: Vec<[u64; 2]>,
+    /// Places ever taken since the table was built.
+    taken: usize,
+}
+
+impl Table {
+    /// A table with room for `n` identities and as many more.
+    fn with_room_for(n: usize) -> Table {
+        let size = (2 * n + 1).next_power_of_two().max(1024);
+        Table {
+            places: vec![[0, 0]; size],
+            taken: 0,
+        }
+    }
+
+    fn home(&self, id: u64) -> usize {
+        (id as usize) & (self.places.len() - 1)
+    }
+
+    fn prefetch(&self, id: u64) {
+        crate::prefetch::line(&self.places[self.home(id)]);
+    }
+
+    /// The position of identity `id` if it is kept (`Ok`), else the place to put it at.
+    fn find(&self, id: u64, first_kept: u64) -> Result<u64, usize> {
+        let mask = self.places.len() - 1;
+        let mut i = self.home(id);
+        let mut free = None;
+        loop {
+            let [pid, pos] = self.places[i];
+            if pid == 0 {
+                return Err(free.unwrap_or(i));
+            }
+            if pid == id {
+                return if pos >= first_kept {
+                    Ok(pos)
+                } else {
+                    Err(free.unwrap_or(i))
+                };
+            }
+            if pos < first_kept && free.is_none() {
+                free = Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Puts identity `id` at position `pos` at place `at` (from [`Table::find`]).
+    fn put(&mut self, at: usize, id: u64, pos: u64) {
+        if self.places[at][0] == 0 {
+            self.taken += 1;
+        }
+        self.places[at] = [id, pos];
+    }
+
+    /// Whether three quarters of its places have been taken.
+    fn crowded(&self) -> bool {
+        4 * self.taken >= 3 * self.places.len()
+    }
 }
 
 #[cfg(test)]
@@ -397,6 +548,88 @@ mod tests {
         // The same id for another agent is another event.
         assert_eq!(s.deliver(&ev("e1", "b", 1000, 30e6)), Delivery::First);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn the_digests_are_those_a_streaming_hasher_gives_so_stored_memories_stay_valid() {
+        let key = [7, 11];
+        let mut e = ev("e1", "agent-a", 1_000, 30e6);
+        e.session = Some("s-1".into());
+        let mut s = Seen::new(SeenSettings::default(), key);
+        let i = s.identity(&e).expect("memory on");
+        let text = |h: &mut SipHasher13, t: &str| {
+            h.write_usize(t.len());
+            h.write(t.as_bytes());
+        };
+        let mut h = SipHasher13::new_with_keys(key[0], key[1]);
+        text(&mut h, "agent-a");
+        h.write_i64(1_000);
+        text(&mut h, "export");
+        h.write_u64(30e6f64.to_bits());
+        h.write_u8(0xff);
+        text(&mut h, "s-1");
+        assert_eq!(i.content, h.finish());
+        let mut h = SipHasher13::new_with_keys(key[0], key[1]);
+        h.write_u8(Format::AgentSpm as u8);
+        text(&mut h, "agent-a");
+        text(&mut h, "s-1");
+        text(&mut h, "e1");
+        assert_eq!(i.id, h.finish().max(1));
+        // Without an id, the content is the identity.
+        e.event_id = "".into();
+        let j = s.identity(&e).expect("memory on");
+        assert_eq!((j.id, j.content), (i.content.max(1), i.content));
+    }
+
+    #[test]
+    fn a_call_of_another_tool_under_a_delivered_id_is_a_conflict_not_a_duplicate() {
+        let mut s = Seen::new(SeenSettings::default(), [3, 4]);
+        let a = ev("e1", "a", 1000, 10.0);
+        let mut b = a.clone();
+        b.tool_name = "payments.transfer".into();
+        assert_eq!(s.deliver(&a), Delivery::First);
+        assert_eq!(s.deliver(&b), Delivery::Conflict);
+        assert_eq!(s.deliver(&a), Delivery::Duplicate);
+    }
+
+    #[test]
+    fn the_table_answers_as_a_plain_map_of_the_kept_identities_through_forgetting_and_rebuilds() {
+        use std::collections::{HashMap, VecDeque};
+        let (horizon, cap) = (5_000i64, 700usize);
+        let mut s = Seen::new(settings(horizon, cap), [5, 6]);
+        // The reference: the kept (id, content) pairs in arrival order.
+        let mut kept: VecDeque<(String, i64, u64)> = VecDeque::new();
+        let mut latest = i64::MIN;
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for n in 0..60_000i64 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Ids drawn from a pool so that a share of them come again, some with other bytes.
+            let id = format!("e{}", x % 3_000);
+            let ts = n / 4 - (x % 8) as i64;
+            let bytes = (x >> 40) % 2;
+            let e = ev(&id, "a", ts, bytes as f64);
+            let expected = match kept.iter().find(|(k, _, _)| *k == id) {
+                Some((_, t, b)) if *t == ts && *b == bytes => Delivery::Duplicate,
+                Some(_) => Delivery::Conflict,
+                None => {
+                    latest = latest.max(ts);
+                    kept.push_back((id.clone(), ts, bytes));
+                    while let Some((_, t, _)) = kept.front() {
+                        if *t >= latest - horizon && kept.len() <= cap {
+                            break;
+                        }
+                        kept.pop_front();
+                    }
+                    Delivery::First
+                }
+            };
+            assert_eq!(s.deliver(&e), expected, "delivery {n} of {id}");
+            assert_eq!(s.len(), kept.len(), "after delivery {n}");
+        }
+        let distinct: HashMap<&str, ()> = kept.iter().map(|(k, _, _)| (k.as_str(), ())).collect();
+        assert_eq!(distinct.len(), kept.len());
     }
 
     #[test]
