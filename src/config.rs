@@ -94,8 +94,8 @@ pub struct Config {
     /// remembered, so that a re-delivery of it is dropped as a duplicate, e.g. "10m"; "0s" turns
     /// duplicate detection off.
     pub duplicate_horizon: String,
-    /// Most event identities remembered per partition (the oldest are forgotten first; about
-    /// 40 bytes each).
+    /// Most event identities remembered per partition (the oldest are forgotten first; 60–90
+    /// bytes each).
     pub duplicate_max_entries: usize,
     /// Time between checkpoints (persist state, then commit offsets), e.g. "1s".
     pub checkpoint_interval: String,
