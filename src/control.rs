@@ -17,7 +17,7 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::event::rfc3339_serde;
+use crate::event::{rfc3339_serde, MAX_AGENT_ID_BYTES};
 use crate::response::{uuid_string, Incident};
 
 /// What a command asks.
@@ -85,6 +85,21 @@ pub struct Command {
     /// `hex(HMAC-SHA256(key, canonical form))`.
     #[serde(default)]
     pub signature: String,
+}
+
+/// Longest reason an operator's command may carry (bytes): a sentence or a ticket reference,
+/// far below the control topic's message size.
+pub const MAX_REASON_BYTES: usize = 4096;
+
+/// Why an operator's request for a command is refused before anything is signed or sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The agent id is empty or too long (its length in bytes).
+    #[error("agent id must have 1 to {MAX_AGENT_ID_BYTES} bytes (it has {0})")]
+    AgentId(usize),
+    /// The reason is too long (its length in bytes).
+    #[error("reason has {0} bytes, more than {MAX_REASON_BYTES}")]
+    ReasonTooLong(usize),
 }
 
 /// Why a control message was rejected.
@@ -189,6 +204,19 @@ impl Command {
             origin: Origin::Auto,
             signature: String::new(),
         }
+    }
+
+    /// Checks what an operator asks for before it is signed: an agent id of 1 to
+    /// [`MAX_AGENT_ID_BYTES`] bytes (as an audit event's) and a reason of at most
+    /// [`MAX_REASON_BYTES`].
+    pub fn check_request(agent_id: &str, reason: &str) -> Result<(), RequestError> {
+        if agent_id.is_empty() || agent_id.len() > MAX_AGENT_ID_BYTES {
+            return Err(RequestError::AgentId(agent_id.len()));
+        }
+        if reason.len() > MAX_REASON_BYTES {
+            return Err(RequestError::ReasonTooLong(reason.len()));
+        }
+        Ok(())
     }
 
     /// An operator's command issued at `at` (ms), with a fresh random nonce, valid
@@ -339,6 +367,28 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"test-key-0123456789";
+
+    #[test]
+    fn an_operator_request_needs_an_agent_id_of_an_event_s_size_and_a_bounded_reason() {
+        assert_eq!(Command::check_request("fin-1", "stop"), Ok(()));
+        assert_eq!(
+            Command::check_request("", "stop"),
+            Err(RequestError::AgentId(0))
+        );
+        let long = "a".repeat(MAX_AGENT_ID_BYTES + 1);
+        assert_eq!(
+            Command::check_request(&long, "stop"),
+            Err(RequestError::AgentId(MAX_AGENT_ID_BYTES + 1))
+        );
+        assert_eq!(
+            Command::check_request(&long[1..], &"r".repeat(MAX_REASON_BYTES)),
+            Ok(())
+        );
+        assert_eq!(
+            Command::check_request("fin-1", &"r".repeat(MAX_REASON_BYTES + 1)),
+            Err(RequestError::ReasonTooLong(MAX_REASON_BYTES + 1))
+        );
+    }
 
     #[test]
     fn signed_commands_verify_and_tampering_is_detected() {

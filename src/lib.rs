@@ -28,6 +28,7 @@
 //! - [`store`]: the sled state store (agents, offsets, incidents, ledger, score history).
 //! - [`telemetry`]: the daemon's counters and the live view the admin API reads.
 //! - [`secret`]: configuration secrets whose `Debug` and `Serialize` forms redact.
+//! - [`text`]: text an attacker may have written, shown safely in logs and tables (a leaf).
 //! - [`kafka`]: librdkafka client configuration, and reading a topic back to its end.
 //! - [`tls`]: PEM certificate chains and keys for rustls.
 //! - [`stop`]: the one stop signal every daemon thread watches.
@@ -71,4 +72,5 @@ pub mod state;
 pub mod stop;
 pub mod store;
 pub mod telemetry;
+pub mod text;
 pub mod tls;

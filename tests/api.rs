@@ -515,3 +515,46 @@ async fn a_kill_while_the_broker_is_down_answers_503_with_the_reason_within_the_
         "answered after {waited:?}"
     );
 }
+
+/// What an operator asks for is checked before anything is signed or sent: an agent id of an
+/// event's size (400) and a reason of at most 4 KiB (413, not a broker error).
+#[tokio::test]
+async fn a_command_for_an_impossible_agent_id_is_400_and_an_over_long_reason_is_413() {
+    let f = fixture_with(None);
+    let post = |uri: String, body: String| {
+        let state = f.state.clone();
+        async move {
+            let req = Request::builder()
+                .method(Method::POST)
+                .uri(uri)
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::from(body))
+                .unwrap();
+            let resp = router(state).oneshot(req).await.unwrap();
+            let status = resp.status();
+            let body = axum::body::to_bytes(resp.into_body(), 1 << 20)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).to_string())
+        }
+    };
+    let long_id = "a".repeat(600);
+    let (s, body) = post(format!("/agents/{long_id}/kill"), String::new()).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.contains("1 to 512 bytes"), "{body}");
+    let reason = "r".repeat(1 << 20);
+    let (s, body) = post(
+        "/agents/fin-00001/kill".into(),
+        serde_json::json!({ "reason": reason }).to_string(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(body.contains("more than 4096"), "{body}");
+    // A reason of a sentence goes on (here to "this API cannot publish commands").
+    let (s, body) = post(
+        "/agents/fin-00001/kill".into(),
+        r#"{"reason": "ticket SEC-1"}"#.into(),
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+}

@@ -265,3 +265,30 @@ fn replay_survives_a_huge_line_and_a_closed_stderr() {
     let status = child.wait().expect("exits");
     assert_eq!(status.code(), Some(0), "{status:?}");
 }
+
+/// `guardian kill` and `revive` check the agent id and the reason as the admin API does, before
+/// reading the configuration or reaching a broker: nothing impossible is signed and published.
+#[test]
+fn kill_refuses_an_empty_or_over_long_agent_id_and_an_over_long_reason() {
+    let long = "a".repeat(600);
+    let reason = "r".repeat(5000);
+    for args in [
+        vec!["kill", ""],
+        vec!["kill", long.as_str()],
+        vec!["revive", ""],
+        vec!["kill", "fin-1", "--reason", reason.as_str()],
+    ] {
+        // A configuration that does not exist: the request is refused before it is read.
+        let args: Vec<&str> = args
+            .into_iter()
+            .chain(["--config", "/nonexistent/guardian.toml"])
+            .collect();
+        let (code, out, err) = guardian(&args, "");
+        assert_ne!(code, 0, "{args:?} was accepted: {out}");
+        assert!(
+            err.contains("1 to 512 bytes") || err.contains("more than 4096"),
+            "{args:?}: {err}"
+        );
+        assert!(out.is_empty(), "{args:?} printed a command: {out}");
+    }
+}

@@ -11,11 +11,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AppState;
-use crate::control::Verb;
+use crate::control::{Command, Verb};
 use crate::event::parse_rfc3339_ms;
 use crate::posture::{Framework, StateView};
 use crate::response::{IncidentType, Severity};
 use crate::store::IncidentFilter;
+use crate::text::Shown;
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, Json(json!({ "error": msg.into() }))).into_response()
@@ -269,8 +270,8 @@ pub struct CommandBody {
 }
 
 async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Response {
-    if id.is_empty() || id.len() > 512 {
-        return error(StatusCode::BAD_REQUEST, "agent id must have 1 to 512 bytes");
+    if let Err(e) = Command::check_request(&id, "") {
+        return error(StatusCode::BAD_REQUEST, e.to_string());
     }
     let body: CommandBody = if body.iter().all(u8::is_ascii_whitespace) {
         CommandBody::default()
@@ -288,6 +289,9 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Respo
     let reason = body
         .reason
         .unwrap_or_else(|| "operator decision (admin API)".into());
+    if let Err(e) = Command::check_request(&id, &reason) {
+        return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string());
+    }
     let s2 = s.clone();
     let r = tokio::task::spawn_blocking(move || match &s2.commander {
         Some(c) => c.publish(verb, &id, &reason).map(Some),
@@ -302,7 +306,7 @@ async fn command(s: Arc<AppState>, verb: Verb, id: String, body: Bytes) -> Respo
                 Verb::Revive => &m.api_revives,
             };
             counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(agent = %cmd.agent_id, command = ?cmd.command, command_id = %cmd.command_id, "command published through the admin API");
+            tracing::info!(agent = %Shown(&cmd.agent_id), command = ?cmd.command, command_id = %cmd.command_id, "command published through the admin API");
             (StatusCode::ACCEPTED, Json(Published { published: &cmd })).into_response()
         }
         Ok(Ok(None)) => error(

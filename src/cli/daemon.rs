@@ -259,6 +259,7 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
 /// `guardian kill` / `guardian revive`: a signed operator command on the control topic.
 pub fn command_cmd(verb: Verb, a: CommandArgs) -> anyhow::Result<ExitCode> {
     init_logging("human", "warn");
+    crate::control::Command::check_request(&a.agent, &a.reason)?;
     let cfg = resolve(&a.config.config)?;
     let cmd = crate::daemon::sink::Commander::new(&cfg, "operator")?
         .publish(verb, &a.agent, &a.reason)

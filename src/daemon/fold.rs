@@ -25,6 +25,7 @@ use crate::response::{Action, Basis, Incident, IncidentType, Severity, Status};
 use crate::state::{KillEventKind, Resolution};
 use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
+use crate::text::Shown;
 
 use super::source::{Assignment, Record};
 
@@ -589,10 +590,10 @@ impl Fold {
                     || self.pending.iter().any(|p| p.command_id == c.command_id) =>
             {
                 // The same command read again (a restart re-reads the control topic's tail).
-                tracing::debug!(agent = %c.agent_id, command_id = %c.command_id, "operator command already applied");
+                tracing::debug!(agent = %Shown(&c.agent_id), command_id = %Shown(&c.command_id), "operator command already applied");
             }
             Ok(c) => {
-                tracing::info!(agent = %c.agent_id, command = ?c.command, by = %c.guardian_id, "operator command");
+                tracing::info!(agent = %Shown(&c.agent_id), command = ?c.command, by = %Shown(&c.guardian_id), "operator command");
                 let mut applied = false;
                 for p in self.parts.values_mut() {
                     if p.engine.agent(&c.agent_id).is_some() {
@@ -635,7 +636,7 @@ impl Fold {
                     Some(a) => a,
                     None => "(unknown)".to_string(),
                 };
-                tracing::warn!(%agent, partition = r.partition, offset = r.offset, reason = %rejected.why, "control command rejected");
+                tracing::warn!(agent = %Shown(&agent), partition = r.partition, offset = r.offset, reason = %Shown(&rejected.why.to_string()), "control command rejected");
                 let inc = rejected_command(
                     &self.settings.control_topic,
                     r,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::KafkaConfig;
 use crate::siem::{DeadLetter, Record as SiemRecord, SiemSinks};
 use crate::telemetry::Metrics;
+use crate::text::Shown;
 
 use super::fold::Output;
 use super::sink::{dead_letter_headers, KafkaSink};
@@ -73,7 +74,7 @@ impl Publisher {
                     )?;
                     self.metrics.kill_commands.fetch_add(1, Ordering::Relaxed);
                     self.siem.emit(&SiemRecord::Command(&cmd))?;
-                    tracing::warn!(agent = %cmd.agent_id, command_id = %cmd.command_id, "kill command issued");
+                    tracing::warn!(agent = %Shown(&cmd.agent_id), command_id = %cmd.command_id, "kill command issued");
                 }
                 Output::Applied(cmd) => self.siem.emit(&SiemRecord::Command(&cmd))?,
                 Output::DeadLetter(b) => {
@@ -126,7 +127,7 @@ impl Publisher {
             .fetch_add(lost.len() as u64, Ordering::Relaxed);
         lost.into_iter()
             .map(|l| {
-                tracing::error!(source = ?l.source, topic = %l.topic, bytes = l.bytes, reason = %l.reason,
+                tracing::error!(source = ?l.source, topic = %l.topic, bytes = l.bytes, reason = %Shown(&l.reason),
                     "dead letter refused by the broker; recorded in the ledger and skipped");
                 crate::posture::LostOutput {
                     source: l.source,

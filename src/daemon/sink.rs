@@ -390,6 +390,7 @@ impl Commander {
         agent: &str,
         reason: &str,
     ) -> Result<crate::control::Command, String> {
+        crate::control::Command::check_request(agent, reason).map_err(|e| e.to_string())?;
         let now = chrono::Utc::now().timestamp_millis();
         let cmd = crate::control::Command::manual(verb, agent, reason, now, &self.issuer)
             .valid_for(now, self.ttl_ms)

@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
 /// Longest accepted agent id, event id, tool name, environment or group, in bytes: every output
 /// derived from an event (incidents, commands, SIEM records) stays far below a broker's 1 MB
 /// message limit.
-const MAX_AGENT_ID_BYTES: usize = 512;
+pub const MAX_AGENT_ID_BYTES: usize = 512;
 
 /// `s` quoted for an error message, cut to its first 64 bytes (with its size) when longer.
 fn quoted(s: &str) -> String {

@@ -10,7 +10,9 @@ mod scan;
 mod timestamp;
 
 pub(crate) use decode::parse_pointer;
-pub use decode::{Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER};
+pub use decode::{
+    Decoder, DecoderOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER, MAX_AGENT_ID_BYTES,
+};
 pub use error::{bounded, DecodeError};
 pub use model::{tool_hash, AgentSource, AuditEvent, EntryKind, Format, Outcome};
 pub use otlp::OtlpOptions;

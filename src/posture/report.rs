@@ -1,6 +1,7 @@
 //! Fleet posture: the inventory with risks, a fleet score with its trend, the top risks, and a
 //! table for terminals.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -12,6 +13,7 @@ use super::settings::PostureSettings;
 use crate::blueprint::BlueprintSet;
 use crate::event::format_rfc3339_ms;
 use crate::state::AgentState;
+use crate::text::{shown, shown_within};
 
 /// A past fleet score, kept in the state for the trend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -410,17 +412,17 @@ impl Posture {
             "AGENT", "RISK", "LEVEL", "STATUS", "BLUEPRINT", "EVENTS", "INCIDENTS"
         );
         for a in self.agents.iter().take(limit) {
-            let id: String = shown(&a.agent_id).chars().take(w).collect();
+            let id = shown_within(&a.agent_id, w);
             let _ = writeln!(
                 s,
                 "{id:<w$}  {:>4}  {:<8}  {:<7}  {:<12}  {:>9}  {:>9}  {}",
                 a.risk,
                 a.level.as_str(),
                 a.status.as_str(),
-                shown(&a.blueprint).chars().take(12).collect::<String>(),
+                shown_within(&a.blueprint, 12),
                 a.events,
                 a.incidents,
-                a.reasons.first().map_or("-".to_string(), |r| shown(r))
+                a.reasons.first().map_or(Cow::Borrowed("-"), |r| shown(r))
             );
         }
         if self.agents.len() > limit {
@@ -434,38 +436,9 @@ impl Posture {
     }
 }
 
-/// `s` for a terminal: control characters and the invisible characters that reorder text
-/// (bidirectional overrides, isolates and marks) are shown as `\u{…}` escapes, so an agent id
-/// cannot rewrite the line it is printed on.
-fn shown(s: &str) -> String {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{200E}' | '\u{200F}' | '\u{061C}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-    };
-    if !s.chars().any(hidden) {
-        return s.to_string();
-    }
-    s.chars()
-        .map(|c| {
-            if hidden(c) {
-                c.escape_unicode().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn control_and_reordering_characters_are_shown_escaped() {
-        assert_eq!(shown("fin-01"), "fin-01");
-        assert_eq!(shown("a\u{202E}gnp.exe"), "a\\u{202e}gnp.exe");
-        assert_eq!(shown("x\u{1b}[2Jy\u{2066}"), "x\\u{1b}[2Jy\\u{2066}");
-    }
 
     #[test]
     fn fleet_score_is_the_mean_of_the_riskiest_tenth() {

@@ -6,7 +6,9 @@
 //!   record's [`Class`](super::Class); agent ids and tool names go in the extension, because some
 //!   consumers split the header on every pipe.
 //! - Header fields escape `\` and `|`; extension values escape `\`, `=`, and line breaks as `\n`
-//!   and `\r`. Other control characters (U+0000–U+001F, U+007F) are replaced with U+FFFD.
+//!   and `\r`. Other control characters (C0, DEL, C1) and the invisible characters that reorder
+//!   or disguise text (bidirectional controls, zero-width characters; [`crate::text::hidden`])
+//!   are replaced with U+FFFD.
 //! - Values are truncated (by characters, before escaping) to the spec's lengths.
 //! - Times (`rt`, `start`, `end`) are milliseconds since the epoch: the one CEF time format that
 //!   ArcSight, Splunk, QRadar, Sentinel and Elastic all read without a time-zone guess.
@@ -236,20 +238,22 @@ impl Ext<'_> {
     }
 }
 
-/// Appends a header field: `\` → `\\`, `|` → `\|`, control characters → U+FFFD.
+/// Appends a header field: `\` → `\\`, `|` → `\|`, control and invisible characters
+/// ([`crate::text::hidden`]) → U+FFFD.
 pub fn header(v: &str, max: usize, out: &mut String) {
     for c in v.chars().take(max) {
         match c {
             '\\' => out.push_str("\\\\"),
             '|' => out.push_str("\\|"),
-            c if c.is_control() && (c as u32) < 0x80 => out.push('\u{FFFD}'),
+            c if crate::text::hidden(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
 }
 
 /// Appends an extension value: `\` → `\\`, `=` → `\=`, LF → `\n`, CR → `\r`, other control
-/// characters → U+FFFD. Pipes need no escape in the extension.
+/// and invisible characters ([`crate::text::hidden`]) → U+FFFD. Pipes need no escape in the
+/// extension.
 pub fn extension_value(v: &str, max: usize, out: &mut String) {
     for c in v.chars().take(max) {
         match c {
@@ -257,7 +261,7 @@ pub fn extension_value(v: &str, max: usize, out: &mut String) {
             '=' => out.push_str("\\="),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() && (c as u32) < 0x80 => out.push('\u{FFFD}'),
+            c if crate::text::hidden(c) => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }
@@ -298,6 +302,13 @@ pub(crate) mod tests {
             "tab\u{FFFD}here\u{FFFD}\u{FFFD}"
         );
         assert_eq!(ext("Ünïcødé 代理"), "Ünïcødé 代理");
+        // What reorders or disguises the text a SIEM shows: C1 controls, bidi overrides,
+        // zero-width characters.
+        assert_eq!(
+            ext("a\u{85}b\u{202E}c\u{200B}d\u{2066}e\u{FEFF}"),
+            "a\u{FFFD}b\u{FFFD}c\u{FFFD}d\u{FFFD}e\u{FFFD}"
+        );
+        assert_eq!(hdr("x\u{202E}y"), "x\u{FFFD}y");
         assert_eq!(ext(r"\="), r"\\\=");
     }
 

@@ -226,10 +226,11 @@ pub struct EmailSink {
     worker: Option<JoinHandle<Result<(), SpoolError>>>,
 }
 
-/// Removes control characters (header injection) and cuts to `max` characters.
+/// Replaces control and invisible characters (header injection, reordered text, look-alike ids;
+/// see [`crate::text::hidden`]) with spaces and cuts to `max` characters.
 fn clean(s: &str, max: usize) -> String {
     s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if crate::text::hidden(c) { ' ' } else { c })
         .take(max)
         .collect()
 }
