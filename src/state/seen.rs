@@ -329,15 +329,15 @@ impl Seen {
     }
 
     /// A table sized for the identities kept, holding them.
+    /// (In place when the table's size still fits: a steady stream allocates nothing.)
     fn rebuild(&mut self) {
         let first_kept = self.total - self.order.len() as u64;
-        let mut t = Table::with_room_for(self.order.len());
+        self.table.reset_for(self.order.len());
         for (k, e) in self.order.iter().enumerate() {
-            if let Err(at) = t.find(e.id, first_kept) {
-                t.put(at, e.id, first_kept + k as u64);
+            if let Err(at) = self.table.find(e.id, first_kept) {
+                self.table.put(at, e.id, first_kept + k as u64);
             }
         }
-        self.table = t;
     }
 
     /// The identities added since the previous call and the stored chunks now wholly forgotten
@@ -455,11 +455,27 @@ struct Table {
 impl Table {
     /// A table with room for `n` identities and as many more.
     fn with_room_for(n: usize) -> Table {
-        let size = (2 * n + 1).next_power_of_two().max(1024);
         Table {
-            places: vec![[0, 0]; size],
+            places: vec![[0, 0]; Table::size_for(n)],
             taken: 0,
         }
+    }
+
+    /// Places for `n` identities and as many more (a power of two).
+    fn size_for(n: usize) -> usize {
+        (2 * n + 1).next_power_of_two().max(1024)
+    }
+
+    /// Empties the table and gives it room for `n` identities: the same places when they are
+    /// enough and not more than eight times too many, else new ones.
+    fn reset_for(&mut self, n: usize) {
+        let size = Table::size_for(n);
+        if size > self.places.len() || self.places.len() > 8 * size {
+            self.places = vec![[0, 0]; size];
+        } else {
+            self.places.fill([0, 0]);
+        }
+        self.taken = 0;
     }
 
     fn home(&self, id: u64) -> usize {
