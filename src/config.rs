@@ -244,10 +244,19 @@ const MAX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The longest validity of a control command: a replay window longer than a week is no bound.
 const MAX_COMMAND_TTL: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
 
+/// The furthest ahead of the clock an event may be dated (`max_future`, and `guardian replay
+/// --max-future` against the stream's time): a day covers any clock skew; more would let one
+/// forged far-future event blind the detectors again.
+pub const MAX_FUTURE: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+/// The largest `max_event_bytes` (64 MiB): an audit record is kilobytes and an OTLP request
+/// megabytes; the decode queue holds up to `queue_capacity` × 1,024 of them.
+pub const MAX_EVENT_BYTES: usize = 64 << 20;
+
 /// Longest horizon of remembered event identities (a day).
 const MAX_DUPLICATE_HORIZON: std::time::Duration = std::time::Duration::from_secs(86_400);
 
-/// Most event identities remembered per partition (about 400 MB).
+/// Most event identities remembered per partition (600–900 MB).
 const MAX_DUPLICATE_ENTRIES: usize = 10_000_000;
 
 impl Resolved {
@@ -364,8 +373,11 @@ impl Config {
         if self.guardian_id.trim().is_empty() {
             errors.push("guardian_id: empty (it names this instance in every output)".into());
         }
-        if self.max_event_bytes == 0 {
-            errors.push("max_event_bytes: must be at least 1".into());
+        if self.max_event_bytes == 0 || self.max_event_bytes > MAX_EVENT_BYTES {
+            errors.push(format!(
+                "max_event_bytes: {} is not between 1 and {MAX_EVENT_BYTES}",
+                self.max_event_bytes
+            ));
         }
         if let Err(e) = writable_dir(&self.state_dir) {
             errors.push(format!("state_dir: {}: {e}", self.state_dir.display()));
@@ -450,6 +462,13 @@ impl Config {
                     humantime::format_duration(MAX_INTERVAL)
                 ));
             }
+        }
+        if max_future > MAX_FUTURE {
+            errors.push(format!(
+                "max_future: {} is longer than the longest allowed, {}",
+                humantime::format_duration(max_future),
+                humantime::format_duration(MAX_FUTURE)
+            ));
         }
         if command_ttl > MAX_COMMAND_TTL {
             errors.push(format!(
@@ -707,14 +726,15 @@ mod tests {
     fn values_the_daemon_could_not_run_with_are_refused() {
         let errors = resolve_errors(
             "c.toml",
-            "guardian_id = \" \"\nstate_dir = \"/proc/guardian-state\"\nsigning_key = \"0123456789abcdef0123\"\ncheckpoint_interval = \"1000y\"\nmax_event_bytes = 0\n[kafka]\nbrokers = \"x:1\"\naudit_topics = [\"a\"]\n[kafka.options]\n\"no.such.option\" = \"1\"\n\"consumer.fetch.wait.max.ms\" = \"soon\"\n",
+            "guardian_id = \" \"\nstate_dir = \"/proc/guardian-state\"\nsigning_key = \"0123456789abcdef0123\"\ncheckpoint_interval = \"1000y\"\nmax_event_bytes = 99999999999\nmax_future = \"100y\"\n[kafka]\nbrokers = \"x:1\"\naudit_topics = [\"a\"]\n[kafka.options]\n\"no.such.option\" = \"1\"\n\"consumer.fetch.wait.max.ms\" = \"soon\"\n",
         );
         let all = errors.join("\n");
         for needle in [
             "guardian_id: empty",
             "state_dir: /proc/guardian-state",
             "checkpoint_interval: 1000years",
-            "max_event_bytes",
+            "max_event_bytes: 99999999999 is not between 1 and",
+            "max_future: 100years is longer",
             "no.such.option",
             "fetch.wait.max.ms",
         ] {

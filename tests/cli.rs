@@ -292,3 +292,13 @@ fn kill_refuses_an_empty_or_over_long_agent_id_and_an_over_long_reason() {
         assert!(out.is_empty(), "{args:?} printed a command: {out}");
     }
 }
+
+/// `--max-future` is bounded as the daemon's `max_future` is: a century ahead is no defence.
+#[test]
+fn replay_refuses_a_max_future_beyond_a_day() {
+    let (code, _, err) = guardian(&["replay", "--max-future", "100y", "-"], "");
+    assert_ne!(code, 0);
+    assert!(err.contains("longer than the longest allowed"), "{err}");
+    let (code, _, err) = guardian(&["replay", "--max-future", "1day", "-"], "");
+    assert_eq!(code, 0, "{err}");
+}

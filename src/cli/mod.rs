@@ -104,7 +104,8 @@ struct ReplayArgs {
     /// How far ahead of the stream's own time (its latest event) a line may be dated: a line
     /// further ahead is folded only once other lines confirm its time, and dead-lettered as
     /// `future_timestamp` otherwise.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    /// At most a day.
+    #[arg(long, default_value = "5m", value_parser = future_bound)]
     max_future: std::time::Duration,
     /// How long (event time behind the latest event) an event's identity is remembered, so that
     /// a re-delivery of it is dropped as a duplicate; 0 turns this off.
@@ -609,4 +610,17 @@ fn show_cmd(name: &str, dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     };
     println!("{}", serde_json::to_string_pretty(&bp.to_json())?);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Parses `--max-future`: a duration of at most [`crate::config::MAX_FUTURE`].
+fn future_bound(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > crate::config::MAX_FUTURE {
+        return Err(format!(
+            "{} is longer than the longest allowed, {}",
+            humantime::format_duration(d),
+            humantime::format_duration(crate::config::MAX_FUTURE)
+        ));
+    }
+    Ok(d)
 }
