@@ -247,6 +247,22 @@ fn attr<'s, 'a>(attrs: &'s [KeyValue<'a>], key: &str) -> Option<&'s Cow<'a, str>
         .filter(|v| !v.is_empty())
 }
 
+/// The first attribute key given twice in `attrs`, if any.
+fn twice<'s>(attrs: &'s [KeyValue<'_>]) -> Option<&'s str> {
+    if attrs.len() <= 16 {
+        return attrs
+            .iter()
+            .enumerate()
+            .find(|(i, kv)| attrs[i + 1..].iter().any(|o| o.key == kv.key))
+            .map(|(_, kv)| kv.key.as_ref());
+    }
+    let mut seen = std::collections::HashSet::with_capacity(attrs.len());
+    attrs
+        .iter()
+        .find(|kv| !seen.insert(kv.key.as_ref()))
+        .map(|kv| kv.key.as_ref())
+}
+
 /// Whether attribute `key` has the string value `value`.
 fn attr_is(attrs: &[KeyValue<'_>], key: &str, value: &str) -> bool {
     attr(attrs, key).is_some_and(|v| v == value)
@@ -413,6 +429,24 @@ fn events<'a>(
     opts: &OtlpOptions,
     out: &mut Vec<AuditEvent<'a>>,
 ) -> Result<u64, DecodeError> {
+    // Attribute keys are unique in a span and in a resource (the OTLP specification): a key
+    // given twice is refused as a JSON key given twice is, not read first-wins.
+    for rs in &req.resource_spans {
+        let resource = rs.resource.as_ref().map_or(&[][..], |r| &r.attributes[..]);
+        if let Some(key) = std::iter::once(resource)
+            .chain(
+                rs.scope_spans
+                    .iter()
+                    .flat_map(|ss| &ss.spans)
+                    .map(|s| &s.attributes[..]),
+            )
+            .find_map(twice)
+        {
+            return Err(DecodeError::DuplicateKey {
+                key: bounded(key.to_string()),
+            });
+        }
+    }
     let before = out.len();
     let r = events_into(req, opts, out);
     match r {
@@ -636,6 +670,76 @@ mod tests {
         assert_eq!(out[1].environment.as_deref(), Some("prod"));
         assert_eq!(out[1].outcome, Some(Outcome::Allow));
         assert_eq!(out[1].bytes, None, "no volume attribute by default");
+    }
+
+    /// An attribute given twice in a span or a resource is refused whole (as a JSON key given
+    /// twice is), not read first-wins; the same key in two spans is no duplicate.
+    #[test]
+    fn an_attribute_given_twice_is_a_duplicate_key() {
+        let span = |attrs: Vec<serde_json::Value>| {
+            json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": "b1",
+                   "name": "execute_tool", "startTimeUnixNano": "1772550001000000000",
+                   "attributes": attrs})
+        };
+        let tool = || {
+            vec![
+                kv("gen_ai.operation.name", "execute_tool"),
+                kv("gen_ai.tool.name", "read_ledger"),
+            ]
+        };
+        let mut twice = tool();
+        twice.push(kv("gen_ai.agent.id", "fin-7"));
+        twice.push(kv("gen_ai.agent.id", "decoy"));
+        let mut out = Vec::new();
+        assert_eq!(
+            decode_json(
+                &request(json!([span(twice.clone())])),
+                &OtlpOptions::default(),
+                &mut out
+            ),
+            Err(DecodeError::DuplicateKey {
+                key: "gen_ai.agent.id".into()
+            })
+        );
+        // Many attributes (another way of looking): still found.
+        let mut many: Vec<_> = (0..40).map(|i| kv(&format!("app.k{i}"), "v")).collect();
+        many.extend(twice);
+        assert!(matches!(
+            decode_json(
+                &request(json!([span(many)])),
+                &OtlpOptions::default(),
+                &mut out
+            ),
+            Err(DecodeError::DuplicateKey { .. })
+        ));
+        assert!(out.is_empty(), "nothing of a refused request is kept");
+        // In the resource.
+        let mut req: serde_json::Value =
+            serde_json::from_slice(&request(json!([span(tool())]))).expect("json");
+        req["resourceSpans"][0]["resource"]["attributes"]
+            .as_array_mut()
+            .expect("attributes")
+            .push(kv("service.name", "other-svc"));
+        assert!(matches!(
+            decode_json(
+                req.to_string().as_bytes(),
+                &OtlpOptions::default(),
+                &mut out
+            ),
+            Err(DecodeError::DuplicateKey { .. })
+        ));
+        // The same keys in two spans.
+        let mut other = span(tool());
+        other["spanId"] = "b2".into();
+        assert_eq!(
+            decode_json(
+                &request(json!([span(tool()), other])),
+                &OtlpOptions::default(),
+                &mut out
+            ),
+            Ok(0)
+        );
+        assert_eq!(out.len(), 2);
     }
 
     /// An agent's span ends after its tool calls, so exporters send it after them: in the same
