@@ -677,8 +677,14 @@ impl Fold {
             let at = crate::event::format_rfc3339_ms(c.issued_at);
             return refuse(c, Rejection::FromTheFuture(at));
         }
-        if now > c.expires_at {
-            let at = crate::event::format_rfc3339_ms(c.expires_at);
+        // Valid until its signed expiry, but never longer after its issue than this reader's
+        // `command_ttl` (itself at most a week): a signed "valid until 9999" or a command
+        // issued years ago is no standing order.
+        let expires = c
+            .expires_at
+            .min(c.issued_at.saturating_add(self.settings.command_ttl_ms));
+        if now > expires {
+            let at = crate::event::format_rfc3339_ms(expires);
             return refuse(c, Rejection::Expired(at));
         }
         if let Some(last) = self.last_command_at(&c.agent_id) {
@@ -1481,6 +1487,23 @@ mod tests {
             unreachable!()
         };
         assert!(i.description.contains("expired at"), "{}", i.description);
+        // Signed valid until 9999, or valid from now but issued a long time ago: no longer
+        // than this reader's command_ttl after its issue.
+        let ttl = settings().command_ttl_ms;
+        for (issued, why) in [
+            (NOW - ttl - 1, "issued a ttl ago"),
+            (T0 - 10 * 365 * 86_400_000, "ten years ago"),
+        ] {
+            out.clear();
+            let mut forever = Command::manual(Verb::Kill, "b", why, issued, "op");
+            forever.expires_at = crate::event::MAX_TIMESTAMP_MS;
+            f.control(
+                &control(0, &forever.sign(KEY).expect("sign")),
+                NOW,
+                &mut out,
+            );
+            assert_eq!(kinds(&out), vec!["incident b rejected_command"], "{why}");
+        }
         out.clear();
         let by_old = Command::manual(Verb::Kill, "b", "rotation", NOW - 5_000, "op")
             .sign(OLD)
