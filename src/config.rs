@@ -305,7 +305,7 @@ impl Config {
             file: path.to_path_buf(),
             errors: vec![e],
         };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let text = crate::files::read_text(path).map_err(|e| err(e.to_string()))?;
         if path.extension().is_some_and(|x| x == "toml") {
             // TOML itself forbids a key defined twice; the parser reports it with its place.
             toml::from_str(&text).map_err(|e| err(e.to_string()))

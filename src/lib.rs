@@ -28,6 +28,7 @@
 //! - [`store`]: the sled state store (agents, offsets, incidents, ledger, score history).
 //! - [`telemetry`]: the daemon's counters and the live view the admin API reads.
 //! - [`secret`]: configuration secrets whose `Debug` and `Serialize` forms redact.
+//! - [`files`]: reading the files the configuration names (regular files of bounded size; a leaf).
 //! - [`text`]: text an attacker may have written, shown safely in logs and tables (a leaf).
 //! - [`kafka`]: librdkafka client configuration, and reading a topic back to its end.
 //! - [`tls`]: PEM certificate chains and keys for rustls.
@@ -57,6 +58,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod demo;
+pub mod files;
 pub mod detect;
 pub mod engine;
 pub mod event;

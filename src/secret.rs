@@ -35,7 +35,7 @@ impl Secret {
             Secret::Env { env } => {
                 std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
             }
-            Secret::File { file } => std::fs::read_to_string(file)
+            Secret::File { file } => crate::files::read_text(file)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
                 .map_err(|e| format!("cannot read {}: {e}", file.display())),
         }
@@ -62,5 +62,25 @@ impl fmt::Display for Secret {
             Secret::Env { env } => write!(f, "<from env {env}>"),
             Secret::File { file } => write!(f, "<from file {}>", file.display()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A secret file that is a device is refused at once, not read until memory runs out.
+    #[test]
+    fn a_secret_file_is_a_regular_file_of_bounded_size() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = dir.path().join("key");
+        std::fs::write(&p, "0123456789abcdef\n").expect("write");
+        let ok = Secret::File { file: p };
+        assert_eq!(ok.resolve().as_deref(), Ok("0123456789abcdef"));
+        let dev = Secret::File {
+            file: "/dev/zero".into(),
+        };
+        let e = dev.resolve().expect_err("a device");
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

@@ -1,7 +1,7 @@
 //! PEM files for rustls: certificate chains and private keys, each error naming its file. Used by
 //! the admin API's server and the SIEM sinks' TLS clients.
 //!
-//! Layer: a leaf; imports nothing of the crate.
+//! Layer: near the bottom; imports only [`crate::files`].
 
 use std::path::Path;
 
@@ -10,14 +10,22 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Every certificate of a PEM file, in order.
 pub fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    CertificateDer::pem_file_iter(path)
-        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+    let pem = read(path)?;
+    CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The first private key of a PEM file.
 pub fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
-    PrivateKeyDer::from_pem_file(path).map_err(|e| format!("{}: {e}", path.display()))
+    let pem = read(path)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The bytes of a PEM file (a regular file of bounded size, see [`crate::files`]).
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    crate::files::read_bounded(path, crate::files::MAX_FILE_BYTES)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 #[cfg(test)]

@@ -68,9 +68,9 @@ pub enum LoadError {
 /// Reads a JSON file, with typed errors for I/O and syntax; a key given twice in an object is
 /// an error with its path.
 pub fn read_json_file(path: &Path) -> Result<Value, LoadError> {
-    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+    let text = crate::files::read_text(path).map_err(|e| LoadError::Io {
         path: path.into(),
-        source,
+        source: e.into_io(),
     })?;
     let json = |source| LoadError::Json {
         path: path.into(),

@@ -156,7 +156,7 @@ impl EmailConfig {
             _ => {}
         }
         if let Some(p) = &self.ca_file {
-            if let Err(e) = std::fs::read(p) {
+            if let Err(e) = crate::files::read_bounded(p, crate::files::MAX_FILE_BYTES) {
                 errors.push(format!("email.ca_file: {}: {e}", p.display()));
             }
         }
@@ -169,7 +169,8 @@ impl EmailConfig {
         let tls = || -> Result<TlsParameters, String> {
             let mut b = TlsParameters::builder(self.server.clone());
             if let Some(p) = &self.ca_file {
-                let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+                let pem = crate::files::read_bounded(p, crate::files::MAX_FILE_BYTES)
+                    .map_err(|e| format!("{}: {e}", p.display()))?;
                 b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| e.to_string())?);
             }
             b.build_rustls().map_err(|e| e.to_string())
