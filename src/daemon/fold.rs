@@ -468,13 +468,16 @@ impl Fold {
             part.engine.process_batch(&events, &mut self.out);
         } else {
             // Operator commands for agents this instance had not seen apply at the agent's
-            // first event (the kill keeps its own time, so calls made before it and delivered
-            // late are not activity after it): one event at a time while any waits.
+            // first event, before it (the kill keeps its own time: a call made after it is
+            // activity after the kill, one made before it and delivered late is not): one event
+            // at a time while any waits.
             for ev in &events {
-                part.engine.process(ev, &mut self.out);
                 let agent = ev.agent_id.as_ref();
                 let engine = &mut part.engine;
                 let mut applied = Vec::new();
+                if self.pending.iter().any(|c| c.agent_id == agent) {
+                    engine.admit(ev);
+                }
                 self.pending.retain(|c| {
                     if c.agent_id != agent {
                         return true;
@@ -485,6 +488,7 @@ impl Fold {
                     }
                     false
                 });
+                engine.process(ev, &mut self.out);
                 self.metrics
                     .commands_applied
                     .fetch_add(applied.len() as u64, Ordering::Relaxed);
@@ -1319,14 +1323,32 @@ mod tests {
             "{:?}",
             kinds(&out)
         );
+        // Killed while unseen, and its very first call comes after the kill: the kill applies
+        // before that call, which is activity after the kill.
+        let kill_d = Command::manual(Verb::Kill, "d", "test", T0 + 10_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        out.clear();
+        f.control(&control(2, &kill_d), NOW, &mut out);
+        assert!(out.is_empty(), "{:?}", kinds(&out));
+        f.audit(&[call(0, 16, "d", "q")], NOW, &mut out)
+            .expect("fold");
+        assert!(kinds(&out).contains(&"applied Kill d".to_string()));
+        assert!(
+            out.iter().any(
+                |o| matches!(o, Output::Incident(i) if i.kind == IncidentType::ActivityAfterKill && i.agent_id == "d")
+            ),
+            "{:?}",
+            kinds(&out)
+        );
         // Forged: a rejected-command incident naming the agent.
         let mut forged = Command::manual(Verb::Revive, "b", "test", T0, "op");
         forged.signature = "00".repeat(32);
         out.clear();
-        f.control(&control(2, &forged), NOW, &mut out);
+        f.control(&control(3, &forged), NOW, &mut out);
         assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
         assert_eq!(f.metrics.commands_rejected.load(Ordering::Relaxed), 1);
-        assert_eq!(f.metrics.commands_applied.load(Ordering::Relaxed), 2);
+        assert_eq!(f.metrics.commands_applied.load(Ordering::Relaxed), 3);
         // An agent killed by an operator that acts again is reported.
         out.clear();
         f.audit(&[call(0, 20, "b", "y")], NOW, &mut out)

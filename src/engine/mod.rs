@@ -317,6 +317,26 @@ impl Engine {
         true
     }
 
+    /// The position of the agent of `ev`, its state created from `ev` (blueprint, group,
+    /// environment) if it has none yet; `ev` itself is not processed.
+    pub fn admit(&mut self, ev: &AuditEvent<'_>) -> usize {
+        if let Some(&i) = self.index.get(ev.agent_id.as_ref()) {
+            return i as usize;
+        }
+        let set = &*self.set;
+        let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
+        let mut state = AgentState::new(
+            &ev.agent_id,
+            set.get(bp),
+            ev.ts_ms,
+            ev.environment.as_deref(),
+        );
+        state.cohort.group = ev.group.as_deref().map(str::to_string);
+        let i = self.insert(bp, state);
+        self.mark_dirty(i);
+        i
+    }
+
     /// Processes one event, appending the incidents it raises to `out`.
     pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
         let i = self.index.get(ev.agent_id.as_ref()).copied();
@@ -396,18 +416,7 @@ impl Engine {
         }
         let i = match i {
             Some(i) => i as usize,
-            None => {
-                let set = &*self.set;
-                let bp = set.assign(&ev.agent_id, ev.environment.as_deref(), ev.group.as_deref());
-                let mut state = AgentState::new(
-                    &ev.agent_id,
-                    set.get(bp),
-                    ev.ts_ms,
-                    ev.environment.as_deref(),
-                );
-                state.cohort.group = ev.group.as_deref().map(str::to_string);
-                self.insert(bp, state)
-            }
+            None => self.admit(ev),
         };
         self.mark_dirty(i);
         self.origin.get_or_insert(ev.ts_ms);
