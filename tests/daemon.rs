@@ -18,6 +18,11 @@ use agent_guardian::store::Store;
 fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
+
+/// A whole minute three hours ago: a time for calls around an operator's command.
+fn recent() -> i64 {
+    (now() - 3 * 3_600_000) / 60_000 * 60_000
+}
 use rdkafka::mocking::MockCluster;
 
 fn kafka(brokers: &str) -> KafkaConfig {
@@ -146,6 +151,9 @@ fn demo_pipeline_kills_the_rogue_agent_only_with_signed_commands() {
 
 #[test]
 fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
+    // Operator commands are issued at the wall clock's time (a command issued long ago is
+    // refused as expired), so the agent's calls are dated around it.
+    let t0 = recent();
     let (_c, k) = cluster();
     let dir = tempfile::tempdir().unwrap();
     let d = start(&k, dir.path());
@@ -162,20 +170,20 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
             })
             .collect()
     };
-    produce(&k, "audit", &batch(T0, 3));
+    produce(&k, "audit", &batch(t0, 3));
     wait(&d.metrics, "3 events", |m| {
         m.events.load(Ordering::Relaxed) == 3
     });
 
-    let kill = Command::manual(Verb::Kill, a, "test", T0 + 200_000, "ops")
+    let kill = Command::manual(Verb::Kill, a, "test", t0 + 200_000, "ops")
         .valid_for(now(), DEFAULT_TTL_MS)
         .sign(DEMO_KEY)
         .unwrap();
-    let forged = Command::manual(Verb::Revive, a, "forged", T0 + 250_000, "mallory")
+    let forged = Command::manual(Verb::Revive, a, "forged", t0 + 250_000, "mallory")
         .valid_for(now(), DEFAULT_TTL_MS)
         .sign(b"wrong-key-wrong-key")
         .unwrap();
-    let mut unsigned = Command::manual(Verb::Revive, a, "unsigned", T0 + 260_000, "x");
+    let mut unsigned = Command::manual(Verb::Revive, a, "unsigned", t0 + 260_000, "x");
     unsigned.signature.clear();
     produce(
         &k,
@@ -190,11 +198,11 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
         m.commands_applied.load(Ordering::Relaxed) == 1
             && m.commands_rejected.load(Ordering::Relaxed) == 2
     });
-    produce(&k, "audit", &batch(T0 + 300_000, 1));
+    produce(&k, "audit", &batch(t0 + 300_000, 1));
     wait(&d.metrics, "4 events", |m| {
         m.events.load(Ordering::Relaxed) == 4
     });
-    let revive = Command::manual(Verb::Revive, a, "fixed", T0 + 400_000, "ops")
+    let revive = Command::manual(Verb::Revive, a, "fixed", t0 + 400_000, "ops")
         .valid_for(now(), DEFAULT_TTL_MS)
         .sign(DEMO_KEY)
         .unwrap();
@@ -206,7 +214,7 @@ fn manual_kill_and_revive_update_state_and_forgeries_are_rejected() {
     wait(&d.metrics, "revive applied", |m| {
         m.commands_applied.load(Ordering::Relaxed) == 2
     });
-    produce(&k, "audit", &batch(T0 + 10_000_000, 1));
+    produce(&k, "audit", &batch(t0 + 10_000_000, 1));
     wait(&d.metrics, "5 events", |m| {
         m.events.load(Ordering::Relaxed) == 5
     });
@@ -344,12 +352,15 @@ fn restart_resumes_without_reprocessing_and_rebuild_sends_no_duplicate_kills() {
 
 #[test]
 fn a_command_for_an_unseen_agent_applies_at_its_first_event() {
+    // Operator commands are issued at the wall clock's time (a command issued long ago is
+    // refused as expired), so the agent's calls are dated around it.
+    let t0 = recent();
     let (_c, k) = cluster();
     let dir = tempfile::tempdir().unwrap();
     let d = start(&k, dir.path());
     let a = "fin-later";
     // The kill is read before any event of the agent (as in a rebuild from the log).
-    let kill = Command::manual(Verb::Kill, a, "test", T0 + 250_000, "ops")
+    let kill = Command::manual(Verb::Kill, a, "test", t0 + 250_000, "ops")
         .valid_for(now(), DEFAULT_TTL_MS)
         .sign(DEMO_KEY)
         .unwrap();
@@ -363,7 +374,7 @@ fn a_command_for_an_unseen_agent_applies_at_its_first_event() {
     });
     let msgs: Vec<(Option<String>, Vec<u8>)> = (0..6u64)
         .map(|i| {
-            let ts = T0 + i as i64 * 100_000; // 0, 100, …, 500 s
+            let ts = t0 + i as i64 * 100_000; // 0, 100, …, 500 s
             (
                 Some(a.to_string()),
                 line(a, i, ts, "read_ledger").into_bytes(),
@@ -385,7 +396,7 @@ fn a_command_for_an_unseen_agent_applies_at_its_first_event() {
         .collect();
     // Applied at the agent's first event, with its own time (250 s): the calls made before it
     // are not activity after it, the first one after it (300 s) is (one incident per episode).
-    assert_eq!(after, vec![T0 + 300_000], "{after:?}");
+    assert_eq!(after, vec![t0 + 300_000], "{after:?}");
 }
 
 /// AgentShield entries: sessions created before a restart still attribute the tool entries read
