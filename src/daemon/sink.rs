@@ -3,7 +3,9 @@
 //! Sends never drop: a full local queue blocks the caller (consumer lag grows instead). A
 //! checkpoint first calls [`KafkaSink::settle`], which waits until every message sent so far is
 //! acknowledged and fails if any delivery failed, so no offset is persisted past an output that
-//! was not written.
+//! was not written. A message that a broker answers with a passing error (a broker shutting down
+//! answers "unknown broker error"; leaders move; replicas are short) is sent again by the settle,
+//! up to five times, before it counts as failed.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,14 +28,50 @@ pub struct Deliveries {
     /// Messages sent with [`KafkaSink::send_lossy`] that the broker refused as invalid or too
     /// large, with why.
     lost: std::sync::Mutex<Vec<Lost>>,
+    /// Messages a broker answered with a passing error (a broker shutting down answers
+    /// "unknown broker error"): sent again by the next settle.
+    again: std::sync::Mutex<Vec<Resend>>,
+}
+
+/// A message to send again, with the attempts made.
+struct Resend {
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Vec<u8>,
+    headers: Option<OwnedHeaders>,
+    tag: usize,
+}
+
+/// Attempts a message answered with a passing error gets before it fails for good.
+const ATTEMPTS: usize = 5;
+
+/// Whether a broker's answer says nothing about the message, only about the broker at that
+/// moment (shutting down, moving leaders, short of replicas): sending it again may succeed.
+fn passing(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::Unknown
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NotEnoughReplicas
+            | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+            | RDKafkaErrorCode::NotLeaderForPartition
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::KafkaStorageError
+    )
 }
 
 /// The delivery tag of a lossy message: one (a dead letter, already cut to a bounded size)
-/// that may be refused for its size or form without stopping the daemon.
+/// that may be refused for its size or form without stopping the daemon. (A tag's bit 0 is
+/// this kind; the bits above count the times the message was sent again.)
 const LOSSY: usize = 1;
 
 /// The delivery tag of a message that must be delivered.
 const MUST: usize = 0;
+
+/// One more attempt, in a delivery tag.
+const ATTEMPT: usize = 2;
 
 /// A lossy message the broker refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,7 +139,8 @@ impl ProducerContext for SinkContext {
                 self.0.delivered.fetch_add(1, Ordering::Relaxed);
             }
             Err((e, m))
-                if tag == LOSSY && e.rdkafka_error_code().is_some_and(refused_for_its_content) =>
+                if tag & LOSSY == LOSSY
+                    && e.rdkafka_error_code().is_some_and(refused_for_its_content) =>
             {
                 use rdkafka::message::Message;
                 if let Ok(mut l) = self.0.lost.lock() {
@@ -110,6 +149,21 @@ impl ProducerContext for SinkContext {
                         source: source_of(m),
                         bytes: m.payload_len(),
                         reason: e.to_string(),
+                    });
+                }
+            }
+            Err((e, m))
+                if tag / ATTEMPT < ATTEMPTS && e.rdkafka_error_code().is_some_and(passing) =>
+            {
+                use rdkafka::message::Message;
+                tracing::warn!(error = %e, topic = m.topic(), "output answered with a passing error; sending it again");
+                if let Ok(mut again) = self.0.again.lock() {
+                    again.push(Resend {
+                        topic: m.topic().to_string(),
+                        key: m.key().map(<[u8]>::to_vec),
+                        payload: m.payload().unwrap_or_default().to_vec(),
+                        headers: m.headers().map(|h| h.detach()),
+                        tag: tag + ATTEMPT,
                     });
                 }
             }
@@ -241,6 +295,18 @@ impl KafkaSink {
         }
     }
 
+    /// Sends again the messages a broker answered with a passing error.
+    fn send_again(&self) -> Result<(), SinkError> {
+        let again = match self.deliveries.again.lock() {
+            Ok(mut a) if !a.is_empty() => std::mem::take(&mut *a),
+            _ => return Ok(()),
+        };
+        for r in again {
+            self.send_tagged(r.tag, &r.topic, r.key.as_deref(), &r.payload, r.headers)?;
+        }
+        Ok(())
+    }
+
     /// Waits until everything sent is acknowledged; fails if any delivery failed for good
     /// (after librdkafka's own retries, `message.timeout.ms`). While the broker is unreachable it
     /// keeps waiting, with a warning every `warn_every`: nothing is persisted past an unsent output.
@@ -269,6 +335,7 @@ impl KafkaSink {
             // timeout polls a queue that the ThreadedProducer's own thread drains, so it sleeps
             // its full 100 ms step whenever a message is in flight, and the engine with it.
             let _ = self.producer.flush(Duration::ZERO);
+            self.send_again()?;
             let failed = self.deliveries.failed.load(Ordering::Relaxed);
             if failed > self.failed_seen {
                 self.failed_seen = failed;
@@ -282,12 +349,18 @@ impl KafkaSink {
                 return Err(SinkError::Delivery(last));
             }
             let inflight = self.producer.in_flight_count();
-            if inflight == 0 {
+            // A message answered while this looked is in `again` before it leaves the count.
+            let waiting = self.deliveries.again.lock().map_or(0, |a| a.len());
+            if inflight == 0 && waiting == 0 {
                 return Ok(());
             }
             if let Some(d) = deadline.filter(|d| started.elapsed() >= *d) {
                 self.producer
                     .purge(PurgeConfig::default().queue().inflight());
+                // Nor sent again later.
+                if let Ok(mut a) = self.deliveries.again.lock() {
+                    a.clear();
+                }
                 return Err(SinkError::Unacknowledged(d));
             }
             std::thread::sleep(Duration::from_millis(1));
