@@ -5,7 +5,9 @@
 //! (C0, DEL, C1: a newline forges a log line, an ANSI sequence clears the screen), the
 //! bidirectional marks, embeddings, overrides and isolates (they reorder the rest of the line),
 //! the zero-width characters (they make two ids look the same) and the line and paragraph
-//! separators. A leaf module: it imports nothing of the crate.
+//! separators; in JSON output (ECS, OCSF) the same characters are written as `\u` escapes, so
+//! the line holds none of them raw while its values stay what the input said. A leaf module: it
+//! imports nothing of the crate.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -69,6 +71,43 @@ fn push(out: &mut String, c: char) {
     }
 }
 
+/// `v` as one line of JSON in which the hidden characters of its strings are `\uXXXX` escapes
+/// (serde_json escapes only C0 controls; C1, bidi and zero-width characters would go out raw).
+pub fn json_line(v: &serde_json::Value) -> String {
+    use serde::Serialize;
+    let mut out = Vec::with_capacity(512);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, Escaping);
+    match v.serialize(&mut ser) {
+        // The formatter writes only what serde_json gives it, and escapes: valid UTF-8.
+        Ok(()) => String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        // Serialising a value into memory does not fail; were it to, the plain form.
+        Err(_) => v.to_string(),
+    }
+}
+
+/// serde_json's compact form, with [`hidden`] characters escaped.
+struct Escaping;
+
+impl serde_json::ser::Formatter for Escaping {
+    fn write_string_fragment<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        fragment: &str,
+    ) -> std::io::Result<()> {
+        let mut start = 0;
+        for (i, c) in fragment.char_indices() {
+            if hidden(c) {
+                writer.write_all(&fragment.as_bytes()[start..i])?;
+                // Every hidden character is in the Basic Multilingual Plane: one escape.
+                write!(writer, "\\u{:04x}", u32::from(c))?;
+                start = i + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
+    }
+}
+
 /// Display form of [`shown`], for log fields (`agent = %Shown(&id)`).
 #[derive(Debug, Clone, Copy)]
 pub struct Shown<'a>(pub &'a str);
@@ -101,6 +140,28 @@ mod tests {
         // Letters of other scripts are text, not tricks.
         assert_eq!(shown("агент-é-代理"), "агент-é-代理");
         assert_eq!(Shown("a\rb").to_string(), "a\\u{d}b");
+    }
+
+    #[test]
+    fn json_lines_escape_what_rewrites_a_line_and_read_back_the_same() {
+        let v = serde_json::json!({
+            "agent_id": "a\u{202E}gnp\u{200B}\u{85}\u{7f}",
+            "plain": "fin-01 агент",
+            "nested": ["x\ny", {"k\u{2066}": 1}],
+        });
+        let line = json_line(&v);
+        assert!(!line.chars().any(hidden), "{line:?}");
+        assert!(
+            line.contains("\\u202e") && line.contains("\\u200b"),
+            "{line}"
+        );
+        assert!(
+            line.contains("fin-01 агент"),
+            "other text is left as it is: {line}"
+        );
+        let back: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
+        assert_eq!(back, v);
+        assert_eq!(json_line(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
     }
 
     #[test]

@@ -106,7 +106,7 @@ impl EcsFormatter {
 
     /// The one-line JSON text of `r`.
     pub fn line(&self, r: &Record<'_>) -> String {
-        self.value(r).to_string()
+        crate::text::json_line(&self.value(r))
     }
 }
 
