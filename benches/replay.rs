@@ -45,6 +45,16 @@ struct Fixture {
     otlp_json: Vec<Vec<u8>>,
 }
 
+impl Fixture {
+    /// The timed hour's events, decoded beforehand (for the cases that time detection alone).
+    fn decoded(&self) -> Vec<AuditEvent<'_>> {
+        self.offsets
+            .iter()
+            .filter_map(|&(s, e)| self.decoder.decode(&self.lines[s..e]).ok())
+            .collect()
+    }
+}
+
 /// Span attribute carrying the data volume in the OTLP cases.
 const VOLUME_ATTRIBUTE: &str = "app.tool.bytes";
 
@@ -288,11 +298,7 @@ fn replay(c: &mut Criterion) {
         });
     }
     group.bench_function("detect only", |b| {
-        let events: Vec<_> = f
-            .offsets
-            .iter()
-            .filter_map(|&(s, e)| f.decoder.decode(&f.lines[s..e]).ok())
-            .collect();
+        let events = f.decoded();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut out = Vec::with_capacity(64);
@@ -309,11 +315,7 @@ fn replay(c: &mut Criterion) {
         });
     });
     group.bench_function("detect only, no duplicate memory", |b| {
-        let events: Vec<_> = f
-            .offsets
-            .iter()
-            .filter_map(|&(s, e)| f.decoder.decode(&f.lines[s..e]).ok())
-            .collect();
+        let events = f.decoded();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             let mut out = Vec::with_capacity(64);
@@ -335,11 +337,7 @@ fn replay(c: &mut Criterion) {
         });
     });
     group.bench_function("duplicate memory only", |b| {
-        let events: Vec<_> = f
-            .offsets
-            .iter()
-            .filter_map(|&(s, e)| f.decoder.decode(&f.lines[s..e]).ok())
-            .collect();
+        let events = f.decoded();
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
