@@ -554,22 +554,7 @@ mod tests {
 
     /// A call of `agent` with an id.
     fn call<'a>(agent: &'a str, id: &'a str, ts: i64) -> crate::event::AuditEvent<'a> {
-        crate::event::AuditEvent {
-            format: crate::event::Format::AgentSpm,
-            event_id: id.into(),
-            ts_ms: ts,
-            agent_id: agent.into(),
-            tool_name: "t".into(),
-            outcome: None,
-            environment: None,
-            group: None,
-            bytes: None,
-            kind: crate::event::EntryKind::ToolCall,
-            agent_source: crate::event::AgentSource::Named,
-            user: None,
-            session: None,
-            parent_session: None,
-        }
+        crate::event::AuditEvent::tool_call(agent, id, ts, "t")
     }
 
     #[test]

@@ -719,7 +719,7 @@ mod tests {
 
     use super::super::Engine;
     use crate::blueprint::{load_blueprint, Assignment, BlueprintSet};
-    use crate::event::{AgentSource, AuditEvent, EntryKind, Format};
+    use crate::event::AuditEvent;
     use crate::response::{Action, Incident, IncidentType, Status, Suppression};
 
     const MIN: i64 = 60_000;
@@ -759,20 +759,13 @@ mod tests {
 
     fn call(agent: &str, n: u64, ts: i64, tool: &str) -> AuditEvent<'static> {
         AuditEvent {
-            format: Format::AgentSpm,
-            event_id: Cow::Owned(format!("{agent}/{n}")),
-            ts_ms: ts,
-            agent_id: Cow::Owned(agent.to_string()),
-            tool_name: Cow::Owned(tool.to_string()),
-            outcome: None,
-            environment: None,
-            group: None,
             bytes: Some(2_000.0),
-            kind: EntryKind::ToolCall,
-            agent_source: AgentSource::Named,
-            user: None,
-            session: None,
-            parent_session: None,
+            ..AuditEvent::tool_call(
+                agent.to_string(),
+                format!("{agent}/{n}"),
+                ts,
+                tool.to_string(),
+            )
         }
     }
 

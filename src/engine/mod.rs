@@ -1053,7 +1053,6 @@ fn make_incident(
 mod tests {
     use super::*;
     use crate::blueprint::{load_blueprint, Assignment};
-    use crate::event::Format;
     use serde_json::json;
 
     /// A blueprint where three calls of `x` in a row are a sequence (one high violation each match).
@@ -1079,22 +1078,7 @@ mod tests {
     }
 
     fn ev<'a>(agent: &'a str, ts: i64, tool: &'a str) -> AuditEvent<'a> {
-        AuditEvent {
-            format: Format::AgentSpm,
-            event_id: "".into(),
-            ts_ms: ts,
-            agent_id: agent.into(),
-            tool_name: tool.into(),
-            outcome: None,
-            environment: None,
-            group: None,
-            bytes: None,
-            kind: crate::event::EntryKind::ToolCall,
-            agent_source: crate::event::AgentSource::Named,
-            user: None,
-            session: None,
-            parent_session: None,
-        }
+        AuditEvent::tool_call(agent, "", ts, tool)
     }
 
     /// Processes the calls, then ends the stream (sequences are judged once final).

@@ -147,6 +147,34 @@ pub struct AuditEvent<'a> {
     pub parent_session: Option<Cow<'a, str>>,
 }
 
+impl<'a> AuditEvent<'a> {
+    /// An Agent-SPM tool call of `agent` at `ts` (ms) with nothing else known: no outcome,
+    /// environment, group, bytes, user or session.
+    pub fn tool_call(
+        agent: impl Into<Cow<'a, str>>,
+        event_id: impl Into<Cow<'a, str>>,
+        ts: i64,
+        tool: impl Into<Cow<'a, str>>,
+    ) -> AuditEvent<'a> {
+        AuditEvent {
+            format: Format::AgentSpm,
+            event_id: event_id.into(),
+            ts_ms: ts,
+            agent_id: agent.into(),
+            tool_name: tool.into(),
+            outcome: None,
+            environment: None,
+            group: None,
+            bytes: None,
+            kind: EntryKind::ToolCall,
+            agent_source: AgentSource::Named,
+            user: None,
+            session: None,
+            parent_session: None,
+        }
+    }
+}
+
 impl AuditEvent<'_> {
     /// The event with its strings owned, free of the buffer it was decoded from.
     pub fn into_owned(self) -> AuditEvent<'static> {

@@ -527,24 +527,12 @@ impl Table {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{AgentSource, EntryKind, Format};
+    use crate::event::Format;
 
     fn ev<'a>(id: &'a str, agent: &'a str, ts: i64, bytes: f64) -> AuditEvent<'a> {
         AuditEvent {
-            format: Format::AgentSpm,
-            event_id: id.into(),
-            ts_ms: ts,
-            agent_id: agent.into(),
-            tool_name: "export".into(),
-            outcome: None,
-            environment: None,
-            group: None,
             bytes: Some(bytes),
-            kind: EntryKind::ToolCall,
-            agent_source: AgentSource::Named,
-            user: None,
-            session: None,
-            parent_session: None,
+            ..AuditEvent::tool_call(agent, id, ts, "export")
         }
     }
 
