@@ -195,6 +195,81 @@ impl rdkafka::producer::ProducerContext for Quiet {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
+/// How long a topic keeps its records, as its configuration on the broker says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retention {
+    /// `cleanup.policy` includes `compact` (the latest record of each key is kept).
+    pub compacted: bool,
+    /// `cleanup.policy` includes `delete` with this `retention.ms` (-1: unlimited).
+    pub deleted_after_ms: Option<i64>,
+    /// `message.timestamp.type` is `LogAppendTime` (the broker dates each record).
+    pub broker_time: bool,
+}
+
+impl Retention {
+    /// What an operator must know of this retention for a topic that holds a durable record:
+    /// records deleted after a while are lost to a rebuild; producer-set timestamps can be
+    /// chosen by whoever writes.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(ms) = self.deleted_after_ms.filter(|&ms| ms >= 0) {
+            w.push(format!(
+                "records are deleted after {} (retention.ms={ms}): operator commands older than that are lost to a `state rebuild` or a lost disk; set retention.ms=-1",
+                humantime::format_duration(Duration::from_millis(ms as u64))
+            ));
+        }
+        if !self.broker_time {
+            w.push("records carry their producer's timestamp (message.timestamp.type=CreateTime): a command's freshness is judged by a time its writer chose; set message.timestamp.type=LogAppendTime".to_string());
+        }
+        w
+    }
+}
+
+/// Reads `topic`'s cleanup policy, retention and timestamp type from the broker
+/// (DescribeConfigs), within `timeout`.
+pub fn topic_retention(
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+    topic: &str,
+    timeout: Duration,
+) -> Result<Retention, KafkaError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+    let admin: AdminClient<Quiet> =
+        client_config(brokers, Role::Consumer, &[], options).create_with_context(Quiet)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .map_err(|e| KafkaError::AdminOpCreation(e.to_string()))?;
+    let opts = AdminOptions::new().request_timeout(Some(timeout));
+    let specifier = ResourceSpecifier::Topic(topic);
+    let results = runtime.block_on(async {
+        tokio::time::timeout(timeout, admin.describe_configs([&specifier], &opts))
+            .await
+            .map_err(|_| KafkaError::AdminOp(RDKafkaErrorCode::OperationTimedOut))?
+    })?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or(KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopic))?
+        .map_err(KafkaError::AdminOp)?;
+    let value = |name: &str| resource.get(name).and_then(|e| e.value.clone());
+    let policy = value("cleanup.policy").unwrap_or_else(|| "delete".to_string());
+    let deleted_after_ms = if policy.contains("delete") {
+        Some(
+            value("retention.ms")
+                .and_then(|v| v.parse::<i64>().ok())
+                .unwrap_or(7 * 86_400_000),
+        )
+    } else {
+        None
+    };
+    Ok(Retention {
+        compacted: policy.contains("compact"),
+        deleted_after_ms,
+        broker_time: value("message.timestamp.type").as_deref() == Some("LogAppendTime"),
+    })
+}
+
 /// Every message of partition 0 of a topic: (the `guardian.error` header, payload).
 pub fn read_all(brokers: &str, topic: &str) -> Vec<(Option<String>, Vec<u8>)> {
     read_to_end(brokers, topic, 1, Duration::from_secs(10))
@@ -327,6 +402,23 @@ mod complaint_tests {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_durable_topic_is_unlimited_or_compacted_and_dated_by_the_broker() {
+        let r = |compacted, deleted_after_ms, broker_time| super::Retention {
+            compacted,
+            deleted_after_ms,
+            broker_time,
+        };
+        assert!(r(false, Some(-1), true).warnings().is_empty());
+        assert!(r(true, None, true).warnings().is_empty());
+        let week = r(false, Some(604_800_000), true).warnings();
+        assert_eq!(week.len(), 1);
+        assert!(week[0].contains("7days"), "{week:?}");
+        let both = r(true, Some(86_400_000), false).warnings();
+        assert_eq!(both.len(), 2, "{both:?}");
+        assert!(both[1].contains("LogAppendTime"));
+    }
+
     use super::*;
 
     #[test]

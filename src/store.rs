@@ -7,11 +7,14 @@
 //! Keys (one tree): `m/{topic}/{partition:010}` → [`PartitionMeta`], `a/{topic}/{partition:010}/{agent}`
 //! → [`AgentState`], `s/{topic}/{partition:010}/{session}` → [`SessionAgent`] (the agent of a
 //! session), `d/{topic}/{partition:010}/{start:020}` → a chunk of the identities of recent events
-//! (the ones remembered between two checkpoints, for dropping re-deliveries), `c/offset/{partition:010}` → next control-topic offset, `c/pending` →
-//! operator commands waiting for their agent, `i/{event time:016x}/{incident id}` → incident
+//! (the ones remembered between two checkpoints, for dropping re-deliveries), `c/offset/{partition:010}` → next control-topic offset, `c/reread/{partition:010}` → the
+//! control-topic offset below which records were folded before a `state rebuild` (read again,
+//! they change the state but are not published again), `c/pending` → operator commands waiting
+//! for their agent or for their time, `i/{event time:016x}/{incident id}` → incident
 //! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
 //! time:016x}` → a past fleet score.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -474,7 +477,32 @@ impl Store {
             .map(i64::from_le_bytes))
     }
 
-    /// Operator commands waiting for their agent.
+    /// Per control-topic partition, the offset below which records were folded before the last
+    /// `state rebuild`: read again, they rebuild the state without being published again.
+    pub fn control_marks(&self) -> Result<HashMap<i32, i64>, StoreError> {
+        let mut out = HashMap::new();
+        for kv in self.db.scan_prefix("c/reread/") {
+            let (k, v) = kv?;
+            let partition = std::str::from_utf8(&k[b"c/reread/".len()..])
+                .ok()
+                .and_then(|p| p.parse::<i32>().ok());
+            let offset = <[u8; 8]>::try_from(&v[..]).ok().map(i64::from_le_bytes);
+            match (partition, offset) {
+                (Some(p), Some(o)) => {
+                    out.insert(p, o);
+                }
+                _ => {
+                    return Err(StoreError::Decode {
+                        key: String::from_utf8_lossy(&k).into_owned(),
+                        reason: "not a partition and an offset".into(),
+                    })
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Operator commands waiting for their agent or their time.
     pub fn pending(&self) -> Result<Vec<Command>, StoreError> {
         let Some(v) = self.db.get("c/pending")? else {
             return Ok(Vec::new());
@@ -524,8 +552,30 @@ impl Store {
     }
 
     /// Forgets the partition states (all, or one topic's), so the next start rebuilds them from
-    /// the log; the control-topic position is kept. Returns the partitions dropped.
+    /// the log, and the control-topic position with the commands waiting, so the next start reads
+    /// the control topic again from its start and applies every operator command again, in
+    /// order (the position reached is kept as the mark below which records are not published
+    /// again). Returns the partitions dropped.
     pub fn clear_partitions(&self, topic: Option<&str>) -> Result<usize, StoreError> {
+        let mut control = sled::Batch::default();
+        let marks = self.control_marks()?;
+        for kv in self.db.scan_prefix("c/offset/") {
+            let (k, v) = kv?;
+            let suffix = &k[b"c/offset/".len()..];
+            let at = <[u8; 8]>::try_from(&v[..])
+                .map(i64::from_le_bytes)
+                .unwrap_or(0);
+            let partition = std::str::from_utf8(suffix)
+                .ok()
+                .and_then(|p| p.parse::<i32>().ok());
+            let mark = partition.and_then(|p| marks.get(&p)).copied().unwrap_or(0);
+            let mut key = b"c/reread/".to_vec();
+            key.extend_from_slice(suffix);
+            control.insert(key, &at.max(mark).to_le_bytes()[..]);
+            control.remove(k);
+        }
+        control.remove("c/pending");
+        self.db.apply_batch(control)?;
         let mut n = 0;
         for prefix in ["m/", "a/", "s/", "d/"] {
             let p = match topic {
@@ -660,6 +710,9 @@ mod tests {
         assert_eq!(s.clear_partitions(None).unwrap(), 1);
         assert!(s.load_partition("audit", 3).unwrap().is_none());
         assert_eq!(s.db().scan_prefix("s/").count(), 0, "sessions cleared too");
-        assert_eq!(s.control_offset(0).unwrap(), Some(7));
+        // The control topic is read again from its start; what was read is the re-read mark.
+        assert_eq!(s.control_offset(0).unwrap(), None);
+        assert_eq!(s.control_marks().unwrap(), HashMap::from([(0, 7)]));
+        assert!(s.pending().unwrap().is_empty());
     }
 }

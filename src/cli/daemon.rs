@@ -79,7 +79,8 @@ pub enum StateCommand {
         #[arg(long, value_name = "DIR")]
         state_dir: PathBuf,
     },
-    /// Drop the stored partition states so the next start rebuilds them from the log.
+    /// Drop the stored partition states so the next start rebuilds them from the log (operator
+    /// commands are read again from the control topic's start).
     Rebuild {
         /// State directory (sled).
         #[arg(long, value_name = "DIR")]
@@ -317,7 +318,7 @@ pub fn state_cmd(c: StateCommand) -> anyhow::Result<ExitCode> {
             let n = open(&state_dir)?.clear_partitions(topic.as_deref())?;
             writeln!(
                 out,
-                "dropped the state of {n} partition(s); the next start replays them from the earliest retained offset (outputs already emitted are not repeated)"
+                "dropped the state of {n} partition(s); the next start replays them from the earliest retained offset and reads the control topic again from its start, applying every operator command again in order (outputs already emitted are not repeated)"
             )?;
         }
     }

@@ -11,7 +11,7 @@
 //! Layer: uses `engine`, `event`, `control`, `response`, `store` (the checkpoint encoding),
 //! `posture` (the ledger) and `telemetry` (counters).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -170,8 +170,14 @@ pub struct Fold {
     metrics: Arc<Metrics>,
     parts: HashMap<(u16, i32), Part>,
     control_next: HashMap<i32, i64>,
-    /// Operator commands for agents not seen yet.
+    /// Per control-topic partition, the offset below which records were folded before a
+    /// `state rebuild`: read again, they change the state as they did, nothing is published.
+    control_marks: HashMap<i32, i64>,
+    /// Operator commands waiting for their agent (not seen yet) or for their time (the agent's
+    /// partition is replayed and has not reached it).
     pending: Vec<Command>,
+    /// Ids of waiting commands that were read again below their mark (applied, not published).
+    reread: HashSet<String>,
     /// Incidents raised since the previous checkpoint (stored with it).
     raised: Vec<Incident>,
     ledger: Ledger,
@@ -201,7 +207,9 @@ impl Fold {
             metrics,
             parts: HashMap::new(),
             control_next: HashMap::new(),
+            control_marks: HashMap::new(),
             pending,
+            reread: HashSet::new(),
             raised: Vec::new(),
             snapshots_before: ledger.posture_snapshots,
             ledger,
@@ -210,6 +218,12 @@ impl Fold {
             out: Vec::new(),
             settings,
         })
+    }
+
+    /// The control-topic offsets below which records were folded before the last `state
+    /// rebuild` ([`crate::store::Store::control_marks`]).
+    pub fn set_control_marks(&mut self, marks: HashMap<i32, i64>) {
+        self.control_marks = marks;
     }
 
     fn topic(&self, i: u16) -> &str {
@@ -259,14 +273,19 @@ impl Fold {
         }
     }
 
-    /// Applies the waiting operator commands whose agent partition `key` holds.
+    /// Applies the waiting operator commands whose agent partition `key` holds, unless the
+    /// partition is replayed and has not reached the command's time for that agent.
     fn apply_pending(&mut self, key: (u16, i32), out: &mut Vec<Output>) {
         let Some(part) = self.parts.get_mut(&key) else {
             return;
         };
+        let replaying = part.next < part.quiet_below;
         let mut applied = Vec::new();
         self.pending.retain(|c| {
-            if part.engine.agent(&c.agent_id).is_none() {
+            let Some(agent) = part.engine.agent(&c.agent_id) else {
+                return true;
+            };
+            if replaying && agent.last_seen < c.issued_at {
                 return true;
             }
             if !reflected(&part.engine, c) {
@@ -276,16 +295,26 @@ impl Fold {
             false
         });
         self.count_pending();
-        if applied.is_empty() {
-            return;
-        }
         // The change is checkpointed like a folded record.
         self.since_checkpoint += applied.len() as u64;
-        self.ledger.commands_applied += applied.len() as u64;
-        self.metrics
-            .commands_applied
-            .fetch_add(applied.len() as u64, Ordering::Relaxed);
-        out.extend(applied.into_iter().map(Output::Applied));
+        self.report_applied(applied, true, out);
+    }
+
+    /// Counts and reports operator commands applied from the waiting list (`publish`: outside a
+    /// replay); those read again after a rebuild were counted and reported when first applied.
+    fn report_applied(&mut self, applied: Vec<Command>, publish: bool, out: &mut Vec<Output>) {
+        for c in applied {
+            if self.reread.remove(&c.command_id) {
+                continue;
+            }
+            self.ledger.commands_applied += 1;
+            self.metrics
+                .commands_applied
+                .fetch_add(1, Ordering::Relaxed);
+            if publish {
+                out.push(Output::Applied(c));
+            }
+        }
     }
 
     /// Lets partitions go (checkpoint them first).
@@ -464,22 +493,23 @@ impl Fold {
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         let before = part.engine.stats().clone();
+        let mut applied = Vec::new();
         if self.pending.is_empty() {
             part.engine.process_batch(&events, &mut self.out);
         } else {
-            // Operator commands for agents this instance had not seen apply at the agent's
-            // first event, before it (the kill keeps its own time: a call made after it is
-            // activity after the kill, one made before it and delivered late is not): one event
-            // at a time while any waits.
+            // Waiting operator commands apply before the agent's first event (the kill keeps
+            // its own time: a call made after it is activity after the kill, one made before it
+            // and delivered late is not); while the partition is replayed, before the agent's
+            // first event at or after the command's time, so a rebuild applies commands and
+            // events in the order they happened. One event at a time while any waits.
             for ev in &events {
                 let agent = ev.agent_id.as_ref();
                 let engine = &mut part.engine;
-                let mut applied = Vec::new();
                 if self.pending.iter().any(|c| c.agent_id == agent) {
                     engine.admit(ev);
                 }
                 self.pending.retain(|c| {
-                    if c.agent_id != agent {
+                    if c.agent_id != agent || (quiet && ev.ts_ms < c.issued_at) {
                         return true;
                     }
                     if !reflected(engine, c) {
@@ -489,17 +519,10 @@ impl Fold {
                     false
                 });
                 engine.process(ev, &mut self.out);
-                self.metrics
-                    .commands_applied
-                    .fetch_add(applied.len() as u64, Ordering::Relaxed);
-                self.ledger.commands_applied += applied.len() as u64;
-                self.metrics
-                    .commands_pending
-                    .store(self.pending.len() as u64, Ordering::Relaxed);
-                if !quiet {
-                    out.extend(applied.into_iter().map(Output::Applied));
-                }
             }
+            self.metrics
+                .commands_pending
+                .store(self.pending.len() as u64, Ordering::Relaxed);
         }
         self.events = reuse(events);
         let after = part.engine.stats();
@@ -519,7 +542,17 @@ impl Fold {
         ] {
             counter.fetch_add(n, Ordering::Relaxed);
         }
-        self.emit(quiet, now, out)
+        self.report_applied(applied, !quiet, out);
+        self.emit(quiet, now, out)?;
+        let replayed = self
+            .parts
+            .get(&key)
+            .is_some_and(|p| p.next >= p.quiet_below);
+        if replayed && !self.pending.is_empty() {
+            // A replay that ended before a waiting command's time: it applies now.
+            self.apply_pending(key, out);
+        }
+        Ok(())
     }
 
     /// Passes the engine's incidents on (`quiet`: already published by whoever folded these
@@ -578,45 +611,65 @@ impl Fold {
     }
 
     /// Folds one control-topic record: an operator command is applied to the owned agents (or
-    /// waits for the agent), an automatic one is already part of the state it came from, and an
-    /// invalid one becomes a rejected-command incident.
+    /// waits for the agent, or for a replayed partition to reach its time), an automatic one is
+    /// already part of the state it came from, and an invalid one becomes a rejected-command
+    /// incident. A record read again after a `state rebuild` (below its partition's mark)
+    /// changes the state as it did the first time and publishes nothing.
     pub fn control(&mut self, r: &Record, now: i64, out: &mut Vec<Output>) {
         // The control position and what the command changed are checkpointed like events.
         self.since_checkpoint += 1;
         self.control_next.insert(r.partition, r.offset + 1);
+        let again = self
+            .control_marks
+            .get(&r.partition)
+            .is_some_and(|&mark| r.offset < mark);
         let payload = r.payload.as_deref().unwrap_or_default();
+        // When the command reached the topic: the broker's timestamp, or now without one.
+        let delivered = r.timestamp.unwrap_or(now);
         let verdict = Command::parse_verified(payload, &self.settings.command_keys)
-            .and_then(|c| self.admissible(c, r.key.as_deref(), now));
+            .and_then(|c| self.admissible(c, r.key.as_deref(), now, delivered));
         match verdict {
             Ok(c) if c.origin == Origin::Auto => {}
-            Ok(c)
-                if self.already_applied(&c)
-                    || self.pending.iter().any(|p| p.command_id == c.command_id) =>
-            {
+            Ok(c) if self.already_applied(&c) => {
                 // The same command read again (a restart re-reads the control topic's tail).
                 tracing::debug!(agent = %Shown(&c.agent_id), command_id = %Shown(&c.command_id), "operator command already applied");
             }
             Ok(c) => {
-                tracing::info!(agent = %Shown(&c.agent_id), command = ?c.command, by = %Shown(&c.guardian_id), "operator command");
+                if again {
+                    tracing::debug!(agent = %Shown(&c.agent_id), command = ?c.command, "operator command read again");
+                } else {
+                    tracing::info!(agent = %Shown(&c.agent_id), command = ?c.command, by = %Shown(&c.guardian_id), "operator command");
+                }
                 let mut applied = false;
                 for p in self.parts.values_mut() {
-                    if p.engine.agent(&c.agent_id).is_some() {
-                        apply(&mut p.engine, &c);
-                        applied = true;
+                    let Some(agent) = p.engine.agent(&c.agent_id) else {
+                        continue;
+                    };
+                    // A partition replayed (after a rebuild, or taken over without state) gets
+                    // the command when its replay reaches the command's time for the agent.
+                    if p.next < p.quiet_below && agent.last_seen < c.issued_at {
+                        continue;
                     }
+                    apply(&mut p.engine, &c);
+                    applied = true;
                 }
                 if applied {
-                    self.ledger.commands_applied += 1;
-                    self.metrics
-                        .commands_applied
-                        .fetch_add(1, Ordering::Relaxed);
                     // Reported by the instances that own the agent (every instance reads the
                     // control topic); an agent not seen yet reports it when the command applies.
-                    out.push(Output::Applied(c));
+                    if !again {
+                        self.report_applied(vec![c], true, out);
+                    }
                 } else {
+                    if again {
+                        self.reread.insert(c.command_id.clone());
+                    }
                     self.pending.push(c);
                     self.count_pending();
                 }
+            }
+            Err(rejected) if again => {
+                // Refused the first time it was read, with its incident.
+                tracing::debug!(partition = r.partition, offset = r.offset, reason = %Shown(&rejected.why.to_string()), "control command read again, refused again");
             }
             Err(rejected) => {
                 self.metrics
@@ -655,13 +708,17 @@ impl Fold {
     }
 
     /// A verified command that may be applied: its Kafka key (when there is one) names its
-    /// agent, it was not issued ahead of the clock, and not before the last command applied to
-    /// the agent (a replayed kill after a revive, or an old revive after a kill).
+    /// agent, it was not issued ahead of the clock nor of its delivery, it was fresh when it was
+    /// `delivered` to the control topic (within its expiry and `command_ttl` of its issue: an
+    /// applied kill stands however long ago it was issued, so a rebuild or a lost disk that
+    /// reads the topic again applies it again), and it was not issued before the last command
+    /// applied to the agent (a replayed kill after a revive, or an old revive after a kill).
     fn admissible(
         &self,
         c: Command,
         key: Option<&[u8]>,
         now: i64,
+        delivered: i64,
     ) -> Result<Command, crate::control::Rejected> {
         use crate::control::{Rejected, Rejection};
         let refuse = |c: Command, why: Rejection| {
@@ -677,17 +734,21 @@ impl Fold {
             let shown = String::from_utf8_lossy(&k[..k.len().min(MAX_NAMED_AGENT)]).into_owned();
             return refuse(c, Rejection::KeyMismatch { key: shown });
         }
-        if c.issued_at > now.saturating_add(self.settings.max_future_ms) {
+        if c.issued_at
+            > now
+                .min(delivered)
+                .saturating_add(self.settings.max_future_ms)
+        {
             let at = crate::event::format_rfc3339_ms(c.issued_at);
             return refuse(c, Rejection::FromTheFuture(at));
         }
         // Valid until its signed expiry, but never longer after its issue than this reader's
         // `command_ttl` (itself at most a week): a signed "valid until 9999" or a command
-        // issued years ago is no standing order.
+        // issued years ago and published again now is no standing order.
         let expires = c
             .expires_at
             .min(c.issued_at.saturating_add(self.settings.command_ttl_ms));
-        if now > expires {
+        if delivered > expires {
             let at = crate::event::format_rfc3339_ms(expires);
             return refuse(c, Rejection::Expired(at));
         }
@@ -705,30 +766,39 @@ impl Fold {
         Ok(c)
     }
 
-    /// When the last operator command applied to `agent` was issued, over the owned partitions.
+    /// When the last operator command applied to `agent`, or waiting for it, was issued, over
+    /// the owned partitions.
     fn last_command_at(&self, agent: &str) -> Option<i64> {
+        let waiting = self
+            .pending
+            .iter()
+            .filter(|c| c.agent_id == agent)
+            .map(|c| c.issued_at);
         self.parts
             .values()
             .filter_map(|p| p.engine.agent(agent))
             .filter_map(|a| a.profile.last_operator_command())
+            .chain(waiting)
             .max()
     }
 
-    /// Whether `c` is the command last applied to its agent, read again: issued at the same time
-    /// and of the same kind.
+    /// Whether `c` is the command last applied to its agent, read again (issued at the same time
+    /// and of the same kind), or is waiting already.
     fn already_applied(&self, c: &Command) -> bool {
-        self.parts
-            .values()
-            .filter_map(|p| p.engine.agent(&c.agent_id))
-            .filter_map(|a| a.profile.kill_history.last())
-            .any(|e| {
-                e.at == c.issued_at
-                    && matches!(
-                        (e.kind, c.command),
-                        (KillEventKind::ManualKill, Verb::Kill)
-                            | (KillEventKind::Revive, Verb::Revive)
-                    )
-            })
+        self.pending.iter().any(|p| p.command_id == c.command_id)
+            || self
+                .parts
+                .values()
+                .filter_map(|p| p.engine.agent(&c.agent_id))
+                .filter_map(|a| a.profile.kill_history.last())
+                .any(|e| {
+                    e.at == c.issued_at
+                        && matches!(
+                            (e.kind, c.command),
+                            (KillEventKind::ManualKill, Verb::Kill)
+                                | (KillEventKind::Revive, Verb::Revive)
+                        )
+                })
     }
 
     /// Records in the ledger the dead letters the broker refused.
@@ -967,6 +1037,7 @@ mod tests {
     fn control(offset: i64, c: &Command) -> Record {
         let mut r = record(0, offset, &c.to_json().expect("json"));
         r.key = Some(c.agent_id.as_bytes().to_vec());
+        r.timestamp = Some(NOW);
         r
     }
 
@@ -1576,5 +1647,141 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(ids(&got), ids(&expected), "the same deterministic ids");
+    }
+
+    /// Operator kills and revives of a known, an automatically killed and a re-killed agent;
+    /// then a `state rebuild` (the control topic read again from its start, below its mark,
+    /// before the audit log is replayed) and a lost disk (read again with no mark): each time the
+    /// statuses and kill histories equal those before, the rebuild publishes nothing again, a
+    /// killed agent's next call is activity after the kill, and old commands published again are
+    /// refused.
+    #[test]
+    fn operator_intent_survives_a_rebuild_and_a_lost_disk() {
+        let cmd = |v: Verb, agent: &str, at: i64| {
+            Command::manual(v, agent, "op", at, "op")
+                .sign(KEY)
+                .expect("sign")
+        };
+        let delivered = |offset: i64, c: &Command| {
+            let mut r = control(offset, c);
+            r.timestamp = Some(c.issued_at + 1_000);
+            r
+        };
+        let h = 3_600_000;
+        let commands = [
+            cmd(Verb::Revive, "a", T0 + h + 100_000),
+            cmd(Verb::Kill, "b", T0 + h + 200_000),
+            cmd(Verb::Revive, "b", T0 + h + 300_000),
+            cmd(Verb::Kill, "b", T0 + h + 400_000),
+        ];
+        let mut audit = calls(0);
+        let after = |offset: i64, ms: i64, agent: &str| call_at(0, offset, T0 + h + ms, agent, "y");
+        // Each command, then a call of its agent after it (none after the last one).
+        let mut live: Vec<(Record, Option<Record>)> = Vec::new();
+        for (i, (c, ms)) in commands
+            .iter()
+            .zip([150_000, 250_000, 350_000, 0])
+            .enumerate()
+        {
+            let r = (ms > 0).then(|| after(audit.len() as i64, ms, &c.agent_id));
+            audit.extend(r.clone());
+            live.push((delivered(i as i64, c), r));
+        }
+        let view = |f: &Fold| {
+            ["a", "b"].map(|agent| {
+                f.parts
+                    .values()
+                    .filter_map(|p| p.engine.agent(agent))
+                    .map(|s| (s.kill.killed, s.profile.kill_history.clone()))
+                    .next()
+                    .expect("agent")
+            })
+        };
+        let mut first = owning(fold(), &[0], 0);
+        let mut out = Vec::new();
+        first.audit(&audit[..7], NOW, &mut out).expect("fold");
+        assert!(view(&first)[0].0, "a is killed automatically");
+        for (c, r) in &live {
+            first.control(c, NOW, &mut out);
+            first.audit(r.as_slice(), NOW, &mut out).expect("fold");
+        }
+        let before = view(&first);
+        assert_eq!(
+            (before[0].0, before[1].0),
+            (false, true),
+            "a revived, b killed"
+        );
+        assert_eq!(before[1].1.len(), 3, "{:?}", before[1].1);
+        let applied = kinds(&out)
+            .iter()
+            .filter(|k| k.starts_with("applied"))
+            .count();
+        assert_eq!(applied, commands.len());
+
+        let end = audit.len() as i64;
+        for marks in [Some(HashMap::from([(0, commands.len() as i64)])), None] {
+            let mut again = owning(fold(), &[0], end);
+            let rebuild = marks.is_some();
+            if let Some(m) = marks {
+                again.set_control_marks(m);
+            }
+            let mut out = Vec::new();
+            for (c, _) in &live {
+                again.control(c, NOW, &mut out);
+            }
+            again.audit(&audit, NOW, &mut out).expect("fold");
+            assert_eq!(view(&again), before, "rebuild {rebuild}");
+            if rebuild {
+                assert!(out.is_empty(), "nothing published again: {:?}", kinds(&out));
+            }
+            // The killed agent's next call is activity after the kill.
+            out.clear();
+            again
+                .audit(&[after(end, 500_000, "b")], NOW, &mut out)
+                .expect("fold");
+            assert!(
+                kinds(&out).contains(&"incident b activity_after_kill".to_string()),
+                "{:?}",
+                kinds(&out)
+            );
+            // Old commands published again two days later are refused (stale or expired).
+            let later = NOW + 48 * h;
+            for (i, c) in commands.iter().enumerate() {
+                out.clear();
+                let mut r = control(commands.len() as i64 + i as i64, c);
+                r.timestamp = Some(later);
+                again.control(&r, later, &mut out);
+                assert_eq!(
+                    kinds(&out),
+                    vec![format!("incident {} rejected_command", c.agent_id)]
+                );
+            }
+            assert_eq!(view(&again), before);
+        }
+    }
+
+    /// A command is judged fresh by when it reached the control topic: read days later (a
+    /// lost disk), one delivered while fresh applies; the same command delivered late does not.
+    #[test]
+    fn freshness_is_judged_at_delivery_not_at_reading() {
+        let days = 3 * 86_400_000;
+        let kill = Command::manual(Verb::Kill, "b", "op", T0, "op")
+            .sign(KEY)
+            .expect("sign");
+        for (delivered, applies) in [(T0 + 5_000, true), (T0 + days, false)] {
+            let mut f = owning(fold(), &[0], 0);
+            f.audit(&calls(0)[..2], NOW, &mut Vec::new()).expect("fold");
+            let mut r = control(0, &kill);
+            r.timestamp = Some(delivered);
+            let mut out = Vec::new();
+            f.control(&r, T0 + days + 60_000, &mut out);
+            let want = if applies {
+                "applied Kill b"
+            } else {
+                "incident b rejected_command"
+            };
+            assert_eq!(kinds(&out), vec![want]);
+            assert_eq!(f.figures().1, u64::from(applies));
+        }
     }
 }

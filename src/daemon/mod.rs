@@ -331,12 +331,13 @@ impl Daemon {
         let k = &cfg.config.kafka;
         let mut ledger = store.ledger()?;
         ledger.record_setup(setup_ledger(&cfg), chrono::Utc::now().timestamp_millis());
-        let fold = Fold::new(
+        let mut fold = Fold::new(
             FoldSettings::from_resolved(&cfg),
             metrics.clone(),
             store.pending()?,
             ledger,
         )?;
+        fold.set_control_marks(store.control_marks()?);
         let sink = KafkaSink::new(&k.brokers, &cfg.kafka_options)?;
         let consumer = source::audit_consumer(
             k,

@@ -26,7 +26,7 @@ use crate::stop::Stop;
 use crate::store::Store;
 
 /// One Kafka message, owned.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Record {
     /// Index of the topic in the configured audit topics (or 0 for the control topic).
     pub topic: u16,
@@ -436,6 +436,18 @@ pub fn run_control(
                 .map_err(|e| e.to_string())?;
         }
         c.assign(&tpl).map_err(|e| e.to_string())?;
+        // The control topic is the durable record of operator decisions (a rebuild or a lost
+        // disk reads it again from its start): say so when the broker keeps it for less.
+        match crate::kafka::topic_retention(brokers, options, topic, Duration::from_secs(5)) {
+            Ok(r) => {
+                for w in r.warnings() {
+                    tracing::warn!(topic, "control topic: {w}");
+                }
+            }
+            Err(e) => {
+                tracing::info!(topic, error = %e, "control topic: cannot read its retention from the broker; it must keep operator commands for as long as their kills stand (retention.ms=-1)");
+            }
+        }
         while !stop.is_set() {
             match c.poll(Duration::from_millis(100)) {
                 None => {}

@@ -1,0 +1,251 @@
+//! What an operator decided and which agent made a call, against the real binary on a Tansu
+//! broker: operator kills and revives survive `state rebuild` and a lost state directory, and
+//! old commands published again are refused.
+//!
+//! Run by `scripts/test.sh` (which starts Tansu); skipped without it unless
+//! `GUARDIAN_REQUIRE_E2E` is set.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+use agent_guardian::control::{Command, Verb};
+use agent_guardian::event::format_rfc3339_ms;
+
+#[path = "support/tansu.rs"]
+mod tansu;
+use tansu::*;
+
+const DAY: i64 = 86_400_000;
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Sends records, each with the timestamp it carries (a producer's CreateTime), and waits
+/// for their acknowledgement.
+fn send_at(addr: &str, records: &[(&str, &str, Vec<u8>, Option<i64>)]) {
+    let p: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", addr)
+        .create()
+        .expect("producer");
+    for (topic, key, payload, ts) in records {
+        let mut r = BaseRecord::to(topic).key(*key).payload(payload);
+        if let Some(ts) = ts {
+            r = r.timestamp(*ts);
+        }
+        p.send(r).map_err(|(e, _)| e).expect("send");
+    }
+    p.flush(Duration::from_secs(30)).expect("acknowledged");
+}
+
+fn call(agent: &str, id: &str, ts: i64) -> Vec<u8> {
+    serde_json::json!({
+        "event_id": id, "timestamp": format_rfc3339_ms(ts), "agent_id": agent,
+        "tool_name": "read_ledger", "outcome": "ALLOW",
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// `guardian kill|revive` through the CLI.
+fn operator(cfg: &Path, verb: &str, agent: &str) {
+    let out = guardian()
+        .args([verb, "--config"])
+        .arg(cfg)
+        .args([agent, "--reason", "intent test"])
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .env("E2E_API_TOKEN", TOKEN)
+        .output()
+        .expect("guardian kill");
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Each agent's kill status and kill history, read with `guardian state inspect` from a
+/// stopped daemon.
+fn intent(dir: &Path, agents: &[&str]) -> Vec<(String, serde_json::Value, serde_json::Value)> {
+    agents
+        .iter()
+        .map(|a| {
+            let out = guardian()
+                .args(["state", "inspect", "--state-dir"])
+                .arg(dir.join("state"))
+                .arg(a)
+                .output()
+                .expect("inspect");
+            assert!(out.status.success(), "{out:?}");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+            (
+                a.to_string(),
+                v["killed"].clone(),
+                v["state"]["profile"]["kill_history"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// The sum of a metric's samples whose labels start with `labels` (`name{labels...} value`).
+fn total(d: &Daemon, name: &str, labels: &str) -> f64 {
+    let (_, body) = d.get("/metrics");
+    let prefix = format!("{name}{{{labels}");
+    body.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Operator kills and revives (one of them issued two days ago and delivered then, older than
+/// `command_ttl`), then `guardian state rebuild`, then a lost state directory: each time the
+/// statuses and kill histories equal those before, a killed agent's next call is activity after
+/// the kill, and old commands published again are refused (stale, or expired).
+#[test]
+fn operator_intent_survives_a_rebuild_and_a_lost_disk() {
+    let Some(b) = broker() else { return };
+    let prefix = format!("intent{}", std::process::id());
+    b.topics(&prefix, 2);
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let (audit, control) = (format!("{prefix}-audit"), format!("{prefix}-control"));
+    let killed = ["fin-k1", "fin-k2", "fin-k3"];
+    let revived = ["fin-r1", "fin-r2"];
+    let agents = [
+        "fin-k1", "fin-k2", "fin-k3", "fin-r1", "fin-r2", "fin-old", "fin-a",
+    ];
+    let t = now() - 600_000;
+    let mut records = Vec::new();
+    for (n, a) in agents.iter().enumerate() {
+        for i in 0..3 {
+            let ts = t + (n as i64 * 10 + i) * 1000;
+            records.push((audit.as_str(), *a, call(a, &format!("{a}-{i}"), ts), None));
+        }
+    }
+    // A kill issued two days ago and delivered then (command_ttl is one day).
+    let old = Command::manual(Verb::Kill, "fin-old", "two days ago", now() - 2 * DAY, "op")
+        .valid_for(now() - 2 * DAY, DAY)
+        .sign(KEY.as_bytes())
+        .expect("sign");
+    let old_json = old.to_json().expect("json");
+    records.push((
+        control.as_str(),
+        "fin-old",
+        old_json.clone(),
+        Some(old.issued_at + 1000),
+    ));
+    send_at(&b.addr, &records);
+    let events = records.len() as f64 - 1.0;
+
+    let log = |name: &str| dir.path().join(name);
+    let mut d = Daemon::start(&cfg, port, &log("1.log"));
+    d.until("the events", |d| {
+        d.metric("guardian_events_consumed_total") >= events
+    });
+    for a in killed.iter().chain(&revived) {
+        operator(&cfg, "kill", a);
+    }
+    for a in revived {
+        operator(&cfg, "revive", a);
+    }
+    d.until("every command applied", |d| {
+        d.metric("guardian_commands_applied_total") >= 8.0
+    });
+    d.stop();
+    let before = intent(dir.path(), &agents);
+    for (a, killed_now, history) in &before {
+        let want = killed.contains(&a.as_str()) || a == "fin-old";
+        assert_eq!(killed_now, want, "{a}: {history}");
+    }
+    let published = read_topic(&b.addr, &control, 1);
+    let kill_of = |agent: &str| {
+        published
+            .iter()
+            .find(|p| {
+                serde_json::from_slice::<Command>(p)
+                    .is_ok_and(|c| c.agent_id == agent && c.command == Verb::Kill)
+            })
+            .expect("the kill on the topic")
+            .clone()
+    };
+
+    for (round, (prepare, agent, revived_agent)) in [
+        ("state rebuild", "fin-k1", "fin-r1"),
+        ("lost disk", "fin-k2", "fin-r2"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if round == 0 {
+            let out = guardian()
+                .args(["state", "rebuild", "--state-dir"])
+                .arg(dir.path().join("state"))
+                .output()
+                .expect("rebuild");
+            assert!(out.status.success(), "{out:?}");
+        } else {
+            std::fs::remove_dir_all(dir.path().join("state")).expect("lose the disk");
+        }
+        let mut d = Daemon::start(&cfg, port, &log(&format!("{prepare}.log")));
+        d.until("ready", |d| d.get("/readyz").0 == 200);
+        for (a, k, _) in &before {
+            let status = match (k == true, revived.contains(&a.as_str())) {
+                (true, _) => "killed",
+                (false, true) => "revived",
+                (false, false) => "active",
+            };
+            d.until(&format!("{a} {status} after the {prepare}"), |d| {
+                d.get(&format!("/agents/{a}"))
+                    .1
+                    .contains(&format!("\"status\":\"{status}\""))
+            });
+        }
+        let after_kill = |d: &Daemon| {
+            total(
+                d,
+                "guardian_incidents_total",
+                "type=\"activity_after_kill\"",
+            )
+        };
+        let rejected = |d: &Daemon, why: &str| {
+            total(
+                d,
+                "guardian_commands_rejected_total",
+                &format!("reason=\"{why}\""),
+            )
+        };
+        let seen = after_kill(&d);
+        send_at(
+            &b.addr,
+            &[(
+                audit.as_str(),
+                agent,
+                call(agent, &format!("{agent}-late"), now()),
+                None,
+            )],
+        );
+        d.until(&format!("{agent}'s call is activity after the kill"), |d| {
+            after_kill(d) > seen
+        });
+        // Published again now: the kill of an agent revived since, and the old kill.
+        send_at(
+            &b.addr,
+            &[
+                (
+                    control.as_str(),
+                    revived_agent,
+                    kill_of(revived_agent),
+                    None,
+                ),
+                (control.as_str(), "fin-old", old_json.clone(), None),
+            ],
+        );
+        // After a lost disk, the copies published in the first round are read again and
+        // refused again, with their incidents (a rebuild keeps the mark and publishes nothing).
+        let refusals = round as f64 + 1.0;
+        d.until("the old commands refused", |d| {
+            rejected(d, "stale") >= refusals && rejected(d, "expired") >= refusals
+        });
+        d.stop();
+        assert_eq!(intent(dir.path(), &agents), before, "after the {prepare}");
+    }
+}
