@@ -455,7 +455,7 @@ pub fn run_with(
     sum.late_events = stats.late_events;
     sum.duplicates = stats.duplicates;
     sum.id_conflicts = stats.id_conflicts;
-    sum.incidents = stats.incidents;
+    sum.incidents[..stats.incidents.len()].copy_from_slice(&stats.incidents);
     sum.agents = engine.agent_count();
     sum.elapsed = started.elapsed();
     Ok(sum)
@@ -515,6 +515,12 @@ impl<'a> Folding<'_, '_, 'a> {
     fn event(&mut self, mut ev: AuditEvent<'a>, sink: &mut impl IncidentSink) -> io::Result<()> {
         let how = self.engine.resolve(&mut ev);
         self.sum.entries[how.index()] += 1;
+        if matches!(how, Resolution::Refused | Resolution::Reattributed) {
+            let before = self.out.len();
+            self.engine.take_identity_conflicts(self.out);
+            let i = crate::engine::type_index(IncidentType::IdentityConflict);
+            self.sum.incidents[i] += (self.out.len() - before) as u64;
+        }
         if !how.is_tool_call() {
             return Ok(());
         }

@@ -41,7 +41,7 @@ pub struct Metrics {
     /// ledger and skipped).
     pub dead_letters_lost: AtomicU64,
     /// Audit entries by how their agent was found, in [`crate::state::Resolution::ALL`] order.
-    pub identity: [AtomicU64; 5],
+    pub identity: [AtomicU64; crate::state::Resolution::ALL.len()],
     /// Operator commands waiting for an agent this instance has not seen yet.
     pub commands_pending: AtomicU64,
     /// Outputs not sent because another run already emitted them (rebuild).

@@ -454,15 +454,21 @@ impl Fold {
                     // Session bindings and other entries that are not tool calls are learnt
                     // from or skipped (counted), not processed.
                     let mut keep = before;
+                    let mut conflicts = false;
                     for i in before..events.len() {
                         let how = part.engine.resolve(&mut events[i]);
                         count(how, 1);
+                        conflicts |= matches!(how, Resolution::Refused | Resolution::Reattributed);
                         if how.is_tool_call() {
                             events.swap(keep, i);
                             keep += 1;
                         }
                     }
                     events.truncate(keep);
+                    if conflicts {
+                        // Emitted with the run's incidents (held back the same way in a replay).
+                        part.engine.take_identity_conflicts(&mut self.out);
+                    }
                 }
                 Err(e) => {
                     self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
@@ -1177,8 +1183,8 @@ mod tests {
             .iter()
             .map(|c| c.load(Ordering::Relaxed))
             .collect();
-        // named, resolved, unresolved, bound, skipped
-        assert_eq!(counted, [0, 2, 0, 1, 1]);
+        // named, resolved, unresolved, bound, skipped, refused, reattributed
+        assert_eq!(counted, [0, 2, 0, 1, 1, 0, 0]);
         let far = NOW + 3_600_000;
         let bad = otlp(
             1,
@@ -1783,5 +1789,67 @@ mod tests {
             assert_eq!(kinds(&out), vec![want]);
             assert_eq!(f.figures().1, u64::from(applies));
         }
+    }
+
+    /// A session hijack: a second `session_created` naming a decoy for a killed agent's
+    /// session, then the session's calls. The binding is refused with an `identity_conflict`
+    /// naming both agents (once), and the calls stay the killed agent's: activity after the kill.
+    #[test]
+    fn a_hijacked_session_stays_with_its_killed_agent() {
+        let mut f = owning(fold(), &[0], 0);
+        let line =
+            |offset: i64, json: serde_json::Value| record(0, offset, json.to_string().as_bytes());
+        let created = |offset: i64, agent: &str| {
+            line(
+                offset,
+                json!({"type": "session_created", "timestamp": T0 + offset * 1000,
+                                "sessionId": "s-1", "userId": "u-1", "agentId": agent}),
+            )
+        };
+        let tool = |offset: i64| {
+            line(
+                offset,
+                json!({"type": "tool_allowed", "timestamp": T0 + offset * 1000,
+                                "eventId": format!("e{offset}"), "sessionId": "s-1",
+                                "userId": "u-1", "toolName": "pay"}),
+            )
+        };
+        let mut out = Vec::new();
+        f.audit(&[created(0, "victim"), tool(1)], NOW, &mut out)
+            .expect("fold");
+        let kill = Command::manual(Verb::Kill, "victim", "op", T0 + 2_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        f.control(&control(0, &kill), NOW, &mut out);
+        out.clear();
+        f.audit(
+            &[created(3, "decoy"), tool(4), created(5, "decoy"), tool(6)],
+            NOW,
+            &mut out,
+        )
+        .expect("fold");
+        let got = kinds(&out);
+        assert_eq!(
+            got.iter()
+                .filter(|k| *k == "incident victim identity_conflict")
+                .count(),
+            1,
+            "{got:?}"
+        );
+        assert!(
+            got.contains(&"incident victim activity_after_kill".to_string()),
+            "{got:?}"
+        );
+        let conflict = out
+            .iter()
+            .find_map(|o| match o {
+                Output::Incident(i) if i.kind == IncidentType::IdentityConflict => Some(i),
+                _ => None,
+            })
+            .expect("conflict");
+        assert_eq!(conflict.agents, ["victim", "decoy"]);
+        let refused = f.metrics.identity[Resolution::Refused.index()].load(Ordering::Relaxed);
+        assert_eq!(refused, 2);
+        assert!(f.parts.values().all(|p| p.engine.agent("decoy").is_none()));
     }
 }

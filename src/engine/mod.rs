@@ -6,6 +6,7 @@
 //! Findings go through the agent's cohort ([`cohorts`]) before they become incidents.
 
 mod cohorts;
+mod conflict;
 
 use std::sync::Arc;
 
@@ -157,6 +158,21 @@ impl Engine {
     /// [`Resolution::is_tool_call`] go on to be processed).
     pub fn resolve(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
         self.identities.resolve(ev)
+    }
+
+    /// The `identity_conflict` incidents of the records resolved since the previous call that
+    /// named another agent for a session or trace bound already (one per session and agent
+    /// named), appended to `out`.
+    pub fn take_identity_conflicts(&mut self, out: &mut Vec<Incident>) {
+        for c in self.identities.take_conflicts() {
+            let bp = self
+                .index
+                .get(c.bound.as_str())
+                .map_or(self.set.assign(&c.bound, None, None), |&i| {
+                    self.agents[i as usize].bp
+                });
+            out.push(conflict::incident(&c, &self.set.get(bp).name));
+        }
     }
 
     /// Sessions bound or used since the previous call, and sessions forgotten (for the

@@ -31,11 +31,14 @@ pub enum IncidentType {
     FleetShift,
     /// A control command with a missing or wrong signature was rejected.
     RejectedCommand,
+    /// A record named another agent for a session or trace already bound to an agent: refused
+    /// for attribution (the session's calls stay its agent's).
+    IdentityConflict,
 }
 
 impl IncidentType {
     /// All types, in a fixed order (the engine's types first, see [`IncidentType::DETECTED`]).
-    pub const ALL: [IncidentType; 10] = [
+    pub const ALL: [IncidentType; 11] = [
         IncidentType::FrequencySpike,
         IncidentType::VolumeSpike,
         IncidentType::SuspiciousSequence,
@@ -46,9 +49,11 @@ impl IncidentType {
         IncidentType::KillBudget,
         IncidentType::FleetShift,
         IncidentType::RejectedCommand,
+        IncidentType::IdentityConflict,
     ];
 
-    /// The types the engine raises (all but the daemon's `rejected_command`).
+    /// The types the engine raises (all but the daemon's `rejected_command` and
+    /// `identity_conflict`).
     pub const ENGINE: &'static [IncidentType] = IncidentType::ALL.split_at(9).0;
 
     /// The anomaly types the detectors and the kill policy raise (not the baseline findings, the
@@ -73,6 +78,7 @@ impl IncidentType {
             IncidentType::KillBudget => "kill_budget",
             IncidentType::FleetShift => "fleet_shift",
             IncidentType::RejectedCommand => "rejected_command",
+            IncidentType::IdentityConflict => "identity_conflict",
         }
     }
 }

@@ -52,9 +52,13 @@ fn severity_of_cef(cef: u8) -> (u8, &'static str) {
 /// is statistics.
 fn analytic_type(i: &Incident) -> (u8, &'static str) {
     match (i.kind, i.basis) {
-        (IncidentType::AutoKill | IncidentType::KillBudget | IncidentType::RejectedCommand, _) => {
-            (1, "Rule")
-        }
+        (
+            IncidentType::AutoKill
+            | IncidentType::KillBudget
+            | IncidentType::RejectedCommand
+            | IncidentType::IdentityConflict,
+            _,
+        ) => (1, "Rule"),
         (_, Basis::Static) => (2, "Behavioral"),
         (_, Basis::Learned) => (3, "Statistical"),
     }
@@ -70,9 +74,10 @@ fn observation(t: IncidentType) -> Option<(&'static str, &'static str)> {
         IncidentType::ActivityAfterKill => ("Frequency Analysis", "UNEXPECTED"),
         IncidentType::Baseline => ("Frequency Analysis", "ROUTINE"),
         IncidentType::FleetShift => ("Population Analysis", "COHORT_SHIFT"),
-        IncidentType::AutoKill | IncidentType::KillBudget | IncidentType::RejectedCommand => {
-            return None
-        }
+        IncidentType::AutoKill
+        | IncidentType::KillBudget
+        | IncidentType::RejectedCommand
+        | IncidentType::IdentityConflict => return None,
     })
 }
 

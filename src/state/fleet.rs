@@ -17,8 +17,9 @@ pub struct EngineStats {
     pub duplicates: u64,
     /// Events whose identity was seen with other content: folded, and counted here.
     pub id_conflicts: u64,
-    /// Incidents by type, in [`IncidentType::ALL`] order.
-    pub incidents: [u64; IncidentType::ALL.len()],
+    /// Incidents by type, in [`IncidentType::ALL`] order, up to the types of state format 6
+    /// (the engine raises none of the later ones).
+    pub incidents: [u64; STORED_INCIDENT_TYPES],
     /// Malformed events of the stream (counted by the source; they never reach the engine).
     pub bad_events: u64,
     /// Kill decisions not carried out, by reason: monitor or dry run, learning period, kill
@@ -27,6 +28,12 @@ pub struct EngineStats {
     /// Findings explained by a shift of their agent's cohort (no incident, no kill weight).
     pub explained: u64,
 }
+
+/// Incident types counted in [`EngineStats::incidents`]: the first of [`IncidentType::ALL`],
+/// as many as state format 6 stores.
+pub const STORED_INCIDENT_TYPES: usize = 10;
+
+const _: () = assert!(IncidentType::ENGINE.len() <= STORED_INCIDENT_TYPES);
 
 /// Index of a suppression reason in [`EngineStats::kills_suppressed`].
 pub fn suppression_index(s: Suppression) -> usize {

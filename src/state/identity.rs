@@ -7,6 +7,14 @@
 //! The map belongs to a partition's state (checkpointed with it, so a restart between a
 //! session's creation and its tool calls keeps it), is bounded ([`MAX_SESSIONS`]) and forgets
 //! sessions unused for [`SESSION_TTL_MS`] of event time.
+//!
+//! **A binding is never re-pointed.** A session (or an OTLP trace) stays with the agent it was
+//! first bound to until it is forgotten: a later record that names another agent for it is
+//! refused for attribution and reported as a [`Conflict`] (a binding is not learnt; a tool call
+//! is attributed to the session's agent, so a killed agent's calls stay its own). The legitimate
+//! way to hand work to another agent is a new session: AgentShield's `session_delegated` binds
+//! its own `sessionId` (a child of `parentSessionId`) to the agent it names, or to the parent's
+//! agent when it names none; it cannot re-point the parent.
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -53,16 +61,24 @@ pub enum Resolution {
     Bound,
     /// Another entry that is not a tool call: skipped by detection.
     Skipped,
+    /// A binding (or another entry that is not a tool call) naming another agent for a session
+    /// or trace bound already: not learnt, reported.
+    Refused,
+    /// A tool call naming another agent than its bound session's: attributed to the session's
+    /// agent, reported.
+    Reattributed,
 }
 
 impl Resolution {
     /// Every value, in the order of [`Resolution::label`]s for metrics.
-    pub const ALL: [Resolution; 5] = [
+    pub const ALL: [Resolution; 7] = [
         Resolution::Named,
         Resolution::Resolved,
         Resolution::Unresolved,
         Resolution::Bound,
         Resolution::Skipped,
+        Resolution::Refused,
+        Resolution::Reattributed,
     ];
 
     /// Its position in [`Resolution::ALL`] (the order of the counters).
@@ -78,6 +94,8 @@ impl Resolution {
             Resolution::Unresolved => "unresolved",
             Resolution::Bound => "bound",
             Resolution::Skipped => "skipped",
+            Resolution::Refused => "refused",
+            Resolution::Reattributed => "reattributed",
         }
     }
 
@@ -85,10 +103,32 @@ impl Resolution {
     pub fn is_tool_call(self) -> bool {
         matches!(
             self,
-            Resolution::Named | Resolution::Resolved | Resolution::Unresolved
+            Resolution::Named
+                | Resolution::Resolved
+                | Resolution::Unresolved
+                | Resolution::Reattributed
         )
     }
 }
+
+/// A record that named another agent for a session or trace bound already.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    /// The session id (or OTLP trace id).
+    pub session: String,
+    /// The agent it is bound to (and keeps).
+    pub bound: String,
+    /// The agent the record named instead.
+    pub named: String,
+    /// The record's event time (ms).
+    pub at: i64,
+    /// Whether the record was a tool call (attributed to `bound`) or a binding (not learnt).
+    pub call: bool,
+}
+
+/// (session, named agent) pairs reported already, at most: a stream of hijacked calls raises
+/// one incident per pair, not one per call (forgotten all at once when full).
+const MAX_REPORTED: usize = 10_000;
 
 /// The sessions of one partition and their agents.
 #[derive(Debug, Default, Clone)]
@@ -100,6 +140,10 @@ pub struct Identities {
     removed: Vec<String>,
     latest: i64,
     binds: u32,
+    /// Conflicts found since the last [`Identities::take_conflicts`], one per new pair.
+    conflicts: Vec<Conflict>,
+    /// The (session, named agent) pairs reported.
+    reported: HashSet<(String, String)>,
 }
 
 impl Identities {
@@ -148,23 +192,36 @@ impl Identities {
                         .and_then(|p| self.agent_of(p))
                         .map(str::to_string)
                 };
-                if let (Some(s), Some(a)) = (ev.session.as_deref(), agent) {
-                    self.bind(s, a, ev.ts_ms);
+                let (Some(s), Some(a)) = (ev.session.as_deref(), agent) else {
+                    return Resolution::Bound;
+                };
+                if self.conflicts_with(s, &a, ev.ts_ms, false) {
+                    return Resolution::Refused;
                 }
+                self.bind(s, a, ev.ts_ms);
                 Resolution::Bound
             }
             EntryKind::NotAToolCall => {
                 if let (true, Some(s)) = (named, ev.session.as_deref()) {
+                    if self.conflicts_with(s, &ev.agent_id, ev.ts_ms, false) {
+                        return Resolution::Refused;
+                    }
                     self.bind(s, ev.agent_id.to_string(), ev.ts_ms);
                 }
                 Resolution::Skipped
             }
             EntryKind::ToolCall if named => {
                 if let Some(s) = ev.session.as_deref() {
-                    if self.agent_of(s) != Some(ev.agent_id.as_ref()) {
-                        self.bind(s, ev.agent_id.to_string(), ev.ts_ms);
-                    } else {
-                        self.touch(s, ev.ts_ms);
+                    match self.agent_of(s) {
+                        None => self.bind(s, ev.agent_id.to_string(), ev.ts_ms),
+                        Some(a) if a == ev.agent_id.as_ref() => self.touch(s, ev.ts_ms),
+                        Some(a) => {
+                            let bound = a.to_string();
+                            self.conflicts_with(s, &ev.agent_id, ev.ts_ms, true);
+                            self.touch(s, ev.ts_ms);
+                            ev.agent_id = Cow::Owned(bound);
+                            return Resolution::Reattributed;
+                        }
                     }
                 }
                 if resolved_in_record {
@@ -193,6 +250,39 @@ impl Identities {
                 Resolution::Resolved
             }
         }
+    }
+
+    /// Whether `session` is bound to another agent than `named`; if so, the conflict is reported
+    /// (once per session and named agent).
+    fn conflicts_with(&mut self, session: &str, named: &str, ts: i64, call: bool) -> bool {
+        let Some(bound) = self.agent_of(session) else {
+            return false;
+        };
+        if bound == named {
+            return false;
+        }
+        let conflict = Conflict {
+            session: session.to_string(),
+            bound: bound.to_string(),
+            named: named.to_string(),
+            at: ts,
+            call,
+        };
+        if self.reported.len() >= MAX_REPORTED {
+            self.reported.clear();
+        }
+        if self
+            .reported
+            .insert((conflict.session.clone(), conflict.named.clone()))
+        {
+            self.conflicts.push(conflict);
+        }
+        true
+    }
+
+    /// Conflicts found since the previous call, one per new (session, named agent) pair.
+    pub fn take_conflicts(&mut self) -> Vec<Conflict> {
+        std::mem::take(&mut self.conflicts)
     }
 
     fn bind(&mut self, session: &str, agent: String, ts: i64) {
@@ -424,5 +514,127 @@ mod tests {
         let restored = Identities::restore(ids.all());
         assert_eq!(restored.all(), ids.all());
         assert!(changed.len() <= MAX_SESSIONS);
+    }
+
+    /// A session stays with the agent it was bound to: a second `session_created` naming
+    /// another agent is refused, a tool entry naming another agent is attributed to the
+    /// session's, each reported once per session and agent named; a delegation binds its own
+    /// new session and cannot re-point an existing one.
+    #[test]
+    fn a_bound_session_is_never_re_pointed() {
+        let mut ids = Identities::default();
+        let created = |ts: i64, s: &str, a: &str| {
+            format!(
+                r#"{{"type":"session_created","timestamp":{ts},"sessionId":"{s}","userId":"u","agentId":"{a}"}}"#
+            )
+        };
+        assert_eq!(
+            ids.resolve(&mut entry(&created(1, "s1", "victim"))),
+            Resolution::Bound
+        );
+        assert_eq!(
+            ids.resolve(&mut entry(&created(2, "s1", "decoy"))),
+            Resolution::Refused
+        );
+        assert_eq!(ids.agent_of("s1"), Some("victim"));
+        let mut call = entry(
+            r#"{"type":"tool_allowed","timestamp":3,"eventId":"e1","sessionId":"s1","userId":"u","toolName":"pay"}"#,
+        );
+        assert_eq!(ids.resolve(&mut call), Resolution::Resolved);
+        assert_eq!(call.agent_id, "victim");
+        for n in 0..2 {
+            let mut named = entry(&format!(
+                r#"{{"type":"tool_allowed","timestamp":{},"eventId":"n{n}","sessionId":"s1","userId":"u","agentId":"decoy","toolName":"pay"}}"#,
+                4 + n
+            ));
+            assert_eq!(ids.resolve(&mut named), Resolution::Reattributed);
+            assert!(Resolution::Reattributed.is_tool_call());
+            assert_eq!(
+                named.agent_id, "victim",
+                "attributed to the session's agent"
+            );
+        }
+        assert_eq!(ids.agent_of("s1"), Some("victim"));
+        let conflicts = ids.take_conflicts();
+        assert_eq!(
+            conflicts
+                .iter()
+                .map(|c| (c.bound.as_str(), c.named.as_str(), c.call))
+                .collect::<Vec<_>>(),
+            vec![("victim", "decoy", false)],
+            "one report per session and agent named"
+        );
+        // Delegation: a new child session for another agent is legitimate; re-pointing an
+        // existing session through a delegation is not.
+        let delegated = |s: &str, a: &str| {
+            format!(
+                r#"{{"type":"session_delegated","timestamp":9,"sessionId":"{s}","parentSessionId":"s1","userId":"u","agentId":"{a}"}}"#
+            )
+        };
+        assert_eq!(
+            ids.resolve(&mut entry(&delegated("c1", "helper"))),
+            Resolution::Bound
+        );
+        assert_eq!(ids.agent_of("c1"), Some("helper"));
+        assert_eq!(
+            ids.resolve(&mut entry(&delegated("s1", "helper"))),
+            Resolution::Refused
+        );
+        assert_eq!(ids.agent_of("s1"), Some("victim"));
+        assert_eq!(ids.take_conflicts().len(), 1);
+    }
+
+    /// An `invoke_agent` span naming another agent for a bound trace is refused, and the tool
+    /// spans its request attributes to that agent go to the trace's agent.
+    #[test]
+    fn a_bound_trace_is_never_re_pointed() {
+        let span = |id: &str, op: &str, extra: serde_json::Value| {
+            serde_json::json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": id,
+                "name": op, "startTimeUnixNano": "1772550000000000000",
+                "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, extra]})
+        };
+        let request = |spans: serde_json::Value| {
+            serde_json::json!({"resourceSpans": [{"resource": {"attributes": [
+                {"key": "service.name", "value": {"stringValue": "svc"}}]},
+                "scopeSpans": [{"spans": spans}]}]})
+            .to_string()
+        };
+        let agent =
+            |a: &str| serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": a}});
+        let tool =
+            serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "read_ledger"}});
+        let d = Decoder::default();
+        let mut ids = Identities::default();
+        let resolve = |ids: &mut Identities, body: String| {
+            let mut events = Vec::new();
+            d.decode_into(body.as_bytes(), &mut events)
+                .expect("decodes");
+            let how: Vec<Resolution> = events.iter_mut().map(|e| ids.resolve(e)).collect();
+            let agents: Vec<String> = events.iter().map(|e| e.agent_id.to_string()).collect();
+            (how, agents)
+        };
+        resolve(
+            &mut ids,
+            request(serde_json::json!([span(
+                "a0",
+                "invoke_agent",
+                agent("fin-7")
+            )])),
+        );
+        let (how, agents) = resolve(
+            &mut ids,
+            request(serde_json::json!([
+                span("b1", "execute_tool", tool),
+                span("a1", "invoke_agent", agent("decoy"))
+            ])),
+        );
+        assert_eq!(how, [Resolution::Reattributed, Resolution::Refused]);
+        assert_eq!(agents[0], "fin-7");
+        let c = ids.take_conflicts();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(
+            (c[0].bound.as_str(), c[0].named.as_str()),
+            ("fin-7", "decoy")
+        );
     }
 }

@@ -13,7 +13,7 @@ mod snapshot;
 pub use agent::AgentState;
 pub use cohort::{CohortMarks, CohortState, HeldFinding, OpenShift, MAX_LISTED};
 pub use fleet::{suppression_index, EngineStats, FleetState};
-pub use identity::{Identities, Resolution, SessionAgent, MAX_SESSIONS, SESSION_TTL_MS};
+pub use identity::{Conflict, Identities, Resolution, SessionAgent, MAX_SESSIONS, SESSION_TTL_MS};
 pub use profile::{
     outcome_index, IncidentMark, KillEvent, KillEventKind, Profile, ToolSeen, MAX_TOOLS, OUTCOMES,
 };
