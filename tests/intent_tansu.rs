@@ -249,3 +249,124 @@ fn operator_intent_survives_a_rebuild_and_a_lost_disk() {
         assert_eq!(intent(dir.path(), &agents), before, "after the {prepare}");
     }
 }
+
+/// An AgentShield line.
+fn shield(json: serde_json::Value) -> Vec<u8> {
+    json.to_string().into_bytes()
+}
+
+/// An OTLP/JSON request of one trace: an `invoke_agent` span naming `agent`, and a tool span.
+fn spans(trace: &str, agent: &str, ts: i64) -> Vec<u8> {
+    let span = |id: &str, op: &str, extra: serde_json::Value| {
+        serde_json::json!({"traceId": trace, "spanId": id, "name": op,
+            "startTimeUnixNano": (ts as u64 * 1_000_000).to_string(),
+            "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, extra]})
+    };
+    let agent = serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": agent}});
+    let tool =
+        serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "read_ledger"}});
+    serde_json::json!({"resourceSpans": [{"resource": {"attributes": [
+        {"key": "service.name", "value": {"stringValue": "svc"}}]},
+        "scopeSpans": [{"spans": [span(&format!("{ts:016x}"), "execute_tool", tool),
+                                  span(&format!("{:016x}", ts + 1), "invoke_agent", agent)]}]}]})
+    .to_string()
+    .into_bytes()
+}
+
+/// A session hijack (a second `session_created` naming a decoy for a killed agent's session,
+/// then the session's calls) and a trace hijack (a request whose `invoke_agent` span names a
+/// decoy for a killed agent's trace, with a tool span): both are refused with an
+/// `identity_conflict` incident naming both agents, and the killed agents' calls still raise
+/// `activity_after_kill`; the decoy gets nothing.
+#[test]
+fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own() {
+    let Some(b) = broker() else { return };
+    let prefix = format!("hijack{}", std::process::id());
+    b.topics(&prefix, 1);
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let audit = format!("{prefix}-audit");
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let created = |ts: i64, agent: &str| {
+        shield(
+            serde_json::json!({"type": "session_created", "timestamp": ts,
+            "sessionId": "s-1", "userId": "u-1", "agentId": agent}),
+        )
+    };
+    let tool = |ts: i64| {
+        shield(serde_json::json!({"type": "tool_allowed", "timestamp": ts,
+            "eventId": format!("call-{ts}"), "sessionId": "s-1", "userId": "u-1",
+            "toolName": "read_ledger"}))
+    };
+    let t = now() - 120_000;
+    send_at(
+        &b.addr,
+        &[
+            (audit.as_str(), "u-1", created(t, "fin-victim"), None),
+            (audit.as_str(), "u-1", tool(t + 1000), None),
+            (
+                audit.as_str(),
+                "svc",
+                spans(trace, "fin-tracer", t + 2000),
+                None,
+            ),
+        ],
+    );
+    let log = |name: &str| dir.path().join(name);
+    let mut d = Daemon::start(&cfg, port, &log("hijack.log"));
+    d.until("the first calls", |d| {
+        d.metric("guardian_events_consumed_total") >= 2.0
+    });
+    for a in ["fin-victim", "fin-tracer"] {
+        operator(&cfg, "kill", a);
+    }
+    d.until("both kills applied", |d| {
+        d.metric("guardian_commands_applied_total") >= 2.0
+    });
+    let t = now();
+    send_at(
+        &b.addr,
+        &[
+            (audit.as_str(), "u-1", created(t, "fin-decoy"), None),
+            (audit.as_str(), "u-1", tool(t + 1), None),
+            (
+                audit.as_str(),
+                "svc",
+                spans(trace, "fin-decoy", t + 2),
+                None,
+            ),
+        ],
+    );
+    let count =
+        |d: &Daemon, kind: &str| total(d, "guardian_incidents_total", &format!("type=\"{kind}\""));
+    d.until(
+        "the hijacks refused and the calls after the kills reported",
+        |d| count(d, "identity_conflict") >= 2.0 && count(d, "activity_after_kill") >= 2.0,
+    );
+    assert_eq!(d.get("/agents/fin-decoy").0, 404, "the decoy got nothing");
+    d.stop();
+    let incidents: Vec<serde_json::Value> = read_topic(&b.addr, &format!("{prefix}-incidents"), 1)
+        .iter()
+        .filter_map(|p| serde_json::from_slice(p).ok())
+        .collect();
+    for victim in ["fin-victim", "fin-tracer"] {
+        let of = |kind: &str| {
+            incidents
+                .iter()
+                .filter(|i| i["agent_id"] == victim && i["type"] == kind)
+                .count()
+        };
+        assert_eq!(of("identity_conflict"), 1, "{victim}: {incidents:?}");
+        assert!(of("activity_after_kill") >= 1, "{victim}: {incidents:?}");
+        let conflict = incidents
+            .iter()
+            .find(|i| i["agent_id"] == victim && i["type"] == "identity_conflict")
+            .expect("conflict");
+        assert_eq!(conflict["agents"], serde_json::json!([victim, "fin-decoy"]));
+    }
+    assert!(
+        incidents.iter().all(|i| i["agent_id"] != "fin-decoy"),
+        "{incidents:?}"
+    );
+}
