@@ -515,11 +515,10 @@ impl<'a> Folding<'_, '_, 'a> {
     fn event(&mut self, mut ev: AuditEvent<'a>, sink: &mut impl IncidentSink) -> io::Result<()> {
         let how = self.engine.resolve(&mut ev);
         self.sum.entries[how.index()] += 1;
-        if matches!(how, Resolution::Refused | Resolution::Reattributed) {
-            let before = self.out.len();
-            self.engine.take_identity_conflicts(self.out);
-            let i = crate::engine::type_index(IncidentType::IdentityConflict);
-            self.sum.incidents[i] += (self.out.len() - before) as u64;
+        let before = self.out.len();
+        self.engine.take_identity_incidents(self.out);
+        for i in &self.out[before..] {
+            self.sum.incidents[crate::engine::type_index(i.kind)] += 1;
         }
         if !how.is_tool_call() {
             return Ok(());

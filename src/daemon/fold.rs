@@ -454,21 +454,17 @@ impl Fold {
                     // Session bindings and other entries that are not tool calls are learnt
                     // from or skipped (counted), not processed.
                     let mut keep = before;
-                    let mut conflicts = false;
                     for i in before..events.len() {
                         let how = part.engine.resolve(&mut events[i]);
                         count(how, 1);
-                        conflicts |= matches!(how, Resolution::Refused | Resolution::Reattributed);
                         if how.is_tool_call() {
                             events.swap(keep, i);
                             keep += 1;
                         }
                     }
                     events.truncate(keep);
-                    if conflicts {
-                        // Emitted with the run's incidents (held back the same way in a replay).
-                        part.engine.take_identity_conflicts(&mut self.out);
-                    }
+                    // Emitted with the run's incidents (held back the same way in a replay).
+                    part.engine.take_identity_incidents(&mut self.out);
                 }
                 Err(e) => {
                     self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);

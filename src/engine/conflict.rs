@@ -1,7 +1,54 @@
-//! The incident of a record that named another agent for a session or trace bound already.
+//! The incidents of the identity map: a record that named another agent for a session or trace
+//! bound already, and a burst of new sessions.
 
 use crate::response::{incident_id, Action, Basis, Incident, IncidentType, Severity, Status};
-use crate::state::Conflict;
+use crate::state::{Conflict, Flood};
+
+/// The `identity_flood` incident of `f`: on `source:<who>` for one source's burst, on
+/// `sessions:*` for the partition's; one id per source and hour.
+pub fn flood(f: &Flood) -> Incident {
+    let (agent, whose) = match &f.source {
+        Some(s) => (format!("source:{s}"), format!("source {s:?}")),
+        None => ("sessions:*".to_string(), "the partition".to_string()),
+    };
+    Incident {
+        incident_id: incident_id(
+            &agent,
+            IncidentType::IdentityFlood,
+            Basis::Static,
+            0,
+            "sessions",
+            f.hour,
+            0,
+        ),
+        description: format!(
+            "{} new sessions or traces from {whose} within the hour (more than {}): a flood that would push real bindings out; fresh sessions are forgotten first, those of killed and active agents last.",
+            f.count, f.limit
+        ),
+        agent_id: agent,
+        kind: IncidentType::IdentityFlood,
+        severity: Severity::High,
+        at: f.at,
+        window_start: f.hour,
+        window_end: f.at,
+        blueprint: String::new(),
+        basis: Basis::Static,
+        observed: f64::from(f.count),
+        expected: f64::from(f.limit),
+        unit: "sessions".into(),
+        action_taken: Action::Logged,
+        event_id: String::new(),
+        tool_name: String::new(),
+        pattern: None,
+        status: Status::Open,
+        count: 1,
+        about: None,
+        verdict: None,
+        baseline: None,
+        suppressed_by: None,
+        agents: Vec::new(),
+    }
+}
 
 /// The `identity_conflict` incident of `c`, on the agent the session stays bound to (whose
 /// blueprint is `blueprint`), naming both agents; its id is the same for the same session and

@@ -157,13 +157,22 @@ impl Engine {
     /// agent from it (call before [`Engine::process`], in log order; only entries whose
     /// [`Resolution::is_tool_call`] go on to be processed).
     pub fn resolve(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
-        self.identities.resolve(ev)
+        let (index, agents) = (&self.index, &self.agents);
+        let killed = |a: &str| {
+            index
+                .get(a)
+                .is_some_and(|&i| agents[i as usize].state.kill.killed)
+        };
+        self.identities.resolve_keeping(ev, &killed)
     }
 
-    /// The `identity_conflict` incidents of the records resolved since the previous call that
-    /// named another agent for a session or trace bound already (one per session and agent
-    /// named), appended to `out`.
-    pub fn take_identity_conflicts(&mut self, out: &mut Vec<Incident>) {
+    /// The incidents of the records resolved since the previous call, appended to `out`:
+    /// `identity_conflict` for those that named another agent for a session or trace bound
+    /// already (one per session and agent named), `identity_flood` for bursts of new sessions.
+    pub fn take_identity_incidents(&mut self, out: &mut Vec<Incident>) {
+        for f in self.identities.take_floods() {
+            out.push(conflict::flood(&f));
+        }
         for c in self.identities.take_conflicts() {
             let bp = self
                 .index

@@ -34,11 +34,14 @@ pub enum IncidentType {
     /// A record named another agent for a session or trace already bound to an agent: refused
     /// for attribution (the session's calls stay its agent's).
     IdentityConflict,
+    /// A burst of new identities (sessions, traces) far above the usual: a flood that would
+    /// push real bindings out of the map.
+    IdentityFlood,
 }
 
 impl IncidentType {
     /// All types, in a fixed order (the engine's types first, see [`IncidentType::DETECTED`]).
-    pub const ALL: [IncidentType; 11] = [
+    pub const ALL: [IncidentType; 12] = [
         IncidentType::FrequencySpike,
         IncidentType::VolumeSpike,
         IncidentType::SuspiciousSequence,
@@ -50,10 +53,11 @@ impl IncidentType {
         IncidentType::FleetShift,
         IncidentType::RejectedCommand,
         IncidentType::IdentityConflict,
+        IncidentType::IdentityFlood,
     ];
 
-    /// The types the engine raises (all but the daemon's `rejected_command` and
-    /// `identity_conflict`).
+    /// The types the engine's detectors and kill policy raise (not the daemon's
+    /// `rejected_command`, nor the identity map's `identity_conflict` and `identity_flood`).
     pub const ENGINE: &'static [IncidentType] = IncidentType::ALL.split_at(9).0;
 
     /// The anomaly types the detectors and the kill policy raise (not the baseline findings, the
@@ -79,6 +83,7 @@ impl IncidentType {
             IncidentType::FleetShift => "fleet_shift",
             IncidentType::RejectedCommand => "rejected_command",
             IncidentType::IdentityConflict => "identity_conflict",
+            IncidentType::IdentityFlood => "identity_flood",
         }
     }
 }

@@ -56,7 +56,8 @@ fn analytic_type(i: &Incident) -> (u8, &'static str) {
             IncidentType::AutoKill
             | IncidentType::KillBudget
             | IncidentType::RejectedCommand
-            | IncidentType::IdentityConflict,
+            | IncidentType::IdentityConflict
+            | IncidentType::IdentityFlood,
             _,
         ) => (1, "Rule"),
         (_, Basis::Static) => (2, "Behavioral"),
@@ -77,7 +78,8 @@ fn observation(t: IncidentType) -> Option<(&'static str, &'static str)> {
         IncidentType::AutoKill
         | IncidentType::KillBudget
         | IncidentType::RejectedCommand
-        | IncidentType::IdentityConflict => return None,
+        | IncidentType::IdentityConflict
+        | IncidentType::IdentityFlood => return None,
     })
 }
 

@@ -72,7 +72,7 @@ pub struct Class {
 }
 
 /// Every class, for the documentation table and tests.
-pub const CLASSES: [Class; 15] = [
+pub const CLASSES: [Class; 16] = [
     class(100, "frequency_spike", "Frequency spike"),
     class(101, "volume_spike", "Volume spike"),
     class(102, "suspicious_sequence", "Suspicious tool sequence"),
@@ -84,6 +84,7 @@ pub const CLASSES: [Class; 15] = [
     class(114, "fleet_shift", "Fleet shift of a cohort"),
     class(120, "rejected_command", "Control command rejected"),
     class(121, "identity_conflict", "Identity re-pointing refused"),
+    class(122, "identity_flood", "Flood of new identities"),
     class(200, "kill", "Kill command"),
     class(201, "revive", "Revive command"),
     class(300, "dead_letter", "Malformed audit event"),
@@ -107,6 +108,7 @@ fn incident_class(t: IncidentType) -> Class {
         IncidentType::FleetShift => 8,
         IncidentType::RejectedCommand => 9,
         IncidentType::IdentityConflict => 10,
+        IncidentType::IdentityFlood => 11,
     }]
 }
 
@@ -126,11 +128,11 @@ impl Record<'_> {
         match self {
             Record::Incident(i) => incident_class(i.kind),
             Record::Command(c) => match c.command {
-                Verb::Kill => CLASSES[11],
-                Verb::Revive => CLASSES[12],
+                Verb::Kill => CLASSES[12],
+                Verb::Revive => CLASSES[13],
             },
-            Record::DeadLetter(_) => CLASSES[13],
-            Record::Posture(_) => CLASSES[14],
+            Record::DeadLetter(_) => CLASSES[14],
+            Record::Posture(_) => CLASSES[15],
         }
     }
 

@@ -23,8 +23,28 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{AgentSource, AuditEvent, EntryKind};
 
-/// Sessions kept per partition at most; beyond it, the least recently used are forgotten.
+/// Sessions kept per partition at most; beyond it, fresh ones (never used by a call) go first,
+/// then the least recently used; those of killed agents last.
 pub const MAX_SESSIONS: usize = 100_000;
+
+/// Sessions kept per source (AgentShield's `userId`, else the agent named) at most: a flood
+/// written under one user evicts that user's fresh sessions, not the rest of the map.
+pub const MAX_SESSIONS_PER_SOURCE: usize = 10_000;
+
+/// New sessions from one source within an hour of event time beyond which the burst is
+/// reported (once per source and hour), unless ten times the source's busiest hour seen so far
+/// is more.
+pub const BURST_PER_SOURCE: u32 = 5_000;
+
+/// New sessions of a partition within an hour of event time beyond which the burst is
+/// reported, unless ten times the busiest hour seen so far is more.
+pub const BURST_TOTAL: u32 = 20_000;
+
+/// Sources counted within an hour, and sources whose busiest hour is remembered (only those
+/// above a hundred new sessions in an hour), at most.
+const MAX_BUSY_SOURCES: usize = 100_000;
+
+const HOUR_MS: i64 = 3_600_000;
 
 /// A session unused for this long (event time) is forgotten.
 pub const SESSION_TTL_MS: i64 = 7 * 86_400_000;
@@ -126,6 +146,32 @@ pub struct Conflict {
     pub call: bool,
 }
 
+/// A burst of new sessions: more than the usual within an hour of event time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flood {
+    /// The source that wrote them, or `None` for the partition's total.
+    pub source: Option<String>,
+    /// New sessions in the hour when the burst was reported.
+    pub count: u32,
+    /// The threshold crossed.
+    pub limit: u32,
+    /// Start of the hour (event time, ms).
+    pub hour: i64,
+    /// Event time of the record that crossed it.
+    pub at: i64,
+}
+
+/// One session's binding, in memory.
+#[derive(Debug, Clone)]
+struct Binding {
+    agent: String,
+    last_used: i64,
+    /// A tool call was attributed through it (restored bindings count as used).
+    used: bool,
+    /// Who wrote it (AgentShield's `userId`, else the agent named); `None` when restored.
+    source: Option<String>,
+}
+
 /// (session, named agent) pairs reported already, at most: a stream of hijacked calls raises
 /// one incident per pair, not one per call (forgotten all at once when full).
 const MAX_REPORTED: usize = 10_000;
@@ -133,7 +179,18 @@ const MAX_REPORTED: usize = 10_000;
 /// The sessions of one partition and their agents.
 #[derive(Debug, Default, Clone)]
 pub struct Identities {
-    map: HashMap<String, (String, i64)>,
+    map: HashMap<String, Binding>,
+    /// Live sessions per source.
+    per_source: HashMap<String, usize>,
+    /// Start of the hour the counts below are of, the new sessions in it, per source, and the
+    /// most new sessions of an earlier hour.
+    hour: i64,
+    new_in_hour: u32,
+    new_by_source: HashMap<String, u32>,
+    busiest_hour: u32,
+    busiest_by_source: HashMap<String, u32>,
+    /// Bursts found since the last [`Identities::take_floods`].
+    floods: Vec<Flood>,
     /// Sessions added or changed since the last [`Identities::take_changes`].
     changed: HashSet<String>,
     /// Sessions forgotten since then.
@@ -152,7 +209,15 @@ impl Identities {
         let mut ids = Identities::default();
         for s in list {
             ids.latest = ids.latest.max(s.last_used);
-            ids.map.insert(s.session, (s.agent, s.last_used));
+            ids.map.insert(
+                s.session,
+                Binding {
+                    agent: s.agent,
+                    last_used: s.last_used,
+                    used: true,
+                    source: None,
+                },
+            );
         }
         ids
     }
@@ -169,13 +234,23 @@ impl Identities {
 
     /// The agent of `session`, if known.
     pub fn agent_of(&self, session: &str) -> Option<&str> {
-        self.map.get(session).map(|(a, _)| a.as_str())
+        self.map.get(session).map(|b| b.agent.as_str())
     }
 
     /// Learns from `ev` or attributes it: a binding records its session's agent (a delegated
     /// session without an agent takes its parent session's); a tool call without an agent gets
     /// its session's agent when known.
     pub fn resolve(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
+        self.resolve_keeping(ev, &|_| false)
+    }
+
+    /// [`Identities::resolve`], where the sessions of agents for which `killed` holds are the
+    /// last to be forgotten when the map is full.
+    pub fn resolve_keeping(
+        &mut self,
+        ev: &mut AuditEvent<'_>,
+        killed: &dyn Fn(&str) -> bool,
+    ) -> Resolution {
         // A span's agent found through its trace in the same request is resolved, not named.
         let resolved_in_record = ev.agent_source == AgentSource::Trace;
         if resolved_in_record {
@@ -198,7 +273,7 @@ impl Identities {
                 if self.conflicts_with(s, &a, ev.ts_ms, false) {
                     return Resolution::Refused;
                 }
-                self.bind(s, a, ev.ts_ms);
+                self.bind(s, a, ev.ts_ms, source_of(ev), killed);
                 Resolution::Bound
             }
             EntryKind::NotAToolCall => {
@@ -206,14 +281,17 @@ impl Identities {
                     if self.conflicts_with(s, &ev.agent_id, ev.ts_ms, false) {
                         return Resolution::Refused;
                     }
-                    self.bind(s, ev.agent_id.to_string(), ev.ts_ms);
+                    self.bind(s, ev.agent_id.to_string(), ev.ts_ms, source_of(ev), killed);
                 }
                 Resolution::Skipped
             }
             EntryKind::ToolCall if named => {
                 if let Some(s) = ev.session.as_deref() {
                     match self.agent_of(s) {
-                        None => self.bind(s, ev.agent_id.to_string(), ev.ts_ms),
+                        None => {
+                            let agent = ev.agent_id.to_string();
+                            self.bind(s, agent, ev.ts_ms, source_of(ev), killed);
+                        }
                         Some(a) if a == ev.agent_id.as_ref() => self.touch(s, ev.ts_ms),
                         Some(a) => {
                             let bound = a.to_string();
@@ -234,14 +312,15 @@ impl Identities {
                 let Some(s) = ev.session.as_deref() else {
                     return Resolution::Unresolved;
                 };
-                let Some((agent, last)) = self.map.get_mut(s) else {
+                let Some(b) = self.map.get_mut(s) else {
                     return Resolution::Unresolved;
                 };
                 // One allocation per call (the agent id); the session's use is recorded at most
                 // every TOUCH_MS.
-                let agent = agent.clone();
-                if ev.ts_ms.saturating_sub(*last) >= TOUCH_MS {
-                    *last = ev.ts_ms;
+                let agent = b.agent.clone();
+                b.used = true;
+                if ev.ts_ms.saturating_sub(b.last_used) >= TOUCH_MS {
+                    b.last_used = ev.ts_ms;
                     self.changed.insert(s.to_string());
                 }
                 self.latest = self.latest.max(ev.ts_ms);
@@ -285,51 +364,172 @@ impl Identities {
         std::mem::take(&mut self.conflicts)
     }
 
-    fn bind(&mut self, session: &str, agent: String, ts: i64) {
+    /// Bursts of new sessions found since the previous call.
+    pub fn take_floods(&mut self) -> Vec<Flood> {
+        std::mem::take(&mut self.floods)
+    }
+
+    fn bind(
+        &mut self,
+        session: &str,
+        agent: String,
+        ts: i64,
+        source: &str,
+        killed: &dyn Fn(&str) -> bool,
+    ) {
         self.latest = self.latest.max(ts);
-        let last = self.map.get(session).map_or(ts, |(_, l)| (*l).max(ts));
-        self.map.insert(session.to_string(), (agent, last));
+        if let Some(b) = self.map.get_mut(session) {
+            // The same agent named again (a binding naming another is refused before this).
+            b.agent = agent;
+            b.last_used = b.last_used.max(ts);
+            self.changed.insert(session.to_string());
+            return;
+        }
+        self.count_new(source, ts);
+        self.map.insert(
+            session.to_string(),
+            Binding {
+                agent,
+                last_used: ts,
+                used: false,
+                source: Some(source.to_string()),
+            },
+        );
         self.changed.insert(session.to_string());
+        let n = self.per_source.entry(source.to_string()).or_insert(0);
+        *n += 1;
+        if *n > MAX_SESSIONS_PER_SOURCE {
+            self.evict(Some(source), MAX_SESSIONS_PER_SOURCE * 9 / 10, killed);
+        }
         self.binds += 1;
         if self.map.len() > MAX_SESSIONS || self.binds >= SWEEP_EVERY {
-            self.sweep();
+            self.sweep(killed);
+        }
+    }
+
+    /// Counts a new session of `source` in the hour of the partition's event time (a binding
+    /// dated in the past counts now: timestamps are the writer's), reporting a burst when a
+    /// count crosses its threshold.
+    fn count_new(&mut self, source: &str, ts: i64) {
+        let hour = self.latest.div_euclid(HOUR_MS) * HOUR_MS;
+        if hour > self.hour {
+            self.busiest_hour = self.busiest_hour.max(self.new_in_hour);
+            for (src, n) in self.new_by_source.drain() {
+                if n <= 100 {
+                    continue;
+                }
+                let room = self.busiest_by_source.len() < MAX_BUSY_SOURCES;
+                match self.busiest_by_source.get_mut(&src) {
+                    Some(b) => *b = (*b).max(n),
+                    None if room => {
+                        self.busiest_by_source.insert(src, n);
+                    }
+                    None => {}
+                }
+            }
+            self.hour = hour;
+            self.new_in_hour = 0;
+        }
+        self.new_in_hour += 1;
+        let total_limit = BURST_TOTAL.max(self.busiest_hour.saturating_mul(10));
+        if self.new_in_hour == total_limit + 1 {
+            self.floods.push(Flood {
+                source: None,
+                count: self.new_in_hour,
+                limit: total_limit,
+                hour,
+                at: ts,
+            });
+        }
+        if self.new_by_source.len() >= MAX_BUSY_SOURCES && !self.new_by_source.contains_key(source)
+        {
+            return; // a flood of sources: the partition's burst reports it
+        }
+        let usual = self.busiest_by_source.get(source).copied().unwrap_or(0);
+        let limit = BURST_PER_SOURCE.max(usual.saturating_mul(10));
+        let n = self.new_by_source.entry(source.to_string()).or_insert(0);
+        *n += 1;
+        if *n == limit + 1 {
+            let count = *n;
+            self.floods.push(Flood {
+                source: Some(source.to_string()),
+                count,
+                limit,
+                hour,
+                at: ts,
+            });
         }
     }
 
     fn touch(&mut self, session: &str, ts: i64) {
         self.latest = self.latest.max(ts);
-        if let Some((_, last)) = self.map.get_mut(session) {
-            if ts.saturating_sub(*last) >= TOUCH_MS {
-                *last = ts;
+        if let Some(b) = self.map.get_mut(session) {
+            b.used = true;
+            if ts.saturating_sub(b.last_used) >= TOUCH_MS {
+                b.last_used = ts;
                 self.changed.insert(session.to_string());
             }
         }
     }
 
-    /// Forgets sessions unused for [`SESSION_TTL_MS`], then the least recently used down to 90 %
-    /// of [`MAX_SESSIONS`] if still over it.
-    fn sweep(&mut self) {
+    /// Forgets sessions unused for [`SESSION_TTL_MS`], then, if still over [`MAX_SESSIONS`],
+    /// down to 90 % of it in the order of [`Identities::evict`].
+    fn sweep(&mut self, killed: &dyn Fn(&str) -> bool) {
         self.binds = 0;
         let cutoff = self.latest.saturating_sub(SESSION_TTL_MS);
-        let mut gone: Vec<String> = self
+        let gone: Vec<String> = self
             .map
             .iter()
-            .filter(|(_, (_, last))| *last < cutoff)
+            .filter(|(_, b)| b.last_used < cutoff)
             .map(|(s, _)| s.clone())
             .collect();
-        if self.map.len() - gone.len() > MAX_SESSIONS {
-            let mut by_age: Vec<(i64, &String)> = self
-                .map
-                .iter()
-                .filter(|(_, (_, last))| *last >= cutoff)
-                .map(|(s, (_, last))| (*last, s))
-                .collect();
-            by_age.sort_unstable();
-            let excess = by_age.len() - MAX_SESSIONS * 9 / 10;
-            gone.extend(by_age.into_iter().take(excess).map(|(_, s)| s.clone()));
+        self.forget(gone);
+        if self.map.len() > MAX_SESSIONS {
+            self.evict(None, MAX_SESSIONS * 9 / 10, killed);
         }
+    }
+
+    /// Forgets sessions (of `source`, or of any) down to `keep`: fresh ones first (never used
+    /// by a call), then used ones, the sessions of killed agents last; the least recently used
+    /// first within each.
+    fn evict(&mut self, source: Option<&str>, keep: usize, killed: &dyn Fn(&str) -> bool) {
+        let mut ranked: Vec<(u8, i64, &String)> = self
+            .map
+            .iter()
+            .filter(|(_, b)| source.is_none() || b.source.as_deref() == source)
+            .map(|(s, b)| {
+                let tier = if killed(&b.agent) {
+                    2
+                } else {
+                    u8::from(b.used)
+                };
+                (tier, b.last_used, s)
+            })
+            .collect();
+        let excess = ranked.len().saturating_sub(keep);
+        if excess == 0 {
+            return;
+        }
+        ranked.select_nth_unstable(excess - 1);
+        let gone: Vec<String> = ranked[..excess]
+            .iter()
+            .map(|(_, _, s)| (*s).clone())
+            .collect();
+        self.forget(gone);
+    }
+
+    fn forget(&mut self, gone: Vec<String>) {
         for s in gone {
-            self.map.remove(&s);
+            if let Some(b) = self.map.remove(&s) {
+                if let Some(src) = b.source {
+                    if let Some(n) = self.per_source.get_mut(&src) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.per_source.remove(&src);
+                        }
+                    }
+                }
+            }
             self.changed.remove(&s);
             self.removed.push(s);
         }
@@ -340,11 +540,11 @@ impl Identities {
         let changed = std::mem::take(&mut self.changed)
             .into_iter()
             .filter_map(|s| {
-                let (agent, last) = self.map.get(&s)?.clone();
+                let b = self.map.get(&s)?;
                 Some(SessionAgent {
+                    agent: b.agent.clone(),
+                    last_used: b.last_used,
                     session: s,
-                    agent,
-                    last_used: last,
                 })
             })
             .collect();
@@ -356,15 +556,20 @@ impl Identities {
         let mut v: Vec<SessionAgent> = self
             .map
             .iter()
-            .map(|(s, (a, l))| SessionAgent {
+            .map(|(s, b)| SessionAgent {
                 session: s.clone(),
-                agent: a.clone(),
-                last_used: *l,
+                agent: b.agent.clone(),
+                last_used: b.last_used,
             })
             .collect();
         v.sort_by(|a, b| a.session.cmp(&b.session));
         v
     }
+}
+
+/// Who wrote a binding: AgentShield's `userId`, else the agent it names.
+fn source_of<'e>(ev: &'e AuditEvent<'_>) -> &'e str {
+    ev.user.as_deref().unwrap_or(ev.agent_id.as_ref())
 }
 
 #[cfg(test)]
@@ -636,5 +841,73 @@ mod tests {
             (c[0].bound.as_str(), c[0].named.as_str()),
             ("fin-7", "decoy")
         );
+    }
+
+    /// A flood of fresh sessions, written under the real user's id and then under a new id
+    /// each: the bindings of a killed agent and of an agent whose session is in use stay, the
+    /// map and each source stay within their bounds, and each burst is reported once.
+    #[test]
+    fn bindings_of_killed_and_active_agents_survive_a_flood_of_fresh_sessions() {
+        let mut ids = Identities::default();
+        let killed = |a: &str| a == "victim";
+        let created = |ts: i64, s: &str, u: &str, a: &str| {
+            entry(&format!(
+                r#"{{"type":"session_created","timestamp":{ts},"sessionId":"{s}","userId":"{u}","agentId":"{a}"}}"#
+            ))
+        };
+        let t0 = 1_772_550_000_000;
+        for (s, a) in [
+            ("real-killed", "victim"),
+            ("real-active", "worker"),
+            ("real-idle", "idle"),
+        ] {
+            ids.resolve_keeping(&mut created(t0, s, "u-real", a), &killed);
+        }
+        let mut call = entry(&format!(
+            r#"{{"type":"tool_allowed","timestamp":{},"eventId":"e","sessionId":"real-active","userId":"u-real","toolName":"t"}}"#,
+            t0 + 1
+        ));
+        assert_eq!(
+            ids.resolve_keeping(&mut call, &killed),
+            Resolution::Resolved
+        );
+        for i in 0..MAX_SESSIONS + 1 {
+            let user = if i < MAX_SESSIONS / 2 {
+                "u-real".to_string()
+            } else {
+                format!("u{i}")
+            };
+            let ts = t0 + 2 + i as i64 / 100;
+            ids.resolve_keeping(
+                &mut created(ts, &format!("flood{i}"), &user, "decoy"),
+                &killed,
+            );
+            assert!(ids.len() <= MAX_SESSIONS);
+        }
+        assert_eq!(ids.agent_of("real-killed"), Some("victim"));
+        assert_eq!(ids.agent_of("real-active"), Some("worker"));
+        assert!(ids
+            .per_source
+            .get("u-real")
+            .is_some_and(|&n| n <= MAX_SESSIONS_PER_SOURCE));
+        let floods = ids.take_floods();
+        let sources: Vec<Option<&str>> = floods.iter().map(|f| f.source.as_deref()).collect();
+        assert_eq!(sources, [Some("u-real"), None], "{floods:?}");
+        assert_eq!(floods[0].count, BURST_PER_SOURCE + 1);
+        // The usual rate is not a flood: a session per agent and hour for a thousand agents.
+        let mut calm = Identities::default();
+        for h in 0..48i64 {
+            for a in 0..1_000 {
+                let ts = t0 + h * HOUR_MS + a;
+                let user = format!("u{}", a % 200);
+                calm.resolve(&mut created(
+                    ts,
+                    &format!("s{h}-{a}"),
+                    &user,
+                    &format!("agent{a}"),
+                ));
+            }
+        }
+        assert!(calm.take_floods().is_empty());
     }
 }
