@@ -370,3 +370,109 @@ fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own(
         "{incidents:?}"
     );
 }
+
+/// A flood of 100,000 fresh sessions, half under the real user's id and half under a new id
+/// each, between the real sessions' creation and their calls: the bindings of the killed agent
+/// and of the active one stay (their calls are attributed, the killed agent's is activity after
+/// the kill), and the flood is an `identity_flood` incident.
+#[test]
+fn a_flood_of_fresh_sessions_leaves_the_real_bindings_in_place() {
+    let Some(b) = broker() else { return };
+    let prefix = format!("flood{}", std::process::id());
+    b.topics(&prefix, 1);
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let audit = format!("{prefix}-audit");
+    let created = |ts: i64, session: &str, user: &str, agent: &str| {
+        shield(
+            serde_json::json!({"type": "session_created", "timestamp": ts,
+            "sessionId": session, "userId": user, "agentId": agent}),
+        )
+    };
+    let tool = |ts: i64, session: &str| {
+        shield(serde_json::json!({"type": "tool_allowed", "timestamp": ts,
+            "eventId": format!("{session}-{ts}"), "sessionId": session, "userId": "u-1",
+            "toolName": "read_ledger"}))
+    };
+    let t = now() - 120_000;
+    send_at(
+        &b.addr,
+        &[
+            (
+                audit.as_str(),
+                "u-1",
+                created(t, "real-k", "u-1", "fin-victim"),
+                None,
+            ),
+            (
+                audit.as_str(),
+                "u-1",
+                created(t, "real-a", "u-1", "fin-worker"),
+                None,
+            ),
+            (audit.as_str(), "u-1", tool(t + 1000, "real-k"), None),
+            (audit.as_str(), "u-1", tool(t + 1000, "real-a"), None),
+        ],
+    );
+    let log = |name: &str| dir.path().join(name);
+    let mut d = Daemon::start(&cfg, port, &log("flood.log"));
+    d.until("the first calls", |d| {
+        d.metric("guardian_events_consumed_total") >= 2.0
+    });
+    operator(&cfg, "kill", "fin-victim");
+    d.until("the kill applied", |d| {
+        d.metric("guardian_commands_applied_total") >= 1.0
+    });
+    let t = now();
+    let flood: Vec<(String, Vec<u8>)> = (0..100_000)
+        .map(|i| {
+            let user = if i % 2 == 0 {
+                "u-1".to_string()
+            } else {
+                format!("u-flood-{i}")
+            };
+            let line = created(
+                t,
+                &format!("flood-{i}"),
+                &user,
+                &format!("fin-decoy-{}", i % 100),
+            );
+            (user, line)
+        })
+        .collect();
+    let records: Vec<(&str, &str, Vec<u8>, Option<i64>)> = flood
+        .iter()
+        .map(|(user, line)| (audit.as_str(), user.as_str(), line.clone(), None))
+        .collect();
+    send_at(&b.addr, &records);
+    send_at(
+        &b.addr,
+        &[
+            (audit.as_str(), "u-1", tool(t + 1, "real-k"), None),
+            (audit.as_str(), "u-1", tool(t + 1, "real-a"), None),
+        ],
+    );
+    let count =
+        |d: &Daemon, kind: &str| total(d, "guardian_incidents_total", &format!("type=\"{kind}\""));
+    let entries = |d: &Daemon, result: &str| {
+        total(
+            d,
+            "guardian_audit_entries_total",
+            &format!("result=\"{result}\""),
+        )
+    };
+    d.until("the calls after the flood", |d| {
+        d.metric("guardian_events_consumed_total") >= 4.0
+    });
+    assert_eq!(
+        entries(&d, "resolved"),
+        4.0,
+        "every real call found its agent"
+    );
+    assert_eq!(entries(&d, "unresolved"), 0.0);
+    d.until("the killed agent's call and the flood reported", |d| {
+        count(d, "activity_after_kill") >= 1.0 && count(d, "identity_flood") >= 1.0
+    });
+    d.stop();
+}
