@@ -87,7 +87,7 @@ pub struct Metrics {
 }
 
 /// The kinds of malformed events, as labels.
-pub const BAD_EVENT_KINDS: [&str; 8] = [
+pub const BAD_EVENT_KINDS: [&str; 9] = [
     "oversized",
     "not_json",
     "missing_field",
@@ -96,6 +96,7 @@ pub const BAD_EVENT_KINDS: [&str; 8] = [
     "duplicate_key",
     "future_timestamp",
     "not_protobuf",
+    "agent_cap",
 ];
 
 impl Default for Metrics {

@@ -52,6 +52,8 @@ pub struct FoldSettings {
     pub max_future_ms: i64,
     /// How event identities are remembered for dropping re-deliveries.
     pub duplicates: crate::state::SeenSettings,
+    /// Agents kept per partition at most (`max_agents_per_partition`).
+    pub max_agents: usize,
 }
 
 impl FoldSettings {
@@ -74,6 +76,7 @@ impl FoldSettings {
             },
             max_future_ms: i64::try_from(cfg.max_future.as_millis()).unwrap_or(i64::MAX),
             duplicates: cfg.duplicates,
+            max_agents: c.max_agents_per_partition,
         }
     }
 }
@@ -412,6 +415,8 @@ impl Fold {
         };
         let mut events = reuse(std::mem::take(&mut self.events));
         let limit = now.saturating_add(self.settings.max_future_ms);
+        // New agents of this run, not yet in the engine (tracked once near the cap).
+        let mut run_new: Option<HashSet<String>> = None;
         for r in run {
             if r.offset < part.next {
                 continue; // already folded into the stored state
@@ -445,27 +450,34 @@ impl Fold {
                     }
                     Ok(skipped)
                 });
-            match decoded {
-                Ok(skipped) => {
-                    let count = |how: Resolution, n: u64| {
-                        self.metrics.identity[how.index()].fetch_add(n, Ordering::Relaxed);
-                    };
-                    count(Resolution::Skipped, skipped);
-                    // Session bindings and other entries that are not tool calls are learnt
-                    // from or skipped (counted), not processed.
-                    let mut keep = before;
-                    for i in before..events.len() {
-                        let how = part.engine.resolve(&mut events[i]);
-                        count(how, 1);
-                        if how.is_tool_call() {
-                            events.swap(keep, i);
-                            keep += 1;
-                        }
+            let decoded = decoded.and_then(|skipped| {
+                let count = |how: Resolution, n: u64| {
+                    self.metrics.identity[how.index()].fetch_add(n, Ordering::Relaxed);
+                };
+                count(Resolution::Skipped, skipped);
+                // Session bindings and other entries that are not tool calls are learnt
+                // from or skipped (counted), not processed.
+                let mut keep = before;
+                for i in before..events.len() {
+                    let how = part.engine.resolve(&mut events[i]);
+                    count(how, 1);
+                    if how.is_tool_call() {
+                        events.swap(keep, i);
+                        keep += 1;
                     }
-                    events.truncate(keep);
-                    // Emitted with the run's incidents (held back the same way in a replay).
-                    part.engine.take_identity_incidents(&mut self.out);
                 }
+                events.truncate(keep);
+                // Emitted with the run's incidents (held back the same way in a replay).
+                part.engine.take_identity_incidents(&mut self.out);
+                let cap = self.settings.max_agents;
+                if beyond_cap(&part.engine, &events, before, cap, &mut run_new) {
+                    events.truncate(before);
+                    return Err(DecodeError::AgentCap { cap });
+                }
+                Ok(())
+            });
+            match decoded {
+                Ok(()) => {}
                 Err(e) => {
                     self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
                     if let Some(i) = BAD_EVENT_KINDS.iter().position(|k| *k == e.kind()) {
@@ -526,6 +538,8 @@ impl Fold {
                 .commands_pending
                 .store(self.pending.len() as u64, Ordering::Relaxed);
         }
+        // A burst of new agents found while processing.
+        part.engine.take_identity_incidents(&mut self.out);
         self.events = reuse(events);
         let after = part.engine.stats();
         for (counter, n) in [
@@ -863,6 +877,42 @@ impl Fold {
     }
 }
 
+/// Whether the calls `events[from..]` (of one record) would take the partition beyond `cap`
+/// agents, counting the new agents of the run accepted before (`run_new`, which gets this
+/// record's when they fit). Far below the cap, nothing is looked up; the first time it is
+/// near, the run's earlier new agents are gathered.
+fn beyond_cap(
+    engine: &Engine,
+    events: &[AuditEvent<'_>],
+    from: usize,
+    cap: usize,
+    run_new: &mut Option<HashSet<String>>,
+) -> bool {
+    if engine.agent_count().saturating_add(events.len()) < cap {
+        return false;
+    }
+    let run_new = run_new.get_or_insert_with(|| {
+        events[..from]
+            .iter()
+            .map(|e| e.agent_id.as_ref())
+            .filter(|a| engine.agent(a).is_none())
+            .map(str::to_string)
+            .collect()
+    });
+    let mut added: Vec<&str> = Vec::new();
+    for ev in &events[from..] {
+        let a = ev.agent_id.as_ref();
+        if engine.agent(a).is_none() && !run_new.contains(a) && !added.contains(&a) {
+            added.push(a);
+        }
+    }
+    if engine.agent_count() + run_new.len() + added.len() > cap {
+        return true;
+    }
+    run_new.extend(added.into_iter().map(str::to_string));
+    false
+}
+
 /// An empty buffer of events that may borrow from other records, reusing `v`'s allocation.
 fn reuse<'a, 'b>(mut v: Vec<AuditEvent<'a>>) -> Vec<AuditEvent<'b>> {
     v.clear();
@@ -974,6 +1024,7 @@ mod tests {
             blueprints: Arc::new(set),
             max_future_ms: 300_000,
             duplicates: crate::state::SeenSettings::default(),
+            max_agents: crate::config::DEFAULT_MAX_AGENTS_PER_PARTITION,
         }
     }
 
@@ -1847,5 +1898,44 @@ mod tests {
         let refused = f.metrics.identity[Resolution::Refused.index()].load(Ordering::Relaxed);
         assert_eq!(refused, 2);
         assert!(f.parts.values().all(|p| p.engine.agent("decoy").is_none()));
+    }
+
+    /// A partition holds at most `max_agents` agents: a call of a further new agent is
+    /// dead-lettered as `agent_cap` (with its reason), the agents it holds go on.
+    #[test]
+    fn new_agents_beyond_the_cap_are_dead_lettered_and_known_ones_go_on() {
+        let mut s = settings();
+        s.max_agents = 3;
+        let mut f = Fold::new(s, Arc::default(), Vec::new(), Ledger::default()).expect("fold");
+        f = owning(f, &[0], 0);
+        let mut out = Vec::new();
+        let batch: Vec<Record> = ["a", "b", "c", "d", "a", "e", "b"]
+            .iter()
+            .enumerate()
+            .map(|(i, agent)| call(0, i as i64, agent, "y"))
+            .collect();
+        f.audit(&batch, NOW, &mut out).expect("fold");
+        let dead: Vec<String> = kinds(&out)
+            .into_iter()
+            .filter(|k| k.starts_with("dead"))
+            .collect();
+        assert_eq!(dead, ["dead 0@3 agent_cap", "dead 0@5 agent_cap"]);
+        let Some(Output::DeadLetter(d)) = out.iter().find(|o| matches!(o, Output::DeadLetter(_)))
+        else {
+            unreachable!()
+        };
+        assert!(d.error.contains("max_agents_per_partition"), "{}", d.error);
+        assert_eq!(f.figures().0, 3);
+        assert_eq!(
+            f.metrics.events.load(Ordering::Relaxed),
+            5,
+            "the known agents' calls"
+        );
+        // Later batches: still capped, still counting the known agents' calls.
+        out.clear();
+        f.audit(&[call(0, 7, "f", "y"), call(0, 8, "c", "y")], NOW, &mut out)
+            .expect("fold");
+        assert_eq!(kinds(&out), ["dead 0@7 agent_cap"]);
+        assert_eq!(f.figures().0, 3);
     }
 }

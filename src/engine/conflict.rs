@@ -4,12 +4,17 @@
 use crate::response::{incident_id, Action, Basis, Incident, IncidentType, Severity, Status};
 use crate::state::{Conflict, Flood};
 
-/// The `identity_flood` incident of `f`: on `source:<who>` for one source's burst, on
-/// `sessions:*` for the partition's; one id per source and hour.
+/// The `identity_flood` incident of `f`: on `source:<who>` for one source's burst of new
+/// sessions, on `sessions:*` or `agents:*` for the partition's; one id per source and hour.
 pub fn flood(f: &Flood) -> Incident {
     let (agent, whose) = match &f.source {
         Some(s) => (format!("source:{s}"), format!("source {s:?}")),
-        None => ("sessions:*".to_string(), "the partition".to_string()),
+        None => (format!("{}:*", f.of), "the partition".to_string()),
+    };
+    let (what, then) = if f.of == "agents" {
+        ("agent ids", "a flood that would fill the state; agents beyond `max_agents_per_partition` are dead-lettered")
+    } else {
+        ("sessions or traces", "a flood that would push real bindings out; fresh sessions are forgotten first, those of killed and active agents last")
     };
     Incident {
         incident_id: incident_id(
@@ -17,12 +22,12 @@ pub fn flood(f: &Flood) -> Incident {
             IncidentType::IdentityFlood,
             Basis::Static,
             0,
-            "sessions",
+            f.of,
             f.hour,
             0,
         ),
         description: format!(
-            "{} new sessions or traces from {whose} within the hour (more than {}): a flood that would push real bindings out; fresh sessions are forgotten first, those of killed and active agents last.",
+            "{} new {what} from {whose} within the hour (more than {}): {then}.",
             f.count, f.limit
         ),
         agent_id: agent,
@@ -35,7 +40,7 @@ pub fn flood(f: &Flood) -> Incident {
         basis: Basis::Static,
         observed: f64::from(f.count),
         expected: f64::from(f.limit),
-        unit: "sessions".into(),
+        unit: f.of.into(),
         action_taken: Action::Logged,
         event_id: String::new(),
         tool_name: String::new(),

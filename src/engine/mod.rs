@@ -23,8 +23,9 @@ use crate::response::{
 };
 pub use crate::state::{suppression_index, EngineStats, FleetState};
 use crate::state::{
-    AgentState, CohortState, Delivery, Identities, Identity, KillEventKind, Resolution, Seen,
-    SeenChanges, SeenFigures, SeenSettings, SessionAgent, Snapshot, SNAPSHOT_VERSION,
+    AgentState, Arrivals, CohortState, Delivery, Flood, Identities, Identity, KillEventKind,
+    Resolution, Seen, SeenChanges, SeenFigures, SeenSettings, SessionAgent, Snapshot,
+    SNAPSHOT_VERSION,
 };
 
 struct Agent {
@@ -77,6 +78,9 @@ pub struct Engine {
     due: Vec<(i64, u32)>,
     /// Sessions and their agents, for records that do not name theirs.
     identities: Identities,
+    /// New agents per hour of event time, and the bursts found.
+    arrivals: Arrivals,
+    floods: Vec<Flood>,
     /// Identities of recent events, for dropping re-deliveries.
     seen: Seen,
     /// Cohorts, in the order they were first seen.
@@ -118,6 +122,8 @@ impl Engine {
             swept: i64::MIN,
             due: Vec::new(),
             identities: Identities::default(),
+            arrivals: Arrivals::default(),
+            floods: Vec::new(),
             seen: Seen::default(),
             cohorts: Vec::new(),
             cohort_index: FxHashMap::default(),
@@ -170,7 +176,7 @@ impl Engine {
     /// `identity_conflict` for those that named another agent for a session or trace bound
     /// already (one per session and agent named), `identity_flood` for bursts of new sessions.
     pub fn take_identity_incidents(&mut self, out: &mut Vec<Incident>) {
-        for f in self.identities.take_floods() {
+        for f in self.floods.drain(..).chain(self.identities.take_floods()) {
             out.push(conflict::flood(&f));
         }
         for c in self.identities.take_conflicts() {
@@ -359,6 +365,9 @@ impl Engine {
         state.cohort.group = ev.group.as_deref().map(str::to_string);
         let i = self.insert(bp, state);
         self.mark_dirty(i);
+        if let Some(f) = self.arrivals.arrive(self.latest, self.origin) {
+            self.floods.push(f);
+        }
         i
     }
 

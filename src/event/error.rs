@@ -51,6 +51,12 @@ pub enum DecodeError {
         /// The allowance, e.g. "5m".
         allowed: String,
     },
+    /// A call of a new agent when the partition already holds the most agents it may.
+    #[error("a new agent beyond the {cap} agents a partition may hold (max_agents_per_partition)")]
+    AgentCap {
+        /// The cap.
+        cap: usize,
+    },
     /// A binary message that is not a protobuf OTLP `ExportTraceServiceRequest`.
     #[error("not an OTLP protobuf request: {reason}")]
     NotProtobuf {
@@ -79,6 +85,7 @@ impl DecodeError {
             DecodeError::DuplicateKey { .. } => "duplicate_key",
             DecodeError::FutureTimestamp { .. } => "future_timestamp",
             DecodeError::NotProtobuf { .. } => "not_protobuf",
+            DecodeError::AgentCap { .. } => "agent_cap",
         }
     }
 }

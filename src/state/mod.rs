@@ -14,7 +14,7 @@ pub use agent::AgentState;
 pub use cohort::{CohortMarks, CohortState, HeldFinding, OpenShift, MAX_LISTED};
 pub use fleet::{suppression_index, EngineStats, FleetState};
 pub use identity::{
-    Conflict, Flood, Identities, Resolution, SessionAgent, BURST_PER_SOURCE, BURST_TOTAL,
+    Arrivals, Conflict, Flood, Identities, Resolution, SessionAgent, BURST_PER_SOURCE, BURST_TOTAL,
     MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, SESSION_TTL_MS,
 };
 pub use profile::{
