@@ -476,3 +476,73 @@ fn a_flood_of_fresh_sessions_leaves_the_real_bindings_in_place() {
     });
     d.stop();
 }
+
+/// An agent-id flood (3,000 calls, each of a new agent) on a partition whose fleet has been
+/// there for two days: it raises an `identity_flood` incident, the partition stays within
+/// `max_agents_per_partition`, and the calls beyond it are dead letters with their reason while
+/// the agents it holds are still judged.
+#[test]
+fn an_agent_id_flood_raises_its_incident_and_stays_within_the_cap() {
+    let Some(b) = broker() else { return };
+    let prefix = format!("agents{}", std::process::id());
+    b.topics(&prefix, 1);
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let cap = 500;
+    let extra = format!("max_agents_per_partition = {cap}\n");
+    // Top-level keys go before the first table of the generated file.
+    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let text = std::fs::read_to_string(&cfg).expect("config");
+    std::fs::write(&cfg, format!("{extra}{text}")).expect("config");
+    let audit = format!("{prefix}-audit");
+    let t = now();
+    let mut records = vec![(
+        audit.as_str(),
+        "fin-seed".to_string(),
+        call("fin-seed", "seed", t - 2 * DAY),
+    )];
+    for a in 0..10 {
+        let agent = format!("fin-{a}");
+        records.push((
+            audit.as_str(),
+            agent.clone(),
+            call(&agent, &format!("{agent}-0"), t - 60_000),
+        ));
+    }
+    for i in 0..3_000 {
+        let agent = format!("x-{i}");
+        records.push((
+            audit.as_str(),
+            agent.clone(),
+            call(&agent, &format!("x{i}"), t),
+        ));
+    }
+    records.push((
+        audit.as_str(),
+        "fin-1".to_string(),
+        call("fin-1", "fin-1-after", t + 1),
+    ));
+    let sent: Vec<(&str, &str, Vec<u8>, Option<i64>)> = records
+        .iter()
+        .map(|(topic, key, payload)| (*topic, key.as_str(), payload.clone(), None))
+        .collect();
+    send_at(&b.addr, &sent);
+    let log = |name: &str| dir.path().join(name);
+    let mut d = Daemon::start(&cfg, port, &log("agents.log"));
+    let refused = |d: &Daemon| d.metric("guardian_bad_events_total{kind=\"agent_cap\"}");
+    d.until("the flood read", |d| {
+        d.metric("guardian_events_consumed_total") + refused(d) >= records.len() as f64
+    });
+    assert_eq!(d.metric("guardian_agents"), cap as f64, "within the cap");
+    // Every call of a new agent beyond the cap; the known agent's last call is folded.
+    let beyond = records.len() - cap - 1;
+    assert_eq!(refused(&d), beyond as f64);
+    d.until("the flood reported", |d| {
+        total(d, "guardian_incidents_total", "type=\"identity_flood\"") >= 1.0
+    });
+    let (status, body) = d.get("/agents/fin-1");
+    assert_eq!(status, 200, "{body}");
+    d.stop();
+    let dead = read_topic(&b.addr, &format!("{prefix}-dlq"), 1);
+    assert_eq!(dead.len(), beyond);
+}

@@ -472,6 +472,8 @@ impl Fold {
                 let cap = self.settings.max_agents;
                 if beyond_cap(&part.engine, &events, before, cap, &mut run_new) {
                     events.truncate(before);
+                    part.engine.count_refused_agent();
+                    part.engine.take_identity_incidents(&mut self.out);
                     return Err(DecodeError::AgentCap { cap });
                 }
                 Ok(())

@@ -172,6 +172,14 @@ impl Engine {
         self.identities.resolve_keeping(ev, &killed)
     }
 
+    /// Counts a new agent whose call was refused (the partition is at its cap): the flood is
+    /// still measured.
+    pub fn count_refused_agent(&mut self) {
+        if let Some(f) = self.arrivals.arrive(self.latest, self.origin) {
+            self.floods.push(f);
+        }
+    }
+
     /// The incidents of the records resolved since the previous call, appended to `out`:
     /// `identity_conflict` for those that named another agent for a session or trace bound
     /// already (one per session and agent named), `identity_flood` for bursts of new sessions.
