@@ -60,6 +60,8 @@ pub struct Metrics {
     pub incidents_by: [[AtomicU64; 4]; IncidentType::ALL.len()],
     /// Kill commands published through the admin API.
     pub api_kills: AtomicU64,
+    /// Admin API connections closed at once because the most were open.
+    pub api_connections_refused: AtomicU64,
     /// Revive commands published through the admin API.
     pub api_revives: AtomicU64,
     /// Posture snapshots published.
@@ -125,6 +127,7 @@ impl Default for Metrics {
             bad_by_kind: Default::default(),
             incidents_by: Default::default(),
             api_kills: AtomicU64::new(0),
+            api_connections_refused: AtomicU64::new(0),
             api_revives: AtomicU64::new(0),
             posture_snapshots: AtomicU64::new(0),
             agents: AtomicU64::new(0),

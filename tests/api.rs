@@ -411,7 +411,7 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
         ("guardian_sink_failures", "counter"),
         ("guardian_state_size_bytes", "gauge"),
         ("guardian_duplicate_events", "counter"),
-        ("guardian_identity_conflicts", "counter"),
+        ("guardian_binding_conflicts", "counter"),
         ("guardian_duplicate_identities", "gauge"),
         ("guardian_findings_explained", "counter"),
         ("guardian_fleet_shifts", "gauge"),

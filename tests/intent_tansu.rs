@@ -276,7 +276,7 @@ fn spans(trace: &str, agent: &str, ts: i64) -> Vec<u8> {
 /// A session hijack (a second `session_created` naming a decoy for a killed agent's session,
 /// then the session's calls) and a trace hijack (a request whose `invoke_agent` span names a
 /// decoy for a killed agent's trace, with a tool span): both are refused with an
-/// `identity_conflict` incident naming both agents, and the killed agents' calls still raise
+/// `binding_conflict` incident naming both agents, and the killed agents' calls still raise
 /// `activity_after_kill`; the decoy gets nothing.
 #[test]
 fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own() {
@@ -342,7 +342,7 @@ fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own(
         |d: &Daemon, kind: &str| total(d, "guardian_incidents_total", &format!("type=\"{kind}\""));
     d.until(
         "the hijacks refused and the calls after the kills reported",
-        |d| count(d, "identity_conflict") >= 2.0 && count(d, "activity_after_kill") >= 2.0,
+        |d| count(d, "binding_conflict") >= 2.0 && count(d, "activity_after_kill") >= 2.0,
     );
     assert_eq!(d.get("/agents/fin-decoy").0, 404, "the decoy got nothing");
     d.stop();
@@ -357,11 +357,11 @@ fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own(
                 .filter(|i| i["agent_id"] == victim && i["type"] == kind)
                 .count()
         };
-        assert_eq!(of("identity_conflict"), 1, "{victim}: {incidents:?}");
+        assert_eq!(of("binding_conflict"), 1, "{victim}: {incidents:?}");
         assert!(of("activity_after_kill") >= 1, "{victim}: {incidents:?}");
         let conflict = incidents
             .iter()
-            .find(|i| i["agent_id"] == victim && i["type"] == "identity_conflict")
+            .find(|i| i["agent_id"] == victim && i["type"] == "binding_conflict")
             .expect("conflict");
         assert_eq!(conflict["agents"], serde_json::json!([victim, "fin-decoy"]));
     }

@@ -82,7 +82,7 @@ impl Collector for Figures {
         )?;
         counter(
             &mut e,
-            "guardian_identity_conflicts",
+            "guardian_binding_conflicts",
             "Audit events whose identity was seen before with other content: processed (a forged record cannot hide a real one), and counted.",
             get(&m.id_conflicts),
         )?;
@@ -139,6 +139,12 @@ impl Collector for Figures {
                 ([("command", "kill"), ("origin", "api")], get(&m.api_kills)),
                 ([("command", "revive"), ("origin", "api")], get(&m.api_revives)),
             ],
+        )?;
+        counter(
+            &mut e,
+            "guardian_api_connections_refused",
+            "Admin API connections closed at once because the most connections were open.",
+            get(&m.api_connections_refused),
         )?;
         let held: Vec<([(&str, &str); 1], u64)> = crate::response::Suppression::LABELS
             .iter()

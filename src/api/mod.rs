@@ -11,12 +11,12 @@
 
 mod handlers;
 pub mod metrics;
+mod server;
 mod settings;
 mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -26,6 +26,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use sha2::{Digest, Sha256};
 
+pub use server::Limits;
 pub use settings::{ApiConfig, ApiSettings};
 
 use crate::blueprint::BlueprintSet;
@@ -164,6 +165,8 @@ pub struct Server {
     tls: Option<rustls::ServerConfig>,
     app: Router,
     addr: SocketAddr,
+    limits: Limits,
+    metrics: Arc<crate::telemetry::Metrics>,
 }
 
 /// Binds the listener and loads the TLS material (the start-up steps that can fail); serving
@@ -183,8 +186,10 @@ pub fn bind(settings: &ApiSettings, state: AppState) -> Result<Server, ApiError>
     Ok(Server {
         listener,
         tls,
+        metrics: state.live.metrics.clone(),
         app: router(Arc::new(state)),
         addr,
+        limits: Limits::default(),
     })
 }
 
@@ -194,53 +199,27 @@ impl Server {
         self.addr
     }
 
+    /// Other connection limits than the defaults.
+    pub fn with_limits(mut self, limits: Limits) -> Server {
+        self.limits = limits;
+        self
+    }
+
     /// Serves on the calling thread until `stop`; an error if serving fails.
     pub fn run(self, stop: Stop) -> Result<(), ApiError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ApiError(format!("runtime: {e}")))?;
-        rt.block_on(serve(self.listener, self.tls, self.app, stop))
+        let served = server::serve(
+            self.listener,
+            self.tls,
+            self.app,
+            self.limits,
+            self.metrics,
+            stop,
+        );
+        rt.block_on(served)
             .map_err(|e| ApiError(format!("stopped serving: {e}")))
     }
-}
-
-async fn serve(
-    listener: std::net::TcpListener,
-    tls: Option<rustls::ServerConfig>,
-    app: Router,
-    stop: Stop,
-) -> Result<(), String> {
-    let stopped = async move {
-        while !stop.is_set() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    let result = match tls {
-        None => match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => axum::serve(l, app)
-                .with_graceful_shutdown(stopped)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        },
-        Some(c) => {
-            let handle = axum_server::Handle::new();
-            let h2 = handle.clone();
-            tokio::spawn(async move {
-                stopped.await;
-                h2.graceful_shutdown(Some(Duration::from_secs(2)));
-            });
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(c));
-            match axum_server::from_tcp_rustls(listener, config) {
-                Ok(server) => server
-                    .handle(handle)
-                    .serve(app.into_make_service())
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-    };
-    result
 }

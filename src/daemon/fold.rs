@@ -1841,7 +1841,7 @@ mod tests {
     }
 
     /// A session hijack: a second `session_created` naming a decoy for a killed agent's
-    /// session, then the session's calls. The binding is refused with an `identity_conflict`
+    /// session, then the session's calls. The binding is refused with an `binding_conflict`
     /// naming both agents (once), and the calls stay the killed agent's: activity after the kill.
     #[test]
     fn a_hijacked_session_stays_with_its_killed_agent() {
@@ -1880,7 +1880,7 @@ mod tests {
         let got = kinds(&out);
         assert_eq!(
             got.iter()
-                .filter(|k| *k == "incident victim identity_conflict")
+                .filter(|k| *k == "incident victim binding_conflict")
                 .count(),
             1,
             "{got:?}"
@@ -1892,7 +1892,7 @@ mod tests {
         let conflict = out
             .iter()
             .find_map(|o| match o {
-                Output::Incident(i) if i.kind == IncidentType::IdentityConflict => Some(i),
+                Output::Incident(i) if i.kind == IncidentType::BindingConflict => Some(i),
                 _ => None,
             })
             .expect("conflict");

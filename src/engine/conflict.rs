@@ -55,7 +55,7 @@ pub fn flood(f: &Flood) -> Incident {
     }
 }
 
-/// The `identity_conflict` incident of `c`, on the agent the session stays bound to (whose
+/// The `binding_conflict` incident of `c`, on the agent the session stays bound to (whose
 /// blueprint is `blueprint`), naming both agents; its id is the same for the same session and
 /// agents, so a re-delivery or a restart repeats it rather than adding one.
 pub fn incident(c: &Conflict, blueprint: &str) -> Incident {
@@ -67,7 +67,7 @@ pub fn incident(c: &Conflict, blueprint: &str) -> Incident {
     Incident {
         incident_id: incident_id(
             &c.bound,
-            IncidentType::IdentityConflict,
+            IncidentType::BindingConflict,
             Basis::Static,
             0,
             &format!("{}\u{1f}{}", c.session, c.named),
@@ -75,7 +75,7 @@ pub fn incident(c: &Conflict, blueprint: &str) -> Incident {
             0,
         ),
         agent_id: c.bound.clone(),
-        kind: IncidentType::IdentityConflict,
+        kind: IncidentType::BindingConflict,
         severity: Severity::High,
         at: c.at,
         window_start: c.at,

@@ -181,7 +181,7 @@ impl Engine {
     }
 
     /// The incidents of the records resolved since the previous call, appended to `out`:
-    /// `identity_conflict` for those that named another agent for a session or trace bound
+    /// `binding_conflict` for those that named another agent for a session or trace bound
     /// already (one per session and agent named), `identity_flood` for bursts of new sessions.
     pub fn take_identity_incidents(&mut self, out: &mut Vec<Incident>) {
         for f in self.floods.drain(..).chain(self.identities.take_floods()) {

@@ -33,7 +33,7 @@ pub enum IncidentType {
     RejectedCommand,
     /// A record named another agent for a session or trace already bound to an agent: refused
     /// for attribution (the session's calls stay its agent's).
-    IdentityConflict,
+    BindingConflict,
     /// A burst of new identities (sessions, traces) far above the usual: a flood that would
     /// push real bindings out of the map.
     IdentityFlood,
@@ -52,12 +52,12 @@ impl IncidentType {
         IncidentType::KillBudget,
         IncidentType::FleetShift,
         IncidentType::RejectedCommand,
-        IncidentType::IdentityConflict,
+        IncidentType::BindingConflict,
         IncidentType::IdentityFlood,
     ];
 
     /// The types the engine's detectors and kill policy raise (not the daemon's
-    /// `rejected_command`, nor the identity map's `identity_conflict` and `identity_flood`).
+    /// `rejected_command`, nor the identity map's `binding_conflict` and `identity_flood`).
     pub const ENGINE: &'static [IncidentType] = IncidentType::ALL.split_at(9).0;
 
     /// The anomaly types the detectors and the kill policy raise (not the baseline findings, the
@@ -82,7 +82,7 @@ impl IncidentType {
             IncidentType::KillBudget => "kill_budget",
             IncidentType::FleetShift => "fleet_shift",
             IncidentType::RejectedCommand => "rejected_command",
-            IncidentType::IdentityConflict => "identity_conflict",
+            IncidentType::BindingConflict => "binding_conflict",
             IncidentType::IdentityFlood => "identity_flood",
         }
     }

@@ -56,7 +56,7 @@ fn analytic_type(i: &Incident) -> (u8, &'static str) {
             IncidentType::AutoKill
             | IncidentType::KillBudget
             | IncidentType::RejectedCommand
-            | IncidentType::IdentityConflict
+            | IncidentType::BindingConflict
             | IncidentType::IdentityFlood,
             _,
         ) => (1, "Rule"),
@@ -78,7 +78,7 @@ fn observation(t: IncidentType) -> Option<(&'static str, &'static str)> {
         IncidentType::AutoKill
         | IncidentType::KillBudget
         | IncidentType::RejectedCommand
-        | IncidentType::IdentityConflict
+        | IncidentType::BindingConflict
         | IncidentType::IdentityFlood => return None,
     })
 }

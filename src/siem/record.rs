@@ -83,7 +83,7 @@ pub const CLASSES: [Class; 16] = [
     class(113, "kill_budget", "Kill budget spent"),
     class(114, "fleet_shift", "Fleet shift of a cohort"),
     class(120, "rejected_command", "Control command rejected"),
-    class(121, "identity_conflict", "Identity re-pointing refused"),
+    class(121, "binding_conflict", "Session re-binding refused"),
     class(122, "identity_flood", "Flood of new identities"),
     class(200, "kill", "Kill command"),
     class(201, "revive", "Revive command"),
@@ -107,7 +107,7 @@ fn incident_class(t: IncidentType) -> Class {
         IncidentType::KillBudget => 7,
         IncidentType::FleetShift => 8,
         IncidentType::RejectedCommand => 9,
-        IncidentType::IdentityConflict => 10,
+        IncidentType::BindingConflict => 10,
         IncidentType::IdentityFlood => 11,
     }]
 }

@@ -85,7 +85,7 @@ impl Arrivals {
             self.limit = NEW_AGENTS_PER_HOUR.max(self.busiest.saturating_mul(10));
         }
         let limit = self.limit;
-        (self.count == limit + 1).then(|| Flood {
+        (self.count == limit + 1).then_some(Flood {
             of: "agents",
             source: None,
             count: self.count,
