@@ -31,9 +31,9 @@ pub const MAX_SESSIONS: usize = 100_000;
 /// written under one user evicts that user's fresh sessions, not the rest of the map.
 pub const MAX_SESSIONS_PER_SOURCE: usize = 10_000;
 
-/// New sessions from one source within an hour of event time beyond which the burst is
-/// reported (once per source and hour), unless ten times the source's busiest hour seen so far
-/// is more.
+/// New fresh sessions (bound without a call, as `session_created` and OTLP `invoke_agent` spans
+/// do) from one source within an hour of event time beyond which the burst is reported (once per
+/// source and hour), unless ten times the source's busiest hour seen so far is more.
 pub const BURST_PER_SOURCE: u32 = 5_000;
 
 /// New sessions of a partition within an hour of event time beyond which the burst is
@@ -223,6 +223,8 @@ struct Binding {
     used: bool,
     /// Who wrote it (AgentShield's `userId`, else the agent named); `None` when restored.
     source: Option<String>,
+    /// The hour whose burst count it is in, while fresh (`i64::MIN`: none).
+    counted_in: i64,
 }
 
 /// (session, named agent) pairs reported already, at most: a stream of hijacked calls raises
@@ -269,6 +271,7 @@ impl Identities {
                     last_used: s.last_used,
                     used: true,
                     source: None,
+                    counted_in: i64::MIN,
                 },
             );
         }
@@ -326,7 +329,7 @@ impl Identities {
                 if self.conflicts_with(s, &a, ev.ts_ms, false) {
                     return Resolution::Refused;
                 }
-                self.bind(s, a, ev.ts_ms, source_of(ev), killed);
+                self.bind(s, a, ev.ts_ms, source_of(ev), false, killed);
                 Resolution::Bound
             }
             EntryKind::NotAToolCall => {
@@ -334,7 +337,8 @@ impl Identities {
                     if self.conflicts_with(s, &ev.agent_id, ev.ts_ms, false) {
                         return Resolution::Refused;
                     }
-                    self.bind(s, ev.agent_id.to_string(), ev.ts_ms, source_of(ev), killed);
+                    let agent = ev.agent_id.to_string();
+                    self.bind(s, agent, ev.ts_ms, source_of(ev), false, killed);
                 }
                 Resolution::Skipped
             }
@@ -343,7 +347,7 @@ impl Identities {
                     match self.agent_of(s) {
                         None => {
                             let agent = ev.agent_id.to_string();
-                            self.bind(s, agent, ev.ts_ms, source_of(ev), killed);
+                            self.bind(s, agent, ev.ts_ms, source_of(ev), true, killed);
                         }
                         Some(a) if a == ev.agent_id.as_ref() => self.touch(s, ev.ts_ms),
                         Some(a) => {
@@ -371,7 +375,14 @@ impl Identities {
                 // One allocation per call (the agent id); the session's use is recorded at most
                 // every TOUCH_MS.
                 let agent = b.agent.clone();
-                b.used = true;
+                if !b.used {
+                    b.used = true;
+                    let (hour, source) = (b.counted_in, b.source.clone());
+                    self.uncount(hour, source.as_deref());
+                }
+                let Some(b) = self.map.get_mut(s) else {
+                    return Resolution::Unresolved;
+                };
                 if ev.ts_ms.saturating_sub(b.last_used) >= TOUCH_MS {
                     b.last_used = ev.ts_ms;
                     self.changed.insert(s.to_string());
@@ -422,12 +433,16 @@ impl Identities {
         std::mem::take(&mut self.floods)
     }
 
+    /// Binds a new `session` to `agent` (`used`: by a tool call that names both, as an OTLP
+    /// tool span does; a binding without a call is fresh, and only fresh ones count toward a
+    /// burst: a busy agent's traces are not a flood).
     fn bind(
         &mut self,
         session: &str,
         agent: String,
         ts: i64,
         source: &str,
+        used: bool,
         killed: &dyn Fn(&str) -> bool,
     ) {
         self.latest = self.latest.max(ts);
@@ -438,14 +453,19 @@ impl Identities {
             self.changed.insert(session.to_string());
             return;
         }
-        self.count_new(source, ts);
+        let counted_in = if used {
+            i64::MIN
+        } else {
+            self.count_new(source, ts)
+        };
         self.map.insert(
             session.to_string(),
             Binding {
                 agent,
                 last_used: ts,
-                used: false,
+                used,
                 source: Some(source.to_string()),
+                counted_in,
             },
         );
         self.changed.insert(session.to_string());
@@ -460,10 +480,10 @@ impl Identities {
         }
     }
 
-    /// Counts a new session of `source` in the hour of the partition's event time (a binding
-    /// dated in the past counts now: timestamps are the writer's), reporting a burst when a
-    /// count crosses its threshold.
-    fn count_new(&mut self, source: &str, ts: i64) {
+    /// Counts a new fresh session of `source` in the hour of the partition's event time (a
+    /// binding dated in the past counts now: timestamps are the writer's), reporting a burst
+    /// when a count crosses its threshold; the hour it is counted in.
+    fn count_new(&mut self, source: &str, ts: i64) -> i64 {
         let hour = self.latest.div_euclid(HOUR_MS).saturating_mul(HOUR_MS);
         if hour > self.hour {
             self.busiest_hour = self.busiest_hour.max(self.new_in_hour);
@@ -497,7 +517,7 @@ impl Identities {
         }
         if self.new_by_source.len() >= MAX_BUSY_SOURCES && !self.new_by_source.contains_key(source)
         {
-            return; // a flood of sources: the partition's burst reports it
+            return hour; // a flood of sources: the partition's burst reports it
         }
         let usual = self.busiest_by_source.get(source).copied().unwrap_or(0);
         let limit = BURST_PER_SOURCE.max(usual.saturating_mul(10));
@@ -514,16 +534,35 @@ impl Identities {
                 at: ts,
             });
         }
+        hour
     }
 
     fn touch(&mut self, session: &str, ts: i64) {
         self.latest = self.latest.max(ts);
-        if let Some(b) = self.map.get_mut(session) {
+        let Some(b) = self.map.get_mut(session) else {
+            return;
+        };
+        if ts.saturating_sub(b.last_used) >= TOUCH_MS {
+            b.last_used = ts;
+            self.changed.insert(session.to_string());
+        }
+        if !b.used {
             b.used = true;
-            if ts.saturating_sub(b.last_used) >= TOUCH_MS {
-                b.last_used = ts;
-                self.changed.insert(session.to_string());
-            }
+            let (hour, source) = (b.counted_in, b.source.clone());
+            self.uncount(hour, source.as_deref());
+        }
+    }
+
+    /// A fresh session counted in `hour` got its first call: it no longer counts toward that
+    /// hour's burst (a trace whose agent span came before its tool span, a session used soon
+    /// after its creation).
+    fn uncount(&mut self, hour: i64, source: Option<&str>) {
+        if hour != self.hour {
+            return;
+        }
+        self.new_in_hour = self.new_in_hour.saturating_sub(1);
+        if let Some(n) = source.and_then(|s| self.new_by_source.get_mut(s)) {
+            *n = n.saturating_sub(1);
         }
     }
 
@@ -994,5 +1033,53 @@ mod tests {
             (floods[0].of, floods[0].count),
             ("agents", NEW_AGENTS_PER_HOUR + 1)
         );
+    }
+
+    /// A busy agent is not a flood: sessions used by a call soon after their creation, and
+    /// traces whose agent span comes before or after their tool span, do not count toward a
+    /// burst, however many there are in an hour.
+    #[test]
+    fn sessions_and_traces_used_by_calls_are_not_a_flood() {
+        let mut ids = Identities::default();
+        let t0 = 1_772_550_000_000;
+        for i in 0..20_000i64 {
+            let s = format!("s{i}");
+            ids.resolve(&mut entry(&format!(
+                r#"{{"type":"session_created","timestamp":{},"sessionId":"{s}","userId":"u","agentId":"busy"}}"#,
+                t0 + i
+            )));
+            ids.resolve(&mut entry(&format!(
+                r#"{{"type":"tool_allowed","timestamp":{},"eventId":"e{i}","sessionId":"{s}","userId":"u","toolName":"t"}}"#,
+                t0 + i
+            )));
+        }
+        let d = Decoder::default();
+        for i in 0..6_000u64 {
+            let span = |id: u64, op: &str, attr: serde_json::Value| {
+                serde_json::json!({"traceId": format!("{i:032x}"), "spanId": format!("{id:016x}"),
+                    "name": op, "startTimeUnixNano": ((t0 as u64 + i) * 1_000_000).to_string(),
+                    "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, attr]})
+            };
+            let agent = serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": "otel-busy"}});
+            let tool =
+                serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "t"}});
+            let mut spans = vec![
+                span(1, "invoke_agent", agent),
+                span(2, "execute_tool", tool),
+            ];
+            if i % 2 == 1 {
+                spans.reverse();
+            }
+            let body = serde_json::json!({"resourceSpans": [{"resource": {"attributes": []},
+                "scopeSpans": [{"spans": spans}]}]})
+            .to_string();
+            let mut events = Vec::new();
+            d.decode_into(body.as_bytes(), &mut events)
+                .expect("decodes");
+            for e in &mut events {
+                ids.resolve(e);
+            }
+        }
+        assert!(ids.take_floods().is_empty());
     }
 }
