@@ -42,19 +42,6 @@ fn call(agent: &str, id: &str, ts: i64, tool: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `guardian kill|revive` through the CLI; the command as published (read back from the topic).
-fn operator(cfg: &Path, verb: &str, agent: &str) {
-    let out = guardian()
-        .args([verb, "--config"])
-        .arg(cfg)
-        .args([agent, "--reason", "hostile test"])
-        .env("E2E_GUARDIAN_KEY", KEY)
-        .env("E2E_API_TOKEN", TOKEN)
-        .output()
-        .expect("guardian kill");
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// The agent's stored state, read with `guardian state inspect` from a stopped daemon.
 fn inspect(dir: &Path, agent: &str) -> serde_json::Value {
     let out = guardian()

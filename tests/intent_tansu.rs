@@ -49,19 +49,6 @@ fn call(agent: &str, id: &str, ts: i64) -> Vec<u8> {
     .into_bytes()
 }
 
-/// `guardian kill|revive` through the CLI.
-fn operator(cfg: &Path, verb: &str, agent: &str) {
-    let out = guardian()
-        .args([verb, "--config"])
-        .arg(cfg)
-        .args([agent, "--reason", "intent test"])
-        .env("E2E_GUARDIAN_KEY", KEY)
-        .env("E2E_API_TOKEN", TOKEN)
-        .output()
-        .expect("guardian kill");
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// Each agent's kill status and kill history, read with `guardian state inspect` from a
 /// stopped daemon.
 fn intent(dir: &Path, agents: &[&str]) -> Vec<(String, serde_json::Value, serde_json::Value)> {
@@ -102,11 +89,7 @@ fn total(d: &Daemon, name: &str, labels: &str) -> f64 {
 #[test]
 fn operator_intent_survives_a_rebuild_and_a_lost_disk() {
     let Some(b) = broker() else { return };
-    let prefix = format!("intent{}", std::process::id());
-    b.topics(&prefix, 2);
-    let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let (prefix, dir, port, cfg) = setup_with_api(&b, "intent", 2);
     let (audit, control) = (format!("{prefix}-audit"), format!("{prefix}-control"));
     let killed = ["fin-k1", "fin-k2", "fin-k3"];
     let revived = ["fin-r1", "fin-r2"];
@@ -275,17 +258,13 @@ fn spans(trace: &str, agent: &str, ts: i64) -> Vec<u8> {
 
 /// A session hijack (a second `session_created` naming a decoy for a killed agent's session,
 /// then the session's calls) and a trace hijack (a request whose `invoke_agent` span names a
-/// decoy for a killed agent's trace, with a tool span): both are refused with an
+/// decoy for a killed agent's trace, with a tool span): both are refused with a
 /// `binding_conflict` incident naming both agents, and the killed agents' calls still raise
 /// `activity_after_kill`; the decoy gets nothing.
 #[test]
 fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own() {
     let Some(b) = broker() else { return };
-    let prefix = format!("hijack{}", std::process::id());
-    b.topics(&prefix, 1);
-    let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let (prefix, dir, port, cfg) = setup_with_api(&b, "hijack", 1);
     let audit = format!("{prefix}-audit");
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let created = |ts: i64, agent: &str| {
@@ -378,11 +357,7 @@ fn session_and_trace_hijacks_are_refused_and_a_killed_agents_calls_stay_its_own(
 #[test]
 fn a_flood_of_fresh_sessions_leaves_the_real_bindings_in_place() {
     let Some(b) = broker() else { return };
-    let prefix = format!("flood{}", std::process::id());
-    b.topics(&prefix, 1);
-    let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
-    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
+    let (prefix, dir, port, cfg) = setup_with_api(&b, "flood", 1);
     let audit = format!("{prefix}-audit");
     let created = |ts: i64, session: &str, user: &str, agent: &str| {
         shield(
@@ -484,14 +459,10 @@ fn a_flood_of_fresh_sessions_leaves_the_real_bindings_in_place() {
 #[test]
 fn an_agent_id_flood_raises_its_incident_and_stays_within_the_cap() {
     let Some(b) = broker() else { return };
-    let prefix = format!("agents{}", std::process::id());
-    b.topics(&prefix, 1);
-    let dir = tempfile::tempdir().expect("dir");
-    let port = free_port();
+    let (prefix, dir, port, cfg) = setup_with_api(&b, "agents", 1);
     let cap = 500;
     let extra = format!("max_agents_per_partition = {cap}\n");
     // Top-level keys go before the first table of the generated file.
-    let cfg = write_config_with(dir.path(), &b, &prefix, &api_section(port));
     let text = std::fs::read_to_string(&cfg).expect("config");
     std::fs::write(&cfg, format!("{extra}{text}")).expect("config");
     let audit = format!("{prefix}-audit");

@@ -21,7 +21,7 @@ use crate::control::{Command, Origin, Verb};
 use crate::engine::{Engine, EngineStats};
 use crate::event::{AuditEvent, DecodeError, Decoder, DecoderOptions};
 use crate::posture::{Gap, Ledger};
-use crate::response::{Action, Basis, Incident, IncidentType, Severity, Status};
+use crate::response::{Action, Incident, IncidentType};
 use crate::state::{KillEventKind, Resolution};
 use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
@@ -951,40 +951,26 @@ fn rejected_command(
     why: &dyn std::fmt::Display,
 ) -> Incident {
     let at = r.timestamp.unwrap_or(0);
-    Incident {
-        incident_id: crate::control::command_id(&[
-            b"rejected",
-            &r.partition.to_le_bytes(),
-            &r.offset.to_le_bytes(),
-            payload,
-        ]),
-        description: format!(
-            "Rejected a control command for agent {agent:?} at {control_topic}:{}/{}: {why}.",
-            r.partition, r.offset
-        ),
-        agent_id: agent,
-        kind: IncidentType::RejectedCommand,
-        severity: Severity::High,
+    let id = crate::control::command_id(&[
+        b"rejected",
+        &r.partition.to_le_bytes(),
+        &r.offset.to_le_bytes(),
+        payload,
+    ]);
+    let description = format!(
+        "Rejected a control command for agent {agent:?} at {control_topic}:{}/{}: {why}.",
+        r.partition, r.offset
+    );
+    let mut i = Incident::rule(
+        IncidentType::RejectedCommand,
+        id,
+        agent,
         at,
-        window_start: at,
-        window_end: at,
-        blueprint: String::new(),
-        basis: Basis::Static,
-        observed: 1.0,
-        expected: 0.0,
-        unit: "commands".into(),
-        action_taken: Action::Logged,
-        event_id: format!("control:{}:{}", r.partition, r.offset),
-        tool_name: String::new(),
-        pattern: None,
-        status: Status::Open,
-        count: 1,
-        about: None,
-        verdict: None,
-        baseline: None,
-        suppressed_by: None,
-        agents: Vec::new(),
-    }
+        "commands",
+        description,
+    );
+    i.event_id = format!("control:{}:{}", r.partition, r.offset);
+    i
 }
 
 #[cfg(test)]
@@ -1841,7 +1827,7 @@ mod tests {
     }
 
     /// A session hijack: a second `session_created` naming a decoy for a killed agent's
-    /// session, then the session's calls. The binding is refused with an `binding_conflict`
+    /// session, then the session's calls. The binding is refused with a `binding_conflict`
     /// naming both agents (once), and the calls stay the killed agent's: activity after the kill.
     #[test]
     fn a_hijacked_session_stays_with_its_killed_agent() {

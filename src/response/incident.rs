@@ -253,6 +253,46 @@ fn one() -> u64 {
     1
 }
 
+impl Incident {
+    /// A high-severity incident of a rule the daemon enforces (a refused command, a refused
+    /// binding, a flood), logged at `at`: the fields a detector fills are left empty.
+    pub fn rule(
+        kind: IncidentType,
+        incident_id: String,
+        agent_id: String,
+        at: i64,
+        unit: &str,
+        description: String,
+    ) -> Incident {
+        Incident {
+            incident_id,
+            agent_id,
+            kind,
+            severity: Severity::High,
+            at,
+            window_start: at,
+            window_end: at,
+            blueprint: String::new(),
+            basis: Basis::Static,
+            observed: 1.0,
+            expected: 0.0,
+            unit: unit.into(),
+            description,
+            action_taken: Action::Logged,
+            event_id: String::new(),
+            tool_name: String::new(),
+            pattern: None,
+            status: Status::Open,
+            count: 1,
+            about: None,
+            verdict: None,
+            baseline: None,
+            suppressed_by: None,
+            agents: Vec::new(),
+        }
+    }
+}
+
 /// Derives an incident id from what identifies it in the input: the agent, the kind, the agent's
 /// event sequence number, the triggering event's id and time, and a discriminator (e.g. the
 /// pattern index). Replaying the same input gives the same id.

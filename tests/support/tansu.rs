@@ -246,6 +246,33 @@ impl Daemon {
     }
 }
 
+/// A test's topics (named `{name}{pid}-…`), state directory, admin API port and config file.
+pub fn setup_with_api(
+    b: &Broker,
+    name: &str,
+    partitions: u32,
+) -> (String, tempfile::TempDir, u16, std::path::PathBuf) {
+    let prefix = format!("{name}{}", std::process::id());
+    b.topics(&prefix, partitions);
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let cfg = write_config_with(dir.path(), b, &prefix, &api_section(port));
+    (prefix, dir, port, cfg)
+}
+
+/// `guardian kill|revive AGENT` through the CLI, as an operator does.
+pub fn operator(cfg: &Path, verb: &str, agent: &str) {
+    let out = guardian()
+        .args([verb, "--config"])
+        .arg(cfg)
+        .args([agent, "--reason", "end-to-end test"])
+        .env("E2E_GUARDIAN_KEY", KEY)
+        .env("E2E_API_TOKEN", TOKEN)
+        .output()
+        .expect("guardian kill");
+    assert!(out.status.success(), "{out:?}");
+}
+
 pub fn api_section(port: u16) -> String {
     format!("[api]\nlisten = \"127.0.0.1:{port}\"\ntoken = {{ env = \"E2E_API_TOKEN\" }}\n")
 }
