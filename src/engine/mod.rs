@@ -188,12 +188,10 @@ impl Engine {
             out.push(conflict::flood(&f));
         }
         for c in self.identities.take_conflicts() {
-            let bp = self
-                .index
-                .get(c.bound.as_str())
-                .map_or(self.set.assign(&c.bound, None, None), |&i| {
-                    self.agents[i as usize].bp
-                });
+            let bp = self.index.get(c.bound.as_str()).map_or_else(
+                || self.set.assign(&c.bound, None, None),
+                |&i| self.agents[i as usize].bp,
+            );
             out.push(conflict::incident(&c, &self.set.get(bp).name));
         }
     }

@@ -3,6 +3,7 @@
 //! Layer: uses `detect` (the detectors' states), `response`, `blueprint`, `event`, `prefetch`.
 
 mod agent;
+mod arrivals;
 mod cohort;
 mod fleet;
 mod identity;
@@ -11,10 +12,11 @@ mod seen;
 mod snapshot;
 
 pub use agent::AgentState;
+pub use arrivals::{Arrivals, NEW_AGENTS_PER_HOUR};
 pub use cohort::{CohortMarks, CohortState, HeldFinding, OpenShift, MAX_LISTED};
 pub use fleet::{suppression_index, EngineStats, FleetState};
 pub use identity::{
-    Arrivals, Conflict, Flood, Identities, Resolution, SessionAgent, BURST_PER_SOURCE, BURST_TOTAL,
+    Conflict, Flood, Identities, Resolution, SessionAgent, BURST_PER_SOURCE, BURST_TOTAL,
     MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, SESSION_TTL_MS,
 };
 pub use profile::{
