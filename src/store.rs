@@ -480,10 +480,15 @@ impl Store {
     /// Per control-topic partition, the offset below which records were folded before the last
     /// `state rebuild`: read again, they rebuild the state without being published again.
     pub fn control_marks(&self) -> Result<HashMap<i32, i64>, StoreError> {
+        self.control_offsets("c/reread/")
+    }
+
+    /// The control-topic offsets stored under `prefix`, by partition.
+    fn control_offsets(&self, prefix: &str) -> Result<HashMap<i32, i64>, StoreError> {
         let mut out = HashMap::new();
-        for kv in self.db.scan_prefix("c/reread/") {
+        for kv in self.db.scan_prefix(prefix) {
             let (k, v) = kv?;
-            let partition = std::str::from_utf8(&k[b"c/reread/".len()..])
+            let partition = std::str::from_utf8(&k[prefix.len()..])
                 .ok()
                 .and_then(|p| p.parse::<i32>().ok());
             let offset = <[u8; 8]>::try_from(&v[..]).ok().map(i64::from_le_bytes);
@@ -559,20 +564,13 @@ impl Store {
     pub fn clear_partitions(&self, topic: Option<&str>) -> Result<usize, StoreError> {
         let mut control = sled::Batch::default();
         let marks = self.control_marks()?;
-        for kv in self.db.scan_prefix("c/offset/") {
-            let (k, v) = kv?;
-            let suffix = &k[b"c/offset/".len()..];
-            let at = <[u8; 8]>::try_from(&v[..])
-                .map(i64::from_le_bytes)
-                .unwrap_or(0);
-            let partition = std::str::from_utf8(suffix)
-                .ok()
-                .and_then(|p| p.parse::<i32>().ok());
-            let mark = partition.and_then(|p| marks.get(&p)).copied().unwrap_or(0);
-            let mut key = b"c/reread/".to_vec();
-            key.extend_from_slice(suffix);
-            control.insert(key, &at.max(mark).to_le_bytes()[..]);
-            control.remove(k);
+        for (p, at) in self.control_offsets("c/offset/")? {
+            let mark = marks.get(&p).copied().unwrap_or(i64::MIN).max(at);
+            control.insert(
+                format!("c/reread/{p:010}").as_bytes(),
+                &mark.to_le_bytes()[..],
+            );
+            control.remove(format!("c/offset/{p:010}").as_bytes());
         }
         control.remove("c/pending");
         self.db.apply_batch(control)?;

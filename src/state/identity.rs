@@ -627,6 +627,42 @@ mod tests {
         Decoder::default().decode(bytes).expect("decodes")
     }
 
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    const T0_MS: u64 = 1_772_550_000_000;
+
+    /// An OTLP span of `trace` starting at `ms`: an `invoke_agent` span naming `name` as its
+    /// agent, or an `execute_tool` span calling tool `name`.
+    fn span(trace: &str, id: &str, ms: u64, op: &str, name: &str) -> serde_json::Value {
+        let key = if op == "invoke_agent" {
+            "gen_ai.agent.id"
+        } else {
+            "gen_ai.tool.name"
+        };
+        serde_json::json!({"traceId": trace, "spanId": id, "name": op,
+            "startTimeUnixNano": (ms * 1_000_000).to_string(),
+            "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}},
+                           {"key": key, "value": {"stringValue": name}}]})
+    }
+
+    /// An OTLP/JSON request of `spans` from service `svc`.
+    fn request(spans: Vec<serde_json::Value>) -> String {
+        serde_json::json!({"resourceSpans": [{"resource": {"attributes": [
+            {"key": "service.name", "value": {"stringValue": "svc"}}]},
+            "scopeSpans": [{"spans": spans}]}]})
+        .to_string()
+    }
+
+    /// Decodes `body` and resolves its entries in `ids`: how each was resolved, and its agent.
+    fn resolve_request(ids: &mut Identities, body: &str) -> (Vec<Resolution>, Vec<String>) {
+        let mut events = Vec::new();
+        Decoder::default()
+            .decode_into(body.as_bytes(), &mut events)
+            .expect("decodes");
+        let how = events.iter_mut().map(|e| ids.resolve(e)).collect();
+        let agents = events.iter().map(|e| e.agent_id.to_string()).collect();
+        (how, agents)
+    }
+
     #[test]
     fn tool_entries_take_the_agent_their_session_was_created_for() {
         let mut ids = Identities::default();
@@ -679,46 +715,31 @@ mod tests {
     /// resolved.
     #[test]
     fn an_otlp_trace_names_the_agent_of_its_spans_in_later_requests() {
-        let span = |id: &str, op: &str, extra: serde_json::Value| {
-            serde_json::json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": id,
-                "name": op, "startTimeUnixNano": "1772550000000000000",
-                "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, extra]})
-        };
-        let request = |spans: serde_json::Value| {
-            serde_json::json!({"resourceSpans": [{"resource": {"attributes": [
-                {"key": "service.name", "value": {"stringValue": "svc"}}]},
-                "scopeSpans": [{"spans": spans}]}]})
-            .to_string()
-        };
-        let agent =
-            serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": "fin-7"}});
-        let tool =
-            serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "read_ledger"}});
-        let first = request(serde_json::json!([
-            span("b1", "execute_tool", tool.clone()),
-            span("a0", "invoke_agent", agent)
-        ]));
-        let later = request(serde_json::json!([span("b2", "execute_tool", tool)]));
-        let d = Decoder::default();
+        let first = request(vec![
+            span(TRACE, "b1", T0_MS, "execute_tool", "read_ledger"),
+            span(TRACE, "a0", T0_MS, "invoke_agent", "fin-7"),
+        ]);
+        let later = request(vec![span(
+            TRACE,
+            "b2",
+            T0_MS,
+            "execute_tool",
+            "read_ledger",
+        )]);
         let mut ids = Identities::default();
-        let mut events = Vec::new();
-        d.decode_into(first.as_bytes(), &mut events)
-            .expect("decodes");
-        let got: Vec<_> = events.iter_mut().map(|e| ids.resolve(e)).collect();
-        assert_eq!(got, [Resolution::Resolved, Resolution::Bound]);
-        let mut events = Vec::new();
-        d.decode_into(later.as_bytes(), &mut events)
-            .expect("decodes");
-        assert_eq!(events[0].agent_id, "svc");
-        assert_eq!(ids.resolve(&mut events[0]), Resolution::Resolved);
-        assert_eq!(events[0].agent_id, "fin-7");
-        // A trace never bound keeps its fallback.
-        let mut ids = Identities::default();
-        let mut events = Vec::new();
-        d.decode_into(later.as_bytes(), &mut events)
-            .expect("decodes");
-        assert_eq!(ids.resolve(&mut events[0]), Resolution::Unresolved);
-        assert_eq!(events[0].agent_id, "svc");
+        let (how, _) = resolve_request(&mut ids, &first);
+        assert_eq!(how, [Resolution::Resolved, Resolution::Bound]);
+        let (how, agents) = resolve_request(&mut ids, &later);
+        assert_eq!(
+            (how[0], agents[0].as_str()),
+            (Resolution::Resolved, "fin-7")
+        );
+        // A trace never bound keeps its fallback, the resource's service.
+        let (how, agents) = resolve_request(&mut Identities::default(), &later);
+        assert_eq!(
+            (how[0], agents[0].as_str()),
+            (Resolution::Unresolved, "svc")
+        );
     }
 
     #[test]
@@ -838,46 +859,14 @@ mod tests {
     /// spans its request attributes to that agent go to the trace's agent.
     #[test]
     fn a_bound_trace_is_never_re_pointed() {
-        let span = |id: &str, op: &str, extra: serde_json::Value| {
-            serde_json::json!({"traceId": "0af7651916cd43dd8448eb211c80319c", "spanId": id,
-                "name": op, "startTimeUnixNano": "1772550000000000000",
-                "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, extra]})
-        };
-        let request = |spans: serde_json::Value| {
-            serde_json::json!({"resourceSpans": [{"resource": {"attributes": [
-                {"key": "service.name", "value": {"stringValue": "svc"}}]},
-                "scopeSpans": [{"spans": spans}]}]})
-            .to_string()
-        };
-        let agent =
-            |a: &str| serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": a}});
-        let tool =
-            serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "read_ledger"}});
-        let d = Decoder::default();
         let mut ids = Identities::default();
-        let resolve = |ids: &mut Identities, body: String| {
-            let mut events = Vec::new();
-            d.decode_into(body.as_bytes(), &mut events)
-                .expect("decodes");
-            let how: Vec<Resolution> = events.iter_mut().map(|e| ids.resolve(e)).collect();
-            let agents: Vec<String> = events.iter().map(|e| e.agent_id.to_string()).collect();
-            (how, agents)
-        };
-        resolve(
-            &mut ids,
-            request(serde_json::json!([span(
-                "a0",
-                "invoke_agent",
-                agent("fin-7")
-            )])),
-        );
-        let (how, agents) = resolve(
-            &mut ids,
-            request(serde_json::json!([
-                span("b1", "execute_tool", tool),
-                span("a1", "invoke_agent", agent("decoy"))
-            ])),
-        );
+        let bound = request(vec![span(TRACE, "a0", T0_MS, "invoke_agent", "fin-7")]);
+        resolve_request(&mut ids, &bound);
+        let hijack = request(vec![
+            span(TRACE, "b1", T0_MS, "execute_tool", "read_ledger"),
+            span(TRACE, "a1", T0_MS, "invoke_agent", "decoy"),
+        ]);
+        let (how, agents) = resolve_request(&mut ids, &hijack);
         assert_eq!(how, [Resolution::Reattributed, Resolution::Refused]);
         assert_eq!(agents[0], "fin-7");
         let c = ids.take_conflicts();
@@ -974,32 +963,16 @@ mod tests {
                 t0 + i
             )));
         }
-        let d = Decoder::default();
         for i in 0..6_000u64 {
-            let span = |id: u64, op: &str, attr: serde_json::Value| {
-                serde_json::json!({"traceId": format!("{i:032x}"), "spanId": format!("{id:016x}"),
-                    "name": op, "startTimeUnixNano": ((t0 as u64 + i) * 1_000_000).to_string(),
-                    "attributes": [{"key": "gen_ai.operation.name", "value": {"stringValue": op}}, attr]})
-            };
-            let agent = serde_json::json!({"key": "gen_ai.agent.id", "value": {"stringValue": "otel-busy"}});
-            let tool =
-                serde_json::json!({"key": "gen_ai.tool.name", "value": {"stringValue": "t"}});
+            let trace = format!("{i:032x}");
             let mut spans = vec![
-                span(1, "invoke_agent", agent),
-                span(2, "execute_tool", tool),
+                span(&trace, "a", T0_MS + i, "invoke_agent", "otel-busy"),
+                span(&trace, "b", T0_MS + i, "execute_tool", "t"),
             ];
             if i % 2 == 1 {
                 spans.reverse();
             }
-            let body = serde_json::json!({"resourceSpans": [{"resource": {"attributes": []},
-                "scopeSpans": [{"spans": spans}]}]})
-            .to_string();
-            let mut events = Vec::new();
-            d.decode_into(body.as_bytes(), &mut events)
-                .expect("decodes");
-            for e in &mut events {
-                ids.resolve(e);
-            }
+            resolve_request(&mut ids, &request(spans));
         }
         assert!(ids.take_floods().is_empty());
     }
