@@ -183,8 +183,9 @@ impl Broker {
 
 /// The daemon configuration of the benchmark: the demo's, with production checkpointing (1 s),
 /// for a guard past its first-deployment learning period (a fresh state would otherwise judge
-/// nothing new and kill nothing for its first days of event time) and without the fleet's kill
-/// budget (the latency phase kills one agent in 500 on purpose, to time each kill).
+/// nothing new and kill nothing for its first days of event time) and without the fleet's or the
+/// cohort's kill budget (the latency phase kills one agent in 500 on purpose, to time each kill;
+/// with the cohort's budget only the first two of them would be killed).
 fn config(k: KafkaConfig, dir: &std::path::Path) -> agent_guardian::config::Resolved {
     let set = demo::demo_blueprints_learned().expect("blueprints");
     let unbudgeted = set
@@ -194,6 +195,7 @@ fn config(k: KafkaConfig, dir: &std::path::Path) -> agent_guardian::config::Reso
         .map(|mut b| {
             b.kill.budget_per_hour = u32::MAX;
             b.kill.budget_share = 1.0;
+            b.kill.budget_per_cohort = 0;
             b
         })
         .collect();

@@ -551,6 +551,18 @@ impl Engine {
             self.pending.push(i as u32);
         }
         self.conclude(i, ev.ts_ms, &ev.event_id, &ev.tool_name, out);
+        // A call the partition's watermark has already made final (the agent's stream runs
+        // behind the partition's) is judged now, not at the next sweep: a kill it decides goes
+        // out with this event.
+        let lateness = self.set.get(bpi).allowed_lateness_ms;
+        if self.agents[i]
+            .state
+            .detectors
+            .pending()
+            .is_some_and(|p| p <= self.latest.saturating_sub(lateness))
+        {
+            self.settle(i, self.latest, out);
+        }
         self.sweep(out);
     }
 
@@ -1193,6 +1205,33 @@ mod tests {
             .iter()
             .all(|i| i.severity == crate::response::Severity::Critical));
         assert!(e.agent("a").unwrap().kill.killed);
+    }
+
+    #[test]
+    fn a_kill_final_by_the_partition_s_watermark_goes_out_with_its_deciding_event() {
+        let mut e = Engine::new(set("block", json!({})));
+        let mut out = Vec::new();
+        // Another agent has moved the partition's event time far ahead (ten minutes).
+        e.process(&ev("busy", 0, "y"), &mut out);
+        e.process(&ev("busy", 600_000, "y"), &mut out);
+        // A rogue whose calls arrive behind it: every call is final by the partition's
+        // watermark, so the sequence ending with its fourth call is judged as it arrives.
+        for ts in [1000, 2000, 3000, 4000] {
+            e.process(&ev("rogue", ts, "x"), &mut out);
+        }
+        assert!(
+            out.iter()
+                .any(|i| i.kind == IncidentType::AutoKill && i.agent_id == "rogue"),
+            "no kill before any later event or sweep: {:?}",
+            kinds(&out)
+        );
+        // An agent whose last call is its own newest stays pending until it is final.
+        let mut e = Engine::new(set("block", json!({})));
+        let mut out = Vec::new();
+        for ts in [0, 1000, 2000, 3000] {
+            e.process(&ev("rogue", ts, "x"), &mut out);
+        }
+        assert!(!out.iter().any(|i| i.kind == IncidentType::AutoKill));
     }
 
     #[test]
