@@ -11,11 +11,23 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Default)]
 pub struct Stop(Arc<Inner>);
 
-#[derive(Default)]
 struct Inner {
     set: AtomicBool,
     lock: Mutex<()>,
     wake: Condvar,
+    /// The same signal for async waiters.
+    watch: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Inner {
+            set: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+            watch: tokio::sync::watch::Sender::new(false),
+        }
+    }
 }
 
 impl std::fmt::Debug for Stop {
@@ -35,6 +47,14 @@ impl Stop {
         self.0.set.store(true, Ordering::Release);
         let _guard = self.0.lock.lock();
         self.0.wake.notify_all();
+        self.0.watch.send_replace(true);
+    }
+
+    /// Resolves when the signal is set (for async tasks: no timer, no thread).
+    pub async fn stopped(&self) {
+        let mut rx = self.0.watch.subscribe();
+        // `wait_for` fails only when the sender is gone, and this signal holds it.
+        let _ = rx.wait_for(|set| *set).await;
     }
 
     /// Whether the signal is set (cheap: for loops that poll something else anyway).
@@ -90,6 +110,27 @@ mod tests {
         stop.set();
         assert!(waiter.join().unwrap_or(false));
         assert!(stop.is_set());
+    }
+
+    #[test]
+    fn an_async_waiter_wakes_when_the_signal_is_set() {
+        let stop = Stop::new();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let early = tokio::time::timeout(Duration::from_millis(20), stop.stopped()).await;
+            assert!(early.is_err(), "resolved before the signal");
+            let s = stop.clone();
+            let setter = std::thread::spawn(move || s.set());
+            tokio::time::timeout(Duration::from_secs(60), stop.stopped())
+                .await
+                .unwrap();
+            setter.join().unwrap();
+            // Set before the wait begins: resolves at once.
+            stop.stopped().await;
+        });
     }
 
     #[test]

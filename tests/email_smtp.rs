@@ -156,7 +156,8 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
     assert!(errors.is_empty(), "{errors:?}");
     let db = sled::open(dir.path().join("state")).unwrap();
     // The server is not up yet: everything waits in the spool and is retried.
-    let mut sink = EmailSink::start(&cfg, &db).unwrap();
+    let (sink, delivery) = EmailSink::open(&cfg, &db).unwrap();
+    let worker = std::thread::spawn(delivery);
     let high: Vec<Incident> = (0..3)
         .map(|n| incident(n, "finance", Severity::High))
         .collect();
@@ -211,7 +212,8 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
         std::thread::sleep(Duration::from_millis(100));
     }
     // Nothing more may arrive: the delivery thread is stopped (and joined) before counting.
-    sink.shutdown(Duration::ZERO);
+    sink.close(Instant::now());
+    worker.join().unwrap().unwrap();
     let m = mails(dir.path());
     assert_eq!(m.len(), 4, "{m:#?}");
     for mail in &m {
@@ -284,7 +286,6 @@ fn alerts_are_routed_rate_limited_into_a_digest_retried_and_rejections_counted()
     assert_eq!(s.sent.load(Ordering::Relaxed), 4);
     assert_eq!(s.digested.load(Ordering::Relaxed), 4);
     assert_eq!(sink.spooled(), 0);
-    sink.shutdown(Duration::from_secs(1));
 }
 
 #[test]
@@ -318,7 +319,8 @@ fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_t
         when_full: WhenFull::Block,
     };
     let db = sled::open(dir.path().join("state")).unwrap();
-    let mut sink = EmailSink::start(&cfg, &db).unwrap();
+    let (sink, delivery) = EmailSink::open(&cfg, &db).unwrap();
+    let worker = std::thread::spawn(delivery);
     let burst: Vec<Incident> = (0..500)
         .map(|n| incident(n, "finance", Severity::High))
         .collect();
@@ -337,7 +339,8 @@ fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_t
         std::thread::sleep(Duration::from_millis(100));
     }
     // The spool is empty; the delivery thread is stopped (and joined) before counting.
-    sink.shutdown(Duration::ZERO);
+    sink.close(Instant::now());
+    worker.join().unwrap().unwrap();
     let m = mails(dir.path());
     assert!(m.len() <= 5, "{} mails, limit 5", m.len());
     let digests: Vec<&Value> = m
@@ -362,5 +365,4 @@ fn a_burst_of_500_incidents_sends_at_most_the_rate_limit_and_the_digest_covers_t
         assert_eq!(x["to"], serde_json::json!(["oncall@example.com"]));
         assert_eq!(x["tls"], false);
     }
-    sink.shutdown(Duration::from_secs(1));
 }

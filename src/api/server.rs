@@ -54,11 +54,7 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
     let tls = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     let slots = Arc::new(Semaphore::new(limits.connections));
-    let stopped = async {
-        while !stop.is_set() {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
+    let stopped = stop.stopped();
     tokio::pin!(stopped);
     loop {
         let accepted = tokio::select! {

@@ -143,14 +143,12 @@ pub fn run_cmd(a: RunArgs) -> anyhow::Result<ExitCode> {
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let daemon = Daemon::start(cfg)?;
-        let failed = loop {
-            tokio::select! {
-                _ = term.recv() => break false,
-                _ = int.recv() => break false,
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                    if daemon.is_finished() { break true; }
-                }
-            }
+        // Until a signal, or the daemon's own stop signal (a thread failed).
+        let stop = daemon.stop_signal().clone();
+        let failed = tokio::select! {
+            _ = term.recv() => false,
+            _ = int.recv() => false,
+            () = stop.stopped() => true,
         };
         if !failed {
             tracing::info!(

@@ -628,6 +628,21 @@ impl Fold {
         Ok(())
     }
 
+    /// Wall time (ms) until the next partition's quiet pass is due (see
+    /// [`Fold::pass_quiet_time`]); `None` while no partition is owned.
+    pub fn next_quiet_pass(&self, now: i64) -> Option<i64> {
+        self.parts
+            .values()
+            .map(|p| {
+                let at = p
+                    .last_record
+                    .saturating_add(QUIET_AFTER_MS)
+                    .max(p.last_quiet_pass.saturating_add(QUIET_PASS_EVERY_MS));
+                (at - now).max(0)
+            })
+            .min()
+    }
+
     /// Folds one control-topic record: an operator command is applied to the owned agents (or
     /// waits for the agent, or for a replayed partition to reach its time), an automatic one is
     /// already part of the state it came from, and an invalid one becomes a rejected-command

@@ -10,7 +10,8 @@
 //!                                                         │ checkpoint: settle outputs → encode batch
 //!                                                         ▼
 //!                                          checkpoint writer thread: sled batch + flush → commit
-//! posture thread: reads the store every interval ─► engine thread publishes the snapshot
+//! posture thread: reads the store every interval ─► the queue ─► engine thread publishes it
+//! SIEM and email deliveries: one thread per sink, from its spool to its receiver
 //! ```
 //!
 //! The engine thread is a loop over three parts: the [`fold::Fold`] (records in, outputs and
@@ -24,7 +25,9 @@
 //! replayed tail are sent again with the same deterministic ids.
 //!
 //! Every thread runs under one [`supervise::Supervisor`]: the first to fail stops them all, and
-//! its error, with the thread's name, is the daemon's.
+//! its error, with the thread's name, is the daemon's. The sources, the posture thread and the
+//! API watch the stop signal; the engine ends when its sources have; the SIEM deliveries and the
+//! checkpoint writer end when the engine closes their input after its last checkpoint.
 
 pub use crate::store;
 pub use crate::telemetry::{Live, Metrics, BAD_EVENT_KINDS};
@@ -38,7 +41,7 @@ pub mod supervise;
 pub mod writer;
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,7 +55,7 @@ use crate::store::{Store, StoreError};
 use fold::{Fold, FoldError, FoldSettings, Output};
 use publish::Publisher;
 use sink::{KafkaSink, SinkError};
-use snapshot::{Snapshot, Snapshots};
+use snapshot::{PostureRecord, Snapshots};
 use source::{Notice, Queue};
 use supervise::Supervisor;
 use writer::{CheckpointWriter, Job};
@@ -69,9 +72,9 @@ pub enum DaemonError {
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// A SIEM sink could not be started, or its delivery thread failed.
+    /// A SIEM sink could not be started, or its delivery failed.
     #[error(transparent)]
-    Siem(#[from] crate::siem::sink::SinkError),
+    Siem(#[from] crate::siem::sink::SiemError),
     /// A SIEM sink's spool failed.
     #[error(transparent)]
     Spool(#[from] crate::siem::spool::SpoolError),
@@ -127,9 +130,12 @@ struct Core {
     /// Reused: what the fold decided, until published.
     outputs: Vec<Output>,
     last_checkpoint: Instant,
-    /// Posture snapshots computed by the posture thread, to publish.
-    snapshots: Receiver<Snapshot>,
+    /// When the progress line was last logged.
+    last_log: Instant,
 }
+
+/// How often the engine logs its progress.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Core {
     fn handle(&mut self, n: Notice) -> Result<bool, DaemonError> {
@@ -160,6 +166,7 @@ impl Core {
                 self.fold.control(&r, now, &mut self.outputs);
                 self.publisher.publish(&mut self.outputs)?;
             }
+            Notice::Posture(s) => self.publish_posture(&s)?,
             Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),
             Notice::Stopped(None) => return Ok(false),
         }
@@ -236,21 +243,45 @@ impl Core {
         self.publisher.publish_sink_figures();
     }
 
-    /// Publishes the posture snapshots the posture thread has computed.
-    fn publish_snapshots(&mut self) -> Result<(), DaemonError> {
-        loop {
-            match self.snapshots.try_recv() {
-                Ok(s) => {
-                    self.publisher.posture(&self.cfg.posture.topic, &s)?;
-                    tracing::info!(
-                        fleet_risk = s.summary.score,
-                        agents = s.summary.agents,
-                        "posture snapshot published"
-                    );
-                }
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(()),
-            }
+    /// Publishes a posture snapshot the posture thread has computed.
+    fn publish_posture(&mut self, s: &PostureRecord) -> Result<(), DaemonError> {
+        self.publisher.posture(&self.cfg.posture.topic, s)?;
+        tracing::info!(
+            fleet_risk = s.summary.score,
+            agents = s.summary.agents,
+            "posture snapshot published"
+        );
+        Ok(())
+    }
+
+    /// How long the engine may wait for its next notice before a duty of its own is due: a
+    /// checkpoint by interval, a quiet partition's pass of event time, the progress line.
+    fn until_next_duty(&self) -> Duration {
+        let now = Instant::now();
+        let mut due = self.last_log + LOG_EVERY;
+        if self.fold.since_checkpoint() > 0 {
+            due = due.min(self.last_checkpoint + self.cfg.checkpoint_interval);
         }
+        if let Some(ms) = self
+            .fold
+            .next_quiet_pass(chrono::Utc::now().timestamp_millis())
+        {
+            due = due.min(now + Duration::from_millis(ms.max(0) as u64));
+        }
+        due.saturating_duration_since(now)
+    }
+
+    /// The duties due now: quiet partitions' time, a checkpoint, the progress line.
+    fn duties(&mut self) -> Result<(), DaemonError> {
+        self.pass_quiet_time()?;
+        if self.checkpoint_due() {
+            self.checkpoint()?;
+        }
+        if self.last_log.elapsed() >= LOG_EVERY {
+            self.log_progress();
+            self.last_log = Instant::now();
+        }
+        Ok(())
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -365,9 +396,7 @@ impl Daemon {
             )?),
             None => None,
         };
-        // The steps that start threads of their own come last (the SIEM delivery threads, the
-        // checkpoint writer); if one fails, dropping the other stops its threads again.
-        let siem = SiemSinks::start(
+        let (siem, deliveries) = SiemSinks::open(
             &cfg.config.sinks,
             cfg.config.email.as_ref(),
             store.db(),
@@ -376,13 +405,7 @@ impl Daemon {
             &cfg.kafka_options,
         )?;
         let api_addr = api.as_ref().map(crate::api::Server::addr);
-        let writer =
-            CheckpointWriter::start(store.clone(), consumer.clone()).map_err(|source| {
-                DaemonError::Spawn {
-                    thread: "checkpoint".into(),
-                    source,
-                }
-            })?;
+        let (writer, writer_loop) = CheckpointWriter::new(store.clone(), consumer.clone());
         let settle_deadline = crate::kafka::option_for(
             &cfg.kafka_options,
             crate::kafka::Role::Producer,
@@ -392,7 +415,6 @@ impl Daemon {
         .map_or(DEFAULT_MESSAGE_TIMEOUT, Duration::from_millis)
             + Duration::from_secs(10);
         let publisher = Publisher::new(sink, siem, metrics.clone(), k, settle_deadline);
-        let (snap_tx, snap_rx) = std::sync::mpsc::sync_channel(1);
         let snapshots = Snapshots {
             store: store.clone(),
             live: live.clone(),
@@ -400,7 +422,9 @@ impl Daemon {
             settings: cfg.posture.clone(),
             guardian_id: cfg.config.guardian_id.clone(),
         };
-        // Every step that can fail has run: the threads start.
+        // Every step that can fail has run: the threads start. Should one not start, what was
+        // built is dropped: the supervisor's guard sets the stop signal, the SIEM spools close
+        // and the writer's channel closes, so every thread already started ends.
         let mut sup = Supervisor::new(Stop::new());
         let stop = sup.stop().clone();
         {
@@ -411,7 +435,7 @@ impl Daemon {
             })?;
         }
         {
-            let (q, s, st) = (queue, stop.clone(), store.clone());
+            let (q, s, st) = (queue.clone(), stop.clone(), store.clone());
             let (brokers, group, opts, topic) = (
                 k.brokers.clone(),
                 k.group_id.clone(),
@@ -425,12 +449,21 @@ impl Daemon {
         }
         {
             let s = stop.clone();
-            sup.spawn("posture", move || Ok(snapshots.run(snap_tx, s)?))?;
+            sup.spawn("posture", move || Ok(snapshots.run(&queue, s)?))?;
         }
         if let Some(server) = api {
             let s = stop.clone();
             sup.spawn("admin-api", move || Ok(server.run(s)?))?;
         }
+        // The deliveries and the writer end when the engine closes their input (the SIEM
+        // spools, the writer's channel), after its last checkpoint: nothing it wrote is lost.
+        for d in deliveries {
+            sup.spawn(&format!("sink-{}", d.name()), move || Ok(d.run()?))?;
+        }
+        sup.spawn("checkpoint", move || {
+            writer_loop.run();
+            Ok(())
+        })?;
         let core = Core {
             cfg,
             fold,
@@ -441,7 +474,7 @@ impl Daemon {
             live: live.clone(),
             outputs: Vec::new(),
             last_checkpoint: Instant::now(),
-            snapshots: snap_rx,
+            last_log: Instant::now(),
         };
         sup.spawn("engine", move || run_engine(core, rx, 2, stop))?;
         Ok(Daemon {
@@ -455,6 +488,12 @@ impl Daemon {
     /// Asks for a graceful stop.
     pub fn shutdown(&self) {
         self.supervisor.stop().set();
+    }
+
+    /// The stop signal every thread watches: set by [`Daemon::shutdown`] or by a thread that
+    /// fails.
+    pub fn stop_signal(&self) -> &Stop {
+        self.supervisor.stop()
     }
 
     /// Whether a thread has failed (the daemon is then stopping).
@@ -475,10 +514,10 @@ fn run_engine(
     mut sources: usize,
     stop: Stop,
 ) -> Result<(), DaemonError> {
-    let mut last_log = Instant::now();
     let result = (|| {
         loop {
-            match rx.recv_timeout(Duration::from_millis(100)) {
+            // Blocks on the queue until a notice comes or a duty of the engine's own is due.
+            match rx.recv_timeout(core.until_next_duty()) {
                 Ok(n) => {
                     core.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
                     if !core.handle(n)? {
@@ -491,16 +530,7 @@ fn run_engine(
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => break,
             }
-            core.pass_quiet_time()?;
-            if core.checkpoint_due() {
-                core.checkpoint()?;
-            }
-            core.publish_snapshots()?;
-            core.publisher.check()?;
-            if last_log.elapsed() > Duration::from_secs(10) {
-                core.log_progress();
-                last_log = Instant::now();
-            }
+            core.duties()?;
         }
         core.checkpoint_now()?;
         core.publisher.shutdown(core.cfg.shutdown_timeout / 3);

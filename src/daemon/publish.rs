@@ -15,7 +15,7 @@ use crate::text::Shown;
 
 use super::fold::Output;
 use super::sink::{dead_letter_headers, KafkaSink};
-use super::snapshot::Snapshot;
+use super::snapshot::PostureRecord;
 use super::DaemonError;
 
 /// The output topics, the producer and the SIEM sinks.
@@ -141,7 +141,7 @@ impl Publisher {
     }
 
     /// Publishes a posture snapshot onto `topic` and its summary to the SIEM sinks.
-    pub fn posture(&mut self, topic: &str, s: &Snapshot) -> Result<(), DaemonError> {
+    pub fn posture(&mut self, topic: &str, s: &PostureRecord) -> Result<(), DaemonError> {
         self.sink
             .send(topic, Some(s.summary.guardian_id.as_bytes()), &s.json, None)?;
         self.siem.emit(&SiemRecord::Posture(&s.summary))?;
@@ -176,11 +176,6 @@ impl Publisher {
         }
     }
 
-    /// Fails if a SIEM or email delivery thread has stopped on its own.
-    pub fn check(&mut self) -> Result<(), DaemonError> {
-        Ok(self.siem.check()?)
-    }
-
     /// Outputs waiting for acknowledgement, and records waiting in the SIEM spools.
     pub fn backlog(&self) -> (i32, u64) {
         (self.sink.in_flight(), self.siem.spooled())
@@ -191,7 +186,7 @@ impl Publisher {
         self.sink.delivered()
     }
 
-    /// Drains the SIEM sinks for at most `drain` and stops them.
+    /// Closes the SIEM spools: their deliveries drain them for at most `drain`, then end.
     pub fn shutdown(&mut self, drain: Duration) {
         self.siem.shutdown(drain);
     }

@@ -1,10 +1,9 @@
 //! Posture snapshots, off the engine thread: every `posture.interval` the owned partitions'
 //! posture is computed from the store (the last checkpoint, as the admin API reads it), added
-//! to the score history, and handed to the engine thread to publish; incidents past their
-//! retention are pruned.
+//! to the score history, and handed to the engine thread through its queue to publish;
+//! incidents past their retention are pruned.
 
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +15,11 @@ use crate::telemetry::Live;
 
 use crate::stop::Stop;
 
-/// A computed posture, ready to publish.
+use super::source::{Notice, Queue};
+
+/// A computed posture, ready to publish on the posture topic.
 #[derive(Debug)]
-pub struct Snapshot {
+pub struct PostureRecord {
     /// The JSON record for the posture topic.
     pub json: Vec<u8>,
     /// Its summary for the SIEM sinks.
@@ -43,14 +44,14 @@ pub struct Snapshots {
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Snapshots {
-    /// Computes a snapshot every interval until `stop`, handing each to `tx`.
-    pub fn run(self, tx: SyncSender<Snapshot>, stop: Stop) -> Result<(), StoreError> {
+    /// Computes a snapshot every interval until `stop`, handing each to the engine's `queue`.
+    pub fn run(self, queue: &Queue, stop: Stop) -> Result<(), StoreError> {
         let mut last_prune: Option<Instant> = None;
         while !stop.wait(self.settings.interval) {
             let Some((snap, posture)) = self.once()? else {
                 continue;
             };
-            if tx.send(snap).is_err() {
+            if !queue.send(Notice::Posture(snap)) {
                 break; // the engine has stopped
             }
             if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
@@ -71,7 +72,7 @@ impl Snapshots {
 
     /// The posture of the owned partitions as stored now, recorded in the score history; `None`
     /// while nothing is owned or stored.
-    pub fn once(&self) -> Result<Option<(Snapshot, Posture)>, StoreError> {
+    pub fn once(&self) -> Result<Option<(PostureRecord, Posture)>, StoreError> {
         let owned = self.live.owned();
         if owned.is_empty() {
             return Ok(None);
@@ -103,7 +104,7 @@ impl Snapshots {
             "posture snapshot computed"
         );
         let summary = posture_summary(&posture, &self.guardian_id);
-        Ok(Some((Snapshot { json, summary }, posture)))
+        Ok(Some((PostureRecord { json, summary }, posture)))
     }
 }
 

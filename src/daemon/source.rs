@@ -71,6 +71,8 @@ pub enum Notice {
     Audit(Vec<Record>, std::time::Instant),
     /// A control-topic message.
     Control(Record),
+    /// A posture snapshot the posture thread computed, to publish.
+    Posture(super::snapshot::PostureRecord),
     /// A source stopped (shutdown), with an error if it failed.
     Stopped(Option<String>),
 }

@@ -124,3 +124,107 @@ impl Supervisor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A thread that runs until the stop signal.
+    fn until_stop(sup: &mut Supervisor, name: &str) {
+        let s = sup.stop().clone();
+        sup.spawn(name, move || {
+            s.wait(Duration::from_secs(600));
+            Ok(())
+        })
+        .unwrap();
+    }
+
+    fn thread_of(e: &DaemonError) -> (&str, &DaemonError) {
+        match e {
+            DaemonError::Thread { thread, source } => (thread.as_str(), source),
+            other => panic!("not a thread's error: {other}"),
+        }
+    }
+
+    #[test]
+    fn threads_that_end_at_the_stop_join_cleanly() {
+        let mut sup = Supervisor::new(Stop::new());
+        until_stop(&mut sup, "a");
+        until_stop(&mut sup, "b");
+        assert!(!sup.failed());
+        sup.join(Duration::from_secs(60)).unwrap();
+    }
+
+    #[test]
+    fn the_first_failure_stops_the_others_and_is_the_error() {
+        let mut sup = Supervisor::new(Stop::new());
+        until_stop(&mut sup, "waiter");
+        sup.spawn("failing", || Err(DaemonError::Source("broken".into())))
+            .unwrap();
+        assert!(
+            sup.stop().wait(Duration::from_secs(60)),
+            "the failure sets the signal"
+        );
+        assert!(sup.failed());
+        let e = sup.join(Duration::from_secs(60)).unwrap_err();
+        let (thread, source) = thread_of(&e);
+        assert_eq!(thread, "failing");
+        assert!(matches!(source, DaemonError::Source(s) if s == "broken"));
+    }
+
+    #[test]
+    fn a_thread_that_ends_before_the_stop_is_a_failure() {
+        let mut sup = Supervisor::new(Stop::new());
+        until_stop(&mut sup, "waiter");
+        sup.spawn("quitter", || Ok(())).unwrap();
+        assert!(sup.stop().wait(Duration::from_secs(60)));
+        let e = sup.join(Duration::from_secs(60)).unwrap_err();
+        let (thread, source) = thread_of(&e);
+        assert_eq!(thread, "quitter");
+        assert!(matches!(source, DaemonError::EndedEarly));
+    }
+
+    #[test]
+    fn a_panic_is_a_failure_and_stops_the_others() {
+        let mut sup = Supervisor::new(Stop::new());
+        until_stop(&mut sup, "waiter");
+        sup.spawn("panicking", || panic!("on purpose")).unwrap();
+        assert!(sup.stop().wait(Duration::from_secs(60)));
+        let e = sup.join(Duration::from_secs(60)).unwrap_err();
+        let (thread, source) = thread_of(&e);
+        assert_eq!(thread, "panicking");
+        assert!(matches!(source, DaemonError::Panicked));
+    }
+
+    #[test]
+    fn a_thread_past_the_join_deadline_is_named() {
+        let mut sup = Supervisor::new(Stop::new());
+        until_stop(&mut sup, "prompt");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        // Ignores the signal: ends only when the test lets it.
+        sup.spawn("stuck", move || {
+            let _ = rx.recv();
+            Ok(())
+        })
+        .unwrap();
+        let started = Instant::now();
+        match sup.join(Duration::from_millis(200)) {
+            Err(DaemonError::Deadline(d, late)) => {
+                assert_eq!(d, Duration::from_millis(200));
+                assert_eq!(late, "stuck");
+            }
+            other => panic!("expected the deadline: {other:?}"),
+        }
+        assert!(started.elapsed() < Duration::from_secs(30));
+        drop(tx);
+    }
+
+    #[test]
+    fn dropping_the_supervisor_stops_its_threads() {
+        let stop = Stop::new();
+        let mut sup = Supervisor::new(stop.clone());
+        until_stop(&mut sup, "a");
+        drop(sup);
+        assert!(stop.is_set());
+    }
+}

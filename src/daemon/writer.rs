@@ -8,7 +8,6 @@
 
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::TopicPartitionList;
@@ -24,40 +23,56 @@ pub struct Job {
     pub commit: TopicPartitionList,
 }
 
-/// The writer thread and the one batch it may be writing.
+/// The engine's side of the writer thread, and the one batch it may be writing.
 pub struct CheckpointWriter {
     tx: Option<SyncSender<Job>>,
     done: Receiver<Result<(), StoreError>>,
     in_flight: bool,
-    thread: Option<JoinHandle<()>>,
+}
+
+/// The writer thread's loop: writes each job handed over, until the engine's side is dropped.
+pub struct WriterLoop {
+    jobs: Receiver<Job>,
+    done: SyncSender<Result<(), StoreError>>,
+    store: Store,
+    consumer: Arc<AuditConsumer>,
+}
+
+impl WriterLoop {
+    /// Writes jobs until the engine drops its [`CheckpointWriter`]; a failed write is the
+    /// engine's to report (it gets the error back), so the loop itself only ends.
+    pub fn run(self) {
+        for job in self.jobs {
+            let r = self.store.write(job.batch);
+            if r.is_ok() && job.commit.count() > 0 {
+                if let Err(e) = self.consumer.commit(&job.commit, CommitMode::Async) {
+                    tracing::debug!(error = %e, "offset commit (lag monitoring only)");
+                }
+            }
+            if self.done.send(r).is_err() {
+                break;
+            }
+        }
+    }
 }
 
 impl CheckpointWriter {
-    /// Starts the writer thread.
-    pub fn start(store: Store, consumer: Arc<AuditConsumer>) -> std::io::Result<CheckpointWriter> {
-        let (tx, rx) = sync_channel::<Job>(1);
+    /// The engine's side and the loop to run on the writer thread.
+    pub fn new(store: Store, consumer: Arc<AuditConsumer>) -> (CheckpointWriter, WriterLoop) {
+        let (tx, jobs) = sync_channel::<Job>(1);
         let (done_tx, done) = sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("checkpoint".into())
-            .spawn(move || {
-                for job in rx {
-                    let r = store.write(job.batch);
-                    if r.is_ok() && job.commit.count() > 0 {
-                        if let Err(e) = consumer.commit(&job.commit, CommitMode::Async) {
-                            tracing::debug!(error = %e, "offset commit (lag monitoring only)");
-                        }
-                    }
-                    if done_tx.send(r).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(CheckpointWriter {
+        let writer = CheckpointWriter {
             tx: Some(tx),
             done,
             in_flight: false,
-            thread: Some(thread),
-        })
+        };
+        let run = WriterLoop {
+            jobs,
+            done: done_tx,
+            store,
+            consumer,
+        };
+        (writer, run)
     }
 
     /// Hands a checkpoint over, after the previous one is written.
@@ -80,11 +95,9 @@ impl CheckpointWriter {
 }
 
 impl Drop for CheckpointWriter {
+    /// Waits for the batch in flight; the writer thread then ends.
     fn drop(&mut self) {
         let _ = self.wait();
         self.tx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
     }
 }

@@ -1,5 +1,6 @@
 //! The retry delay of a delivery thread: exponential, from [`INITIAL`] up to [`MAX`], back to the
-//! start after a success, waited in short steps so a stop is seen promptly.
+//! start after a success. The thread waits it on its spool ([`super::spool::Spool::wait_closed`]),
+//! so a shutdown ends the wait at once.
 
 use std::time::{Duration, Instant};
 
@@ -7,8 +8,6 @@ use std::time::{Duration, Instant};
 pub const INITIAL: Duration = Duration::from_millis(200);
 /// Longest retry delay.
 pub const MAX: Duration = Duration::from_secs(30);
-/// Step of a wait, between two looks at the stop condition.
-const STEP: Duration = Duration::from_millis(20);
 
 /// An exponential retry delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,18 +32,12 @@ impl Backoff {
         self.next = INITIAL;
     }
 
-    /// A delivery failed: waits the delay (unless `stopped` says to stop first), then doubles it
-    /// up to [`MAX`]. Returns whether the wait ended because of `stopped`.
-    pub fn wait(&mut self, stopped: impl Fn() -> bool) -> bool {
+    /// A delivery failed: until when to wait before the next attempt; the delay after it
+    /// doubles, up to [`MAX`].
+    pub fn failed(&mut self) -> Instant {
         let until = Instant::now() + self.next;
         self.next = (self.next * 2).min(MAX);
-        while Instant::now() < until {
-            if stopped() {
-                return true;
-            }
-            std::thread::sleep(STEP.min(until.saturating_duration_since(Instant::now())));
-        }
-        false
+        until
     }
 }
 
@@ -56,10 +49,11 @@ mod tests {
     fn doubles_up_to_the_maximum_and_resets_after_a_success() {
         let mut b = Backoff::default();
         assert_eq!(b.delay(), INITIAL);
-        assert!(b.wait(|| true), "a stop ends the wait at once");
+        let until = b.failed();
+        assert!(until > Instant::now() + INITIAL / 2 && until <= Instant::now() + INITIAL);
         assert_eq!(b.delay(), INITIAL * 2);
         for _ in 0..20 {
-            b.wait(|| true);
+            b.failed();
         }
         assert_eq!(b.delay(), MAX);
         b.succeeded();

@@ -6,9 +6,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use lettre::message::{Mailbox, MultiPart};
@@ -223,9 +222,10 @@ pub struct EmailSink {
     spool: Arc<Spool>,
     /// Counters.
     pub stats: Arc<EmailStats>,
-    stop: Arc<AtomicBool>,
-    worker: Option<JoinHandle<Result<(), SpoolError>>>,
 }
+
+/// The email delivery loop, to run on a thread of its own (see [`EmailSink::open`]).
+pub type EmailDelivery = Box<dyn FnOnce() -> Result<(), SpoolError> + Send>;
 
 /// Replaces control and invisible characters (header injection, reordered text, look-alike ids;
 /// see [`crate::text::hidden`]) with spaces and cuts to `max` characters.
@@ -392,20 +392,34 @@ pub enum EmailError {
     /// `from` is not a mailbox.
     #[error("email: from {0:?} is not a mailbox")]
     From(String),
-    /// The delivery thread could not be started.
-    #[error("email: cannot start the delivery thread: {0}")]
-    Thread(#[source] std::io::Error),
+    /// A duration setting is not one (the configuration check refuses it first).
+    #[error("email: {name} {value:?} is not a duration")]
+    Duration {
+        /// The setting.
+        name: &'static str,
+        /// Its value.
+        value: String,
+    },
 }
 
 impl EmailSink {
-    /// Opens the email spool in `db` and starts the delivery thread, once its transport is built:
-    /// a transport that cannot be built fails the start, it does not leave mail spooled for ever.
-    pub fn start(cfg: &EmailConfig, db: &sled::Db) -> Result<EmailSink, EmailError> {
+    /// Opens the email spool in `db` and builds the transport; returns the sink the engine writes
+    /// to and its delivery loop. A transport that cannot be built fails here: it does not leave
+    /// mail spooled for ever.
+    pub fn open(
+        cfg: &EmailConfig,
+        db: &sled::Db,
+    ) -> Result<(EmailSink, EmailDelivery), EmailError> {
         let transport = cfg.transport().map_err(EmailError::Transport)?;
         let from = cfg
             .from
             .parse::<Mailbox>()
             .map_err(|_| EmailError::From(cfg.from.clone()))?;
+        let window =
+            humantime::parse_duration(&cfg.rate_window).map_err(|_| EmailError::Duration {
+                name: "rate_window",
+                value: cfg.rate_window.clone(),
+            })?;
         let spool = Arc::new(Spool::open(
             db,
             "email",
@@ -413,22 +427,20 @@ impl EmailSink {
             cfg.when_full,
         )?);
         let stats = Arc::new(EmailStats::default());
-        let stop = Arc::new(AtomicBool::new(false));
-        let worker = {
-            let (cfg, spool, stats, stop) =
-                (cfg.clone(), spool.clone(), stats.clone(), stop.clone());
-            std::thread::Builder::new()
-                .name("sink-email".into())
-                .spawn(move || deliver(&cfg, transport, from, &spool, &stats, &stop))
-                .map_err(EmailError::Thread)?
+        let delivery: EmailDelivery = {
+            let (spool, stats) = (spool.clone(), stats.clone());
+            let limits = Limits {
+                window,
+                per_window: cfg.rate_limit.max(1) as usize,
+            };
+            Box::new(move || deliver(limits, transport, from, &spool, &stats))
         };
-        Ok(EmailSink {
+        let sink = EmailSink {
             routes: cfg.routes.clone(),
             spool,
             stats,
-            stop,
-            worker: Some(worker),
-        })
+        };
+        Ok((sink, delivery))
     }
 
     /// Spools one email per distinct recipient list whose routes take `r`.
@@ -465,32 +477,25 @@ impl EmailSink {
         self.spool.len()
     }
 
-    /// Why the delivery thread has stopped before the shutdown (its spool failed, or it
-    /// panicked), if it has.
-    pub fn ended(&mut self) -> Option<String> {
-        super::spool::ended(&mut self.worker)
-    }
-
-    /// Stops the delivery thread after at most `drain`; what is left stays spooled.
-    pub fn shutdown(&mut self, drain: Duration) {
-        let t = Instant::now();
-        while !self.spool.is_empty() && t.elapsed() < drain {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        self.stop.store(true, Ordering::Release);
-        self.spool.close();
-        if let Some(w) = self.worker.take() {
-            let _ = w.join();
-        }
+    /// Closes the spool: the delivery sends what is left until it is empty or `drain_until`
+    /// has passed, then ends; what is left stays spooled.
+    pub fn close(&self, drain_until: Instant) {
+        self.spool.close(drain_until);
     }
 }
 
 impl Drop for EmailSink {
+    /// Closes the spool at once if [`EmailSink::close`] did not: the delivery ends.
     fn drop(&mut self) {
-        if self.worker.is_some() {
-            self.shutdown(Duration::ZERO);
-        }
+        self.spool.close(Instant::now());
     }
+}
+
+/// The rate limit per recipient list.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    window: Duration,
+    per_window: usize,
 }
 
 /// Outcome of one SMTP send.
@@ -525,21 +530,29 @@ fn send(t: &SmtpTransport, from: &Mailbox, item: &Item) -> Sent {
 /// The delivery loop: rate limit per recipient list, digest of the excess, retries; fails if
 /// the spool cannot be read or updated.
 fn deliver(
-    cfg: &EmailConfig,
+    limits: Limits,
     transport: SmtpTransport,
     from: Mailbox,
     spool: &Spool,
     stats: &EmailStats,
-    stop: &AtomicBool,
 ) -> Result<(), SpoolError> {
-    let window = humantime::parse_duration(&cfg.rate_window).unwrap_or(Duration::from_secs(3600));
-    let limit = cfg.rate_limit.max(1) as usize;
+    let Limits { window, per_window } = limits;
     let mut recent: BTreeMap<Vec<String>, VecDeque<Instant>> = BTreeMap::new();
     let mut backoff = Backoff::default();
-    while !stop.load(Ordering::Acquire) {
+    loop {
+        let seen = spool.version();
+        if spool.drain_over() || (spool.drain_until().is_some() && spool.is_empty()) {
+            if !spool.is_empty() {
+                tracing::warn!(
+                    spooled = spool.len(),
+                    "undelivered emails stay spooled for the next start"
+                );
+            }
+            return Ok(());
+        }
         let batch = spool.peek(1000)?;
         if batch.is_empty() {
-            spool.wait(Duration::from_millis(100));
+            spool.wait_change(seen, spool.drain_until());
             continue;
         }
         // Group by recipient list, oldest first.
@@ -555,13 +568,20 @@ fn deliver(
         }
         let mut progressed = false;
         let mut failed = false;
+        // When a rate-limited recipient list next has room.
+        let mut room_at: Option<Instant> = None;
         for (to, items) in groups {
             let sent_at = recent.entry(to.clone()).or_default();
             while sent_at.front().is_some_and(|t| t.elapsed() >= window) {
                 sent_at.pop_front();
             }
-            let room = limit.saturating_sub(sent_at.len());
+            let room = per_window.saturating_sub(sent_at.len());
             if room == 0 {
+                let at = sent_at.front().map(|t| *t + window);
+                room_at = match (room_at, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 continue;
             }
             // Send singly while there is room for every remaining item; otherwise the last slot
@@ -613,13 +633,16 @@ fn deliver(
             }
         }
         if failed {
-            backoff.wait(|| stop.load(Ordering::Acquire));
+            spool.wait_closed(backoff.failed());
         } else if !progressed {
-            // Everything waiting is rate limited: check again shortly.
-            std::thread::sleep(Duration::from_millis(100));
+            // Everything waiting is rate limited: wait for room, a new email or the close.
+            let until = match (room_at, spool.drain_until()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            spool.wait_change(seen, until);
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -666,7 +689,7 @@ mod tests {
         }))
         .unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
-        match EmailSink::start(&cfg, &db) {
+        match EmailSink::open(&cfg, &db) {
             Err(EmailError::Transport(e)) => assert!(!e.is_empty()),
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("started with a transport that cannot be built"),
@@ -675,11 +698,12 @@ mod tests {
         cfg.password = None;
         cfg.from = "not a mailbox".into();
         assert!(matches!(
-            EmailSink::start(&cfg, &db),
+            EmailSink::open(&cfg, &db),
             Err(EmailError::From(_))
         ));
         cfg.from = "guardian@example.com".into();
-        let mut sink = EmailSink::start(&cfg, &db).unwrap();
-        sink.shutdown(Duration::ZERO);
+        let (sink, delivery) = EmailSink::open(&cfg, &db).unwrap();
+        sink.close(Instant::now());
+        delivery().unwrap();
     }
 }

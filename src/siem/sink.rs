@@ -1,12 +1,14 @@
-//! The running SIEM sinks: each formats records into its own spool, and a delivery thread per
-//! sink sends them with retry and exponential backoff. The engine only ever writes to the spool
-//! (a local sled tree), so a slow or dead receiver never stalls detection or the kill path
-//! (unless the sink is configured with `when_full = "block"`).
+//! The running SIEM sinks: each formats records into its own spool, and a [`Delivery`] per sink
+//! sends them with retry and exponential backoff, on a thread the daemon's supervisor starts.
+//! The engine only ever writes to the spool (a local sled tree), so a slow or dead receiver
+//! never stalls detection or the kill path (unless the sink is configured with
+//! `when_full = "block"`). A delivery waits on its spool (a message, a confirmation due, the end
+//! of a retry delay), never on a timer tick; it ends when the engine has closed the spool and it
+//! is drained, or its drain deadline has passed.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::lines::Formatter;
@@ -22,32 +24,15 @@ use super::transport::{
 /// Messages sent per batch.
 const BATCH: usize = 256;
 
-/// Errors starting the sinks.
+/// Errors of the SIEM sinks: starting them, or delivering.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum SiemError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
     /// The email sink could not start.
     #[error(transparent)]
     Email(#[from] super::email::EmailError),
-    /// A delivery thread could not be started.
-    #[error("sink {name}: cannot start its delivery thread: {source}")]
-    Thread {
-        /// Sink name.
-        name: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A delivery thread stopped on its own: its spool failed, or it panicked.
-    #[error("sink {name}: delivery stopped: {why}")]
-    Failed {
-        /// Sink name.
-        name: String,
-        /// Why.
-        why: String,
-    },
     /// The transport could not be set up.
     #[error("sink {name}: {source}")]
     Transport {
@@ -68,13 +53,6 @@ pub struct SinkStats {
     pub failures: AtomicU64,
 }
 
-/// The engine's shutdown of the delivery threads: requested, and until when they may still
-/// drain their spools (not a second stop signal: the engine thread alone sets it, when it ends).
-struct Drain {
-    requested: AtomicBool,
-    deadline: Mutex<Option<Instant>>,
-}
-
 struct Active {
     name: String,
     formatter: Formatter,
@@ -82,7 +60,26 @@ struct Active {
     min_severity: u8,
     spool: Arc<Spool>,
     stats: Arc<SinkStats>,
-    worker: Option<JoinHandle<Result<(), SpoolError>>>,
+}
+
+/// One sink's delivery loop, to run on a thread of its own (named after [`Delivery::name`]):
+/// it sends what the engine spools and ends once the engine has closed the spool and it is
+/// drained (or the drain deadline has passed); it fails if the spool cannot be read or updated.
+pub struct Delivery {
+    name: String,
+    job: Box<dyn FnOnce() -> Result<(), SiemError> + Send>,
+}
+
+impl Delivery {
+    /// The sink it delivers for.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs the loop until the spool is closed and drained.
+    pub fn run(self) -> Result<(), SiemError> {
+        (self.job)()
+    }
 }
 
 /// A sink's figures, for logs and metrics.
@@ -104,28 +101,26 @@ pub struct SinkStatus {
 pub struct SiemSinks {
     sinks: Vec<Active>,
     email: Option<super::email::EmailSink>,
-    stop: Arc<Drain>,
     buf: Vec<u8>,
 }
 
 impl SiemSinks {
-    /// Opens each sink's spool in `db` and starts its delivery thread. `host` is the default
-    /// syslog HOSTNAME and the records' `dvchost`; Kafka sinks use `brokers` and `options`.
-    pub fn start(
+    /// Opens each sink's spool in `db` and builds its transport; returns the sinks the engine
+    /// writes to and the deliveries to run (one per sink, and one for email). `host` is the
+    /// default syslog HOSTNAME and the records' `dvchost`; Kafka sinks use `brokers` and
+    /// `options`.
+    pub fn open(
         configs: &[SinkConfig],
         email: Option<&super::email::EmailConfig>,
         db: &sled::Db,
         host: &str,
         brokers: &str,
         options: &BTreeMap<String, String>,
-    ) -> Result<SiemSinks, SinkError> {
-        let stop = Arc::new(Drain {
-            requested: AtomicBool::new(false),
-            deadline: Mutex::new(None),
-        });
+    ) -> Result<(SiemSinks, Vec<Delivery>), SiemError> {
         let mut sinks = Vec::new();
+        let mut deliveries = Vec::new();
         for c in configs {
-            let terr = |source| SinkError::Transport {
+            let terr = |source| SiemError::Transport {
                 name: c.name.clone(),
                 source,
             };
@@ -170,17 +165,13 @@ impl SiemSinks {
             });
             let spool = Arc::new(Spool::open(db, &c.name, c.spool_max_records, c.when_full)?);
             let stats = Arc::new(SinkStats::default());
-            let worker = {
-                let (spool, stats, stop, name) =
-                    (spool.clone(), stats.clone(), stop.clone(), c.name.clone());
-                std::thread::Builder::new()
-                    .name(format!("sink-{}", c.name))
-                    .spawn(move || deliver(&name, &spool, transport, &stats, &stop))
-                    .map_err(|source| SinkError::Thread {
-                        name: c.name.clone(),
-                        source,
-                    })?
-            };
+            {
+                let (spool, stats, name) = (spool.clone(), stats.clone(), c.name.clone());
+                deliveries.push(Delivery {
+                    name: c.name.clone(),
+                    job: Box::new(move || deliver(&name, &spool, transport, &stats)),
+                });
+            }
             if !spool.is_empty() {
                 tracing::info!(sink = %c.name, spooled = spool.len(), "delivering messages spooled before the restart");
             }
@@ -191,19 +182,25 @@ impl SiemSinks {
                 min_severity: c.min_severity,
                 spool,
                 stats,
-                worker: Some(worker),
             });
         }
         let email = match email {
-            Some(e) => Some(super::email::EmailSink::start(e, db)?),
+            Some(e) => {
+                let (sink, job) = super::email::EmailSink::open(e, db)?;
+                deliveries.push(Delivery {
+                    name: "email".into(),
+                    job: Box::new(move || Ok(job()?)),
+                });
+                Some(sink)
+            }
             None => None,
         };
-        Ok(SiemSinks {
+        let sinks = SiemSinks {
             sinks,
             email,
-            stop,
             buf: Vec::with_capacity(4096),
-        })
+        };
+        Ok((sinks, deliveries))
     }
 
     /// No sinks.
@@ -211,10 +208,6 @@ impl SiemSinks {
         SiemSinks {
             sinks: Vec::new(),
             email: None,
-            stop: Arc::new(Drain {
-                requested: AtomicBool::new(false),
-                deadline: Mutex::new(None),
-            }),
             buf: Vec::new(),
         }
     }
@@ -276,70 +269,26 @@ impl SiemSinks {
             + self.email.as_ref().map_or(0, |e| e.spooled())
     }
 
-    /// Fails if a delivery thread has stopped before the shutdown (its spool failed, or it
-    /// panicked): its messages would otherwise pile up unseen.
-    pub fn check(&mut self) -> Result<(), SinkError> {
-        for s in &mut self.sinks {
-            if let Some(why) = super::spool::ended(&mut s.worker) {
-                return Err(SinkError::Failed {
-                    name: s.name.clone(),
-                    why,
-                });
-            }
-        }
-        match self.email.as_mut().and_then(super::email::EmailSink::ended) {
-            Some(why) => Err(SinkError::Failed {
-                name: "email".into(),
-                why,
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Stops the delivery threads: they keep delivering until their spool is empty or `drain`
-    /// has passed; what is left stays spooled for the next start.
+    /// Closes the spools: the engine has written its last record. Each delivery goes on until
+    /// its spool is empty or `drain` has passed, then ends; what is left stays spooled for the
+    /// next start.
     pub fn shutdown(&mut self, drain: Duration) {
-        if let Ok(mut d) = self.stop.deadline.lock() {
-            *d = Some(Instant::now() + drain);
-        }
-        self.stop.requested.store(true, Ordering::Release);
+        let until = Instant::now() + drain;
         for s in &self.sinks {
-            s.spool.close();
+            s.spool.close(until);
         }
-        if let Some(e) = self.email.as_mut() {
-            e.shutdown(drain);
-        }
-        for s in &mut self.sinks {
-            match s.worker.take().map(JoinHandle::join) {
-                Some(Ok(Err(e))) => {
-                    tracing::error!(sink = %s.name, error = %e, "sink delivery failed")
-                }
-                Some(Err(_)) => tracing::error!(sink = %s.name, "sink delivery thread panicked"),
-                _ => {}
-            }
-            if !s.spool.is_empty() {
-                tracing::warn!(sink = %s.name, spooled = s.spool.len(), "undelivered messages stay spooled for the next start");
-            }
+        if let Some(e) = &self.email {
+            e.close(until);
         }
     }
 }
 
 impl Drop for SiemSinks {
+    /// Closes the spools at once if [`SiemSinks::shutdown`] did not (the engine failed): the
+    /// deliveries end.
     fn drop(&mut self) {
-        if self.sinks.iter().any(|s| s.worker.is_some()) {
-            self.shutdown(Duration::ZERO);
-        }
+        self.shutdown(Duration::ZERO);
     }
-}
-
-fn past_deadline(stop: &Drain) -> bool {
-    stop.requested.load(Ordering::Acquire)
-        && stop
-            .deadline
-            .lock()
-            .ok()
-            .and_then(|d| *d)
-            .is_none_or(|d| Instant::now() >= d)
 }
 
 /// How long a message written to a TCP or TLS syslog connection must stay behind a healthy
@@ -348,15 +297,14 @@ fn past_deadline(stop: &Drain) -> bool {
 /// ids).
 pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 
-/// The delivery loop of one sink, until the stop (and its drain deadline); fails if its spool
-/// cannot be read or updated.
+/// The delivery loop of one sink, until its spool is closed and drained (or the drain deadline
+/// passes); fails if its spool cannot be read or updated.
 fn deliver(
     name: &str,
     spool: &Spool,
     mut t: Transport,
     stats: &SinkStats,
-    stop: &Drain,
-) -> Result<(), SpoolError> {
+) -> Result<(), SiemError> {
     let late = t.confirms_late();
     let mut backoff = super::backoff::Backoff::default();
     let mut failing_since: Option<Instant> = None;
@@ -364,6 +312,7 @@ fn deliver(
     // Written on the current connection, not yet confirmed (late-confirming transports only).
     let mut written: std::collections::VecDeque<(u64, Instant)> = Default::default();
     loop {
+        let seen = spool.version();
         if late && !written.is_empty() && !t.healthy() {
             tracing::warn!(sink = %name, resend = written.len(), "receiver closed the connection; resending unconfirmed messages");
             stats.failures.fetch_add(1, Ordering::Relaxed);
@@ -388,15 +337,14 @@ fn deliver(
         let after = written.back().map(|w| w.0);
         let batch = spool.peek_after(after, BATCH)?;
         if batch.is_empty() {
-            if stop.requested.load(Ordering::Acquire) && (written.is_empty() || past_deadline(stop))
-            {
-                return Ok(());
+            if let Some(until) = spool.drain_until() {
+                if written.is_empty() || Instant::now() >= until {
+                    return left_spooled(name, spool);
+                }
             }
-            if written.is_empty() {
-                spool.wait(Duration::from_millis(100));
-            } else {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // A new message, the close, or the next confirmation, whichever comes first.
+            let next = written.front().map(|w| w.1 + CONFIRM_AFTER);
+            spool.wait_change(seen, earliest(next, spool.drain_until()));
             continue;
         }
         let msgs: Vec<&[u8]> = batch.iter().map(|m| m.1.as_slice()).collect();
@@ -430,15 +378,31 @@ fn deliver(
                     last_warn = Some(Instant::now());
                 }
                 t.reset();
-                if backoff.wait(|| past_deadline(stop)) {
-                    return Ok(());
+                if spool.wait_closed(backoff.failed()) {
+                    return left_spooled(name, spool);
                 }
             }
         }
-        if past_deadline(stop) && !spool.is_empty() && written.is_empty() {
-            return Ok(());
+        if spool.drain_over() && written.is_empty() {
+            return left_spooled(name, spool);
         }
     }
+}
+
+/// The earlier of two optional instants.
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The end of a delivery: logs what it leaves in its spool for the next start.
+fn left_spooled(name: &str, spool: &Spool) -> Result<(), SiemError> {
+    if !spool.is_empty() {
+        tracing::warn!(sink = %name, spooled = spool.len(), "undelivered messages stay spooled for the next start");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -453,6 +417,27 @@ mod tests {
             "framing": "newline", "spool_max_records": 1000
         }))
         .unwrap()
+    }
+
+    type Threads = Vec<std::thread::JoinHandle<Result<(), SiemError>>>;
+
+    /// Opens the sinks and runs each delivery on a thread of its own.
+    fn start(cfg: &[SinkConfig], db: &sled::Db, brokers: &str) -> (SiemSinks, Threads) {
+        let (s, deliveries) =
+            SiemSinks::open(cfg, None, db, "h", brokers, &BTreeMap::new()).unwrap();
+        let threads = deliveries
+            .into_iter()
+            .map(|d| std::thread::spawn(move || d.run()))
+            .collect();
+        (s, threads)
+    }
+
+    /// Closes the spools and waits for every delivery to end without an error.
+    fn stop(mut s: SiemSinks, threads: Threads, drain: Duration) {
+        s.shutdown(drain);
+        for t in threads {
+            t.join().unwrap().unwrap();
+        }
     }
 
     fn free_port() -> u16 {
@@ -473,7 +458,7 @@ mod tests {
             .collect();
         {
             let db = sled::open(dir.path()).unwrap();
-            let mut s = SiemSinks::start(&cfg, None, &db, "h", "", &BTreeMap::new()).unwrap();
+            let (mut s, threads) = start(&cfg, &db, "");
             for c in &cmds {
                 s.emit(&Record::Command(c)).unwrap();
             }
@@ -486,13 +471,18 @@ mod tests {
             let st = &s.status()[0];
             assert_eq!((st.spooled, st.sent, st.dropped), (50, 0, 0), "{st:?}");
             assert!(st.failures >= 1);
-            s.shutdown(Duration::ZERO);
+            let t = Instant::now();
+            stop(s, threads, Duration::ZERO);
+            assert!(
+                t.elapsed() < Duration::from_secs(5),
+                "a delivery in its retry delay must end at the close"
+            );
             db.flush().unwrap();
         }
         // The receiver is back; a restarted daemon delivers the spool.
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         let db = crate::siem::spool::open_db(dir.path()).unwrap();
-        let mut s = SiemSinks::start(&cfg, None, &db, "h", "", &BTreeMap::new()).unwrap();
+        let (s, threads) = start(&cfg, &db, "");
         let (conn, _) = listener.accept().unwrap();
         let lines: Vec<String> = BufReader::new(conn)
             .lines()
@@ -508,7 +498,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(s.status()[0].sent, 50);
-        s.shutdown(Duration::from_secs(1));
+        stop(s, threads, Duration::from_secs(1));
     }
 
     #[test]
@@ -522,7 +512,7 @@ mod tests {
         }))
         .unwrap();
         let brokers = cluster.bootstrap_servers();
-        let mut s = SiemSinks::start(&[cfg], None, &db, "h", &brokers, &BTreeMap::new()).unwrap();
+        let (mut s, threads) = start(&[cfg], &db, &brokers);
         let cmds: Vec<Command> = (0..3)
             .map(|i| Command::manual(Verb::Revive, &format!("a{i}"), "ok", i, "ops"))
             .collect();
@@ -534,7 +524,7 @@ mod tests {
             assert!(t.elapsed() < Duration::from_secs(20), "{:?}", s.status());
             std::thread::sleep(Duration::from_millis(20));
         }
-        s.shutdown(Duration::from_secs(1));
+        stop(s, threads, Duration::from_secs(1));
         let got = crate::kafka::read_all(&brokers, "siem-json");
         assert_eq!(got.len(), 3);
         for ((_, payload), c) in got.iter().zip(&cmds) {

@@ -6,8 +6,8 @@
 //! whatever is still spooled.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -58,8 +58,17 @@ pub struct Spool {
     /// Writes that had to wait for room (`when_full = "block"`).
     blocked: AtomicU64,
     closed: AtomicBool,
-    lock: Mutex<()>,
+    gate: Mutex<Gate>,
     changed: Condvar,
+}
+
+/// What waiters on a spool look at, under its lock: changes, and the drain deadline once closed.
+#[derive(Debug, Default)]
+struct Gate {
+    /// Counts pushes, removals and the close.
+    version: u64,
+    /// Set by [`Spool::close`]: until when delivery may still drain.
+    drain_until: Option<Instant>,
 }
 
 impl Spool {
@@ -90,7 +99,7 @@ impl Spool {
             dropped: AtomicU64::new(0),
             blocked: AtomicU64::new(0),
             closed: AtomicBool::new(false),
-            lock: Mutex::new(()),
+            gate: Mutex::new(Gate::default()),
             changed: Condvar::new(),
         })
     }
@@ -111,15 +120,18 @@ impl Spool {
                     }
                 }
                 WhenFull::Block => {
+                    let seen = self.version();
                     if self.closed.load(Ordering::Acquire) {
                         break;
+                    }
+                    if self.len.load(Ordering::Acquire) < self.cap {
+                        continue;
                     }
                     if !waited {
                         waited = true;
                         self.blocked.fetch_add(1, Ordering::Relaxed);
                     }
-                    let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-                    let _ = self.changed.wait_timeout(g, Duration::from_millis(100));
+                    self.wait_change(seen, None);
                 }
             }
         }
@@ -128,7 +140,7 @@ impl Spool {
             .insert(k.to_be_bytes(), msg)
             .map_err(|e| self.err(e))?;
         self.len.fetch_add(1, Ordering::AcqRel);
-        self.changed.notify_all();
+        self.bump();
         Ok(())
     }
 
@@ -164,23 +176,90 @@ impl Spool {
                 self.len.fetch_sub(1, Ordering::AcqRel);
             }
         }
-        self.changed.notify_all();
+        self.bump();
         Ok(())
     }
 
-    /// Waits until a message may be available or `timeout` passes.
-    pub fn wait(&self, timeout: Duration) {
-        if !self.is_empty() {
-            return;
-        }
-        let g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
-        let _ = self.changed.wait_timeout(g, timeout);
+    fn gate(&self) -> MutexGuard<'_, Gate> {
+        self.gate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Stops blocking pushes (shutdown).
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+    /// Counts a change and wakes the waiters (under the lock, so no waiter misses it).
+    fn bump(&self) {
+        self.gate().version += 1;
         self.changed.notify_all();
+    }
+
+    /// A mark of the spool's state: [`Spool::wait_change`] waits for a change after it.
+    pub fn version(&self) -> u64 {
+        self.gate().version
+    }
+
+    /// Blocks until the spool has changed since `seen` (a push, a removal, the close), or
+    /// `until` has passed (`None`: no deadline).
+    pub fn wait_change(&self, seen: u64, until: Option<Instant>) {
+        let mut g = self.gate();
+        while g.version == seen {
+            g = match until {
+                None => self
+                    .changed
+                    .wait(g)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner),
+                Some(t) => {
+                    let left = t.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return;
+                    }
+                    self.changed
+                        .wait_timeout(g, left)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Closes the spool (the engine has written its last message): blocked pushes stop
+    /// waiting, and the delivery thread drains it until `drain_until`, then ends. The first
+    /// close decides.
+    pub fn close(&self, drain_until: Instant) {
+        self.closed.store(true, Ordering::Release);
+        {
+            let mut g = self.gate();
+            g.drain_until.get_or_insert(drain_until);
+            g.version += 1;
+        }
+        self.changed.notify_all();
+    }
+
+    /// Until when delivery may still drain, once the spool is closed (`None`: open).
+    pub fn drain_until(&self) -> Option<Instant> {
+        self.gate().drain_until
+    }
+
+    /// Blocks until `until`, or less if the spool is closed and its drain deadline passes first
+    /// (a delivery thread's retry delay); returns whether the drain is over.
+    pub fn wait_closed(&self, until: Instant) -> bool {
+        let mut g = self.gate();
+        loop {
+            let end = g.drain_until.map_or(until, |d| d.min(until));
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return g.drain_until.is_some_and(|d| Instant::now() >= d);
+            }
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Whether the spool is closed and its drain deadline has passed.
+    pub fn drain_over(&self) -> bool {
+        self.drain_until().is_some_and(|t| Instant::now() >= t)
     }
 
     /// Messages spooled.
@@ -241,26 +320,10 @@ pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
     }
 }
 
-/// Why a spool's delivery thread has ended, if it has (it is then joined and taken).
-pub(super) fn ended(
-    worker: &mut Option<std::thread::JoinHandle<Result<(), SpoolError>>>,
-) -> Option<String> {
-    if !worker
-        .as_ref()
-        .is_some_and(std::thread::JoinHandle::is_finished)
-    {
-        return None;
-    }
-    Some(match worker.take().map(std::thread::JoinHandle::join) {
-        Some(Ok(Err(e))) => e.to_string(),
-        Some(Err(_)) => "panicked".to_string(),
-        _ => "ended before the shutdown".to_string(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn db() -> (tempfile::TempDir, sled::Db) {
         let d = tempfile::tempdir().unwrap();
@@ -290,6 +353,37 @@ mod tests {
         s.push(b"d").unwrap();
         let rest: Vec<Vec<u8>> = s.peek(10).unwrap().into_iter().map(|m| m.1).collect();
         assert_eq!(rest, vec![b"c".to_vec(), b"d".to_vec()]);
+    }
+
+    #[test]
+    fn a_waiter_wakes_at_a_push_and_at_the_close_and_not_before() {
+        let (_d, db) = db();
+        let s = std::sync::Arc::new(Spool::open(&db, "x", 10, WhenFull::DropOldest).unwrap());
+        let seen = s.version();
+        let t = Instant::now();
+        s.wait_change(seen, Some(t + Duration::from_millis(30)));
+        assert!(
+            t.elapsed() >= Duration::from_millis(30),
+            "woke with no change"
+        );
+        let s2 = s.clone();
+        let pusher = std::thread::spawn(move || s2.push(b"m").unwrap());
+        s.wait_change(seen, None);
+        pusher.join().unwrap();
+        assert_eq!(s.len(), 1);
+        // The close ends a retry delay once its drain deadline has passed.
+        let seen = s.version();
+        let s2 = s.clone();
+        let closer = std::thread::spawn(move || s2.close(Instant::now()));
+        s.wait_change(seen, None);
+        closer.join().unwrap();
+        let t = Instant::now();
+        assert!(s.wait_closed(t + Duration::from_secs(600)));
+        assert!(t.elapsed() < Duration::from_secs(60));
+        assert!(s.drain_over());
+        // The first close decides the deadline.
+        s.close(Instant::now() + Duration::from_secs(600));
+        assert!(s.drain_over());
     }
 
     #[test]
