@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use super::decode::{pack, Entry, Node, Scalar, SLOT_COUNT};
+use super::keys::{pack, Entry, Node, Scalar, Slots};
 
 /// Deepest nesting the scanner follows (serde_json's own limit is 128).
 const MAX_DEPTH: u32 = 64;
@@ -26,11 +26,7 @@ static SKIPPED: Node = Node {
 };
 
 /// Fills `slots` from the JSON object in `text`; `None` when serde_json must decide.
-pub(super) fn scan<'a>(
-    text: &'a str,
-    root: &Node,
-    slots: &mut [Scalar<'a>; SLOT_COUNT],
-) -> Option<()> {
+pub(super) fn scan<'a>(text: &'a str, root: &Node, slots: &mut Slots<'a>) -> Option<()> {
     let mut s = Scanner { text, pos: 0 };
     s.skip_ws();
     s.eat(b'{')?;
@@ -61,12 +57,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The members of an object whose `{` was just read, filling the slots of `node`'s keys.
-    fn object(
-        &mut self,
-        node: &Node,
-        slots: &mut [Scalar<'a>; SLOT_COUNT],
-        depth: u32,
-    ) -> Option<()> {
+    fn object(&mut self, node: &Node, slots: &mut Slots<'a>, depth: u32) -> Option<()> {
         let mut closed = self.open(b'}', depth)?;
         while !closed {
             self.skip_ws();
@@ -90,7 +81,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The elements of an array whose `[` was just read.
-    fn array(&mut self, slots: &mut [Scalar<'a>; SLOT_COUNT], depth: u32) -> Option<()> {
+    fn array(&mut self, slots: &mut Slots<'a>, depth: u32) -> Option<()> {
         let mut closed = self.open(b']', depth)?;
         while !closed {
             self.skip_ws();
@@ -123,12 +114,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// The value of a key that fills slots (or has keys below it that do).
-    fn wanted(
-        &mut self,
-        entry: &Entry,
-        slots: &mut [Scalar<'a>; SLOT_COUNT],
-        depth: u32,
-    ) -> Option<()> {
+    fn wanted(&mut self, entry: &Entry, slots: &mut Slots<'a>, depth: u32) -> Option<()> {
         let value = match self.peek()? {
             b'"' => Scalar::Str(Cow::Borrowed(self.string()?)),
             b'{' => {
@@ -155,7 +141,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Any value, checked and passed over.
-    fn skip(&mut self, slots: &mut [Scalar<'a>; SLOT_COUNT], depth: u32) -> Option<()> {
+    fn skip(&mut self, slots: &mut Slots<'a>, depth: u32) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
             b'{' => {
@@ -313,14 +299,14 @@ mod tests {
     }
 
     /// The scanner's slots, or `None` when it hands over to serde_json.
-    fn scanned<'a>(d: &Decoder, text: &'a str) -> Option<[Scalar<'a>; SLOT_COUNT]> {
-        let mut slots: [Scalar<'a>; SLOT_COUNT] = Default::default();
+    fn scanned<'a>(d: &Decoder, text: &'a str) -> Option<Slots<'a>> {
+        let mut slots: Slots<'a> = Default::default();
         scan(text, d.root(), &mut slots).map(|()| slots)
     }
 
     /// What serde_json makes of the same text.
-    fn walked<'a>(d: &Decoder, text: &'a str) -> Option<[Scalar<'a>; SLOT_COUNT]> {
-        let mut slots: [Scalar<'a>; SLOT_COUNT] = Default::default();
+    fn walked<'a>(d: &Decoder, text: &'a str) -> Option<Slots<'a>> {
+        let mut slots: Slots<'a> = Default::default();
         d.walk(text, &mut slots).ok().map(|()| slots)
     }
 
@@ -341,10 +327,7 @@ mod tests {
         let twice = r#"{"agent_id":"a","agent_id":"b","timestamp":"t","safe_payload":{"bytes":0}}"#;
         assert!(scanned(&d, twice).is_none() && walked(&d, twice).is_none());
         let slots = scanned(&d, SPM).expect("scans");
-        assert_eq!(
-            slots[super::super::decode::Slot::Volume as usize],
-            Scalar::UInt(3623)
-        );
+        assert_eq!(slots[d.volume_slot()], Scalar::UInt(3623));
     }
 
     #[test]
