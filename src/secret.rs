@@ -1,7 +1,7 @@
 //! Secrets of the configuration: a literal, an environment variable or a file, resolved when the
 //! configuration is validated, so every settings type can hold one.
 //!
-//! Layer: uses nothing of the crate.
+//! Layer: uses only [`crate::files`].
 
 use std::fmt;
 use std::path::PathBuf;
@@ -27,17 +27,34 @@ pub enum Secret {
     Literal(String),
 }
 
+/// Why a secret has no value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Its environment variable is not set (or not Unicode).
+    #[error("environment variable {0} is not set")]
+    Unset(String),
+    /// Its file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: crate::files::FileError,
+    },
+}
+
 impl Secret {
     /// Resolves the secret's value.
-    pub fn resolve(&self) -> Result<String, String> {
+    pub fn resolve(&self) -> Result<String, SecretError> {
         match self {
             Secret::Literal(v) => Ok(v.clone()),
-            Secret::Env { env } => {
-                std::env::var(env).map_err(|_| format!("environment variable {env} is not set"))
-            }
+            Secret::Env { env } => std::env::var(env).map_err(|_| SecretError::Unset(env.clone())),
             Secret::File { file } => crate::files::read_text(file)
                 .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-                .map_err(|e| format!("cannot read {}: {e}", file.display())),
+                .map_err(|source| SecretError::File {
+                    path: file.clone(),
+                    source,
+                }),
         }
     }
 }
@@ -76,11 +93,11 @@ mod tests {
         let p = dir.path().join("key");
         std::fs::write(&p, "0123456789abcdef\n").expect("write");
         let ok = Secret::File { file: p };
-        assert_eq!(ok.resolve().as_deref(), Ok("0123456789abcdef"));
+        assert_eq!(ok.resolve().unwrap(), "0123456789abcdef");
         let dev = Secret::File {
             file: "/dev/zero".into(),
         };
         let e = dev.resolve().expect_err("a device");
-        assert!(e.contains("not a regular file"), "{e}");
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

@@ -513,10 +513,16 @@ impl Store {
             return Ok(Vec::new());
         };
         let raw: Vec<Vec<u8>> = decode(b"c/pending", &v)?;
-        Ok(raw
-            .iter()
-            .filter_map(|j| serde_json::from_slice(j).ok())
-            .collect())
+        // Written by this daemon: a command that does not decode is a damaged store, not one
+        // to drop.
+        raw.iter()
+            .map(|j| {
+                serde_json::from_slice(j).map_err(|e| StoreError::Decode {
+                    key: "c/pending".into(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect()
     }
 
     /// Every stored partition: (topic, partition, meta, agents).
@@ -526,10 +532,16 @@ impl Store {
             let (k, v) = kv?;
             let key = String::from_utf8_lossy(&k).into_owned();
             let meta = decode_meta(&k, &v)?;
-            let Some((topic, part)) = key[2..].rsplit_once('/') else {
-                continue;
+            let damaged = |why: &str| StoreError::Decode {
+                key: key.clone(),
+                reason: why.into(),
             };
-            let partition = part.parse().unwrap_or(-1);
+            let (topic, part) = key[2..]
+                .rsplit_once('/')
+                .ok_or_else(|| damaged("no topic/partition"))?;
+            let partition = part
+                .parse()
+                .map_err(|_| damaged("the partition is not a number"))?;
             let agents = self
                 .db
                 .scan_prefix(format!("{}/", part_prefix('a', topic, partition)))

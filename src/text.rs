@@ -73,17 +73,14 @@ fn push(out: &mut String, c: char) {
 
 /// `v` as one line of JSON in which the hidden characters of its strings are `\uXXXX` escapes
 /// (serde_json escapes only C0 controls; C1, bidi and zero-width characters would go out raw).
-pub fn json_line(v: &serde_json::Value) -> String {
+pub fn json_line(v: &serde_json::Value) -> Result<String, serde_json::Error> {
+    use serde::ser::Error as _;
     use serde::Serialize;
     let mut out = Vec::with_capacity(512);
     let mut ser = serde_json::Serializer::with_formatter(&mut out, Escaping);
-    match v.serialize(&mut ser) {
-        // The formatter writes only what serde_json gives it, and escapes: valid UTF-8.
-        Ok(()) => String::from_utf8(out)
-            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        // Serialising a value into memory does not fail; were it to, the plain form.
-        Err(_) => v.to_string(),
-    }
+    v.serialize(&mut ser)?;
+    // The formatter writes only what serde_json gives it, and escapes: valid UTF-8.
+    String::from_utf8(out).map_err(serde_json::Error::custom)
 }
 
 /// serde_json's compact form, with [`hidden`] characters escaped.
@@ -149,7 +146,7 @@ mod tests {
             "plain": "fin-01 агент",
             "nested": ["x\ny", {"k\u{2066}": 1}],
         });
-        let line = json_line(&v);
+        let line = json_line(&v).unwrap();
         assert!(!line.chars().any(hidden), "{line:?}");
         assert!(
             line.contains("\\u202e") && line.contains("\\u200b"),
@@ -161,7 +158,10 @@ mod tests {
         );
         let back: serde_json::Value = serde_json::from_str(&line).expect("valid JSON");
         assert_eq!(back, v);
-        assert_eq!(json_line(&serde_json::json!({"a": 1})), r#"{"a":1}"#);
+        assert_eq!(
+            json_line(&serde_json::json!({"a": 1})).unwrap(),
+            r#"{"a":1}"#
+        );
     }
 
     #[test]

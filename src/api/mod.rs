@@ -39,13 +39,44 @@ use crate::telemetry::Live;
 pub trait Commands: Send + Sync {
     /// Signs and publishes `verb` for `agent`; returns the command once the broker acknowledged
     /// it.
-    fn publish(&self, verb: Verb, agent: &str, reason: &str) -> Result<Command, String>;
+    fn publish(&self, verb: Verb, agent: &str, reason: &str) -> Result<Command, PublishError>;
 }
 
-/// Why the admin API could not start.
+/// Why a command was not published.
 #[derive(Debug, thiserror::Error)]
-#[error("admin API: {0}")]
-pub struct ApiError(String);
+pub enum PublishError {
+    /// The request is not a valid command.
+    #[error(transparent)]
+    Request(#[from] crate::control::RequestError),
+    /// The command could not be signed or encoded.
+    #[error("cannot encode the command: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The control topic did not take it (the producer's error).
+    #[error("{0}")]
+    Topic(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Why the admin API could not start, or stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Its address could not be bound.
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bound socket could not be set up, or the runtime started.
+    #[error("admin API: {0}")]
+    Io(#[from] std::io::Error),
+    /// Its TLS certificate or key could not be used.
+    #[error("admin API: TLS: {0}")]
+    Pem(#[from] crate::tls::PemError),
+    /// rustls refused the TLS settings.
+    #[error("admin API: TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
 
 /// What the handlers share.
 pub struct AppState {
@@ -144,17 +175,15 @@ async fn no_sniff(mut r: Response) -> Response {
 fn tls_config(
     cert: &std::path::Path,
     key: &std::path::Path,
-) -> Result<rustls::ServerConfig, String> {
+) -> Result<rustls::ServerConfig, ApiError> {
     let chain = crate::tls::certificates(cert)?;
     let key = crate::tls::private_key(key)?;
     let mut c = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())?
+    .with_safe_default_protocol_versions()?
     .with_no_client_auth()
-    .with_single_cert(chain, key)
-    .map_err(|e| e.to_string())?;
+    .with_single_cert(chain, key)?;
     c.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(c)
 }
@@ -172,14 +201,15 @@ pub struct Server {
 /// Binds the listener and loads the TLS material (the start-up steps that can fail); serving
 /// starts with [`Server::run`].
 pub fn bind(settings: &ApiSettings, state: AppState) -> Result<Server, ApiError> {
-    let listener = std::net::TcpListener::bind(settings.listen)
-        .map_err(|e| ApiError(format!("cannot listen on {}: {e}", settings.listen)))?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| ApiError(e.to_string()))?;
-    let addr = listener.local_addr().map_err(|e| ApiError(e.to_string()))?;
+    let listener =
+        std::net::TcpListener::bind(settings.listen).map_err(|source| ApiError::Listen {
+            addr: settings.listen,
+            source,
+        })?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
     let tls = match &settings.tls {
-        Some((c, k)) => Some(tls_config(c, k).map_err(ApiError)?),
+        Some((c, k)) => Some(tls_config(c, k)?),
         None => None,
     };
     tracing::info!(%addr, tls = tls.is_some(), "admin API listening");
@@ -209,8 +239,7 @@ impl Server {
     pub fn run(self, stop: Stop) -> Result<(), ApiError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build()
-            .map_err(|e| ApiError(format!("runtime: {e}")))?;
+            .build()?;
         let served = server::serve(
             self.listener,
             self.tls,
@@ -219,7 +248,6 @@ impl Server {
             self.metrics,
             stop,
         );
-        rt.block_on(served)
-            .map_err(|e| ApiError(format!("stopped serving: {e}")))
+        Ok(rt.block_on(served)?)
     }
 }

@@ -50,8 +50,8 @@ pub async fn serve(
     limits: Limits,
     metrics: Arc<Metrics>,
     stop: Stop,
-) -> Result<(), String> {
-    let listener = tokio::net::TcpListener::from_std(listener).map_err(|e| e.to_string())?;
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     let tls = tls.map(|c| tokio_rustls::TlsAcceptor::from(Arc::new(c)));
     let slots = Arc::new(Semaphore::new(limits.connections));
     let stopped = stop.stopped();

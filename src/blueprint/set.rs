@@ -115,10 +115,19 @@ impl BlueprintSet {
             path: dir.into(),
             source,
         })?;
-        let mut paths: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json") && p.is_file())
-            .collect();
+        // An entry that cannot be read is an error, not a blueprint silently left out.
+        let mut paths = Vec::new();
+        for entry in rd {
+            let p: PathBuf = entry
+                .map_err(|source| LoadError::Io {
+                    path: dir.into(),
+                    source,
+                })?
+                .path();
+            if p.extension().is_some_and(|x| x == "json") && p.is_file() {
+                paths.push(p);
+            }
+        }
         paths.sort();
         if paths.is_empty() {
             return Err(LoadError::Empty { path: dir.into() });

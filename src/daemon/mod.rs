@@ -86,7 +86,7 @@ pub enum DaemonError {
     Fold(#[from] FoldError),
     /// A source failed.
     #[error("source: {0}")]
-    Source(String),
+    Source(#[from] source::SourceError),
     /// The admin API could not start or stopped serving.
     #[error(transparent)]
     Api(#[from] crate::api::ApiError),
@@ -167,8 +167,7 @@ impl Core {
                 self.publisher.publish(&mut self.outputs)?;
             }
             Notice::Posture(s) => self.publish_posture(&s)?,
-            Notice::Stopped(Some(e)) => return Err(DaemonError::Source(e)),
-            Notice::Stopped(None) => return Ok(false),
+            Notice::Stopped => return Ok(false),
         }
         Ok(true)
     }
@@ -443,8 +442,9 @@ impl Daemon {
                 k.control_topic.clone(),
             );
             sup.spawn("control-source", move || {
-                source::run_control(&brokers, &group, &opts, &topic, &st, q, s);
-                Ok(())
+                Ok(source::run_control(
+                    &brokers, &group, &opts, &topic, &st, q, s,
+                )?)
             })?;
         }
         {

@@ -17,6 +17,8 @@ use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::api::PublishError;
+
 /// Delivery outcomes, shared with the producer's callback thread.
 #[derive(Default)]
 pub struct Deliveries {
@@ -462,22 +464,21 @@ impl Commander {
         verb: crate::control::Verb,
         agent: &str,
         reason: &str,
-    ) -> Result<crate::control::Command, String> {
-        crate::control::Command::check_request(agent, reason).map_err(|e| e.to_string())?;
+    ) -> Result<crate::control::Command, PublishError> {
+        crate::control::Command::check_request(agent, reason)?;
         let now = chrono::Utc::now().timestamp_millis();
         let cmd = crate::control::Command::manual(verb, agent, reason, now, &self.issuer)
             .valid_for(now, self.ttl_ms)
-            .sign(&self.key)
-            .map_err(|e| e.to_string())?;
+            .sign(&self.key)?;
+        let json = cmd.to_json()?;
         let mut sink = self
             .sink
             .lock()
-            .map_err(|_| "producer lock poisoned".to_string())?;
-        let json = cmd.to_json().map_err(|e| e.to_string())?;
+            .map_err(|_| PublishError::Topic("the producer's lock is poisoned".into()))?;
+        let topic = |e: SinkError| PublishError::Topic(Box::new(e));
         sink.send(&self.topic, Some(agent.as_bytes()), &json, None)
-            .map_err(|e| e.to_string())?;
-        sink.settle_within(self.deadline)
-            .map_err(|e| e.to_string())?;
+            .map_err(topic)?;
+        sink.settle_within(self.deadline).map_err(topic)?;
         Ok(cmd)
     }
 }
@@ -488,7 +489,7 @@ impl crate::api::Commands for Commander {
         verb: crate::control::Verb,
         agent: &str,
         reason: &str,
-    ) -> Result<crate::control::Command, String> {
+    ) -> Result<crate::control::Command, PublishError> {
         Commander::publish(self, verb, agent, reason)
     }
 }

@@ -25,6 +25,17 @@ use crate::state::Snapshot;
 use crate::stop::Stop;
 use crate::store::Store;
 
+/// Why a source stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The consumer could not be set up or assigned.
+    #[error("{0}")]
+    Kafka(#[from] KafkaError),
+    /// Its stored position could not be read.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// One Kafka message, owned.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -73,8 +84,8 @@ pub enum Notice {
     Control(Record),
     /// A posture snapshot the posture thread computed, to publish.
     Posture(super::snapshot::PostureRecord),
-    /// A source stopped (shutdown), with an error if it failed.
-    Stopped(Option<String>),
+    /// A source stopped (its thread reports why, if it failed).
+    Stopped,
 }
 
 /// Queue to the engine with a depth gauge.
@@ -386,7 +397,7 @@ pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Stop) {
         }
     }
     ctx.flush();
-    queue.send(Notice::Stopped(None));
+    queue.send(Notice::Stopped);
 }
 
 /// Reads every partition of the control topic from the stored position (or the beginning)
@@ -399,16 +410,14 @@ pub fn run_control(
     store: &Store,
     queue: Queue,
     stop: Stop,
-) {
-    let result = (|| -> Result<(), String> {
+) -> Result<(), SourceError> {
+    let result = (|| -> Result<(), SourceError> {
         let mut cfg = consumer_config(brokers, &format!("{group}-control"), options);
         if !consumer_sets(options, "fetch.wait.max.ms") {
             // Operator commands tolerate 100 ms; fewer fetches spare the broker.
             cfg.set("fetch.wait.max.ms", "100");
         }
-        let c: BaseConsumer<crate::kafka::Quiet> = cfg
-            .create_with_context(crate::kafka::Quiet)
-            .map_err(|e| e.to_string())?;
+        let c: BaseConsumer<crate::kafka::Quiet> = cfg.create_with_context(crate::kafka::Quiet)?;
         // The topic may not exist yet on a fresh cluster: wait for its metadata.
         let parts = loop {
             if stop.is_set() {
@@ -430,14 +439,13 @@ pub fn run_control(
         };
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
-            let off = match store.control_offset(p).map_err(|e| e.to_string())? {
+            let off = match store.control_offset(p)? {
                 Some(o) => Offset::Offset(o),
                 None => Offset::Beginning,
             };
-            tpl.add_partition_offset(topic, p, off)
-                .map_err(|e| e.to_string())?;
+            tpl.add_partition_offset(topic, p, off)?;
         }
-        c.assign(&tpl).map_err(|e| e.to_string())?;
+        c.assign(&tpl)?;
         // The control topic is the durable record of operator decisions (a rebuild or a lost
         // disk reads it again from its start): say so when the broker keeps it for less.
         match crate::kafka::topic_retention(brokers, options, topic, Duration::from_secs(5)) {
@@ -471,7 +479,9 @@ pub fn run_control(
         }
         Ok(())
     })();
-    queue.send(Notice::Stopped(result.err()));
+    // The engine counts its sources out; the error is this thread's to report.
+    queue.send(Notice::Stopped);
+    result
 }
 
 #[cfg(test)]

@@ -159,8 +159,10 @@ mod tests {
     fn the_first_failure_stops_the_others_and_is_the_error() {
         let mut sup = Supervisor::new(Stop::new());
         until_stop(&mut sup, "waiter");
-        sup.spawn("failing", || Err(DaemonError::Source("broken".into())))
-            .unwrap();
+        sup.spawn("failing", || {
+            Err(DaemonError::Store(crate::store::StoreError::WriterGone))
+        })
+        .unwrap();
         assert!(
             sup.stop().wait(Duration::from_secs(60)),
             "the failure sets the signal"
@@ -169,7 +171,10 @@ mod tests {
         let e = sup.join(Duration::from_secs(60)).unwrap_err();
         let (thread, source) = thread_of(&e);
         assert_eq!(thread, "failing");
-        assert!(matches!(source, DaemonError::Source(s) if s == "broken"));
+        assert!(matches!(
+            source,
+            DaemonError::Store(crate::store::StoreError::WriterGone)
+        ));
     }
 
     #[test]

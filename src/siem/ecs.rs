@@ -25,17 +25,17 @@ impl EcsFormatter {
         EcsFormatter { host: host.into() }
     }
 
-    /// The ECS document of `r`.
-    pub fn value(&self, r: &Record<'_>) -> Value {
+    /// The ECS document of `r`; an error only if the record cannot be encoded.
+    pub fn value(&self, r: &Record<'_>) -> Result<Value, serde_json::Error> {
         let class = r.class();
-        let (kind, category, typ, id, message, detail) = match r {
+        let detail = r.detail()?;
+        let (kind, category, typ, id, message) = match r {
             Record::Incident(i) => (
                 "alert",
                 "intrusion_detection",
                 "info",
                 i.incident_id.as_str(),
                 i.description.as_str(),
-                ("incident", serde_json::to_value(i).unwrap_or_default()),
             ),
             Record::Command(c) => (
                 "event",
@@ -46,23 +46,14 @@ impl EcsFormatter {
                 },
                 c.command_id.as_str(),
                 c.reason.as_str(),
-                ("command", serde_json::to_value(c).unwrap_or_default()),
             ),
-            Record::DeadLetter(d) => (
-                "pipeline_error",
-                "process",
-                "info",
-                "",
-                d.error.as_str(),
-                ("dead_letter", serde_json::to_value(d).unwrap_or_default()),
-            ),
+            Record::DeadLetter(d) => ("pipeline_error", "process", "info", "", d.error.as_str()),
             Record::Posture(p) => (
                 "metric",
                 "configuration",
                 "info",
                 p.summary_id.as_str(),
                 "Fleet posture summary",
-                ("posture", serde_json::to_value(p).unwrap_or_default()),
             ),
         };
         let mut event = Map::new();
@@ -101,12 +92,12 @@ impl EcsFormatter {
             json!({ "vendor": VENDOR, "product": VENDOR, "version": VERSION, "hostname": self.host, "type": "guardian" }),
         );
         doc.insert("agent_guardian".into(), json!({ detail.0: detail.1 }));
-        Value::Object(doc)
+        Ok(Value::Object(doc))
     }
 
     /// The one-line JSON text of `r`.
-    pub fn line(&self, r: &Record<'_>) -> String {
-        crate::text::json_line(&self.value(r))
+    pub fn line(&self, r: &Record<'_>) -> Result<String, serde_json::Error> {
+        crate::text::json_line(&self.value(r)?)
     }
 }
 
@@ -121,7 +112,8 @@ mod tests {
     fn incident_maps_to_ecs_alert_and_keeps_the_record() {
         let i = incident(IncidentType::VolumeSpike, "fin\"7\n", "db|query");
         let v: Value =
-            serde_json::from_str(&EcsFormatter::new("h").line(&Record::Incident(&i))).unwrap();
+            serde_json::from_str(&EcsFormatter::new("h").line(&Record::Incident(&i)).unwrap())
+                .unwrap();
         assert_eq!(v["@timestamp"], "2026-03-02T14:00:00.250Z");
         assert_eq!(v["event"]["kind"], "alert");
         assert_eq!(v["event"]["action"], "volume_spike");
@@ -140,7 +132,7 @@ mod tests {
         let mut i = incident(IncidentType::AutoKill, "a", "t");
         i.action_taken = Action::Killed;
         let c = Command::for_kill(&i, "g");
-        let v = EcsFormatter::new("h").value(&Record::Command(&c));
+        let v = EcsFormatter::new("h").value(&Record::Command(&c)).unwrap();
         assert_eq!(v["event"]["category"][0], "process");
         assert_eq!(v["event"]["type"][0], "end");
         assert_eq!(v["event"]["id"], c.command_id.as_str());

@@ -164,25 +164,34 @@ impl EmailConfig {
         }
     }
 
-    fn transport(&self) -> Result<SmtpTransport, String> {
-        let tls = || -> Result<TlsParameters, String> {
+    fn transport(&self) -> Result<SmtpTransport, EmailError> {
+        let tls = || -> Result<TlsParameters, EmailError> {
             let mut b = TlsParameters::builder(self.server.clone());
             if let Some(p) = &self.ca_file {
-                let pem = crate::files::read_bounded(p, crate::files::MAX_FILE_BYTES)
-                    .map_err(|e| format!("{}: {e}", p.display()))?;
-                b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(|e| e.to_string())?);
+                let pem = crate::files::read_bounded(p, crate::files::MAX_FILE_BYTES).map_err(
+                    |source| EmailError::CaFile {
+                        path: p.clone(),
+                        source,
+                    },
+                )?;
+                b = b.add_root_certificate(Certificate::from_pem(&pem).map_err(EmailError::Tls)?);
             }
-            b.build_rustls().map_err(|e| e.to_string())
+            b.build_rustls().map_err(EmailError::Tls)
         };
         let (tls, port) = match self.security {
             Security::Starttls => (Tls::Required(tls()?), 587),
             Security::Tls => (Tls::Wrapper(tls()?), 465),
             Security::None => (Tls::None, 25),
         };
+        let timeout =
+            humantime::parse_duration(&self.timeout).map_err(|_| EmailError::Duration {
+                name: "timeout",
+                value: self.timeout.clone(),
+            })?;
         let mut b = SmtpTransport::builder_dangerous(&self.server)
             .port(self.port.unwrap_or(port))
             .tls(tls)
-            .timeout(humantime::parse_duration(&self.timeout).ok());
+            .timeout(Some(timeout));
         if let (Some(u), Some(p)) = (&self.username, &self.password) {
             b = b.credentials(Credentials::new(u.clone(), p.resolve()?));
         }
@@ -386,9 +395,20 @@ pub enum EmailError {
     /// The spool could not be opened.
     #[error(transparent)]
     Spool(#[from] SpoolError),
-    /// The SMTP transport could not be built (TLS settings, CA file, server name).
-    #[error("email: cannot build the SMTP transport: {0}")]
-    Transport(String),
+    /// The CA file could not be read.
+    #[error("email: ca_file {}: {source}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: crate::files::FileError,
+    },
+    /// The TLS settings could not be built (the CA certificate, the server name).
+    #[error("email: cannot build the SMTP transport's TLS: {0}")]
+    Tls(#[source] lettre::transport::smtp::Error),
+    /// The SMTP password could not be read.
+    #[error("email: password: {0}")]
+    Password(#[from] crate::secret::SecretError),
     /// `from` is not a mailbox.
     #[error("email: from {0:?} is not a mailbox")]
     From(String),
@@ -410,7 +430,7 @@ impl EmailSink {
         cfg: &EmailConfig,
         db: &sled::Db,
     ) -> Result<(EmailSink, EmailDelivery), EmailError> {
-        let transport = cfg.transport().map_err(EmailError::Transport)?;
+        let transport = cfg.transport()?;
         let from = cfg
             .from
             .parse::<Mailbox>()
@@ -690,7 +710,7 @@ mod tests {
         .unwrap();
         let db = sled::open(dir.path().join("db")).unwrap();
         match EmailSink::open(&cfg, &db) {
-            Err(EmailError::Transport(e)) => assert!(!e.is_empty()),
+            Err(EmailError::Password(e)) => assert!(e.to_string().contains("AG_TEST_EMAIL")),
             Err(e) => panic!("wrong error: {e}"),
             Ok(_) => panic!("started with a transport that cannot be built"),
         }

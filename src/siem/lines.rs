@@ -42,9 +42,9 @@ impl Formatter {
     }
 
     /// The line of `r` (no terminator).
-    pub fn line(&self, r: &Record<'_>) -> String {
+    pub fn line(&self, r: &Record<'_>) -> Result<String, serde_json::Error> {
         match self {
-            Formatter::Cef(f) => f.line(r),
+            Formatter::Cef(f) => Ok(f.line(r)),
             Formatter::Json(f) => f.line(r),
             Formatter::Ocsf(f) => f.line(r),
         }
@@ -77,7 +77,7 @@ impl<W: Write> RecordLines<W> {
     }
 
     fn write(&mut self, r: &Record<'_>) -> io::Result<()> {
-        let line = self.formatter.line(r);
+        let line = self.formatter.line(r).map_err(io::Error::other)?;
         self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")
     }
@@ -131,7 +131,9 @@ mod tests {
             ("ocsf", "{\"activity_id\":1"),
         ] {
             let s: Sink = toml::from_str(&format!("format = {name:?}")).expect(name);
-            let line = Formatter::new(s.format, "h").line(&Record::Incident(&i));
+            let line = Formatter::new(s.format, "h")
+                .line(&Record::Incident(&i))
+                .unwrap();
             assert!(line.starts_with(starts), "{name}: {line}");
         }
         assert!(toml::from_str::<Sink>("format = \"leef\"").is_err());

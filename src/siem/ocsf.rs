@@ -102,16 +102,11 @@ impl OcsfFormatter {
         m
     }
 
-    /// The OCSF event of `r`.
-    pub fn value(&self, r: &Record<'_>) -> Value {
+    /// The OCSF event of `r`; an error only if the record cannot be encoded.
+    pub fn value(&self, r: &Record<'_>) -> Result<Value, serde_json::Error> {
         let class = r.class();
-        let detail = match r {
-            Record::Incident(i) => ("incident", serde_json::to_value(i)),
-            Record::Command(c) => ("command", serde_json::to_value(c)),
-            Record::DeadLetter(d) => ("dead_letter", serde_json::to_value(d)),
-            Record::Posture(p) => ("posture", serde_json::to_value(p)),
-        };
-        let unmapped = json!({ "agent_guardian": { detail.0: detail.1.unwrap_or_default() } });
+        let detail = r.detail()?;
+        let unmapped = json!({ "agent_guardian": { detail.0: detail.1 } });
         let mut doc = match r {
             Record::Incident(i) => self.finding(i),
             Record::Command(c) => {
@@ -170,7 +165,7 @@ impl OcsfFormatter {
         if let Value::Object(m) = &mut doc {
             m.insert("unmapped".into(), unmapped);
         }
-        doc
+        Ok(doc)
     }
 
     /// A Detection Finding for an incident.
@@ -240,8 +235,8 @@ impl OcsfFormatter {
     }
 
     /// The one-line JSON text of `r`.
-    pub fn line(&self, r: &Record<'_>) -> String {
-        crate::text::json_line(&self.value(r))
+    pub fn line(&self, r: &Record<'_>) -> Result<String, serde_json::Error> {
+        crate::text::json_line(&self.value(r)?)
     }
 }
 
@@ -270,7 +265,7 @@ mod tests {
     fn incidents_are_detection_findings_with_their_analysis() {
         let f = OcsfFormatter::new("g-1");
         let i = incident(IncidentType::FrequencySpike, Basis::Learned);
-        let v = f.value(&Record::Incident(&i));
+        let v = f.value(&Record::Incident(&i)).unwrap();
         assert_eq!(v["class_uid"], 2004);
         assert_eq!(v["type_uid"], 200401);
         assert_eq!(v["finding_info"]["uid"], i.incident_id.as_str());
@@ -290,15 +285,19 @@ mod tests {
             v["unmapped"]["agent_guardian"]["incident"]["incident_id"],
             i.incident_id.as_str()
         );
-        let s = f.value(&Record::Incident(&incident(
-            IncidentType::SuspiciousSequence,
-            Basis::Static,
-        )));
+        let s = f
+            .value(&Record::Incident(&incident(
+                IncidentType::SuspiciousSequence,
+                Basis::Static,
+            )))
+            .unwrap();
         assert_eq!(s["finding_info"]["analytic"]["type_id"], 2);
-        let k = f.value(&Record::Incident(&incident(
-            IncidentType::AutoKill,
-            Basis::Static,
-        )));
+        let k = f
+            .value(&Record::Incident(&incident(
+                IncidentType::AutoKill,
+                Basis::Static,
+            )))
+            .unwrap();
         assert_eq!(k["finding_info"]["analytic"]["type"], "Rule");
         assert!(k.get("anomaly_analyses").is_none());
     }
@@ -307,7 +306,7 @@ mod tests {
     fn commands_are_remediation_activities_and_dead_letters_application_errors() {
         let f = OcsfFormatter::new("g-1");
         let kill = Command::manual(Verb::Kill, "a", "stop it", 1_000, "ops");
-        let v = f.value(&Record::Command(&kill));
+        let v = f.value(&Record::Command(&kill)).unwrap();
         assert_eq!(
             (v["class_uid"].clone(), v["activity_id"].clone()),
             (json!(7001), json!(1))
@@ -315,7 +314,10 @@ mod tests {
         assert_eq!(v["type_uid"], 700101);
         assert_eq!(v["command_uid"], kill.command_id.as_str());
         let revive = Command::manual(Verb::Revive, "a", "ok", 2_000, "ops");
-        assert_eq!(f.value(&Record::Command(&revive))["type_uid"], 700103);
+        assert_eq!(
+            f.value(&Record::Command(&revive)).unwrap()["type_uid"],
+            700103
+        );
         let d = DeadLetter {
             source: "audit/0@7".into(),
             at: 5,
@@ -324,7 +326,7 @@ mod tests {
             key: None,
             bytes: 3,
         };
-        let v = f.value(&Record::DeadLetter(&d));
+        let v = f.value(&Record::DeadLetter(&d)).unwrap();
         assert_eq!(
             (v["class_uid"].clone(), v["type_uid"].clone()),
             (json!(6008), json!(600802))

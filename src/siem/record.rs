@@ -123,6 +123,17 @@ pub fn cef_severity(s: Severity) -> u8 {
 }
 
 impl Record<'_> {
+    /// The record whole, as JSON under its kind (`incident`, `command`, `dead_letter`,
+    /// `posture`): what the JSON formats keep beside their mapped fields.
+    pub fn detail(&self) -> Result<(&'static str, serde_json::Value), serde_json::Error> {
+        Ok(match self {
+            Record::Incident(i) => ("incident", serde_json::to_value(i)?),
+            Record::Command(c) => ("command", serde_json::to_value(c)?),
+            Record::DeadLetter(d) => ("dead_letter", serde_json::to_value(d)?),
+            Record::Posture(p) => ("posture", serde_json::to_value(p)?),
+        })
+    }
+
     /// The record's class.
     pub fn class(&self) -> Class {
         match self {

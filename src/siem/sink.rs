@@ -219,7 +219,10 @@ impl SiemSinks {
             if sev < s.min_severity {
                 continue;
             }
-            let line = s.formatter.line(r);
+            let line = s.formatter.line(r).map_err(|e| SpoolError::Encode {
+                name: s.name.clone(),
+                reason: e.to_string(),
+            })?;
             self.buf.clear();
             match &s.header {
                 Some(h) => h.message(r, &line, &mut self.buf),

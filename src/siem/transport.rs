@@ -71,7 +71,7 @@ impl TlsSettings {
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca_file {
             Some(p) => {
-                for c in crate::tls::certificates(p).map_err(tls)? {
+                for c in crate::tls::certificates(p).map_err(|e| tls(e.to_string()))? {
                     roots
                         .add(c)
                         .map_err(|e| tls(format!("{}: {e}", p.display())))?;
@@ -90,8 +90,8 @@ impl TlsSettings {
             .with_root_certificates(roots);
         let cfg = match (&self.cert_file, &self.key_file) {
             (Some(c), Some(k)) => {
-                let chain = crate::tls::certificates(c).map_err(tls)?;
-                let key = crate::tls::private_key(k).map_err(tls)?;
+                let chain = crate::tls::certificates(c).map_err(|e| tls(e.to_string()))?;
+                let key = crate::tls::private_key(k).map_err(|e| tls(e.to_string()))?;
                 b.with_client_auth_cert(chain, key)
                     .map_err(|e| tls(e.to_string()))?
             }
