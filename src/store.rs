@@ -263,12 +263,28 @@ pub fn checkpoint_batch(
     Ok(b)
 }
 
+/// Opens (or creates) the sled database in `dir`. sled releases a directory's lock a moment
+/// after its last handle goes (its flusher thread holds one until it next wakes), so a reopen in
+/// the same process retries for up to 2 s before reporting the lock error.
+fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
+    let mut tries = 0;
+    loop {
+        match sled::Config::new().path(dir).open() {
+            Err(sled::Error::Io(e))
+                if tries < 100 && e.to_string().contains("could not acquire lock") =>
+            {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            r => return r,
+        }
+    }
+}
+
 impl Store {
     /// Opens (or creates) the state directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store {
-            db: crate::siem::spool::open_db(dir)?,
-        })
+        Ok(Store { db: open_db(dir)? })
     }
 
     /// Opens a state directory that exists already (for commands that read or repair one).

@@ -1,11 +1,75 @@
-//! The top-level modules only point down: no import cycle between them.
+//! The top-level modules only point down: no import cycle between them, and no import from a
+//! layer to one above it in the declared order ([`LAYERS`], the README's table).
 //!
 //! Reads every `src/**/*.rs`, takes each `crate::module` it names (in `use` lines, grouped
 //! `use crate::{a, b::C}` imports and inline paths; comments are skipped), and fails on any cycle
-//! of the graph of top-level modules, naming the files that make each edge of it.
+//! of the graph of top-level modules, or any edge that points up, naming the files that make it.
+//! A new top-level module must be given its layer here.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+/// The layers from the top, and their modules: a module may use its own layer's modules (no
+/// cycle) and those of every layer below.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("commands", &["cli", "demo", "replay"]),
+    ("daemon", &["daemon"]),
+    ("configuration", &["config"]),
+    ("admin API", &["api"]),
+    ("run-time view", &["telemetry"]),
+    ("state store", &["store"]),
+    ("outputs", &["siem"]),
+    ("fleet view", &["posture"]),
+    (
+        "core",
+        &[
+            "engine",
+            "state",
+            "detect",
+            "response",
+            "blueprint",
+            "control",
+            "simulate",
+        ],
+    ),
+    (
+        "leaves",
+        &[
+            "event", "secret", "tls", "kafka", "prefetch", "stop", "text", "files",
+        ],
+    ),
+];
+
+/// The layer of a module (0 at the top), if declared.
+fn layer_of(m: &str) -> Option<usize> {
+    LAYERS.iter().position(|(_, mods)| mods.contains(&m))
+}
+
+/// Edges that point up, and modules no layer declares, as messages.
+fn order_violations(g: &Graph) -> Vec<String> {
+    let mut out = Vec::new();
+    for (from, edges) in g {
+        let Some(lf) = layer_of(from) else {
+            out.push(format!("module {from} has no layer in LAYERS"));
+            continue;
+        };
+        for (to, files) in edges {
+            match layer_of(to) {
+                Some(lt) if lt < lf => out.push(format!(
+                    "{from} ({}) uses {to} ({}), a layer above it: {}",
+                    LAYERS[lf].0,
+                    LAYERS[lt].0,
+                    files.iter().cloned().collect::<Vec<_>>().join(", ")
+                )),
+                Some(_) => {}
+                None => out.push(format!("module {to} has no layer in LAYERS")),
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// Module → module it names → files that name it.
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
@@ -182,6 +246,49 @@ fn no_import_cycle_between_top_level_modules() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+#[test]
+fn every_module_has_a_layer_and_no_import_points_up() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    sources(&root, &root, &mut files);
+    let g = graph(&files);
+    // `lib.rs` and `main.rs` hold the crate together; they are no layer.
+    let g: Graph = g
+        .into_iter()
+        .filter(|(m, _)| m != "lib" && m != "main")
+        .collect();
+    let bad = order_violations(&g);
+    assert!(bad.is_empty(), "layer order:\n{}", bad.join("\n"));
+}
+
+#[test]
+fn the_order_check_finds_an_import_that_points_up() {
+    // The state store naming the daemon, and a module nobody placed.
+    let files = vec![
+        (
+            PathBuf::from("store.rs"),
+            "use crate::daemon::Core;\nuse crate::event::X;\n".to_string(),
+        ),
+        (
+            PathBuf::from("newcomer.rs"),
+            "use crate::event::X;\n".to_string(),
+        ),
+    ];
+    let bad = order_violations(&graph(&files));
+    assert_eq!(bad.len(), 2, "{bad:?}");
+    assert!(bad[0].contains("newcomer has no layer"), "{bad:?}");
+    assert!(
+        bad[1].starts_with("store (state store) uses daemon (daemon)")
+            && bad[1].contains("store.rs"),
+        "{bad:?}"
+    );
+    let down = vec![(
+        PathBuf::from("daemon/mod.rs"),
+        "use crate::store::S;\n".to_string(),
+    )];
+    assert!(order_violations(&graph(&down)).is_empty());
 }
 
 #[test]

@@ -484,7 +484,7 @@ mod tests {
         }
         // The receiver is back; a restarted daemon delivers the spool.
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let db = crate::siem::spool::open_db(dir.path()).unwrap();
+        let db = crate::siem::spool::reopen(dir.path());
         let (s, threads) = start(&cfg, &db, "");
         let (conn, _) = listener.accept().unwrap();
         let lines: Vec<String> = BufReader::new(conn)

@@ -302,22 +302,18 @@ fn key_of(k: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Opens (or creates) the sled database in `dir`. sled releases a directory's lock a moment
-/// after its last handle goes (its flusher thread holds one until it next wakes), so a reopen in
-/// the same process retries for up to 2 s before reporting the lock error.
-pub fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
-    let mut tries = 0;
-    loop {
-        match sled::Config::new().path(dir).open() {
-            Err(sled::Error::Io(e))
-                if tries < 100 && e.to_string().contains("could not acquire lock") =>
-            {
-                tries += 1;
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            r => return r,
+/// Opens the sled database in `dir` again in a test, once the previous handle's lock is gone
+/// (sled releases it a moment after its last handle: its flusher thread holds one until it
+/// next wakes).
+#[cfg(test)]
+pub(crate) fn reopen(dir: &std::path::Path) -> sled::Db {
+    for _ in 0..100 {
+        if let Ok(db) = sled::open(dir) {
+            return db;
         }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
+    panic!("{} stays locked", dir.display());
 }
 
 #[cfg(test)]
@@ -347,7 +343,7 @@ mod tests {
         db.flush().unwrap();
         drop(s);
         drop(db);
-        let db = open_db(dir.path()).unwrap();
+        let db = reopen(dir.path());
         let s = Spool::open(&db, "x", 10, WhenFull::DropOldest).unwrap();
         assert_eq!(s.len(), 1);
         s.push(b"d").unwrap();
