@@ -18,9 +18,9 @@ pub use crate::kafka::{read_all, read_to_end};
 use crate::blueprint::{Assignment, BlueprintSet};
 use crate::config::{Backfill, Config, KafkaConfig, Resolved};
 use crate::control::{Command, Verb};
-use crate::daemon::sink::KafkaSink;
 use crate::daemon::Daemon;
 use crate::event::format_rfc3339_ms;
+use crate::kafka::producer::KafkaSink;
 use crate::response::Incident;
 
 /// Signing key of the demo (never use a literal key in production).

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use agent_guardian::api::ApiSettings;
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::sink::KafkaSink;
 use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
+use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::simulate::{SimConfig, Simulation};
 use rdkafka::mocking::MockCluster;
 use serde_json::Value;

@@ -488,7 +488,7 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
 #[tokio::test]
 async fn a_kill_while_the_broker_is_down_answers_503_with_the_reason_within_the_deadline() {
     use agent_guardian::config::KafkaConfig;
-    use agent_guardian::daemon::sink::Commander;
+    use agent_guardian::daemon::commander::Commander;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     // A port nobody listens on: the broker is down.

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use agent_guardian::config::KafkaConfig;
 use agent_guardian::control::{Command, Verb, DEFAULT_TTL_MS};
-use agent_guardian::daemon::sink::KafkaSink;
 use agent_guardian::daemon::{Daemon, Metrics};
 use agent_guardian::demo::{self, DEMO_KEY};
 use agent_guardian::event::format_rfc3339_ms;
+use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::response::{Incident, IncidentType};
 use agent_guardian::store::Store;
 

@@ -8,10 +8,10 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::sink::KafkaSink;
 use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
+use agent_guardian::kafka::producer::KafkaSink;
 use rdkafka::mocking::MockCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_guardian");

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use agent_guardian::control::{Command, Verb};
-use agent_guardian::daemon::sink::KafkaSink;
 use agent_guardian::event::format_rfc3339_ms;
+use agent_guardian::kafka::producer::KafkaSink;
 
 #[path = "support/tansu.rs"]
 mod tansu;

@@ -19,10 +19,10 @@ mod support;
 
 use agent_guardian::blueprint::{BlueprintSet, RoutineMode};
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::sink::KafkaSink;
 use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
+use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::response::{Incident, Status};
 use agent_guardian::siem::record::{cef_severity, CLASSES};
 use rdkafka::mocking::MockCluster;

@@ -32,9 +32,9 @@
 pub use crate::store;
 pub use crate::telemetry::{Live, Metrics, BAD_EVENT_KINDS};
 
+pub mod commander;
 pub mod fold;
 pub mod publish;
-pub mod sink;
 pub mod snapshot;
 pub mod source;
 pub mod supervise;
@@ -48,13 +48,13 @@ use std::time::{Duration, Instant};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Resolved;
+use crate::kafka::producer::{KafkaSink, ProduceError};
 use crate::posture::Ledger;
 use crate::siem::SiemSinks;
 use crate::stop::Stop;
 use crate::store::{Store, StoreError};
 use fold::{Fold, FoldError, FoldSettings, Output};
 use publish::Publisher;
-use sink::{KafkaSink, SinkError};
 use snapshot::{PostureRecord, Snapshots};
 use source::{Notice, Queue};
 use supervise::Supervisor;
@@ -68,7 +68,7 @@ pub enum DaemonError {
     Kafka(#[from] rdkafka::error::KafkaError),
     /// An output could not be written.
     #[error(transparent)]
-    Sink(#[from] SinkError),
+    Produce(#[from] ProduceError),
     /// The state store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -390,7 +390,7 @@ impl Daemon {
                     cfg.blueprints.clone(),
                     cfg.posture.clone(),
                     &a.token,
-                    Some(Box::new(sink::Commander::new(&cfg, "api")?)),
+                    Some(Box::new(commander::Commander::new(&cfg, "api")?)),
                 ),
             )?),
             None => None,

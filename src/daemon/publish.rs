@@ -14,9 +14,10 @@ use crate::telemetry::Metrics;
 use crate::text::Shown;
 
 use super::fold::Output;
-use super::sink::{dead_letter_headers, KafkaSink};
 use super::snapshot::PostureRecord;
 use super::DaemonError;
+use crate::kafka::producer::KafkaSink;
+use rdkafka::message::{Header, OwnedHeaders};
 
 /// The output topics, the producer and the SIEM sinks.
 pub struct Publisher {
@@ -190,4 +191,37 @@ impl Publisher {
     pub fn shutdown(&mut self, drain: Duration) {
         self.siem.shutdown(drain);
     }
+}
+
+/// Headers of a dead-lettered event: the reason and where it came from.
+pub fn dead_letter_headers(
+    kind: &str,
+    reason: &str,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+) -> OwnedHeaders {
+    let p = partition.to_string();
+    let o = offset.to_string();
+    OwnedHeaders::new()
+        .insert(Header {
+            key: "guardian.error",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "guardian.error.kind",
+            value: Some(kind),
+        })
+        .insert(Header {
+            key: "guardian.source.topic",
+            value: Some(topic),
+        })
+        .insert(Header {
+            key: "guardian.source.partition",
+            value: Some(&p),
+        })
+        .insert(Header {
+            key: "guardian.source.offset",
+            value: Some(&o),
+        })
 }

@@ -29,7 +29,7 @@ pub enum TransportError {
     Tls(String),
     /// Kafka failed.
     #[error("kafka: {0}")]
-    Kafka(String),
+    Kafka(#[from] crate::kafka::producer::ProduceError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TransportError {
@@ -436,48 +436,34 @@ impl FileTransport {
 /// every message in it is acknowledged.
 pub struct KafkaTransport {
     topic: String,
-    producer: rdkafka::producer::BaseProducer<crate::kafka::Quiet>,
+    producer: crate::kafka::producer::KafkaSink,
 }
 
 impl KafkaTransport {
-    /// A producer for `topic` with the daemon's brokers and options.
+    /// A producer for `topic` with the daemon's brokers and options (the daemon's own producer
+    /// type: the same idempotence, queue-full policy and acknowledgement wait).
     pub fn new(
         brokers: &str,
         options: &std::collections::BTreeMap<String, String>,
         topic: &str,
     ) -> Result<KafkaTransport, TransportError> {
-        let producer = crate::kafka::producer_config(brokers, options)
-            .create_with_context(crate::kafka::Quiet)
-            .map_err(|e| TransportError::Kafka(e.to_string()))?;
         Ok(KafkaTransport {
             topic: topic.into(),
-            producer,
+            producer: crate::kafka::producer::KafkaSink::new(brokers, options)?,
         })
     }
 
+    /// Sends the batch and waits up to 30 s for the broker's acknowledgement; on failure none
+    /// counts as sent (what was waiting is withdrawn) and the batch stays spooled.
     fn send(&mut self, msgs: &[&[u8]]) -> Result<(), (usize, TransportError)> {
-        use rdkafka::producer::{BaseRecord, Producer};
         for m in msgs {
-            let mut rec = BaseRecord::<(), [u8]>::to(&self.topic).payload(m);
-            loop {
-                match self.producer.send(rec) {
-                    Ok(()) => break,
-                    Err((e, r)) => {
-                        if !matches!(
-                            e.rdkafka_error_code(),
-                            Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
-                        ) {
-                            return Err((0, TransportError::Kafka(e.to_string())));
-                        }
-                        rec = r;
-                        self.producer.poll(Duration::from_millis(10));
-                    }
-                }
-            }
+            self.producer
+                .send(&self.topic, None, m, None)
+                .map_err(|e| (0, e.into()))?;
         }
         self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|e| (0, TransportError::Kafka(e.to_string())))
+            .settle_within(Duration::from_secs(30))
+            .map_err(|e| (0, e.into()))
     }
 }
 

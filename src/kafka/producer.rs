@@ -1,4 +1,6 @@
-//! Kafka outputs: an idempotent producer for incidents, control commands and dead letters.
+//! The one Kafka producer of the guardian's outputs: incidents, control commands, dead letters,
+//! posture snapshots, and the SIEM sinks' Kafka transport. Idempotent, with one policy for a
+//! full local queue.
 //!
 //! Sends never drop: a full local queue blocks the caller (consumer lag grows instead). A
 //! checkpoint first calls [`KafkaSink::settle`], which waits until every message sent so far is
@@ -13,11 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, PurgeConfig, ThreadedProducer};
 use rdkafka::ClientContext;
-
-use crate::api::PublishError;
 
 /// Delivery outcomes, shared with the producer's callback thread.
 #[derive(Default)]
@@ -125,11 +125,11 @@ pub struct SinkContext(Arc<Deliveries>);
 
 impl ClientContext for SinkContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        crate::kafka::quiet_log(level, fac, message);
+        super::quiet_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        crate::kafka::quiet_error(&error, reason);
+        super::quiet_error(&error, reason);
     }
 }
 
@@ -179,9 +179,9 @@ impl ProducerContext for SinkContext {
     }
 }
 
-/// Errors of the Kafka outputs.
+/// Errors of the producer.
 #[derive(Debug, thiserror::Error)]
-pub enum SinkError {
+pub enum ProduceError {
     /// The producer could not be created.
     #[error("kafka producer: {0}")]
     Create(KafkaError),
@@ -207,11 +207,14 @@ pub struct KafkaSink {
 
 impl KafkaSink {
     /// An idempotent producer (`acks=all`) with the user's pass-through options.
-    pub fn new(brokers: &str, options: &BTreeMap<String, String>) -> Result<KafkaSink, SinkError> {
+    pub fn new(
+        brokers: &str,
+        options: &BTreeMap<String, String>,
+    ) -> Result<KafkaSink, ProduceError> {
         let deliveries = Arc::new(Deliveries::default());
-        let producer = crate::kafka::producer_config(brokers, options)
+        let producer = super::producer_config(brokers, options)
             .create_with_context(SinkContext(deliveries.clone()))
-            .map_err(SinkError::Create)?;
+            .map_err(ProduceError::Create)?;
         Ok(KafkaSink {
             producer,
             deliveries,
@@ -226,7 +229,7 @@ impl KafkaSink {
         key: Option<&[u8]>,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), ProduceError> {
         self.send_tagged(MUST, topic, key, payload, headers)
     }
 
@@ -240,9 +243,9 @@ impl KafkaSink {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
         source: &str,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), ProduceError> {
         match self.send_tagged(LOSSY, topic, key, payload, headers) {
-            Err(SinkError::Refused(code, reason)) if refused_for_its_content(code) => {
+            Err(ProduceError::Refused(code, reason)) if refused_for_its_content(code) => {
                 if let Ok(mut l) = self.deliveries.lost.lock() {
                     l.push(Lost {
                         topic: topic.to_string(),
@@ -273,7 +276,7 @@ impl KafkaSink {
         key: Option<&[u8]>,
         payload: &[u8],
         headers: Option<OwnedHeaders>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), ProduceError> {
         let mut rec: BaseRecord<'_, [u8], [u8], usize> =
             BaseRecord::with_opaque_to(topic, tag).payload(payload);
         if let Some(k) = key {
@@ -290,15 +293,15 @@ impl KafkaSink {
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 Err((e @ KafkaError::MessageProduction(code), _)) => {
-                    return Err(SinkError::Refused(code, e.to_string()))
+                    return Err(ProduceError::Refused(code, e.to_string()))
                 }
-                Err((e, _)) => return Err(SinkError::Delivery(e.to_string())),
+                Err((e, _)) => return Err(ProduceError::Delivery(e.to_string())),
             }
         }
     }
 
     /// Sends again the messages a broker answered with a passing error.
-    fn send_again(&self) -> Result<(), SinkError> {
+    fn send_again(&self) -> Result<(), ProduceError> {
         let again = match self.deliveries.again.lock() {
             Ok(mut a) if !a.is_empty() => std::mem::take(&mut *a),
             _ => return Ok(()),
@@ -312,14 +315,14 @@ impl KafkaSink {
     /// Waits until everything sent is acknowledged; fails if any delivery failed for good
     /// (after librdkafka's own retries, `message.timeout.ms`). While the broker is unreachable it
     /// keeps waiting, with a warning every `warn_every`: nothing is persisted past an unsent output.
-    pub fn settle(&mut self, warn_every: Duration) -> Result<(), SinkError> {
+    pub fn settle(&mut self, warn_every: Duration) -> Result<(), ProduceError> {
         self.settle_until(warn_every, None)
     }
 
     /// Like [`KafkaSink::settle`], but gives up after `deadline`: what is still waiting is
     /// withdrawn from the producer (so it is not published later, unknown to the caller) and the
     /// error says so. For operator commands, whose caller is waiting for an answer.
-    pub fn settle_within(&mut self, deadline: Duration) -> Result<(), SinkError> {
+    pub fn settle_within(&mut self, deadline: Duration) -> Result<(), ProduceError> {
         self.settle_until(deadline, Some(deadline))
     }
 
@@ -329,7 +332,7 @@ impl KafkaSink {
         &mut self,
         warn_every: Duration,
         deadline: Option<Duration>,
-    ) -> Result<(), SinkError> {
+    ) -> Result<(), ProduceError> {
         let started = std::time::Instant::now();
         let mut warned = started;
         loop {
@@ -348,7 +351,7 @@ impl KafkaSink {
                     .ok()
                     .and_then(|l| l.clone())
                     .unwrap_or_default();
-                return Err(SinkError::Delivery(last));
+                return Err(ProduceError::Delivery(last));
             }
             let inflight = self.producer.in_flight_count();
             // A message answered while this looked is in `again` before it leaves the count.
@@ -363,7 +366,7 @@ impl KafkaSink {
                 if let Ok(mut a) = self.deliveries.again.lock() {
                     a.clear();
                 }
-                return Err(SinkError::Unacknowledged(d));
+                return Err(ProduceError::Unacknowledged(d));
             }
             std::thread::sleep(Duration::from_millis(1));
             if warned.elapsed() >= warn_every {
@@ -385,112 +388,6 @@ impl KafkaSink {
     /// Messages waiting for acknowledgement.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
-    }
-}
-
-/// Headers of a dead-lettered event: the reason and where it came from.
-pub fn dead_letter_headers(
-    kind: &str,
-    reason: &str,
-    topic: &str,
-    partition: i32,
-    offset: i64,
-) -> OwnedHeaders {
-    let p = partition.to_string();
-    let o = offset.to_string();
-    OwnedHeaders::new()
-        .insert(Header {
-            key: "guardian.error",
-            value: Some(reason),
-        })
-        .insert(Header {
-            key: "guardian.error.kind",
-            value: Some(kind),
-        })
-        .insert(Header {
-            key: "guardian.source.topic",
-            value: Some(topic),
-        })
-        .insert(Header {
-            key: "guardian.source.partition",
-            value: Some(&p),
-        })
-        .insert(Header {
-            key: "guardian.source.offset",
-            value: Some(&o),
-        })
-}
-
-/// How long an operator command waits for the broker's acknowledgement before it is withdrawn
-/// and reported as not published.
-pub const COMMAND_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Publishes signed operator commands onto the control topic (`guardian kill|revive`, the
-/// admin API), each acknowledged within [`COMMAND_DEADLINE`] or withdrawn.
-pub struct Commander {
-    sink: std::sync::Mutex<KafkaSink>,
-    topic: String,
-    key: Vec<u8>,
-    issuer: String,
-    ttl_ms: i64,
-    deadline: Duration,
-}
-
-impl Commander {
-    /// A commander on the configured brokers; commands name `{who}@{guardian_id}` as issuer.
-    pub fn new(cfg: &crate::config::Resolved, who: &str) -> Result<Commander, SinkError> {
-        Ok(Commander {
-            sink: std::sync::Mutex::new(KafkaSink::new(
-                &cfg.config.kafka.brokers,
-                &cfg.kafka_options,
-            )?),
-            topic: cfg.config.kafka.control_topic.clone(),
-            key: cfg.signing_key.clone(),
-            ttl_ms: cfg.command_ttl_ms(),
-            issuer: format!("{who}@{}", cfg.config.guardian_id),
-            deadline: COMMAND_DEADLINE,
-        })
-    }
-
-    /// The same, waiting at most `deadline` for each acknowledgement.
-    pub fn with_deadline(mut self, deadline: Duration) -> Commander {
-        self.deadline = deadline;
-        self
-    }
-
-    /// Signs and publishes a command; returns once the broker acknowledged it.
-    pub fn publish(
-        &self,
-        verb: crate::control::Verb,
-        agent: &str,
-        reason: &str,
-    ) -> Result<crate::control::Command, PublishError> {
-        crate::control::Command::check_request(agent, reason)?;
-        let now = chrono::Utc::now().timestamp_millis();
-        let cmd = crate::control::Command::manual(verb, agent, reason, now, &self.issuer)
-            .valid_for(now, self.ttl_ms)
-            .sign(&self.key)?;
-        let json = cmd.to_json()?;
-        let mut sink = self
-            .sink
-            .lock()
-            .map_err(|_| PublishError::Topic("the producer's lock is poisoned".into()))?;
-        let topic = |e: SinkError| PublishError::Topic(Box::new(e));
-        sink.send(&self.topic, Some(agent.as_bytes()), &json, None)
-            .map_err(topic)?;
-        sink.settle_within(self.deadline).map_err(topic)?;
-        Ok(cmd)
-    }
-}
-
-impl crate::api::Commands for Commander {
-    fn publish(
-        &self,
-        verb: crate::control::Verb,
-        agent: &str,
-        reason: &str,
-    ) -> Result<crate::control::Command, PublishError> {
-        Commander::publish(self, verb, agent, reason)
     }
 }
 
