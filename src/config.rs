@@ -4,6 +4,7 @@
 //! Layer: uses the settings types of `api`, `siem` and `posture`, `blueprint`, `event`, `secret`;
 //! never the daemon.
 
+use crate::secret::Secret;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,6 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::BlueprintSet;
-pub use crate::secret::Secret;
 
 /// Kafka connection and topics.
 #[derive(Debug, Clone, Serialize, Deserialize)]

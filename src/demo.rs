@@ -7,13 +7,12 @@
 //! topic, with two malformed lines and one forged kill command. The daemon consumes it, and the
 //! demo reads back the incidents, kill commands and dead letters.
 
+use crate::kafka::read_all;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
-
-pub use crate::kafka::{read_all, read_to_end};
 
 use crate::blueprint::{Assignment, BlueprintSet};
 use crate::config::{Backfill, Config, KafkaConfig, Resolved};

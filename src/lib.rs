@@ -1,45 +1,40 @@
 //! agent-guardian: an independent guard for fleets of AI agents.
 //!
-//! It reads the audit events that agent runtime-security SDKs (Agent-SPM, AgentShield) write for
-//! every tool call, learns what is normal for each agent, detects frequency and volume spikes,
+//! It reads the audit events that agent runtime-security SDKs (Agent-SPM, AgentShield) and
+//! OpenTelemetry instrumentation (OTLP, protobuf or JSON) write for every tool call, learns what is normal for each agent, detects frequency and volume spikes,
 //! suspicious tool sequences and off-hours activity on event time, and decides kills.
 //!
-//! # Layout
-//! - [`event`]: the audit event model and the decoders of the SDK formats.
-//! - [`blueprint`]: blueprint schema, validation, and assignment of agents to blueprints.
-//! - [`detect`]: the detectors, pure functions of (agent state, event, blueprint), and the
-//!   learned baselines they use.
-//! - [`response`]: incidents with deterministic ids, and the kill policy.
-//! - [`state`]: the per-agent state value, the fleet's state and counters, and the snapshot codec.
-//! - [`prefetch`]: software prefetch hints (a leaf: imports nothing of the crate).
-//! - [`engine`]: ties them together: one event in, incidents out; findings through the agent's
-//!   cohort (a fleet shift explains what a whole cohort does at once).
-//! - [`replay`]: the `guardian replay` job (file or stdin source, JSON-lines sink).
-//! - [`simulate`]: the realistic fleet generator behind `guardian simulate`, tests and benches.
-//! - [`config`]: the daemon's configuration file.
-//! - [`control`]: signed kill / revive commands of the control topic.
-//! - [`daemon`]: `guardian run`: Kafka sources, per-partition engines, sled store, Kafka sinks.
-//! - [`siem`]: CEF and ECS JSON records, syslog / file / stdout / Kafka sinks with on-disk spools.
-//! - [`posture`]: fleet inventory, risk with reasons, compliance with evidence.
-//! - [`api`]: the HTTP admin API, Prometheus metrics and the web page.
-//! - [`demo`]: the daemon against librdkafka's in-process mock cluster.
-//! - [`cli`]: command-line interface.
+//! # Layers
+//! From the top; a module uses its own layer and those below (`tests/layers.rs` holds this
+//! order and checks every import against it, and that no layer has a cycle):
 //!
-//! - [`store`]: the sled state store (agents, offsets, incidents, ledger, score history).
-//! - [`telemetry`]: the daemon's counters and the live view the admin API reads.
-//! - [`secret`]: configuration secrets whose `Debug` and `Serialize` forms redact.
-//! - [`files`]: reading the files the configuration names (regular files of bounded size; a leaf).
-//! - [`text`]: text an attacker may have written, shown safely in logs and tables (a leaf).
-//! - [`kafka`]: librdkafka client configuration, and reading a topic back to its end.
-//! - [`tls`]: PEM certificate chains and keys for rustls.
-//! - [`stop`]: the one stop signal every daemon thread watches.
+//! | layer | modules |
+//! |---|---|
+//! | commands | [`cli`], [`demo`] (the daemon on librdkafka's mock cluster), [`replay`] (`guardian replay`) |
+//! | daemon | [`daemon`]: `guardian run`, its threads under one supervisor |
+//! | configuration | [`config`] |
+//! | admin API | [`api`]: HTTP API, Prometheus metrics, the web page |
+//! | run-time view | [`telemetry`]: counters and the live view the API reads |
+//! | state store | [`store`]: sled (agents, offsets, incidents, ledger, score history, spools' database) |
+//! | outputs | [`siem`]: CEF, ECS and OCSF records; syslog, file, stdout, Kafka and email deliveries with on-disk spools |
+//! | fleet view | [`posture`]: inventory, risk with reasons, compliance with evidence |
+//! | core | [`engine`] (one event in, incidents out; findings through the agent's cohort) → [`state`] → [`detect`] (pure detectors) → [`response`] (incidents, kill policy) → [`blueprint`]; [`control`] (signed commands); [`simulate`] |
+//! | leaves | [`event`] (the model and one decoder per input format), [`kafka`] (client builder, the one producer of every output), [`stop`] (the one stop signal), [`text`], [`files`], [`secret`], [`tls`], [`prefetch`] |
 //!
-//! Top-level modules only point down (`tests/layers.rs` checks it): commands (`cli`, `demo`,
-//! `replay`) → `daemon` → `config` → `api` → `telemetry` → `store` → `siem`, `posture` → `engine`
-//! → `state` → `detect` → `response` → `blueprint` → `event`, with `control`, `secret`, `kafka`,
-//! `stop` and `prefetch` beside them; each module's doc says what it owns and what it may use.
+//! # The daemon's flow (`guardian run`)
+//! ```text
+//! audit topics ──► daemon::source (consumer group) ─┐                     ┌─► kafka::producer ─► incidents, control (kills), dead letters
+//! control topic ─► daemon::source (reader) ─────────┼─► bounded queue ──► engine thread: daemon::fold (one engine::Engine
+//! posture thread (daemon::snapshot) ────────────────┘                      per partition) ─► daemon::publish ─┤
+//!                                                                                                            └─► siem spools ─► one delivery thread per sink
+//!                         checkpoint: outputs acknowledged ─► daemon::writer thread: store (sled batch + flush) ─► offsets committed
+//! admin API thread (api) ◄── store, telemetry
+//! ```
+//! Every thread runs under one `daemon::supervise::Supervisor`: the sources, the posture thread
+//! and the API watch the stop signal; the engine ends when its sources have; the deliveries and
+//! the writer end when the engine closes their input.
 //!
-//! # Data flow
+//! # The replay's flow (`guardian replay`, and the engine inside the daemon)
 //! ```text
 //! source (file / stdin) ─► event::Decoder ─► engine::Engine ─► Vec<Incident> ─► sink (stdout)
 //!                                              │  state::Seen: a re-delivered event is dropped

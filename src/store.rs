@@ -20,12 +20,12 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::control::Command;
-use crate::engine::{EngineStats, FleetState};
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
 use crate::state::{
     AgentState, Seen, SeenChanges, SeenEntry, SeenFigures, SessionAgent, Snapshot, SNAPSHOT_VERSION,
 };
+use crate::state::{EngineStats, FleetState};
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -111,7 +111,7 @@ pub struct IncidentFilter {
     /// Only this type.
     pub kind: Option<IncidentType>,
     /// Only this severity or higher.
-    pub min_severity: Option<crate::response::Severity>,
+    pub min_severity: Option<crate::blueprint::Severity>,
     /// Event time at or after (epoch ms).
     pub since: Option<i64>,
     /// Event time at or before (epoch ms).

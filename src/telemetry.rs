@@ -160,7 +160,7 @@ impl Metrics {
             .unwrap_or(0);
         self.incidents_by[t][i.severity.index()].fetch_add(1, Ordering::Relaxed);
         if let (IncidentType::AutoKill, Some(s)) = (i.kind, i.suppressed_by) {
-            self.kills_suppressed[crate::engine::suppression_index(s)]
+            self.kills_suppressed[crate::state::suppression_index(s)]
                 .fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -222,7 +222,7 @@ fn running_daemon_serves_metrics_posture_and_applies_api_commands() {
     // Posture: on the API, on its topic, and as a CEF summary.
     let p = get_json(addr, "/posture");
     assert_eq!(p["fleet"]["agents"], 24);
-    let snaps = demo::read_all(&k.brokers, "guardian-posture");
+    let snaps = agent_guardian::kafka::read_all(&k.brokers, "guardian-posture");
     assert!(!snaps.is_empty());
     let snap: Value = serde_json::from_slice(&snaps[0].1).unwrap();
     assert_eq!(snap["guardian_id"], "guardian-demo-1");
@@ -378,7 +378,7 @@ fn api_serves_https_with_the_configured_certificate() {
     let dir = tempfile::tempdir().unwrap();
     support::certificates(dir.path(), &openssl);
     let store = agent_guardian::store::Store::open(&dir.path().join("state")).unwrap();
-    let live = std::sync::Arc::new(agent_guardian::daemon::Live {
+    let live = std::sync::Arc::new(agent_guardian::telemetry::Live {
         store,
         metrics: Default::default(),
         owned: Default::default(),

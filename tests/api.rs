@@ -6,7 +6,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use agent_guardian::api::{router, AppState, Commands};
-use agent_guardian::daemon::{Live, Metrics};
 use agent_guardian::engine::Engine;
 use agent_guardian::event::Decoder;
 use agent_guardian::posture::PostureSettings;
@@ -14,6 +13,7 @@ use agent_guardian::replay::{self, StateRecorder};
 use agent_guardian::response::Incident;
 use agent_guardian::simulate::{SimConfig, Simulation};
 use agent_guardian::store::Store;
+use agent_guardian::telemetry::{Live, Metrics};
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use serde_json::Value;

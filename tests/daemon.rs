@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 
 use agent_guardian::config::KafkaConfig;
 use agent_guardian::control::{Command, Verb, DEFAULT_TTL_MS};
-use agent_guardian::daemon::{Daemon, Metrics};
+use agent_guardian::daemon::Daemon;
 use agent_guardian::demo::{self, DEMO_KEY};
 use agent_guardian::event::format_rfc3339_ms;
 use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::response::{Incident, IncidentType};
 use agent_guardian::store::Store;
+use agent_guardian::telemetry::Metrics;
 
 /// The wall clock (ms): commands of the tests are valid from now on, whatever their event time.
 fn now() -> i64 {
@@ -89,14 +90,14 @@ fn produce(k: &KafkaConfig, topic: &str, msgs: &[(Option<String>, Vec<u8>)]) {
 }
 
 fn incidents(k: &KafkaConfig) -> Vec<Incident> {
-    demo::read_all(&k.brokers, &k.incidents_topic)
+    agent_guardian::kafka::read_all(&k.brokers, &k.incidents_topic)
         .into_iter()
         .map(|(_, p)| serde_json::from_slice(&p).unwrap())
         .collect()
 }
 
 fn commands(k: &KafkaConfig) -> Vec<Command> {
-    demo::read_all(&k.brokers, &k.control_topic)
+    agent_guardian::kafka::read_all(&k.brokers, &k.control_topic)
         .into_iter()
         .filter_map(|(_, p)| serde_json::from_slice(&p).ok())
         .collect()

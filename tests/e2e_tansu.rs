@@ -309,7 +309,7 @@ fn reference(addr: &str, audit: &str, partitions: i32) -> Reference {
     let decoder = Decoder::new(&set.decoder_options()).unwrap();
     let mut engines: Vec<Engine> = (0..partitions).map(|_| Engine::new(set.clone())).collect();
     let mut incidents = Vec::new();
-    for m in agent_guardian::demo::read_to_end(addr, audit, partitions, Duration::from_secs(60)) {
+    for m in agent_guardian::kafka::read_to_end(addr, audit, partitions, Duration::from_secs(60)) {
         if let Ok(ev) = decoder.decode(m.payload().unwrap_or_default()) {
             engines[m.partition() as usize].process(&ev, &mut incidents);
         }

@@ -15,7 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use agent_guardian::response::{Action, Basis, Incident, IncidentType, Severity};
+use agent_guardian::blueprint::Severity;
+use agent_guardian::response::{Action, Basis, Incident, IncidentType};
 use agent_guardian::secret::Secret;
 use agent_guardian::siem::email::{EmailConfig, EmailSink, Route, Security};
 use agent_guardian::siem::spool::WhenFull;

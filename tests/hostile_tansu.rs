@@ -203,7 +203,7 @@ fn hostile_messages_are_refused_with_their_reason_and_counted_and_the_daemon_kee
     d.stop();
 
     // Every bad event is on the dead-letter topic with its reason.
-    let dead = agent_guardian::demo::read_to_end(
+    let dead = agent_guardian::kafka::read_to_end(
         &b.addr,
         &format!("{prefix}-dlq"),
         1,

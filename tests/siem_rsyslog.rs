@@ -251,7 +251,7 @@ fn hostile_incidents_reach_rsyslog_over_tcp_udp_and_tls_and_parse_back_to_the_or
     d.shutdown();
     d.join(Duration::from_secs(30)).unwrap();
 
-    let incidents: Vec<Incident> = demo::read_all(&k.brokers, &k.incidents_topic)
+    let incidents: Vec<Incident> = agent_guardian::kafka::read_all(&k.brokers, &k.incidents_topic)
         .into_iter()
         .map(|(_, p)| serde_json::from_slice(&p).unwrap())
         .collect();
@@ -374,7 +374,7 @@ fn a_30_second_receiver_outage_loses_no_record_and_keeps_order_per_agent() {
     let out = dir.path().join("out.jsonl");
     // The incidents raised (an episode's closing record repeats its id).
     let incidents = || -> Vec<Incident> {
-        demo::read_all(&k.brokers, &k.incidents_topic)
+        agent_guardian::kafka::read_all(&k.brokers, &k.incidents_topic)
             .into_iter()
             .map(|(_, p)| serde_json::from_slice::<Incident>(&p).unwrap())
             .filter(|i| i.status == Status::Open)

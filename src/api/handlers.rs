@@ -11,10 +11,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::AppState;
+use crate::blueprint::Severity;
 use crate::control::{Command, Verb};
 use crate::event::parse_rfc3339_ms;
 use crate::posture::{Framework, StateView};
-use crate::response::{IncidentType, Severity};
+use crate::response::IncidentType;
 use crate::store::IncidentFilter;
 use crate::text::Shown;
 

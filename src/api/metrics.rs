@@ -15,7 +15,8 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use super::AppState;
-use crate::response::{IncidentType, Severity};
+use crate::blueprint::Severity;
+use crate::response::IncidentType;
 use crate::telemetry::{Live, BAD_EVENT_KINDS};
 
 /// Content type of the exposition.

@@ -29,9 +29,6 @@
 //! API watch the stop signal; the engine ends when its sources have; the SIEM deliveries and the
 //! checkpoint writer end when the engine closes their input after its last checkpoint.
 
-pub use crate::store;
-pub use crate::telemetry::{Live, Metrics, BAD_EVENT_KINDS};
-
 pub mod commander;
 pub mod fold;
 pub mod publish;
@@ -53,6 +50,7 @@ use crate::posture::Ledger;
 use crate::siem::SiemSinks;
 use crate::stop::Stop;
 use crate::store::{Store, StoreError};
+use crate::telemetry::{Live, Metrics};
 use fold::{Fold, FoldError, FoldSettings, Output};
 use publish::Publisher;
 use snapshot::{PostureRecord, Snapshots};

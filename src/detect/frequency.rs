@@ -21,12 +21,13 @@
 use serde::{Deserialize, Serialize};
 
 use super::cohort::{Member, ShiftTest};
-use super::habit::{Habit, Report, RoutineMode};
+use super::habit::{Habit, Report};
 use super::rhythm::{Rhythm, TURN_GAP_MS};
 use super::scales::{Scales, MINUTES, SCALES};
 use super::stats::improbable_sessions;
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
 use crate::blueprint::Blueprint;
+use crate::blueprint::RoutineMode;
 use crate::response::{BaselineFacts, Basis, IncidentType, Source};
 
 /// Least expected calls per hour, as a share of the agent's working rate.
@@ -462,7 +463,7 @@ fn improbable_from(dispersion: f32, cv: f32, e: f64, alpha: f64) -> u32 {
 fn window_finding(
     bp: &Blueprint,
     kind: IncidentType,
-    severity: crate::response::Severity,
+    severity: crate::blueprint::Severity,
     obs: &Observation<'_>,
     count: u32,
     t: u32,

@@ -5,9 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::blueprint::RoutineMode;
-
 use super::Judgement;
+use crate::blueprint::RoutineMode;
 
 /// One rule's (or one form's) routine memory for one agent.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -25,7 +25,7 @@ pub use cohort::{
 };
 pub use episode::{Closed, Episode, Opening, Step};
 pub use frequency::FrequencyState;
-pub use habit::{Habit, RoutineMode};
+pub use habit::Habit;
 pub use off_hours::{outside_allowed, OffHoursState};
 pub use peers::{Peers, SequenceCounts, FORMS};
 pub use rhythm::{DayStats, HourStats, Rhythm};
@@ -35,12 +35,12 @@ pub use stats::{count_tail, count_threshold, HOUR_MS};
 pub use volume::{ToolStats, VolumeState};
 pub use window::Ring;
 
-pub use crate::event::tool_hash;
-
 use serde::{Deserialize, Serialize};
 
 use crate::blueprint::Blueprint;
-use crate::response::{BaselineFacts, Basis, IncidentType, Severity};
+use crate::blueprint::Severity;
+use crate::event::tool_hash;
+use crate::response::{BaselineFacts, Basis, IncidentType};
 
 const DAY_MS: f64 = 86_400_000.0;
 

@@ -15,11 +15,12 @@
 //! frequency detectors multiply their expected counts by. A shift not confirmed for
 //! `cohort.gap` closes with a record naming the agents it explained.
 
+use crate::blueprint::Severity;
 use crate::detect::{
     local_time, CohortShift, Finding, Judgement, Member, Presence, RateEvaluation, ShiftKind,
     ShiftTest,
 };
-use crate::response::{incident_id, Action, Basis, Incident, IncidentType, Severity, Status};
+use crate::response::{incident_id, Action, Basis, Incident, IncidentType, Status};
 use crate::state::{CohortState, HeldFinding, OpenShift};
 
 use super::{type_index, Cohort, Engine};

@@ -13,15 +13,16 @@ use std::sync::Arc;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
 
+use crate::blueprint::Severity;
 use crate::blueprint::{Blueprint, BlueprintSet};
 use crate::detect::{outside_allowed, Finding, Input, Judgement, Peers};
 use crate::event::AuditEvent;
 use crate::prefetch;
 use crate::response::{
-    incident_id, Action, Basis, Incident, IncidentType, KillBudget, Severity, Spent, Status,
-    Suppression, Verdict,
+    incident_id, Action, Basis, Incident, IncidentType, KillBudget, Spent, Status, Suppression,
+    Verdict,
 };
-pub use crate::state::{suppression_index, EngineStats, FleetState};
+use crate::state::{suppression_index, EngineStats, FleetState};
 use crate::state::{
     AgentState, Arrivals, CohortState, Delivery, Flood, Identities, Identity, KillEventKind,
     Resolution, Seen, SeenChanges, SeenFigures, SeenSettings, SessionAgent, Snapshot,
@@ -1203,7 +1204,7 @@ mod tests {
         );
         assert!(after
             .iter()
-            .all(|i| i.severity == crate::response::Severity::Critical));
+            .all(|i| i.severity == crate::blueprint::Severity::Critical));
         assert!(e.agent("a").unwrap().kill.killed);
     }
 

@@ -12,7 +12,7 @@
 use serde::Serialize;
 
 use super::settings::PostureSettings;
-use crate::response::Severity;
+use crate::blueprint::Severity;
 use crate::state::AgentState;
 
 /// Risk level of a score.

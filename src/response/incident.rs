@@ -1,9 +1,8 @@
 //! Incident records: the guardian's output for every anomaly and every kill decision.
 
+use crate::blueprint::Severity;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-
-pub use crate::blueprint::Severity;
 
 /// Kind of incident.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -3,8 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::incident::{Action, Severity, Suppression};
-use crate::blueprint::KillRules;
+use super::incident::{Action, Suppression};
+use crate::blueprint::{KillRules, Severity};
 
 /// Per-agent kill-policy state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

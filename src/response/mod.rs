@@ -8,7 +8,7 @@ mod kill;
 
 pub use budget::{CohortKills, KillBudget, Spent};
 pub use incident::{
-    incident_id, uuid_string, Action, BaselineFacts, Basis, Incident, IncidentType, Severity,
-    Source, Status, Suppression, Verdict,
+    incident_id, uuid_string, Action, BaselineFacts, Basis, Incident, IncidentType, Source, Status,
+    Suppression, Verdict,
 };
 pub use kill::{KillDecision, KillState};

@@ -270,8 +270,9 @@ pub fn extension_value(v: &str, max: usize, out: &mut String) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::blueprint::Severity;
     use crate::control::Verb;
-    use crate::response::{Action, IncidentType, Severity};
+    use crate::response::{Action, IncidentType};
     use crate::siem::record::CLASSES;
 
     fn ext(v: &str) -> String {

@@ -14,8 +14,9 @@ use serde_json::{json, Map, Value};
 
 use super::cef::{VENDOR, VERSION};
 use super::record::Record;
+use crate::blueprint::Severity;
 use crate::control::Verb;
-use crate::response::{Basis, Incident, IncidentType, Severity, Status};
+use crate::response::{Basis, Incident, IncidentType, Status};
 
 /// The OCSF schema version the records follow.
 pub const OCSF_VERSION: &str = "1.5.0";

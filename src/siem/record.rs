@@ -2,8 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::blueprint::Severity;
 use crate::control::{Command, Origin, Verb};
-use crate::response::{Incident, IncidentType, Severity};
+use crate::response::{Incident, IncidentType};
 
 /// An audit message that could not be decoded and went to the dead-letter topic.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,8 +7,9 @@ use smallvec::SmallVec;
 
 use crate::prefetch;
 
+use crate::blueprint::Severity;
 use crate::event::Outcome;
-use crate::response::{IncidentType, Severity};
+use crate::response::IncidentType;
 
 /// Most distinct tools remembered per agent; calls of further tools are counted together.
 pub const MAX_TOOLS: usize = 64;
@@ -24,7 +25,7 @@ pub const OUTCOMES: usize = 12;
 /// One tool an agent called.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolSeen {
-    /// [`crate::detect::tool_hash`] of the name (the lookup key).
+    /// [`crate::event::tool_hash`] of the name (the lookup key).
     pub hash: u64,
     /// Tool name.
     pub name: String,
@@ -158,7 +159,7 @@ impl Profile {
             *c = c.saturating_add(1);
         }
         if let Some(env) = environment {
-            let h = crate::detect::tool_hash(env);
+            let h = crate::event::tool_hash(env);
             if h != self.last_environment {
                 self.last_environment = h;
                 if self.environments.len() < MAX_ENVIRONMENTS

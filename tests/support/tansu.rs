@@ -110,7 +110,7 @@ dead_letter_topic = "{prefix}-dlq"
 
 /// Every payload of a topic's partitions, read to the end the broker's fetches report.
 pub fn read_topic(addr: &str, topic: &str, partitions: i32) -> Vec<Vec<u8>> {
-    agent_guardian::demo::read_to_end(addr, topic, partitions, Duration::from_secs(30))
+    agent_guardian::kafka::read_to_end(addr, topic, partitions, Duration::from_secs(30))
         .iter()
         .map(|m| m.payload().unwrap_or_default().to_vec())
         .collect()
