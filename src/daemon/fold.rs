@@ -401,7 +401,9 @@ impl Fold {
         Ok(())
     }
 
-    /// Folds one run of records of partition `key`.
+    /// Folds one run of records of partition `key`: decodes each record (a dead letter when it
+    /// cannot be), processes the events with any waiting operator commands in their place, and
+    /// passes the outcome on.
     fn run(
         &mut self,
         key: (u16, i32),
@@ -415,7 +417,6 @@ impl Fold {
             return Ok(()); // not (or no longer) ours
         };
         let mut events = reuse(std::mem::take(&mut self.events));
-        let limit = now.saturating_add(self.settings.max_future_ms);
         // New agents of this run, not yet in the engine (tracked once near the cap).
         let mut run_new: Option<HashSet<String>> = None;
         for r in run {
@@ -431,78 +432,23 @@ impl Fold {
                 self.metrics.event_age.observe(age as f64 / 1000.0);
             }
             let payload = r.payload.as_deref().unwrap_or_default();
-            // One event, or the spans of an OTLP request: all of them or none.
-            let before = events.len();
-            let decoded = self
-                .decoder
-                .decode_into(payload, &mut events)
-                .and_then(|skipped| {
-                    if let Some(ev) = events[before..].iter().find(|e| e.ts_ms > limit) {
-                        let err = DecodeError::FutureTimestamp {
-                            at: crate::event::format_rfc3339_ms(ev.ts_ms),
-                            now: crate::event::format_rfc3339_ms(now),
-                            allowed: humantime::format_duration(std::time::Duration::from_millis(
-                                self.settings.max_future_ms.max(0) as u64,
-                            ))
-                            .to_string(),
-                        };
-                        events.truncate(before);
-                        return Err(err);
-                    }
-                    Ok(skipped)
-                });
-            let decoded = decoded.and_then(|skipped| {
-                let count = |how: Resolution, n: u64| {
-                    self.metrics.identity[how.index()].fetch_add(n, Ordering::Relaxed);
-                };
-                count(Resolution::Skipped, skipped);
-                // Session bindings and other entries that are not tool calls are learnt
-                // from or skipped (counted), not processed.
-                let mut keep = before;
-                for i in before..events.len() {
-                    let how = part.engine.resolve(&mut events[i]);
-                    count(how, 1);
-                    if how.is_tool_call() {
-                        events.swap(keep, i);
-                        keep += 1;
-                    }
-                }
-                events.truncate(keep);
-                // Emitted with the run's incidents (held back the same way in a replay).
-                part.engine.take_identity_incidents(&mut self.out);
-                let cap = self.settings.max_agents;
-                if beyond_cap(&part.engine, &events, before, cap, &mut run_new) {
-                    events.truncate(before);
-                    part.engine.count_refused_agent();
-                    part.engine.take_identity_incidents(&mut self.out);
-                    return Err(DecodeError::AgentCap { cap });
-                }
-                Ok(())
-            });
-            match decoded {
-                Ok(()) => {}
-                Err(e) => {
-                    self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
-                    if let Some(i) = BAD_EVENT_KINDS.iter().position(|k| *k == e.kind()) {
-                        self.metrics.bad_by_kind[i].fetch_add(1, Ordering::Relaxed);
-                    }
-                    part.engine.count_bad_event();
-                    if !quiet {
-                        out.push(Output::DeadLetter(BadRecord {
-                            topic: topic.clone(),
-                            partition: r.partition,
-                            offset: r.offset,
-                            key: r
-                                .key
-                                .as_deref()
-                                .map(|k| k[..k.len().min(DEAD_LETTER_MAX_KEY)].to_vec()),
-                            payload: payload[..payload.len().min(DEAD_LETTER_MAX_VALUE)].to_vec(),
-                            original_size: payload.len(),
-                            kind: e.kind(),
-                            error: e.to_string(),
-                            at: r.timestamp.unwrap_or(now),
-                        }));
-                    }
+            let ctx = RecordContext {
+                decoder: &self.decoder,
+                metrics: &self.metrics,
+                settings: &self.settings,
+                now,
+            };
+            if let Err(e) = ctx.decode(
+                payload,
+                &mut part.engine,
+                &mut events,
+                &mut run_new,
+                &mut self.out,
+            ) {
+                ctx.count_bad(&e);
+                part.engine.count_bad_event();
+                if !quiet {
+                    out.push(Output::DeadLetter(dead_letter(&topic, r, payload, &e, now)));
                 }
             }
         }
@@ -510,33 +456,15 @@ impl Fold {
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         let before = part.engine.stats().clone();
-        let mut applied = Vec::new();
-        if self.pending.is_empty() {
-            part.engine.process_batch(&events, &mut self.out);
-        } else {
-            // Waiting operator commands apply before the agent's first event (the kill keeps
-            // its own time: a call made after it is activity after the kill, one made before it
-            // and delivered late is not); while the partition is replayed, before the agent's
-            // first event at or after the command's time, so a rebuild applies commands and
-            // events in the order they happened. One event at a time while any waits.
-            for ev in &events {
-                let agent = ev.agent_id.as_ref();
-                let engine = &mut part.engine;
-                if self.pending.iter().any(|c| c.agent_id == agent) {
-                    engine.admit(ev);
-                }
-                self.pending.retain(|c| {
-                    if c.agent_id != agent || (quiet && ev.ts_ms < c.issued_at) {
-                        return true;
-                    }
-                    if !reflected(engine, c) {
-                        apply(engine, c);
-                        applied.push(c.clone());
-                    }
-                    false
-                });
-                engine.process(ev, &mut self.out);
-            }
+        let waited = !self.pending.is_empty();
+        let applied = process_with_commands(
+            &mut part.engine,
+            &events,
+            &mut self.pending,
+            quiet,
+            &mut self.out,
+        );
+        if waited {
             self.metrics
                 .commands_pending
                 .store(self.pending.len() as u64, Ordering::Relaxed);
@@ -544,23 +472,7 @@ impl Fold {
         // A burst of new agents found while processing.
         part.engine.take_identity_incidents(&mut self.out);
         self.events = reuse(events);
-        let after = part.engine.stats();
-        for (counter, n) in [
-            (
-                &self.metrics.duplicates,
-                after.duplicates - before.duplicates,
-            ),
-            (
-                &self.metrics.id_conflicts,
-                after.id_conflicts - before.id_conflicts,
-            ),
-            (
-                &self.metrics.findings_explained,
-                after.explained - before.explained,
-            ),
-        ] {
-            counter.fetch_add(n, Ordering::Relaxed);
-        }
+        count_engine_figures(&self.metrics, &before, part.engine.stats());
         self.report_applied(applied, !quiet, out);
         self.emit(quiet, now, out)?;
         let replayed = self
@@ -892,6 +804,152 @@ impl Fold {
         self.raised.clear();
         self.since_checkpoint = 0;
         Ok(Checkpoint { batch, offsets })
+    }
+}
+
+/// What decoding one record needs besides the partition's engine.
+struct RecordContext<'f> {
+    decoder: &'f Decoder,
+    metrics: &'f Metrics,
+    settings: &'f FoldSettings,
+    /// The daemon's wall clock (ms).
+    now: i64,
+}
+
+impl RecordContext<'_> {
+    /// Decodes one record's payload into `events`: one event, or the spans of an OTLP request,
+    /// all of them or none. Events dated too far ahead are refused; session bindings and other
+    /// entries that are not tool calls are learnt from or skipped (counted), not kept; new agents
+    /// beyond the partition's cap are refused.
+    fn decode<'p>(
+        &self,
+        payload: &'p [u8],
+        engine: &mut Engine,
+        events: &mut Vec<AuditEvent<'p>>,
+        run_new: &mut Option<HashSet<String>>,
+        incidents: &mut Vec<Incident>,
+    ) -> Result<(), DecodeError> {
+        let before = events.len();
+        let skipped = self.decoder.decode_into(payload, events)?;
+        let limit = self.now.saturating_add(self.settings.max_future_ms);
+        if let Some(ev) = events[before..].iter().find(|e| e.ts_ms > limit) {
+            let err = DecodeError::FutureTimestamp {
+                at: crate::event::format_rfc3339_ms(ev.ts_ms),
+                now: crate::event::format_rfc3339_ms(self.now),
+                allowed: humantime::format_duration(std::time::Duration::from_millis(
+                    self.settings.max_future_ms.max(0) as u64,
+                ))
+                .to_string(),
+            };
+            events.truncate(before);
+            return Err(err);
+        }
+        let count = |how: Resolution, n: u64| {
+            self.metrics.identity[how.index()].fetch_add(n, Ordering::Relaxed);
+        };
+        count(Resolution::Skipped, skipped);
+        let mut keep = before;
+        for i in before..events.len() {
+            let how = engine.resolve(&mut events[i]);
+            count(how, 1);
+            if how.is_tool_call() {
+                events.swap(keep, i);
+                keep += 1;
+            }
+        }
+        events.truncate(keep);
+        // Emitted with the run's incidents (held back the same way in a replay).
+        engine.take_identity_incidents(incidents);
+        let cap = self.settings.max_agents;
+        if beyond_cap(engine, events, before, cap, run_new) {
+            events.truncate(before);
+            engine.count_refused_agent();
+            engine.take_identity_incidents(incidents);
+            return Err(DecodeError::AgentCap { cap });
+        }
+        Ok(())
+    }
+
+    /// Counts a record that did not decode, by kind.
+    fn count_bad(&self, e: &DecodeError) {
+        self.metrics.bad_events.fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = BAD_EVENT_KINDS.iter().position(|k| *k == e.kind()) {
+            self.metrics.bad_by_kind[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The dead letter of record `r` of `topic`: a bounded copy of its key and payload, and why.
+fn dead_letter(topic: &str, r: &Record, payload: &[u8], e: &DecodeError, now: i64) -> BadRecord {
+    BadRecord {
+        topic: topic.to_string(),
+        partition: r.partition,
+        offset: r.offset,
+        key: r
+            .key
+            .as_deref()
+            .map(|k| k[..k.len().min(DEAD_LETTER_MAX_KEY)].to_vec()),
+        payload: payload[..payload.len().min(DEAD_LETTER_MAX_VALUE)].to_vec(),
+        original_size: payload.len(),
+        kind: e.kind(),
+        error: e.to_string(),
+        at: r.timestamp.unwrap_or(now),
+    }
+}
+
+/// Processes `events`, applying the waiting operator `pending` commands in their place; returns
+/// the commands applied. A command applies before its agent's first event (the kill keeps its
+/// own time: a call made after it is activity after the kill, one made before it and delivered
+/// late is not); while the partition is replayed (`quiet`), before the agent's first event at
+/// or after the command's time, so a rebuild applies commands and events in the order they
+/// happened. One event at a time while any command waits.
+fn process_with_commands(
+    engine: &mut Engine,
+    events: &[AuditEvent<'_>],
+    pending: &mut Vec<Command>,
+    quiet: bool,
+    out: &mut Vec<Incident>,
+) -> Vec<Command> {
+    let mut applied = Vec::new();
+    if pending.is_empty() {
+        engine.process_batch(events, out);
+        return applied;
+    }
+    for ev in events {
+        let agent = ev.agent_id.as_ref();
+        if pending.iter().any(|c| c.agent_id == agent) {
+            engine.admit(ev);
+        }
+        pending.retain(|c| {
+            if c.agent_id != agent || (quiet && ev.ts_ms < c.issued_at) {
+                return true;
+            }
+            if !reflected(engine, c) {
+                apply(engine, c);
+                applied.push(c.clone());
+            }
+            false
+        });
+        engine.process(ev, out);
+    }
+    applied
+}
+
+/// Adds what the engine counted during a run (re-deliveries, id conflicts, findings a fleet
+/// shift explained) to the daemon's counters.
+fn count_engine_figures(metrics: &Metrics, before: &EngineStats, after: &EngineStats) {
+    for (counter, n) in [
+        (&metrics.duplicates, after.duplicates - before.duplicates),
+        (
+            &metrics.id_conflicts,
+            after.id_conflicts - before.id_conflicts,
+        ),
+        (
+            &metrics.findings_explained,
+            after.explained - before.explained,
+        ),
+    ] {
+        counter.fetch_add(n, Ordering::Relaxed);
     }
 }
 

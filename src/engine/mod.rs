@@ -515,47 +515,21 @@ impl Engine {
             st.late_events += 1;
             self.stats.late_events += 1;
         }
-        if let Some(c) = st.after_kill.expire(ev.ts_ms, &bp.dedup) {
-            self.findings.push(Finding::closing(
-                IncidentType::ActivityAfterKill,
-                bp.severities.activity_after_kill,
-                c,
-                "events",
-                0,
-            ));
-        }
-        // A call made before the kill (delivered late) is not activity after it.
-        if st.kill.killed && st.kill.last_decision.is_none_or(|k| ev.ts_ms >= k) {
-            let opening = || obs.opening(Basis::Static);
-            if st.after_kill.violate(ev.ts_ms, 1.0, &bp.dedup, opening)
-                == crate::detect::Step::Opened
-            {
-                let mut f = Finding::new(
-                    IncidentType::ActivityAfterKill,
-                    Basis::Static,
-                    bp.severities.activity_after_kill,
-                );
-                f.weighs = false;
-                f.observed = 1.0;
-                f.unit = "events";
-                f.window_start = st.kill.last_decision.unwrap_or(ev.ts_ms);
-                f.window_end = ev.ts_ms;
-                f.description = format!(
-                    "Agent {:?} is still active after it was killed (call {:?}); the kill has not taken effect.",
-                    &*ev.agent_id, &*ev.tool_name
-                );
-                self.findings.push(f);
-            }
-        }
+        watch_after_kill(bp, st, ev, &obs, &mut self.findings);
         if self.agents[i].state.detectors.pending().is_some() && !self.agents[i].pending {
             self.agents[i].pending = true;
             self.pending.push(i as u32);
         }
         self.conclude(i, ev.ts_ms, &ev.event_id, &ev.tool_name, out);
-        // A call the partition's watermark has already made final (the agent's stream runs
-        // behind the partition's) is judged now, not at the next sweep: a kill it decides goes
-        // out with this event.
-        let lateness = self.set.get(bpi).allowed_lateness_ms;
+        self.settle_if_final(i, out);
+        self.sweep(out);
+    }
+
+    /// Judges now the calls of the agent at position `i` that the partition's watermark has
+    /// already made final (its stream runs behind the partition's), not at the next sweep: a
+    /// kill they decide goes out with this event.
+    fn settle_if_final(&mut self, i: usize, out: &mut Vec<Incident>) {
+        let lateness = self.set.get(self.agents[i].bp).allowed_lateness_ms;
         if self.agents[i]
             .state
             .detectors
@@ -564,7 +538,6 @@ impl Engine {
         {
             self.settle(i, self.latest, out);
         }
-        self.sweep(out);
     }
 
     /// Turns the findings of the agent at position `i` into incidents and decides on a kill;
@@ -606,12 +579,8 @@ impl Engine {
             return;
         }
         let set = self.set.clone();
-        let bpi = self.agents[i].bp;
-        let ci = self.agents[i].cohort as usize;
-        let bp = set.get(bpi);
-        let learning = ts < self.learning_ends(bp);
-        let agent = &mut self.agents[i];
-        let st = &mut agent.state;
+        let bp = set.get(self.agents[i].bp);
+        let st = &mut self.agents[i].state;
         let mut last = None;
         for f in findings.drain(..) {
             // A sequence judged once final names the call that completed it, not this event.
@@ -630,9 +599,29 @@ impl Engine {
             self.stats.incidents[type_index(inc.kind)] += 1;
             out.push(inc);
         }
-        let Some(last) = last else {
-            return;
-        };
+        if let Some(last) = last {
+            self.decide_kill(i, ts, event_id, tool_name, last, out);
+        }
+    }
+
+    /// Decides on a kill of the agent at position `i`, whose latest weighing finding was of
+    /// type `last`: killed, or held back (monitor mode, learning, the fleet's or the cohort's
+    /// kill budget, the allowlist) with one alert when a budget is first spent.
+    fn decide_kill(
+        &mut self,
+        i: usize,
+        ts: i64,
+        event_id: &str,
+        tool_name: &str,
+        last: IncidentType,
+        out: &mut Vec<Incident>,
+    ) {
+        let set = self.set.clone();
+        let bpi = self.agents[i].bp;
+        let ci = self.agents[i].cohort as usize;
+        let bp = set.get(bpi);
+        let learning = ts < self.learning_ends(bp);
+        let st = &mut self.agents[i].state;
         if !st.kill.due(&bp.kill, ts) {
             return;
         }
@@ -663,43 +652,7 @@ impl Engine {
         let Some(d) = st.kill.decide(&bp.kill, &st.agent_id, ts, hold) else {
             return;
         };
-        let what = match (d.action, d.suppressed) {
-            (Action::Killed, _) => "killed".to_string(),
-            (_, Some(Suppression::Allowlist)) => {
-                "is on the kill allowlist and was not killed".to_string()
-            }
-            (_, Some(Suppression::Learning)) => {
-                "would be killed, but the learning period is not over".to_string()
-            }
-            (_, Some(Suppression::Budget)) => {
-                "would be killed, but the kill budget is spent; an operator must confirm"
-                    .to_string()
-            }
-            (_, Some(Suppression::Cohort)) => {
-                "would be killed, but other agents of its cohort were killed this hour (a fleet \
-                 event is more likely); an operator must confirm"
-                    .to_string()
-            }
-            _ => "would be killed (monitor mode or dry run)".to_string(),
-        };
-        let mut f = Finding::new(
-            IncidentType::AutoKill,
-            Basis::Static,
-            bp.severities.auto_kill,
-        );
-        f.weighs = false;
-        f.observed = d.score;
-        f.expected = bp.kill.threshold;
-        f.unit = "score";
-        f.window_start = ts.saturating_sub(bp.kill.half_life_ms);
-        f.window_end = ts;
-        f.description = format!(
-            "Agent {:?} {what}: violation score {:.2} reached the threshold {} (latest: {}).",
-            st.agent_id,
-            d.score,
-            bp.kill.threshold,
-            last.as_str()
-        );
+        let f = kill_finding(bp, &st.agent_id, &d, last, ts);
         self.stats.incidents[type_index(IncidentType::AutoKill)] += 1;
         st.profile.incident(ts, f.severity, f.kind);
         match d.action {
@@ -720,68 +673,25 @@ impl Engine {
         let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, d.action);
         inc.suppressed_by = d.suppressed;
         out.push(inc);
-        if let (Some(s), Some(Suppression::Budget)) = (spent, d.suppressed) {
-            if self.budget.hold(ts) {
-                let why = match s {
-                    Spent::PerHour(n) => format!(
-                        "{n} automatic kills this hour (limit {})",
-                        bp.kill.budget_per_hour
-                    ),
-                    Spent::Share { killed, agents } => format!(
-                        "{killed} of the {agents} agents of blueprint {:?} are killed (limit {:.0} %)",
-                        bp.key,
-                        bp.kill.budget_share * 100.0
-                    ),
-                };
-                let mut f =
-                    Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
-                f.weighs = false;
-                (f.observed, f.expected, f.unit) = match s {
-                    Spent::PerHour(n) => {
-                        (f64::from(n), f64::from(bp.kill.budget_per_hour), "kills")
-                    }
-                    Spent::Share { killed, agents } => (
-                        killed as f64,
-                        bp.kill.budget_share * agents as f64,
-                        "agents",
-                    ),
-                };
-                f.window_start = ts.div_euclid(3_600_000) * 3_600_000;
-                f.window_end = ts;
-                f.description = format!(
-                    "Kill budget spent: {why}. Agent {:?} and any further agent this hour are only \
-                     would-kill decisions; confirm with `guardian kill {}` if they must stop.",
-                    st.agent_id, st.agent_id
-                );
-                self.stats.incidents[type_index(IncidentType::KillBudget)] += 1;
-                let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::WouldKill);
-                inc.suppressed_by = Some(Suppression::Budget);
-                out.push(inc);
+        // One alert when a budget first holds a kill back.
+        let alert = match (spent, cohort_spent, d.suppressed) {
+            (Some(s), _, Some(Suppression::Budget)) if self.budget.hold(ts) => {
+                Some((budget_alert(bp, &st.agent_id, s, ts), Suppression::Budget))
             }
-        }
-        if let (Some(n), Some(Suppression::Cohort)) = (cohort_spent, d.suppressed) {
-            let cohort = &mut self.cohorts[ci].state;
-            if cohort.kills.hold(ts) {
-                let mut f =
-                    Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
-                f.weighs = false;
-                f.observed = f64::from(n);
-                f.expected = f64::from(bp.kill.budget_per_cohort);
-                f.unit = "kills";
-                f.window_start = ts.saturating_sub(3_600_000);
-                f.window_end = ts;
-                f.description = format!(
-                    "Kill budget of cohort {:?} spent: {n} of its agents were killed automatically \
-                     within the hour (limit {}), more likely a fleet event than that many rogue \
-                     agents. Agent {:?} and any further agent of the cohort this hour are only \
-                     would-kill decisions; confirm with `guardian kill {}` if they must stop.",
-                    cohort.key, bp.kill.budget_per_cohort, st.agent_id, st.agent_id
-                );
-                self.stats.incidents[type_index(IncidentType::KillBudget)] += 1;
-                let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::WouldKill);
-                inc.suppressed_by = Some(Suppression::Cohort);
-                out.push(inc);
+            (_, Some(n), Some(Suppression::Cohort)) if self.cohorts[ci].state.kills.hold(ts) => {
+                let key = &self.cohorts[ci].state.key;
+                Some((
+                    cohort_alert(bp, key, &st.agent_id, n, ts),
+                    Suppression::Cohort,
+                ))
             }
+            _ => None,
+        };
+        if let Some((f, by)) = alert {
+            self.stats.incidents[type_index(IncidentType::KillBudget)] += 1;
+            let mut inc = make_incident(bp, st, event_id, tool_name, ts, f, Action::WouldKill);
+            inc.suppressed_by = Some(by);
+            out.push(inc);
         }
     }
 
@@ -1011,6 +921,141 @@ impl Engine {
         }
         e
     }
+}
+/// Activity of a killed agent: closes the episode that `ev` ends, and opens one (a finding)
+/// for a call made after the kill (a call made before it and delivered late is not activity
+/// after it).
+fn watch_after_kill(
+    bp: &Blueprint,
+    st: &mut AgentState,
+    ev: &AuditEvent<'_>,
+    obs: &crate::detect::Observation<'_>,
+    findings: &mut Vec<Finding>,
+) {
+    if let Some(c) = st.after_kill.expire(ev.ts_ms, &bp.dedup) {
+        findings.push(Finding::closing(
+            IncidentType::ActivityAfterKill,
+            bp.severities.activity_after_kill,
+            c,
+            "events",
+            0,
+        ));
+    }
+    // A call made before the kill (delivered late) is not activity after it.
+    if st.kill.killed && st.kill.last_decision.is_none_or(|k| ev.ts_ms >= k) {
+        let opening = || obs.opening(Basis::Static);
+        if st.after_kill.violate(ev.ts_ms, 1.0, &bp.dedup, opening) == crate::detect::Step::Opened {
+            let mut f = Finding::new(
+                IncidentType::ActivityAfterKill,
+                Basis::Static,
+                bp.severities.activity_after_kill,
+            );
+            f.weighs = false;
+            f.observed = 1.0;
+            f.unit = "events";
+            f.window_start = st.kill.last_decision.unwrap_or(ev.ts_ms);
+            f.window_end = ev.ts_ms;
+            f.description = format!(
+                "Agent {:?} is still active after it was killed (call {:?}); the kill has not taken effect.",
+                &*ev.agent_id, &*ev.tool_name
+            );
+            findings.push(f);
+        }
+    }
+}
+
+/// The auto-kill finding of a kill decision `d` of `agent` at `ts`, whose latest weighing
+/// finding was of type `last`.
+fn kill_finding(
+    bp: &Blueprint,
+    agent: &str,
+    d: &crate::response::KillDecision,
+    last: IncidentType,
+    ts: i64,
+) -> Finding {
+    let what = match (d.action, d.suppressed) {
+        (Action::Killed, _) => "killed",
+        (_, Some(Suppression::Allowlist)) => "is on the kill allowlist and was not killed",
+        (_, Some(Suppression::Learning)) => "would be killed, but the learning period is not over",
+        (_, Some(Suppression::Budget)) => {
+            "would be killed, but the kill budget is spent; an operator must confirm"
+        }
+        (_, Some(Suppression::Cohort)) => {
+            "would be killed, but other agents of its cohort were killed this hour (a fleet \
+             event is more likely); an operator must confirm"
+        }
+        _ => "would be killed (monitor mode or dry run)",
+    };
+    let mut f = Finding::new(
+        IncidentType::AutoKill,
+        Basis::Static,
+        bp.severities.auto_kill,
+    );
+    f.weighs = false;
+    f.observed = d.score;
+    f.expected = bp.kill.threshold;
+    f.unit = "score";
+    f.window_start = ts.saturating_sub(bp.kill.half_life_ms);
+    f.window_end = ts;
+    f.description = format!(
+        "Agent {agent:?} {what}: violation score {:.2} reached the threshold {} (latest: {}).",
+        d.score,
+        bp.kill.threshold,
+        last.as_str()
+    );
+    f
+}
+
+/// The alert of the fleet's kill budget spent (`s`) when it first holds back a kill of `agent`.
+fn budget_alert(bp: &Blueprint, agent: &str, s: Spent, ts: i64) -> Finding {
+    let why = match s {
+        Spent::PerHour(n) => format!(
+            "{n} automatic kills this hour (limit {})",
+            bp.kill.budget_per_hour
+        ),
+        Spent::Share { killed, agents } => format!(
+            "{killed} of the {agents} agents of blueprint {:?} are killed (limit {:.0} %)",
+            bp.key,
+            bp.kill.budget_share * 100.0
+        ),
+    };
+    let mut f = Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
+    f.weighs = false;
+    (f.observed, f.expected, f.unit) = match s {
+        Spent::PerHour(n) => (f64::from(n), f64::from(bp.kill.budget_per_hour), "kills"),
+        Spent::Share { killed, agents } => (
+            killed as f64,
+            bp.kill.budget_share * agents as f64,
+            "agents",
+        ),
+    };
+    f.window_start = ts.div_euclid(3_600_000) * 3_600_000;
+    f.window_end = ts;
+    f.description = format!(
+        "Kill budget spent: {why}. Agent {agent:?} and any further agent this hour are only \
+         would-kill decisions; confirm with `guardian kill {agent}` if they must stop."
+    );
+    f
+}
+
+/// The alert of cohort `key`'s kill budget spent (`n` kills within the hour) when it first
+/// holds back a kill of `agent`.
+fn cohort_alert(bp: &Blueprint, key: &str, agent: &str, n: u32, ts: i64) -> Finding {
+    let mut f = Finding::new(IncidentType::KillBudget, Basis::Static, Severity::Critical);
+    f.weighs = false;
+    f.observed = f64::from(n);
+    f.expected = f64::from(bp.kill.budget_per_cohort);
+    f.unit = "kills";
+    f.window_start = ts.saturating_sub(3_600_000);
+    f.window_end = ts;
+    f.description = format!(
+        "Kill budget of cohort {key:?} spent: {n} of its agents were killed automatically \
+         within the hour (limit {}), more likely a fleet event than that many rogue \
+         agents. Agent {agent:?} and any further agent of the cohort this hour are only \
+         would-kill decisions; confirm with `guardian kill {agent}` if they must stop.",
+        bp.kill.budget_per_cohort
+    );
+    f
 }
 
 fn make_incident(
