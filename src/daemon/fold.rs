@@ -580,77 +580,91 @@ impl Fold {
                 // The same command read again (a restart re-reads the control topic's tail).
                 tracing::debug!(agent = %Shown(&c.agent_id), command_id = %Shown(&c.command_id), "operator command already applied");
             }
-            Ok(c) => {
-                if again {
-                    tracing::debug!(agent = %Shown(&c.agent_id), command = ?c.command, "operator command read again");
-                } else {
-                    tracing::info!(agent = %Shown(&c.agent_id), command = ?c.command, by = %Shown(&c.guardian_id), "operator command");
-                }
-                let mut applied = false;
-                for p in self.parts.values_mut() {
-                    let Some(agent) = p.engine.agent(&c.agent_id) else {
-                        continue;
-                    };
-                    // A partition replayed (after a rebuild, or taken over without state) gets
-                    // the command when its replay reaches the command's time for the agent.
-                    if p.next < p.quiet_below && agent.last_seen < c.issued_at {
-                        continue;
-                    }
-                    apply(&mut p.engine, &c);
-                    applied = true;
-                }
-                if applied {
-                    // Reported by the instances that own the agent (every instance reads the
-                    // control topic); an agent not seen yet reports it when the command applies.
-                    if !again {
-                        self.report_applied(vec![c], true, out);
-                    }
-                } else {
-                    if again {
-                        self.reread.insert(c.command_id.clone());
-                    }
-                    self.pending.push(c);
-                    self.count_pending();
-                }
-            }
+            Ok(c) => self.apply_command(c, again, out),
             Err(rejected) if again => {
                 // Refused the first time it was read, with its incident.
                 tracing::debug!(partition = r.partition, offset = r.offset, reason = %Shown(&rejected.why.to_string()), "control command read again, refused again");
             }
-            Err(rejected) => {
-                self.metrics
-                    .commands_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                if let Some(i) = crate::control::REJECTION_KINDS
-                    .iter()
-                    .position(|k| *k == rejected.why.kind())
-                {
-                    self.metrics.commands_rejected_by[i].fetch_add(1, Ordering::Relaxed);
-                }
-                self.ledger.commands_rejected += 1;
-                let agent = match rejected.agent_id {
-                    Some(a) if a.len() > MAX_NAMED_AGENT => {
-                        let mut end = MAX_NAMED_AGENT;
-                        while !a.is_char_boundary(end) {
-                            end -= 1;
-                        }
-                        format!("{}…({} bytes)", &a[..end], a.len())
-                    }
-                    Some(a) => a,
-                    None => "(unknown)".to_string(),
-                };
-                tracing::warn!(agent = %Shown(&agent), partition = r.partition, offset = r.offset, reason = %Shown(&rejected.why.to_string()), "control command rejected");
-                let inc = rejected_command(
-                    &self.settings.control_topic,
-                    r,
-                    payload,
-                    agent,
-                    &rejected.why,
-                );
-                self.raised.push(inc.clone());
-                out.push(Output::Incident(inc));
-            }
+            Err(rejected) => self.reject(r, payload, rejected, out),
         }
+    }
+
+    /// Applies an operator command to the owned agents it names, or keeps it waiting for the
+    /// agent (or for a replayed partition to reach its time). `again`: read again below the
+    /// partition's re-read mark (nothing is published).
+    fn apply_command(&mut self, c: Command, again: bool, out: &mut Vec<Output>) {
+        if again {
+            tracing::debug!(agent = %Shown(&c.agent_id), command = ?c.command, "operator command read again");
+        } else {
+            tracing::info!(agent = %Shown(&c.agent_id), command = ?c.command, by = %Shown(&c.guardian_id), "operator command");
+        }
+        let mut applied = false;
+        for p in self.parts.values_mut() {
+            let Some(agent) = p.engine.agent(&c.agent_id) else {
+                continue;
+            };
+            // A partition replayed (after a rebuild, or taken over without state) gets the
+            // command when its replay reaches the command's time for the agent.
+            if p.next < p.quiet_below && agent.last_seen < c.issued_at {
+                continue;
+            }
+            apply(&mut p.engine, &c);
+            applied = true;
+        }
+        if applied {
+            // Reported by the instances that own the agent (every instance reads the control
+            // topic); an agent not seen yet reports it when the command applies.
+            if !again {
+                self.report_applied(vec![c], true, out);
+            }
+        } else {
+            if again {
+                self.reread.insert(c.command_id.clone());
+            }
+            self.pending.push(c);
+            self.count_pending();
+        }
+    }
+
+    /// Counts a refused control record and raises its `rejected_command` incident.
+    fn reject(
+        &mut self,
+        r: &Record,
+        payload: &[u8],
+        rejected: crate::control::Rejected,
+        out: &mut Vec<Output>,
+    ) {
+        self.metrics
+            .commands_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        if let Some(i) = crate::control::REJECTION_KINDS
+            .iter()
+            .position(|k| *k == rejected.why.kind())
+        {
+            self.metrics.commands_rejected_by[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.ledger.commands_rejected += 1;
+        let agent = match rejected.agent_id {
+            Some(a) if a.len() > MAX_NAMED_AGENT => {
+                let mut end = MAX_NAMED_AGENT;
+                while !a.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("{}…({} bytes)", &a[..end], a.len())
+            }
+            Some(a) => a,
+            None => "(unknown)".to_string(),
+        };
+        tracing::warn!(agent = %Shown(&agent), partition = r.partition, offset = r.offset, reason = %Shown(&rejected.why.to_string()), "control command rejected");
+        let inc = rejected_command(
+            &self.settings.control_topic,
+            r,
+            payload,
+            agent,
+            &rejected.why,
+        );
+        self.raised.push(inc.clone());
+        out.push(Output::Incident(inc));
     }
 
     /// A verified command that may be applied: its Kafka key (when there is one) names its

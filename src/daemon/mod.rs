@@ -357,15 +357,7 @@ impl Daemon {
             ..Metrics::default()
         });
         let k = &cfg.config.kafka;
-        let mut ledger = store.ledger()?;
-        ledger.record_setup(setup_ledger(&cfg), chrono::Utc::now().timestamp_millis());
-        let mut fold = Fold::new(
-            FoldSettings::from_resolved(&cfg),
-            metrics.clone(),
-            store.pending()?,
-            ledger,
-        )?;
-        fold.set_control_marks(store.control_marks()?);
+        let fold = open_fold(&cfg, &store, &metrics)?;
         let sink = KafkaSink::new(&k.brokers, &cfg.kafka_options)?;
         let consumer = source::audit_consumer(
             k,
@@ -380,19 +372,7 @@ impl Daemon {
             metrics: metrics.clone(),
             owned: std::sync::RwLock::new(Vec::new()),
         });
-        let api = match &cfg.api {
-            Some(a) => Some(crate::api::bind(
-                a,
-                crate::api::AppState::new(
-                    live.clone(),
-                    cfg.blueprints.clone(),
-                    cfg.posture.clone(),
-                    &a.token,
-                    Some(Box::new(commander::Commander::new(&cfg, "api")?)),
-                ),
-            )?),
-            None => None,
-        };
+        let api = bind_api(&cfg, &live)?;
         let (siem, deliveries) = SiemSinks::open(
             &cfg.config.sinks,
             cfg.config.email.as_ref(),
@@ -403,14 +383,7 @@ impl Daemon {
         )?;
         let api_addr = api.as_ref().map(crate::api::Server::addr);
         let (writer, writer_loop) = CheckpointWriter::new(store.clone(), consumer.clone());
-        let settle_deadline = crate::kafka::option_for(
-            &cfg.kafka_options,
-            crate::kafka::Role::Producer,
-            "message.timeout.ms",
-        )
-        .and_then(|v| v.parse::<u64>().ok())
-        .map_or(DEFAULT_MESSAGE_TIMEOUT, Duration::from_millis)
-            + Duration::from_secs(10);
+        let settle_deadline = settle_deadline(&cfg);
         let publisher = Publisher::new(sink, siem, metrics.clone(), k, settle_deadline);
         let snapshots = Snapshots {
             store: store.clone(),
@@ -424,27 +397,7 @@ impl Daemon {
         // and the writer's channel closes, so every thread already started ends.
         let mut sup = Supervisor::new(Stop::new());
         let stop = sup.stop().clone();
-        {
-            let (c, q, s) = (consumer, queue.clone(), stop.clone());
-            sup.spawn("audit-source", move || {
-                source::run_audit(c, q, s);
-                Ok(())
-            })?;
-        }
-        {
-            let (q, s, st) = (queue.clone(), stop.clone(), store.clone());
-            let (brokers, group, opts, topic) = (
-                k.brokers.clone(),
-                k.group_id.clone(),
-                cfg.kafka_options.clone(),
-                k.control_topic.clone(),
-            );
-            sup.spawn("control-source", move || {
-                Ok(source::run_control(
-                    &brokers, &group, &opts, &topic, &st, q, s,
-                )?)
-            })?;
-        }
+        spawn_sources(&mut sup, &cfg, consumer, &queue, &store)?;
         {
             let s = stop.clone();
             sup.spawn("posture", move || Ok(snapshots.run(&queue, s)?))?;
@@ -504,6 +457,80 @@ impl Daemon {
     pub fn join(self, deadline: Duration) -> Result<(), DaemonError> {
         self.supervisor.join(deadline)
     }
+}
+/// The fold as the store left it: the ledger (with this run's setup), the operator commands
+/// waiting for their agents, the control topic's re-read marks.
+fn open_fold(cfg: &Resolved, store: &Store, metrics: &Arc<Metrics>) -> Result<Fold, DaemonError> {
+    let mut ledger = store.ledger()?;
+    ledger.record_setup(setup_ledger(cfg), chrono::Utc::now().timestamp_millis());
+    let mut fold = Fold::new(
+        FoldSettings::from_resolved(cfg),
+        metrics.clone(),
+        store.pending()?,
+        ledger,
+    )?;
+    fold.set_control_marks(store.control_marks()?);
+    Ok(fold)
+}
+
+/// The admin API bound to its address (with the commander it publishes operator commands
+/// through), if it is on.
+fn bind_api(cfg: &Resolved, live: &Arc<Live>) -> Result<Option<crate::api::Server>, DaemonError> {
+    let Some(a) = &cfg.api else {
+        return Ok(None);
+    };
+    let state = crate::api::AppState::new(
+        live.clone(),
+        cfg.blueprints.clone(),
+        cfg.posture.clone(),
+        &a.token,
+        Some(Box::new(commander::Commander::new(cfg, "api")?)),
+    );
+    Ok(Some(crate::api::bind(a, state)?))
+}
+
+/// How long a checkpoint waits for the broker: the producer's `message.timeout.ms` (librdkafka's
+/// default unless the user sets it) and 10 s.
+fn settle_deadline(cfg: &Resolved) -> Duration {
+    crate::kafka::option_for(
+        &cfg.kafka_options,
+        crate::kafka::Role::Producer,
+        "message.timeout.ms",
+    )
+    .and_then(|v| v.parse::<u64>().ok())
+    .map_or(DEFAULT_MESSAGE_TIMEOUT, Duration::from_millis)
+        + Duration::from_secs(10)
+}
+
+/// Starts the audit consumer's and the control reader's threads, feeding `queue`.
+fn spawn_sources(
+    sup: &mut Supervisor,
+    cfg: &Resolved,
+    consumer: Arc<source::AuditConsumer>,
+    queue: &Queue,
+    store: &Store,
+) -> Result<(), DaemonError> {
+    let k = &cfg.config.kafka;
+    let stop = sup.stop().clone();
+    {
+        let (q, s) = (queue.clone(), stop.clone());
+        sup.spawn("audit-source", move || {
+            source::run_audit(consumer, q, s);
+            Ok(())
+        })?;
+    }
+    let (q, st) = (queue.clone(), store.clone());
+    let (brokers, group, opts, topic) = (
+        k.brokers.clone(),
+        k.group_id.clone(),
+        cfg.kafka_options.clone(),
+        k.control_topic.clone(),
+    );
+    sup.spawn("control-source", move || {
+        Ok(source::run_control(
+            &brokers, &group, &opts, &topic, &st, q, stop,
+        )?)
+    })
 }
 
 fn run_engine(

@@ -155,29 +155,7 @@ fn events_into<'a>(
     opts: &OtlpOptions,
     out: &mut Vec<AuditEvent<'a>>,
 ) -> Result<u64, DecodeError> {
-    let named = |span: &Span<'a>| -> Option<Cow<'a, str>> {
-        opts.agent_attributes
-            .iter()
-            .find_map(|k| attr(&span.attributes, k))
-            .cloned()
-    };
-    // The agents of the request's own traces: an `invoke_agent` span ends, and so is exported,
-    // after its tool calls.
-    let mut traces: HashMap<&str, Cow<'a, str>> = HashMap::new();
-    for span in req
-        .resource_spans
-        .iter()
-        .flat_map(|rs| &rs.scope_spans)
-        .flat_map(|ss| &ss.spans)
-    {
-        if attr_is(&span.attributes, "gen_ai.operation.name", "invoke_agent")
-            && !span.trace_id.is_empty()
-        {
-            if let Some(agent) = named(span) {
-                traces.insert(&span.trace_id, agent);
-            }
-        }
-    }
+    let traces = trace_agents(req, opts);
     let mut skipped = 0;
     for rs in &req.resource_spans {
         let resource = rs
@@ -190,7 +168,7 @@ fn events_into<'a>(
             .or_else(|| attr(resource, "deployment.environment"));
         for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
             let tool = tool_of(span);
-            let on_span = named(span);
+            let on_span = named(span, opts);
             let kind = match (tool, &on_span) {
                 (Some(_), _) => EntryKind::ToolCall,
                 (None, Some(_))
@@ -218,18 +196,7 @@ fn events_into<'a>(
                     }
                 },
             };
-            let Some(Int64(start)) = span.start_time_unix_nano else {
-                return Err(DecodeError::MissingField {
-                    field: "/resourceSpans/*/scopeSpans/*/spans/*/startTimeUnixNano",
-                });
-            };
-            let ts_ms = i64::try_from(start / 1_000_000).unwrap_or(i64::MAX);
-            if ts_ms > MAX_TIMESTAMP_MS {
-                return Err(DecodeError::InvalidValue {
-                    field: "startTimeUnixNano".into(),
-                    reason: format!("{start} ns is after 9999"),
-                });
-            }
+            let ts_ms = start_ms(span)?;
             checked("gen_ai.agent.id", &agent)?;
             checked("traceId", &span.trace_id)?;
             checked("spanId", &span.span_id)?;
@@ -265,4 +232,53 @@ fn events_into<'a>(
         }
     }
     Ok(skipped)
+}
+
+/// The agent a span names on itself: the first of the configured attributes present.
+fn named<'a>(span: &Span<'a>, opts: &OtlpOptions) -> Option<Cow<'a, str>> {
+    opts.agent_attributes
+        .iter()
+        .find_map(|k| attr(&span.attributes, k))
+        .cloned()
+}
+
+/// The agents of the request's own traces, by trace id: an `invoke_agent` span ends, and so is
+/// exported, after its tool calls.
+fn trace_agents<'s, 'a>(
+    req: &'s Request<'a>,
+    opts: &OtlpOptions,
+) -> HashMap<&'s str, Cow<'a, str>> {
+    let mut traces = HashMap::new();
+    for span in req
+        .resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .flat_map(|ss| &ss.spans)
+    {
+        if attr_is(&span.attributes, "gen_ai.operation.name", "invoke_agent")
+            && !span.trace_id.is_empty()
+        {
+            if let Some(agent) = named(span, opts) {
+                traces.insert(span.trace_id.as_ref(), agent);
+            }
+        }
+    }
+    traces
+}
+
+/// A span's start as event time (ms), at most 9999.
+fn start_ms(span: &Span<'_>) -> Result<i64, DecodeError> {
+    let Some(Int64(start)) = span.start_time_unix_nano else {
+        return Err(DecodeError::MissingField {
+            field: "/resourceSpans/*/scopeSpans/*/spans/*/startTimeUnixNano",
+        });
+    };
+    let ts_ms = i64::try_from(start / 1_000_000).unwrap_or(i64::MAX);
+    if ts_ms > MAX_TIMESTAMP_MS {
+        return Err(DecodeError::InvalidValue {
+            field: "startTimeUnixNano".into(),
+            reason: format!("{start} ns is after 9999"),
+        });
+    }
+    Ok(ts_ms)
 }
