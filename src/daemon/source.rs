@@ -312,8 +312,9 @@ fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String
             ("auto.offset.reset", "earliest"),
             ("enable.partition.eof", "false"),
             // A guard's latency matters more than a few extra fetch requests (librdkafka's
-            // default is 500 ms, which some brokers use in full even when data is waiting).
-            ("fetch.wait.max.ms", "10"),
+            // default is 500 ms, which some brokers use in full even when data is waiting): an
+            // idle consumer asks each broker 200 times a second.
+            ("fetch.wait.max.ms", "5"),
             // When the local queue is over its threshold librdkafka postpones the partition's
             // next fetch by this much (default 1 s): with a fast engine that idles the consumer.
             ("fetch.queue.backoff.ms", "10"),
