@@ -386,7 +386,9 @@ fn deliver(
                 }
             }
         }
-        if spool.drain_over() && written.is_empty() {
+        // Past the drain deadline: what is not confirmed yet stays spooled (sent again at the
+        // next start, with the same ids).
+        if spool.drain_over() {
             return left_spooled(name, spool);
         }
     }
