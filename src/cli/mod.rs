@@ -31,7 +31,7 @@ use crate::event::{
     Decoder, DecoderOptions, OtlpOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER,
 };
 use crate::replay::{self, JsonLines};
-use crate::siem::{Format, Formatter, RecordLines};
+use crate::siem::{Formatter, RecordFormat, RecordLines};
 use crate::simulate::{evaluate, SimConfig, Simulation};
 
 /// agent-guardian: watches fleets of AI agents through their audit events and stops rogue ones.
@@ -381,9 +381,9 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         ReplayOutput::Incidents => ReplaySink::Incidents(JsonLines(out)),
         ReplayOutput::Cef | ReplayOutput::Json | ReplayOutput::Ocsf => {
             let format = match a.output {
-                ReplayOutput::Cef => Format::Cef,
-                ReplayOutput::Ocsf => Format::Ocsf,
-                _ => Format::Json,
+                ReplayOutput::Cef => RecordFormat::Cef,
+                ReplayOutput::Ocsf => RecordFormat::Ocsf,
+                _ => RecordFormat::Json,
             };
             let f = Formatter::new(format, &guardian_id);
             ReplaySink::Records(RecordLines::new(out, f, &guardian_id, &source))

@@ -10,7 +10,7 @@ use crate::response::{Action, Incident};
 /// Line format of SIEM records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum Format {
+pub enum RecordFormat {
     /// ArcSight CEF.
     #[default]
     Cef,
@@ -33,11 +33,11 @@ pub enum Formatter {
 
 impl Formatter {
     /// A formatter of `format` reporting `host`.
-    pub fn new(format: Format, host: &str) -> Formatter {
+    pub fn new(format: RecordFormat, host: &str) -> Formatter {
         match format {
-            Format::Cef => Formatter::Cef(CefFormatter::new(host)),
-            Format::Json => Formatter::Json(EcsFormatter::new(host)),
-            Format::Ocsf => Formatter::Ocsf(OcsfFormatter::new(host)),
+            RecordFormat::Cef => Formatter::Cef(CefFormatter::new(host)),
+            RecordFormat::Json => Formatter::Json(EcsFormatter::new(host)),
+            RecordFormat::Ocsf => Formatter::Ocsf(OcsfFormatter::new(host)),
         }
     }
 
@@ -121,7 +121,7 @@ mod tests {
     fn every_format_is_named_in_configuration_and_gives_its_records() {
         #[derive(serde::Deserialize)]
         struct Sink {
-            format: Format,
+            format: RecordFormat,
         }
         let i =
             crate::siem::cef::tests::incident(crate::response::IncidentType::OffHours, "a", "t");

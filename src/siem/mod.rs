@@ -20,7 +20,7 @@ pub mod transport;
 pub use cef::CefFormatter;
 pub use ecs::EcsFormatter;
 pub use email::EmailConfig;
-pub use lines::{Format, Formatter, RecordLines};
+pub use lines::{Formatter, RecordFormat, RecordLines};
 pub use ocsf::{OcsfFormatter, OCSF_VERSION};
 pub use record::{DeadLetter, PostureSummary, Record};
 pub use settings::{SinkConfig, SinkType};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::lines::Format;
+use super::lines::RecordFormat;
 use super::spool::WhenFull;
 use super::syslog::{Framing, SyslogFormat};
 use super::transport::{Protocol, TlsSettings};
@@ -35,7 +35,7 @@ pub struct SinkConfig {
     pub kind: SinkType,
     /// `cef` (default), `json` (ECS) or `ocsf`.
     #[serde(default)]
-    pub format: Format,
+    pub format: RecordFormat,
     /// Records below this CEF severity (0–10) are not sent; default 0 (everything).
     #[serde(default)]
     pub min_severity: u8,
