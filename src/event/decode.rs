@@ -11,7 +11,7 @@
 use super::error::DecodeError;
 use super::keys::{parse_pointer, Node, Scalar, Slots, MAX_SLOTS};
 use super::model::AuditEvent;
-use super::object::{check_id, optional_str, wrong, Fields, ObjectFormat, SlotTable};
+use super::object::{optional_id, wrong, Fields, ObjectFormat, SlotTable};
 use super::otlp::{self, OtlpOptions};
 use super::{agent_spm, agentshield, scan, walk};
 
@@ -240,15 +240,9 @@ impl Decoder {
             return Err(DecodeError::MissingField { field: "/agent_id" });
         }
         let mut take = |i: usize| std::mem::take(&mut slots[i]);
-        event.environment = optional_str(take(self.environment), ENVIRONMENT_POINTER)?;
-        if let Some(e) = &event.environment {
-            check_id(ENVIRONMENT_POINTER, e)?;
-        }
+        event.environment = optional_id(take(self.environment), ENVIRONMENT_POINTER)?;
         if !self.group_pointer.is_empty() {
-            event.group = optional_str(take(self.group), &self.group_pointer)?;
-            if let Some(g) = &event.group {
-                check_id(&self.group_pointer, g)?;
-            }
+            event.group = optional_id(take(self.group), &self.group_pointer)?;
         }
         event.bytes = match take(self.volume) {
             Scalar::Absent | Scalar::Null => None,

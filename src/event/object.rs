@@ -87,11 +87,7 @@ impl<'s, 'a> Fields<'s, 'a> {
     #[inline]
     pub(super) fn optional_str(&mut self, i: usize) -> Result<Option<Cow<'a, str>>, DecodeError> {
         let field = self.pointer(i);
-        let v = optional_str(self.take(i), field)?;
-        if let Some(v) = &v {
-            check_id(field, v)?;
-        }
-        Ok(v)
+        optional_id(self.take(i), field)
     }
 
     /// Field `i` as a non-empty string of at most [`MAX_AGENT_ID_BYTES`].
@@ -118,16 +114,21 @@ pub(super) fn optional_str<'a>(
     }
 }
 
-/// An error unless `v` is at most [`MAX_AGENT_ID_BYTES`] long; `field` names it.
+/// A value as a string of at most [`MAX_AGENT_ID_BYTES`] (an id the outputs carry), if given;
+/// `field` names it in errors.
 #[inline]
-pub(super) fn check_id(field: &str, v: &str) -> Result<(), DecodeError> {
-    if v.len() > MAX_AGENT_ID_BYTES {
+pub(super) fn optional_id<'a>(
+    s: Scalar<'a>,
+    field: &str,
+) -> Result<Option<Cow<'a, str>>, DecodeError> {
+    let v = optional_str(s, field)?;
+    if let Some(v) = v.as_deref().filter(|v| v.len() > MAX_AGENT_ID_BYTES) {
         return Err(DecodeError::InvalidValue {
             field: field.into(),
             reason: format!("{} bytes, more than {MAX_AGENT_ID_BYTES}", v.len()),
         });
     }
-    Ok(())
+    Ok(v)
 }
 
 /// The error of a value of the wrong JSON type.

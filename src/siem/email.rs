@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::backoff::Backoff;
 use super::record::Record;
-use super::spool::{Spool, SpoolError, WhenFull};
+use super::spool::{earliest, Spool, SpoolError, WhenFull};
 use crate::event::format_rfc3339_ms;
 use crate::secret::Secret;
 
@@ -597,11 +597,7 @@ fn deliver(
             }
             let room = per_window.saturating_sub(sent_at.len());
             if room == 0 {
-                let at = sent_at.front().map(|t| *t + window);
-                room_at = match (room_at, at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                room_at = earliest(room_at, sent_at.front().map(|t| *t + window));
                 continue;
             }
             // Send singly while there is room for every remaining item; otherwise the last slot
@@ -656,11 +652,7 @@ fn deliver(
             spool.wait_closed(backoff.failed());
         } else if !progressed {
             // Everything waiting is rate limited: wait for room, a new email or the close.
-            let until = match (room_at, spool.drain_until()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            spool.wait_change(seen, until);
+            spool.wait_change(seen, earliest(room_at, spool.drain_until()));
         }
     }
 }

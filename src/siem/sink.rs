@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::lines::Formatter;
 use super::record::Record;
 use super::settings::{SinkConfig, SinkType};
-use super::spool::{Spool, SpoolError};
+use super::spool::{earliest, Spool, SpoolError};
 use super::syslog::SyslogHeader;
 use super::transport::{
     FileTransport, KafkaTransport, Protocol, StreamTransport, Transport, TransportError,
@@ -391,14 +391,6 @@ fn deliver(
         if spool.drain_over() {
             return left_spooled(name, spool);
         }
-    }
-}
-
-/// The earlier of two optional instants.
-fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 

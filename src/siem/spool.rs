@@ -302,6 +302,14 @@ fn key_of(k: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// The earlier of two optional deadlines (`None`: none).
+pub(super) fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Opens the sled database in `dir` again in a test, once the previous handle's lock is gone
 /// (sled releases it a moment after its last handle: its flusher thread holds one until it
 /// next wakes).
