@@ -23,12 +23,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use agent_guardian::app::Daemon;
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
-use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::simulate::{SimConfig, Simulation};
+use agent_guardian::sink::kafka::KafkaSink;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;

@@ -1,7 +1,7 @@
 //! Daemon configuration (`guardian run --config FILE`): TOML or JSON, secrets from the
 //! environment or files, validated as a whole so every error is reported at once.
 //!
-//! Layer: uses the settings types of `api`, `siem` and `posture`, `blueprint`, `event`, `secret`;
+//! Layer: uses the settings types of `api`, `sink` and `posture`, `blueprint`, `event`, `secret`;
 //! never the daemon.
 
 use crate::secret::Secret;
@@ -115,9 +115,9 @@ pub struct Config {
     /// Log format: "human" or "json".
     pub log_format: String,
     /// SIEM sinks (`[[sinks]]`): CEF or ECS JSON over syslog, to files, stdout or Kafka.
-    pub sinks: Vec<crate::siem::SinkConfig>,
+    pub sinks: Vec<crate::sink::SinkConfig>,
     /// Email alerts (`[email]`), none by default.
-    pub email: Option<crate::siem::EmailConfig>,
+    pub email: Option<crate::sink::EmailConfig>,
     /// Admin API (`[api]`): health, metrics, agents, incidents, posture, compliance, commands;
     /// off when absent.
     pub api: Option<crate::api::ApiConfig>,

@@ -1,6 +1,6 @@
 //! `guardian demo`: the real daemon pipeline against librdkafka's in-process mock cluster.
 //!
-//! Layer: uses `daemon`, `config`, `kafka`, `posture`, `control`, `response`, `blueprint`, `event`.
+//! Layer: uses `app`, `sink`, `config`, `kafka`, `posture`, `control`, `response`, `blueprint`, `event`.
 //!
 //! A scripted finance fleet (20 well-behaved agents over seven working days, the shipped
 //! blueprints' learning period, and one rogue agent on the last day) is produced onto the audit
@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 
+use crate::app::Daemon;
 use crate::blueprint::{Assignment, BlueprintSet};
 use crate::config::{Backfill, Config, KafkaConfig, Resolved};
 use crate::control::{Command, Verb};
-use crate::daemon::Daemon;
 use crate::event::format_rfc3339_ms;
-use crate::kafka::producer::KafkaSink;
 use crate::response::Incident;
+use crate::sink::kafka::KafkaSink;
 
 /// Signing key of the demo (never use a literal key in production).
 pub const DEMO_KEY: &[u8] = b"demo-signing-key-not-for-production";

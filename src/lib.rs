@@ -11,32 +11,33 @@
 //! | layer | modules |
 //! |---|---|
 //! | commands | [`cli`], [`demo`] (the daemon on librdkafka's mock cluster), [`replay`] (`guardian replay`) |
-//! | daemon | [`daemon`]: `guardian run`, its threads under one supervisor |
+//! | daemon | [`app`]: `guardian run`, start-up, its threads under one supervisor, the partition fold, publishing, checkpoints |
+//! | sources | [`source`]: the Kafka consumers, the replay's file or stdin, the engine's one queue |
 //! | configuration | [`config`] |
 //! | admin API | [`api`]: HTTP API, Prometheus metrics, the web page |
 //! | run-time view | [`telemetry`]: counters and the live view the API reads |
 //! | state store | [`store`]: sled (agents, offsets, incidents, ledger, score history, spools' database) |
-//! | outputs | [`siem`]: CEF, ECS and OCSF records; syslog, file, stdout, Kafka and email deliveries with on-disk spools |
+//! | outputs | [`sink`]: CEF, ECS and OCSF records; syslog, file, stdout, Kafka and email deliveries with on-disk spools; the one Kafka producer |
 //! | fleet view | [`posture`]: inventory, risk with reasons, compliance with evidence |
 //! | core | [`engine`] (one event in, incidents out; findings through the agent's cohort) → [`state`] → [`detect`] (pure detectors) → [`response`] (incidents, kill policy) → [`blueprint`]; [`control`] (signed commands); [`simulate`] |
-//! | leaves | [`event`] (the model and one decoder per input format), [`kafka`] (client builder, the one producer of every output), [`stop`] (the one stop signal), [`text`], [`files`], [`secret`], [`tls`], [`prefetch`] |
+//! | leaves | [`event`] (the model and one decoder per input format), [`kafka`] (the client builder), [`stop`] (the one stop signal), [`text`], [`files`], [`secret`], [`tls`], [`prefetch`] |
 //!
 //! # The daemon's flow (`guardian run`)
 //! ```text
-//! audit topics ──► daemon::source (consumer group) ─┐                     ┌─► kafka::producer ─► incidents, control (kills), dead letters
-//! control topic ─► daemon::source (reader) ─────────┼─► bounded queue ──► engine thread: daemon::fold (one engine::Engine
-//! posture thread (daemon::snapshot) ────────────────┘                      per partition) ─► daemon::publish ─┤
-//!                                                                                                            └─► siem spools ─► one delivery thread per sink
-//!                         checkpoint: outputs acknowledged ─► daemon::writer thread: store (sled batch + flush) ─► offsets committed
+//! audit topics ──► source::kafka (consumer group) ─┐                       ┌─► sink::kafka ─► incidents, control (kills), dead letters
+//! control topic ─► source::kafka (reader) ─────────┼─► source::queue ──► engine thread: app::fold (one engine::Engine
+//! posture thread (app::snapshot) ──────────────────┘   (bounded)          per partition) ─► app::publish ─┤
+//!                                                                                                         └─► sink spools ─► one delivery thread per sink
+//!                         checkpoint: outputs acknowledged ─► app::writer thread: store (sled batch + flush) ─► offsets committed
 //! admin API thread (api) ◄── store, telemetry
 //! ```
-//! Every thread runs under one `daemon::supervise::Supervisor`: the sources, the posture thread
+//! Every thread runs under one `app::supervise::Supervisor`: the sources, the posture thread
 //! and the API watch the stop signal; the engine ends when its sources have; the deliveries and
 //! the writer end when the engine closes their input.
 //!
 //! # The replay's flow (`guardian replay`, and the engine inside the daemon)
 //! ```text
-//! source (file / stdin) ─► event::Decoder ─► engine::Engine ─► Vec<Incident> ─► sink (stdout)
+//! source::lines (file / stdin) ─► event::Decoder ─► engine::Engine ─► Vec<Incident> ─► sink (stdout)
 //!                                              │  state::Seen: a re-delivered event is dropped
 //!                                              │  per agent: state::AgentState
 //!                                              │    detect::DetectorState::observe → Finding
@@ -47,11 +48,11 @@
 //! ```
 
 pub mod api;
+pub mod app;
 pub mod blueprint;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod daemon;
 pub mod demo;
 pub mod detect;
 pub mod engine;
@@ -63,8 +64,9 @@ pub mod prefetch;
 pub mod replay;
 pub mod response;
 pub mod secret;
-pub mod siem;
 pub mod simulate;
+pub mod sink;
+pub mod source;
 pub mod state;
 pub mod stop;
 pub mod store;

@@ -1,7 +1,7 @@
 //! `guardian replay`: events from a file or stdin through the engine, incidents to a writer as
 //! JSON lines, a summary at the end. Malformed lines are counted and reported, never fatal.
 //!
-//! Layer: uses `engine`, `store`, `state`, `siem`, `posture`, `response`, `event`.
+//! Layer: uses `engine`, `store`, `state`, `source` (the lines), `sink`, `posture`, `response`, `event`.
 
 use std::io::{self, BufRead, Write};
 use std::time::{Duration, Instant};
@@ -114,7 +114,7 @@ impl<W: Write> IncidentSink for JsonLines<W> {
 }
 
 /// The SIEM records of a replay (`guardian replay --output cef|json`).
-impl<W: Write> IncidentSink for crate::siem::RecordLines<W> {
+impl<W: Write> IncidentSink for crate::sink::RecordLines<W> {
     fn incident(&mut self, i: &Incident) -> io::Result<()> {
         self.write_incident(i)
     }
@@ -307,7 +307,8 @@ pub fn run_with(
         lines.clear();
         while lines.len() < BATCH {
             let start = text.len();
-            let (n, cut) = read_line_bounded(&mut input, &mut text, max_line)?;
+            let (n, cut) =
+                crate::source::lines::read_line_bounded(&mut input, &mut text, max_line)?;
             if n == 0 {
                 break;
             }
@@ -463,41 +464,6 @@ pub fn run_with(
 
 /// Lines read, decoded and processed together.
 const BATCH: usize = 256;
-
-/// Reads one line (with its newline) onto `buf`, keeping at most `max + 1` bytes of it: a longer
-/// line is read to its end but not kept, so one huge line cannot take the memory. Returns the
-/// bytes read (0 at the end of the input) and, when the line was cut, its length.
-fn read_line_bounded(
-    input: &mut impl BufRead,
-    buf: &mut Vec<u8>,
-    max: usize,
-) -> io::Result<(usize, Option<usize>)> {
-    // The line's length without its newline, counted in full, and how much of it is kept.
-    let (mut read, mut content) = (0usize, 0usize);
-    loop {
-        let chunk = match input.fill_buf() {
-            Ok(c) => c,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        if chunk.is_empty() {
-            return Ok((read, (content > max).then_some(content)));
-        }
-        let (part, done) = match memchr::memchr(b'\n', chunk) {
-            Some(i) => (&chunk[..=i], true),
-            None => (chunk, false),
-        };
-        let room = (max + 1).saturating_sub(content);
-        buf.extend_from_slice(&part[..part.len().min(room)]);
-        content += part.len() - usize::from(done);
-        let n = part.len();
-        read += n;
-        input.consume(n);
-        if done {
-            return Ok((read, (content > max).then_some(content)));
-        }
-    }
-}
 
 /// Where a replay's events go: the batch of the day, handed to the engine when the day changes
 /// or the batch ends.
@@ -775,41 +741,5 @@ mod tests {
         assert!(refused.is_empty());
         assert_eq!((s.future, s.malformed, s.late_events), (0, 0, 0));
         assert_eq!(s.events, 20);
-    }
-
-    #[test]
-    fn a_line_longer_than_the_maximum_is_read_through_but_not_kept() {
-        let text = format!("{}\nok\nlast", "x".repeat(10_000));
-        let mut input = io::BufReader::with_capacity(64, text.as_bytes());
-        let mut buf = Vec::new();
-        assert_eq!(
-            read_line_bounded(&mut input, &mut buf, 100).ok(),
-            Some((10_001, Some(10_000)))
-        );
-        assert!(buf.len() <= 101, "{}", buf.len());
-        buf.clear();
-        assert_eq!(
-            read_line_bounded(&mut input, &mut buf, 100).ok(),
-            Some((3, None))
-        );
-        assert_eq!(buf, b"ok\n");
-        buf.clear();
-        assert_eq!(
-            read_line_bounded(&mut input, &mut buf, 4).ok(),
-            Some((4, None))
-        );
-        assert_eq!(buf, b"last");
-        buf.clear();
-        assert_eq!(
-            read_line_bounded(&mut input, &mut buf, 4).ok(),
-            Some((0, None))
-        );
-        // Exactly the maximum is kept whole.
-        let mut input = io::BufReader::new(&b"abcd\n"[..]);
-        assert_eq!(
-            read_line_bounded(&mut input, &mut buf, 4).ok(),
-            Some((5, None))
-        );
-        assert_eq!(buf, b"abcd\n");
     }
 }

@@ -2,7 +2,7 @@
 //! admin API reads (the state store, the counters, the partitions owned). Written by the daemon,
 //! read by the API; it knows neither.
 //!
-//! Layer: uses `store`, `siem` (sink figures), `engine`, `response`, `control` (rejection kinds).
+//! Layer: uses `store`, `sink` (sink figures), `engine`, `response`, `control` (rejection kinds).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub struct Metrics {
     /// Age of each audit event when the engine takes it (wall clock minus its Kafka timestamp).
     pub event_age: prometheus_client::metrics::histogram::Histogram,
     /// SIEM and email sink figures as of the latest checkpoint.
-    pub sinks: std::sync::Mutex<Vec<crate::siem::SinkStatus>>,
+    pub sinks: std::sync::Mutex<Vec<crate::sink::SinkStatus>>,
     /// Email figures as of the latest checkpoint: sent, transient failures, permanent failures.
     pub email: std::sync::Mutex<Option<[u64; 3]>>,
 }

@@ -10,11 +10,11 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use agent_guardian::api::ApiSettings;
+use agent_guardian::app::Daemon;
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
-use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::simulate::{SimConfig, Simulation};
+use agent_guardian::sink::kafka::KafkaSink;
 use rdkafka::mocking::MockCluster;
 use serde_json::Value;
 

@@ -386,7 +386,7 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
     let m = &f.state.live.metrics;
     m.bad_by_kind[1].store(3, Ordering::Relaxed);
     m.latency.observe(0.002);
-    *m.sinks.lock().unwrap() = vec![agent_guardian::siem::SinkStatus {
+    *m.sinks.lock().unwrap() = vec![agent_guardian::sink::SinkStatus {
         name: "siem-tls".into(),
         spooled: 4,
         sent: 10,
@@ -487,8 +487,8 @@ async fn metrics_parse_with_prometheus_client_and_carry_no_agent_ids() {
 
 #[tokio::test]
 async fn a_kill_while_the_broker_is_down_answers_503_with_the_reason_within_the_deadline() {
+    use agent_guardian::app::commander::Commander;
     use agent_guardian::config::KafkaConfig;
-    use agent_guardian::daemon::commander::Commander;
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     // A port nobody listens on: the broker is down.

@@ -5,13 +5,13 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use agent_guardian::app::Daemon;
 use agent_guardian::config::KafkaConfig;
 use agent_guardian::control::{Command, Verb, DEFAULT_TTL_MS};
-use agent_guardian::daemon::Daemon;
 use agent_guardian::demo::{self, DEMO_KEY};
 use agent_guardian::event::format_rfc3339_ms;
-use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::response::{Incident, IncidentType};
+use agent_guardian::sink::kafka::KafkaSink;
 use agent_guardian::store::Store;
 use agent_guardian::telemetry::Metrics;
 

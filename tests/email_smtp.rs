@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use agent_guardian::blueprint::Severity;
 use agent_guardian::response::{Action, Basis, Incident, IncidentType};
 use agent_guardian::secret::Secret;
-use agent_guardian::siem::email::{EmailConfig, EmailSink, Route, Security};
-use agent_guardian::siem::spool::WhenFull;
-use agent_guardian::siem::Record;
+use agent_guardian::sink::email::{EmailConfig, EmailSink, Route, Security};
+use agent_guardian::sink::spool::WhenFull;
+use agent_guardian::sink::Record;
 use serde_json::Value;
 use support::{certificates, free_tcp, required, tool};
 

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_guardian::app::Daemon;
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
-use agent_guardian::kafka::producer::KafkaSink;
+use agent_guardian::sink::kafka::KafkaSink;
 use rdkafka::mocking::MockCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_guardian");
@@ -161,7 +161,7 @@ fn a_siem_sink_whose_spool_fails_stops_the_daemon_naming_the_sink() {
         dir.path(),
         demo::demo_blueprints_learned().expect("bp"),
     );
-    let sink: agent_guardian::siem::SinkConfig = serde_json::from_value(serde_json::json!({
+    let sink: agent_guardian::sink::SinkConfig = serde_json::from_value(serde_json::json!({
         "name": "cef-file", "type": "file", "path": dir.path().join("cef.log"),
     }))
     .expect("sink");

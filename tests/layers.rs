@@ -13,12 +13,13 @@ use std::path::{Path, PathBuf};
 /// cycle) and those of every layer below.
 const LAYERS: &[(&str, &[&str])] = &[
     ("commands", &["cli", "demo", "replay"]),
-    ("daemon", &["daemon"]),
+    ("daemon", &["app"]),
+    ("sources", &["source"]),
     ("configuration", &["config"]),
     ("admin API", &["api"]),
     ("run-time view", &["telemetry"]),
     ("state store", &["store"]),
-    ("outputs", &["siem"]),
+    ("outputs", &["sink"]),
     ("fleet view", &["posture"]),
     (
         "core",
@@ -74,7 +75,7 @@ fn order_violations(g: &Graph) -> Vec<String> {
 /// Module → module it names → files that name it.
 type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
 
-/// The top-level module of a file under `src/` (`src/daemon/sink.rs` → `daemon`).
+/// The top-level module of a file under `src/` (`src/app/fold.rs` → `app`).
 fn top_module(rel: &Path) -> Option<String> {
     let first = rel.components().next()?.as_os_str().to_str()?;
     Some(first.strip_suffix(".rs").unwrap_or(first).to_string())
@@ -268,8 +269,8 @@ fn the_order_check_finds_an_import_that_points_up() {
     // The state store naming the daemon, and a module nobody placed.
     let files = vec![
         (
-            PathBuf::from("store.rs"),
-            "use crate::daemon::Core;\nuse crate::event::X;\n".to_string(),
+            PathBuf::from("store/mod.rs"),
+            "use crate::app::Core;\nuse crate::event::X;\n".to_string(),
         ),
         (
             PathBuf::from("newcomer.rs"),
@@ -280,12 +281,12 @@ fn the_order_check_finds_an_import_that_points_up() {
     assert_eq!(bad.len(), 2, "{bad:?}");
     assert!(bad[0].contains("newcomer has no layer"), "{bad:?}");
     assert!(
-        bad[1].starts_with("store (state store) uses daemon (daemon)")
-            && bad[1].contains("store.rs"),
+        bad[1].starts_with("store (state store) uses app (daemon)")
+            && bad[1].contains("store/mod.rs"),
         "{bad:?}"
     );
     let down = vec![(
-        PathBuf::from("daemon/mod.rs"),
+        PathBuf::from("app/mod.rs"),
         "use crate::store::S;\n".to_string(),
     )];
     assert!(order_violations(&graph(&down)).is_empty());

@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 
 mod support;
 
+use agent_guardian::app::Daemon;
 use agent_guardian::blueprint::{BlueprintSet, RoutineMode};
 use agent_guardian::config::KafkaConfig;
-use agent_guardian::daemon::Daemon;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
-use agent_guardian::kafka::producer::KafkaSink;
 use agent_guardian::response::{Incident, Status};
-use agent_guardian::siem::record::{cef_severity, CLASSES};
+use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::record::{cef_severity, CLASSES};
 use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};
 use support::{certificates, free_tcp, free_udp, required, tool};

@@ -227,7 +227,7 @@ impl Collector for Figures {
         )?;
         let sinks = m.sinks.lock().map(|s| s.clone()).unwrap_or_default();
         let siem: Vec<_> = sinks.iter().filter(|s| s.name != "email").collect();
-        let rows = |f: fn(&crate::siem::SinkStatus) -> u64| -> Vec<([(&str, &str); 1], u64)> {
+        let rows = |f: fn(&crate::sink::SinkStatus) -> u64| -> Vec<([(&str, &str); 1], u64)> {
             siem.iter()
                 .map(|s| ([("sink", s.name.as_str())], f(s)))
                 .collect()

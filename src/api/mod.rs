@@ -1,7 +1,7 @@
 //! The HTTP admin API (axum): health and readiness, Prometheus metrics, agents, incidents,
 //! posture, compliance, signed kill / revive commands, and the web page.
 //!
-//! Layer: uses `telemetry`, `store`, `siem`, `posture`, `control`, `response`, `blueprint`,
+//! Layer: uses `telemetry`, `store`, `sink`, `posture`, `control`, `response`, `blueprint`,
 //! `event`, `secret`; never the daemon (it publishes commands through [`Commands`], which the
 //! daemon implements).
 //!

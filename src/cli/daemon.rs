@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 
+use crate::app::Daemon;
 use crate::config::{Config, Resolved};
 use crate::control::Verb;
-use crate::daemon::Daemon;
 use crate::event::{format_rfc3339_ms, Decoder, DecoderOptions};
-use crate::kafka::producer::KafkaSink;
+use crate::sink::kafka::KafkaSink;
 use crate::store::Store;
 
 /// `guardian run`.
@@ -260,7 +260,7 @@ pub fn command_cmd(verb: Verb, a: CommandArgs) -> anyhow::Result<ExitCode> {
     init_logging("human", "warn");
     crate::control::Command::check_request(&a.agent, &a.reason)?;
     let cfg = resolve(&a.config.config)?;
-    let cmd = crate::daemon::commander::Commander::new(&cfg, "operator")?
+    let cmd = crate::app::commander::Commander::new(&cfg, "operator")?
         .publish(verb, &a.agent, &a.reason)
         .map_err(|e| anyhow::anyhow!("control topic: {e}"))?;
     println!("{}", String::from_utf8_lossy(&cmd.to_json()?));

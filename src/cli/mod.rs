@@ -16,7 +16,7 @@ mod daemon;
 mod posture;
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -31,8 +31,8 @@ use crate::event::{
     Decoder, DecoderOptions, OtlpOptions, DEFAULT_MAX_EVENT_BYTES, DEFAULT_VOLUME_POINTER,
 };
 use crate::replay::{self, JsonLines};
-use crate::siem::{Formatter, RecordFormat, RecordLines};
 use crate::simulate::{evaluate, SimConfig, Simulation};
+use crate::sink::{Formatter, RecordFormat, RecordLines};
 
 /// agent-guardian: watches fleets of AI agents through their audit events and stops rogue ones.
 #[derive(Debug, Parser)]
@@ -328,17 +328,8 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
         },
         ..set.decoder_options()
     })?;
-    let (input, len): (Box<dyn BufRead>, Option<u64>) = if a.events.as_os_str() == "-" {
-        (
-            Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())),
-            None,
-        )
-    } else {
-        let f =
-            File::open(&a.events).with_context(|| format!("cannot open {}", a.events.display()))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        (Box::new(BufReader::with_capacity(1 << 20, f)), len)
-    };
+    let (input, len) = crate::source::lines::open(&a.events)
+        .with_context(|| format!("cannot open {}", a.events.display()))?;
     let progress = (!a.quiet && io::stderr().is_terminal()).then(|| {
         let p = ProgressBar::new(len.unwrap_or(0));
         let style = if len.is_some() {

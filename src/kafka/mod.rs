@@ -1,11 +1,9 @@
 //! librdkafka clients as the guardian configures them (one builder for consumers and producers,
-//! with the user's pass-through options), the one producer of every output ([`producer`]), a
-//! topic's retention settings, and reading a topic back to its end for the demo, the tests and
+//! with the user's pass-through options; the one producer of every output, built on it, is
+//! `sink::kafka`), a topic's retention settings, and reading a topic back to its end for the demo, the tests and
 //! operators' checks.
 //!
 //! Layer: a leaf; imports nothing of the crate.
-
-pub mod producer;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

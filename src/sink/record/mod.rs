@@ -1,4 +1,10 @@
-//! What the SIEM and email sinks send: incidents, control commands, and dead-lettered input.
+//! What the SIEM and email sinks send: incidents, control commands, and dead-lettered input, and
+//! its encodings: CEF ([`cef`]), ECS JSON ([`ecs`]), OCSF ([`ocsf`]), chosen per sink ([`lines`]).
+
+pub mod cef;
+pub mod ecs;
+pub mod lines;
+pub mod ocsf;
 
 use serde::{Deserialize, Serialize};
 
@@ -197,6 +203,15 @@ impl Record<'_> {
             Record::DeadLetter(_) | Record::Posture(_) => None,
         }
     }
+}
+
+/// A computed posture, ready to publish on the posture topic.
+#[derive(Debug)]
+pub struct PostureRecord {
+    /// The JSON record for the posture topic.
+    pub json: Vec<u8>,
+    /// Its summary for the SIEM sinks.
+    pub summary: PostureSummary,
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
 use crate::text::Shown;
 
-use super::source::{Assignment, Record};
+use crate::source::queue::{Assignment, Message};
 
 /// What the fold needs to know of the configuration.
 #[derive(Clone)]
@@ -380,7 +380,7 @@ impl Fold {
     /// skipped.
     pub fn audit(
         &mut self,
-        batch: &[Record],
+        batch: &[Message],
         now: i64,
         out: &mut Vec<Output>,
     ) -> Result<(), FoldError> {
@@ -407,7 +407,7 @@ impl Fold {
     fn run(
         &mut self,
         key: (u16, i32),
-        run: &[Record],
+        run: &[Message],
         quiet: bool,
         now: i64,
         out: &mut Vec<Output>,
@@ -561,7 +561,7 @@ impl Fold {
     /// already part of the state it came from, and an invalid one becomes a rejected-command
     /// incident. A record read again after a `state rebuild` (below its partition's mark)
     /// changes the state as it did the first time and publishes nothing.
-    pub fn control(&mut self, r: &Record, now: i64, out: &mut Vec<Output>) {
+    pub fn control(&mut self, r: &Message, now: i64, out: &mut Vec<Output>) {
         // The control position and what the command changed are checkpointed like events.
         self.since_checkpoint += 1;
         self.control_next.insert(r.partition, r.offset + 1);
@@ -629,7 +629,7 @@ impl Fold {
     /// Counts a refused control record and raises its `rejected_command` incident.
     fn reject(
         &mut self,
-        r: &Record,
+        r: &Message,
         payload: &[u8],
         rejected: crate::control::Rejected,
         out: &mut Vec<Output>,
@@ -894,7 +894,7 @@ impl RecordContext<'_> {
 }
 
 /// The dead letter of record `r` of `topic`: a bounded copy of its key and payload, and why.
-fn dead_letter(topic: &str, r: &Record, payload: &[u8], e: &DecodeError, now: i64) -> BadRecord {
+fn dead_letter(topic: &str, r: &Message, payload: &[u8], e: &DecodeError, now: i64) -> BadRecord {
     BadRecord {
         topic: topic.to_string(),
         partition: r.partition,
@@ -1033,7 +1033,7 @@ fn apply(engine: &mut Engine, c: &Command) {
 /// The incident of a control record that was refused, identified by its place and content.
 fn rejected_command(
     control_topic: &str,
-    r: &Record,
+    r: &Message,
     payload: &[u8],
     agent: String,
     why: &dyn std::fmt::Display,
@@ -1140,8 +1140,8 @@ mod tests {
         }]
     }
 
-    fn record(partition: i32, offset: i64, payload: &[u8]) -> Record {
-        Record {
+    fn record(partition: i32, offset: i64, payload: &[u8]) -> Message {
+        Message {
             topic: 0,
             partition,
             offset,
@@ -1151,11 +1151,11 @@ mod tests {
         }
     }
 
-    fn call(partition: i32, offset: i64, agent: &str, tool: &str) -> Record {
+    fn call(partition: i32, offset: i64, agent: &str, tool: &str) -> Message {
         call_at(partition, offset, T0 + offset * 1000, agent, tool)
     }
 
-    fn call_at(partition: i32, offset: i64, ts: i64, agent: &str, tool: &str) -> Record {
+    fn call_at(partition: i32, offset: i64, ts: i64, agent: &str, tool: &str) -> Message {
         let line = json!({"event_id": format!("e{partition}-{offset}"),
                           "timestamp": crate::event::format_rfc3339_ms(ts),
                           "agent_id": agent, "tool_name": tool, "outcome": "ALLOW"});
@@ -1163,7 +1163,7 @@ mod tests {
     }
 
     /// A control record of `c`, keyed by its agent as `guardian kill` does.
-    fn control(offset: i64, c: &Command) -> Record {
+    fn control(offset: i64, c: &Command) -> Message {
         let mut r = record(0, offset, &c.to_json().expect("json"));
         r.key = Some(c.agent_id.as_bytes().to_vec());
         r.timestamp = Some(NOW);
@@ -1183,7 +1183,7 @@ mod tests {
 
     /// A partition's calls: agent `a` calls `x` four times (two sequences: a kill), `b` calls `y`;
     /// an hour later `a` calls `z` (the sequences are final by then).
-    fn calls(partition: i32) -> Vec<Record> {
+    fn calls(partition: i32) -> Vec<Message> {
         let tools = [
             ("a", "x"),
             ("b", "y"),
@@ -1192,7 +1192,7 @@ mod tests {
             ("a", "x"),
             ("a", "x"),
         ];
-        let mut v: Vec<Record> = tools
+        let mut v: Vec<Message> = tools
             .iter()
             .enumerate()
             .map(|(i, (agent, tool))| call(partition, i as i64, agent, tool))
@@ -1263,7 +1263,7 @@ mod tests {
 
     /// An OTLP/JSON request of `(span id, start, operation)` spans of one trace whose agent span
     /// names `a`.
-    fn otlp(offset: i64, spans: &[(&str, i64, &str)]) -> Record {
+    fn otlp(offset: i64, spans: &[(&str, i64, &str)]) -> Message {
         let spans: Vec<_> = spans
             .iter()
             .map(|(id, ts, op)| {
@@ -1440,7 +1440,7 @@ mod tests {
         assert_eq!(kinds(&out), vec!["dead 0@0 future_timestamp"]);
         assert_eq!(f.metrics.bad_by_kind[6].load(Ordering::Relaxed), 1);
         out.clear();
-        let later: Vec<Record> = calls(0)
+        let later: Vec<Message> = calls(0)
             .into_iter()
             .map(|mut r| {
                 r.offset += 10;
@@ -1582,7 +1582,7 @@ mod tests {
             cmd(Verb::Kill, T0 + 300_000),
         );
         let mut offset = 0;
-        let mut send = |f: &mut Fold, r: Record| {
+        let mut send = |f: &mut Fold, r: Message| {
             let mut out = Vec::new();
             let mut r = r;
             r.offset = offset;
@@ -1806,7 +1806,7 @@ mod tests {
         let mut audit = calls(0);
         let after = |offset: i64, ms: i64, agent: &str| call_at(0, offset, T0 + h + ms, agent, "y");
         // Each command, then a call of its agent after it (none after the last one).
-        let mut live: Vec<(Record, Option<Record>)> = Vec::new();
+        let mut live: Vec<(Message, Option<Message>)> = Vec::new();
         for (i, (c, ms)) in commands
             .iter()
             .zip([150_000, 250_000, 350_000, 0])
@@ -1985,7 +1985,7 @@ mod tests {
         let mut f = Fold::new(s, Arc::default(), Vec::new(), Ledger::default()).expect("fold");
         f = owning(f, &[0], 0);
         let mut out = Vec::new();
-        let batch: Vec<Record> = ["a", "b", "c", "d", "a", "e", "b"]
+        let batch: Vec<Message> = ["a", "b", "c", "d", "a", "e", "b"]
             .iter()
             .enumerate()
             .map(|(i, agent)| call(0, i as i64, agent, "y"))

@@ -14,16 +14,23 @@
 //! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
 //! time:016x}` → a past fleet score.
 
+mod checkpoint;
+mod codec;
+
+pub use checkpoint::{checkpoint_batch, PartitionDelta};
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use codec::{decode, decode_meta, encode_json, part_prefix, sortable};
+
 use crate::control::Command;
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
 use crate::state::{
-    AgentState, Seen, SeenChanges, SeenEntry, SeenFigures, SessionAgent, Snapshot, SNAPSHOT_VERSION,
+    AgentState, Seen, SeenEntry, SeenFigures, SessionAgent, Snapshot, SNAPSHOT_VERSION,
 };
 use crate::state::{EngineStats, FleetState};
 
@@ -81,28 +88,6 @@ pub struct PartitionMeta {
     pub duplicates: SeenFigures,
 }
 
-/// One partition's changes in a checkpoint.
-pub struct PartitionDelta<'a> {
-    /// Topic.
-    pub topic: &'a str,
-    /// Partition.
-    pub partition: i32,
-    /// Next offset.
-    pub next_offset: i64,
-    /// Counters.
-    pub stats: &'a EngineStats,
-    /// Fleet state.
-    pub fleet: FleetState,
-    /// Agents changed since the previous checkpoint.
-    pub agents: Vec<&'a AgentState>,
-    /// Sessions bound or used since the previous checkpoint, and sessions forgotten.
-    pub sessions: (Vec<SessionAgent>, Vec<String>),
-    /// Event identities remembered since the previous checkpoint, and chunks forgotten.
-    pub duplicates: SeenChanges,
-    /// The memory's figures after those changes.
-    pub duplicate_figures: SeenFigures,
-}
-
 /// Which incidents [`Store::incidents`] returns.
 #[derive(Debug, Clone)]
 pub struct IncidentFilter {
@@ -133,134 +118,10 @@ impl Default for IncidentFilter {
     }
 }
 
-/// Maps an i64 onto a u64 that sorts the same way (for keys).
-fn sortable(t: i64) -> u64 {
-    (t as u64) ^ (1 << 63)
-}
-
-fn incident_key(at: i64, id: &str) -> String {
-    format!("i/{:016x}/{id}", sortable(at))
-}
-
 /// The sled database.
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
-}
-
-fn part_prefix(kind: char, topic: &str, partition: i32) -> String {
-    format!("{kind}/{topic}/{partition:010}")
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(key: &[u8], v: &[u8]) -> Result<T, StoreError> {
-    postcard::from_bytes(v).map_err(|e| StoreError::Decode {
-        key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
-}
-
-/// Decodes a partition's meta, checking the state format version first (it leads the value).
-fn decode_meta(key: &[u8], v: &[u8]) -> Result<PartitionMeta, StoreError> {
-    if let Ok((found, _)) = postcard::take_from_bytes::<u32>(v) {
-        if found != SNAPSHOT_VERSION {
-            return Err(StoreError::Version {
-                key: String::from_utf8_lossy(key).into_owned(),
-                found,
-            });
-        }
-    }
-    decode(key, v)
-}
-
-fn encode<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
-    postcard::to_stdvec(v).map_err(|e| StoreError::Encode {
-        what,
-        reason: e.to_string(),
-    })
-}
-
-fn encode_json<T: Serialize>(what: &'static str, v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Encode {
-        what,
-        reason: e.to_string(),
-    })
-}
-
-/// The atomic batch of one checkpoint: partitions' changes, the control-topic position, the
-/// incidents raised since the previous checkpoint and the ledger.
-pub fn checkpoint_batch(
-    parts: &[PartitionDelta<'_>],
-    control: &[(i32, i64)],
-    pending: &[Command],
-    incidents: &[Incident],
-    ledger: Option<&Ledger>,
-) -> Result<sled::Batch, StoreError> {
-    let mut b = sled::Batch::default();
-    for i in incidents {
-        b.insert(
-            incident_key(i.at, &i.incident_id).as_bytes(),
-            encode_json("an incident", i)?,
-        );
-    }
-    if let Some(l) = ledger {
-        b.insert("f/ledger", encode_json("the ledger", l)?);
-    }
-    for p in parts {
-        let meta = PartitionMeta {
-            version: SNAPSHOT_VERSION,
-            next_offset: p.next_offset,
-            stats: p.stats.clone(),
-            fleet: p.fleet.clone(),
-            duplicates: p.duplicate_figures,
-        };
-        b.insert(
-            part_prefix('m', p.topic, p.partition).as_bytes(),
-            encode("a partition's meta", &meta)?,
-        );
-        let prefix = part_prefix('a', p.topic, p.partition);
-        for a in &p.agents {
-            b.insert(
-                format!("{prefix}/{}", a.agent_id).as_bytes(),
-                encode("an agent's state", *a)?,
-            );
-        }
-        let prefix = part_prefix('s', p.topic, p.partition);
-        for s in &p.sessions.0 {
-            b.insert(
-                format!("{prefix}/{}", s.session).as_bytes(),
-                encode("a session's agent", s)?,
-            );
-        }
-        for s in &p.sessions.1 {
-            b.remove(format!("{prefix}/{s}").as_bytes());
-        }
-        let prefix = part_prefix('d', p.topic, p.partition);
-        if !p.duplicates.added.is_empty() {
-            b.insert(
-                format!("{prefix}/{:020}", p.duplicates.start).as_bytes(),
-                encode("event identities", &p.duplicates.added)?,
-            );
-        }
-        for start in &p.duplicates.forgotten_chunks {
-            b.remove(format!("{prefix}/{start:020}").as_bytes());
-        }
-    }
-    for (partition, next) in control {
-        b.insert(
-            format!("c/offset/{partition:010}").as_bytes(),
-            &next.to_le_bytes()[..],
-        );
-    }
-    let pending: Vec<Vec<u8>> = pending
-        .iter()
-        .map(Command::to_json)
-        .collect::<Result<_, _>>()
-        .map_err(|e| StoreError::Encode {
-            what: "the pending commands",
-            reason: e.to_string(),
-        })?;
-    b.insert("c/pending", encode("the pending commands", &pending)?);
-    Ok(b)
 }
 
 /// Opens (or creates) the sled database in `dir`. sled releases a directory's lock a moment

@@ -9,22 +9,13 @@ use std::time::{Duration, Instant};
 
 use crate::blueprint::BlueprintSet;
 use crate::posture::{Posture, PostureSettings};
-use crate::siem::PostureSummary;
+use crate::sink::record::{PostureRecord, PostureSummary};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Live;
 
 use crate::stop::Stop;
 
-use super::source::{Notice, Queue};
-
-/// A computed posture, ready to publish on the posture topic.
-#[derive(Debug)]
-pub struct PostureRecord {
-    /// The JSON record for the posture topic.
-    pub json: Vec<u8>,
-    /// Its summary for the SIEM sinks.
-    pub summary: PostureSummary,
-}
+use crate::source::queue::{Notice, Queue};
 
 /// What the posture thread needs.
 pub struct Snapshots {

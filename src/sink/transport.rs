@@ -29,7 +29,7 @@ pub enum TransportError {
     Tls(String),
     /// Kafka failed.
     #[error("kafka: {0}")]
-    Kafka(#[from] crate::kafka::producer::ProduceError),
+    Kafka(#[from] crate::sink::kafka::ProduceError),
 }
 
 fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> TransportError {
@@ -436,7 +436,7 @@ impl FileTransport {
 /// every message in it is acknowledged.
 pub struct KafkaTransport {
     topic: String,
-    producer: crate::kafka::producer::KafkaSink,
+    producer: crate::sink::kafka::KafkaSink,
 }
 
 impl KafkaTransport {
@@ -449,7 +449,7 @@ impl KafkaTransport {
     ) -> Result<KafkaTransport, TransportError> {
         Ok(KafkaTransport {
             topic: topic.into(),
-            producer: crate::kafka::producer::KafkaSink::new(brokers, options)?,
+            producer: crate::sink::kafka::KafkaSink::new(brokers, options)?,
         })
     }
 

@@ -661,7 +661,7 @@ fn deliver(
 mod tests {
     use super::*;
     use crate::response::{Action, IncidentType};
-    use crate::siem::cef::tests::incident;
+    use crate::sink::record::cef::tests::incident;
 
     #[test]
     fn email_carries_the_essentials_and_escapes_html() {

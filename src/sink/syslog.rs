@@ -149,7 +149,7 @@ pub fn frame(framing: Framing, msg: &[u8], out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use crate::response::IncidentType;
-    use crate::siem::cef::tests::incident;
+    use crate::sink::record::cef::tests::incident;
 
     #[test]
     fn rfc5424_header_has_pri_version_time_host_app_and_msgid() {

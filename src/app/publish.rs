@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::KafkaConfig;
-use crate::siem::{DeadLetter, Record as SiemRecord, SiemSinks};
+use crate::sink::{DeadLetter, Record as SiemRecord, SiemSinks};
 use crate::telemetry::Metrics;
 use crate::text::Shown;
 
 use super::fold::Output;
-use super::snapshot::PostureRecord;
 use super::DaemonError;
-use crate::kafka::producer::KafkaSink;
+use crate::sink::kafka::KafkaSink;
+use crate::sink::record::PostureRecord;
 use rdkafka::message::{Header, OwnedHeaders};
 
 /// The output topics, the producer and the SIEM sinks.
@@ -161,7 +161,7 @@ impl Publisher {
     pub fn publish_sink_figures(&self) {
         let mut sinks = self.siem.status();
         if let Some(depth) = self.siem.email_spooled() {
-            sinks.push(crate::siem::SinkStatus {
+            sinks.push(crate::sink::SinkStatus {
                 name: "email".into(),
                 spooled: depth,
                 sent: 0,

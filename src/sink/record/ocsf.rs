@@ -13,7 +13,7 @@
 use serde_json::{json, Map, Value};
 
 use super::cef::{VENDOR, VERSION};
-use super::record::Record;
+use super::Record;
 use crate::blueprint::Severity;
 use crate::control::Verb;
 use crate::response::{Basis, Incident, IncidentType, Status};
@@ -254,10 +254,10 @@ fn trim(v: f64) -> String {
 mod tests {
     use super::*;
     use crate::control::Command;
-    use crate::siem::DeadLetter;
+    use crate::sink::DeadLetter;
 
     fn incident(kind: IncidentType, basis: Basis) -> Incident {
-        let mut i = crate::siem::cef::tests::incident(kind, "fin-7", "query_customer_db");
+        let mut i = crate::sink::record::cef::tests::incident(kind, "fin-7", "query_customer_db");
         i.basis = basis;
         i
     }

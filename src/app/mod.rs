@@ -1,6 +1,6 @@
 //! `guardian run`: the long-running daemon.
 //!
-//! Layer: uses `config`, `api`, `telemetry`, `store`, `stop`, `siem`, `posture`, `engine`,
+//! Layer: uses `config`, `api`, `telemetry`, `store`, `stop`, `source`, `sink`, `posture`, `engine`,
 //! `state`, `control`, `response`, `event`; only the commands (`cli`, `demo`) use it.
 //!
 //! ```text
@@ -33,7 +33,6 @@ pub mod commander;
 pub mod fold;
 pub mod publish;
 pub mod snapshot;
-pub mod source;
 pub mod supervise;
 pub mod writer;
 
@@ -45,16 +44,18 @@ use std::time::{Duration, Instant};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::config::Resolved;
-use crate::kafka::producer::{KafkaSink, ProduceError};
 use crate::posture::Ledger;
-use crate::siem::SiemSinks;
+use crate::sink::kafka::{KafkaSink, ProduceError};
+use crate::sink::record::PostureRecord;
+use crate::sink::SiemSinks;
+use crate::source::kafka as source;
+use crate::source::queue::{Notice, Queue};
 use crate::stop::Stop;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Live, Metrics};
 use fold::{Fold, FoldError, FoldSettings, Output};
 use publish::Publisher;
-use snapshot::{PostureRecord, Snapshots};
-use source::{Notice, Queue};
+use snapshot::Snapshots;
 use supervise::Supervisor;
 use writer::{CheckpointWriter, Job};
 
@@ -72,10 +73,10 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     /// A SIEM sink could not be started, or its delivery failed.
     #[error(transparent)]
-    Siem(#[from] crate::siem::sink::SiemError),
+    Siem(#[from] crate::sink::delivery::SiemError),
     /// A SIEM sink's spool failed.
     #[error(transparent)]
-    Spool(#[from] crate::siem::spool::SpoolError),
+    Spool(#[from] crate::sink::spool::SpoolError),
     /// An output could not be encoded (nothing empty is ever published in its place).
     #[error("cannot encode an output: {0}")]
     Encode(#[from] serde_json::Error),

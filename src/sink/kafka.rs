@@ -125,11 +125,11 @@ pub struct SinkContext(Arc<Deliveries>);
 
 impl ClientContext for SinkContext {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
-        super::quiet_log(level, fac, message);
+        crate::kafka::quiet_log(level, fac, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        super::quiet_error(&error, reason);
+        crate::kafka::quiet_error(&error, reason);
     }
 }
 
@@ -212,7 +212,7 @@ impl KafkaSink {
         options: &BTreeMap<String, String>,
     ) -> Result<KafkaSink, ProduceError> {
         let deliveries = Arc::new(Deliveries::default());
-        let producer = super::producer_config(brokers, options)
+        let producer = crate::kafka::producer_config(brokers, options)
             .create_with_context(SinkContext(deliveries.clone()))
             .map_err(ProduceError::Create)?;
         Ok(KafkaSink {

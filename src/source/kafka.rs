@@ -7,21 +7,21 @@
 //! state (rebuild). On revocation the engine checkpoints the partitions before they are released.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::Message as _;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use crate::config::{Backfill, KafkaConfig};
-use crate::state::Snapshot;
+use crate::source::queue::{Assignment, Message, Notice, Queue};
 use crate::stop::Stop;
 use crate::store::Store;
 
@@ -36,97 +36,12 @@ pub enum SourceError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// One Kafka message, owned.
-#[derive(Debug, Clone)]
-pub struct Record {
-    /// Index of the topic in the configured audit topics (or 0 for the control topic).
-    pub topic: u16,
-    /// Partition.
-    pub partition: i32,
-    /// Offset.
-    pub offset: i64,
-    /// Key.
-    pub key: Option<Vec<u8>>,
-    /// Payload.
-    pub payload: Option<Vec<u8>>,
-    /// Broker timestamp (ms), if any.
-    pub timestamp: Option<i64>,
-}
-
-/// A partition handed to this instance.
-#[derive(Debug)]
-pub struct Assignment {
-    /// Topic index.
-    pub topic: u16,
-    /// Partition.
-    pub partition: i32,
-    /// The first offset the engine will receive.
-    pub start: i64,
-    /// Outputs for offsets below this were already emitted (by this or another instance).
-    pub quiet_below: i64,
-    /// The stored state, if any.
-    pub state: Option<Snapshot>,
-    /// Offsets `[from, to)` that left the broker's retention before this state read them.
-    pub gap: Option<(i64, i64)>,
-}
-
-/// What the sources tell the engine.
-#[derive(Debug)]
-pub enum Notice {
-    /// Partitions assigned.
-    Assigned(Vec<Assignment>),
-    /// Partitions revoked: checkpoint them, then acknowledge.
-    Revoked(Vec<(u16, i32)>, mpsc::Sender<()>),
-    /// Audit events, in offset order per partition (polled together, sent as one message to
-    /// spare a thread wake-up per event), and when they were handed to the engine.
-    Audit(Vec<Record>, std::time::Instant),
-    /// A control-topic message.
-    Control(Record),
-    /// A posture snapshot the posture thread computed, to publish.
-    Posture(super::snapshot::PostureRecord),
-    /// A source stopped (its thread reports why, if it failed).
-    Stopped,
-}
-
-/// Queue to the engine with a depth gauge.
-#[derive(Clone)]
-pub struct Queue {
-    tx: SyncSender<Notice>,
-    depth: Arc<AtomicUsize>,
-}
-
-impl Queue {
-    /// A bounded queue; returns the sending side, the receiver and the depth gauge.
-    pub fn bounded(capacity: usize) -> (Queue, mpsc::Receiver<Notice>, Arc<AtomicUsize>) {
-        let (tx, rx) = mpsc::sync_channel(capacity);
-        let depth = Arc::new(AtomicUsize::new(0));
-        (
-            Queue {
-                tx,
-                depth: depth.clone(),
-            },
-            rx,
-            depth,
-        )
-    }
-
-    /// Sends, blocking while the queue is full; `false` when the engine is gone.
-    pub fn send(&self, n: Notice) -> bool {
-        self.depth.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send(n).is_err() {
-            self.depth.fetch_sub(1, Ordering::Relaxed);
-            return false;
-        }
-        true
-    }
-}
-
 /// Consumer context of the audit group.
 pub struct AuditContext {
     queue: Queue,
     /// Messages polled but not yet sent; flushed before any rebalance notice so that notices and
     /// messages reach the engine in poll order.
-    batch: std::sync::Mutex<Vec<Record>>,
+    batch: std::sync::Mutex<Vec<Message>>,
     lag: Arc<AtomicU64>,
     store: Store,
     topics: Vec<String>,
@@ -170,7 +85,7 @@ impl AuditContext {
     }
 
     /// Adds a polled message; sends the batch when full.
-    fn push(&self, r: Record) -> bool {
+    fn push(&self, r: Message) -> bool {
         let full = match self.batch.lock() {
             Ok(mut b) => {
                 b.push(r);
@@ -376,7 +291,7 @@ pub fn run_audit(c: Arc<AuditConsumer>, queue: Queue, stop: Stop) {
                 let Some(topic) = ctx.topic_index(m.topic()) else {
                     continue;
                 };
-                let rec = Record {
+                let rec = Message {
                     topic,
                     partition: m.partition(),
                     offset: m.offset(),
@@ -463,7 +378,7 @@ pub fn run_control(
             match c.poll(Duration::from_millis(100)) {
                 None => {}
                 Some(Ok(m)) => {
-                    let rec = Record {
+                    let rec = Message {
                         topic: 0,
                         partition: m.partition(),
                         offset: m.offset(),

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::lines::Formatter;
+use super::record::lines::Formatter;
 use super::record::Record;
 use super::settings::{SinkConfig, SinkType};
 use super::spool::{earliest, Spool, SpoolError};
@@ -478,7 +478,7 @@ mod tests {
         }
         // The receiver is back; a restarted daemon delivers the spool.
         let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-        let db = crate::siem::spool::reopen(dir.path());
+        let db = crate::sink::spool::reopen(dir.path());
         let (s, threads) = start(&cfg, &db, "");
         let (conn, _) = listener.accept().unwrap();
         let lines: Vec<String> = BufReader::new(conn)

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::topic_partition_list::TopicPartitionList;
 
-use super::source::AuditConsumer;
+use crate::source::kafka::AuditConsumer;
 use crate::store::{Store, StoreError};
 
 /// One checkpoint: the batch and the offsets it reflects.

@@ -15,7 +15,7 @@
 
 use std::fmt::Write as _;
 
-use super::record::{DeadLetter, PostureSummary, Record};
+use super::{DeadLetter, PostureSummary, Record};
 use crate::control::{Command, Origin};
 use crate::response::{Basis, Incident};
 
@@ -273,7 +273,7 @@ pub(crate) mod tests {
     use crate::blueprint::Severity;
     use crate::control::Verb;
     use crate::response::{Action, IncidentType};
-    use crate::siem::record::CLASSES;
+    use crate::sink::record::CLASSES;
 
     fn ext(v: &str) -> String {
         let mut s = String::new();

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::lines::RecordFormat;
+use super::record::lines::RecordFormat;
 use super::spool::WhenFull;
 use super::syslog::{Framing, SyslogFormat};
 use super::transport::{Protocol, TlsSettings};

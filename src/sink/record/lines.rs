@@ -2,7 +2,10 @@
 
 use std::io::{self, Write};
 
-use super::{CefFormatter, DeadLetter, EcsFormatter, OcsfFormatter, Record};
+use super::cef::CefFormatter;
+use super::ecs::EcsFormatter;
+use super::ocsf::OcsfFormatter;
+use super::{DeadLetter, Record};
 use crate::control::Command;
 use crate::event::DecodeError;
 use crate::response::{Action, Incident};
@@ -123,8 +126,11 @@ mod tests {
         struct Sink {
             format: RecordFormat,
         }
-        let i =
-            crate::siem::cef::tests::incident(crate::response::IncidentType::OffHours, "a", "t");
+        let i = crate::sink::record::cef::tests::incident(
+            crate::response::IncidentType::OffHours,
+            "a",
+            "t",
+        );
         for (name, starts) in [
             ("cef", "CEF:0|"),
             ("json", "{\"@timestamp\""),

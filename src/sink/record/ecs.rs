@@ -7,7 +7,7 @@
 use serde_json::{json, Map, Value};
 
 use super::cef::{VENDOR, VERSION};
-use super::record::Record;
+use super::Record;
 use crate::event::format_rfc3339_ms;
 
 /// ECS version the field names follow.
@@ -106,7 +106,7 @@ mod tests {
     use super::*;
     use crate::control::Command;
     use crate::response::{Action, IncidentType};
-    use crate::siem::cef::tests::incident;
+    use crate::sink::record::cef::tests::incident;
 
     #[test]
     fn incident_maps_to_ecs_alert_and_keeps_the_record() {
