@@ -1062,21 +1062,22 @@ fn rejected_command(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::blueprint::{load_blueprint, Assignment as Assign};
     use crate::response::IncidentType;
     use crate::store::Store;
     use serde_json::json;
 
-    const KEY: &[u8] = b"test-key";
+    pub(crate) const KEY: &[u8] = b"test-key";
     const T0: i64 = 1_764_000_000_000;
     /// The clock of the tests: after every call they make.
     const NOW: i64 = T0 + 7_200_000;
 
     /// Every agent on one blueprint where two calls of `x` in a row are a sequence and two
     /// violations kill.
-    fn settings() -> FoldSettings {
+    /// A fold's settings: one blueprint that kills on the second `x` → `x` sequence.
+    pub(crate) fn settings() -> FoldSettings {
         let doc = json!({"name": "T", "mode": "block", "auto_kill_threshold": 2,
                          "anomaly": {"suspicious_sequences": [["x", "x"]]},
                          "learned": {"learning_period": 0}});
@@ -1183,7 +1184,9 @@ mod tests {
 
     /// A partition's calls: agent `a` calls `x` four times (two sequences: a kill), `b` calls `y`;
     /// an hour later `a` calls `z` (the sequences are final by then).
-    fn calls(partition: i32) -> Vec<Message> {
+    /// A partition's calls: agent `a` calls `x` four times (two sequences: a kill), `b` calls `y`;
+    /// an hour later `a` calls `z` (the sequences are final by then).
+    pub(crate) fn calls(partition: i32) -> Vec<Message> {
         let tools = [
             ("a", "x"),
             ("b", "y"),

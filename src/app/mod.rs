@@ -30,34 +30,31 @@
 //! checkpoint writer end when the engine closes their input after its last checkpoint.
 
 pub mod commander;
+mod core;
 pub mod fold;
 pub mod publish;
 pub mod snapshot;
 pub mod supervise;
 pub mod writer;
 
-use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-
+use self::core::{run_engine, Core, CoreSettings};
 use crate::config::Resolved;
 use crate::posture::Ledger;
 use crate::sink::kafka::{KafkaSink, ProduceError};
-use crate::sink::record::PostureRecord;
 use crate::sink::SiemSinks;
 use crate::source::kafka as source;
-use crate::source::queue::{Notice, Queue};
+use crate::source::queue::Queue;
 use crate::stop::Stop;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Live, Metrics};
-use fold::{Fold, FoldError, FoldSettings, Output};
+use fold::{Fold, FoldError, FoldSettings};
 use publish::Publisher;
 use snapshot::Snapshots;
 use supervise::Supervisor;
-use writer::{CheckpointWriter, Job};
+use writer::CheckpointWriter;
 
 /// Why the daemon stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -114,197 +111,6 @@ pub enum DaemonError {
     /// The graceful shutdown took longer than allowed.
     #[error("shutdown deadline of {0:?} exceeded (still running: {1})")]
     Deadline(Duration, String),
-}
-
-/// The engine thread: the fold, the publisher and the checkpoint writer.
-struct Core {
-    cfg: Resolved,
-    fold: Fold,
-    publisher: Publisher,
-    /// Writes checkpoints to sled and commits offsets, off the engine thread.
-    writer: CheckpointWriter,
-    store: Store,
-    metrics: Arc<Metrics>,
-    live: Arc<Live>,
-    /// Reused: what the fold decided, until published.
-    outputs: Vec<Output>,
-    last_checkpoint: Instant,
-    /// When the progress line was last logged.
-    last_log: Instant,
-}
-
-/// How often the engine logs its progress.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl Core {
-    fn handle(&mut self, n: Notice) -> Result<bool, DaemonError> {
-        match n {
-            Notice::Assigned(list) => {
-                self.fold.assign(
-                    list,
-                    chrono::Utc::now().timestamp_millis(),
-                    &mut self.outputs,
-                );
-                self.owned_changed();
-                self.publisher.publish(&mut self.outputs)?;
-            }
-            Notice::Revoked(list, ack) => {
-                self.checkpoint_now()?;
-                self.fold.revoke(&list);
-                self.owned_changed();
-                let _ = ack.send(());
-            }
-            Notice::Audit(batch, handed) => {
-                let now = chrono::Utc::now().timestamp_millis();
-                self.fold.audit(&batch, now, &mut self.outputs)?;
-                self.publisher.publish(&mut self.outputs)?;
-                self.metrics.latency.observe(handed.elapsed().as_secs_f64());
-            }
-            Notice::Control(r) => {
-                let now = chrono::Utc::now().timestamp_millis();
-                self.fold.control(&r, now, &mut self.outputs);
-                self.publisher.publish(&mut self.outputs)?;
-            }
-            Notice::Posture(s) => self.publish_posture(&s)?,
-            Notice::Stopped => return Ok(false),
-        }
-        Ok(true)
-    }
-
-    /// Lets event time pass for quiet partitions (see [`Fold::pass_quiet_time`]) and publishes
-    /// what that decided.
-    fn pass_quiet_time(&mut self) -> Result<(), DaemonError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        self.fold.pass_quiet_time(now, &mut self.outputs)?;
-        if !self.outputs.is_empty() {
-            self.publisher.publish(&mut self.outputs)?;
-        }
-        Ok(())
-    }
-
-    /// Publishes the owned partitions and readiness after an assignment change.
-    fn owned_changed(&self) {
-        let owned = self.fold.owned();
-        self.metrics
-            .partitions
-            .store(owned.len(), Ordering::Relaxed);
-        self.metrics
-            .ready
-            .store(!owned.is_empty(), Ordering::Relaxed);
-        if let Ok(mut o) = self.live.owned.write() {
-            *o = owned;
-        }
-    }
-
-    /// Settles outputs and encodes the changed state with its offsets; the writer thread then
-    /// persists it and commits the offsets to Kafka.
-    fn checkpoint(&mut self) -> Result<(), DaemonError> {
-        self.publisher.settle()?;
-        self.fold.record_lost(self.publisher.take_lost());
-        let cp = self
-            .fold
-            .checkpoint(chrono::Utc::now().timestamp_millis())?;
-        let mut commit = TopicPartitionList::new();
-        for (topic, p, next) in &cp.offsets {
-            let _ = commit.add_partition_offset(topic, *p, Offset::Offset(*next));
-        }
-        self.writer.submit(Job {
-            batch: cp.batch,
-            commit,
-        })?;
-        self.last_checkpoint = Instant::now();
-        self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
-        self.publish_figures();
-        Ok(())
-    }
-
-    /// A checkpoint that is on disk when this returns.
-    fn checkpoint_now(&mut self) -> Result<(), DaemonError> {
-        self.checkpoint()?;
-        self.writer.wait()?;
-        Ok(())
-    }
-
-    /// Agent counts and sink figures for `/metrics` (after each checkpoint).
-    fn publish_figures(&self) {
-        let (agents, killed, learning) = self.fold.figures();
-        self.metrics.agents.store(agents, Ordering::Relaxed);
-        self.metrics.agents_killed.store(killed, Ordering::Relaxed);
-        self.metrics
-            .learning_partitions
-            .store(learning, Ordering::Relaxed);
-        let (shifts, identities) = self.fold.cohort_figures();
-        self.metrics.fleet_shifts.store(shifts, Ordering::Relaxed);
-        self.metrics
-            .duplicate_identities
-            .store(identities, Ordering::Relaxed);
-        self.publisher.publish_sink_figures();
-    }
-
-    /// Publishes a posture snapshot the posture thread has computed.
-    fn publish_posture(&mut self, s: &PostureRecord) -> Result<(), DaemonError> {
-        self.publisher.posture(&self.cfg.posture.topic, s)?;
-        tracing::info!(
-            fleet_risk = s.summary.score,
-            agents = s.summary.agents,
-            "posture snapshot published"
-        );
-        Ok(())
-    }
-
-    /// How long the engine may wait for its next notice before a duty of its own is due: a
-    /// checkpoint by interval, a quiet partition's pass of event time, the progress line.
-    fn until_next_duty(&self) -> Duration {
-        let now = Instant::now();
-        let mut due = self.last_log + LOG_EVERY;
-        if self.fold.since_checkpoint() > 0 {
-            due = due.min(self.last_checkpoint + self.cfg.checkpoint_interval);
-        }
-        if let Some(ms) = self
-            .fold
-            .next_quiet_pass(chrono::Utc::now().timestamp_millis())
-        {
-            due = due.min(now + Duration::from_millis(ms.max(0) as u64));
-        }
-        due.saturating_duration_since(now)
-    }
-
-    /// The duties due now: quiet partitions' time, a checkpoint, the progress line.
-    fn duties(&mut self) -> Result<(), DaemonError> {
-        self.pass_quiet_time()?;
-        if self.checkpoint_due() {
-            self.checkpoint()?;
-        }
-        if self.last_log.elapsed() >= LOG_EVERY {
-            self.log_progress();
-            self.last_log = Instant::now();
-        }
-        Ok(())
-    }
-
-    fn checkpoint_due(&self) -> bool {
-        let n = self.fold.since_checkpoint();
-        n >= self.cfg.config.checkpoint_events
-            || (n > 0 && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval)
-    }
-
-    fn log_progress(&self) {
-        let m = &self.metrics;
-        let lag = m.lag.load(Ordering::Relaxed);
-        let (in_flight, spooled) = self.publisher.backlog();
-        tracing::info!(
-            events = m.events.load(Ordering::Relaxed),
-            bad_events = m.bad_events.load(Ordering::Relaxed),
-            incidents = m.incidents.load(Ordering::Relaxed),
-            kill_commands = m.kill_commands.load(Ordering::Relaxed),
-            queue_depth = m.queue_depth.load(Ordering::Relaxed),
-            outputs_in_flight = in_flight,
-            siem_spooled = spooled,
-            partitions = self.fold.partitions(),
-            lag,
-            "progress"
-        );
-    }
 }
 
 /// This run's setup as ledger facts.
@@ -385,7 +191,7 @@ impl Daemon {
         let api_addr = api.as_ref().map(crate::api::Server::addr);
         let (writer, writer_loop) = CheckpointWriter::new(store.clone(), consumer.clone());
         let settle_deadline = settle_deadline(&cfg);
-        let publisher = Publisher::new(sink, siem, metrics.clone(), k, settle_deadline);
+        let publisher = Publisher::new(Box::new(sink), siem, metrics.clone(), k, settle_deadline);
         let snapshots = Snapshots {
             store: store.clone(),
             live: live.clone(),
@@ -416,18 +222,15 @@ impl Daemon {
             writer_loop.run();
             Ok(())
         })?;
-        let core = Core {
-            cfg,
+        let core = Core::new(
+            CoreSettings::from_resolved(&cfg),
             fold,
             publisher,
             writer,
             store,
-            metrics: metrics.clone(),
-            live: live.clone(),
-            outputs: Vec::new(),
-            last_checkpoint: Instant::now(),
-            last_log: Instant::now(),
-        };
+            metrics.clone(),
+            live.clone(),
+        );
         sup.spawn("engine", move || run_engine(core, rx, 2, stop))?;
         Ok(Daemon {
             metrics,
@@ -532,49 +335,4 @@ fn spawn_sources(
             &brokers, &group, &opts, &topic, &st, q, stop,
         )?)
     })
-}
-
-fn run_engine(
-    mut core: Core,
-    rx: Receiver<Notice>,
-    mut sources: usize,
-    stop: Stop,
-) -> Result<(), DaemonError> {
-    let result = (|| {
-        loop {
-            // Blocks on the queue until a notice comes or a duty of the engine's own is due.
-            match rx.recv_timeout(core.until_next_duty()) {
-                Ok(n) => {
-                    core.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
-                    if !core.handle(n)? {
-                        sources -= 1;
-                        if sources == 0 {
-                            break;
-                        }
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            core.duties()?;
-        }
-        core.checkpoint_now()?;
-        core.publisher.shutdown(core.cfg.shutdown_timeout / 3);
-        core.store.db().flush().map_err(StoreError::from)?;
-        let m = &core.metrics;
-        tracing::info!(
-            events = m.events.load(Ordering::Relaxed),
-            incidents = m.incidents.load(Ordering::Relaxed),
-            kill_commands = m.kill_commands.load(Ordering::Relaxed),
-            suppressed = m.suppressed.load(Ordering::Relaxed),
-            outputs_acknowledged = core.publisher.delivered(),
-            "engine stopped after a final checkpoint"
-        );
-        Ok(())
-    })();
-    // Whatever happened, make the sources stop too, and drain so that sources blocked on a full
-    // queue can see the signal.
-    stop.set();
-    while rx.try_recv().is_ok() {}
-    result
 }

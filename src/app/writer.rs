@@ -15,6 +15,22 @@ use rdkafka::topic_partition_list::TopicPartitionList;
 use crate::source::kafka::AuditConsumer;
 use crate::store::{Store, StoreError};
 
+/// Where the writer commits the offsets of a checkpoint once it is on disk: the audit consumer
+/// group in the daemon (for lag monitoring; the stored offsets are the truth); a stand-in in the
+/// engine's unit tests.
+pub trait OffsetCommit: Send + Sync {
+    /// Commits `offsets` without waiting; a failure is only logged.
+    fn commit_offsets(&self, offsets: &TopicPartitionList);
+}
+
+impl OffsetCommit for AuditConsumer {
+    fn commit_offsets(&self, offsets: &TopicPartitionList) {
+        if let Err(e) = self.commit(offsets, CommitMode::Async) {
+            tracing::debug!(error = %e, "offset commit (lag monitoring only)");
+        }
+    }
+}
+
 /// One checkpoint: the batch and the offsets it reflects.
 pub struct Job {
     /// Agents, offsets, incidents and ledger, in one atomic batch.
@@ -35,7 +51,7 @@ pub struct WriterLoop {
     jobs: Receiver<Job>,
     done: SyncSender<Result<(), StoreError>>,
     store: Store,
-    consumer: Arc<AuditConsumer>,
+    consumer: Arc<dyn OffsetCommit>,
 }
 
 impl WriterLoop {
@@ -45,9 +61,7 @@ impl WriterLoop {
         for job in self.jobs {
             let r = self.store.write(job.batch);
             if r.is_ok() && job.commit.count() > 0 {
-                if let Err(e) = self.consumer.commit(&job.commit, CommitMode::Async) {
-                    tracing::debug!(error = %e, "offset commit (lag monitoring only)");
-                }
+                self.consumer.commit_offsets(&job.commit);
             }
             if self.done.send(r).is_err() {
                 break;
@@ -58,7 +72,7 @@ impl WriterLoop {
 
 impl CheckpointWriter {
     /// The engine's side and the loop to run on the writer thread.
-    pub fn new(store: Store, consumer: Arc<AuditConsumer>) -> (CheckpointWriter, WriterLoop) {
+    pub fn new(store: Store, consumer: Arc<dyn OffsetCommit>) -> (CheckpointWriter, WriterLoop) {
         let (tx, jobs) = sync_channel::<Job>(1);
         let (done_tx, done) = sync_channel(1);
         let writer = CheckpointWriter {
