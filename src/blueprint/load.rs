@@ -37,22 +37,35 @@ const ANOMALY_KEYS: &[&str] = &[
 const DAY: i64 = 86_400_000;
 
 /// Parses a duration: a number of milliseconds, or a string such as `30s`, `10m`, `6h`, `14d`.
-pub fn parse_duration_ms(v: &Value) -> Result<i64, String> {
+pub fn parse_duration_ms(v: &Value) -> Result<i64, DurationError> {
     match v {
         Value::Number(n) => match n.as_u64() {
             Some(ms) if ms <= i64::MAX as u64 / 4 => Ok(ms as i64),
-            _ => Err(format!("{n} is not a whole number of milliseconds")),
+            _ => Err(DurationError::NotWholeMs(n.to_string())),
         },
-        Value::String(s) => humantime::parse_duration(s)
-            .map_err(|e| {
-                format!("{s:?} is not a duration like \"30s\", \"10m\", \"6h\" or \"14d\": {e}")
-            })
-            .and_then(|d| i64::try_from(d.as_millis()).map_err(|_| format!("{s:?} is too long"))),
-        other => Err(format!(
-            "expected a duration (\"30s\" or milliseconds), found {}",
-            kind(other)
-        )),
+        Value::String(s) => {
+            let d = humantime::parse_duration(s).map_err(|e| DurationError::Text(s.clone(), e))?;
+            i64::try_from(d.as_millis()).map_err(|_| DurationError::TooLong(s.clone()))
+        }
+        other => Err(DurationError::Kind(kind(other))),
     }
+}
+
+/// Why a value is not a duration.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum DurationError {
+    /// A number that is not a whole, non-negative count of milliseconds.
+    #[error("{0} is not a whole number of milliseconds")]
+    NotWholeMs(String),
+    /// Text humantime does not read.
+    #[error("{0:?} is not a duration like \"30s\", \"10m\", \"6h\" or \"14d\": {1}")]
+    Text(String, humantime::DurationError),
+    /// Text of a duration longer than the milliseconds an `i64` holds.
+    #[error("{0:?} is too long")]
+    TooLong(String),
+    /// Neither a number nor text.
+    #[error("expected a duration (\"30s\" or milliseconds), found {0}")]
+    Kind(&'static str),
 }
 
 impl Walker {
@@ -73,7 +86,7 @@ impl Walker {
                 None
             }
             Err(e) => {
-                self.err(&p, e);
+                self.err(&p, e.to_string());
                 None
             }
         }

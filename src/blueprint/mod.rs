@@ -11,7 +11,7 @@ mod severity;
 mod walk;
 
 pub use assign::{Assignment, AssignmentRule};
-pub use load::{load_blueprint, parse_duration_ms};
+pub use load::{load_blueprint, parse_duration_ms, DurationError};
 pub use schema::{
     AllowedHours, Blueprint, CohortBy, CohortRules, DataVolumeRules, DedupRules, KillRules,
     LearnedRules, Mode, RoutineMode, RoutineRules, SequenceRule, Severities, Weekdays,

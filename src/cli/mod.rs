@@ -603,15 +603,22 @@ fn show_cmd(name: &str, dir: Option<&Path>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Why `--max-future` was refused.
+#[derive(Debug, thiserror::Error)]
+enum FutureBoundError {
+    /// Not a duration.
+    #[error(transparent)]
+    Text(#[from] humantime::DurationError),
+    /// Longer than [`crate::config::MAX_FUTURE`].
+    #[error("{} is longer than the longest allowed, {}", humantime::format_duration(*.0), humantime::format_duration(crate::config::MAX_FUTURE))]
+    TooLong(std::time::Duration),
+}
+
 /// Parses `--max-future`: a duration of at most [`crate::config::MAX_FUTURE`].
-fn future_bound(s: &str) -> Result<std::time::Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+fn future_bound(s: &str) -> Result<std::time::Duration, FutureBoundError> {
+    let d = humantime::parse_duration(s)?;
     if d > crate::config::MAX_FUTURE {
-        return Err(format!(
-            "{} is longer than the longest allowed, {}",
-            humantime::format_duration(d),
-            humantime::format_duration(crate::config::MAX_FUTURE)
-        ));
+        return Err(FutureBoundError::TooLong(d));
     }
     Ok(d)
 }

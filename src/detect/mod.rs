@@ -216,15 +216,18 @@ impl<'de> Deserialize<'de> for Finding {
     }
 }
 
-impl TryFrom<StoredFinding> for Finding {
-    type Error = String;
+/// A stored finding names a unit this version does not know.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown unit {0:?}")]
+pub struct UnknownUnit(pub String);
 
-    fn try_from(f: StoredFinding) -> Result<Self, String> {
-        let unit = UNITS
-            .iter()
-            .find(|u| **u == f.unit)
-            .copied()
-            .ok_or_else(|| format!("unknown unit {:?}", f.unit))?;
+impl TryFrom<StoredFinding> for Finding {
+    type Error = UnknownUnit;
+
+    fn try_from(f: StoredFinding) -> Result<Self, UnknownUnit> {
+        let Some(unit) = UNITS.iter().find(|u| **u == f.unit).copied() else {
+            return Err(UnknownUnit(f.unit));
+        };
         Ok(Finding {
             kind: f.kind,
             basis: f.basis,
