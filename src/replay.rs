@@ -189,6 +189,16 @@ struct StreamClock {
 }
 
 impl StreamClock {
+    /// A stream without a time yet, holding lines more than `max_future` ms ahead of it.
+    fn new(max_future: i64) -> StreamClock {
+        StreamClock {
+            max_future,
+            latest: i64::MIN,
+            held: Vec::new(),
+            first: None,
+        }
+    }
+
     /// Whether a line whose latest event is at `ts` is too far ahead of the stream.
     fn ahead(&self, ts: i64) -> bool {
         self.latest != i64::MIN && ts > self.latest.saturating_add(self.max_future)
@@ -286,36 +296,18 @@ pub fn run_with(
     options: ReplayOptions,
 ) -> io::Result<ReplaySummary> {
     let started = Instant::now();
-    let mut clock = StreamClock {
-        max_future: options.max_future_ms,
-        latest: i64::MIN,
-        held: Vec::new(),
-        first: None,
-    };
-    let mut sum = ReplaySummary::default();
+    let mut r = Replay::new(engine, options.max_future_ms);
     let mut text = Vec::with_capacity(BATCH * 512);
-    let mut lines: Vec<(usize, usize, u64, Option<usize>)> = Vec::with_capacity(BATCH);
-    let max_line = decoder.max_event_bytes();
-    let mut out = Vec::with_capacity(16);
-    let mut line_no = 0u64;
-    let mut bytes = 0u64;
-    let mut day = i64::MIN;
+    let mut lines = Vec::with_capacity(BATCH);
+    let mut reader = LineReader {
+        no: 0,
+        bytes: 0,
+        max: decoder.max_event_bytes(),
+    };
     loop {
         // Read a batch of lines, decode them, and hand runs of good events to the engine in one
         // call (it prefetches agents ahead); day changes and bad lines keep their place.
-        text.clear();
-        lines.clear();
-        while lines.len() < BATCH {
-            let start = text.len();
-            let (n, cut) =
-                crate::source::lines::read_line_bounded(&mut input, &mut text, max_line)?;
-            if n == 0 {
-                break;
-            }
-            line_no += 1;
-            bytes += n as u64;
-            lines.push((start, text.len(), line_no, cut));
-        }
+        reader.batch(&mut input, &mut text, &mut lines)?;
         if lines.is_empty() {
             break;
         }
@@ -327,139 +319,268 @@ pub fn run_with(
             if line.is_empty() && cut.is_none() {
                 continue;
             }
-            sum.lines += 1;
+            r.sum.lines += 1;
             // One event per line, or a batch of spans (an OTLP/JSON request).
             let decoded = match cut {
                 // Longer than any event may be: only its first bytes were kept.
                 Some(size) => Err(DecodeError::Oversized {
                     size,
-                    max: max_line,
+                    max: reader.max,
                 }),
                 None => decoder.decode_into(line, &mut events),
             };
-            match decoded {
-                Ok(skipped) => {
-                    // Spans that are neither tool calls nor agent bindings.
-                    sum.entries[Resolution::Skipped.index()] += skipped;
-                    let Some(ts) = events.iter().map(|e| e.ts_ms).max() else {
-                        continue;
-                    };
-                    let mut f = Folding {
-                        engine: &mut *engine,
-                        batch: &mut batch,
-                        day: &mut day,
-                        out: &mut out,
-                        sum: &mut sum,
-                    };
-                    // The first line sets the stream's time only if the second is not far
-                    // behind it (a forged time on the first line would set it for good).
-                    if clock.latest == i64::MIN {
-                        match clock.first.take() {
-                            None => {
-                                clock.first = Some(Held {
-                                    no,
-                                    bytes: line.len(),
-                                    ts,
-                                    then: ts,
-                                    events: events.drain(..).map(AuditEvent::into_owned).collect(),
-                                    contradicted: 0,
-                                });
-                                continue;
-                            }
-                            Some(mut first) if first.ts > ts.saturating_add(clock.max_future) => {
-                                clock.latest = ts;
-                                first.then = ts;
-                                clock.held.push(first);
-                            }
-                            Some(first) => {
-                                for ev in first.events {
-                                    f.event(ev, sink)?;
-                                }
-                                clock.fold(first.ts);
-                            }
-                        }
-                    }
-                    let (fold, refuse) = if clock.ahead(ts) {
-                        let held = Held {
-                            no,
-                            bytes: line.len(),
-                            ts,
-                            then: clock.latest,
-                            events: events.drain(..).map(AuditEvent::into_owned).collect(),
-                            contradicted: 0,
-                        };
-                        let (confirmed, dropped) = clock.hold(held);
-                        (confirmed, dropped.into_iter().collect())
-                    } else {
-                        for ev in events.drain(..) {
-                            f.event(ev, sink)?;
-                        }
-                        clock.fold(ts)
-                    };
-                    for h in fold {
-                        for ev in h.events {
-                            f.event(ev, sink)?;
-                        }
-                    }
-                    for h in refuse {
-                        let e = clock.refusal(&h);
-                        f.refuse(&h, &e, sink)?;
-                        on_error(h.no, &e);
-                    }
-                }
-                Err(e) => {
-                    flush(engine, &mut batch, &mut out, sink, &mut sum)?;
-                    sum.malformed += 1;
-                    engine.count_bad_event();
-                    sink.dead_letter(no, &e, line.len())?;
-                    on_error(no, &e);
-                }
-            }
+            let at = (no, line.len());
+            r.line(decoded, at, &mut batch, &mut events, sink, &mut on_error)?;
         }
-        flush(engine, &mut batch, &mut out, sink, &mut sum)?;
+        r.folding(&mut batch).flush(sink)?;
         if let Some(p) = progress {
-            p.set_position(bytes);
-            p.set_message(format!("{} events", sum.events));
+            p.set_position(reader.bytes);
+            p.set_message(format!("{} events", r.sum.events));
         }
     }
-    // The end of the input: a first line alone, and the lines still held ahead of the stream
-    // (nothing after them contradicts them enough) are folded, in line order.
-    let mut batch: Vec<AuditEvent<'static>> = Vec::new();
-    let rest: Vec<Held> = clock
-        .first
-        .take()
-        .into_iter()
-        .chain(std::mem::take(&mut clock.held))
-        .collect();
-    for h in rest {
-        let mut f = Folding {
-            engine: &mut *engine,
-            batch: &mut batch,
-            day: &mut day,
-            out: &mut out,
-            sum: &mut sum,
-        };
-        for ev in h.events {
-            f.event(ev, sink)?;
-        }
-    }
-    flush(engine, &mut batch, &mut out, sink, &mut sum)?;
-    // The end of the input: what waited for calls that could still arrive is final now.
-    engine.finish(&mut out);
-    for i in out.drain(..) {
-        sink.incident(&i)?;
-    }
+    let mut sum = r.finish(sink)?;
     if let Some(p) = progress {
         p.finish_and_clear();
     }
-    let stats = engine.stats();
-    sum.late_events = stats.late_events;
-    sum.duplicates = stats.duplicates;
-    sum.id_conflicts = stats.id_conflicts;
-    sum.incidents[..stats.incidents.len()].copy_from_slice(&stats.incidents);
-    sum.agents = engine.agent_count();
     sum.elapsed = started.elapsed();
     Ok(sum)
+}
+
+/// A replay under way: the engine, the stream's time, the counts, the incidents waiting to go
+/// out and the day of event time.
+struct Replay<'e> {
+    /// The engine events go through.
+    engine: &'e mut Engine,
+    /// The stream's own time and the lines held ahead of it.
+    clock: StreamClock,
+    /// What the replay counted.
+    sum: ReplaySummary,
+    /// Incidents decided, not yet passed to the sink.
+    out: Vec<Incident>,
+    /// The current UTC day of event time.
+    day: i64,
+}
+
+impl<'e> Replay<'e> {
+    /// A replay through `engine`, holding lines more than `max_future` ms ahead of the stream.
+    fn new(engine: &'e mut Engine, max_future: i64) -> Replay<'e> {
+        Replay {
+            engine,
+            clock: StreamClock::new(max_future),
+            sum: ReplaySummary::default(),
+            out: Vec::with_capacity(16),
+            day: i64::MIN,
+        }
+    }
+
+    /// The end of the input (see [`Folding::end_of_input`]), and the summary with the engine's
+    /// own counts.
+    fn finish(mut self, sink: &mut impl IncidentSink) -> io::Result<ReplaySummary> {
+        let mut clock = std::mem::replace(&mut self.clock, StreamClock::new(0));
+        self.folding(&mut Vec::new())
+            .end_of_input(&mut clock, sink)?;
+        self.sum.add_engine_figures(self.engine);
+        Ok(self.sum)
+    }
+
+    /// Where events go now: `batch`, then the engine.
+    fn folding<'s, 'a>(&'s mut self, batch: &'s mut Vec<AuditEvent<'a>>) -> Folding<'s, 's, 'a> {
+        Folding {
+            engine: &mut *self.engine,
+            batch,
+            day: &mut self.day,
+            out: &mut self.out,
+            sum: &mut self.sum,
+        }
+    }
+
+    /// One line's outcome, `at` its number and length: its events placed on the stream's time,
+    /// or its error dead-lettered after the events before it.
+    fn line<'a>(
+        &mut self,
+        decoded: Result<u64, DecodeError>,
+        at: (u64, usize),
+        batch: &mut Vec<AuditEvent<'a>>,
+        events: &mut Vec<AuditEvent<'a>>,
+        sink: &mut impl IncidentSink,
+        on_error: &mut impl FnMut(u64, &DecodeError),
+    ) -> io::Result<()> {
+        let (no, bytes) = at;
+        match decoded {
+            Ok(skipped) => {
+                // Spans that are neither tool calls nor agent bindings.
+                self.sum.entries[Resolution::Skipped.index()] += skipped;
+                let Some(ts) = events.iter().map(|e| e.ts_ms).max() else {
+                    return Ok(());
+                };
+                let Replay {
+                    engine,
+                    clock,
+                    sum,
+                    out,
+                    day,
+                } = self;
+                let mut f = Folding {
+                    engine,
+                    batch,
+                    day,
+                    out,
+                    sum,
+                };
+                place(
+                    clock,
+                    &mut f,
+                    &LineAt { no, bytes, ts },
+                    events,
+                    sink,
+                    on_error,
+                )
+            }
+            Err(e) => {
+                let mut f = self.folding(batch);
+                f.flush(sink)?;
+                f.sum.malformed += 1;
+                f.engine.count_bad_event();
+                sink.dead_letter(no, &e, bytes)?;
+                on_error(no, &e);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Where the reading of the input is.
+struct LineReader {
+    /// Lines read (the last one's number, 1-based).
+    no: u64,
+    /// Bytes read.
+    bytes: u64,
+    /// The longest line kept whole.
+    max: usize,
+}
+
+impl LineReader {
+    /// Reads up to [`BATCH`] lines onto `text` (cleared first), noting each line's span in it,
+    /// its number and, when it was cut, its full length; `lines` stays empty at the end.
+    fn batch(
+        &mut self,
+        input: &mut impl BufRead,
+        text: &mut Vec<u8>,
+        lines: &mut Vec<(usize, usize, u64, Option<usize>)>,
+    ) -> io::Result<()> {
+        text.clear();
+        lines.clear();
+        while lines.len() < BATCH {
+            let start = text.len();
+            let (n, cut) = crate::source::lines::read_line_bounded(input, text, self.max)?;
+            if n == 0 {
+                break;
+            }
+            self.no += 1;
+            self.bytes += n as u64;
+            lines.push((start, text.len(), self.no, cut));
+        }
+        Ok(())
+    }
+}
+
+/// A decoded line: its number, its length and the latest event time of its events.
+struct LineAt {
+    /// Line number (1-based).
+    no: u64,
+    /// Its length.
+    bytes: usize,
+    /// Latest event time of its events.
+    ts: i64,
+}
+
+impl LineAt {
+    /// The line, held with its events (taken from `events`), at the stream's time `then`.
+    fn held(&self, then: i64, events: &mut Vec<AuditEvent<'_>>) -> Held {
+        Held {
+            no: self.no,
+            bytes: self.bytes,
+            ts: self.ts,
+            then,
+            events: events.drain(..).map(AuditEvent::into_owned).collect(),
+            contradicted: 0,
+        }
+    }
+}
+
+/// Places a decoded line's events on the stream's time: the first line waits for the second; a
+/// line too far ahead is held; the others are folded, followed by the held lines they confirm,
+/// and the held lines they contradicted too often are dead-lettered.
+fn place<'a>(
+    clock: &mut StreamClock,
+    f: &mut Folding<'_, '_, 'a>,
+    at: &LineAt,
+    events: &mut Vec<AuditEvent<'a>>,
+    sink: &mut impl IncidentSink,
+    on_error: &mut impl FnMut(u64, &DecodeError),
+) -> io::Result<()> {
+    if clock.latest == i64::MIN && !first_lines(clock, f, at, events, sink)? {
+        return Ok(());
+    }
+    let (fold, refuse) = if clock.ahead(at.ts) {
+        let (confirmed, dropped) = clock.hold(at.held(clock.latest, events));
+        (confirmed, dropped.into_iter().collect())
+    } else {
+        for ev in events.drain(..) {
+            f.event(ev, sink)?;
+        }
+        clock.fold(at.ts)
+    };
+    for h in fold {
+        f.events(h.events, sink)?;
+    }
+    for h in refuse {
+        let e = clock.refusal(&h);
+        f.refuse(&h, &e, sink)?;
+        on_error(h.no, &e);
+    }
+    Ok(())
+}
+
+/// Before the stream has a time: the first line sets it only if the second is not far behind it
+/// (a forged time on the first line would set it for good). Holds the first line (`false`: the
+/// line is placed), or, at the second, folds the first or holds it ahead of the stream.
+fn first_lines<'a>(
+    clock: &mut StreamClock,
+    f: &mut Folding<'_, '_, 'a>,
+    at: &LineAt,
+    events: &mut Vec<AuditEvent<'a>>,
+    sink: &mut impl IncidentSink,
+) -> io::Result<bool> {
+    match clock.first.take() {
+        None => {
+            clock.first = Some(at.held(at.ts, events));
+            return Ok(false);
+        }
+        Some(mut first) if first.ts > at.ts.saturating_add(clock.max_future) => {
+            clock.latest = at.ts;
+            first.then = at.ts;
+            clock.held.push(first);
+        }
+        Some(first) => {
+            f.events(first.events, sink)?;
+            clock.fold(first.ts);
+        }
+    }
+    Ok(true)
+}
+
+impl ReplaySummary {
+    /// The engine's own counts at the end: late events, duplicates, identity conflicts,
+    /// incidents by type, agents.
+    fn add_engine_figures(&mut self, engine: &Engine) {
+        let stats = engine.stats();
+        self.late_events = stats.late_events;
+        self.duplicates = stats.duplicates;
+        self.id_conflicts = stats.id_conflicts;
+        self.incidents[..stats.incidents.len()].copy_from_slice(&stats.incidents);
+        self.agents = engine.agent_count();
+    }
 }
 
 /// Lines read, decoded and processed together.
@@ -498,6 +619,47 @@ impl<'a> Folding<'_, '_, 'a> {
             *self.day = d;
         }
         self.batch.push(ev);
+        Ok(())
+    }
+
+    /// Processes the batch and passes its incidents on.
+    fn flush(&mut self, sink: &mut impl IncidentSink) -> io::Result<()> {
+        flush(self.engine, self.batch, self.out, sink, self.sum)
+    }
+
+    /// Folds the events of a held line, in order.
+    fn events(
+        &mut self,
+        events: Vec<AuditEvent<'static>>,
+        sink: &mut impl IncidentSink,
+    ) -> io::Result<()> {
+        for ev in events {
+            self.event(ev, sink)?;
+        }
+        Ok(())
+    }
+
+    /// The end of the input: a first line alone, and the lines still held ahead of the stream
+    /// (nothing after them contradicts them enough) are folded, in line order; then what waited
+    /// for calls that could still arrive is final.
+    fn end_of_input(
+        &mut self,
+        clock: &mut StreamClock,
+        sink: &mut impl IncidentSink,
+    ) -> io::Result<()> {
+        let rest = clock
+            .first
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut clock.held));
+        for h in rest {
+            self.events(h.events, sink)?;
+        }
+        self.flush(sink)?;
+        self.engine.finish(self.out);
+        for i in self.out.drain(..) {
+            sink.incident(&i)?;
+        }
         Ok(())
     }
 

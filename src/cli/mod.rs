@@ -311,37 +311,14 @@ fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// `guardian replay`: the events file through the engine, incidents or records to stdout, the
+/// summary to stderr, and with `--state` the state written for `guardian posture`.
 fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let set = Arc::new(load_rules(&a.rules)?);
-    let decoder = Decoder::new(&DecoderOptions {
-        volume_pointer: a.volume_pointer.clone(),
-        max_event_bytes: a.max_event_bytes,
-        otlp: OtlpOptions {
-            agent_attributes: if a.otlp_agent_attributes.is_empty() {
-                OtlpOptions::default().agent_attributes
-            } else {
-                a.otlp_agent_attributes.clone()
-            },
-            volume_attribute: a.otlp_volume_attribute.clone(),
-            group_attribute: a.otlp_group_attribute.clone(),
-            ..OtlpOptions::default()
-        },
-        ..set.decoder_options()
-    })?;
+    let decoder = replay_decoder(&a, &set)?;
     let (input, len) = crate::source::lines::open(&a.events)
         .with_context(|| format!("cannot open {}", a.events.display()))?;
-    let progress = (!a.quiet && io::stderr().is_terminal()).then(|| {
-        let p = ProgressBar::new(len.unwrap_or(0));
-        let style = if len.is_some() {
-            "{bar:40} {bytes}/{total_bytes} {msg} ({eta})"
-        } else {
-            "{spinner} {bytes} {msg}"
-        };
-        p.set_style(
-            ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        p
-    });
+    let progress = (!a.quiet && io::stderr().is_terminal()).then(|| progress_bar(len));
     if let Some(dir) = &a.state {
         // The state written is this replay's alone: merging it into another would mix two logs.
         let used = std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some());
@@ -361,25 +338,8 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     let options = replay::ReplayOptions {
         max_future_ms: millis(a.max_future),
     };
-    let stdout = io::stdout().lock();
-    let out = BufWriter::with_capacity(1 << 16, stdout);
-    let guardian_id = a
-        .guardian_id
-        .clone()
-        .unwrap_or_else(crate::config::default_guardian_id);
     let source = a.events.display().to_string();
-    let mut sink = match a.output {
-        ReplayOutput::Incidents => ReplaySink::Incidents(JsonLines(out)),
-        ReplayOutput::Cef | ReplayOutput::Json | ReplayOutput::Ocsf => {
-            let format = match a.output {
-                ReplayOutput::Cef => RecordFormat::Cef,
-                ReplayOutput::Ocsf => RecordFormat::Ocsf,
-                _ => RecordFormat::Json,
-            };
-            let f = Formatter::new(format, &guardian_id);
-            ReplaySink::Records(RecordLines::new(out, f, &guardian_id, &source))
-        }
-    };
+    let mut sink = replay_sink(&a, &source);
     let mut shown = 0u64;
     let on_error = |line, e: &crate::event::DecodeError| {
         shown += 1;
@@ -387,6 +347,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             say!("line {line}: {e}");
         }
     };
+    let progress = progress.as_ref();
     let summary = match &a.state {
         None => {
             let s = replay::run_with(
@@ -395,7 +356,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                 input,
                 &mut sink,
                 on_error,
-                progress.as_ref(),
+                progress,
                 options,
             )?;
             sink.flush()?;
@@ -410,21 +371,11 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                 input,
                 &mut rec,
                 on_error,
-                progress.as_ref(),
+                progress,
                 options,
             )?;
             rec.inner.flush()?;
-            replay::write_state(dir, &mut engine, &rec, &source, s.lines).with_context(|| {
-                format!(
-                    "cannot write the state to {} (is a daemon running on it?)",
-                    dir.display()
-                )
-            })?;
-            say!(
-                "state written to {} (read it with `guardian posture --state {}`)",
-                dir.display(),
-                dir.display()
-            );
+            write_replay_state(dir, &mut engine, &rec, &source, s.lines)?;
             s
         }
     };
@@ -433,6 +384,78 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     say!("{}", summary.render());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The replay's decoder: the blueprints' options with the command line's.
+fn replay_decoder(a: &ReplayArgs, set: &BlueprintSet) -> anyhow::Result<Decoder> {
+    Ok(Decoder::new(&DecoderOptions {
+        volume_pointer: a.volume_pointer.clone(),
+        max_event_bytes: a.max_event_bytes,
+        otlp: OtlpOptions {
+            agent_attributes: if a.otlp_agent_attributes.is_empty() {
+                OtlpOptions::default().agent_attributes
+            } else {
+                a.otlp_agent_attributes.clone()
+            },
+            volume_attribute: a.otlp_volume_attribute.clone(),
+            group_attribute: a.otlp_group_attribute.clone(),
+            ..OtlpOptions::default()
+        },
+        ..set.decoder_options()
+    })?)
+}
+
+/// A progress bar over `len` bytes (a spinner when the length is unknown: stdin).
+fn progress_bar(len: Option<u64>) -> ProgressBar {
+    let p = ProgressBar::new(len.unwrap_or(0));
+    let style = if len.is_some() {
+        "{bar:40} {bytes}/{total_bytes} {msg} ({eta})"
+    } else {
+        "{spinner} {bytes} {msg}"
+    };
+    p.set_style(
+        ProgressStyle::with_template(style).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    p
+}
+
+/// Where the replay's output goes: incidents as JSON lines, or SIEM records, on stdout.
+fn replay_sink(a: &ReplayArgs, source: &str) -> ReplaySink<BufWriter<io::StdoutLock<'static>>> {
+    let out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let guardian_id = a
+        .guardian_id
+        .clone()
+        .unwrap_or_else(crate::config::default_guardian_id);
+    let format = match a.output {
+        ReplayOutput::Incidents => return ReplaySink::Incidents(JsonLines(out)),
+        ReplayOutput::Cef => RecordFormat::Cef,
+        ReplayOutput::Ocsf => RecordFormat::Ocsf,
+        ReplayOutput::Json => RecordFormat::Json,
+    };
+    let f = Formatter::new(format, &guardian_id);
+    ReplaySink::Records(RecordLines::new(out, f, &guardian_id, source))
+}
+
+/// Writes the replay's state to `dir` and says where.
+fn write_replay_state<S: replay::IncidentSink>(
+    dir: &std::path::Path,
+    engine: &mut Engine,
+    rec: &replay::StateRecorder<S>,
+    source: &str,
+    lines: u64,
+) -> anyhow::Result<()> {
+    replay::write_state(dir, engine, rec, source, lines).with_context(|| {
+        format!(
+            "cannot write the state to {} (is a daemon running on it?)",
+            dir.display()
+        )
+    })?;
+    say!(
+        "state written to {} (read it with `guardian posture --state {}`)",
+        dir.display(),
+        dir.display()
+    );
+    Ok(())
 }
 
 fn sim_config(
