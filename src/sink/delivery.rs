@@ -6,7 +6,7 @@
 //! of a retry delay), never on a timer tick; it ends when the engine has closed the spool and it
 //! is drained, or its drain deadline has passed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -120,69 +120,9 @@ impl SiemSinks {
         let mut sinks = Vec::new();
         let mut deliveries = Vec::new();
         for c in configs {
-            let terr = |source| SiemError::Transport {
-                name: c.name.clone(),
-                source,
-            };
-            let transport = match c.kind {
-                SinkType::Syslog => {
-                    let addr = c.address.clone().unwrap_or_default();
-                    match c.protocol {
-                        Protocol::Udp => Transport::Udp(UdpTransport::new(&addr)),
-                        Protocol::Tcp => Transport::Stream(
-                            StreamTransport::new(&addr, c.framing, None).map_err(terr)?,
-                        ),
-                        Protocol::Tls => Transport::Stream(
-                            StreamTransport::new(
-                                &addr,
-                                c.framing,
-                                Some(&c.tls.clone().unwrap_or_default()),
-                            )
-                            .map_err(terr)?,
-                        ),
-                    }
-                }
-                SinkType::File => Transport::File(FileTransport::new(
-                    c.path
-                        .as_deref()
-                        .unwrap_or(std::path::Path::new("guardian-cef.log")),
-                    c.max_bytes,
-                    c.keep,
-                )),
-                SinkType::Stdout => Transport::Stdout,
-                SinkType::Kafka => Transport::Kafka(
-                    KafkaTransport::new(brokers, options, c.topic.as_deref().unwrap_or_default())
-                        .map_err(terr)?,
-                ),
-            };
-            let header = (c.kind == SinkType::Syslog).then(|| {
-                SyslogHeader::new(
-                    c.syslog_format,
-                    super::syslog::facility(&c.facility).unwrap_or(20),
-                    c.hostname.as_deref().unwrap_or(host),
-                    &c.app_name,
-                )
-            });
-            let spool = Arc::new(Spool::open(db, &c.name, c.spool_max_records, c.when_full)?);
-            let stats = Arc::new(SinkStats::default());
-            {
-                let (spool, stats, name) = (spool.clone(), stats.clone(), c.name.clone());
-                deliveries.push(Delivery {
-                    name: c.name.clone(),
-                    job: Box::new(move || deliver(&name, &spool, transport, &stats)),
-                });
-            }
-            if !spool.is_empty() {
-                tracing::info!(sink = %c.name, spooled = spool.len(), "delivering messages spooled before the restart");
-            }
-            sinks.push(Active {
-                name: c.name.clone(),
-                formatter: Formatter::new(c.format, host),
-                header,
-                min_severity: c.min_severity,
-                spool,
-                stats,
-            });
+            let (sink, delivery) = open_sink(c, db, host, brokers, options)?;
+            sinks.push(sink);
+            deliveries.push(delivery);
         }
         let email = match email {
             Some(e) => {
@@ -300,6 +240,89 @@ impl Drop for SiemSinks {
 /// ids).
 pub const CONFIRM_AFTER: Duration = Duration::from_secs(2);
 
+/// One sink: its transport, spool and figures, and the delivery that empties the spool.
+fn open_sink(
+    c: &SinkConfig,
+    db: &sled::Db,
+    host: &str,
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<(Active, Delivery), SiemError> {
+    let transport = transport(c, brokers, options)?;
+    let header = (c.kind == SinkType::Syslog).then(|| {
+        SyslogHeader::new(
+            c.syslog_format,
+            super::syslog::facility(&c.facility).unwrap_or(20),
+            c.hostname.as_deref().unwrap_or(host),
+            &c.app_name,
+        )
+    });
+    let spool = Arc::new(Spool::open(db, &c.name, c.spool_max_records, c.when_full)?);
+    let stats = Arc::new(SinkStats::default());
+    let delivery = {
+        let (spool, stats, name) = (spool.clone(), stats.clone(), c.name.clone());
+        Delivery {
+            name: c.name.clone(),
+            job: Box::new(move || deliver(&name, &spool, transport, &stats)),
+        }
+    };
+    if !spool.is_empty() {
+        tracing::info!(sink = %c.name, spooled = spool.len(), "delivering messages spooled before the restart");
+    }
+    let sink = Active {
+        name: c.name.clone(),
+        formatter: Formatter::new(c.format, host),
+        header,
+        min_severity: c.min_severity,
+        spool,
+        stats,
+    };
+    Ok((sink, delivery))
+}
+
+/// A sink's transport, as configured (Kafka sinks on `brokers` with `options`).
+fn transport(
+    c: &SinkConfig,
+    brokers: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<Transport, SiemError> {
+    let terr = |source| SiemError::Transport {
+        name: c.name.clone(),
+        source,
+    };
+    Ok(match c.kind {
+        SinkType::Syslog => {
+            let addr = c.address.clone().unwrap_or_default();
+            match c.protocol {
+                Protocol::Udp => Transport::Udp(UdpTransport::new(&addr)),
+                Protocol::Tcp => {
+                    Transport::Stream(StreamTransport::new(&addr, c.framing, None).map_err(terr)?)
+                }
+                Protocol::Tls => Transport::Stream(
+                    StreamTransport::new(
+                        &addr,
+                        c.framing,
+                        Some(&c.tls.clone().unwrap_or_default()),
+                    )
+                    .map_err(terr)?,
+                ),
+            }
+        }
+        SinkType::File => Transport::File(FileTransport::new(
+            c.path
+                .as_deref()
+                .unwrap_or(std::path::Path::new("guardian-cef.log")),
+            c.max_bytes,
+            c.keep,
+        )),
+        SinkType::Stdout => Transport::Stdout,
+        SinkType::Kafka => Transport::Kafka(
+            KafkaTransport::new(brokers, options, c.topic.as_deref().unwrap_or_default())
+                .map_err(terr)?,
+        ),
+    })
+}
+
 /// The delivery loop of one sink, until its spool is closed and drained (or the drain deadline
 /// passes); fails if its spool cannot be read or updated.
 fn deliver(
@@ -309,11 +332,9 @@ fn deliver(
     stats: &SinkStats,
 ) -> Result<(), SiemError> {
     let late = t.confirms_late();
-    let mut backoff = super::backoff::Backoff::default();
-    let mut failing_since: Option<Instant> = None;
-    let mut last_warn: Option<Instant> = None;
+    let mut health = Health::default();
     // Written on the current connection, not yet confirmed (late-confirming transports only).
-    let mut written: std::collections::VecDeque<(u64, Instant)> = Default::default();
+    let mut written: VecDeque<(u64, Instant)> = VecDeque::new();
     loop {
         let seen = spool.version();
         if late && !written.is_empty() && !t.healthy() {
@@ -322,15 +343,7 @@ fn deliver(
             t.reset();
             written.clear();
         }
-        let mut confirmed = Vec::new();
-        while written
-            .front()
-            .is_some_and(|w| w.1.elapsed() >= CONFIRM_AFTER)
-        {
-            if let Some((k, _)) = written.pop_front() {
-                confirmed.push(k);
-            }
-        }
+        let confirmed = take_confirmed(&mut written);
         if !confirmed.is_empty() {
             stats
                 .sent
@@ -367,21 +380,12 @@ fn deliver(
             stats.sent.fetch_add(sent as u64, Ordering::Relaxed);
         }
         match err {
-            None => {
-                if let Some(since) = failing_since.take() {
-                    tracing::info!(sink = %name, after_s = since.elapsed().as_secs(), "sink delivering again");
-                }
-                backoff.succeeded();
-            }
+            None => health.delivered(name),
             Some(e) => {
                 stats.failures.fetch_add(1, Ordering::Relaxed);
-                failing_since.get_or_insert_with(Instant::now);
-                if last_warn.is_none_or(|w| w.elapsed() >= Duration::from_secs(30)) {
-                    tracing::warn!(sink = %name, error = %e, spooled = spool.len(), retry_in_ms = backoff.delay().as_millis() as u64, "sink delivery failed; messages stay spooled");
-                    last_warn = Some(Instant::now());
-                }
+                let retry_at = health.failed(name, &e, spool);
                 t.reset();
-                if spool.wait_closed(backoff.failed()) {
+                if spool.wait_closed(retry_at) {
                     return left_spooled(name, spool);
                 }
             }
@@ -391,6 +395,55 @@ fn deliver(
         if spool.drain_over() {
             return left_spooled(name, spool);
         }
+    }
+}
+
+/// The messages written at least [`CONFIRM_AFTER`] ago behind a healthy connection, taken from
+/// `written`: delivered.
+fn take_confirmed(written: &mut VecDeque<(u64, Instant)>) -> Vec<u64> {
+    let mut confirmed = Vec::new();
+    while written
+        .front()
+        .is_some_and(|w| w.1.elapsed() >= CONFIRM_AFTER)
+    {
+        if let Some((k, _)) = written.pop_front() {
+            confirmed.push(k);
+        }
+    }
+    confirmed
+}
+
+/// A delivery's health: the backoff, since when it fails, when that was last logged.
+#[derive(Default)]
+struct Health {
+    /// The wait before the next try.
+    backoff: super::backoff::Backoff,
+    /// Since when sends fail.
+    failing_since: Option<Instant>,
+    /// When the failure was last logged.
+    last_warn: Option<Instant>,
+}
+
+impl Health {
+    /// A send went through: logs the recovery, if it was failing.
+    fn delivered(&mut self, name: &str) {
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(sink = %name, after_s = since.elapsed().as_secs(), "sink delivering again");
+        }
+        self.backoff.succeeded();
+    }
+
+    /// A send failed: logs it (at most every 30 s) and returns when to try again.
+    fn failed(&mut self, name: &str, e: &dyn std::fmt::Display, spool: &Spool) -> Instant {
+        self.failing_since.get_or_insert_with(Instant::now);
+        if self
+            .last_warn
+            .is_none_or(|w| w.elapsed() >= Duration::from_secs(30))
+        {
+            tracing::warn!(sink = %name, error = %e, spooled = spool.len(), retry_in_ms = self.backoff.delay().as_millis() as u64, "sink delivery failed; messages stay spooled");
+            self.last_warn = Some(Instant::now());
+        }
+        self.backoff.failed()
     }
 }
 

@@ -556,9 +556,15 @@ fn deliver(
     spool: &Spool,
     stats: &EmailStats,
 ) -> Result<(), SpoolError> {
-    let Limits { window, per_window } = limits;
-    let mut recent: BTreeMap<Vec<String>, VecDeque<Instant>> = BTreeMap::new();
-    let mut backoff = Backoff::default();
+    let mut outbox = Outbox {
+        transport,
+        from,
+        spool,
+        stats,
+        limits,
+        recent: BTreeMap::new(),
+        backoff: Backoff::default(),
+    };
     loop {
         let seen = spool.version();
         if spool.drain_over() || (spool.drain_until().is_some() && spool.is_empty()) {
@@ -575,86 +581,143 @@ fn deliver(
             spool.wait_change(seen, spool.drain_until());
             continue;
         }
-        // Group by recipient list, oldest first.
-        let mut groups: BTreeMap<Vec<String>, Vec<(u64, Item)>> = BTreeMap::new();
+        let pass = outbox.pass(outbox.group(batch)?)?;
+        if pass.failed {
+            spool.wait_closed(outbox.backoff.failed());
+        } else if !pass.progressed {
+            // Everything waiting is rate limited: wait for room, a new email or the close.
+            spool.wait_change(seen, earliest(pass.room_at, spool.drain_until()));
+        }
+    }
+}
+
+/// Spooled emails by recipient list, oldest first, with their spool keys.
+type Groups = BTreeMap<Vec<String>, Vec<(u64, Item)>>;
+
+/// The delivery loop's state: where it sends, when each recipient list was sent to, the backoff.
+struct Outbox<'s> {
+    /// The SMTP connection settings.
+    transport: SmtpTransport,
+    /// The sender.
+    from: Mailbox,
+    /// The spool emails wait in.
+    spool: &'s Spool,
+    /// The counters for `/metrics`.
+    stats: &'s EmailStats,
+    /// Emails per recipient list per window.
+    limits: Limits,
+    /// When each recipient list was sent to, within the window.
+    recent: BTreeMap<Vec<String>, VecDeque<Instant>>,
+    /// The wait after a transient failure.
+    backoff: Backoff,
+}
+
+/// What one pass over the spooled emails did.
+#[derive(Default)]
+struct Pass {
+    /// An email left the spool (sent or dropped for good).
+    progressed: bool,
+    /// A send failed for now: wait out the backoff.
+    failed: bool,
+    /// When a rate-limited recipient list next has room.
+    room_at: Option<Instant>,
+}
+
+impl Outbox<'_> {
+    /// The batch by recipient list; an email that does not decode is removed (and logged).
+    fn group(&self, batch: Vec<(u64, Vec<u8>)>) -> Result<Groups, SpoolError> {
+        let mut groups = Groups::new();
         for (k, v) in batch {
             match serde_json::from_slice::<Item>(&v) {
                 Ok(item) => groups.entry(item.to.clone()).or_default().push((k, item)),
                 Err(e) => {
                     tracing::error!(error = %e, "an email in the spool does not decode; removed");
-                    spool.remove([k])?;
+                    self.spool.remove([k])?;
                 }
             }
         }
-        let mut progressed = false;
-        let mut failed = false;
-        // When a rate-limited recipient list next has room.
-        let mut room_at: Option<Instant> = None;
+        Ok(groups)
+    }
+
+    /// Sends each recipient list's emails within its rate (the excess as one digest), until a
+    /// send fails for now.
+    fn pass(&mut self, groups: Groups) -> Result<Pass, SpoolError> {
+        let mut pass = Pass::default();
+        let window = self.limits.window;
         for (to, items) in groups {
-            let sent_at = recent.entry(to.clone()).or_default();
+            let sent_at = self.recent.entry(to.clone()).or_default();
             while sent_at.front().is_some_and(|t| t.elapsed() >= window) {
                 sent_at.pop_front();
             }
-            let room = per_window.saturating_sub(sent_at.len());
+            let room = self.limits.per_window.saturating_sub(sent_at.len());
             if room == 0 {
-                room_at = earliest(room_at, sent_at.front().map(|t| *t + window));
+                pass.room_at = earliest(pass.room_at, sent_at.front().map(|t| *t + window));
                 continue;
             }
-            // Send singly while there is room for every remaining item; otherwise the last slot
-            // carries a digest of the rest.
-            let singles = if items.len() <= room {
-                items.len()
-            } else {
-                room - 1
-            };
-            let mut plan: Vec<(Vec<u64>, Item)> = items[..singles]
-                .iter()
-                .map(|(k, i)| (vec![*k], i.clone()))
-                .collect();
-            if singles < items.len() {
-                let rest: Vec<Item> = items[singles..].iter().map(|(_, i)| i.clone()).collect();
-                let keys = items[singles..].iter().map(|(k, _)| *k).collect();
-                plan.push((keys, digest(&rest)));
-            }
-            for (keys, item) in plan {
-                match send(&transport, &from, &item) {
-                    Sent::Ok => {
-                        stats.sent.fetch_add(1, Ordering::Relaxed);
-                        if keys.len() > 1 {
-                            stats
-                                .digested
-                                .fetch_add(keys.len() as u64, Ordering::Relaxed);
-                        }
-                        sent_at.push_back(Instant::now());
-                        spool.remove(keys)?;
-                        progressed = true;
-                        backoff.succeeded();
-                    }
-                    Sent::Permanent(e) => {
-                        stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, recipients = to.len(), subject = %item.subject, "email rejected for good; dropped");
-                        spool.remove(keys)?;
-                        progressed = true;
-                    }
-                    Sent::Transient(e) => {
-                        stats.transient_failures.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(error = %e, retry_in_ms = backoff.delay().as_millis() as u64, "email not sent; will retry");
-                        failed = true;
-                        break;
-                    }
+            for (keys, item) in plan(&items, room) {
+                if self.send_one(&to, keys, &item)? {
+                    pass.progressed = true;
+                } else {
+                    pass.failed = true;
+                    return Ok(pass);
                 }
             }
-            if failed {
-                break;
+        }
+        Ok(pass)
+    }
+
+    /// Sends one email (or digest) standing for the spooled `keys`; `false` when it failed for
+    /// now (it stays spooled). Sent or refused for good, it leaves the spool.
+    fn send_one(&mut self, to: &[String], keys: Vec<u64>, item: &Item) -> Result<bool, SpoolError> {
+        let stats = self.stats;
+        match send(&self.transport, &self.from, item) {
+            Sent::Ok => {
+                stats.sent.fetch_add(1, Ordering::Relaxed);
+                if keys.len() > 1 {
+                    stats
+                        .digested
+                        .fetch_add(keys.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(sent_at) = self.recent.get_mut(to) {
+                    sent_at.push_back(Instant::now());
+                }
+                self.spool.remove(keys)?;
+                self.backoff.succeeded();
+                Ok(true)
+            }
+            Sent::Permanent(e) => {
+                stats.permanent_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, recipients = to.len(), subject = %item.subject, "email rejected for good; dropped");
+                self.spool.remove(keys)?;
+                Ok(true)
+            }
+            Sent::Transient(e) => {
+                stats.transient_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, retry_in_ms = self.backoff.delay().as_millis() as u64, "email not sent; will retry");
+                Ok(false)
             }
         }
-        if failed {
-            spool.wait_closed(backoff.failed());
-        } else if !progressed {
-            // Everything waiting is rate limited: wait for room, a new email or the close.
-            spool.wait_change(seen, earliest(room_at, spool.drain_until()));
-        }
     }
+}
+
+/// What to send of one recipient list's `items` with `room` sends left in its window: each
+/// singly while there is room for every one; otherwise the last slot carries a digest of the rest.
+fn plan(items: &[(u64, Item)], room: usize) -> Vec<(Vec<u64>, Item)> {
+    let singles = if items.len() <= room {
+        items.len()
+    } else {
+        room - 1
+    };
+    let mut plan: Vec<(Vec<u64>, Item)> = items[..singles]
+        .iter()
+        .map(|(k, i)| (vec![*k], i.clone()))
+        .collect();
+    if singles < items.len() {
+        let rest: Vec<Item> = items[singles..].iter().map(|(_, i)| i.clone()).collect();
+        let keys = items[singles..].iter().map(|(k, _)| *k).collect();
+        plan.push((keys, digest(&rest)));
+    }
+    plan
 }
 
 #[cfg(test)]
