@@ -583,47 +583,7 @@ impl Engine {
         let bp = self.set.get(cohort.bp);
         let s = &cohort.state.shifts[k];
         let key = &cohort.state.key;
-        let what = match s.kind {
-            ShiftKind::Rate => format!(
-                "{} of its {} agents with a baseline here make {:.1}× their usual calls (the median)",
-                s.shown.0, s.shown.1, s.factor
-            ),
-            ShiftKind::Volume => format!(
-                "{} of its {} active agents moved unusually large data (a run {:.0}× its tools' usual sizes)",
-                s.shown.0, s.shown.1, s.factor
-            ),
-            ShiftKind::OffHours => format!(
-                "{} of its {} active agents work at an hour or on a day they do not",
-                s.shown.0, s.shown.1
-            ),
-            ShiftKind::Sequence => format!(
-                "{} of its {} active agents made rule {} ({}) in a form they never made",
-                s.shown.0,
-                s.shown.1,
-                s.rule,
-                bp.sequences
-                    .get(s.rule as usize)
-                    .map_or(String::new(), |r| r.pattern.join(" → "))
-            ),
-        };
-        let description = match status {
-            Status::Open => format!(
-                "Fleet shift in cohort {key:?} ({}): {what} within {}. Findings of its agents that \
-                 the shift explains are not incidents and add no kill weight; an agent far beyond \
-                 it is still judged on its own.",
-                s.kind.as_str(),
-                crate::detect::human_ms(window_ms)
-            ),
-            Status::Closed => format!(
-                "Fleet shift in cohort {key:?} ({}) ended: {} finding(s) of {} agent(s) explained \
-                 over {} (peak {:.1}×).",
-                s.kind.as_str(),
-                s.explained,
-                s.members,
-                crate::detect::human_ms(s.confirmed - s.start),
-                s.peak
-            ),
-        };
+        let description = describe_shift(s, key, bp, status, window_ms);
         let (observed, expected, unit) = match s.kind {
             ShiftKind::Rate | ShiftKind::Volume => (f64::from(s.factor), 1.0, "factor"),
             _ => (f64::from(s.shown.0), f64::from(s.shown.1), "agents"),
@@ -663,6 +623,58 @@ impl Engine {
             suppressed_by: None,
             agents: s.agents.clone(),
         }
+    }
+}
+
+/// What a `fleet_shift` record says: the shift of cohort `key` (under blueprint `bp`) as it
+/// opens (within `window_ms`) or as it closes (what it explained).
+fn describe_shift(
+    s: &OpenShift,
+    key: &str,
+    bp: &crate::blueprint::Blueprint,
+    status: Status,
+    window_ms: i64,
+) -> String {
+    let what = match s.kind {
+        ShiftKind::Rate => format!(
+            "{} of its {} agents with a baseline here make {:.1}× their usual calls (the median)",
+            s.shown.0, s.shown.1, s.factor
+        ),
+        ShiftKind::Volume => format!(
+            "{} of its {} active agents moved unusually large data (a run {:.0}× its tools' usual sizes)",
+            s.shown.0, s.shown.1, s.factor
+        ),
+        ShiftKind::OffHours => format!(
+            "{} of its {} active agents work at an hour or on a day they do not",
+            s.shown.0, s.shown.1
+        ),
+        ShiftKind::Sequence => format!(
+            "{} of its {} active agents made rule {} ({}) in a form they never made",
+            s.shown.0,
+            s.shown.1,
+            s.rule,
+            bp.sequences
+                .get(s.rule as usize)
+                .map_or(String::new(), |r| r.pattern.join(" → "))
+        ),
+    };
+    match status {
+        Status::Open => format!(
+            "Fleet shift in cohort {key:?} ({}): {what} within {}. Findings of its agents that \
+             the shift explains are not incidents and add no kill weight; an agent far beyond \
+             it is still judged on its own.",
+            s.kind.as_str(),
+            crate::detect::human_ms(window_ms)
+        ),
+        Status::Closed => format!(
+            "Fleet shift in cohort {key:?} ({}) ended: {} finding(s) of {} agent(s) explained \
+             over {} (peak {:.1}×).",
+            s.kind.as_str(),
+            s.explained,
+            s.members,
+            crate::detect::human_ms(s.confirmed - s.start),
+            s.peak
+        ),
     }
 }
 

@@ -443,17 +443,8 @@ impl Engine {
         identity: Option<Identity>,
         out: &mut Vec<Incident>,
     ) {
-        // An event delivered again changes nothing but its counter.
-        let delivery = identity.map_or(Delivery::First, |id| {
-            self.seen.deliver_identity(ev.ts_ms, id)
-        });
-        match delivery {
-            Delivery::First => {}
-            Delivery::Duplicate => {
-                self.stats.duplicates += 1;
-                return;
-            }
-            Delivery::Conflict => self.stats.id_conflicts += 1,
+        if !self.first_delivery(ev.ts_ms, identity) {
+            return;
         }
         let i = match i {
             Some(i) => i as usize,
@@ -470,14 +461,7 @@ impl Engine {
             o.saturating_add(bp.learned.learning_period_ms)
         });
         let st = &mut agent.state;
-        st.events += 1;
-        st.first_seen = st.first_seen.min(ev.ts_ms);
-        st.last_seen = st.last_seen.max(ev.ts_ms);
-        if st.environment.is_none() {
-            if let Some(env) = &ev.environment {
-                st.environment = Some(env.to_string());
-            }
-        }
+        count_call(st, ev);
         self.stats.events += 1;
 
         let input = Input {
@@ -523,6 +507,24 @@ impl Engine {
         self.conclude(i, ev.ts_ms, &ev.event_id, &ev.tool_name, out);
         self.settle_if_final(i, out);
         self.sweep(out);
+    }
+
+    /// Whether an event with this identity is delivered for the first time: a re-delivery
+    /// changes nothing but its counter; an identity reused for other content is counted and
+    /// the event goes on.
+    fn first_delivery(&mut self, ts: i64, identity: Option<Identity>) -> bool {
+        let delivery = identity.map_or(Delivery::First, |id| self.seen.deliver_identity(ts, id));
+        match delivery {
+            Delivery::First => true,
+            Delivery::Duplicate => {
+                self.stats.duplicates += 1;
+                false
+            }
+            Delivery::Conflict => {
+                self.stats.id_conflicts += 1;
+                true
+            }
+        }
     }
 
     /// Judges now the calls of the agent at position `i` that the partition's watermark has
@@ -640,15 +642,12 @@ impl Engine {
         } else {
             self.cohorts[ci].state.kills.check(&bp.kill, ts).err()
         };
-        let hold = if bp.dry_run() {
-            Some(Suppression::Monitor)
-        } else if learning {
-            Some(Suppression::Learning)
-        } else if spent.is_some() {
-            Some(Suppression::Budget)
-        } else {
-            cohort_spent.map(|_| Suppression::Cohort)
-        };
+        let hold = hold_reason(
+            bp.dry_run(),
+            learning,
+            spent.is_some(),
+            cohort_spent.is_some(),
+        );
         let Some(d) = st.kill.decide(&bp.kill, &st.agent_id, ts, hold) else {
             return;
         };
@@ -1067,21 +1066,7 @@ fn make_incident(
     f: Finding,
     action: Action,
 ) -> Incident {
-    let (kind, severity, about, verdict) = match f.judgement {
-        Judgement::New => (f.kind, f.severity, None, None),
-        Judgement::Routine => (
-            IncidentType::Baseline,
-            Severity::Low,
-            Some(f.kind),
-            Some(Verdict::Routine),
-        ),
-        Judgement::Learning => (
-            IncidentType::Baseline,
-            Severity::Low,
-            Some(f.kind),
-            Some(Verdict::Learning),
-        ),
-    };
+    let (kind, severity, about, verdict) = judged(&f);
     let (incident_id, status, count, at) = match &f.closing {
         Some(c) => (
             incident_id(
@@ -1144,6 +1129,65 @@ fn make_incident(
         baseline: f.facts,
         suppressed_by: None,
         agents: Vec::new(),
+    }
+}
+
+/// Why a due kill is held back, if it is, in order: monitor mode or dry run, the learning
+/// period, the fleet's kill budget, the cohort's.
+fn hold_reason(
+    dry_run: bool,
+    learning: bool,
+    budget_spent: bool,
+    cohort_spent: bool,
+) -> Option<Suppression> {
+    if dry_run {
+        Some(Suppression::Monitor)
+    } else if learning {
+        Some(Suppression::Learning)
+    } else if budget_spent {
+        Some(Suppression::Budget)
+    } else {
+        cohort_spent.then_some(Suppression::Cohort)
+    }
+}
+
+/// A finding's type and severity as its judgement makes them: a new finding keeps its own; a
+/// routine one, or one during learning, is a low `baseline` record about its type, with the
+/// verdict.
+fn judged(
+    f: &Finding,
+) -> (
+    IncidentType,
+    Severity,
+    Option<IncidentType>,
+    Option<Verdict>,
+) {
+    match f.judgement {
+        Judgement::New => (f.kind, f.severity, None, None),
+        Judgement::Routine => (
+            IncidentType::Baseline,
+            Severity::Low,
+            Some(f.kind),
+            Some(Verdict::Routine),
+        ),
+        Judgement::Learning => (
+            IncidentType::Baseline,
+            Severity::Low,
+            Some(f.kind),
+            Some(Verdict::Learning),
+        ),
+    }
+}
+
+/// An agent's own counts of a call: events, first and last seen, its environment once known.
+fn count_call(st: &mut AgentState, ev: &AuditEvent<'_>) {
+    st.events += 1;
+    st.first_seen = st.first_seen.min(ev.ts_ms);
+    st.last_seen = st.last_seen.max(ev.ts_ms);
+    if st.environment.is_none() {
+        if let Some(env) = &ev.environment {
+            st.environment = Some(env.to_string());
+        }
     }
 }
 

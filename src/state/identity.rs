@@ -293,57 +293,70 @@ impl Identities {
                 }
                 Resolution::Skipped
             }
-            EntryKind::ToolCall if named => {
-                if let Some(s) = ev.session.as_deref() {
-                    match self.agent_of(s) {
-                        None => {
-                            let agent = ev.agent_id.to_string();
-                            self.bind(s, agent, ev.ts_ms, source_of(ev), true, killed);
-                        }
-                        Some(a) if a == ev.agent_id.as_ref() => self.touch(s, ev.ts_ms),
-                        Some(a) => {
-                            let bound = a.to_string();
-                            self.conflicts_with(s, &ev.agent_id, ev.ts_ms, true);
-                            self.touch(s, ev.ts_ms);
-                            ev.agent_id = Cow::Owned(bound);
-                            return Resolution::Reattributed;
-                        }
-                    }
+            EntryKind::ToolCall if named => self.named_call(ev, resolved_in_record, killed),
+            EntryKind::ToolCall => self.unnamed_call(ev),
+        }
+    }
+
+    /// A tool call that names its agent: binds its session when new; a session bound to another
+    /// agent keeps it (the call is reattributed, the conflict reported).
+    fn named_call(
+        &mut self,
+        ev: &mut AuditEvent<'_>,
+        resolved_in_record: bool,
+        killed: &dyn Fn(&str) -> bool,
+    ) -> Resolution {
+        if let Some(s) = ev.session.as_deref() {
+            match self.agent_of(s) {
+                None => {
+                    let agent = ev.agent_id.to_string();
+                    self.bind(s, agent, ev.ts_ms, source_of(ev), true, killed);
                 }
-                if resolved_in_record {
-                    Resolution::Resolved
-                } else {
-                    Resolution::Named
+                Some(a) if a == ev.agent_id.as_ref() => self.touch(s, ev.ts_ms),
+                Some(a) => {
+                    let bound = a.to_string();
+                    self.conflicts_with(s, &ev.agent_id, ev.ts_ms, true);
+                    self.touch(s, ev.ts_ms);
+                    ev.agent_id = Cow::Owned(bound);
+                    return Resolution::Reattributed;
                 }
-            }
-            EntryKind::ToolCall => {
-                let Some(s) = ev.session.as_deref() else {
-                    return Resolution::Unresolved;
-                };
-                let Some(b) = self.map.get_mut(s) else {
-                    return Resolution::Unresolved;
-                };
-                // One allocation per call (the agent id); the session's use is recorded at most
-                // every TOUCH_MS.
-                let agent = b.agent.clone();
-                if !b.used {
-                    b.used = true;
-                    let (hour, source) = (b.counted_in, b.source.clone());
-                    self.uncount(hour, source.as_deref());
-                }
-                let Some(b) = self.map.get_mut(s) else {
-                    return Resolution::Unresolved;
-                };
-                if ev.ts_ms.saturating_sub(b.last_used) >= TOUCH_MS {
-                    b.last_used = ev.ts_ms;
-                    self.changed.insert(s.to_string());
-                }
-                self.latest = self.latest.max(ev.ts_ms);
-                ev.agent_id = Cow::Owned(agent);
-                ev.agent_source = AgentSource::Named;
-                Resolution::Resolved
             }
         }
+        if resolved_in_record {
+            Resolution::Resolved
+        } else {
+            Resolution::Named
+        }
+    }
+
+    /// A tool call without its agent: its session's agent when known, the session's use
+    /// recorded.
+    fn unnamed_call(&mut self, ev: &mut AuditEvent<'_>) -> Resolution {
+        let Some(s) = ev.session.as_deref() else {
+            return Resolution::Unresolved;
+        };
+        let Some(b) = self.map.get_mut(s) else {
+            return Resolution::Unresolved;
+        };
+        // One allocation per call (the agent id); the session's use is recorded at most
+        // every TOUCH_MS.
+        let agent = b.agent.clone();
+        if !b.used {
+            b.used = true;
+            let (hour, source) = (b.counted_in, b.source.clone());
+            self.uncount(hour, source.as_deref());
+        }
+        let Some(b) = self.map.get_mut(s) else {
+            return Resolution::Unresolved;
+        };
+        if ev.ts_ms.saturating_sub(b.last_used) >= TOUCH_MS {
+            b.last_used = ev.ts_ms;
+            self.changed.insert(s.to_string());
+        }
+        self.latest = self.latest.max(ev.ts_ms);
+        ev.agent_id = Cow::Owned(agent);
+        ev.agent_source = AgentSource::Named;
+        Resolution::Resolved
     }
 
     /// Whether `session` is bound to another agent than `named`; if so, the conflict is reported
