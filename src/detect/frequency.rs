@@ -327,46 +327,8 @@ pub fn observe(
     if !obs.in_order {
         return;
     }
-    if let Some(c) = st.episode.expire(obs.ts, &bp.dedup) {
-        out.push(Finding::closing(
-            IncidentType::FrequencySpike,
-            bp.severities.frequency_spike,
-            c,
-            "calls",
-            0,
-        ));
-    }
-    if let Some(c) = st.count_volume.expire(obs.ts, &bp.dedup) {
-        out.push(Finding::closing(
-            IncidentType::VolumeSpike,
-            bp.severities.volume_spike,
-            c,
-            "calls",
-            1,
-        ));
-    }
-    if !st.calls.fits(bp.window_ms, bp.allowed_lateness_ms) {
-        st.calls = Ring::new(bp.window_ms, bp.allowed_lateness_ms);
-    }
-    st.calls.add(obs.ts, 1);
-    // A five-minute bucket is complete: learn how clustered the agent's calls are from it and
-    // from the empty buckets since (up to an hour of them), unless it was part of an incident.
-    if let Some((latest, count)) = st.scales.latest() {
-        let b = obs.ts.div_euclid(super::scales::BUCKET_MS);
-        if b > latest && st.limits.source == Source::Agent && !st.episode.is_open() {
-            let e = f64::from(st.limits.expected[0]);
-            st.dispersion.learn(count, e);
-            for _ in 0..(b - latest - 1).min(11) {
-                st.dispersion.learn(0, e);
-            }
-        }
-    }
-    st.scales.add(obs.ts);
-    if obs.ts.saturating_sub(st.last_call) >= TURN_GAP_MS {
-        st.turns.add(obs.ts);
-    }
-    st.last_call = st.last_call.max(obs.ts);
-    let count = st.calls.max_window_containing(obs.ts);
+    close_expired(bp, st, obs.ts, out);
+    let count = count_call(bp, st, obs.ts);
 
     let key = i64::from(obs.local.day) * 24 + i64::from(obs.local.hour);
     if st.limits.key != key || st.limits.epoch != ctx.cohort.epoch {
@@ -375,17 +337,9 @@ pub fn observe(
     let learned = learned_violation(bp, st, obs.ts);
     let static_over = bp.frequency_threshold.filter(|t| count > *t);
     let volume_over = bp.count_volume_threshold.filter(|t| count > *t);
-    let routine = (static_over.is_some() || volume_over.is_some()) && learned.is_none() && {
-        let l = &mut st.limits;
-        if l.routine_max == 0 && l.source == Source::Agent {
-            let e = f64::from(l.rate) * bp.window_ms as f64 / crate::detect::HOUR_MS as f64;
-            l.routine_max = improbable_from(l.dispersion, l.cv, e, bp.learned.sensitivity)
-                .max((2.0 * e) as u32)
-                .max(1);
-        }
-        (l.source == Source::Agent && count <= l.routine_max)
-            || st.habit.is_routine(bp.learned.routine_days)
-    };
+    let routine = (static_over.is_some() || volume_over.is_some())
+        && learned.is_none()
+        && routine_count(bp, st, count);
     let mode = bp.routine.frequency;
     let folded = ctx.off_hours_open;
 
@@ -406,45 +360,142 @@ pub fn observe(
     }
     let new_learned = learned.filter(|_| !ctx.learning);
     if (new_static.is_some() || new_learned.is_some()) && !folded {
-        let observed = f64::from(count);
-        let step = st.episode.violate(obs.ts, observed, &bp.dedup, || {
-            obs.opening(basis_of(new_static))
-        });
-        if step == Step::Opened {
-            out.push(match (new_static, new_learned) {
-                (Some(t), _) => static_finding(bp, st, obs, count, t),
-                (None, Some((i, c, what))) => learned_finding(bp, st, obs, i, c, what),
-                (None, None) => return,
-            });
-        }
+        open_episode(bp, st, obs, count, new_static, new_learned, out);
     }
 
     // The peer's count-based volume threshold, judged the same way.
     if let Some(t) = volume_over {
-        if judge(mode, ctx.learning, routine) == Judgement::New
-            && st
-                .count_volume
-                .violate(obs.ts, f64::from(count), &bp.dedup, || {
-                    obs.opening(Basis::Static)
-                })
-                == Step::Opened
-        {
-            let mut f = window_finding(
-                bp,
-                IncidentType::VolumeSpike,
-                bp.severities.volume_spike,
-                obs,
-                count,
-                t,
-            );
-            f.disc = 1;
-            f.description = format!(
-                "Agent {:?} exceeded the volume threshold: {count} actions in {} (limit {t}).",
-                obs.agent_id,
-                human_ms(bp.window_ms)
-            );
-            out.push(f);
+        if judge(mode, ctx.learning, routine) == Judgement::New {
+            count_volume(bp, st, obs, count, t, out);
         }
+    }
+}
+
+/// Closes the frequency and count-volume episodes that ended before event time `ts`.
+fn close_expired(bp: &Blueprint, st: &mut FrequencyState, ts: i64, out: &mut Vec<Finding>) {
+    if let Some(c) = st.episode.expire(ts, &bp.dedup) {
+        out.push(Finding::closing(
+            IncidentType::FrequencySpike,
+            bp.severities.frequency_spike,
+            c,
+            "calls",
+            0,
+        ));
+    }
+    if let Some(c) = st.count_volume.expire(ts, &bp.dedup) {
+        out.push(Finding::closing(
+            IncidentType::VolumeSpike,
+            bp.severities.volume_spike,
+            c,
+            "calls",
+            1,
+        ));
+    }
+}
+
+/// Counts a call at `ts` in the static window, the learned windows and the turns (learning the
+/// dispersion from the buckets it completes); returns the calls in the static window.
+fn count_call(bp: &Blueprint, st: &mut FrequencyState, ts: i64) -> u32 {
+    if !st.calls.fits(bp.window_ms, bp.allowed_lateness_ms) {
+        st.calls = Ring::new(bp.window_ms, bp.allowed_lateness_ms);
+    }
+    st.calls.add(ts, 1);
+    learn_dispersion(st, ts);
+    st.scales.add(ts);
+    if ts.saturating_sub(st.last_call) >= TURN_GAP_MS {
+        st.turns.add(ts);
+    }
+    st.last_call = st.last_call.max(ts);
+    st.calls.max_window_containing(ts)
+}
+
+/// When a call at `ts` completes a five-minute bucket: learns how clustered the agent's calls are
+/// from it and from the empty buckets since (up to an hour of them), unless it was part of an
+/// incident.
+#[inline]
+fn learn_dispersion(st: &mut FrequencyState, ts: i64) {
+    if let Some((latest, count)) = st.scales.latest() {
+        let b = ts.div_euclid(super::scales::BUCKET_MS);
+        if b > latest && st.limits.source == Source::Agent && !st.episode.is_open() {
+            let e = f64::from(st.limits.expected[0]);
+            st.dispersion.learn(count, e);
+            for _ in 0..(b - latest - 1).min(11) {
+                st.dispersion.learn(0, e);
+            }
+        }
+    }
+}
+
+/// Whether `count` calls in the static window are routine for the agent: ordinary at its own
+/// rate (the most that is, computed once per hour), or over the threshold on `routine_days`.
+fn routine_count(bp: &Blueprint, st: &mut FrequencyState, count: u32) -> bool {
+    let l = &mut st.limits;
+    if l.routine_max == 0 && l.source == Source::Agent {
+        let e = f64::from(l.rate) * bp.window_ms as f64 / crate::detect::HOUR_MS as f64;
+        l.routine_max = improbable_from(l.dispersion, l.cv, e, bp.learned.sensitivity)
+            .max((2.0 * e) as u32)
+            .max(1);
+    }
+    (l.source == Source::Agent && count <= l.routine_max)
+        || st.habit.is_routine(bp.learned.routine_days)
+}
+
+/// Counts a new static (`new_static`: its threshold) or learned violation in the frequency
+/// episode; the finding when it opens one.
+fn open_episode(
+    bp: &Blueprint,
+    st: &mut FrequencyState,
+    obs: &Observation<'_>,
+    count: u32,
+    new_static: Option<u32>,
+    new_learned: Option<(usize, u32, Counted)>,
+    out: &mut Vec<Finding>,
+) {
+    let observed = f64::from(count);
+    let step = st.episode.violate(obs.ts, observed, &bp.dedup, || {
+        obs.opening(basis_of(new_static))
+    });
+    if step == Step::Opened {
+        out.push(match (new_static, new_learned) {
+            (Some(t), _) => static_finding(bp, st, obs, count, t),
+            (None, Some((i, c, what))) => learned_finding(bp, st, obs, i, c, what),
+            (None, None) => return,
+        });
+    }
+}
+
+/// Counts a new violation of the count-based volume threshold `t` (`count` calls) in its
+/// episode; the finding when it opens one.
+fn count_volume(
+    bp: &Blueprint,
+    st: &mut FrequencyState,
+    obs: &Observation<'_>,
+    count: u32,
+    t: u32,
+    out: &mut Vec<Finding>,
+) {
+    if st
+        .count_volume
+        .violate(obs.ts, f64::from(count), &bp.dedup, || {
+            obs.opening(Basis::Static)
+        })
+        == Step::Opened
+    {
+        let mut f = window_finding(
+            bp,
+            IncidentType::VolumeSpike,
+            bp.severities.volume_spike,
+            obs,
+            count,
+            t,
+        );
+        f.disc = 1;
+        f.description = format!(
+            "Agent {:?} exceeded the volume threshold: {count} actions in {} (limit {t}).",
+            obs.agent_id,
+            human_ms(bp.window_ms)
+        );
+        out.push(f);
     }
 }
 
@@ -477,7 +528,8 @@ fn window_finding(
     f
 }
 
-fn basis_of(static_over: Option<u32>) -> Basis {
+/// The basis of a finding about an event: static when it is over a static threshold.
+pub(super) fn basis_of<T>(static_over: Option<T>) -> Basis {
     if static_over.is_some() {
         Basis::Static
     } else {

@@ -282,39 +282,8 @@ pub fn observe(
     if st.habits.len() != 31 {
         st.habits = vec![Habit::default(); 31];
     }
-    let cell = if by_hour {
-        usize::from(l.hour % 24)
-    } else {
-        24 + usize::from(l.weekday % 7)
-    };
-    let mode = bp.routine.off_hours;
     if over_static {
-        let routine =
-            works_then(bp, ctx, l, by_hour) || st.habits[cell].is_routine(bp.learned.routine_days);
-        match judge(mode, ctx.learning, routine) {
-            Judgement::New => {
-                if st
-                    .episode
-                    .violate(obs.ts, 1.0, &bp.dedup, || obs.opening(Basis::Static))
-                    == Step::Opened
-                {
-                    let mut f = static_finding(bp, ctx, obs, by_hour, &st.habits[cell]);
-                    f.shift = Some(ShiftTest::OffHours);
-                    out.push(f);
-                }
-            }
-            j => {
-                let h = &mut st.habits[cell];
-                if h.report(j, mode, l.day, 1.0, !obs.in_order) == Report::Say {
-                    let why = format!(
-                        "Routine for this agent (it works then on {} days); reported once.",
-                        h.days
-                    );
-                    let f = static_finding(bp, ctx, obs, by_hour, h).into_baseline(j, &why);
-                    out.push(f);
-                }
-            }
-        }
+        static_check(bp, st, ctx, obs, by_hour, out);
         return;
     }
     if !obs.in_order || ctx.learning {
@@ -331,33 +300,83 @@ pub fn observe(
                 obs.opening(Basis::Learned)
             });
         if step == Step::Opened {
-            let mut f = Finding::new(
-                IncidentType::OffHours,
-                Basis::Learned,
-                bp.severities.off_hours,
-            );
-            f.observed = f64::from(r.count);
-            f.expected = r.expected;
-            f.unit = "calls";
-            f.window_start = obs.ts.div_euclid(super::HOUR_MS) * super::HOUR_MS;
-            f.window_end = obs.ts;
-            f.description = format!(
-                "Agent {:?} made {} ({:.2} expected at this time).",
-                obs.agent_id,
-                r.describe(l),
-                r.expected
-            );
-            f.facts = Some(BaselineFacts {
-                source: Source::Agent,
-                history_days: obs.history_days,
-                samples: r.samples,
-                seen_before: r.seen,
-            });
-            f.weighs = obs.warm;
-            f.shift = Some(ShiftTest::OffHours);
-            out.push(f);
+            out.push(learned_finding(bp, obs, &r));
         }
     }
+}
+
+/// The static check of an event outside the blueprint's hours (`by_hour`) or working days:
+/// judged against the agent, it opens an incident or is reported as a baseline finding.
+fn static_check(
+    bp: &Blueprint,
+    st: &mut OffHoursState,
+    ctx: &Context<'_>,
+    obs: &Observation<'_>,
+    by_hour: bool,
+    out: &mut Vec<Finding>,
+) {
+    let l = obs.local;
+    let cell = if by_hour {
+        usize::from(l.hour % 24)
+    } else {
+        24 + usize::from(l.weekday % 7)
+    };
+    let mode = bp.routine.off_hours;
+    let routine =
+        works_then(bp, ctx, l, by_hour) || st.habits[cell].is_routine(bp.learned.routine_days);
+    match judge(mode, ctx.learning, routine) {
+        Judgement::New => {
+            if st
+                .episode
+                .violate(obs.ts, 1.0, &bp.dedup, || obs.opening(Basis::Static))
+                == Step::Opened
+            {
+                let mut f = static_finding(bp, ctx, obs, by_hour, &st.habits[cell]);
+                f.shift = Some(ShiftTest::OffHours);
+                out.push(f);
+            }
+        }
+        j => {
+            let h = &mut st.habits[cell];
+            if h.report(j, mode, l.day, 1.0, !obs.in_order) == Report::Say {
+                let why = format!(
+                    "Routine for this agent (it works then on {} days); reported once.",
+                    h.days
+                );
+                let f = static_finding(bp, ctx, obs, by_hour, h).into_baseline(j, &why);
+                out.push(f);
+            }
+        }
+    }
+}
+
+/// The learned finding about the rare day or hour `r`.
+fn learned_finding(bp: &Blueprint, obs: &Observation<'_>, r: &Rare) -> Finding {
+    let mut f = Finding::new(
+        IncidentType::OffHours,
+        Basis::Learned,
+        bp.severities.off_hours,
+    );
+    f.observed = f64::from(r.count);
+    f.expected = r.expected;
+    f.unit = "calls";
+    f.window_start = obs.ts.div_euclid(super::HOUR_MS) * super::HOUR_MS;
+    f.window_end = obs.ts;
+    f.description = format!(
+        "Agent {:?} made {} ({:.2} expected at this time).",
+        obs.agent_id,
+        r.describe(obs.local),
+        r.expected
+    );
+    f.facts = Some(BaselineFacts {
+        source: Source::Agent,
+        history_days: obs.history_days,
+        samples: r.samples,
+        seen_before: r.seen,
+    });
+    f.weighs = obs.warm;
+    f.shift = Some(ShiftTest::OffHours);
+    f
 }
 
 fn static_finding(

@@ -287,30 +287,7 @@ fn judge_match(
         samples: mem.counts.total(),
         seen_before: mem.counts.at_most(form),
     };
-    let say = match j {
-        Judgement::New => {
-            mem.new[form].see(day);
-            Report::Say
-        }
-        j => {
-            // The agent counts among the peers making each form at least this tight the first
-            // time it makes one.
-            for f in form..FORMS {
-                if mem.counts.at_most(f) == 0 {
-                    peers.agents[f] += 1;
-                }
-            }
-            mem.counts.matches[form] += 1;
-            peers.matches[form] += 1;
-            mem.routine[form].see(day);
-            if j == Judgement::Learning {
-                mem.learning.report_learning(rule.routine)
-            } else {
-                mem.routine[form].report_routine(rule.routine, 1.0)
-            }
-        }
-    };
-    if say != Report::Say {
+    if remember(rule, mem, peers, j, form, day) != Report::Say {
         return None;
     }
     let mut f = Finding::new(
@@ -332,11 +309,6 @@ fn judge_match(
     if j == Judgement::New {
         f.shift = Some(ShiftTest::Sequence { rule: k as u32 });
     }
-    let form_words = match between {
-        0 => "with no other call between its steps".to_string(),
-        1 => "with 1 other call between its steps".to_string(),
-        n => format!("with {n} other calls between its steps"),
-    };
     let history = format!(
         "{} of this agent's {} earlier matches were this tight, {} of its peers' {} \
          (estimated share {rate:.1e})",
@@ -345,11 +317,65 @@ fn judge_match(
         peers.at_most(form),
         peers.total()
     );
-    f.description = format!(
+    f.description = describe(obs, rule, e - s, between, j, history);
+    Some(f)
+}
+
+/// Records a match of form `form` judged `j` on local day `day` in the agent's memory of its
+/// rule (and, unless new, its peers'); whether to report it.
+fn remember(
+    rule: &SequenceRule,
+    mem: &mut RuleMemory,
+    peers: &mut SequenceCounts,
+    j: Judgement,
+    form: usize,
+    day: i32,
+) -> Report {
+    match j {
+        Judgement::New => {
+            mem.new[form].see(day);
+            Report::Say
+        }
+        j => {
+            // The agent counts among the peers making each form at least this tight the first
+            // time it makes one.
+            for f in form..FORMS {
+                if mem.counts.at_most(f) == 0 {
+                    peers.agents[f] += 1;
+                }
+            }
+            mem.counts.matches[form] += 1;
+            peers.matches[form] += 1;
+            mem.routine[form].see(day);
+            if j == Judgement::Learning {
+                mem.learning.report_learning(rule.routine)
+            } else {
+                mem.routine[form].report_routine(rule.routine, 1.0)
+            }
+        }
+    }
+}
+
+/// One sentence about a match of `rule` judged `j` spanning `span_ms`, with `between` other
+/// calls between its steps; `history`: what the agent and its peers made before.
+fn describe(
+    obs: &Observation<'_>,
+    rule: &SequenceRule,
+    span_ms: i64,
+    between: usize,
+    j: Judgement,
+    history: String,
+) -> String {
+    let form_words = match between {
+        0 => "with no other call between its steps".to_string(),
+        1 => "with 1 other call between its steps".to_string(),
+        n => format!("with {n} other calls between its steps"),
+    };
+    format!(
         "Agent {:?} ran the tool sequence [{}] within {} (window {}) {form_words}; {}.",
         obs.agent_id,
         rule.pattern.join(" → "),
-        human_ms(e - s),
+        human_ms(span_ms),
         human_ms(rule.within_ms),
         match j {
             Judgement::New => history,
@@ -358,8 +384,7 @@ fn judge_match(
                 "seen during the learning period; its baseline will tell whether this is routine"
                     .to_string(),
         }
-    );
-    Some(f)
+    )
 }
 
 #[cfg(test)]

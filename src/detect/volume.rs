@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::cohort::ShiftTest;
-use super::frequency::judge;
+use super::frequency::{basis_of, judge};
 use super::habit::{Habit, Report};
 use super::stats::{ew_update, surprise};
 use super::{human_ms, Context, Episode, Finding, Judgement, Observation, Ring, Step};
@@ -137,6 +137,92 @@ pub fn observe(
     let Some(bytes) = obs.bytes.map(|b| b.min(MAX_CALL_BYTES)) else {
         return;
     };
+    let sum = window_sum(bp, st, obs, bytes);
+    let over_static = bp.data_volume.max_bytes.filter(|m| sum > *m);
+
+    let learned = learned_check(bp, st, ctx, obs, bytes, over_static.is_some());
+    let mut new_static = None;
+    if let Some(m) = over_static {
+        let routine =
+            !learned.over && (learned.known || st.habit.is_routine(bp.learned.routine_days));
+        match judge(bp.routine.volume, ctx.learning, routine) {
+            Judgement::New => new_static = Some(m),
+            j => report_routine(bp, &mut st.habit, obs, j, sum, m, out),
+        }
+    }
+    let new_learned = learned.over && !ctx.learning;
+    // A run that reached the threshold is reported (or, while learning, dropped) and starts
+    // over: its calls are not learned from, and later large calls continue the episode.
+    let run = st.run;
+    if learned.over {
+        st.run = Run::default();
+    }
+    if new_static.is_none() && !new_learned {
+        return;
+    }
+    let basis = basis_of(new_static);
+    if st
+        .episode
+        .violate(obs.ts, bytes, &bp.dedup, || obs.opening(basis))
+        != Step::Opened
+    {
+        return;
+    }
+    out.push(match new_static {
+        Some(m) => static_finding(bp, obs, sum, m),
+        None => learned_finding(bp, obs, &run, learned.idx.map(|i| &st.tools[i]), bytes),
+    });
+}
+
+/// What the learned check made of a call.
+struct Learned {
+    /// Index of the statistics of the call's tool, if it had them before the call.
+    idx: Option<usize>,
+    /// Whether the tool's statistics were past their warm-up.
+    known: bool,
+    /// Whether the run of large calls reached the alert threshold.
+    over: bool,
+}
+
+/// The learned check of a call of `bytes`: adds it to the run of large calls and learns its size
+/// unless it is part of an anomaly (`over_static`: the window is over the static threshold).
+fn learned_check(
+    bp: &Blueprint,
+    st: &mut VolumeState,
+    ctx: &Context<'_>,
+    obs: &Observation<'_>,
+    bytes: f64,
+    over_static: bool,
+) -> Learned {
+    let l = &bp.learned;
+    let x = (1.0 + bytes).ln() as f32;
+    let idx = st.tools.iter().position(|t| t.tool == obs.tool);
+    let known = idx
+        .map(|i| st.tools[i])
+        .filter(|t| t.n >= l.volume_warmup_calls);
+    let mut z = 0.0f64;
+    if let (Some(t), true) = (known, obs.in_order && l.enabled) {
+        z = st.run.add(&t, x, bytes, l.volume_min_bytes, obs.ts);
+    }
+    // While the agent's cohort makes `f` times its usual calls, a run of large calls has `f`
+    // times the chances to occur by accident: the tail probability alerting is `f` times smaller.
+    let threshold = -l.sensitivity.log10() + ctx.cohort.factor(2).log10();
+    let over_learned = f64::from(st.run.surprise) >= threshold;
+    // Learn from every in-order call that is not part of an anomaly.
+    if obs.in_order && (!(over_learned || over_static) || z < 1.0) {
+        learn_tool(&mut st.tools, idx, obs.tool, x);
+    }
+    Learned {
+        idx,
+        known: known.is_some(),
+        over: over_learned,
+    }
+}
+
+/// Bytes in the blueprint's window containing the call of `bytes` (counted in it when in
+/// order; a late call's own bytes otherwise).
+#[inline]
+fn window_sum(bp: &Blueprint, st: &mut VolumeState, obs: &Observation<'_>, bytes: f64) -> f64 {
     let mut sum = bytes;
     if obs.in_order {
         if !st
@@ -149,148 +235,133 @@ pub fn observe(
         st.bytes.add(obs.ts, bytes.round() as u64);
         sum = st.bytes.max_window_containing(obs.ts) as f64;
     }
-    let over_static = bp.data_volume.max_bytes.filter(|m| sum > *m);
+    sum
+}
 
-    let l = &bp.learned;
-    let x = (1.0 + bytes).ln() as f32;
-    let idx = st.tools.iter().position(|t| t.tool == obs.tool);
-    let known = idx
-        .map(|i| st.tools[i])
-        .filter(|t| t.n >= l.volume_warmup_calls);
-    let mut z = 0.0f64;
-    if let (Some(t), true) = (known, obs.in_order && l.enabled) {
+impl Run {
+    /// Adds a call of `bytes` (`x`: ln(1 + bytes)) at `ts` of the tool learned as `t` to the run
+    /// (a CUSUM step; calls under `min_bytes` only drain it); returns the call's z-score.
+    #[inline]
+    fn add(&mut self, t: &ToolStats, x: f32, bytes: f64, min_bytes: f64, ts: i64) -> f64 {
         let sd = t.var.max(0.0).sqrt().max(MIN_LOG_SD);
-        z = f64::from((x - t.mean) / sd);
+        let z = f64::from((x - t.mean) / sd);
         // A call under the blueprint's floor only drains the run. A call at most one standard
         // deviation above its tool's mean has a surprise of at most 0.8 (P ≥ 0.158), so with
         // no run going it cannot start one: the tail is not computed (most calls).
-        let sc = if bytes < l.volume_min_bytes || (z <= 1.0 && st.run.surprise == 0.0) {
+        let sc = if bytes < min_bytes || (z <= 1.0 && self.surprise == 0.0) {
             0.0
         } else {
             surprise(z, MAX_SURPRISE)
         };
-        let r = &mut st.run;
-        let next = (f64::from(r.surprise) + sc - DRIFT).max(0.0);
+        let next = (f64::from(self.surprise) + sc - DRIFT).max(0.0);
         if next <= 0.0 {
-            *r = Run::default();
+            *self = Run::default();
         } else {
-            if r.calls == 0 {
-                r.start = obs.ts;
+            if self.calls == 0 {
+                self.start = ts;
             }
-            r.surprise = next as f32;
-            r.calls += 1;
-            r.bytes += bytes;
-            r.typical += t.typical();
+            self.surprise = next as f32;
+            self.calls += 1;
+            self.bytes += bytes;
+            self.typical += t.typical();
         }
+        z
     }
-    // While the agent's cohort makes `f` times its usual calls, a run of large calls has `f`
-    // times the chances to occur by accident: the tail probability alerting is `f` times smaller.
-    let threshold = -l.sensitivity.log10() + ctx.cohort.factor(2).log10();
-    let over_learned = f64::from(st.run.surprise) >= threshold;
-    // Learn from every in-order call that is not part of an anomaly.
-    if obs.in_order && (!(over_learned || over_static.is_some()) || z < 1.0) {
-        let i = match idx {
-            Some(i) => Some(i),
-            None if st.tools.len() < MAX_TOOLS => {
-                st.tools.push(ToolStats {
-                    tool: obs.tool,
-                    n: 0,
-                    mean: 0.0,
-                    var: 0.0,
-                });
-                Some(st.tools.len() - 1)
-            }
-            None => None,
-        };
-        if let Some(i) = i {
-            let t = &mut st.tools[i];
-            t.n = t.n.saturating_add(1);
-            ew_update(
-                &mut t.mean,
-                &mut t.var,
-                x,
-                1.0 / (t.n as f32).min(TOOL_HORIZON),
-            );
-        }
-    }
+}
 
-    let mode = bp.routine.volume;
-    let mut new_static = None;
-    if let Some(m) = over_static {
-        let routine = !over_learned && (known.is_some() || st.habit.is_routine(l.routine_days));
-        match judge(mode, ctx.learning, routine) {
-            Judgement::New => new_static = Some(m),
-            j => {
-                let say = st.habit.report(j, mode, obs.local.day, sum, !obs.in_order);
-                if say == Report::Say {
-                    let f = static_finding(bp, obs, sum, m).into_baseline(
-                        j,
-                        "Routine for this agent: its calls are of their usual sizes; reported again if the volume doubles.",
-                    );
-                    out.push(f);
-                }
-            }
+/// Learns a call's ln(1 + bytes) `x` into the statistics of `tool` (at `idx` when it has
+/// them; added while fewer than [`MAX_TOOLS`] are learned).
+#[inline]
+fn learn_tool(tools: &mut Vec<ToolStats>, idx: Option<usize>, tool: u64, x: f32) {
+    let i = match idx {
+        Some(i) => Some(i),
+        None if tools.len() < MAX_TOOLS => {
+            tools.push(ToolStats {
+                tool,
+                n: 0,
+                mean: 0.0,
+                var: 0.0,
+            });
+            Some(tools.len() - 1)
         }
-    }
-    let new_learned = over_learned && !ctx.learning;
-    // A run that reached the threshold is reported (or, while learning, dropped) and starts
-    // over: its calls are not learned from, and later large calls continue the episode.
-    let run = st.run;
-    if over_learned {
-        st.run = Run::default();
-    }
-    if new_static.is_none() && !new_learned {
-        return;
-    }
-    let basis = if new_static.is_some() {
-        Basis::Static
-    } else {
-        Basis::Learned
+        None => None,
     };
-    if st
-        .episode
-        .violate(obs.ts, bytes, &bp.dedup, || obs.opening(basis))
-        != Step::Opened
-    {
-        return;
+    if let Some(i) = i {
+        let t = &mut tools[i];
+        t.n = t.n.saturating_add(1);
+        ew_update(
+            &mut t.mean,
+            &mut t.var,
+            x,
+            1.0 / (t.n as f32).min(TOOL_HORIZON),
+        );
     }
-    out.push(match new_static {
-        Some(m) => static_finding(bp, obs, sum, m),
-        None => {
-            let r = run;
-            let t = idx.map(|i| st.tools[i]);
-            let typical = t.map_or(0.0, |t| t.typical());
-            let mut f = Finding::new(IncidentType::VolumeSpike, Basis::Learned, bp.severities.volume_spike);
-            f.observed = r.bytes;
-            f.expected = r.typical;
-            f.unit = "bytes";
-            f.window_start = r.start;
-            f.window_end = obs.ts;
-            f.description = format!(
-                "Agent {:?} moved {} in {} calls, {:.0}× the {} its tools usually move in as many calls (last call {:?}: {}, typical {}; learned from {} calls of that tool).",
-                obs.agent_id,
-                fmt_bytes(r.bytes),
-                r.calls,
-                r.bytes / r.typical.max(1.0),
-                fmt_bytes(r.typical),
-                obs.tool_name,
-                fmt_bytes(bytes),
-                fmt_bytes(typical),
-                t.map_or(0, |t| t.n)
-            );
-            f.facts = Some(BaselineFacts {
-                source: Source::Agent,
-                history_days: obs.history_days,
-                samples: u64::from(t.map_or(0, |t| t.n)),
-                seen_before: 0,
-            });
-            f.weighs = obs.warm;
-            f.shift = Some(ShiftTest::Volume {
-                ratio: (r.bytes / r.typical.max(1.0)) as f32,
-            });
-            f
-        }
+}
+
+/// Reports a static match judged `j` (routine, or seen while learning) as a baseline finding
+/// when the agent's habit says so: `sum` bytes in the window against the threshold `m`.
+fn report_routine(
+    bp: &Blueprint,
+    habit: &mut Habit,
+    obs: &Observation<'_>,
+    j: Judgement,
+    sum: f64,
+    m: f64,
+    out: &mut Vec<Finding>,
+) {
+    let say = habit.report(j, bp.routine.volume, obs.local.day, sum, !obs.in_order);
+    if say == Report::Say {
+        let f = static_finding(bp, obs, sum, m).into_baseline(
+            j,
+            "Routine for this agent: its calls are of their usual sizes; reported again if the volume doubles.",
+        );
+        out.push(f);
+    }
+}
+
+/// The learned finding about the run `r` of large calls ending with this call of `bytes`;
+/// `t`: the statistics of its tool, if learned.
+fn learned_finding(
+    bp: &Blueprint,
+    obs: &Observation<'_>,
+    r: &Run,
+    t: Option<&ToolStats>,
+    bytes: f64,
+) -> Finding {
+    let typical = t.map_or(0.0, |t| t.typical());
+    let mut f = Finding::new(
+        IncidentType::VolumeSpike,
+        Basis::Learned,
+        bp.severities.volume_spike,
+    );
+    f.observed = r.bytes;
+    f.expected = r.typical;
+    f.unit = "bytes";
+    f.window_start = r.start;
+    f.window_end = obs.ts;
+    f.description = format!(
+        "Agent {:?} moved {} in {} calls, {:.0}× the {} its tools usually move in as many calls (last call {:?}: {}, typical {}; learned from {} calls of that tool).",
+        obs.agent_id,
+        fmt_bytes(r.bytes),
+        r.calls,
+        r.bytes / r.typical.max(1.0),
+        fmt_bytes(r.typical),
+        obs.tool_name,
+        fmt_bytes(bytes),
+        fmt_bytes(typical),
+        t.map_or(0, |t| t.n)
+    );
+    f.facts = Some(BaselineFacts {
+        source: Source::Agent,
+        history_days: obs.history_days,
+        samples: u64::from(t.map_or(0, |t| t.n)),
+        seen_before: 0,
     });
+    f.weighs = obs.warm;
+    f.shift = Some(ShiftTest::Volume {
+        ratio: (r.bytes / r.typical.max(1.0)) as f32,
+    });
+    f
 }
 
 fn static_finding(bp: &Blueprint, obs: &Observation<'_>, sum: f64, m: f64) -> Finding {

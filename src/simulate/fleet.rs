@@ -270,12 +270,9 @@ impl AgentProfile {
 /// Builds a fleet of `n` agents: 40 % finance, 20 % SOC, 40 % engineering; agent 0 of SOC is a
 /// steady batch job (a negative control).
 pub fn make_fleet(n: usize, rng: &mut impl Rng) -> Vec<AgentProfile> {
-    let ny: Tz = chrono_tz::America::New_York;
-    let london: Tz = chrono_tz::Europe::London;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
-        let slot = i % 5;
-        let role = match slot {
+        let role = match i % 5 {
             0 | 1 => Role::Finance,
             2 => Role::Soc,
             _ => Role::Engineering,
@@ -287,64 +284,94 @@ pub fn make_fleet(n: usize, rng: &mut impl Rng) -> Vec<AgentProfile> {
             "staging"
         };
         let id = format!("{}-{:05}", &role.team()[..3], i);
-        let p = match role {
-            Role::Finance => AgentProfile {
-                id,
-                role,
-                tz: ny,
-                environment,
-                start: rng.random_range(8..=10),
-                end: if i == 0 {
-                    18
-                } else {
-                    rng.random_range(16..=18)
-                },
-                days: 0b001_1111,
-                always_on: false,
-                peak_rate,
-                steady_per_sec: None,
-                tools: FIN_TOOLS,
-            },
-            Role::Engineering => AgentProfile {
-                id,
-                role,
-                tz: london,
-                environment,
-                start: rng.random_range(6..=10),
-                end: rng.random_range(17..=22),
-                days: if rng.random_bool(0.2) {
-                    0b011_1111
-                } else {
-                    0b001_1111
-                },
-                always_on: false,
-                peak_rate: peak_rate * 1.5,
-                steady_per_sec: None,
-                tools: ENG_TOOLS,
-            },
-            Role::Soc => {
-                let batch = i == 2;
-                let always_on = !batch && rng.random_bool(0.5);
-                AgentProfile {
-                    id: if batch {
-                        "soc-batch-00002".to_string()
-                    } else {
-                        id
-                    },
-                    role,
-                    tz: chrono_tz::UTC,
-                    environment,
-                    start: if batch { 2 } else { 8 },
-                    end: if batch { 4 } else { 20 },
-                    days: 0b111_1111,
-                    always_on,
-                    peak_rate,
-                    steady_per_sec: batch.then_some(1.5),
-                    tools: SOC_TOOLS,
-                }
-            }
+        let common = Common {
+            i,
+            id,
+            environment,
+            peak_rate,
         };
-        out.push(p);
+        out.push(match role {
+            Role::Finance => finance_profile(common, rng),
+            Role::Engineering => engineering_profile(common, rng),
+            Role::Soc => soc_profile(common, rng),
+        });
     }
     out
+}
+
+/// What every agent draws the same way before its role's own draws.
+struct Common {
+    /// Index of the agent in the fleet.
+    i: usize,
+    /// Agent id (team prefix and index).
+    id: String,
+    /// Deployment environment.
+    environment: &'static str,
+    /// Calls per working hour at the peak of the day, before the role's scaling.
+    peak_rate: f64,
+}
+
+/// A finance agent: New York, Monday to Friday; agent 0 works until 18:00 (the closing-time control).
+fn finance_profile(c: Common, rng: &mut impl Rng) -> AgentProfile {
+    AgentProfile {
+        id: c.id,
+        role: Role::Finance,
+        tz: chrono_tz::America::New_York,
+        environment: c.environment,
+        start: rng.random_range(8..=10),
+        end: if c.i == 0 {
+            18
+        } else {
+            rng.random_range(16..=18)
+        },
+        days: 0b001_1111,
+        always_on: false,
+        peak_rate: c.peak_rate,
+        steady_per_sec: None,
+        tools: FIN_TOOLS,
+    }
+}
+
+/// An engineering agent: London, long days, one in five also on Saturdays, a higher peak rate.
+fn engineering_profile(c: Common, rng: &mut impl Rng) -> AgentProfile {
+    AgentProfile {
+        id: c.id,
+        role: Role::Engineering,
+        tz: chrono_tz::Europe::London,
+        environment: c.environment,
+        start: rng.random_range(6..=10),
+        end: rng.random_range(17..=22),
+        days: if rng.random_bool(0.2) {
+            0b011_1111
+        } else {
+            0b001_1111
+        },
+        always_on: false,
+        peak_rate: c.peak_rate * 1.5,
+        steady_per_sec: None,
+        tools: ENG_TOOLS,
+    }
+}
+
+/// A SOC agent: UTC, around the clock or in a day shift; agent 2 is the steady batch job.
+fn soc_profile(c: Common, rng: &mut impl Rng) -> AgentProfile {
+    let batch = c.i == 2;
+    let always_on = !batch && rng.random_bool(0.5);
+    AgentProfile {
+        id: if batch {
+            "soc-batch-00002".to_string()
+        } else {
+            c.id
+        },
+        role: Role::Soc,
+        tz: chrono_tz::UTC,
+        environment: c.environment,
+        start: if batch { 2 } else { 8 },
+        end: if batch { 4 } else { 20 },
+        days: 0b111_1111,
+        always_on,
+        peak_rate: c.peak_rate,
+        steady_per_sec: batch.then_some(1.5),
+        tools: SOC_TOOLS,
+    }
 }

@@ -178,430 +178,550 @@ pub(crate) fn plan(
     cfg: &SimConfig,
     rng: &mut ChaCha8Rng,
 ) -> (Vec<Injection>, Vec<Label>) {
-    let mut plan = Vec::new();
-    let mut labels = Vec::new();
     let first_day = cfg.first_injection_day.max(1);
     if fleet.len() < 20 || cfg.days < first_day + 2 {
-        return (plan, labels);
+        return (Vec::new(), Vec::new());
     }
-    let end_ms = cfg.start_ms + i64::from(cfg.days) * DAY_MS;
-    let per_kind = (fleet.len() / 100).max(1);
     let learned_ok = cfg.days > first_day + 2;
-    let mut order: Vec<usize> = (0..fleet.len()).collect();
-    order.shuffle(rng);
-    // Agents 0 (closing-time control), 2 (batch job) and 5 (query/email control) are reserved.
-    let reserved = [0usize, 2, 5];
-    let mut free: Vec<usize> = order
-        .into_iter()
-        .filter(|i| !reserved.contains(i))
+    let mut p = Planner::new(fleet, cfg, rng, first_day);
+    for _ in 0..(fleet.len() / 100).max(1) {
+        for step in STATIC_KINDS {
+            step(&mut p);
+        }
+        if learned_ok {
+            for step in LEARNED_KINDS {
+                step(&mut p);
+            }
+        }
+    }
+    rogue(&mut p);
+    for step in CONTROLS {
+        step(&mut p);
+    }
+    p.finish()
+}
+
+/// Agents 0 (closing-time control), 2 (batch job) and 5 (query/email control) are reserved.
+const RESERVED: [usize; 3] = [0, 2, 5];
+
+/// Anomalies against the blueprints' fixed rules (thresholds, sequences, hours): one of each per
+/// hundred agents (at least one).
+const STATIC_KINDS: [fn(&mut Planner<'_>); 5] = [
+    static_burst,
+    static_export,
+    tight_sequence,
+    night_activity,
+    weekend_activity,
+];
+
+/// Anomalies only the learned baselines catch: one of each per hundred agents (at least one) when
+/// the span leaves time to learn.
+const LEARNED_KINDS: [fn(&mut Planner<'_>); 5] = [
+    hourly_spike,
+    one_large_call,
+    large_transfer_run,
+    slow_burn,
+    unused_hour,
+];
+
+/// Negative controls and routines that must raise nothing, planned once after the rogue.
+const CONTROLS: [fn(&mut Planner<'_>); 7] = [
+    batch_job,
+    query_then_email,
+    closing_time,
+    loose_sequence,
+    steady_over_threshold,
+    pause,
+    daylight_saving,
+];
+
+/// What the planning steps share: the fleet, the seeded random source, the agents still free and
+/// what has been planned so far.
+struct Planner<'a> {
+    /// The agents.
+    fleet: &'a [AgentProfile],
+    /// What to generate.
+    cfg: &'a SimConfig,
+    /// The seeded random source: the steps draw from it in a fixed order.
+    rng: &'a mut ChaCha8Rng,
+    /// Agents not given a scenario yet, in shuffled order.
+    free: Vec<usize>,
+    /// First day (0-based, at least 1) anomalies are injected on.
+    first_day: u32,
+    /// End of the simulated span (epoch ms).
+    end_ms: i64,
+    /// The injections planned so far.
+    plan: Vec<Injection>,
+    /// The labels written so far.
+    labels: Vec<Label>,
+}
+
+impl<'a> Planner<'a> {
+    /// Shuffles the fleet into the pool of free agents, leaving out the reserved controls.
+    fn new(
+        fleet: &'a [AgentProfile],
+        cfg: &'a SimConfig,
+        rng: &'a mut ChaCha8Rng,
+        first_day: u32,
+    ) -> Planner<'a> {
+        let mut order: Vec<usize> = (0..fleet.len()).collect();
+        order.shuffle(rng);
+        let free = order
+            .into_iter()
+            .filter(|i| !RESERVED.contains(i))
+            .collect();
+        Planner {
+            fleet,
+            cfg,
+            rng,
+            free,
+            first_day,
+            end_ms: cfg.start_ms + i64::from(cfg.days) * DAY_MS,
+            plan: Vec::new(),
+            labels: Vec::new(),
+        }
+    }
+
+    /// The agent at index `i` of the fleet.
+    fn agent(&self, i: usize) -> &'a AgentProfile {
+        &self.fleet[i]
+    }
+
+    /// Start of the first injection day (epoch ms).
+    fn first_day_ms(&self) -> i64 {
+        self.cfg.start_ms + i64::from(self.first_day) * DAY_MS
+    }
+
+    /// Removes the first free agent matching `pred` from the pool.
+    fn take(&mut self, pred: impl Fn(&AgentProfile) -> bool) -> Option<usize> {
+        let pos = self.free.iter().position(|i| pred(&self.fleet[*i]))?;
+        Some(self.free.remove(pos))
+    }
+
+    /// Takes a free agent matching `pred` and draws a day for it (no draw when none matches).
+    fn take_on_day(&mut self, pred: impl Fn(&AgentProfile) -> bool) -> Option<(usize, u32)> {
+        let i = self.take(pred)?;
+        let from = self.first_day;
+        let d = self
+            .rng
+            .random_range(from..self.cfg.days.saturating_sub(1).max(from + 1));
+        Some((i, d))
+    }
+
+    /// Takes a free agent matching `pred` and a time in its working hours on or after a drawn day
+    /// (see [`work_time`]); the agent stays taken when no time is found.
+    fn take_at_work(
+        &mut self,
+        pred: impl Fn(&AgentProfile) -> bool,
+        weekday_only: bool,
+    ) -> Option<(usize, i64)> {
+        let (i, d) = self.take_on_day(pred)?;
+        let t = work_time(self.agent(i), self.cfg, d, self.rng, weekday_only)?;
+        Some((i, t))
+    }
+
+    /// Takes a free agent matching `pred` and the UTC time of a local wall-clock time on or after a
+    /// drawn day (see [`local_at`]); the agent stays taken when no time is found.
+    fn take_at_local(
+        &mut self,
+        pred: impl Fn(&AgentProfile) -> bool,
+        hour: u8,
+        minute: u8,
+        weekday: impl Fn(u8) -> bool,
+    ) -> Option<(usize, i64)> {
+        let (i, d) = self.take_on_day(pred)?;
+        let t = local_at(self.agent(i), self.cfg, d, hour, minute, weekday)?;
+        Some((i, t))
+    }
+
+    /// Adds one injection and its label.
+    fn push(&mut self, inj: Injection, l: Label) {
+        self.plan.push(inj);
+        self.labels.push(l);
+    }
+
+    /// The plan, each injection's calls sorted by time, and the labels.
+    fn finish(mut self) -> (Vec<Injection>, Vec<Label>) {
+        // Every injection uses its own deterministic times; keep a stable order.
+        for inj in &mut self.plan {
+            inj.calls.sort_by_key(|c| c.0);
+        }
+        (self.plan, self.labels)
+    }
+}
+
+impl Injection {
+    /// The same injection, also removing all of the agent's normal calls in `from..to`.
+    fn silencing(mut self, from: i64, to: i64) -> Injection {
+        self.silence = Some((from, to));
+        self
+    }
+}
+
+/// An agent whose calls come at random times (not a steady batch job).
+fn irregular(a: &AgentProfile) -> bool {
+    a.steady_per_sec.is_none()
+}
+
+/// A finance or engineering agent (the roles with office hours in their blueprints).
+fn finance_or_engineering(a: &AgentProfile) -> bool {
+    matches!(a.role, Role::Finance | Role::Engineering)
+}
+
+/// A negative control: a span of the agent's activity that must raise nothing.
+fn control(a: &AgentProfile, start: i64, end: i64, note: &str) -> Label {
+    label(a, None, None, start, end, note)
+}
+
+/// Static frequency spike: twice the blueprint's per-minute threshold within 40 s.
+fn static_burst(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(irregular, false) else {
+        return;
+    };
+    let a = p.agent(i);
+    let n = threshold(a.role).0 * 2;
+    let calls = (0..n)
+        .map(|k| (t + (k as i64) * 40_000 / n as i64, a.tools[0].name, 2_000))
         .collect();
-    let mut take = |pred: &dyn Fn(&AgentProfile) -> bool| -> Option<usize> {
-        let pos = free.iter().position(|i| pred(&fleet[*i]))?;
-        Some(free.remove(pos))
-    };
-    let day_in = |rng: &mut ChaCha8Rng, from: u32| {
-        rng.random_range(from..cfg.days.saturating_sub(1).max(from + 1))
-    };
-
-    for _ in 0..per_kind {
-        // Static frequency spike: twice the blueprint's per-minute threshold within 40 s.
-        if let Some(i) = take(&|a| a.steady_per_sec.is_none()) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = work_time(a, cfg, d, rng, false) {
-                let n = threshold(a.role).0 * 2;
-                let calls = (0..n)
-                    .map(|k| (t + (k as i64) * 40_000 / n as i64, a.tools[0].name, 2_000))
-                    .collect();
-                plan.push(Injection::new(i, calls));
-                // Either basis: a burst may first cross the learned hourly threshold; one burst, one incident.
-                labels.push(label(
-                    a,
-                    Some(IncidentType::FrequencySpike),
-                    None,
-                    t,
-                    t + 60_000,
-                    "burst over the static threshold",
-                ));
-            }
-        }
-        // Static data volume: three exports of half the per-minute limit within 20 s.
-        if let Some(i) = take(&|a| a.steady_per_sec.is_none()) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = work_time(a, cfg, d, rng, false) {
-                let b = threshold(a.role).1 / 2;
-                let calls = (0..3).map(|k| (t + k * 10_000, "export_data", b)).collect();
-                plan.push(Injection::new(i, calls));
-                labels.push(label(
-                    a,
-                    Some(IncidentType::VolumeSpike),
-                    Some(Basis::Static),
-                    t,
-                    t + 20_000,
-                    "exfiltration-size export",
-                ));
-            }
-        }
-        // Suspicious sequence of the agent's blueprint.
-        if let Some(i) = take(&|a| a.steady_per_sec.is_none()) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = work_time(a, cfg, d, rng, false) {
-                // The tight form (no call between the steps): the loose one is some agents'
-                // routine (see the control below).
-                let calls = match a.role {
-                    Role::Finance => vec![
-                        (t, "query_customer_db", 40_000),
-                        (t + 90_000, "send_email", 45_000),
-                    ],
-                    Role::Soc => vec![
-                        (t, "read_secrets", 500),
-                        (t + 20_000, "enrich_ioc", 3_000),
-                        (t + 60_000, "http_request", 9_000),
-                    ],
-                    Role::Engineering => vec![
-                        (t, "read_secrets", 500),
-                        (t + 60_000, "http_request", 9_000),
-                    ],
-                };
-                // Nothing of the agent's own work comes between the steps.
-                let mut inj = Injection::new(i, calls);
-                inj.silence = Some((t, t + 90_001));
-                plan.push(inj);
-                labels.push(label(
-                    a,
-                    Some(IncidentType::SuspiciousSequence),
-                    None,
-                    t,
-                    t + 90_000,
-                    "blueprint tool sequence",
-                ));
-            }
-        }
-        // Night activity on a weekday, 02:00 local.
-        if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = local_at(a, cfg, d, 2, 10, |wd| wd < 5) {
-                let (inj, l) = off_hours_trickle(a, i, t, Basis::Static, "night activity");
-                plan.push(inj);
-                labels.push(l);
-            }
-        }
-        // Weekend activity (finance works Monday to Friday).
-        if let Some(i) = take(&|a| a.role == Role::Finance) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = local_at(a, cfg, d, 11, 0, |wd| wd == 5) {
-                let (inj, l) = off_hours_trickle(a, i, t, Basis::Static, "weekend activity");
-                plan.push(inj);
-                labels.push(l);
-            }
-        }
-        if !learned_ok {
-            continue;
-        }
-        // Frequency spike below the static threshold but far above the agent's own hour: 12x its peak over an hour.
-        if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = work_time(a, cfg, d, rng, false) {
-                let h = t - t.rem_euclid(HOUR_MS);
-                let n = ((a.peak_rate * 12.0) as i64).max(200);
-                let calls = (0..n)
-                    .map(|k| (h + 1000 + k * (HOUR_MS - 2000) / n, a.tools[0].name, 3_000))
-                    .collect();
-                plan.push(Injection::new(i, calls));
-                labels.push(label(
-                    a,
-                    Some(IncidentType::FrequencySpike),
-                    Some(Basis::Learned),
-                    h,
-                    h + HOUR_MS,
-                    "hourly rate far above the agent's baseline, under the static threshold",
-                ));
-            }
-        }
-        // One call of a usual tool moving 8 MB where it usually moves kilobytes (under the static limit).
-        if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = work_time(a, cfg, d, rng, false) {
-                plan.push(Injection::new(i, vec![(t, a.tools[0].name, 8_000_000)]));
-                labels.push(label(
-                    a,
-                    Some(IncidentType::VolumeSpike),
-                    Some(Basis::Learned),
-                    t,
-                    t + 1000,
-                    "one call far above the tool's learned size",
-                ));
-            }
-        }
-        // A run of large transfers: five consecutive calls of the agent's tools, each 40× its
-        // usual size (none alone far out in the tail, all under the static limit).
-        if let Some(i) = take(&|a| matches!(a.role, Role::Finance | Role::Engineering)) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = work_time(a, cfg, d, rng, false) {
-                let calls: Vec<_> = (0..5)
-                    .map(|k| {
-                        let tool = &a.tools[k % a.tools.len()];
-                        (
-                            t + k as i64 * 15_000,
-                            tool.name,
-                            (tool.median_bytes * 40.0) as u64,
-                        )
-                    })
-                    .collect();
-                plan.push(Injection::new(i, calls));
-                labels.push(label(
-                    a,
-                    Some(IncidentType::VolumeSpike),
-                    Some(Basis::Learned),
-                    t,
-                    t + 60_000,
-                    "a run of five transfers at 40x their tools' usual size",
-                ));
-            }
-        }
-        // A slow burn: five times the agent's peak rate on top of its work for three hours.
-        if let Some(i) = take(&|a| a.role == Role::Engineering && a.end >= a.start + 8) {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = local_at(a, cfg, d, a.start + 1, 0, |wd| wd < 5) {
-                let n = (a.peak_rate * 4.0 * 3.0) as i64;
-                let calls = (0..n)
-                    .map(|k| (t + k * 3 * HOUR_MS / n, a.tools[0].name, 5_000))
-                    .collect();
-                plan.push(Injection::new(i, calls));
-                labels.push(label(
-                    a,
-                    Some(IncidentType::FrequencySpike),
-                    Some(Basis::Learned),
-                    t,
-                    t + 3 * HOUR_MS,
-                    "a slow burn: five times the agent's peak rate for three hours",
-                ));
-            }
-        }
-        // A day-shift SOC agent (no static hours) active at 03:00 UTC.
-        if let Some(i) =
-            take(&|a| a.role == Role::Soc && !a.always_on && a.steady_per_sec.is_none())
-        {
-            let a = &fleet[i];
-            let d = day_in(rng, first_day);
-            if let Some(t) = local_at(a, cfg, d, 3, 5, |_| true) {
-                let (inj, l) = off_hours_trickle(
-                    a,
-                    i,
-                    t,
-                    Basis::Learned,
-                    "activity in an hour the agent never uses",
-                );
-                plan.push(inj);
-                labels.push(l);
-            }
-        }
-    }
-
-    // The rogue: burst, exfiltration and the finance sequence within 15 minutes → auto kill; it keeps acting.
-    if let Some(i) = take(&|a| a.role == Role::Finance) {
-        let a = &fleet[i];
-        let d = day_in(rng, first_day);
-        if let Some(t) = work_time(a, cfg, d, rng, true) {
-            let mut calls: Vec<(i64, &'static str, u64)> = (0..70)
-                .map(|k| (t + k * 500, "query_customer_db", 20_000))
-                .collect();
-            calls.extend((0..3).map(|k| (t + 300_000 + k * 5_000, "export_data", 30_000_000)));
-            calls.extend([
-                (t + 600_000, "query_customer_db", 20_000),
-                (t + 660_000, "send_email", 60_000),
-            ]);
-            let mut inj = Injection::new(i, calls);
-            inj.silence = Some((t + 600_000, t + 660_001));
-            plan.push(inj);
-            let note = "rogue agent";
-            // Either basis: the burst may cross the agent's learned rate before the static one.
-            labels.push(label(
-                a,
-                Some(IncidentType::FrequencySpike),
-                None,
-                t,
-                t + 40_000,
-                note,
-            ));
-            labels.push(label(
-                a,
-                Some(IncidentType::VolumeSpike),
-                Some(Basis::Static),
-                t + 300_000,
-                t + 310_000,
-                note,
-            ));
-            labels.push(label(
-                a,
-                Some(IncidentType::SuspiciousSequence),
-                None,
-                t + 600_000,
-                t + 660_000,
-                note,
-            ));
-            labels.push(label(
-                a,
-                Some(IncidentType::AutoKill),
-                None,
-                t,
-                end_ms,
-                note,
-            ));
-            labels.push(label(
-                a,
-                Some(IncidentType::ActivityAfterKill),
-                None,
-                t + 660_001,
-                end_ms,
-                "rogue agent keeps acting after the kill",
-            ));
-        }
-    }
-
-    // Negative controls.
-    let batch = &fleet[2];
-    labels.push(label(
-        batch,
+    // Either basis: a burst may first cross the learned hourly threshold; one burst, one incident.
+    let l = label(
+        a,
+        Some(IncidentType::FrequencySpike),
         None,
+        t,
+        t + 60_000,
+        "burst over the static threshold",
+    );
+    p.push(Injection::new(i, calls), l);
+}
+
+/// Static data volume: three exports of half the per-minute limit within 20 s.
+fn static_export(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(irregular, false) else {
+        return;
+    };
+    let a = p.agent(i);
+    let b = threshold(a.role).1 / 2;
+    let calls = (0..3).map(|k| (t + k * 10_000, "export_data", b)).collect();
+    let l = label(
+        a,
+        Some(IncidentType::VolumeSpike),
+        Some(Basis::Static),
+        t,
+        t + 20_000,
+        "exfiltration-size export",
+    );
+    p.push(Injection::new(i, calls), l);
+}
+
+/// Suspicious sequence of the agent's blueprint.
+fn tight_sequence(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(irregular, false) else {
+        return;
+    };
+    let a = p.agent(i);
+    // The tight form (no call between the steps): the loose one is some agents'
+    // routine (see `loose_sequence`).
+    let calls = match a.role {
+        Role::Finance => vec![
+            (t, "query_customer_db", 40_000),
+            (t + 90_000, "send_email", 45_000),
+        ],
+        Role::Soc => vec![
+            (t, "read_secrets", 500),
+            (t + 20_000, "enrich_ioc", 3_000),
+            (t + 60_000, "http_request", 9_000),
+        ],
+        Role::Engineering => vec![
+            (t, "read_secrets", 500),
+            (t + 60_000, "http_request", 9_000),
+        ],
+    };
+    // Nothing of the agent's own work comes between the steps.
+    let inj = Injection::new(i, calls).silencing(t, t + 90_001);
+    let l = label(
+        a,
+        Some(IncidentType::SuspiciousSequence),
         None,
-        cfg.start_ms,
-        end_ms,
-        "steady high-rate batch job (90 calls a minute, 02:00-04:00 UTC daily)",
-    ));
-    let qe = &fleet[5];
-    if let Some(t) = local_at(qe, cfg, 3, qe.start, 30, |wd| wd < 5) {
-        // A query half an hour into the working day, an email three hours later.
-        let email = t + 3 * HOUR_MS;
-        plan.push(Injection {
-            agent: 5,
-            calls: vec![
-                (t, "query_customer_db", 30_000),
-                (email, "send_email", 30_000),
-            ],
-            remove: Some(("query_customer_db", email - 20 * 60_000, email)),
-            silence: None,
-        });
-        labels.push(label(
-            qe,
-            None,
-            None,
-            t,
-            email + 60_000,
-            "query, then an email three hours later",
-        ));
+        t,
+        t + 90_000,
+        "blueprint tool sequence",
+    );
+    p.push(inj, l);
+}
+
+/// Night activity on a weekday, 02:00 local.
+fn night_activity(p: &mut Planner) {
+    if let Some((i, t)) = p.take_at_local(finance_or_engineering, 2, 10, |wd| wd < 5) {
+        let (inj, l) = off_hours_trickle(p.agent(i), i, t, Basis::Static, "night activity");
+        p.push(inj, l);
     }
-    let closing = &fleet[0];
-    if let Some(t) = local_at(closing, cfg, 2, 17, 58, |wd| wd < 5) {
-        let calls = vec![
-            (t, "query_ledger", 9_000),
-            (t + 60_000, "query_ledger", 9_000),
-            (t + 119_000, "read_invoice", 9_000),
-        ];
-        plan.push(Injection::new(0, calls));
-        labels.push(label(
-            closing,
-            None,
-            None,
-            t - 60_000,
-            t + 119_000,
-            "activity just before closing time (18:00)",
-        ));
+}
+
+/// Weekend activity (finance works Monday to Friday).
+fn weekend_activity(p: &mut Planner) {
+    if let Some((i, t)) = p.take_at_local(|a| a.role == Role::Finance, 11, 0, |wd| wd == 5) {
+        let (inj, l) = off_hours_trickle(p.agent(i), i, t, Basis::Static, "weekend activity");
+        p.push(inj, l);
     }
-    // Routine: a finance agent that always reads an invoice between querying the customer
-    // database and sending an e-mail, every working day from the first (the loose form of its
-    // blueprint's sequence): a baseline fact, never an incident.
-    if let Some(i) = take(&|a| a.role == Role::Finance) {
-        let a = &fleet[i];
-        let calls = working_days_at(a, cfg, a.start + 1, 30)
-            .flat_map(|t| {
-                [
-                    (t, "query_customer_db", 20_000),
-                    (t + 40_000, "read_invoice", 30_000),
-                    (t + 90_000, "send_email", 9_000),
-                ]
-            })
-            .collect();
-        plan.push(Injection::new(i, calls));
-        labels.push(label(
+}
+
+/// Frequency spike below the static threshold but far above the agent's own hour: 12x its peak over an hour.
+fn hourly_spike(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(finance_or_engineering, false) else {
+        return;
+    };
+    let a = p.agent(i);
+    let h = t - t.rem_euclid(HOUR_MS);
+    let n = ((a.peak_rate * 12.0) as i64).max(200);
+    let calls = (0..n)
+        .map(|k| (h + 1000 + k * (HOUR_MS - 2000) / n, a.tools[0].name, 3_000))
+        .collect();
+    let l = label(
+        a,
+        Some(IncidentType::FrequencySpike),
+        Some(Basis::Learned),
+        h,
+        h + HOUR_MS,
+        "hourly rate far above the agent's baseline, under the static threshold",
+    );
+    p.push(Injection::new(i, calls), l);
+}
+
+/// One call of a usual tool moving 8 MB where it usually moves kilobytes (under the static limit).
+fn one_large_call(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(finance_or_engineering, false) else {
+        return;
+    };
+    let a = p.agent(i);
+    let l = label(
+        a,
+        Some(IncidentType::VolumeSpike),
+        Some(Basis::Learned),
+        t,
+        t + 1000,
+        "one call far above the tool's learned size",
+    );
+    p.push(Injection::new(i, vec![(t, a.tools[0].name, 8_000_000)]), l);
+}
+
+/// A run of large transfers: five consecutive calls of the agent's tools, each 40× its
+/// usual size (none alone far out in the tail, all under the static limit).
+fn large_transfer_run(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(finance_or_engineering, false) else {
+        return;
+    };
+    let a = p.agent(i);
+    let calls: Vec<_> = (0..5)
+        .map(|k| {
+            let tool = &a.tools[k % a.tools.len()];
+            (
+                t + k as i64 * 15_000,
+                tool.name,
+                (tool.median_bytes * 40.0) as u64,
+            )
+        })
+        .collect();
+    let l = label(
+        a,
+        Some(IncidentType::VolumeSpike),
+        Some(Basis::Learned),
+        t,
+        t + 60_000,
+        "a run of five transfers at 40x their tools' usual size",
+    );
+    p.push(Injection::new(i, calls), l);
+}
+
+/// A slow burn: five times the agent's peak rate on top of its work for three hours.
+fn slow_burn(p: &mut Planner) {
+    let Some((i, d)) = p.take_on_day(|a| a.role == Role::Engineering && a.end >= a.start + 8)
+    else {
+        return;
+    };
+    let a = p.agent(i);
+    let Some(t) = local_at(a, p.cfg, d, a.start + 1, 0, |wd| wd < 5) else {
+        return;
+    };
+    let n = (a.peak_rate * 4.0 * 3.0) as i64;
+    let calls = (0..n)
+        .map(|k| (t + k * 3 * HOUR_MS / n, a.tools[0].name, 5_000))
+        .collect();
+    let l = label(
+        a,
+        Some(IncidentType::FrequencySpike),
+        Some(Basis::Learned),
+        t,
+        t + 3 * HOUR_MS,
+        "a slow burn: five times the agent's peak rate for three hours",
+    );
+    p.push(Injection::new(i, calls), l);
+}
+
+/// A day-shift SOC agent (no static hours) active at 03:00 UTC.
+fn unused_hour(p: &mut Planner) {
+    let day_shift_soc = |a: &AgentProfile| a.role == Role::Soc && !a.always_on && irregular(a);
+    if let Some((i, t)) = p.take_at_local(day_shift_soc, 3, 5, |_| true) {
+        let note = "activity in an hour the agent never uses";
+        let (inj, l) = off_hours_trickle(p.agent(i), i, t, Basis::Learned, note);
+        p.push(inj, l);
+    }
+}
+
+/// The rogue: burst, exfiltration and the finance sequence within 15 minutes → auto kill; it keeps acting.
+fn rogue(p: &mut Planner) {
+    let Some((i, t)) = p.take_at_work(|a| a.role == Role::Finance, true) else {
+        return;
+    };
+    let a = p.agent(i);
+    let mut calls: Vec<(i64, &'static str, u64)> = (0..70)
+        .map(|k| (t + k * 500, "query_customer_db", 20_000))
+        .collect();
+    calls.extend((0..3).map(|k| (t + 300_000 + k * 5_000, "export_data", 30_000_000)));
+    calls.extend([
+        (t + 600_000, "query_customer_db", 20_000),
+        (t + 660_000, "send_email", 60_000),
+    ]);
+    p.plan
+        .push(Injection::new(i, calls).silencing(t + 600_000, t + 660_001));
+    let end = p.end_ms;
+    let incident = |kind, basis, from, to| label(a, Some(kind), basis, from, to, "rogue agent");
+    p.labels.extend([
+        // Either basis: the burst may cross the agent's learned rate before the static one.
+        incident(IncidentType::FrequencySpike, None, t, t + 40_000),
+        incident(
+            IncidentType::VolumeSpike,
+            Some(Basis::Static),
+            t + 300_000,
+            t + 310_000,
+        ),
+        incident(
+            IncidentType::SuspiciousSequence,
+            None,
+            t + 600_000,
+            t + 660_000,
+        ),
+        incident(IncidentType::AutoKill, None, t, end),
+        label(
             a,
+            Some(IncidentType::ActivityAfterKill),
             None,
-            None,
-            cfg.start_ms + i64::from(first_day) * DAY_MS,
-            end_ms,
-            "the loose form of the blueprint's sequence, every working day",
-        ));
+            t + 660_001,
+            end,
+            "rogue agent keeps acting after the kill",
+        ),
+    ]);
+}
+
+/// Agent 2, the steady high-rate batch job: labelled for the whole span, nothing injected.
+fn batch_job(p: &mut Planner) {
+    let note = "steady high-rate batch job (90 calls a minute, 02:00-04:00 UTC daily)";
+    let l = control(p.agent(2), p.cfg.start_ms, p.end_ms, note);
+    p.labels.push(l);
+}
+
+/// Agent 5: a query half an hour into the working day, an email three hours later.
+fn query_then_email(p: &mut Planner) {
+    let qe = p.agent(5);
+    let Some(t) = local_at(qe, p.cfg, 3, qe.start, 30, |wd| wd < 5) else {
+        return;
+    };
+    let email = t + 3 * HOUR_MS;
+    let calls = vec![
+        (t, "query_customer_db", 30_000),
+        (email, "send_email", 30_000),
+    ];
+    let mut inj = Injection::new(5, calls);
+    inj.remove = Some(("query_customer_db", email - 20 * 60_000, email));
+    let note = "query, then an email three hours later";
+    p.push(inj, control(qe, t, email + 60_000, note));
+}
+
+/// Agent 0: activity just before closing time (18:00 local) on a weekday.
+fn closing_time(p: &mut Planner) {
+    let closing = p.agent(0);
+    let Some(t) = local_at(closing, p.cfg, 2, 17, 58, |wd| wd < 5) else {
+        return;
+    };
+    let calls = vec![
+        (t, "query_ledger", 9_000),
+        (t + 60_000, "query_ledger", 9_000),
+        (t + 119_000, "read_invoice", 9_000),
+    ];
+    let note = "activity just before closing time (18:00)";
+    p.push(
+        Injection::new(0, calls),
+        control(closing, t - 60_000, t + 119_000, note),
+    );
+}
+
+/// Routine: a finance agent that always reads an invoice between querying the customer
+/// database and sending an e-mail, every working day from the first (the loose form of its
+/// blueprint's sequence): a baseline fact, never an incident.
+fn loose_sequence(p: &mut Planner) {
+    let Some(i) = p.take(|a| a.role == Role::Finance) else {
+        return;
+    };
+    let a = p.agent(i);
+    let calls = working_days_at(a, p.cfg, a.start + 1, 30)
+        .flat_map(|t| {
+            [
+                (t, "query_customer_db", 20_000),
+                (t + 40_000, "read_invoice", 30_000),
+                (t + 90_000, "send_email", 9_000),
+            ]
+        })
+        .collect();
+    let note = "the loose form of the blueprint's sequence, every working day";
+    let l = control(a, p.first_day_ms(), p.end_ms, note);
+    p.push(Injection::new(i, calls), l);
+}
+
+/// Steady over the static threshold: a finance agent that runs 32 calls a minute for two
+/// hours every working day (the threshold is 30): routine for it.
+fn steady_over_threshold(p: &mut Planner) {
+    let Some(i) = p.take(|a| a.role == Role::Finance && a.end >= a.start + 4) else {
+        return;
+    };
+    let a = p.agent(i);
+    let calls = working_days_at(a, p.cfg, a.start + 1, 0)
+        .flat_map(|t| (0..3840).map(move |k| (t + k * 1875, "query_ledger", 12_000)))
+        .collect();
+    let note = "steady 32 calls a minute, two hours every working day (threshold 30)";
+    let l = control(a, p.first_day_ms(), p.end_ms, note);
+    p.push(Injection::new(i, calls), l);
+}
+
+/// A pause: an engineering agent away for twelve days, then back to its usual work; the three
+/// days after its return raise nothing.
+fn pause(p: &mut Planner) {
+    if p.cfg.days < p.first_day + 16 {
+        return;
     }
-    // Steady over the static threshold: a finance agent that runs 32 calls a minute for two
-    // hours every working day (the threshold is 30): routine for it.
-    if let Some(i) = take(&|a| a.role == Role::Finance && a.end >= a.start + 4) {
-        let a = &fleet[i];
-        let calls = working_days_at(a, cfg, a.start + 1, 0)
-            .flat_map(|t| (0..3840).map(move |k| (t + k * 1875, "query_ledger", 12_000)))
-            .collect();
-        plan.push(Injection::new(i, calls));
-        labels.push(label(
-            a,
-            None,
-            None,
-            cfg.start_ms + i64::from(first_day) * DAY_MS,
-            end_ms,
-            "steady 32 calls a minute, two hours every working day (threshold 30)",
-        ));
-    }
-    // A pause: an engineering agent away for twelve days, then back to its usual work; the three
-    // days after its return raise nothing.
-    if cfg.days >= first_day + 16 {
-        if let Some(i) = take(&|a| a.role == Role::Engineering) {
-            let a = &fleet[i];
-            let from = cfg.start_ms + i64::from(first_day) * DAY_MS;
-            let back = from + 12 * DAY_MS;
-            plan.push(Injection {
-                agent: i as u32,
-                calls: Vec::new(),
-                remove: None,
-                silence: Some((from, back)),
-            });
-            labels.push(label(
-                a,
-                None,
-                None,
-                back,
-                back + 3 * DAY_MS,
-                "back after a twelve-day pause",
-            ));
-        }
-    }
-    // Daylight-saving weeks: normal agents must stay silent through the change.
+    let Some(i) = p.take(|a| a.role == Role::Engineering) else {
+        return;
+    };
+    let from = p.first_day_ms();
+    let back = from + 12 * DAY_MS;
+    let inj = Injection::new(i, Vec::new()).silencing(from, back);
+    let note = "back after a twelve-day pause";
+    p.push(inj, control(p.agent(i), back, back + 3 * DAY_MS, note));
+}
+
+/// Daylight-saving weeks: normal agents must stay silent through the change.
+fn daylight_saving(p: &mut Planner) {
     let us_dst = (1_772_928_000_000, 1_773_532_800_000); // 2026-03-08 .. 03-15 UTC
     let eu_dst = (1_774_742_400_000, 1_775_347_200_000); // 2026-03-29 .. 04-05 UTC
     for (role, (from, to)) in [(Role::Finance, us_dst), (Role::Engineering, eu_dst)] {
-        if from >= cfg.start_ms && to <= end_ms {
-            for _ in 0..3 {
-                if let Some(i) = take(&|a| a.role == role) {
-                    labels.push(label(
-                        &fleet[i],
-                        None,
-                        None,
-                        from,
-                        to,
-                        "normal hours across a daylight-saving change",
-                    ));
-                }
+        if from < p.cfg.start_ms || to > p.end_ms {
+            continue;
+        }
+        for _ in 0..3 {
+            if let Some(i) = p.take(|a| a.role == role) {
+                let note = "normal hours across a daylight-saving change";
+                let l = control(p.agent(i), from, to, note);
+                p.labels.push(l);
             }
         }
     }
-    // Every injection uses its own deterministic times; keep a stable order.
-    for inj in &mut plan {
-        inj.calls.sort_by_key(|c| c.0);
-    }
-    (plan, labels)
 }
