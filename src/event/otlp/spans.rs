@@ -182,20 +182,7 @@ fn events_into<'a>(
                 }
             };
             let trace = (!span.trace_id.is_empty()).then_some(&span.trace_id);
-            let (agent, agent_source) = match (on_span, trace.and_then(|t| traces.get(t.as_ref())))
-            {
-                (Some(n), _) => (n, AgentSource::Named),
-                (None, Some(n)) => (n.clone(), AgentSource::Trace),
-                (None, None) => match (service, trace) {
-                    (Some(s), _) if opts.service_name_fallback => (s.clone(), AgentSource::Service),
-                    (_, Some(t)) => (t.clone(), AgentSource::Session),
-                    (_, None) => {
-                        return Err(DecodeError::MissingField {
-                            field: "/resourceSpans/*/scopeSpans/*/spans/*/traceId",
-                        })
-                    }
-                },
-            };
+            let (agent, agent_source) = agent_of(on_span, trace, &traces, service, opts)?;
             let ts_ms = start_ms(span)?;
             checked("gen_ai.agent.id", &agent)?;
             checked("traceId", &span.trace_id)?;
@@ -232,6 +219,32 @@ fn events_into<'a>(
         }
     }
     Ok(skipped)
+}
+
+/// A span's agent and where it comes from: named on the span, by its trace's `invoke_agent`
+/// span, the service's name (when the options allow), or its trace as a session to resolve.
+fn agent_of<'a>(
+    on_span: Option<Cow<'a, str>>,
+    trace: Option<&Cow<'a, str>>,
+    traces: &HashMap<&str, Cow<'a, str>>,
+    service: Option<&Cow<'a, str>>,
+    opts: &OtlpOptions,
+) -> Result<(Cow<'a, str>, AgentSource), DecodeError> {
+    Ok(
+        match (on_span, trace.and_then(|t| traces.get(t.as_ref()))) {
+            (Some(n), _) => (n, AgentSource::Named),
+            (None, Some(n)) => (n.clone(), AgentSource::Trace),
+            (None, None) => match (service, trace) {
+                (Some(s), _) if opts.service_name_fallback => (s.clone(), AgentSource::Service),
+                (_, Some(t)) => (t.clone(), AgentSource::Session),
+                (_, None) => {
+                    return Err(DecodeError::MissingField {
+                        field: "/resourceSpans/*/scopeSpans/*/spans/*/traceId",
+                    })
+                }
+            },
+        },
+    )
 }
 
 /// The agent a span names on itself: the first of the configured attributes present.
