@@ -4,8 +4,8 @@
 
 use serde::Serialize;
 
-use super::facts::{Ledger, PartitionFact};
-use super::report::Posture;
+use super::facts::{Gap, Ledger, PartitionFact};
+use super::report::{Fleet, Posture};
 use super::settings::PostureSettings;
 use crate::event::format_rfc3339_ms;
 use crate::state::AgentState;
@@ -157,6 +157,13 @@ struct Derived {
     monitoring: Vec<String>,
 }
 
+impl Derived {
+    /// Whether any agent and any event were folded.
+    fn has_data(&self) -> bool {
+        self.agents > 0 && self.events > 0
+    }
+}
+
 const DAY_MS: f64 = 86_400_000.0;
 
 fn derive(i: &Inputs<'_>) -> Derived {
@@ -225,24 +232,23 @@ fn status(gaps: &[String], hard: bool) -> ControlStatus {
     }
 }
 
-/// Adds a control whose status follows from its gaps (`hard`: gaps make it `not_met`).
-fn push(
-    controls: &mut Vec<Control>,
+/// A control whose status follows from its gaps (`hard`: gaps make it `not_met`).
+fn control(
     id: &'static str,
     title: &'static str,
     requirement: &'static str,
     evidence: Vec<Evidence>,
     gaps: Vec<String>,
     hard: bool,
-) {
-    controls.push(Control {
+) -> Control {
+    Control {
         id,
         title,
         requirement,
         status: status(&gaps, hard),
         evidence,
         gaps,
-    });
+    }
 }
 
 fn list_or_none(v: &[String]) -> String {
@@ -253,23 +259,89 @@ fn list_or_none(v: &[String]) -> String {
     }
 }
 
-/// Evaluates one framework.
-pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
-    let d = derive(i);
-    let l = i.ledger;
-    let s = i.settings;
-    let has_data = d.agents > 0 && d.events > 0;
-    let span = match (d.first, d.last) {
-        (Some(a), Some(b)) => format!(
-            "{:.1} days ({} to {})",
-            d.coverage_days,
-            format_rfc3339_ms(a),
-            format_rfc3339_ms(b)
-        ),
-        _ => "no events".into(),
-    };
-    let bps: Vec<String> = l
-        .blueprints
+/// The gaps that are there, in the order given.
+fn present(gaps: &[&Option<String>]) -> Vec<String> {
+    gaps.iter().filter_map(|g| (*g).clone()).collect()
+}
+
+/// Evidence items shared by the frameworks' controls.
+struct SharedEvidence {
+    /// Blueprints in force, with their mode and kill threshold.
+    blueprints: Evidence,
+    /// Agents, tools and fleet risk.
+    agents: Evidence,
+    /// Incidents raised.
+    incidents: Evidence,
+    /// Agents with a week or more of history.
+    baselines: Evidence,
+    /// Event-time span of the audit stream.
+    coverage: Evidence,
+    /// Events folded and the partitions' offsets.
+    events: Evidence,
+    /// Stretches of the log never read.
+    log_gaps: Evidence,
+    /// Malformed and late events.
+    malformed: Evidence,
+    /// Whether kill and revive commands are signed.
+    signing: Evidence,
+    /// Control commands rejected.
+    rejected: Evidence,
+    /// The stop procedure and the kill history.
+    stop: Evidence,
+    /// Where the records are exported.
+    export: Evidence,
+    /// How long incidents are kept.
+    retention: Evidence,
+    /// Guardian instances that wrote the state.
+    instances: Evidence,
+}
+
+impl SharedEvidence {
+    /// Builds every shared evidence item; `log_gap_lines` describe the unread stretches.
+    fn build(d: &Derived, i: &Inputs<'_>, log_gap_lines: &[String]) -> SharedEvidence {
+        let l = i.ledger;
+        SharedEvidence {
+            blueprints: ev(
+                "blueprints in force",
+                list_or_none(&blueprint_lines(l)),
+                "configuration",
+            ),
+            agents: agents_evidence(d, &i.posture.fleet),
+            incidents: incidents_evidence(d),
+            baselines: baselines_evidence(d),
+            coverage: ev(
+                "audit stream coverage (event time)",
+                coverage_span(d),
+                "state: agent states",
+            ),
+            events: events_evidence(d, i.partitions),
+            log_gaps: ev(
+                "unread stretches of the log",
+                list_or_none(log_gap_lines),
+                "ledger",
+            ),
+            malformed: malformed_evidence(d, l),
+            signing: signing_evidence(l),
+            rejected: ev(
+                "control commands rejected",
+                format!("{} (unsigned, forged or malformed)", l.commands_rejected),
+                "ledger",
+            ),
+            stop: stop_evidence(d, l),
+            export: export_evidence(l),
+            retention: retention_evidence(l, i.settings),
+            instances: ev(
+                "guardian instances",
+                format!("{} (source: {})", list_or_none(&l.guardian_ids), l.source),
+                "ledger",
+            ),
+        }
+    }
+}
+
+/// One line per blueprint in force: key, name, mode, kill threshold, dry run.
+fn blueprint_lines(l: &Ledger) -> Vec<String> {
+    l.blueprints
         .iter()
         .map(|b| {
             format!(
@@ -281,31 +353,25 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 if b.dry_run { ", dry run" } else { "" }
             )
         })
-        .collect();
-    let gaps_txt: Vec<String> = l
-        .gaps
-        .iter()
-        .map(|g| {
-            format!(
-                "{}/{} offsets {}..{} never read (found {})",
-                g.topic,
-                g.partition,
-                g.from_offset,
-                g.to_offset,
-                format_rfc3339_ms(g.found_at)
-            )
-        })
-        .collect();
-    let parts: Vec<String> = i
-        .partitions
-        .iter()
-        .map(|p| format!("{}/{} @ {}", p.topic, p.partition, p.next_offset))
-        .collect();
-    let fleet = &i.posture.fleet;
+        .collect()
+}
 
-    // Building blocks shared by frameworks.
-    let e_blueprints = ev("blueprints in force", list_or_none(&bps), "configuration");
-    let e_agents = ev(
+/// The event-time span of the audit stream, in days and as its two ends.
+fn coverage_span(d: &Derived) -> String {
+    match (d.first, d.last) {
+        (Some(a), Some(b)) => format!(
+            "{:.1} days ({} to {})",
+            d.coverage_days,
+            format_rfc3339_ms(a),
+            format_rfc3339_ms(b)
+        ),
+        _ => "no events".into(),
+    }
+}
+
+/// Evidence of the agents assessed and the fleet's risk.
+fn agents_evidence(d: &Derived, fleet: &Fleet) -> Evidence {
+    ev(
         "agents assessed",
         format!(
             "{} agents, {} tools, fleet risk {}/100 ({}), {} agents at high or critical risk",
@@ -317,39 +383,49 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
                 + fleet.by_risk_level.get("critical").unwrap_or(&0)
         ),
         "state: agent profiles",
-    );
-    let e_incidents = ev(
+    )
+}
+
+/// Evidence of the incidents raised.
+fn incidents_evidence(d: &Derived) -> Evidence {
+    ev(
         "incidents raised",
         format!(
             "{} (every one with basis, observed and expected figures and a description)",
             d.incidents
         ),
         "state: agent profiles",
-    );
-    let e_baselines = ev(
+    )
+}
+
+/// Evidence of the agents whose baselines are learned.
+fn baselines_evidence(d: &Derived) -> Evidence {
+    ev(
         "learned baselines",
         format!(
             "{} of {} agents have a week or more of hourly history",
             d.warm, d.agents
         ),
         "state: detector baselines",
-    );
-    let e_coverage = ev(
-        "audit stream coverage (event time)",
-        span.clone(),
-        "state: agent states",
-    );
-    let e_events = ev(
+    )
+}
+
+/// Evidence of the events folded and where each partition stands.
+fn events_evidence(d: &Derived, partitions: &[PartitionFact]) -> Evidence {
+    let offsets: Vec<String> = partitions
+        .iter()
+        .map(|p| format!("{}/{} @ {}", p.topic, p.partition, p.next_offset))
+        .collect();
+    ev(
         "audit events folded",
-        format!("{} events; partitions {}", d.events, list_or_none(&parts)),
+        format!("{} events; partitions {}", d.events, list_or_none(&offsets)),
         "state: partition offsets",
-    );
-    let e_gaps = ev(
-        "unread stretches of the log",
-        list_or_none(&gaps_txt),
-        "ledger",
-    );
-    let e_bad = ev(
+    )
+}
+
+/// Evidence of the malformed events and where they went, and of the late ones.
+fn malformed_evidence(d: &Derived, l: &Ledger) -> Evidence {
+    ev(
         "malformed events",
         format!(
             "{} {}, none dropped; {} late events kept out of baselines",
@@ -362,8 +438,12 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             d.late
         ),
         "state: partition counters",
-    );
-    let e_signed = ev(
+    )
+}
+
+/// Evidence of whether commands are signed.
+fn signing_evidence(l: &Ledger) -> Evidence {
+    ev(
         "command signing",
         if l.commands_signed {
             "kill and revive commands are signed with HMAC-SHA256; unsigned or forged ones are rejected"
@@ -371,13 +451,12 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             "no signing key"
         },
         "configuration",
-    );
-    let e_rejected = ev(
-        "control commands rejected",
-        format!("{} (unsigned, forged or malformed)", l.commands_rejected),
-        "ledger",
-    );
-    let e_stop = ev(
+    )
+}
+
+/// Evidence of the stop procedure and how often it was used.
+fn stop_evidence(d: &Derived, l: &Ledger) -> Evidence {
+    ev(
         "stop procedure",
         format!(
             "control topic {:?}; `guardian kill` / `guardian revive`{}; {} automatic kills, {} operator kills, {} revives; {} agents killed now",
@@ -389,8 +468,12 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             d.killed_now
         ),
         "state: kill history",
-    );
-    let e_export = ev(
+    )
+}
+
+/// Evidence of where the records are exported.
+fn export_evidence(l: &Ledger) -> Evidence {
+    ev(
         "records exported",
         format!(
             "incidents topic {:?}; SIEM sinks: {}; email routes: {}",
@@ -399,257 +482,156 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             l.email_routes
         ),
         "configuration",
-    );
-    let e_retention = ev(
+    )
+}
+
+/// Evidence of how long incidents are kept, against the required retention.
+fn retention_evidence(l: &Ledger, s: &PostureSettings) -> Evidence {
+    ev(
         "retention",
         format!(
             "incidents kept {} days in the state (required: {} days); audit events are kept by the broker's topic retention",
             l.incident_retention_days, s.log_retention_days
         ),
         "configuration",
-    );
-    let e_ids = ev(
-        "guardian instances",
-        format!("{} (source: {})", list_or_none(&l.guardian_ids), l.source),
-        "ledger",
-    );
+    )
+}
 
-    let mut controls = Vec::new();
-    let no_data = || "no audit events have been processed yet".to_string();
-    let warm_gap = (d.warm * 2 < d.agents).then(|| {
-        format!(
-            "learned baselines are still warming up for {} of {} agents",
-            d.agents - d.warm,
-            d.agents
-        )
-    });
-    let coverage_gap = (d.coverage_days < f64::from(s.coverage_days)).then(|| {
-        format!(
-            "{:.1} days of coverage, {} required",
-            d.coverage_days, s.coverage_days
-        )
-    });
-    let export_gap = l
-        .sinks
-        .is_empty()
-        .then(|| "no SIEM sink exports the records".to_string());
-    let retention_gap = (l.incident_retention_days < f64::from(s.log_retention_days)).then(|| {
-        format!(
-            "incidents are kept {} days, less than {} days",
-            l.incident_retention_days, s.log_retention_days
-        )
-    });
-    let sign_gap = (!l.commands_signed).then(|| "commands are not signed".to_string());
-    let drill_gap = (d.manual_kills + d.revives == 0 && l.api_commands == 0).then(|| {
-        "no operator kill or revive is recorded: exercise the stop procedure (a drill)".to_string()
-    });
-    let blocking_gap = d.blocking.is_empty().then(|| {
-        format!(
-            "no blueprint stops agents by itself (monitor mode or dry run: {})",
-            list_or_none(&d.monitoring)
-        )
-    });
-    let opt =
-        |v: &[&Option<String>]| -> Vec<String> { v.iter().filter_map(|x| (*x).clone()).collect() };
+/// Gaps shared by the frameworks' controls (`None`: not a gap here).
+struct SharedGaps {
+    /// No audit event processed yet.
+    no_data: Option<String>,
+    /// No blueprint in force.
+    no_blueprint: Option<String>,
+    /// Baselines still warming up for most agents.
+    warm: Option<String>,
+    /// Less event-time coverage than required.
+    coverage: Option<String>,
+    /// No SIEM sink exports the records.
+    export: Option<String>,
+    /// Incidents kept for less than the required retention.
+    retention: Option<String>,
+    /// Commands are not signed.
+    sign: Option<String>,
+    /// The stop procedure was never exercised.
+    drill: Option<String>,
+    /// No blueprint stops agents by itself.
+    blocking: Option<String>,
+    /// One line per stretch of the log never read.
+    log_lines: Vec<String>,
+}
 
-    match f {
-        Framework::EuAiAct => {
-            let mut g = opt(&[&warm_gap]);
-            if !has_data {
-                g.push(no_data());
-            }
-            if l.blueprints.is_empty() {
-                g.push("no blueprint is in force".into());
-            }
-            push(
-                &mut controls,
-                "art-9",
-                "Risk management system",
-                "Identify, analyse and evaluate risks continuously over the system's life cycle.",
-                vec![
-                    e_blueprints.clone(),
-                    e_agents.clone(),
-                    e_incidents.clone(),
-                    e_baselines.clone(),
-                ],
-                g,
-                !has_data || l.blueprints.is_empty(),
-            );
-            let mut g = gaps_txt.clone();
-            g.extend(opt(&[&coverage_gap]));
-            if !has_data {
-                g.push(no_data());
-            }
-            push(
-                &mut controls,
-                "art-12",
-                "Record-keeping",
-                "Automatically record events over the system's lifetime so that its functioning can be traced.",
-                vec![e_coverage.clone(), e_events.clone(), e_gaps.clone(), e_bad.clone()],
-                g,
-                !l.gaps.is_empty() || !has_data,
-            );
-            let g = opt(&[&retention_gap, &export_gap]);
-            let hard = retention_gap.is_some() && export_gap.is_some();
-            push(
-                &mut controls,
-                "art-19",
-                "Automatically generated logs",
-                "Keep the automatically generated logs for at least six months.",
-                vec![e_retention.clone(), e_export.clone()],
-                g,
-                hard,
-            );
-            let g = opt(&[&sign_gap, &drill_gap]);
-            push(
-                &mut controls,
-                "art-14",
-                "Human oversight",
-                "Let people oversee the system and interrupt it through a stop button or a similar procedure.",
-                vec![e_stop.clone(), e_signed.clone(), e_blueprints.clone()],
-                g,
-                !l.commands_signed,
-            );
-            let mut g = opt(&[&sign_gap]);
-            g.extend(gaps_txt.iter().cloned());
-            push(
-                &mut controls,
-                "art-15",
-                "Accuracy, robustness and cybersecurity",
-                "Be resilient to errors, faults and attempts by unauthorised third parties to alter use or behaviour.",
-                vec![e_bad.clone(), e_rejected.clone(), e_signed.clone(), e_gaps.clone()],
-                g,
-                !l.commands_signed,
-            );
-        }
-        Framework::UkAiPrinciples => {
-            let g = opt(&[&sign_gap, &blocking_gap]);
-            push(
-                &mut controls,
-                "safety-security-robustness",
-                "Safety, security and robustness",
-                "AI systems function in a robust, secure and safe way, and risks are continually identified, assessed and managed.",
-                vec![e_blueprints.clone(), e_stop.clone(), e_rejected.clone(), e_bad.clone()],
-                g,
-                !l.commands_signed,
-            );
-            let g = if has_data { vec![] } else { vec![no_data()] };
-            let reasons = i
-                .posture
-                .top_risks
-                .first()
-                .map(|r| format!("{}: {}", r.agent_id, r.reasons.join("; ")))
-                .unwrap_or_else(|| "no agent at risk".into());
-            push(
-                &mut controls,
-                "transparency-explainability",
-                "Appropriate transparency and explainability",
-                "Decisions about AI systems can be understood: what was observed, against what, and why.",
-                vec![
-                    e_incidents.clone(),
-                    ev("risk reasons (top agent)", reasons, "posture"),
-                    e_export.clone(),
-                ],
-                g,
-                false,
-            );
-            controls.push(Control {
-                id: "fairness",
-                title: "Fairness",
-                requirement: "AI systems do not undermine legal rights, discriminate or create unfair outcomes.",
-                status: ControlStatus::NotAssessed,
-                evidence: vec![],
-                gaps: vec!["outside what an audit stream of tool calls shows; assess the agents' decisions themselves".into()],
-            });
-            let g = opt(&[&export_gap, &sign_gap]);
-            push(
-                &mut controls,
-                "accountability-governance",
-                "Accountability and governance",
-                "Clear lines of accountability and effective oversight of AI systems across their life cycle.",
-                vec![e_ids.clone(), e_blueprints.clone(), e_export.clone(), e_signed.clone()],
-                g,
-                l.blueprints.is_empty(),
-            );
-            let mut g = opt(&[&sign_gap]);
-            if d.auto_kills + d.manual_kills > 0 && d.revives == 0 {
-                g.push(format!(
-                    "{} kills and no revive: review each kill and revive the agents wrongly stopped",
-                    d.auto_kills + d.manual_kills
-                ));
-            }
-            push(
-                &mut controls,
-                "contestability-redress",
-                "Contestability and redress",
-                "Outcomes can be contested and reversed: a killed agent can be revived through a recorded procedure.",
-                vec![e_stop.clone(), e_signed.clone()],
-                g,
-                !l.commands_signed,
-            );
-        }
-        Framework::NistAiRmf => {
-            let g = opt(&[&sign_gap]);
-            push(
-                &mut controls,
-                "govern",
-                "GOVERN",
-                "Policies, processes and accountability for AI risk are in place and applied.",
-                vec![e_blueprints.clone(), e_ids.clone(), e_signed.clone()],
-                if l.blueprints.is_empty() {
-                    vec!["no blueprint is in force".into()]
-                } else {
-                    g
-                },
-                l.blueprints.is_empty(),
-            );
-            let mut g = Vec::new();
-            if !has_data {
-                g.push(no_data());
-            }
-            if d.no_environment * 2 > d.agents {
-                g.push(format!(
-                    "{} of {} agents report no environment",
-                    d.no_environment, d.agents
-                ));
-            }
-            push(
-                &mut controls,
-                "map",
-                "MAP",
-                "The context is known: which agents run, where, with which tools.",
-                vec![e_agents.clone(), e_coverage.clone()],
-                g,
-                !has_data,
-            );
-            let mut g = opt(&[&warm_gap]);
-            if !has_data {
-                g.push(no_data());
-            }
-            push(
-                &mut controls,
-                "measure",
-                "MEASURE",
-                "Risks are measured and tracked with appropriate methods and metrics.",
-                vec![e_agents.clone(), e_baselines.clone(), e_incidents.clone()],
-                g,
-                !has_data,
-            );
-            let g = opt(&[&blocking_gap, &export_gap]);
-            let hard = blocking_gap.is_some() && export_gap.is_some() && d.manual_kills == 0;
-            push(
-                &mut controls,
-                "manage",
-                "MANAGE",
-                "Risks are prioritised and acted on: responses, alerts and recovery.",
-                vec![e_stop.clone(), e_export.clone()],
-                g,
-                hard,
-            );
+impl SharedGaps {
+    /// Finds every shared gap in the derived facts, the ledger and the settings.
+    fn build(d: &Derived, l: &Ledger, s: &PostureSettings) -> SharedGaps {
+        SharedGaps {
+            no_data: (!d.has_data()).then(|| "no audit events have been processed yet".to_string()),
+            no_blueprint: l
+                .blueprints
+                .is_empty()
+                .then(|| "no blueprint is in force".to_string()),
+            warm: (d.warm * 2 < d.agents).then(|| {
+                format!(
+                    "learned baselines are still warming up for {} of {} agents",
+                    d.agents - d.warm,
+                    d.agents
+                )
+            }),
+            coverage: (d.coverage_days < f64::from(s.coverage_days)).then(|| {
+                format!(
+                    "{:.1} days of coverage, {} required",
+                    d.coverage_days, s.coverage_days
+                )
+            }),
+            export: l
+                .sinks
+                .is_empty()
+                .then(|| "no SIEM sink exports the records".to_string()),
+            retention: (l.incident_retention_days < f64::from(s.log_retention_days)).then(|| {
+                format!(
+                    "incidents are kept {} days, less than {} days",
+                    l.incident_retention_days, s.log_retention_days
+                )
+            }),
+            sign: (!l.commands_signed).then(|| "commands are not signed".to_string()),
+            drill: (d.manual_kills + d.revives == 0 && l.api_commands == 0).then(|| {
+                "no operator kill or revive is recorded: exercise the stop procedure (a drill)"
+                    .to_string()
+            }),
+            blocking: d.blocking.is_empty().then(|| {
+                format!(
+                    "no blueprint stops agents by itself (monitor mode or dry run: {})",
+                    list_or_none(&d.monitoring)
+                )
+            }),
+            log_lines: l.gaps.iter().map(log_gap_line).collect(),
         }
     }
+}
+
+/// A stretch of the log never read, in words.
+fn log_gap_line(g: &Gap) -> String {
+    format!(
+        "{}/{} offsets {}..{} never read (found {})",
+        g.topic,
+        g.partition,
+        g.from_offset,
+        g.to_offset,
+        format_rfc3339_ms(g.found_at)
+    )
+}
+
+/// Everything a framework's controls are judged on, derived once.
+struct Assessment<'a> {
+    /// Facts derived from the states, partitions and ledger.
+    derived: Derived,
+    /// The guardian's ledger.
+    ledger: &'a Ledger,
+    /// Fleet posture.
+    posture: &'a Posture,
+    /// Evidence items shared by the controls.
+    evidence: SharedEvidence,
+    /// Gaps shared by the controls.
+    gaps: SharedGaps,
+}
+
+impl<'a> Assessment<'a> {
+    /// Derives the facts, shared evidence and shared gaps of the inputs.
+    fn new(i: &Inputs<'a>) -> Assessment<'a> {
+        let derived = derive(i);
+        let gaps = SharedGaps::build(&derived, i.ledger, i.settings);
+        let evidence = SharedEvidence::build(&derived, i, &gaps.log_lines);
+        Assessment {
+            derived,
+            ledger: i.ledger,
+            posture: i.posture,
+            evidence,
+            gaps,
+        }
+    }
+}
+
+/// Evaluates one framework.
+pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
+    let a = Assessment::new(i);
+    let controls = match f {
+        Framework::EuAiAct => eu_ai_act(&a),
+        Framework::UkAiPrinciples => uk_ai_principles(&a),
+        Framework::NistAiRmf => nist_ai_rmf(&a),
+    };
+    ComplianceReport {
+        framework: f.id(),
+        title: f.title(),
+        as_of: i.posture.as_of.clone(),
+        summary: count_statuses(&controls),
+        controls,
+    }
+}
+
+/// Counts the controls by status.
+fn count_statuses(controls: &[Control]) -> Summary {
     let mut summary = Summary::default();
-    for c in &controls {
+    for c in controls {
         match c.status {
             ControlStatus::Met => summary.met += 1,
             ControlStatus::Partial => summary.partial += 1,
@@ -657,11 +639,250 @@ pub fn evaluate(f: Framework, i: &Inputs<'_>) -> ComplianceReport {
             ControlStatus::NotAssessed => summary.not_assessed += 1,
         }
     }
-    ComplianceReport {
-        framework: f.id(),
-        title: f.title(),
-        as_of: i.posture.as_of.clone(),
-        summary,
-        controls,
+    summary
+}
+
+/// The EU AI Act's controls: articles 9, 12, 19, 14 and 15.
+fn eu_ai_act(a: &Assessment<'_>) -> Vec<Control> {
+    vec![
+        eu_risk_management(a),
+        eu_record_keeping(a),
+        eu_log_retention(a),
+        eu_human_oversight(a),
+        eu_robustness(a),
+    ]
+}
+
+/// EU AI Act article 9: risk management system.
+fn eu_risk_management(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "art-9",
+        "Risk management system",
+        "Identify, analyse and evaluate risks continuously over the system's life cycle.",
+        vec![
+            e.blueprints.clone(),
+            e.agents.clone(),
+            e.incidents.clone(),
+            e.baselines.clone(),
+        ],
+        present(&[&g.warm, &g.no_data, &g.no_blueprint]),
+        !a.derived.has_data() || a.ledger.blueprints.is_empty(),
+    )
+}
+
+/// EU AI Act article 12: record-keeping.
+fn eu_record_keeping(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    let mut gaps = g.log_lines.clone();
+    gaps.extend(present(&[&g.coverage, &g.no_data]));
+    control(
+        "art-12",
+        "Record-keeping",
+        "Automatically record events over the system's lifetime so that its functioning can be traced.",
+        vec![e.coverage.clone(), e.events.clone(), e.log_gaps.clone(), e.malformed.clone()],
+        gaps,
+        !a.ledger.gaps.is_empty() || !a.derived.has_data(),
+    )
+}
+
+/// EU AI Act article 19: automatically generated logs.
+fn eu_log_retention(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "art-19",
+        "Automatically generated logs",
+        "Keep the automatically generated logs for at least six months.",
+        vec![e.retention.clone(), e.export.clone()],
+        present(&[&g.retention, &g.export]),
+        g.retention.is_some() && g.export.is_some(),
+    )
+}
+
+/// EU AI Act article 14: human oversight.
+fn eu_human_oversight(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "art-14",
+        "Human oversight",
+        "Let people oversee the system and interrupt it through a stop button or a similar procedure.",
+        vec![e.stop.clone(), e.signing.clone(), e.blueprints.clone()],
+        present(&[&g.sign, &g.drill]),
+        !a.ledger.commands_signed,
+    )
+}
+
+/// EU AI Act article 15: accuracy, robustness and cybersecurity.
+fn eu_robustness(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    let mut gaps = present(&[&g.sign]);
+    gaps.extend(g.log_lines.iter().cloned());
+    control(
+        "art-15",
+        "Accuracy, robustness and cybersecurity",
+        "Be resilient to errors, faults and attempts by unauthorised third parties to alter use or behaviour.",
+        vec![e.malformed.clone(), e.rejected.clone(), e.signing.clone(), e.log_gaps.clone()],
+        gaps,
+        !a.ledger.commands_signed,
+    )
+}
+
+/// The UK AI regulation principles' controls, one per principle.
+fn uk_ai_principles(a: &Assessment<'_>) -> Vec<Control> {
+    vec![
+        uk_safety(a),
+        uk_transparency(a),
+        uk_fairness(),
+        uk_accountability(a),
+        uk_contestability(a),
+    ]
+}
+
+/// UK principle: safety, security and robustness.
+fn uk_safety(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "safety-security-robustness",
+        "Safety, security and robustness",
+        "AI systems function in a robust, secure and safe way, and risks are continually identified, assessed and managed.",
+        vec![e.blueprints.clone(), e.stop.clone(), e.rejected.clone(), e.malformed.clone()],
+        present(&[&g.sign, &g.blocking]),
+        !a.ledger.commands_signed,
+    )
+}
+
+/// UK principle: appropriate transparency and explainability.
+fn uk_transparency(a: &Assessment<'_>) -> Control {
+    let e = &a.evidence;
+    let reasons = a
+        .posture
+        .top_risks
+        .first()
+        .map(|r| format!("{}: {}", r.agent_id, r.reasons.join("; ")))
+        .unwrap_or_else(|| "no agent at risk".into());
+    control(
+        "transparency-explainability",
+        "Appropriate transparency and explainability",
+        "Decisions about AI systems can be understood: what was observed, against what, and why.",
+        vec![
+            e.incidents.clone(),
+            ev("risk reasons (top agent)", reasons, "posture"),
+            e.export.clone(),
+        ],
+        present(&[&a.gaps.no_data]),
+        false,
+    )
+}
+
+/// UK principle: fairness, which the audit stream cannot show.
+fn uk_fairness() -> Control {
+    Control {
+        id: "fairness",
+        title: "Fairness",
+        requirement: "AI systems do not undermine legal rights, discriminate or create unfair outcomes.",
+        status: ControlStatus::NotAssessed,
+        evidence: vec![],
+        gaps: vec!["outside what an audit stream of tool calls shows; assess the agents' decisions themselves".into()],
     }
+}
+
+/// UK principle: accountability and governance.
+fn uk_accountability(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "accountability-governance",
+        "Accountability and governance",
+        "Clear lines of accountability and effective oversight of AI systems across their life cycle.",
+        vec![e.instances.clone(), e.blueprints.clone(), e.export.clone(), e.signing.clone()],
+        present(&[&g.export, &g.sign]),
+        a.ledger.blueprints.is_empty(),
+    )
+}
+
+/// UK principle: contestability and redress.
+fn uk_contestability(a: &Assessment<'_>) -> Control {
+    let (d, e) = (&a.derived, &a.evidence);
+    let mut gaps = present(&[&a.gaps.sign]);
+    if d.auto_kills + d.manual_kills > 0 && d.revives == 0 {
+        gaps.push(format!(
+            "{} kills and no revive: review each kill and revive the agents wrongly stopped",
+            d.auto_kills + d.manual_kills
+        ));
+    }
+    control(
+        "contestability-redress",
+        "Contestability and redress",
+        "Outcomes can be contested and reversed: a killed agent can be revived through a recorded procedure.",
+        vec![e.stop.clone(), e.signing.clone()],
+        gaps,
+        !a.ledger.commands_signed,
+    )
+}
+
+/// The NIST AI RMF's controls, one per function.
+fn nist_ai_rmf(a: &Assessment<'_>) -> Vec<Control> {
+    vec![nist_govern(a), nist_map(a), nist_measure(a), nist_manage(a)]
+}
+
+/// NIST AI RMF function GOVERN.
+fn nist_govern(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "govern",
+        "GOVERN",
+        "Policies, processes and accountability for AI risk are in place and applied.",
+        vec![e.blueprints.clone(), e.instances.clone(), e.signing.clone()],
+        if g.no_blueprint.is_some() {
+            present(&[&g.no_blueprint])
+        } else {
+            present(&[&g.sign])
+        },
+        a.ledger.blueprints.is_empty(),
+    )
+}
+
+/// NIST AI RMF function MAP.
+fn nist_map(a: &Assessment<'_>) -> Control {
+    let (d, e) = (&a.derived, &a.evidence);
+    let mut gaps = present(&[&a.gaps.no_data]);
+    if d.no_environment * 2 > d.agents {
+        gaps.push(format!(
+            "{} of {} agents report no environment",
+            d.no_environment, d.agents
+        ));
+    }
+    control(
+        "map",
+        "MAP",
+        "The context is known: which agents run, where, with which tools.",
+        vec![e.agents.clone(), e.coverage.clone()],
+        gaps,
+        !d.has_data(),
+    )
+}
+
+/// NIST AI RMF function MEASURE.
+fn nist_measure(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "measure",
+        "MEASURE",
+        "Risks are measured and tracked with appropriate methods and metrics.",
+        vec![e.agents.clone(), e.baselines.clone(), e.incidents.clone()],
+        present(&[&g.warm, &g.no_data]),
+        !a.derived.has_data(),
+    )
+}
+
+/// NIST AI RMF function MANAGE.
+fn nist_manage(a: &Assessment<'_>) -> Control {
+    let (e, g) = (&a.evidence, &a.gaps);
+    control(
+        "manage",
+        "MANAGE",
+        "Risks are prioritised and acted on: responses, alerts and recovery.",
+        vec![e.stop.clone(), e.export.clone()],
+        present(&[&g.blocking, &g.export]),
+        g.blocking.is_some() && g.export.is_some() && a.derived.manual_kills == 0,
+    )
 }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::settings::PostureSettings;
 use crate::blueprint::Severity;
-use crate::state::AgentState;
+use crate::state::{AgentState, IncidentMark, Profile};
 
 /// Risk level of a score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -111,43 +111,53 @@ pub fn environment_points(env: &str) -> f64 {
 /// Scores an agent as of event time `now`.
 pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
     let p = &st.profile;
-    let mut factors = Vec::with_capacity(6);
-    let mut add = |factor: &'static str, max: f64, points: f64, reason: String| {
-        let points = round1(points.clamp(0.0, max));
-        if points > 0.0 {
-            factors.push(Factor {
-                factor,
-                points,
-                max,
-                reason,
-            });
-        }
-    };
+    let factors = [
+        incidents_factor(p, s, now),
+        kill_history_factor(st),
+        deny_ratio_factor(p),
+        sensitive_tools_factor(p, s),
+        environment_factor(p),
+        off_hours_factor(st),
+    ];
+    risk_of(factors.into_iter().flatten().collect())
+}
 
-    // Incidents, weighted by severity and recency.
-    let half = s.incident_half_life_ms.max(1) as f64;
-    let mut weight = 0.0;
-    let mut recent = [0u32; 4];
-    for m in &p.recent {
-        let age = (now - m.at).max(0) as f64;
-        weight += SEVERITY_WEIGHT[m.severity.index()] * 0.5f64.powf(age / half);
-        if age <= half {
-            recent[m.severity.index()] += 1;
-        }
+/// A factor worth `points` clamped to `0..=max` and rounded to one decimal; `None` when
+/// worth nothing.
+fn capped(factor: &'static str, max: f64, points: f64, reason: String) -> Option<Factor> {
+    let points = round1(points.clamp(0.0, max));
+    (points > 0.0).then_some(Factor {
+        factor,
+        points,
+        max,
+        reason,
+    })
+}
+
+/// The risk of the factors: sorted largest first, summed to a score and its level.
+fn risk_of(mut factors: Vec<Factor>) -> Risk {
+    factors.sort_by(|a, b| b.points.total_cmp(&a.points));
+    let total: f64 = factors.iter().map(|f| f.points).sum();
+    let score = total.round().clamp(0.0, 100.0) as u8;
+    Risk {
+        score,
+        level: RiskLevel::of(score),
+        factors,
     }
-    let day = 86_400_000;
-    let within = if s.incident_half_life_ms % day == 0 {
-        format!("{} days", s.incident_half_life_ms / day)
-    } else {
-        humantime::format_duration(std::time::Duration::from_millis(half as u64)).to_string()
-    };
+}
+
+/// Incidents, weighted by severity and recency.
+fn incidents_factor(p: &Profile, s: &PostureSettings, now: i64) -> Option<Factor> {
+    let half = s.incident_half_life_ms.max(1) as f64;
+    let (weight, recent) = weigh_incidents(&p.recent, half, now);
+    let within = half_life_text(s.incident_half_life_ms, half);
     let counts: Vec<String> = Severity::ALL
         .iter()
         .rev()
         .filter(|sv| recent[sv.index()] > 0)
         .map(|sv| format!("{} {}", recent[sv.index()], sv.as_str()))
         .collect();
-    add(
+    capped(
         "incidents",
         35.0,
         weight,
@@ -161,12 +171,41 @@ pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
             p.incidents.iter().sum::<u64>(),
             weight
         ),
-    );
+    )
+}
 
-    // Kill history.
+/// The incidents' weight (severity halved every `half` ms of age) and, per severity, how many
+/// are at most `half` old.
+fn weigh_incidents(marks: &[IncidentMark], half: f64, now: i64) -> (f64, [u32; 4]) {
+    let mut weight = 0.0;
+    let mut recent = [0u32; 4];
+    for m in marks {
+        let age = (now - m.at).max(0) as f64;
+        weight += SEVERITY_WEIGHT[m.severity.index()] * 0.5f64.powf(age / half);
+        if age <= half {
+            recent[m.severity.index()] += 1;
+        }
+    }
+    (weight, recent)
+}
+
+/// The half-life in words: whole days, else `half` (the half-life, at least 1 ms) as
+/// `humantime` writes it.
+fn half_life_text(half_life_ms: i64, half: f64) -> String {
+    let day = 86_400_000;
+    if half_life_ms % day == 0 {
+        format!("{} days", half_life_ms / day)
+    } else {
+        humantime::format_duration(std::time::Duration::from_millis(half as u64)).to_string()
+    }
+}
+
+/// Kill history: full while killed, else by past kills.
+fn kill_history_factor(st: &AgentState) -> Option<Factor> {
+    let p = &st.profile;
     let kills = p.auto_kills + p.manual_kills;
     if st.kill.killed {
-        add(
+        capped(
             "kill_history",
             20.0,
             20.0,
@@ -174,9 +213,9 @@ pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
                 "killed now ({} automatic, {} by operators, {} revives)",
                 p.auto_kills, p.manual_kills, p.revives
             ),
-        );
+        )
     } else if kills > 0 {
-        add(
+        capped(
             "kill_history",
             20.0,
             5.0 * f64::from(kills),
@@ -184,41 +223,51 @@ pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
                 "killed {kills} time(s) before ({} automatic, {} by operators), revived {}",
                 p.auto_kills, p.manual_kills, p.revives
             ),
-        );
+        )
+    } else {
+        None
     }
+}
 
-    // Deny ratio.
+/// Deny ratio, once enough calls have an outcome.
+fn deny_ratio_factor(p: &Profile) -> Option<Factor> {
     let with_outcome = p.events_with_outcome();
-    if with_outcome >= 20 {
-        let ratio = p.denied() as f64 / with_outcome as f64;
-        add(
-            "deny_ratio",
-            15.0,
-            15.0 * (ratio / 0.3).min(1.0),
-            format!(
-                "{:.1} % of {with_outcome} calls denied, rejected, rate-limited or stopped by the SDK",
-                ratio * 100.0
-            ),
-        );
+    if with_outcome < 20 {
+        return None;
     }
+    let ratio = p.denied() as f64 / with_outcome as f64;
+    capped(
+        "deny_ratio",
+        15.0,
+        15.0 * (ratio / 0.3).min(1.0),
+        format!(
+            "{:.1} % of {with_outcome} calls denied, rejected, rate-limited or stopped by the SDK",
+            ratio * 100.0
+        ),
+    )
+}
 
-    // Sensitive tools.
+/// Sensitive tools used.
+fn sensitive_tools_factor(p: &Profile, s: &PostureSettings) -> Option<Factor> {
     let sensitive: Vec<&str> = p
         .tools
         .iter()
         .filter(|t| s.sensitive.is_match(&t.name))
         .map(|t| t.name.as_str())
         .collect();
-    if !sensitive.is_empty() {
-        add(
-            "sensitive_tools",
-            10.0,
-            4.0 * sensitive.len() as f64,
-            format!("uses {}", sensitive.join(", ")),
-        );
+    if sensitive.is_empty() {
+        return None;
     }
+    capped(
+        "sensitive_tools",
+        10.0,
+        4.0 * sensitive.len() as f64,
+        format!("uses {}", sensitive.join(", ")),
+    )
+}
 
-    // Environment.
+/// Environment: the riskiest one the agent runs in.
+fn environment_factor(p: &Profile) -> Option<Factor> {
     let (env_points, env) = if p.environments.is_empty() {
         (5.0, "no environment reported".to_string())
     } else {
@@ -232,31 +281,26 @@ pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
             format!("runs in {}", p.environments.join(", ")),
         )
     };
-    add("environment", 10.0, env_points, env);
+    capped("environment", 10.0, env_points, env)
+}
 
-    // Off-hours share.
-    if st.events > 0 && p.off_hours_events > 0 {
-        let share = p.off_hours_events as f64 / st.events as f64;
-        add(
-            "off_hours",
-            10.0,
-            10.0 * (share / 0.2).min(1.0),
-            format!(
-                "{:.1} % of {} calls outside the blueprint's hours and days",
-                share * 100.0,
-                st.events
-            ),
-        );
+/// Off-hours share of the agent's calls.
+fn off_hours_factor(st: &AgentState) -> Option<Factor> {
+    let p = &st.profile;
+    if st.events == 0 || p.off_hours_events == 0 {
+        return None;
     }
-
-    factors.sort_by(|a, b| b.points.total_cmp(&a.points));
-    let total: f64 = factors.iter().map(|f| f.points).sum();
-    let score = total.round().clamp(0.0, 100.0) as u8;
-    Risk {
-        score,
-        level: RiskLevel::of(score),
-        factors,
-    }
+    let share = p.off_hours_events as f64 / st.events as f64;
+    capped(
+        "off_hours",
+        10.0,
+        10.0 * (share / 0.2).min(1.0),
+        format!(
+            "{:.1} % of {} calls outside the blueprint's hours and days",
+            share * 100.0,
+            st.events
+        ),
+    )
 }
 
 #[cfg(test)]
