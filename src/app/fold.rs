@@ -426,11 +426,7 @@ impl Fold {
             part.next = r.offset + 1;
             part.last_record = now;
             self.since_checkpoint += 1;
-            if let Some(ts) = r.timestamp {
-                // A clock behind the producer's would give a negative age: count it as 0.
-                let age = now.saturating_sub(ts).max(0);
-                self.metrics.event_age.observe(age as f64 / 1000.0);
-            }
+            observe_age(&self.metrics, r.timestamp, now);
             let payload = r.payload.as_deref().unwrap_or_default();
             let ctx = RecordContext {
                 decoder: &self.decoder,
@@ -465,9 +461,8 @@ impl Fold {
             &mut self.out,
         );
         if waited {
-            self.metrics
-                .commands_pending
-                .store(self.pending.len() as u64, Ordering::Relaxed);
+            let left = self.pending.len() as u64;
+            self.metrics.commands_pending.store(left, Ordering::Relaxed);
         }
         // A burst of new agents found while processing.
         part.engine.take_identity_incidents(&mut self.out);
@@ -908,6 +903,15 @@ fn dead_letter(topic: &str, r: &Message, payload: &[u8], e: &DecodeError, now: i
         kind: e.kind(),
         error: e.to_string(),
         at: r.timestamp.unwrap_or(now),
+    }
+}
+
+/// Observes a record's age on arrival (the broker's `timestamp` to `now`); a clock behind the
+/// producer's would give a negative age: it counts as 0.
+fn observe_age(metrics: &Metrics, timestamp: Option<i64>, now: i64) {
+    if let Some(ts) = timestamp {
+        let age = now.saturating_sub(ts).max(0);
+        metrics.event_age.observe(age as f64 / 1000.0);
     }
 }
 

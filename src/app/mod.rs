@@ -180,18 +180,9 @@ impl Daemon {
             owned: std::sync::RwLock::new(Vec::new()),
         });
         let api = bind_api(&cfg, &live)?;
-        let (siem, deliveries) = SiemSinks::open(
-            &cfg.config.sinks,
-            cfg.config.email.as_ref(),
-            store.db(),
-            &cfg.config.guardian_id,
-            &k.brokers,
-            &cfg.kafka_options,
-        )?;
+        let (publisher, deliveries) = open_publisher(&cfg, sink, &store, &metrics)?;
         let api_addr = api.as_ref().map(crate::api::Server::addr);
         let (writer, writer_loop) = CheckpointWriter::new(store.clone(), consumer.clone());
-        let settle_deadline = settle_deadline(&cfg);
-        let publisher = Publisher::new(Box::new(sink), siem, metrics.clone(), k, settle_deadline);
         let snapshots = Snapshots {
             store: store.clone(),
             live: live.clone(),
@@ -275,6 +266,28 @@ fn open_fold(cfg: &Resolved, store: &Store, metrics: &Arc<Metrics>) -> Result<Fo
     )?;
     fold.set_control_marks(store.control_marks()?);
     Ok(fold)
+}
+
+/// The publisher onto the output topics (through `sink`) and the SIEM and email sinks, whose
+/// spools live in the store's database; returns it with the sinks' deliveries to run.
+fn open_publisher(
+    cfg: &Resolved,
+    sink: KafkaSink,
+    store: &Store,
+    metrics: &Arc<Metrics>,
+) -> Result<(Publisher, Vec<crate::sink::delivery::Delivery>), DaemonError> {
+    let k = &cfg.config.kafka;
+    let (siem, deliveries) = SiemSinks::open(
+        &cfg.config.sinks,
+        cfg.config.email.as_ref(),
+        store.db(),
+        &cfg.config.guardian_id,
+        &k.brokers,
+        &cfg.kafka_options,
+    )?;
+    let deadline = settle_deadline(cfg);
+    let publisher = Publisher::new(Box::new(sink), siem, metrics.clone(), k, deadline);
+    Ok((publisher, deliveries))
 }
 
 /// The admin API bound to its address (with the commander it publishes operator commands

@@ -334,24 +334,8 @@ pub fn run_control(
             cfg.set("fetch.wait.max.ms", "100");
         }
         let c: BaseConsumer<crate::kafka::Quiet> = cfg.create_with_context(crate::kafka::Quiet)?;
-        // The topic may not exist yet on a fresh cluster: wait for its metadata.
-        let parts = loop {
-            if stop.is_set() {
-                return Ok(());
-            }
-            match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
-                Ok(md) => {
-                    let n = md
-                        .topics()
-                        .first()
-                        .map_or(0, |t| t.partitions().len() as i32);
-                    if n > 0 {
-                        break n;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, topic, "control topic metadata"),
-            }
-            stop.wait(Duration::from_millis(500));
+        let Some(parts) = control_partitions(&c, topic, &stop) else {
+            return Ok(());
         };
         let mut tpl = TopicPartitionList::new();
         for p in 0..parts {
@@ -362,18 +346,7 @@ pub fn run_control(
             tpl.add_partition_offset(topic, p, off)?;
         }
         c.assign(&tpl)?;
-        // The control topic is the durable record of operator decisions (a rebuild or a lost
-        // disk reads it again from its start): say so when the broker keeps it for less.
-        match crate::kafka::topic_retention(brokers, options, topic, Duration::from_secs(5)) {
-            Ok(r) => {
-                for w in r.warnings() {
-                    tracing::warn!(topic, "control topic: {w}");
-                }
-            }
-            Err(e) => {
-                tracing::info!(topic, error = %e, "control topic: cannot read its retention from the broker; it must keep operator commands for as long as their kills stand (retention.ms=-1)");
-            }
-        }
+        warn_short_retention(brokers, options, topic);
         while !stop.is_set() {
             match c.poll(Duration::from_millis(100)) {
                 None => {}
@@ -398,6 +371,48 @@ pub fn run_control(
     // The engine counts its sources out; the error is this thread's to report.
     queue.send(Notice::Stopped);
     result
+}
+
+/// The control topic's partition count, once its metadata shows it (the topic may not exist
+/// yet on a fresh cluster); `None` when the daemon stops first.
+fn control_partitions(
+    c: &BaseConsumer<crate::kafka::Quiet>,
+    topic: &str,
+    stop: &Stop,
+) -> Option<i32> {
+    loop {
+        if stop.is_set() {
+            return None;
+        }
+        match c.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(md) => {
+                let n = md
+                    .topics()
+                    .first()
+                    .map_or(0, |t| t.partitions().len() as i32);
+                if n > 0 {
+                    return Some(n);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, topic, "control topic metadata"),
+        }
+        stop.wait(Duration::from_millis(500));
+    }
+}
+
+/// The control topic is the durable record of operator decisions (a rebuild or a lost disk
+/// reads it again from its start): says so when the broker keeps it for less.
+fn warn_short_retention(brokers: &str, options: &BTreeMap<String, String>, topic: &str) {
+    match crate::kafka::topic_retention(brokers, options, topic, Duration::from_secs(5)) {
+        Ok(r) => {
+            for w in r.warnings() {
+                tracing::warn!(topic, "control topic: {w}");
+            }
+        }
+        Err(e) => {
+            tracing::info!(topic, error = %e, "control topic: cannot read its retention from the broker; it must keep operator commands for as long as their kills stand (retention.ms=-1)");
+        }
+    }
 }
 
 #[cfg(test)]
