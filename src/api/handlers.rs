@@ -220,7 +220,10 @@ pub async fn posture(State(s): State<Arc<AppState>>, q: Query<PostureQuery>) -> 
         Err(r) => return r,
     };
     let p = v.posture(&s.blueprints, &s.posture);
-    let mut doc = serde_json::to_value(&p).unwrap_or(Value::Null);
+    let mut doc = match serde_json::to_value(&p) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
     if !q.agents {
         if let Some(o) = doc.as_object_mut() {
             o.remove("agents");
