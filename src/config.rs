@@ -48,6 +48,69 @@ impl Default for KafkaConfig {
     }
 }
 
+impl KafkaConfig {
+    /// The topics the guardian writes, with their setting's name.
+    fn output_topics(&self) -> [(&'static str, &String); 3] {
+        [
+            ("incidents_topic", &self.incidents_topic),
+            ("control_topic", &self.control_topic),
+            ("dead_letter_topic", &self.dead_letter_topic),
+        ]
+    }
+
+    /// Checks the brokers, the group and the topics: none empty, no output topic read as an
+    /// audit topic.
+    fn check_topics(&self, errors: &mut Vec<String>) {
+        if self.brokers.trim().is_empty() {
+            errors.push("kafka.brokers: empty".into());
+        }
+        if self.group_id.trim().is_empty() {
+            errors.push("kafka.group_id: empty".into());
+        }
+        if self.audit_topics.is_empty() || self.audit_topics.iter().any(|t| t.trim().is_empty()) {
+            errors.push("kafka.audit_topics: needs at least one non-empty topic".into());
+        }
+        for (name, t) in self.output_topics() {
+            if t.trim().is_empty() {
+                errors.push(format!("kafka.{name}: empty"));
+            } else if self.audit_topics.contains(t) {
+                errors.push(format!("kafka.{name}: {t:?} is also an audit topic"));
+            }
+        }
+    }
+
+    /// The librdkafka options with their secrets resolved; refuses those the guardian sets
+    /// itself, and any librdkafka does not take.
+    fn resolve_options(&self, errors: &mut Vec<String>) -> BTreeMap<String, String> {
+        let mut options = BTreeMap::new();
+        for (key, v) in &self.options {
+            match v.resolve() {
+                Ok(v) => {
+                    options.insert(key.clone(), v);
+                }
+                Err(e) => errors.push(format!("kafka.options.{key}: {e}")),
+            }
+        }
+        for key in self.options.keys() {
+            let bare = crate::kafka::bare_option(key);
+            if let Some((_, why)) = RESERVED_OPTIONS.iter().find(|(k, _)| *k == bare) {
+                errors.push(format!("kafka.options.{key}: set by the guardian ({why})"));
+            }
+        }
+        // Each option as librdkafka itself takes it (an unknown name or a value of the wrong
+        // kind is refused here, not at the first connection).
+        for (key, value) in &options {
+            let bare = crate::kafka::bare_option(key);
+            let mut one = rdkafka::config::ClientConfig::new();
+            one.set(bare, value);
+            if let Err(e) = one.create_native_config() {
+                errors.push(format!("kafka.options.{key}: {e}"));
+            }
+        }
+        options
+    }
+}
+
 /// What a partition with no local state replays silently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -335,52 +398,46 @@ impl Config {
     /// Validates everything and resolves secrets, durations and blueprints; reports every error.
     pub fn resolve(self, file: &Path) -> Result<Resolved, ConfigError> {
         let mut errors = Vec::new();
-        let k = &self.kafka;
-        if k.brokers.trim().is_empty() {
-            errors.push("kafka.brokers: empty".into());
+        self.kafka.check_topics(&mut errors);
+        let kafka_options = self.kafka.resolve_options(&mut errors);
+        self.check_instance(&mut errors);
+        let signing_key = self.resolve_signing_key(&mut errors);
+        let previous_signing_keys = self.resolve_previous_signing_keys(&mut errors);
+        let timing = self.resolve_timing(&mut errors);
+        self.check_engine(&mut errors);
+        self.check_sinks(&mut errors);
+        if let Some(e) = &self.email {
+            e.validate(&mut errors);
         }
-        if k.group_id.trim().is_empty() {
-            errors.push("kafka.group_id: empty".into());
+        let api = self.api.as_ref().and_then(|a| a.validate(&mut errors));
+        let posture = self.resolve_posture(&mut errors);
+        self.check_volume_pointer(&mut errors);
+        self.check_otlp(&mut errors);
+        let blueprints = self.load_blueprints(&mut errors);
+        match blueprints {
+            Some(blueprints) if errors.is_empty() => Ok(Resolved {
+                config: self,
+                signing_key,
+                previous_signing_keys,
+                command_ttl: timing.command_ttl,
+                kafka_options,
+                checkpoint_interval: timing.checkpoint_interval,
+                shutdown_timeout: timing.shutdown_timeout,
+                max_future: timing.max_future,
+                duplicates: timing.duplicates,
+                blueprints,
+                posture,
+                api,
+            }),
+            _ => Err(ConfigError {
+                file: file.to_path_buf(),
+                errors,
+            }),
         }
-        if k.audit_topics.is_empty() || k.audit_topics.iter().any(|t| t.trim().is_empty()) {
-            errors.push("kafka.audit_topics: needs at least one non-empty topic".into());
-        }
-        for (name, t) in [
-            ("incidents_topic", &k.incidents_topic),
-            ("control_topic", &k.control_topic),
-            ("dead_letter_topic", &k.dead_letter_topic),
-        ] {
-            if t.trim().is_empty() {
-                errors.push(format!("kafka.{name}: empty"));
-            } else if k.audit_topics.contains(t) {
-                errors.push(format!("kafka.{name}: {t:?} is also an audit topic"));
-            }
-        }
-        let mut kafka_options = BTreeMap::new();
-        for (key, v) in &k.options {
-            match v.resolve() {
-                Ok(v) => {
-                    kafka_options.insert(key.clone(), v);
-                }
-                Err(e) => errors.push(format!("kafka.options.{key}: {e}")),
-            }
-        }
-        for key in k.options.keys() {
-            let bare = crate::kafka::bare_option(key);
-            if let Some((_, why)) = RESERVED_OPTIONS.iter().find(|(k, _)| *k == bare) {
-                errors.push(format!("kafka.options.{key}: set by the guardian ({why})"));
-            }
-        }
-        // Each option as librdkafka itself takes it (an unknown name or a value of the wrong
-        // kind is refused here, not at the first connection).
-        for (key, value) in &kafka_options {
-            let bare = crate::kafka::bare_option(key);
-            let mut one = rdkafka::config::ClientConfig::new();
-            one.set(bare, value);
-            if let Err(e) = one.create_native_config() {
-                errors.push(format!("kafka.options.{key}: {e}"));
-            }
-        }
+    }
+
+    /// Checks this instance's name, its size limits and that its state directory is writable.
+    fn check_instance(&self, errors: &mut Vec<String>) {
         if self.guardian_id.trim().is_empty() {
             errors.push("guardian_id: empty (it names this instance in every output)".into());
         }
@@ -401,7 +458,11 @@ impl Config {
         if let Err(e) = writable_dir(&self.state_dir) {
             errors.push(format!("state_dir: {}: {e}", self.state_dir.display()));
         }
-        let signing_key = match &self.signing_key {
+    }
+
+    /// The signing key (required); empty if it is missing or unusable.
+    fn resolve_signing_key(&self, errors: &mut Vec<String>) -> Vec<u8> {
+        match &self.signing_key {
             None => {
                 errors.push(
                     "signing_key: required (e.g. signing_key = { env = \"GUARDIAN_SIGNING_KEY\" })"
@@ -409,47 +470,60 @@ impl Config {
                 );
                 Vec::new()
             }
-            Some(s) => match s.resolve() {
-                Ok(v) if v.len() >= 16 => v.into_bytes(),
-                Ok(_) => {
-                    errors.push("signing_key: shorter than 16 bytes".into());
-                    Vec::new()
-                }
-                Err(e) => {
-                    errors.push(format!("signing_key: {e}"));
-                    Vec::new()
-                }
-            },
-        };
-        let mut previous_signing_keys = Vec::new();
+            Some(s) => command_key("signing_key", s).unwrap_or_else(|e| {
+                errors.push(e);
+                Vec::new()
+            }),
+        }
+    }
+
+    /// The previous signing keys that resolve to usable keys, in order.
+    fn resolve_previous_signing_keys(&self, errors: &mut Vec<String>) -> Vec<Vec<u8>> {
+        let mut keys = Vec::new();
         for (i, s) in self.previous_signing_keys.iter().enumerate() {
-            match s.resolve() {
-                Ok(v) if v.len() >= 16 => previous_signing_keys.push(v.into_bytes()),
-                Ok(_) => errors.push(format!("previous_signing_keys[{i}]: shorter than 16 bytes")),
-                Err(e) => errors.push(format!("previous_signing_keys[{i}]: {e}")),
+            match command_key(&format!("previous_signing_keys[{i}]"), s) {
+                Ok(k) => keys.push(k),
+                Err(e) => errors.push(e),
             }
         }
-        let mut duration = |name: &str, v: &str| match humantime::parse_duration(v) {
-            Ok(d) if !d.is_zero() => d,
-            _ => {
-                errors.push(format!(
-                    "{name}: {v:?} is not a positive duration like \"1s\""
-                ));
-                std::time::Duration::from_secs(1)
+        keys
+    }
+
+    /// The durations, each checked against its bound (one second where a duration is unusable).
+    fn resolve_timing(&self, errors: &mut Vec<String>) -> Timing {
+        let checkpoint_interval =
+            positive_duration("checkpoint_interval", &self.checkpoint_interval, errors);
+        let shutdown_timeout =
+            positive_duration("shutdown_timeout", &self.shutdown_timeout, errors);
+        let max_future = positive_duration("max_future", &self.max_future, errors);
+        let command_ttl = positive_duration("command_ttl", &self.command_ttl, errors);
+        let duplicates = self.resolve_duplicates(errors);
+        for (name, d, max) in [
+            ("checkpoint_interval", checkpoint_interval, MAX_INTERVAL),
+            ("shutdown_timeout", shutdown_timeout, MAX_INTERVAL),
+            ("max_future", max_future, MAX_FUTURE),
+            ("command_ttl", command_ttl, MAX_COMMAND_TTL),
+        ] {
+            if d > max {
+                errors.push(longer_than(name, d, max));
             }
-        };
-        let checkpoint_interval = duration("checkpoint_interval", &self.checkpoint_interval);
-        let shutdown_timeout = duration("shutdown_timeout", &self.shutdown_timeout);
-        let max_future = duration("max_future", &self.max_future);
-        let command_ttl = duration("command_ttl", &self.command_ttl);
-        let duplicate_horizon = match humantime::parse_duration(&self.duplicate_horizon) {
+        }
+        Timing {
+            checkpoint_interval,
+            shutdown_timeout,
+            max_future,
+            command_ttl,
+            duplicates,
+        }
+    }
+
+    /// How event identities are remembered: the horizon (off where unreadable, the longest
+    /// allowed where too long) and the most entries.
+    fn resolve_duplicates(&self, errors: &mut Vec<String>) -> crate::state::SeenSettings {
+        let horizon = match humantime::parse_duration(&self.duplicate_horizon) {
             Ok(d) if d <= MAX_DUPLICATE_HORIZON => d,
             Ok(d) => {
-                errors.push(format!(
-                    "duplicate_horizon: {} is longer than the longest allowed, {}",
-                    humantime::format_duration(d),
-                    humantime::format_duration(MAX_DUPLICATE_HORIZON)
-                ));
+                errors.push(longer_than("duplicate_horizon", d, MAX_DUPLICATE_HORIZON));
                 MAX_DUPLICATE_HORIZON
             }
             Err(_) => {
@@ -460,42 +534,20 @@ impl Config {
                 std::time::Duration::ZERO
             }
         };
-        let duplicates = crate::state::SeenSettings {
-            horizon_ms: i64::try_from(duplicate_horizon.as_millis()).unwrap_or(i64::MAX),
-            max_entries: self.duplicate_max_entries,
-        };
         if self.duplicate_max_entries > MAX_DUPLICATE_ENTRIES {
             errors.push(format!(
                 "duplicate_max_entries: {} is more than the most allowed, {MAX_DUPLICATE_ENTRIES}",
                 self.duplicate_max_entries
             ));
         }
-        for (name, d) in [
-            ("checkpoint_interval", checkpoint_interval),
-            ("shutdown_timeout", shutdown_timeout),
-        ] {
-            if d > MAX_INTERVAL {
-                errors.push(format!(
-                    "{name}: {} is longer than the longest allowed, {}",
-                    humantime::format_duration(d),
-                    humantime::format_duration(MAX_INTERVAL)
-                ));
-            }
+        crate::state::SeenSettings {
+            horizon_ms: i64::try_from(horizon.as_millis()).unwrap_or(i64::MAX),
+            max_entries: self.duplicate_max_entries,
         }
-        if max_future > MAX_FUTURE {
-            errors.push(format!(
-                "max_future: {} is longer than the longest allowed, {}",
-                humantime::format_duration(max_future),
-                humantime::format_duration(MAX_FUTURE)
-            ));
-        }
-        if command_ttl > MAX_COMMAND_TTL {
-            errors.push(format!(
-                "command_ttl: {} is longer than the longest allowed, {}",
-                humantime::format_duration(command_ttl),
-                humantime::format_duration(MAX_COMMAND_TTL)
-            ));
-        }
+    }
+
+    /// Checks the engine's queue, its checkpoint count and the log format.
+    fn check_engine(&self, errors: &mut Vec<String>) {
         if self.queue_capacity == 0 {
             errors.push("queue_capacity: must be at least 1".into());
         }
@@ -508,17 +560,22 @@ impl Config {
                 self.log_format
             ));
         }
+    }
+
+    /// Checks each sink, and that no two sinks share a name.
+    fn check_sinks(&self, errors: &mut Vec<String>) {
         let mut names = std::collections::BTreeSet::new();
         for (i, sink) in self.sinks.iter().enumerate() {
-            sink.validate(i, &mut errors);
+            sink.validate(i, errors);
             if !names.insert(sink.name.as_str()) {
                 errors.push(format!("sinks[{i}].name: {:?} is used twice", sink.name));
             }
         }
-        if let Some(e) = &self.email {
-            e.validate(&mut errors);
-        }
-        let api = self.api.as_ref().and_then(|a| a.validate(&mut errors));
+    }
+
+    /// The posture settings (the defaults where they are invalid); the posture topic must be
+    /// none of the Kafka topics.
+    fn resolve_posture(&self, errors: &mut Vec<String>) -> crate::posture::PostureSettings {
         let posture = match self.posture.validate() {
             Ok(p) => p,
             Err(e) => {
@@ -526,11 +583,8 @@ impl Config {
                 crate::posture::PostureSettings::default()
             }
         };
-        for (name, t) in [
-            ("incidents_topic", &k.incidents_topic),
-            ("control_topic", &k.control_topic),
-            ("dead_letter_topic", &k.dead_letter_topic),
-        ] {
+        let k = &self.kafka;
+        for (name, t) in k.output_topics() {
             if *t == self.posture.topic {
                 errors.push(format!("posture.topic: {t:?} is also kafka.{name}"));
             }
@@ -541,12 +595,21 @@ impl Config {
                 self.posture.topic
             ));
         }
+        posture
+    }
+
+    /// Checks that the decoder takes `volume_pointer`.
+    fn check_volume_pointer(&self, errors: &mut Vec<String>) {
         if let Err(e) = crate::event::Decoder::new(&crate::event::DecoderOptions {
             volume_pointer: self.volume_pointer.clone(),
             ..Default::default()
         }) {
             errors.push(format!("volume_pointer: {e}"));
         }
+    }
+
+    /// Checks that the OTLP attributes are named, and that spans can name an agent.
+    fn check_otlp(&self, errors: &mut Vec<String>) {
         let o = &self.otlp;
         if o.agent_attributes.iter().any(|a| a.trim().is_empty()) {
             errors.push("otlp.agent_attributes: an attribute name is empty".into());
@@ -569,35 +632,16 @@ impl Config {
         {
             errors.push("otlp.group_attribute: empty".into());
         }
-        let blueprints = match crate::blueprint::BlueprintSet::load(
-            self.blueprints_dir.as_deref(),
-            self.assignment.as_deref(),
-        ) {
+    }
+
+    /// The blueprints and their assignment, if they load.
+    fn load_blueprints(&self, errors: &mut Vec<String>) -> Option<std::sync::Arc<BlueprintSet>> {
+        match BlueprintSet::load(self.blueprints_dir.as_deref(), self.assignment.as_deref()) {
             Ok(s) => Some(std::sync::Arc::new(s)),
             Err(e) => {
                 errors.push(format!("blueprints: {e}"));
                 None
             }
-        };
-        match blueprints {
-            Some(blueprints) if errors.is_empty() => Ok(Resolved {
-                config: self,
-                signing_key,
-                previous_signing_keys,
-                command_ttl,
-                kafka_options,
-                checkpoint_interval,
-                shutdown_timeout,
-                max_future,
-                duplicates,
-                blueprints,
-                posture,
-                api,
-            }),
-            _ => Err(ConfigError {
-                file: file.to_path_buf(),
-                errors,
-            }),
         }
     }
 
@@ -614,6 +658,54 @@ impl Config {
         }
         Ok(v.to_string())
     }
+}
+
+/// The durations of a configuration, resolved.
+struct Timing {
+    /// Checkpoint interval.
+    checkpoint_interval: std::time::Duration,
+    /// Shutdown deadline.
+    shutdown_timeout: std::time::Duration,
+    /// How far ahead of the clock an event's time may be.
+    max_future: std::time::Duration,
+    /// How long a command is valid after it is issued.
+    command_ttl: std::time::Duration,
+    /// How event identities are remembered for dropping re-deliveries.
+    duplicates: crate::state::SeenSettings,
+}
+
+/// The shortest key that signs or verifies commands, in bytes.
+const MIN_KEY_BYTES: usize = 16;
+
+/// The bytes of the command key `s` (the setting `name`), or the error naming it.
+fn command_key(name: &str, s: &Secret) -> Result<Vec<u8>, String> {
+    match s.resolve() {
+        Ok(v) if v.len() >= MIN_KEY_BYTES => Ok(v.into_bytes()),
+        Ok(_) => Err(format!("{name}: shorter than {MIN_KEY_BYTES} bytes")),
+        Err(e) => Err(format!("{name}: {e}")),
+    }
+}
+
+/// The setting `name`, a positive duration such as "1s" in `v`; one second if it is not.
+fn positive_duration(name: &str, v: &str, errors: &mut Vec<String>) -> std::time::Duration {
+    match humantime::parse_duration(v) {
+        Ok(d) if !d.is_zero() => d,
+        _ => {
+            errors.push(format!(
+                "{name}: {v:?} is not a positive duration like \"1s\""
+            ));
+            std::time::Duration::from_secs(1)
+        }
+    }
+}
+
+/// The error of the setting `name`, whose duration `d` is longer than `max`.
+fn longer_than(name: &str, d: std::time::Duration, max: std::time::Duration) -> String {
+    format!(
+        "{name}: {} is longer than the longest allowed, {}",
+        humantime::format_duration(d),
+        humantime::format_duration(max)
+    )
 }
 
 /// librdkafka options the guardian sets itself, with or without a `consumer.` or `producer.`

@@ -139,7 +139,67 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
     let Some(top) = w.object(doc, "", TOP_KEYS) else {
         return Err(w.errors);
     };
-    let name = match w.string(top, "name", "") {
+    let name = read_name(&mut w, top);
+    let id = w.string(top, "id", "").map(str::to_string);
+    if let Some(url) = w.string(top, "escalation_webhook", "") {
+        let _ = url; // accepted for compatibility with the peer; alerts go through the configured sinks
+    }
+    let mode = read_mode(&mut w, top);
+    let timezone = read_timezone(&mut w, top);
+    let working_days = read_working_days(&mut w, top);
+    let allowed_lateness_ms = w
+        .duration(top, "allowed_lateness", "", 0, 600_000)
+        .unwrap_or(30_000);
+    let sequence_within_ms = w
+        .duration(top, "sequence_within", "", 1, 7 * DAY)
+        .unwrap_or(600_000);
+    let sequence_memory = w.integer(top, "sequence_memory", "", 2, 1024).unwrap_or(64) as usize;
+    let anomaly = anomaly_section(&mut w, top);
+    let severities = read_severities(&mut w, top);
+    let anomaly = anomaly
+        .map(|a| read_anomaly(&mut w, a, sequence_within_ms))
+        .unwrap_or_default();
+    let data_volume = read_data_volume(&mut w, top);
+    let learned = read_learned(&mut w, top);
+    let auto_kill = w
+        .number(top, "auto_kill_threshold", "", 0.0, 1e9)
+        .unwrap_or(0.0);
+    let kill = read_kill(&mut w, top, auto_kill);
+    let dedup = read_dedup(&mut w, top);
+    let routine = read_routine(&mut w, top);
+    let cohort = read_cohort(&mut w, top);
+
+    if !w.errors.is_empty() {
+        return Err(w.errors);
+    }
+    Ok(Blueprint {
+        key: key.to_string(),
+        name,
+        id,
+        mode,
+        timezone,
+        working_days,
+        allowed_hours: anomaly.allowed_hours,
+        frequency_threshold: anomaly.frequency_threshold,
+        count_volume_threshold: anomaly.count_volume_threshold,
+        window_ms: anomaly.window_ms,
+        data_volume,
+        sequences: anomaly.sequences,
+        sequence_within_ms,
+        sequence_memory,
+        allowed_lateness_ms,
+        learned,
+        kill,
+        severities,
+        dedup,
+        routine,
+        cohort,
+    })
+}
+
+/// The blueprint's display name (required; empty if it is missing or not a string).
+fn read_name(w: &mut Walker, top: &serde_json::Map<String, Value>) -> String {
+    match w.string(top, "name", "") {
         Some(n) => n.to_string(),
         None => {
             if !top.contains_key("name") {
@@ -147,12 +207,12 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
             }
             String::new()
         }
-    };
-    let id = w.string(top, "id", "").map(str::to_string);
-    if let Some(url) = w.string(top, "escalation_webhook", "") {
-        let _ = url; // accepted for compatibility with the peer; alerts go through the configured sinks
     }
-    let mode = match w.string(top, "mode", "") {
+}
+
+/// The blueprint's mode (required; monitor if it is missing or not one).
+fn read_mode(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Mode {
+    match w.string(top, "mode", "") {
         None => {
             if !top.contains_key("mode") {
                 w.err("/mode", "missing field (monitor, block or correct)");
@@ -169,9 +229,12 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
             );
             Mode::Monitor
         }
-    };
+    }
+}
 
-    let timezone = match w.string(top, "timezone", "") {
+/// The time zone of working hours and days (UTC unless set).
+fn read_timezone(w: &mut Walker, top: &serde_json::Map<String, Value>) -> chrono_tz::Tz {
+    match w.string(top, "timezone", "") {
         None => chrono_tz::UTC,
         Some(s) => s.parse().unwrap_or_else(|_| {
             w.err(
@@ -180,108 +243,134 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
             );
             chrono_tz::UTC
         }),
-    };
-    let working_days = match w.strings(top, "working_days", "") {
-        None => Weekdays::ALL,
-        Some(days) => {
-            let mut bits = 0u8;
-            for (i, d) in days.iter().enumerate() {
-                let lower = d.to_ascii_lowercase();
-                match Weekdays::NAMES.iter().position(|n| lower.starts_with(n)) {
-                    Some(b) => bits |= 1 << b,
-                    None => w.err(
-                        &format!("/working_days/{i}"),
-                        format!("{d:?} is not a day (mon … sun)"),
-                    ),
-                }
-            }
-            Weekdays(bits)
-        }
-    };
-    let allowed_lateness_ms = w
-        .duration(top, "allowed_lateness", "", 0, 600_000)
-        .unwrap_or(30_000);
-    let sequence_within_ms = w
-        .duration(top, "sequence_within", "", 1, 7 * DAY)
-        .unwrap_or(600_000);
-    let sequence_memory = w.integer(top, "sequence_memory", "", 2, 1024).unwrap_or(64) as usize;
+    }
+}
 
-    // The peer's anomaly section.
-    let mut frequency_threshold = None;
-    let mut count_volume_threshold = None;
-    let mut window_ms = 60_000;
-    let mut allowed_hours = None;
-    let mut sequences = Vec::new();
-    let anomaly = match Walker::field(top, "anomaly") {
+/// The working days, by their names' beginnings (every day unless set).
+fn read_working_days(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Weekdays {
+    let Some(days) = w.strings(top, "working_days", "") else {
+        return Weekdays::ALL;
+    };
+    let mut bits = 0u8;
+    for (i, d) in days.iter().enumerate() {
+        let lower = d.to_ascii_lowercase();
+        match Weekdays::NAMES.iter().position(|n| lower.starts_with(n)) {
+            Some(b) => bits |= 1 << b,
+            None => w.err(
+                &format!("/working_days/{i}"),
+                format!("{d:?} is not a day (mon … sun)"),
+            ),
+        }
+    }
+    Weekdays(bits)
+}
+
+/// The settings of the peer's anomaly section.
+struct Anomaly {
+    /// Calls within the window above which a frequency spike is raised (`None`: off).
+    frequency_threshold: Option<u32>,
+    /// The count-based `volume_threshold`: calls within the window (`None`: off).
+    count_volume_threshold: Option<u32>,
+    /// Sliding window of the frequency check, in milliseconds.
+    window_ms: i64,
+    /// Allowed local hours; `None`: any hour.
+    allowed_hours: Option<AllowedHours>,
+    /// The suspicious sequences.
+    sequences: Vec<SequenceRule>,
+}
+
+impl Default for Anomaly {
+    /// No thresholds, a one-minute window, any hour, no sequences.
+    fn default() -> Self {
+        Anomaly {
+            frequency_threshold: None,
+            count_volume_threshold: None,
+            window_ms: 60_000,
+            allowed_hours: None,
+            sequences: Vec::new(),
+        }
+    }
+}
+
+/// The anomaly section (required), if it is an object of known keys.
+fn anomaly_section<'v>(
+    w: &mut Walker,
+    top: &'v serde_json::Map<String, Value>,
+) -> Option<&'v serde_json::Map<String, Value>> {
+    match Walker::field(top, "anomaly") {
         Some(a) => w.object(a, "/anomaly", ANOMALY_KEYS),
         None => {
             w.err("/anomaly", "missing field (the detection thresholds)");
             None
         }
-    };
-    let severities = read_severities(&mut w, top);
-    if let Some(a) = anomaly {
-        frequency_threshold = w
-            .integer(a, "frequency_threshold", "/anomaly", 0, u32::MAX as u64)
-            .filter(|v| *v > 0);
-        count_volume_threshold = w
-            .integer(a, "volume_threshold", "/anomaly", 0, u32::MAX as u64)
-            .filter(|v| *v > 0);
-        window_ms = w
-            .integer(a, "volume_window_ms", "/anomaly", 1000, 86_400_000)
-            .unwrap_or(60_000) as i64;
-        if let Some(h) = Walker::field(a, "allowed_hours") {
-            if let Some(hm) = w.object(h, "/anomaly/allowed_hours", &["start", "end"]) {
-                let start = w.integer(hm, "start", "/anomaly/allowed_hours", 0, 23);
-                let end = w.integer(hm, "end", "/anomaly/allowed_hours", 0, 24);
-                for k in ["start", "end"] {
-                    if !hm.contains_key(k) {
-                        w.err(
-                            &format!("/anomaly/allowed_hours/{k}"),
-                            "missing field (an hour 0-24)",
-                        );
-                    }
-                }
-                if let (Some(s), Some(e)) = (start, end) {
-                    allowed_hours = Some(AllowedHours {
-                        start: s as u8,
-                        end: e as u8,
-                    });
-                }
-            }
-        }
-        if let Some(seqs) = Walker::field(a, "suspicious_sequences") {
-            sequences = read_sequences(&mut w, seqs, sequence_within_ms);
+    }
+}
+
+/// The anomaly section's thresholds, allowed hours and sequences (`default_within`: the window
+/// of a sequence that sets none).
+fn read_anomaly(
+    w: &mut Walker,
+    a: &serde_json::Map<String, Value>,
+    default_within: i64,
+) -> Anomaly {
+    let frequency_threshold = w
+        .integer(a, "frequency_threshold", "/anomaly", 0, u32::MAX as u64)
+        .filter(|v| *v > 0);
+    let count_volume_threshold = w
+        .integer(a, "volume_threshold", "/anomaly", 0, u32::MAX as u64)
+        .filter(|v| *v > 0);
+    let window_ms = w
+        .integer(a, "volume_window_ms", "/anomaly", 1000, 86_400_000)
+        .unwrap_or(60_000) as i64;
+    let allowed_hours = Walker::field(a, "allowed_hours").and_then(|h| read_allowed_hours(w, h));
+    let sequences = Walker::field(a, "suspicious_sequences")
+        .map(|seqs| read_sequences(w, seqs, default_within))
+        .unwrap_or_default();
+    Anomaly {
+        frequency_threshold: frequency_threshold.map(|v| v as u32),
+        count_volume_threshold: count_volume_threshold.map(|v| v as u32),
+        window_ms,
+        allowed_hours,
+        sequences,
+    }
+}
+
+/// The allowed hours `h` (`start` and `end` both required), if valid.
+fn read_allowed_hours(w: &mut Walker, h: &Value) -> Option<AllowedHours> {
+    let p = "/anomaly/allowed_hours";
+    let hm = w.object(h, p, &["start", "end"])?;
+    let start = w.integer(hm, "start", p, 0, 23);
+    let end = w.integer(hm, "end", p, 0, 24);
+    for k in ["start", "end"] {
+        if !hm.contains_key(k) {
+            w.err(&format!("{p}/{k}"), "missing field (an hour 0-24)");
         }
     }
-    let frequency_threshold = frequency_threshold.map(|v| v as u32);
-    let count_volume_threshold = count_volume_threshold.map(|v| v as u32);
+    let (start, end) = (start?, end?);
+    Some(AllowedHours {
+        start: start as u8,
+        end: end as u8,
+    })
+}
 
-    let data_volume = match Walker::field(top, "data_volume") {
+/// The data-volume thresholds (no limit, a one-minute window, unless set).
+fn read_data_volume(w: &mut Walker, top: &serde_json::Map<String, Value>) -> DataVolumeRules {
+    let p = "/data_volume";
+    match Walker::field(top, "data_volume").and_then(|v| w.object(v, p, &["max_bytes", "window"])) {
         None => DataVolumeRules {
             max_bytes: None,
             window_ms: 60_000,
         },
-        Some(v) => match w.object(v, "/data_volume", &["max_bytes", "window"]) {
-            None => DataVolumeRules {
-                max_bytes: None,
-                window_ms: 60_000,
-            },
-            Some(m) => DataVolumeRules {
-                max_bytes: w.number(m, "max_bytes", "/data_volume", 1.0, 1e18),
-                window_ms: w
-                    .duration(m, "window", "/data_volume", 1000, DAY)
-                    .unwrap_or(60_000),
-            },
+        Some(m) => DataVolumeRules {
+            max_bytes: w.number(m, "max_bytes", p, 1.0, 1e18),
+            window_ms: w.duration(m, "window", p, 1000, DAY).unwrap_or(60_000),
         },
-    };
+    }
+}
 
-    let learned = read_learned(&mut w, top);
-    let auto_kill = w
-        .number(top, "auto_kill_threshold", "", 0.0, 1e9)
-        .unwrap_or(0.0);
-    let kill = read_kill(&mut w, top, auto_kill);
-    let dedup = match Walker::field(top, "dedup")
+/// The incident cooldown and episode gap (5 min and 1 h unless set).
+fn read_dedup(w: &mut Walker, top: &serde_json::Map<String, Value>) -> DedupRules {
+    match Walker::field(top, "dedup")
         .and_then(|v| w.object(v, "/dedup", &["cooldown", "episode_gap"]))
     {
         None => DedupRules {
@@ -296,8 +385,12 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
                 .duration(m, "episode_gap", "/dedup", 1000, 7 * DAY)
                 .unwrap_or(3_600_000),
         },
-    };
+    }
+}
 
+/// What to do with static matches that are routine for the agent, per detector (the defaults
+/// unless set).
+fn read_routine(w: &mut Walker, top: &serde_json::Map<String, Value>) -> RoutineRules {
     let mut routine = RoutineRules::default();
     if let Some(m) = Walker::field(top, "routine")
         .and_then(|v| w.object(v, "/routine", &["frequency", "volume", "off_hours"]))
@@ -312,37 +405,10 @@ pub fn load_blueprint(key: &str, doc: &Value) -> Result<Blueprint, Vec<PathError
             }
         }
     }
-
-    let cohort = read_cohort(&mut w, top);
-
-    if !w.errors.is_empty() {
-        return Err(w.errors);
-    }
-    Ok(Blueprint {
-        key: key.to_string(),
-        name,
-        id,
-        mode,
-        timezone,
-        working_days,
-        allowed_hours,
-        frequency_threshold,
-        count_volume_threshold,
-        window_ms,
-        data_volume,
-        sequences,
-        sequence_within_ms,
-        sequence_memory,
-        allowed_lateness_ms,
-        learned,
-        kill,
-        severities,
-        dedup,
-        routine,
-        cohort,
-    })
+    routine
 }
 
+/// The rules for judging agents against their cohort (the defaults where unset).
 fn read_cohort(w: &mut Walker, top: &serde_json::Map<String, Value>) -> CohortRules {
     let mut c = CohortRules::default();
     let p = "/cohort";
@@ -393,6 +459,8 @@ fn read_cohort(w: &mut Walker, top: &serde_json::Map<String, Value>) -> CohortRu
     c
 }
 
+/// The suspicious sequences `seqs` (`default_within`: the window of one that sets none); each
+/// invalid sequence is reported and left out.
 fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<SequenceRule> {
     let base = "/anomaly/suspicious_sequences";
     let Some(items) = seqs.as_array() else {
@@ -402,112 +470,144 @@ fn read_sequences(w: &mut Walker, seqs: &Value, default_within: i64) -> Vec<Sequ
         );
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        let p = format!("{base}/{i}");
-        let (pattern_value, within, contiguous, severity, routine, ppath) = match item {
-            // The peer's form: a bare list of tool names, matched on consecutive calls.
-            Value::Array(_) => (
-                item,
-                default_within,
-                true,
-                Severity::High,
-                RoutineMode::default(),
-                p.clone(),
-            ),
-            Value::Object(_) => {
-                let Some(m) = w.object(
-                    item,
-                    &p,
-                    &["pattern", "within", "contiguous", "severity", "routine"],
-                ) else {
-                    continue;
-                };
-                let within = w
-                    .duration(m, "within", &p, 1, 7 * DAY)
-                    .unwrap_or(default_within);
-                let contiguous = w.boolean(m, "contiguous", &p).unwrap_or(false);
-                let severity = w.severity(m, "severity", &p).unwrap_or(Severity::High);
-                let routine = w.routine(m, "routine", &p).unwrap_or_default();
-                match m.get("pattern") {
-                    Some(v) => (
-                        v,
-                        within,
-                        contiguous,
-                        severity,
-                        routine,
-                        format!("{p}/pattern"),
-                    ),
-                    None => {
-                        w.err(
-                            &format!("{p}/pattern"),
-                            "missing field (a list of tool names)",
-                        );
-                        continue;
-                    }
-                }
-            }
-            other => {
-                w.err(
-                    &p,
-                    format!(
-                        "expected a list of tool names or an object, found {}",
-                        kind(other)
-                    ),
-                );
-                continue;
-            }
-        };
-        let Some(names) = pattern_value.as_array() else {
-            w.err(
-                &ppath,
-                format!(
-                    "expected a list of tool names, found {}",
-                    kind(pattern_value)
-                ),
-            );
-            continue;
-        };
-        let mut pattern = Vec::new();
-        for (j, n) in names.iter().enumerate() {
-            match n.as_str() {
-                Some(s) if !s.is_empty() => pattern.push(s.to_string()),
-                _ => w.err(
-                    &format!("{ppath}/{j}"),
-                    "expected a non-empty tool name or \"*\"",
-                ),
-            }
-        }
-        if names.len() < 2 {
-            w.err(&ppath, "a sequence needs at least two steps");
-            continue;
-        }
-        if pattern.first().map(String::as_str) == Some("*")
-            || pattern.last().map(String::as_str) == Some("*")
-        {
-            w.err(&ppath, "a sequence cannot start or end with \"*\"");
-            continue;
-        }
-        if pattern.len() > 16 {
-            w.err(&ppath, "a sequence has at most 16 steps");
-            continue;
-        }
-        let pattern_hashes = pattern
-            .iter()
-            .map(|s| if s == "*" { 0 } else { tool_hash(s) })
-            .collect();
-        out.push(SequenceRule {
-            pattern,
-            pattern_hashes,
-            within_ms: within,
-            contiguous,
-            severity,
-            routine,
-        });
-    }
-    out
+    items
+        .iter()
+        .enumerate()
+        .filter_map(|(i, item)| read_sequence(w, item, &format!("{base}/{i}"), default_within))
+        .collect()
 }
 
+/// A sequence's settings, and its steps as yet unread with their path.
+struct SequenceForm<'v> {
+    /// The list of tool names.
+    pattern: &'v Value,
+    /// The list's JSON path.
+    path: String,
+    /// The whole match must fit in this span of event time (ms).
+    within_ms: i64,
+    /// `true`: consecutive calls only; `false`: other calls may come between.
+    contiguous: bool,
+    /// Severity of a match.
+    severity: Severity,
+    /// What to do with matches that are routine for the agent.
+    routine: RoutineMode,
+}
+
+/// The sequence `item` at path `p`, if valid.
+fn read_sequence(
+    w: &mut Walker,
+    item: &Value,
+    p: &str,
+    default_within: i64,
+) -> Option<SequenceRule> {
+    let form = match item {
+        // The peer's form: a bare list of tool names, matched on consecutive calls.
+        Value::Array(_) => SequenceForm {
+            pattern: item,
+            path: p.to_string(),
+            within_ms: default_within,
+            contiguous: true,
+            severity: Severity::High,
+            routine: RoutineMode::default(),
+        },
+        Value::Object(_) => sequence_object(w, item, p, default_within)?,
+        other => {
+            w.err(
+                p,
+                format!(
+                    "expected a list of tool names or an object, found {}",
+                    kind(other)
+                ),
+            );
+            return None;
+        }
+    };
+    let pattern = read_pattern(w, form.pattern, &form.path)?;
+    let pattern_hashes = pattern
+        .iter()
+        .map(|s| if s == "*" { 0 } else { tool_hash(s) })
+        .collect();
+    Some(SequenceRule {
+        pattern,
+        pattern_hashes,
+        within_ms: form.within_ms,
+        contiguous: form.contiguous,
+        severity: form.severity,
+        routine: form.routine,
+    })
+}
+
+/// The settings of a sequence written as an object, if its keys are known and it has a
+/// `pattern`.
+fn sequence_object<'v>(
+    w: &mut Walker,
+    item: &'v Value,
+    p: &str,
+    default_within: i64,
+) -> Option<SequenceForm<'v>> {
+    let m = w.object(
+        item,
+        p,
+        &["pattern", "within", "contiguous", "severity", "routine"],
+    )?;
+    let within_ms = w
+        .duration(m, "within", p, 1, 7 * DAY)
+        .unwrap_or(default_within);
+    let contiguous = w.boolean(m, "contiguous", p).unwrap_or(false);
+    let severity = w.severity(m, "severity", p).unwrap_or(Severity::High);
+    let routine = w.routine(m, "routine", p).unwrap_or_default();
+    let path = format!("{p}/pattern");
+    let Some(pattern) = m.get("pattern") else {
+        w.err(&path, "missing field (a list of tool names)");
+        return None;
+    };
+    Some(SequenceForm {
+        pattern,
+        path,
+        within_ms,
+        contiguous,
+        severity,
+        routine,
+    })
+}
+
+/// The steps of a sequence: two to 16 tool names; `*` (any one call) neither first nor last.
+fn read_pattern(w: &mut Walker, value: &Value, path: &str) -> Option<Vec<String>> {
+    let Some(names) = value.as_array() else {
+        w.err(
+            path,
+            format!("expected a list of tool names, found {}", kind(value)),
+        );
+        return None;
+    };
+    let mut pattern = Vec::new();
+    for (j, n) in names.iter().enumerate() {
+        match n.as_str() {
+            Some(s) if !s.is_empty() => pattern.push(s.to_string()),
+            _ => w.err(
+                &format!("{path}/{j}"),
+                "expected a non-empty tool name or \"*\"",
+            ),
+        }
+    }
+    if names.len() < 2 {
+        w.err(path, "a sequence needs at least two steps");
+        return None;
+    }
+    if pattern.first().map(String::as_str) == Some("*")
+        || pattern.last().map(String::as_str) == Some("*")
+    {
+        w.err(path, "a sequence cannot start or end with \"*\"");
+        return None;
+    }
+    if pattern.len() > 16 {
+        w.err(path, "a sequence has at most 16 steps");
+        return None;
+    }
+    Some(pattern)
+}
+
+/// The severity per incident type (the defaults where unset).
 fn read_severities(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Severities {
     let mut s = Severities {
         frequency_spike: Severity::High,
@@ -542,8 +642,10 @@ fn read_severities(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Seve
     s
 }
 
-fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> LearnedRules {
-    let mut l = LearnedRules {
+/// The learned detection's settings where the blueprint sets none (`rare_evidence` follows
+/// `sensitivity` once it is read).
+fn default_learned() -> LearnedRules {
+    LearnedRules {
         enabled: true,
         sensitivity: 1e-6,
         learning_period_ms: 7 * DAY,
@@ -558,28 +660,35 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
         routine_days: 3,
         sequence_rarity: 1e-3,
         rare_evidence: 0.0,
-    };
-    let keys = [
-        "enabled",
-        "sensitivity",
-        "learning_period",
-        "warmup",
-        "min_active_days",
-        "burst_ratio",
-        "slow_burn_ratio",
-        "min_window_count",
-        "volume_warmup_calls",
-        "volume_min_bytes",
-        "rare_share",
-        "routine_days",
-        "sequence_rarity",
-        // Earlier names, still accepted (see the README's "Changes of meaning").
-        "min_slot_observations",
-        "min_hourly_count",
-        "rare_hour_share",
-    ];
+    }
+}
+
+/// The keys of the learned section, earlier names included.
+const LEARNED_KEYS: &[&str] = &[
+    "enabled",
+    "sensitivity",
+    "learning_period",
+    "warmup",
+    "min_active_days",
+    "burst_ratio",
+    "slow_burn_ratio",
+    "min_window_count",
+    "volume_warmup_calls",
+    "volume_min_bytes",
+    "rare_share",
+    "routine_days",
+    "sequence_rarity",
+    // Earlier names, still accepted (see the README's "Changes of meaning").
+    "min_slot_observations",
+    "min_hourly_count",
+    "rare_hour_share",
+];
+
+/// The learned detection's settings (the defaults where unset).
+fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> LearnedRules {
+    let mut l = default_learned();
     let p = "/learned";
-    if let Some(m) = Walker::field(top, "learned").and_then(|v| w.object(v, p, &keys)) {
+    if let Some(m) = Walker::field(top, "learned").and_then(|v| w.object(v, p, LEARNED_KEYS)) {
         l.enabled = w.boolean(m, "enabled", p).unwrap_or(l.enabled);
         l.sensitivity = w
             .number(m, "sensitivity", p, 1e-15, 0.5)
@@ -628,6 +737,7 @@ fn read_learned(w: &mut Walker, top: &serde_json::Map<String, Value>) -> Learned
     l
 }
 
+/// The kill rules, with the blueprint's `auto_kill_threshold` (the defaults where unset).
 fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f64) -> KillRules {
     let mut k = KillRules {
         threshold,
@@ -664,46 +774,68 @@ fn read_kill(w: &mut Walker, top: &serde_json::Map<String, Value>, threshold: f6
             .unwrap_or(k.cooldown_ms);
         k.dry_run = w.boolean(m, "dry_run", p).unwrap_or(false);
         if let Some(list) = w.strings(m, "allowlist", p) {
-            let mut b = GlobSetBuilder::new();
-            for (i, g) in list.iter().enumerate() {
-                match Glob::new(g) {
-                    Ok(glob) => {
-                        b.add(glob);
-                    }
-                    Err(e) => w.err(&format!("/kill/allowlist/{i}"), format!("bad glob: {e}")),
-                }
-            }
-            match b.build() {
-                Ok(set) => k.allowlist_set = set,
-                Err(e) => w.err("/kill/allowlist", format!("bad glob set: {e}")),
+            if let Some(set) = read_allowlist(w, &list) {
+                k.allowlist_set = set;
             }
             k.allowlist = list;
         }
-        if let Some(bm) = Walker::field(m, "budget")
-            .and_then(|v| w.object(v, "/kill/budget", &["per_hour", "share", "per_cohort"]))
-        {
-            if let Some(n) = w.integer(bm, "per_cohort", "/kill/budget", 0, 1_000_000) {
-                k.budget_per_cohort = n as u32;
+        read_budget(w, m, &mut k);
+        read_kill_weights(w, m, &mut k.weights);
+    }
+    k
+}
+
+/// The allowlist's globs as one set, if they all build.
+fn read_allowlist(w: &mut Walker, list: &[String]) -> Option<globset::GlobSet> {
+    let mut b = GlobSetBuilder::new();
+    for (i, g) in list.iter().enumerate() {
+        match Glob::new(g) {
+            Ok(glob) => {
+                b.add(glob);
             }
-            if let Some(n) = w.integer(bm, "per_hour", "/kill/budget", 0, 1_000_000) {
-                k.budget_per_hour = n as u32;
-            }
-            if let Some(x) = w.number(bm, "share", "/kill/budget", 0.0, 1.0) {
-                k.budget_share = x;
-            }
+            Err(e) => w.err(&format!("/kill/allowlist/{i}"), format!("bad glob: {e}")),
         }
-        let names = ["low", "medium", "high", "critical"];
-        if let Some(wm) =
-            Walker::field(m, "weights").and_then(|v| w.object(v, "/kill/weights", &names))
-        {
-            for (i, n) in names.iter().enumerate() {
-                if let Some(x) = w.number(wm, n, "/kill/weights", 0.0, 1e6) {
-                    k.weights[i] = x;
-                }
+    }
+    match b.build() {
+        Ok(set) => Some(set),
+        Err(e) => {
+            w.err("/kill/allowlist", format!("bad glob set: {e}"));
+            None
+        }
+    }
+}
+
+/// The fleet kill budget of the kill section `m` into `k` (what is set).
+fn read_budget(w: &mut Walker, m: &serde_json::Map<String, Value>, k: &mut KillRules) {
+    let p = "/kill/budget";
+    let Some(bm) = Walker::field(m, "budget")
+        .and_then(|v| w.object(v, p, &["per_hour", "share", "per_cohort"]))
+    else {
+        return;
+    };
+    if let Some(n) = w.integer(bm, "per_cohort", p, 0, 1_000_000) {
+        k.budget_per_cohort = n as u32;
+    }
+    if let Some(n) = w.integer(bm, "per_hour", p, 0, 1_000_000) {
+        k.budget_per_hour = n as u32;
+    }
+    if let Some(x) = w.number(bm, "share", p, 0.0, 1.0) {
+        k.budget_share = x;
+    }
+}
+
+/// The kill weights by severity, low to critical, of the kill section `m` into `weights` (what
+/// is set).
+fn read_kill_weights(w: &mut Walker, m: &serde_json::Map<String, Value>, weights: &mut [f64; 4]) {
+    let names = ["low", "medium", "high", "critical"];
+    if let Some(wm) = Walker::field(m, "weights").and_then(|v| w.object(v, "/kill/weights", &names))
+    {
+        for (i, n) in names.iter().enumerate() {
+            if let Some(x) = w.number(wm, n, "/kill/weights", 0.0, 1e6) {
+                weights[i] = x;
             }
         }
     }
-    k
 }
 
 #[cfg(test)]
