@@ -11,7 +11,7 @@ use indicatif::ProgressBar;
 use crate::engine::Engine;
 use crate::event::{AuditEvent, DecodeError, Decoder};
 use crate::response::{Incident, IncidentType};
-use crate::state::Resolution;
+use crate::state::{AgentState, Resolution};
 
 const DAY_MS: i64 = 86_400_000;
 
@@ -583,6 +583,9 @@ impl ReplaySummary {
     }
 }
 
+/// Agents or incidents written to the state in one batch by `--state`.
+const WRITE_CHUNK: usize = 2_000;
+
 /// Lines read, decoded and processed together.
 const BATCH: usize = 256;
 
@@ -705,6 +708,9 @@ pub struct StateRecorder<S> {
     /// One fleet score per day.
     pub history: Vec<crate::posture::HistoryPoint>,
     settings: crate::posture::PostureSettings,
+    /// The state being written, if open already: incidents go there in batches as they come
+    /// instead of staying in memory.
+    store: Option<crate::store::Store>,
 }
 
 impl<S: IncidentSink> StateRecorder<S> {
@@ -715,13 +721,30 @@ impl<S: IncidentSink> StateRecorder<S> {
             incidents: Vec::new(),
             history: Vec::new(),
             settings,
+            store: None,
         }
+    }
+
+    /// Writes the incidents to `store` in batches as they come (only the last batch stays in
+    /// memory); [`write_state`] then writes the rest there.
+    pub fn spilling_to(mut self, store: crate::store::Store) -> StateRecorder<S> {
+        self.store = Some(store);
+        self
     }
 }
 
 impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
     fn incident(&mut self, i: &Incident) -> io::Result<()> {
         self.incidents.push(i.clone());
+        if let Some(store) = &self.store {
+            if self.incidents.len() >= WRITE_CHUNK {
+                let mut b = sled::Batch::default();
+                crate::store::insert_incidents(&mut b, &self.incidents)
+                    .and_then(|()| store.write(b))
+                    .map_err(io::Error::other)?;
+                self.incidents.clear();
+            }
+        }
         self.inner.incident(i)
     }
 
@@ -730,7 +753,7 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
     }
 
     fn new_day(&mut self, engine: &Engine, day_start: i64) -> io::Result<()> {
-        let states: Vec<_> = engine.agents().cloned().collect();
+        let states: Vec<&crate::state::AgentState> = engine.agents().collect();
         let p =
             crate::posture::posture(&states, engine.blueprints(), &self.settings, &self.history);
         self.history.push(p.point());
@@ -740,16 +763,20 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
 
 /// Writes a replay's result as a state directory that `guardian posture --state DIR` (and the
 /// admin API) read: the agents as partition 0 of a topic named after the source, the incidents,
-/// the daily fleet scores and a ledger.
+/// the daily fleet scores and a ledger. With a recorder [`StateRecorder::spilling_to`] a store,
+/// that store is the one written (`dir` is where it was opened).
 pub fn write_state<S>(
     dir: &std::path::Path,
-    engine: &mut Engine,
+    mut engine: Engine,
     rec: &StateRecorder<S>,
     source: &str,
     lines: u64,
 ) -> Result<(), crate::store::StoreError> {
     use crate::store::{PartitionDelta, Store};
-    let store = Store::open(dir)?;
+    let store = match &rec.store {
+        Some(s) => s.clone(),
+        None => Store::open(dir)?,
+    };
     let stats = engine.stats().clone();
     let set = engine.blueprints();
     let mut ledger = store.ledger()?;
@@ -766,7 +793,23 @@ pub fn write_state<S>(
     let fleet = engine.fleet_state();
     let sessions = engine.take_session_changes();
     let (duplicates, duplicate_figures) = engine.take_duplicate_changes();
-    let agents = engine.take_dirty();
+    // The agents and the incidents in bounded batches (one batch of a whole fleet would take
+    // several times its size in memory), then the partition's meta: a state without it is
+    // not read as one.
+    let mut states = engine.into_dirty_states().peekable();
+    while states.peek().is_some() {
+        // Each chunk's states are freed once written: the store grows as the engine shrinks.
+        let chunk: Vec<AgentState> = states.by_ref().take(WRITE_CHUNK).collect();
+        let mut b = sled::Batch::default();
+        let refs: Vec<&AgentState> = chunk.iter().collect();
+        crate::store::insert_agents(&mut b, &topic, 0, &refs)?;
+        store.write(b)?;
+    }
+    for chunk in rec.incidents.chunks(WRITE_CHUNK) {
+        let mut b = sled::Batch::default();
+        crate::store::insert_incidents(&mut b, chunk)?;
+        store.write(b)?;
+    }
     store.checkpoint(
         &[PartitionDelta {
             topic: &topic,
@@ -774,14 +817,14 @@ pub fn write_state<S>(
             next_offset: lines as i64,
             stats: &stats,
             fleet,
-            agents,
+            agents: Vec::new(),
             sessions,
             duplicates,
             duplicate_figures,
         }],
         &[],
         &[],
-        &rec.incidents,
+        &[],
         Some(&ledger),
     )?;
     for p in &rec.history {

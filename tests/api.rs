@@ -54,7 +54,7 @@ fn fixture_with(commander: Option<Box<dyn Commands>>) -> Fixture {
         None,
     )
     .unwrap();
-    replay::write_state(dir.path(), &mut engine, &rec, "fleet", s.lines).unwrap();
+    replay::write_state(dir.path(), engine, &rec, "fleet", s.lines).unwrap();
     let store = Store::open(dir.path()).unwrap();
     let metrics = Arc::new(Metrics::default());
     metrics.events.store(s.events, Ordering::Relaxed);

@@ -30,7 +30,7 @@ fn replayed(dir: &std::path::Path, sim: &Simulation, set: Arc<BlueprintSet>) -> 
         None,
     )
     .unwrap();
-    replay::write_state(dir, &mut engine, &rec, "fleet.jsonl", s.lines).unwrap();
+    replay::write_state(dir, engine, &rec, "fleet.jsonl", s.lines).unwrap();
     Store::open(dir).unwrap().state_view(None).unwrap()
 }
 

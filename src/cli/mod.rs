@@ -363,8 +363,11 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             s
         }
         Some(dir) => {
+            let store = crate::store::Store::open(dir)
+                .with_context(|| format!("cannot open the state {}", dir.display()))?;
             let mut rec =
-                replay::StateRecorder::new(sink, crate::posture::PostureSettings::default());
+                replay::StateRecorder::new(sink, crate::posture::PostureSettings::default())
+                    .spilling_to(store);
             let s = replay::run_with(
                 &mut engine,
                 &decoder,
@@ -375,7 +378,7 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                 options,
             )?;
             rec.inner.flush()?;
-            write_replay_state(dir, &mut engine, &rec, &source, s.lines)?;
+            write_replay_state(dir, engine, &rec, &source, s.lines)?;
             s
         }
     };
@@ -439,7 +442,7 @@ fn replay_sink(a: &ReplayArgs, source: &str) -> ReplaySink<BufWriter<io::StdoutL
 /// Writes the replay's state to `dir` and says where.
 fn write_replay_state<S: replay::IncidentSink>(
     dir: &std::path::Path,
-    engine: &mut Engine,
+    engine: Engine,
     rec: &replay::StateRecorder<S>,
     source: &str,
     lines: u64,

@@ -329,6 +329,12 @@ impl Engine {
             .collect()
     }
 
+    /// The states changed since the last [`Engine::take_dirty`], moved out of the engine it
+    /// consumes: a whole fleet can be written without being held twice.
+    pub fn into_dirty_states(self) -> impl Iterator<Item = AgentState> {
+        self.agents.into_iter().filter(|a| a.dirty).map(|a| a.state)
+    }
+
     /// Every agent's state, in first-seen order.
     pub fn agents(&self) -> impl Iterator<Item = &AgentState> {
         self.agents.iter().map(|a| &a.state)

@@ -1,6 +1,7 @@
 //! Fleet posture: the inventory with risks, a fleet score with its trend, the top risks, and a
 //! table for terminals.
 
+use std::borrow::Borrow;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -162,20 +163,24 @@ fn row(v: &AgentView) -> AgentRow {
 }
 
 /// Event time of the fleet's latest event.
-pub fn as_of(states: &[AgentState]) -> i64 {
-    states.iter().map(|s| s.last_seen).max().unwrap_or(0)
+pub fn as_of<A: Borrow<AgentState>>(states: &[A]) -> i64 {
+    states
+        .iter()
+        .map(|s| s.borrow().last_seen)
+        .max()
+        .unwrap_or(0)
 }
 
 /// The views of every agent (merged by id), riskiest first.
-pub fn views(
-    states: &[AgentState],
+pub fn views<A: Borrow<AgentState>>(
+    states: &[A],
     set: &BlueprintSet,
     s: &PostureSettings,
     now: i64,
 ) -> Vec<AgentView> {
     let mut v: Vec<AgentView> = states
         .iter()
-        .map(|a| inventory::view(a, set, s, now))
+        .map(|a| inventory::view(a.borrow(), set, s, now))
         .collect();
     v.sort_by(|a, b| {
         b.risk
@@ -234,8 +239,8 @@ pub fn trend(score: u8, now: i64, history: &[HistoryPoint]) -> Trend {
 }
 
 /// Computes the posture of merged agent states.
-pub fn posture(
-    states: &[AgentState],
+pub fn posture<A: Borrow<AgentState>>(
+    states: &[A],
     set: &BlueprintSet,
     s: &PostureSettings,
     history: &[HistoryPoint],
@@ -260,7 +265,7 @@ pub fn posture(
     let mut by_blueprint = BTreeMap::new();
     let mut by_environment = BTreeMap::new();
     let mut tools: BTreeMap<&str, (usize, u64, i64, i64, bool)> = BTreeMap::new();
-    for a in states {
+    for a in states.iter().map(Borrow::borrow) {
         for t in &a.profile.tools {
             let e = tools.entry(t.name.as_str()).or_insert((
                 0,
@@ -312,7 +317,7 @@ pub fn posture(
             by_blueprint,
             by_environment,
             tools: tools.len(),
-            events: states.iter().map(|a| a.events).sum(),
+            events: states.iter().map(|a| a.borrow().events).sum(),
             safety: None,
         },
         top_risks: agents

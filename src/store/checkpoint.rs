@@ -43,12 +43,7 @@ pub fn checkpoint_batch(
     ledger: Option<&Ledger>,
 ) -> Result<sled::Batch, StoreError> {
     let mut b = sled::Batch::default();
-    for i in incidents {
-        b.insert(
-            incident_key(i.at, &i.incident_id).as_bytes(),
-            encode_json("an incident", i)?,
-        );
-    }
+    insert_incidents(&mut b, incidents)?;
     if let Some(l) = ledger {
         b.insert("f/ledger", encode_json("the ledger", l)?);
     }
@@ -64,13 +59,7 @@ pub fn checkpoint_batch(
             part_prefix('m', p.topic, p.partition).as_bytes(),
             encode("a partition's meta", &meta)?,
         );
-        let prefix = part_prefix('a', p.topic, p.partition);
-        for a in &p.agents {
-            b.insert(
-                format!("{prefix}/{}", a.agent_id).as_bytes(),
-                encode("an agent's state", *a)?,
-            );
-        }
+        insert_agents(&mut b, p.topic, p.partition, &p.agents)?;
         let prefix = part_prefix('s', p.topic, p.partition);
         for s in &p.sessions.0 {
             b.insert(
@@ -108,4 +97,32 @@ pub fn checkpoint_batch(
         })?;
     b.insert("c/pending", encode("the pending commands", &pending)?);
     Ok(b)
+}
+
+/// Adds incidents to a batch, keyed by event time.
+pub fn insert_incidents(b: &mut sled::Batch, incidents: &[Incident]) -> Result<(), StoreError> {
+    for i in incidents {
+        b.insert(
+            incident_key(i.at, &i.incident_id).as_bytes(),
+            encode_json("an incident", i)?,
+        );
+    }
+    Ok(())
+}
+
+/// Adds agents' states of one partition to a batch.
+pub fn insert_agents(
+    b: &mut sled::Batch,
+    topic: &str,
+    partition: i32,
+    agents: &[&AgentState],
+) -> Result<(), StoreError> {
+    let prefix = part_prefix('a', topic, partition);
+    for a in agents {
+        b.insert(
+            format!("{prefix}/{}", a.agent_id).as_bytes(),
+            encode("an agent's state", *a)?,
+        );
+    }
+    Ok(())
 }

@@ -17,7 +17,7 @@
 mod checkpoint;
 mod codec;
 
-pub use checkpoint::{checkpoint_batch, PartitionDelta};
+pub use checkpoint::{checkpoint_batch, insert_agents, insert_incidents, PartitionDelta};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -124,13 +124,22 @@ pub struct Store {
     db: sled::Db,
 }
 
+/// sled's page cache per database. Its default, 1 GiB, holds a 100,000-agent state twice over
+/// and would double an instance's memory: the engine keeps the live states itself, the store is
+/// written in batches and read at assignment, and the OS page cache serves repeated reads.
+const CACHE_BYTES: u64 = 16 << 20;
+
 /// Opens (or creates) the sled database in `dir`. sled releases a directory's lock a moment
 /// after its last handle goes (its flusher thread holds one until it next wakes), so a reopen in
 /// the same process retries for up to 2 s before reporting the lock error.
 fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
     let mut tries = 0;
     loop {
-        match sled::Config::new().path(dir).open() {
+        match sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+        {
             Err(sled::Error::Io(e))
                 if tries < 100 && e.to_string().contains("could not acquire lock") =>
             {
