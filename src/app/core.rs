@@ -455,22 +455,46 @@ mod tests {
             .unwrap_or_else(|| panic!("{line} not in {log:?}"))
     }
 
-    #[test]
-    fn the_engine_loop_publishes_then_settles_then_stores_then_commits() {
+    /// What a run of the engine loop left: its outcome, the store (in its directory) and the
+    /// stop signal.
+    struct Ran {
+        result: Result<(), DaemonError>,
+        store: Store,
+        stop: Stop,
+        _dir: tempfile::TempDir,
+    }
+
+    /// Runs the engine loop on `broker` over `notices` (the queue closes after them),
+    /// checkpointing every `checkpoint_events` events.
+    fn run(broker: &Broker, checkpoint_events: u64, notices: Vec<Notice>) -> Ran {
         let dir = tempfile::tempdir().expect("dir");
         let (q, rx, depth) = Queue::bounded(16);
-        let broker = Broker::default();
-        let c = core(&broker, dir.path(), 1_000_000, depth);
+        let c = core(broker, dir.path(), checkpoint_events, depth);
         let store = c.store.clone();
-        for n in [
+        for n in notices {
+            assert!(q.send(n));
+        }
+        drop(q);
+        let stop = Stop::new();
+        let result = run_engine(c, rx, 1, stop.clone());
+        Ran {
+            result,
+            store,
+            stop,
+            _dir: dir,
+        }
+    }
+
+    #[test]
+    fn the_engine_loop_publishes_then_settles_then_stores_then_commits() {
+        let broker = Broker::default();
+        let notices = vec![
             assigned(0),
             Notice::Audit(calls(0), Instant::now()),
             Notice::Stopped,
-        ] {
-            assert!(q.send(n));
-        }
-        let stop = Stop::new();
-        run_engine(c, rx, 1, stop.clone()).expect("engine");
+        ];
+        let ran = run(&broker, 1_000_000, notices);
+        ran.result.expect("engine");
         let k = KafkaConfig::default();
         let log = broker.log();
         let incident = position(&log, &format!("send {} a", k.incidents_topic));
@@ -481,55 +505,45 @@ mod tests {
             incident < kill && kill < settle && settle < commit,
             "{log:?}"
         );
-        let (next, _) = store
+        let (next, _) = ran
+            .store
             .load_partition("audit", 0)
             .expect("load")
             .expect("stored");
         assert_eq!(next, 7, "the stored state reflects every event folded");
-        assert!(stop.is_set(), "the end of the engine stops the sources");
+        assert!(ran.stop.is_set(), "the end of the engine stops the sources");
     }
 
     #[test]
     fn a_revoked_partition_is_on_disk_before_its_revocation_is_acknowledged() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (q, rx, depth) = Queue::bounded(16);
         let broker = Broker::default();
-        let c = core(&broker, dir.path(), 1_000_000, depth);
-        let store = c.store.clone();
         let (ack, acked) = mpsc::channel();
-        for n in [
+        let notices = vec![
             assigned(0),
             Notice::Audit(calls(0), Instant::now()),
             Notice::Revoked(vec![(0, 0)], ack),
             Notice::Stopped,
-        ] {
-            assert!(q.send(n));
-        }
-        run_engine(c, rx, 1, Stop::new()).expect("engine");
+        ];
+        let ran = run(&broker, 1_000_000, notices);
+        ran.result.expect("engine");
         assert!(acked.try_recv().is_ok(), "the revocation is acknowledged");
         // The final checkpoint no longer holds the revoked partition: only the revocation's own
         // checkpoint can have stored it.
-        let stored = store.load_partition("audit", 0).expect("load");
+        let stored = ran.store.load_partition("audit", 0).expect("load");
         assert_eq!(stored.map(|(next, _)| next), Some(7));
     }
 
     #[test]
     fn a_checkpoint_comes_by_count_between_notices() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (q, rx, depth) = Queue::bounded(16);
         let broker = Broker::default();
-        let c = core(&broker, dir.path(), 3, depth);
         let all = calls(0);
-        for n in [
+        // The queue closes without a `Stopped`: the engine ends all the same.
+        let notices = vec![
             assigned(0),
             Notice::Audit(all[..3].to_vec(), Instant::now()),
             Notice::Audit(all[3..].to_vec(), Instant::now()),
-        ] {
-            assert!(q.send(n));
-        }
-        // The queue closes without a `Stopped`: the engine ends all the same.
-        drop(q);
-        run_engine(c, rx, 1, Stop::new()).expect("engine");
+        ];
+        run(&broker, 3, notices).result.expect("engine");
         let log = broker.log();
         assert!(
             position(&log, "commit audit/0@3") < position(&log, "commit audit/0@7"),
@@ -539,26 +553,27 @@ mod tests {
 
     #[test]
     fn an_output_that_fails_stops_the_engine_and_nothing_past_it_is_stored() {
-        let dir = tempfile::tempdir().expect("dir");
-        let (q, rx, depth) = Queue::bounded(16);
         let broker = Broker {
             refuse: true,
             ..Broker::default()
         };
-        let c = core(&broker, dir.path(), 1, depth);
-        let store = c.store.clone();
-        for n in [
+        let notices = vec![
             assigned(0),
             Notice::Audit(calls(0), Instant::now()),
             Notice::Stopped,
-        ] {
-            assert!(q.send(n));
-        }
-        let stop = Stop::new();
-        let r = run_engine(c, rx, 1, stop.clone());
-        assert!(matches!(r, Err(DaemonError::Produce(_))), "{r:?}");
-        assert!(stop.is_set(), "the failure stops the sources");
-        assert!(store.load_partition("audit", 0).expect("load").is_none());
+        ];
+        let ran = run(&broker, 1, notices);
+        assert!(
+            matches!(ran.result, Err(DaemonError::Produce(_))),
+            "{:?}",
+            ran.result
+        );
+        assert!(ran.stop.is_set(), "the failure stops the sources");
+        assert!(ran
+            .store
+            .load_partition("audit", 0)
+            .expect("load")
+            .is_none());
         assert!(!broker.log().iter().any(|l| l.starts_with("commit")));
     }
 }
