@@ -171,29 +171,10 @@ pub fn demo_blueprints_learned() -> anyhow::Result<Arc<BlueprintSet>> {
     )?))
 }
 
-/// Runs the demo end to end; `state_dir` holds the daemon's sled state.
-pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
-    let cluster = MockCluster::new(1)?;
-    let brokers = cluster.bootstrap_servers();
-    let kafka = KafkaConfig {
-        brokers: brokers.clone(),
-        group_id: "guardian-demo".into(),
-        audit_topics: vec!["agent-audit".into()],
-        ..KafkaConfig::default()
-    };
-    cluster.create_topic(&kafka.audit_topics[0], 3, 1)?;
-    for t in [
-        &kafka.control_topic,
-        &kafka.incidents_topic,
-        &kafka.dead_letter_topic,
-        "guardian-posture",
-    ] {
-        cluster.create_topic(t, 1, 1)?;
-    }
-    let blueprints = demo_blueprints()?;
-
-    // Produce the scenario, two malformed lines, and a forged kill command.
-    let mut producer = KafkaSink::new(&brokers, &Default::default())?;
+/// Produces the scenario onto the audit topic, two malformed lines, and a forged kill command
+/// onto the control topic; returns how many audit messages went out.
+fn produce_scenario(brokers: &str, kafka: &KafkaConfig) -> anyhow::Result<usize> {
+    let mut producer = KafkaSink::new(brokers, &Default::default())?;
     let mut produced = 0;
     for (agent, line) in script() {
         producer.send(
@@ -221,6 +202,31 @@ pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
     .sign(b"not-the-guardian-key-0000")?;
     producer.send(&kafka.control_topic, None, &forged.to_json()?, None)?;
     producer.settle(Duration::from_secs(10))?;
+    Ok(produced)
+}
+
+/// Runs the demo end to end; `state_dir` holds the daemon's sled state.
+pub fn run(state_dir: &std::path::Path) -> anyhow::Result<DemoReport> {
+    let cluster = MockCluster::new(1)?;
+    let brokers = cluster.bootstrap_servers();
+    let kafka = KafkaConfig {
+        brokers: brokers.clone(),
+        group_id: "guardian-demo".into(),
+        audit_topics: vec!["agent-audit".into()],
+        ..KafkaConfig::default()
+    };
+    cluster.create_topic(&kafka.audit_topics[0], 3, 1)?;
+    for t in [
+        &kafka.control_topic,
+        &kafka.incidents_topic,
+        &kafka.dead_letter_topic,
+        "guardian-posture",
+    ] {
+        cluster.create_topic(t, 1, 1)?;
+    }
+    let blueprints = demo_blueprints()?;
+
+    let produced = produce_scenario(&brokers, &kafka)?;
 
     let resolved = local_config(kafka, state_dir, blueprints);
     let config = resolved.config.clone();

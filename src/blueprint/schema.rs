@@ -370,27 +370,7 @@ impl Blueprint {
 
     /// The effective blueprint as JSON, loadable again.
     pub fn to_json(&self) -> Value {
-        let seqs: Vec<Value> = self
-            .sequences
-            .iter()
-            .map(|s| {
-                json!({"pattern": s.pattern, "within": dur(s.within_ms), "contiguous": s.contiguous,
-                       "severity": s.severity.as_str(), "routine": s.routine.as_str()})
-            })
-            .collect();
-        let mut anomaly = json!({
-            "volume_window_ms": self.window_ms,
-            "suspicious_sequences": seqs,
-        });
-        if let Some(f) = self.frequency_threshold {
-            anomaly["frequency_threshold"] = json!(f);
-        }
-        if let Some(v) = self.count_volume_threshold {
-            anomaly["volume_threshold"] = json!(v);
-        }
-        if let Some(h) = self.allowed_hours {
-            anomaly["allowed_hours"] = json!({"start": h.start, "end": h.end});
-        }
+        let anomaly = self.anomaly_json();
         let mut out = json!({
             "name": self.name,
             "mode": self.mode.as_str(),
@@ -402,21 +382,7 @@ impl Blueprint {
             "sequence_within": dur(self.sequence_within_ms),
             "sequence_memory": self.sequence_memory,
             "data_volume": {"max_bytes": self.data_volume.max_bytes, "window": dur(self.data_volume.window_ms)},
-            "learned": {
-                "enabled": self.learned.enabled,
-                "sensitivity": self.learned.sensitivity,
-                "learning_period": dur(self.learned.learning_period_ms),
-                "warmup": dur(self.learned.warmup_ms),
-                "min_active_days": self.learned.min_active_days,
-                "burst_ratio": self.learned.burst_ratio,
-                "slow_burn_ratio": self.learned.slow_burn_ratio,
-                "min_window_count": self.learned.min_window_count,
-                "volume_warmup_calls": self.learned.volume_warmup_calls,
-                "volume_min_bytes": self.learned.volume_min_bytes,
-                "rare_share": self.learned.rare_share,
-                "routine_days": self.learned.routine_days,
-                "sequence_rarity": self.learned.sequence_rarity,
-            },
+            "learned": self.learned_json(),
             "routine": {
                 "frequency": self.routine.frequency.as_str(),
                 "volume": self.routine.volume.as_str(),
@@ -457,5 +423,50 @@ impl Blueprint {
             out["id"] = json!(id);
         }
         out
+    }
+
+    /// The `anomaly` section: the static thresholds and the suspicious sequences.
+    fn anomaly_json(&self) -> Value {
+        let seqs: Vec<Value> = self
+            .sequences
+            .iter()
+            .map(|s| {
+                json!({"pattern": s.pattern, "within": dur(s.within_ms), "contiguous": s.contiguous,
+                       "severity": s.severity.as_str(), "routine": s.routine.as_str()})
+            })
+            .collect();
+        let mut anomaly = json!({
+            "volume_window_ms": self.window_ms,
+            "suspicious_sequences": seqs,
+        });
+        if let Some(f) = self.frequency_threshold {
+            anomaly["frequency_threshold"] = json!(f);
+        }
+        if let Some(v) = self.count_volume_threshold {
+            anomaly["volume_threshold"] = json!(v);
+        }
+        if let Some(h) = self.allowed_hours {
+            anomaly["allowed_hours"] = json!({"start": h.start, "end": h.end});
+        }
+        anomaly
+    }
+
+    /// The `learned` section: the baselines' settings.
+    fn learned_json(&self) -> Value {
+        json!({
+            "enabled": self.learned.enabled,
+            "sensitivity": self.learned.sensitivity,
+            "learning_period": dur(self.learned.learning_period_ms),
+            "warmup": dur(self.learned.warmup_ms),
+            "min_active_days": self.learned.min_active_days,
+            "burst_ratio": self.learned.burst_ratio,
+            "slow_burn_ratio": self.learned.slow_burn_ratio,
+            "min_window_count": self.learned.min_window_count,
+            "volume_warmup_calls": self.learned.volume_warmup_calls,
+            "volume_min_bytes": self.learned.volume_min_bytes,
+            "rare_share": self.learned.rare_share,
+            "routine_days": self.learned.routine_days,
+            "sequence_rarity": self.learned.sequence_rarity,
+        })
     }
 }

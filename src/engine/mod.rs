@@ -635,18 +635,15 @@ impl Engine {
         }
         // Killing an agent that is down already (it kept acting) widens no blast radius.
         let was_killed = st.kill.killed;
-        let spent = if bp.dry_run() || learning || was_killed {
-            None
+        let (spent, cohort_spent) = if bp.dry_run() || learning || was_killed {
+            (None, None)
         } else {
-            self.budget
-                .check(&bp.kill, ts, self.killed_by_bp[bpi], self.agents_by_bp[bpi])
-                .err()
-        };
-        // A run of kills inside one cohort is itself evidence of a fleet event.
-        let cohort_spent = if spent.is_some() || bp.dry_run() || learning || was_killed {
-            None
-        } else {
-            self.cohorts[ci].state.kills.check(&bp.kill, ts).err()
+            let fleet = (self.killed_by_bp[bpi], self.agents_by_bp[bpi]);
+            match self.budget.check(&bp.kill, ts, fleet.0, fleet.1) {
+                Err(s) => (Some(s), None),
+                // A run of kills inside one cohort is itself evidence of a fleet event.
+                Ok(_) => (None, self.cohorts[ci].state.kills.check(&bp.kill, ts).err()),
+            }
         };
         let hold = hold_reason(
             bp.dry_run(),

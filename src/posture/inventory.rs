@@ -197,6 +197,39 @@ pub fn merge_by_agent(states: Vec<AgentState>) -> Vec<AgentState> {
     by.into_values().collect()
 }
 
+/// What the learned baseline of an agent (under blueprint `bp`, if it is loaded) knows.
+fn baseline(
+    st: &AgentState,
+    bp: Option<&crate::blueprint::Blueprint>,
+    violation_score: f64,
+) -> BaselineView {
+    let rhythm = &st.detectors.rhythm;
+    let usual_hours = (0..24u8).filter(|h| rhythm.hour_share(*h) >= 0.5).count() as u32;
+    let usual_days: f64 = (0..7u8)
+        .map(|d| {
+            let w = rhythm.weekday(d);
+            if w.seen == 0 {
+                0.0
+            } else {
+                f64::from(w.active) / f64::from(w.seen)
+            }
+        })
+        .sum();
+    let history_hours = (st.last_seen - st.first_seen).max(0) / crate::detect::HOUR_MS;
+    let warm = bp.is_some_and(|b| {
+        history_hours * crate::detect::HOUR_MS >= b.learned.warmup_ms
+            && rhythm.active_days() >= b.learned.min_active_days
+    });
+    BaselineView {
+        history_hours,
+        active_days: rhythm.active_days(),
+        warm,
+        usual_hours_of_week: (f64::from(usual_hours) * usual_days).round() as u32,
+        mean_calls_per_active_hour: (rhythm.hour_rate() * 10.0).round() / 10.0,
+        violation_score: (violation_score * 100.0).round() / 100.0,
+    }
+}
+
 /// The inventory view of one agent as of event time `now`.
 pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) -> AgentView {
     let p = &st.profile;
@@ -219,23 +252,6 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
         .collect();
     let with_outcome = p.events_with_outcome();
     let bp = set.index_of(&st.blueprint).map(|i| set.get(i));
-    let rhythm = &st.detectors.rhythm;
-    let usual_hours = (0..24u8).filter(|h| rhythm.hour_share(*h) >= 0.5).count() as u32;
-    let usual_days: f64 = (0..7u8)
-        .map(|d| {
-            let w = rhythm.weekday(d);
-            if w.seen == 0 {
-                0.0
-            } else {
-                f64::from(w.active) / f64::from(w.seen)
-            }
-        })
-        .sum();
-    let history_hours = (st.last_seen - st.first_seen).max(0) / crate::detect::HOUR_MS;
-    let warm = bp.is_some_and(|b| {
-        history_hours * crate::detect::HOUR_MS >= b.learned.warmup_ms
-            && rhythm.active_days() >= b.learned.min_active_days
-    });
     let violation_score = bp.map_or(st.kill.score, |b| st.kill.score_at(&b.kill, st.last_seen));
     AgentView {
         agent_id: st.agent_id.clone(),
@@ -272,14 +288,7 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
                 kind: k.kind,
             })
             .collect(),
-        baseline: BaselineView {
-            history_hours,
-            active_days: rhythm.active_days(),
-            warm,
-            usual_hours_of_week: (f64::from(usual_hours) * usual_days).round() as u32,
-            mean_calls_per_active_hour: (rhythm.hour_rate() * 10.0).round() / 10.0,
-            violation_score: (violation_score * 100.0).round() / 100.0,
-        },
+        baseline: baseline(st, bp, violation_score),
         risk: risk::score(st, s, now),
     }
 }

@@ -249,21 +249,89 @@ pub fn posture<A: Borrow<AgentState>>(
     let views = views(states, set, s, now);
     let scores: Vec<u8> = views.iter().map(|v| v.risk.score).collect();
     let score = fleet_score(&scores);
-    let mut by_status = BTreeMap::new();
-    let mut by_risk_level = BTreeMap::new();
-    for st in [Status::Active, Status::Killed, Status::Revived] {
-        by_status.insert(st.as_str(), 0);
+    let (tool_count, tool_rows) = tool_rows(states, s);
+    let counts = Counts::of(&views);
+    let agents: Vec<AgentRow> = views.iter().map(row).collect();
+    Posture {
+        as_of: format_rfc3339_ms(now),
+        as_of_ms: now,
+        fleet: Fleet {
+            score,
+            level: RiskLevel::of(score),
+            trend: trend(score, now, history),
+            agents: views.len(),
+            by_status: counts.by_status,
+            by_risk_level: counts.by_risk_level,
+            by_blueprint: counts.by_blueprint,
+            by_environment: counts.by_environment,
+            tools: tool_count,
+            events: states.iter().map(|a| a.borrow().events).sum(),
+            safety: None,
+        },
+        top_risks: agents
+            .iter()
+            .filter(|a| a.risk > 0)
+            .take(10)
+            .cloned()
+            .collect(),
+        tools: tool_rows,
+        agents,
     }
-    for l in [
-        RiskLevel::Low,
-        RiskLevel::Medium,
-        RiskLevel::High,
-        RiskLevel::Critical,
-    ] {
-        by_risk_level.insert(l.as_str(), 0);
+}
+
+/// Agents counted by status, risk level, blueprint and environment (every status and level
+/// listed, at 0 when none).
+struct Counts {
+    /// Agents by status.
+    by_status: BTreeMap<&'static str, usize>,
+    /// Agents by risk level.
+    by_risk_level: BTreeMap<&'static str, usize>,
+    /// Agents by blueprint.
+    by_blueprint: BTreeMap<String, usize>,
+    /// Agents by environment, `(none)` for those that report none.
+    by_environment: BTreeMap<String, usize>,
+}
+
+impl Counts {
+    /// The counts of `views`.
+    fn of(views: &[AgentView]) -> Counts {
+        let mut by_status = BTreeMap::new();
+        let mut by_risk_level = BTreeMap::new();
+        for st in [Status::Active, Status::Killed, Status::Revived] {
+            by_status.insert(st.as_str(), 0);
+        }
+        for l in [
+            RiskLevel::Low,
+            RiskLevel::Medium,
+            RiskLevel::High,
+            RiskLevel::Critical,
+        ] {
+            by_risk_level.insert(l.as_str(), 0);
+        }
+        let mut by_blueprint = BTreeMap::new();
+        let mut by_environment = BTreeMap::new();
+        for v in views {
+            *by_status.entry(v.status.as_str()).or_insert(0) += 1;
+            *by_risk_level.entry(v.risk.level.as_str()).or_insert(0) += 1;
+            *by_blueprint.entry(v.blueprint.clone()).or_insert(0) += 1;
+            if v.environments.is_empty() {
+                *by_environment.entry("(none)".to_string()).or_insert(0) += 1;
+            }
+            for e in &v.environments {
+                *by_environment.entry(e.clone()).or_insert(0) += 1;
+            }
+        }
+        Counts {
+            by_status,
+            by_risk_level,
+            by_blueprint,
+            by_environment,
+        }
     }
-    let mut by_blueprint = BTreeMap::new();
-    let mut by_environment = BTreeMap::new();
+}
+
+/// The fleet's tools (how many, and a row each: sensitive ones first, then by calls).
+fn tool_rows<A: Borrow<AgentState>>(states: &[A], s: &PostureSettings) -> (usize, Vec<ToolRow>) {
     let mut tools: BTreeMap<&str, (usize, u64, i64, i64, bool)> = BTreeMap::new();
     for a in states.iter().map(Borrow::borrow) {
         for t in &a.profile.tools {
@@ -280,7 +348,7 @@ pub fn posture<A: Borrow<AgentState>>(
             e.3 = e.3.max(t.last_seen);
         }
     }
-    let mut tool_rows: Vec<ToolRow> = tools
+    let mut rows: Vec<ToolRow> = tools
         .iter()
         .map(|(name, (agents, calls, first, last, sensitive))| ToolRow {
             name: name.to_string(),
@@ -291,44 +359,8 @@ pub fn posture<A: Borrow<AgentState>>(
             sensitive: *sensitive,
         })
         .collect();
-    tool_rows.sort_by(|a, b| b.sensitive.cmp(&a.sensitive).then(b.calls.cmp(&a.calls)));
-    for v in &views {
-        *by_status.entry(v.status.as_str()).or_insert(0) += 1;
-        *by_risk_level.entry(v.risk.level.as_str()).or_insert(0) += 1;
-        *by_blueprint.entry(v.blueprint.clone()).or_insert(0) += 1;
-        if v.environments.is_empty() {
-            *by_environment.entry("(none)".to_string()).or_insert(0) += 1;
-        }
-        for e in &v.environments {
-            *by_environment.entry(e.clone()).or_insert(0) += 1;
-        }
-    }
-    let agents: Vec<AgentRow> = views.iter().map(row).collect();
-    Posture {
-        as_of: format_rfc3339_ms(now),
-        as_of_ms: now,
-        fleet: Fleet {
-            score,
-            level: RiskLevel::of(score),
-            trend: trend(score, now, history),
-            agents: views.len(),
-            by_status,
-            by_risk_level,
-            by_blueprint,
-            by_environment,
-            tools: tools.len(),
-            events: states.iter().map(|a| a.borrow().events).sum(),
-            safety: None,
-        },
-        top_risks: agents
-            .iter()
-            .filter(|a| a.risk > 0)
-            .take(10)
-            .cloned()
-            .collect(),
-        tools: tool_rows,
-        agents,
-    }
+    rows.sort_by(|a, b| b.sensitive.cmp(&a.sensitive).then(b.calls.cmp(&a.calls)));
+    (tools.len(), rows)
 }
 
 impl Posture {
@@ -403,6 +435,12 @@ impl Posture {
             );
         }
         let _ = writeln!(s);
+        self.render_agents(&mut s, limit);
+        s
+    }
+
+    /// The table of the riskiest `limit` agents, onto `s`.
+    fn render_agents(&self, s: &mut String, limit: usize) {
         let w = self
             .agents
             .iter()
@@ -437,7 +475,6 @@ impl Posture {
                 self.agents.len() - limit
             );
         }
-        s
     }
 }
 

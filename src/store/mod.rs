@@ -319,7 +319,7 @@ impl Store {
     pub fn state_view(&self, owned: Option<&[(String, i32)]>) -> Result<StateView, StoreError> {
         let mut states = Vec::new();
         let mut partitions = Vec::new();
-        for (topic, partition, meta, _) in self.partitions()? {
+        for (topic, partition, meta) in self.partition_metas()? {
             if owned.is_some_and(|o| !o.iter().any(|(t, p)| *t == topic && *p == partition)) {
                 continue;
             }
@@ -411,8 +411,22 @@ impl Store {
             .collect()
     }
 
-    /// Every stored partition: (topic, partition, meta, agents).
+    /// Every stored partition with its count of agents: (topic, partition, meta, agents). The
+    /// count reads every agent's key: [`Store::partition_metas`] when it is not needed.
     pub fn partitions(&self) -> Result<Vec<(String, i32, PartitionMeta, usize)>, StoreError> {
+        Ok(self
+            .partition_metas()?
+            .into_iter()
+            .map(|(topic, partition, meta)| {
+                let prefix = format!("{}/", part_prefix('a', &topic, partition));
+                let agents = self.db.scan_prefix(prefix).count();
+                (topic, partition, meta, agents)
+            })
+            .collect())
+    }
+
+    /// Every stored partition: (topic, partition, meta).
+    pub fn partition_metas(&self) -> Result<Vec<(String, i32, PartitionMeta)>, StoreError> {
         let mut out = Vec::new();
         for kv in self.db.scan_prefix("m/") {
             let (k, v) = kv?;
@@ -428,11 +442,7 @@ impl Store {
             let partition = part
                 .parse()
                 .map_err(|_| damaged("the partition is not a number"))?;
-            let agents = self
-                .db
-                .scan_prefix(format!("{}/", part_prefix('a', topic, partition)))
-                .count();
-            out.push((topic.to_string(), partition, meta, agents));
+            out.push((topic.to_string(), partition, meta));
         }
         Ok(out)
     }
