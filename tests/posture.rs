@@ -8,7 +8,7 @@ use agent_guardian::blueprint::{load_blueprint, Assignment, BlueprintSet};
 use agent_guardian::engine::Engine;
 use agent_guardian::event::{AuditEvent, Decoder, Format, Outcome};
 use agent_guardian::posture::{
-    ControlStatus, Framework, Gap, PostureSettings, RiskLevel, StateView, Status,
+    AgentStatus, ControlStatus, Framework, Gap, PostureSettings, RiskLevel, StateView,
 };
 use agent_guardian::replay::{self, StateRecorder};
 use agent_guardian::response::Incident;
@@ -172,7 +172,7 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
     let p = view(&e).posture(&set, &s);
     let top = &p.top_risks[0];
     assert_eq!(top.agent_id, "rogue");
-    assert_eq!(top.status, Status::Killed);
+    assert_eq!(top.status, AgentStatus::Killed);
     assert!(top.level >= RiskLevel::High, "{top:?}");
     let rogue = view(&e).agent("rogue", &set, &s).unwrap();
     let factors: Vec<_> = rogue.risk.factors.iter().map(|f| f.factor).collect();
@@ -195,7 +195,7 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
 
     assert!(e.revive("rogue", 4_000_000));
     let after = view(&e).agent("rogue", &set, &s).unwrap();
-    assert_eq!(after.status, Status::Revived);
+    assert_eq!(after.status, AgentStatus::Revived);
     assert!(after.risk.score < rogue.risk.score);
     let k = after
         .risk

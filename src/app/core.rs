@@ -325,7 +325,7 @@ mod tests {
     use crate::posture::Ledger;
     use crate::sink::kafka::{Lost, ProduceError};
     use crate::sink::SiemSinks;
-    use crate::source::queue::{Assignment, Queue};
+    use crate::source::queue::{PartitionAssignment, Queue};
 
     /// A broker that records what reaches it, in order: `send TOPIC KEY`, `settle`,
     /// `commit TOPIC/PARTITION@OFFSET`; with `refuse`, every send fails.
@@ -439,7 +439,7 @@ mod tests {
     }
 
     fn assigned(partition: i32) -> Notice {
-        Notice::Assigned(vec![Assignment {
+        Notice::Assigned(vec![PartitionAssignment {
             topic: 0,
             partition,
             start: 0,

@@ -28,7 +28,7 @@ use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
 use crate::text::Shown;
 
-use crate::source::queue::{Assignment, Message};
+use crate::source::queue::{Message, PartitionAssignment};
 
 /// What the fold needs to know of the configuration.
 #[derive(Clone)]
@@ -240,7 +240,7 @@ impl Fold {
     /// Takes over assigned partitions, from their stored state or from scratch; `now` (ms)
     /// dates the retention gaps found. Operator commands waiting for an agent of a partition
     /// taken over apply now, and are reported to `out`.
-    pub fn assign(&mut self, list: Vec<Assignment>, now: i64, out: &mut Vec<Output>) {
+    pub fn assign(&mut self, list: Vec<PartitionAssignment>, now: i64, out: &mut Vec<Output>) {
         for a in list {
             let key = (a.topic, a.partition);
             if let Some((from, to)) = a.gap {
@@ -1116,7 +1116,7 @@ pub(crate) mod tests {
     fn owning(mut f: Fold, partitions: &[i32], quiet_below: i64) -> Fold {
         let list = partitions
             .iter()
-            .map(|&p| Assignment {
+            .map(|&p| PartitionAssignment {
                 topic: 0,
                 partition: p,
                 start: 0,
@@ -1130,12 +1130,12 @@ pub(crate) mod tests {
     }
 
     /// Partition 0 of `store`, assigned with its stored state, as after a restart.
-    fn restored(store: &Store) -> Vec<Assignment> {
+    fn restored(store: &Store) -> Vec<PartitionAssignment> {
         let (next, state) = store
             .load_partition("audit", 0)
             .expect("load")
             .expect("stored");
-        vec![Assignment {
+        vec![PartitionAssignment {
             topic: 0,
             partition: 0,
             start: next,

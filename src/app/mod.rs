@@ -311,7 +311,7 @@ fn bind_api(cfg: &Resolved, live: &Arc<Live>) -> Result<Option<crate::api::Serve
 fn settle_deadline(cfg: &Resolved) -> Duration {
     crate::kafka::option_for(
         &cfg.kafka_options,
-        crate::kafka::Role::Producer,
+        crate::kafka::ClientRole::Producer,
         "message.timeout.ms",
     )
     .and_then(|v| v.parse::<u64>().ok())

@@ -198,8 +198,12 @@ pub fn produce_cmd(a: ProduceArgs) -> anyhow::Result<ExitCode> {
     // librdkafka gives up on a message after `message.timeout.ms`: the command's own deadline,
     // unless the configuration sets one.
     let mut options = cfg.kafka_options.clone();
-    if crate::kafka::option_for(&options, crate::kafka::Role::Producer, "message.timeout.ms")
-        .is_none()
+    if crate::kafka::option_for(
+        &options,
+        crate::kafka::ClientRole::Producer,
+        "message.timeout.ms",
+    )
+    .is_none()
     {
         options.insert(
             "producer.message.timeout.ms".into(),

@@ -24,7 +24,7 @@ use crate::response::{
 };
 use crate::state::{suppression_index, EngineStats, FleetState};
 use crate::state::{
-    AgentState, Arrivals, CohortState, Delivery, Flood, Identities, Identity, KillEventKind,
+    AgentState, Arrivals, CohortState, Flood, Identities, Identity, KillEventKind, Received,
     Resolution, Seen, SeenChanges, SeenFigures, SeenSettings, SessionAgent, Snapshot,
     SNAPSHOT_VERSION,
 };
@@ -519,14 +519,14 @@ impl Engine {
     /// changes nothing but its counter; an identity reused for other content is counted and
     /// the event goes on.
     fn first_delivery(&mut self, ts: i64, identity: Option<Identity>) -> bool {
-        let delivery = identity.map_or(Delivery::First, |id| self.seen.deliver_identity(ts, id));
+        let delivery = identity.map_or(Received::First, |id| self.seen.deliver_identity(ts, id));
         match delivery {
-            Delivery::First => true,
-            Delivery::Duplicate => {
+            Received::First => true,
+            Received::Duplicate => {
                 self.stats.duplicates += 1;
                 false
             }
-            Delivery::Conflict => {
+            Received::Conflict => {
                 self.stats.id_conflicts += 1;
                 true
             }

@@ -17,7 +17,7 @@ use rdkafka::ClientContext;
 
 /// Which kind of client a configuration is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub enum ClientRole {
     /// A consumer: gets the options prefixed `consumer.` and the unprefixed ones.
     Consumer,
     /// A producer: gets the options prefixed `producer.` and the unprefixed ones.
@@ -28,7 +28,7 @@ pub enum Role {
 /// pass-through `options` for `role` (prefix removed; the other role's options left out).
 pub fn client_config(
     brokers: &str,
-    role: Role,
+    role: ClientRole,
     settings: &[(&str, &str)],
     options: &BTreeMap<String, String>,
 ) -> ClientConfig {
@@ -51,12 +51,12 @@ pub fn client_config(
     c
 }
 
-impl Role {
+impl ClientRole {
     /// The prefix of the options meant for this role only.
     fn prefix(self) -> &'static str {
         match self {
-            Role::Consumer => "consumer.",
-            Role::Producer => "producer.",
+            ClientRole::Consumer => "consumer.",
+            ClientRole::Producer => "producer.",
         }
     }
 }
@@ -72,7 +72,7 @@ pub fn bare_option(key: &str) -> &str {
 /// role's prefixed form wins over the bare one), if the user set it.
 pub fn option_for<'a>(
     options: &'a BTreeMap<String, String>,
-    role: Role,
+    role: ClientRole,
     key: &str,
 ) -> Option<&'a String> {
     options
@@ -85,7 +85,7 @@ pub fn option_for<'a>(
 pub fn producer_config(brokers: &str, options: &BTreeMap<String, String>) -> ClientConfig {
     client_config(
         brokers,
-        Role::Producer,
+        ClientRole::Producer,
         &[
             ("enable.idempotence", "true"),
             ("acks", "all"),
@@ -236,7 +236,7 @@ pub fn topic_retention(
 ) -> Result<Retention, KafkaError> {
     use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
     let admin: AdminClient<Quiet> =
-        client_config(brokers, Role::Consumer, &[], options).create_with_context(Quiet)?;
+        client_config(brokers, ClientRole::Consumer, &[], options).create_with_context(Quiet)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -352,16 +352,16 @@ mod option_tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let p = client_config("b:1", Role::Producer, &[], &opts);
+        let p = client_config("b:1", ClientRole::Producer, &[], &opts);
         assert_eq!(p.get("message.timeout.ms"), Some("2000"));
         assert_eq!(p.get("fetch.wait.max.ms"), None);
         assert_eq!(p.get("zzz.after.prefixes"), Some("1"));
         assert_eq!(
-            option_for(&opts, Role::Producer, "message.timeout.ms").map(String::as_str),
+            option_for(&opts, ClientRole::Producer, "message.timeout.ms").map(String::as_str),
             Some("2000")
         );
         assert_eq!(
-            option_for(&opts, Role::Consumer, "message.timeout.ms").map(String::as_str),
+            option_for(&opts, ClientRole::Consumer, "message.timeout.ms").map(String::as_str),
             Some("1000")
         );
         assert_eq!(
@@ -432,7 +432,7 @@ mod tests {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
-        let c = client_config("b:9092", Role::Consumer, &[("group.id", "g")], &opts);
+        let c = client_config("b:9092", ClientRole::Consumer, &[("group.id", "g")], &opts);
         assert_eq!(c.get("security.protocol"), Some("SSL"));
         assert_eq!(c.get("fetch.min.bytes"), Some("7"));
         assert_eq!(c.get("linger.ms"), None);

@@ -14,7 +14,7 @@ use crate::state::{outcome_index, AgentState, KillEvent};
 /// Whether an agent may act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub enum AgentStatus {
     /// Never killed.
     Active,
     /// Killed (automatically or by an operator) and not revived.
@@ -23,24 +23,24 @@ pub enum Status {
     Revived,
 }
 
-impl Status {
+impl AgentStatus {
     /// Lower-case name.
     pub fn as_str(self) -> &'static str {
         match self {
-            Status::Active => "active",
-            Status::Killed => "killed",
-            Status::Revived => "revived",
+            AgentStatus::Active => "active",
+            AgentStatus::Killed => "killed",
+            AgentStatus::Revived => "revived",
         }
     }
 
     /// The status of an agent state.
-    pub fn of(st: &AgentState) -> Status {
+    pub fn of(st: &AgentState) -> AgentStatus {
         if st.kill.killed {
-            Status::Killed
+            AgentStatus::Killed
         } else if st.profile.revives > 0 {
-            Status::Revived
+            AgentStatus::Revived
         } else {
-            Status::Active
+            AgentStatus::Active
         }
     }
 }
@@ -119,7 +119,7 @@ pub struct AgentView {
     /// Its blueprint.
     pub blueprint: String,
     /// active, killed or revived.
-    pub status: Status,
+    pub status: AgentStatus,
     /// First event (RFC 3339).
     pub first_seen: String,
     /// Latest event (RFC 3339).
@@ -256,7 +256,7 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
     AgentView {
         agent_id: st.agent_id.clone(),
         blueprint: st.blueprint.clone(),
-        status: Status::of(st),
+        status: AgentStatus::of(st),
         first_seen: format_rfc3339_ms(st.first_seen),
         last_seen: format_rfc3339_ms(st.last_seen),
         last_seen_ms: st.last_seen,

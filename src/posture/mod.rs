@@ -16,7 +16,7 @@ pub mod settings;
 
 pub use compliance::{evaluate, ComplianceReport, ControlStatus, Framework};
 pub use facts::{BlueprintFact, Gap, Ledger, LostOutput, PartitionFact, MAX_LOST_KEPT};
-pub use inventory::{merge_by_agent, AgentView, Status};
+pub use inventory::{merge_by_agent, AgentStatus, AgentView};
 pub use report::{posture, HistoryPoint, KillSafety, Posture};
 pub use risk::{Risk, RiskLevel};
 pub use settings::{PostureConfig, PostureSettings};

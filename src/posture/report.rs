@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::inventory::{self, AgentView, Status};
+use super::inventory::{self, AgentStatus, AgentView};
 use super::risk::RiskLevel;
 use super::settings::PostureSettings;
 use crate::blueprint::BlueprintSet;
@@ -93,7 +93,7 @@ pub struct AgentRow {
     /// Blueprint.
     pub blueprint: String,
     /// Status.
-    pub status: Status,
+    pub status: AgentStatus,
     /// Risk score.
     pub risk: u8,
     /// Risk level.
@@ -297,7 +297,11 @@ impl Counts {
     fn of(views: &[AgentView]) -> Counts {
         let mut by_status = BTreeMap::new();
         let mut by_risk_level = BTreeMap::new();
-        for st in [Status::Active, Status::Killed, Status::Revived] {
+        for st in [
+            AgentStatus::Active,
+            AgentStatus::Killed,
+            AgentStatus::Revived,
+        ] {
             by_status.insert(st.as_str(), 0);
         }
         for l in [

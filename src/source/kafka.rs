@@ -21,7 +21,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use crate::config::{Backfill, KafkaConfig};
-use crate::source::queue::{Assignment, Message, Notice, Queue};
+use crate::source::queue::{Message, Notice, PartitionAssignment, Queue};
 use crate::stop::Stop;
 use crate::store::Store;
 
@@ -161,7 +161,7 @@ impl AuditContext {
                 "partition assigned"
             );
             start_list.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
-            out.push(Assignment {
+            out.push(PartitionAssignment {
                 topic,
                 partition: e.partition(),
                 start,
@@ -212,14 +212,14 @@ impl ConsumerContext for AuditContext {
 
 /// Whether the user's options set `key` for consumers (bare or with the `consumer.` prefix).
 fn consumer_sets(options: &BTreeMap<String, String>, key: &str) -> bool {
-    crate::kafka::option_for(options, crate::kafka::Role::Consumer, key).is_some()
+    crate::kafka::option_for(options, crate::kafka::ClientRole::Consumer, key).is_some()
 }
 
 /// The consumer config shared by both sources.
 fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String>) -> ClientConfig {
     crate::kafka::client_config(
         brokers,
-        crate::kafka::Role::Consumer,
+        crate::kafka::ClientRole::Consumer,
         &[
             ("group.id", group),
             ("enable.auto.commit", "false"),

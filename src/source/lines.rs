@@ -6,10 +6,10 @@ use std::io::{self, BufRead, BufReader};
 use std::path::Path;
 
 /// An open input and its length in bytes when known (a file; not stdin).
-pub type Input = (Box<dyn BufRead>, Option<u64>);
+pub type LineInput = (Box<dyn BufRead>, Option<u64>);
 
 /// Opens `path` for reading lines, `-` being stdin, with a 1 MiB buffer.
-pub fn open(path: &Path) -> io::Result<Input> {
+pub fn open(path: &Path) -> io::Result<LineInput> {
     if path.as_os_str() == "-" {
         return Ok((
             Box::new(BufReader::with_capacity(1 << 20, io::stdin().lock())),

@@ -28,7 +28,7 @@ pub struct Message {
 
 /// A partition handed to this instance.
 #[derive(Debug)]
-pub struct Assignment {
+pub struct PartitionAssignment {
     /// Topic index.
     pub topic: u16,
     /// Partition.
@@ -47,7 +47,7 @@ pub struct Assignment {
 #[derive(Debug)]
 pub enum Notice {
     /// Partitions assigned.
-    Assigned(Vec<Assignment>),
+    Assigned(Vec<PartitionAssignment>),
     /// Partitions revoked: checkpoint them, then acknowledge.
     Revoked(Vec<(u16, i32)>, mpsc::Sender<()>),
     /// Audit events, in offset order per partition (polled together, sent as one message to

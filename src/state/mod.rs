@@ -23,7 +23,7 @@ pub use profile::{
     outcome_index, IncidentMark, KillEvent, KillEventKind, Profile, ToolSeen, MAX_TOOLS, OUTCOMES,
 };
 pub use seen::{
-    Delivery, Identity, Seen, SeenChanges, SeenEntry, SeenFigures, SeenSettings, SeenSnapshot,
+    Identity, Received, Seen, SeenChanges, SeenEntry, SeenFigures, SeenSettings, SeenSnapshot,
     DEFAULT_HORIZON_MS as DUPLICATE_HORIZON_MS, DEFAULT_MAX_ENTRIES as DUPLICATE_MAX_ENTRIES,
 };
 pub use snapshot::{Snapshot, SnapshotError, SNAPSHOT_VERSION};

@@ -62,7 +62,7 @@ pub struct SeenEntry {
 
 /// What the memory made of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
+pub enum Received {
     /// Seen for the first time: fold it.
     First,
     /// The same identity and content were seen within the horizon: drop it.
@@ -238,10 +238,10 @@ impl Seen {
     }
 
     /// Checks `ev` (attributed to its agent) against the memory and remembers it.
-    pub fn deliver(&mut self, ev: &AuditEvent<'_>) -> Delivery {
+    pub fn deliver(&mut self, ev: &AuditEvent<'_>) -> Received {
         match self.identity(ev) {
             Some(i) => self.deliver_identity(ev.ts_ms, i),
-            None => Delivery::First,
+            None => Received::First,
         }
     }
 
@@ -287,15 +287,15 @@ impl Seen {
     }
 
     /// Checks an identity (of an event at `ts`) against the memory and remembers it.
-    pub fn deliver_identity(&mut self, ts: i64, i: Identity) -> Delivery {
+    pub fn deliver_identity(&mut self, ts: i64, i: Identity) -> Received {
         let first_kept = self.total - self.order.len() as u64;
         let at = match self.table.find(i.id, first_kept) {
             Ok(pos) => {
                 let kept = &self.order[(pos - first_kept) as usize];
                 return if kept.content == i.content {
-                    Delivery::Duplicate
+                    Received::Duplicate
                 } else {
-                    Delivery::Conflict
+                    Received::Conflict
                 };
             }
             Err(at) => at,
@@ -313,7 +313,7 @@ impl Seen {
         if self.table.crowded() {
             self.rebuild();
         }
-        Delivery::First
+        Received::First
     }
 
     /// Forgets the identities beyond the horizon or the cap, oldest first (their places in the
@@ -546,11 +546,11 @@ mod tests {
     #[test]
     fn the_same_identity_and_content_is_a_duplicate_other_content_a_conflict() {
         let mut s = Seen::new(SeenSettings::default(), [1, 2]);
-        assert_eq!(s.deliver(&ev("e1", "a", 1000, 30e6)), Delivery::First);
-        assert_eq!(s.deliver(&ev("e1", "a", 1000, 30e6)), Delivery::Duplicate);
-        assert_eq!(s.deliver(&ev("e1", "a", 1000, 5.0)), Delivery::Conflict);
+        assert_eq!(s.deliver(&ev("e1", "a", 1000, 30e6)), Received::First);
+        assert_eq!(s.deliver(&ev("e1", "a", 1000, 30e6)), Received::Duplicate);
+        assert_eq!(s.deliver(&ev("e1", "a", 1000, 5.0)), Received::Conflict);
         // The same id for another agent is another event.
-        assert_eq!(s.deliver(&ev("e1", "b", 1000, 30e6)), Delivery::First);
+        assert_eq!(s.deliver(&ev("e1", "b", 1000, 30e6)), Received::First);
         assert_eq!(s.len(), 2);
     }
 
@@ -591,9 +591,9 @@ mod tests {
         let a = ev("e1", "a", 1000, 10.0);
         let mut b = a.clone();
         b.tool_name = "payments.transfer".into();
-        assert_eq!(s.deliver(&a), Delivery::First);
-        assert_eq!(s.deliver(&b), Delivery::Conflict);
-        assert_eq!(s.deliver(&a), Delivery::Duplicate);
+        assert_eq!(s.deliver(&a), Received::First);
+        assert_eq!(s.deliver(&b), Received::Conflict);
+        assert_eq!(s.deliver(&a), Received::Duplicate);
     }
 
     #[test]
@@ -615,8 +615,8 @@ mod tests {
             let bytes = (x >> 40) % 2;
             let e = ev(&id, "a", ts, bytes as f64);
             let expected = match kept.iter().find(|(k, _, _)| *k == id) {
-                Some((_, t, b)) if *t == ts && *b == bytes => Delivery::Duplicate,
-                Some(_) => Delivery::Conflict,
+                Some((_, t, b)) if *t == ts && *b == bytes => Received::Duplicate,
+                Some(_) => Received::Conflict,
                 None => {
                     latest = latest.max(ts);
                     kept.push_back((id.clone(), ts, bytes));
@@ -626,7 +626,7 @@ mod tests {
                         }
                         kept.pop_front();
                     }
-                    Delivery::First
+                    Received::First
                 }
             };
             assert_eq!(s.deliver(&e), expected, "delivery {n} of {id}");
@@ -639,9 +639,9 @@ mod tests {
     #[test]
     fn records_without_an_id_are_told_apart_by_their_content() {
         let mut s = Seen::new(SeenSettings::default(), [1, 2]);
-        assert_eq!(s.deliver(&ev("", "a", 1000, 10.0)), Delivery::First);
-        assert_eq!(s.deliver(&ev("", "a", 1001, 10.0)), Delivery::First);
-        assert_eq!(s.deliver(&ev("", "a", 1000, 10.0)), Delivery::Duplicate);
+        assert_eq!(s.deliver(&ev("", "a", 1000, 10.0)), Received::First);
+        assert_eq!(s.deliver(&ev("", "a", 1001, 10.0)), Received::First);
+        assert_eq!(s.deliver(&ev("", "a", 1000, 10.0)), Received::Duplicate);
     }
 
     #[test]
@@ -651,11 +651,11 @@ mod tests {
         s.deliver(&ev("e2", "a", 10_000, 1.0));
         s.deliver(&ev("e3", "a", 70_000, 1.0)); // e1 is now beyond the horizon
         assert_eq!(s.len(), 2);
-        assert_eq!(s.deliver(&ev("e1", "a", 0, 1.0)), Delivery::First);
+        assert_eq!(s.deliver(&ev("e1", "a", 0, 1.0)), Received::First);
         // The cap: e2 (the oldest) goes.
         s.deliver(&ev("e4", "a", 70_001, 1.0));
         assert_eq!(s.len(), 3);
-        assert_eq!(s.deliver(&ev("e3", "a", 70_000, 1.0)), Delivery::Duplicate);
+        assert_eq!(s.deliver(&ev("e3", "a", 70_000, 1.0)), Received::Duplicate);
     }
 
     #[test]
@@ -680,16 +680,16 @@ mod tests {
         assert_eq!(r, s);
         assert_eq!(
             r.deliver(&ev("e4-3", "a", 120_003, 1.0)),
-            Delivery::Duplicate
+            Received::Duplicate
         );
-        assert_eq!(r.deliver(&ev("e0-3", "a", 3, 1.0)), Delivery::First);
+        assert_eq!(r.deliver(&ev("e0-3", "a", 3, 1.0)), Received::First);
     }
 
     #[test]
     fn a_zero_horizon_turns_the_memory_off() {
         let mut s = Seen::new(settings(0, 10), [1, 2]);
-        assert_eq!(s.deliver(&ev("e1", "a", 0, 1.0)), Delivery::First);
-        assert_eq!(s.deliver(&ev("e1", "a", 0, 1.0)), Delivery::First);
+        assert_eq!(s.deliver(&ev("e1", "a", 0, 1.0)), Received::First);
+        assert_eq!(s.deliver(&ev("e1", "a", 0, 1.0)), Received::First);
         assert!(s.is_empty());
     }
 }
