@@ -318,9 +318,9 @@ pub type Member = [(u32, f64); SCALES];
 /// A cohort's call rates against its members' own expectations, per window.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateEvaluation {
-    /// Members expected to make at least [`MIN_EXPECTED`] calls in the window.
+    /// Members expected to make at least `MIN_EXPECTED` calls in the window.
     pub eligible: [u32; SCALES],
-    /// Of them, members at [`UP_RATIO`] times their expected or more.
+    /// Of them, members at `UP_RATIO` times their expected or more.
     pub up: [u32; SCALES],
     /// Median ratio of calls to expected over the eligible members (1 when none).
     pub median: [f32; SCALES],

@@ -182,7 +182,7 @@ impl FrequencyState {
         self.episode.is_open()
     }
 
-    /// How clustered the agent's calls are (see [`Dispersion`]).
+    /// How clustered the agent's calls are (see `Dispersion`).
     pub fn dispersion(&self) -> f64 {
         self.dispersion.value()
     }

@@ -3,7 +3,7 @@
 //! Layer: uses `response`, `blueprint`, `event`, `prefetch`.
 //!
 //! No I/O, no clock, no randomness: time comes from the event. The set is closed and called in a
-//! fixed order by [`observe`].
+//! fixed order by `observe`.
 
 mod clock;
 mod cohort;

@@ -3,7 +3,7 @@
 //!
 //! Layer: uses `state`, `detect`, `response`, `blueprint`, `event`, `prefetch`.
 //!
-//! Findings go through the agent's cohort ([`cohorts`]) before they become incidents.
+//! Findings go through the agent's cohort (`cohorts.rs`) before they become incidents.
 
 mod cohorts;
 mod conflict;

@@ -89,11 +89,11 @@ pub struct Profile {
     pub tools: Vec<ToolSeen>,
     /// Calls of tools beyond [`MAX_TOOLS`].
     pub other_tool_calls: u64,
-    /// Environments reported, in first-seen order, at most [`MAX_ENVIRONMENTS`].
+    /// Environments reported, in first-seen order, at most `MAX_ENVIRONMENTS`.
     pub environments: Vec<String>,
     /// Incidents by severity (low, medium, high, critical), ever.
     pub incidents: [u64; 4],
-    /// The latest incidents, oldest first, at most [`MAX_RECENT_INCIDENTS`].
+    /// The latest incidents, oldest first, at most `MAX_RECENT_INCIDENTS`.
     pub recent: Vec<IncidentMark>,
     /// Automatic kills ever.
     pub auto_kills: u32,
@@ -101,7 +101,7 @@ pub struct Profile {
     pub manual_kills: u32,
     /// Revives ever.
     pub revives: u32,
-    /// The latest kill-history entries, oldest first, at most [`MAX_KILL_HISTORY`].
+    /// The latest kill-history entries, oldest first, at most `MAX_KILL_HISTORY`.
     pub kill_history: Vec<KillEvent>,
 }
 
@@ -118,7 +118,7 @@ fn push_capped<T>(v: &mut Vec<T>, cap: usize, x: T) {
 }
 
 impl Profile {
-    /// Announces the memory an event reads (see [`super::prefetch`]).
+    /// Announces the memory an event reads (see `crate::prefetch`).
     pub fn prefetch(&self) {
         prefetch::lines(&self.tool_keys, 2);
         prefetch::lines(&self.tools, 4);

@@ -18,7 +18,7 @@
 //!   `deployment.environment.name` (or the older `deployment.environment`). Outcome: `ALLOW`
 //!   unless the span's status is `ERROR` or it has `error.type` (or the older
 //!   `otel.status_code = ERROR`): then `TIMEOUT` when the error type says timeout, else an
-//!   outcome of its own ([`Outcome::Other`]). Volume: [`OtlpOptions::volume_attribute`].
+//!   outcome of its own (`Outcome::Other`). Volume: [`OtlpOptions::volume_attribute`].
 //!   Group (for blueprint assignment): [`OtlpOptions::group_attribute`], on the span or its
 //!   resource.
 //! - The spans of a request are handed on in order of start time.

@@ -19,7 +19,7 @@ pub enum RecordFormat {
     Cef,
     /// ECS JSON.
     Json,
-    /// OCSF JSON (schema [`super::OCSF_VERSION`]).
+    /// OCSF JSON (schema [`super::ocsf::OCSF_VERSION`]).
     Ocsf,
 }
 
