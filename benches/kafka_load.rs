@@ -28,7 +28,7 @@ use agent_guardian::config::KafkaConfig;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
 use agent_guardian::simulate::{SimConfig, Simulation};
-use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::kafka::{KafkaSink, OutputTopics as _};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;

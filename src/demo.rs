@@ -20,7 +20,7 @@ use crate::config::{Backfill, Config, KafkaConfig, Resolved};
 use crate::control::{Command, Verb};
 use crate::event::format_rfc3339_ms;
 use crate::response::Incident;
-use crate::sink::kafka::KafkaSink;
+use crate::sink::kafka::{KafkaSink, OutputTopics as _};
 
 /// Signing key of the demo (never use a literal key in production).
 pub const DEMO_KEY: &[u8] = b"demo-signing-key-not-for-production";

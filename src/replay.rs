@@ -738,9 +738,8 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
         self.incidents.push(i.clone());
         if let Some(store) = &self.store {
             if self.incidents.len() >= WRITE_CHUNK {
-                let mut b = sled::Batch::default();
-                crate::store::insert_incidents(&mut b, &self.incidents)
-                    .and_then(|()| store.write(b))
+                store
+                    .write_incidents(&self.incidents)
                     .map_err(io::Error::other)?;
                 self.incidents.clear();
             }
@@ -800,15 +799,11 @@ pub fn write_state<S>(
     while states.peek().is_some() {
         // Each chunk's states are freed once written: the store grows as the engine shrinks.
         let chunk: Vec<AgentState> = states.by_ref().take(WRITE_CHUNK).collect();
-        let mut b = sled::Batch::default();
         let refs: Vec<&AgentState> = chunk.iter().collect();
-        crate::store::insert_agents(&mut b, &topic, 0, &refs)?;
-        store.write(b)?;
+        store.write_agents(&topic, 0, &refs)?;
     }
     for chunk in rec.incidents.chunks(WRITE_CHUNK) {
-        let mut b = sled::Batch::default();
-        crate::store::insert_incidents(&mut b, chunk)?;
-        store.write(b)?;
+        store.write_incidents(chunk)?;
     }
     store.checkpoint(
         &[PartitionDelta {

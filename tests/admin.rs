@@ -14,7 +14,7 @@ use agent_guardian::app::Daemon;
 use agent_guardian::config::KafkaConfig;
 use agent_guardian::demo;
 use agent_guardian::simulate::{SimConfig, Simulation};
-use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::kafka::{KafkaSink, OutputTopics as _};
 use rdkafka::mocking::MockCluster;
 use serde_json::Value;
 

@@ -11,7 +11,7 @@ use agent_guardian::control::{Command, Verb, DEFAULT_TTL_MS};
 use agent_guardian::demo::{self, DEMO_KEY};
 use agent_guardian::event::format_rfc3339_ms;
 use agent_guardian::response::{Incident, IncidentType};
-use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::kafka::{KafkaSink, OutputTopics as _};
 use agent_guardian::store::Store;
 use agent_guardian::telemetry::Metrics;
 

@@ -11,7 +11,7 @@ use agent_guardian::app::Daemon;
 use agent_guardian::config::KafkaConfig;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
-use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::kafka::{KafkaSink, OutputTopics as _};
 use rdkafka::mocking::MockCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_guardian");

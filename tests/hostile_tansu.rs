@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use agent_guardian::control::{Command, Verb};
 use agent_guardian::event::format_rfc3339_ms;
-use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::kafka::{KafkaSink, OutputTopics as _};
 
 #[path = "support/tansu.rs"]
 mod tansu;

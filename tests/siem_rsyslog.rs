@@ -23,7 +23,7 @@ use agent_guardian::config::KafkaConfig;
 use agent_guardian::demo;
 use agent_guardian::event::format_rfc3339_ms;
 use agent_guardian::response::{Incident, Status};
-use agent_guardian::sink::kafka::KafkaSink;
+use agent_guardian::sink::kafka::{KafkaSink, OutputTopics as _};
 use agent_guardian::sink::record::{cef_severity, CLASSES};
 use rdkafka::mocking::MockCluster;
 use serde_json::{json, Value};

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::api::PublishError;
-use crate::sink::kafka::{KafkaSink, ProduceError};
+use crate::sink::kafka::{KafkaSink, OutputTopics as _, ProduceError};
 
 /// How long an operator command waits for the broker's acknowledgement before it is withdrawn
 /// and reported as not published.

@@ -22,7 +22,9 @@ use crate::store::{Store, StoreError};
 use crate::telemetry::{Live, Metrics};
 
 #[cfg(doc)]
-use super::{publish::OutputTopics, writer::OffsetCommit};
+use super::writer::OffsetCommit;
+#[cfg(doc)]
+use crate::sink::kafka::OutputTopics;
 
 /// What the engine loop reads of the configuration.
 pub(super) struct CoreSettings {
@@ -318,11 +320,11 @@ mod tests {
     use rdkafka::message::OwnedHeaders;
 
     use super::super::fold::tests::{calls, settings};
-    use super::super::publish::OutputTopics;
     use super::super::writer::OffsetCommit;
     use super::*;
     use crate::config::KafkaConfig;
     use crate::posture::Ledger;
+    use crate::sink::kafka::OutputTopics;
     use crate::sink::kafka::{Lost, ProduceError};
     use crate::sink::SiemSinks;
     use crate::source::queue::{PartitionAssignment, Queue};

@@ -15,82 +15,9 @@ use crate::text::Shown;
 
 use super::fold::Output;
 use super::DaemonError;
-use crate::sink::kafka::{KafkaSink, Lost, ProduceError};
+use crate::sink::kafka::OutputTopics;
 use crate::sink::record::PostureRecord;
 use rdkafka::message::{Header, OwnedHeaders};
-
-/// What the publisher needs of the producer of the output topics: [`KafkaSink`] in the daemon; a
-/// stand-in that records in the engine's unit tests (no broker).
-pub trait OutputTopics: Send {
-    /// Queues a message that must be delivered (a failure stops the daemon).
-    fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), ProduceError>;
-    /// Queues a message the broker may refuse for good (recorded as lost, see `take_lost`).
-    fn send_lossy(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-        source: &str,
-    ) -> Result<(), ProduceError>;
-    /// The lossy messages refused since the previous call.
-    fn take_lost(&self) -> Vec<Lost>;
-    /// Waits until everything queued is acknowledged, warning every `warn_every`, giving up
-    /// after `deadline`.
-    fn settle_until(
-        &mut self,
-        warn_every: Duration,
-        deadline: Option<Duration>,
-    ) -> Result<(), ProduceError>;
-    /// Messages acknowledged so far.
-    fn delivered(&self) -> u64;
-    /// Messages waiting for acknowledgement.
-    fn in_flight(&self) -> i32;
-}
-
-impl OutputTopics for KafkaSink {
-    fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), ProduceError> {
-        KafkaSink::send(self, topic, key, payload, headers)
-    }
-    fn send_lossy(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-        source: &str,
-    ) -> Result<(), ProduceError> {
-        KafkaSink::send_lossy(self, topic, key, payload, headers, source)
-    }
-    fn take_lost(&self) -> Vec<Lost> {
-        KafkaSink::take_lost(self)
-    }
-    fn settle_until(
-        &mut self,
-        warn_every: Duration,
-        deadline: Option<Duration>,
-    ) -> Result<(), ProduceError> {
-        KafkaSink::settle_until(self, warn_every, deadline)
-    }
-    fn delivered(&self) -> u64 {
-        KafkaSink::delivered(self)
-    }
-    fn in_flight(&self) -> i32 {
-        KafkaSink::in_flight(self)
-    }
-}
 
 /// The output topics, the producer and the SIEM sinks.
 pub struct Publisher {

@@ -12,7 +12,7 @@ use crate::app::Daemon;
 use crate::config::{Config, Resolved};
 use crate::control::Verb;
 use crate::event::{format_rfc3339_ms, Decoder, DecoderOptions};
-use crate::sink::kafka::KafkaSink;
+use crate::sink::kafka::{KafkaSink, OutputTopics as _};
 use crate::store::Store;
 
 /// `guardian run`.

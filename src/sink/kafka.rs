@@ -205,6 +205,41 @@ pub struct KafkaSink {
     failed_seen: u64,
 }
 
+/// What the publisher needs of the producer of the output topics: [`KafkaSink`] in the daemon and its commands; a
+/// stand-in that records in the engine's unit tests (no broker).
+pub trait OutputTopics: Send {
+    /// Queues a message that must be delivered (a failure stops the daemon).
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), ProduceError>;
+    /// Queues a message the broker may refuse for good (recorded as lost, see `take_lost`).
+    fn send_lossy(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        source: &str,
+    ) -> Result<(), ProduceError>;
+    /// The lossy messages refused since the previous call.
+    fn take_lost(&self) -> Vec<Lost>;
+    /// Waits until everything queued is acknowledged, warning every `warn_every`, giving up
+    /// after `deadline`.
+    fn settle_until(
+        &mut self,
+        warn_every: Duration,
+        deadline: Option<Duration>,
+    ) -> Result<(), ProduceError>;
+    /// Messages acknowledged so far.
+    fn delivered(&self) -> u64;
+    /// Messages waiting for acknowledgement.
+    fn in_flight(&self) -> i32;
+}
+
 impl KafkaSink {
     /// An idempotent producer (`acks=all`) with the user's pass-through options.
     pub fn new(
@@ -220,53 +255,6 @@ impl KafkaSink {
             deliveries,
             failed_seen: 0,
         })
-    }
-
-    /// Sends one message that must be delivered; blocks while the producer's queue is full.
-    pub fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-    ) -> Result<(), ProduceError> {
-        self.send_tagged(MUST, topic, key, payload, headers)
-    }
-
-    /// Sends one message that the broker may refuse for its size or form: such a refusal, now
-    /// or at delivery, is kept for [`KafkaSink::take_lost`] instead of failing the next settle.
-    /// `source` names the input it stands for (`topic/partition@offset`).
-    pub fn send_lossy(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: &[u8],
-        headers: Option<OwnedHeaders>,
-        source: &str,
-    ) -> Result<(), ProduceError> {
-        match self.send_tagged(LOSSY, topic, key, payload, headers) {
-            Err(ProduceError::Refused(code, reason)) if refused_for_its_content(code) => {
-                if let Ok(mut l) = self.deliveries.lost.lock() {
-                    l.push(Lost {
-                        topic: topic.to_string(),
-                        source: Some(source.to_string()),
-                        bytes: payload.len(),
-                        reason,
-                    });
-                }
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
-    /// The lossy messages refused since the previous call.
-    pub fn take_lost(&self) -> Vec<Lost> {
-        self.deliveries
-            .lost
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default()
     }
 
     fn send_tagged(
@@ -325,10 +313,56 @@ impl KafkaSink {
     pub fn settle_within(&mut self, deadline: Duration) -> Result<(), ProduceError> {
         self.settle_until(deadline, Some(deadline))
     }
+}
 
+impl OutputTopics for KafkaSink {
+    /// Sends one message that must be delivered; blocks while the producer's queue is full.
+    fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), ProduceError> {
+        self.send_tagged(MUST, topic, key, payload, headers)
+    }
+    /// Sends one message that the broker may refuse for its size or form: such a refusal, now
+    /// or at delivery, is kept for [`KafkaSink::take_lost`] instead of failing the next settle.
+    /// `source` names the input it stands for (`topic/partition@offset`).
+    fn send_lossy(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: Option<OwnedHeaders>,
+        source: &str,
+    ) -> Result<(), ProduceError> {
+        match self.send_tagged(LOSSY, topic, key, payload, headers) {
+            Err(ProduceError::Refused(code, reason)) if refused_for_its_content(code) => {
+                if let Ok(mut l) = self.deliveries.lost.lock() {
+                    l.push(Lost {
+                        topic: topic.to_string(),
+                        source: Some(source.to_string()),
+                        bytes: payload.len(),
+                        reason,
+                    });
+                }
+                Ok(())
+            }
+            other => other,
+        }
+    }
+    /// The lossy messages refused since the previous call.
+    fn take_lost(&self) -> Vec<Lost> {
+        self.deliveries
+            .lost
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default()
+    }
     /// Waits until everything sent is acknowledged, warning every `warn_every`; with a
     /// `deadline`, gives up after it, withdrawing what is still waiting.
-    pub fn settle_until(
+    fn settle_until(
         &mut self,
         warn_every: Duration,
         deadline: Option<Duration>,
@@ -379,14 +413,12 @@ impl KafkaSink {
             }
         }
     }
-
     /// Messages acknowledged so far.
-    pub fn delivered(&self) -> u64 {
+    fn delivered(&self) -> u64 {
         self.deliveries.delivered.load(Ordering::Relaxed)
     }
-
     /// Messages waiting for acknowledgement.
-    pub fn in_flight(&self) -> i32 {
+    fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use rustls::pki_types::ServerName;
 
+use super::kafka::OutputTopics as _;
 use super::syslog::{frame, Framing};
 
 /// Errors of a transport.

@@ -100,7 +100,10 @@ pub fn checkpoint_batch(
 }
 
 /// Adds incidents to a batch, keyed by event time.
-pub fn insert_incidents(b: &mut sled::Batch, incidents: &[Incident]) -> Result<(), StoreError> {
+pub(super) fn insert_incidents(
+    b: &mut sled::Batch,
+    incidents: &[Incident],
+) -> Result<(), StoreError> {
     for i in incidents {
         b.insert(
             incident_key(i.at, &i.incident_id).as_bytes(),
@@ -111,7 +114,7 @@ pub fn insert_incidents(b: &mut sled::Batch, incidents: &[Incident]) -> Result<(
 }
 
 /// Adds agents' states of one partition to a batch.
-pub fn insert_agents(
+pub(super) fn insert_agents(
     b: &mut sled::Batch,
     topic: &str,
     partition: i32,

@@ -17,7 +17,7 @@
 mod checkpoint;
 mod codec;
 
-pub use checkpoint::{checkpoint_batch, insert_agents, insert_incidents, PartitionDelta};
+pub use checkpoint::{checkpoint_batch, PartitionDelta};
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -239,6 +239,27 @@ impl Store {
         self.db.apply_batch(batch)?;
         self.db.flush()?;
         Ok(())
+    }
+
+    /// Writes incidents now, as one flushed batch (a state written in parts: `guardian replay
+    /// --state`).
+    pub fn write_incidents(&self, incidents: &[Incident]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        checkpoint::insert_incidents(&mut b, incidents)?;
+        self.write(b)
+    }
+
+    /// Writes agents' states of one partition now, as one flushed batch (a state written in
+    /// parts: `guardian replay --state`).
+    pub fn write_agents(
+        &self,
+        topic: &str,
+        partition: i32,
+        agents: &[&AgentState],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        checkpoint::insert_agents(&mut b, topic, partition, agents)?;
+        self.write(b)
     }
 
     /// Incidents, newest first, that pass `filter`.
