@@ -29,6 +29,10 @@ pub struct KafkaConfig {
     pub control_topic: String,
     /// Topic of malformed events, with the reason in headers.
     pub dead_letter_topic: String,
+    /// Compacted topic of the partitions' state changes (one partition per audit partition),
+    /// written with each checkpoint and read by an instance taking a partition over without
+    /// local state; none: such a partition is replayed from its retained history.
+    pub changelog_topic: Option<String>,
     /// librdkafka options passed through unchanged (TLS, SASL, timeouts…); values that name
     /// secrets (`sasl.password`, `ssl.key.password`) may be `{ env = … }` or `{ file = … }`.
     pub options: BTreeMap<String, Secret>,
@@ -43,6 +47,7 @@ impl Default for KafkaConfig {
             incidents_topic: "guardian-incidents".into(),
             control_topic: "guardian-control".into(),
             dead_letter_topic: "guardian-dead-letter".into(),
+            changelog_topic: None,
             options: BTreeMap::new(),
         }
     }
@@ -75,6 +80,18 @@ impl KafkaConfig {
                 errors.push(format!("kafka.{name}: empty"));
             } else if self.audit_topics.contains(t) {
                 errors.push(format!("kafka.{name}: {t:?} is also an audit topic"));
+            }
+        }
+        if let Some(c) = &self.changelog_topic {
+            if c.trim().is_empty() {
+                errors.push("kafka.changelog_topic: empty (leave it out to have none)".into());
+            } else if self.audit_topics.contains(c) {
+                errors.push(format!(
+                    "kafka.changelog_topic: {c:?} is also an audit topic"
+                ));
+            } else if let Some((name, _)) = self.output_topics().into_iter().find(|(_, t)| *t == c)
+            {
+                errors.push(format!("kafka.changelog_topic: {c:?} is also kafka.{name}"));
             }
         }
     }
@@ -588,6 +605,12 @@ impl Config {
             if *t == self.posture.topic {
                 errors.push(format!("posture.topic: {t:?} is also kafka.{name}"));
             }
+        }
+        if k.changelog_topic.as_ref() == Some(&self.posture.topic) {
+            errors.push(format!(
+                "posture.topic: {:?} is also kafka.changelog_topic",
+                self.posture.topic
+            ));
         }
         if k.audit_topics.contains(&self.posture.topic) {
             errors.push(format!(

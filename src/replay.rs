@@ -816,6 +816,7 @@ pub fn write_state<S>(
             sessions,
             duplicates,
             duplicate_figures,
+            caught_up: Vec::new(),
         }],
         &[],
         &[],

@@ -48,6 +48,14 @@ pub struct Metrics {
     pub suppressed: AtomicU64,
     /// Checkpoints written.
     pub checkpoints: AtomicU64,
+    /// Changelog records published (with the checkpoints).
+    pub changelog_records: AtomicU64,
+    /// Partitions restored from the changelog topic (instead of a replay of their history).
+    pub changelog_restores: AtomicU64,
+    /// Changelog records read by those restores.
+    pub changelog_records_restored: AtomicU64,
+    /// Audit events left out after a restore because their agent's state had them already.
+    pub restore_skipped: AtomicU64,
     /// Depth of the source → engine queue (notices; audit messages travel in batches of up to 1,024).
     pub queue_depth: Arc<AtomicUsize>,
     /// Partitions owned.
@@ -121,6 +129,10 @@ impl Default for Metrics {
             commands_pending: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
             checkpoints: AtomicU64::new(0),
+            changelog_records: AtomicU64::new(0),
+            changelog_restores: AtomicU64::new(0),
+            changelog_records_restored: AtomicU64::new(0),
+            restore_skipped: AtomicU64::new(0),
             queue_depth: Arc::default(),
             partitions: AtomicUsize::new(0),
             lag: Arc::default(),

@@ -267,6 +267,30 @@ fn encode_processing(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> std::fmt::Re
     )?;
     counter(
         e,
+        "guardian_changelog_records",
+        "Changelog records published with the checkpoints (changed agents, sessions, identity chunks, partition metas).",
+        get(&m.changelog_records),
+    )?;
+    counter(
+        e,
+        "guardian_changelog_restores",
+        "Partitions restored from the changelog topic instead of replaying their history.",
+        get(&m.changelog_restores),
+    )?;
+    counter(
+        e,
+        "guardian_changelog_records_restored",
+        "Changelog records read by restores.",
+        get(&m.changelog_records_restored),
+    )?;
+    counter(
+        e,
+        "guardian_restore_skipped_events",
+        "Audit events left out after a restore because their agent's restored state had them already.",
+        get(&m.restore_skipped),
+    )?;
+    counter(
+        e,
         "guardian_posture_snapshots",
         "Posture snapshots published.",
         get(&m.posture_snapshots),

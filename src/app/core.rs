@@ -36,7 +36,15 @@ pub(super) struct CoreSettings {
     posture_topic: String,
     /// The whole shutdown's bound (the SIEM spools drain for a third of it).
     shutdown_timeout: Duration,
+    /// Test failpoint: abort the process once a checkpoint's changelog records are
+    /// acknowledged, before its state is written (`GUARDIAN_FAILPOINT=after-changelog`).
+    crash_after_changelog: bool,
+    /// Signs the changelog records (the command signing key).
+    signing_key: Vec<u8>,
 }
+
+/// The environment variable of the crash failpoints the end-to-end tests use.
+pub const FAILPOINT_ENV: &str = "GUARDIAN_FAILPOINT";
 
 impl CoreSettings {
     pub(super) fn from_resolved(cfg: &Resolved) -> CoreSettings {
@@ -45,6 +53,8 @@ impl CoreSettings {
             checkpoint_events: cfg.config.checkpoint_events,
             posture_topic: cfg.posture.topic.clone(),
             shutdown_timeout: cfg.shutdown_timeout,
+            crash_after_changelog: std::env::var(FAILPOINT_ENV).as_deref() == Ok("after-changelog"),
+            signing_key: cfg.signing_key.clone(),
         }
     }
 }
@@ -161,6 +171,19 @@ impl Core {
         let cp = self
             .fold
             .checkpoint(chrono::Utc::now().timestamp_millis())?;
+        if !cp.changelog.is_empty() {
+            // The changelog is written before the state and the offsets: a restore from it never
+            // reflects an output the broker has not acknowledged, and a crash before the store
+            // write only makes the changelog ahead of the local state (the same changes are
+            // written again from the local state on restart).
+            self.publisher
+                .changelog(&cp.changelog, &self.settings.signing_key)?;
+            self.publisher.settle()?;
+            if self.settings.crash_after_changelog {
+                tracing::error!("failpoint {FAILPOINT_ENV}=after-changelog: aborting");
+                std::process::abort();
+            }
+        }
         let mut commit = TopicPartitionList::new();
         for (topic, p, next) in &cp.offsets {
             let _ = commit.add_partition_offset(topic, *p, Offset::Offset(*next));
@@ -372,6 +395,21 @@ mod tests {
         ) -> Result<(), ProduceError> {
             self.send(topic, key, payload, headers)
         }
+        fn send_to(
+            &self,
+            (topic, partition): (&str, i32),
+            key: &[u8],
+            payload: Option<&[u8]>,
+            _: OwnedHeaders,
+        ) -> Result<(), ProduceError> {
+            if self.refuse {
+                return Err(ProduceError::Delivery("refused".into()));
+            }
+            let key = String::from_utf8_lossy(key);
+            let what = if payload.is_some() { "put" } else { "remove" };
+            self.push(format!("changelog {topic}/{partition} {what} {key}"));
+            Ok(())
+        }
         fn take_lost(&self) -> Vec<Lost> {
             Vec::new()
         }
@@ -436,6 +474,8 @@ mod tests {
             checkpoint_events,
             posture_topic: "posture".into(),
             shutdown_timeout: Duration::from_secs(3),
+            crash_after_changelog: false,
+            signing_key: b"k".to_vec(),
         };
         Core::new(settings, fold, publisher, writer, store, metrics, live)
     }
@@ -448,6 +488,8 @@ mod tests {
             quiet_below: 0,
             state: None,
             gap: None,
+            skips: Default::default(),
+            restored: None,
         }])
     }
 

@@ -24,7 +24,7 @@ use crate::posture::{Gap, Ledger};
 use crate::response::{Action, Incident, IncidentType};
 use crate::state::EngineStats;
 use crate::state::{KillEventKind, Resolution};
-use crate::store::{checkpoint_batch, PartitionDelta, StoreError};
+use crate::store::{checkpoint_batch, ChangelogRecord, PartitionDelta, StoreError};
 use crate::telemetry::{Metrics, BAD_EVENT_KINDS};
 use crate::text::Shown;
 
@@ -55,6 +55,9 @@ pub struct FoldSettings {
     pub duplicates: crate::state::SeenSettings,
     /// Agents kept per partition at most (`max_agents_per_partition`).
     pub max_agents: usize,
+    /// Checkpoints also give their partitions' changes as changelog records
+    /// (`kafka.changelog_topic` is set).
+    pub changelog: bool,
 }
 
 impl FoldSettings {
@@ -78,6 +81,7 @@ impl FoldSettings {
             max_future_ms: i64::try_from(cfg.max_future.as_millis()).unwrap_or(i64::MAX),
             duplicates: cfg.duplicates,
             max_agents: c.max_agents_per_partition,
+            changelog: c.kafka.changelog_topic.is_some(),
         }
     }
 }
@@ -146,6 +150,8 @@ pub struct Checkpoint {
     pub batch: sled::Batch,
     /// `(topic, partition, next offset)` of each owned audit partition, to commit to Kafka.
     pub offsets: Vec<(String, i32, i64)>,
+    /// The partitions' changes for the changelog topic (empty when it is off).
+    pub changelog: Vec<ChangelogRecord>,
 }
 
 /// One owned audit partition.
@@ -158,6 +164,12 @@ struct Part {
     /// Wall time (ms) of the latest record folded, and of the latest quiet pass since.
     last_record: i64,
     last_quiet_pass: i64,
+    /// Agents restored ahead of `next`: their events below the offset are in their state.
+    skips: HashMap<String, i64>,
+    /// The least offset of `skips` (`i64::MAX` when none).
+    skips_until: i64,
+    /// Agents whose skip offset was passed since the previous checkpoint (their marks go).
+    caught_up: Vec<String>,
 }
 
 /// Wall time without a record after which a partition's event time is let pass (see
@@ -252,6 +264,14 @@ impl Fold {
                     found_at: now,
                 });
             }
+            if let Some(r) = &a.restored {
+                self.metrics
+                    .changelog_restores
+                    .fetch_add(1, Ordering::Relaxed);
+                self.metrics
+                    .changelog_records_restored
+                    .fetch_add(r.records, Ordering::Relaxed);
+            }
             let mut engine = match a.state {
                 Some(s) => Engine::restore(self.settings.blueprints.clone(), s),
                 None => {
@@ -271,6 +291,9 @@ impl Fold {
                     quiet_below: a.quiet_below,
                     last_record: now,
                     last_quiet_pass: now,
+                    skips_until: a.skips.values().copied().min().unwrap_or(i64::MAX),
+                    skips: a.skips,
+                    caught_up: Vec::new(),
                 },
             );
             self.apply_pending(key, out);
@@ -434,6 +457,7 @@ impl Fold {
                 settings: &self.settings,
                 now,
             };
+            let before = events.len();
             if let Err(e) = ctx.decode(
                 payload,
                 &mut part.engine,
@@ -446,6 +470,9 @@ impl Fold {
                 if !quiet {
                     out.push(Output::DeadLetter(dead_letter(&topic, r, payload, &e, now)));
                 }
+            }
+            if !part.skips.is_empty() {
+                skip_restored(part, &mut events, before, r.offset, &self.metrics);
             }
         }
         self.metrics
@@ -796,23 +823,30 @@ impl Fold {
                 sessions,
                 duplicates,
                 duplicate_figures,
+                caught_up: std::mem::take(&mut part.caught_up),
             });
         }
         let control: Vec<(i32, i64)> = self.control_next.iter().map(|(&p, &o)| (p, o)).collect();
         self.ledger.last_written = now;
         self.ledger.posture_snapshots =
             self.snapshots_before + self.metrics.posture_snapshots.load(Ordering::Relaxed);
+        let mut changelog = Vec::new();
         let batch = checkpoint_batch(
             &deltas,
             &control,
             &self.pending,
             &self.raised,
             Some(&self.ledger),
+            self.settings.changelog.then_some(&mut changelog),
         )?;
         drop(deltas);
         self.raised.clear();
         self.since_checkpoint = 0;
-        Ok(Checkpoint { batch, offsets })
+        Ok(Checkpoint {
+            batch,
+            offsets,
+            changelog,
+        })
     }
 }
 
@@ -913,6 +947,46 @@ fn observe_age(metrics: &Metrics, timestamp: Option<i64>, now: i64) {
         let age = now.saturating_sub(ts).max(0);
         metrics.event_age.observe(age as f64 / 1000.0);
     }
+}
+
+/// Leaves out the events decoded from the record at `offset` (from `events[from..]`) whose agent
+/// was restored ahead of it (they are in its state already), counting them; an agent whose
+/// offset the partition reached is done with.
+fn skip_restored(
+    part: &mut Part,
+    events: &mut Vec<AuditEvent<'_>>,
+    from: usize,
+    offset: i64,
+    metrics: &Metrics,
+) {
+    let mut i = from;
+    while i < events.len() {
+        if part
+            .skips
+            .get(events[i].agent_id.as_ref())
+            .is_some_and(|&until| offset < until)
+        {
+            events.remove(i);
+            metrics.restore_skipped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            i += 1;
+        }
+    }
+    let next = offset + 1;
+    if next < part.skips_until {
+        return;
+    }
+    let done: Vec<String> = part
+        .skips
+        .iter()
+        .filter(|(_, &until)| until <= next)
+        .map(|(a, _)| a.clone())
+        .collect();
+    for a in done {
+        part.skips.remove(&a);
+        part.caught_up.push(a);
+    }
+    part.skips_until = part.skips.values().copied().min().unwrap_or(i64::MAX);
 }
 
 /// Processes `events`, applying the waiting operator `pending` commands in their place; returns
@@ -1106,6 +1180,7 @@ pub(crate) mod tests {
             max_future_ms: 300_000,
             duplicates: crate::state::SeenSettings::default(),
             max_agents: crate::config::DEFAULT_MAX_AGENTS_PER_PARTITION,
+            changelog: false,
         }
     }
 
@@ -1123,6 +1198,8 @@ pub(crate) mod tests {
                 quiet_below,
                 state: None,
                 gap: None,
+                skips: Default::default(),
+                restored: None,
             })
             .collect();
         f.assign(list, T0, &mut Vec::new());
@@ -1142,6 +1219,8 @@ pub(crate) mod tests {
             quiet_below: 0,
             state: Some(state),
             gap: None,
+            skips: Default::default(),
+            restored: None,
         }]
     }
 

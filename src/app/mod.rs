@@ -169,6 +169,7 @@ impl Daemon {
         let consumer = source::audit_consumer(
             k,
             &cfg.kafka_options,
+            &cfg.command_keys(),
             queue.clone(),
             store.clone(),
             cfg.config.backfill,

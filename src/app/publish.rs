@@ -17,6 +17,7 @@ use super::fold::Output;
 use super::DaemonError;
 use crate::sink::kafka::OutputTopics;
 use crate::sink::record::PostureRecord;
+use crate::store::{ChangelogRecord, CHECKPOINT_HEADER, SIGNATURE_HEADER};
 use rdkafka::message::{Header, OwnedHeaders};
 
 /// The output topics, the producer and the SIEM sinks.
@@ -27,6 +28,8 @@ pub struct Publisher {
     incidents_topic: String,
     control_topic: String,
     dead_letter_topic: String,
+    /// The changelog topic, when checkpoints publish one.
+    changelog_topic: Option<String>,
     /// How long a checkpoint waits for acknowledgements before the daemon stops with an error.
     settle_deadline: Duration,
 }
@@ -48,6 +51,7 @@ impl Publisher {
             incidents_topic: k.incidents_topic.clone(),
             control_topic: k.control_topic.clone(),
             dead_letter_topic: k.dead_letter_topic.clone(),
+            changelog_topic: k.changelog_topic.clone(),
             settle_deadline,
         }
     }
@@ -146,6 +150,38 @@ impl Publisher {
         self.sink
             .send(topic, Some(s.summary.guardian_id.as_bytes()), &s.json, None)?;
         self.siem.emit(&SiemRecord::Posture(&s.summary))?;
+        Ok(())
+    }
+
+    /// Sends a checkpoint's changelog records (each to its audit partition's partition of the
+    /// changelog topic, with its checkpoint and its signature with `key` in headers); `settle`
+    /// then waits for them.
+    pub fn changelog(
+        &mut self,
+        records: &[ChangelogRecord],
+        key: &[u8],
+    ) -> Result<(), DaemonError> {
+        let Some(topic) = &self.changelog_topic else {
+            return Ok(());
+        };
+        for r in records {
+            let at = r.checkpoint.to_string();
+            let sig = r.signature(key);
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: CHECKPOINT_HEADER,
+                    value: Some(at.as_bytes()),
+                })
+                .insert(Header {
+                    key: SIGNATURE_HEADER,
+                    value: Some(sig.as_bytes()),
+                });
+            self.sink
+                .send_to((topic, r.partition), &r.key, r.value.as_deref(), headers)?;
+        }
+        self.metrics
+            .changelog_records
+            .fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 

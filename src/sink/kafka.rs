@@ -38,8 +38,10 @@ pub struct Deliveries {
 /// A message to send again, with the attempts made.
 struct Resend {
     topic: String,
+    /// The partition it was for, when known.
+    partition: Option<i32>,
     key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
     tag: usize,
 }
@@ -162,8 +164,9 @@ impl ProducerContext for SinkContext {
                 if let Ok(mut again) = self.0.again.lock() {
                     again.push(Resend {
                         topic: m.topic().to_string(),
+                        partition: Some(m.partition()).filter(|p| *p >= 0),
                         key: m.key().map(<[u8]>::to_vec),
-                        payload: m.payload().unwrap_or_default().to_vec(),
+                        payload: m.payload().map(<[u8]>::to_vec),
                         headers: m.headers().map(|h| h.detach()),
                         tag: tag + ATTEMPT,
                     });
@@ -216,6 +219,15 @@ pub trait OutputTopics: Send {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError>;
+    /// Queues a record that must be delivered to partition `.1` of topic `.0`; without
+    /// `payload` it is a tombstone (the key is removed from a compacted topic).
+    fn send_to(
+        &self,
+        to: (&str, i32),
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<(), ProduceError>;
     /// Queues a message the broker may refuse for good (recorded as lost, see `take_lost`).
     fn send_lossy(
         &self,
@@ -260,13 +272,18 @@ impl KafkaSink {
     fn send_tagged(
         &self,
         tag: usize,
-        topic: &str,
+        (topic, partition): (&str, Option<i32>),
         key: Option<&[u8]>,
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        let mut rec: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(topic, tag).payload(payload);
+        let mut rec: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, tag);
+        if let Some(p) = payload {
+            rec = rec.payload(p);
+        }
+        if let Some(p) = partition {
+            rec = rec.partition(p);
+        }
         if let Some(k) = key {
             rec = rec.key(k);
         }
@@ -295,7 +312,13 @@ impl KafkaSink {
             _ => return Ok(()),
         };
         for r in again {
-            self.send_tagged(r.tag, &r.topic, r.key.as_deref(), &r.payload, r.headers)?;
+            self.send_tagged(
+                r.tag,
+                (&r.topic, r.partition),
+                r.key.as_deref(),
+                r.payload.as_deref(),
+                r.headers,
+            )?;
         }
         Ok(())
     }
@@ -324,7 +347,23 @@ impl OutputTopics for KafkaSink {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), ProduceError> {
-        self.send_tagged(MUST, topic, key, payload, headers)
+        self.send_tagged(MUST, (topic, None), key, Some(payload), headers)
+    }
+    /// Sends one record that must be delivered to `partition` (a tombstone without `payload`).
+    fn send_to(
+        &self,
+        (topic, partition): (&str, i32),
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> Result<(), ProduceError> {
+        self.send_tagged(
+            MUST,
+            (topic, Some(partition)),
+            Some(key),
+            payload,
+            Some(headers),
+        )
     }
     /// Sends one message that the broker may refuse for its size or form: such a refusal, now
     /// or at delivery, is kept for [`KafkaSink::take_lost`] instead of failing the next settle.
@@ -337,7 +376,7 @@ impl OutputTopics for KafkaSink {
         headers: Option<OwnedHeaders>,
         source: &str,
     ) -> Result<(), ProduceError> {
-        match self.send_tagged(LOSSY, topic, key, payload, headers) {
+        match self.send_tagged(LOSSY, (topic, None), key, Some(payload), headers) {
             Err(ProduceError::Refused(code, reason)) if refused_for_its_content(code) => {
                 if let Ok(mut l) = self.deliveries.lost.lock() {
                     l.push(Lost {

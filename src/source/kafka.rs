@@ -21,9 +21,10 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::ClientContext;
 
 use crate::config::{Backfill, KafkaConfig};
+use crate::source::changelog::ChangelogSource;
 use crate::source::queue::{Message, Notice, PartitionAssignment, Queue};
 use crate::stop::Stop;
-use crate::store::Store;
+use crate::store::{Restored, Store};
 
 /// Why a source stopped.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,8 @@ pub struct AuditContext {
     store: Store,
     topics: Vec<String>,
     backfill: Backfill,
+    /// Where a partition without local state is restored from, if anywhere.
+    changelog: Option<ChangelogSource>,
 }
 
 impl ClientContext for AuditContext {
@@ -113,12 +116,35 @@ impl AuditContext {
             let Some(topic) = self.topic_index(e.topic()) else {
                 continue;
             };
-            let stored = match self.store.load_partition(e.topic(), e.partition()) {
+            let mut stored = match self.store.load_partition(e.topic(), e.partition()) {
                 Ok(s) => s,
                 Err(err) => {
                     tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "stored state unreadable; rebuilding the partition from the log");
                     None
                 }
+            };
+            let restored = match (&stored, &self.changelog) {
+                (None, Some(source)) => self.restore(source, e.topic(), e.partition()),
+                _ => None,
+            };
+            if restored.is_some() {
+                stored = self
+                    .store
+                    .load_partition(e.topic(), e.partition())
+                    .unwrap_or_else(|err| {
+                        tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "restored state unreadable; rebuilding the partition from the log");
+                        None
+                    });
+            }
+            let skips = match &stored {
+                Some(_) => self
+                    .store
+                    .skips(e.topic(), e.partition())
+                    .unwrap_or_else(|err| {
+                        tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "restore marks unreadable; agents restored ahead may count events twice");
+                        Default::default()
+                    }),
+                None => Default::default(),
             };
             let (low, high) = c
                 .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
@@ -158,6 +184,7 @@ impl AuditContext {
                 quiet_below,
                 high,
                 rebuild = stored.is_none(),
+                restored = restored.is_some(),
                 "partition assigned"
             );
             start_list.add_partition_offset(e.topic(), e.partition(), Offset::Offset(start))?;
@@ -168,11 +195,47 @@ impl AuditContext {
                 quiet_below,
                 state: stored.map(|(_, s)| s),
                 gap,
+                skips,
+                restored,
             });
         }
         self.flush();
         self.queue.send(Notice::Assigned(out));
         c.assign(&start_list)
+    }
+}
+
+impl AuditContext {
+    /// Restores a partition from the changelog into the store; `None` (with the reason logged)
+    /// when it cannot be, so the partition is replayed from its history.
+    fn restore(&self, source: &ChangelogSource, topic: &str, partition: i32) -> Option<Restored> {
+        let started = std::time::Instant::now();
+        match source.restore(&self.store, topic, partition) {
+            Ok(Some(r)) => {
+                tracing::info!(
+                    topic,
+                    partition,
+                    next_offset = r.next_offset,
+                    records = r.records,
+                    ahead = r.ahead,
+                    ms = started.elapsed().as_millis() as u64,
+                    "partition restored from the changelog"
+                );
+                Some(r)
+            }
+            Ok(None) => {
+                tracing::info!(
+                    topic,
+                    partition,
+                    "no checkpoint of the partition in the changelog; replaying its history"
+                );
+                None
+            }
+            Err(e) => {
+                tracing::error!(error = %e, topic, partition, "restore from the changelog failed; replaying the partition's history");
+                None
+            }
+        }
     }
 }
 
@@ -241,10 +304,15 @@ fn consumer_config(brokers: &str, group: &str, options: &BTreeMap<String, String
 /// The audit consumer group.
 pub type AuditConsumer = BaseConsumer<AuditContext>;
 
-/// Creates the audit consumer (subscribed) for [`run_audit`].
+/// The longest a partition's restore from the changelog may read.
+const RESTORE_DEADLINE: Duration = Duration::from_secs(600);
+
+/// Creates the audit consumer (subscribed) for [`run_audit`]; `keys` verify the changelog's
+/// records.
 pub fn audit_consumer(
     k: &KafkaConfig,
     options: &BTreeMap<String, String>,
+    keys: &[Vec<u8>],
     queue: Queue,
     store: Store,
     backfill: Backfill,
@@ -257,6 +325,13 @@ pub fn audit_consumer(
         store,
         topics: k.audit_topics.clone(),
         backfill,
+        changelog: k.changelog_topic.as_ref().map(|topic| ChangelogSource {
+            brokers: k.brokers.clone(),
+            options: options.clone(),
+            topic: topic.clone(),
+            keys: keys.to_vec(),
+            deadline: RESTORE_DEADLINE,
+        }),
     };
     let mut cfg = consumer_config(&k.brokers, &k.group_id, options);
     if !consumer_sets(options, "statistics.interval.ms") {

@@ -41,6 +41,11 @@ pub struct PartitionAssignment {
     pub state: Option<Snapshot>,
     /// Offsets `[from, to)` that left the broker's retention before this state read them.
     pub gap: Option<(i64, i64)>,
+    /// Agents whose state is ahead of `start`, with the offset below which their events are in
+    /// it already (after a restore from the changelog, see [`crate::store::Restore`]).
+    pub skips: std::collections::HashMap<String, i64>,
+    /// What a restore from the changelog brought back, when the state came from there.
+    pub restored: Option<crate::store::Restored>,
 }
 
 /// What the sources tell the engine.

@@ -7,16 +7,22 @@
 //! Keys (one tree): `m/{topic}/{partition:010}` → [`PartitionMeta`], `a/{topic}/{partition:010}/{agent}`
 //! → [`AgentState`], `s/{topic}/{partition:010}/{session}` → [`SessionAgent`] (the agent of a
 //! session), `d/{topic}/{partition:010}/{start:020}` → a chunk of the identities of recent events
-//! (the ones remembered between two checkpoints, for dropping re-deliveries), `c/offset/{partition:010}` → next control-topic offset, `c/reread/{partition:010}` → the
+//! (the ones remembered between two checkpoints, for dropping re-deliveries),
+//! `k/{topic}/{partition:010}/{agent}` → the offset below which an agent's events are in its
+//! state already (an agent restored ahead of its partition, see [`changelog`]), `c/offset/{partition:010}` → next control-topic offset, `c/reread/{partition:010}` → the
 //! control-topic offset below which records were folded before a `state rebuild` (read again,
 //! they change the state but are not published again), `c/pending` → operator commands waiting
 //! for their agent or for their time, `i/{event time:016x}/{incident id}` → incident
 //! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
 //! time:016x}` → a past fleet score.
 
+mod changelog;
 mod checkpoint;
 mod codec;
 
+pub use changelog::{
+    signature, signed_by, ChangelogRecord, Restore, Restored, CHECKPOINT_HEADER, SIGNATURE_HEADER,
+};
 pub use checkpoint::{checkpoint_batch, PartitionDelta};
 
 use std::collections::HashMap;
@@ -230,7 +236,7 @@ impl Store {
         ledger: Option<&Ledger>,
     ) -> Result<(), StoreError> {
         self.write(checkpoint_batch(
-            parts, control, pending, incidents, ledger,
+            parts, control, pending, incidents, ledger, None,
         )?)
     }
 
@@ -504,7 +510,7 @@ impl Store {
         control.remove("c/pending");
         self.db.apply_batch(control)?;
         let mut n = 0;
-        for prefix in ["m/", "a/", "s/", "d/"] {
+        for prefix in ["m/", "a/", "s/", "d/", "k/"] {
             let p = match topic {
                 Some(t) => format!("{prefix}{t}/"),
                 None => prefix.to_string(),
@@ -570,6 +576,7 @@ mod tests {
                     sessions,
                     duplicates,
                     duplicate_figures,
+                    caught_up: Vec::new(),
                 }],
                 &[],
                 &[],
@@ -616,6 +623,7 @@ mod tests {
                 ),
                 duplicates: crate::state::SeenChanges::default(),
                 duplicate_figures: SeenFigures::default(),
+                caught_up: Vec::new(),
             }],
             &[(0, 7)],
             &[],

@@ -1,0 +1,466 @@
+//! The changelog: each checkpoint's changes to a partition's keys (its agents, sessions,
+//! duplicate-memory chunks and, last, its meta), as records for a compacted Kafka topic keyed by
+//! store key, and the restore of a partition's keys from them.
+//!
+//! Every record carries the checkpoint it belongs to (the partition's next offset at that
+//! checkpoint). The meta record closes a checkpoint: a restore takes the last meta's offset as
+//! the partition's position. Records of a checkpoint whose meta never came (the owner stopped
+//! while writing them) may be the only version of their key left after compaction, so they are
+//! kept and marked instead: an agent's state ahead of the position gets a skip offset (the fold
+//! leaves that agent's events below it alone, they are in its state already); an identity chunk
+//! ahead of it is dropped (the replay remembers those identities again); a session binding is
+//! kept (binding a session to its agent again changes nothing).
+
+use std::collections::HashMap;
+
+use super::codec::{decode_meta, part_prefix};
+use super::{Store, StoreError};
+
+/// One changed key of a partition's state, for the changelog topic (partition = the audit
+/// partition; key = the store key; no value = the key was removed, a tombstone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChangelogRecord {
+    /// The audit partition, and so the changelog partition.
+    pub partition: i32,
+    /// The store key.
+    pub key: Vec<u8>,
+    /// The stored value; `None` when the key was removed.
+    pub value: Option<Vec<u8>>,
+    /// The partition's next offset at the checkpoint that wrote it.
+    pub checkpoint: i64,
+}
+
+/// The Kafka header that carries a record's checkpoint (decimal).
+pub const CHECKPOINT_HEADER: &str = "guardian.checkpoint";
+
+/// The Kafka header that carries a record's signature (HMAC-SHA256 with the command signing
+/// key, hex): whoever may write to the changelog topic without the key cannot plant a state (an
+/// agent never killed, a kill budget spent).
+pub const SIGNATURE_HEADER: &str = "guardian.signature";
+
+impl ChangelogRecord {
+    /// Its signature with `key`: HMAC-SHA256 over the partition, the checkpoint, the key and
+    /// the value (each length-prefixed), hex.
+    pub fn signature(&self, key: &[u8]) -> String {
+        signature(
+            key,
+            self.partition,
+            self.checkpoint,
+            &self.key,
+            self.value.as_deref(),
+        )
+    }
+}
+
+/// The signature of a changelog record's parts (see [`ChangelogRecord::signature`]).
+pub fn signature(
+    secret: &[u8],
+    partition: i32,
+    checkpoint: i64,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> String {
+    use hmac::Mac;
+    hex::encode(
+        mac(secret, partition, checkpoint, key, value)
+            .finalize()
+            .into_bytes(),
+    )
+}
+
+/// Whether `sig` (hex) is the signature of a changelog record's parts with `secret` (compared
+/// in constant time).
+pub fn signed_by(
+    secret: &[u8],
+    (partition, checkpoint): (i32, i64),
+    key: &[u8],
+    value: Option<&[u8]>,
+    sig: &[u8],
+) -> bool {
+    use hmac::Mac;
+    let Ok(sig) = hex::decode(sig) else {
+        return false;
+    };
+    mac(secret, partition, checkpoint, key, value)
+        .verify_slice(&sig)
+        .is_ok()
+}
+
+/// HMAC-SHA256 over the partition, the checkpoint, the key and the value, each length-prefixed.
+fn mac(
+    secret: &[u8],
+    partition: i32,
+    checkpoint: i64,
+    key: &[u8],
+    value: Option<&[u8]>,
+) -> hmac::Hmac<sha2::Sha256> {
+    use hmac::Mac;
+    // HMAC accepts keys of any length.
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes keys of any length");
+    mac.update(&partition.to_be_bytes());
+    mac.update(&checkpoint.to_be_bytes());
+    mac.update(&(key.len() as u64).to_be_bytes());
+    mac.update(key);
+    match value {
+        Some(v) => {
+            mac.update(&[1]);
+            mac.update(&(v.len() as u64).to_be_bytes());
+            mac.update(v);
+        }
+        None => mac.update(&[0]),
+    }
+    mac
+}
+
+/// Records applied to the store per batch while restoring: the restore's buffer is bounded
+/// whatever the changelog's size.
+const RESTORE_BATCH: usize = 1_000;
+
+/// What a restore from the changelog brought back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// The partition's position: every event below it is in the restored state (except the
+    /// skipped ones' agents, see the module doc).
+    pub next_offset: i64,
+    /// Changelog records read (of this partition's keys).
+    pub records: u64,
+    /// Agents whose state is ahead of the position (written by a checkpoint left unfinished).
+    pub ahead: usize,
+}
+
+/// A restore of one partition's keys in progress (see the module doc).
+pub struct Restore<'s> {
+    store: &'s Store,
+    topic: String,
+    partition: i32,
+    /// The partition's key prefixes: agents, sessions, identity chunks (each with its `/`), and
+    /// its meta key.
+    prefixes: [String; 3],
+    meta_key: String,
+    batch: sled::Batch,
+    in_batch: usize,
+    /// The latest meta record: its value and checkpoint.
+    meta: Option<(Vec<u8>, i64)>,
+    /// Keys whose latest record is of a checkpoint after the latest meta's, with that checkpoint.
+    ahead: HashMap<Vec<u8>, i64>,
+    records: u64,
+}
+
+impl Store {
+    /// Starts restoring partition `partition` of `topic` from its changelog: its stored keys
+    /// are dropped first (a partition is restored only when it has no meta, and keys without
+    /// one are leftovers).
+    pub fn begin_restore(&self, topic: &str, partition: i32) -> Result<Restore<'_>, StoreError> {
+        self.clear_partition(topic, partition)?;
+        Ok(Restore {
+            store: self,
+            topic: topic.to_string(),
+            partition,
+            prefixes: ['a', 's', 'd'].map(|k| format!("{}/", part_prefix(k, topic, partition))),
+            meta_key: part_prefix('m', topic, partition),
+            batch: sled::Batch::default(),
+            in_batch: 0,
+            meta: None,
+            ahead: HashMap::new(),
+            records: 0,
+        })
+    }
+
+    /// Drops every key of one partition (meta, agents, sessions, identity chunks, skips).
+    fn clear_partition(&self, topic: &str, partition: i32) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        b.remove(part_prefix('m', topic, partition).as_bytes());
+        for kind in ['a', 's', 'd', 'k'] {
+            for kv in self
+                .db
+                .scan_prefix(format!("{}/", part_prefix(kind, topic, partition)))
+            {
+                b.remove(kv?.0);
+            }
+        }
+        self.write(b)
+    }
+
+    /// Agents of a partition whose state is ahead of its position, with the offset below which
+    /// their events are in it already (see [`Restore`]).
+    pub fn skips(&self, topic: &str, partition: i32) -> Result<HashMap<String, i64>, StoreError> {
+        let prefix = format!("{}/", part_prefix('k', topic, partition));
+        let mut out = HashMap::new();
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            let agent = String::from_utf8_lossy(&k[prefix.len()..]).into_owned();
+            let at = <[u8; 8]>::try_from(&v[..])
+                .map(i64::from_le_bytes)
+                .map_err(|_| StoreError::Decode {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: "not an offset".into(),
+                })?;
+            out.insert(agent, at);
+        }
+        Ok(out)
+    }
+}
+
+impl Restore<'_> {
+    /// Takes one changelog record (in log order); records of other partitions' keys are
+    /// ignored.
+    pub fn apply(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        checkpoint: i64,
+    ) -> Result<(), StoreError> {
+        if key == self.meta_key.as_bytes() {
+            let Some(v) = value else {
+                // A meta is never removed: a tombstone for it is not ours to honour.
+                return Ok(());
+            };
+            self.records += 1;
+            self.meta = Some((v.to_vec(), checkpoint));
+            self.ahead.retain(|_, c| *c > checkpoint);
+            return Ok(());
+        }
+        if !self.prefixes.iter().any(|p| key.starts_with(p.as_bytes())) {
+            return Ok(());
+        }
+        self.records += 1;
+        match value {
+            Some(v) => self.batch.insert(key, v),
+            None => self.batch.remove(key),
+        }
+        if self.meta.as_ref().is_none_or(|(_, at)| checkpoint > *at) {
+            self.ahead.insert(key.to_vec(), checkpoint);
+        } else {
+            self.ahead.remove(key);
+        }
+        self.in_batch += 1;
+        if self.in_batch >= RESTORE_BATCH {
+            self.store.db.apply_batch(std::mem::take(&mut self.batch))?;
+            self.in_batch = 0;
+        }
+        Ok(())
+    }
+
+    /// Ends the restore: marks or drops what is ahead of the last meta, then writes the meta
+    /// (last, so a restore cut short leaves no partition behind). `None` when the changelog holds
+    /// no finished checkpoint of the partition (its keys are dropped again).
+    pub fn finish(mut self) -> Result<Option<Restored>, StoreError> {
+        self.store.db.apply_batch(std::mem::take(&mut self.batch))?;
+        let Some((meta, _)) = self.meta else {
+            self.store.clear_partition(&self.topic, self.partition)?;
+            return Ok(None);
+        };
+        let decoded = decode_meta(self.meta_key.as_bytes(), &meta)?;
+        let position = decoded.next_offset;
+        let mut b = sled::Batch::default();
+        let mut ahead = 0;
+        let [agents, _, chunks] = &self.prefixes;
+        for (key, at) in &self.ahead {
+            if *at <= position {
+                continue;
+            }
+            if let Some(agent) = key.strip_prefix(agents.as_bytes()) {
+                let skip = format!("k/{}", &agents[2..]);
+                let mut k = skip.into_bytes();
+                k.extend_from_slice(agent);
+                b.insert(k, &at.to_le_bytes()[..]);
+                ahead += 1;
+            } else if key.starts_with(chunks.as_bytes()) {
+                b.remove(key.as_slice());
+            }
+        }
+        b.insert(self.meta_key.as_bytes(), meta);
+        self.store.write(b)?;
+        Ok(Some(Restored {
+            next_offset: position,
+            records: self.records,
+            ahead,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blueprint::BlueprintSet;
+    use crate::state::{
+        AgentState, EngineStats, FleetState, SeenChanges, SeenEntry, SeenFigures, SessionAgent,
+    };
+    use crate::store::{checkpoint_batch, PartitionDelta};
+
+    const KEY: &[u8] = b"signing key";
+
+    /// A partition's changes: `agents` at `next`, a session bound, an identity chunk added.
+    fn delta<'a>(
+        stats: &'a EngineStats,
+        partition: i32,
+        next: i64,
+        agents: Vec<&'a AgentState>,
+    ) -> PartitionDelta<'a> {
+        PartitionDelta {
+            topic: "audit",
+            partition,
+            next_offset: next,
+            stats,
+            fleet: FleetState::default(),
+            agents,
+            sessions: (
+                vec![SessionAgent {
+                    session: format!("s{next}"),
+                    agent: "a".into(),
+                    last_used: next,
+                }],
+                Vec::new(),
+            ),
+            duplicates: SeenChanges {
+                start: next as u64,
+                added: vec![SeenEntry {
+                    ts: next,
+                    id: next as u64,
+                    content: 1,
+                }],
+                forgotten_chunks: Vec::new(),
+            },
+            duplicate_figures: SeenFigures::default(),
+            caught_up: Vec::new(),
+        }
+    }
+
+    /// Writes a checkpoint of `deltas` to `store`; returns its changelog records.
+    fn checkpoint(store: &Store, deltas: &[PartitionDelta<'_>]) -> Vec<ChangelogRecord> {
+        let mut log = Vec::new();
+        let b = checkpoint_batch(deltas, &[], &[], &[], None, Some(&mut log)).unwrap();
+        store.write(b).unwrap();
+        log
+    }
+
+    /// Restores partition `partition` of `into` from `log`, in order.
+    fn restore(into: &Store, log: &[ChangelogRecord], partition: i32) -> Option<Restored> {
+        let mut r = into.begin_restore("audit", partition).unwrap();
+        for rec in log {
+            r.apply(&rec.key, rec.value.as_deref(), rec.checkpoint)
+                .unwrap();
+        }
+        r.finish().unwrap()
+    }
+
+    fn agent(id: &str, seen: i64) -> AgentState {
+        AgentState::new(id, BlueprintSet::builtin().get(0), seen, None)
+    }
+
+    #[test]
+    fn a_restore_gives_the_partition_the_writer_stored_and_ignores_other_partitions() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, dst) = (
+            Store::open(d1.path()).unwrap(),
+            Store::open(d2.path()).unwrap(),
+        );
+        let stats = EngineStats::default();
+        let (a, b, c) = (agent("a", 1), agent("b", 2), agent("c", 3));
+        let mut log = checkpoint(
+            &src,
+            &[
+                delta(&stats, 0, 10, vec![&a, &b]),
+                delta(&stats, 1, 7, vec![&c]),
+            ],
+        );
+        let a2 = agent("a", 15);
+        let mut second = delta(&stats, 0, 20, vec![&a2]);
+        second.sessions.1.push("s10".into());
+        log.extend(checkpoint(&src, &[second]));
+
+        let r = restore(&dst, &log, 0).expect("a finished checkpoint");
+        assert_eq!(r.next_offset, 20);
+        assert_eq!(r.ahead, 0);
+        assert_eq!(
+            dst.load_partition("audit", 0).unwrap(),
+            src.load_partition("audit", 0).unwrap()
+        );
+        assert!(dst.load_partition("audit", 1).unwrap().is_none());
+        assert!(dst.find_agent("c").unwrap().is_empty());
+        assert!(dst.skips("audit", 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_cut_short_marks_its_agents_and_drops_its_identities() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, dst) = (
+            Store::open(d1.path()).unwrap(),
+            Store::open(d2.path()).unwrap(),
+        );
+        let stats = EngineStats::default();
+        let (a, b) = (agent("a", 1), agent("b", 2));
+        let mut log = checkpoint(&src, &[delta(&stats, 0, 10, vec![&a, &b])]);
+        let a2 = agent("a", 15);
+        let mut cut = checkpoint(&src, &[delta(&stats, 0, 20, vec![&a2])]);
+        // The writer stopped before the meta that closes the second checkpoint.
+        let meta = cut.pop().unwrap();
+        assert!(meta.key.starts_with(b"m/"));
+        log.extend(cut);
+
+        let r = restore(&dst, &log, 0).expect("the first checkpoint");
+        assert_eq!(r.next_offset, 10);
+        assert_eq!(r.ahead, 1);
+        let (next, snap) = dst.load_partition("audit", 0).unwrap().unwrap();
+        assert_eq!(next, 10);
+        // The agent's newer state is the only one compaction may have left: kept, marked.
+        let restored_a = snap.agents.iter().find(|s| s.agent_id == "a").unwrap();
+        assert_eq!(restored_a, &a2);
+        assert_eq!(
+            dst.skips("audit", 0).unwrap(),
+            [("a".to_string(), 20)].into_iter().collect()
+        );
+        // The identities of the cut checkpoint are remembered again by the replay.
+        assert_eq!(dst.db().scan_prefix("d/").count(), 1);
+        // Its session binding is kept (binding again changes nothing).
+        assert_eq!(snap.sessions.len(), 2);
+    }
+
+    #[test]
+    fn a_changelog_without_a_finished_checkpoint_restores_nothing_and_leaves_nothing() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, dst) = (
+            Store::open(d1.path()).unwrap(),
+            Store::open(d2.path()).unwrap(),
+        );
+        let stats = EngineStats::default();
+        let a = agent("a", 1);
+        let mut log = checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]);
+        log.pop();
+        assert_eq!(restore(&dst, &log, 0), None);
+        assert_eq!(dst.db().iter().count(), 0);
+    }
+
+    #[test]
+    fn a_signature_covers_the_partition_the_checkpoint_the_key_and_the_value() {
+        let r = ChangelogRecord {
+            partition: 2,
+            key: b"a/audit/0000000002/x".to_vec(),
+            value: Some(b"state".to_vec()),
+            checkpoint: 40,
+        };
+        let sig = r.signature(KEY);
+        let ok = |k: &[u8], at: (i32, i64), key: &[u8], v: Option<&[u8]>| {
+            signed_by(k, at, key, v, sig.as_bytes())
+        };
+        assert!(ok(KEY, (2, 40), &r.key, Some(b"state")));
+        assert!(!ok(b"other key", (2, 40), &r.key, Some(b"state")));
+        assert!(!ok(KEY, (3, 40), &r.key, Some(b"state")));
+        assert!(!ok(KEY, (2, 41), &r.key, Some(b"state")));
+        assert!(!ok(KEY, (2, 40), b"a/audit/0000000002/y", Some(b"state")));
+        assert!(!ok(KEY, (2, 40), &r.key, Some(b"statf")));
+        assert!(!ok(KEY, (2, 40), &r.key, None));
+        assert!(!signed_by(KEY, (2, 40), &r.key, Some(b"state"), b"not hex"));
+        // A tombstone is not an empty value.
+        let t = ChangelogRecord {
+            value: None,
+            ..r.clone()
+        };
+        let empty = ChangelogRecord {
+            value: Some(Vec::new()),
+            ..r
+        };
+        assert_ne!(t.signature(KEY), empty.signature(KEY));
+    }
+}
