@@ -797,3 +797,110 @@ fn a_cohort_shift_spread_over_four_partitions_raises_no_agent_incident_and_no_ki
     assert!(commands(&k).is_empty(), "no kill command");
     assert!(m.findings_explained.load(Ordering::Relaxed) >= 1);
 }
+
+/// A partition moves to an instance without its state: restored from the changelog topic
+/// (nothing of the audit history is folded again, the agents' states equal their owner's), and
+/// the next events count once. A record planted in the changelog without the signing key makes
+/// its partition's restore fail: that partition is replayed from its history instead.
+#[test]
+fn a_partition_without_local_state_is_restored_from_the_changelog_not_replayed() {
+    let (c, mut k) = cluster();
+    c.create_topic("changelog", 2, 1).unwrap();
+    k.changelog_topic = Some("changelog".into());
+    let agents: Vec<String> = (0..6).map(|a| format!("fin-calm-{a}")).collect();
+    let mut msgs: Vec<(Option<String>, Vec<u8>)> = Vec::new();
+    for (a, agent) in agents.iter().enumerate() {
+        for i in 0..30u64 {
+            let ts = T0 + i as i64 * 300_000 + a as i64 * 1_000;
+            msgs.push((
+                Some(agent.clone()),
+                line(agent, i, ts, "read_ledger").into_bytes(),
+            ));
+        }
+    }
+    let history = msgs.len() as u64;
+    produce(&k, "audit", &msgs);
+    let first = tempfile::tempdir().unwrap();
+    let d = start(&k, first.path());
+    wait(&d.metrics, "history", |m| {
+        m.events.load(Ordering::Relaxed) == history
+    });
+    stop(d);
+    let owner = Store::open(first.path()).unwrap();
+    let states: Vec<_> = agents
+        .iter()
+        .map(|a| owner.find_agent(a).unwrap()[0].1.clone())
+        .collect();
+    drop(owner);
+    let incidents_before = incidents(&k).len();
+
+    let second = tempfile::tempdir().unwrap();
+    let d = start(&k, second.path());
+    wait(&d.metrics, "two restores", |m| {
+        m.changelog_restores.load(Ordering::Relaxed) == 2
+    });
+    let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            let ts = T0 + 30 * 300_000 + i as i64 * 300_000;
+            (
+                Some(agents[0].clone()),
+                line(&agents[0], 100 + i, ts, "read_ledger").into_bytes(),
+            )
+        })
+        .collect();
+    produce(&k, "audit", &more);
+    wait(&d.metrics, "the new events", |m| {
+        m.events.load(Ordering::Relaxed) == 10
+    });
+    let metrics = d.metrics.clone();
+    stop(d);
+    assert_eq!(
+        metrics.events.load(Ordering::Relaxed),
+        10,
+        "no history replayed"
+    );
+    assert_eq!(metrics.suppressed.load(Ordering::Relaxed), 0);
+    assert!(metrics.changelog_records_restored.load(Ordering::Relaxed) >= 8);
+    assert_eq!(incidents(&k).len(), incidents_before, "no incident again");
+    let restored = Store::open(second.path()).unwrap();
+    for (a, want) in agents.iter().zip(&states).skip(1) {
+        assert_eq!(&restored.find_agent(a).unwrap()[0].1, want, "state of {a}");
+    }
+    assert_eq!(restored.find_agent(&agents[0]).unwrap()[0].1.events, 40);
+    let ends: std::collections::HashMap<i32, i64> = restored
+        .partition_metas()
+        .unwrap()
+        .into_iter()
+        .map(|(_, p, m)| (p, m.next_offset))
+        .collect();
+    let states: Vec<_> = agents
+        .iter()
+        .map(|a| restored.find_agent(a).unwrap()[0].1.clone())
+        .collect();
+    drop(restored);
+
+    // A meta planted in partition 0 of the changelog by whoever can write to it.
+    let mut s = KafkaSink::new(&k.brokers, &Default::default()).unwrap();
+    let planted = rdkafka::message::OwnedHeaders::new().insert(rdkafka::message::Header {
+        key: agent_guardian::store::CHECKPOINT_HEADER,
+        value: Some(b"999999".as_slice()),
+    });
+    s.send_to(("changelog", 0), b"m/audit/0000000000", Some(b"x"), planted)
+        .unwrap();
+    s.settle(Duration::from_secs(10)).unwrap();
+    let third = tempfile::tempdir().unwrap();
+    let d = start(&k, third.path());
+    wait(
+        &d.metrics,
+        "partition 0 replayed, partition 1 restored",
+        |m| {
+            m.changelog_restores.load(Ordering::Relaxed) == 1
+                && m.events.load(Ordering::Relaxed) as i64 == ends[&0]
+        },
+    );
+    stop(d);
+    let rebuilt = Store::open(third.path()).unwrap();
+    for (a, want) in agents.iter().zip(&states) {
+        assert_eq!(&rebuilt.find_agent(a).unwrap()[0].1, want, "state of {a}");
+    }
+}

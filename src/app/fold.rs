@@ -1864,6 +1864,76 @@ pub(crate) mod tests {
         assert_eq!(ids(&got), ids(&expected), "the same deterministic ids");
     }
 
+    /// A partition restored from a changelog whose last checkpoint was cut short (an agent's
+    /// newer state, no meta closing it): the replay from the last finished checkpoint leaves
+    /// that agent's events below its mark alone, so every agent ends as in one run, and the
+    /// next checkpoint drops the mark.
+    #[test]
+    fn a_restore_past_a_cut_checkpoint_counts_no_event_twice() {
+        let recs: Vec<Message> = (0..12)
+            .map(|o| call(0, o, if o % 3 == 0 { "p" } else { "q" }, "t"))
+            .collect();
+        let mut once = owning(fold(), &[0], 0);
+        once.audit(&recs, NOW, &mut Vec::new()).expect("fold");
+
+        let with_log = || {
+            let s = FoldSettings {
+                changelog: true,
+                ..settings()
+            };
+            Fold::new(s, Arc::default(), Vec::new(), Ledger::default()).expect("fold")
+        };
+        let (d1, d2) = (
+            tempfile::tempdir().expect("dir"),
+            tempfile::tempdir().expect("dir"),
+        );
+        let (src, dst) = (
+            Store::open(d1.path()).expect("store"),
+            Store::open(d2.path()).expect("store"),
+        );
+        let mut first = owning(with_log(), &[0], 0);
+        first.audit(&recs[..4], NOW, &mut Vec::new()).expect("fold");
+        let cp = first.checkpoint(T0).expect("checkpoint");
+        src.write(cp.batch).expect("write");
+        let mut log = cp.changelog;
+        first
+            .audit(&recs[4..9], NOW, &mut Vec::new())
+            .expect("fold");
+        let mut cut = first.checkpoint(T0).expect("checkpoint").changelog;
+        assert!(cut.pop().is_some_and(|m| m.key.starts_with(b"m/")));
+        log.extend(cut);
+
+        let mut r = dst.begin_restore("audit", 0).expect("restore");
+        for rec in &log {
+            r.apply(&rec.key, rec.value.as_deref(), rec.checkpoint)
+                .expect("apply");
+        }
+        let restored_from = r.finish().expect("finish").expect("a finished checkpoint");
+        assert_eq!(restored_from.next_offset, 4);
+        assert_eq!(
+            restored_from.ahead, 2,
+            "both agents changed in the cut checkpoint"
+        );
+        let mut assignment = restored(&dst);
+        assignment[0].skips = dst.skips("audit", 0).expect("skips");
+        let metrics = Arc::new(Metrics::default());
+        let mut second =
+            Fold::new(settings(), metrics.clone(), Vec::new(), Ledger::default()).expect("fold");
+        second.assign(assignment, T0, &mut Vec::new());
+        second.audit(&recs, NOW, &mut Vec::new()).expect("fold");
+        for a in ["p", "q"] {
+            assert_eq!(
+                second.parts[&(0, 0)].engine.agent(a),
+                once.parts[&(0, 0)].engine.agent(a),
+                "agent {a}"
+            );
+        }
+        assert_eq!(metrics.restore_skipped.load(Ordering::Relaxed), 5);
+        dst.write(second.checkpoint(T0).expect("checkpoint").batch)
+            .expect("write");
+        assert!(dst.skips("audit", 0).expect("skips").is_empty());
+    }
+
     /// Operator kills and revives of a known, an automatically killed and a re-killed agent;
     /// then a `state rebuild` (the control topic read again from its start, below its mark,
     /// before the audit log is replayed) and a lost disk (read again with no mark): each time the
