@@ -52,6 +52,10 @@ const METRICS: &[&str] = &[
     "guardian_duplicate_identities",
     "guardian_findings_explained_total",
     "guardian_fleet_shifts",
+    "guardian_changelog_records_total",
+    "guardian_changelog_restores_total",
+    "guardian_changelog_records_restored_total",
+    "guardian_restore_skipped_events_total",
 ];
 
 /// Histograms: queried as `NAME_bucket`, `NAME_sum`, `NAME_count`.

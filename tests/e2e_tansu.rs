@@ -684,3 +684,139 @@ fn a_topic_is_read_to_its_end_even_when_the_newest_batch_holds_several_records()
     }
     assert_eq!(read_topic(&b.addr, &topic, 1), sent);
 }
+
+/// Two daemons with a changelog topic. One stops for good: the other takes its partitions over
+/// from the changelog (restored, not rebuilt from history) and goes on detecting with the
+/// baselines intact (the incidents and kill commands of one uninterrupted run). Then the
+/// survivor crashes right after a checkpoint's changelog records are acknowledged and before
+/// its state is written (`GUARDIAN_FAILPOINT=after-changelog`, an abort), and a third daemon
+/// with an empty disk restores from that changelog: nothing is lost, no kill is issued under a
+/// new id, and every agent's state equals the uninterrupted run's.
+#[test]
+fn the_survivor_takes_over_from_the_changelog_and_a_crash_after_it_loses_nothing() {
+    let Some(b) = broker() else {
+        return;
+    };
+    let prefix = format!("handoff{}", std::process::id());
+    let audit = format!("{prefix}-audit");
+    let changelog = format!("{prefix}-changelog");
+    b.topics(&prefix, 4);
+    b.create_topic(&changelog, 4);
+    let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfgs: Vec<std::path::PathBuf> = dirs
+        .iter()
+        .map(|d| {
+            let p = write_config(d.path(), &b, &prefix);
+            let text = std::fs::read_to_string(&p).unwrap().replace(
+                "dead_letter_topic =",
+                &format!("changelog_topic = {changelog:?}\ndead_letter_topic ="),
+            );
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    let events = fleet_lines(80, 11, 33);
+    let lines = lines_of(&events);
+    let cut = |share: f64| (lines.len() as f64 * share) as usize;
+    let (first, second) = (cut(0.4), cut(0.7));
+    produce_lines(&cfgs[0], dirs[0].path(), "1.jsonl", &lines[..first]);
+    let start = |i: usize, failpoint: Option<&str>| {
+        let mut p = guardian();
+        p.args(["run", "--config"])
+            .arg(&cfgs[i])
+            .env("E2E_GUARDIAN_KEY", KEY)
+            .env("RUST_LOG", "info")
+            .stderr(std::fs::File::create(dirs[i].path().join("run.log")).unwrap());
+        if let Some(f) = failpoint {
+            p.env("GUARDIAN_FAILPOINT", f);
+        }
+        p.spawn().unwrap()
+    };
+    let log =
+        |i: usize| std::fs::read_to_string(dirs[i].path().join("run.log")).unwrap_or_default();
+    let count = |i: usize, what: &str| log(i).matches(what).count();
+    let mut a = start(0, None);
+    let mut bb = start(1, None);
+    let t = Instant::now();
+    while count(0, "partition assigned") == 0 || count(1, "partition assigned") == 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "group did not split");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let group = format!("{prefix}-group");
+    wait_committed(&b, &group, &audit, 4, first as i64);
+
+    // B stops for good; A restores B's partitions from the changelog.
+    let seen = log(0).len();
+    let stopped = Instant::now();
+    assert!(sigterm(&mut bb).success());
+    while !log(0)[seen..].contains("partition restored from the changelog") {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "A restored nothing:\n{}",
+            log(0)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let takeover = stopped.elapsed();
+    // Give the group time to settle, then nothing of the takeover was rebuilt from history.
+    wait_committed(&b, &group, &audit, 4, first as i64);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = log(0)[seen..].to_string();
+    assert!(
+        !after.contains("rebuild=true"),
+        "A rebuilt a partition from its history:\n{after}"
+    );
+    let restore_line = after
+        .lines()
+        .find(|l| l.contains("partition restored from the changelog"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    eprintln!("takeover: B stopped → A restored in {takeover:?}; {restore_line}");
+    produce_lines(&cfgs[0], dirs[0].path(), "2.jsonl", &lines[first..second]);
+    wait_committed(&b, &group, &audit, 4, second as i64);
+    assert!(sigterm(&mut a).success());
+
+    // A again, crashing right after its first changelog write; then C on an empty disk.
+    let mut crashing = start(0, Some("after-changelog"));
+    produce_lines(&cfgs[0], dirs[0].path(), "3.jsonl", &lines[second..]);
+    let t = Instant::now();
+    let status = loop {
+        if let Some(s) = crashing.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "the failpoint was not reached"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(!status.success(), "aborted at the failpoint: {status:?}");
+    assert!(log(0).contains("failpoint"), "{}", log(0));
+    let mut c = start(2, None);
+    let want = reference(&b.addr, &audit, 4);
+    wait_committed(&b, &group, &audit, 4, lines.len() as i64);
+    assert!(sigterm(&mut c).success());
+    assert_eq!(
+        count(2, "partition restored from the changelog"),
+        4,
+        "{}",
+        log(2)
+    );
+    assert_eq!(
+        incident_ids(&b.addr, &format!("{prefix}-incidents")),
+        want.incident_ids,
+        "the incidents of one uninterrupted run"
+    );
+    let cmds: BTreeSet<String> = kills(&b.addr, &format!("{prefix}-control"))
+        .into_iter()
+        .map(|c| c.command_id)
+        .collect();
+    assert_eq!(cmds, want.command_ids, "no kill under a new id, none lost");
+    assert!(!want.command_ids.is_empty());
+    let store = agent_guardian::store::Store::open(&dirs[2].path().join("state")).unwrap();
+    for st in want.engines.iter().flat_map(|e| e.agents()) {
+        let found = store.find_agent(&st.agent_id).unwrap();
+        assert_eq!(found.len(), 1, "{}", st.agent_id);
+        assert_eq!(&found[0].1, st, "state of {}", st.agent_id);
+    }
+}
