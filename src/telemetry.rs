@@ -187,7 +187,27 @@ pub struct Live {
     pub metrics: Arc<Metrics>,
     /// Audit partitions owned now: (topic, partition).
     pub owned: std::sync::RwLock<Vec<(String, i32)>>,
+    /// The fleet view the admin API serves, as last computed (see [`CachedView`]).
+    pub view: std::sync::RwLock<Option<Arc<CachedView>>>,
 }
+
+/// A fleet view with when and at what cost it was computed.
+#[derive(Debug)]
+pub struct CachedView {
+    /// Posture and compliance of the owned partitions.
+    pub view: crate::posture::FleetView,
+    /// Checkpoints written when it was read from the store ([`Metrics::checkpoints`]).
+    pub checkpoints: u64,
+    /// Wall time it was computed (ms).
+    pub computed_at: i64,
+    /// How long reading and computing it took.
+    pub took: std::time::Duration,
+}
+
+/// A view that took less than this to compute is computed again for a request when a
+/// checkpoint was written since (small fleets always read fresh); a larger fleet's requests are
+/// served the posture thread's latest.
+pub const RECOMPUTE_BELOW: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl std::fmt::Debug for Live {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -201,5 +221,85 @@ impl Live {
     /// The owned partitions.
     pub fn owned(&self) -> Vec<(String, i32)> {
         self.owned.read().map(|o| o.clone()).unwrap_or_default()
+    }
+
+    /// The latest fleet view, if any.
+    pub fn view(&self) -> Option<Arc<CachedView>> {
+        self.view.read().ok().and_then(|v| v.clone())
+    }
+
+    /// The latest view if it is current enough (see [`RECOMPUTE_BELOW`]), else `None`.
+    pub fn current_view(&self) -> Option<Arc<CachedView>> {
+        let v = self.view()?;
+        let now = self.metrics.checkpoints.load(Ordering::Relaxed);
+        (v.checkpoints == now || v.took >= RECOMPUTE_BELOW).then_some(v)
+    }
+
+    /// Reads the owned partitions from the store, computes their fleet view and keeps it.
+    pub fn refresh_view(
+        &self,
+        set: &crate::blueprint::BlueprintSet,
+        settings: &crate::posture::PostureSettings,
+    ) -> Result<Arc<CachedView>, crate::store::StoreError> {
+        let started = std::time::Instant::now();
+        let checkpoints = self.metrics.checkpoints.load(Ordering::Relaxed);
+        let owned = self.owned();
+        let state = self.store.state_view(Some(&owned))?;
+        let view = Arc::new(CachedView {
+            view: state.fleet_view(set, settings),
+            checkpoints,
+            computed_at: chrono::Utc::now().timestamp_millis(),
+            took: started.elapsed(),
+        });
+        if let Ok(mut v) = self.view.write() {
+            *v = Some(view.clone());
+        }
+        Ok(view)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::posture::{FleetView, StateView};
+
+    /// A live view over an empty store with a fleet view that took `took` to compute when
+    /// `then` checkpoints were written.
+    fn live_with(dir: &std::path::Path, took: std::time::Duration, then: u64) -> Live {
+        let set = crate::blueprint::BlueprintSet::builtin();
+        let view: FleetView =
+            StateView::default().fleet_view(&set, &crate::posture::PostureSettings::default());
+        Live {
+            store: Store::open(dir).expect("store"),
+            metrics: Arc::default(),
+            owned: Default::default(),
+            view: std::sync::RwLock::new(Some(Arc::new(CachedView {
+                view,
+                checkpoints: then,
+                computed_at: 0,
+                took,
+            }))),
+        }
+    }
+
+    #[test]
+    fn a_cheap_view_is_current_until_a_checkpoint_and_a_costly_one_is_served_until_refreshed() {
+        let d = tempfile::tempdir().expect("dir");
+        let cheap = live_with(d.path(), std::time::Duration::from_millis(1), 3);
+        cheap.metrics.checkpoints.store(3, Ordering::Relaxed);
+        assert!(cheap.current_view().is_some());
+        cheap.metrics.checkpoints.store(4, Ordering::Relaxed);
+        assert!(
+            cheap.current_view().is_none(),
+            "computed again for the request"
+        );
+        drop(cheap);
+        let d = tempfile::tempdir().expect("dir");
+        let costly = live_with(d.path(), RECOMPUTE_BELOW * 10, 3);
+        costly.metrics.checkpoints.store(9, Ordering::Relaxed);
+        assert!(
+            costly.current_view().is_some(),
+            "the posture thread refreshes it"
+        );
     }
 }

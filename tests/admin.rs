@@ -382,6 +382,7 @@ fn api_serves_https_with_the_configured_certificate() {
         store,
         metrics: Default::default(),
         owned: Default::default(),
+        view: Default::default(),
     });
     let state = agent_guardian::api::AppState::new(
         live,

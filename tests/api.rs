@@ -62,6 +62,7 @@ fn fixture_with(commander: Option<Box<dyn Commands>>) -> Fixture {
         store,
         metrics,
         owned: std::sync::RwLock::new(vec![("replay:fleet".to_string(), 0)]),
+        view: Default::default(),
     });
     let state = Arc::new(AppState::new(
         live,

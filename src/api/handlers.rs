@@ -14,9 +14,10 @@ use super::AppState;
 use crate::blueprint::Severity;
 use crate::control::{Command, Verb};
 use crate::event::parse_rfc3339_ms;
-use crate::posture::{Framework, StateView};
+use crate::posture::{inventory, merge_by_agent, Framework};
 use crate::response::IncidentType;
 use crate::store::IncidentFilter;
+use crate::telemetry::CachedView;
 use crate::text::Shown;
 
 fn error(status: StatusCode, msg: impl Into<String>) -> Response {
@@ -43,14 +44,15 @@ async fn blocking<T: Send + 'static, E: std::fmt::Display + Send + 'static>(
     }
 }
 
-/// Reads the owned partitions' state.
-async fn view(s: &Arc<AppState>) -> Result<StateView, Response> {
-    let live = s.live.clone();
-    blocking(move || {
-        let owned = live.owned();
-        live.store.state_view(Some(&owned))
-    })
-    .await
+/// The fleet view to answer from: the posture thread's latest, or computed now when there is
+/// none yet, or when a checkpoint was written since and the fleet is small enough to compute it
+/// again at once ([`crate::telemetry::RECOMPUTE_BELOW`]).
+async fn fleet(s: &Arc<AppState>) -> Result<Arc<CachedView>, Response> {
+    if let Some(v) = s.live.current_view() {
+        return Ok(v);
+    }
+    let (live, set, settings) = (s.live.clone(), s.blueprints.clone(), s.posture.clone());
+    blocking(move || live.refresh_view(&set, &settings)).await
 }
 
 /// `GET /readyz`: 200 once the state is restored and partitions are assigned, else 503.
@@ -80,7 +82,7 @@ pub struct AgentsQuery {
 
 /// `GET /agents`: the inventory rows, riskiest first.
 pub async fn agents(State(s): State<Arc<AppState>>, q: Query<AgentsQuery>) -> Response {
-    let v = match view(&s).await {
+    let v = match fleet(&s).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -92,10 +94,10 @@ pub async fn agents(State(s): State<Arc<AppState>>, q: Query<AgentsQuery>) -> Re
             );
         }
     }
-    let p = v.posture(&s.blueprints, &s.posture);
+    let p = &v.view.posture;
     let rows: Vec<_> = p
         .agents
-        .into_iter()
+        .iter()
         .filter(|a| q.status.as_deref().is_none_or(|st| a.status.as_str() == st))
         .filter(|a| q.blueprint.as_deref().is_none_or(|b| a.blueprint == b))
         .filter(|a| q.min_risk.is_none_or(|m| a.risk >= m))
@@ -104,13 +106,33 @@ pub async fn agents(State(s): State<Arc<AppState>>, q: Query<AgentsQuery>) -> Re
     Json(json!({ "as_of": p.as_of, "count": rows.len(), "agents": rows })).into_response()
 }
 
-/// `GET /agents/{id}`: status, tools, baseline summary, risk, recent incidents.
+/// `GET /agents/{id}`: status, tools, baseline summary, risk, recent incidents. The agent's
+/// state is read by key in each owned partition (as of the latest checkpoint); the fleet's time
+/// comes from the fleet view.
 pub async fn agent(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    let v = match view(&s).await {
-        Ok(v) => v,
+    let fleet_as_of = match fleet(&s).await {
+        Ok(v) => v.view.posture.as_of_ms,
         Err(r) => return r,
     };
-    let Some(a) = v.agent(&id, &s.blueprints, &s.posture) else {
+    let live = s.live.clone();
+    let wanted = id.clone();
+    let found = match blocking(move || {
+        let mut states = Vec::new();
+        for (topic, partition) in live.owned() {
+            states.extend(live.store.agent(&topic, partition, &wanted)?);
+        }
+        Ok::<_, crate::store::StoreError>(merge_by_agent(states))
+    })
+    .await
+    {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let a = found.first().map(|st| {
+        let now = fleet_as_of.max(st.last_seen);
+        inventory::view(st, &s.blueprints, &s.posture, now)
+    });
+    let Some(a) = a else {
         return error(
             StatusCode::NOT_FOUND,
             format!("no agent {id:?} in the partitions this instance owns"),
@@ -215,38 +237,36 @@ pub struct PostureQuery {
 
 /// `GET /posture[?agents=true]`: fleet score and trend, top risks (and every agent).
 pub async fn posture(State(s): State<Arc<AppState>>, q: Query<PostureQuery>) -> Response {
-    let v = match view(&s).await {
+    let v = match fleet(&s).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let p = v.posture(&s.blueprints, &s.posture);
-    let mut doc = match serde_json::to_value(&p) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    let p = &v.view.posture;
+    let doc = PostureDoc {
+        as_of: &p.as_of,
+        as_of_ms: p.as_of_ms,
+        fleet: &p.fleet,
+        top_risks: &p.top_risks,
+        tools: &p.tools,
+        agents: q.agents.then_some(&p.agents),
+        computed_at: crate::event::format_rfc3339_ms(v.computed_at),
     };
-    if !q.agents {
-        if let Some(o) = doc.as_object_mut() {
-            o.remove("agents");
-        }
-    }
     Json(doc).into_response()
 }
 
 /// `GET /compliance`: each framework's summary.
 pub async fn compliance_list(State(s): State<Arc<AppState>>) -> Response {
-    let v = match view(&s).await {
+    let v = match fleet(&s).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let p = v.posture(&s.blueprints, &s.posture);
-    let list: Vec<Value> = Framework::ALL
+    let list: Vec<Value> = v
+        .view
+        .compliance
         .iter()
-        .map(|f| {
-            let r = v.compliance(*f, &p, &s.posture);
-            json!({ "framework": r.framework, "title": r.title, "summary": r.summary })
-        })
+        .map(|r| json!({ "framework": r.framework, "title": r.title, "summary": r.summary }))
         .collect();
-    Json(json!({ "as_of": p.as_of, "frameworks": list })).into_response()
+    Json(json!({ "as_of": v.view.posture.as_of, "frameworks": list })).into_response()
 }
 
 /// `GET /compliance/{framework}`: every control with its status, evidence and gaps.
@@ -258,12 +278,31 @@ pub async fn compliance(State(s): State<Arc<AppState>>, Path(f): Path<String>) -
             format!("framework {f:?}: expected one of {}", all.join(", ")),
         );
     };
-    let v = match view(&s).await {
+    let v = match fleet(&s).await {
         Ok(v) => v,
         Err(r) => return r,
     };
-    let p = v.posture(&s.blueprints, &s.posture);
-    Json(v.compliance(fw, &p, &s.posture)).into_response()
+    match v.view.compliance(fw) {
+        Some(r) => Json(r).into_response(),
+        None => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no report for the framework",
+        ),
+    }
+}
+
+/// The body of `GET /posture`: the posture (the agents' rows only when asked), and when the
+/// view was computed.
+#[derive(serde::Serialize)]
+struct PostureDoc<'a> {
+    as_of: &'a str,
+    as_of_ms: i64,
+    fleet: &'a crate::posture::report::Fleet,
+    top_risks: &'a [crate::posture::report::AgentRow],
+    tools: &'a [crate::posture::report::ToolRow],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agents: Option<&'a Vec<crate::posture::report::AgentRow>>,
+    computed_at: String,
 }
 
 /// Body of the command endpoints.

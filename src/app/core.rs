@@ -454,6 +454,7 @@ mod tests {
             store: store.clone(),
             metrics: metrics.clone(),
             owned: RwLock::new(Vec::new()),
+            view: Default::default(),
         });
         let fold =
             Fold::new(settings(), metrics.clone(), Vec::new(), Ledger::default()).expect("fold");

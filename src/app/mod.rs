@@ -179,6 +179,7 @@ impl Daemon {
             store: store.clone(),
             metrics: metrics.clone(),
             owned: std::sync::RwLock::new(Vec::new()),
+            view: Default::default(),
         });
         let api = bind_api(&cfg, &live)?;
         let (publisher, deliveries) = open_publisher(&cfg, sink, &store, &metrics)?;

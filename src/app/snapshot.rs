@@ -1,7 +1,9 @@
-//! Posture snapshots, off the engine thread: every `posture.interval` the owned partitions'
-//! posture is computed from the store (the last checkpoint, as the admin API reads it), added
-//! to the score history, and handed to the engine thread through its queue to publish;
-//! incidents past their retention are pruned.
+//! Posture snapshots and the admin API's fleet view, off the engine thread: the owned
+//! partitions' posture and compliance are computed from the store (the last checkpoint) every
+//! [`VIEW_EVERY`] when checkpoints were written since, and kept for the API
+//! ([`crate::telemetry::Live::view`]); every `posture.interval` the latest is added to the score
+//! history and handed to the engine thread through its queue to publish; incidents past their
+//! retention are pruned.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -34,14 +36,36 @@ pub struct Snapshots {
 /// How often incidents past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
+/// How often the admin API's fleet view is computed again when checkpoints were written since
+/// (at most: a snapshot interval shorter than this sets the pace).
+pub const VIEW_EVERY: Duration = Duration::from_secs(15);
+
 impl Snapshots {
-    /// Computes a snapshot every interval until `stop`, handing each to the engine's `queue`.
+    /// Until `stop`: every [`VIEW_EVERY`] (when checkpoints were written since) computes the
+    /// admin API's fleet view again; every interval hands a snapshot of it to the engine's
+    /// `queue` to publish.
     pub fn run(self, queue: &Queue, stop: Stop) -> Result<(), StoreError> {
         let mut last_prune: Option<Instant> = None;
-        while !stop.wait(self.settings.interval) {
-            let Some((snap, posture)) = self.once()? else {
+        let mut last_publish = Instant::now();
+        let mut seen = None;
+        let tick = self.settings.interval.min(VIEW_EVERY);
+        while !stop.wait(tick) {
+            let publish = last_publish.elapsed() >= self.settings.interval;
+            let checkpoints = self.live.metrics.checkpoints.load(Ordering::Relaxed);
+            if !publish && seen == Some(checkpoints) {
                 continue;
-            };
+            }
+            seen = Some(checkpoints);
+            if self.live.owned().is_empty() {
+                continue;
+            }
+            let view = self.live.refresh_view(&self.blueprints, &self.settings)?;
+            if !publish || view.view.posture.agents.is_empty() {
+                continue;
+            }
+            last_publish = Instant::now();
+            let posture = &view.view.posture;
+            let snap = self.snapshot(posture)?;
             if !queue.send(Notice::Posture(snap)) {
                 break; // the engine has stopped
             }
@@ -61,18 +85,9 @@ impl Snapshots {
         Ok(())
     }
 
-    /// The posture of the owned partitions as stored now, recorded in the score history; `None`
-    /// while nothing is owned or stored.
-    pub fn once(&self) -> Result<Option<(PostureRecord, Posture)>, StoreError> {
+    /// The snapshot of a posture of the owned partitions, recorded in the score history.
+    fn snapshot(&self, posture: &Posture) -> Result<PostureRecord, StoreError> {
         let owned = self.live.owned();
-        if owned.is_empty() {
-            return Ok(None);
-        }
-        let view = self.store.state_view(Some(&owned))?;
-        if view.states.is_empty() {
-            return Ok(None);
-        }
-        let posture = view.posture(&self.blueprints, &self.settings);
         let json = serde_json::json!({
             "guardian_id": self.guardian_id,
             "partitions": owned.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(),
@@ -94,8 +109,8 @@ impl Snapshots {
             agents = posture.fleet.agents,
             "posture snapshot computed"
         );
-        let summary = posture_summary(&posture, &self.guardian_id);
-        Ok(Some((PostureRecord { json, summary }, posture)))
+        let summary = posture_summary(posture, &self.guardian_id);
+        Ok(PostureRecord { json, summary })
     }
 }
 

@@ -90,6 +90,19 @@ impl StateView {
         )
     }
 
+    /// The posture with every framework's compliance report, as the admin API serves them.
+    pub fn fleet_view(&self, set: &BlueprintSet, s: &PostureSettings) -> FleetView {
+        let posture = self.posture(set, s);
+        let compliance = Framework::ALL
+            .iter()
+            .map(|f| self.compliance(*f, &posture, s))
+            .collect();
+        FleetView {
+            posture,
+            compliance,
+        }
+    }
+
     /// One agent's inventory view.
     pub fn agent(&self, id: &str, set: &BlueprintSet, s: &PostureSettings) -> Option<AgentView> {
         let now = report::as_of(&self.states);
@@ -97,6 +110,26 @@ impl StateView {
             .iter()
             .find(|a| a.agent_id == id)
             .map(|a| inventory::view(a, set, s, now))
+    }
+}
+
+/// The posture and every framework's compliance report ([`Framework::ALL`] order), computed
+/// together from one [`StateView`].
+#[derive(Debug, Clone)]
+pub struct FleetView {
+    /// The fleet posture, every agent's row included.
+    pub posture: Posture,
+    /// Each framework's report.
+    pub compliance: Vec<ComplianceReport>,
+}
+
+impl FleetView {
+    /// The report of framework `f`.
+    pub fn compliance(&self, f: Framework) -> Option<&ComplianceReport> {
+        Framework::ALL
+            .iter()
+            .position(|x| *x == f)
+            .and_then(|i| self.compliance.get(i))
     }
 }
 

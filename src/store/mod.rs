@@ -474,6 +474,20 @@ impl Store {
         Ok(out)
     }
 
+    /// An agent's stored state in one partition, if any (one key lookup).
+    pub fn agent(
+        &self,
+        topic: &str,
+        partition: i32,
+        agent_id: &str,
+    ) -> Result<Option<AgentState>, StoreError> {
+        let key = format!("{}/{agent_id}", part_prefix('a', topic, partition));
+        self.db
+            .get(&key)?
+            .map(|v| decode(key.as_bytes(), &v))
+            .transpose()
+    }
+
     /// The stored states of one agent (one per partition it appeared in).
     pub fn find_agent(&self, agent_id: &str) -> Result<Vec<(String, AgentState)>, StoreError> {
         let mut out = Vec::new();
