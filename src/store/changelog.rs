@@ -429,7 +429,9 @@ mod tests {
         let mut log = checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]);
         log.pop();
         assert_eq!(restore(&dst, &log, 0), None);
-        assert_eq!(dst.db().iter().count(), 0);
+        for kind in ["m/", "a/", "s/", "d/", "k/"] {
+            assert_eq!(dst.db().scan_prefix(kind).count(), 0, "{kind}");
+        }
     }
 
     #[test]

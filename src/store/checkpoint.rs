@@ -3,7 +3,7 @@
 //! incidents raised since the previous checkpoint and the ledger.
 
 use super::changelog::ChangelogRecord;
-use super::codec::{encode, encode_json, incident_key, part_prefix};
+use super::codec::{agent_incident_key, encode, encode_json, incident_key, part_prefix};
 use super::{PartitionMeta, StoreError};
 use crate::control::Command;
 use crate::posture::Ledger;
@@ -145,10 +145,12 @@ pub(super) fn insert_incidents(
     incidents: &[Incident],
 ) -> Result<(), StoreError> {
     for i in incidents {
+        let key = incident_key(i.at, &i.incident_id);
         b.insert(
-            incident_key(i.at, &i.incident_id).as_bytes(),
-            encode_json("an incident", i)?,
+            agent_incident_key(&i.agent_id, i.at, &i.incident_id).as_bytes(),
+            key.as_bytes(),
         );
+        b.insert(key.as_bytes(), encode_json("an incident", i)?);
     }
     Ok(())
 }

@@ -16,6 +16,21 @@ pub(super) fn incident_key(at: i64, id: &str) -> String {
     format!("i/{:016x}/{id}", sortable(at))
 }
 
+/// The prefix of an agent's entries in the index of incidents by agent (the id's length first,
+/// so no agent's prefix is another's).
+pub(super) fn agent_incidents_prefix(agent: &str) -> String {
+    format!("x/{:08}/{agent}/", agent.len())
+}
+
+/// The index entry of an incident by agent (its value is the incident's key).
+pub(super) fn agent_incident_key(agent: &str, at: i64, id: &str) -> String {
+    format!(
+        "{}{:016x}/{id}",
+        agent_incidents_prefix(agent),
+        sortable(at)
+    )
+}
+
 /// The prefix of a partition's keys of one kind (`a` agents, `m` meta, `s` sessions, `d` duplicates).
 pub(super) fn part_prefix(kind: char, topic: &str, partition: i32) -> String {
     format!("{kind}/{topic}/{partition:010}")

@@ -13,7 +13,8 @@
 //! control-topic offset below which records were folded before a `state rebuild` (read again,
 //! they change the state but are not published again), `c/pending` → operator commands waiting
 //! for their agent or for their time, `i/{event time:016x}/{incident id}` → incident
-//! (JSON, kept for the posture's retention), `f/ledger` → the [`Ledger`] (JSON), `p/{event
+//! (JSON, kept for the posture's retention), `x/{agent id length:08}/{agent}/{event
+//! time:016x}/{incident id}` → the incident's key (the index by agent), `f/ledger` → the [`Ledger`] (JSON), `p/{event
 //! time:016x}` → a past fleet score.
 
 mod changelog;
@@ -30,7 +31,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use codec::{decode, decode_meta, encode_json, part_prefix, sortable};
+use codec::{
+    agent_incident_key, agent_incidents_prefix, decode, decode_meta, encode_json, part_prefix,
+    sortable,
+};
 
 use crate::control::Command;
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
@@ -160,7 +164,32 @@ fn open_db(dir: &std::path::Path) -> Result<sled::Db, sled::Error> {
 impl Store {
     /// Opens (or creates) the state directory.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        Ok(Store { db: open_db(dir)? })
+        let store = Store { db: open_db(dir)? };
+        store.index_incidents()?;
+        Ok(store)
+    }
+
+    /// Builds the index of incidents by agent once for a state written before it existed (its
+    /// presence is marked by `f/incidents-by-agent`).
+    fn index_incidents(&self) -> Result<(), StoreError> {
+        const MARK: &str = "f/incidents-by-agent";
+        if self.db.contains_key(MARK)? {
+            return Ok(());
+        }
+        let mut b = sled::Batch::default();
+        for kv in self.db.scan_prefix("i/") {
+            let (k, v) = kv?;
+            let i: Incident = serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
+                key: String::from_utf8_lossy(&k).into_owned(),
+                reason: e.to_string(),
+            })?;
+            b.insert(
+                agent_incident_key(&i.agent_id, i.at, &i.incident_id).as_bytes(),
+                k,
+            );
+        }
+        b.insert(MARK, &[1u8][..]);
+        self.write(b)
     }
 
     /// Opens a state directory that exists already (for commands that read or repair one).
@@ -268,12 +297,46 @@ impl Store {
         self.write(b)
     }
 
-    /// Incidents, newest first, that pass `filter`.
+    /// Incidents, newest first, that pass `filter`. One agent's are read through the index by
+    /// agent, so the cost follows that agent's incidents, not the fleet's.
     pub fn incidents(&self, filter: &IncidentFilter) -> Result<Vec<Incident>, StoreError> {
-        let lo = format!("i/{:016x}", sortable(filter.since.unwrap_or(i64::MIN)));
-        let hi = format!("i/{:016x}~", sortable(filter.until.unwrap_or(i64::MAX)));
+        let (since, until) = (
+            sortable(filter.since.unwrap_or(i64::MIN)),
+            sortable(filter.until.unwrap_or(i64::MAX)),
+        );
+        let scan: Box<dyn Iterator<Item = Result<(sled::IVec, sled::IVec), StoreError>>> =
+            match &filter.agent {
+                Some(agent) => {
+                    let prefix = agent_incidents_prefix(agent);
+                    let lo = format!("{prefix}{since:016x}");
+                    let hi = format!("{prefix}{until:016x}~");
+                    Box::new(
+                        self.db
+                            .range(lo.as_bytes()..hi.as_bytes())
+                            .rev()
+                            .filter_map(|kv| match kv {
+                                Ok((_, key)) => match self.db.get(&key) {
+                                    Ok(Some(v)) => Some(Ok((key, v))),
+                                    Ok(None) => None, // pruned meanwhile
+                                    Err(e) => Some(Err(e.into())),
+                                },
+                                Err(e) => Some(Err(e.into())),
+                            }),
+                    )
+                }
+                None => {
+                    let lo = format!("i/{since:016x}");
+                    let hi = format!("i/{until:016x}~");
+                    Box::new(
+                        self.db
+                            .range(lo.as_bytes()..hi.as_bytes())
+                            .rev()
+                            .map(|kv| kv.map_err(StoreError::from)),
+                    )
+                }
+            };
         let mut out = Vec::new();
-        for kv in self.db.range(lo.as_bytes()..hi.as_bytes()).rev() {
+        for kv in scan {
             let (k, v) = kv?;
             let i: Incident = serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
                 key: String::from_utf8_lossy(&k).into_owned(),
@@ -293,13 +356,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes incidents with event time before `before`; returns how many.
+    /// Removes incidents with event time before `before`, with their index entries; returns
+    /// how many.
     pub fn prune_incidents(&self, before: i64) -> Result<usize, StoreError> {
         let hi = format!("i/{:016x}", sortable(before));
         let mut b = sled::Batch::default();
         let mut n = 0;
         for kv in self.db.range(b"i/".as_slice()..hi.as_bytes()) {
-            let (k, _) = kv?;
+            let (k, v) = kv?;
+            if let Ok(i) = serde_json::from_slice::<Incident>(&v) {
+                b.remove(agent_incident_key(&i.agent_id, i.at, &i.incident_id).as_bytes());
+            }
             b.remove(k);
             n += 1;
         }
@@ -609,6 +676,63 @@ mod tests {
         r.process(&call("a", &ids[0], 0), &mut out);
         assert_eq!(r.stats().duplicates, 1);
         assert_eq!(r.stats().events, e.stats().events + 1);
+    }
+
+    #[test]
+    fn one_agents_incidents_come_through_its_index_and_leave_with_their_retention() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let inc = |n: i64, agent: &str| {
+            Incident::rule(
+                IncidentType::FrequencySpike,
+                format!("id-{n}"),
+                agent.to_string(),
+                n * 1000,
+                "calls",
+                "x".into(),
+            )
+        };
+        // "a" and "a/b": neither agent's entries are the other's.
+        let all: Vec<Incident> = (0..60)
+            .map(|n| inc(n, ["a", "a/b", "c"][n as usize % 3]))
+            .collect();
+        s.write_incidents(&all).unwrap();
+        for agent in ["a", "a/b", "c", "none"] {
+            let filter = |since, limit| IncidentFilter {
+                agent: Some(agent.to_string()),
+                since,
+                limit,
+                ..IncidentFilter::default()
+            };
+            let want: Vec<&Incident> = all.iter().rev().filter(|i| i.agent_id == agent).collect();
+            let got = s.incidents(&filter(None, 100)).unwrap();
+            assert_eq!(got.iter().collect::<Vec<_>>(), want, "{agent}");
+            let got = s.incidents(&filter(Some(30_000), 5)).unwrap();
+            let want: Vec<&Incident> = want
+                .into_iter()
+                .filter(|i| i.at >= 30_000)
+                .take(5)
+                .collect();
+            assert_eq!(got.iter().collect::<Vec<_>>(), want, "{agent} since");
+        }
+        assert_eq!(s.prune_incidents(30_000).unwrap(), 30);
+        assert_eq!(
+            s.db().scan_prefix("x/").count(),
+            30,
+            "index entries pruned with them"
+        );
+        // A state written before the index: it is built when the store is opened.
+        s.db().remove("f/incidents-by-agent").unwrap();
+        for kv in s.db().scan_prefix("x/") {
+            s.db().remove(kv.unwrap().0).unwrap();
+        }
+        drop(s);
+        let s = Store::open(d.path()).unwrap();
+        let a = IncidentFilter {
+            agent: Some("c".into()),
+            ..IncidentFilter::default()
+        };
+        assert_eq!(s.incidents(&a).unwrap().len(), 10);
     }
 
     #[test]

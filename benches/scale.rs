@@ -1,0 +1,252 @@
+//! Scale benchmark: a simulated fleet of 100,000 agents (one day, 18.4 M events) folded by
+//! `guardian replay --state`, then the admin API over that state under 20 concurrent clients.
+//!
+//! `cargo bench --bench scale` prints: the fold rate and peak memory (`/usr/bin/time -v`), the
+//! state's size on disk, the time of `guardian posture --state`, the time the fleet view takes
+//! to compute, and p50 / p99 latencies of `GET /agents/{id}` (a random agent each time),
+//! `GET /agents?limit=100` and `GET /posture` with the resident memory before and after.
+//! The events are generated once (`guardian simulate | zstd`) and kept under the target
+//! directory. The API is called in process through its router (no socket): the figures are
+//! the handlers' and the serialization's, not the network's.
+//!
+//! Environment: `SCALE_AGENTS` (default 100,000), `SCALE_DAYS` (default 1), `SCALE_SEED`
+//! (default 5), `SCALE_CLIENTS` (default 20), `SCALE_REQUESTS` (per client and endpoint,
+//! default 200). `--million` is 1,000,000 agents with the day's first 20 M events only (about
+//! 20 per agent).
+//! Not covered here: restart-to-live and a changelog restore (they need a broker; the handoff
+//! is timed by `tests/e2e_tansu.rs`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_guardian::api::{router, AppState};
+use agent_guardian::posture::PostureSettings;
+use agent_guardian::store::Store;
+use agent_guardian::telemetry::{Live, Metrics};
+use axum::body::Body;
+use axum::http::Request;
+use tower::ServiceExt;
+
+const TOKEN: &str = "scale-bench-token-0123456789";
+
+/// Events of the `--million` fleet: the day's first 20 M (about 20 per agent).
+const MILLION_LINES: u64 = 20_000_000;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs a shell pipeline; its stderr.
+fn sh(script: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", script])
+        .output()
+        .expect("sh");
+    assert!(
+        out.status.success(),
+        "{script}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The number after `label` in a `/usr/bin/time -v` report.
+fn time_field(report: &str, label: &str) -> f64 {
+    report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(label))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Resident memory of this process (MiB).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map_or(f64::NAN, |pages| pages * 4096.0 / (1 << 20) as f64)
+}
+
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// The events file, generated once.
+fn fleet(bin: &str, agents: u64, days: u64, seed: u64, lines: Option<u64>) -> PathBuf {
+    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
+        .join("scale");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let suffix = lines.map_or(String::new(), |n| format!("-{n}"));
+    let file = dir.join(format!("fleet-{agents}-{days}-{seed}{suffix}.jsonl.zst"));
+    if !file.exists() {
+        let t = Instant::now();
+        // The simulator writes in event time order: the leading lines are the day's first
+        // hours, for every agent.
+        let cut = lines.map_or(String::new(), |n| format!(" | head -n {n}"));
+        let tmp = file.with_extension("tmp");
+        sh(&format!(
+            "{bin} simulate --agents {agents} --days {days} --seed {seed}{cut} | zstd -q -T1 -3 -o {}",
+            tmp.display()
+        ));
+        std::fs::rename(&tmp, &file).expect("rename");
+        println!("generated {} in {:.0?}", file.display(), t.elapsed());
+    }
+    file
+}
+
+/// p50 and p99 of durations, in ms.
+fn percentiles(mut d: Vec<Duration>) -> (f64, f64) {
+    d.sort();
+    let at = |q: f64| {
+        d.get(((d.len() as f64 * q) as usize).min(d.len().saturating_sub(1)))
+            .map_or(f64::NAN, |x| x.as_secs_f64() * 1000.0)
+    };
+    (at(0.5), at(0.99))
+}
+
+fn main() {
+    let million = std::env::args().any(|a| a == "--million");
+    let agents = if million {
+        1_000_000
+    } else {
+        env_or("SCALE_AGENTS", 100_000)
+    };
+    let days = env_or("SCALE_DAYS", 1);
+    let seed = env_or("SCALE_SEED", 5);
+    let clients = env_or("SCALE_CLIENTS", 20) as usize;
+    let requests = env_or("SCALE_REQUESTS", 200) as usize;
+    let bin = env!("CARGO_BIN_EXE_guardian");
+    let events = fleet(bin, agents, days, seed, million.then_some(MILLION_LINES));
+
+    // The fold.
+    let state = tempfile::tempdir().expect("dir");
+    let report = sh(&format!(
+        "zstd -d -q -c {} | /usr/bin/time -v {bin} replay --state {} - > /dev/null",
+        events.display(),
+        state.path().display()
+    ));
+    let summary = report
+        .lines()
+        .find(|l| l.starts_with("replayed "))
+        .unwrap_or("")
+        .to_string();
+    let peak_mib = time_field(&report, "Maximum resident set size (kbytes):") / 1024.0;
+    println!("fold: {summary}");
+    println!("fold: peak memory {peak_mib:.0} MiB");
+    println!(
+        "state on disk: {:.0} MB",
+        dir_bytes(state.path()) as f64 / 1e6
+    );
+    let t = Instant::now();
+    sh(&format!(
+        "{bin} posture --state {} --json > /dev/null",
+        state.path().display()
+    ));
+    println!(
+        "guardian posture --state: {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    // The admin API over that state.
+    let store = Store::open(state.path()).expect("store");
+    let owned: Vec<(String, i32)> = store
+        .partition_metas()
+        .expect("partitions")
+        .into_iter()
+        .map(|(t, p, _)| (t, p))
+        .collect();
+    let ids: Vec<String> = store
+        .state_view(None)
+        .expect("view")
+        .states
+        .iter()
+        .map(|s| s.agent_id.clone())
+        .collect();
+    let live = Arc::new(Live {
+        store,
+        metrics: Arc::new(Metrics::default()),
+        owned: std::sync::RwLock::new(owned),
+        view: Default::default(),
+    });
+    let set = Arc::new(agent_guardian::blueprint::BlueprintSet::builtin());
+    let settings = PostureSettings::default();
+    let t = Instant::now();
+    let view = live.refresh_view(&set, &settings).expect("view");
+    println!(
+        "fleet view (posture and compliance of {} agents): {:.2} s",
+        view.view.posture.agents.len(),
+        t.elapsed().as_secs_f64()
+    );
+    drop(view);
+    let app = Arc::new(AppState::new(live, set, settings, TOKEN, None));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let ids = Arc::new(ids);
+    let before = rss_mib();
+    for (name, uri) in [
+        ("GET /agents/{id}", None),
+        ("GET /agents?limit=100", Some("/agents?limit=100")),
+        ("GET /posture", Some("/posture")),
+    ] {
+        let lat = rt.block_on(async {
+            let mut tasks = Vec::new();
+            for c in 0..clients {
+                let (app, ids) = (app.clone(), ids.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut out = Vec::with_capacity(requests);
+                    let mut x = c as u64 * 7919 + 1;
+                    for _ in 0..requests {
+                        x = x
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        let path = match uri {
+                            Some(u) => u.to_string(),
+                            None => format!("/agents/{}", ids[(x >> 33) as usize % ids.len()]),
+                        };
+                        let req = Request::get(path)
+                            .header("authorization", format!("Bearer {TOKEN}"))
+                            .body(Body::empty())
+                            .expect("request");
+                        let t = Instant::now();
+                        let resp = router(app.clone()).oneshot(req).await.expect("answer");
+                        assert!(resp.status().is_success(), "{}", resp.status());
+                        let _ = axum::body::to_bytes(resp.into_body(), 1 << 30)
+                            .await
+                            .expect("body");
+                        out.push(t.elapsed());
+                    }
+                    out
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.expect("client"));
+            }
+            all
+        });
+        let n = lat.len();
+        let (p50, p99) = percentiles(lat);
+        println!("{name}: {clients} clients, {n} requests: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    }
+    println!(
+        "API resident memory: {before:.0} MiB before the requests, {:.0} MiB after",
+        rss_mib()
+    );
+}
