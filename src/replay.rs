@@ -739,7 +739,7 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
         if let Some(store) = &self.store {
             if self.incidents.len() >= WRITE_CHUNK {
                 store
-                    .write_incidents(&self.incidents)
+                    .write_incidents_unindexed(&self.incidents)
                     .map_err(io::Error::other)?;
                 self.incidents.clear();
             }
@@ -803,8 +803,10 @@ pub fn write_state<S>(
         store.write_agents(&topic, 0, &refs)?;
     }
     for chunk in rec.incidents.chunks(WRITE_CHUNK) {
-        store.write_incidents(chunk)?;
+        store.write_incidents_unindexed(chunk)?;
     }
+    // The index by agent once the fold's states are freed (it would add to the fold's peak).
+    store.index_incidents()?;
     store.checkpoint(
         &[PartitionDelta {
             topic: &topic,

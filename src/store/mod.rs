@@ -128,6 +128,9 @@ impl Default for IncidentFilter {
     }
 }
 
+/// Present when every stored incident has its entry in the index by agent.
+const INDEX_MARK: &str = "f/incidents-by-agent";
+
 /// The sled database.
 #[derive(Clone)]
 pub struct Store {
@@ -169,14 +172,15 @@ impl Store {
         Ok(store)
     }
 
-    /// Builds the index of incidents by agent once for a state written before it existed (its
-    /// presence is marked by `f/incidents-by-agent`).
-    fn index_incidents(&self) -> Result<(), StoreError> {
-        const MARK: &str = "f/incidents-by-agent";
-        if self.db.contains_key(MARK)? {
+    /// Builds the index of incidents by agent where it is not complete: a state written before
+    /// it existed, or incidents written with [`Store::write_incidents_unindexed`] (its
+    /// completeness is marked by `f/incidents-by-agent`). Written in batches of 10,000 entries.
+    pub fn index_incidents(&self) -> Result<(), StoreError> {
+        if self.db.contains_key(INDEX_MARK)? {
             return Ok(());
         }
         let mut b = sled::Batch::default();
+        let mut n = 0;
         for kv in self.db.scan_prefix("i/") {
             let (k, v) = kv?;
             let i: Incident = serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
@@ -187,8 +191,27 @@ impl Store {
                 agent_incident_key(&i.agent_id, i.at, &i.incident_id).as_bytes(),
                 k,
             );
+            n += 1;
+            if n % 10_000 == 0 {
+                self.db.apply_batch(std::mem::take(&mut b))?;
+            }
         }
-        b.insert(MARK, &[1u8][..]);
+        b.insert(INDEX_MARK, &[1u8][..]);
+        self.write(b)
+    }
+
+    /// Writes incidents now without their index entries, as one flushed batch, and marks the
+    /// index incomplete ([`Store::index_incidents`] completes it): `guardian replay --state`
+    /// indexes once its fold's memory is freed.
+    pub fn write_incidents_unindexed(&self, incidents: &[Incident]) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        b.remove(INDEX_MARK);
+        for i in incidents {
+            b.insert(
+                codec::incident_key(i.at, &i.incident_id).as_bytes(),
+                encode_json("an incident", i)?,
+            );
+        }
         self.write(b)
     }
 
@@ -733,6 +756,11 @@ mod tests {
             ..IncidentFilter::default()
         };
         assert_eq!(s.incidents(&a).unwrap().len(), 10);
+        // Written unindexed (a replay's fold), indexed at the end.
+        s.write_incidents_unindexed(&[inc(100, "c")]).unwrap();
+        assert!(!s.db().contains_key(INDEX_MARK).unwrap());
+        s.index_incidents().unwrap();
+        assert_eq!(s.incidents(&a).unwrap().len(), 11);
     }
 
     #[test]
