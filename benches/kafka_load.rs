@@ -12,7 +12,8 @@
 //! librdkafka; one producer sends the whole fleet's events, so this sets how many produce
 //! requests the broker handles per second), `LOAD_ROGUE_EVERY` (events per rogue agent, each
 //! one kill command; default 500), `LOAD_LAT_PARTITIONS` (audit partition counts of the
-//! latency phases, one phase each; default "1,4").
+//! latency phases, one phase each; default "1,4"), `LOAD_CHANGELOG` (1: checkpoints also publish
+//! the changelog topic; default 0).
 //!
 //! The latency is reported from the moment the deciding event is handed to the agents' producer,
 //! from the moment the broker acknowledged it (the agent's own batching taken out), and split at
@@ -65,12 +66,21 @@ fn phases() -> Vec<(String, u32)> {
     v
 }
 
+/// Whether checkpoints also publish the changelog (`LOAD_CHANGELOG=1`), to measure its cost.
+fn changelog() -> bool {
+    env_or("LOAD_CHANGELOG", 0) == 1
+}
+
 /// In the mock-cluster child: hosts the cluster with every phase's topics, prints its address,
 /// and lives until its standard input closes (the parent ends).
 fn mock_cluster_child() {
     let c = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
     for (prefix, n) in phases() {
-        for (t, parts) in [("audit", n), ("incidents", 1), ("control", 1), ("dlq", 1)] {
+        let log = changelog().then_some(("changelog", n));
+        for (t, parts) in [("audit", n), ("incidents", 1), ("control", 1), ("dlq", 1)]
+            .into_iter()
+            .chain(log)
+        {
             c.create_topic(&format!("{prefix}-{t}"), parts as i32, 1)
                 .expect("mock topic");
         }
@@ -142,12 +152,16 @@ fn broker() -> Broker {
 
 impl Broker {
     fn topics(&self, prefix: &str, audit_partitions: u32) -> KafkaConfig {
+        let log = changelog().then_some(("changelog", audit_partitions));
         for (t, n) in [
             ("audit", audit_partitions),
             ("incidents", 1),
             ("control", 1),
             ("dlq", 1),
-        ] {
+        ]
+        .into_iter()
+        .chain(log)
+        {
             if self.mock.is_some() {
                 break; // created with the cluster
             }
@@ -166,6 +180,7 @@ impl Broker {
             incidents_topic: format!("{prefix}-incidents"),
             control_topic: format!("{prefix}-control"),
             dead_letter_topic: format!("{prefix}-dlq"),
+            changelog_topic: changelog().then(|| format!("{prefix}-changelog")),
             ..KafkaConfig::default()
         }
     }

@@ -4,7 +4,8 @@
 //! `cargo bench --bench scale` prints: the fold rate and peak memory (`/usr/bin/time -v`), the
 //! state's size on disk, the time of `guardian posture --state`, the time the fleet view takes
 //! to compute, and p50 / p99 latencies of `GET /agents/{id}` (a random agent each time),
-//! `GET /agents?limit=100` and `GET /posture` with the resident memory before and after.
+//! `GET /agents?limit=100` and `GET /posture`, in two rounds, with the resident memory before
+//! and after each.
 //! The events are generated once (`guardian simulate | zstd`) and kept under the target
 //! directory. The API is called in process through its router (no socket): the figures are
 //! the handlers' and the serialization's, not the network's.
@@ -199,54 +200,59 @@ fn main() {
         .build()
         .expect("runtime");
     let ids = Arc::new(ids);
-    let before = rss_mib();
-    for (name, uri) in [
-        ("GET /agents/{id}", None),
-        ("GET /agents?limit=100", Some("/agents?limit=100")),
-        ("GET /posture", Some("/posture")),
-    ] {
-        let lat = rt.block_on(async {
-            let mut tasks = Vec::new();
-            for c in 0..clients {
-                let (app, ids) = (app.clone(), ids.clone());
-                tasks.push(tokio::spawn(async move {
-                    let mut out = Vec::with_capacity(requests);
-                    let mut x = c as u64 * 7919 + 1;
-                    for _ in 0..requests {
-                        x = x
-                            .wrapping_mul(6364136223846793005)
-                            .wrapping_add(1442695040888963407);
-                        let path = match uri {
-                            Some(u) => u.to_string(),
-                            None => format!("/agents/{}", ids[(x >> 33) as usize % ids.len()]),
-                        };
-                        let req = Request::get(path)
-                            .header("authorization", format!("Bearer {TOKEN}"))
-                            .body(Body::empty())
-                            .expect("request");
-                        let t = Instant::now();
-                        let resp = router(app.clone()).oneshot(req).await.expect("answer");
-                        assert!(resp.status().is_success(), "{}", resp.status());
-                        let _ = axum::body::to_bytes(resp.into_body(), 1 << 30)
-                            .await
-                            .expect("body");
-                        out.push(t.elapsed());
-                    }
-                    out
-                }));
-            }
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.expect("client"));
-            }
-            all
-        });
-        let n = lat.len();
-        let (p50, p99) = percentiles(lat);
-        println!("{name}: {clients} clients, {n} requests: p50 {p50:.2} ms, p99 {p99:.2} ms");
+    let mut rss = vec![rss_mib()];
+    for round in 1..=2 {
+        for (name, uri) in [
+            ("GET /agents/{id}", None),
+            ("GET /agents?limit=100", Some("/agents?limit=100")),
+            ("GET /posture", Some("/posture")),
+        ] {
+            let lat = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for c in 0..clients {
+                    let (app, ids) = (app.clone(), ids.clone());
+                    tasks.push(tokio::spawn(async move {
+                        let mut out = Vec::with_capacity(requests);
+                        let mut x = c as u64 * 7919 + 1;
+                        for _ in 0..requests {
+                            x = x
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            let path = match uri {
+                                Some(u) => u.to_string(),
+                                None => format!("/agents/{}", ids[(x >> 33) as usize % ids.len()]),
+                            };
+                            let req = Request::get(path)
+                                .header("authorization", format!("Bearer {TOKEN}"))
+                                .body(Body::empty())
+                                .expect("request");
+                            let t = Instant::now();
+                            let resp = router(app.clone()).oneshot(req).await.expect("answer");
+                            assert!(resp.status().is_success(), "{}", resp.status());
+                            let _ = axum::body::to_bytes(resp.into_body(), 1 << 30)
+                                .await
+                                .expect("body");
+                            out.push(t.elapsed());
+                        }
+                        out
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.expect("client"));
+                }
+                all
+            });
+            let n = lat.len();
+            let (p50, p99) = percentiles(lat);
+            println!(
+            "round {round}: {name}: {clients} clients, {n} requests: p50 {p50:.2} ms, p99 {p99:.2} ms"
+        );
+        }
+        rss.push(rss_mib());
     }
     println!(
-        "API resident memory: {before:.0} MiB before the requests, {:.0} MiB after",
-        rss_mib()
+        "API resident memory: {:.0} MiB before the requests, {:.0} MiB after round 1, {:.0} MiB after round 2 (the same requests again: memory per request grows only if round 2 adds as much as round 1)",
+        rss[0], rss[1], rss[2]
     );
 }
