@@ -779,17 +779,11 @@ fn the_survivor_takes_over_from_the_changelog_and_a_crash_after_it_loses_nothing
     // A again, crashing right after its first changelog write; then C on an empty disk.
     let mut crashing = start(0, Some("after-changelog"));
     produce_lines(&cfgs[0], dirs[0].path(), "3.jsonl", &lines[second..]);
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = crashing.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "the failpoint was not reached"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_of(
+        &mut crashing,
+        Duration::from_secs(120),
+        "the failpoint was not reached",
+    );
     assert!(!status.success(), "aborted at the failpoint: {status:?}");
     assert!(log(0).contains("failpoint"), "{}", log(0));
     let mut c = start(2, None);

@@ -122,6 +122,25 @@ impl ChangelogSource {
             .map_err(kafka)?;
         c.assign(&tpl).map_err(kafka)?;
         let mut restore = store.begin_restore(audit, partition)?;
+        match self.read(&c, &mut restore, partition) {
+            Ok(()) => Ok(restore.finish()?),
+            Err(e) => {
+                // What was applied is not a state: the partition is replayed from scratch.
+                if let Err(drop) = restore.abandon() {
+                    tracing::error!(error = %drop, "dropping a partial restore");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the changelog partition to its end into `restore`.
+    fn read(
+        &self,
+        c: &BaseConsumer<crate::kafka::Quiet>,
+        restore: &mut crate::store::Restore<'_>,
+        partition: i32,
+    ) -> Result<(), RestoreError> {
         let started = Instant::now();
         loop {
             if started.elapsed() > self.deadline {
@@ -143,12 +162,11 @@ impl ChangelogSource {
                         })?;
                     restore.apply(key, m.payload(), at)?;
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(KafkaError::PartitionEOF(_))) => return Ok(()),
                 Some(Err(e)) => crate::kafka::quiet_error(&e, "reading the changelog"),
                 None => {}
             }
         }
-        Ok(restore.finish()?)
     }
 
     /// The checkpoint of a record whose signature one of the keys verifies.

@@ -116,36 +116,7 @@ impl AuditContext {
             let Some(topic) = self.topic_index(e.topic()) else {
                 continue;
             };
-            let mut stored = match self.store.load_partition(e.topic(), e.partition()) {
-                Ok(s) => s,
-                Err(err) => {
-                    tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "stored state unreadable; rebuilding the partition from the log");
-                    None
-                }
-            };
-            let restored = match (&stored, &self.changelog) {
-                (None, Some(source)) => self.restore(source, e.topic(), e.partition()),
-                _ => None,
-            };
-            if restored.is_some() {
-                stored = self
-                    .store
-                    .load_partition(e.topic(), e.partition())
-                    .unwrap_or_else(|err| {
-                        tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "restored state unreadable; rebuilding the partition from the log");
-                        None
-                    });
-            }
-            let skips = match &stored {
-                Some(_) => self
-                    .store
-                    .skips(e.topic(), e.partition())
-                    .unwrap_or_else(|err| {
-                        tracing::error!(error = %err, topic = e.topic(), partition = e.partition(), "restore marks unreadable; agents restored ahead may count events twice");
-                        Default::default()
-                    }),
-                None => Default::default(),
-            };
+            let (stored, skips, restored) = self.local_state(e.topic(), e.partition());
             let (low, high) = c
                 .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
                 .unwrap_or((0, 0));
@@ -206,6 +177,37 @@ impl AuditContext {
 }
 
 impl AuditContext {
+    /// A partition's state on this instance: stored, or restored from the changelog when there
+    /// is none and a changelog is set (with what the restore brought back), with the marks of
+    /// agents restored ahead of it; no state when neither has one (or what is stored cannot be
+    /// read: logged, and the partition is rebuilt from the log).
+    fn local_state(&self, topic: &str, partition: i32) -> LocalState {
+        let load = || {
+            self.store
+                .load_partition(topic, partition)
+                .unwrap_or_else(|err| {
+                    tracing::error!(error = %err, topic, partition, "stored state unreadable; rebuilding the partition from the log");
+                    None
+                })
+        };
+        let mut stored = load();
+        let restored = match (&stored, &self.changelog) {
+            (None, Some(source)) => self.restore(source, topic, partition),
+            _ => None,
+        };
+        if restored.is_some() {
+            stored = load();
+        }
+        let skips = match &stored {
+            Some(_) => self.store.skips(topic, partition).unwrap_or_else(|err| {
+                tracing::error!(error = %err, topic, partition, "restore marks unreadable; agents restored ahead may count events twice");
+                Default::default()
+            }),
+            None => Default::default(),
+        };
+        (stored, skips, restored)
+    }
+
     /// Restores a partition from the changelog into the store; `None` (with the reason logged)
     /// when it cannot be, so the partition is replayed from its history.
     fn restore(&self, source: &ChangelogSource, topic: &str, partition: i32) -> Option<Restored> {
@@ -240,6 +242,14 @@ impl AuditContext {
 }
 
 type KafkaResult<T> = Result<T, KafkaError>;
+
+/// A partition's state on this instance: (the next offset and the stored state, the marks of
+/// agents restored ahead of it, what a restore from the changelog brought back).
+type LocalState = (
+    Option<(i64, crate::state::Snapshot)>,
+    std::collections::HashMap<String, i64>,
+    Option<Restored>,
+);
 
 impl ConsumerContext for AuditContext {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

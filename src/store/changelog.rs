@@ -242,6 +242,11 @@ impl Restore<'_> {
         Ok(())
     }
 
+    /// Gives the restore up: drops what it applied (the partition has no state again).
+    pub fn abandon(self) -> Result<(), StoreError> {
+        self.store.clear_partition(&self.topic, self.partition)
+    }
+
     /// Ends the restore: marks or drops what is ahead of the last meta, then writes the meta
     /// (last, so a restore cut short leaves no partition behind). `None` when the changelog holds
     /// no finished checkpoint of the partition (its keys are dropped again).
@@ -432,6 +437,14 @@ mod tests {
         for kind in ["m/", "a/", "s/", "d/", "k/"] {
             assert_eq!(dst.db().scan_prefix(kind).count(), 0, "{kind}");
         }
+        // A restore given up half-way (a forged record, a timeout) leaves nothing either.
+        let r = dst.begin_restore("audit", 0).unwrap();
+        // A batch of it already applied.
+        dst.db()
+            .insert("a/audit/0000000000/x", b"partial".to_vec())
+            .unwrap();
+        r.abandon().unwrap();
+        assert_eq!(dst.db().scan_prefix("a/").count(), 0);
     }
 
     #[test]

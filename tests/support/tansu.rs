@@ -128,15 +128,17 @@ pub fn sigterm(child: &mut Child) -> std::process::ExitStatus {
     let _ = Proc::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    exit_of(child, Duration::from_secs(40), "no exit after SIGTERM")
+}
+
+/// Waits for the process to exit (panics with `why` after `within`).
+pub fn exit_of(child: &mut Child, within: Duration, why: &str) -> std::process::ExitStatus {
     let t = Instant::now();
     loop {
         if let Some(s) = child.try_wait().unwrap() {
             return s;
         }
-        assert!(
-            t.elapsed() < Duration::from_secs(40),
-            "no exit after SIGTERM"
-        );
+        assert!(t.elapsed() < within, "{why}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
