@@ -6,7 +6,7 @@
 //! state reflects (sled is the truth), or at the earliest retained offset when there is no local
 //! state (rebuild). On revocation the engine checkpoints the partitions before they are released.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -112,11 +112,19 @@ impl AuditContext {
             });
         let mut start_list = TopicPartitionList::new();
         let mut out = Vec::new();
+        let ours: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .filter(|e| self.topic_index(e.topic()).is_some())
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        let mut restored = self.restore_missing(&ours);
         for e in tpl.elements() {
             let Some(topic) = self.topic_index(e.topic()) else {
                 continue;
             };
-            let (stored, skips, restored) = self.local_state(e.topic(), e.partition());
+            let restored = restored.remove(&(e.topic().to_string(), e.partition()));
+            let (stored, skips) = self.local_state(e.topic(), e.partition());
             let (low, high) = c
                 .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(10))
                 .unwrap_or((0, 0));
@@ -177,27 +185,48 @@ impl AuditContext {
 }
 
 impl AuditContext {
-    /// A partition's state on this instance: stored, or restored from the changelog when there
-    /// is none and a changelog is set (with what the restore brought back), with the marks of
-    /// agents restored ahead of it; no state when neither has one (or what is stored cannot be
-    /// read: logged, and the partition is rebuilt from the log).
-    fn local_state(&self, topic: &str, partition: i32) -> LocalState {
-        let load = || {
-            self.store
-                .load_partition(topic, partition)
-                .unwrap_or_else(|err| {
-                    tracing::error!(error = %err, topic, partition, "stored state unreadable; rebuilding the partition from the log");
-                    None
-                })
+    /// Restores from the changelog the partitions of `list` that have no local state,
+    /// [`RESTORES_AT_ONCE`] at a time; what each restore brought back.
+    fn restore_missing(&self, list: &[(String, i32)]) -> HashMap<(String, i32), Restored> {
+        let mut out = HashMap::new();
+        let Some(source) = &self.changelog else {
+            return out;
         };
-        let mut stored = load();
-        let restored = match (&stored, &self.changelog) {
-            (None, Some(source)) => self.restore(source, topic, partition),
-            _ => None,
-        };
-        if restored.is_some() {
-            stored = load();
+        let missing: Vec<&(String, i32)> = list
+            .iter()
+            .filter(|(t, p)| !self.store.has_partition(t, *p).unwrap_or(false))
+            .collect();
+        let store = &self.store;
+        for chunk in missing.chunks(RESTORES_AT_ONCE) {
+            let done: Vec<_> = std::thread::scope(|s| {
+                let running: Vec<_> = chunk
+                    .iter()
+                    .map(|&(t, p)| {
+                        s.spawn(move || ((t.clone(), *p), restore(store, source, t, *p)))
+                    })
+                    .collect();
+                running.into_iter().filter_map(|h| h.join().ok()).collect()
+            });
+            for (key, r) in done {
+                if let Some(r) = r {
+                    out.insert(key, r);
+                }
+            }
         }
+        out
+    }
+
+    /// A partition's state on this instance (restored from the changelog already, where it
+    /// was), with the marks of agents restored ahead of it; none when there is none (or what is
+    /// stored cannot be read: logged, and the partition is rebuilt from the log).
+    fn local_state(&self, topic: &str, partition: i32) -> LocalState {
+        let stored = self
+            .store
+            .load_partition(topic, partition)
+            .unwrap_or_else(|err| {
+                tracing::error!(error = %err, topic, partition, "stored state unreadable; rebuilding the partition from the log");
+                None
+            });
         let skips = match &stored {
             Some(_) => self.store.skips(topic, partition).unwrap_or_else(|err| {
                 tracing::error!(error = %err, topic, partition, "restore marks unreadable; agents restored ahead may count events twice");
@@ -205,38 +234,46 @@ impl AuditContext {
             }),
             None => Default::default(),
         };
-        (stored, skips, restored)
+        (stored, skips)
     }
+}
 
-    /// Restores a partition from the changelog into the store; `None` (with the reason logged)
-    /// when it cannot be, so the partition is replayed from its history.
-    fn restore(&self, source: &ChangelogSource, topic: &str, partition: i32) -> Option<Restored> {
-        let started = std::time::Instant::now();
-        match source.restore(&self.store, topic, partition) {
-            Ok(Some(r)) => {
-                tracing::info!(
-                    topic,
-                    partition,
-                    next_offset = r.next_offset,
-                    records = r.records,
-                    ahead = r.ahead,
-                    ms = started.elapsed().as_millis() as u64,
-                    "partition restored from the changelog"
-                );
-                Some(r)
-            }
-            Ok(None) => {
-                tracing::info!(
-                    topic,
-                    partition,
-                    "no checkpoint of the partition in the changelog; replaying its history"
-                );
-                None
-            }
-            Err(e) => {
-                tracing::error!(error = %e, topic, partition, "restore from the changelog failed; replaying the partition's history");
-                None
-            }
+/// Partitions restored from the changelog at once at most (each with a reader of its own).
+const RESTORES_AT_ONCE: usize = 8;
+
+/// Restores a partition from the changelog into the store; `None` (with the reason logged) when
+/// it cannot be, so the partition is replayed from its history.
+fn restore(
+    store: &Store,
+    source: &ChangelogSource,
+    topic: &str,
+    partition: i32,
+) -> Option<Restored> {
+    let started = std::time::Instant::now();
+    match source.restore(store, topic, partition) {
+        Ok(Some(r)) => {
+            tracing::info!(
+                topic,
+                partition,
+                next_offset = r.next_offset,
+                records = r.records,
+                ahead = r.ahead,
+                ms = started.elapsed().as_millis() as u64,
+                "partition restored from the changelog"
+            );
+            Some(r)
+        }
+        Ok(None) => {
+            tracing::info!(
+                topic,
+                partition,
+                "no checkpoint of the partition in the changelog; replaying its history"
+            );
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, topic, partition, "restore from the changelog failed; replaying the partition's history");
+            None
         }
     }
 }
@@ -244,12 +281,8 @@ impl AuditContext {
 type KafkaResult<T> = Result<T, KafkaError>;
 
 /// A partition's state on this instance: (the next offset and the stored state, the marks of
-/// agents restored ahead of it, what a restore from the changelog brought back).
-type LocalState = (
-    Option<(i64, crate::state::Snapshot)>,
-    std::collections::HashMap<String, i64>,
-    Option<Restored>,
-);
+/// agents restored ahead of it).
+type LocalState = (Option<(i64, crate::state::Snapshot)>, HashMap<String, i64>);
 
 impl ConsumerContext for AuditContext {
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {

@@ -228,6 +228,11 @@ impl Store {
         &self.db
     }
 
+    /// Whether a partition has a stored state (its meta; one key lookup).
+    pub fn has_partition(&self, topic: &str, partition: i32) -> Result<bool, StoreError> {
+        Ok(self.db.contains_key(part_prefix('m', topic, partition))?)
+    }
+
     /// A partition's stored state: the next offset and the agents, if any.
     pub fn load_partition(
         &self,
