@@ -183,10 +183,15 @@ impl Store {
         let mut n = 0;
         for kv in self.db.scan_prefix("i/") {
             let (k, v) = kv?;
-            let i: Incident = serde_json::from_slice(&v).map_err(|e| StoreError::Decode {
-                key: String::from_utf8_lossy(&k).into_owned(),
-                reason: e.to_string(),
-            })?;
+            let i: Incident = match serde_json::from_slice(&v) {
+                Ok(i) => i,
+                Err(e) => {
+                    // A damaged record: reading it by time still reports it; the index, which
+                    // only speeds one agent's reads up, goes on without it.
+                    tracing::warn!(key = %String::from_utf8_lossy(&k), error = %e, "stored incident unreadable; not indexed by agent");
+                    continue;
+                }
+            };
             b.insert(
                 agent_incident_key(&i.agent_id, i.at, &i.incident_id).as_bytes(),
                 k,
