@@ -17,7 +17,7 @@
 //! Not covered here: restart-to-live and a changelog restore (they need a broker; the handoff
 //! is timed by `tests/e2e_tansu.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -71,20 +71,6 @@ fn rss_mib() -> f64 {
         .ok()
         .and_then(|s| s.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map_or(f64::NAN, |pages| pages * 4096.0 / (1 << 20) as f64)
-}
-
-fn dir_bytes(p: &Path) -> u64 {
-    std::fs::read_dir(p)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// The events file, generated once.
@@ -149,10 +135,6 @@ fn main() {
     let peak_mib = time_field(&report, "Maximum resident set size (kbytes):") / 1024.0;
     println!("fold: {summary}");
     println!("fold: peak memory {peak_mib:.0} MiB");
-    println!(
-        "state on disk: {:.0} MB",
-        dir_bytes(state.path()) as f64 / 1e6
-    );
     let t = Instant::now();
     sh(&format!(
         "{bin} posture --state {} --json > /dev/null",
@@ -165,6 +147,10 @@ fn main() {
 
     // The admin API over that state.
     let store = Store::open(state.path()).expect("store");
+    println!(
+        "state on disk: {:.0} MB (the store's own figure, as `guardian_state_size_bytes`)",
+        store.size_on_disk() as f64 / 1e6
+    );
     let owned: Vec<(String, i32)> = store
         .partition_metas()
         .expect("partitions")
