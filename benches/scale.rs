@@ -5,7 +5,9 @@
 //! state's size on disk, the time of `guardian posture --state`, the time the fleet view takes
 //! to compute, and p50 / p99 latencies of `GET /agents/{id}` (a random agent each time),
 //! `GET /agents?limit=100` and `GET /posture`, in two rounds, with the resident memory before
-//! and after each.
+//! and after each. The posture snapshot this instance would publish is measured (its size
+//! against the Kafka message limit) and read back as a second instance's, so `GET /posture`
+//! merges two such fleets.
 //! The events are generated once (`guardian simulate | zstd`) and kept under the target
 //! directory. The API is called in process through its router (no socket): the figures are
 //! the handlers' and the serialization's, not the network's.
@@ -23,6 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_guardian::api::{router, AppState};
+use agent_guardian::posture::instances::{Peer, Snapshot, MAX_SNAPSHOT_BYTES};
 use agent_guardian::posture::PostureSettings;
 use agent_guardian::store::Store;
 use agent_guardian::telemetry::{Live, Metrics};
@@ -169,6 +172,8 @@ fn main() {
         metrics: Arc::new(Metrics::default()),
         owned: std::sync::RwLock::new(owned),
         view: Default::default(),
+        peers: Default::default(),
+        guardian_id: "guardian-1".into(),
     });
     let set = Arc::new(agent_guardian::blueprint::BlueprintSet::builtin());
     let settings = PostureSettings::default();
@@ -179,6 +184,35 @@ fn main() {
         view.view.posture.agents.len(),
         t.elapsed().as_secs_f64()
     );
+    // The posture snapshot of this instance, as the posture thread publishes it; read back as a
+    // second instance's (its partitions renamed), so that the API merges 2 × the fleet.
+    let t = Instant::now();
+    let mut snap = Snapshot {
+        guardian_id: "guardian-2".into(),
+        partitions: Vec::new(),
+        fleet: serde_json::to_value(&view.view.posture.fleet).expect("fleet"),
+        top_risks: view.view.posture.top_risks.clone(),
+        as_of: view.view.posture.as_of.clone(),
+        published_at: chrono::Utc::now().timestamp_millis(),
+        interval_ms: 300_000,
+        parts: view.view.parts.clone(),
+    };
+    for p in &mut snap.parts {
+        p.fact.topic = format!("{}-elsewhere", p.fact.topic);
+    }
+    let (json, trimmed) = snap.encode_within(MAX_SNAPSHOT_BYTES).expect("snapshot");
+    println!(
+        "posture snapshot: {:.0} kB, {} of {} partitions without their member list; encoded in {:.2} s",
+        json.len() as f64 / 1e3,
+        trimmed,
+        snap.parts.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let peer = Peer::new(serde_json::from_slice(&json).expect("read back")).expect("peer");
+    live.peers
+        .write()
+        .expect("peers")
+        .insert("guardian-2".into(), Arc::new(peer));
     drop(view);
     let app = Arc::new(AppState::new(live, set, settings, TOKEN, None));
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -56,6 +56,10 @@ pub struct Metrics {
     pub changelog_records_restored: AtomicU64,
     /// Audit events left out after a restore because their agent's state had them already.
     pub restore_skipped: AtomicU64,
+    /// Other instances' posture snapshots taken into the fleet view.
+    pub peer_snapshots: AtomicU64,
+    /// Records of the posture topic refused (unsigned, malformed, or not a snapshot).
+    pub peer_snapshots_rejected: AtomicU64,
     /// Depth of the source → engine queue (notices; audit messages travel in batches of up to 1,024).
     pub queue_depth: Arc<AtomicUsize>,
     /// Partitions owned.
@@ -133,6 +137,8 @@ impl Default for Metrics {
             changelog_restores: AtomicU64::new(0),
             changelog_records_restored: AtomicU64::new(0),
             restore_skipped: AtomicU64::new(0),
+            peer_snapshots: AtomicU64::new(0),
+            peer_snapshots_rejected: AtomicU64::new(0),
             queue_depth: Arc::default(),
             partitions: AtomicUsize::new(0),
             lag: Arc::default(),
@@ -189,6 +195,11 @@ pub struct Live {
     pub owned: std::sync::RwLock<Vec<(String, i32)>>,
     /// The fleet view the admin API serves, as last computed (see [`CachedView`]).
     pub view: std::sync::RwLock<Option<Arc<CachedView>>>,
+    /// This instance's id.
+    pub guardian_id: String,
+    /// The other instances' latest posture snapshots, by instance id.
+    pub peers:
+        std::sync::RwLock<std::collections::BTreeMap<String, Arc<crate::posture::instances::Peer>>>,
 }
 
 /// A fleet view with when and at what cost it was computed.
@@ -218,6 +229,14 @@ impl std::fmt::Debug for Live {
 }
 
 impl Live {
+    /// The other instances' latest posture snapshots.
+    pub fn peers(&self) -> Vec<Arc<crate::posture::instances::Peer>> {
+        self.peers
+            .read()
+            .map(|p| p.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// The owned partitions.
     pub fn owned(&self) -> Vec<(String, i32)> {
         self.owned.read().map(|o| o.clone()).unwrap_or_default()
@@ -273,6 +292,8 @@ mod tests {
             store: Store::open(dir).expect("store"),
             metrics: Arc::default(),
             owned: Default::default(),
+            peers: Default::default(),
+            guardian_id: "guardian-1".into(),
             view: std::sync::RwLock::new(Some(Arc::new(CachedView {
                 view,
                 checkpoints: then,

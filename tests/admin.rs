@@ -383,6 +383,8 @@ fn api_serves_https_with_the_configured_certificate() {
         metrics: Default::default(),
         owned: Default::default(),
         view: Default::default(),
+        peers: Default::default(),
+        guardian_id: "guardian-1".into(),
     });
     let state = agent_guardian::api::AppState::new(
         live,

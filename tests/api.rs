@@ -63,6 +63,8 @@ fn fixture_with(commander: Option<Box<dyn Commands>>) -> Fixture {
         metrics,
         owned: std::sync::RwLock::new(vec![("replay:fleet".to_string(), 0)]),
         view: Default::default(),
+        peers: Default::default(),
+        guardian_id: "guardian-1".into(),
     });
     let state = Arc::new(AppState::new(
         live,

@@ -56,6 +56,8 @@ const METRICS: &[&str] = &[
     "guardian_changelog_restores_total",
     "guardian_changelog_records_restored_total",
     "guardian_restore_skipped_events_total",
+    "guardian_peer_snapshots_total",
+    "guardian_peer_snapshots_rejected_total",
 ];
 
 /// Histograms: queried as `NAME_bucket`, `NAME_sum`, `NAME_count`.

@@ -814,3 +814,102 @@ fn the_survivor_takes_over_from_the_changelog_and_a_crash_after_it_loses_nothing
         assert_eq!(&found[0].1, st, "state of {}", st.agent_id);
     }
 }
+
+/// Two instances on one broker, sharing four partitions: the admin API of either shows every
+/// agent of both (counts, score, top risks), with the owner of each partition, and names the
+/// instance that holds an agent it does not.
+#[test]
+fn two_instances_show_one_fleet_with_the_owner_of_each_partition() {
+    let Some(b) = broker() else {
+        return;
+    };
+    let prefix = format!("fleetview{}", std::process::id());
+    b.topics(&prefix, 4);
+    let posture = format!("{prefix}-posture");
+    b.create_topic(&posture, 1);
+    let ids = ["e2e-a", "e2e-b"];
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports = [free_port(), free_port()];
+    let cfgs: Vec<std::path::PathBuf> = (0..2)
+        .map(|i| {
+            let extra = format!(
+                "[posture]\ntopic = {posture:?}\ninterval = \"1s\"\n{}",
+                api_section(ports[i])
+            );
+            let p = write_config_with(dirs[i].path(), &b, &prefix, &extra);
+            let text = std::fs::read_to_string(&p).unwrap().replace(
+                "guardian_id = \"e2e-1\"",
+                &format!("guardian_id = {:?}", ids[i]),
+            );
+            std::fs::write(&p, text).unwrap();
+            p
+        })
+        .collect();
+    let events = fleet_lines(40, 2, 7);
+    let lines = lines_of(&events);
+    let agents: BTreeSet<String> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("agent_id")?.as_str().map(str::to_string))
+        .collect();
+    let producer = tempfile::tempdir().unwrap();
+    let plain = write_config(producer.path(), &b, &prefix);
+    produce_lines(&plain, producer.path(), "fleet.jsonl", &lines);
+    let mut daemons: Vec<Daemon> = (0..2)
+        .map(|i| Daemon::start(&cfgs[i], ports[i], &dirs[i].path().join("run.log")))
+        .collect();
+    wait_committed(
+        &b,
+        &format!("{prefix}-group"),
+        &format!("{prefix}-audit"),
+        4,
+        lines.len() as i64,
+    );
+    let whole = |d: &Daemon| -> Option<serde_json::Value> {
+        let (status, body) = d.get("/posture");
+        let p: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+        let owners: BTreeSet<&str> = p["partitions"]
+            .as_array()?
+            .iter()
+            .filter_map(|r| r["owner"].as_str())
+            .collect();
+        let counted = p["fleet"]["agents"].as_u64()? as usize == agents.len();
+        let four = p["partitions"].as_array()?.len() == 4;
+        (counted && four && owners == BTreeSet::from(ids)).then_some(p)
+    };
+    let mut views = Vec::new();
+    for d in &mut daemons {
+        d.until("every agent of both instances in GET /posture", |d| {
+            whole(d).is_some()
+        });
+        views.push(whole(d).unwrap());
+    }
+    for (i, p) in views.iter().enumerate() {
+        let instances = p["instances"].as_array().unwrap();
+        assert_eq!(instances.len(), 2, "{p}");
+        let this: Vec<&str> = instances
+            .iter()
+            .filter(|r| r["this"] == true)
+            .filter_map(|r| r["guardian_id"].as_str())
+            .collect();
+        assert_eq!(this, [ids[i]]);
+        let sum: u64 = instances.iter().filter_map(|r| r["agents"].as_u64()).sum();
+        assert_eq!(sum as usize, agents.len(), "each agent counted once: {p}");
+        assert_eq!(p["fleet"]["score"], views[0]["fleet"]["score"], "one score");
+    }
+    // An agent of b, asked of a: a names b.
+    let (status, body) = daemons[1].get("/agents?limit=1000");
+    assert_eq!(status, 200, "{body}");
+    let listed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let of_b = listed["agents"][0]["agent_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, body) = daemons[0].get(&format!("/agents/{of_b}"));
+    assert_eq!(status, 404, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["owner"]["guardian_id"], ids[1], "{answer}");
+    for d in daemons {
+        d.stop();
+    }
+}

@@ -14,6 +14,9 @@ use super::AppState;
 use crate::blueprint::Severity;
 use crate::control::{Command, Verb};
 use crate::event::parse_rfc3339_ms;
+use crate::posture::instances::{
+    merge, owner_of, Across, InstanceRow, Local, OwnedRow, PartitionRow, Peer,
+};
 use crate::posture::{inventory, merge_by_agent, Framework};
 use crate::response::IncidentType;
 use crate::store::IncidentFilter;
@@ -133,10 +136,7 @@ pub async fn agent(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Re
         inventory::view(st, &s.blueprints, &s.posture, now)
     });
     let Some(a) = a else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("no agent {id:?} in the partitions this instance owns"),
-        );
+        return elsewhere(&s, &id);
     };
     let live = s.live.clone();
     let filter = IncidentFilter {
@@ -147,6 +147,27 @@ pub async fn agent(State(s): State<Arc<AppState>>, Path(id): Path<String>) -> Re
     match blocking(move || live.store.incidents(&filter)).await {
         Ok(recent) => Json(json!({ "agent": a, "recent_incidents": recent })).into_response(),
         Err(r) => r,
+    }
+}
+
+/// The answer for an agent this instance does not hold: 404, naming the instance that owns its
+/// partition when another instance's snapshot lists it.
+fn elsewhere(s: &AppState, id: &str) -> Response {
+    let peers = s.live.peers();
+    let peers: Vec<&Peer> = peers.iter().map(AsRef::as_ref).collect();
+    match owner_of(id, &s.live.owned(), &peers) {
+        Some((owner, topic, partition)) => (
+            StatusCode::NOT_FOUND,
+            Json(json!({
+                "error": format!("agent {id:?} is in partition {topic}/{partition}, owned by instance {owner:?}: ask its admin API"),
+                "owner": { "guardian_id": owner, "topic": topic, "partition": partition },
+            })),
+        )
+            .into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no agent {id:?} in the partitions this instance owns, nor in the other instances' snapshots"),
+        ),
     }
 }
 
@@ -235,18 +256,42 @@ pub struct PostureQuery {
     agents: bool,
 }
 
-/// `GET /posture[?agents=true]`: fleet score and trend, top risks (and every agent).
+/// The whole fleet: this instance's view merged with the other instances' latest snapshots.
+fn across(s: &AppState, v: &CachedView) -> Across {
+    let peers = s.live.peers();
+    let peers: Vec<&Peer> = peers.iter().map(AsRef::as_ref).collect();
+    let owned = s.live.owned();
+    let local = Local {
+        view: &v.view,
+        guardian_id: &s.live.guardian_id,
+        owned: &owned,
+        computed_at: v.computed_at,
+    };
+    merge(
+        local,
+        &peers,
+        &s.blueprints,
+        chrono::Utc::now().timestamp_millis(),
+    )
+}
+
+/// `GET /posture[?agents=true]`: the whole fleet's score, counts and top risks (this instance's
+/// partitions and the other instances' latest snapshots), the instances and the owner of each
+/// partition; this instance's tools (and its agents' rows).
 pub async fn posture(State(s): State<Arc<AppState>>, q: Query<PostureQuery>) -> Response {
     let v = match fleet(&s).await {
         Ok(v) => v,
         Err(r) => return r,
     };
     let p = &v.view.posture;
+    let all = across(&s, &v);
     let doc = PostureDoc {
-        as_of: &p.as_of,
-        as_of_ms: p.as_of_ms,
-        fleet: &p.fleet,
-        top_risks: &p.top_risks,
+        as_of: &all.as_of,
+        as_of_ms: all.as_of_ms,
+        fleet: &all.fleet,
+        top_risks: &all.top_risks,
+        instances: &all.instances,
+        partitions: &all.partitions,
         tools: &p.tools,
         agents: q.agents.then_some(&p.agents),
         computed_at: crate::event::format_rfc3339_ms(v.computed_at),
@@ -291,14 +336,16 @@ pub async fn compliance(State(s): State<Arc<AppState>>, Path(f): Path<String>) -
     }
 }
 
-/// The body of `GET /posture`: the posture (the agents' rows only when asked), and when the
-/// view was computed.
+/// The body of `GET /posture`: the whole fleet's posture, this instance's tools (and agents'
+/// rows, when asked), and when this instance's view was computed.
 #[derive(serde::Serialize)]
 struct PostureDoc<'a> {
     as_of: &'a str,
     as_of_ms: i64,
     fleet: &'a crate::posture::report::Fleet,
-    top_risks: &'a [crate::posture::report::AgentRow],
+    top_risks: &'a [OwnedRow],
+    instances: &'a [InstanceRow],
+    partitions: &'a [PartitionRow],
     tools: &'a [crate::posture::report::ToolRow],
     #[serde(skip_serializing_if = "Option::is_none")]
     agents: Option<&'a Vec<crate::posture::report::AgentRow>>,

@@ -279,6 +279,18 @@ fn encode_processing(e: &mut DescriptorEncoder<'_>, m: &Metrics) -> std::fmt::Re
     )?;
     counter(
         e,
+        "guardian_peer_snapshots",
+        "Other instances' posture snapshots taken into the fleet view.",
+        get(&m.peer_snapshots),
+    )?;
+    counter(
+        e,
+        "guardian_peer_snapshots_rejected",
+        "Posture topic records refused (unsigned, malformed, or not a snapshot).",
+        get(&m.peer_snapshots_rejected),
+    )?;
+    counter(
+        e,
         "guardian_changelog_records_restored",
         "Changelog records read by restores.",
         get(&m.changelog_records_restored),

@@ -223,7 +223,8 @@ impl Core {
 
     /// Publishes a posture snapshot the posture thread has computed.
     fn publish_posture(&mut self, s: &PostureRecord) -> Result<(), DaemonError> {
-        self.publisher.posture(&self.settings.posture_topic, s)?;
+        self.publisher
+            .posture(&self.settings.posture_topic, s, &self.settings.signing_key)?;
         tracing::info!(
             fleet_risk = s.summary.score,
             agents = s.summary.agents,
@@ -455,6 +456,8 @@ mod tests {
             metrics: metrics.clone(),
             owned: RwLock::new(Vec::new()),
             view: Default::default(),
+            peers: Default::default(),
+            guardian_id: "guardian-1".into(),
         });
         let fold =
             Fold::new(settings(), metrics.clone(), Vec::new(), Ledger::default()).expect("fold");

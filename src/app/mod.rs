@@ -32,6 +32,7 @@
 pub mod commander;
 mod core;
 pub mod fold;
+pub mod peers;
 pub mod publish;
 pub mod snapshot;
 pub mod supervise;
@@ -180,6 +181,8 @@ impl Daemon {
             metrics: metrics.clone(),
             owned: std::sync::RwLock::new(Vec::new()),
             view: Default::default(),
+            peers: Default::default(),
+            guardian_id: cfg.config.guardian_id.clone(),
         });
         let api = bind_api(&cfg, &live)?;
         let (publisher, deliveries) = open_publisher(&cfg, sink, &store, &metrics)?;
@@ -201,6 +204,18 @@ impl Daemon {
         {
             let s = stop.clone();
             sup.spawn("posture", move || Ok(snapshots.run(&queue, s)?))?;
+        }
+        {
+            let reader = peers::PeerReader {
+                brokers: k.brokers.clone(),
+                options: cfg.kafka_options.clone(),
+                topic: cfg.posture.topic.clone(),
+                keys: cfg.command_keys(),
+                guardian_id: cfg.config.guardian_id.clone(),
+                live: live.clone(),
+            };
+            let s = stop.clone();
+            sup.spawn("posture-view", move || reader.run(s))?;
         }
         if let Some(server) = api {
             let s = stop.clone();

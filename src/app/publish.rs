@@ -17,7 +17,7 @@ use super::fold::Output;
 use super::DaemonError;
 use crate::sink::kafka::OutputTopics;
 use crate::sink::record::PostureRecord;
-use crate::store::{ChangelogRecord, CHECKPOINT_HEADER, SIGNATURE_HEADER};
+use crate::store::{snapshot_signature, ChangelogRecord, CHECKPOINT_HEADER, SIGNATURE_HEADER};
 use rdkafka::message::{Header, OwnedHeaders};
 
 /// The output topics, the producer and the SIEM sinks.
@@ -146,9 +146,19 @@ impl Publisher {
     }
 
     /// Publishes a posture snapshot onto `topic` and its summary to the SIEM sinks.
-    pub fn posture(&mut self, topic: &str, s: &PostureRecord) -> Result<(), DaemonError> {
-        self.sink
-            .send(topic, Some(s.summary.guardian_id.as_bytes()), &s.json, None)?;
+    pub fn posture(
+        &mut self,
+        topic: &str,
+        s: &PostureRecord,
+        key: &[u8],
+    ) -> Result<(), DaemonError> {
+        let id = s.summary.guardian_id.as_bytes();
+        let sig = snapshot_signature(key, id, &s.json);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: SIGNATURE_HEADER,
+            value: Some(sig.as_bytes()),
+        });
+        self.sink.send(topic, Some(id), &s.json, Some(headers))?;
         self.siem.emit(&SiemRecord::Posture(&s.summary))?;
         Ok(())
     }

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::blueprint::BlueprintSet;
-use crate::posture::{Posture, PostureSettings};
+use crate::posture::instances::{Snapshot, MAX_SNAPSHOT_BYTES};
+use crate::posture::{FleetView, Posture, PostureSettings};
 use crate::sink::record::{PostureRecord, PostureSummary};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Live;
@@ -65,7 +66,7 @@ impl Snapshots {
             }
             last_publish = Instant::now();
             let posture = &view.view.posture;
-            let snap = self.snapshot(posture)?;
+            let snap = self.snapshot(&view.view)?;
             if !queue.send(Notice::Posture(snap)) {
                 break; // the engine has stopped
             }
@@ -85,20 +86,36 @@ impl Snapshots {
         Ok(())
     }
 
-    /// The snapshot of a posture of the owned partitions, recorded in the score history.
-    fn snapshot(&self, posture: &Posture) -> Result<PostureRecord, StoreError> {
+    /// The snapshot of the owned partitions' fleet view (its posture recorded in the score
+    /// history): the instance's summary and each partition's share, within a Kafka message.
+    fn snapshot(&self, view: &FleetView) -> Result<PostureRecord, StoreError> {
+        let posture = &view.posture;
         let owned = self.live.owned();
-        let json = serde_json::json!({
-            "guardian_id": self.guardian_id,
-            "partitions": owned.iter().map(|(t, p)| format!("{t}/{p}")).collect::<Vec<_>>(),
-            "fleet": posture.fleet,
-            "top_risks": posture.top_risks,
-            "as_of": posture.as_of,
-        });
-        let json = serde_json::to_vec(&json).map_err(|e| StoreError::Encode {
-            what: "a posture snapshot",
+        let encode = |what: &'static str, e: serde_json::Error| StoreError::Encode {
+            what,
             reason: e.to_string(),
-        })?;
+        };
+        let mut snap = Snapshot {
+            guardian_id: self.guardian_id.clone(),
+            partitions: owned.iter().map(|(t, p)| format!("{t}/{p}")).collect(),
+            fleet: serde_json::to_value(&posture.fleet)
+                .map_err(|e| encode("a fleet summary", e))?,
+            top_risks: posture.top_risks.clone(),
+            as_of: posture.as_of.clone(),
+            published_at: chrono::Utc::now().timestamp_millis(),
+            interval_ms: i64::try_from(self.settings.interval.as_millis()).unwrap_or(i64::MAX),
+            parts: view.parts.clone(),
+        };
+        let (json, trimmed) = snap
+            .encode_within(MAX_SNAPSHOT_BYTES)
+            .map_err(|e| encode("a posture snapshot", e))?;
+        if trimmed > 0 {
+            tracing::warn!(
+                parts = trimmed,
+                bytes = json.len(),
+                "posture snapshot trimmed to fit a Kafka message: the other instances cannot say which instance owns these partitions' agents"
+            );
+        }
         self.store.push_history(&posture.point())?;
         let m = &self.live.metrics;
         m.fleet_risk

@@ -142,7 +142,7 @@ impl Ledger {
 }
 
 /// Facts of one stored partition.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PartitionFact {
     /// Topic.
     pub topic: String,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::risk::{self, Risk};
 use super::settings::PostureSettings;
@@ -12,7 +12,7 @@ use crate::event::{format_rfc3339_ms, Outcome};
 use crate::state::{outcome_index, AgentState, KillEvent};
 
 /// Whether an agent may act.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AgentStatus {
     /// Never killed.

@@ -9,6 +9,7 @@
 
 pub mod compliance;
 pub mod facts;
+pub mod instances;
 pub mod inventory;
 pub mod report;
 pub mod risk;
@@ -35,6 +36,8 @@ pub struct StateView {
     pub ledger: Ledger,
     /// Past fleet scores, oldest first.
     pub history: Vec<HistoryPoint>,
+    /// Each agent's home partition (the first it was stored in): an index into `partitions`.
+    pub homes: std::collections::HashMap<String, usize>,
 }
 
 impl StateView {
@@ -42,31 +45,7 @@ impl StateView {
     pub fn posture(&self, set: &BlueprintSet, s: &PostureSettings) -> Posture {
         let mut p = report::posture(&self.states, set, s, &self.history);
         if !self.partitions.is_empty() {
-            let longest = set
-                .blueprints()
-                .iter()
-                .map(|b| b.learned.learning_period_ms)
-                .max()
-                .unwrap_or(0);
-            let until = self
-                .partitions
-                .iter()
-                .filter_map(|f| f.learning_origin)
-                .min()
-                .map(|o| o.saturating_add(longest));
-            let mut held = std::collections::BTreeMap::new();
-            for (i, r) in crate::response::Suppression::LABELS.iter().enumerate() {
-                held.insert(
-                    *r,
-                    self.partitions.iter().map(|f| f.kills_suppressed[i]).sum(),
-                );
-            }
-            p.fleet.safety = Some(report::KillSafety {
-                learning: until.is_none_or(|u| p.as_of_ms < u),
-                learning_until: until.map(crate::event::format_rfc3339_ms),
-                kills_held: held,
-                baseline_findings: self.partitions.iter().map(|f| f.baseline_findings).sum(),
-            });
+            p.fleet.safety = Some(safety(&self.partitions, set, p.as_of_ms));
         }
         p
     }
@@ -97,9 +76,11 @@ impl StateView {
             .iter()
             .map(|f| self.compliance(*f, &posture, s))
             .collect();
+        let parts = instances::parts_of(&self.partitions, &self.states, &self.homes, &posture);
         FleetView {
             posture,
             compliance,
+            parts,
         }
     }
 
@@ -121,6 +102,9 @@ pub struct FleetView {
     pub posture: Posture,
     /// Each framework's report.
     pub compliance: Vec<ComplianceReport>,
+    /// Each stored partition's share of the posture (what the posture snapshot publishes for
+    /// the other instances).
+    pub parts: Vec<instances::Part>,
 }
 
 impl FleetView {
@@ -130,6 +114,32 @@ impl FleetView {
             .iter()
             .position(|x| *x == f)
             .and_then(|i| self.compliance.get(i))
+    }
+}
+
+/// What keeps the guard from killing a healthy fleet, from the stored partitions' facts, as of
+/// event time `as_of_ms`.
+pub fn safety(partitions: &[PartitionFact], set: &BlueprintSet, as_of_ms: i64) -> KillSafety {
+    let longest = set
+        .blueprints()
+        .iter()
+        .map(|b| b.learned.learning_period_ms)
+        .max()
+        .unwrap_or(0);
+    let until = partitions
+        .iter()
+        .filter_map(|f| f.learning_origin)
+        .min()
+        .map(|o| o.saturating_add(longest));
+    let mut held = std::collections::BTreeMap::new();
+    for (i, r) in crate::response::Suppression::LABELS.iter().enumerate() {
+        held.insert(*r, partitions.iter().map(|f| f.kills_suppressed[i]).sum());
+    }
+    KillSafety {
+        learning: until.is_none_or(|u| as_of_ms < u),
+        learning_until: until.map(crate::event::format_rfc3339_ms),
+        kills_held: held,
+        baseline_findings: partitions.iter().map(|f| f.baseline_findings).sum(),
     }
 }
 

@@ -54,9 +54,9 @@ pub struct Fleet {
     /// Agents.
     pub agents: usize,
     /// Agents per status.
-    pub by_status: BTreeMap<&'static str, usize>,
+    pub by_status: BTreeMap<String, usize>,
     /// Agents per risk level.
-    pub by_risk_level: BTreeMap<&'static str, usize>,
+    pub by_risk_level: BTreeMap<String, usize>,
     /// Agents per blueprint.
     pub by_blueprint: BTreeMap<String, usize>,
     /// Agents per environment.
@@ -86,7 +86,7 @@ pub struct KillSafety {
 }
 
 /// One agent in the posture's list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRow {
     /// The agent.
     pub agent_id: String,
@@ -104,6 +104,9 @@ pub struct AgentRow {
     pub incidents: u64,
     /// Latest event (RFC 3339).
     pub last_seen: String,
+    /// Environments reported.
+    #[serde(default)]
+    pub environments: Vec<String>,
     /// The reasons of the largest factors, largest first (at most three).
     pub reasons: Vec<String>,
 }
@@ -152,6 +155,7 @@ fn row(v: &AgentView) -> AgentRow {
         events: v.events,
         incidents: v.incidents.low + v.incidents.medium + v.incidents.high + v.incidents.critical,
         last_seen: v.last_seen.clone(),
+        environments: v.environments.clone(),
         reasons: v
             .risk
             .factors
@@ -247,11 +251,13 @@ pub fn posture<A: Borrow<AgentState>>(
 ) -> Posture {
     let now = as_of(states);
     let views = views(states, set, s, now);
-    let scores: Vec<u8> = views.iter().map(|v| v.risk.score).collect();
-    let score = fleet_score(&scores);
     let (tool_count, tool_rows) = tool_rows(states, s);
-    let counts = Counts::of(&views);
     let agents: Vec<AgentRow> = views.iter().map(row).collect();
+    let mut tally = Tally::default();
+    for r in &agents {
+        tally.add(r);
+    }
+    let score = tally.score();
     Posture {
         as_of: format_rfc3339_ms(now),
         as_of_ms: now,
@@ -260,10 +266,10 @@ pub fn posture<A: Borrow<AgentState>>(
             level: RiskLevel::of(score),
             trend: trend(score, now, history),
             agents: views.len(),
-            by_status: counts.by_status,
-            by_risk_level: counts.by_risk_level,
-            by_blueprint: counts.by_blueprint,
-            by_environment: counts.by_environment,
+            by_status: tally.by_status,
+            by_risk_level: tally.by_risk_level,
+            by_blueprint: tally.by_blueprint,
+            by_environment: tally.by_environment,
             tools: tool_count,
             events: states.iter().map(|a| a.borrow().events).sum(),
             safety: None,
@@ -280,57 +286,107 @@ pub fn posture<A: Borrow<AgentState>>(
 }
 
 /// Agents counted by status, risk level, blueprint and environment (every status and level
-/// listed, at 0 when none).
-struct Counts {
+/// listed, at 0 when none), with their events and risk scores: what a fleet's figures are
+/// summed from, per partition and across instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Agents.
+    pub agents: usize,
     /// Agents by status.
-    by_status: BTreeMap<&'static str, usize>,
+    pub by_status: BTreeMap<String, usize>,
     /// Agents by risk level.
-    by_risk_level: BTreeMap<&'static str, usize>,
+    pub by_risk_level: BTreeMap<String, usize>,
     /// Agents by blueprint.
-    by_blueprint: BTreeMap<String, usize>,
+    pub by_blueprint: BTreeMap<String, usize>,
     /// Agents by environment, `(none)` for those that report none.
-    by_environment: BTreeMap<String, usize>,
+    pub by_environment: BTreeMap<String, usize>,
+    /// Events folded.
+    pub events: u64,
+    /// Agents by risk score.
+    pub risks: BTreeMap<u8, usize>,
 }
 
-impl Counts {
-    /// The counts of `views`.
-    fn of(views: &[AgentView]) -> Counts {
-        let mut by_status = BTreeMap::new();
-        let mut by_risk_level = BTreeMap::new();
-        for st in [
+impl Default for Tally {
+    fn default() -> Self {
+        let statuses = [
             AgentStatus::Active,
             AgentStatus::Killed,
             AgentStatus::Revived,
-        ] {
-            by_status.insert(st.as_str(), 0);
-        }
-        for l in [
+        ];
+        let levels = [
             RiskLevel::Low,
             RiskLevel::Medium,
             RiskLevel::High,
             RiskLevel::Critical,
+        ];
+        Tally {
+            agents: 0,
+            by_status: statuses.iter().map(|s| (s.as_str().into(), 0)).collect(),
+            by_risk_level: levels.iter().map(|l| (l.as_str().into(), 0)).collect(),
+            by_blueprint: BTreeMap::new(),
+            by_environment: BTreeMap::new(),
+            events: 0,
+            risks: BTreeMap::new(),
+        }
+    }
+}
+
+impl Tally {
+    /// Counts one agent's row.
+    pub fn add(&mut self, r: &AgentRow) {
+        self.agents += 1;
+        *self.by_status.entry(r.status.as_str().into()).or_insert(0) += 1;
+        *self
+            .by_risk_level
+            .entry(r.level.as_str().into())
+            .or_insert(0) += 1;
+        *self.by_blueprint.entry(r.blueprint.clone()).or_insert(0) += 1;
+        if r.environments.is_empty() {
+            *self.by_environment.entry("(none)".into()).or_insert(0) += 1;
+        }
+        for e in &r.environments {
+            *self.by_environment.entry(e.clone()).or_insert(0) += 1;
+        }
+        self.events += r.events;
+        *self.risks.entry(r.risk).or_insert(0) += 1;
+    }
+
+    /// Adds another tally's counts.
+    pub fn merge(&mut self, o: &Tally) {
+        self.agents += o.agents;
+        for (mine, theirs) in [
+            (&mut self.by_status, &o.by_status),
+            (&mut self.by_risk_level, &o.by_risk_level),
+            (&mut self.by_blueprint, &o.by_blueprint),
+            (&mut self.by_environment, &o.by_environment),
         ] {
-            by_risk_level.insert(l.as_str(), 0);
-        }
-        let mut by_blueprint = BTreeMap::new();
-        let mut by_environment = BTreeMap::new();
-        for v in views {
-            *by_status.entry(v.status.as_str()).or_insert(0) += 1;
-            *by_risk_level.entry(v.risk.level.as_str()).or_insert(0) += 1;
-            *by_blueprint.entry(v.blueprint.clone()).or_insert(0) += 1;
-            if v.environments.is_empty() {
-                *by_environment.entry("(none)".to_string()).or_insert(0) += 1;
-            }
-            for e in &v.environments {
-                *by_environment.entry(e.clone()).or_insert(0) += 1;
+            for (k, v) in theirs {
+                *mine.entry(k.clone()).or_insert(0) += v;
             }
         }
-        Counts {
-            by_status,
-            by_risk_level,
-            by_blueprint,
-            by_environment,
+        self.events += o.events;
+        for (k, v) in &o.risks {
+            *self.risks.entry(*k).or_insert(0) += v;
         }
+    }
+
+    /// The fleet score of the counted agents: [`fleet_score`] of their risk scores.
+    pub fn score(&self) -> u8 {
+        let total: usize = self.risks.values().sum();
+        if total == 0 {
+            return 0;
+        }
+        let n = total.div_ceil(10);
+        let (mut left, mut sum) = (n, 0u64);
+        for (score, count) in self.risks.iter().rev() {
+            let take = left.min(*count);
+            sum += u64::from(*score) * take as u64;
+            left -= take;
+            if left == 0 {
+                break;
+            }
+        }
+        (sum as f64 / n as f64).round() as u8
     }
 }
 
@@ -409,7 +465,7 @@ impl Posture {
         );
         let levels: Vec<String> = ["critical", "high", "medium", "low"]
             .iter()
-            .map(|l| format!("{} {l}", f.by_risk_level.get(l).unwrap_or(&0)))
+            .map(|l| format!("{} {l}", f.by_risk_level.get(*l).unwrap_or(&0)))
             .collect();
         let _ = writeln!(s, "  risk levels  {}", levels.join(", "));
         let bps: Vec<String> = f
@@ -493,6 +549,21 @@ mod tests {
         let mut v = vec![90, 70];
         v.extend(std::iter::repeat_n(0, 18));
         assert_eq!(fleet_score(&v), 80);
+    }
+
+    #[test]
+    fn a_tally_scores_as_the_fleet_score_of_its_agents() {
+        for n in [1usize, 3, 10, 11, 57, 200] {
+            let scores: Vec<u8> = (0..n).map(|i| ((i * 37 + 11) % 101) as u8).collect();
+            let mut t = Tally::default();
+            for s in &scores {
+                *t.risks.entry(*s).or_insert(0) += 1;
+            }
+            let mut sorted = scores.clone();
+            sorted.sort_unstable_by(|a, b| b.cmp(a));
+            assert_eq!(t.score(), fleet_score(&sorted), "{n} agents");
+        }
+        assert_eq!(Tally::default().score(), 0);
     }
 
     #[test]

@@ -9,14 +9,14 @@
 //! | `environment` | 10 | production 10, staging 5, unknown 5, development / test 0 |
 //! | `off_hours` | 10 | share of calls outside the blueprint's hours; full at 20 % |
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::settings::PostureSettings;
 use crate::blueprint::Severity;
 use crate::state::{AgentState, IncidentMark, Profile};
 
 /// Risk level of a score.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RiskLevel {
     /// Under 25.

@@ -86,6 +86,18 @@ pub fn signed_by(
         .is_ok()
 }
 
+/// The signature of a posture snapshot keyed `key` (its instance's id) with payload `json`: a
+/// changelog signature at partition -1, which no changelog record has, so neither kind of
+/// record can pass for the other.
+pub fn snapshot_signature(secret: &[u8], key: &[u8], json: &[u8]) -> String {
+    signature(secret, -1, 0, key, Some(json))
+}
+
+/// Whether `sig` (hex) is [`snapshot_signature`] of a posture snapshot with `secret`.
+pub fn snapshot_signed_by(secret: &[u8], key: &[u8], json: &[u8], sig: &[u8]) -> bool {
+    signed_by(secret, (-1, 0), key, Some(json), sig)
+}
+
 /// HMAC-SHA256 over the partition, the checkpoint, the key and the value, each length-prefixed.
 fn mac(
     secret: &[u8],

@@ -22,7 +22,8 @@ mod checkpoint;
 mod codec;
 
 pub use changelog::{
-    signature, signed_by, ChangelogRecord, Restore, Restored, CHECKPOINT_HEADER, SIGNATURE_HEADER,
+    signature, signed_by, snapshot_signature, snapshot_signed_by, ChangelogRecord, Restore,
+    Restored, CHECKPOINT_HEADER, SIGNATURE_HEADER,
 };
 pub use checkpoint::{checkpoint_batch, PartitionDelta};
 
@@ -446,6 +447,7 @@ impl Store {
     pub fn state_view(&self, owned: Option<&[(String, i32)]>) -> Result<StateView, StoreError> {
         let mut states = Vec::new();
         let mut partitions = Vec::new();
+        let mut homes = std::collections::HashMap::new();
         for (topic, partition, meta) in self.partition_metas()? {
             if owned.is_some_and(|o| !o.iter().any(|(t, p)| *t == topic && *p == partition)) {
                 continue;
@@ -453,7 +455,9 @@ impl Store {
             let prefix = format!("{}/", part_prefix('a', &topic, partition));
             for kv in self.db.scan_prefix(&prefix) {
                 let (k, v) = kv?;
-                states.push(decode::<AgentState>(&k, &v)?);
+                let st = decode::<AgentState>(&k, &v)?;
+                homes.entry(st.agent_id.clone()).or_insert(partitions.len());
+                states.push(st);
             }
             partitions.push(PartitionFact {
                 topic,
@@ -473,6 +477,7 @@ impl Store {
             partitions,
             ledger: self.ledger()?,
             history: self.history()?,
+            homes,
         })
     }
 
