@@ -909,7 +909,51 @@ fn two_instances_show_one_fleet_with_the_owner_of_each_partition() {
     assert_eq!(status, 404, "{body}");
     let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(answer["owner"]["guardian_id"], ids[1], "{answer}");
+
+    // Whoever may write to the posture topic without the signing key cannot re-point the
+    // partitions: a newer snapshot under another id, claiming every partition, unsigned or
+    // signed with another key, is refused and counted.
+    let published = read_topic(&b.addr, &posture, 1);
+    let mut forged: serde_json::Value =
+        serde_json::from_slice(published.last().expect("a published snapshot")).unwrap();
+    forged["guardian_id"] = "e2e-forger".into();
+    forged["published_at"] = (chrono_now_ms() + 60_000).into();
+    let forged = serde_json::to_vec(&forged).unwrap();
+    let p: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b.addr)
+        .create()
+        .unwrap();
+    let bad_sig = "00".repeat(32);
+    for sig in [None, Some(bad_sig.as_str())] {
+        let mut rec = rdkafka::producer::BaseRecord::<[u8], [u8]>::to(&posture)
+            .key(b"e2e-forger".as_slice())
+            .payload(&forged);
+        if let Some(sig) = sig {
+            rec = rec.headers(rdkafka::message::OwnedHeaders::new().insert(
+                rdkafka::message::Header {
+                    key: "guardian.signature",
+                    value: Some(sig),
+                },
+            ));
+        }
+        p.send(rec).map_err(|(e, _)| e).unwrap();
+    }
+    rdkafka::producer::Producer::flush(&p, Duration::from_secs(10)).unwrap();
+    for d in &mut daemons {
+        d.until("both forged snapshots refused", |d| {
+            d.metric("guardian_peer_snapshots_rejected_total") >= 2.0
+        });
+        let p = whole(d).expect("the fleet of a and b only");
+        assert!(!p.to_string().contains("e2e-forger"), "{p}");
+    }
     for d in daemons {
         d.stop();
     }
+}
+
+fn chrono_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
