@@ -753,8 +753,7 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
 
     fn new_day(&mut self, engine: &Engine, day_start: i64) -> io::Result<()> {
         let states: Vec<&crate::state::AgentState> = engine.agents().collect();
-        let p =
-            crate::posture::posture(&states, engine.blueprints(), &self.settings, &self.history);
+        let p = crate::posture::posture(&states, &self.settings, &self.history);
         self.history.push(p.point());
         self.inner.new_day(engine, day_start)
     }

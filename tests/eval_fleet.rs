@@ -173,7 +173,7 @@ fn score(
         .filter_map(|l| l["agent_id"].as_str().map(str::to_string))
         .collect();
     let states: Vec<_> = engine.agents().cloned().collect();
-    let posture = agent_guardian::posture::posture(&states, set, &PostureSettings::default(), &[]);
+    let posture = agent_guardian::posture::posture(&states, &PostureSettings::default(), &[]);
     let ranking: Vec<(bool, f64)> = posture
         .agents
         .iter()

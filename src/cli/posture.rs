@@ -84,9 +84,11 @@ pub fn posture_cmd(a: PostureArgs) -> anyhow::Result<ExitCode> {
             a.state.display()
         )
     })?;
-    let view = store.state_view(None)?;
-    let posture = view.posture(&set, &settings);
-    let mut out = io::stdout().lock();
+    // The command has the machine to itself: every core reads and scores.
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let view = store.state_view_with(None, threads)?;
+    let posture = view.posture_with(&set, &settings, threads);
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
     if let Some(f) = &a.compliance {
         let fw = Framework::parse(f).with_context(|| {
             let all: Vec<_> = Framework::ALL.iter().map(|f| f.id()).collect();
@@ -110,5 +112,13 @@ pub fn posture_cmd(a: PostureArgs) -> anyhow::Result<ExitCode> {
     } else {
         out.write_all(posture.render_table(a.limit).as_bytes())?;
     }
+    out.flush()?;
+    // The process ends here: what the store wrote on opening is flushed, and the agents' states
+    // and sled's page table are left to the operating system rather than freed one by one
+    // (a third of a second at 100,000 agents).
+    store.db().flush().context("flushing the state")?;
+    std::mem::forget(view);
+    std::mem::forget(posture);
+    std::mem::forget(store);
     Ok(ExitCode::SUCCESS)
 }

@@ -716,6 +716,37 @@ mod tests {
     }
 
     #[test]
+    fn an_agent_row_is_what_its_inventory_view_shows() {
+        let set = BlueprintSet::builtin();
+        let s = PostureSettings::default();
+        for st in states(&set) {
+            let v = crate::posture::inventory::view(&st, &set, &s, 50_000);
+            let want = AgentRow {
+                agent_id: v.agent_id,
+                blueprint: v.blueprint,
+                status: v.status,
+                risk: v.risk.score,
+                level: v.risk.level,
+                events: v.events,
+                incidents: v.incidents.low
+                    + v.incidents.medium
+                    + v.incidents.high
+                    + v.incidents.critical,
+                last_seen: v.last_seen,
+                environments: v.environments,
+                reasons: v
+                    .risk
+                    .factors
+                    .iter()
+                    .take(3)
+                    .map(|f| format!("{}: {}", f.factor, f.reason))
+                    .collect(),
+            };
+            assert_eq!(crate::posture::report::row(&st, &s, 50_000), want);
+        }
+    }
+
+    #[test]
     fn alone_the_instance_shows_its_own_posture_with_its_partitions() {
         let set = BlueprintSet::builtin();
         let all = states(&set);

@@ -173,15 +173,23 @@ const OUTCOME_LIST: [Outcome; crate::state::OUTCOMES] = [
     Outcome::Other,
 ];
 
-/// Merges the states of agents that appear in several partitions (unkeyed events), by id.
+/// Merges the states of agents that appear in several partitions (unkeyed events), by id:
+/// sorted by id, the later states of an id merged into its first, in their order. The states
+/// are moved once (sorted through their positions).
 pub fn merge_by_agent(states: Vec<AgentState>) -> Vec<AgentState> {
-    let mut by: BTreeMap<String, AgentState> = BTreeMap::new();
-    for s in states {
-        match by.get_mut(&s.agent_id) {
-            None => {
-                by.insert(s.agent_id.clone(), s);
-            }
-            Some(a) => {
+    if states.windows(2).all(|w| w[0].agent_id < w[1].agent_id) {
+        return states; // one partition, or partitions of their own agents in order
+    }
+    let mut order: Vec<usize> = (0..states.len()).collect();
+    order.sort_by(|&a, &b| states[a].agent_id.cmp(&states[b].agent_id));
+    let mut slots: Vec<Option<AgentState>> = states.into_iter().map(Some).collect();
+    let mut out: Vec<AgentState> = Vec::with_capacity(slots.len());
+    for i in order {
+        let Some(s) = slots.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        match out.last_mut() {
+            Some(a) if a.agent_id == s.agent_id => {
                 a.events += s.events;
                 a.late_events += s.late_events;
                 a.first_seen = a.first_seen.min(s.first_seen);
@@ -192,9 +200,10 @@ pub fn merge_by_agent(states: Vec<AgentState>) -> Vec<AgentState> {
                 }
                 a.profile.merge(&s.profile);
             }
+            _ => out.push(s),
         }
     }
-    by.into_values().collect()
+    out
 }
 
 /// What the learned baseline of an agent (under blueprint `bp`, if it is loaded) knows.
@@ -290,5 +299,48 @@ pub fn view(st: &AgentState, set: &BlueprintSet, s: &PostureSettings, now: i64) 
             .collect(),
         baseline: baseline(st, bp, violation_score),
         risk: risk::score(st, s, now),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Outcome;
+
+    fn agent(id: &str, calls: i64, from: i64) -> AgentState {
+        let set = BlueprintSet::builtin();
+        let mut a = AgentState::new(id, set.get(0), from, Some("dev"));
+        for k in 0..calls {
+            a.events += 1;
+            a.profile.observe(
+                1,
+                "search_docs",
+                from + k,
+                Some(Outcome::Allow),
+                None,
+                false,
+            );
+            a.last_seen = from + k;
+        }
+        a
+    }
+
+    #[test]
+    fn states_of_one_agent_in_several_partitions_merge_into_one_sorted_by_id() {
+        let states = vec![
+            agent("b", 3, 100),
+            agent("a", 2, 50),
+            agent("c", 1, 0),
+            agent("a", 5, 10),
+            agent("b", 1, 500),
+        ];
+        let merged = merge_by_agent(states);
+        let got: Vec<(&str, u64, i64, i64)> = merged
+            .iter()
+            .map(|s| (s.agent_id.as_str(), s.events, s.first_seen, s.last_seen))
+            .collect();
+        assert_eq!(got, [("a", 7, 10, 51), ("b", 4, 100, 500), ("c", 1, 0, 0)]);
+        assert_eq!(merged[0].profile.tools[0].calls, 7, "profiles merged");
+        assert!(merge_by_agent(Vec::new()).is_empty());
     }
 }

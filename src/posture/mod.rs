@@ -43,7 +43,12 @@ pub struct StateView {
 impl StateView {
     /// The fleet posture.
     pub fn posture(&self, set: &BlueprintSet, s: &PostureSettings) -> Posture {
-        let mut p = report::posture(&self.states, set, s, &self.history);
+        self.posture_with(set, s, 1)
+    }
+
+    /// [`StateView::posture`], the agents' rows computed on `threads` threads.
+    pub fn posture_with(&self, set: &BlueprintSet, s: &PostureSettings, threads: usize) -> Posture {
+        let mut p = report::posture_with(&self.states, s, &self.history, threads);
         if !self.partitions.is_empty() {
             p.fleet.safety = Some(safety(&self.partitions, set, p.as_of_ms));
         }

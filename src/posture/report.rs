@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
-use super::inventory::{self, AgentStatus, AgentView};
+use super::inventory::AgentStatus;
+use super::risk;
 use super::risk::RiskLevel;
 use super::settings::PostureSettings;
-use crate::blueprint::BlueprintSet;
 use crate::event::format_rfc3339_ms;
 use crate::state::AgentState;
 use crate::text::{shown, shown_within};
@@ -145,19 +145,22 @@ pub struct Posture {
     pub agents: Vec<AgentRow>,
 }
 
-fn row(v: &AgentView) -> AgentRow {
+/// The row of an agent's state as of event time `now`: what its inventory view's row holds
+/// ([`inventory::view`]), without the rest of the view (tools with their times, baseline, kill
+/// history), which a fleet-wide list does not show.
+pub fn row(st: &AgentState, s: &PostureSettings, now: i64) -> AgentRow {
+    let risk = risk::score(st, s, now);
     AgentRow {
-        agent_id: v.agent_id.clone(),
-        blueprint: v.blueprint.clone(),
-        status: v.status,
-        risk: v.risk.score,
-        level: v.risk.level,
-        events: v.events,
-        incidents: v.incidents.low + v.incidents.medium + v.incidents.high + v.incidents.critical,
-        last_seen: v.last_seen.clone(),
-        environments: v.environments.clone(),
-        reasons: v
-            .risk
+        agent_id: st.agent_id.clone(),
+        blueprint: st.blueprint.clone(),
+        status: AgentStatus::of(st),
+        risk: risk.score,
+        level: risk.level,
+        events: st.events,
+        incidents: st.profile.incidents.iter().sum(),
+        last_seen: format_rfc3339_ms(st.last_seen),
+        environments: st.profile.environments.clone(),
+        reasons: risk
             .factors
             .iter()
             .take(3)
@@ -175,21 +178,37 @@ pub fn as_of<A: Borrow<AgentState>>(states: &[A]) -> i64 {
         .unwrap_or(0)
 }
 
-/// The views of every agent (merged by id), riskiest first.
-pub fn views<A: Borrow<AgentState>>(
+/// The rows of every agent (merged by id), riskiest first, computed on `threads` threads.
+pub fn rows<A: Borrow<AgentState> + Sync>(
     states: &[A],
-    set: &BlueprintSet,
     s: &PostureSettings,
     now: i64,
-) -> Vec<AgentView> {
-    let mut v: Vec<AgentView> = states
-        .iter()
-        .map(|a| inventory::view(a.borrow(), set, s, now))
-        .collect();
+    threads: usize,
+) -> Vec<AgentRow> {
+    let some =
+        |chunk: &[A]| -> Vec<AgentRow> { chunk.iter().map(|a| row(a.borrow(), s, now)).collect() };
+    let mut v: Vec<AgentRow> = if threads <= 1 || states.len() < 1_000 {
+        some(states)
+    } else {
+        let size = states.len().div_ceil(threads);
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = states
+                .chunks(size)
+                .map(|c| sc.spawn(move || some(c)))
+                .collect();
+            let mut all = Vec::with_capacity(states.len());
+            for h in handles {
+                match h.join() {
+                    Ok(rows) => all.extend(rows),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+            all
+        })
+    };
     v.sort_by(|a, b| {
         b.risk
-            .score
-            .cmp(&a.risk.score)
+            .cmp(&a.risk)
             .then_with(|| a.agent_id.cmp(&b.agent_id))
     });
     v
@@ -243,16 +262,24 @@ pub fn trend(score: u8, now: i64, history: &[HistoryPoint]) -> Trend {
 }
 
 /// Computes the posture of merged agent states.
-pub fn posture<A: Borrow<AgentState>>(
+pub fn posture<A: Borrow<AgentState> + Sync>(
     states: &[A],
-    set: &BlueprintSet,
     s: &PostureSettings,
     history: &[HistoryPoint],
 ) -> Posture {
+    posture_with(states, s, history, 1)
+}
+
+/// [`posture`], the agents' rows computed on `threads` threads.
+pub fn posture_with<A: Borrow<AgentState> + Sync>(
+    states: &[A],
+    s: &PostureSettings,
+    history: &[HistoryPoint],
+    threads: usize,
+) -> Posture {
     let now = as_of(states);
-    let views = views(states, set, s, now);
     let (tool_count, tool_rows) = tool_rows(states, s);
-    let agents: Vec<AgentRow> = views.iter().map(row).collect();
+    let agents = rows(states, s, now, threads);
     let mut tally = Tally::default();
     for r in &agents {
         tally.add(r);
@@ -265,7 +292,7 @@ pub fn posture<A: Borrow<AgentState>>(
             score,
             level: RiskLevel::of(score),
             trend: trend(score, now, history),
-            agents: views.len(),
+            agents: agents.len(),
             by_status: tally.by_status,
             by_risk_level: tally.by_risk_level,
             by_blueprint: tally.by_blueprint,

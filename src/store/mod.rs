@@ -82,6 +82,9 @@ pub enum StoreError {
     /// The checkpoint writer thread is gone (it panicked or could not start).
     #[error("state store: the checkpoint writer thread stopped")]
     WriterGone,
+    /// A thread decoding states panicked.
+    #[error("state store: a thread decoding agent states panicked")]
+    Panicked,
 }
 
 /// What is stored per partition besides its agents.
@@ -445,19 +448,27 @@ impl Store {
     /// What posture is computed from: the agents of the given partitions (all stored ones when
     /// `owned` is `None`), merged by id, with the partitions' facts, the ledger and the history.
     pub fn state_view(&self, owned: Option<&[(String, i32)]>) -> Result<StateView, StoreError> {
-        let mut states = Vec::new();
+        self.state_view_with(owned, 1)
+    }
+
+    /// [`Store::state_view`], the agents' states decoded on `threads` threads (a command that
+    /// has the machine to itself; the daemon's posture thread uses one, beside the engine).
+    pub fn state_view_with(
+        &self,
+        owned: Option<&[(String, i32)]>,
+        threads: usize,
+    ) -> Result<StateView, StoreError> {
+        let mut raw: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+        let mut home_of: Vec<usize> = Vec::new();
         let mut partitions = Vec::new();
-        let mut homes = std::collections::HashMap::new();
         for (topic, partition, meta) in self.partition_metas()? {
             if owned.is_some_and(|o| !o.iter().any(|(t, p)| *t == topic && *p == partition)) {
                 continue;
             }
             let prefix = format!("{}/", part_prefix('a', &topic, partition));
             for kv in self.db.scan_prefix(&prefix) {
-                let (k, v) = kv?;
-                let st = decode::<AgentState>(&k, &v)?;
-                homes.entry(st.agent_id.clone()).or_insert(partitions.len());
-                states.push(st);
+                raw.push(kv?);
+                home_of.push(partitions.len());
             }
             partitions.push(PartitionFact {
                 topic,
@@ -471,6 +482,12 @@ impl Store {
                 baseline_findings: meta.stats.incidents
                     [crate::engine::type_index(crate::response::IncidentType::Baseline)],
             });
+        }
+        let states = decode_all(&raw, threads)?;
+        drop(raw);
+        let mut homes = std::collections::HashMap::with_capacity(states.len());
+        for (st, home) in states.iter().zip(home_of) {
+            homes.entry(st.agent_id.clone()).or_insert(home);
         }
         Ok(StateView {
             states: merge_by_agent(states),
@@ -649,6 +666,35 @@ impl Store {
     }
 }
 
+/// The agent states of `raw` (key, value) pairs, in their order, decoded on `threads` threads.
+fn decode_all(
+    raw: &[(sled::IVec, sled::IVec)],
+    threads: usize,
+) -> Result<Vec<AgentState>, StoreError> {
+    let one = |chunk: &[(sled::IVec, sled::IVec)]| -> Result<Vec<AgentState>, StoreError> {
+        chunk
+            .iter()
+            .map(|(k, v)| decode::<AgentState>(k, v))
+            .collect()
+    };
+    if threads <= 1 || raw.len() < 1_000 {
+        return one(raw);
+    }
+    let size = raw.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<AgentState>, StoreError>> = std::thread::scope(|sc| {
+        let handles: Vec<_> = raw.chunks(size).map(|c| sc.spawn(move || one(c))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Panicked)))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(raw.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -776,6 +822,48 @@ mod tests {
         assert!(!s.db().contains_key(INDEX_MARK).unwrap());
         s.index_incidents().unwrap();
         assert_eq!(s.incidents(&a).unwrap().len(), 11);
+    }
+
+    #[test]
+    fn states_decoded_on_several_threads_come_in_the_order_one_thread_gives() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let set = BlueprintSet::builtin();
+        let stats = EngineStats::default();
+        // Two partitions, one agent in both (events not keyed by agent).
+        let agents: Vec<AgentState> = (0..2_500)
+            .map(|i| AgentState::new(&format!("a{i:05}"), set.get(0), i, None))
+            .collect();
+        let (first, second) = agents.split_at(1_300);
+        let mut second: Vec<&AgentState> = second.iter().collect();
+        second.push(&first[7]);
+        let delta = |partition, agents| PartitionDelta {
+            topic: "audit",
+            partition,
+            next_offset: 1,
+            stats: &stats,
+            fleet: FleetState::default(),
+            agents,
+            sessions: (Vec::new(), Vec::new()),
+            duplicates: crate::state::SeenChanges::default(),
+            duplicate_figures: SeenFigures::default(),
+            caught_up: Vec::new(),
+        };
+        s.checkpoint(
+            &[delta(0, first.iter().collect()), delta(1, second)],
+            &[],
+            &[],
+            &[],
+            None,
+        )
+        .unwrap();
+        let one = s.state_view(None).unwrap();
+        let four = s.state_view_with(None, 4).unwrap();
+        assert_eq!(one.states.len(), 2_500, "the agent of both partitions once");
+        assert_eq!(one.states, four.states);
+        assert_eq!(one.homes, four.homes);
+        assert_eq!(one.homes.get("a00007"), Some(&0), "its first partition");
+        assert_eq!(one.homes.get("a02000"), Some(&1));
     }
 
     #[test]
