@@ -20,7 +20,7 @@
 //! | outputs | [`sink`]: CEF, ECS and OCSF records; syslog, file, stdout, Kafka and email deliveries with on-disk spools; the one Kafka producer |
 //! | fleet view | [`posture`]: inventory, risk with reasons, compliance with evidence |
 //! | core | [`engine`] (one event in, incidents out; findings through the agent's cohort) → [`state`] → [`detect`] (pure detectors) → [`response`] (incidents, kill policy) → [`blueprint`]; [`control`] (signed commands); [`simulate`] |
-//! | leaves | [`event`] (the model and one decoder per input format), [`kafka`] (the client builder), [`stop`] (the one stop signal), [`text`], [`files`], [`secret`], [`tls`], [`prefetch`] |
+//! | leaves | [`event`] (the model and one decoder per input format), [`kafka`] (the client builder), [`stop`] (the one stop signal), [`text`], [`files`], [`secret`], [`tls`], [`prefetch`], [`chunks`] (work split over threads) |
 //!
 //! # The daemon's flow (`guardian run`)
 //! ```text
@@ -29,7 +29,8 @@
 //! posture thread (app::snapshot) ──────────────────┘   (bounded)          per partition) ─► app::publish ─┤
 //!                                                                                                         └─► sink spools ─► one delivery thread per sink
 //!                         checkpoint: outputs acknowledged ─► app::writer thread: store (sled batch + flush) ─► offsets committed
-//! admin API thread (api) ◄── store, telemetry
+//! posture topic ─► app::peers (the other instances' signed snapshots) ─► telemetry::Live::peers
+//! admin API thread (api) ◄── store, telemetry (its fleet view merged with the peers')
 //! ```
 //! Every thread runs under one `app::supervise::Supervisor`: the sources, the posture thread
 //! and the API watch the stop signal; the engine ends when its sources have; the deliveries and
@@ -50,6 +51,7 @@
 pub mod api;
 pub mod app;
 pub mod blueprint;
+pub mod chunks;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -36,7 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "leaves",
         &[
-            "event", "secret", "tls", "kafka", "prefetch", "stop", "text", "files",
+            "event", "secret", "tls", "kafka", "prefetch", "chunks", "stop", "text", "files",
         ],
     ),
 ];

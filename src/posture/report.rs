@@ -146,7 +146,7 @@ pub struct Posture {
 }
 
 /// The row of an agent's state as of event time `now`: what its inventory view's row holds
-/// ([`inventory::view`]), without the rest of the view (tools with their times, baseline, kill
+/// ([`super::inventory::view`]), without the rest of the view (tools with their times, baseline, kill
 /// history), which a fleet-wide list does not show.
 pub fn row(st: &AgentState, s: &PostureSettings, now: i64) -> AgentRow {
     let risk = risk::score(st, s, now);
@@ -185,27 +185,13 @@ pub fn rows<A: Borrow<AgentState> + Sync>(
     now: i64,
     threads: usize,
 ) -> Vec<AgentRow> {
-    let some =
-        |chunk: &[A]| -> Vec<AgentRow> { chunk.iter().map(|a| row(a.borrow(), s, now)).collect() };
-    let mut v: Vec<AgentRow> = if threads <= 1 || states.len() < 1_000 {
-        some(states)
-    } else {
-        let size = states.len().div_ceil(threads);
-        std::thread::scope(|sc| {
-            let handles: Vec<_> = states
-                .chunks(size)
-                .map(|c| sc.spawn(move || some(c)))
-                .collect();
-            let mut all = Vec::with_capacity(states.len());
-            for h in handles {
-                match h.join() {
-                    Ok(rows) => all.extend(rows),
-                    Err(panic) => std::panic::resume_unwind(panic),
-                }
-            }
-            all
-        })
-    };
+    let mut v: Vec<AgentRow> = crate::chunks::map_chunks(states, threads, 1_000, |chunk| {
+        chunk
+            .iter()
+            .map(|a| row(a.borrow(), s, now))
+            .collect::<Vec<_>>()
+    })
+    .concat();
     v.sort_by(|a, b| {
         b.risk
             .cmp(&a.risk)

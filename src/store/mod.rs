@@ -82,9 +82,6 @@ pub enum StoreError {
     /// The checkpoint writer thread is gone (it panicked or could not start).
     #[error("state store: the checkpoint writer thread stopped")]
     WriterGone,
-    /// A thread decoding states panicked.
-    #[error("state store: a thread decoding agent states panicked")]
-    Panicked,
 }
 
 /// What is stored per partition besides its agents.
@@ -671,22 +668,11 @@ fn decode_all(
     raw: &[(sled::IVec, sled::IVec)],
     threads: usize,
 ) -> Result<Vec<AgentState>, StoreError> {
-    let one = |chunk: &[(sled::IVec, sled::IVec)]| -> Result<Vec<AgentState>, StoreError> {
+    let parts = crate::chunks::map_chunks(raw, threads, 1_000, |chunk| {
         chunk
             .iter()
             .map(|(k, v)| decode::<AgentState>(k, v))
-            .collect()
-    };
-    if threads <= 1 || raw.len() < 1_000 {
-        return one(raw);
-    }
-    let size = raw.len().div_ceil(threads);
-    let parts: Vec<Result<Vec<AgentState>, StoreError>> = std::thread::scope(|sc| {
-        let handles: Vec<_> = raw.chunks(size).map(|c| sc.spawn(move || one(c))).collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(StoreError::Panicked)))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()
     });
     let mut out = Vec::with_capacity(raw.len());
     for p in parts {
