@@ -798,6 +798,77 @@ fn a_cohort_shift_spread_over_four_partitions_raises_no_agent_incident_and_no_ki
     assert!(m.findings_explained.load(Ordering::Relaxed) >= 1);
 }
 
+/// The changelog turned on for a deployment that already has its state: each partition is first
+/// published whole (its stored agents, idle ones included, then its mark), so an instance that
+/// takes it over without its state restores every agent, not only those that changed since.
+#[test]
+fn a_changelog_turned_on_for_an_existing_state_publishes_it_whole_first() {
+    let (c, mut k) = cluster();
+    let agents: Vec<String> = (0..6).map(|a| format!("fin-calm-{a}")).collect();
+    let mut msgs: Vec<(Option<String>, Vec<u8>)> = Vec::new();
+    for (a, agent) in agents.iter().enumerate() {
+        for i in 0..30u64 {
+            let ts = T0 + i as i64 * 300_000 + a as i64 * 1_000;
+            msgs.push((
+                Some(agent.clone()),
+                line(agent, i, ts, "read_ledger").into_bytes(),
+            ));
+        }
+    }
+    let history = msgs.len() as u64;
+    produce(&k, "audit", &msgs);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&k, dir.path());
+    wait(&d.metrics, "history", |m| {
+        m.events.load(Ordering::Relaxed) == history
+    });
+    stop(d);
+
+    // Turned on: only the first agent acts again.
+    c.create_topic("changelog", 2, 1).unwrap();
+    k.changelog_topic = Some("changelog".into());
+    let d = start(&k, dir.path());
+    let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            let ts = T0 + 30 * 300_000 + i as i64 * 300_000;
+            (
+                Some(agents[0].clone()),
+                line(&agents[0], 100 + i, ts, "read_ledger").into_bytes(),
+            )
+        })
+        .collect();
+    produce(&k, "audit", &more);
+    wait(&d.metrics, "the new events", |m| {
+        m.events.load(Ordering::Relaxed) == 10
+    });
+    stop(d);
+    let owner = Store::open(dir.path()).unwrap();
+    let states: Vec<_> = agents
+        .iter()
+        .map(|a| owner.find_agent(a).unwrap()[0].1.clone())
+        .collect();
+    drop(owner);
+
+    let elsewhere = tempfile::tempdir().unwrap();
+    let d = start(&k, elsewhere.path());
+    wait(&d.metrics, "two restores", |m| {
+        m.changelog_restores.load(Ordering::Relaxed) == 2
+    });
+    let metrics = d.metrics.clone();
+    stop(d);
+    assert_eq!(
+        metrics.events.load(Ordering::Relaxed),
+        0,
+        "nothing replayed"
+    );
+    let restored = Store::open(elsewhere.path()).unwrap();
+    for (a, want) in agents.iter().zip(&states) {
+        let found = restored.find_agent(a).unwrap();
+        assert_eq!(found.len(), 1, "{a} restored");
+        assert_eq!(&found[0].1, want, "state of {a}");
+    }
+}
+
 /// A partition moves to an instance without its state: restored from the changelog topic
 /// (nothing of the audit history is folded again, the agents' states equal their owner's), and
 /// the next events count once. A record planted in the changelog without the signing key makes

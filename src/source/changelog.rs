@@ -3,6 +3,12 @@
 //! ([`crate::store::Restore`]), so the partition resumes from the changelog's position instead of
 //! replaying its whole retained history.
 //!
+//! A partition whose state was never published whole to the changelog (the changelog was
+//! turned on for an existing state, or the partition starts from nothing) is first **seeded**
+//! ([`ChangelogSource::seed`]): its stored keys, its meta, then its mark ([`crate::store::mark_key`]),
+//! which a restore requires; a changelog without it would restore only the agents that changed
+//! since it was turned on.
+//!
 //! The end is the one the broker's fetch responses report (`enable.partition.eof`), not a
 //! watermark asked for before reading (some Kafka-compatible brokers answer that with the start
 //! of the newest batch).
@@ -15,7 +21,14 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message as _};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
-use crate::store::{signed_by, Restored, Store, StoreError, CHECKPOINT_HEADER, SIGNATURE_HEADER};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+
+use crate::store::{
+    mark_key, signature, signed_by, Restored, Store, StoreError, CHECKPOINT_HEADER,
+    SIGNATURE_HEADER,
+};
 
 /// Why a restore from the changelog did not complete (the partition is then replayed from its
 /// history, with the reason logged).
@@ -36,6 +49,16 @@ pub enum RestoreError {
         topic: String,
         /// The partition looked for.
         partition: i32,
+    },
+    /// A seed's records were not all acknowledged.
+    #[error("changelog {topic} partition {partition}: {failed} seed record(s) not acknowledged")]
+    Unacknowledged {
+        /// The changelog topic.
+        topic: String,
+        /// The partition.
+        partition: i32,
+        /// Records the broker refused or that timed out.
+        failed: u64,
     },
     /// Its end was not reached in time.
     #[error("changelog {topic} partition {partition}: not read to its end within {after:?}")]
@@ -78,7 +101,105 @@ pub struct ChangelogSource {
     pub deadline: Duration,
 }
 
+/// Counts the seed records the broker did not acknowledge.
+#[derive(Default)]
+struct Acks {
+    failed: AtomicU64,
+}
+
+impl rdkafka::ClientContext for Acks {}
+
+impl ProducerContext for Acks {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, r: &DeliveryResult<'_>, _: ()) {
+        if r.is_err() {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 impl ChangelogSource {
+    /// Publishes partition `partition` of audit topic `audit` whole to its changelog partition
+    /// (every stored key, the meta, then the mark, signed with the signing key, at the stored
+    /// state's next offset or `from` when nothing is stored), waits for the broker, then records
+    /// the mark in the store; the records published.
+    pub fn seed(
+        &self,
+        store: &Store,
+        audit: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<u64, RestoreError> {
+        let kafka = |source| RestoreError::Kafka {
+            topic: self.topic.clone(),
+            source,
+        };
+        let key = self.keys.first().map_or(&[][..], Vec::as_slice);
+        let p: ThreadedProducer<Acks> = crate::kafka::client_config(
+            &self.brokers,
+            crate::kafka::ClientRole::Producer,
+            &[("enable.idempotence", "true")],
+            &self.options,
+        )
+        .create_with_context(Acks::default())
+        .map_err(kafka)?;
+        let mut sent = 0u64;
+        let mut send = |k: &[u8], v: &[u8], at: i64| -> Result<(), RestoreError> {
+            let at_text = at.to_string();
+            let sig = signature(key, partition, at, k, Some(v));
+            let headers = rdkafka::message::OwnedHeaders::new()
+                .insert(rdkafka::message::Header {
+                    key: CHECKPOINT_HEADER,
+                    value: Some(at_text.as_bytes()),
+                })
+                .insert(rdkafka::message::Header {
+                    key: SIGNATURE_HEADER,
+                    value: Some(sig.as_bytes()),
+                });
+            let mut rec = BaseRecord::<[u8], [u8]>::to(&self.topic)
+                .partition(partition)
+                .key(k)
+                .payload(v)
+                .headers(headers);
+            // A full queue drains as the broker acknowledges.
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((
+                        KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                        r,
+                    )) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => return Err(kafka(e)),
+                }
+            }
+            sent += 1;
+            Ok(())
+        };
+        let at = store
+            .each_stored_record(audit, partition, |next, k, v| send(k, v, next))?
+            .unwrap_or(from);
+        send(
+            mark_key(audit, partition).as_bytes(),
+            self.topic.as_bytes(),
+            at,
+        )?;
+        p.flush(self.deadline).map_err(kafka)?;
+        let failed = p.context().failed.load(Ordering::Relaxed);
+        if failed > 0 {
+            return Err(RestoreError::Unacknowledged {
+                topic: self.topic.clone(),
+                partition,
+                failed,
+            });
+        }
+        store.set_changelog_mark(audit, partition, &self.topic)?;
+        Ok(sent)
+    }
+
     /// Restores partition `partition` of audit topic `audit` into `store` from the changelog;
     /// `None` when the changelog holds no finished checkpoint of it.
     pub fn restore(

@@ -151,6 +151,7 @@ impl AuditContext {
                 }
                 _ => None,
             };
+            self.seed_unmarked(e.topic(), e.partition(), start);
             let quiet_below = match (committed_at, &stored, self.backfill) {
                 (Some(c), _, _) => c,
                 (None, None, Backfill::Silent) => high,
@@ -185,6 +186,36 @@ impl AuditContext {
 }
 
 impl AuditContext {
+    /// Publishes a partition's state whole to the changelog when it never was (see
+    /// [`ChangelogSource::seed`]; `start`: where a partition with nothing stored starts); a
+    /// failure is logged, and the partition goes on unmarked (a restore elsewhere would refuse
+    /// its changelog and replay its history).
+    fn seed_unmarked(&self, topic: &str, partition: i32, start: i64) {
+        let Some(source) = &self.changelog else {
+            return;
+        };
+        match self.store.changelog_mark(topic, partition) {
+            Ok(Some(t)) if t == source.topic => return,
+            Ok(_) => {}
+            Err(err) => {
+                tracing::error!(error = %err, topic, partition, "changelog mark unreadable; publishing the partition whole again");
+            }
+        }
+        let started = std::time::Instant::now();
+        match source.seed(&self.store, topic, partition, start) {
+            Ok(records) => tracing::info!(
+                topic,
+                partition,
+                records,
+                ms = started.elapsed().as_millis() as u64,
+                "partition published whole to the changelog"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, topic, partition, "publishing the partition whole to the changelog failed; a restore elsewhere will replay its history")
+            }
+        }
+    }
+
     /// Restores from the changelog the partitions of `list` that have no local state,
     /// [`RESTORES_AT_ONCE`] at a time; what each restore brought back.
     fn restore_missing(&self, list: &[(String, i32)]) -> HashMap<(String, i32), Restored> {
@@ -267,7 +298,7 @@ fn restore(
             tracing::info!(
                 topic,
                 partition,
-                "no checkpoint of the partition in the changelog; replaying its history"
+                "no finished checkpoint of the partition in the changelog, or not its whole state (no mark); replaying its history"
             );
             None
         }

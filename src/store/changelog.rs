@@ -150,6 +150,9 @@ pub struct Restore<'s> {
     /// its meta key.
     prefixes: [String; 3],
     meta_key: String,
+    /// The partition's changelog mark ([`mark_key`]), and whether the changelog held it.
+    mark_key: String,
+    marked: bool,
     batch: sled::Batch,
     in_batch: usize,
     /// The latest meta record: its value and checkpoint.
@@ -159,7 +162,65 @@ pub struct Restore<'s> {
     records: u64,
 }
 
+/// The key of a partition's changelog mark: in the changelog, that every key of the partition
+/// as of the checkpoint it comes with is in it (a restore needs it); in the store, the changelog
+/// topic this partition's state was published to whole (its value).
+pub fn mark_key(topic: &str, partition: i32) -> String {
+    part_prefix('l', topic, partition)
+}
+
 impl Store {
+    /// The changelog topic a partition's state was published to whole, if any.
+    pub fn changelog_mark(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .db
+            .get(mark_key(topic, partition))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Records that a partition's state was published whole to changelog topic `changelog`.
+    pub fn set_changelog_mark(
+        &self,
+        topic: &str,
+        partition: i32,
+        changelog: &str,
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        b.insert(mark_key(topic, partition).as_bytes(), changelog.as_bytes());
+        self.write(b)
+    }
+
+    /// Every stored key of a partition as a changelog publishes it, given to `each` with the
+    /// stored state's next offset, in order: agents, sessions, identity chunks, then the meta;
+    /// that next offset (`None`, and nothing given, without a meta: nothing is stored).
+    pub fn each_stored_record<E: From<StoreError>>(
+        &self,
+        topic: &str,
+        partition: i32,
+        mut each: impl FnMut(i64, &[u8], &[u8]) -> Result<(), E>,
+    ) -> Result<Option<i64>, E> {
+        let meta_key = part_prefix('m', topic, partition);
+        let Some(meta) = self.db.get(&meta_key).map_err(StoreError::from)? else {
+            return Ok(None);
+        };
+        let next = decode_meta(meta_key.as_bytes(), &meta)?.next_offset;
+        for kind in ['a', 's', 'd'] {
+            for kv in self
+                .db
+                .scan_prefix(format!("{}/", part_prefix(kind, topic, partition)))
+            {
+                let (k, v) = kv.map_err(StoreError::from)?;
+                each(next, &k, &v)?;
+            }
+        }
+        each(next, meta_key.as_bytes(), &meta)?;
+        Ok(Some(next))
+    }
+
     /// Starts restoring partition `partition` of `topic` from its changelog: its stored keys
     /// are dropped first (a partition is restored only when it has no meta, and keys without
     /// one are leftovers).
@@ -171,6 +232,8 @@ impl Store {
             partition,
             prefixes: ['a', 's', 'd'].map(|k| format!("{}/", part_prefix(k, topic, partition))),
             meta_key: part_prefix('m', topic, partition),
+            mark_key: mark_key(topic, partition),
+            marked: false,
             batch: sled::Batch::default(),
             in_batch: 0,
             meta: None,
@@ -179,10 +242,12 @@ impl Store {
         })
     }
 
-    /// Drops every key of one partition (meta, agents, sessions, identity chunks, skips).
+    /// Drops every key of one partition (meta, changelog mark, agents, sessions, identity
+    /// chunks, skips).
     fn clear_partition(&self, topic: &str, partition: i32) -> Result<(), StoreError> {
         let mut b = sled::Batch::default();
         b.remove(part_prefix('m', topic, partition).as_bytes());
+        b.remove(mark_key(topic, partition).as_bytes());
         for kind in ['a', 's', 'd', 'k'] {
             for kv in self
                 .db
@@ -223,6 +288,14 @@ impl Restore<'_> {
         value: Option<&[u8]>,
         checkpoint: i64,
     ) -> Result<(), StoreError> {
+        if key == self.mark_key.as_bytes() {
+            if let Some(v) = value {
+                self.records += 1;
+                self.marked = true;
+                self.batch.insert(key, v);
+            }
+            return Ok(());
+        }
         if key == self.meta_key.as_bytes() {
             let Some(v) = value else {
                 // A meta is never removed: a tombstone for it is not ours to honour.
@@ -261,10 +334,11 @@ impl Restore<'_> {
 
     /// Ends the restore: marks or drops what is ahead of the last meta, then writes the meta
     /// (last, so a restore cut short leaves no partition behind). `None` when the changelog holds
-    /// no finished checkpoint of the partition (its keys are dropped again).
+    /// no finished checkpoint of the partition, or does not hold all of its state (no mark: it
+    /// was turned on for a state that had not been published whole); its keys are dropped again.
     pub fn finish(mut self) -> Result<Option<Restored>, StoreError> {
         self.store.db.apply_batch(std::mem::take(&mut self.batch))?;
-        let Some((meta, _)) = self.meta else {
+        let (Some((meta, _)), true) = (self.meta, self.marked) else {
             self.store.clear_partition(&self.topic, self.partition)?;
             return Ok(None);
         };
@@ -352,6 +426,16 @@ mod tests {
         log
     }
 
+    /// The mark a seed publishes first for partition `partition` (it starts from nothing).
+    fn mark(partition: i32) -> ChangelogRecord {
+        ChangelogRecord {
+            partition,
+            key: mark_key("audit", partition).into_bytes(),
+            value: Some(b"changelog".to_vec()),
+            checkpoint: 0,
+        }
+    }
+
     /// Restores partition `partition` of `into` from `log`, in order.
     fn restore(into: &Store, log: &[ChangelogRecord], partition: i32) -> Option<Restored> {
         let mut r = into.begin_restore("audit", partition).unwrap();
@@ -375,13 +459,14 @@ mod tests {
         );
         let stats = EngineStats::default();
         let (a, b, c) = (agent("a", 1), agent("b", 2), agent("c", 3));
-        let mut log = checkpoint(
+        let mut log = vec![mark(0), mark(1)];
+        log.extend(checkpoint(
             &src,
             &[
                 delta(&stats, 0, 10, vec![&a, &b]),
                 delta(&stats, 1, 7, vec![&c]),
             ],
-        );
+        ));
         let a2 = agent("a", 15);
         let mut second = delta(&stats, 0, 20, vec![&a2]);
         second.sessions.1.push("s10".into());
@@ -397,6 +482,76 @@ mod tests {
         assert!(dst.load_partition("audit", 1).unwrap().is_none());
         assert!(dst.find_agent("c").unwrap().is_empty());
         assert!(dst.skips("audit", 0).unwrap().is_empty());
+        assert_eq!(
+            dst.changelog_mark("audit", 0).unwrap().as_deref(),
+            Some("changelog"),
+            "restored whole: nothing to publish again"
+        );
+    }
+
+    /// The changelog was turned on for a state already stored: its checkpoints publish only
+    /// the agents that change. Restored from that, the partition would lack the others' baselines:
+    /// without the mark nothing is restored (the partition is replayed); once the stored state
+    /// is published whole (the seed: its stored keys, then the mark), the restore gives it all.
+    #[test]
+    fn a_changelog_turned_on_for_a_stored_state_restores_only_once_published_whole() {
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (src, dst) = (
+            Store::open(d1.path()).unwrap(),
+            Store::open(d2.path()).unwrap(),
+        );
+        let stats = EngineStats::default();
+        let (a, idle) = (agent("a", 1), agent("idle", 2));
+        checkpoint(&src, &[delta(&stats, 0, 10, vec![&a, &idle])]);
+        // Turned on now: the next checkpoint publishes only what changed.
+        let a2 = agent("a", 15);
+        let changed = checkpoint(&src, &[delta(&stats, 0, 20, vec![&a2])]);
+        assert_eq!(
+            restore(&dst, &changed, 0),
+            None,
+            "no mark: not a whole state"
+        );
+        assert!(dst.db().scan_prefix("a/").next().is_none(), "nothing left");
+
+        let mut seed = Vec::new();
+        let next = src
+            .each_stored_record::<StoreError>("audit", 0, |at, k, v| {
+                seed.push(ChangelogRecord {
+                    partition: 0,
+                    key: k.to_vec(),
+                    value: Some(v.to_vec()),
+                    checkpoint: at,
+                });
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(next, Some(20));
+        assert!(
+            seed.last().is_some_and(|r| r.key.starts_with(b"m/")),
+            "meta last"
+        );
+        seed.push(ChangelogRecord {
+            checkpoint: 20,
+            ..mark(0)
+        });
+        let a3 = agent("a", 25);
+        seed.extend(checkpoint(&src, &[delta(&stats, 0, 30, vec![&a3])]));
+        let r = restore(&dst, &seed, 0).expect("a whole state");
+        assert_eq!(r.next_offset, 30);
+        assert_eq!(
+            dst.load_partition("audit", 0).unwrap(),
+            src.load_partition("audit", 0).unwrap()
+        );
+        assert_eq!(
+            dst.find_agent("idle").unwrap().len(),
+            1,
+            "the idle agent too"
+        );
+        assert_eq!(
+            src.each_stored_record::<StoreError>("audit", 9, |_, _, _| Ok(()))
+                .unwrap(),
+            None
+        );
     }
 
     #[test]
@@ -408,7 +563,8 @@ mod tests {
         );
         let stats = EngineStats::default();
         let (a, b) = (agent("a", 1), agent("b", 2));
-        let mut log = checkpoint(&src, &[delta(&stats, 0, 10, vec![&a, &b])]);
+        let mut log = vec![mark(0)];
+        log.extend(checkpoint(&src, &[delta(&stats, 0, 10, vec![&a, &b])]));
         let a2 = agent("a", 15);
         let mut cut = checkpoint(&src, &[delta(&stats, 0, 20, vec![&a2])]);
         // The writer stopped before the meta that closes the second checkpoint.
@@ -443,10 +599,11 @@ mod tests {
         );
         let stats = EngineStats::default();
         let a = agent("a", 1);
-        let mut log = checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]);
+        let mut log = vec![mark(0)];
+        log.extend(checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]));
         log.pop();
         assert_eq!(restore(&dst, &log, 0), None);
-        for kind in ["m/", "a/", "s/", "d/", "k/"] {
+        for kind in ["m/", "a/", "s/", "d/", "k/", "l/"] {
             assert_eq!(dst.db().scan_prefix(kind).count(), 0, "{kind}");
         }
         // A restore given up half-way (a forged record, a timeout) leaves nothing either.

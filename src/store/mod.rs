@@ -22,8 +22,8 @@ mod checkpoint;
 mod codec;
 
 pub use changelog::{
-    signature, signed_by, snapshot_signature, snapshot_signed_by, ChangelogRecord, Restore,
-    Restored, CHECKPOINT_HEADER, SIGNATURE_HEADER,
+    mark_key, signature, signed_by, snapshot_signature, snapshot_signed_by, ChangelogRecord,
+    Restore, Restored, CHECKPOINT_HEADER, SIGNATURE_HEADER,
 };
 pub use checkpoint::{checkpoint_batch, PartitionDelta};
 
