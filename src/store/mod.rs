@@ -643,7 +643,7 @@ impl Store {
         control.remove("c/pending");
         self.db.apply_batch(control)?;
         let mut n = 0;
-        for prefix in ["m/", "a/", "s/", "d/", "k/"] {
+        for prefix in ["m/", "a/", "s/", "d/", "k/", "l/"] {
             let p = match topic {
                 Some(t) => format!("{prefix}{t}/"),
                 None => prefix.to_string(),
@@ -897,9 +897,15 @@ mod tests {
         assert_eq!(s.control_offset(0).unwrap(), Some(7));
         assert_eq!(s.find_agent("agent/with/slashes").unwrap().len(), 1);
         assert_eq!(s.partitions().unwrap()[0].3, 2);
+        s.set_changelog_mark("audit", 3, "changelog").unwrap();
         assert_eq!(s.clear_partitions(None).unwrap(), 1);
         assert!(s.load_partition("audit", 3).unwrap().is_none());
         assert_eq!(s.db().scan_prefix("s/").count(), 0, "sessions cleared too");
+        assert_eq!(
+            s.changelog_mark("audit", 3).unwrap(),
+            None,
+            "published whole again once rebuilt"
+        );
         // The control topic is read again from its start; what was read is the re-read mark.
         assert_eq!(s.control_offset(0).unwrap(), None);
         assert_eq!(s.control_marks().unwrap(), HashMap::from([(0, 7)]));
