@@ -5,9 +5,9 @@
 //!
 //! A partition whose state was never published whole to the changelog (the changelog was
 //! turned on for an existing state, or the partition starts from nothing) is first **seeded**
-//! ([`ChangelogSource::seed`]): its stored keys, its meta, then its mark ([`crate::store::mark_key`]),
-//! which a restore requires; a changelog without it would restore only the agents that changed
-//! since it was turned on.
+//! ([`ChangelogSource::seed`]): its mark ([`crate::store::mark_key`]), then its stored keys and
+//! its meta. A restore requires a mark and voids what came before the last one: a changelog
+//! without one would restore only the agents that changed since it was turned on.
 //!
 //! The end is the one the broker's fetch responses report (`enable.partition.eof`), not a
 //! watermark asked for before reading (some Kafka-compatible brokers answer that with the start
@@ -121,9 +121,10 @@ impl ProducerContext for Acks {
 
 impl ChangelogSource {
     /// Publishes partition `partition` of audit topic `audit` whole to its changelog partition
-    /// (every stored key, the meta, then the mark, signed with the signing key, at the stored
-    /// state's next offset or `from` when nothing is stored), waits for the broker, then records
-    /// the mark in the store; the records published.
+    /// (the mark, which voids what the changelog held before it, then every stored key and the
+    /// meta, signed with the signing key, at the stored state's next offset or `from` when
+    /// nothing is stored), waits for the broker, then records the mark in the store; the records
+    /// published.
     pub fn seed(
         &self,
         store: &Store,
@@ -179,14 +180,13 @@ impl ChangelogSource {
             sent += 1;
             Ok(())
         };
-        let at = store
-            .each_stored_record(audit, partition, |next, k, v| send(k, v, next))?
-            .unwrap_or(from);
+        let at = store.stored_next(audit, partition)?.unwrap_or(from);
         send(
             mark_key(audit, partition).as_bytes(),
             self.topic.as_bytes(),
             at,
         )?;
+        store.each_stored_record(audit, partition, |next, k, v| send(k, v, next))?;
         p.flush(self.deadline).map_err(kafka)?;
         let failed = p.context().failed.load(Ordering::Relaxed);
         if failed > 0 {

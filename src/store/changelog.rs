@@ -162,9 +162,10 @@ pub struct Restore<'s> {
     records: u64,
 }
 
-/// The key of a partition's changelog mark: in the changelog, that every key of the partition
-/// as of the checkpoint it comes with is in it (a restore needs it); in the store, the changelog
-/// topic this partition's state was published to whole (its value).
+/// The key of a partition's changelog mark: in the changelog, that the partition is published
+/// whole from there on (its stored keys, then its meta, follow it; a restore needs it and voids
+/// what came before it); in the store, the changelog topic this partition's state was published
+/// to whole (its value).
 pub fn mark_key(topic: &str, partition: i32) -> String {
     part_prefix('l', topic, partition)
 }
@@ -192,6 +193,15 @@ impl Store {
         let mut b = sled::Batch::default();
         b.insert(mark_key(topic, partition).as_bytes(), changelog.as_bytes());
         self.write(b)
+    }
+
+    /// The next offset of a partition's stored state, if it has one.
+    pub fn stored_next(&self, topic: &str, partition: i32) -> Result<Option<i64>, StoreError> {
+        let meta_key = part_prefix('m', topic, partition);
+        match self.db.get(&meta_key)? {
+            Some(meta) => Ok(Some(decode_meta(meta_key.as_bytes(), &meta)?.next_offset)),
+            None => Ok(None),
+        }
     }
 
     /// Every stored key of a partition as a changelog publishes it, given to `each` with the
@@ -289,7 +299,13 @@ impl Restore<'_> {
         checkpoint: i64,
     ) -> Result<(), StoreError> {
         if key == self.mark_key.as_bytes() {
+            // A mark opens a whole publication of the partition: what came before is void.
             if let Some(v) = value {
+                self.store.clear_partition(&self.topic, self.partition)?;
+                self.batch = sled::Batch::default();
+                self.in_batch = 0;
+                self.meta = None;
+                self.ahead.clear();
                 self.records += 1;
                 self.marked = true;
                 self.batch.insert(key, v);
@@ -513,7 +529,10 @@ mod tests {
         );
         assert!(dst.db().scan_prefix("a/").next().is_none(), "nothing left");
 
-        let mut seed = Vec::new();
+        let mut seed = vec![ChangelogRecord {
+            checkpoint: 20,
+            ..mark(0)
+        }];
         let next = src
             .each_stored_record::<StoreError>("audit", 0, |at, k, v| {
                 seed.push(ChangelogRecord {
@@ -530,13 +549,17 @@ mod tests {
             seed.last().is_some_and(|r| r.key.starts_with(b"m/")),
             "meta last"
         );
-        seed.push(ChangelogRecord {
-            checkpoint: 20,
-            ..mark(0)
-        });
         let a3 = agent("a", 25);
         seed.extend(checkpoint(&src, &[delta(&stats, 0, 30, vec![&a3])]));
-        let r = restore(&dst, &seed, 0).expect("a whole state");
+        // What the changelog held before the seed is void: an agent gone since does not return.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let ghost = agent("ghost", 3);
+        let mut log = checkpoint(
+            &Store::open(elsewhere.path()).unwrap(),
+            &[delta(&stats, 0, 5, vec![&ghost])],
+        );
+        log.extend(seed);
+        let r = restore(&dst, &log, 0).expect("a whole state");
         assert_eq!(r.next_offset, 30);
         assert_eq!(
             dst.load_partition("audit", 0).unwrap(),
@@ -546,6 +569,10 @@ mod tests {
             dst.find_agent("idle").unwrap().len(),
             1,
             "the idle agent too"
+        );
+        assert!(
+            dst.find_agent("ghost").unwrap().is_empty(),
+            "nothing from before the mark"
         );
         assert_eq!(
             src.each_stored_record::<StoreError>("audit", 9, |_, _, _| Ok(()))
