@@ -798,13 +798,13 @@ fn a_cohort_shift_spread_over_four_partitions_raises_no_agent_incident_and_no_ki
     assert!(m.findings_explained.load(Ordering::Relaxed) >= 1);
 }
 
-/// The changelog turned on for a deployment that already has its state: each partition is first
-/// published whole (its stored agents, idle ones included, then its mark), so an instance that
-/// takes it over without its state restores every agent, not only those that changed since.
-#[test]
-fn a_changelog_turned_on_for_an_existing_state_publishes_it_whole_first() {
-    let (c, mut k) = cluster();
-    let agents: Vec<String> = (0..6).map(|a| format!("fin-calm-{a}")).collect();
+/// Six calm finance agents.
+fn calm_agents() -> Vec<String> {
+    (0..6).map(|a| format!("fin-calm-{a}")).collect()
+}
+
+/// Thirty reads of each agent, five minutes apart, onto the audit topic; how many.
+fn produce_calm_history(k: &KafkaConfig, agents: &[String]) -> u64 {
     let mut msgs: Vec<(Option<String>, Vec<u8>)> = Vec::new();
     for (a, agent) in agents.iter().enumerate() {
         for i in 0..30u64 {
@@ -815,8 +815,32 @@ fn a_changelog_turned_on_for_an_existing_state_publishes_it_whole_first() {
             ));
         }
     }
-    let history = msgs.len() as u64;
-    produce(&k, "audit", &msgs);
+    produce(k, "audit", &msgs);
+    msgs.len() as u64
+}
+
+/// Ten more reads of `agent`, after the calm history.
+fn produce_ten_more(k: &KafkaConfig, agent: &str) {
+    let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
+        .map(|i| {
+            let ts = T0 + 30 * 300_000 + i as i64 * 300_000;
+            (
+                Some(agent.to_string()),
+                line(agent, 100 + i, ts, "read_ledger").into_bytes(),
+            )
+        })
+        .collect();
+    produce(k, "audit", &more);
+}
+
+/// The changelog turned on for a deployment that already has its state: each partition is first
+/// published whole (its stored agents, idle ones included, then its mark), so an instance that
+/// takes it over without its state restores every agent, not only those that changed since.
+#[test]
+fn a_changelog_turned_on_for_an_existing_state_publishes_it_whole_first() {
+    let (c, mut k) = cluster();
+    let agents = calm_agents();
+    let history = produce_calm_history(&k, &agents);
     let dir = tempfile::tempdir().unwrap();
     let d = start(&k, dir.path());
     wait(&d.metrics, "history", |m| {
@@ -828,16 +852,7 @@ fn a_changelog_turned_on_for_an_existing_state_publishes_it_whole_first() {
     c.create_topic("changelog", 2, 1).unwrap();
     k.changelog_topic = Some("changelog".into());
     let d = start(&k, dir.path());
-    let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
-        .map(|i| {
-            let ts = T0 + 30 * 300_000 + i as i64 * 300_000;
-            (
-                Some(agents[0].clone()),
-                line(&agents[0], 100 + i, ts, "read_ledger").into_bytes(),
-            )
-        })
-        .collect();
-    produce(&k, "audit", &more);
+    produce_ten_more(&k, &agents[0]);
     wait(&d.metrics, "the new events", |m| {
         m.events.load(Ordering::Relaxed) == 10
     });
@@ -878,19 +893,8 @@ fn a_partition_without_local_state_is_restored_from_the_changelog_not_replayed()
     let (c, mut k) = cluster();
     c.create_topic("changelog", 2, 1).unwrap();
     k.changelog_topic = Some("changelog".into());
-    let agents: Vec<String> = (0..6).map(|a| format!("fin-calm-{a}")).collect();
-    let mut msgs: Vec<(Option<String>, Vec<u8>)> = Vec::new();
-    for (a, agent) in agents.iter().enumerate() {
-        for i in 0..30u64 {
-            let ts = T0 + i as i64 * 300_000 + a as i64 * 1_000;
-            msgs.push((
-                Some(agent.clone()),
-                line(agent, i, ts, "read_ledger").into_bytes(),
-            ));
-        }
-    }
-    let history = msgs.len() as u64;
-    produce(&k, "audit", &msgs);
+    let agents = calm_agents();
+    let history = produce_calm_history(&k, &agents);
     let first = tempfile::tempdir().unwrap();
     let d = start(&k, first.path());
     wait(&d.metrics, "history", |m| {
@@ -910,16 +914,7 @@ fn a_partition_without_local_state_is_restored_from_the_changelog_not_replayed()
     wait(&d.metrics, "two restores", |m| {
         m.changelog_restores.load(Ordering::Relaxed) == 2
     });
-    let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
-        .map(|i| {
-            let ts = T0 + 30 * 300_000 + i as i64 * 300_000;
-            (
-                Some(agents[0].clone()),
-                line(&agents[0], 100 + i, ts, "read_ledger").into_bytes(),
-            )
-        })
-        .collect();
-    produce(&k, "audit", &more);
+    produce_ten_more(&k, &agents[0]);
     wait(&d.metrics, "the new events", |m| {
         m.events.load(Ordering::Relaxed) == 10
     });
