@@ -44,10 +44,28 @@ struct Resend {
     payload: Option<Vec<u8>>,
     headers: Option<OwnedHeaders>,
     tag: usize,
+    /// Not sent again before this: a broker that answers at once (one shutting down) would
+    /// use up every attempt within milliseconds.
+    due: std::time::Instant,
 }
 
-/// Attempts a message answered with a passing error gets before it fails for good.
-const ATTEMPTS: usize = 5;
+/// Attempts a message answered with a passing error gets before it fails for good: with
+/// [`resend_after`], about five minutes, as long as librdkafka's own `message.timeout.ms`
+/// gives a message that finds no broker (a broker shutting down answers at once, for seconds).
+const ATTEMPTS: usize = 64;
+
+/// The wait before sending a message again after `attempts` attempts: 0.1 s doubled for each
+/// attempt, at most 5 s.
+fn resend_after(attempts: usize) -> std::time::Duration {
+    let first = std::time::Duration::from_millis(100);
+    let doubled = u32::try_from(attempts)
+        .ok()
+        .and_then(|n| 1u32.checked_shl(n))
+        .unwrap_or(u32::MAX);
+    first
+        .saturating_mul(doubled)
+        .min(std::time::Duration::from_secs(5))
+}
 
 /// Whether a broker's answer says nothing about the message, only about the broker at that
 /// moment (shutting down, moving leaders, short of replicas): sending it again may succeed.
@@ -169,6 +187,7 @@ impl ProducerContext for SinkContext {
                         payload: m.payload().map(<[u8]>::to_vec),
                         headers: m.headers().map(|h| h.detach()),
                         tag: tag + ATTEMPT,
+                        due: std::time::Instant::now() + resend_after(tag / ATTEMPT),
                     });
                 }
             }
@@ -305,13 +324,20 @@ impl KafkaSink {
         }
     }
 
-    /// Sends again the messages a broker answered with a passing error.
+    /// Sends again the messages a broker answered with a passing error whose wait is over.
     fn send_again(&self) -> Result<(), ProduceError> {
-        let again = match self.deliveries.again.lock() {
-            Ok(mut a) if !a.is_empty() => std::mem::take(&mut *a),
+        let now = std::time::Instant::now();
+        let due: Vec<Resend> = match self.deliveries.again.lock() {
+            Ok(mut a) if a.iter().any(|r| r.due <= now) => {
+                let (due, later) = std::mem::take(&mut *a)
+                    .into_iter()
+                    .partition(|r| r.due <= now);
+                *a = later;
+                due
+            }
             _ => return Ok(()),
         };
-        for r in again {
+        for r in due {
             self.send_tagged(
                 r.tag,
                 (&r.topic, r.partition),
@@ -465,6 +491,20 @@ impl OutputTopics for KafkaSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_passing_error_is_sent_again_for_minutes_not_milliseconds() {
+        let waits: Vec<Duration> = (0..ATTEMPTS).map(resend_after).collect();
+        assert_eq!(waits[0], Duration::from_millis(100));
+        assert_eq!(waits[1], Duration::from_millis(200));
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(waits[ATTEMPTS - 1], Duration::from_secs(5));
+        let total: Duration = waits.iter().sum();
+        assert!(
+            total >= Duration::from_secs(240) && total <= Duration::from_secs(360),
+            "{total:?}"
+        );
+    }
 
     #[test]
     fn tls_and_sasl_options_are_accepted_by_the_kafka_client() {
