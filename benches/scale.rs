@@ -16,6 +16,9 @@
 //! (default 5), `SCALE_CLIENTS` (default 20), `SCALE_REQUESTS` (per client and endpoint,
 //! default 200). `--million` is 1,000,000 agents with the day's first 20 M events only (about
 //! 20 per agent).
+//! The fold runs a second time with `--max-agents-in-memory` (`SCALE_KEEP`, default a fifth
+//! of the agents): its rate, peak memory, how often states left memory and were read back,
+//! and whether its incidents are byte for byte the unbounded fold's.
 //! Not covered here: restart-to-live and a changelog restore (they need a broker; the handoff
 //! is timed by `tests/e2e_tansu.rs`).
 
@@ -125,10 +128,13 @@ fn main() {
 
     // The fold.
     let state = tempfile::tempdir().expect("dir");
+    let work = tempfile::tempdir().expect("dir");
+    let incidents = work.path().join("incidents.jsonl");
     let report = sh(&format!(
-        "zstd -d -q -c {} | /usr/bin/time -v {bin} replay --state {} - > /dev/null",
+        "zstd -d -q -c {} | /usr/bin/time -v {bin} replay --state {} - > {}",
         events.display(),
-        state.path().display()
+        state.path().display(),
+        incidents.display()
     ));
     let summary = report
         .lines()
@@ -138,6 +144,33 @@ fn main() {
     let peak_mib = time_field(&report, "Maximum resident set size (kbytes):") / 1024.0;
     println!("fold: {summary}");
     println!("fold: peak memory {peak_mib:.0} MiB");
+
+    // The same fold with a bound on the agents in memory.
+    let keep = env_or("SCALE_KEEP", agents / 5);
+    let bounded_state = tempfile::tempdir().expect("dir");
+    let bounded = work.path().join("bounded.jsonl");
+    let report = sh(&format!(
+        "zstd -d -q -c {} | /usr/bin/time -v {bin} replay --state {} --max-agents-in-memory {keep} - > {}",
+        events.display(),
+        bounded_state.path().display(),
+        bounded.display()
+    ));
+    for l in report
+        .lines()
+        .filter(|l| l.starts_with("replayed ") || l.starts_with("at most "))
+    {
+        println!("fold, at most {keep} agents in memory: {l}");
+    }
+    println!(
+        "fold, at most {keep} agents in memory: peak memory {:.0} MiB; incidents {}",
+        time_field(&report, "Maximum resident set size (kbytes):") / 1024.0,
+        if std::fs::read(&incidents).ok() == std::fs::read(&bounded).ok() {
+            "identical to the unbounded fold's"
+        } else {
+            "DIFFERENT from the unbounded fold's"
+        }
+    );
+    drop(bounded_state);
     let t = Instant::now();
     sh(&format!(
         "{bin} posture --state {} --json > /dev/null",

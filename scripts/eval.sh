@@ -6,6 +6,7 @@
 # Exits 2 when the fleet is absent. The suite's gate is tests/eval_fleet.rs.
 #   scripts/eval.sh [EVAL_DIR] [OUT_DIR]
 # OUT_DIR keeps incidents.jsonl, score.txt and score.json (default: a temporary directory).
+# GUARDIAN_REPLAY_ARGS: more options for the replay (e.g. `--max-agents-in-memory 30`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ev="${1:-${GUARDIAN_EVAL_DIR:-../shared/eval}}"
@@ -26,7 +27,7 @@ for labels in "$ev"/*.labels.jsonl; do
   rm -rf "$out/$name.state"
   zstd -d -q --long=27 -c "$data" \
     | "$bin" replay --blueprints "$out/config/blueprints" --assign "$out/config/assign.json" \
-      --state "$out/$name.state" - >"$out/$name.incidents.jsonl" 2>"$out/$name.replay.log"
+      --state "$out/$name.state" ${GUARDIAN_REPLAY_ARGS:-} - >"$out/$name.incidents.jsonl" 2>"$out/$name.replay.log"
   python3 "$ev/score.py" "$labels" "$out/$name.incidents.jsonl" --json "$out/$name.score.json" \
     | tee "$out/$name.score.txt"
   "$bin" posture --state "$out/$name.state" --json --limit 100000 >"$out/$name.posture.json"

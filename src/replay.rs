@@ -101,6 +101,17 @@ pub trait IncidentSink {
     fn new_day(&mut self, _engine: &Engine, _day_start: i64) -> io::Result<()> {
         Ok(())
     }
+
+    /// Before a batch goes to the engine: brings back the states of its agents that are out of
+    /// memory (see [`StateRecorder::bounded`]); nothing by default.
+    fn load(&mut self, _engine: &mut Engine, _batch: &[AuditEvent<'_>]) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// After a batch: lets agents' states leave memory; nothing by default.
+    fn unload(&mut self, _engine: &mut Engine) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Writes incidents as JSON lines.
@@ -689,7 +700,9 @@ fn flush(
     sink: &mut impl IncidentSink,
     sum: &mut ReplaySummary,
 ) -> io::Result<()> {
+    sink.load(engine, batch)?;
     engine.process_batch(batch, out);
+    sink.unload(engine)?;
     sum.events += batch.len() as u64;
     batch.clear();
     for i in out.drain(..) {
@@ -711,6 +724,24 @@ pub struct StateRecorder<S> {
     /// The state being written, if open already: incidents go there in batches as they come
     /// instead of staying in memory.
     store: Option<crate::store::Store>,
+    /// At most this many agents' states in memory, the others in `store`.
+    keep: Option<usize>,
+    /// The topic the agents are written under (see [`state_topic`]).
+    topic: String,
+    /// Times an agent's state left memory.
+    pub unloaded: u64,
+    /// Times an agent's state was read back from the store.
+    pub loaded: u64,
+}
+
+/// The topic a replay's agents are written under in its state.
+fn state_topic(source: &str) -> String {
+    format!("replay:{source}")
+}
+
+/// An error of the state store, as an I/O error of the replay.
+fn store_io(e: crate::store::StoreError) -> io::Error {
+    io::Error::other(e)
 }
 
 impl<S: IncidentSink> StateRecorder<S> {
@@ -722,7 +753,50 @@ impl<S: IncidentSink> StateRecorder<S> {
             history: Vec::new(),
             settings,
             store: None,
+            keep: None,
+            topic: String::new(),
+            unloaded: 0,
+            loaded: 0,
         }
+    }
+
+    /// Keeps at most `keep` agents' states in memory (at least one), the others in the store
+    /// given to [`StateRecorder::spilling_to`], read back on their agent's next event; `source`
+    /// names the replay's input, as for [`write_state`]. The least recently used leave memory
+    /// once `keep` is passed, an eighth of `keep` at a time.
+    pub fn bounded(mut self, keep: usize, source: &str) -> StateRecorder<S> {
+        self.keep = Some(keep.max(1));
+        self.topic = state_topic(source);
+        self
+    }
+
+    /// The point of history as of the day's start: over every agent, those out of memory read
+    /// from the store a part at a time.
+    fn point(&self, engine: &Engine) -> io::Result<crate::posture::HistoryPoint> {
+        use crate::posture::report;
+        let resident: Vec<&AgentState> = engine.agents().collect();
+        let store = match &self.store {
+            Some(s) if engine.resident_count() < engine.agent_count() => s,
+            _ => {
+                return Ok(
+                    crate::posture::posture(&resident, &self.settings, &self.history).point(),
+                )
+            }
+        };
+        let idle: Vec<(&str, i64)> = engine.idle_agents().collect();
+        let now = resident
+            .iter()
+            .map(|s| s.last_seen)
+            .chain(idle.iter().map(|i| i.1))
+            .max()
+            .unwrap_or(0);
+        let mut rows = report::rows(&resident, &self.settings, now, 1);
+        let ids: Vec<&str> = idle.iter().map(|i| i.0).collect();
+        for chunk in ids.chunks(WRITE_CHUNK) {
+            let states = store.load_agents(&self.topic, 0, chunk).map_err(store_io)?;
+            rows.extend(report::rows(&states, &self.settings, now, 1));
+        }
+        Ok(report::point_of(&rows, now))
     }
 
     /// Writes the incidents to `store` in batches as they come (only the last batch stays in
@@ -752,10 +826,44 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
     }
 
     fn new_day(&mut self, engine: &Engine, day_start: i64) -> io::Result<()> {
-        let states: Vec<&crate::state::AgentState> = engine.agents().collect();
-        let p = crate::posture::posture(&states, &self.settings, &self.history);
-        self.history.push(p.point());
+        let p = self.point(engine)?;
+        self.history.push(p);
         self.inner.new_day(engine, day_start)
+    }
+
+    fn load(&mut self, engine: &mut Engine, batch: &[AuditEvent<'_>]) -> io::Result<()> {
+        let Some(store) = self.store.as_ref().filter(|_| self.keep.is_some()) else {
+            return Ok(());
+        };
+        let ids = engine.idle_among(batch);
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let states = store.load_agents(&self.topic, 0, &ids).map_err(store_io)?;
+        for st in states {
+            let loaded = engine.reload(st);
+            debug_assert!(loaded, "each idle agent is loaded once");
+            self.loaded += u64::from(loaded);
+        }
+        Ok(())
+    }
+
+    fn unload(&mut self, engine: &mut Engine) -> io::Result<()> {
+        let (Some(store), Some(keep)) = (&self.store, self.keep) else {
+            return Ok(());
+        };
+        if engine.resident_count() <= keep {
+            return Ok(());
+        }
+        let (n, changed) = engine.evict(keep - keep / 8, crate::engine::Evict::Changed);
+        self.unloaded += n as u64;
+        for chunk in changed.chunks(WRITE_CHUNK) {
+            let refs: Vec<&AgentState> = chunk.iter().collect();
+            store
+                .write_agents(&self.topic, 0, &refs)
+                .map_err(store_io)?;
+        }
+        Ok(())
     }
 }
 
@@ -787,7 +895,7 @@ pub fn write_state<S>(
         ..crate::posture::Ledger::default()
     };
     ledger.record_setup(setup, chrono::Utc::now().timestamp_millis());
-    let topic = format!("replay:{source}");
+    let topic = state_topic(source);
     let fleet = engine.fleet_state();
     let sessions = engine.take_session_changes();
     let (duplicates, duplicate_figures) = engine.take_duplicate_changes();

@@ -302,3 +302,64 @@ fn replay_refuses_a_max_future_beyond_a_day() {
     let (code, _, err) = guardian(&["replay", "--max-future", "1day", "-"], "");
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn a_replay_with_few_agents_in_memory_detects_and_stores_the_same() {
+    // A simulated fleet with its injected attacks, folded once with every agent in memory and
+    // once with at most 8 of 60: the same incidents, line for line, and the same posture.
+    let dir = tempfile::tempdir().unwrap();
+    let events = dir.path().join("fleet.jsonl");
+    let events_s = events.to_str().unwrap();
+    let (code, _, err) = guardian(
+        &[
+            "simulate", "--agents", "60", "--days", "10", "--seed", "3", "-o", events_s,
+        ],
+        "",
+    );
+    assert_eq!(code, 0, "{err}");
+    let fold = |name: &str, more: &[&str]| {
+        let state = dir.path().join(name);
+        let state_s = state.to_str().unwrap().to_string();
+        let mut args = vec!["replay", "--quiet", "--state", &state_s];
+        args.extend_from_slice(more);
+        args.push(events_s);
+        let (code, incidents, err) = guardian(&args, "");
+        assert_eq!(code, 0, "{err}");
+        let (code, posture, perr) = guardian(&["posture", "--state", &state_s, "--json"], "");
+        assert_eq!(code, 0, "{perr}");
+        (incidents, posture, err)
+    };
+    let (incidents, posture, _) = fold("whole", &[]);
+    let (bounded, bounded_posture, err) = fold("bounded", &["--max-agents-in-memory", "8"]);
+    assert!(incidents.lines().count() > 10, "{incidents}");
+    assert!(incidents == bounded, "the incidents differ");
+    assert!(posture == bounded_posture, "the postures differ");
+    // The states did leave memory and come back.
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("at most 8 agents in memory"))
+        .unwrap_or_else(|| panic!("{err}"));
+    let figures: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // [8, out of memory at the end, agents, left, read back]
+    assert_eq!(figures.len(), 5, "{line}");
+    assert!(figures[1] >= 40 && figures[2] == 60, "{line}");
+    assert!(figures[3] > 60 && figures[4] > 60, "{line}");
+    // A bound needs a state directory, and is at least one.
+    let (code, _, err) = guardian(&["replay", "--max-agents-in-memory", "8", events_s], "");
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = guardian(
+        &[
+            "replay",
+            "--state",
+            "x",
+            "--max-agents-in-memory",
+            "0",
+            events_s,
+        ],
+        "",
+    );
+    assert_eq!(code, 2, "{err}");
+}

@@ -128,6 +128,11 @@ struct ReplayArgs {
     /// for `guardian posture --state DIR`.
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// With `--state`: at most this many agents' states in memory, the least recently used
+    /// others in the state directory until their next event (detection is the same; memory
+    /// follows the bound, not the fleet).
+    #[arg(long, value_name = "N", requires = "state", value_parser = clap::value_parser!(u64).range(1..))]
+    max_agents_in_memory: Option<u64>,
     /// Events file (JSON lines), or `-` for stdin.
     events: PathBuf,
 }
@@ -368,6 +373,9 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             let mut rec =
                 replay::StateRecorder::new(sink, crate::posture::PostureSettings::default())
                     .spilling_to(store);
+            if let Some(n) = a.max_agents_in_memory {
+                rec = rec.bounded(usize::try_from(n).unwrap_or(usize::MAX), &source);
+            }
             let s = replay::run_with(
                 &mut engine,
                 &decoder,
@@ -378,6 +386,15 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
                 options,
             )?;
             rec.inner.flush()?;
+            if let Some(n) = a.max_agents_in_memory {
+                say!(
+                    "at most {n} agents in memory: {} of {} out of memory at the end; states left memory {} times and were read back {} times",
+                    engine.agent_count() - engine.resident_count(),
+                    engine.agent_count(),
+                    rec.unloaded,
+                    rec.loaded
+                );
+            }
             write_replay_state(dir, engine, &rec, &source, s.lines)?;
             s
         }

@@ -171,6 +171,22 @@ impl FrequencyState {
         self.calls.prefetch();
     }
 
+    /// What a cohort reads of it ([`FrequencyState::member_at`]: the counts of its windows),
+    /// the rest empty (see [`super::DetectorState::husk`]).
+    pub fn husk(&self) -> FrequencyState {
+        FrequencyState {
+            calls: self.calls.emptied(),
+            scales: self.scales.clone(),
+            turns: Scales::default(),
+            last_call: self.last_call,
+            episode: Episode::default(),
+            count_volume: Episode::default(),
+            habit: Habit::default(),
+            limits: Limits::default(),
+            dispersion: Dispersion::default(),
+        }
+    }
+
     /// Forgets the episode opened at event time `ts` (see
     /// [`super::DetectorState::forget_episode`]).
     pub fn forget_episode(&mut self, ts: i64) {

@@ -390,6 +390,21 @@ impl DetectorState {
 }
 
 impl DetectorState {
+    /// What the agent's cohort reads of it while its state lives only in the store (its rhythm
+    /// and the counts of its frequency windows), the rest empty: a stand-in never folded into.
+    pub fn husk(&self) -> DetectorState {
+        DetectorState {
+            watermark: self.watermark,
+            first_ts: self.first_ts,
+            clock: self.clock.clone(),
+            rhythm: self.rhythm.clone(),
+            frequency: self.frequency.husk(),
+            volume: self.volume.husk(),
+            sequence: SequenceState::husk(),
+            off_hours: OffHoursState::default(),
+        }
+    }
+
     /// Announces the memory an event reads (see [`crate::prefetch`]).
     pub fn prefetch(&self) {
         self.frequency.prefetch();

@@ -59,6 +59,17 @@ pub struct SequenceState {
 }
 
 impl SequenceState {
+    /// An empty state with nothing pending (see [`super::DetectorState::husk`]).
+    pub fn husk() -> SequenceState {
+        SequenceState {
+            calls: VecDeque::new(),
+            settled: (i64::MIN, 0),
+            pending: None,
+            consumed: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
+
     /// Fresh state for a blueprint.
     pub fn new(bp: &Blueprint) -> SequenceState {
         SequenceState {

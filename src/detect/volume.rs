@@ -76,6 +76,17 @@ pub struct VolumeState {
 }
 
 impl VolumeState {
+    /// An empty state of the same shape (see [`super::DetectorState::husk`]).
+    pub fn husk(&self) -> VolumeState {
+        VolumeState {
+            bytes: self.bytes.emptied(),
+            episode: Episode::default(),
+            tools: Vec::new(),
+            run: Run::default(),
+            habit: Habit::default(),
+        }
+    }
+
     /// Fresh state for a blueprint.
     pub fn new(bp: &Blueprint) -> VolumeState {
         VolumeState {

@@ -50,6 +50,17 @@ impl<T: Copy> Clone for Ring<T> {
 }
 
 impl<T: Copy + Default + std::ops::AddAssign + std::ops::SubAssign + PartialOrd> Ring<T> {
+    /// An empty ring of the same shape, holding no memory.
+    pub fn emptied(&self) -> Ring<T> {
+        Ring {
+            width: self.width,
+            span: self.span,
+            head: i64::MIN,
+            sum: T::default(),
+            buckets: VecDeque::new(),
+        }
+    }
+
     /// A ring for a window and lateness (both ms).
     pub fn new(window_ms: i64, lateness_ms: i64) -> Ring<T> {
         let (width, span) = Self::shape(window_ms, lateness_ms);

@@ -1099,4 +1099,96 @@ mod tests {
         assert_eq!(out, whole);
         assert_eq!(e.snapshot(), one.snapshot());
     }
+
+    /// Processes `evs` in batches of `batch`, keeping at most `keep` agents in memory: after
+    /// each batch the least recently used leave (changed ones go to `stored`, as a replay
+    /// writes them), and before each batch its idle agents come back from `stored`. Returns
+    /// the incidents and how many times an agent left memory.
+    fn run_bounded(
+        e: &mut Engine,
+        evs: &[AuditEvent<'_>],
+        batch: usize,
+        keep: usize,
+    ) -> (Vec<Incident>, usize) {
+        let mut stored = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        let mut left = 0;
+        for b in evs.chunks(batch) {
+            let idle: Vec<String> = e.idle_among(b).into_iter().map(str::to_string).collect();
+            for id in idle {
+                let st = stored
+                    .remove(&id)
+                    .expect("an idle agent's state was stored");
+                assert!(e.reload(st));
+            }
+            e.process_batch(b, &mut out);
+            let (n, changed) = e.evict(keep, super::super::Evict::Changed);
+            left += n;
+            for st in changed {
+                stored.insert(st.agent_id.clone(), st);
+            }
+            assert!(e.resident_count() <= keep.max(e.agent_count() - n));
+        }
+        for (_, st) in stored.drain() {
+            assert!(e.reload(st));
+        }
+        e.finish(&mut out);
+        (out, left)
+    }
+
+    #[test]
+    fn agents_out_of_memory_between_their_events_are_judged_as_if_they_never_left() {
+        // A cohort surging 3 times (one fleet shift), one of its agents at 30 times inside it,
+        // and a cohort of one alone at 3 times (a slow burn): with three agents of 13 in
+        // memory, the others leaving after every batch, the incidents and the final states are
+        // those of an engine that keeps every agent.
+        let mut workers = cohort(12, 3.0, |i| i > 0);
+        let burst = SURGE + 2 * HOUR;
+        workers[1].surges = vec![
+            (SURGE, burst, 3.0),
+            (burst, burst + 10 * MIN, 30.0),
+            (burst + 10 * MIN, SURGE + 4 * HOUR, 3.0),
+        ];
+        workers[0].surges = vec![(SURGE - DAY, SURGE - DAY + 4 * HOUR, 3.0)];
+        let evs = calls(&workers, 6);
+        let set = set(json!({}));
+        let mut whole = Engine::new(set.clone());
+        let expected = run(&mut whole, &evs);
+        assert!(!of(&expected, IncidentType::FleetShift).is_empty());
+        assert!(!of(&expected, IncidentType::FrequencySpike).is_empty());
+        let mut e = Engine::new(set);
+        let (out, left) = run_bounded(&mut e, &evs, 5, 3);
+        assert!(left > evs.len() / 100, "agents left memory {left} times");
+        assert_eq!(e.unloaded_events(), 0);
+        assert_eq!(out, expected);
+        assert_eq!(e.snapshot(), whole.snapshot());
+    }
+
+    #[test]
+    fn an_event_of_an_agent_not_loaded_is_counted_and_changes_nothing() {
+        let evs = calls(&cohort(4, 1.0, |_| false), 2);
+        let mut e = Engine::new(set(json!({})));
+        let mut out = Vec::new();
+        e.process_batch(&evs, &mut out);
+        let before = e.agent("a0").cloned().expect("a0 is known");
+        let (n, changed) = e.evict(0, super::super::Evict::Stored);
+        assert_eq!(
+            (n, changed.len()),
+            (0, 0),
+            "changed states stay until stored"
+        );
+        let _ = e.take_dirty();
+        let (n, changed) = e.evict(0, super::super::Evict::Stored);
+        assert_eq!((n, changed.len(), e.resident_count()), (4, 0, 0));
+        assert!(e.is_idle("a0") && e.agent("a0").is_none());
+        let late = call("a0", 9_999, before.last_seen + MIN, "read");
+        e.process_batch(std::slice::from_ref(&late), &mut out);
+        assert_eq!(e.unloaded_events(), 1);
+        // Nor is a command applied to it.
+        assert!(!e.kill("a0", before.last_seen + MIN));
+        assert!(e.reload(before.clone()));
+        assert!(!e.reload(before.clone()), "loaded once");
+        assert_eq!(e.agent("a0"), Some(&before));
+        assert!(e.take_dirty().is_empty());
+    }
 }

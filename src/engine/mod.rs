@@ -39,6 +39,11 @@ struct Agent {
     pending: bool,
     /// In [`Engine::holding`].
     holding: bool,
+    /// Its whole state is in memory; otherwise `state` is its husk ([`AgentState::husk`]) and
+    /// the state lives only in the store (see [`Engine::evict`]).
+    resident: bool,
+    /// The latest batch that processed an event of it (see [`Engine::tick`]).
+    used: u64,
     state: AgentState,
 }
 
@@ -48,6 +53,15 @@ struct Cohort {
     /// Positions of its agents.
     members: Vec<u32>,
     state: CohortState,
+}
+
+/// Which agents' states may leave memory (see [`Engine::evict`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evict {
+    /// Only those stored already (unchanged since the last checkpoint): the daemon's.
+    Stored,
+    /// Changed ones too, handed to the caller to store: a replay's.
+    Changed,
 }
 
 /// The detection engine for a fleet.
@@ -94,6 +108,12 @@ pub struct Engine {
     raise: Vec<Finding>,
     /// How late the stream delivers calls.
     lag: crate::detect::DeliveryLag,
+    /// Batches processed: the clock of [`Agent::used`].
+    tick: u64,
+    /// Agents whose state lives only in the store.
+    idle: usize,
+    /// Events of agents whose state was not loaded, not processed (see [`Engine::evict`]).
+    unloaded: u64,
 }
 
 /// Position of an incident type in [`EngineStats::incidents`].
@@ -131,6 +151,9 @@ impl Engine {
             holding: Vec::new(),
             raise: Vec::with_capacity(8),
             lag: crate::detect::DeliveryLag::default(),
+            tick: 0,
+            idle: 0,
+            unloaded: 0,
         }
     }
 
@@ -259,11 +282,136 @@ impl Engine {
         self.agents.len()
     }
 
-    /// One agent's state.
+    /// One agent's state, if it is in memory (see [`Engine::is_idle`]).
     pub fn agent(&self, agent_id: &str) -> Option<&AgentState> {
+        self.resident_position(agent_id)
+            .map(|i| &self.agents[i].state)
+    }
+
+    /// The position of an agent whose state is in memory.
+    fn resident_position(&self, agent_id: &str) -> Option<usize> {
         self.index
             .get(agent_id)
-            .map(|&i| &self.agents[i as usize].state)
+            .map(|&i| i as usize)
+            .filter(|&i| self.agents[i].resident)
+    }
+
+    /// Whether the agent is known but its state lives only in the store: load it
+    /// ([`Engine::reload`]) before its events or a command for it.
+    pub fn is_idle(&self, agent_id: &str) -> bool {
+        self.index
+            .get(agent_id)
+            .is_some_and(|&i| !self.agents[i as usize].resident)
+    }
+
+    /// Agents whose state is in memory.
+    pub fn resident_count(&self) -> usize {
+        self.agents.len() - self.idle
+    }
+
+    /// Killed agents, in memory or not.
+    pub fn killed_count(&self) -> usize {
+        self.killed_by_bp.iter().sum()
+    }
+
+    /// Events not processed because their agent's state was not loaded (a caller that did
+    /// not [`Engine::reload`] first; always 0 in the daemon and in a replay).
+    pub fn unloaded_events(&self) -> u64 {
+        self.unloaded
+    }
+
+    /// The agents named by `events` whose state lives only in the store, each once, in order of
+    /// first mention: what to load ([`Engine::reload`]) before processing them.
+    pub fn idle_among<'e>(&self, events: &'e [AuditEvent<'_>]) -> Vec<&'e str> {
+        if self.idle == 0 {
+            return Vec::new();
+        }
+        let mut ids: Vec<&'e str> = Vec::new();
+        for ev in events {
+            let id: &'e str = ev.agent_id.as_ref();
+            if self.is_idle(id) && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
+    }
+
+    /// The agents whose state lives only in the store: id and latest event time.
+    pub fn idle_agents(&self) -> impl Iterator<Item = (&str, i64)> {
+        self.agents
+            .iter()
+            .filter(|a| !a.resident)
+            .map(|a| (a.state.agent_id.as_str(), a.state.last_seen))
+    }
+
+    /// Puts an agent's stored state back in memory in place of its husk; `false` (and nothing
+    /// changes) when that agent is not idle here.
+    pub fn reload(&mut self, state: AgentState) -> bool {
+        let Some(&i) = self.index.get(state.agent_id.as_str()) else {
+            return false;
+        };
+        let a = &mut self.agents[i as usize];
+        if a.resident {
+            return false;
+        }
+        a.state = state;
+        a.resident = true;
+        a.used = self.tick;
+        self.idle -= 1;
+        true
+    }
+
+    /// Keeps at most `keep` agents' states in memory: beyond it, the least recently used of
+    /// those that wait for nothing (no sequence pending, no finding held for their cohort)
+    /// leave memory, a husk of what their cohort reads of them staying ([`AgentState::husk`]).
+    /// `Stored`: only states unchanged since the last [`Engine::take_dirty`] (in the store
+    /// already) leave; `Changed`: changed ones too, returned to be written (the caller writes
+    /// them before it loads any of them again). Returns how many left, and those states.
+    /// Detection is unchanged as long as each is reloaded before its next event.
+    pub fn evict(&mut self, keep: usize, which: Evict) -> (usize, Vec<AgentState>) {
+        let over = self.resident_count().saturating_sub(keep);
+        if over == 0 {
+            return (0, Vec::new());
+        }
+        let changed_too = which == Evict::Changed;
+        let mut candidates: Vec<(u64, u32)> = self
+            .agents
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| {
+                a.resident
+                    && (changed_too || !a.dirty)
+                    && !a.pending
+                    && !a.holding
+                    && a.state.detectors.pending().is_none()
+                    && a.state.cohort.held.is_empty()
+            })
+            .map(|(i, a)| (a.used, i as u32))
+            .collect();
+        let n = over.min(candidates.len());
+        if n == 0 {
+            return (0, Vec::new());
+        }
+        if n < candidates.len() {
+            candidates.select_nth_unstable(n - 1);
+        }
+        let mut changed = Vec::new();
+        for &(_, i) in &candidates[..n] {
+            let a = &mut self.agents[i as usize];
+            let husk = a.state.husk();
+            let state = std::mem::replace(&mut a.state, husk);
+            a.resident = false;
+            if a.dirty {
+                a.dirty = false;
+                changed.push(state);
+            }
+        }
+        if !changed.is_empty() {
+            let agents = &self.agents;
+            self.dirty.retain(|&i| agents[i as usize].resident);
+        }
+        self.idle += n;
+        (n, changed)
     }
 
     /// Adds an agent, or replaces the one with the same id.
@@ -276,10 +424,13 @@ impl Engine {
             dirty: false,
             pending: false,
             holding: false,
+            resident: true,
+            used: self.tick,
             state,
         };
         let i = if let Some(&j) = self.index.get(agent.state.agent_id.as_str()) {
             let old = &self.agents[j as usize];
+            self.idle -= usize::from(!old.resident);
             self.agents_by_bp[old.bp] -= 1;
             self.killed_by_bp[old.bp] -= usize::from(old.state.kill.killed);
             self.cohorts[old.cohort as usize]
@@ -310,6 +461,7 @@ impl Engine {
 
     fn mark_dirty(&mut self, i: usize) {
         if let Some(a) = self.agents.get_mut(i) {
+            debug_assert!(a.resident, "a husk is never changed");
             if !a.dirty {
                 a.dirty = true;
                 self.dirty.push(i as u32);
@@ -335,9 +487,10 @@ impl Engine {
         self.agents.into_iter().filter(|a| a.dirty).map(|a| a.state)
     }
 
-    /// Every agent's state, in first-seen order.
+    /// Every agent's state in memory, in first-seen order (see [`Engine::idle_agents`] for the
+    /// others).
     pub fn agents(&self) -> impl Iterator<Item = &AgentState> {
-        self.agents.iter().map(|a| &a.state)
+        self.agents.iter().filter(|a| a.resident).map(|a| &a.state)
     }
 
     /// Counts a malformed event of the stream this engine folds.
@@ -345,19 +498,20 @@ impl Engine {
         self.stats.bad_events += 1;
     }
 
-    /// Marks an agent killed by an operator at `ts`; `false` if the agent is unknown.
+    /// Marks an agent killed by an operator at `ts`; `false` if the agent is unknown or not in
+    /// memory ([`Engine::is_idle`]).
     pub fn kill(&mut self, agent_id: &str, ts: i64) -> bool {
-        let Some(&i) = self.index.get(agent_id) else {
+        let Some(i) = self.resident_position(agent_id) else {
             return false;
         };
-        let a = &mut self.agents[i as usize];
+        let a = &mut self.agents[i];
         let st = &mut a.state;
         if !st.kill.killed {
             self.killed_by_bp[a.bp] += 1;
         }
         st.kill.kill(ts);
         st.profile.kill_event(ts, KillEventKind::ManualKill);
-        self.mark_dirty(i as usize);
+        self.mark_dirty(i);
         true
     }
 
@@ -386,6 +540,7 @@ impl Engine {
 
     /// Processes one event, appending the incidents it raises to `out`.
     pub fn process(&mut self, ev: &AuditEvent<'_>, out: &mut Vec<Incident>) {
+        self.tick += 1;
         let i = self.index.get(ev.agent_id.as_ref()).copied();
         let identity = self.seen.identity(ev);
         self.process_at(i, ev, identity, out);
@@ -402,6 +557,7 @@ impl Engine {
         const CHUNK: usize = 64;
         /// Events between announcing an agent's buffers and processing it.
         const AHEAD: usize = 4;
+        self.tick += 1;
         let mut at = [None::<u32>; CHUNK];
         let mut identities = [None::<Identity>; CHUNK];
         for chunk in events.chunks(CHUNK) {
@@ -449,6 +605,10 @@ impl Engine {
         identity: Option<Identity>,
         out: &mut Vec<Incident>,
     ) {
+        if i.is_some_and(|i| !self.agents[i as usize].resident) {
+            self.unloaded += 1;
+            return;
+        }
         if !self.first_delivery(ev.ts_ms, identity) {
             return;
         }
@@ -456,6 +616,7 @@ impl Engine {
             Some(i) => i as usize,
             None => self.admit(ev),
         };
+        self.agents[i].used = self.tick;
         self.mark_dirty(i);
         self.origin.get_or_insert(ev.ts_ms);
         self.latest = self.latest.max(ev.ts_ms);
@@ -838,27 +999,28 @@ impl Engine {
         self.release(self.latest, true, out);
     }
 
-    /// Revives a killed agent (a `revive` command) at event time `ts`.
+    /// Revives a killed agent (a `revive` command) at event time `ts`; `false` if the agent is
+    /// unknown or not in memory ([`Engine::is_idle`]).
     pub fn revive(&mut self, agent_id: &str, ts: i64) -> bool {
-        match self.index.get(agent_id) {
-            Some(&i) => {
-                let a = &mut self.agents[i as usize];
+        match self.resident_position(agent_id) {
+            Some(i) => {
+                let a = &mut self.agents[i];
                 if a.state.kill.killed {
                     self.killed_by_bp[a.bp] -= 1;
                 }
                 a.state.kill.revive(ts);
                 a.state.after_kill = crate::detect::Episode::default();
                 a.state.profile.kill_event(ts, KillEventKind::Revive);
-                self.mark_dirty(i as usize);
+                self.mark_dirty(i);
                 true
             }
             None => false,
         }
     }
 
-    /// The whole state as a value: agents sorted by id, and the counters.
+    /// The whole state as a value: agents (those in memory) sorted by id, and the counters.
     pub fn snapshot(&self) -> Snapshot {
-        let mut agents: Vec<AgentState> = self.agents.iter().map(|a| a.state.clone()).collect();
+        let mut agents: Vec<AgentState> = self.agents().cloned().collect();
         agents.sort_by(|a, b| a.agent_id.cmp(&b.agent_id));
         Snapshot {
             version: SNAPSHOT_VERSION,

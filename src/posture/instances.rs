@@ -716,6 +716,20 @@ mod tests {
     }
 
     #[test]
+    fn a_point_of_history_from_rows_in_parts_is_the_posture_s() {
+        let set = BlueprintSet::builtin();
+        let s = PostureSettings::default();
+        let all = states(&set);
+        let want = crate::posture::posture(&all, &s, &[]).point();
+        assert!(want.agents > 2 && want.score > 0, "{want:?}");
+        let now = crate::posture::report::as_of(&all);
+        let (a, b) = all.split_at(all.len() / 2);
+        let mut rows = crate::posture::report::rows(b, &s, now, 1);
+        rows.extend(crate::posture::report::rows(a, &s, now, 1));
+        assert_eq!(crate::posture::report::point_of(&rows, now), want);
+    }
+
+    #[test]
     fn an_agent_row_is_what_its_inventory_view_shows() {
         let set = BlueprintSet::builtin();
         let s = PostureSettings::default();

@@ -178,6 +178,22 @@ pub fn as_of<A: Borrow<AgentState>>(states: &[A]) -> i64 {
         .unwrap_or(0)
 }
 
+/// The fleet's point of history from its agents' rows as of `now` (the [`Posture::point`] of
+/// their posture): for a fleet whose states are read a part at a time.
+pub fn point_of(rows: &[AgentRow], now: i64) -> HistoryPoint {
+    let mut tally = Tally::default();
+    for r in rows {
+        tally.add(r);
+    }
+    let killed = tally.by_status.get("killed").copied().unwrap_or(0);
+    HistoryPoint {
+        as_of: now,
+        score: tally.score(),
+        agents: rows.len() as u32,
+        killed: killed as u32,
+    }
+}
+
 /// The rows of every agent (merged by id), riskiest first, computed on `threads` threads.
 pub fn rows<A: Borrow<AgentState> + Sync>(
     states: &[A],

@@ -38,6 +38,26 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// A stand-in kept in memory while the agent's state lives only in the store: what its
+    /// cohort and the identity checks read of it (ids, times, kill state, rhythm, the counts of
+    /// its frequency windows, cohort marks), the rest empty. Never folded into nor stored.
+    pub fn husk(&self) -> AgentState {
+        AgentState {
+            agent_id: self.agent_id.clone(),
+            blueprint: self.blueprint.clone(),
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            events: self.events,
+            late_events: self.late_events,
+            environment: self.environment.clone(),
+            detectors: self.detectors.husk(),
+            kill: self.kill.clone(),
+            after_kill: Episode::default(),
+            profile: Profile::default(),
+            cohort: self.cohort.clone(),
+        }
+    }
+
     /// Announces the memory an event reads beyond the state itself (its buffers).
     pub fn prefetch_buffers(&self) {
         self.detectors.prefetch();

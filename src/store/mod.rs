@@ -607,6 +607,25 @@ impl Store {
             .transpose()
     }
 
+    /// The stored states of agents of one partition, in the order of `ids`: an error if one is
+    /// not stored (an agent out of memory must be: [`crate::engine::Engine::evict`]).
+    pub fn load_agents(
+        &self,
+        topic: &str,
+        partition: i32,
+        ids: &[&str],
+    ) -> Result<Vec<AgentState>, StoreError> {
+        ids.iter()
+            .map(|id| {
+                self.agent(topic, partition, id)?
+                    .ok_or_else(|| StoreError::Decode {
+                        key: format!("{}/{id}", part_prefix('a', topic, partition)),
+                        reason: "an agent out of memory is not stored".into(),
+                    })
+            })
+            .collect()
+    }
+
     /// The stored states of one agent (one per partition it appeared in).
     pub fn find_agent(&self, agent_id: &str) -> Result<Vec<(String, AgentState)>, StoreError> {
         let mut out = Vec::new();
