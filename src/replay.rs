@@ -859,9 +859,7 @@ impl<S: IncidentSink> IncidentSink for StateRecorder<S> {
         self.unloaded += n as u64;
         for chunk in changed.chunks(WRITE_CHUNK) {
             let refs: Vec<&AgentState> = chunk.iter().collect();
-            store
-                .write_agents(&self.topic, 0, &refs)
-                .map_err(store_io)?;
+            store.put_agents(&self.topic, 0, &refs).map_err(store_io)?;
         }
         Ok(())
     }

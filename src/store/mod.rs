@@ -607,6 +607,22 @@ impl Store {
             .transpose()
     }
 
+    /// Writes agents' states of one partition without waiting for the disk (sled flushes in the
+    /// background, and at the next flush): the states a replay moves out of memory, read back
+    /// by [`Store::load_agents`] in the same process; the replay's state is only whole once
+    /// its meta is written at the end, with a flush.
+    pub fn put_agents(
+        &self,
+        topic: &str,
+        partition: i32,
+        agents: &[&AgentState],
+    ) -> Result<(), StoreError> {
+        let mut b = sled::Batch::default();
+        checkpoint::insert_agents(&mut b, topic, partition, agents)?;
+        self.db.apply_batch(b)?;
+        Ok(())
+    }
+
     /// The stored states of agents of one partition, in the order of `ids`: an error if one is
     /// not stored (an agent out of memory must be: [`crate::engine::Engine::evict`]).
     pub fn load_agents(
