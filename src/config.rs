@@ -167,6 +167,10 @@ pub struct Config {
     /// Agents kept per audit partition at most: a call of a further new agent is dead-lettered
     /// as `agent_cap` (an agent-id flood cannot fill the memory, the state or the API).
     pub max_agents_per_partition: usize,
+    /// Agents' states kept in memory at most by this instance (0: no bound): beyond it the
+    /// least recently used, once checkpointed, live only in the state directory and are read
+    /// back on their next event or command.
+    pub max_agents_in_memory: usize,
     /// How OpenTelemetry spans are read (`[otlp]`): the attributes naming the agent, the
     /// `service.name` fallback, the data volume's attribute.
     pub otlp: crate::event::OtlpOptions,
@@ -219,6 +223,7 @@ impl Default for Config {
             volume_pointer: crate::event::DEFAULT_VOLUME_POINTER.into(),
             max_event_bytes: crate::event::DEFAULT_MAX_EVENT_BYTES,
             max_agents_per_partition: DEFAULT_MAX_AGENTS_PER_PARTITION,
+            max_agents_in_memory: 0,
             otlp: crate::event::OtlpOptions::default(),
             max_future: "5m".into(),
             duplicate_horizon: "10m".into(),

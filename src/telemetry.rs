@@ -82,6 +82,12 @@ pub struct Metrics {
     pub agents: AtomicU64,
     /// Killed agents in the owned partitions (as of the latest checkpoint).
     pub agents_killed: AtomicU64,
+    /// Of the agents, those whose state is in memory (as of the latest checkpoint).
+    pub agents_in_memory: AtomicU64,
+    /// Times an agent's state left memory (`max_agents_in_memory`).
+    pub agents_unloaded: AtomicU64,
+    /// Times an agent's state was read back from the store.
+    pub agents_loaded: AtomicU64,
     /// Kill decisions not carried out, by reason: monitor, learning, budget, allowlist, cohort.
     pub kills_suppressed: [AtomicU64; 5],
     /// Owned partitions still in their first-deployment learning period (latest checkpoint).
@@ -150,6 +156,9 @@ impl Default for Metrics {
             posture_snapshots: AtomicU64::new(0),
             agents: AtomicU64::new(0),
             agents_killed: AtomicU64::new(0),
+            agents_in_memory: AtomicU64::new(0),
+            agents_unloaded: AtomicU64::new(0),
+            agents_loaded: AtomicU64::new(0),
             kills_suppressed: Default::default(),
             learning_partitions: AtomicU64::new(0),
             fleet_risk: AtomicU64::new(0),

@@ -970,3 +970,98 @@ fn a_partition_without_local_state_is_restored_from_the_changelog_not_replayed()
         assert_eq!(&rebuilt.find_agent(a).unwrap()[0].1, want, "state of {a}");
     }
 }
+
+/// What a daemon decided over one run: its incidents (agent and kind, sorted), the stored state
+/// of each agent, its counters.
+type Run = (Vec<(String, String)>, Vec<String>, std::sync::Arc<Metrics>);
+
+/// Twelve calm agents' history, then a burst of 60 calls in a minute by one and an operator's
+/// kill of another issued at `issued`, through a daemon keeping at most `bound` agents in memory
+/// (0: no bound).
+fn run_with_bound(bound: usize, issued: i64) -> Run {
+    let agents: Vec<String> = (0..12).map(|a| format!("fin-calm-{a}")).collect();
+    let (_c, k) = cluster();
+    let history = produce_calm_history(&k, &agents);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = demo::local_config(
+        k.clone(),
+        dir.path(),
+        demo::demo_blueprints_learned().unwrap(),
+    );
+    cfg.config.max_agents_in_memory = bound;
+    let d = Daemon::start(cfg).unwrap();
+    wait(&d.metrics, "history", |m| {
+        m.events.load(Ordering::Relaxed) == history
+    });
+    if bound > 0 {
+        // Once the history is checkpointed, the agents beyond the bound leave memory.
+        wait(&d.metrics, "agents out of memory", |m| {
+            m.agents_unloaded.load(Ordering::Relaxed) > 0
+                && m.agents_in_memory.load(Ordering::Relaxed) <= bound as u64
+        });
+    }
+    let burst: Vec<(Option<String>, Vec<u8>)> = (0..60u64)
+        .map(|i| {
+            let ts = T0 + 31 * 300_000 + i as i64 * 1_000;
+            let a = &agents[1];
+            (
+                Some(a.clone()),
+                line(a, 200 + i, ts, "read_ledger").into_bytes(),
+            )
+        })
+        .collect();
+    produce(&k, "audit", &burst);
+    let kill = Command::manual(Verb::Kill, &agents[2], "test", issued, "ops")
+        .valid_for(issued, DEFAULT_TTL_MS)
+        .sign(DEMO_KEY)
+        .unwrap();
+    produce(
+        &k,
+        &k.control_topic,
+        &[(Some(agents[2].clone()), kill.to_json().unwrap())],
+    );
+    wait(&d.metrics, "the burst and the kill", |m| {
+        m.events.load(Ordering::Relaxed) == history + 60
+            && m.commands_applied.load(Ordering::Relaxed) == 1
+    });
+    let metrics = d.metrics.clone();
+    stop(d);
+    let mut found: Vec<(String, String)> = incidents(&k)
+        .into_iter()
+        .map(|i| (i.agent_id, i.kind.as_str().to_string()))
+        .collect();
+    found.sort();
+    let store = Store::open(dir.path()).unwrap();
+    let states = agents
+        .iter()
+        .map(|a| {
+            let mut s = store.find_agent(a).unwrap();
+            assert_eq!(s.len(), 1, "{a} stored once");
+            serde_json::to_string(&s.remove(0).1).unwrap()
+        })
+        .collect();
+    (found, states, metrics)
+}
+
+/// `max_agents_in_memory`: with 3 of 12 agents in memory, the others are read back from the
+/// state for their next event or command; the incidents and what is stored are those of an
+/// instance that keeps every agent.
+#[test]
+fn an_instance_with_few_agents_in_memory_judges_and_stores_the_same() {
+    let issued = now();
+    let (incidents, states, _) = run_with_bound(0, issued);
+    assert!(
+        incidents
+            .iter()
+            .any(|(a, k)| a == "fin-calm-1" && k == "frequency_spike"),
+        "{incidents:?}"
+    );
+    let (bounded, bounded_states, m) = run_with_bound(3, issued);
+    assert!(
+        m.agents_loaded.load(Ordering::Relaxed) >= 2,
+        "the burst's agent and the killed one"
+    );
+    assert_eq!(bounded, incidents);
+    assert!(bounded_states == states, "the stored states differ");
+    assert!(states[2].contains("\"killed\":true"), "{}", states[2]);
+}

@@ -416,6 +416,24 @@ impl Figures {
         )?;
         gauge(
             e,
+            "guardian_agents_in_memory",
+            "Agents whose state is in memory (max_agents_in_memory bounds them).",
+            get(&m.agents_in_memory) as i64,
+        )?;
+        counter(
+            e,
+            "guardian_agent_states_unloaded",
+            "Times an agent's state left memory for the store.",
+            get(&m.agents_unloaded),
+        )?;
+        counter(
+            e,
+            "guardian_agent_states_loaded",
+            "Times an agent's state was read back from the store.",
+            get(&m.agents_loaded),
+        )?;
+        gauge(
+            e,
             "guardian_state_size_bytes",
             "Bytes the sled state takes on disk.",
             self.live.store.size_on_disk() as i64,

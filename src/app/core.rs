@@ -129,7 +129,7 @@ impl Core {
             }
             Notice::Control(r) => {
                 let now = chrono::Utc::now().timestamp_millis();
-                self.fold.control(&r, now, &mut self.outputs);
+                self.fold.control(&r, now, &mut self.outputs)?;
                 self.publisher.publish(&mut self.outputs)?;
             }
             Notice::Posture(s) => self.publish_posture(&s)?,
@@ -192,6 +192,11 @@ impl Core {
             batch: cp.batch,
             commit,
         })?;
+        if self.fold.over_memory_bound() {
+            // Agents leave memory once their state is on disk: wait for this checkpoint's.
+            self.writer.wait()?;
+            self.fold.evict();
+        }
         self.last_checkpoint = Instant::now();
         self.metrics.checkpoints.fetch_add(1, Ordering::Relaxed);
         self.publish_figures();
@@ -210,6 +215,9 @@ impl Core {
         let (agents, killed, learning) = self.fold.figures();
         self.metrics.agents.store(agents, Ordering::Relaxed);
         self.metrics.agents_killed.store(killed, Ordering::Relaxed);
+        self.metrics
+            .agents_in_memory
+            .store(self.fold.agents_in_memory() as u64, Ordering::Relaxed);
         self.metrics
             .learning_partitions
             .store(learning, Ordering::Relaxed);

@@ -55,6 +55,9 @@ pub struct FoldSettings {
     pub duplicates: crate::state::SeenSettings,
     /// Agents kept per partition at most (`max_agents_per_partition`).
     pub max_agents: usize,
+    /// Agents' states in memory at most over the owned partitions (`max_agents_in_memory`;
+    /// `None`: every agent stays).
+    pub max_in_memory: Option<usize>,
     /// Checkpoints also give their partitions' changes as changelog records
     /// (`kafka.changelog_topic` is set).
     pub changelog: bool,
@@ -81,6 +84,7 @@ impl FoldSettings {
             max_future_ms: i64::try_from(cfg.max_future.as_millis()).unwrap_or(i64::MAX),
             duplicates: cfg.duplicates,
             max_agents: c.max_agents_per_partition,
+            max_in_memory: (c.max_agents_in_memory > 0).then_some(c.max_agents_in_memory),
             changelog: c.kafka.changelog_topic.is_some(),
         }
     }
@@ -95,6 +99,9 @@ pub enum FoldError {
     /// A kill command could not be signed or encoded (nothing unsigned is ever published).
     #[error("cannot encode a kill command: {0}")]
     Encode(#[from] serde_json::Error),
+    /// The state of an agent out of memory could not be read back from the store.
+    #[error("cannot read back an agent's state: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Largest payload a dead letter carries; a longer one keeps this prefix, and the original size
@@ -204,6 +211,8 @@ pub struct Fold {
     events: Vec<AuditEvent<'static>>,
     /// Reused: the incidents of a run.
     out: Vec<Incident>,
+    /// Where the states of agents out of memory are read back from (see [`Fold::evict`]).
+    store: Option<crate::store::Store>,
 }
 
 impl Fold {
@@ -232,8 +241,76 @@ impl Fold {
             since_checkpoint: 0,
             events: Vec::new(),
             out: Vec::new(),
+            store: None,
             settings,
         })
+    }
+
+    /// The state store, where agents out of memory are read back from: with
+    /// `max_in_memory`, agents leave memory only once it is set.
+    pub fn set_store(&mut self, store: crate::store::Store) {
+        self.store = Some(store);
+    }
+
+    /// Keeps the agents' states in memory over the owned partitions within `max_in_memory`:
+    /// once it is passed, each partition keeps its share (by its agents in memory) of seven
+    /// eighths of it, the least recently used of those stored already leaving memory. Call
+    /// once the latest checkpoint is on disk (what changed since is not stored yet and
+    /// stays). Returns how many left.
+    pub fn evict(&mut self) -> usize {
+        let (Some(bound), Some(_)) = (self.settings.max_in_memory, &self.store) else {
+            return 0;
+        };
+        let total: usize = self.parts.values().map(|p| p.engine.resident_count()).sum();
+        if total <= bound {
+            return 0;
+        }
+        let target = bound - bound / 8;
+        let mut left = 0;
+        for p in self.parts.values_mut() {
+            let r = p.engine.resident_count();
+            let keep = (r as u128 * target as u128 / total as u128) as usize;
+            left += p.engine.evict(keep, crate::engine::Evict::Stored).0;
+        }
+        self.metrics
+            .agents_unloaded
+            .fetch_add(left as u64, Ordering::Relaxed);
+        left
+    }
+
+    /// Whether more agents' states are in memory than `max_in_memory` allows.
+    pub fn over_memory_bound(&self) -> bool {
+        self.settings
+            .max_in_memory
+            .is_some_and(|b| self.store.is_some() && self.agents_in_memory() > b)
+    }
+
+    /// Agents' states in memory over the owned partitions.
+    pub fn agents_in_memory(&self) -> usize {
+        self.parts.values().map(|p| p.engine.resident_count()).sum()
+    }
+
+    /// Reads back the state of `agent` in every owned partition where it is out of memory (before
+    /// a command for it is judged or applied).
+    fn load_agent(&mut self, agent: &str) -> Result<(), FoldError> {
+        for (&(t, p), part) in self.parts.iter_mut() {
+            if part.engine.is_idle(agent) {
+                let topic = self
+                    .settings
+                    .audit_topics
+                    .get(t as usize)
+                    .map_or("", String::as_str);
+                load_idle(
+                    self.store.as_ref(),
+                    topic,
+                    p,
+                    &mut part.engine,
+                    &[agent],
+                    &self.metrics,
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The control-topic offsets below which records were folded before the last `state
@@ -306,6 +383,31 @@ impl Fold {
         let Some(part) = self.parts.get_mut(&key) else {
             return;
         };
+        let idle: Vec<&str> = self
+            .pending
+            .iter()
+            .map(|c| c.agent_id.as_str())
+            .filter(|a| part.engine.is_idle(a))
+            .collect();
+        if !idle.is_empty() {
+            let topic = self
+                .settings
+                .audit_topics
+                .get(key.0 as usize)
+                .map_or("", String::as_str);
+            if let Err(e) = load_idle(
+                self.store.as_ref(),
+                topic,
+                key.1,
+                &mut part.engine,
+                &idle,
+                &self.metrics,
+            ) {
+                // They keep waiting, for the next run of the partition.
+                tracing::error!(error = %e, "waiting commands: an agent's state cannot be read back");
+                return;
+            }
+        }
         let replaying = part.next < part.quiet_below;
         let mut applied = Vec::new();
         self.pending.retain(|c| {
@@ -389,10 +491,8 @@ impl Fold {
     pub fn figures(&self) -> (u64, u64, u64) {
         let (mut agents, mut killed, mut learning) = (0u64, 0u64, 0u64);
         for p in self.parts.values() {
-            for a in p.engine.agents() {
-                agents += 1;
-                killed += u64::from(a.kill.killed);
-            }
+            agents += p.engine.agent_count() as u64;
+            killed += p.engine.killed_count() as u64;
             learning += u64::from(p.engine.learning_now());
         }
         (agents, killed, learning)
@@ -478,6 +578,11 @@ impl Fold {
         self.metrics
             .events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
+        let idle = part.engine.idle_among(&events);
+        if !idle.is_empty() {
+            let (store, metrics) = (self.store.as_ref(), &self.metrics);
+            load_idle(store, &topic, key.1, &mut part.engine, &idle, metrics)?;
+        }
         let before = part.engine.stats().clone();
         let waited = !self.pending.is_empty();
         let applied = process_with_commands(
@@ -583,7 +688,12 @@ impl Fold {
     /// already part of the state it came from, and an invalid one becomes a rejected-command
     /// incident. A record read again after a `state rebuild` (below its partition's mark)
     /// changes the state as it did the first time and publishes nothing.
-    pub fn control(&mut self, r: &Message, now: i64, out: &mut Vec<Output>) {
+    pub fn control(
+        &mut self,
+        r: &Message,
+        now: i64,
+        out: &mut Vec<Output>,
+    ) -> Result<(), FoldError> {
         // The control position and what the command changed are checkpointed like events.
         self.since_checkpoint += 1;
         self.control_next.insert(r.partition, r.offset + 1);
@@ -594,8 +704,14 @@ impl Fold {
         let payload = r.payload.as_deref().unwrap_or_default();
         // When the command reached the topic: the broker's timestamp, or now without one.
         let delivered = r.timestamp.unwrap_or(now);
-        let verdict = Command::parse_verified(payload, &self.settings.command_keys)
-            .and_then(|c| self.admissible(c, r.key.as_deref(), now, delivered));
+        let parsed = Command::parse_verified(payload, &self.settings.command_keys);
+        if let Ok(c) = &parsed {
+            if c.origin != Origin::Auto {
+                // A verified command's agent is judged and changed in memory.
+                self.load_agent(&c.agent_id)?;
+            }
+        }
+        let verdict = parsed.and_then(|c| self.admissible(c, r.key.as_deref(), now, delivered));
         match verdict {
             Ok(c) if c.origin == Origin::Auto => {}
             Ok(c) if self.already_applied(&c) => {
@@ -609,6 +725,7 @@ impl Fold {
             }
             Err(rejected) => self.reject(r, payload, rejected, out),
         }
+        Ok(())
     }
 
     /// Applies an operator command to the owned agents it names, or keeps it waiting for the
@@ -1063,14 +1180,14 @@ fn beyond_cap(
         events[..from]
             .iter()
             .map(|e| e.agent_id.as_ref())
-            .filter(|a| engine.agent(a).is_none())
+            .filter(|a| !engine.knows(a))
             .map(str::to_string)
             .collect()
     });
     let mut added: Vec<&str> = Vec::new();
     for ev in &events[from..] {
         let a = ev.agent_id.as_ref();
-        if engine.agent(a).is_none() && !run_new.contains(a) && !added.contains(&a) {
+        if !engine.knows(a) && !run_new.contains(a) && !added.contains(&a) {
             added.push(a);
         }
     }
@@ -1089,6 +1206,28 @@ fn reuse<'a, 'b>(mut v: Vec<AuditEvent<'a>>) -> Vec<AuditEvent<'b>> {
     v.into_iter()
         .map(|_| unreachable!("the vector is empty"))
         .collect()
+}
+
+/// Reads back from `store` the states of agents `ids` of `topic`/`partition`, out of memory in
+/// `engine` (counted in `metrics`).
+fn load_idle(
+    store: Option<&crate::store::Store>,
+    topic: &str,
+    partition: i32,
+    engine: &mut Engine,
+    ids: &[&str],
+    metrics: &Metrics,
+) -> Result<(), FoldError> {
+    let Some(store) = store else {
+        // Agents leave memory only with a store to read them back from.
+        return Ok(());
+    };
+    for st in store.load_agents(topic, partition, ids)? {
+        if engine.reload(st) {
+            metrics.agents_loaded.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
 }
 
 /// Whether the state of `c`'s agent in `engine` already holds `c` or a later operator command:
@@ -1180,6 +1319,7 @@ pub(crate) mod tests {
             max_future_ms: 300_000,
             duplicates: crate::state::SeenSettings::default(),
             max_agents: crate::config::DEFAULT_MAX_AGENTS_PER_PARTITION,
+            max_in_memory: None,
             changelog: false,
         }
     }
@@ -1499,7 +1639,8 @@ pub(crate) mod tests {
         let mut forged = Command::manual(Verb::Kill, &"a".repeat(1 << 20), "r", T0, "op");
         forged.signature = "00".repeat(32);
         out.clear();
-        f.control(&control(0, &forged), NOW, &mut out);
+        f.control(&control(0, &forged), NOW, &mut out)
+            .expect("control");
         match out.as_slice() {
             [Output::Incident(i)] => {
                 assert!(i.agent_id.len() < 600, "{}", i.agent_id.len());
@@ -1574,6 +1715,100 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn agents_out_of_memory_are_read_back_for_their_events_and_commands() {
+        // Two folds of the same records over two partitions, one keeping every agent, one at
+        // most 3 of 16 in memory (agents leave once a checkpoint is on disk): the same outputs,
+        // the agent that attacks after an idle stretch is killed, and an operator's kill and
+        // revive of an agent out of memory apply.
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut whole = owning(fold(), &[0, 1], 0);
+        let mut s = settings();
+        s.max_in_memory = Some(3);
+        let metrics = Arc::new(Metrics::default());
+        let mut bounded =
+            Fold::new(s, metrics.clone(), Vec::new(), Ledger::default()).expect("fold");
+        bounded.set_store(store.clone());
+        let mut bounded = owning(bounded, &[0, 1], 0);
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut offsets = [0i64; 2];
+        let mut step = |whole: &mut Fold, bounded: &mut Fold, records: Vec<Message>| {
+            whole.audit(&records, NOW, &mut a).expect("fold");
+            bounded.audit(&records, NOW, &mut b).expect("fold");
+            store
+                .write(bounded.checkpoint(NOW).expect("checkpoint").batch)
+                .expect("write");
+            bounded.evict();
+        };
+        // Every agent calls `y` now and then, 8 on each partition.
+        let mut t = T0;
+        for round in 0..4 {
+            for i in 0..16 {
+                let p = i % 2;
+                let o = offsets[p as usize];
+                offsets[p as usize] += 1;
+                t += 1_000;
+                let r = call_at(p, o, t, &format!("agent-{i}"), "y");
+                step(&mut whole, &mut bounded, vec![r]);
+                assert!(bounded.agents_in_memory() <= 4, "round {round}");
+            }
+        }
+        assert!(metrics.agents_unloaded.load(Ordering::Relaxed) > 16);
+        assert!(metrics.agents_loaded.load(Ordering::Relaxed) > 16);
+        assert_eq!(
+            whole.figures(),
+            bounded.figures(),
+            "agents, killed, learning"
+        );
+        // agent-5 (partition 1), out of memory by now, calls `x` four times: a kill (once
+        // its sequences are final, at its call an hour later).
+        assert!(bounded.parts[&(0, 1)].engine.is_idle("agent-5"));
+        let mut burst: Vec<Message> = (0..4)
+            .map(|k| call_at(1, offsets[1] + k, t + 1_000 * (k + 1), "agent-5", "x"))
+            .collect();
+        burst.push(call_at(1, offsets[1] + 4, t + 3_600_000, "agent-5", "z"));
+        step(&mut whole, &mut bounded, burst);
+        assert!(
+            kinds(&b).contains(&"kill agent-5".to_string()),
+            "{:?}",
+            kinds(&b)
+        );
+        // An operator kills agent-2 (partition 0), out of memory, then revives it.
+        assert!(bounded.parts[&(0, 0)].engine.is_idle("agent-2"));
+        let kill = Command::manual(Verb::Kill, "agent-2", "test", t + 10_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        let revive = Command::manual(Verb::Revive, "agent-2", "test", t + 20_000, "op")
+            .sign(KEY)
+            .expect("sign");
+        for (o, c) in [(0, &kill), (1, &revive)] {
+            whole.control(&control(o, c), NOW, &mut a).expect("control");
+            bounded
+                .control(&control(o, c), NOW, &mut b)
+                .expect("control");
+            store
+                .write(bounded.checkpoint(NOW).expect("checkpoint").batch)
+                .expect("write");
+            bounded.evict();
+        }
+        assert!(kinds(&b).contains(&"applied Kill agent-2".to_string()));
+        assert!(kinds(&b).contains(&"applied Revive agent-2".to_string()));
+        assert!(
+            bounded.pending.is_empty(),
+            "no command waits for a known agent"
+        );
+        assert_eq!(kinds(&a), kinds(&b));
+        assert_eq!(whole.figures(), bounded.figures());
+        // And what is stored of it is its whole state, not the husk it left in memory.
+        let stored = store
+            .agent("audit", 0, "agent-2")
+            .expect("read")
+            .expect("stored");
+        let kept = whole.parts[&(0, 0)].engine.agent("agent-2").expect("kept");
+        assert_eq!(&stored, kept);
+    }
+
+    #[test]
     fn operator_commands_apply_to_known_agents_wait_for_unknown_ones_and_bad_ones_are_incidents() {
         let mut f = owning(fold(), &[0], 0);
         let mut out = Vec::new();
@@ -1582,7 +1817,8 @@ pub(crate) mod tests {
         let kill_b = Command::manual(Verb::Kill, "b", "test", T0, "op")
             .sign(KEY)
             .expect("sign");
-        f.control(&control(0, &kill_b), NOW, &mut out);
+        f.control(&control(0, &kill_b), NOW, &mut out)
+            .expect("control");
         assert_eq!(kinds(&out), vec!["applied Kill b"]);
         // Not seen yet: waits for the agent's first event, whatever its time; read again while
         // it waits, it is not queued twice.
@@ -1590,8 +1826,10 @@ pub(crate) mod tests {
             .sign(KEY)
             .expect("sign");
         out.clear();
-        f.control(&control(1, &kill_c), NOW, &mut out);
-        f.control(&control(1, &kill_c), NOW, &mut out);
+        f.control(&control(1, &kill_c), NOW, &mut out)
+            .expect("control");
+        f.control(&control(1, &kill_c), NOW, &mut out)
+            .expect("control");
         assert!(out.is_empty());
         assert_eq!(f.metrics.commands_pending.load(Ordering::Relaxed), 1);
         f.audit(&[call(0, 5, "c", "q")], NOW, &mut out)
@@ -1615,7 +1853,8 @@ pub(crate) mod tests {
             .sign(KEY)
             .expect("sign");
         out.clear();
-        f.control(&control(2, &kill_d), NOW, &mut out);
+        f.control(&control(2, &kill_d), NOW, &mut out)
+            .expect("control");
         assert!(out.is_empty(), "{:?}", kinds(&out));
         f.audit(&[call(0, 16, "d", "q")], NOW, &mut out)
             .expect("fold");
@@ -1631,7 +1870,8 @@ pub(crate) mod tests {
         let mut forged = Command::manual(Verb::Revive, "b", "test", T0, "op");
         forged.signature = "00".repeat(32);
         out.clear();
-        f.control(&control(3, &forged), NOW, &mut out);
+        f.control(&control(3, &forged), NOW, &mut out)
+            .expect("control");
         assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
         assert_eq!(f.metrics.commands_rejected.load(Ordering::Relaxed), 1);
         assert_eq!(f.metrics.commands_applied.load(Ordering::Relaxed), 3);
@@ -1673,7 +1913,7 @@ pub(crate) mod tests {
             let mut r = r;
             r.offset = offset;
             offset += 1;
-            f.control(&r, NOW, &mut out);
+            f.control(&r, NOW, &mut out).expect("control");
             kinds(&out)
         };
         assert_eq!(send(&mut f, control(0, &kill1)), vec!["applied Kill b"]);
@@ -1731,7 +1971,9 @@ pub(crate) mod tests {
             .sign(KEY)
             .expect("sign");
         let mut out = Vec::new();
-        second.control(&control(0, &kill), NOW, &mut out);
+        second
+            .control(&control(0, &kill), NOW, &mut out)
+            .expect("control");
         assert!(out.is_empty(), "no partition yet: {:?}", kinds(&out));
         assert_eq!(second.metrics.commands_pending.load(Ordering::Relaxed), 1);
         second.assign(restored(&store), NOW, &mut out);
@@ -1759,13 +2001,17 @@ pub(crate) mod tests {
         assert_eq!(history(&third), 1, "killed once");
         // The control topic's tail read again after a crash: not applied twice.
         out.clear();
-        third.control(&control(0, &kill), NOW, &mut out);
+        third
+            .control(&control(0, &kill), NOW, &mut out)
+            .expect("control");
         assert!(out.is_empty(), "{:?}", kinds(&out));
         assert_eq!(history(&third), 1);
         // Another instance read the command while it did not own the partition (it waits
         // there), then takes the partition over with state that already holds it: dropped.
         let mut other = fold();
-        other.control(&control(0, &kill), NOW, &mut out);
+        other
+            .control(&control(0, &kill), NOW, &mut out)
+            .expect("control");
         assert_eq!(other.metrics.commands_pending.load(Ordering::Relaxed), 1);
         out.clear();
         other.assign(restored(&store), NOW, &mut out);
@@ -1789,7 +2035,8 @@ pub(crate) mod tests {
             .valid_for(T0, 60_000)
             .sign(KEY)
             .expect("sign");
-        f.control(&control(0, &expired), NOW, &mut out);
+        f.control(&control(0, &expired), NOW, &mut out)
+            .expect("control");
         assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
         let Some(Output::Incident(i)) = out.first() else {
             unreachable!()
@@ -1809,20 +2056,23 @@ pub(crate) mod tests {
                 &control(0, &forever.sign(KEY).expect("sign")),
                 NOW,
                 &mut out,
-            );
+            )
+            .expect("control");
             assert_eq!(kinds(&out), vec!["incident b rejected_command"], "{why}");
         }
         out.clear();
         let by_old = Command::manual(Verb::Kill, "b", "rotation", NOW - 5_000, "op")
             .sign(OLD)
             .expect("sign");
-        f.control(&control(1, &by_old), NOW, &mut out);
+        f.control(&control(1, &by_old), NOW, &mut out)
+            .expect("control");
         assert_eq!(kinds(&out), vec!["applied Kill b"]);
         out.clear();
         let same_ms = Command::manual(Verb::Revive, "b", "same", NOW - 5_000, "op")
             .sign(KEY)
             .expect("sign");
-        f.control(&control(2, &same_ms), NOW, &mut out);
+        f.control(&control(2, &same_ms), NOW, &mut out)
+            .expect("control");
         assert_eq!(kinds(&out), vec!["incident b rejected_command"]);
         assert_eq!(f.figures().1, 1);
     }
@@ -1994,7 +2244,7 @@ pub(crate) mod tests {
         first.audit(&audit[..7], NOW, &mut out).expect("fold");
         assert!(view(&first)[0].0, "a is killed automatically");
         for (c, r) in &live {
-            first.control(c, NOW, &mut out);
+            first.control(c, NOW, &mut out).expect("control");
             first.audit(r.as_slice(), NOW, &mut out).expect("fold");
         }
         let before = view(&first);
@@ -2019,7 +2269,7 @@ pub(crate) mod tests {
             }
             let mut out = Vec::new();
             for (c, _) in &live {
-                again.control(c, NOW, &mut out);
+                again.control(c, NOW, &mut out).expect("control");
             }
             again.audit(&audit, NOW, &mut out).expect("fold");
             assert_eq!(view(&again), before, "rebuild {rebuild}");
@@ -2042,7 +2292,7 @@ pub(crate) mod tests {
                 out.clear();
                 let mut r = control(commands.len() as i64 + i as i64, c);
                 r.timestamp = Some(later);
-                again.control(&r, later, &mut out);
+                again.control(&r, later, &mut out).expect("control");
                 assert_eq!(
                     kinds(&out),
                     vec![format!("incident {} rejected_command", c.agent_id)]
@@ -2066,7 +2316,8 @@ pub(crate) mod tests {
             let mut r = control(0, &kill);
             r.timestamp = Some(delivered);
             let mut out = Vec::new();
-            f.control(&r, T0 + days + 60_000, &mut out);
+            f.control(&r, T0 + days + 60_000, &mut out)
+                .expect("control");
             let want = if applies {
                 "applied Kill b"
             } else {
@@ -2106,7 +2357,8 @@ pub(crate) mod tests {
         let kill = Command::manual(Verb::Kill, "victim", "op", T0 + 2_000, "op")
             .sign(KEY)
             .expect("sign");
-        f.control(&control(0, &kill), NOW, &mut out);
+        f.control(&control(0, &kill), NOW, &mut out)
+            .expect("control");
         out.clear();
         f.audit(
             &[created(3, "decoy"), tool(4), created(5, "decoy"), tool(6)],

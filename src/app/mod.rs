@@ -282,6 +282,7 @@ fn open_fold(cfg: &Resolved, store: &Store, metrics: &Arc<Metrics>) -> Result<Fo
         ledger,
     )?;
     fold.set_control_marks(store.control_marks()?);
+    fold.set_store(store.clone());
     Ok(fold)
 }
 

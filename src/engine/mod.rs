@@ -296,6 +296,11 @@ impl Engine {
             .filter(|&i| self.agents[i].resident)
     }
 
+    /// Whether the agent is known here, its state in memory or not.
+    pub fn knows(&self, agent_id: &str) -> bool {
+        self.index.contains_key(agent_id)
+    }
+
     /// Whether the agent is known but its state lives only in the store: load it
     /// ([`Engine::reload`]) before its events or a command for it.
     pub fn is_idle(&self, agent_id: &str) -> bool {
