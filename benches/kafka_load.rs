@@ -13,7 +13,9 @@
 //! requests the broker handles per second), `LOAD_ROGUE_EVERY` (events per rogue agent, each
 //! one kill command; default 500), `LOAD_LAT_PARTITIONS` (audit partition counts of the
 //! latency phases, one phase each; default "1,4"), `LOAD_CHANGELOG` (1: checkpoints also publish
-//! the changelog topic; default 0).
+//! the changelog topic; default 0), `LOAD_MAX_IN_MEMORY` (the daemon's `max_agents_in_memory`,
+//! default 0: no bound; the throughput phase's fleet is 300 agents, and the phase then prints how
+//! often states left memory and were read back).
 //!
 //! The latency is reported from the moment the deciding event is handed to the agents' producer,
 //! from the moment the broker acknowledged it (the agent's own batching taken out), and split at
@@ -223,6 +225,7 @@ fn config(k: KafkaConfig, dir: &std::path::Path) -> agent_guardian::config::Reso
     cfg.checkpoint_interval = Duration::from_secs(env_or("LOAD_CHECKPOINT_S", 1));
     cfg.config.checkpoint_interval = "1s".into();
     cfg.config.checkpoint_events = env_or("LOAD_CHECKPOINT_EVENTS", cfg.config.checkpoint_events);
+    cfg.config.max_agents_in_memory = env_or("LOAD_MAX_IN_MEMORY", 0) as usize;
     // Extra librdkafka options to experiment with: LOAD_OPTS="consumer.fetch.wait.max.ms=10,…".
     for kv in std::env::var("LOAD_OPTS").unwrap_or_default().split(',') {
         if let Some((k, v)) = kv.split_once('=') {
@@ -297,6 +300,15 @@ fn throughput_on(k: KafkaConfig, n: u64, broker: &str) {
         (t1 - t0).as_secs_f64(),
         (total - e1) as f64 / secs
     );
+    if env_or("LOAD_MAX_IN_MEMORY", 0) > 0 {
+        println!(
+            "[{broker}] at most {} agents in memory: {} in memory now, states left memory {} times and were read back {} times",
+            env_or("LOAD_MAX_IN_MEMORY", 0),
+            d.metrics.agents_in_memory.load(Ordering::Relaxed),
+            d.metrics.agents_unloaded.load(Ordering::Relaxed),
+            d.metrics.agents_loaded.load(Ordering::Relaxed)
+        );
+    }
     d.shutdown();
     d.join(Duration::from_secs(60)).expect("join");
 }
