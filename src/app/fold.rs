@@ -1,5 +1,6 @@
 //! The partition fold: batches of Kafka records in, outputs and checkpoints out, with no Kafka
-//! and no I/O, so it is tested as a unit.
+//! and no I/O but reading back from the store the agents a memory bound keeps out of memory
+//! ([`Fold::evict`]), so it is tested as a unit.
 //!
 //! Each owned audit partition has its own [`Engine`], whose state is the fold of that partition's
 //! log up to `next`. Audit records are decoded into a reused buffer and handed to
@@ -584,6 +585,7 @@ impl Fold {
             load_idle(store, &topic, key.1, &mut part.engine, &idle, metrics)?;
         }
         let before = part.engine.stats().clone();
+        let unloaded = part.engine.unloaded_events();
         let waited = !self.pending.is_empty();
         let applied = process_with_commands(
             &mut part.engine,
@@ -598,6 +600,12 @@ impl Fold {
         }
         // A burst of new agents found while processing.
         part.engine.take_identity_incidents(&mut self.out);
+        let missed = part.engine.unloaded_events() - unloaded;
+        if missed > 0 {
+            // Never expected: every agent of the run was read back above.
+            tracing::error!(topic = %topic, partition = key.1, events = missed, "events of agents out of memory were not processed");
+            self.metrics.bad_events.fetch_add(missed, Ordering::Relaxed);
+        }
         self.events = reuse(events);
         count_engine_figures(&self.metrics, &before, part.engine.stats());
         self.report_applied(applied, !quiet, out);

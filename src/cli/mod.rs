@@ -373,6 +373,13 @@ fn replay_cmd(a: ReplayArgs) -> anyhow::Result<ExitCode> {
             let mut rec =
                 replay::StateRecorder::new(sink, crate::posture::PostureSettings::default())
                     .spilling_to(store);
+            if engine.unloaded_events() > 0 {
+                // Never expected: every agent of a batch is read back before it.
+                say!(
+                    "error: {} event(s) of agents out of memory were not processed",
+                    engine.unloaded_events()
+                );
+            }
             if let Some(n) = a.max_agents_in_memory {
                 rec = rec.bounded(usize::try_from(n).unwrap_or(usize::MAX), &source);
             }

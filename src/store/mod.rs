@@ -326,9 +326,9 @@ impl Store {
         partition: i32,
         agents: &[&AgentState],
     ) -> Result<(), StoreError> {
-        let mut b = sled::Batch::default();
-        checkpoint::insert_agents(&mut b, topic, partition, agents)?;
-        self.write(b)
+        self.put_agents(topic, partition, agents)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     /// Incidents, newest first, that pass `filter`. One agent's are read through the index by
