@@ -819,6 +819,16 @@ fn produce_calm_history(k: &KafkaConfig, agents: &[String]) -> u64 {
     msgs.len() as u64
 }
 
+/// The calm history of `agents`, folded by a daemon on `dir` that then stops.
+fn fold_calm_history(k: &KafkaConfig, agents: &[String], dir: &std::path::Path) {
+    let history = produce_calm_history(k, agents);
+    let d = start(k, dir);
+    wait(&d.metrics, "history", |m| {
+        m.events.load(Ordering::Relaxed) == history
+    });
+    stop(d);
+}
+
 /// Ten more reads of `agent`, after the calm history.
 fn produce_ten_more(k: &KafkaConfig, agent: &str) {
     let more: Vec<(Option<String>, Vec<u8>)> = (0..10u64)
@@ -840,13 +850,8 @@ fn produce_ten_more(k: &KafkaConfig, agent: &str) {
 fn a_changelog_turned_on_for_an_existing_state_publishes_it_whole_first() {
     let (c, mut k) = cluster();
     let agents = calm_agents();
-    let history = produce_calm_history(&k, &agents);
     let dir = tempfile::tempdir().unwrap();
-    let d = start(&k, dir.path());
-    wait(&d.metrics, "history", |m| {
-        m.events.load(Ordering::Relaxed) == history
-    });
-    stop(d);
+    fold_calm_history(&k, &agents, dir.path());
 
     // Turned on: only the first agent acts again.
     c.create_topic("changelog", 2, 1).unwrap();
@@ -894,13 +899,8 @@ fn a_partition_without_local_state_is_restored_from_the_changelog_not_replayed()
     c.create_topic("changelog", 2, 1).unwrap();
     k.changelog_topic = Some("changelog".into());
     let agents = calm_agents();
-    let history = produce_calm_history(&k, &agents);
     let first = tempfile::tempdir().unwrap();
-    let d = start(&k, first.path());
-    wait(&d.metrics, "history", |m| {
-        m.events.load(Ordering::Relaxed) == history
-    });
-    stop(d);
+    fold_calm_history(&k, &agents, first.path());
     let owner = Store::open(first.path()).unwrap();
     let states: Vec<_> = agents
         .iter()

@@ -65,6 +65,11 @@ pub struct FoldSettings {
 }
 
 impl FoldSettings {
+    /// The name of audit topic `i` (by the index records carry).
+    fn topic(&self, i: u16) -> &str {
+        self.audit_topics.get(i as usize).map_or("", String::as_str)
+    }
+
     /// The fold's part of a resolved configuration.
     pub fn from_resolved(cfg: &Resolved) -> FoldSettings {
         let c = &cfg.config;
@@ -296,11 +301,7 @@ impl Fold {
     fn load_agent(&mut self, agent: &str) -> Result<(), FoldError> {
         for (&(t, p), part) in self.parts.iter_mut() {
             if part.engine.is_idle(agent) {
-                let topic = self
-                    .settings
-                    .audit_topics
-                    .get(t as usize)
-                    .map_or("", String::as_str);
+                let topic = self.settings.topic(t);
                 load_idle(
                     self.store.as_ref(),
                     topic,
@@ -321,10 +322,7 @@ impl Fold {
     }
 
     fn topic(&self, i: u16) -> &str {
-        self.settings
-            .audit_topics
-            .get(i as usize)
-            .map_or("", String::as_str)
+        self.settings.topic(i)
     }
 
     /// Takes over assigned partitions, from their stored state or from scratch; `now` (ms)
@@ -391,11 +389,7 @@ impl Fold {
             .filter(|a| part.engine.is_idle(a))
             .collect();
         if !idle.is_empty() {
-            let topic = self
-                .settings
-                .audit_topics
-                .get(key.0 as usize)
-                .map_or("", String::as_str);
+            let topic = self.settings.topic(key.0);
             if let Err(e) = load_idle(
                 self.store.as_ref(),
                 topic,

@@ -325,19 +325,19 @@ impl Engine {
         self.unloaded
     }
 
-    /// The agents named by `events` whose state lives only in the store, each once, in order of
-    /// first mention: what to load ([`Engine::reload`]) before processing them.
+    /// The agents named by `events` whose state lives only in the store, each once, in id
+    /// order: what to load ([`Engine::reload`]) before processing them.
     pub fn idle_among<'e>(&self, events: &'e [AuditEvent<'_>]) -> Vec<&'e str> {
         if self.idle == 0 {
             return Vec::new();
         }
-        let mut ids: Vec<&'e str> = Vec::new();
-        for ev in events {
-            let id: &'e str = ev.agent_id.as_ref();
-            if self.is_idle(id) && !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
+        let mut ids: Vec<&'e str> = events
+            .iter()
+            .map(|ev| ev.agent_id.as_ref())
+            .filter(|id| self.is_idle(id))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
         ids
     }
 
@@ -383,14 +383,8 @@ impl Engine {
             .agents
             .iter()
             .enumerate()
-            .filter(|(_, a)| {
-                a.resident
-                    && (changed_too || !a.dirty)
-                    && !a.pending
-                    && !a.holding
-                    && a.state.detectors.pending().is_none()
-                    && a.state.cohort.held.is_empty()
-            })
+            // The flags alone: reading each agent's state here would fetch the whole fleet.
+            .filter(|(_, a)| a.resident && (changed_too || !a.dirty) && !a.pending && !a.holding)
             .map(|(i, a)| (a.used, i as u32))
             .collect();
         let n = over.min(candidates.len());
@@ -403,6 +397,7 @@ impl Engine {
         let mut changed = Vec::new();
         for &(_, i) in &candidates[..n] {
             let a = &mut self.agents[i as usize];
+            debug_assert!(a.state.detectors.pending().is_none() && a.state.cohort.held.is_empty());
             let husk = a.state.husk();
             let state = std::mem::replace(&mut a.state, husk);
             a.resident = false;

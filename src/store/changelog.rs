@@ -462,17 +462,22 @@ mod tests {
         r.finish().unwrap()
     }
 
+    /// A store that writes the changelog and one that restores from it (with their directories,
+    /// kept while the test runs).
+    fn two_stores() -> ([tempfile::TempDir; 2], Store, Store) {
+        let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+        let src = Store::open(dirs[0].path()).unwrap();
+        let dst = Store::open(dirs[1].path()).unwrap();
+        (dirs, src, dst)
+    }
+
     fn agent(id: &str, seen: i64) -> AgentState {
         AgentState::new(id, BlueprintSet::builtin().get(0), seen, None)
     }
 
     #[test]
     fn a_restore_gives_the_partition_the_writer_stored_and_ignores_other_partitions() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (src, dst) = (
-            Store::open(d1.path()).unwrap(),
-            Store::open(d2.path()).unwrap(),
-        );
+        let (_dirs, src, dst) = two_stores();
         let stats = EngineStats::default();
         let (a, b, c) = (agent("a", 1), agent("b", 2), agent("c", 3));
         let mut log = vec![mark(0), mark(1)];
@@ -511,11 +516,7 @@ mod tests {
     /// is published whole (the seed: its stored keys, then the mark), the restore gives it all.
     #[test]
     fn a_changelog_turned_on_for_a_stored_state_restores_only_once_published_whole() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (src, dst) = (
-            Store::open(d1.path()).unwrap(),
-            Store::open(d2.path()).unwrap(),
-        );
+        let (_dirs, src, dst) = two_stores();
         let stats = EngineStats::default();
         let (a, idle) = (agent("a", 1), agent("idle", 2));
         checkpoint(&src, &[delta(&stats, 0, 10, vec![&a, &idle])]);
@@ -583,11 +584,7 @@ mod tests {
 
     #[test]
     fn a_checkpoint_cut_short_marks_its_agents_and_drops_its_identities() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (src, dst) = (
-            Store::open(d1.path()).unwrap(),
-            Store::open(d2.path()).unwrap(),
-        );
+        let (_dirs, src, dst) = two_stores();
         let stats = EngineStats::default();
         let (a, b) = (agent("a", 1), agent("b", 2));
         let mut log = vec![mark(0)];
@@ -619,11 +616,7 @@ mod tests {
 
     #[test]
     fn a_changelog_without_a_finished_checkpoint_restores_nothing_and_leaves_nothing() {
-        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let (src, dst) = (
-            Store::open(d1.path()).unwrap(),
-            Store::open(d2.path()).unwrap(),
-        );
+        let (_dirs, src, dst) = two_stores();
         let stats = EngineStats::default();
         let a = agent("a", 1);
         let mut log = vec![mark(0)];
