@@ -8,11 +8,12 @@ use agent_guardian::blueprint::{load_blueprint, Assignment, BlueprintSet};
 use agent_guardian::engine::Engine;
 use agent_guardian::event::{AuditEvent, Decoder, Format, Outcome};
 use agent_guardian::posture::{
-    AgentStatus, ControlStatus, Framework, Gap, PostureSettings, RiskLevel, StateView,
+    inventory, AgentStatus, ControlStatus, Framework, Gap, PostureSettings, RiskLevel, StateView,
 };
 use agent_guardian::replay::{self, StateRecorder};
 use agent_guardian::response::Incident;
 use agent_guardian::simulate::{SimConfig, Simulation};
+use agent_guardian::state::AgentSummary;
 use agent_guardian::store::Store;
 
 /// Replays a simulated fleet into a state directory and reads it back as the CLI and API do.
@@ -166,15 +167,20 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
     e.finish(&mut out);
     let s = PostureSettings::default();
     let view = |e: &Engine| StateView {
-        states: e.agents().cloned().collect(),
+        states: e.agents().map(AgentSummary::from).collect(),
         ..StateView::default()
+    };
+    // One agent's inventory view, from its whole state (its baseline is in its detectors).
+    let agent = |e: &Engine, id: &str| {
+        let now = e.agents().map(|a| a.last_seen).max().unwrap_or(0);
+        e.agent(id).map(|a| inventory::view(a, &set, &s, now))
     };
     let p = view(&e).posture(&set, &s);
     let top = &p.top_risks[0];
     assert_eq!(top.agent_id, "rogue");
     assert_eq!(top.status, AgentStatus::Killed);
     assert!(top.level >= RiskLevel::High, "{top:?}");
-    let rogue = view(&e).agent("rogue", &set, &s).unwrap();
+    let rogue = agent(&e, "rogue").unwrap();
     let factors: Vec<_> = rogue.risk.factors.iter().map(|f| f.factor).collect();
     for f in [
         "kill_history",
@@ -190,11 +196,11 @@ fn killed_agent_tops_the_fleet_with_its_reasons_and_revive_lowers_it() {
         .iter()
         .any(|t| t.name == "wire_transfer" && t.sensitive));
     assert_eq!(rogue.auto_kills, 1);
-    let quiet = view(&e).agent("quiet", &set, &s).unwrap();
+    let quiet = agent(&e, "quiet").unwrap();
     assert!(quiet.risk.score < top.risk, "{quiet:?}");
 
     assert!(e.revive("rogue", 4_000_000));
-    let after = view(&e).agent("rogue", &set, &s).unwrap();
+    let after = agent(&e, "rogue").unwrap();
     assert_eq!(after.status, AgentStatus::Revived);
     assert!(after.risk.score < rogue.risk.score);
     let k = after

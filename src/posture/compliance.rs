@@ -8,7 +8,7 @@ use super::facts::{Gap, Ledger, PartitionFact};
 use super::report::{Fleet, Posture};
 use super::settings::PostureSettings;
 use crate::event::format_rfc3339_ms;
-use crate::state::AgentState;
+use crate::state::AgentSummary;
 
 /// A supported framework.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,8 +127,8 @@ pub struct ComplianceReport {
 pub struct Inputs<'a> {
     /// Fleet posture.
     pub posture: &'a Posture,
-    /// Agent states (merged by id).
-    pub states: &'a [AgentState],
+    /// Agents (merged by id).
+    pub states: &'a [AgentSummary],
     /// Stored partitions.
     pub partitions: &'a [PartitionFact],
     /// The guardian's ledger.

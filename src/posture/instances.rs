@@ -16,7 +16,7 @@ use super::risk::RiskLevel;
 use super::FleetView;
 use crate::blueprint::BlueprintSet;
 use crate::event::format_rfc3339_ms;
-use crate::state::AgentState;
+use crate::state::AgentSummary;
 
 /// Riskiest agents kept per partition and in the merged fleet.
 pub const TOP: usize = 10;
@@ -151,7 +151,7 @@ pub fn decode_members(s: &str) -> Result<Vec<u32>, String> {
 /// an index into `partitions`, `homes` gives).
 pub fn parts_of(
     partitions: &[PartitionFact],
-    states: &[AgentState],
+    states: &[AgentSummary],
     homes: &HashMap<String, usize>,
     posture: &Posture,
 ) -> Vec<Part> {
@@ -521,6 +521,7 @@ mod tests {
     use crate::event::Outcome;
     use crate::posture::{PostureSettings, StateView};
     use crate::response::IncidentType;
+    use crate::state::AgentState;
 
     /// Agents of varied risk, status, blueprint and environment: agent `i` lives in partition
     /// `i % 4`.
@@ -580,7 +581,7 @@ mod tests {
             let home = (i % 4) as i32;
             if let Some(idx) = owned.iter().position(|p| *p == home) {
                 v.homes.insert(st.agent_id.clone(), idx);
-                v.states.push(st.clone());
+                v.states.push(AgentSummary::from(st));
             }
         }
         v.fleet_view(&set, &PostureSettings::default())

@@ -9,7 +9,7 @@ use super::risk::{self, Risk};
 use super::settings::PostureSettings;
 use crate::blueprint::BlueprintSet;
 use crate::event::{format_rfc3339_ms, Outcome};
-use crate::state::{outcome_index, AgentState, KillEvent};
+use crate::state::{outcome_index, AgentFacts, AgentRecord, AgentState, KillEvent};
 
 /// Whether an agent may act.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -33,8 +33,9 @@ impl AgentStatus {
         }
     }
 
-    /// The status of an agent state.
-    pub fn of(st: &AgentState) -> AgentStatus {
+    /// The status of an agent.
+    pub fn of(a: &impl AgentFacts) -> AgentStatus {
+        let st = a.facts();
         if st.kill.killed {
             AgentStatus::Killed
         } else if st.profile.revives > 0 {
@@ -176,30 +177,23 @@ const OUTCOME_LIST: [Outcome; crate::state::OUTCOMES] = [
 /// Merges the states of agents that appear in several partitions (unkeyed events), by id:
 /// sorted by id, the later states of an id merged into its first, in their order. The states
 /// are moved once (sorted through their positions).
-pub fn merge_by_agent(states: Vec<AgentState>) -> Vec<AgentState> {
-    if states.windows(2).all(|w| w[0].agent_id < w[1].agent_id) {
+pub fn merge_by_agent<T: AgentRecord>(states: Vec<T>) -> Vec<T> {
+    if states
+        .windows(2)
+        .all(|w| w[0].facts().agent_id < w[1].facts().agent_id)
+    {
         return states; // one partition, or partitions of their own agents in order
     }
     let mut order: Vec<usize> = (0..states.len()).collect();
-    order.sort_by(|&a, &b| states[a].agent_id.cmp(&states[b].agent_id));
-    let mut slots: Vec<Option<AgentState>> = states.into_iter().map(Some).collect();
-    let mut out: Vec<AgentState> = Vec::with_capacity(slots.len());
+    order.sort_by(|&a, &b| states[a].facts().agent_id.cmp(states[b].facts().agent_id));
+    let mut slots: Vec<Option<T>> = states.into_iter().map(Some).collect();
+    let mut out: Vec<T> = Vec::with_capacity(slots.len());
     for i in order {
         let Some(s) = slots.get_mut(i).and_then(Option::take) else {
             continue;
         };
         match out.last_mut() {
-            Some(a) if a.agent_id == s.agent_id => {
-                a.events += s.events;
-                a.late_events += s.late_events;
-                a.first_seen = a.first_seen.min(s.first_seen);
-                if s.last_seen > a.last_seen {
-                    a.last_seen = s.last_seen;
-                    a.kill = s.kill.clone();
-                    a.detectors = s.detectors.clone();
-                }
-                a.profile.merge(&s.profile);
-            }
+            Some(a) if a.facts().agent_id == s.facts().agent_id => a.absorb(s),
             _ => out.push(s),
         }
     }
@@ -341,6 +335,6 @@ mod tests {
             .collect();
         assert_eq!(got, [("a", 7, 10, 51), ("b", 4, 100, 500), ("c", 1, 0, 0)]);
         assert_eq!(merged[0].profile.tools[0].calls, 7, "profiles merged");
-        assert!(merge_by_agent(Vec::new()).is_empty());
+        assert!(merge_by_agent(Vec::<AgentState>::new()).is_empty());
     }
 }

@@ -23,13 +23,13 @@ pub use risk::{Risk, RiskLevel};
 pub use settings::{PostureConfig, PostureSettings};
 
 use crate::blueprint::BlueprintSet;
-use crate::state::AgentState;
+use crate::state::AgentSummary;
 
 /// What posture is computed from.
 #[derive(Debug, Clone, Default)]
 pub struct StateView {
-    /// Agent states, merged by id, sorted by id.
-    pub states: Vec<AgentState>,
+    /// Agents (what the posture reads of their states), merged by id, sorted by id.
+    pub states: Vec<AgentSummary>,
     /// Stored partitions.
     pub partitions: Vec<PartitionFact>,
     /// The guardian's ledger.
@@ -87,15 +87,6 @@ impl StateView {
             compliance,
             parts,
         }
-    }
-
-    /// One agent's inventory view.
-    pub fn agent(&self, id: &str, set: &BlueprintSet, s: &PostureSettings) -> Option<AgentView> {
-        let now = report::as_of(&self.states);
-        self.states
-            .iter()
-            .find(|a| a.agent_id == id)
-            .map(|a| inventory::view(a, set, s, now))
     }
 }
 

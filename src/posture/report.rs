@@ -1,7 +1,6 @@
 //! Fleet posture: the inventory with risks, a fleet score with its trend, the top risks, and a
 //! table for terminals.
 
-use std::borrow::Borrow;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,7 +12,7 @@ use super::risk;
 use super::risk::RiskLevel;
 use super::settings::PostureSettings;
 use crate::event::format_rfc3339_ms;
-use crate::state::AgentState;
+use crate::state::AgentFacts;
 use crate::text::{shown, shown_within};
 
 /// A past fleet score, kept in the state for the trend.
@@ -148,12 +147,23 @@ pub struct Posture {
 /// The row of an agent's state as of event time `now`: what its inventory view's row holds
 /// ([`super::inventory::view`]), without the rest of the view (tools with their times, baseline, kill
 /// history), which a fleet-wide list does not show.
-pub fn row(st: &AgentState, s: &PostureSettings, now: i64) -> AgentRow {
-    let risk = risk::score(st, s, now);
+pub fn row(a: &impl AgentFacts, s: &PostureSettings, now: i64) -> AgentRow {
+    row_with(a, s, now, &mut |t| s.sensitive.is_match(t))
+}
+
+/// [`row`], whether a tool is sensitive answered by `sensitive` (see [`risk::score_with`]).
+fn row_with(
+    a: &impl AgentFacts,
+    s: &PostureSettings,
+    now: i64,
+    sensitive: &mut dyn FnMut(&str) -> bool,
+) -> AgentRow {
+    let risk = risk::score_with(a, s, now, sensitive);
+    let st = a.facts();
     AgentRow {
-        agent_id: st.agent_id.clone(),
-        blueprint: st.blueprint.clone(),
-        status: AgentStatus::of(st),
+        agent_id: st.agent_id.to_string(),
+        blueprint: st.blueprint.to_string(),
+        status: AgentStatus::of(a),
         risk: risk.score,
         level: risk.level,
         events: st.events,
@@ -170,10 +180,10 @@ pub fn row(st: &AgentState, s: &PostureSettings, now: i64) -> AgentRow {
 }
 
 /// Event time of the fleet's latest event.
-pub fn as_of<A: Borrow<AgentState>>(states: &[A]) -> i64 {
+pub fn as_of<A: AgentFacts>(states: &[A]) -> i64 {
     states
         .iter()
-        .map(|s| s.borrow().last_seen)
+        .map(|s| s.facts().last_seen)
         .max()
         .unwrap_or(0)
 }
@@ -195,16 +205,27 @@ pub fn point_of(rows: &[AgentRow], now: i64) -> HistoryPoint {
 }
 
 /// The rows of every agent (merged by id), riskiest first, computed on `threads` threads.
-pub fn rows<A: Borrow<AgentState> + Sync>(
+pub fn rows<A: AgentFacts + Sync>(
     states: &[A],
     s: &PostureSettings,
     now: i64,
     threads: usize,
 ) -> Vec<AgentRow> {
     let mut v: Vec<AgentRow> = crate::chunks::map_chunks(states, threads, 1_000, |chunk| {
+        // A fleet has few tool names and many agents: each name is matched against the
+        // sensitive patterns once.
+        let mut known: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
+        let mut sensitive = |t: &str| {
+            if let Some(b) = known.get(t) {
+                return *b;
+            }
+            let b = s.sensitive.is_match(t);
+            known.insert(t.to_string(), b);
+            b
+        };
         chunk
             .iter()
-            .map(|a| row(a.borrow(), s, now))
+            .map(|a| row_with(a, s, now, &mut sensitive))
             .collect::<Vec<_>>()
     })
     .concat();
@@ -264,7 +285,7 @@ pub fn trend(score: u8, now: i64, history: &[HistoryPoint]) -> Trend {
 }
 
 /// Computes the posture of merged agent states.
-pub fn posture<A: Borrow<AgentState> + Sync>(
+pub fn posture<A: AgentFacts + Sync>(
     states: &[A],
     s: &PostureSettings,
     history: &[HistoryPoint],
@@ -273,7 +294,7 @@ pub fn posture<A: Borrow<AgentState> + Sync>(
 }
 
 /// [`posture`], the agents' rows computed on `threads` threads.
-pub fn posture_with<A: Borrow<AgentState> + Sync>(
+pub fn posture_with<A: AgentFacts + Sync>(
     states: &[A],
     s: &PostureSettings,
     history: &[HistoryPoint],
@@ -300,7 +321,7 @@ pub fn posture_with<A: Borrow<AgentState> + Sync>(
             by_blueprint: tally.by_blueprint,
             by_environment: tally.by_environment,
             tools: tool_count,
-            events: states.iter().map(|a| a.borrow().events).sum(),
+            events: states.iter().map(|a| a.facts().events).sum(),
             safety: None,
         },
         top_risks: agents
@@ -420,17 +441,13 @@ impl Tally {
 }
 
 /// The fleet's tools (how many, and a row each: sensitive ones first, then by calls).
-fn tool_rows<A: Borrow<AgentState>>(states: &[A], s: &PostureSettings) -> (usize, Vec<ToolRow>) {
+fn tool_rows<A: AgentFacts>(states: &[A], s: &PostureSettings) -> (usize, Vec<ToolRow>) {
     let mut tools: BTreeMap<&str, (usize, u64, i64, i64, bool)> = BTreeMap::new();
-    for a in states.iter().map(Borrow::borrow) {
+    for a in states.iter().map(AgentFacts::facts) {
         for t in &a.profile.tools {
-            let e = tools.entry(t.name.as_str()).or_insert((
-                0,
-                0,
-                i64::MAX,
-                i64::MIN,
-                s.sensitive.is_match(&t.name),
-            ));
+            let e = tools
+                .entry(t.name.as_str())
+                .or_insert_with(|| (0, 0, i64::MAX, i64::MIN, s.sensitive.is_match(&t.name)));
             e.0 += 1;
             e.1 += t.calls;
             e.2 = e.2.min(t.first_seen);

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::settings::PostureSettings;
 use crate::blueprint::Severity;
-use crate::state::{AgentState, IncidentMark, Profile};
+use crate::state::{AgentFacts, Facts, IncidentMark, Profile};
 
 /// Risk level of a score.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -109,15 +109,27 @@ pub fn environment_points(env: &str) -> f64 {
 }
 
 /// Scores an agent as of event time `now`.
-pub fn score(st: &AgentState, s: &PostureSettings, now: i64) -> Risk {
-    let p = &st.profile;
+pub fn score(a: &impl AgentFacts, s: &PostureSettings, now: i64) -> Risk {
+    score_with(a, s, now, &mut |t| s.sensitive.is_match(t))
+}
+
+/// [`score`], whether a tool is sensitive answered by `sensitive` (a memo over the fleet's few
+/// tool names, where many agents are scored).
+pub fn score_with(
+    a: &impl AgentFacts,
+    s: &PostureSettings,
+    now: i64,
+    sensitive: &mut dyn FnMut(&str) -> bool,
+) -> Risk {
+    let st = a.facts();
+    let p = st.profile;
     let factors = [
         incidents_factor(p, s, now),
-        kill_history_factor(st),
+        kill_history_factor(&st),
         deny_ratio_factor(p),
-        sensitive_tools_factor(p, s),
+        sensitive_tools_factor(p, sensitive),
         environment_factor(p),
-        off_hours_factor(st),
+        off_hours_factor(&st),
     ];
     risk_of(factors.into_iter().flatten().collect())
 }
@@ -201,8 +213,8 @@ fn half_life_text(half_life_ms: i64, half: f64) -> String {
 }
 
 /// Kill history: full while killed, else by past kills.
-fn kill_history_factor(st: &AgentState) -> Option<Factor> {
-    let p = &st.profile;
+fn kill_history_factor(st: &Facts<'_>) -> Option<Factor> {
+    let p = st.profile;
     let kills = p.auto_kills + p.manual_kills;
     if st.kill.killed {
         capped(
@@ -248,11 +260,14 @@ fn deny_ratio_factor(p: &Profile) -> Option<Factor> {
 }
 
 /// Sensitive tools used.
-fn sensitive_tools_factor(p: &Profile, s: &PostureSettings) -> Option<Factor> {
+fn sensitive_tools_factor(
+    p: &Profile,
+    is_sensitive: &mut dyn FnMut(&str) -> bool,
+) -> Option<Factor> {
     let sensitive: Vec<&str> = p
         .tools
         .iter()
-        .filter(|t| s.sensitive.is_match(&t.name))
+        .filter(|t| is_sensitive(&t.name))
         .map(|t| t.name.as_str())
         .collect();
     if sensitive.is_empty() {
@@ -285,8 +300,8 @@ fn environment_factor(p: &Profile) -> Option<Factor> {
 }
 
 /// Off-hours share of the agent's calls.
-fn off_hours_factor(st: &AgentState) -> Option<Factor> {
-    let p = &st.profile;
+fn off_hours_factor(st: &Facts<'_>) -> Option<Factor> {
+    let p = st.profile;
     if st.events == 0 || p.off_hours_events == 0 {
         return None;
     }
@@ -309,6 +324,7 @@ mod tests {
     use crate::blueprint::BlueprintSet;
     use crate::event::Outcome;
     use crate::response::IncidentType;
+    use crate::state::AgentState;
 
     const DAY: i64 = 86_400_000;
 

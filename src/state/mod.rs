@@ -11,7 +11,7 @@ mod profile;
 mod seen;
 mod snapshot;
 
-pub use agent::AgentState;
+pub use agent::{AgentFacts, AgentRecord, AgentState, AgentSummary, Facts};
 pub use arrivals::{Arrivals, NEW_AGENTS_PER_HOUR};
 pub use cohort::{CohortMarks, CohortState, HeldFinding, OpenShift, MAX_LISTED};
 pub use fleet::{suppression_index, EngineStats, FleetState};

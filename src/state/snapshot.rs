@@ -7,7 +7,7 @@ use super::AgentState;
 use super::{EngineStats, FleetState};
 
 /// Format version written into every snapshot.
-pub const SNAPSHOT_VERSION: u32 = 6;
+pub const SNAPSHOT_VERSION: u32 = 7;
 
 /// Why a snapshot could not be read or written.
 #[derive(Debug, Error)]

@@ -41,7 +41,8 @@ use crate::control::Command;
 use crate::posture::{merge_by_agent, HistoryPoint, Ledger, PartitionFact, StateView};
 use crate::response::{Incident, IncidentType};
 use crate::state::{
-    AgentState, Seen, SeenEntry, SeenFigures, SessionAgent, Snapshot, SNAPSHOT_VERSION,
+    AgentState, AgentSummary, Seen, SeenEntry, SeenFigures, SessionAgent, Snapshot,
+    SNAPSHOT_VERSION,
 };
 use crate::state::{EngineStats, FleetState};
 
@@ -444,6 +445,8 @@ impl Store {
 
     /// What posture is computed from: the agents of the given partitions (all stored ones when
     /// `owned` is `None`), merged by id, with the partitions' facts, the ledger and the history.
+    /// The agents are read as summaries ([`AgentSummary`]: a stored state's leading fields,
+    /// without its detector state), which is all the posture and compliance read.
     pub fn state_view(&self, owned: Option<&[(String, i32)]>) -> Result<StateView, StoreError> {
         self.state_view_with(owned, 1)
     }
@@ -480,7 +483,7 @@ impl Store {
                     [crate::engine::type_index(crate::response::IncidentType::Baseline)],
             });
         }
-        let states = decode_all(&raw, threads)?;
+        let states = decode_summaries(&raw, threads)?;
         drop(raw);
         let mut homes = std::collections::HashMap::with_capacity(states.len());
         for (st, home) in states.iter().zip(home_of) {
@@ -698,15 +701,15 @@ impl Store {
     }
 }
 
-/// The agent states of `raw` (key, value) pairs, in their order, decoded on `threads` threads.
-fn decode_all(
+/// The agent summaries of `raw` (key, value) pairs, in their order, decoded on `threads` threads.
+fn decode_summaries(
     raw: &[(sled::IVec, sled::IVec)],
     threads: usize,
-) -> Result<Vec<AgentState>, StoreError> {
+) -> Result<Vec<AgentSummary>, StoreError> {
     let parts = crate::chunks::map_chunks(raw, threads, 1_000, |chunk| {
         chunk
             .iter()
-            .map(|(k, v)| decode::<AgentState>(k, v))
+            .map(|(k, v)| decode::<AgentSummary>(k, v))
             .collect::<Result<Vec<_>, _>>()
     });
     let mut out = Vec::with_capacity(raw.len());
