@@ -358,7 +358,15 @@ impl Restore<'_> {
             self.store.clear_partition(&self.topic, self.partition)?;
             return Ok(None);
         };
-        let decoded = decode_meta(self.meta_key.as_bytes(), &meta)?;
+        let decoded = match decode_meta(self.meta_key.as_bytes(), &meta) {
+            Ok(d) => d,
+            Err(e) => {
+                // Another state format (a changelog written before an upgrade), or not a meta:
+                // what was applied is not a state this version reads, and goes.
+                self.store.clear_partition(&self.topic, self.partition)?;
+                return Err(e);
+            }
+        };
         let position = decoded.next_offset;
         let mut b = sled::Batch::default();
         let mut ahead = 0;
@@ -634,6 +642,30 @@ mod tests {
             .unwrap();
         r.abandon().unwrap();
         assert_eq!(dst.db().scan_prefix("a/").count(), 0);
+    }
+
+    #[test]
+    fn a_changelog_of_another_state_format_is_refused_and_leaves_nothing() {
+        let (_dirs, src, dst) = two_stores();
+        let stats = EngineStats::default();
+        let a = agent("a", 1);
+        let mut log = vec![mark(0)];
+        log.extend(checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]));
+        // The meta closes the checkpoint: written by a build of the format before this one.
+        let meta = log.last_mut().and_then(|r| r.value.as_mut()).unwrap();
+        let (version, rest) = postcard::take_from_bytes::<u32>(meta).unwrap();
+        let mut older = postcard::to_stdvec(&(version - 1)).unwrap();
+        older.extend_from_slice(rest);
+        *meta = older;
+        let mut r = dst.begin_restore("audit", 0).unwrap();
+        for rec in &log {
+            r.apply(&rec.key, rec.value.as_deref(), rec.checkpoint)
+                .unwrap();
+        }
+        assert!(matches!(r.finish(), Err(StoreError::Version { .. })));
+        for kind in ["m/", "a/", "s/", "d/", "k/", "l/"] {
+            assert_eq!(dst.db().scan_prefix(kind).count(), 0, "{kind}");
+        }
     }
 
     #[test]
