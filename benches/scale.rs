@@ -14,8 +14,10 @@
 //!
 //! Environment: `SCALE_AGENTS` (default 100,000), `SCALE_DAYS` (default 1), `SCALE_SEED`
 //! (default 5), `SCALE_CLIENTS` (default 20), `SCALE_REQUESTS` (per client and endpoint,
-//! default 200). `--million` is 1,000,000 agents with the day's first 20 M events only (about
-//! 20 per agent).
+//! default 200). A million agents is `scripts/million.sh` (the simulator holds a whole day in
+//! memory, well over 13 GB for a million agents: that script builds the fleet from ten
+//! 100,000-agent days, one event in nine of each, and folds it with a bound on the agents in
+//! memory).
 //! With `SCALE_KEEP=N` the fold runs a second time with `--max-agents-in-memory N`: its rate,
 //! peak memory, how often states left memory and were read back, and whether its incidents
 //! are byte for byte the unbounded fold's (a simulated day keeps every agent busy all day: a
@@ -38,9 +40,6 @@ use axum::http::Request;
 use tower::ServiceExt;
 
 const TOKEN: &str = "scale-bench-token-0123456789";
-
-/// Events of the `--million` fleet: the day's first 20 M (about 20 per agent).
-const MILLION_LINES: u64 = 20_000_000;
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -81,20 +80,16 @@ fn rss_mib() -> f64 {
 }
 
 /// The events file, generated once.
-fn fleet(bin: &str, agents: u64, days: u64, seed: u64, lines: Option<u64>) -> PathBuf {
+fn fleet(bin: &str, agents: u64, days: u64, seed: u64) -> PathBuf {
     let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into()))
         .join("scale");
     std::fs::create_dir_all(&dir).expect("dir");
-    let suffix = lines.map_or(String::new(), |n| format!("-{n}"));
-    let file = dir.join(format!("fleet-{agents}-{days}-{seed}{suffix}.jsonl.zst"));
+    let file = dir.join(format!("fleet-{agents}-{days}-{seed}.jsonl.zst"));
     if !file.exists() {
         let t = Instant::now();
-        // The simulator writes in event time order: the leading lines are the day's first
-        // hours, for every agent.
-        let cut = lines.map_or(String::new(), |n| format!(" | head -n {n}"));
         let tmp = file.with_extension("tmp");
         sh(&format!(
-            "{bin} simulate --agents {agents} --days {days} --seed {seed}{cut} | zstd -q -T1 -3 -o {}",
+            "{bin} simulate --agents {agents} --days {days} --seed {seed} | zstd -q -T1 -3 -o {}",
             tmp.display()
         ));
         std::fs::rename(&tmp, &file).expect("rename");
@@ -142,18 +137,13 @@ fn bounded_fold(bin: &str, events: &std::path::Path, keep: u64, incidents: &std:
 }
 
 fn main() {
-    let million = std::env::args().any(|a| a == "--million");
-    let agents = if million {
-        1_000_000
-    } else {
-        env_or("SCALE_AGENTS", 100_000)
-    };
+    let agents = env_or("SCALE_AGENTS", 100_000);
     let days = env_or("SCALE_DAYS", 1);
     let seed = env_or("SCALE_SEED", 5);
     let clients = env_or("SCALE_CLIENTS", 20) as usize;
     let requests = env_or("SCALE_REQUESTS", 200) as usize;
     let bin = env!("CARGO_BIN_EXE_guardian");
-    let events = fleet(bin, agents, days, seed, million.then_some(MILLION_LINES));
+    let events = fleet(bin, agents, days, seed);
 
     // The fold.
     let state = tempfile::tempdir().expect("dir");
