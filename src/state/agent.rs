@@ -159,34 +159,6 @@ pub trait AgentFacts {
     fn facts(&self) -> Facts<'_>;
 }
 
-impl AgentFacts for AgentState {
-    fn facts(&self) -> Facts<'_> {
-        Facts {
-            agent_id: &self.agent_id,
-            blueprint: &self.blueprint,
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            events: self.events,
-            kill: &self.kill,
-            profile: &self.profile,
-        }
-    }
-}
-
-impl AgentFacts for AgentSummary {
-    fn facts(&self) -> Facts<'_> {
-        Facts {
-            agent_id: &self.agent_id,
-            blueprint: &self.blueprint,
-            first_seen: self.first_seen,
-            last_seen: self.last_seen,
-            events: self.events,
-            kill: &self.kill,
-            profile: &self.profile,
-        }
-    }
-}
-
 impl<T: AgentFacts> AgentFacts for &T {
     fn facts(&self) -> Facts<'_> {
         (**self).facts()
@@ -200,32 +172,42 @@ pub trait AgentRecord: AgentFacts {
     fn absorb(&mut self, other: Self);
 }
 
-impl AgentRecord for AgentState {
-    fn absorb(&mut self, other: Self) {
-        self.events += other.events;
-        self.late_events += other.late_events;
-        self.first_seen = self.first_seen.min(other.first_seen);
-        self.profile.merge(&other.profile);
-        if other.last_seen > self.last_seen {
-            self.last_seen = other.last_seen;
-            self.kill = other.kill;
-            self.detectors = other.detectors;
+/// [`AgentFacts`] and [`AgentRecord`] for a struct with an agent's facts under their names
+/// (`$more`: further fields its latest record brings when merged).
+macro_rules! agent_record {
+    ($t:ty $(, $more:ident)*) => {
+        impl AgentFacts for $t {
+            fn facts(&self) -> Facts<'_> {
+                Facts {
+                    agent_id: &self.agent_id,
+                    blueprint: &self.blueprint,
+                    first_seen: self.first_seen,
+                    last_seen: self.last_seen,
+                    events: self.events,
+                    kill: &self.kill,
+                    profile: &self.profile,
+                }
+            }
         }
-    }
+
+        impl AgentRecord for $t {
+            fn absorb(&mut self, other: Self) {
+                self.events += other.events;
+                self.late_events += other.late_events;
+                self.first_seen = self.first_seen.min(other.first_seen);
+                self.profile.merge(&other.profile);
+                if other.last_seen > self.last_seen {
+                    self.last_seen = other.last_seen;
+                    self.kill = other.kill;
+                    $(self.$more = other.$more;)*
+                }
+            }
+        }
+    };
 }
 
-impl AgentRecord for AgentSummary {
-    fn absorb(&mut self, other: Self) {
-        self.events += other.events;
-        self.late_events += other.late_events;
-        self.first_seen = self.first_seen.min(other.first_seen);
-        self.profile.merge(&other.profile);
-        if other.last_seen > self.last_seen {
-            self.last_seen = other.last_seen;
-            self.kill = other.kill;
-        }
-    }
-}
+agent_record!(AgentState, detectors);
+agent_record!(AgentSummary);
 
 #[cfg(test)]
 mod tests {
@@ -248,5 +230,17 @@ mod tests {
         let summary: AgentSummary = postcard::from_bytes(&bytes).expect("decode");
         // Everything but the detector state and the cohort marks, as stored.
         assert_eq!(summary, AgentSummary::from(&st));
+        // Merged with the same agent's later record from another partition, a summary is the
+        // summary of the merged states.
+        let mut later = st.clone();
+        later.last_seen = 20_000;
+        later.events = 5;
+        later.kill.killed = false;
+        let mut merged = st.clone();
+        merged.absorb(later.clone());
+        let mut s = summary;
+        s.absorb(AgentSummary::from(&later));
+        assert_eq!(s, AgentSummary::from(&merged));
+        assert_eq!((s.events, s.last_seen, s.kill.killed), (47, 20_000, false));
     }
 }

@@ -622,18 +622,30 @@ mod tests {
         assert_eq!(snap.sessions.len(), 2);
     }
 
-    #[test]
-    fn a_changelog_without_a_finished_checkpoint_restores_nothing_and_leaves_nothing() {
-        let (_dirs, src, dst) = two_stores();
+    /// Asserts that `s` holds no partition's keys (meta, agents, sessions, identity chunks,
+    /// skips, changelog marks).
+    fn assert_no_partition_state(s: &Store) {
+        for kind in ["m/", "a/", "s/", "d/", "k/", "l/"] {
+            assert_eq!(s.db().scan_prefix(kind).count(), 0, "{kind}");
+        }
+    }
+
+    /// The changelog of one checkpoint of agent `a` on partition 0, from its mark on.
+    fn one_checkpoint(src: &Store) -> Vec<ChangelogRecord> {
         let stats = EngineStats::default();
         let a = agent("a", 1);
         let mut log = vec![mark(0)];
-        log.extend(checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]));
+        log.extend(checkpoint(src, &[delta(&stats, 0, 10, vec![&a])]));
+        log
+    }
+
+    #[test]
+    fn a_changelog_without_a_finished_checkpoint_restores_nothing_and_leaves_nothing() {
+        let (_dirs, src, dst) = two_stores();
+        let mut log = one_checkpoint(&src);
         log.pop();
         assert_eq!(restore(&dst, &log, 0), None);
-        for kind in ["m/", "a/", "s/", "d/", "k/", "l/"] {
-            assert_eq!(dst.db().scan_prefix(kind).count(), 0, "{kind}");
-        }
+        assert_no_partition_state(&dst);
         // A restore given up half-way (a forged record, a timeout) leaves nothing either.
         let r = dst.begin_restore("audit", 0).unwrap();
         // A batch of it already applied.
@@ -647,10 +659,7 @@ mod tests {
     #[test]
     fn a_changelog_of_another_state_format_is_refused_and_leaves_nothing() {
         let (_dirs, src, dst) = two_stores();
-        let stats = EngineStats::default();
-        let a = agent("a", 1);
-        let mut log = vec![mark(0)];
-        log.extend(checkpoint(&src, &[delta(&stats, 0, 10, vec![&a])]));
+        let mut log = one_checkpoint(&src);
         // The meta closes the checkpoint: written by a build of the format before this one.
         let meta = log.last_mut().and_then(|r| r.value.as_mut()).unwrap();
         let (version, rest) = postcard::take_from_bytes::<u32>(meta).unwrap();
@@ -663,9 +672,7 @@ mod tests {
                 .unwrap();
         }
         assert!(matches!(r.finish(), Err(StoreError::Version { .. })));
-        for kind in ["m/", "a/", "s/", "d/", "k/", "l/"] {
-            assert_eq!(dst.db().scan_prefix(kind).count(), 0, "{kind}");
-        }
+        assert_no_partition_state(&dst);
     }
 
     #[test]
