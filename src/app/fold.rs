@@ -267,7 +267,7 @@ impl Fold {
         let (Some(bound), Some(_)) = (self.settings.max_in_memory, &self.store) else {
             return 0;
         };
-        let total: usize = self.parts.values().map(|p| p.engine.resident_count()).sum();
+        let total = self.agents_in_memory();
         if total <= bound {
             return 0;
         }
