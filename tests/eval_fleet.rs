@@ -8,7 +8,7 @@
 //! of 0.9). Where the fleet is absent the test says so and passes, unless
 //! `GUARDIAN_REQUIRE_EVAL` is set (as `.ci/run` does).
 
-use std::io::BufReader;
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -230,6 +230,118 @@ fn decompress(data: &Path) -> std::process::Child {
         .expect("zstd (scripts/packages.sh installs it)")
 }
 
+/// Where the rewritten fleets are kept between runs: `GUARDIAN_EVAL_CACHE`, or
+/// `$HOME/.cache/agent-guardian/eval` (none without a home).
+fn cache_dir() -> Option<PathBuf> {
+    std::env::var_os("GUARDIAN_EVAL_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/agent-guardian/eval"))
+        })
+}
+
+/// What a rewrite depends on: the fleet's and the script's bytes. (`DefaultHasher`'s algorithm
+/// may change between Rust releases: that only misses the cache once.)
+fn rewrite_key(data: &Path, script: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for f in [data, script] {
+        std::fs::read(f).expect("readable").hash(&mut h);
+    }
+    h.finish()
+}
+
+/// Copies what is read from `r` into `w` (the cache being written); a failed write stops the
+/// copy and leaves the cache unwritten, the stream goes on.
+struct Tee<R, W> {
+    r: R,
+    w: Option<W>,
+    failed: bool,
+}
+
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.r.read(buf)?;
+        if let Some(w) = &mut self.w {
+            if w.write_all(&buf[..n]).is_err() {
+                self.w = None;
+                self.failed = true;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Runs `consume` on the fleet `data` rewritten by the Python `script` (its standard input the
+/// fleet, its output the stream). The Python rewrite takes most of a minute per fleet, so its
+/// output is kept (zstd) in [`cache_dir`] under `entry` and the fleet's and script's
+/// [`rewrite_key`]: a later run with the same fleet and script reads it back instead, and a new
+/// key replaces the entry's older files.
+fn rewritten<T>(
+    data: &Path,
+    script: &Path,
+    entry: &str,
+    consume: impl FnOnce(&mut dyn Read) -> T,
+) -> T {
+    let cache = cache_dir().filter(|d| std::fs::create_dir_all(d).is_ok());
+    let key = rewrite_key(data, script);
+    let kept = cache
+        .as_ref()
+        .map(|d| d.join(format!("{entry}.{key:016x}.jsonl.zst")));
+    if let Some(kept) = kept.as_ref().filter(|k| k.exists()) {
+        let mut unzip = decompress(kept);
+        let out = consume(&mut unzip.stdout.take().expect("piped"));
+        if !unzip.wait().unwrap().success() {
+            // Damaged: the next run writes it again.
+            let _ = std::fs::remove_file(kept);
+            panic!("{}: unreadable (removed)", kept.display());
+        }
+        return out;
+    }
+    let mut zstd = decompress(data);
+    let mut rewrite = Command::new("python3")
+        .arg(script)
+        .stdin(Stdio::from(zstd.stdout.take().expect("piped")))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    // The copy kept: written beside its final name, renamed once whole.
+    let partial = kept.as_ref().map(|k| k.with_extension("partial"));
+    let mut keep = partial.as_ref().and_then(|p| {
+        Command::new("zstd")
+            .args(["-1", "-q", "-f", "-o"])
+            .arg(p)
+            .stdin(Stdio::piped())
+            .spawn()
+            .ok()
+    });
+    let mut tee = Tee {
+        r: rewrite.stdout.take().expect("piped"),
+        w: keep.as_mut().and_then(|k| k.stdin.take()),
+        failed: false,
+    };
+    let out = consume(&mut tee);
+    let whole = !tee.failed;
+    drop(tee);
+    assert!(zstd.wait().unwrap().success() && rewrite.wait().unwrap().success());
+    let written = keep.map(|mut k| k.wait().is_ok_and(|s| s.success()));
+    if let (Some(true), true, Some(partial), Some(kept), Some(dir)) =
+        (written, whole, &partial, &kept, &cache)
+    {
+        // Older copies of the entry (another fleet or script) go.
+        let prefix = format!("{entry}.");
+        for old in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if old.file_name().to_string_lossy().starts_with(&prefix) && old.path() != *partial {
+                let _ = std::fs::remove_file(old.path());
+            }
+        }
+        let _ = std::fs::rename(partial, kept);
+    } else if let Some(partial) = &partial {
+        let _ = std::fs::remove_file(partial);
+    }
+    out
+}
+
 /// Holds the bar on each labelled fleet, and again on the same fleet rewritten in AgentShield's
 /// shape (`scripts/to-agentshield.py`: tool entries that name only their session and user,
 /// several agents per user) and as OpenTelemetry traces (`scripts/to-otlp.py`: OTLP/JSON
@@ -274,21 +386,15 @@ fn detection_on_the_shared_labelled_fleet_holds_the_bar() {
         let p = problems(&spm, spm_auc, &bar);
         assert!(p.is_empty(), "{name} below the bar: {}", p.join(", "));
 
-        for (shape, script) in [
-            ("AgentShield", "scripts/to-agentshield.py"),
-            ("OTLP traces", "scripts/to-otlp.py"),
+        for (shape, slug, script) in [
+            ("AgentShield", "agentshield", "scripts/to-agentshield.py"),
+            ("OTLP traces", "otlp", "scripts/to-otlp.py"),
         ] {
-            let mut zstd = decompress(&data);
-            let mut rewrite = Command::new("python3")
-                .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
-                .stdin(Stdio::from(zstd.stdout.take().expect("piped")))
-                .stdout(Stdio::piped())
-                .spawn()
-                .expect("python3");
-            let stdout = rewrite.stdout.take().expect("piped");
             let label = format!("{name} as {shape}");
-            let (got, got_auc, _) = score(&dir, &label, &labels, &set, stdout, tmp.path());
-            assert!(zstd.wait().unwrap().success() && rewrite.wait().unwrap().success());
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
+            let (got, got_auc, _) = rewritten(&data, &script, &format!("{name}.{slug}"), |input| {
+                score(&dir, &label, &labels, &set, input, tmp.path())
+            });
             let p = problems(&got, got_auc, &bar);
             assert!(p.is_empty(), "{label} below the bar: {}", p.join(", "));
             // Agents judged on their own give the same detection whatever the order their calls
