@@ -33,9 +33,11 @@ struct Bar {
 /// The bar of a labelled fleet: the shared clean month stays where it was before cohorts and
 /// duplicates (precision 1.000, recall 0.974, no control flagged); a month with production's
 /// operations (`…-ops…`) holds precision 0.95, recall 0.945 and two controls at most (issue 26
-/// asks recall 0.95 of `fleet-dev-ops`: it scores 0.949, 74 of 78, the two attacks it misses
-/// during the month-end close being within the close's own spread at the blueprint's
-/// sensitivity); any other fleet, precision and recall 0.9 and one control.
+/// asks recall 0.95 of `fleet-dev-ops`: it scores 0.949, 74 of 78; of the two attacks it misses
+/// during the month-end close, one runs at 2.7–3.2 times the shifted expectation, under the
+/// burst ratio of 5 any burst needs, the other's tail at the shifted expectation is 1e-5, over
+/// the blueprint's sensitivity of 1e-6); any other fleet, precision and recall 0.9 and one
+/// control.
 fn bar(name: &str) -> Bar {
     match name {
         "fleet-dev" => Bar {
@@ -275,8 +277,8 @@ impl<R: Read, W: Write> Read for Tee<R, W> {
 /// Runs `consume` on the fleet `data` rewritten by the Python `script` (its standard input the
 /// fleet, its output the stream). The Python rewrite takes most of a minute per fleet, so its
 /// output is kept (zstd) in [`cache_dir`] under `entry` and the fleet's and script's
-/// [`rewrite_key`]: a later run with the same fleet and script reads it back instead, and a new
-/// key replaces the entry's older files.
+/// [`rewrite_key`]: a later run with the same fleet and script reads it back instead (once
+/// `zstd -t` finds it whole), and a new key replaces the entry's older files.
 fn rewritten<T>(
     data: &Path,
     script: &Path,
@@ -288,14 +290,19 @@ fn rewritten<T>(
     let kept = cache
         .as_ref()
         .map(|d| d.join(format!("{entry}.{key:016x}.jsonl.zst")));
-    if let Some(kept) = kept.as_ref().filter(|k| k.exists()) {
+    // A kept copy is checked whole before it is read; a damaged one is written again.
+    let intact = |k: &Path| {
+        k.exists()
+            && Command::new("zstd")
+                .args(["-t", "-q", "--long=27"])
+                .arg(k)
+                .status()
+                .is_ok_and(|s| s.success())
+    };
+    if let Some(kept) = kept.as_ref().filter(|k| intact(k)) {
         let mut unzip = decompress(kept);
         let out = consume(&mut unzip.stdout.take().expect("piped"));
-        if !unzip.wait().unwrap().success() {
-            // Damaged: the next run writes it again.
-            let _ = std::fs::remove_file(kept);
-            panic!("{}: unreadable (removed)", kept.display());
-        }
+        assert!(unzip.wait().unwrap().success(), "{}", kept.display());
         return out;
     }
     let mut zstd = decompress(data);
@@ -305,8 +312,10 @@ fn rewritten<T>(
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
-    // The copy kept: written beside its final name, renamed once whole.
-    let partial = kept.as_ref().map(|k| k.with_extension("partial"));
+    // The copy kept: written beside its final name (one per process), renamed once whole.
+    let partial = kept
+        .as_ref()
+        .map(|k| k.with_extension(format!("{}.partial", std::process::id())));
     let mut keep = partial.as_ref().and_then(|p| {
         Command::new("zstd")
             .args(["-1", "-q", "-f", "-o"])
