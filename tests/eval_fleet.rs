@@ -30,24 +30,20 @@ struct Bar {
     controls: u64,
 }
 
-/// The bar of a labelled fleet: the shared clean month stays where it was before cohorts and
-/// duplicates (precision 1.000, recall 0.974, no control flagged); a month with production's
-/// operations (`…-ops…`) holds precision 0.95, recall 0.945 and two controls at most (issue 26
-/// asks recall 0.95 of `fleet-dev-ops`: it scores 0.949, 74 of 78; of the two attacks it misses
-/// during the month-end close, one runs at 2.7–3.2 times the shifted expectation, under the
-/// burst ratio of 5 any burst needs, the other's tail at the shifted expectation is 1e-5, over
-/// the blueprint's sensitivity of 1e-6); any other fleet, precision and recall 0.9 and one
-/// control.
+/// The bar of a labelled fleet: the shared clean month stays where it is (precision 1.000,
+/// recall 0.987, no control flagged); a month with production's operations (`…-ops…`) holds
+/// issue 26's bar, precision and recall 0.95 and two controls at most (`fleet-dev-ops` scores
+/// 1.000 and 0.962, 75 of 78); any other fleet, precision and recall 0.9 and one control.
 fn bar(name: &str) -> Bar {
     match name {
         "fleet-dev" => Bar {
             precision: 1.0,
-            recall: 0.974,
+            recall: 0.987,
             controls: 0,
         },
         n if n.contains("-ops") => Bar {
             precision: 0.95,
-            recall: 0.945,
+            recall: 0.95,
             controls: 2,
         },
         _ => Bar {

@@ -11,8 +11,9 @@
 //!   there than its rhythm makes probable (tail below `sensitivity`), counted in turns (calls
 //!   less than 10 s apart are one turn, so one session at an odd hour is one turn). Ordinary
 //!   variation at the edge of its hours is expected, not an incident: an hour next to one it
-//!   works in is never off, and a day needs two idle occurrences, and the block of quiet days
-//!   around it (a weekend) four.
+//!   works in is never off, and a day needs two idle occurrences and the block of quiet days
+//!   around it (a weekend) four — or, in a block of several days that has recurred (another of
+//!   its days idle twice), one idle occurrence and three in the block.
 //! - One episode (a night, a weekend afternoon) is one incident, closed when it ends.
 
 use serde::{Deserialize, Serialize};
@@ -98,16 +99,48 @@ const MIN_IDLE_DAYS: u16 = 2;
 /// Least idle occurrences of the block of days off around it (a weekend twice over): an agent
 /// that works some weekend days at random is idle two Saturdays in a row often enough.
 const MIN_IDLE_BLOCK: u32 = 4;
+/// Least idle occurrences of a block of two or more days off that has recurred (one of its
+/// other days idle [`MIN_IDLE_DAYS`] times), for a day of it idle once: a weekday agent's
+/// Sunday after an idle weekend and an idle Saturday.
+const MIN_IDLE_RECURRED_BLOCK: u32 = 3;
 
-/// The days of the week the agent does not work around day `d`: `d` and the neighbouring days
-/// it works on less than half the time, as (occurrences seen, active, calls).
-fn off_block(r: &super::Rhythm, d: u8) -> (u32, u32, f64) {
+/// The block of days of the week the agent does not work around day `d`: `d` and the
+/// neighbouring days it works on less than half the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OffBlock {
+    /// Days of the block.
+    days: u32,
+    /// Occurrences of its days observed, and of them active.
+    seen: u32,
+    active: u32,
+    /// Whether a day of the block other than `d` was idle [`MIN_IDLE_DAYS`] times.
+    recurred: bool,
+}
+
+impl OffBlock {
+    /// Whether the block says `d` (idle `idle` times) is a day the agent does not work: idle
+    /// twice and the block four times, or once in a block of several days that has recurred
+    /// and was idle three times; and worked on at most `rare_share` of its occurrences.
+    fn holds(&self, idle: u16, rare_share: f64) -> bool {
+        let block_idle = self.seen.saturating_sub(self.active);
+        let enough = (idle >= MIN_IDLE_DAYS && block_idle >= MIN_IDLE_BLOCK)
+            || (idle >= 1
+                && self.days >= 2
+                && self.recurred
+                && block_idle >= MIN_IDLE_RECURRED_BLOCK);
+        enough && f64::from(self.active) <= rare_share * f64::from(self.seen)
+    }
+}
+
+/// The block of days off around day `d` (see [`OffBlock`]).
+fn off_block(r: &super::Rhythm, d: u8) -> OffBlock {
     let quiet = |x: u8| {
         let s = r.weekday(x);
         s.seen > 0 && u32::from(s.active) * 2 < u32::from(s.seen)
     };
     // Days of the block, a bit per weekday.
-    let mut days = 1u8 << (d % 7);
+    let d = d % 7;
+    let mut days = 1u8 << d;
     for step in [1u8, 6] {
         let mut x = (d + step) % 7;
         while days & (1 << x) == 0 && quiet(x) {
@@ -115,16 +148,24 @@ fn off_block(r: &super::Rhythm, d: u8) -> (u32, u32, f64) {
             x = (x + step) % 7;
         }
     }
-    (0..7u8)
-        .filter(|x| days & (1 << x) != 0)
-        .fold((0, 0, 0.0), |(seen, active, calls), x| {
+    (0..7u8).filter(|x| days & (1 << x) != 0).fold(
+        OffBlock {
+            days: 0,
+            seen: 0,
+            active: 0,
+            recurred: false,
+        },
+        |b, x| {
             let s = r.weekday(x);
-            (
-                seen + u32::from(s.seen),
-                active + u32::from(s.active),
-                calls + f64::from(s.calls),
-            )
-        })
+            OffBlock {
+                days: b.days + 1,
+                seen: b.seen + u32::from(s.seen),
+                active: b.active + u32::from(s.active),
+                recurred: b.recurred
+                    || (x != d && s.seen.saturating_sub(s.active) >= MIN_IDLE_DAYS),
+            }
+        },
+    )
 }
 
 /// Smallest number of turns that is improbable (tail below `sensitivity`) where `e` calls are
@@ -159,12 +200,8 @@ fn limits(bp: &Blueprint, ctx: &Context<'_>, l: LocalTime, key: i64) -> Limits {
     }
     let d = r.weekday(l.weekday);
     if f64::from(d.evidence) >= lr.rare_evidence
-        && d.seen - d.active >= MIN_IDLE_DAYS
         && f64::from(d.active) <= lr.rare_share * f64::from(d.seen)
-        && {
-            let (seen, active, _) = off_block(r, l.weekday);
-            seen - active >= MIN_IDLE_BLOCK && f64::from(active) <= lr.rare_share * f64::from(seen)
-        }
+        && off_block(r, l.weekday).holds(d.seen.saturating_sub(d.active), lr.rare_share)
     {
         out.day_from = improbable_from(
             r.off_day_expectation(l.weekday),
@@ -193,6 +230,8 @@ struct Rare {
     /// Days (or occurrences of the day of the week) with activity there, and of them observed.
     seen: u64,
     samples: u64,
+    /// The block of days off the day belongs to, when it has several days (by day only).
+    block: Option<OffBlock>,
 }
 
 impl Rare {
@@ -200,8 +239,14 @@ impl Rare {
     fn describe(&self, l: LocalTime) -> String {
         let (count, turns) = (self.count, self.turns);
         if self.by_day {
+            let block = self.block.map_or(String::new(), |b| {
+                format!(
+                    ", in a block of {} days off it worked on {} of {} occurrences",
+                    b.days, b.active, b.seen
+                )
+            });
             format!(
-                "{count} calls in {turns} turns on a {} (local), a day it worked on {} of the {} seen",
+                "{count} calls in {turns} turns on a {} (local), a day it worked on {} of the {} seen{block}",
                 day_name(l.weekday),
                 self.seen,
                 self.samples
@@ -231,6 +276,7 @@ fn rare(ctx: &Context<'_>, lim: &Limits, l: LocalTime) -> Option<Rare> {
             by_day: true,
             seen: u64::from(d.active),
             samples: u64::from(d.seen),
+            block: Some(off_block(r, l.weekday)).filter(|b| b.days >= 2),
         });
     }
     if this_hour >= lim.hour_from {
@@ -241,6 +287,7 @@ fn rare(ctx: &Context<'_>, lim: &Limits, l: LocalTime) -> Option<Rare> {
             by_day: false,
             seen: u64::from(r.hour(l.hour).used),
             samples: u64::from(r.active_days()),
+            block: None,
         });
     }
     None
@@ -538,6 +585,51 @@ mod tests {
         evs.sort_by_key(|e| e.ts);
         let found = k.feed(evs);
         assert_eq!(off(&found), vec![Basis::Learned], "{found:?}");
+    }
+
+    /// SOC (every day allowed), an agent working 09:00-17:00 UTC at 20 calls an hour on the
+    /// weekdays among `days` (offsets from Monday 2026-03-02), then a dozen calls on day `then`.
+    fn weekday_agent_then(days: std::ops::Range<i64>, then: i64) -> Vec<super::Finding> {
+        let mut k = Kit::new(soc());
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut evs = routine(mon, days.filter(|d| d % 7 < 5), 8, 20, "triage");
+        let t = mon + then * 86_400_000 + 2 * 3_600_000;
+        evs.extend((0..12).map(|i| ev(t + i * 300_000, "triage", None)));
+        evs.sort_by_key(|e| e.ts);
+        k.feed(evs)
+    }
+
+    #[test]
+    fn a_weekday_agent_on_its_second_sunday_is_found_once_its_weekend_has_recurred() {
+        // From a Wednesday: an idle weekend, a working week, an idle Saturday; then a Sunday.
+        let found = weekday_agent_then(2..12, 13);
+        assert_eq!(off(&found), vec![Basis::Learned], "{found:?}");
+        let f = incidents(&found, IncidentType::OffHours);
+        assert!(
+            f[0].description
+                .contains("in a block of 2 days off it worked on 0 of 3 occurrences"),
+            "{}",
+            f[0].description
+        );
+    }
+
+    #[test]
+    fn one_idle_weekend_does_not_make_the_next_saturday_off() {
+        // A first week and its weekend idle: the weekend has not recurred.
+        let found = weekday_agent_then(0..5, 12);
+        assert!(off(&found).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn a_first_friday_off_before_a_weekend_does_not_make_the_next_friday_off() {
+        // Monday to Thursday worked, the Friday idle (a holiday) with the weekend, then a week
+        // worked to Thursday and the Friday: three idle days in the block, none of them twice.
+        let mut k = Kit::new(soc());
+        let mon = at("2026-03-02T09:00:00Z");
+        let mut evs = routine(mon, (0..4).chain(7..12), 8, 20, "triage");
+        evs.sort_by_key(|e| e.ts);
+        let found = k.feed(evs);
+        assert!(off(&found).is_empty(), "{found:?}");
     }
 
     #[test]
