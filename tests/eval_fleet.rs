@@ -326,7 +326,8 @@ fn rewritten<T>(
         failed: false,
     };
     let out = consume(&mut tee);
-    let whole = !tee.failed;
+    // What the consumer left unread still goes into the copy, which is kept whole or not at all.
+    let whole = std::io::copy(&mut tee, &mut std::io::sink()).is_ok() && !tee.failed;
     drop(tee);
     assert!(zstd.wait().unwrap().success() && rewrite.wait().unwrap().success());
     let written = keep.map(|mut k| k.wait().is_ok_and(|s| s.success()));
