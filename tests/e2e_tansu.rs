@@ -342,8 +342,11 @@ fn produce_lines(cfg: &Path, dir: &Path, name: &str, lines: &[&[u8]]) {
         text.push(b'\n');
     }
     std::fs::write(&f, text).unwrap();
+    // A broker restarted on its SQLite database, shared with the other tests' load, can take
+    // more than the default 30 s to acknowledge a hundred thousand events (it answers with
+    // passing errors meanwhile, which the producer sends again).
     let out = guardian()
-        .args(["produce", "--config"])
+        .args(["produce", "--timeout", "300s", "--config"])
         .arg(cfg)
         .arg(&f)
         .env("E2E_GUARDIAN_KEY", KEY)
