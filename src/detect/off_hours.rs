@@ -106,7 +106,7 @@ const MIN_IDLE_RECURRED_BLOCK: u32 = 3;
 
 /// The block of days of the week the agent does not work around day `d`: `d` and the
 /// neighbouring days it works on less than half the time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct OffBlock {
     /// Days of the block.
     days: u32,
@@ -148,14 +148,9 @@ fn off_block(r: &super::Rhythm, d: u8) -> OffBlock {
             x = (x + step) % 7;
         }
     }
-    (0..7u8).filter(|x| days & (1 << x) != 0).fold(
-        OffBlock {
-            days: 0,
-            seen: 0,
-            active: 0,
-            recurred: false,
-        },
-        |b, x| {
+    (0..7u8)
+        .filter(|x| days & (1 << x) != 0)
+        .fold(OffBlock::default(), |b, x| {
             let s = r.weekday(x);
             OffBlock {
                 days: b.days + 1,
@@ -164,8 +159,7 @@ fn off_block(r: &super::Rhythm, d: u8) -> OffBlock {
                 recurred: b.recurred
                     || (x != d && s.seen.saturating_sub(s.active) >= MIN_IDLE_DAYS),
             }
-        },
-    )
+        })
 }
 
 /// Smallest number of turns that is improbable (tail below `sensitivity`) where `e` calls are
